@@ -1,0 +1,234 @@
+//! `/etc/otpd/otpd.toml`. Every key has a default, unknown keys are errors
+//! (a typo must not silently weaken a setting), and values are range-checked
+//! with a message that names the key.
+use serde::{Deserialize, Deserializer, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid { path: String, key: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    pub totp: TotpConfig,
+    pub lockout: LockoutConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    pub pam_socket: PathBuf,
+    pub admin_socket: PathBuf,
+    pub database: PathBuf,
+    pub key_file: PathBuf,
+    /// File whose first line identifies this machine (binds audit entries and
+    /// emailed codes to the host).
+    pub machine_id: PathBuf,
+    /// Members of this group may use the admin socket besides root.
+    pub admin_group: String,
+    /// Connections served at once on the PAM socket; more wait in the backlog.
+    pub max_connections: usize,
+    /// How long a peer may take to send a whole frame once it started one,
+    /// and to send its first message after connecting.
+    #[serde(with = "duration")]
+    pub io_timeout: Duration,
+    /// How long the daemon waits for a user to answer a prompt.
+    #[serde(with = "duration")]
+    pub prompt_timeout: Duration,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            pam_socket: crate::DEFAULT_PAM_SOCKET.into(),
+            admin_socket: crate::DEFAULT_ADMIN_SOCKET.into(),
+            database: "/var/lib/otpd/otpd.db".into(),
+            key_file: "/var/lib/otpd/secret.key".into(),
+            machine_id: "/etc/machine-id".into(),
+            admin_group: "otpadmin".into(),
+            max_connections: 256,
+            io_timeout: Duration::from_secs(5),
+            prompt_timeout: Duration::from_secs(180),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Algorithm {
+    SHA1,
+    SHA256,
+    SHA512,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TotpConfig {
+    /// Shown in authenticator apps; `%hostname%` is replaced by the host name.
+    pub issuer: String,
+    pub digits: u32,
+    /// Seconds per step.
+    pub period: u64,
+    pub algorithm: Algorithm,
+    /// Steps accepted either side of now.
+    pub skew: u8,
+}
+
+impl Default for TotpConfig {
+    fn default() -> Self {
+        TotpConfig { issuer: "%hostname%".into(), digits: 6, period: 30, algorithm: Algorithm::SHA1, skew: 1 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LockoutConfig {
+    /// Consecutive failures that lock the account.
+    pub max_failures: u32,
+    #[serde(with = "duration")]
+    pub lock_for: Duration,
+}
+
+impl Default for LockoutConfig {
+    fn default() -> Self {
+        LockoutConfig { max_failures: 10, lock_for: Duration::from_secs(15 * 60) }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates. `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: shown.clone(),
+            message: describe_toml_error(text, &e),
+        })?;
+        cfg.validate(&shown)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, message: String| {
+            Err(ConfigError::Invalid { path: path.to_string(), key, message })
+        };
+        if !(6..=8).contains(&self.totp.digits) {
+            return bad("totp.digits", format!("{} is out of range (6 to 8)", self.totp.digits));
+        }
+        if !(15..=300).contains(&self.totp.period) {
+            return bad("totp.period", format!("{} is out of range (15 to 300 seconds)", self.totp.period));
+        }
+        if self.totp.skew > 10 {
+            return bad("totp.skew", format!("{} is out of range (0 to 10 steps)", self.totp.skew));
+        }
+        if self.totp.issuer.is_empty() || self.totp.issuer.contains(':') || self.totp.issuer.len() > 64 {
+            return bad("totp.issuer", "must be 1 to 64 characters without ':'".into());
+        }
+        if self.lockout.max_failures == 0 {
+            return bad("lockout.max_failures", "must be at least 1".into());
+        }
+        if self.lockout.lock_for < Duration::from_secs(1) {
+            return bad("lockout.lock_for", "must be at least 1s".into());
+        }
+        if self.daemon.max_connections == 0 {
+            return bad("daemon.max_connections", "must be at least 1".into());
+        }
+        if self.daemon.io_timeout < Duration::from_millis(100) {
+            return bad("daemon.io_timeout", "must be at least 100ms".into());
+        }
+        for (key, p) in [
+            ("daemon.pam_socket", &self.daemon.pam_socket),
+            ("daemon.admin_socket", &self.daemon.admin_socket),
+            ("daemon.database", &self.daemon.database),
+            ("daemon.key_file", &self.daemon.key_file),
+        ] {
+            if !p.is_absolute() {
+                return bad(key, format!("{} must be an absolute path", p.display()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// toml's messages carry a span; turn it into "line N" and keep the text.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {msg}")
+        }
+        None => msg,
+    }
+}
+
+/// Durations are written as humans write them: "30m", "1h 30m", "90s".
+pub mod duration {
+    use super::*;
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = parse("").ok();
+        assert_eq!(c, Some(Config::default()));
+    }
+
+    #[test]
+    fn durations_and_values() {
+        let c = parse("[lockout]\nmax_failures = 3\nlock_for = \"1h 30m\"\n[totp]\nalgorithm = \"SHA512\"\ndigits = 8\n");
+        let c = c.ok().unwrap_or_default();
+        assert_eq!(c.lockout.lock_for, Duration::from_secs(5400));
+        assert_eq!(c.lockout.max_failures, 3);
+        assert_eq!(c.totp.algorithm, Algorithm::SHA512);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = parse("[totp]\ndigits = 6\nperiods = 30\n").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("periods"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (text, key) in [
+            ("[totp]\ndigits = 5", "totp.digits"),
+            ("[totp]\nperiod = 1", "totp.period"),
+            ("[lockout]\nmax_failures = 0", "lockout.max_failures"),
+            ("[daemon]\npam_socket = \"relative.sock\"", "daemon.pam_socket"),
+        ] {
+            let err = parse(text).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let err = parse("[lockout]\nlock_for = \"soon\"").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("line 2") && err.contains("soon"), "{err}");
+    }
+}

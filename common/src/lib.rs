@@ -1,0 +1,16 @@
+//! Shared by the PAM module, the daemon and `otpctl`: the wire protocol, its
+//! framing, a blocking client with deadlines, and the configuration types.
+//! No async runtime here: the PAM module links this crate.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod client;
+pub mod codec;
+#[cfg(feature = "config")]
+pub mod config;
+pub mod proto;
+pub mod text;
+
+/// Where the daemon listens and reads its configuration unless told otherwise.
+pub const DEFAULT_CONFIG: &str = "/etc/otpd/otpd.toml";
+pub const DEFAULT_PAM_SOCKET: &str = "/run/otpd/pam.sock";
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/otpd/admin.sock";
