@@ -1,1 +1,13 @@
+//! `pam_otp.so`: asks for a one-time passcode and lets `otpd` decide.
+//!
+//! The module knows no policy. It connects to the daemon, sends `Begin`, and
+//! renders whatever the daemon asks until an `Outcome` arrives. It is
+//! synchronous and thread-free (it is loaded into sshd, login, sudo and screen
+//! lockers), never panics across FFI, reads no environment and no user-owned
+//! file, and fails closed.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod ffi;
+pub mod flow;
+pub mod log;
+pub mod options;

@@ -1,0 +1,116 @@
+//! libpam entry points. Only argument conversion and result mapping live
+//! here; `pam_hooks!` wraps every entry point in `catch_unwind` (a panic
+//! becomes PAM_ABORT, a failure) and exports only `pam_sm_*` symbols.
+use crate::flow::{self, ConvError, Daemon, PamCode, PamIo, Style};
+use crate::log::{syslog, Level};
+use crate::options::{self, Options};
+use common::client::Client;
+use common::proto::{ClientMsg, ServerMsg};
+use pam::constants::{PamFlag, PamResultCode, PAM_ERROR_MSG, PAM_PROMPT_ECHO_OFF, PAM_PROMPT_ECHO_ON, PAM_SILENT, PAM_TEXT_INFO};
+use pam::conv::Conv;
+use pam::items::{RHost, RUser, Service, Tty};
+use pam::module::{PamHandle, PamHooks};
+use std::ffi::CStr;
+
+pub struct PamOtp;
+pam::pam_hooks!(PamOtp);
+
+impl PamHooks for PamOtp {
+    fn sm_authenticate(pamh: &mut PamHandle, args: Vec<&CStr>, flags: PamFlag) -> PamResultCode {
+        let (opts, problems) = options::parse(args.iter().map(|a| a.to_bytes()));
+        for p in &problems {
+            syslog(Level::Warning, p);
+        }
+        let mut io = LibPam { pamh, silent: flags & PAM_SILENT != 0, debug: opts.debug };
+        match flow::authenticate(&mut io, &opts, connect) {
+            PamCode::Success => PamResultCode::PAM_SUCCESS,
+            PamCode::AuthErr => PamResultCode::PAM_AUTH_ERR,
+            PamCode::MaxTries => PamResultCode::PAM_MAXTRIES,
+            PamCode::Ignore => PamResultCode::PAM_IGNORE,
+        }
+    }
+
+    /// No credentials are established by a passcode; IGNORE keeps setcred
+    /// from changing the stack's result.
+    fn sm_setcred(_pamh: &mut PamHandle, _args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
+        PamResultCode::PAM_IGNORE
+    }
+}
+
+/// The only uid trusted to run the daemon.
+const TRUSTED_UIDS: &[u32] = &[0];
+
+struct SocketDaemon(Client);
+
+impl Daemon for SocketDaemon {
+    fn send(&mut self, msg: &ClientMsg) -> Result<(), String> {
+        self.0.send(msg).map_err(|e| e.to_string())
+    }
+    fn recv(&mut self) -> Result<ServerMsg, String> {
+        self.0.recv().map_err(|e| e.to_string())
+    }
+}
+
+fn connect(opts: &Options) -> Result<SocketDaemon, String> {
+    Client::connect(&opts.socket, opts.timeout, TRUSTED_UIDS).map(SocketDaemon).map_err(|e| e.to_string())
+}
+
+struct LibPam<'a> {
+    pamh: &'a mut PamHandle,
+    silent: bool,
+    debug: bool,
+}
+
+impl LibPam<'_> {
+    fn item_string<'a, T>(&'a self) -> Option<String>
+    where
+        T: pam::items::Item<'a> + std::ops::Deref<Target = &'a CStr>,
+    {
+        match self.pamh.get_item::<T>() {
+            Ok(Some(v)) => Some(String::from_utf8_lossy(v.to_bytes()).into_owned()),
+            _ => None,
+        }
+    }
+}
+
+impl PamIo for LibPam<'_> {
+    fn user(&mut self) -> Option<String> {
+        self.pamh.get_user(None).ok()
+    }
+    fn service(&self) -> Option<String> {
+        self.item_string::<Service>()
+    }
+    fn rhost(&self) -> Option<String> {
+        self.item_string::<RHost>()
+    }
+    fn ruser(&self) -> Option<String> {
+        self.item_string::<RUser>()
+    }
+    fn tty(&self) -> Option<String> {
+        self.item_string::<Tty>()
+    }
+    fn converse(&mut self, style: Style, text: &str) -> Result<Option<Vec<u8>>, ConvError> {
+        let pam_style = match style {
+            Style::PromptEchoOff => PAM_PROMPT_ECHO_OFF,
+            Style::PromptEchoOn => PAM_PROMPT_ECHO_ON,
+            Style::Info if self.silent => return Ok(None),
+            Style::Error if self.silent => return Ok(None),
+            Style::Info => PAM_TEXT_INFO,
+            Style::Error => PAM_ERROR_MSG,
+        };
+        let conv = match self.pamh.get_item::<Conv>() {
+            Ok(Some(c)) => c,
+            _ => return Err(ConvError),
+        };
+        match conv.send(pam_style, text) {
+            Ok(answer) => Ok(answer.map(|s| s.as_bytes().to_vec())),
+            Err(_) => Err(ConvError),
+        }
+    }
+    fn log(&mut self, level: Level, msg: &str) {
+        if level == Level::Debug && !self.debug {
+            return;
+        }
+        syslog(level, msg);
+    }
+}

@@ -1,0 +1,98 @@
+//! Module arguments from the PAM stack line.
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    Closed,
+    Open,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub socket: PathBuf,
+    /// Deadline for each daemon reply (not for the user's typing).
+    pub timeout: Duration,
+    pub fail: FailMode,
+    /// Treat "user not enabled" as a denial instead of PAM_IGNORE.
+    pub require: bool,
+    pub debug: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            socket: common::DEFAULT_PAM_SOCKET.into(),
+            timeout: Duration::from_secs(10),
+            fail: FailMode::Closed,
+            require: false,
+            debug: false,
+        }
+    }
+}
+
+/// Parses `key=value` arguments. Problems are returned as messages for the
+/// log; a bad value always leaves the safe default in place (a typo in
+/// `fail=` must never open the door).
+pub fn parse<'a, I: IntoIterator<Item = &'a [u8]>>(args: I) -> (Options, Vec<String>) {
+    let mut o = Options::default();
+    let mut problems = Vec::new();
+    for raw in args {
+        let arg = String::from_utf8_lossy(raw);
+        let (key, value) = match arg.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (arg.as_ref(), None),
+        };
+        match (key, value) {
+            ("socket", Some(v)) if v.starts_with('/') && v.len() < 108 => o.socket = v.into(),
+            ("socket", _) => problems.push(format!("ignoring {arg:?}: socket must be an absolute path")),
+            ("timeout", Some(v)) => match v.parse::<u64>() {
+                Ok(s) if (1..=600).contains(&s) => o.timeout = Duration::from_secs(s),
+                _ => problems.push(format!("ignoring {arg:?}: timeout must be 1 to 600 seconds")),
+            },
+            ("fail", Some("closed")) => o.fail = FailMode::Closed,
+            ("fail", Some("open")) => o.fail = FailMode::Open,
+            ("fail", _) => problems.push(format!("ignoring {arg:?}: fail must be closed or open; staying closed")),
+            ("require", None) => o.require = true,
+            ("debug", None) => o.debug = true,
+            _ => problems.push(format!("ignoring unknown option {arg:?}")),
+        }
+    }
+    (o, problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> (Options, Vec<String>) {
+        parse(args.iter().map(|s| s.as_bytes()))
+    }
+
+    #[test]
+    fn defaults_fail_closed() {
+        let (o, w) = p(&[]);
+        assert_eq!(o, Options::default());
+        assert_eq!(o.fail, FailMode::Closed);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn all_options() {
+        let (o, w) = p(&["socket=/tmp/x.sock", "timeout=3", "fail=open", "require", "debug"]);
+        assert_eq!(o.socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(o.timeout, Duration::from_secs(3));
+        assert_eq!(o.fail, FailMode::Open);
+        assert!(o.require && o.debug && w.is_empty());
+    }
+
+    #[test]
+    fn bad_values_keep_safe_defaults() {
+        let (o, w) = p(&["fail=opne", "fail", "timeout=0", "timeout=abc", "socket=rel", "bogus", "require=no"]);
+        assert_eq!(o.fail, FailMode::Closed);
+        assert_eq!(o.timeout, Options::default().timeout);
+        assert_eq!(o.socket, Options::default().socket);
+        assert!(!o.require);
+        assert_eq!(w.len(), 7, "{w:?}");
+    }
+}
