@@ -1,1 +1,58 @@
-fn main(){}
+use clap::Parser;
+use common::config::Config;
+use std::path::PathBuf;
+
+/// otpd — the one-time-passcode daemon behind pam_otp.so.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file.
+    #[arg(long, short, default_value = common::DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Validate the configuration file and exit (0 when valid).
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OTPD_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    // A missing default config means "all defaults"; a named file must exist.
+    let config = if !args.config.exists() && args.config == PathBuf::from(common::DEFAULT_CONFIG) {
+        Ok(Config::default())
+    } else {
+        Config::load(&args.config)
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("otpd: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    if args.check_config {
+        println!("{}: configuration OK", args.config.display());
+        return std::process::ExitCode::SUCCESS;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("otpd: cannot start runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(otpd::daemon::run(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("otpd: {e}");
+            tracing::error!("{e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

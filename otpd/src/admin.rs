@@ -1,0 +1,222 @@
+//! The admin socket: one request, one response, root or the admin group only.
+use crate::auth::{self, new_enrollment, valid_user_name};
+use crate::server::{read_msg, write_msg, Shared};
+use crate::store::{NewAudit, Store, StoreError, UserRecord};
+use common::proto::{AdminErrorKind, AdminRequest, AdminResponse, Method, StatusInfo, UserInfo};
+use std::sync::atomic::Ordering;
+use tokio::net::UnixStream;
+
+pub async fn connection(mut s: UnixStream, sh: &Shared) {
+    let Ok(cred) = s.peer_cred() else { return };
+    let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
+    if !authorized(uid, gid, pid, sh.admin_gid) {
+        tracing::warn!("admin request from uid {uid} refused: not root or in the admin group");
+        let resp = AdminResponse::Error {
+            kind: AdminErrorKind::PermissionDenied,
+            message: "permission denied: run otpctl as root or as a member of the otpd admin group".into(),
+        };
+        let _ = write_msg(&mut s, &resp, sh.io_timeout).await;
+        return;
+    }
+    let req: AdminRequest = match read_msg(&mut s, sh.io_timeout, sh.io_timeout).await {
+        Ok(r) => r,
+        Err(e) => {
+            let resp = AdminResponse::Error { kind: AdminErrorKind::InvalidInput, message: format!("bad request: {e}") };
+            let _ = write_msg(&mut s, &resp, sh.io_timeout).await;
+            return;
+        }
+    };
+    let resp = handle(req, uid, sh).await;
+    let _ = write_msg(&mut s, &resp, sh.io_timeout).await;
+}
+
+/// Root, the admin group as primary group, or as a supplementary group of
+/// the calling process (read from /proc: the admin path may do lookups the
+/// login path must not).
+fn authorized(uid: u32, gid: u32, pid: Option<i32>, admin_gid: Option<u32>) -> bool {
+    if uid == 0 {
+        return true;
+    }
+    let Some(admin) = admin_gid else { return false };
+    if gid == admin {
+        return true;
+    }
+    let Some(pid) = pid else { return false };
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|g| g.split_whitespace().any(|x| x.parse::<u32>() == Ok(admin)))
+}
+
+fn err(kind: AdminErrorKind, message: impl Into<String>) -> AdminResponse {
+    AdminResponse::Error { kind, message: message.into() }
+}
+
+fn info(u: &UserRecord) -> UserInfo {
+    UserInfo {
+        name: u.name.clone(),
+        method: u.method,
+        enabled: u.enabled,
+        email: u.email.clone(),
+        activated: u.activated_at.is_some(),
+        activated_at: u.activated_at,
+        failures: u.failures,
+        locked_until: u.locked_until,
+        created_at: u.created_at,
+        updated_at: u.updated_at,
+        last_login: u.last_login,
+    }
+}
+
+fn admin_audit(st: &mut dyn Store, sh_machine: &str, user: &str, action: &str, by: u32, now: i64) -> Result<(), StoreError> {
+    let e = NewAudit {
+        time: now,
+        user: user.into(),
+        service: "otpctl".into(),
+        rhost: None,
+        tty: None,
+        machine: sh_machine.into(),
+        method: "admin".into(),
+        result: action.into(),
+        reason: format!("by uid {by}"),
+    };
+    crate::syslog::audit(&e);
+    st.add_audit(&e)
+}
+
+async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
+    let now = sh.clock.now();
+    let user_arg = match &req {
+        AdminRequest::UserEnable { user, .. }
+        | AdminRequest::UserDisable { user }
+        | AdminRequest::UserReset { user }
+        | AdminRequest::UserShow { user }
+        | AdminRequest::UserUnlock { user } => Some(user.clone()),
+        _ => None,
+    };
+    if let Some(u) = &user_arg {
+        if !valid_user_name(u) {
+            return err(AdminErrorKind::InvalidInput, format!("{u:?} is not a valid user name"));
+        }
+    }
+    let policy = sh.policy.clone();
+    let result = match req {
+        AdminRequest::UserEnable { user, method, email } => {
+            if method == Method::Email || email.is_some() {
+                return err(AdminErrorKind::InvalidInput, "the email method is not available in this version of otpd");
+            }
+            // The admin path may use NSS; the login path never does.
+            let uid = nix::unistd::User::from_name(&user).ok().flatten().map(|u| u.uid.as_raw());
+            sh.db
+                .run(move |st| {
+                    let existing = st.user(&user)?;
+                    if let Some(e) = existing.as_ref().filter(|e| e.enabled) {
+                        return Ok(err(
+                            AdminErrorKind::InvalidInput,
+                            format!("{} is already enabled (method {}); use `otpctl user reset {}` for a new secret", e.name, e.method, e.name),
+                        ));
+                    }
+                    let rec = new_enrollment(&policy, existing, &user, uid, now);
+                    st.save_user(&rec)?;
+                    admin_audit(st, &policy.machine, &user, "enable", by, now)?;
+                    Ok(enrolled(&policy, &rec))
+                })
+                .await
+        }
+        AdminRequest::UserReset { user } => {
+            sh.db
+                .run(move |st| {
+                    let Some(existing) = st.user(&user)?.filter(|u| u.enabled) else {
+                        return Ok(not_found(&user));
+                    };
+                    let rec = new_enrollment(&policy, Some(existing), &user, None, now);
+                    st.save_user(&rec)?;
+                    admin_audit(st, &policy.machine, &user, "reset", by, now)?;
+                    Ok(enrolled(&policy, &rec))
+                })
+                .await
+        }
+        AdminRequest::UserDisable { user } => {
+            sh.db
+                .run(move |st| {
+                    let Some(mut u) = st.user(&user)? else { return Ok(not_found(&user)) };
+                    u.enabled = false;
+                    u.secret = None;
+                    u.activated_at = None;
+                    u.last_step = None;
+                    u.updated_at = now;
+                    st.save_user(&u)?;
+                    admin_audit(st, &policy.machine, &user, "disable", by, now)?;
+                    Ok(AdminResponse::User { user: info(&u) })
+                })
+                .await
+        }
+        AdminRequest::UserUnlock { user } => {
+            sh.db
+                .run(move |st| {
+                    let Some(mut u) = st.user(&user)? else { return Ok(not_found(&user)) };
+                    u.failures = 0;
+                    u.locked_until = None;
+                    u.updated_at = now;
+                    st.save_user(&u)?;
+                    admin_audit(st, &policy.machine, &user, "unlock", by, now)?;
+                    Ok(AdminResponse::User { user: info(&u) })
+                })
+                .await
+        }
+        AdminRequest::UserShow { user } => {
+            sh.db
+                .run(move |st| Ok(st.user(&user)?.map_or_else(|| not_found(&user), |u| AdminResponse::User { user: info(&u) })))
+                .await
+        }
+        AdminRequest::UserList => {
+            sh.db.run(move |st| Ok(AdminResponse::Users { users: st.users()?.iter().map(info).collect() })).await
+        }
+        AdminRequest::Audit { user, since, limit } => {
+            let limit = limit.unwrap_or(100).min(100_000);
+            sh.db.run(move |st| Ok(AdminResponse::Audit { entries: st.audit(user.as_deref(), since, limit)? })).await
+        }
+        AdminRequest::Status => {
+            let (started_at, database, open) =
+                (sh.started_at, sh.database.clone(), sh.open_connections.load(Ordering::Relaxed));
+            sh.db
+                .run(move |st| {
+                    let c = st.counts(now)?;
+                    Ok(AdminResponse::Status {
+                        status: StatusInfo {
+                            version: env!("CARGO_PKG_VERSION").into(),
+                            pid: std::process::id(),
+                            started_at,
+                            database,
+                            schema_version: st.schema_version()?,
+                            users_total: c.users_total,
+                            users_enabled: c.users_enabled,
+                            users_activated: c.users_activated,
+                            users_locked: c.users_locked,
+                            audit_entries: c.audit_entries,
+                            open_connections: open,
+                        },
+                    })
+                })
+                .await
+        }
+    };
+    result.unwrap_or_else(|e| {
+        tracing::error!("admin request failed: {e}");
+        err(AdminErrorKind::Internal, format!("the change was not made: {e}"))
+    })
+}
+
+fn not_found(user: &str) -> AdminResponse {
+    err(AdminErrorKind::NotFound, format!("{user} is not enabled for OTP; use `otpctl user enable {user} --method totp`"))
+}
+
+fn enrolled(policy: &auth::Policy, rec: &UserRecord) -> AdminResponse {
+    let uri = rec
+        .secret
+        .as_deref()
+        .and_then(|s| policy.crypto.open(&rec.name, s))
+        .map(|secret| policy.totp.uri(&secret, &policy.issuer, &rec.name));
+    AdminResponse::Enrolled { user: info(rec), otpauth_uri: uri }
+}

@@ -1,0 +1,342 @@
+//! The decisions. Each function runs inside one database transaction (see
+//! [`crate::db`]): it reads the user, decides, writes the new state and the
+//! audit row together, and the caller replies only after COMMIT.
+use crate::crypto::SecretBox;
+use crate::store::{NewAudit, Store, StoreError, UserRecord};
+use crate::totp::{Check, TotpParams};
+use common::config::LockoutConfig;
+use common::proto::{Method, MAX_ANSWER_LEN, MAX_USER_LEN};
+
+/// Everything the core needs besides the store, shared by all connections.
+pub struct Policy {
+    pub totp: TotpParams,
+    pub lockout: LockoutConfig,
+    pub issuer: String,
+    pub machine: String,
+    pub crypto: SecretBox,
+}
+
+/// Who is asking, from the `Begin` message and SO_PEERCRED.
+#[derive(Debug, Clone, Default)]
+pub struct LoginContext {
+    pub user: String,
+    pub service: String,
+    pub rhost: Option<String>,
+    pub tty: Option<String>,
+    pub peer_uid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    NotEnrolled,
+    Locked { until: i64 },
+    /// Caller may not authenticate this user (non-root, other uid), or the
+    /// user's stored state is unusable.
+    Refused { message: &'static str },
+    /// Enrollment not yet activated: show QR, secret and URI, then ask.
+    Enroll { uri: String, secret_b32: String },
+    Ask,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Accept { activated: bool },
+    Deny { message: String },
+    Locked { until: i64 },
+}
+
+/// POSIX-portable user names plus the characters real directories use
+/// (`@` for realms, `$` for machine accounts). Anything else is refused
+/// before it reaches the store or the logs.
+pub fn valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_USER_LEN
+        && !name.starts_with('-')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b'$'))
+}
+
+pub fn audit(store: &mut dyn Store, p: &Policy, ctx: &LoginContext, now: i64, result: &str, reason: &str) -> Result<(), StoreError> {
+    let entry = NewAudit {
+        time: now,
+        user: ctx.user.clone(),
+        service: ctx.service.clone(),
+        rhost: ctx.rhost.clone(),
+        tty: ctx.tty.clone(),
+        machine: p.machine.clone(),
+        method: "totp".into(),
+        result: result.into(),
+        reason: reason.into(),
+    };
+    crate::syslog::audit(&entry);
+    store.add_audit(&entry)
+}
+
+/// First step of a login: what to ask. Final answers (not enrolled, locked,
+/// refused) are audited here.
+pub fn plan(store: &mut dyn Store, p: &Policy, ctx: &LoginContext, now: i64) -> Result<Plan, StoreError> {
+    let user = store.user(&ctx.user)?;
+    let user = match user {
+        Some(u) if u.enabled => u,
+        _ => {
+            audit(store, p, ctx, now, "not_enrolled", "user not enabled for OTP")?;
+            return Ok(Plan::NotEnrolled);
+        }
+    };
+    if ctx.peer_uid != 0 && user.uid != Some(ctx.peer_uid) {
+        audit(store, p, ctx, now, "deny", &format!("caller uid {} may not authenticate this user", ctx.peer_uid))?;
+        return Ok(Plan::Refused { message: "You may only authenticate yourself." });
+    }
+    if user.is_locked(now) {
+        let until = user.locked_until.unwrap_or(now);
+        audit(store, p, ctx, now, "locked", "account locked after too many failures")?;
+        return Ok(Plan::Locked { until });
+    }
+    if user.method != Method::Totp {
+        audit(store, p, ctx, now, "deny", "method not available on this daemon")?;
+        return Ok(Plan::Refused { message: "Your passcode method is not available; contact your administrator." });
+    }
+    if user.activated_at.is_some() {
+        return Ok(Plan::Ask);
+    }
+    let Some(secret) = user.secret.as_deref().and_then(|s| p.crypto.open(&user.name, s)) else {
+        audit(store, p, ctx, now, "error", "stored secret cannot be decrypted (wrong key file?)")?;
+        return Ok(Plan::Refused { message: "Your passcode enrollment is unusable; contact your administrator." });
+    };
+    Ok(Plan::Enroll { uri: p.totp.uri(&secret, &p.issuer, &user.name), secret_b32: crate::totp::base32(&secret) })
+}
+
+/// Checks an answer. Reads the user again: its state may have changed while
+/// the user was typing (another login used the step, an admin reset it).
+pub fn check_answer(store: &mut dyn Store, p: &Policy, ctx: &LoginContext, answer: &str, now: i64) -> Result<Verdict, StoreError> {
+    let Some(mut user) = store.user(&ctx.user)?.filter(|u| u.enabled && u.method == Method::Totp) else {
+        audit(store, p, ctx, now, "deny", "user was disabled during the login")?;
+        return Ok(Verdict::Deny { message: "Passcode not accepted.".into() });
+    };
+    if user.is_locked(now) {
+        let until = user.locked_until.unwrap_or(now);
+        audit(store, p, ctx, now, "locked", "account locked after too many failures")?;
+        return Ok(Verdict::Locked { until });
+    }
+    let digits = p.totp.digits as usize;
+    // Authenticator apps show "123 456": spaces are allowed, nothing else.
+    let code: String = answer.chars().filter(|&c| c != ' ').collect();
+    let failure = if answer.len() > MAX_ANSWER_LEN {
+        Some(("answer too long", "Passcode not accepted."))
+    } else if code.len() != digits || !code.bytes().all(|b| b.is_ascii_digit()) {
+        Some(("malformed answer", "A passcode is a number of exactly the digits your app shows."))
+    } else {
+        None
+    };
+    let check = match failure {
+        Some(_) => Check::Wrong,
+        None => {
+            let Some(secret) = user.secret.as_deref().and_then(|s| p.crypto.open(&user.name, s)) else {
+                audit(store, p, ctx, now, "error", "stored secret cannot be decrypted (wrong key file?)")?;
+                return Ok(Verdict::Deny { message: "Your passcode enrollment is unusable; contact your administrator.".into() });
+            };
+            p.totp.check(&secret, &code, now, user.last_step)
+        }
+    };
+    user.updated_at = now;
+    match check {
+        Check::Valid { step } => {
+            let activated = user.activated_at.is_none();
+            user.last_step = Some(step);
+            user.failures = 0;
+            user.locked_until = None;
+            user.last_login = Some(now);
+            if activated {
+                user.activated_at = Some(now);
+            }
+            store.save_user(&user)?;
+            audit(store, p, ctx, now, "accept", if activated { "enrollment activated" } else { "valid code" })?;
+            Ok(Verdict::Accept { activated })
+        }
+        Check::Replayed | Check::Wrong => {
+            let (reason, message) = match (check, failure) {
+                (_, Some(f)) => f,
+                (Check::Replayed, None) => ("code already used", "That passcode was already used; wait for the next one."),
+                _ => ("wrong code", "Wrong passcode."),
+            };
+            user.failures += 1;
+            if user.failures >= p.lockout.max_failures {
+                let until = now + p.lockout.lock_for.as_secs() as i64;
+                user.failures = 0;
+                user.locked_until = Some(until);
+                store.save_user(&user)?;
+                audit(store, p, ctx, now, "locked", &format!("{reason}; account locked"))?;
+                return Ok(Verdict::Locked { until });
+            }
+            store.save_user(&user)?;
+            audit(store, p, ctx, now, "deny", reason)?;
+            Ok(Verdict::Deny { message: message.into() })
+        }
+    }
+}
+
+/// A fresh enrollment record (new secret, not activated).
+pub fn new_enrollment(p: &Policy, existing: Option<UserRecord>, name: &str, uid: Option<u32>, now: i64) -> UserRecord {
+    use rand::RngCore;
+    let mut secret = vec![0u8; p.totp.secret_len()];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let sealed = p.crypto.seal(name, &secret);
+    let base = existing.unwrap_or(UserRecord {
+        name: name.to_string(),
+        uid,
+        method: Method::Totp,
+        enabled: true,
+        email: None,
+        secret: None,
+        activated_at: None,
+        last_step: None,
+        failures: 0,
+        locked_until: None,
+        last_login: None,
+        created_at: now,
+        updated_at: now,
+    });
+    UserRecord {
+        uid: uid.or(base.uid),
+        method: Method::Totp,
+        enabled: true,
+        secret: Some(sealed),
+        activated_at: None,
+        // A new key makes old codes meaningless; the step counter restarts.
+        last_step: None,
+        updated_at: now,
+        ..base
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+    use common::config::Algorithm;
+    use std::time::Duration;
+
+    const T0: i64 = 1_700_000_000;
+
+    fn policy(max_failures: u32) -> Policy {
+        Policy {
+            totp: TotpParams { algorithm: Algorithm::SHA1, digits: 6, period: 30, skew: 1 },
+            lockout: LockoutConfig { max_failures, lock_for: Duration::from_secs(900) },
+            issuer: "test".into(),
+            machine: "m1".into(),
+            crypto: SecretBox::from_key(&[3u8; 32]),
+        }
+    }
+
+    fn ctx(user: &str) -> LoginContext {
+        LoginContext { user: user.into(), service: "login".into(), ..Default::default() }
+    }
+
+    /// Enrolls `user` and returns its plain secret (decrypted as the daemon would).
+    fn enroll(s: &mut SqliteStore, p: &Policy, user: &str, uid: Option<u32>) -> Vec<u8> {
+        let rec = new_enrollment(p, None, user, uid, T0);
+        s.save_user(&rec).unwrap();
+        p.crypto.open(user, rec.secret.as_deref().unwrap()).unwrap()
+    }
+
+    fn code(p: &Policy, secret: &[u8], t: i64) -> String {
+        p.totp.code_at_step(secret, p.totp.step_of(t))
+    }
+
+    #[test]
+    fn enroll_activate_then_ask_and_replay() {
+        let p = policy(10);
+        let mut s = SqliteStore::in_memory().unwrap();
+        let secret = enroll(&mut s, &p, "alice", None);
+        assert!(secret.len() >= 20);
+        let Plan::Enroll { uri, secret_b32 } = plan(&mut s, &p, &ctx("alice"), T0).unwrap() else { panic!() };
+        assert!(uri.contains(&secret_b32));
+        assert_eq!(check_answer(&mut s, &p, &ctx("alice"), "000000x", T0).unwrap(),
+            Verdict::Deny { message: "A passcode is a number of exactly the digits your app shows.".into() });
+        assert!(matches!(plan(&mut s, &p, &ctx("alice"), T0).unwrap(), Plan::Enroll { .. }));
+        let c = code(&p, &secret, T0);
+        assert_eq!(check_answer(&mut s, &p, &ctx("alice"), &c, T0).unwrap(), Verdict::Accept { activated: true });
+        assert_eq!(plan(&mut s, &p, &ctx("alice"), T0 + 1).unwrap(), Plan::Ask);
+        assert!(matches!(check_answer(&mut s, &p, &ctx("alice"), &c, T0 + 1).unwrap(), Verdict::Deny { .. }));
+        // Clock stepped back: the used code is still refused.
+        assert!(matches!(check_answer(&mut s, &p, &ctx("alice"), &c, T0 - 30).unwrap(), Verdict::Deny { .. }));
+        let next = code(&p, &secret, T0 + 30);
+        assert_eq!(check_answer(&mut s, &p, &ctx("alice"), &next, T0 + 30).unwrap(), Verdict::Accept { activated: false });
+        let results: Vec<String> = s.audit(Some("alice"), None, 100).unwrap().into_iter().map(|e| e.reason).collect();
+        assert!(results.contains(&"enrollment activated".to_string()));
+        assert!(results.contains(&"code already used".to_string()));
+    }
+
+    #[test]
+    fn odd_answers_are_failures() {
+        let p = policy(100);
+        let mut s = SqliteStore::in_memory().unwrap();
+        let secret = enroll(&mut s, &p, "bob", None);
+        let good = code(&p, &secret, T0);
+        let arabic: String = good.chars().map(|c| char::from_u32(0x0660 + c.to_digit(10).unwrap()).unwrap()).collect();
+        let long = "1".repeat(MAX_ANSWER_LEN + 1);
+        for bad in ["", " ", "12345", "1234567", "12345\u{0}6", &arabic, "１２３４５６", &long, "\u{FFFD}\u{FFFD}"] {
+            assert!(matches!(check_answer(&mut s, &p, &ctx("bob"), bad, T0).unwrap(), Verdict::Deny { .. }), "{bad:?}");
+        }
+        assert_eq!(s.user("bob").unwrap().unwrap().failures, 9);
+        // "123 456" as apps show it is fine.
+        let spaced = format!("{} {}", &good[..3], &good[3..]);
+        assert_eq!(check_answer(&mut s, &p, &ctx("bob"), &spaced, T0).unwrap(), Verdict::Accept { activated: true });
+        assert_eq!(s.user("bob").unwrap().unwrap().failures, 0);
+    }
+
+    #[test]
+    fn lockout_persists_and_expires_by_clock() {
+        let p = policy(3);
+        let mut s = SqliteStore::in_memory().unwrap();
+        let secret = enroll(&mut s, &p, "carol", None);
+        for i in 0..2 {
+            assert!(matches!(check_answer(&mut s, &p, &ctx("carol"), "000000", T0 + i).unwrap(), Verdict::Deny { .. }));
+        }
+        let v = check_answer(&mut s, &p, &ctx("carol"), "000000", T0 + 2).unwrap();
+        assert_eq!(v, Verdict::Locked { until: T0 + 2 + 900 });
+        // Even the right code is refused while locked, and is not consumed.
+        let good = code(&p, &secret, T0 + 100);
+        assert!(matches!(check_answer(&mut s, &p, &ctx("carol"), &good, T0 + 100).unwrap(), Verdict::Locked { .. }));
+        assert!(matches!(plan(&mut s, &p, &ctx("carol"), T0 + 100).unwrap(), Plan::Locked { .. }));
+        // Once the lock has run out, a valid code works.
+        let later = T0 + 2 + 900;
+        let good = code(&p, &secret, later);
+        assert_eq!(check_answer(&mut s, &p, &ctx("carol"), &good, later).unwrap(), Verdict::Accept { activated: true });
+    }
+
+    #[test]
+    fn non_root_caller_only_for_itself() {
+        let p = policy(3);
+        let mut s = SqliteStore::in_memory().unwrap();
+        enroll(&mut s, &p, "dave", Some(1001));
+        let mut c = ctx("dave");
+        c.peer_uid = 1002;
+        assert!(matches!(plan(&mut s, &p, &c, T0).unwrap(), Plan::Refused { .. }));
+        c.peer_uid = 1001;
+        assert!(matches!(plan(&mut s, &p, &c, T0).unwrap(), Plan::Enroll { .. }));
+        // Refusals are not failures: nobody can lock dave out from another account.
+        assert_eq!(s.user("dave").unwrap().unwrap().failures, 0);
+    }
+
+    #[test]
+    fn not_enrolled_and_disabled() {
+        let p = policy(3);
+        let mut s = SqliteStore::in_memory().unwrap();
+        assert_eq!(plan(&mut s, &p, &ctx("nobody-here"), T0).unwrap(), Plan::NotEnrolled);
+        let mut rec = new_enrollment(&p, None, "erin", None, T0);
+        rec.enabled = false;
+        s.save_user(&rec).unwrap();
+        assert_eq!(plan(&mut s, &p, &ctx("erin"), T0).unwrap(), Plan::NotEnrolled);
+        assert_eq!(s.audit(None, None, 10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn user_names() {
+        for ok in ["alice", "a.b-c_d", "svc$", "u@realm", "x"] {
+            assert!(valid_user_name(ok), "{ok}");
+        }
+        for bad in ["", "-rf", "a b", "a\nb", "ä", "a:b", "a/b", &"a".repeat(65)] {
+            assert!(!valid_user_name(bad), "{bad:?}");
+        }
+    }
+}

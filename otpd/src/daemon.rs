@@ -1,0 +1,153 @@
+//! Start-up and shutdown of the daemon.
+use crate::auth::Policy;
+use crate::clock::{Clock, SystemClock};
+use crate::crypto::SecretBox;
+use crate::db::Db;
+use crate::server::{serve_admin, serve_pam, Shared};
+use crate::store::SqliteStore;
+use common::config::Config;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use tokio::net::UnixListener;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Key(#[from] crate::crypto::KeyError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("socket {path}: {why}")]
+    Socket { path: String, why: String },
+}
+
+/// Core dumps of a process holding secrets are a leak; so is ptrace by
+/// same-uid processes. Both are switched off before any secret is loaded.
+pub fn harden_process() {
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+    // SAFETY: prctl with PR_SET_DUMPABLE takes integer arguments only.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+}
+
+fn machine_id(path: &Path) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => s.lines().next().unwrap_or_default().trim().chars().take(64).collect(),
+        _ => {
+            let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "unknown".into());
+            tracing::warn!("cannot read machine id from {}; using host name {host:?}", path.display());
+            host
+        }
+    }
+}
+
+/// Binds a socket path, replacing a stale socket but never a live daemon's
+/// socket or a file that is not a socket.
+fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, StartError> {
+    let fail = |why: String| StartError::Socket { path: path.display().to_string(), why };
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create directory: {e}")))?;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(fail("another otpd is already listening there".into()));
+            }
+            std::fs::remove_file(path).map_err(|e| fail(format!("cannot remove stale socket: {e}")))?;
+        }
+        Ok(_) => return Err(fail("exists and is not a socket; refusing to replace it".into())),
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(|e| fail(e.to_string()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| fail(e.to_string()))?;
+    if let Some(gid) = group {
+        let _ = nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)));
+    }
+    Ok(listener)
+}
+
+/// Tells systemd (Type=notify) that the sockets are ready.
+fn notify_ready() {
+    let Some(addr) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let bytes = addr.as_encoded_bytes();
+    let r = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name).and_then(|a| sock.send_to_addr(b"READY=1", &a))
+    } else {
+        sock.send_to(b"READY=1", Path::new(&addr))
+    };
+    if let Err(e) = r {
+        tracing::warn!("sd_notify failed: {e}");
+    }
+}
+
+pub fn hostname_issuer(issuer: &str) -> String {
+    let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "localhost".into());
+    issuer.replace("%hostname%", &host).replace(':', "-")
+}
+
+/// Runs until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    harden_process();
+    crate::syslog::start();
+    let d = &config.daemon;
+    let (crypto, created) = SecretBox::load_or_create(&d.key_file)?;
+    if created {
+        tracing::info!("created key file {}", d.key_file.display());
+    }
+    let store = SqliteStore::open(&d.database)?;
+    let _ = std::fs::set_permissions(&d.database, std::fs::Permissions::from_mode(0o600));
+    let clock = SystemClock;
+    let admin_gid = nix::unistd::Group::from_name(&d.admin_group).ok().flatten().map(|g| g.gid.as_raw());
+    let shared = Arc::new(Shared {
+        db: Db::start(store),
+        policy: Arc::new(Policy {
+            totp: (&config.totp).into(),
+            lockout: config.lockout.clone(),
+            issuer: hostname_issuer(&config.totp.issuer),
+            machine: machine_id(&d.machine_id),
+            crypto,
+        }),
+        started_at: clock.now(),
+        clock: Box::new(clock),
+        io_timeout: d.io_timeout,
+        prompt_timeout: d.prompt_timeout,
+        admin_gid,
+        database: d.database.display().to_string(),
+        open_connections: AtomicU64::new(0),
+    });
+    // Anyone may connect to the PAM socket (screen lockers run as the user);
+    // SO_PEERCRED limits what a non-root caller can do.
+    let pam = bind(&d.pam_socket, 0o666, None)?;
+    let admin = bind(&d.admin_socket, if admin_gid.is_some() { 0o660 } else { 0o600 }, admin_gid)?;
+    tracing::info!(
+        "otpd {} listening on {} (admin {}), database {}",
+        env!("CARGO_PKG_VERSION"),
+        d.pam_socket.display(),
+        d.admin_socket.display(),
+        d.database.display()
+    );
+    notify_ready();
+    let pam_task = tokio::spawn(serve_pam(pam, shared.clone(), d.max_connections));
+    let admin_task = tokio::spawn(serve_admin(admin, shared.clone()));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| StartError::Socket { path: "signal".into(), why: e.to_string() })?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+    pam_task.abort();
+    admin_task.abort();
+    let _ = std::fs::remove_file(&d.pam_socket);
+    let _ = std::fs::remove_file(&d.admin_socket);
+    Ok(())
+}

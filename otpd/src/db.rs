@@ -1,0 +1,151 @@
+//! The single database thread and its group commit.
+//!
+//! Async tasks hand closures to one OS thread that owns the SQLite
+//! connection. The thread takes every job that is waiting, runs them inside
+//! one `BEGIN IMMEDIATE … COMMIT` (each in its own SAVEPOINT so one failing
+//! job cannot leave half its writes behind), and only after COMMIT returns —
+//! i.e. after the WAL is fsynced — releases the results. Many concurrent
+//! logins therefore share one fsync, and no reply ever reports a decision
+//! that a crash could undo. Jobs for the same user are serialised by
+//! construction, which is what makes a TOTP step single-use under races.
+use crate::store::{SqliteStore, Store, StoreError};
+use std::sync::mpsc;
+use tokio::sync::oneshot;
+
+type Completion = Box<dyn FnOnce(bool) + Send>;
+type Job = Box<dyn FnOnce(&mut SqliteStore) -> (bool, Completion) + Send>;
+
+/// Most jobs folded into one transaction.
+const MAX_BATCH: usize = 512;
+
+#[derive(Clone)]
+pub struct Db {
+    tx: mpsc::SyncSender<Job>,
+}
+
+impl Db {
+    /// Starts the database thread. The thread ends when every `Db` is dropped.
+    pub fn start(store: SqliteStore) -> Db {
+        let (tx, rx) = mpsc::sync_channel::<Job>(4096);
+        std::thread::Builder::new()
+            .name("otpd-db".into())
+            .spawn(move || writer(store, rx))
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!("cannot start the database thread: {e}"));
+        Db { tx }
+    }
+
+    /// Runs `f` in a transaction; resolves after COMMIT. If `f` fails its
+    /// writes are rolled back; if COMMIT fails the result is
+    /// [`StoreError::NotCommitted`] whatever `f` returned.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (done_tx, done_rx) = oneshot::channel();
+        let job: Job = Box::new(move |store: &mut SqliteStore| {
+            let result = f(store);
+            let ok = result.is_ok();
+            let completion: Completion = Box::new(move |committed: bool| {
+                let _ = done_tx.send(if committed { result } else { Err(StoreError::NotCommitted) });
+            });
+            (ok, completion)
+        });
+        let tx = self.tx.clone();
+        // The channel is bounded; waiting for room must not block a runtime thread.
+        match tx.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(job)) => {
+                tokio::task::spawn_blocking(move || tx.send(job))
+                    .await
+                    .map_err(|_| StoreError::Gone)?
+                    .map_err(|_| StoreError::Gone)?;
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(StoreError::Gone),
+        }
+        done_rx.await.map_err(|_| StoreError::Gone)?
+    }
+}
+
+fn writer(mut store: SqliteStore, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        run_batch(&mut store, batch);
+    }
+}
+
+fn run_batch(store: &mut SqliteStore, batch: Vec<Job>) {
+    if let Err(e) = store.exec("BEGIN IMMEDIATE") {
+        tracing::error!("cannot begin a transaction: {e}; denying {} request(s)", batch.len());
+        // Run nothing: every waiter is told the write did not happen.
+        for job in batch {
+            drop(job);
+        }
+        return;
+    }
+    let mut completions = Vec::with_capacity(batch.len());
+    for job in batch {
+        let savepoint_ok = store.exec("SAVEPOINT job").is_ok();
+        if !savepoint_ok {
+            // Without a savepoint a failing job could leave partial writes: skip it.
+            drop(job);
+            continue;
+        }
+        let (ok, completion) = job(store);
+        let cleaned = if ok {
+            store.exec("RELEASE job").is_ok()
+        } else {
+            store.exec("ROLLBACK TO job").and_then(|_| store.exec("RELEASE job")).is_ok()
+        };
+        if !cleaned {
+            // Savepoint bookkeeping failed: the transaction is in an unknown state.
+            let _ = store.exec("ROLLBACK");
+            completion(false);
+            for c in completions {
+                let c: Completion = c;
+                c(false);
+            }
+            return;
+        }
+        completions.push(completion);
+    }
+    let committed = match store.exec("COMMIT") {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!("COMMIT failed: {e}; denying {} request(s)", completions.len());
+            let _ = store.exec("ROLLBACK");
+            false
+        }
+    };
+    for c in completions {
+        c(committed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewAudit;
+
+    #[tokio::test]
+    async fn failed_job_leaves_no_writes_and_others_commit() {
+        let db = Db::start(SqliteStore::in_memory().unwrap());
+        let failing = db.run(|s| {
+            s.add_audit(&NewAudit { user: "ghost".into(), ..Default::default() })?;
+            Err::<(), _>(StoreError::Corrupt("boom".into()))
+        });
+        let fine = db.run(|s| s.add_audit(&NewAudit { user: "real".into(), ..Default::default() }));
+        let (a, b) = tokio::join!(failing, fine);
+        assert!(a.is_err());
+        assert!(b.is_ok());
+        let users: Vec<String> = db.run(|s| s.audit(None, None, 10)).await.unwrap().into_iter().map(|e| e.user).collect();
+        assert_eq!(users, vec!["real".to_string()]);
+    }
+}

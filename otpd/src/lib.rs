@@ -1,0 +1,15 @@
+//! otpd: owns every secret and every decision for `pam_otp.so`.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod admin;
+pub mod auth;
+pub mod clock;
+pub mod crypto;
+pub mod daemon;
+pub mod db;
+pub mod qr;
+pub mod server;
+pub mod store;
+pub mod syslog;
+pub mod totp;

@@ -1,0 +1,157 @@
+//! RFC 6238 codes (through totp-rs) and the single-use rule.
+use common::config::{Algorithm, TotpConfig};
+use subtle::ConstantTimeEq;
+
+#[derive(Debug, Clone)]
+pub struct TotpParams {
+    pub algorithm: Algorithm,
+    pub digits: u32,
+    pub period: u64,
+    pub skew: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// The code matches this step, which was never used.
+    Valid { step: i64 },
+    /// The code matches a step at or below the last accepted one.
+    Replayed,
+    Wrong,
+}
+
+impl From<&TotpConfig> for TotpParams {
+    fn from(c: &TotpConfig) -> Self {
+        TotpParams { algorithm: c.algorithm, digits: c.digits, period: c.period, skew: c.skew }
+    }
+}
+
+impl TotpParams {
+    /// Key length matching the hash's output (RFC 4226 §4 asks for at least 160 bits).
+    pub fn secret_len(&self) -> usize {
+        match self.algorithm {
+            Algorithm::SHA1 => 20,
+            Algorithm::SHA256 => 32,
+            Algorithm::SHA512 => 64,
+        }
+    }
+
+    fn engine(&self, secret: &[u8], issuer: Option<&str>, account: &str) -> totp_rs::TOTP {
+        let alg = match self.algorithm {
+            Algorithm::SHA1 => totp_rs::Algorithm::SHA1,
+            Algorithm::SHA256 => totp_rs::Algorithm::SHA256,
+            Algorithm::SHA512 => totp_rs::Algorithm::SHA512,
+        };
+        totp_rs::TOTP::new_unchecked(
+            alg,
+            self.digits as usize,
+            0,
+            self.period,
+            secret.to_vec(),
+            issuer.map(String::from),
+            account.to_string(),
+        )
+    }
+
+    pub fn step_of(&self, unix: i64) -> i64 {
+        unix.div_euclid(self.period as i64)
+    }
+
+    pub fn code_at_step(&self, secret: &[u8], step: i64) -> String {
+        self.engine(secret, None, "").generate((step.max(0) as u64) * self.period)
+    }
+
+    /// Checks `code` against every step in the window, always computing all
+    /// of them and comparing in constant time, so timing reveals neither
+    /// which step matched nor how many digits were right.
+    pub fn check(&self, secret: &[u8], code: &str, now: i64, last_step: Option<i64>) -> Check {
+        let current = self.step_of(now);
+        let skew = self.skew as i64;
+        let mut matched: Option<i64> = None;
+        for step in (current - skew)..=(current + skew) {
+            let expected = self.code_at_step(secret, step);
+            let eq: bool = expected.as_bytes().ct_eq(code.as_bytes()).into();
+            if eq && matched.is_none() {
+                matched = Some(step);
+            }
+        }
+        match matched {
+            Some(step) if last_step.is_some_and(|last| step <= last) => Check::Replayed,
+            Some(step) => Check::Valid { step },
+            None => Check::Wrong,
+        }
+    }
+
+    pub fn uri(&self, secret: &[u8], issuer: &str, account: &str) -> String {
+        self.engine(secret, Some(issuer), account).get_url()
+    }
+}
+
+pub fn base32(secret: &[u8]) -> String {
+    data_encoding::BASE32_NOPAD.encode(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(algorithm: Algorithm) -> TotpParams {
+        TotpParams { algorithm, digits: 8, period: 30, skew: 1 }
+    }
+
+    /// RFC 6238 Appendix B: the same times for each hash, with the seeds
+    /// the appendix specifies (the ASCII digits repeated to the hash size).
+    #[test]
+    fn rfc6238_appendix_b() {
+        let seed20 = b"12345678901234567890".to_vec();
+        let seed32 = b"12345678901234567890123456789012".to_vec();
+        let seed64 = b"1234567890123456789012345678901234567890123456789012345678901234".to_vec();
+        let table: [(i64, &str, &str, &str); 6] = [
+            (59, "94287082", "46119246", "90693936"),
+            (1111111109, "07081804", "68084774", "25091201"),
+            (1111111111, "14050471", "67062674", "99943326"),
+            (1234567890, "89005924", "91819424", "93441116"),
+            (2000000000, "69279037", "90698825", "38618901"),
+            (20000000000, "65353130", "77737706", "47863826"),
+        ];
+        for (t, sha1, sha256, sha512) in table {
+            for (alg, seed, want) in [
+                (Algorithm::SHA1, &seed20, sha1),
+                (Algorithm::SHA256, &seed32, sha256),
+                (Algorithm::SHA512, &seed64, sha512),
+            ] {
+                let p = params(alg);
+                assert_eq!(p.code_at_step(seed, p.step_of(t)), want, "{alg:?} at {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn window_and_replay() {
+        let p = TotpParams { algorithm: Algorithm::SHA1, digits: 6, period: 30, skew: 1 };
+        let secret = [9u8; 20];
+        let now = 1_700_000_000;
+        let s = p.step_of(now);
+        let code = |step| p.code_at_step(&secret, step);
+        assert_eq!(p.check(&secret, &code(s), now, None), Check::Valid { step: s });
+        assert_eq!(p.check(&secret, &code(s - 1), now, None), Check::Valid { step: s - 1 });
+        assert_eq!(p.check(&secret, &code(s + 1), now, None), Check::Valid { step: s + 1 });
+        assert_eq!(p.check(&secret, &code(s - 2), now, None), Check::Wrong);
+        assert_eq!(p.check(&secret, &code(s + 2), now, None), Check::Wrong);
+        assert_eq!(p.check(&secret, &code(s), now, Some(s)), Check::Replayed);
+        assert_eq!(p.check(&secret, &code(s - 1), now, Some(s)), Check::Replayed);
+        assert_eq!(p.check(&secret, &code(s + 1), now, Some(s)), Check::Valid { step: s + 1 });
+        // After the clock steps back a whole window, the code that was used
+        // is still a replay.
+        assert_eq!(p.check(&secret, &code(s), now - 30, Some(s)), Check::Replayed);
+        assert_eq!(p.check(&secret, "", now, None), Check::Wrong);
+    }
+
+    #[test]
+    fn uri_carries_parameters() {
+        let p = TotpParams { algorithm: Algorithm::SHA256, digits: 8, period: 60, skew: 1 };
+        let uri = p.uri(&[1u8; 32], "host one", "alice");
+        assert!(uri.starts_with("otpauth://totp/host%20one:alice?secret="), "{uri}");
+        assert!(uri.contains("digits=8") && uri.contains("algorithm=SHA256") && uri.contains("period=60"), "{uri}");
+        assert!(uri.contains(&base32(&[1u8; 32])));
+    }
+}
