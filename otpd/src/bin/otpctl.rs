@@ -1,1 +1,274 @@
-fn main(){}
+//! otpctl — administer otpd: enrollments, lockouts, audit, status.
+//!
+//! Exit codes: 0 done; 1 the daemon failed the request; 2 usage error;
+//! 3 no such user; 4 permission denied; 5 daemon unreachable; 6 invalid input.
+use clap::{Parser, Subcommand};
+use common::client::{Client, ClientError};
+use common::config::Config;
+use common::proto::{AdminErrorKind, AdminRequest, AdminResponse, AuditEntry, Method, UserInfo};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Parser)]
+#[command(version, about = "Administer otpd: enrollments, lockouts, audit and status")]
+struct Args {
+    /// otpd configuration file (used to find the admin socket).
+    #[arg(long, short, global = true, default_value = common::DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Admin socket (overrides the configuration).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Show audit records, newest first.
+    Audit {
+        #[arg(long)]
+        user: Option<String>,
+        /// How far back: a duration ("1h", "2d") or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Daemon health and counts.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Require a passcode from USER; they enroll at their next login.
+    Enable {
+        user: String,
+        #[arg(long, value_enum, default_value = "totp")]
+        method: MethodArg,
+        #[arg(long)]
+        email: Option<String>,
+        /// Also print the otpauth:// URI (it contains the secret).
+        #[arg(long)]
+        print_uri: bool,
+    },
+    /// Stop requiring a passcode (lost device); the secret is erased.
+    Disable { user: String },
+    /// New secret; USER enrolls again at the next login.
+    Reset {
+        user: String,
+        #[arg(long)]
+        print_uri: bool,
+    },
+    Show { user: String },
+    List,
+    /// Clear a lockout and the failure count.
+    Unlock { user: String },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MethodArg {
+    Totp,
+    Email,
+}
+
+const EXIT_DAEMON: u8 = 1;
+const EXIT_NOT_FOUND: u8 = 3;
+const EXIT_PERMISSION: u8 = 4;
+const EXIT_UNREACHABLE: u8 = 5;
+const EXIT_INVALID: u8 = 6;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, msg)) => {
+            eprintln!("otpctl: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn socket_path(args: &Args) -> Result<PathBuf, (u8, String)> {
+    if let Some(s) = &args.socket {
+        return Ok(s.clone());
+    }
+    if !args.config.exists() && args.config == PathBuf::from(common::DEFAULT_CONFIG) {
+        return Ok(common::DEFAULT_ADMIN_SOCKET.into());
+    }
+    Config::load(&args.config).map(|c| c.daemon.admin_socket).map_err(|e| (EXIT_INVALID, e.to_string()))
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn parse_since(s: &str) -> Result<i64, String> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(now() - d.as_secs() as i64);
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map(|t| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0))
+        .map_err(|_| format!("--since {s:?}: give a duration like 1h or a time like 2026-01-31T12:00:00Z"))
+}
+
+fn call(args: &Args, req: &AdminRequest) -> Result<AdminResponse, (u8, String)> {
+    let path = socket_path(args)?;
+    let mut client = Client::connect(&path, Duration::from_secs(30), &[0]).map_err(|e| match e {
+        ClientError::Missing(_) | ClientError::Connect { .. } => {
+            (EXIT_UNREACHABLE, format!("{e}\nIs otpd running? Try `systemctl status otpd`."))
+        }
+        ClientError::PermissionDenied(_) => {
+            (EXIT_PERMISSION, format!("{e}: run as root or as a member of the otpd admin group"))
+        }
+        other => (EXIT_UNREACHABLE, other.to_string()),
+    })?;
+    let resp: AdminResponse =
+        client.call(req).map_err(|e| (EXIT_UNREACHABLE, format!("talking to otpd at {} failed: {e}", path.display())))?;
+    match resp {
+        AdminResponse::Error { kind, message } => Err((
+            match kind {
+                AdminErrorKind::NotFound => EXIT_NOT_FOUND,
+                AdminErrorKind::PermissionDenied => EXIT_PERMISSION,
+                AdminErrorKind::InvalidInput => EXIT_INVALID,
+                AdminErrorKind::Internal => EXIT_DAEMON,
+            },
+            message,
+        )),
+        ok => Ok(ok),
+    }
+}
+
+fn run(args: Args) -> Result<(), (u8, String)> {
+    let (req, print_uri) = match &args.cmd {
+        Cmd::User(u) => match u {
+            UserCmd::Enable { user, method, email, print_uri } => (
+                AdminRequest::UserEnable {
+                    user: user.clone(),
+                    method: match method {
+                        MethodArg::Totp => Method::Totp,
+                        MethodArg::Email => Method::Email,
+                    },
+                    email: email.clone(),
+                },
+                *print_uri,
+            ),
+            UserCmd::Disable { user } => (AdminRequest::UserDisable { user: user.clone() }, false),
+            UserCmd::Reset { user, print_uri } => (AdminRequest::UserReset { user: user.clone() }, *print_uri),
+            UserCmd::Show { user } => (AdminRequest::UserShow { user: user.clone() }, false),
+            UserCmd::List => (AdminRequest::UserList, false),
+            UserCmd::Unlock { user } => (AdminRequest::UserUnlock { user: user.clone() }, false),
+        },
+        Cmd::Audit { user, since, limit } => (
+            AdminRequest::Audit {
+                user: user.clone(),
+                since: since.as_deref().map(parse_since).transpose().map_err(|e| (2, e))?,
+                limit: Some(*limit),
+            },
+            false,
+        ),
+        Cmd::Status => (AdminRequest::Status, false),
+    };
+    let resp = call(&args, &req)?;
+    if args.json {
+        let value = match resp {
+            // The URI carries the secret: only on request, in JSON too.
+            AdminResponse::Enrolled { user, otpauth_uri } => serde_json::json!({
+                "type": "enrolled", "user": user, "otpauth_uri": if print_uri { otpauth_uri } else { None },
+            }),
+            other => serde_json::to_value(&other).unwrap_or_default(),
+        };
+        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        return Ok(());
+    }
+    match resp {
+        AdminResponse::Enrolled { user, otpauth_uri } => {
+            print_user(&user);
+            println!("{} will see a QR code at the next login; the first valid code activates the enrollment.", user.name);
+            if let (true, Some(uri)) = (print_uri, otpauth_uri) {
+                println!("uri            {uri}");
+            }
+        }
+        AdminResponse::User { user } => print_user(&user),
+        AdminResponse::Users { users } => {
+            println!("{:<20} {:<6} {:<8} {:<10} {:<8} {}", "USER", "METHOD", "ENABLED", "ACTIVATED", "FAILURES", "LOCKED UNTIL");
+            for u in users {
+                println!(
+                    "{:<20} {:<6} {:<8} {:<10} {:<8} {}",
+                    u.name,
+                    u.method,
+                    yes_no(u.enabled),
+                    yes_no(u.activated),
+                    u.failures,
+                    u.locked_until.filter(|&t| t > now()).map(time).unwrap_or_else(|| "-".into())
+                );
+            }
+        }
+        AdminResponse::Audit { entries } => print_audit(&entries),
+        AdminResponse::Status { status: s } => {
+            println!("otpd           {} (pid {}), up since {}", s.version, s.pid, time(s.started_at));
+            println!("database       {} (schema {})", s.database, s.schema_version);
+            println!(
+                "users          {} total, {} enabled, {} activated, {} locked",
+                s.users_total, s.users_enabled, s.users_activated, s.users_locked
+            );
+            println!("audit entries  {}", s.audit_entries);
+            println!("connections    {} open", s.open_connections);
+        }
+        AdminResponse::Done { message } => println!("{message}"),
+        AdminResponse::Error { message, .. } => return Err((EXIT_DAEMON, message)),
+    }
+    Ok(())
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn time(t: i64) -> String {
+    let st = UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+    humantime::format_rfc3339_seconds(st).to_string()
+}
+
+fn print_user(u: &UserInfo) {
+    println!("user           {}", u.name);
+    println!("method         {}", u.method);
+    println!("enabled        {}", yes_no(u.enabled));
+    match u.activated_at {
+        Some(t) => println!("activated      yes ({})", time(t)),
+        None => println!("activated      no"),
+    }
+    println!("failures       {}", u.failures);
+    match u.locked_until.filter(|&t| t > now()) {
+        Some(t) => println!("locked         yes, until {}", time(t)),
+        None => println!("locked         no"),
+    }
+    println!("last login     {}", u.last_login.map(time).unwrap_or_else(|| "never".into()));
+}
+
+fn print_audit(entries: &[AuditEntry]) {
+    println!("{:<20} {:<16} {:<10} {:<16} {:<8} {:<8} {:<12} {}", "TIME", "USER", "SERVICE", "RHOST", "TTY", "METHOD", "RESULT", "REASON");
+    for e in entries {
+        println!(
+            "{:<20} {:<16} {:<10} {:<16} {:<8} {:<8} {:<12} {}",
+            time(e.time),
+            e.user,
+            e.service,
+            e.rhost.as_deref().unwrap_or("-"),
+            e.tty.as_deref().unwrap_or("-"),
+            e.method,
+            e.result,
+            e.reason
+        );
+    }
+}

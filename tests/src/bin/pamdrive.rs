@@ -1,0 +1,50 @@
+//! pamdrive SERVICE USER [--confdir DIR] [--tty T] [--rhost H] [ANSWER...]
+//!
+//! Runs one pam_authenticate through the real libpam (use under pam_wrapper)
+//! answering prompts with the ANSWER arguments in order (raw bytes, so
+//! non-UTF-8 answers can be tested). Prints the conversation, then
+//! `result: CODE MESSAGE`, and exits with the PAM return code. An answer
+//! written `hex:…` is decoded first, so NUL bytes can be tested; `file:PATH`
+//! reads the answer from a file (answers larger than argv allows).
+use std::os::unix::ffi::OsStringExt;
+
+fn main() {
+    let mut args = std::env::args_os().skip(1);
+    let (Some(service), Some(user)) = (args.next(), args.next()) else {
+        eprintln!("usage: pamdrive SERVICE USER [--tty T] [--rhost H] [ANSWER...]");
+        std::process::exit(100);
+    };
+    let (mut confdir, mut tty, mut rhost, mut answers) = (None, None, None, Vec::new());
+    while let Some(a) = args.next() {
+        match a.to_str() {
+            Some("--confdir") => confdir = args.next().map(|s| s.to_string_lossy().into_owned()),
+            Some("--tty") => tty = args.next().map(|s| s.to_string_lossy().into_owned()),
+            Some("--rhost") => rhost = args.next().map(|s| s.to_string_lossy().into_owned()),
+            _ => answers.push(decode(a.into_vec())),
+        }
+    }
+    let login = e2e::authenticate(
+        confdir.as_deref(),
+        &service.to_string_lossy(),
+        &user.to_string_lossy(),
+        answers,
+        tty.as_deref(),
+        rhost.as_deref(),
+    );
+    print!("{}", login.transcript);
+    println!("result: {} {}", login.code, login.error);
+    std::process::exit(login.code);
+}
+
+fn decode(arg: Vec<u8>) -> Vec<u8> {
+    if let Some(path) = arg.strip_prefix(b"file:") {
+        return std::fs::read(String::from_utf8_lossy(path).as_ref()).unwrap_or_default();
+    }
+    match arg.strip_prefix(b"hex:") {
+        Some(hex) => hex
+            .chunks(2)
+            .filter_map(|p| std::str::from_utf8(p).ok().and_then(|s| u8::from_str_radix(s, 16).ok()))
+            .collect(),
+        None => arg,
+    }
+}

@@ -1,0 +1,267 @@
+//! End to end: built pam_otp.so → real libpam (pam_wrapper) → real otpd → SQLite.
+mod support;
+use e2e::{code_from_uri, PAM_AUTH_ERR, PAM_MAXTRIES, PAM_SUCCESS};
+use support::*;
+
+#[test]
+fn enrollment_shows_qr_then_first_code_activates() {
+    let fx = Fixture::start("");
+    fx.ctl_ok(&["user", "enable", "alice", "--method", "totp"]);
+    assert_eq!(fx.show("alice")["user"]["activated"], false);
+
+    // Wrong code: denied, and the QR, secret and URI were shown.
+    let first = fx.login("alice", &["000000"]);
+    assert_eq!(first.code, PAM_AUTH_ERR, "{}", first.out);
+    assert!(first.shows_qr(), "{}", first.out);
+    assert!(first.out.contains("[prompt-off] Passcode:"), "{}", first.out);
+    let uri = first.uri().unwrap();
+    assert!(uri.starts_with("otpauth://totp/") && uri.contains(":alice?secret="), "{uri}");
+    let secret = uri.split("secret=").nth(1).unwrap().split('&').next().unwrap();
+    assert!(first.out.contains(&format!("secret key manually: {secret}")));
+    assert!(secret.len() >= 32, "secret must be >= 160 bits");
+    assert_eq!(fx.show("alice")["user"]["activated"], false);
+
+    // QR shown again; a code computed from the URI logs in and activates.
+    let code = code_from_uri(&uri, 0).unwrap();
+    let ok = fx.login("alice", &[&code]);
+    assert_eq!(ok.code, PAM_SUCCESS, "{}", ok.out);
+    assert!(ok.shows_qr());
+    assert!(ok.out.contains("now enrolled"), "{}", ok.out);
+    let shown = fx.show("alice");
+    assert_eq!(shown["user"]["activated"], true);
+    assert!(shown["user"]["activated_at"].as_i64().unwrap() > 0);
+    let table = fx.ctl_ok(&["user", "show", "alice"]);
+    assert!(table.contains("activated      yes ("), "{table}");
+
+    // From now on: no QR, the same code is a replay, the next step's works.
+    let replay = fx.login("alice", &[&code]);
+    assert_eq!(replay.code, PAM_AUTH_ERR, "{}", replay.out);
+    assert!(!replay.shows_qr() && !replay.out.contains("otpauth://"), "{}", replay.out);
+    assert!(replay.out.contains("already used"), "{}", replay.out);
+    let next = fx.login("alice", &[&code_from_uri(&uri, 1).unwrap()]);
+    assert_eq!(next.code, PAM_SUCCESS, "{}", next.out);
+
+    // Audit has every attempt, with service and result, and never a code.
+    let audit = fx.ctl_ok(&["--json", "audit", "--user", "alice"]);
+    let v: serde_json::Value = serde_json::from_str(&audit).unwrap();
+    let results: Vec<&str> = v["entries"].as_array().unwrap().iter().map(|e| e["result"].as_str().unwrap()).collect();
+    assert_eq!(results, ["accept", "deny", "accept", "deny", "enable"]);
+    assert!(!audit.contains(&code) && !fx.log().contains(&code) && !fx.log().contains(secret));
+}
+
+#[test]
+fn qr_code_decodes_to_the_uri() {
+    let fx = Fixture::start("");
+    fx.ctl_ok(&["user", "enable", "qr-user", "--method", "totp"]);
+    let run = fx.login("qr-user", &["1"]);
+    let uri = run.uri().unwrap();
+    // Turn the half-block rendering back into pixels (each cell is two rows).
+    let rows: Vec<Vec<char>> = run
+        .out
+        .lines()
+        .map(|l| l.strip_prefix("[info] ").unwrap_or(l))
+        .filter(|l| !l.is_empty() && l.chars().all(|c| matches!(c, ' ' | '\u{2580}' | '\u{2584}' | '\u{2588}')))
+        .map(|l| l.chars().collect())
+        .collect();
+    assert!(rows.len() > 10, "{}", run.out);
+    let width = rows[0].len();
+    let scale = 4;
+    let mut pbm = format!("P1\n{} {}\n", width * scale, rows.len() * 2 * scale);
+    for row in &rows {
+        for half in 0..2 {
+            let line: String = row
+                .iter()
+                .flat_map(|&c| {
+                    // Blocks are the light modules (drawn for dark terminals).
+                    let lit = match (c, half) {
+                        ('\u{2588}', _) => true,
+                        ('\u{2580}', 0) | ('\u{2584}', 1) => true,
+                        _ => false,
+                    };
+                    std::iter::repeat(if lit { "0 " } else { "1 " }).take(scale)
+                })
+                .collect();
+            for _ in 0..scale {
+                pbm.push_str(&line);
+                pbm.push('\n');
+            }
+        }
+    }
+    let img = fx.path("qr.pbm");
+    std::fs::write(&img, pbm).unwrap();
+    let out = std::process::Command::new("zbarimg").args(["-q", "--raw"]).arg(&img).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), uri);
+}
+
+#[test]
+fn sixteen_parallel_logins_with_one_code_exactly_one_succeeds() {
+    let fx = Fixture::start("[lockout]\nmax_failures = 100\n");
+    let uri = fx.enroll_active("bob");
+    let code = code_from_uri(&uri, 1).unwrap();
+    let children: Vec<_> = (0..16)
+        .map(|_| {
+            let mut c = fx.pamdrive("otp", "bob", &[code.as_bytes()]);
+            c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+            c.spawn().unwrap()
+        })
+        .collect();
+    let codes: Vec<i32> = children.into_iter().map(|mut c| c.wait().unwrap().code().unwrap()).collect();
+    assert_eq!(codes.iter().filter(|&&c| c == PAM_SUCCESS).count(), 1, "{codes:?}");
+    assert_eq!(codes.iter().filter(|&&c| c == PAM_AUTH_ERR).count(), 15, "{codes:?}");
+}
+
+#[test]
+fn lockout_survives_restart_and_unlock_clears_it() {
+    let mut fx = Fixture::start("[lockout]\nmax_failures = 3\nlock_for = \"1h\"\n");
+    let uri = fx.enroll_active("carol");
+    assert_eq!(fx.login("carol", &["111111"]).code, PAM_AUTH_ERR);
+    assert_eq!(fx.login("carol", &["222222"]).code, PAM_AUTH_ERR);
+    let locked = fx.login("carol", &["333333"]);
+    assert_eq!(locked.code, PAM_MAXTRIES, "{}", locked.out);
+    assert!(locked.out.contains("Too many failed attempts"), "{}", locked.out);
+    fx.stop_daemon();
+    fx.start_daemon();
+    // The right code does not get in while locked and is not consumed.
+    let code = code_from_uri(&uri, 1).unwrap();
+    let refused = fx.login("carol", &[&code]);
+    assert_eq!(refused.code, PAM_MAXTRIES, "{}", refused.out);
+    assert!(!refused.out.contains("Passcode:"), "a locked user is not even asked: {}", refused.out);
+    assert!(fx.ctl_ok(&["user", "show", "carol"]).contains("locked         yes"));
+    fx.ctl_ok(&["user", "unlock", "carol"]);
+    assert!(fx.ctl_ok(&["user", "show", "carol"]).contains("locked         no"));
+    assert_eq!(fx.login("carol", &[&code]).code, PAM_SUCCESS);
+}
+
+#[test]
+fn disable_ignores_reset_and_reenable_give_new_secrets() {
+    let fx = Fixture::start("");
+    fx.write_service("otp-require", "require");
+    // Never enabled: IGNORE, or a denial with `require`.
+    let never = fx.login_with("otp-probe", "stranger", &[]);
+    assert_eq!(never.code, PROBE_IGNORED, "{}", never.out);
+    assert_eq!(fx.login("stranger", &[]).code, PAM_SUCCESS, "ignore lets the rest of the stack decide");
+    assert!(!never.out.contains("Passcode"));
+    assert_eq!(fx.login_with("otp-require", "stranger", &[]).code, PAM_AUTH_ERR);
+
+    let uri1 = fx.enroll_active("dan");
+    fx.ctl_ok(&["user", "disable", "dan"]);
+    let off = fx.login_with("otp-probe", "dan", &[]);
+    assert_eq!(off.code, PROBE_IGNORED, "{}", off.out);
+    assert_eq!(fx.show("dan")["user"]["enabled"], false);
+
+    // Enabling again creates a new secret and asks for enrollment again.
+    fx.ctl_ok(&["user", "enable", "dan", "--method", "totp"]);
+    let again = fx.login("dan", &[&code_from_uri(&uri1, 1).unwrap()]);
+    assert_eq!(again.code, PAM_AUTH_ERR, "old secret must not work: {}", again.out);
+    let uri2 = again.uri().unwrap();
+    assert_ne!(uri1, uri2);
+    assert_eq!(fx.login("dan", &[&code_from_uri(&uri2, 0).unwrap()]).code, PAM_SUCCESS);
+
+    // Reset: new secret, QR again until re-activated.
+    fx.ctl_ok(&["user", "reset", "dan"]);
+    assert_eq!(fx.show("dan")["user"]["activated"], false);
+    let after = fx.login("dan", &[&code_from_uri(&uri2, 1).unwrap()]);
+    assert_eq!(after.code, PAM_AUTH_ERR);
+    assert!(after.shows_qr());
+    let uri3 = after.uri().unwrap();
+    assert_ne!(uri2, uri3);
+    assert_eq!(fx.login("dan", &[&code_from_uri(&uri3, 0).unwrap()]).code, PAM_SUCCESS);
+    assert_eq!(fx.show("dan")["user"]["activated"], true);
+}
+
+#[test]
+fn daemon_down_fails_closed() {
+    let mut fx = Fixture::start("");
+    fx.enroll_active("erin");
+    fx.stop_daemon();
+    let down = fx.login("erin", &["123456"]);
+    assert_eq!(down.code, PAM_AUTH_ERR, "{}", down.out);
+    // Also for users that would have been ignored: the daemon is the only one who may say so.
+    assert_eq!(fx.login("never-enabled", &[]).code, PAM_AUTH_ERR);
+    assert_eq!(fx.login_with("otp-probe", "never-enabled", &[]).code, PAM_AUTH_ERR);
+}
+
+#[test]
+fn socket_not_owned_by_root_is_refused() {
+    let fx = Fixture::start("");
+    fx.ctl_ok(&["user", "enable", "frank", "--method", "totp"]);
+    std::os::unix::fs::chown(fx.pam_socket(), Some(65534), None).unwrap();
+    let r = fx.login("frank", &["123456"]);
+    assert_eq!(r.code, PAM_AUTH_ERR, "{}", r.out);
+    assert!(!r.out.contains("Passcode"), "must not talk to a user-owned socket: {}", r.out);
+}
+
+#[test]
+fn odd_answers_are_denied_and_audited() {
+    let fx = Fixture::start("[lockout]\nmax_failures = 100\n");
+    let uri = fx.enroll_active("gina");
+    let good = code_from_uri(&uri, 1).unwrap();
+    let arabic: String = good.chars().map(|c| char::from_u32(0x0660 + c.to_digit(10).unwrap()).unwrap()).collect();
+    std::fs::write(fx.path("huge-answer"), vec![b'1'; 100_000]).unwrap();
+    let huge = format!("file:{}", fx.path("huge-answer").display()).into_bytes();
+    let mut nul = good.as_bytes().to_vec();
+    nul.insert(3, 0); // the C API cuts at NUL: "abc" of a 6-digit code
+    let cases: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        huge,
+        b"12\xff\xfe34".to_vec(),
+        nul,
+        arabic.into_bytes(),
+        format!("{good}\n").into_bytes(),
+        "\u{FF11}\u{FF12}\u{FF13}\u{FF14}\u{FF15}\u{FF16}".as_bytes().to_vec(),
+    ];
+    for case in &cases {
+        let r = fx.login_with("otp", "gina", &[case]);
+        assert_eq!(r.code, PAM_AUTH_ERR, "{:?}: {}", String::from_utf8_lossy(&case[..case.len().min(20)]), r.out);
+    }
+    // No answer at all (conversation error) is a denial too.
+    assert_eq!(fx.login("gina", &[]).code, PAM_AUTH_ERR);
+    let audit: serde_json::Value = serde_json::from_str(&fx.ctl_ok(&["--json", "audit", "--user", "gina"])).unwrap();
+    let denies = audit["entries"].as_array().unwrap().iter().filter(|e| e["result"] == "deny").count();
+    // +1 for the conversation error, +1 for enroll_active's first (empty) answer.
+    assert_eq!(denies, cases.len() + 2);
+    // None of that consumed the code.
+    assert_eq!(fx.login("gina", &[&good]).code, PAM_SUCCESS);
+}
+
+#[test]
+fn non_root_caller_can_only_authenticate_itself() {
+    let fx = Fixture::start("");
+    // `nobody` exists in every passwd, so the daemon can record its uid.
+    let uri = fx.enroll_active("nobody");
+    fx.enroll_active("henry");
+    let code = code_from_uri(&uri, 1).unwrap();
+    let mut other = fx.pamdrive("otp", "henry", &[code.as_bytes()]);
+    as_uid(&mut other, 65534);
+    let r = run(other);
+    assert_eq!(r.code, PAM_AUTH_ERR, "{}", r.out);
+    assert!(r.out.contains("only authenticate yourself"), "{}", r.out);
+    assert_eq!(fx.show("henry")["user"]["failures"], 0, "refusals must not count towards henry's lockout");
+
+    let mut own = fx.pamdrive("otp", "nobody", &[code.as_bytes()]);
+    as_uid(&mut own, 65534);
+    let r = run(own);
+    assert_eq!(r.code, PAM_SUCCESS, "{}", r.out);
+}
+
+#[test]
+fn pamtester_works_too() {
+    let fx = Fixture::start("");
+    let uri = fx.enroll_active("ivy");
+    let code = code_from_uri(&uri, 1).unwrap();
+    let mut cmd = std::process::Command::new("pamtester");
+    cmd.args(["-v", "otp", "ivy", "authenticate"])
+        .env("LD_PRELOAD", "libpam_wrapper.so")
+        .env("PAM_WRAPPER", "1")
+        .env("PAM_WRAPPER_SERVICE_DIR", fx.path("services"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    use std::io::Write;
+    writeln!(child.stdin.take().unwrap(), "{code}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("successfully authenticated"), "{text}");
+}

@@ -1,0 +1,206 @@
+//! A real otpd in a temp dir, the built pam_otp.so in pam_wrapper service
+//! files, and pamdrive (real libpam) to log in. Nothing outside the temp dir
+//! is touched; Drop stops the daemon.
+#![allow(dead_code)]
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn build_dir() -> PathBuf {
+    // target/<profile>/deps/<this test> → target/<profile>
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+pub fn module_path() -> PathBuf {
+    build_dir().join("libpam_otp.so")
+}
+
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub daemon: Option<Child>,
+}
+
+/// What the probe stack returns when pam_otp said PAM_IGNORE.
+pub const PROBE_IGNORED: i32 = 10;
+
+pub struct Run {
+    pub code: i32,
+    pub out: String,
+}
+
+impl Run {
+    pub fn uri(&self) -> Option<String> {
+        self.out.lines().find_map(|l| l.strip_prefix("URI: ").map(|u| u.trim().to_string()))
+    }
+    pub fn shows_qr(&self) -> bool {
+        self.out.contains('\u{2588}') && self.out.contains("otpauth://")
+    }
+}
+
+impl Fixture {
+    pub fn start(extra_config: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        // World-traversable so a non-root pamdrive can read the service files.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let d = dir.path();
+        let config = d.join("otpd.toml");
+        let text = format!(
+            "[daemon]\npam_socket = \"{0}/run/pam.sock\"\nadmin_socket = \"{0}/run/admin.sock\"\n\
+             database = \"{0}/state/otpd.db\"\nkey_file = \"{0}/state/secret.key\"\n{1}\n",
+            d.display(),
+            extra_config
+        );
+        std::fs::create_dir_all(d.join("state")).unwrap();
+        std::fs::create_dir_all(d.join("services")).unwrap();
+        std::fs::write(&config, text).unwrap();
+        let mut fx = Fixture { dir, config, daemon: None };
+        fx.write_service("otp", "");
+        // pam_otp's own IGNORE is invisible in a normal stack (the next
+        // module decides), so the probe stack turns it into PAM_USER_UNKNOWN,
+        // a code pam_otp never returns.
+        let probe = format!(
+            "auth [success=done ignore=ignore default=die] {} socket={}\nauth requisite pam_debug.so auth=user_unknown\n",
+            module_path().display(),
+            fx.pam_socket().display()
+        );
+        std::fs::write(fx.path("services/otp-probe"), probe).unwrap();
+        fx.start_daemon();
+        fx
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn pam_socket(&self) -> PathBuf {
+        self.path("run/pam.sock")
+    }
+
+    pub fn start_daemon(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.path("otpd.log")).unwrap();
+        let child = Command::new(build_dir().join("otpd"))
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(self.pam_socket().exists() && self.path("run/admin.sock").exists()) {
+            assert!(Instant::now() < deadline, "otpd did not start: {}", self.log());
+            if let Some(Ok(Some(status))) = self.daemon.as_mut().map(|c| c.try_wait()) {
+                panic!("otpd exited with {status}: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop_daemon(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while c.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("otpd.log")).unwrap_or_default()
+    }
+
+    /// Writes a pam_wrapper service `name` stacking pam_otp.so with `opts`.
+    pub fn write_service(&self, name: &str, opts: &str) {
+        let text = format!(
+            "auth [success=ok ignore=ignore default=die] {} socket={} {}\nauth required pam_permit.so\naccount required pam_permit.so\n",
+            module_path().display(),
+            self.pam_socket().display(),
+            opts
+        );
+        std::fs::write(self.path("services").join(name), text).unwrap();
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(build_dir().join("otpctl")).arg("--config").arg(&self.config).args(args).output().unwrap()
+    }
+
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(out.status.success(), "otpctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn show(&self, user: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ctl_ok(&["--json", "user", "show", user])).unwrap()
+    }
+
+    pub fn pamdrive(&self, service: &str, user: &str, answers: &[&[u8]]) -> Command {
+        let mut cmd = Command::new(build_dir().join("pamdrive"));
+        cmd.arg(service).arg(user).arg("--confdir").arg(self.path("services"));
+        for a in answers {
+            if a.starts_with(b"file:") {
+                cmd.arg(String::from_utf8_lossy(a).into_owned());
+                continue;
+            }
+            // hex: so NUL and non-UTF-8 bytes survive argv.
+            cmd.arg(format!("hex:{}", a.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+        }
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn login_with(&self, service: &str, user: &str, answers: &[&[u8]]) -> Run {
+        run(self.pamdrive(service, user, answers))
+    }
+
+    pub fn login(&self, user: &str, answers: &[&str]) -> Run {
+        let a: Vec<&[u8]> = answers.iter().map(|s| s.as_bytes()).collect();
+        self.login_with("otp", user, &a)
+    }
+
+    /// Enables `user`, activates the enrollment with the previous step's code
+    /// and returns the URI, so the current and next steps are still unused.
+    pub fn enroll_active(&self, user: &str) -> String {
+        self.ctl_ok(&["user", "enable", user, "--method", "totp"]);
+        let first = self.login(user, &[""]);
+        let uri = first.uri().unwrap_or_else(|| panic!("no URI in {}", first.out));
+        let code = e2e::code_from_uri(&uri, -1).unwrap();
+        let ok = self.login(user, &[&code]);
+        assert_eq!(ok.code, 0, "{}", ok.out);
+        uri
+    }
+}
+
+pub fn run(mut cmd: Command) -> Run {
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Run { code: out.status.code().unwrap_or(-1), out: text }
+}
+
+/// Runs `cmd` as an unprivileged uid (std drops supplementary groups when
+/// root changes uid).
+pub fn as_uid(cmd: &mut Command, uid: u32) {
+    cmd.uid(uid).gid(uid);
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.stop_daemon();
+    }
+}
+
+pub fn write_all(path: &Path, bytes: &[u8]) {
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(bytes).unwrap();
+}
