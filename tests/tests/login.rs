@@ -265,3 +265,56 @@ fn pamtester_works_too() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("successfully authenticated"), "{text}");
 }
+
+/// Runs pamdrive in a private mount namespace whose /dev/log is a datagram
+/// socket owned by the test, and returns what was logged. The host's /dev
+/// is untouched (the namespace dies with the process).
+fn login_capturing_syslog(fx: &Fixture, service: &str, user: &str, answers: &[&str]) -> (Run, String) {
+    use std::os::unix::net::UnixDatagram;
+    let sock_path = fx.path("log.sock");
+    let _ = std::fs::remove_file(&sock_path);
+    let sink = UnixDatagram::bind(&sock_path).unwrap();
+    sink.set_nonblocking(true).unwrap();
+    let fake = fx.path("fakedev");
+    std::fs::create_dir_all(&fake).unwrap();
+    for n in ["null", "zero", "urandom", "random", "log"] {
+        std::fs::write(fake.join(n), b"").unwrap();
+    }
+    let drive = fx.pamdrive(service, user, &answers.iter().map(|a| a.as_bytes()).collect::<Vec<_>>());
+    let mut argv = vec![drive.get_program().to_string_lossy().into_owned()];
+    argv.extend(drive.get_args().map(|a| format!("'{}'", a.to_string_lossy())));
+    let script = format!(
+        "set -e; F={f}; for n in null zero urandom random; do mount --bind /dev/$n $F/$n; done; \
+         mount --bind {s} $F/log; mount --rbind $F /dev; exec {cmd}",
+        f = fake.display(),
+        s = sock_path.display(),
+        cmd = argv.join(" ")
+    );
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c", &script]);
+    let run = support::run(cmd);
+    let mut logged = String::new();
+    let mut buf = vec![0u8; 8192];
+    while let Ok(n) = sink.recv(&mut buf) {
+        logged.push_str(&String::from_utf8_lossy(&buf[..n]));
+        logged.push('\n');
+    }
+    (run, logged)
+}
+
+#[test]
+fn daemon_down_with_fail_open_succeeds_and_logs_loudly() {
+    let mut fx = Fixture::start("");
+    fx.write_service("otp-open", "fail=open");
+    fx.enroll_active("olga");
+    fx.stop_daemon();
+    let (closed, closed_log) = login_capturing_syslog(&fx, "otp", "olga", &["123456"]);
+    assert_eq!(closed.code, PAM_AUTH_ERR, "{}", closed.out);
+    assert!(closed_log.contains("denying (fail=closed)"), "log: {closed_log}");
+    let (open, log) = login_capturing_syslog(&fx, "otp-open", "olga", &["123456"]);
+    assert_eq!(open.code, PAM_SUCCESS, "{}", open.out);
+    assert!(log.contains("FAIL-OPEN") && log.contains("olga"), "log: {log}");
+    // authpriv (10) * 8 + warning (4) = <84>
+    assert!(log.contains("<84>"), "must be an authpriv warning: {log}");
+    assert!(!log.contains("123456"), "the code must never be logged: {log}");
+}

@@ -43,6 +43,8 @@ impl Run {
 }
 
 impl Fixture {
+    /// `extra_config` is appended right after the `[daemon]` keys, so bare
+    /// keys land in `[daemon]` and other tables start with their header.
     pub fn start(extra_config: &str) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         // World-traversable so a non-root pamdrive can read the service files.

@@ -1,0 +1,107 @@
+//! otpctl and otpd command lines: exit codes and messages an admin relies on.
+mod support;
+use std::process::Command;
+use support::*;
+
+#[test]
+fn otpctl_exit_codes_and_messages() {
+    let mut fx = Fixture::start("");
+    let out = fx.ctl(&["user", "show", "nobody-enrolled"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("otpctl user enable nobody-enrolled"));
+    let out = fx.ctl(&["user", "enable", "bad name!"]);
+    assert_eq!(out.status.code(), Some(6));
+    fx.ctl_ok(&["user", "enable", "rita"]);
+    let again = fx.ctl(&["user", "enable", "rita"]);
+    assert_eq!(again.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("otpctl user reset rita"));
+    let email = fx.ctl(&["user", "enable", "sam", "--method", "email", "--email", "sam@example.org"]);
+    assert_eq!(email.status.code(), Some(6), "email is not available yet and must say so");
+    let list = fx.ctl_ok(&["user", "list"]);
+    assert!(list.contains("rita") && !list.contains("sam"), "{list}");
+    let status = fx.ctl_ok(&["status"]);
+    assert!(status.contains("1 enabled"), "{status}");
+
+    // Unprivileged callers are refused and change nothing.
+    let mut cmd = Command::new(build_dir().join("otpctl"));
+    cmd.arg("--config").arg(&fx.config).args(["user", "disable", "rita"]);
+    as_uid(&mut cmd, 65534);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fx.show("rita")["user"]["enabled"], true);
+
+    fx.stop_daemon();
+    let out = fx.ctl(&["status"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Is otpd running?"));
+}
+
+#[test]
+fn check_config_names_the_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("otpd.toml");
+    std::fs::write(&cfg, "[totp]\ndigits = 6\nperoid = 30\n").unwrap();
+    let out = Command::new(build_dir().join("otpd")).arg("--config").arg(&cfg).arg("--check-config").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("line 3") && err.contains("peroid"), "{err}");
+    // The daemon refuses to start with the same message.
+    let out = Command::new(build_dir().join("otpd")).arg("--config").arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("peroid"));
+
+    std::fs::write(&cfg, "[lockout]\nmax_failures = 0\n").unwrap();
+    let out = Command::new(build_dir().join("otpd")).arg("--config").arg(&cfg).arg("--check-config").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lockout.max_failures"));
+    std::fs::write(&cfg, "").unwrap();
+    let out = Command::new(build_dir().join("otpd")).arg("--config").arg(&cfg).arg("--check-config").output().unwrap();
+    assert!(out.status.success());
+}
+
+#[test]
+fn corrupt_database_or_readable_key_refuses_to_start() {
+    let mut fx = Fixture::start("");
+    fx.ctl_ok(&["user", "enable", "tess"]);
+    fx.stop_daemon();
+    let db = fx.path("state/otpd.db");
+    let _ = std::fs::remove_file(fx.path("state/otpd.db-wal"));
+    let _ = std::fs::remove_file(fx.path("state/otpd.db-shm"));
+    std::fs::write(&db, vec![0x5a; 16384]).unwrap();
+    let out = Command::new(build_dir().join("otpd")).arg("--config").arg(&fx.config).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("otpd.db") && err.contains("unusable"), "{err}");
+    assert_eq!(std::fs::read(&db).unwrap(), vec![0x5a; 16384], "the broken file is left for the admin");
+
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::remove_file(&db).unwrap();
+    let key = fx.path("state/secret.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(build_dir().join("otpd")).arg("--config").arg(&fx.config).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+}
+
+#[test]
+fn state_files_are_private() {
+    use std::os::unix::fs::MetadataExt;
+    let fx = Fixture::start("");
+    fx.ctl_ok(&["user", "enable", "uma"]);
+    for f in ["state/otpd.db", "state/secret.key"] {
+        let mode = std::fs::metadata(fx.path(f)).unwrap().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{f} has mode {mode:o}");
+    }
+    let mode = std::fs::metadata(fx.pam_socket()).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o666, "screen lockers running as the user must reach the PAM socket");
+    // The secret is not stored in clear.
+    let uri_secret = {
+        let r = fx.login("uma", &["1"]);
+        r.uri().unwrap().split("secret=").nth(1).unwrap().split('&').next().unwrap().to_string()
+    };
+    let out = Command::new("sqlite3").arg(fx.path("state/otpd.db")).arg("SELECT hex(secret) FROM users").output().unwrap();
+    let stored = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!stored.trim().is_empty());
+    let raw = totp_rs::Secret::Encoded(uri_secret).to_bytes().unwrap();
+    let raw_hex: String = raw.iter().map(|b| format!("{b:02X}")).collect();
+    assert!(raw.len() >= 20 && !stored.contains(&raw_hex), "secret stored in clear");
+}
