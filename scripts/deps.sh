@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what building and testing pam_otp needs on Debian/Ubuntu, if missing.
+set -euo pipefail
+pkgs=(libpam0g-dev libpam-modules libpam-wrapper pamtester zbar-tools sqlite3 oathtool binutils util-linux)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "cargo not found: install Rust from rustup.rs first" >&2; exit 1; }

@@ -1,0 +1,34 @@
+//! Properties of the built shared object itself.
+mod support;
+use std::process::Command;
+use support::*;
+
+#[test]
+fn exports_only_pam_entry_points() {
+    let out = Command::new("nm").args(["-D", "--defined-only"]).arg(module_path()).output().unwrap();
+    assert!(out.status.success());
+    let symbols: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2).map(String::from))
+        .collect();
+    assert!(symbols.contains(&"pam_sm_authenticate".to_string()), "{symbols:?}");
+    let others: Vec<&String> = symbols.iter().filter(|s| !s.starts_with("pam_sm_")).collect();
+    assert!(others.is_empty(), "unexpected exports: {others:?}");
+}
+
+#[test]
+fn module_has_no_async_runtime_or_threads() {
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+    for krate in ["tokio", "async-std", "rayon"] {
+        let out = Command::new(env!("CARGO"))
+            .args(["tree", "--offline", "--manifest-path", manifest, "-p", "pam_otp", "-e", "normal", "-i", krate])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!text.contains(krate) || !out.status.success(), "{krate} is in pam_otp's tree:\n{text}");
+    }
+    // And the object links no pthread_create of its own.
+    let out = Command::new("nm").args(["-D", "--undefined-only"]).arg(module_path()).output().unwrap();
+    let undefined = String::from_utf8_lossy(&out.stdout);
+    assert!(!undefined.contains("pthread_create") && !undefined.contains(" fork"), "{undefined}");
+}
