@@ -8,4 +8,14 @@ cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 # Build everything once; the tests use these very binaries.
 cargo build --workspace --all-targets --locked
-cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-4}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked --lib --bins --tests -- --test-threads="${TEST_THREADS:-4}" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(grep -o '[0-9]* passed' "$log" | awk '{s+=$1} END {print s+0}')
+failed=$(grep -o '[0-9]* failed' "$log" | awk '{s+=$1} END {print s+0}')
+echo
+echo "total: $passed passed, $failed failed"
+exit "$status"
