@@ -24,7 +24,7 @@ fn main() -> std::process::ExitCode {
         .with_ansi(false)
         .init();
     // A missing default config means "all defaults"; a named file must exist.
-    let config = if !args.config.exists() && args.config == PathBuf::from(common::DEFAULT_CONFIG) {
+    let config = if !args.config.exists() && args.config.as_path() == std::path::Path::new(common::DEFAULT_CONFIG) {
         Ok(Config::default())
     } else {
         Config::load(&args.config)

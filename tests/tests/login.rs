@@ -73,12 +73,8 @@ fn qr_code_decodes_to_the_uri() {
                 .iter()
                 .flat_map(|&c| {
                     // Blocks are the light modules (drawn for dark terminals).
-                    let lit = match (c, half) {
-                        ('\u{2588}', _) => true,
-                        ('\u{2580}', 0) | ('\u{2584}', 1) => true,
-                        _ => false,
-                    };
-                    std::iter::repeat(if lit { "0 " } else { "1 " }).take(scale)
+                    let lit = matches!((c, half), ('\u{2588}', _) | ('\u{2580}', 0) | ('\u{2584}', 1));
+                    std::iter::repeat_n(if lit { "0 " } else { "1 " }, scale)
                 })
                 .collect();
             for _ in 0..scale {

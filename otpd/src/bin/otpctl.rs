@@ -99,7 +99,7 @@ fn socket_path(args: &Args) -> Result<PathBuf, (u8, String)> {
     if let Some(s) = &args.socket {
         return Ok(s.clone());
     }
-    if !args.config.exists() && args.config == PathBuf::from(common::DEFAULT_CONFIG) {
+    if !args.config.exists() && args.config.as_path() == std::path::Path::new(common::DEFAULT_CONFIG) {
         return Ok(common::DEFAULT_ADMIN_SOCKET.into());
     }
     Config::load(&args.config).map(|c| c.daemon.admin_socket).map_err(|e| (EXIT_INVALID, e.to_string()))
@@ -197,7 +197,7 @@ fn run(args: Args) -> Result<(), (u8, String)> {
         }
         AdminResponse::User { user } => print_user(&user),
         AdminResponse::Users { users } => {
-            println!("{:<20} {:<6} {:<8} {:<10} {:<8} {}", "USER", "METHOD", "ENABLED", "ACTIVATED", "FAILURES", "LOCKED UNTIL");
+            println!("{:<20} {:<6} {:<8} {:<10} {:<8} LOCKED UNTIL", "USER", "METHOD", "ENABLED", "ACTIVATED", "FAILURES");
             for u in users {
                 println!(
                     "{:<20} {:<6} {:<8} {:<10} {:<8} {}",
@@ -257,7 +257,7 @@ fn print_user(u: &UserInfo) {
 }
 
 fn print_audit(entries: &[AuditEntry]) {
-    println!("{:<20} {:<16} {:<10} {:<16} {:<8} {:<8} {:<12} {}", "TIME", "USER", "SERVICE", "RHOST", "TTY", "METHOD", "RESULT", "REASON");
+    println!("{:<20} {:<16} {:<10} {:<16} {:<8} {:<8} {:<12} REASON", "TIME", "USER", "SERVICE", "RHOST", "TTY", "METHOD", "RESULT");
     for e in entries {
         println!(
             "{:<20} {:<16} {:<10} {:<16} {:<8} {:<8} {:<12} {}",
