@@ -202,6 +202,12 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_states_the_defaults() {
+        let c = parse(include_str!("../../packaging/otpd.toml")).ok();
+        assert_eq!(c, Some(Config::default()));
+    }
+
+    #[test]
     fn durations_and_values() {
         let c = parse("[lockout]\nmax_failures = 3\nlock_for = \"1h 30m\"\n[totp]\nalgorithm = \"SHA512\"\ndigits = 8\n");
         let c = c.ok().unwrap_or_default();

@@ -330,6 +330,46 @@ mod tests {
         assert_eq!(s.audit(None, None, 10).unwrap().len(), 2);
     }
 
+    /// A store whose writes fail, as on a full disk or a read-only file system.
+    struct FailingWrites(SqliteStore);
+
+    impl Store for FailingWrites {
+        fn user(&mut self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+            self.0.user(name)
+        }
+        fn save_user(&mut self, _: &UserRecord) -> Result<(), StoreError> {
+            Err(StoreError::NotCommitted)
+        }
+        fn users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
+            self.0.users()
+        }
+        fn add_audit(&mut self, _: &NewAudit) -> Result<(), StoreError> {
+            Err(StoreError::NotCommitted)
+        }
+        fn audit(&mut self, u: Option<&str>, s: Option<i64>, l: u32) -> Result<Vec<common::proto::AuditEntry>, StoreError> {
+            self.0.audit(u, s, l)
+        }
+        fn counts(&mut self, now: i64) -> Result<crate::store::Counts, StoreError> {
+            self.0.counts(now)
+        }
+        fn schema_version(&mut self) -> Result<i64, StoreError> {
+            self.0.schema_version()
+        }
+    }
+
+    #[test]
+    fn a_valid_code_is_not_accepted_when_the_write_fails() {
+        let p = policy(3);
+        let mut s = SqliteStore::in_memory().unwrap();
+        let secret = enroll(&mut s, &p, "ivan", None);
+        let mut failing = FailingWrites(s);
+        let good = code(&p, &secret, T0);
+        assert!(check_answer(&mut failing, &p, &ctx("ivan"), &good, T0).is_err(), "must not be Accept");
+        // Nothing was recorded, so the same code still works once storage is back.
+        let mut s = failing.0;
+        assert_eq!(check_answer(&mut s, &p, &ctx("ivan"), &good, T0).unwrap(), Verdict::Accept { activated: true });
+    }
+
     #[test]
     fn user_names() {
         for ok in ["alice", "a.b-c_d", "svc$", "u@realm", "x"] {

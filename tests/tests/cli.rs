@@ -105,3 +105,10 @@ fn state_files_are_private() {
     let raw_hex: String = raw.iter().map(|b| format!("{b:02X}")).collect();
     assert!(raw.len() >= 20 && !stored.contains(&raw_hex), "secret stored in clear");
 }
+
+#[test]
+fn shipped_example_config_is_valid() {
+    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/otpd.toml");
+    let out = Command::new(build_dir().join("otpd")).args(["--check-config", "--config", cfg]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
