@@ -21,6 +21,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub totp: TotpConfig,
     pub lockout: LockoutConfig,
+    pub email: EmailConfig,
+    pub smtp: SmtpConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -103,6 +105,114 @@ impl Default for LockoutConfig {
     }
 }
 
+/// How a user who pressed Enter at the passcode prompt gets a code.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AutoSend {
+    /// Straight to the address on record.
+    Directory,
+    /// The user types the address; it must match the record.
+    None,
+    /// The user logs in to an otpd-internal account (`otpctl user passwd`).
+    Internal,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Approval {
+    /// Requests outside `allow_domains` wait for `otpctl request approve`.
+    Admin,
+    /// Requests outside `allow_domains` are refused.
+    Never,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmergencyConfig {
+    pub enabled: bool,
+    /// Addresses in these domains get an emergency code at once.
+    pub allow_domains: Vec<String>,
+    pub approval: Approval,
+}
+
+impl Default for EmergencyConfig {
+    fn default() -> Self {
+        EmergencyConfig { enabled: true, allow_domains: Vec::new(), approval: Approval::Admin }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmailConfig {
+    pub enabled: bool,
+    /// Digits of an emailed code.
+    pub digits: u32,
+    /// TOTP users may also ask for an emailed code (lost phone).
+    pub fallback: bool,
+    #[serde(with = "duration")]
+    pub code_ttl: Duration,
+    /// A new code for the same user on this machine at most this often.
+    #[serde(with = "duration")]
+    pub new_code_interval: Duration,
+    /// Re-sending the same code, per code and hour.
+    pub resends_per_hour: u32,
+    /// Messages to one address per hour.
+    pub per_address_per_hour: u32,
+    /// Messages from this daemon per hour.
+    pub global_per_hour: u32,
+    pub auto_send: AutoSend,
+    /// Where addresses come from when the admin set none:
+    /// `file:/etc/otpd/emails` (lines "user address"), `gecos`, or `none`.
+    pub directory: String,
+    pub emergency: EmergencyConfig,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        EmailConfig {
+            enabled: true,
+            digits: 8,
+            fallback: false,
+            code_ttl: Duration::from_secs(30 * 60),
+            new_code_interval: Duration::from_secs(3600),
+            resends_per_hour: 5,
+            per_address_per_hour: 10,
+            global_per_hour: 1000,
+            auto_send: AutoSend::Directory,
+            directory: "file:/etc/otpd/emails".into(),
+            emergency: EmergencyConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// `smtp://host:port` (STARTTLS required), `smtps://host:port` (TLS),
+    /// `smtp+plain://host:port` (no TLS: only if you mean it), or `file:DIR`
+    /// (writes .eml files; for demos and tests).
+    pub url: String,
+    pub from: String,
+    /// Extra CA certificate (PEM) trusted for the SMTP server.
+    pub ca_file: Option<PathBuf>,
+    /// File holding `username:password` (must not be readable by others).
+    pub credentials_file: Option<PathBuf>,
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            url: "smtp://localhost:25".into(),
+            from: "otpd <otpd@localhost>".into(),
+            ca_file: None,
+            credentials_file: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -142,6 +252,25 @@ impl Config {
         }
         if self.lockout.lock_for < Duration::from_secs(1) {
             return bad("lockout.lock_for", "must be at least 1s".into());
+        }
+        let e = &self.email;
+        if !(6..=10).contains(&e.digits) {
+            return bad("email.digits", format!("{} is out of range (6 to 10)", e.digits));
+        }
+        if e.code_ttl < Duration::from_secs(60) || e.code_ttl > Duration::from_secs(24 * 3600) {
+            return bad("email.code_ttl", "must be between 1m and 24h".into());
+        }
+        if e.resends_per_hour == 0 || e.per_address_per_hour == 0 || e.global_per_hour == 0 {
+            return bad("email.*_per_hour", "hourly caps must be at least 1".into());
+        }
+        let dir_ok = e.directory == "gecos" || e.directory == "none" || e.directory.strip_prefix("file:").is_some_and(|p| p.starts_with('/'));
+        if !dir_ok {
+            return bad("email.directory", format!("{:?}: use file:/absolute/path, gecos or none", e.directory));
+        }
+        let url_ok = ["smtp://", "smtps://", "smtp+plain://"].iter().any(|p| self.smtp.url.starts_with(p))
+            || self.smtp.url.strip_prefix("file:").is_some_and(|p| p.starts_with('/'));
+        if !url_ok {
+            return bad("smtp.url", format!("{:?}: use smtp://, smtps://, smtp+plain:// or file:/dir", self.smtp.url));
         }
         if self.daemon.max_connections == 0 {
             return bad("daemon.max_connections", "must be at least 1".into());

@@ -132,6 +132,45 @@ pub enum AdminRequest {
         limit: Option<u32>,
     },
     Status,
+    /// Sets the password of the otpd-internal account (`auto_send = "internal"`).
+    UserPasswd { user: String, password: String },
+    RequestList {
+        #[serde(default)]
+        all: bool,
+    },
+    RequestApprove { id: i64 },
+    RequestDeny { id: i64 },
+    Sessions {
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestInfo {
+    pub id: i64,
+    pub user: String,
+    pub address: String,
+    pub reason: String,
+    pub origin: String,
+    pub created_at: i64,
+    pub status: String,
+    pub decided_at: Option<i64>,
+    pub decided_by: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub id: i64,
+    pub user: String,
+    pub email: Option<String>,
+    pub machine: String,
+    pub service: String,
+    pub rhost: Option<String>,
+    pub tty: Option<String>,
+    pub pid: u32,
+    pub opened_at: i64,
+    pub closed_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,6 +184,8 @@ pub enum AdminResponse {
     Users { users: Vec<UserInfo> },
     Audit { entries: Vec<AuditEntry> },
     Status { status: StatusInfo },
+    Requests { requests: Vec<RequestInfo> },
+    Sessions { sessions: Vec<SessionInfo> },
     Done { message: String },
     Error { kind: AdminErrorKind, message: String },
 }
@@ -203,6 +244,12 @@ pub struct StatusInfo {
     pub users_locked: u64,
     pub audit_entries: u64,
     pub open_connections: u64,
+    pub mail_enabled: bool,
+    pub mail_queued: u64,
+    pub mail_failing: u64,
+    pub mail_sent_last_hour: u64,
+    pub mail_last_error: Option<String>,
+    pub requests_pending: u64,
 }
 
 #[cfg(test)]

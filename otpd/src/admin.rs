@@ -2,7 +2,7 @@
 use crate::auth::{self, new_enrollment, valid_user_name};
 use crate::server::{read_msg, write_msg, Shared};
 use crate::store::{NewAudit, Store, StoreError, UserRecord};
-use common::proto::{AdminErrorKind, AdminRequest, AdminResponse, Method, StatusInfo, UserInfo};
+use common::proto::{AdminErrorKind, AdminRequest, AdminResponse, Method, RequestInfo, SessionInfo, StatusInfo, UserInfo};
 use std::sync::atomic::Ordering;
 use tokio::net::UnixStream;
 
@@ -92,7 +92,8 @@ async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
         | AdminRequest::UserDisable { user }
         | AdminRequest::UserReset { user }
         | AdminRequest::UserShow { user }
-        | AdminRequest::UserUnlock { user } => Some(user.clone()),
+        | AdminRequest::UserUnlock { user }
+        | AdminRequest::UserPasswd { user, .. } => Some(user.clone()),
         _ => None,
     };
     if let Some(u) = &user_arg {
@@ -103,8 +104,15 @@ async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
     let policy = sh.policy.clone();
     let result = match req {
         AdminRequest::UserEnable { user, method, email } => {
-            if method == Method::Email || email.is_some() {
-                return err(AdminErrorKind::InvalidInput, "the email method is not available in this version of otpd");
+            let email = match email.as_deref().map(crate::email::validate_address).transpose() {
+                Ok(e) => e,
+                Err(why) => return err(AdminErrorKind::InvalidInput, format!("--email: {why}")),
+            };
+            if method == Method::Email && email.is_none() && crate::email::directory_address(&policy.email.directory, &user).is_none() {
+                return err(
+                    AdminErrorKind::InvalidInput,
+                    format!("no address for {user}: give --email ADDR or add it to the directory ({})", policy.email.directory),
+                );
             }
             // The admin path may use NSS; the login path never does.
             let uid = nix::unistd::User::from_name(&user).ok().flatten().map(|u| u.uid.as_raw());
@@ -117,9 +125,16 @@ async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
                             format!("{} is already enabled (method {}); use `otpctl user reset {}` for a new secret", e.name, e.method, e.name),
                         ));
                     }
-                    let rec = new_enrollment(&policy, existing, &user, uid, now);
+                    let mut rec = new_enrollment(&policy, existing, &user, uid, now);
+                    if email.is_some() {
+                        rec.email = email;
+                    }
+                    if method == Method::Email {
+                        rec.method = Method::Email;
+                        rec.secret = None;
+                    }
                     st.save_user(&rec)?;
-                    admin_audit(st, &policy.machine, &user, "enable", by, now)?;
+                    admin_audit(st, &policy.machine, &user, &format!("enable ({method})"), by, now)?;
                     Ok(enrolled(&policy, &rec))
                 })
                 .await
@@ -177,12 +192,96 @@ async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
             let limit = limit.unwrap_or(100).min(100_000);
             sh.db.run(move |st| Ok(AdminResponse::Audit { entries: st.audit(user.as_deref(), since, limit)? })).await
         }
+        AdminRequest::UserPasswd { user, password } => {
+            if password.chars().count() < 12 || password.len() > 1024 {
+                return err(AdminErrorKind::InvalidInput, "the password must be 12 to 1024 characters");
+            }
+            let hash = match tokio::task::spawn_blocking(move || crate::passwd::hash(&password)).await {
+                Ok(Ok(h)) => h,
+                _ => return err(AdminErrorKind::Internal, "hashing the password failed"),
+            };
+            sh.db
+                .run(move |st| {
+                    let Some(mut u) = st.user(&user)? else { return Ok(not_found(&user)) };
+                    u.password_hash = Some(hash);
+                    u.updated_at = now;
+                    st.save_user(&u)?;
+                    admin_audit(st, &policy.machine, &user, "passwd", by, now)?;
+                    Ok(AdminResponse::Done { message: format!("password for {user}'s internal account set") })
+                })
+                .await
+        }
+        AdminRequest::RequestList { all } => {
+            sh.db.run(move |st| Ok(AdminResponse::Requests { requests: st.requests(!all)?.into_iter().map(request_info).collect() })).await
+        }
+        AdminRequest::RequestApprove { id } | AdminRequest::RequestDeny { id } => {
+            let approve = matches!(req, AdminRequest::RequestApprove { .. });
+            let r = sh
+                .db
+                .run(move |st| {
+                    let Some(r) = st.request(id)? else {
+                        return Ok((err(AdminErrorKind::NotFound, format!("no emergency request #{id}")), false));
+                    };
+                    if r.status != "pending" {
+                        return Ok((err(AdminErrorKind::InvalidInput, format!("request #{id} is already {}", r.status)), false));
+                    }
+                    let ctx = auth::LoginContext { user: r.user.clone(), service: "emergency-approval".into(), ..Default::default() };
+                    if !approve {
+                        st.decide_request(id, "denied", by, now)?;
+                        admin_audit(st, &policy.machine, &r.user, &format!("deny emergency request #{id}"), by, now)?;
+                        return Ok((AdminResponse::Done { message: format!("request #{id} denied; nothing was sent") }, false));
+                    }
+                    st.decide_request(id, "approved", by, now)?;
+                    admin_audit(st, &policy.machine, &r.user, &format!("approve emergency request #{id}"), by, now)?;
+                    let outcome = crate::email::request_code(st, &policy, &ctx, &r.address, true, now)?;
+                    let queued = matches!(outcome, crate::email::RequestOutcome::Queued { .. });
+                    let message = match outcome {
+                        crate::email::RequestOutcome::Queued { masked, .. } => format!("request #{id} approved; a code was sent to {masked}"),
+                        other => format!("request #{id} approved, but no code could be sent now: {other:?}"),
+                    };
+                    Ok((AdminResponse::Done { message }, queued))
+                })
+                .await;
+            r.map(|(resp, queued)| {
+                if queued {
+                    sh.mail_wakeup.notify_one();
+                }
+                resp
+            })
+        }
+        AdminRequest::Sessions { limit } => {
+            let limit = limit.unwrap_or(100).min(10_000);
+            sh.db
+                .run(move |st| {
+                    Ok(AdminResponse::Sessions {
+                        sessions: st
+                            .sessions(limit)?
+                            .into_iter()
+                            .map(|s| SessionInfo {
+                                id: s.id,
+                                user: s.user,
+                                email: s.email,
+                                machine: s.machine,
+                                service: s.service,
+                                rhost: s.rhost,
+                                tty: s.tty,
+                                pid: s.pid,
+                                opened_at: s.opened_at,
+                                closed_at: s.closed_at,
+                            })
+                            .collect(),
+                    })
+                })
+                .await
+        }
         AdminRequest::Status => {
             let (started_at, database, open) =
                 (sh.started_at, sh.database.clone(), sh.open_connections.load(Ordering::Relaxed));
             sh.db
                 .run(move |st| {
                     let c = st.counts(now)?;
+                    let m = st.mail_stats(now)?;
+                    let pending = st.requests(true)?.len() as u64;
                     Ok(AdminResponse::Status {
                         status: StatusInfo {
                             version: env!("CARGO_PKG_VERSION").into(),
@@ -196,6 +295,12 @@ async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
                             users_locked: c.users_locked,
                             audit_entries: c.audit_entries,
                             open_connections: open,
+                            mail_enabled: policy.email.enabled,
+                            mail_queued: m.queued,
+                            mail_failing: m.failing,
+                            mail_sent_last_hour: m.sent_last_hour,
+                            mail_last_error: m.last_error,
+                            requests_pending: pending,
                         },
                     })
                 })
@@ -219,4 +324,18 @@ fn enrolled(policy: &auth::Policy, rec: &UserRecord) -> AdminResponse {
         .and_then(|s| policy.crypto.open(&rec.name, s))
         .map(|secret| policy.totp.uri(&secret, &policy.issuer, &rec.name));
     AdminResponse::Enrolled { user: info(rec), otpauth_uri: uri }
+}
+
+fn request_info(r: crate::store::EmergencyRequest) -> RequestInfo {
+    RequestInfo {
+        id: r.id,
+        user: r.user,
+        address: r.address,
+        reason: r.reason,
+        origin: r.origin,
+        created_at: r.created_at,
+        status: r.status,
+        decided_at: r.decided_at,
+        decided_by: r.decided_by,
+    }
 }

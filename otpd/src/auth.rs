@@ -4,7 +4,7 @@
 use crate::crypto::SecretBox;
 use crate::store::{NewAudit, Store, StoreError, UserRecord};
 use crate::totp::{Check, TotpParams};
-use common::config::LockoutConfig;
+use common::config::{EmailConfig, LockoutConfig};
 use common::proto::{Method, MAX_ANSWER_LEN, MAX_USER_LEN};
 
 /// Everything the core needs besides the store, shared by all connections.
@@ -14,6 +14,7 @@ pub struct Policy {
     pub issuer: String,
     pub machine: String,
     pub crypto: SecretBox,
+    pub email: EmailConfig,
 }
 
 /// Who is asking, from the `Begin` message and SO_PEERCRED.
@@ -34,8 +35,10 @@ pub enum Plan {
     /// user's stored state is unusable.
     Refused { message: &'static str },
     /// Enrollment not yet activated: show QR, secret and URI, then ask.
-    Enroll { uri: String, secret_b32: String },
-    Ask,
+    Enroll { uri: String, secret_b32: String, email: bool },
+    /// Ask for the passcode; `email`: the user may press Enter for an
+    /// emailed code; `mail_failing`: a message to them is stuck in the outbox.
+    Ask { email: bool, mail_failing: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +59,18 @@ pub fn valid_user_name(name: &str) -> bool {
 }
 
 pub fn audit(store: &mut dyn Store, p: &Policy, ctx: &LoginContext, now: i64, result: &str, reason: &str) -> Result<(), StoreError> {
+    audit_method(store, p, ctx, now, "totp", result, reason)
+}
+
+pub fn audit_method(
+    store: &mut dyn Store,
+    p: &Policy,
+    ctx: &LoginContext,
+    now: i64,
+    method: &str,
+    result: &str,
+    reason: &str,
+) -> Result<(), StoreError> {
     let entry = NewAudit {
         time: now,
         user: ctx.user.clone(),
@@ -63,7 +78,7 @@ pub fn audit(store: &mut dyn Store, p: &Policy, ctx: &LoginContext, now: i64, re
         rhost: ctx.rhost.clone(),
         tty: ctx.tty.clone(),
         machine: p.machine.clone(),
-        method: "totp".into(),
+        method: method.into(),
         result: result.into(),
         reason: reason.into(),
     };
@@ -91,87 +106,128 @@ pub fn plan(store: &mut dyn Store, p: &Policy, ctx: &LoginContext, now: i64) -> 
         audit(store, p, ctx, now, "locked", "account locked after too many failures")?;
         return Ok(Plan::Locked { until });
     }
-    if user.method != Method::Totp {
-        audit(store, p, ctx, now, "deny", "method not available on this daemon")?;
-        return Ok(Plan::Refused { message: "Your passcode method is not available; contact your administrator." });
+    let email = email_allowed(p, &user);
+    if user.method == Method::Email {
+        if !email {
+            audit_method(store, p, ctx, now, "email", "deny", "emailed codes are disabled (email.enabled = false)")?;
+            return Ok(Plan::Refused { message: "Your passcode method is not available; contact your administrator." });
+        }
+        let failing = store.failing_mail_for(&user.name)? > 0;
+        return Ok(Plan::Ask { email, mail_failing: failing });
     }
     if user.activated_at.is_some() {
-        return Ok(Plan::Ask);
+        let failing = email && store.failing_mail_for(&user.name)? > 0;
+        return Ok(Plan::Ask { email, mail_failing: failing });
     }
     let Some(secret) = user.secret.as_deref().and_then(|s| p.crypto.open(&user.name, s)) else {
         audit(store, p, ctx, now, "error", "stored secret cannot be decrypted (wrong key file?)")?;
         return Ok(Plan::Refused { message: "Your passcode enrollment is unusable; contact your administrator." });
     };
-    Ok(Plan::Enroll { uri: p.totp.uri(&secret, &p.issuer, &user.name), secret_b32: crate::totp::base32(&secret) })
+    Ok(Plan::Enroll { uri: p.totp.uri(&secret, &p.issuer, &user.name), secret_b32: crate::totp::base32(&secret), email })
 }
 
 /// Checks an answer. Reads the user again: its state may have changed while
 /// the user was typing (another login used the step, an admin reset it).
 pub fn check_answer(store: &mut dyn Store, p: &Policy, ctx: &LoginContext, answer: &str, now: i64) -> Result<Verdict, StoreError> {
-    let Some(mut user) = store.user(&ctx.user)?.filter(|u| u.enabled && u.method == Method::Totp) else {
+    let Some(mut user) = store.user(&ctx.user)?.filter(|u| u.enabled) else {
         audit(store, p, ctx, now, "deny", "user was disabled during the login")?;
         return Ok(Verdict::Deny { message: "Passcode not accepted.".into() });
     };
+    let email_ok = email_allowed(p, &user);
+    let method = if user.method == Method::Email { "email" } else { "totp" };
     if user.is_locked(now) {
         let until = user.locked_until.unwrap_or(now);
-        audit(store, p, ctx, now, "locked", "account locked after too many failures")?;
+        audit_method(store, p, ctx, now, method, "locked", "account locked after too many failures")?;
         return Ok(Verdict::Locked { until });
     }
-    let digits = p.totp.digits as usize;
     // Authenticator apps show "123 456": spaces are allowed, nothing else.
     let code: String = answer.chars().filter(|&c| c != ' ').collect();
-    let failure = if answer.len() > MAX_ANSWER_LEN {
-        Some(("answer too long", "Passcode not accepted."))
-    } else if code.len() != digits || !code.bytes().all(|b| b.is_ascii_digit()) {
-        Some(("malformed answer", "A passcode is a number of exactly the digits your app shows."))
-    } else {
-        None
-    };
-    let check = match failure {
-        Some(_) => Check::Wrong,
-        None => {
-            let Some(secret) = user.secret.as_deref().and_then(|s| p.crypto.open(&user.name, s)) else {
-                audit(store, p, ctx, now, "error", "stored secret cannot be decrypted (wrong key file?)")?;
-                return Ok(Verdict::Deny { message: "Your passcode enrollment is unusable; contact your administrator.".into() });
-            };
-            p.totp.check(&secret, &code, now, user.last_step)
-        }
-    };
+    let well_formed = answer.len() <= MAX_ANSWER_LEN && !code.is_empty() && code.bytes().all(|b| b.is_ascii_digit());
+    let try_totp = user.method == Method::Totp && well_formed && code.len() == p.totp.digits as usize;
+    let try_email = email_ok && well_formed && code.len() == p.email.digits as usize;
     user.updated_at = now;
-    match check {
-        Check::Valid { step } => {
-            let activated = user.activated_at.is_none();
-            user.last_step = Some(step);
-            user.failures = 0;
-            user.locked_until = None;
-            user.last_login = Some(now);
-            if activated {
-                user.activated_at = Some(now);
+    let mut failure: (&str, &str) = if answer.len() > MAX_ANSWER_LEN {
+        ("answer too long", "Passcode not accepted.")
+    } else if email_ok {
+        ("malformed answer", "That is not a valid passcode.")
+    } else {
+        ("malformed answer", "A passcode is a number of exactly the digits your app shows.")
+    };
+    if try_totp {
+        let Some(secret) = user.secret.as_deref().and_then(|s| p.crypto.open(&user.name, s)) else {
+            audit(store, p, ctx, now, "error", "stored secret cannot be decrypted (wrong key file?)")?;
+            return Ok(Verdict::Deny { message: "Your passcode enrollment is unusable; contact your administrator.".into() });
+        };
+        match p.totp.check(&secret, &code, now, user.last_step) {
+            Check::Valid { step } => {
+                let activated = user.activated_at.is_none();
+                user.last_step = Some(step);
+                if activated {
+                    user.activated_at = Some(now);
+                }
+                accept(store, p, ctx, &mut user, now, "totp", if activated { "enrollment activated" } else { "valid code" })?;
+                return Ok(Verdict::Accept { activated });
             }
-            store.save_user(&user)?;
-            audit(store, p, ctx, now, "accept", if activated { "enrollment activated" } else { "valid code" })?;
-            Ok(Verdict::Accept { activated })
-        }
-        Check::Replayed | Check::Wrong => {
-            let (reason, message) = match (check, failure) {
-                (_, Some(f)) => f,
-                (Check::Replayed, None) => ("code already used", "That passcode was already used; wait for the next one."),
-                _ => ("wrong code", "Wrong passcode."),
-            };
-            user.failures += 1;
-            if user.failures >= p.lockout.max_failures {
-                let until = now + p.lockout.lock_for.as_secs() as i64;
-                user.failures = 0;
-                user.locked_until = Some(until);
-                store.save_user(&user)?;
-                audit(store, p, ctx, now, "locked", &format!("{reason}; account locked"))?;
-                return Ok(Verdict::Locked { until });
-            }
-            store.save_user(&user)?;
-            audit(store, p, ctx, now, "deny", reason)?;
-            Ok(Verdict::Deny { message: message.into() })
+            Check::Replayed => failure = ("code already used", "That passcode was already used; wait for the next one."),
+            Check::Wrong => failure = ("wrong code", "Wrong passcode."),
         }
     }
+    let mut failed_method = method;
+    if try_email && !(try_totp && failure.0 == "code already used") {
+        failed_method = "email";
+        failure = match crate::email::check_code(store, p, &user.name, &code, now)? {
+            crate::email::CodeCheck::Valid => {
+                accept(store, p, ctx, &mut user, now, "email", "valid emailed code")?;
+                return Ok(Verdict::Accept { activated: false });
+            }
+            crate::email::CodeCheck::Wrong if try_totp => ("wrong code", "Wrong passcode."),
+            crate::email::CodeCheck::Wrong => ("wrong emailed code", "Wrong code."),
+            crate::email::CodeCheck::Expired => ("emailed code expired", "That code has expired; press Enter to get a new one."),
+            crate::email::CodeCheck::Used => ("emailed code already used", "That code was already used."),
+            crate::email::CodeCheck::OtherMachine => {
+                ("emailed code issued on another machine", "That code was issued for another machine.")
+            }
+            crate::email::CodeCheck::NoCode => ("no emailed code outstanding", "No code was sent for this login; press Enter to get one."),
+        };
+    }
+    let (reason, message) = failure;
+    user.failures += 1;
+    if user.failures >= p.lockout.max_failures {
+        let until = now + p.lockout.lock_for.as_secs() as i64;
+        user.failures = 0;
+        user.locked_until = Some(until);
+        store.save_user(&user)?;
+        audit_method(store, p, ctx, now, failed_method, "locked", &format!("{reason}; account locked"))?;
+        return Ok(Verdict::Locked { until });
+    }
+    store.save_user(&user)?;
+    audit_method(store, p, ctx, now, failed_method, "deny", reason)?;
+    Ok(Verdict::Deny { message: message.into() })
+}
+
+/// May this user ask for an emailed code?
+pub fn email_allowed(p: &Policy, user: &UserRecord) -> bool {
+    p.email.enabled && (user.method == Method::Email || p.email.fallback)
+}
+
+fn accept(
+    store: &mut dyn Store,
+    p: &Policy,
+    ctx: &LoginContext,
+    user: &mut UserRecord,
+    now: i64,
+    method: &str,
+    reason: &str,
+) -> Result<(), StoreError> {
+    user.failures = 0;
+    user.locked_until = None;
+    user.last_login = Some(now);
+    user.last_method = Some(method.into());
+    if user.method == Method::Email && user.activated_at.is_none() {
+        user.activated_at = Some(now);
+    }
+    store.save_user(user)?;
+    audit_method(store, p, ctx, now, method, "accept", reason)
 }
 
 /// A fresh enrollment record (new secret, not activated).
@@ -194,6 +250,8 @@ pub fn new_enrollment(p: &Policy, existing: Option<UserRecord>, name: &str, uid:
         last_login: None,
         created_at: now,
         updated_at: now,
+        password_hash: None,
+        last_method: None,
     });
     UserRecord {
         uid: uid.or(base.uid),
@@ -224,6 +282,7 @@ mod tests {
             issuer: "test".into(),
             machine: "m1".into(),
             crypto: SecretBox::from_key(&[3u8; 32]),
+            email: EmailConfig { fallback: false, ..EmailConfig::default() },
         }
     }
 
@@ -248,14 +307,14 @@ mod tests {
         let mut s = SqliteStore::in_memory().unwrap();
         let secret = enroll(&mut s, &p, "alice", None);
         assert!(secret.len() >= 20);
-        let Plan::Enroll { uri, secret_b32 } = plan(&mut s, &p, &ctx("alice"), T0).unwrap() else { panic!() };
+        let Plan::Enroll { uri, secret_b32, .. } = plan(&mut s, &p, &ctx("alice"), T0).unwrap() else { panic!() };
         assert!(uri.contains(&secret_b32));
         assert_eq!(check_answer(&mut s, &p, &ctx("alice"), "000000x", T0).unwrap(),
             Verdict::Deny { message: "A passcode is a number of exactly the digits your app shows.".into() });
         assert!(matches!(plan(&mut s, &p, &ctx("alice"), T0).unwrap(), Plan::Enroll { .. }));
         let c = code(&p, &secret, T0);
         assert_eq!(check_answer(&mut s, &p, &ctx("alice"), &c, T0).unwrap(), Verdict::Accept { activated: true });
-        assert_eq!(plan(&mut s, &p, &ctx("alice"), T0 + 1).unwrap(), Plan::Ask);
+        assert_eq!(plan(&mut s, &p, &ctx("alice"), T0 + 1).unwrap(), Plan::Ask { email: false, mail_failing: false });
         assert!(matches!(check_answer(&mut s, &p, &ctx("alice"), &c, T0 + 1).unwrap(), Verdict::Deny { .. }));
         // Clock stepped back: the used code is still refused.
         assert!(matches!(check_answer(&mut s, &p, &ctx("alice"), &c, T0 - 30).unwrap(), Verdict::Deny { .. }));
@@ -330,43 +389,17 @@ mod tests {
         assert_eq!(s.audit(None, None, 10).unwrap().len(), 2);
     }
 
-    /// A store whose writes fail, as on a full disk or a read-only file system.
-    struct FailingWrites(SqliteStore);
-
-    impl Store for FailingWrites {
-        fn user(&mut self, name: &str) -> Result<Option<UserRecord>, StoreError> {
-            self.0.user(name)
-        }
-        fn save_user(&mut self, _: &UserRecord) -> Result<(), StoreError> {
-            Err(StoreError::NotCommitted)
-        }
-        fn users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
-            self.0.users()
-        }
-        fn add_audit(&mut self, _: &NewAudit) -> Result<(), StoreError> {
-            Err(StoreError::NotCommitted)
-        }
-        fn audit(&mut self, u: Option<&str>, s: Option<i64>, l: u32) -> Result<Vec<common::proto::AuditEntry>, StoreError> {
-            self.0.audit(u, s, l)
-        }
-        fn counts(&mut self, now: i64) -> Result<crate::store::Counts, StoreError> {
-            self.0.counts(now)
-        }
-        fn schema_version(&mut self) -> Result<i64, StoreError> {
-            self.0.schema_version()
-        }
-    }
-
     #[test]
     fn a_valid_code_is_not_accepted_when_the_write_fails() {
         let p = policy(3);
         let mut s = SqliteStore::in_memory().unwrap();
         let secret = enroll(&mut s, &p, "ivan", None);
-        let mut failing = FailingWrites(s);
+        // Writes fail as on a full disk or a read-only file system.
+        s.exec("CREATE TEMP TRIGGER fail_users BEFORE UPDATE ON users BEGIN SELECT RAISE(ABORT, 'disk full'); END;").unwrap();
         let good = code(&p, &secret, T0);
-        assert!(check_answer(&mut failing, &p, &ctx("ivan"), &good, T0).is_err(), "must not be Accept");
+        assert!(check_answer(&mut s, &p, &ctx("ivan"), &good, T0).is_err(), "must not be Accept");
         // Nothing was recorded, so the same code still works once storage is back.
-        let mut s = failing.0;
+        s.exec("DROP TRIGGER fail_users").unwrap();
         assert_eq!(check_answer(&mut s, &p, &ctx("ivan"), &good, T0).unwrap(), Verdict::Accept { activated: true });
     }
 

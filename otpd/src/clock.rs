@@ -44,3 +44,16 @@ impl<C: Clock> Clock for std::sync::Arc<C> {
         (**self).now()
     }
 }
+
+/// System time shifted by the seconds written in a file (debug builds only;
+/// see `daemon::make_clock`).
+#[cfg(debug_assertions)]
+pub struct OffsetFileClock(pub std::path::PathBuf);
+
+#[cfg(debug_assertions)]
+impl Clock for OffsetFileClock {
+    fn now(&self) -> i64 {
+        let offset = std::fs::read_to_string(&self.0).ok().and_then(|s| s.trim().parse::<i64>().ok()).unwrap_or(0);
+        SystemClock.now() + offset
+    }
+}

@@ -20,11 +20,22 @@ pub enum KeyError {
 
 pub struct SecretBox {
     cipher: XChaCha20Poly1305,
+    email_key: [u8; 32],
 }
 
 impl SecretBox {
     pub fn from_key(key: &[u8; KEY_LEN]) -> SecretBox {
-        SecretBox { cipher: XChaCha20Poly1305::new(key.into()) }
+        use hmac::Mac;
+        // A separate key for hashing emailed codes, derived so that one key file serves both.
+        let email_key = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key)
+            .map(|m| m.chain_update(b"otpd email code hmac key v1").finalize().into_bytes().into())
+            .unwrap_or([0u8; 32]);
+        SecretBox { cipher: XChaCha20Poly1305::new(key.into()), email_key }
+    }
+
+    /// Key for the keyed hashes of emailed codes.
+    pub fn email_key(&self) -> &[u8; 32] {
+        &self.email_key
     }
 
     /// Loads the key file, creating it (mode 0600, O_EXCL) on first start.

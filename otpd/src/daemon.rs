@@ -93,6 +93,17 @@ pub fn hostname_issuer(issuer: &str) -> String {
     issuer.replace("%hostname%", &host).replace(':', "-")
 }
 
+/// The system clock. Debug builds (the test suite) may shift it by the
+/// number of seconds in the file named by `OTPD_TEST_CLOCK_FILE`, so expiry
+/// is tested without sleeping; release builds have no such hook.
+fn make_clock() -> Box<dyn Clock> {
+    #[cfg(debug_assertions)]
+    if let Some(path) = std::env::var_os("OTPD_TEST_CLOCK_FILE") {
+        return Box::new(crate::clock::OffsetFileClock(path.into()));
+    }
+    Box::new(SystemClock)
+}
+
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), StartError> {
     harden_process();
@@ -104,7 +115,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     let store = SqliteStore::open(&d.database)?;
     let _ = std::fs::set_permissions(&d.database, std::fs::Permissions::from_mode(0o600));
-    let clock = SystemClock;
+    let clock = make_clock();
     let admin_gid = nix::unistd::Group::from_name(&d.admin_group).ok().flatten().map(|g| g.gid.as_raw());
     let shared = Arc::new(Shared {
         db: Db::start(store),
@@ -114,14 +125,16 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             issuer: hostname_issuer(&config.totp.issuer),
             machine: machine_id(&d.machine_id),
             crypto,
+            email: config.email.clone(),
         }),
         started_at: clock.now(),
-        clock: Box::new(clock),
+        clock,
         io_timeout: d.io_timeout,
         prompt_timeout: d.prompt_timeout,
         admin_gid,
         database: d.database.display().to_string(),
         open_connections: AtomicU64::new(0),
+        mail_wakeup: Arc::new(tokio::sync::Notify::new()),
     });
     // Anyone may connect to the PAM socket (screen lockers run as the user);
     // SO_PEERCRED limits what a non-root caller can do.
@@ -135,6 +148,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         d.database.display()
     );
     notify_ready();
+    let mail_task = if config.email.enabled {
+        let mailer = crate::mail::Mailer::from_config(&config.smtp, &hostname_issuer("%hostname%"))
+            .map_err(|why| StartError::Socket { path: "[smtp]".into(), why })?;
+        Some(tokio::spawn(crate::mail::run(shared.clone(), mailer)))
+    } else {
+        None
+    };
     let pam_task = tokio::spawn(serve_pam(pam, shared.clone(), d.max_connections));
     let admin_task = tokio::spawn(serve_admin(admin, shared.clone()));
 
@@ -146,6 +166,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     tracing::info!("shutting down");
     pam_task.abort();
+    if let Some(t) = mail_task {
+        t.abort();
+    }
     admin_task.abort();
     let _ = std::fs::remove_file(&d.pam_socket);
     let _ = std::fs::remove_file(&d.admin_socket);

@@ -3,6 +3,9 @@ use crate::admin;
 use crate::auth::{self, LoginContext, Plan, Policy, Verdict};
 use crate::clock::Clock;
 use crate::db::Db;
+use crate::email;
+use crate::store::{EmergencyRequest, SessionRecord};
+use common::config::{Approval, AutoSend};
 use common::codec::{body_len, decode_body, encode, FrameError};
 use common::proto::{ClientMsg, OutcomeKind, ServerMsg, PROTOCOL_VERSION};
 use common::text::sanitize_field;
@@ -24,6 +27,8 @@ pub struct Shared {
     pub started_at: i64,
     pub database: String,
     pub open_connections: AtomicU64,
+    /// Wakes the mail sender when something was queued.
+    pub mail_wakeup: Arc<tokio::sync::Notify>,
 }
 
 /// Reads one frame. `wait` bounds the time until its first byte arrives
@@ -102,7 +107,8 @@ async fn pam_connection(mut s: UnixStream, sh: &Shared) {
     };
     let (protocol, user, service, rhost, tty) = match first {
         ClientMsg::Begin { protocol, user, service, rhost, tty, .. } => (protocol, user, service, rhost, tty),
-        ClientMsg::SessionOpened { .. } | ClientMsg::SessionClosed { .. } => {
+        msg @ (ClientMsg::SessionOpened { .. } | ClientMsg::SessionClosed { .. }) => {
+            session_event(sh, msg, peer_uid).await;
             let _ = write_msg(&mut s, &ServerMsg::Ack, sh.io_timeout).await;
             return;
         }
@@ -150,13 +156,13 @@ async fn pam_connection(mut s: UnixStream, sh: &Shared) {
             return;
         }
     };
-    match plan {
+    let email = match plan {
         Plan::NotEnrolled => return outcome(&mut s, sh, OutcomeKind::NotEnrolled, None).await,
         Plan::Locked { until } => {
             return outcome(&mut s, sh, OutcomeKind::Locked, Some(until_text(until, sh.clock.now()))).await
         }
         Plan::Refused { message } => return outcome(&mut s, sh, OutcomeKind::Deny, Some(message.into())).await,
-        Plan::Enroll { uri, secret_b32 } => {
+        Plan::Enroll { uri, secret_b32, email } => {
             let qr = crate::qr::render(&uri).unwrap_or_default();
             let text = format!(
                 "Two-factor authentication is required for this account.\n\
@@ -168,28 +174,91 @@ async fn pam_connection(mut s: UnixStream, sh: &Shared) {
             if write_msg(&mut s, &ServerMsg::Info { text }, sh.io_timeout).await.is_err() {
                 return;
             }
+            email
         }
-        Plan::Ask => {}
+        Plan::Ask { email, mail_failing } => {
+            if mail_failing {
+                let text = "Sending your emailed code is failing at the moment; the daemon keeps retrying. \
+                            If it does not arrive, contact your administrator."
+                    .to_string();
+                if write_msg(&mut s, &ServerMsg::Error { text }, sh.io_timeout).await.is_err() {
+                    return;
+                }
+            }
+            email
+        }
+    };
+    let emergency = email && sh.policy.email.emergency.enabled;
+    let first_prompt = match (email, emergency) {
+        (true, true) => "Passcode (press Enter to get one by email, or type E for emergency access): ",
+        (true, false) => "Passcode (press Enter to get one by email): ",
+        _ => "Passcode: ",
+    };
+    let mut prompt_text = first_prompt;
+    // A conversation may request a code and then enter it; it may not loop forever.
+    for _ in 0..4 {
+        let answer = match ask(&mut s, sh, &ctx, false, prompt_text).await {
+            Some(a) => a,
+            None => return,
+        };
+        let trimmed = answer.trim();
+        if email && trimmed.is_empty() {
+            let (info, done) = email_request(&mut s, sh, &ctx).await;
+            if let Some(text) = info {
+                if write_msg(&mut s, &ServerMsg::Info { text }, sh.io_timeout).await.is_err() {
+                    return;
+                }
+            }
+            if done {
+                return outcome(&mut s, sh, OutcomeKind::Deny, None).await;
+            }
+            prompt_text = "Passcode: ";
+            continue;
+        }
+        if emergency && trimmed.eq_ignore_ascii_case("e") {
+            let Some((text, done)) = emergency_request(&mut s, sh, &ctx).await else { return };
+            if write_msg(&mut s, &ServerMsg::Info { text }, sh.io_timeout).await.is_err() {
+                return;
+            }
+            if done {
+                return outcome(&mut s, sh, OutcomeKind::Deny, None).await;
+            }
+            prompt_text = "Passcode: ";
+            continue;
+        }
+        return finish(&mut s, sh, &ctx, answer).await;
     }
-    let prompt = ServerMsg::Prompt { echo: false, text: "Passcode: ".into() };
-    if write_msg(&mut s, &prompt, sh.io_timeout).await.is_err() {
-        return;
+    let _ = run_audit_result(sh, ctx.clone(), "deny", "too many requests in one conversation".into()).await;
+    outcome(&mut s, sh, OutcomeKind::Deny, Some("Too many requests in one login.".into())).await
+}
+
+/// Sends a prompt and waits for the answer. `None` when the conversation is
+/// over (cancelled, broken, timed out): the outcome has been sent and audited.
+async fn ask(s: &mut UnixStream, sh: &Shared, ctx: &LoginContext, echo: bool, text: &str) -> Option<String> {
+    if write_msg(s, &ServerMsg::Prompt { echo, text: text.into() }, sh.io_timeout).await.is_err() {
+        return None;
     }
-    let answer = match read_msg::<ClientMsg>(&mut s, sh.prompt_timeout, sh.io_timeout).await {
-        Ok(ClientMsg::Answer { text }) => text,
+    match read_msg::<ClientMsg>(s, sh.prompt_timeout, sh.io_timeout).await {
+        Ok(ClientMsg::Answer { text }) => Some(text),
         Ok(ClientMsg::Cancel) => {
             let _ = run_audit_result(sh, ctx.clone(), "deny", "conversation cancelled".into()).await;
-            return outcome(&mut s, sh, OutcomeKind::Deny, None).await;
+            outcome(s, sh, OutcomeKind::Deny, None).await;
+            None
         }
         Ok(other) => {
             let _ = run_audit_result(sh, ctx.clone(), "deny", format!("protocol error: unexpected {}", kind(&other))).await;
-            return outcome(&mut s, sh, OutcomeKind::Deny, Some("Protocol error.".into())).await;
+            outcome(s, sh, OutcomeKind::Deny, Some("Protocol error.".into())).await;
+            None
         }
         Err(e) => {
             let _ = run_audit_result(sh, ctx.clone(), "deny", format!("no answer: {e}")).await;
-            return outcome(&mut s, sh, OutcomeKind::Deny, Some("Passcode not accepted.".into())).await;
+            outcome(s, sh, OutcomeKind::Deny, Some("Passcode not accepted.".into())).await;
+            None
         }
-    };
+    }
+}
+
+async fn finish(s: &mut UnixStream, sh: &Shared, ctx: &LoginContext, answer: String) {
     let now = sh.clock.now();
     let verdict = {
         let ctx = ctx.clone();
@@ -199,14 +268,185 @@ async fn pam_connection(mut s: UnixStream, sh: &Shared) {
     match verdict {
         Ok(Verdict::Accept { activated }) => {
             let msg = activated.then(|| "Passcode accepted: your authenticator is now enrolled.".to_string());
-            outcome(&mut s, sh, OutcomeKind::Accept, msg).await
+            outcome(s, sh, OutcomeKind::Accept, msg).await
         }
-        Ok(Verdict::Deny { message }) => outcome(&mut s, sh, OutcomeKind::Deny, Some(message)).await,
-        Ok(Verdict::Locked { until }) => outcome(&mut s, sh, OutcomeKind::Locked, Some(until_text(until, now))).await,
+        Ok(Verdict::Deny { message }) => outcome(s, sh, OutcomeKind::Deny, Some(message)).await,
+        Ok(Verdict::Locked { until }) => outcome(s, sh, OutcomeKind::Locked, Some(until_text(until, now))).await,
         Err(e) => {
             // Nothing was committed: the code was not consumed, the attempt not recorded; deny.
             tracing::error!("store error while checking a code for {}: {e}; denying", ctx.user);
-            outcome(&mut s, sh, OutcomeKind::Deny, Some("Passcode check unavailable.".into())).await
+            outcome(s, sh, OutcomeKind::Deny, Some("Passcode check unavailable.".into())).await
+        }
+    }
+}
+
+/// "14:32 UTC"
+pub fn hhmm(t: i64) -> String {
+    let st = std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+    let full = humantime::format_rfc3339_seconds(st).to_string();
+    format!("{} UTC", full.get(11..16).unwrap_or("??:??"))
+}
+
+fn describe(outcome: &email::RequestOutcome) -> String {
+    match outcome {
+        email::RequestOutcome::Queued { masked, expires_at, resent: false } => {
+            format!("A code was sent to {masked}. It expires at {}.", hhmm(*expires_at))
+        }
+        email::RequestOutcome::Queued { masked, expires_at, resent: true } => {
+            format!("Your code was sent again to {masked}. It expires at {}.", hhmm(*expires_at))
+        }
+        email::RequestOutcome::TooSoon { next_at } => {
+            format!("A new code can be requested at {}. Use the code you were sent, or ask your administrator.", hhmm(*next_at))
+        }
+        email::RequestOutcome::ResendCapped => {
+            "Your code was re-sent too often in the last hour; check your mailbox and spam folder.".into()
+        }
+        email::RequestOutcome::Capped => "Too many emails were sent recently; try again later.".into(),
+    }
+}
+
+const NEUTRAL: &str = "If this matches our records, a code was sent to the address on record.";
+
+/// Enter at the passcode prompt. Returns the text to show and whether the
+/// conversation ends.
+async fn email_request(s: &mut UnixStream, sh: &Shared, ctx: &LoginContext) -> (Option<String>, bool) {
+    let policy = sh.policy.clone();
+    let now = sh.clock.now();
+    let mode = policy.email.auto_send;
+    let typed = match mode {
+        AutoSend::Directory => None,
+        AutoSend::None => match ask(s, sh, ctx, true, "Email address: ").await {
+            Some(a) => Some((a, String::new())),
+            None => return (None, true),
+        },
+        AutoSend::Internal => {
+            let Some(login) = ask(s, sh, ctx, true, "Login: ").await else { return (None, true) };
+            let Some(password) = ask(s, sh, ctx, false, "Password: ").await else { return (None, true) };
+            Some((login, password))
+        }
+    };
+    // Internal accounts: the argon2 check is slow on purpose, so it runs off
+    // the database thread and the async workers.
+    let password_ok = if let (AutoSend::Internal, Some((login, password))) = (mode, typed.as_ref()) {
+        let user = ctx.user.clone();
+        let hash = sh.db.run(move |st| Ok(st.user(&user)?.and_then(|u| u.password_hash))).await.ok().flatten();
+        let password = password.clone();
+        let same = *login == ctx.user;
+        tokio::task::spawn_blocking(move || crate::passwd::verify(hash.as_deref(), &password) && same)
+            .await
+            .unwrap_or(false)
+    } else {
+        false
+    };
+    let ctx2 = ctx.clone();
+    let result = sh
+        .db
+        .run(move |st| {
+            let user = st.user(&ctx2.user)?;
+            let on_record = user
+                .as_ref()
+                .and_then(|u| u.email.clone())
+                .or_else(|| email::directory_address(&policy.email.directory, &ctx2.user));
+            let Some(address) = on_record else {
+                auth::audit_method(st, &policy, &ctx2, now, "email", "deny", "no email address on record")?;
+                return Ok(Err("No email address is on record for you. Ask your administrator, or use emergency access."));
+            };
+            let admitted = match (&mode, &typed) {
+                (AutoSend::Directory, _) => true,
+                (AutoSend::None, Some((typed, _))) => email::same_address(typed.trim(), &address),
+                (AutoSend::Internal, _) => password_ok,
+                _ => false,
+            };
+            if !admitted {
+                let why = if mode == AutoSend::None { "typed address does not match the record" } else { "internal login failed" };
+                auth::audit_method(st, &policy, &ctx2, now, "email", "deny", why)?;
+                return Ok(Err(NEUTRAL));
+            }
+            email::request_code(st, &policy, &ctx2, &address, false, now).map(Ok)
+        })
+        .await;
+    match result {
+        Ok(Ok(outcome)) => {
+            if matches!(outcome, email::RequestOutcome::Queued { .. }) {
+                sh.mail_wakeup.notify_one();
+            }
+            // Typed address / internal login: only the neutral words, whether or not it matched.
+            let text = if mode == AutoSend::Directory { describe(&outcome) } else { NEUTRAL.to_string() };
+            (Some(text), false)
+        }
+        Ok(Err(text)) => (Some(text.to_string()), false),
+        Err(e) => {
+            tracing::error!("store error during an email request for {}: {e}", ctx.user);
+            (Some("Emailed codes are unavailable right now.".into()), false)
+        }
+    }
+}
+
+/// "I need emergency access": a typed address and a reason.
+async fn emergency_request(s: &mut UnixStream, sh: &Shared, ctx: &LoginContext) -> Option<(String, bool)> {
+    let typed = ask(s, sh, ctx, true, "Email address: ").await?;
+    let address = match email::validate_address(typed.trim()) {
+        Ok(a) => a,
+        Err(why) => {
+            let _ = run_audit_result(sh, ctx.clone(), "deny", format!("emergency: invalid address ({why})")).await;
+            return Some((format!("That is not a usable email address ({why})."), false));
+        }
+    };
+    let reason = ask(s, sh, ctx, true, "Reason (a few words): ").await?;
+    let reason = sanitize_field(&reason, 200);
+    let policy = sh.policy.clone();
+    let now = sh.clock.now();
+    let ctx2 = ctx.clone();
+    let domain = address.rsplit_once('@').map(|(_, d)| d.to_string()).unwrap_or_default();
+    let allowed = policy.email.emergency.allow_domains.iter().any(|d| d.eq_ignore_ascii_case(&domain));
+    let result = sh
+        .db
+        .run(move |st| {
+            if allowed {
+                return email::request_code(st, &policy, &ctx2, &address, true, now).map(|o| (describe(&o), false, true, None));
+            }
+            if policy.email.emergency.approval == Approval::Never {
+                auth::audit_method(st, &policy, &ctx2, now, "email", "deny", "emergency: address not allowed")?;
+                return Ok(("Emergency access is not available for that address.".to_string(), true, false, None));
+            }
+            let id = st.insert_request(&EmergencyRequest {
+                id: 0,
+                user: ctx2.user.clone(),
+                machine: policy.machine.clone(),
+                address: address.clone(),
+                reason: reason.clone(),
+                origin: email::origin(&ctx2),
+                created_at: now,
+                status: "pending".into(),
+                decided_at: None,
+                decided_by: None,
+            })?;
+            auth::audit_method(st, &policy, &ctx2, now, "email", "pending", &format!("emergency request #{id} for {}", email::mask(&address)))?;
+            Ok((
+                format!(
+                    "Your emergency request #{id} is waiting for an administrator's approval. \
+                     If it is approved, a code will be sent to {}; then log in again and enter it.",
+                    email::mask(&address)
+                ),
+                true,
+                false,
+                Some(id),
+            ))
+        })
+        .await;
+    match result {
+        Ok((text, done, queued, pending)) => {
+            if queued {
+                sh.mail_wakeup.notify_one();
+            }
+            if let Some(id) = pending {
+                tracing::warn!("emergency access request #{id} from {} is pending approval", ctx.user);
+            }
+            Some((text, done))
+        }
+        Err(e) => {
+            tracing::error!("store error during an emergency request for {}: {e}", ctx.user);
+            Some(("Emergency access is unavailable right now.".into(), true))
         }
     }
 }
@@ -215,6 +455,47 @@ async fn run_audit_result(sh: &Shared, ctx: LoginContext, result: &'static str, 
     let policy = sh.policy.clone();
     let now = sh.clock.now();
     sh.db.run(move |st| auth::audit(st, &policy, &ctx, now, result, &reason)).await
+}
+
+async fn session_event(sh: &Shared, msg: ClientMsg, peer_uid: u32) {
+    let policy = sh.policy.clone();
+    let now = sh.clock.now();
+    let r = sh
+        .db
+        .run(move |st| {
+            match msg {
+                ClientMsg::SessionOpened { user, service, rhost, tty, pid, .. } if auth::valid_user_name(&user) => {
+                    let rec = st.user(&user)?;
+                    if peer_uid != 0 && rec.as_ref().and_then(|u| u.uid) != Some(peer_uid) {
+                        return Ok(());
+                    }
+                    let email = rec
+                        .filter(|u| u.last_method.as_deref() == Some("email"))
+                        .and_then(|u| u.email.or_else(|| email::directory_address(&policy.email.directory, &u.name)));
+                    st.open_session(&SessionRecord {
+                        id: 0,
+                        user,
+                        email,
+                        machine: policy.machine.clone(),
+                        service: sanitize_field(&service, 64),
+                        rhost: rhost.map(|r| sanitize_field(&r, 128)),
+                        tty: tty.map(|t| sanitize_field(&t, 64)),
+                        pid,
+                        opened_at: now,
+                        closed_at: None,
+                    })?;
+                }
+                ClientMsg::SessionClosed { user, service, pid, .. } => {
+                    st.close_session(&user, &sanitize_field(&service, 64), pid, now)?;
+                }
+                _ => {}
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = r {
+        tracing::warn!("recording a session failed: {e}");
+    }
 }
 
 fn kind(m: &ClientMsg) -> &'static str {

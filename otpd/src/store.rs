@@ -41,6 +41,80 @@ pub struct UserRecord {
     pub last_login: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// argon2id hash of the internal-account password (`otpctl user passwd`).
+    pub password_hash: Option<String>,
+    /// "totp" or "email": how the last successful login was made.
+    pub last_method: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EmailCode {
+    pub id: i64,
+    pub user: String,
+    pub machine: String,
+    pub address: String,
+    /// Keyed hash (see `crate::email`); the code itself is never stored in clear.
+    pub code_hash: Vec<u8>,
+    /// The code encrypted under the key file, kept only while it may be re-sent.
+    pub code_enc: Option<Vec<u8>>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+    /// "service sshd from 192.0.2.7 on ssh": where the request came from.
+    pub origin: String,
+    pub emergency: bool,
+}
+
+/// A queued message together with what rendering it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMail {
+    pub id: i64,
+    pub attempts: u32,
+    pub to_addr: String,
+    pub code: EmailCode,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MailStats {
+    pub queued: u64,
+    pub failing: u64,
+    pub sent_last_hour: u64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MailCount<'a> {
+    All,
+    Address(&'a str),
+    Code(i64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmergencyRequest {
+    pub id: i64,
+    pub user: String,
+    pub machine: String,
+    pub address: String,
+    pub reason: String,
+    pub origin: String,
+    pub created_at: i64,
+    pub status: String,
+    pub decided_at: Option<i64>,
+    pub decided_by: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub id: i64,
+    pub user: String,
+    pub email: Option<String>,
+    pub machine: String,
+    pub service: String,
+    pub rhost: Option<String>,
+    pub tty: Option<String>,
+    pub pid: u32,
+    pub opened_at: i64,
+    pub closed_at: Option<i64>,
 }
 
 impl UserRecord {
@@ -80,6 +154,27 @@ pub trait Store {
     fn audit(&mut self, user: Option<&str>, since: Option<i64>, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
     fn counts(&mut self, now: i64) -> Result<Counts, StoreError>;
     fn schema_version(&mut self) -> Result<i64, StoreError>;
+
+    /// Newest code for `user` issued on `machine` (any machine when `None`).
+    fn latest_email_code(&mut self, user: &str, machine: Option<&str>) -> Result<Option<EmailCode>, StoreError>;
+    fn insert_email_code(&mut self, code: &EmailCode) -> Result<i64, StoreError>;
+    /// Marks a code used (or retired) and forgets its encrypted copy.
+    fn retire_email_code(&mut self, id: i64, used_at: Option<i64>) -> Result<(), StoreError>;
+    fn enqueue_mail(&mut self, code_id: i64, to: &str, now: i64) -> Result<i64, StoreError>;
+    fn count_mail_since(&mut self, what: MailCount<'_>, since: i64) -> Result<u64, StoreError>;
+    fn due_mail(&mut self, now: i64, limit: u32) -> Result<Vec<QueuedMail>, StoreError>;
+    fn mail_sent(&mut self, id: i64, now: i64) -> Result<(), StoreError>;
+    fn mail_failed(&mut self, id: i64, next_attempt_at: i64, error: &str) -> Result<(), StoreError>;
+    /// Unsent mail for `user` that has failed at least once.
+    fn failing_mail_for(&mut self, user: &str) -> Result<u64, StoreError>;
+    fn mail_stats(&mut self, now: i64) -> Result<MailStats, StoreError>;
+    fn insert_request(&mut self, r: &EmergencyRequest) -> Result<i64, StoreError>;
+    fn request(&mut self, id: i64) -> Result<Option<EmergencyRequest>, StoreError>;
+    fn requests(&mut self, pending_only: bool) -> Result<Vec<EmergencyRequest>, StoreError>;
+    fn decide_request(&mut self, id: i64, status: &str, by: u32, now: i64) -> Result<(), StoreError>;
+    fn open_session(&mut self, s: &SessionRecord) -> Result<i64, StoreError>;
+    fn close_session(&mut self, user: &str, service: &str, pid: u32, now: i64) -> Result<u64, StoreError>;
+    fn sessions(&mut self, limit: u32) -> Result<Vec<SessionRecord>, StoreError>;
 }
 
 /// Schema migrations; `PRAGMA user_version` records how many have run.
@@ -113,6 +208,60 @@ CREATE TABLE audit (
 ) STRICT;
 CREATE INDEX audit_by_user_time ON audit (user, time);
 CREATE INDEX audit_by_time ON audit (time);
+"#, r#"
+ALTER TABLE users ADD COLUMN password_hash TEXT;
+ALTER TABLE users ADD COLUMN last_method TEXT;
+CREATE TABLE email_codes (
+    id         INTEGER PRIMARY KEY,
+    user       TEXT NOT NULL,
+    machine    TEXT NOT NULL,
+    address    TEXT NOT NULL,
+    code_hash  BLOB NOT NULL,
+    code_enc   BLOB,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at    INTEGER,
+    origin     TEXT NOT NULL,
+    emergency  INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE INDEX email_codes_by_user ON email_codes (user, machine, created_at);
+CREATE TABLE outbox (
+    id              INTEGER PRIMARY KEY,
+    code_id         INTEGER NOT NULL REFERENCES email_codes (id),
+    to_addr         TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    sent_at         INTEGER,
+    last_error      TEXT
+) STRICT;
+CREATE INDEX outbox_due ON outbox (sent_at, next_attempt_at);
+CREATE INDEX outbox_by_addr ON outbox (to_addr, created_at);
+CREATE INDEX outbox_by_time ON outbox (created_at);
+CREATE TABLE emergency_requests (
+    id         INTEGER PRIMARY KEY,
+    user       TEXT NOT NULL,
+    machine    TEXT NOT NULL,
+    address    TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    origin     TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    status     TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'denied')),
+    decided_at INTEGER,
+    decided_by INTEGER
+) STRICT;
+CREATE TABLE sessions (
+    id        INTEGER PRIMARY KEY,
+    user      TEXT NOT NULL,
+    email     TEXT,
+    machine   TEXT NOT NULL,
+    service   TEXT NOT NULL,
+    rhost     TEXT,
+    tty       TEXT,
+    pid       INTEGER NOT NULL,
+    opened_at INTEGER NOT NULL,
+    closed_at INTEGER
+) STRICT;
 "#];
 
 pub struct SqliteStore {
@@ -214,6 +363,39 @@ fn user_from_row(r: &Row<'_>) -> rusqlite::Result<UserRecord> {
         last_login: r.get("last_login")?,
         created_at: r.get("created_at")?,
         updated_at: r.get("updated_at")?,
+        password_hash: r.get("password_hash")?,
+        last_method: r.get("last_method")?,
+    })
+}
+
+fn code_from_row(r: &Row<'_>) -> rusqlite::Result<EmailCode> {
+    Ok(EmailCode {
+        id: r.get("id")?,
+        user: r.get("user")?,
+        machine: r.get("machine")?,
+        address: r.get("address")?,
+        code_hash: r.get("code_hash")?,
+        code_enc: r.get("code_enc")?,
+        created_at: r.get("created_at")?,
+        expires_at: r.get("expires_at")?,
+        used_at: r.get("used_at")?,
+        origin: r.get("origin")?,
+        emergency: r.get("emergency")?,
+    })
+}
+
+fn request_from_row(r: &Row<'_>) -> rusqlite::Result<EmergencyRequest> {
+    Ok(EmergencyRequest {
+        id: r.get("id")?,
+        user: r.get("user")?,
+        machine: r.get("machine")?,
+        address: r.get("address")?,
+        reason: r.get("reason")?,
+        origin: r.get("origin")?,
+        created_at: r.get("created_at")?,
+        status: r.get("status")?,
+        decided_at: r.get("decided_at")?,
+        decided_by: r.get("decided_by")?,
     })
 }
 
@@ -226,14 +408,16 @@ impl Store for SqliteStore {
     fn save_user(&mut self, u: &UserRecord) -> Result<(), StoreError> {
         let mut st = self.conn.prepare_cached(
             "INSERT INTO users (name, uid, method, enabled, email, secret, activated_at, last_step,
-                                failures, locked_until, last_login, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                                failures, locked_until, last_login, created_at, updated_at,
+                                password_hash, last_method)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
              ON CONFLICT (name) DO UPDATE SET
                 uid = excluded.uid, method = excluded.method, enabled = excluded.enabled,
                 email = excluded.email, secret = excluded.secret, activated_at = excluded.activated_at,
                 last_step = excluded.last_step, failures = excluded.failures,
                 locked_until = excluded.locked_until, last_login = excluded.last_login,
-                updated_at = excluded.updated_at",
+                updated_at = excluded.updated_at, password_hash = excluded.password_hash,
+                last_method = excluded.last_method",
         )?;
         st.execute(params![
             u.name,
@@ -248,7 +432,9 @@ impl Store for SqliteStore {
             u.locked_until,
             u.last_login,
             u.created_at,
-            u.updated_at
+            u.updated_at,
+            u.password_hash,
+            u.last_method
         ])?;
         Ok(())
     }
@@ -312,6 +498,175 @@ impl Store for SqliteStore {
     fn schema_version(&mut self) -> Result<i64, StoreError> {
         Ok(self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
+
+    fn latest_email_code(&mut self, user: &str, machine: Option<&str>) -> Result<Option<EmailCode>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT * FROM email_codes WHERE user = ?1 AND (?2 IS NULL OR machine = ?2)
+             ORDER BY created_at DESC, id DESC LIMIT 1",
+        )?;
+        Ok(st.query_row(params![user, machine], code_from_row).optional()?)
+    }
+
+    fn insert_email_code(&mut self, c: &EmailCode) -> Result<i64, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO email_codes (user, machine, address, code_hash, code_enc, created_at, expires_at, used_at, origin, emergency)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        st.execute(params![c.user, c.machine, c.address, c.code_hash, c.code_enc, c.created_at, c.expires_at, c.used_at, c.origin, c.emergency])?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    fn retire_email_code(&mut self, id: i64, used_at: Option<i64>) -> Result<(), StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "UPDATE email_codes SET code_enc = NULL, used_at = coalesce(?2, used_at) WHERE id = ?1",
+        )?;
+        st.execute(params![id, used_at])?;
+        Ok(())
+    }
+
+    fn enqueue_mail(&mut self, code_id: i64, to: &str, now: i64) -> Result<i64, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO outbox (code_id, to_addr, created_at, next_attempt_at) VALUES (?1, ?2, ?3, ?3)",
+        )?;
+        st.execute(params![code_id, to, now])?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    fn count_mail_since(&mut self, what: MailCount<'_>, since: i64) -> Result<u64, StoreError> {
+        let n: i64 = match what {
+            MailCount::All => self.conn.prepare_cached("SELECT count(*) FROM outbox WHERE created_at >= ?1")?.query_row([since], |r| r.get(0))?,
+            MailCount::Address(a) => self
+                .conn
+                .prepare_cached("SELECT count(*) FROM outbox WHERE to_addr = ?1 AND created_at >= ?2")?
+                .query_row(params![a, since], |r| r.get(0))?,
+            MailCount::Code(id) => self
+                .conn
+                .prepare_cached("SELECT count(*) FROM outbox WHERE code_id = ?1 AND created_at >= ?2")?
+                .query_row(params![id, since], |r| r.get(0))?,
+        };
+        Ok(n as u64)
+    }
+
+    fn due_mail(&mut self, now: i64, limit: u32) -> Result<Vec<QueuedMail>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT o.id AS oid, o.attempts, o.to_addr, c.* FROM outbox o JOIN email_codes c ON c.id = o.code_id
+             WHERE o.sent_at IS NULL AND o.next_attempt_at <= ?1 ORDER BY o.next_attempt_at, o.id LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![now, limit], |r| {
+            Ok(QueuedMail { id: r.get("oid")?, attempts: r.get("attempts")?, to_addr: r.get("to_addr")?, code: code_from_row(r)? })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn mail_sent(&mut self, id: i64, now: i64) -> Result<(), StoreError> {
+        self.conn.prepare_cached("UPDATE outbox SET sent_at = ?2, last_error = NULL WHERE id = ?1")?.execute(params![id, now])?;
+        Ok(())
+    }
+
+    fn mail_failed(&mut self, id: i64, next_attempt_at: i64, error: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3 WHERE id = ?1")?
+            .execute(params![id, next_attempt_at, error])?;
+        Ok(())
+    }
+
+    fn failing_mail_for(&mut self, user: &str) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT count(*) FROM outbox o JOIN email_codes c ON c.id = o.code_id
+                 WHERE c.user = ?1 AND o.sent_at IS NULL AND o.attempts > 0",
+            )?
+            .query_row([user], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    fn mail_stats(&mut self, now: i64) -> Result<MailStats, StoreError> {
+        let (queued, failing, sent): (i64, i64, i64) = self.conn.query_row(
+            "SELECT coalesce(sum(sent_at IS NULL), 0), coalesce(sum(sent_at IS NULL AND attempts > 0), 0),
+                    coalesce(sum(sent_at >= ?1), 0) FROM outbox",
+            [now - 3600],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let last_error: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT last_error FROM outbox WHERE sent_at IS NULL AND last_error IS NOT NULL ORDER BY next_attempt_at DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(MailStats { queued: queued as u64, failing: failing as u64, sent_last_hour: sent as u64, last_error })
+    }
+
+    fn insert_request(&mut self, r: &EmergencyRequest) -> Result<i64, StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO emergency_requests (user, machine, address, reason, origin, created_at, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![r.user, r.machine, r.address, r.reason, r.origin, r.created_at, r.status])?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    fn request(&mut self, id: i64) -> Result<Option<EmergencyRequest>, StoreError> {
+        Ok(self.conn.prepare_cached("SELECT * FROM emergency_requests WHERE id = ?1")?.query_row([id], request_from_row).optional()?)
+    }
+
+    fn requests(&mut self, pending_only: bool) -> Result<Vec<EmergencyRequest>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT * FROM emergency_requests WHERE (?1 = 0 OR status = 'pending') ORDER BY id DESC LIMIT 1000",
+        )?;
+        let rows = st.query_map([pending_only], request_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn decide_request(&mut self, id: i64, status: &str, by: u32, now: i64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE emergency_requests SET status = ?2, decided_by = ?3, decided_at = ?4 WHERE id = ?1")?
+            .execute(params![id, status, by, now])?;
+        Ok(())
+    }
+
+    fn open_session(&mut self, s: &SessionRecord) -> Result<i64, StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO sessions (user, email, machine, service, rhost, tty, pid, opened_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![s.user, s.email, s.machine, s.service, s.rhost, s.tty, s.pid, s.opened_at])?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    fn close_session(&mut self, user: &str, service: &str, pid: u32, now: i64) -> Result<u64, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE sessions SET closed_at = ?4 WHERE id = (SELECT id FROM sessions
+                 WHERE user = ?1 AND service = ?2 AND pid = ?3 AND closed_at IS NULL ORDER BY id DESC LIMIT 1)",
+            )?
+            .execute(params![user, service, pid, now])?;
+        Ok(n as u64)
+    }
+
+    fn sessions(&mut self, limit: u32) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT * FROM sessions ORDER BY id DESC LIMIT ?1")?;
+        let rows = st.query_map([limit], |r| {
+            Ok(SessionRecord {
+                id: r.get("id")?,
+                user: r.get("user")?,
+                email: r.get("email")?,
+                machine: r.get("machine")?,
+                service: r.get("service")?,
+                rhost: r.get("rhost")?,
+                tty: r.get("tty")?,
+                pid: r.get("pid")?,
+                opened_at: r.get("opened_at")?,
+                closed_at: r.get("closed_at")?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
 }
 
 #[cfg(test)]
@@ -333,6 +688,8 @@ mod tests {
             last_login: None,
             created_at: 10,
             updated_at: 10,
+            password_hash: None,
+            last_method: None,
         }
     }
 

@@ -5,7 +5,7 @@ use crate::flow::{self, ConvError, Daemon, PamCode, PamIo, Style};
 use crate::log::{syslog, Level};
 use crate::options::{self, Options};
 use common::client::Client;
-use common::proto::{ClientMsg, ServerMsg};
+use common::proto::{ClientMsg, ServerMsg, PROTOCOL_VERSION};
 use pam::constants::{PamFlag, PamResultCode, PAM_ERROR_MSG, PAM_PROMPT_ECHO_OFF, PAM_PROMPT_ECHO_ON, PAM_SILENT, PAM_TEXT_INFO};
 use pam::conv::Conv;
 use pam::items::{RHost, RUser, Service, Tty};
@@ -30,10 +30,47 @@ impl PamHooks for PamOtp {
         }
     }
 
+    /// Reports the session to otpd (`otpctl sessions`). Best effort: a
+    /// session is never refused for bookkeeping, so failures give IGNORE.
+    fn sm_open_session(pamh: &mut PamHandle, args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
+        session_event(pamh, args, true)
+    }
+
+    fn sm_close_session(pamh: &mut PamHandle, args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
+        session_event(pamh, args, false)
+    }
+
     /// No credentials are established by a passcode; IGNORE keeps setcred
     /// from changing the stack's result.
     fn sm_setcred(_pamh: &mut PamHandle, _args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
         PamResultCode::PAM_IGNORE
+    }
+}
+
+fn session_event(pamh: &mut PamHandle, args: Vec<&CStr>, open: bool) -> PamResultCode {
+    let (opts, _) = options::parse(args.iter().map(|a| a.to_bytes()));
+    let io = LibPam { pamh, silent: true, debug: opts.debug };
+    let user = match io.pamh.get_item::<pam::items::User>() {
+        Ok(Some(u)) => String::from_utf8_lossy(u.to_bytes()).into_owned(),
+        _ => return PamResultCode::PAM_IGNORE,
+    };
+    let service = io.service().unwrap_or_default();
+    let pid = std::process::id();
+    let msg = if open {
+        ClientMsg::SessionOpened { protocol: PROTOCOL_VERSION, user, service, rhost: io.rhost(), tty: io.tty(), pid }
+    } else {
+        ClientMsg::SessionClosed { protocol: PROTOCOL_VERSION, user, service, tty: io.tty(), pid }
+    };
+    let acked = connect(&opts).and_then(|mut d| {
+        d.send(&msg)?;
+        d.recv()
+    });
+    match acked {
+        Ok(ServerMsg::Ack) => PamResultCode::PAM_SUCCESS,
+        Ok(_) | Err(_) => {
+            syslog(Level::Warning, "could not report the session to otpd");
+            PamResultCode::PAM_IGNORE
+        }
     }
 }
 

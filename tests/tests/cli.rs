@@ -15,12 +15,16 @@ fn otpctl_exit_codes_and_messages() {
     let again = fx.ctl(&["user", "enable", "rita"]);
     assert_eq!(again.status.code(), Some(6));
     assert!(String::from_utf8_lossy(&again.stderr).contains("otpctl user reset rita"));
-    let email = fx.ctl(&["user", "enable", "sam", "--method", "email", "--email", "sam@example.org"]);
-    assert_eq!(email.status.code(), Some(6), "email is not available yet and must say so");
+    let no_addr = fx.ctl(&["user", "enable", "sam", "--method", "email"]);
+    assert_eq!(no_addr.status.code(), Some(6), "an email user needs an address");
+    assert!(String::from_utf8_lossy(&no_addr.stderr).contains("--email"));
+    let injected = fx.ctl(&["user", "enable", "sam", "--method", "email", "--email", "sam@example.org\r\nBcc: x@evil.test"]);
+    assert_eq!(injected.status.code(), Some(6));
     let list = fx.ctl_ok(&["user", "list"]);
     assert!(list.contains("rita") && !list.contains("sam"), "{list}");
+    fx.ctl_ok(&["user", "enable", "sam", "--method", "email", "--email", "sam@example.org"]);
     let status = fx.ctl_ok(&["status"]);
-    assert!(status.contains("1 enabled"), "{status}");
+    assert!(status.contains("2 enabled"), "{status}");
 
     // Unprivileged callers are refused and change nothing.
     let mut cmd = Command::new(build_dir().join("otpctl"));

@@ -43,6 +43,27 @@ enum Cmd {
     },
     /// Daemon health and counts.
     Status,
+    /// Emergency access requests.
+    #[command(subcommand)]
+    Request(RequestCmd),
+    /// Sessions opened after an OTP login, newest first: user (email), host, service.
+    Sessions {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum RequestCmd {
+    /// Pending requests (all with --all).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Send the emergency code.
+    Approve { id: i64 },
+    /// Refuse; nothing is sent.
+    Deny { id: i64 },
 }
 
 #[derive(Subcommand)]
@@ -70,6 +91,8 @@ enum UserCmd {
     List,
     /// Clear a lockout and the failure count.
     Unlock { user: String },
+    /// Set the password of USER's otpd-internal account (read from stdin).
+    Passwd { user: String },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -164,7 +187,16 @@ fn run(args: Args) -> Result<(), (u8, String)> {
             UserCmd::Show { user } => (AdminRequest::UserShow { user: user.clone() }, false),
             UserCmd::List => (AdminRequest::UserList, false),
             UserCmd::Unlock { user } => (AdminRequest::UserUnlock { user: user.clone() }, false),
+            UserCmd::Passwd { user } => {
+                (AdminRequest::UserPasswd { user: user.clone(), password: read_password().map_err(|e| (EXIT_INVALID, e))? }, false)
+            }
         },
+        Cmd::Request(r) => match r {
+            RequestCmd::List { all } => (AdminRequest::RequestList { all: *all }, false),
+            RequestCmd::Approve { id } => (AdminRequest::RequestApprove { id: *id }, false),
+            RequestCmd::Deny { id } => (AdminRequest::RequestDeny { id: *id }, false),
+        },
+        Cmd::Sessions { limit } => (AdminRequest::Sessions { limit: Some(*limit) }, false),
         Cmd::Audit { user, since, limit } => (
             AdminRequest::Audit {
                 user: user.clone(),
@@ -220,8 +252,44 @@ fn run(args: Args) -> Result<(), (u8, String)> {
             );
             println!("audit entries  {}", s.audit_entries);
             println!("connections    {} open", s.open_connections);
+            if s.mail_enabled {
+                println!(
+                    "mail           {} queued, {} failing, {} sent in the last hour",
+                    s.mail_queued, s.mail_failing, s.mail_sent_last_hour
+                );
+                if let Some(e) = s.mail_last_error.filter(|_| s.mail_failing > 0) {
+                    println!("mail error     {e}");
+                }
+                println!("emergency      {} request(s) pending", s.requests_pending);
+            } else {
+                println!("mail           disabled");
+            }
         }
         AdminResponse::Done { message } => println!("{message}"),
+        AdminResponse::Requests { requests } => {
+            println!("{:<5} {:<16} {:<28} {:<9} {:<20} REASON / ORIGIN", "ID", "USER", "ADDRESS", "STATUS", "REQUESTED");
+            for r in requests {
+                println!("{:<5} {:<16} {:<28} {:<9} {:<20} {} ({})", r.id, r.user, r.address, r.status, time(r.created_at), r.reason, r.origin);
+            }
+        }
+        AdminResponse::Sessions { sessions } => {
+            println!("{:<36} {:<10} {:<16} {:<8} {:<20} {:<20}", "USER", "SERVICE", "RHOST", "TTY", "OPENED", "CLOSED");
+            for s in sessions {
+                let who = match &s.email {
+                    Some(e) => format!("{} ({e})", s.user),
+                    None => s.user.clone(),
+                };
+                println!(
+                    "{:<36} {:<10} {:<16} {:<8} {:<20} {:<20}",
+                    who,
+                    s.service,
+                    s.rhost.as_deref().unwrap_or("-"),
+                    s.tty.as_deref().unwrap_or("-"),
+                    time(s.opened_at),
+                    s.closed_at.map(time).unwrap_or_else(|| "open".into())
+                );
+            }
+        }
         AdminResponse::Error { message, .. } => return Err((EXIT_DAEMON, message)),
     }
     Ok(())
@@ -271,4 +339,42 @@ fn print_audit(entries: &[AuditEntry]) {
             e.reason
         );
     }
+}
+
+/// One line from stdin; with echo off when stdin is a terminal.
+fn read_password() -> Result<String, String> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    let tty = stdin.is_terminal();
+    // SAFETY: termios calls on fd 0 with a zeroed, then filled, struct.
+    let saved = if tty {
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) == 0 {
+                let old = t;
+                t.c_lflag &= !libc::ECHO;
+                libc::tcsetattr(0, libc::TCSANOW, &t);
+                eprint!("New password: ");
+                Some(old)
+            } else {
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut line = String::new();
+    let r = stdin.lock().read_line(&mut line);
+    if let Some(old) = saved {
+        unsafe {
+            libc::tcsetattr(0, libc::TCSANOW, &old);
+        }
+        eprintln!();
+    }
+    r.map_err(|e| e.to_string())?;
+    let pw = line.trim_end_matches(['\n', '\r']).to_string();
+    if pw.is_empty() {
+        return Err("no password given on stdin".into());
+    }
+    Ok(pw)
 }

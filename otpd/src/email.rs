@@ -1,0 +1,318 @@
+//! Emailed one-time codes: generation, keyed hashing, addresses, the
+//! request rules (re-send the same code, one new code per interval, hourly
+//! caps) and verification. Like `auth`, every function here runs inside one
+//! database transaction; the mail itself leaves through the outbox
+//! (`crate::mail`), never inside a login conversation.
+use crate::auth::{audit_method, LoginContext, Policy};
+use crate::store::{EmailCode, MailCount, Store, StoreError};
+use common::config::EmailConfig;
+use hmac::{Hmac, Mac};
+use rand::Rng;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+/// A uniformly random code of `digits` digits from the OS CSPRNG
+/// (`gen_range` rejects out-of-range samples: no modulo bias).
+pub fn generate_code(digits: u32) -> String {
+    let n: u64 = rand::rngs::OsRng.gen_range(0..10u64.pow(digits));
+    format!("{n:0width$}", width = digits as usize)
+}
+
+/// The stored form of a code: HMAC-SHA256 under a key derived from the key
+/// file, over user, machine and code, so a hash is useless elsewhere.
+pub fn code_hash(key: &[u8; 32], user: &str, machine: &str, code: &str) -> Vec<u8> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable_mac());
+    for part in [b"otpd email code v1".as_slice(), user.as_bytes(), machine.as_bytes(), code.as_bytes()] {
+        mac.update(&(part.len() as u32).to_be_bytes());
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().to_vec()
+}
+
+// HMAC accepts keys of any length; this cannot happen.
+fn unreachable_mac() -> Hmac<Sha256> {
+    #[allow(clippy::expect_used)]
+    <Hmac<Sha256> as Mac>::new_from_slice(&[0u8; 32]).expect("HMAC takes any key length")
+}
+
+/// Validates an address strictly: ASCII only (no look-alike Unicode), no
+/// whitespace or control characters (no header injection), a dotted domain.
+/// Returns it with the domain lower-cased.
+pub fn validate_address(s: &str) -> Result<String, &'static str> {
+    if s.len() > 254 {
+        return Err("address too long");
+    }
+    if !s.is_ascii() {
+        return Err("address must be plain ASCII");
+    }
+    if s.chars().any(|c| c.is_ascii_control() || c.is_ascii_whitespace()) {
+        return Err("address contains spaces or control characters");
+    }
+    let (local, domain) = s.rsplit_once('@').ok_or("address has no @")?;
+    if local.is_empty() || local.len() > 64 || local.contains('@') || local.contains('"') {
+        return Err("invalid local part");
+    }
+    if !local.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c))
+        || local.starts_with('.')
+        || local.ends_with('.')
+        || local.contains("..")
+    {
+        return Err("invalid local part");
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    if labels.len() < 2
+        || labels.iter().any(|l| {
+            l.is_empty() || l.len() > 63 || l.starts_with('-') || l.ends_with('-') || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+    {
+        return Err("invalid domain");
+    }
+    let out = format!("{local}@{}", domain.to_ascii_lowercase());
+    // lettre must agree, since it will build the message.
+    out.parse::<lettre::Address>().map_err(|_| "invalid address")?;
+    Ok(out)
+}
+
+/// "b***@example.org": enough for the user to recognise, not enough to harvest.
+pub fn mask(addr: &str) -> String {
+    match addr.split_once('@') {
+        Some((local, domain)) => format!("{}***@{domain}", local.chars().next().unwrap_or('*')),
+        None => "***".into(),
+    }
+}
+
+pub fn same_address(a: &str, b: &str) -> bool {
+    match (validate_address(a), validate_address(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// The address on record when the admin set none: a map file ("user
+/// address" per line) or the GECOS field, read from /etc/passwd directly
+/// rather than through NSS (no lookups that could recurse into a module
+/// served by this daemon).
+pub fn directory_address(directory: &str, user: &str) -> Option<String> {
+    if let Some(path) = directory.strip_prefix("file:") {
+        let text = std::fs::read_to_string(path).ok()?;
+        return text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.split_once(char::is_whitespace).filter(|(u, _)| *u == user).map(|(_, a)| a.trim().to_string()))
+            .and_then(|a| validate_address(&a).ok());
+    }
+    if directory == "gecos" {
+        let text = std::fs::read_to_string("/etc/passwd").ok()?;
+        let gecos = text.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&user)).then(|| f.get(4).copied().unwrap_or("").to_string())
+        })?;
+        return gecos.split(',').find_map(|part| validate_address(part.trim()).ok());
+    }
+    None
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestOutcome {
+    /// A message was queued; `resent` when it carries the still-valid code.
+    Queued { masked: String, expires_at: i64, resent: bool },
+    /// A new code may be requested at `next_at`.
+    TooSoon { next_at: i64 },
+    /// The same code was re-sent too often this hour.
+    ResendCapped,
+    /// Hourly cap for the address or the whole daemon reached.
+    Capped,
+}
+
+pub fn origin(ctx: &LoginContext) -> String {
+    format!(
+        "service {} from {} on {}",
+        ctx.service,
+        ctx.rhost.as_deref().unwrap_or("this machine"),
+        ctx.tty.as_deref().unwrap_or("no tty")
+    )
+}
+
+fn valid_code(c: &EmailCode, now: i64) -> bool {
+    c.used_at.is_none() && c.expires_at > now && c.code_enc.is_some()
+}
+
+/// Queues the still-valid code again, or a new one if the interval allows.
+pub fn request_code(
+    store: &mut dyn Store,
+    p: &Policy,
+    ctx: &LoginContext,
+    address: &str,
+    emergency: bool,
+    now: i64,
+) -> Result<RequestOutcome, StoreError> {
+    let cfg: &EmailConfig = &p.email;
+    let hour_ago = now - 3600;
+    let latest = store.latest_email_code(&ctx.user, Some(&p.machine))?;
+    let caps_ok = |store: &mut dyn Store| -> Result<bool, StoreError> {
+        Ok(store.count_mail_since(MailCount::Address(address), hour_ago)? < cfg.per_address_per_hour as u64
+            && store.count_mail_since(MailCount::All, hour_ago)? < cfg.global_per_hour as u64)
+    };
+    if let Some(code) = latest.as_ref().filter(|c| valid_code(c, now) && c.address == address) {
+        if store.count_mail_since(MailCount::Code(code.id), hour_ago)? > cfg.resends_per_hour as u64 {
+            audit_method(store, p, ctx, now, "email", "deny", "re-send cap reached")?;
+            return Ok(RequestOutcome::ResendCapped);
+        }
+        if !caps_ok(store)? {
+            audit_method(store, p, ctx, now, "email", "deny", "hourly mail cap reached")?;
+            return Ok(RequestOutcome::Capped);
+        }
+        store.enqueue_mail(code.id, address, now)?;
+        audit_method(store, p, ctx, now, "email", "code_resent", &format!("to {}", mask(address)))?;
+        return Ok(RequestOutcome::Queued { masked: mask(address), expires_at: code.expires_at, resent: true });
+    }
+    if let Some(prev) = &latest {
+        let next_at = prev.created_at + cfg.new_code_interval.as_secs() as i64;
+        if next_at > now {
+            audit_method(store, p, ctx, now, "email", "deny", "new code requested within the interval")?;
+            return Ok(RequestOutcome::TooSoon { next_at });
+        }
+    }
+    if !caps_ok(store)? {
+        audit_method(store, p, ctx, now, "email", "deny", "hourly mail cap reached")?;
+        return Ok(RequestOutcome::Capped);
+    }
+    if let Some(prev) = latest.filter(|c| c.code_enc.is_some()) {
+        store.retire_email_code(prev.id, None)?;
+    }
+    let code = generate_code(cfg.digits);
+    let expires_at = now + cfg.code_ttl.as_secs() as i64;
+    let id = store.insert_email_code(&EmailCode {
+        id: 0,
+        user: ctx.user.clone(),
+        machine: p.machine.clone(),
+        address: address.to_string(),
+        code_hash: code_hash(p.crypto.email_key(), &ctx.user, &p.machine, &code),
+        code_enc: Some(p.crypto.seal(&code_aad(&ctx.user), code.as_bytes())),
+        created_at: now,
+        expires_at,
+        used_at: None,
+        origin: origin(ctx),
+        emergency,
+    })?;
+    store.enqueue_mail(id, address, now)?;
+    let what = if emergency { "emergency code queued" } else { "code queued" };
+    audit_method(store, p, ctx, now, "email", "code_sent", &format!("{what} to {}", mask(address)))?;
+    Ok(RequestOutcome::Queued { masked: mask(address), expires_at, resent: false })
+}
+
+/// Associated data for encrypted email codes (distinct from TOTP secrets).
+pub fn code_aad(user: &str) -> String {
+    format!("email-code:{user}")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeCheck {
+    Valid,
+    Wrong,
+    Expired,
+    Used,
+    OtherMachine,
+    NoCode,
+}
+
+/// Checks an emailed code and, if valid, consumes it. Expiry is decided
+/// inside the transaction, against the same `now` as everything else.
+pub fn check_code(store: &mut dyn Store, p: &Policy, user: &str, answer: &str, now: i64) -> Result<CodeCheck, StoreError> {
+    let Some(code) = store.latest_email_code(user, Some(&p.machine))? else {
+        return Ok(other_machine(store, p, user, answer)?.unwrap_or(CodeCheck::NoCode));
+    };
+    let expected = &code.code_hash;
+    let given = code_hash(p.crypto.email_key(), user, &p.machine, answer);
+    if !bool::from(expected.ct_eq(&given)) {
+        return Ok(other_machine(store, p, user, answer)?.unwrap_or(CodeCheck::Wrong));
+    }
+    if code.used_at.is_some() {
+        return Ok(CodeCheck::Used);
+    }
+    if code.expires_at <= now {
+        store.retire_email_code(code.id, None)?;
+        return Ok(CodeCheck::Expired);
+    }
+    store.retire_email_code(code.id, Some(now))?;
+    Ok(CodeCheck::Valid)
+}
+
+fn other_machine(store: &mut dyn Store, p: &Policy, user: &str, answer: &str) -> Result<Option<CodeCheck>, StoreError> {
+    Ok(store
+        .latest_email_code(user, None)?
+        .filter(|c| c.machine != p.machine)
+        .filter(|c| bool::from(c.code_hash.ct_eq(&code_hash(p.crypto.email_key(), user, &c.machine, answer))))
+        .map(|_| CodeCheck::OtherMachine))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_uniform_digits() {
+        let mut counts = [0u32; 10];
+        for _ in 0..2000 {
+            let c = generate_code(8);
+            assert_eq!(c.len(), 8);
+            for d in c.bytes() {
+                counts[(d - b'0') as usize] += 1;
+            }
+        }
+        // 16000 digits: each should be near 1600; a biased generator would skew.
+        assert!(counts.iter().all(|&n| (1350..1850).contains(&n)), "{counts:?}");
+    }
+
+    #[test]
+    fn hash_binds_user_and_machine() {
+        let k = [1u8; 32];
+        let h = code_hash(&k, "bob", "m1", "12345678");
+        assert_eq!(h, code_hash(&k, "bob", "m1", "12345678"));
+        assert_ne!(h, code_hash(&k, "bob", "m2", "12345678"));
+        assert_ne!(h, code_hash(&k, "eve", "m1", "12345678"));
+        assert_ne!(h, code_hash(&[2u8; 32], "bob", "m1", "12345678"));
+        // Length-prefixed: no ambiguity between ("ab","c") and ("a","bc").
+        assert_ne!(code_hash(&k, "ab", "c", "1"), code_hash(&k, "a", "bc", "1"));
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(validate_address("Bob.Smith+otp@Example.ORG"), Ok("Bob.Smith+otp@example.org".into()));
+        for bad in [
+            "bob@example.org\r\nBcc: eve@evil.test",
+            "bob@example.org\nX: y",
+            "bob @example.org",
+            "bob@localhost",
+            "bob@exаmple.org", // Cyrillic а
+            "bоb@example.org", // Cyrillic о
+            "@example.org",
+            "bob@",
+            "bob",
+            "a..b@example.org",
+            "\"bob\"@example.org",
+            "bob@-example.org",
+            "bob@example..org",
+            &format!("{}@example.org", "a".repeat(65)),
+            &format!("bob@{}.org", "a".repeat(250)),
+        ] {
+            assert!(validate_address(bad).is_err(), "{bad:?} must be rejected");
+        }
+        assert_eq!(mask("bob@example.org"), "b***@example.org");
+        assert!(same_address("bob@EXAMPLE.org", "bob@example.org"));
+        assert!(!same_address("Bob@example.org", "bob@example.org"));
+    }
+
+    #[test]
+    fn directory_file_and_gecos() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("emails");
+        std::fs::write(&f, "# comment\nbob  bob@example.org\ncarol not-an-address\n").unwrap();
+        let src = format!("file:{}", f.display());
+        assert_eq!(directory_address(&src, "bob"), Some("bob@example.org".into()));
+        assert_eq!(directory_address(&src, "carol"), None);
+        assert_eq!(directory_address(&src, "dave"), None);
+        assert_eq!(directory_address("none", "bob"), None);
+    }
+}
