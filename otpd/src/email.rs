@@ -81,9 +81,11 @@ pub fn mask(addr: &str) -> String {
     }
 }
 
+/// Same mailbox? Compared case-insensitively: local parts are case-sensitive
+/// in theory, but no real mail system treats them so and users type either.
 pub fn same_address(a: &str, b: &str) -> bool {
     match (validate_address(a), validate_address(b)) {
-        (Ok(x), Ok(y)) => x == y,
+        (Ok(x), Ok(y)) => x.eq_ignore_ascii_case(&y),
         _ => false,
     }
 }
@@ -301,7 +303,9 @@ mod tests {
         }
         assert_eq!(mask("bob@example.org"), "b***@example.org");
         assert!(same_address("bob@EXAMPLE.org", "bob@example.org"));
-        assert!(!same_address("Bob@example.org", "bob@example.org"));
+        assert!(same_address("Bob@example.org", "bob@example.org"));
+        assert!(!same_address("bob@example.org", "bob@example.org.evil.test"));
+        assert!(!same_address("bob@example.org\n", "bob@example.org"));
     }
 
     #[test]

@@ -42,6 +42,8 @@ extern "C" {
     fn pam_authenticate(pamh: *mut c_void, flags: c_int) -> c_int;
     fn pam_set_item(pamh: *mut c_void, item_type: c_int, item: *const c_void) -> c_int;
     fn pam_end(pamh: *mut c_void, status: c_int) -> c_int;
+    fn pam_open_session(pamh: *mut c_void, flags: c_int) -> c_int;
+    fn pam_close_session(pamh: *mut c_void, flags: c_int) -> c_int;
     fn pam_strerror(pamh: *mut c_void, errnum: c_int) -> *const c_char;
 }
 
@@ -115,6 +117,7 @@ pub fn authenticate(
     answers: Vec<Vec<u8>>,
     tty: Option<&str>,
     rhost: Option<&str>,
+    session: bool,
 ) -> Login {
     let mut script = Script { answers: answers.into(), transcript: String::new() };
     let conv = PamConv { conv: converse, appdata_ptr: &mut script as *mut Script as *mut c_void };
@@ -141,6 +144,11 @@ pub fn authenticate(
         }
         let code = pam_authenticate(pamh, 0);
         let error = CStr::from_ptr(pam_strerror(pamh, code)).to_string_lossy().into_owned();
+        if session && code == 0 {
+            let open = pam_open_session(pamh, 0);
+            let close = pam_close_session(pamh, 0);
+            script.transcript.push_str(&format!("[driver] session open={open} close={close}\n"));
+        }
         pam_end(pamh, code);
         Login { code, error, transcript: script.transcript }
     }

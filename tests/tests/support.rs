@@ -86,6 +86,8 @@ impl Fixture {
     pub fn start_daemon(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.path("otpd.log")).unwrap();
         let child = Command::new(build_dir().join("otpd"))
+            // Debug builds read a clock offset from this file (absent: none).
+            .env("OTPD_TEST_CLOCK_FILE", self.path("clock-offset"))
             .arg("--config")
             .arg(&self.config)
             .stdin(Stdio::null())
@@ -118,6 +120,11 @@ impl Fixture {
         }
     }
 
+    /// Moves the daemon's clock by `secs` from real time.
+    pub fn set_clock_offset(&self, secs: i64) {
+        std::fs::write(self.path("clock-offset"), secs.to_string()).unwrap();
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.path("otpd.log")).unwrap_or_default()
     }
@@ -125,10 +132,10 @@ impl Fixture {
     /// Writes a pam_wrapper service `name` stacking pam_otp.so with `opts`.
     pub fn write_service(&self, name: &str, opts: &str) {
         let text = format!(
-            "auth [success=ok ignore=ignore default=die] {} socket={} {}\nauth required pam_permit.so\naccount required pam_permit.so\n",
-            module_path().display(),
-            self.pam_socket().display(),
-            opts
+            "auth [success=ok ignore=ignore default=die] {m} socket={s} {opts}\nauth required pam_permit.so\n\
+             account required pam_permit.so\nsession optional {m} socket={s}\n",
+            m = module_path().display(),
+            s = self.pam_socket().display(),
         );
         std::fs::write(self.path("services").join(name), text).unwrap();
     }

@@ -198,7 +198,7 @@ fn worker(args: &[String]) {
         let (user, uri) = line.split_once(' ').unwrap_or_default();
         let code = e2e::code_from_uri(uri, offset).unwrap_or_default();
         let t = Instant::now();
-        let login = e2e::authenticate(Some(confdir), service, user, vec![code.clone().into_bytes()], None, None);
+        let login = e2e::authenticate(Some(confdir), service, user, vec![code.clone().into_bytes()], None, None, false);
         writeln!(out, "lat {}", t.elapsed().as_micros()).ok();
         if login.code != 0 {
             rejected += 1;
@@ -209,7 +209,7 @@ fn worker(args: &[String]) {
     writeln!(out, "rejected {rejected}").ok();
     // One replay per worker, outside the timed part: must be refused by pam_otp.
     if let (Some((user, code)), "otp", "measure") = (last, service.as_str(), phase.as_str()) {
-        let again = e2e::authenticate(Some(confdir), service, &user, vec![code.into_bytes()], None, None);
+        let again = e2e::authenticate(Some(confdir), service, &user, vec![code.into_bytes()], None, None, false);
         writeln!(out, "replays_accepted {}", usize::from(again.code == 0)).ok();
     }
 }

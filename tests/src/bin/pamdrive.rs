@@ -1,4 +1,4 @@
-//! pamdrive SERVICE USER [--confdir DIR] [--tty T] [--rhost H] [ANSWER...]
+//! pamdrive SERVICE USER [--confdir DIR] [--tty T] [--rhost H] [--session] [ANSWER...]
 //!
 //! Runs one pam_authenticate through the real libpam (use under pam_wrapper)
 //! answering prompts with the ANSWER arguments in order (raw bytes, so
@@ -14,10 +14,11 @@ fn main() {
         eprintln!("usage: pamdrive SERVICE USER [--tty T] [--rhost H] [ANSWER...]");
         std::process::exit(100);
     };
-    let (mut confdir, mut tty, mut rhost, mut answers) = (None, None, None, Vec::new());
+    let (mut confdir, mut tty, mut rhost, mut answers, mut session) = (None, None, None, Vec::new(), false);
     while let Some(a) = args.next() {
         match a.to_str() {
             Some("--confdir") => confdir = args.next().map(|s| s.to_string_lossy().into_owned()),
+            Some("--session") => session = true,
             Some("--tty") => tty = args.next().map(|s| s.to_string_lossy().into_owned()),
             Some("--rhost") => rhost = args.next().map(|s| s.to_string_lossy().into_owned()),
             _ => answers.push(decode(a.into_vec())),
@@ -30,6 +31,7 @@ fn main() {
         answers,
         tty.as_deref(),
         rhost.as_deref(),
+        session,
     );
     print!("{}", login.transcript);
     println!("result: {} {}", login.code, login.error);
