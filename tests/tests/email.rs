@@ -106,6 +106,10 @@ impl Env {
 
 /// otpd with [email] settings `email`, mailing through a STARTTLS sink.
 fn env_with(email: &str, daemon: &str) -> Env {
+    env_full(email, daemon, true)
+}
+
+fn env_full(email: &str, daemon: &str, trust_ca: bool) -> Env {
     let pre = tempfile::tempdir().unwrap();
     let port = free_port();
     // The fixture's dir is created by Fixture::start; certs go in a stable place first.
@@ -113,8 +117,9 @@ fn env_with(email: &str, daemon: &str) -> Env {
     let cfg = format!(
         "{daemon}\n[email]\ndirectory = \"file:{emails}\"\n{email}\n[smtp]\nurl = \"smtp://localhost:{port}\"\nfrom = \"otpd <otpd@test.example>\"\nca_file = \"{ca}\"\ntimeout = \"5s\"\n",
         emails = pre.path().join("emails").display(),
-        ca = pre.path().join("ca.pem").display(),
+        ca = if trust_ca { pre.path().join("ca.pem").display().to_string() } else { "/nonexistent-ca.pem".into() },
     );
+    let cfg = if trust_ca { cfg } else { cfg.replace("ca_file = \"/nonexistent-ca.pem\"\n", "") };
     std::fs::write(pre.path().join("emails"), "bob bob@example.org\ncarol carol@example.org\n").unwrap();
     let fx = Fixture::start(&cfg);
     for f in ["ca.pem", "smtp.pem", "smtp.key", "emails"] {
@@ -363,4 +368,52 @@ fn concurrent_requests_create_exactly_one_code() {
     assert_eq!(m.len(), 8);
     let codes: std::collections::BTreeSet<String> = m.iter().map(Mail::code).collect();
     assert_eq!(codes.len(), 1, "{codes:?}");
+}
+
+#[test]
+fn untrusted_smtp_certificate_is_refused() {
+    // Same server, but otpd is not told about the test CA: STARTTLS must fail
+    // certificate verification and nothing may be sent in clear instead.
+    let env = env_full("", "", false);
+    env.fx.ctl_ok(&["user", "enable", "bob", "--method", "email"]);
+    let r = request(&env.fx, "bob", &[""]);
+    assert!(r.out.contains("A code was sent"), "{}", r.out);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = env.fx.ctl_ok(&["status"]);
+        if status.contains("1 failing") {
+            assert!(status.to_lowercase().contains("certificate") || status.to_lowercase().contains("tls"), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(mails(&env.maildir()).is_empty());
+}
+
+#[test]
+fn no_address_global_cap_and_disabled_users() {
+    let env = env_with("fallback = true\nglobal_per_hour = 2\n", "");
+    let fx = &env.fx;
+    // A TOTP user with fallback but no address anywhere: told so, nothing sent.
+    fx.enroll_active("frank");
+    let r = fx.login("frank", &[""]);
+    assert!(r.out.contains("No email address is on record"), "{}", r.out);
+    // The daemon-wide hourly cap stops a flood from one machine.
+    for u in ["bob", "carol"] {
+        fx.ctl_ok(&["user", "enable", u, "--method", "email"]);
+        assert!(request(fx, u, &[""]).out.contains("A code was sent"));
+    }
+    fx.ctl_ok(&["user", "enable", "gina", "--method", "email", "--email", "gina@example.org"]);
+    let capped = request(fx, "gina", &[""]);
+    assert!(capped.out.contains("Too many emails"), "{}", capped.out);
+    assert_eq!(wait_for_mails(&env.maildir(), 2).len(), 2);
+    // Disabled users are not asked anything and get no mail.
+    fx.ctl_ok(&["user", "disable", "gina"]);
+    let off = request(fx, "gina", &[""]);
+    assert!(!off.out.contains("Passcode"), "{}", off.out);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(mails(&env.maildir()).len(), 2);
+    let audit = fx.ctl_ok(&["audit"]);
+    assert!(audit.contains("no email address on record") && audit.contains("hourly mail cap reached"), "{audit}");
 }
