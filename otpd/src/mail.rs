@@ -112,15 +112,25 @@ pub fn backoff(attempts: u32) -> i64 {
     1i64 << attempts.min(6)
 }
 
+/// Messages in flight at once (over the transport's connection pool).
+const PARALLEL: usize = 16;
+
 pub async fn run(sh: Arc<Shared>, mailer: Mailer) {
+    let mailer = Arc::new(mailer);
     loop {
         let now = sh.clock.now();
         let due = sh.db.run(move |st| st.due_mail(now, 64)).await;
         match due {
             Ok(batch) if !batch.is_empty() => {
+                let mut tasks = tokio::task::JoinSet::new();
                 for m in batch {
-                    deliver(&sh, &mailer, m).await;
+                    while tasks.len() >= PARALLEL {
+                        let _ = tasks.join_next().await;
+                    }
+                    let (sh, mailer) = (sh.clone(), mailer.clone());
+                    tasks.spawn(async move { deliver(&sh, &mailer, m).await });
                 }
+                while tasks.join_next().await.is_some() {}
                 continue;
             }
             Ok(_) => {}

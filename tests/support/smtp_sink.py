@@ -2,6 +2,8 @@
 """A real SMTP server for the tests (aiosmtpd), loopback only.
 
 usage: smtp_sink.py MAILDIR PORT [CERT KEY]
+Each stored message starts with X-Envelope-To and X-Received-At (epoch
+seconds when the server accepted it) lines.
 With CERT and KEY it offers STARTTLS and refuses mail without it. Every
 accepted message is written to MAILDIR/<n>.eml with an X-Envelope-To line.
 Prints "READY" when listening; runs until killed.
@@ -26,6 +28,7 @@ class Sink:
         tmp = name + ".tmp"
         with open(tmp, "wb") as f:
             f.write(("X-Envelope-To: %s\r\n" % ",".join(envelope.rcpt_tos)).encode())
+            f.write(("X-Received-At: %.6f\r\n" % time.time()).encode())
             f.write(envelope.original_content or envelope.content)
         os.rename(tmp, name)
         return "250 OK"

@@ -33,6 +33,8 @@ fn main() {
         .filter_map(|p| p.parse().ok())
         .collect();
     let users: usize = arg(&args, "--users").and_then(|u| u.parse().ok()).unwrap_or(3000);
+    let email_requests: usize = arg(&args, "--email").and_then(|u| u.parse().ok()).unwrap_or(0);
+    let sink_port = std::net::TcpListener::bind("127.0.0.1:0").ok().and_then(|l| l.local_addr().ok()).map(|a| a.port()).unwrap_or(2525);
     let bin = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)).unwrap_or_default();
     let dir = std::env::temp_dir().join(format!("otp-bench.{}", std::process::id()));
     std::fs::create_dir_all(dir.join("services")).ok();
@@ -43,11 +45,14 @@ fn main() {
     std::fs::write(
         &config,
         format!(
-            "[daemon]\npam_socket = \"{}\"\nadmin_socket = \"{}\"\ndatabase = \"{}/state/otpd.db\"\nkey_file = \"{}/state/secret.key\"\nmax_connections = 512\n",
+            "[daemon]\npam_socket = \"{}\"\nadmin_socket = \"{}\"\ndatabase = \"{}/state/otpd.db\"\nkey_file = \"{}/state/secret.key\"\nmax_connections = 512\n\
+             [email]\ndirectory = \"none\"\nglobal_per_hour = 1000000\nper_address_per_hour = 1000\n\
+             [smtp]\nurl = \"smtp+plain://127.0.0.1:{}\"\n",
             sock.display(),
             admin.display(),
             dir.display(),
-            dir.display()
+            dir.display(),
+            sink_port
         ),
     )
     .ok();
@@ -101,6 +106,9 @@ fn main() {
             );
         }
     }
+    if email_requests > 0 {
+        email_round(&bin, &dir, &admin, email_requests, sink_port);
+    }
     let rss = std::fs::read_to_string(format!("/proc/{}/status", otpd.id()))
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS")).map(|l| l.trim().to_string()))
@@ -109,6 +117,74 @@ fn main() {
     let _ = Command::new("kill").arg(otpd.id().to_string()).status();
     let _ = otpd.wait();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// 1000 (or N) users each press Enter once, from 8 processes at once: the
+/// login-conversation latency of a request, and the time until the local
+/// SMTP server has accepted each message.
+fn email_round(bin: &Path, dir: &Path, admin: &Path, n: usize, port: u16) {
+    let maildir = dir.join("maildir");
+    let sink = concat!(env!("CARGO_MANIFEST_DIR"), "/support/smtp_sink.py");
+    let mut smtp = Command::new("/usr/bin/python3")
+        .arg(sink)
+        .arg(&maildir)
+        .arg(port.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("smtp sink: {e}"));
+    let mut ready = String::new();
+    if let Some(out) = smtp.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut ready);
+    }
+    let mut list = Vec::new();
+    for i in 0..n {
+        let user = format!("mailer{i}");
+        let req = AdminRequest::UserEnable { user: user.clone(), method: Method::Email, email: Some(format!("{user}@bench.example")) };
+        if let Ok(mut c) = Client::connect(admin, Duration::from_secs(30), &[0]) {
+            let _: Result<AdminResponse, _> = c.call(&req);
+        }
+        list.push(format!("{user} -"));
+    }
+    let users_file = dir.join("users-email");
+    std::fs::write(&users_file, list.join("\n")).ok();
+    let r = run_round(bin, dir, "otp", &users_file, n, 8, "email");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut arrivals = Vec::new();
+    while Instant::now() < deadline {
+        arrivals = std::fs::read_dir(&maildir).map(|d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "eml")).map(|e| e.path()).collect()).unwrap_or_default();
+        if arrivals.len() >= n {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let starts: std::collections::HashMap<String, f64> = std::fs::read_to_string(dir.join("email-starts"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' ').and_then(|(u, t)| t.parse::<f64>().ok().map(|t| (u.to_string(), t))))
+        .collect();
+    let mut delivery: Vec<f64> = arrivals
+        .iter()
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(p).ok()?;
+            let to = text.lines().next()?.strip_prefix("X-Envelope-To: ")?.split('@').next()?.to_string();
+            let at: f64 = text.lines().nth(1)?.strip_prefix("X-Received-At: ")?.trim().parse().ok()?;
+            Some((at - starts.get(&to)? / 1e6) * 1000.0)
+        })
+        .collect();
+    delivery.sort_by(|a, b| a.total_cmp(b));
+    let pct = |v: &[f64], q: f64| v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1))).copied().unwrap_or(f64::NAN);
+    println!();
+    println!("emailed-code requests: {n} distinct users, 8 processes, SMTP sink on 127.0.0.1");
+    println!("  login conversation of a request: p50 {:.3} ms, p99 {:.3} ms ({:.0} requests/s)", r.p50, r.p99, r.rate);
+    println!(
+        "  request -> accepted by SMTP:     p50 {:.1} ms, p99 {:.1} ms; delivered {}/{}",
+        pct(&delivery, 0.5),
+        pct(&delivery, 0.99),
+        delivery.len(),
+        n
+    );
+    let _ = smtp.kill();
+    let _ = smtp.wait();
 }
 
 fn enroll(admin: &Path, first: usize, n: usize) -> Vec<String> {
@@ -190,6 +266,9 @@ fn worker(args: &[String]) {
     let count: usize = count.parse().unwrap_or(0);
     let file = std::fs::File::open(users).unwrap_or_else(|e| panic!("{users}: {e}"));
     let lines: Vec<String> = std::io::BufReader::new(file).lines().map_while(Result::ok).skip(first).take(count).collect();
+    if phase == "email" {
+        return email_worker(confdir, service, &lines, users);
+    }
     let offset = if phase == "activate" { -1 } else { 0 };
     let mut out = std::io::BufWriter::new(std::io::stdout());
     let (mut rejected, mut last) = (0, None);
@@ -211,5 +290,29 @@ fn worker(args: &[String]) {
     if let (Some((user, code)), "otp", "measure") = (last, service.as_str(), phase.as_str()) {
         let again = e2e::authenticate(Some(confdir), service, &user, vec![code.into_bytes()], None, None, false);
         writeln!(out, "replays_accepted {}", usize::from(again.code == 0)).ok();
+    }
+}
+
+/// Presses Enter once per user (the request), then has no more answers, as a
+/// user who will type the code in a later login.
+fn email_worker(confdir: &str, service: &str, lines: &[String], users: &str) {
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    let mut starts = String::new();
+    writeln!(out, "start {}", now_us()).ok();
+    for line in lines {
+        let user = line.split(' ').next().unwrap_or_default();
+        let t0 = now_us();
+        let t = Instant::now();
+        let login = e2e::authenticate(Some(confdir), service, user, vec![Vec::new()], None, None, false);
+        writeln!(out, "lat {}", t.elapsed().as_micros()).ok();
+        if !login.transcript.contains("A code was sent") {
+            writeln!(out, "rejected 1").ok();
+        }
+        starts.push_str(&format!("{user} {t0}\n"));
+    }
+    writeln!(out, "end {}", now_us()).ok();
+    let path = std::path::Path::new(users).with_file_name("email-starts");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = f.write_all(starts.as_bytes());
     }
 }
