@@ -46,6 +46,8 @@ pub struct DaemonConfig {
     /// How long the daemon waits for a user to answer a prompt.
     #[serde(with = "duration")]
     pub prompt_timeout: Duration,
+    /// Offer `org.otpd.Admin1` on the system bus.
+    pub dbus: bool,
 }
 
 impl Default for DaemonConfig {
@@ -60,6 +62,7 @@ impl Default for DaemonConfig {
             max_connections: 256,
             io_timeout: Duration::from_secs(5),
             prompt_timeout: Duration::from_secs(180),
+            dbus: true,
         }
     }
 }

@@ -33,7 +33,7 @@ pub async fn connection(mut s: UnixStream, sh: &Shared) {
 /// Root, the admin group as primary group, or as a supplementary group of
 /// the calling process (read from /proc: the admin path may do lookups the
 /// login path must not).
-fn authorized(uid: u32, gid: u32, pid: Option<i32>, admin_gid: Option<u32>) -> bool {
+pub fn authorized(uid: u32, gid: u32, pid: Option<i32>, admin_gid: Option<u32>) -> bool {
     if uid == 0 {
         return true;
     }
@@ -85,7 +85,7 @@ fn admin_audit(st: &mut dyn Store, sh_machine: &str, user: &str, action: &str, b
     st.add_audit(&e)
 }
 
-async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
+pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
     let now = sh.clock.now();
     let user_arg = match &req {
         AdminRequest::UserEnable { user, .. }

@@ -135,6 +135,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         database: d.database.display().to_string(),
         open_connections: AtomicU64::new(0),
         mail_wakeup: Arc::new(tokio::sync::Notify::new()),
+        events: tokio::sync::broadcast::channel(1024).0,
     });
     // Anyone may connect to the PAM socket (screen lockers run as the user);
     // SO_PEERCRED limits what a non-root caller can do.
@@ -155,6 +156,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     } else {
         None
     };
+    let dbus_task = d.dbus.then(|| tokio::spawn(crate::dbus::run(shared.clone())));
     let pam_task = tokio::spawn(serve_pam(pam, shared.clone(), d.max_connections));
     let admin_task = tokio::spawn(serve_admin(admin, shared.clone()));
 
@@ -166,7 +168,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     tracing::info!("shutting down");
     pam_task.abort();
-    if let Some(t) = mail_task {
+    for t in [mail_task, dbus_task].into_iter().flatten() {
         t.abort();
     }
     admin_task.abort();

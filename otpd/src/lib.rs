@@ -8,6 +8,7 @@ pub mod clock;
 pub mod crypto;
 pub mod daemon;
 pub mod db;
+pub mod dbus;
 pub mod email;
 pub mod mail;
 pub mod passwd;

@@ -29,6 +29,14 @@ pub struct Shared {
     pub open_connections: AtomicU64,
     /// Wakes the mail sender when something was queued.
     pub mail_wakeup: Arc<tokio::sync::Notify>,
+    /// Events for D-Bus signals; nobody listening is fine.
+    pub events: tokio::sync::broadcast::Sender<crate::dbus::Event>,
+}
+
+impl Shared {
+    pub fn emit(&self, ev: crate::dbus::Event) {
+        let _ = self.events.send(ev);
+    }
 }
 
 /// Reads one frame. `wait` bounds the time until its first byte arrives
@@ -267,11 +275,17 @@ async fn finish(s: &mut UnixStream, sh: &Shared, ctx: &LoginContext, answer: Str
     };
     match verdict {
         Ok(Verdict::Accept { activated }) => {
+            if activated {
+                sh.emit(crate::dbus::Event::EnrollmentActivated { user: ctx.user.clone() });
+            }
             let msg = activated.then(|| "Passcode accepted: your authenticator is now enrolled.".to_string());
             outcome(s, sh, OutcomeKind::Accept, msg).await
         }
         Ok(Verdict::Deny { message }) => outcome(s, sh, OutcomeKind::Deny, Some(message)).await,
-        Ok(Verdict::Locked { until }) => outcome(s, sh, OutcomeKind::Locked, Some(until_text(until, now))).await,
+        Ok(Verdict::Locked { until }) => {
+            sh.emit(crate::dbus::Event::UserLockedOut { user: ctx.user.clone(), until });
+            outcome(s, sh, OutcomeKind::Locked, Some(until_text(until, now))).await
+        }
         Err(e) => {
             // Nothing was committed: the code was not consumed, the attempt not recorded; deny.
             tracing::error!("store error while checking a code for {}: {e}; denying", ctx.user);
@@ -367,8 +381,9 @@ async fn email_request(s: &mut UnixStream, sh: &Shared, ctx: &LoginContext) -> (
         .await;
     match result {
         Ok(Ok(outcome)) => {
-            if matches!(outcome, email::RequestOutcome::Queued { .. }) {
+            if let email::RequestOutcome::Queued { masked, .. } = &outcome {
                 sh.mail_wakeup.notify_one();
+                sh.emit(crate::dbus::Event::CodeRequested { user: ctx.user.clone(), address: masked.clone() });
             }
             // Typed address / internal login: only the neutral words, whether or not it matched.
             let text = if mode == AutoSend::Directory { describe(&outcome) } else { NEUTRAL.to_string() };
@@ -441,6 +456,7 @@ async fn emergency_request(s: &mut UnixStream, sh: &Shared, ctx: &LoginContext) 
             }
             if let Some(id) = pending {
                 tracing::warn!("emergency access request #{id} from {} is pending approval", ctx.user);
+                sh.emit(crate::dbus::Event::EmergencyRequestPending { id, user: ctx.user.clone() });
             }
             Some((text, done))
         }

@@ -23,6 +23,8 @@ pub struct Fixture {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub daemon: Option<Child>,
+    /// Extra environment for otpd (e.g. a private D-Bus address).
+    pub env: Vec<(String, String)>,
 }
 
 /// What the probe stack returns when pam_otp said PAM_IGNORE.
@@ -60,7 +62,7 @@ impl Fixture {
         std::fs::create_dir_all(d.join("state")).unwrap();
         std::fs::create_dir_all(d.join("services")).unwrap();
         std::fs::write(&config, text).unwrap();
-        let mut fx = Fixture { dir, config, daemon: None };
+        let mut fx = Fixture { dir, config, daemon: None, env: Vec::new() };
         fx.write_service("otp", "");
         // pam_otp's own IGNORE is invisible in a normal stack (the next
         // module decides), so the probe stack turns it into PAM_USER_UNKNOWN,
@@ -88,6 +90,7 @@ impl Fixture {
         let child = Command::new(build_dir().join("otpd"))
             // Debug builds read a clock offset from this file (absent: none).
             .env("OTPD_TEST_CLOCK_FILE", self.path("clock-offset"))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .arg("--config")
             .arg(&self.config)
             .stdin(Stdio::null())
