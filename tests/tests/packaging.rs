@@ -1,0 +1,33 @@
+//! What ships in packaging/ is what the docs promise.
+use std::process::Command;
+
+fn file(rel: &str) -> String {
+    std::fs::read_to_string(format!("{}/../packaging/{rel}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+#[test]
+fn systemd_unit_exposure_is_at_most_2() {
+    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/otpd.service");
+    let out = Command::new("systemd-analyze").args(["security", "--offline=true", unit]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for otpd.service:").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no score in: {text}"));
+    assert!(score <= 2.0, "exposure {score}:\n{text}");
+    let unit = file("otpd.service");
+    for line in ["LimitCORE=0", "StateDirectory=otpd", "RuntimeDirectoryPreserve=yes", "Type=notify"] {
+        assert!(unit.contains(line), "missing {line}");
+    }
+}
+
+#[test]
+fn pam_auth_update_profile_is_off_by_default_and_fails_closed() {
+    let p = file("pam-configs/pam_otp");
+    assert!(p.lines().any(|l| l.trim() == "Default: no"));
+    assert!(p.contains("[success=ok ignore=ignore default=die]\tpam_otp.so"));
+    let sshd = file("examples/sshd_config.d-pam_otp.conf");
+    assert!(sshd.contains("AuthenticationMethods publickey,keyboard-interactive"));
+}
