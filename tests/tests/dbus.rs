@@ -21,8 +21,9 @@ impl Drop for Bus {
     }
 }
 
-/// A permissive bus: every refusal seen in these tests comes from otpd itself.
-fn start_bus(dir: &std::path::Path) -> Bus {
+/// A permissive bus: every refusal seen in these tests comes from otpd
+/// itself, unless `include` adds a policy file.
+fn start_bus(dir: &std::path::Path, include: Option<&str>) -> Bus {
     let sock = dir.join("bus.sock");
     let conf = dir.join("bus.conf");
     std::fs::write(
@@ -41,8 +42,10 @@ fn start_bus(dir: &std::path::Path) -> Bus {
     <allow receive_sender="*"/>
     <allow eavesdrop="true"/>
   </policy>
+  {}
 </busconfig>"#,
-            sock.display()
+            sock.display(),
+            include.map(|p| format!("<include>{p}</include>")).unwrap_or_default()
         ),
     )
     .unwrap();
@@ -74,7 +77,7 @@ fn text(o: &Output) -> String {
 #[test]
 fn admin_interface_access_control_and_signals() {
     let mut fx = Fixture::start("[lockout]\nmax_failures = 2\n");
-    let mut bus = start_bus(fx.dir.path());
+    let mut bus = start_bus(fx.dir.path(), None);
     fx.stop_daemon();
     fx.env.push(("DBUS_SYSTEM_BUS_ADDRESS".into(), bus.address.clone()));
     fx.start_daemon();
@@ -136,38 +139,9 @@ fn shipped_bus_policy_is_valid_and_restrictive() {
     let dir = tempfile::tempdir().unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let sock = dir.path().join("bus.sock");
     let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/dbus/org.otpd.conf");
-    let conf = dir.path().join("bus.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-  <include>{policy}</include>
-</busconfig>"#,
-            sock.display()
-        ),
-    )
-    .unwrap();
-    let daemon = Command::new("dbus-daemon").arg(format!("--config-file={}", conf.display())).arg("--nofork").spawn().unwrap();
-    let _bus = Bus { daemon, monitor: None, address: format!("unix:path={}", sock.display()) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let address = format!("unix:path={}", sock.display());
+    let bus = start_bus(dir.path(), Some(policy));
+    let address = bus.address.clone();
     // Root may own the name; nobody may not.
     let own = |uid: Option<u32>| {
         let mut c = Command::new("dbus-send");
