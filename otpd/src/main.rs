@@ -1,18 +1,6 @@
 use clap::Parser;
+use otpd::cli::OtpdArgs as Args;
 use common::config::Config;
-use std::path::PathBuf;
-
-/// otpd — the one-time-passcode daemon behind pam_otp.so.
-#[derive(Parser)]
-#[command(version, about)]
-struct Args {
-    /// Configuration file.
-    #[arg(long, short, default_value = common::DEFAULT_CONFIG)]
-    config: PathBuf,
-    /// Validate the configuration file and exit (0 when valid).
-    #[arg(long)]
-    check_config: bool,
-}
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();

@@ -2,104 +2,14 @@
 //!
 //! Exit codes: 0 done; 1 the daemon failed the request; 2 usage error;
 //! 3 no such user; 4 permission denied; 5 daemon unreachable; 6 invalid input.
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use otpd::cli::{Args, Cmd, MethodArg, RequestCmd, UserCmd};
 use common::client::{Client, ClientError};
 use common::config::Config;
 use common::proto::{AdminErrorKind, AdminRequest, AdminResponse, AuditEntry, Method, UserInfo};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-#[derive(Parser)]
-#[command(version, about = "Administer otpd: enrollments, lockouts, audit and status")]
-struct Args {
-    /// otpd configuration file (used to find the admin socket).
-    #[arg(long, short, global = true, default_value = common::DEFAULT_CONFIG)]
-    config: PathBuf,
-    /// Admin socket (overrides the configuration).
-    #[arg(long, global = true)]
-    socket: Option<PathBuf>,
-    /// Print JSON instead of a table.
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Manage users.
-    #[command(subcommand)]
-    User(UserCmd),
-    /// Show audit records, newest first.
-    Audit {
-        #[arg(long)]
-        user: Option<String>,
-        /// How far back: a duration ("1h", "2d") or an RFC 3339 time.
-        #[arg(long)]
-        since: Option<String>,
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-    },
-    /// Daemon health and counts.
-    Status,
-    /// Emergency access requests.
-    #[command(subcommand)]
-    Request(RequestCmd),
-    /// Sessions opened after an OTP login, newest first: user (email), host, service.
-    Sessions {
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-    },
-}
-
-#[derive(Subcommand)]
-enum RequestCmd {
-    /// Pending requests (all with --all).
-    List {
-        #[arg(long)]
-        all: bool,
-    },
-    /// Send the emergency code.
-    Approve { id: i64 },
-    /// Refuse; nothing is sent.
-    Deny { id: i64 },
-}
-
-#[derive(Subcommand)]
-enum UserCmd {
-    /// Require a passcode from USER; they enroll at their next login.
-    Enable {
-        user: String,
-        #[arg(long, value_enum, default_value = "totp")]
-        method: MethodArg,
-        #[arg(long)]
-        email: Option<String>,
-        /// Also print the otpauth:// URI (it contains the secret).
-        #[arg(long)]
-        print_uri: bool,
-    },
-    /// Stop requiring a passcode (lost device); the secret is erased.
-    Disable { user: String },
-    /// New secret; USER enrolls again at the next login.
-    Reset {
-        user: String,
-        #[arg(long)]
-        print_uri: bool,
-    },
-    Show { user: String },
-    List,
-    /// Clear a lockout and the failure count.
-    Unlock { user: String },
-    /// Set the password of USER's otpd-internal account (read from stdin).
-    Passwd { user: String },
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum MethodArg {
-    Totp,
-    Email,
-}
 
 const EXIT_DAEMON: u8 = 1;
 const EXIT_NOT_FOUND: u8 = 3;

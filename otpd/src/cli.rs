@@ -1,0 +1,108 @@
+//! Command lines of `otpd` and `otpctl`, in the library so the man pages
+//! are generated from the same definitions (`otpd-man`).
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// otpd — the one-time-passcode daemon behind pam_otp.so.
+#[derive(Parser)]
+#[command(name = "otpd", version, about)]
+pub struct OtpdArgs {
+    /// Configuration file.
+    #[arg(long, short, default_value = common::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Validate the configuration file and exit (0 when valid).
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+#[derive(Parser)]
+#[command(name = "otpctl", version, about = "Administer otpd: enrollments, lockouts, audit and status")]
+pub struct Args {
+    /// otpd configuration file (used to find the admin socket).
+    #[arg(long, short, global = true, default_value = common::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Admin socket (overrides the configuration).
+    #[arg(long, global = true)]
+    pub socket: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Show audit records, newest first.
+    Audit {
+        #[arg(long)]
+        user: Option<String>,
+        /// How far back: a duration ("1h", "2d") or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Daemon health and counts.
+    Status,
+    /// Emergency access requests.
+    #[command(subcommand)]
+    Request(RequestCmd),
+    /// Sessions opened after an OTP login, newest first: user (email), host, service.
+    Sessions {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RequestCmd {
+    /// Pending requests (all with --all).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Send the emergency code.
+    Approve { id: i64 },
+    /// Refuse; nothing is sent.
+    Deny { id: i64 },
+}
+
+#[derive(Subcommand)]
+pub enum UserCmd {
+    /// Require a passcode from USER; they enroll at their next login.
+    Enable {
+        user: String,
+        #[arg(long, value_enum, default_value = "totp")]
+        method: MethodArg,
+        #[arg(long)]
+        email: Option<String>,
+        /// Also print the otpauth:// URI (it contains the secret).
+        #[arg(long)]
+        print_uri: bool,
+    },
+    /// Stop requiring a passcode (lost device); the secret is erased.
+    Disable { user: String },
+    /// New secret; USER enrolls again at the next login.
+    Reset {
+        user: String,
+        #[arg(long)]
+        print_uri: bool,
+    },
+    Show { user: String },
+    List,
+    /// Clear a lockout and the failure count.
+    Unlock { user: String },
+    /// Set the password of USER's otpd-internal account (read from stdin).
+    Passwd { user: String },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum MethodArg {
+    Totp,
+    Email,
+}
+
