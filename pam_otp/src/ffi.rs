@@ -40,10 +40,14 @@ impl PamHooks for PamOtp {
         session_event(pamh, args, false)
     }
 
-    /// No credentials are established by a passcode; IGNORE keeps setcred
-    /// from changing the stack's result.
+    /// A passcode establishes no credentials, so there is nothing to do.
+    /// SUCCESS rather than IGNORE: when pam_otp is the only auth module (sshd
+    /// with the key as first factor), a stack whose modules all ignore
+    /// setcred fails with PAM_PERM_DENIED and sshd drops the session after a
+    /// correct code (found by the sshd test). setcred runs only after
+    /// authentication succeeded; it grants nothing.
     fn sm_setcred(_pamh: &mut PamHandle, _args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
-        PamResultCode::PAM_IGNORE
+        PamResultCode::PAM_SUCCESS
     }
 }
 
