@@ -50,6 +50,8 @@ const MAX_MESSAGES: usize = 64;
 /// Longest text shown at once (a QR code is ~4 KiB of half blocks).
 const MAX_SHOWN_CHARS: usize = 16 * 1024;
 const MAX_ITEM_CHARS: usize = 256;
+/// Shown when the daemon cannot be used and the login is refused.
+pub const UNAVAILABLE: &str = "The one-time passcode service is unavailable; login refused. Contact your administrator.";
 
 /// Runs `pam_sm_authenticate`. `connect` opens the daemon connection, so
 /// tests can script the daemon and the real module can use the socket.
@@ -159,6 +161,7 @@ fn daemon_failure<I: PamIo>(io: &mut I, opts: &Options, user: &str, service: &st
     match opts.fail {
         FailMode::Closed => {
             io.log(Level::Error, &format!("user {user} service {service}: {why}; denying (fail=closed)"));
+            let _ = io.converse(Style::Error, UNAVAILABLE);
             PamCode::AuthErr
         }
         FailMode::Open => {
@@ -334,7 +337,7 @@ mod tests {
 
     #[test]
     fn daemon_down_fails_closed_and_open_is_loud() {
-        let (code, logs) = run(&Options::default(), Some("bob"), false, vec![]);
+        let (code, logs) = run(&Options::default(), Some("bob"), false, vec![Ev::Show(Style::Error, UNAVAILABLE)]);
         assert_eq!(code, PamCode::AuthErr);
         assert!(logs.iter().any(|(l, m)| *l == Level::Error && m.contains("fail=closed")));
 
@@ -357,6 +360,7 @@ mod tests {
                     Ev::Ask(Style::PromptEchoOff, "Passcode: ", Ok(Some(b"1".to_vec()))),
                     Ev::Send(ClientMsg::Answer { text: "1".into() }),
                     Ev::Recv(failure),
+                    Ev::Show(Style::Error, UNAVAILABLE),
                 ],
             );
             assert_eq!(code, PamCode::AuthErr);
@@ -422,6 +426,7 @@ mod tests {
             events.push(Ev::Recv(Ok(ServerMsg::Info { text: "spam".into() })));
             events.push(Ev::Show(Style::Info, "spam"));
         }
+
         assert_eq!(run(&Options::default(), Some("bob"), true, events).0, PamCode::AuthErr);
     }
 }

@@ -116,3 +116,20 @@ fn shipped_example_config_is_valid() {
     let out = Command::new(build_dir().join("otpd")).args(["--check-config", "--config", cfg]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn tells_systemd_when_ready() {
+    // Type=notify: READY=1 arrives on NOTIFY_SOCKET once the sockets exist.
+    use std::os::unix::net::UnixDatagram;
+    let mut fx = Fixture::start("");
+    fx.stop_daemon();
+    let sock = fx.path("notify.sock");
+    let listener = UnixDatagram::bind(&sock).unwrap();
+    listener.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    fx.env.push(("NOTIFY_SOCKET".into(), sock.display().to_string()));
+    fx.start_daemon();
+    let mut buf = [0u8; 64];
+    let n = listener.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(fx.pam_socket().exists());
+}
