@@ -182,3 +182,48 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Property tests on arbitrary bytes: the decoder never panics, never
+    //! reads past a frame, and never accepts more than MAX_FRAME.
+    use super::*;
+    use crate::proto::{AdminRequest, ClientMsg, ServerMsg};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            if let Ok((_, used)) = decode_frame::<ClientMsg>(&bytes) {
+                prop_assert!(used <= bytes.len() && used <= MAX_FRAME + 4);
+            }
+            let _ = decode_frame::<ServerMsg>(&bytes);
+            let _ = decode_frame::<AdminRequest>(&bytes);
+            let mut cur = std::io::Cursor::new(bytes);
+            let _ = read_frame::<ClientMsg, _>(&mut cur);
+        }
+
+        #[test]
+        fn arbitrary_json_bodies_never_panic(body in "\\PC{0,300}") {
+            let _ = decode_body::<ClientMsg>(body.as_bytes());
+            let _ = decode_body::<AdminRequest>(body.as_bytes());
+        }
+
+        #[test]
+        fn answers_roundtrip(text in "\\PC{0,600}") {
+            let msg = ClientMsg::Answer { text };
+            let frame = encode(&msg).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let (back, used): (ClientMsg, usize) = decode_frame(&frame).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(used, frame.len());
+            prop_assert_eq!(back, msg);
+        }
+
+        #[test]
+        fn any_declared_length_over_the_cap_is_refused(len in (MAX_FRAME as u32 + 1)..=u32::MAX) {
+            let mut cur = std::io::Cursor::new(len.to_be_bytes().to_vec());
+            prop_assert!(matches!(read_frame::<ClientMsg, _>(&mut cur), Err(FrameError::TooBig(_))));
+        }
+    }
+}

@@ -19,7 +19,13 @@ fn poke(fx: &Fixture, bytes: &[u8]) -> Vec<u8> {
     let _ = s.write_all(bytes);
     let mut out = Vec::new();
     let r = s.read_to_end(&mut out);
-    assert!(r.is_ok(), "daemon must close the connection, not leave it hanging: {r:?}");
+    // Closed (EOF), or reset because the daemon hung up on unread garbage;
+    // never left hanging until our read timeout.
+    let closed = match &r {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(closed, "daemon must close the connection, not leave it hanging: {r:?}");
     out
 }
 
@@ -99,4 +105,37 @@ fn slow_and_half_frame_clients_do_not_stall_logins() {
         let mut buf = [0u8; 16];
         assert!(matches!(h.read(&mut buf), Ok(0)), "the daemon must close a stalled connection");
     }
+}
+
+#[test]
+fn random_frames_at_a_live_daemon_change_nothing() {
+    let fx = Fixture::start("io_timeout = \"300ms\"\n");
+    let uri = fx.enroll_active("rafa");
+    let before = fx.show("rafa");
+    let audit_before = fx.ctl_ok(&["--json", "audit"]);
+    // xorshift: reproducible garbage without another dependency.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..300 {
+        let len = (next() % 300) as usize;
+        let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if i % 3 == 0 && bytes.len() >= 4 {
+            // A plausible length prefix makes the daemon parse the body.
+            let body = (bytes.len() - 4) as u32;
+            bytes[..4].copy_from_slice(&body.to_be_bytes());
+        }
+        let reply = poke(&fx, &bytes);
+        // Only well-formed non-begin messages may get a reply, and it is a denial.
+        if reply.len() > 4 {
+            assert_eq!(outcome_of(&reply)["result"], "deny");
+        }
+    }
+    assert_eq!(fx.show("rafa"), before);
+    assert_eq!(fx.ctl_ok(&["--json", "audit"]), audit_before);
+    assert_eq!(fx.login("rafa", &[&code_from_uri(&uri, 1).unwrap()]).code, PAM_SUCCESS);
 }
