@@ -150,6 +150,7 @@ pub enum AdminRequest {
 pub struct RequestInfo {
     pub id: i64,
     pub user: String,
+    pub machine: String,
     pub address: String,
     pub reason: String,
     pub origin: String,

@@ -2,7 +2,7 @@
 use crate::auth::{self, new_enrollment, valid_user_name};
 use crate::server::{read_msg, write_msg, Shared};
 use crate::store::{NewAudit, Store, StoreError, UserRecord};
-use common::proto::{AdminErrorKind, AdminRequest, AdminResponse, Method, RequestInfo, SessionInfo, StatusInfo, UserInfo};
+use common::proto::{AdminErrorKind, AdminRequest, AdminResponse, Method, StatusInfo, UserInfo};
 use std::sync::atomic::Ordering;
 use tokio::net::UnixStream;
 
@@ -212,7 +212,7 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
                 .await
         }
         AdminRequest::RequestList { all } => {
-            sh.db.run(move |st| Ok(AdminResponse::Requests { requests: st.requests(!all)?.into_iter().map(request_info).collect() })).await
+            sh.db.run(move |st| Ok(AdminResponse::Requests { requests: st.requests(!all)? })).await
         }
         AdminRequest::RequestApprove { id } | AdminRequest::RequestDeny { id } => {
             let approve = matches!(req, AdminRequest::RequestApprove { .. });
@@ -253,24 +253,7 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
             let limit = limit.unwrap_or(100).min(10_000);
             sh.db
                 .run(move |st| {
-                    Ok(AdminResponse::Sessions {
-                        sessions: st
-                            .sessions(limit)?
-                            .into_iter()
-                            .map(|s| SessionInfo {
-                                id: s.id,
-                                user: s.user,
-                                email: s.email,
-                                machine: s.machine,
-                                service: s.service,
-                                rhost: s.rhost,
-                                tty: s.tty,
-                                pid: s.pid,
-                                opened_at: s.opened_at,
-                                closed_at: s.closed_at,
-                            })
-                            .collect(),
-                    })
+Ok(AdminResponse::Sessions { sessions: st.sessions(limit)? })
                 })
                 .await
         }
@@ -326,16 +309,3 @@ fn enrolled(policy: &auth::Policy, rec: &UserRecord) -> AdminResponse {
     AdminResponse::Enrolled { user: info(rec), otpauth_uri: uri }
 }
 
-fn request_info(r: crate::store::EmergencyRequest) -> RequestInfo {
-    RequestInfo {
-        id: r.id,
-        user: r.user,
-        address: r.address,
-        reason: r.reason,
-        origin: r.origin,
-        created_at: r.created_at,
-        status: r.status,
-        decided_at: r.decided_at,
-        decided_by: r.decided_by,
-    }
-}

@@ -89,33 +89,9 @@ pub enum MailCount<'a> {
     Code(i64),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EmergencyRequest {
-    pub id: i64,
-    pub user: String,
-    pub machine: String,
-    pub address: String,
-    pub reason: String,
-    pub origin: String,
-    pub created_at: i64,
-    pub status: String,
-    pub decided_at: Option<i64>,
-    pub decided_by: Option<u32>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionRecord {
-    pub id: i64,
-    pub user: String,
-    pub email: Option<String>,
-    pub machine: String,
-    pub service: String,
-    pub rhost: Option<String>,
-    pub tty: Option<String>,
-    pub pid: u32,
-    pub opened_at: i64,
-    pub closed_at: Option<i64>,
-}
+/// Emergency requests and sessions are stored exactly as the admin
+/// protocol shows them.
+pub use common::proto::{RequestInfo as EmergencyRequest, SessionInfo as SessionRecord};
 
 impl UserRecord {
     pub fn is_locked(&self, now: i64) -> bool {
