@@ -176,10 +176,7 @@ mod tests {
         bytes.extend(encode(&ClientMsg::Answer { text: "1".into() }).unwrap_or_default());
         let mut cur = std::io::Cursor::new(bytes);
         assert_eq!(read_frame::<ClientMsg, _>(&mut cur).ok(), Some(ClientMsg::Cancel));
-        assert_eq!(
-            read_frame::<ClientMsg, _>(&mut cur).ok(),
-            Some(ClientMsg::Answer { text: "1".into() })
-        );
+        assert_eq!(read_frame::<ClientMsg, _>(&mut cur).ok(), Some(ClientMsg::Answer { text: "1".into() }));
     }
 }
 

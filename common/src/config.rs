@@ -226,18 +226,15 @@ impl Config {
     /// Parses and validates. `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let shown = path.display().to_string();
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: shown.clone(),
-            message: describe_toml_error(text, &e),
-        })?;
+        let cfg: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: shown.clone(), message: describe_toml_error(text, &e) })?;
         cfg.validate(&shown)?;
         Ok(cfg)
     }
 
     fn validate(&self, path: &str) -> Result<(), ConfigError> {
-        let bad = |key: &'static str, message: String| {
-            Err(ConfigError::Invalid { path: path.to_string(), key, message })
-        };
+        let bad =
+            |key: &'static str, message: String| Err(ConfigError::Invalid { path: path.to_string(), key, message });
         if !(6..=8).contains(&self.totp.digits) {
             return bad("totp.digits", format!("{} is out of range (6 to 8)", self.totp.digits));
         }
@@ -266,7 +263,9 @@ impl Config {
         if e.resends_per_hour == 0 || e.per_address_per_hour == 0 || e.global_per_hour == 0 {
             return bad("email.*_per_hour", "hourly caps must be at least 1".into());
         }
-        let dir_ok = e.directory == "gecos" || e.directory == "none" || e.directory.strip_prefix("file:").is_some_and(|p| p.starts_with('/'));
+        let dir_ok = e.directory == "gecos"
+            || e.directory == "none"
+            || e.directory.strip_prefix("file:").is_some_and(|p| p.starts_with('/'));
         if !dir_ok {
             return bad("email.directory", format!("{:?}: use file:/absolute/path, gecos or none", e.directory));
         }
@@ -341,7 +340,8 @@ mod tests {
 
     #[test]
     fn durations_and_values() {
-        let c = parse("[lockout]\nmax_failures = 3\nlock_for = \"1h 30m\"\n[totp]\nalgorithm = \"SHA512\"\ndigits = 8\n");
+        let c =
+            parse("[lockout]\nmax_failures = 3\nlock_for = \"1h 30m\"\n[totp]\nalgorithm = \"SHA512\"\ndigits = 8\n");
         let c = c.ok().unwrap_or_default();
         assert_eq!(c.lockout.lock_for, Duration::from_secs(5400));
         assert_eq!(c.lockout.max_failures, 3);

@@ -117,11 +117,19 @@ pub enum AdminRequest {
         #[serde(default)]
         email: Option<String>,
     },
-    UserDisable { user: String },
-    UserReset { user: String },
-    UserShow { user: String },
+    UserDisable {
+        user: String,
+    },
+    UserReset {
+        user: String,
+    },
+    UserShow {
+        user: String,
+    },
     UserList,
-    UserUnlock { user: String },
+    UserUnlock {
+        user: String,
+    },
     Audit {
         #[serde(default)]
         user: Option<String>,
@@ -133,13 +141,20 @@ pub enum AdminRequest {
     },
     Status,
     /// Sets the password of the otpd-internal account (`auto_send = "internal"`).
-    UserPasswd { user: String, password: String },
+    UserPasswd {
+        user: String,
+        password: String,
+    },
     RequestList {
         #[serde(default)]
         all: bool,
     },
-    RequestApprove { id: i64 },
-    RequestDeny { id: i64 },
+    RequestApprove {
+        id: i64,
+    },
+    RequestDeny {
+        id: i64,
+    },
     Sessions {
         #[serde(default)]
         limit: Option<u32>,
@@ -177,18 +192,38 @@ pub struct SessionInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AdminResponse {
-    User { user: UserInfo },
+    User {
+        user: UserInfo,
+    },
     /// `user enable` / `user reset`: the provisioning URI is returned to the admin
     /// (root can read the key file anyway) so enrollment can also be handed over
     /// out of band.
-    Enrolled { user: UserInfo, otpauth_uri: Option<String> },
-    Users { users: Vec<UserInfo> },
-    Audit { entries: Vec<AuditEntry> },
-    Status { status: StatusInfo },
-    Requests { requests: Vec<RequestInfo> },
-    Sessions { sessions: Vec<SessionInfo> },
-    Done { message: String },
-    Error { kind: AdminErrorKind, message: String },
+    Enrolled {
+        user: UserInfo,
+        otpauth_uri: Option<String>,
+    },
+    Users {
+        users: Vec<UserInfo>,
+    },
+    Audit {
+        entries: Vec<AuditEntry>,
+    },
+    Status {
+        status: StatusInfo,
+    },
+    Requests {
+        requests: Vec<RequestInfo>,
+    },
+    Sessions {
+        sessions: Vec<SessionInfo>,
+    },
+    Done {
+        message: String,
+    },
+    Error {
+        kind: AdminErrorKind,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -259,11 +294,8 @@ mod tests {
 
     #[test]
     fn tags_are_snake_case() {
-        let json = serde_json::to_string(&ServerMsg::Outcome {
-            result: OutcomeKind::NotEnrolled,
-            message: None,
-        })
-        .unwrap_or_default();
+        let json = serde_json::to_string(&ServerMsg::Outcome { result: OutcomeKind::NotEnrolled, message: None })
+            .unwrap_or_default();
         assert_eq!(json, r#"{"type":"outcome","result":"not_enrolled","message":null}"#);
     }
 

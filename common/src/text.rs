@@ -6,10 +6,7 @@
 /// 8-bit CSI), and Unicode bidi overrides/isolates that can make text read
 /// differently from what it is. Caps the result at `max_chars` characters.
 pub fn sanitize_display(s: &str, max_chars: usize) -> String {
-    s.chars()
-        .filter(|&c| c == '\n' || c == '\t' || !is_dangerous(c))
-        .take(max_chars)
-        .collect()
+    s.chars().filter(|&c| c == '\n' || c == '\t' || !is_dangerous(c)).take(max_chars).collect()
 }
 
 /// Like [`sanitize_display`] but also drops newlines: for single-line

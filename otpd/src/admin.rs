@@ -21,7 +21,8 @@ pub async fn connection(mut s: UnixStream, sh: &Shared) {
     let req: AdminRequest = match read_msg(&mut s, sh.io_timeout, sh.io_timeout).await {
         Ok(r) => r,
         Err(e) => {
-            let resp = AdminResponse::Error { kind: AdminErrorKind::InvalidInput, message: format!("bad request: {e}") };
+            let resp =
+                AdminResponse::Error { kind: AdminErrorKind::InvalidInput, message: format!("bad request: {e}") };
             let _ = write_msg(&mut s, &resp, sh.io_timeout).await;
             return;
         }
@@ -69,7 +70,14 @@ fn info(u: &UserRecord) -> UserInfo {
     }
 }
 
-fn admin_audit(st: &mut dyn Store, sh_machine: &str, user: &str, action: &str, by: u32, now: i64) -> Result<(), StoreError> {
+fn admin_audit(
+    st: &mut dyn Store,
+    sh_machine: &str,
+    user: &str,
+    action: &str,
+    by: u32,
+    now: i64,
+) -> Result<(), StoreError> {
     let e = NewAudit {
         time: now,
         user: user.into(),
@@ -108,10 +116,16 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
                 Ok(e) => e,
                 Err(why) => return err(AdminErrorKind::InvalidInput, format!("--email: {why}")),
             };
-            if method == Method::Email && email.is_none() && crate::email::directory_address(&policy.email.directory, &user).is_none() {
+            if method == Method::Email
+                && email.is_none()
+                && crate::email::directory_address(&policy.email.directory, &user).is_none()
+            {
                 return err(
                     AdminErrorKind::InvalidInput,
-                    format!("no address for {user}: give --email ADDR or add it to the directory ({})", policy.email.directory),
+                    format!(
+                        "no address for {user}: give --email ADDR or add it to the directory ({})",
+                        policy.email.directory
+                    ),
                 );
             }
             // The admin path may use NSS; the login path never does.
@@ -122,7 +136,10 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
                     if let Some(e) = existing.as_ref().filter(|e| e.enabled) {
                         return Ok(err(
                             AdminErrorKind::InvalidInput,
-                            format!("{} is already enabled (method {}); use `otpctl user reset {}` for a new secret", e.name, e.method, e.name),
+                            format!(
+                                "{} is already enabled (method {}); use `otpctl user reset {}` for a new secret",
+                                e.name, e.method, e.name
+                            ),
                         ));
                     }
                     let mut rec = new_enrollment(&policy, existing, &user, uid, now);
@@ -182,7 +199,9 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
         }
         AdminRequest::UserShow { user } => {
             sh.db
-                .run(move |st| Ok(st.user(&user)?.map_or_else(|| not_found(&user), |u| AdminResponse::User { user: info(&u) })))
+                .run(move |st| {
+                    Ok(st.user(&user)?.map_or_else(|| not_found(&user), |u| AdminResponse::User { user: info(&u) }))
+                })
                 .await
         }
         AdminRequest::UserList => {
@@ -223,20 +242,32 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
                         return Ok((err(AdminErrorKind::NotFound, format!("no emergency request #{id}")), false));
                     };
                     if r.status != "pending" {
-                        return Ok((err(AdminErrorKind::InvalidInput, format!("request #{id} is already {}", r.status)), false));
+                        return Ok((
+                            err(AdminErrorKind::InvalidInput, format!("request #{id} is already {}", r.status)),
+                            false,
+                        ));
                     }
-                    let ctx = auth::LoginContext { user: r.user.clone(), service: "emergency-approval".into(), ..Default::default() };
+                    let ctx = auth::LoginContext {
+                        user: r.user.clone(),
+                        service: "emergency-approval".into(),
+                        ..Default::default()
+                    };
                     if !approve {
                         st.decide_request(id, "denied", by, now)?;
                         admin_audit(st, &policy.machine, &r.user, &format!("deny emergency request #{id}"), by, now)?;
-                        return Ok((AdminResponse::Done { message: format!("request #{id} denied; nothing was sent") }, false));
+                        return Ok((
+                            AdminResponse::Done { message: format!("request #{id} denied; nothing was sent") },
+                            false,
+                        ));
                     }
                     st.decide_request(id, "approved", by, now)?;
                     admin_audit(st, &policy.machine, &r.user, &format!("approve emergency request #{id}"), by, now)?;
                     let outcome = crate::email::request_code(st, &policy, &ctx, &r.address, true, now)?;
                     let queued = matches!(outcome, crate::email::RequestOutcome::Queued { .. });
                     let message = match outcome {
-                        crate::email::RequestOutcome::Queued { masked, .. } => format!("request #{id} approved; a code was sent to {masked}"),
+                        crate::email::RequestOutcome::Queued { masked, .. } => {
+                            format!("request #{id} approved; a code was sent to {masked}")
+                        }
                         other => format!("request #{id} approved, but no code could be sent now: {other:?}"),
                     };
                     Ok((AdminResponse::Done { message }, queued))
@@ -251,11 +282,7 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
         }
         AdminRequest::Sessions { limit } => {
             let limit = limit.unwrap_or(100).min(10_000);
-            sh.db
-                .run(move |st| {
-Ok(AdminResponse::Sessions { sessions: st.sessions(limit)? })
-                })
-                .await
+            sh.db.run(move |st| Ok(AdminResponse::Sessions { sessions: st.sessions(limit)? })).await
         }
         AdminRequest::Status => {
             let (started_at, database, open) =
@@ -297,7 +324,10 @@ Ok(AdminResponse::Sessions { sessions: st.sessions(limit)? })
 }
 
 fn not_found(user: &str) -> AdminResponse {
-    err(AdminErrorKind::NotFound, format!("{user} is not enabled for OTP; use `otpctl user enable {user} --method totp`"))
+    err(
+        AdminErrorKind::NotFound,
+        format!("{user} is not enabled for OTP; use `otpctl user enable {user} --method totp`"),
+    )
 }
 
 fn enrolled(policy: &auth::Policy, rec: &UserRecord) -> AdminResponse {
@@ -308,4 +338,3 @@ fn enrolled(policy: &auth::Policy, rec: &UserRecord) -> AdminResponse {
         .map(|secret| policy.totp.uri(&secret, &policy.issuer, &rec.name));
     AdminResponse::Enrolled { user: info(rec), otpauth_uri: uri }
 }
-

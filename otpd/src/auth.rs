@@ -30,15 +30,26 @@ pub struct LoginContext {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
     NotEnrolled,
-    Locked { until: i64 },
+    Locked {
+        until: i64,
+    },
     /// Caller may not authenticate this user (non-root, other uid), or the
     /// user's stored state is unusable.
-    Refused { message: &'static str },
+    Refused {
+        message: &'static str,
+    },
     /// Enrollment not yet activated: show QR, secret and URI, then ask.
-    Enroll { uri: String, secret_b32: String, email: bool },
+    Enroll {
+        uri: String,
+        secret_b32: String,
+        email: bool,
+    },
     /// Ask for the passcode; `email`: the user may press Enter for an
     /// emailed code; `mail_failing`: a message to them is stuck in the outbox.
-    Ask { email: bool, mail_failing: bool },
+    Ask {
+        email: bool,
+        mail_failing: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +69,14 @@ pub fn valid_user_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b'$'))
 }
 
-pub fn audit(store: &mut dyn Store, p: &Policy, ctx: &LoginContext, now: i64, result: &str, reason: &str) -> Result<(), StoreError> {
+pub fn audit(
+    store: &mut dyn Store,
+    p: &Policy,
+    ctx: &LoginContext,
+    now: i64,
+    result: &str,
+    reason: &str,
+) -> Result<(), StoreError> {
     audit_method(store, p, ctx, now, "totp", result, reason)
 }
 
@@ -123,12 +141,22 @@ pub fn plan(store: &mut dyn Store, p: &Policy, ctx: &LoginContext, now: i64) -> 
         audit(store, p, ctx, now, "error", "stored secret cannot be decrypted (wrong key file?)")?;
         return Ok(Plan::Refused { message: "Your passcode enrollment is unusable; contact your administrator." });
     };
-    Ok(Plan::Enroll { uri: p.totp.uri(&secret, &p.issuer, &user.name), secret_b32: crate::totp::base32(&secret), email })
+    Ok(Plan::Enroll {
+        uri: p.totp.uri(&secret, &p.issuer, &user.name),
+        secret_b32: crate::totp::base32(&secret),
+        email,
+    })
 }
 
 /// Checks an answer. Reads the user again: its state may have changed while
 /// the user was typing (another login used the step, an admin reset it).
-pub fn check_answer(store: &mut dyn Store, p: &Policy, ctx: &LoginContext, answer: &str, now: i64) -> Result<Verdict, StoreError> {
+pub fn check_answer(
+    store: &mut dyn Store,
+    p: &Policy,
+    ctx: &LoginContext,
+    answer: &str,
+    now: i64,
+) -> Result<Verdict, StoreError> {
     let Some(mut user) = store.user(&ctx.user)?.filter(|u| u.enabled) else {
         audit(store, p, ctx, now, "deny", "user was disabled during the login")?;
         return Ok(Verdict::Deny { message: "Passcode not accepted.".into() });
@@ -156,7 +184,9 @@ pub fn check_answer(store: &mut dyn Store, p: &Policy, ctx: &LoginContext, answe
     if try_totp {
         let Some(secret) = user.secret.as_deref().and_then(|s| p.crypto.open(&user.name, s)) else {
             audit(store, p, ctx, now, "error", "stored secret cannot be decrypted (wrong key file?)")?;
-            return Ok(Verdict::Deny { message: "Your passcode enrollment is unusable; contact your administrator.".into() });
+            return Ok(Verdict::Deny {
+                message: "Your passcode enrollment is unusable; contact your administrator.".into(),
+            });
         };
         match p.totp.check(&secret, &code, now, user.last_step) {
             Check::Valid { step } => {
@@ -165,10 +195,20 @@ pub fn check_answer(store: &mut dyn Store, p: &Policy, ctx: &LoginContext, answe
                 if activated {
                     user.activated_at = Some(now);
                 }
-                accept(store, p, ctx, &mut user, now, "totp", if activated { "enrollment activated" } else { "valid code" })?;
+                accept(
+                    store,
+                    p,
+                    ctx,
+                    &mut user,
+                    now,
+                    "totp",
+                    if activated { "enrollment activated" } else { "valid code" },
+                )?;
                 return Ok(Verdict::Accept { activated });
             }
-            Check::Replayed => failure = ("code already used", "That passcode was already used; wait for the next one."),
+            Check::Replayed => {
+                failure = ("code already used", "That passcode was already used; wait for the next one.")
+            }
             Check::Wrong => failure = ("wrong code", "Wrong passcode."),
         }
     }
@@ -182,12 +222,16 @@ pub fn check_answer(store: &mut dyn Store, p: &Policy, ctx: &LoginContext, answe
             }
             crate::email::CodeCheck::Wrong if try_totp => ("wrong code", "Wrong passcode."),
             crate::email::CodeCheck::Wrong => ("wrong emailed code", "Wrong code."),
-            crate::email::CodeCheck::Expired => ("emailed code expired", "That code has expired; press Enter to get a new one."),
+            crate::email::CodeCheck::Expired => {
+                ("emailed code expired", "That code has expired; press Enter to get a new one.")
+            }
             crate::email::CodeCheck::Used => ("emailed code already used", "That code was already used."),
             crate::email::CodeCheck::OtherMachine => {
                 ("emailed code issued on another machine", "That code was issued for another machine.")
             }
-            crate::email::CodeCheck::NoCode => ("no emailed code outstanding", "No code was sent for this login; press Enter to get one."),
+            crate::email::CodeCheck::NoCode => {
+                ("no emailed code outstanding", "No code was sent for this login; press Enter to get one.")
+            }
         };
     }
     let (reason, message) = failure;
@@ -309,8 +353,10 @@ mod tests {
         assert!(secret.len() >= 20);
         let Plan::Enroll { uri, secret_b32, .. } = plan(&mut s, &p, &ctx("alice"), T0).unwrap() else { panic!() };
         assert!(uri.contains(&secret_b32));
-        assert_eq!(check_answer(&mut s, &p, &ctx("alice"), "000000x", T0).unwrap(),
-            Verdict::Deny { message: "A passcode is a number of exactly the digits your app shows.".into() });
+        assert_eq!(
+            check_answer(&mut s, &p, &ctx("alice"), "000000x", T0).unwrap(),
+            Verdict::Deny { message: "A passcode is a number of exactly the digits your app shows.".into() }
+        );
         assert!(matches!(plan(&mut s, &p, &ctx("alice"), T0).unwrap(), Plan::Enroll { .. }));
         let c = code(&p, &secret, T0);
         assert_eq!(check_answer(&mut s, &p, &ctx("alice"), &c, T0).unwrap(), Verdict::Accept { activated: true });
@@ -319,7 +365,10 @@ mod tests {
         // Clock stepped back: the used code is still refused.
         assert!(matches!(check_answer(&mut s, &p, &ctx("alice"), &c, T0 - 30).unwrap(), Verdict::Deny { .. }));
         let next = code(&p, &secret, T0 + 30);
-        assert_eq!(check_answer(&mut s, &p, &ctx("alice"), &next, T0 + 30).unwrap(), Verdict::Accept { activated: false });
+        assert_eq!(
+            check_answer(&mut s, &p, &ctx("alice"), &next, T0 + 30).unwrap(),
+            Verdict::Accept { activated: false }
+        );
         let results: Vec<String> = s.audit(Some("alice"), None, 100).unwrap().into_iter().map(|e| e.reason).collect();
         assert!(results.contains(&"enrollment activated".to_string()));
         assert!(results.contains(&"code already used".to_string()));
@@ -333,7 +382,8 @@ mod tests {
         let good = code(&p, &secret, T0);
         let arabic: String = good.chars().map(|c| char::from_u32(0x0660 + c.to_digit(10).unwrap()).unwrap()).collect();
         let long = "1".repeat(MAX_ANSWER_LEN + 1);
-        for bad in ["", " ", "12345", "1234567", "12345\u{0}6", &arabic, "１２３４５６", &long, "\u{FFFD}\u{FFFD}"] {
+        for bad in ["", " ", "12345", "1234567", "12345\u{0}6", &arabic, "１２３４５６", &long, "\u{FFFD}\u{FFFD}"]
+        {
             assert!(matches!(check_answer(&mut s, &p, &ctx("bob"), bad, T0).unwrap(), Verdict::Deny { .. }), "{bad:?}");
         }
         assert_eq!(s.user("bob").unwrap().unwrap().failures, 9);
@@ -395,7 +445,8 @@ mod tests {
         let mut s = SqliteStore::in_memory().unwrap();
         let secret = enroll(&mut s, &p, "ivan", None);
         // Writes fail as on a full disk or a read-only file system.
-        s.exec("CREATE TEMP TRIGGER fail_users BEFORE UPDATE ON users BEGIN SELECT RAISE(ABORT, 'disk full'); END;").unwrap();
+        s.exec("CREATE TEMP TRIGGER fail_users BEFORE UPDATE ON users BEGIN SELECT RAISE(ABORT, 'disk full'); END;")
+            .unwrap();
         let good = code(&p, &secret, T0);
         assert!(check_answer(&mut s, &p, &ctx("ivan"), &good, T0).is_err(), "must not be Accept");
         // Nothing was recorded, so the same code still works once storage is back.

@@ -85,19 +85,27 @@ pub enum UserCmd {
         print_uri: bool,
     },
     /// Stop requiring a passcode (lost device); the secret is erased.
-    Disable { user: String },
+    Disable {
+        user: String,
+    },
     /// New secret; USER enrolls again at the next login.
     Reset {
         user: String,
         #[arg(long)]
         print_uri: bool,
     },
-    Show { user: String },
+    Show {
+        user: String,
+    },
     List,
     /// Clear a lockout and the failure count.
-    Unlock { user: String },
+    Unlock {
+        user: String,
+    },
     /// Set the password of USER's otpd-internal account (read from stdin).
-    Passwd { user: String },
+    Passwd {
+        user: String,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -105,4 +113,3 @@ pub enum MethodArg {
     Totp,
     Email,
 }
-

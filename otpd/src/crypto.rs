@@ -88,10 +88,8 @@ impl SecretBox {
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let aad = [AAD_PREFIX, user.as_bytes()].concat();
         // Encryption with a valid key and in-memory buffers cannot fail.
-        let ct = self
-            .cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: secret, aad: &aad })
-            .unwrap_or_default();
+        let ct =
+            self.cipher.encrypt(XNonce::from_slice(&nonce), Payload { msg: secret, aad: &aad }).unwrap_or_default();
         [nonce.as_slice(), ct.as_slice()].concat()
     }
 

@@ -145,7 +145,8 @@ mod tests {
         let (a, b) = tokio::join!(failing, fine);
         assert!(a.is_err());
         assert!(b.is_ok());
-        let users: Vec<String> = db.run(|s| s.audit(None, None, 10)).await.unwrap().into_iter().map(|e| e.user).collect();
+        let users: Vec<String> =
+            db.run(|s| s.audit(None, None, 10)).await.unwrap().into_iter().map(|e| e.user).collect();
         assert_eq!(users, vec!["real".to_string()]);
     }
 }

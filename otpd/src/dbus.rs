@@ -83,19 +83,43 @@ impl Admin1 {
         };
         self.call(c, &h, AdminRequest::UserEnable { user, method, email: opt(email) }).await
     }
-    async fn user_disable(&self, #[zbus(connection)] c: &Connection, #[zbus(header)] h: Header<'_>, user: String) -> fdo::Result<String> {
+    async fn user_disable(
+        &self,
+        #[zbus(connection)] c: &Connection,
+        #[zbus(header)] h: Header<'_>,
+        user: String,
+    ) -> fdo::Result<String> {
         self.call(c, &h, AdminRequest::UserDisable { user }).await
     }
-    async fn user_reset(&self, #[zbus(connection)] c: &Connection, #[zbus(header)] h: Header<'_>, user: String) -> fdo::Result<String> {
+    async fn user_reset(
+        &self,
+        #[zbus(connection)] c: &Connection,
+        #[zbus(header)] h: Header<'_>,
+        user: String,
+    ) -> fdo::Result<String> {
         self.call(c, &h, AdminRequest::UserReset { user }).await
     }
-    async fn user_show(&self, #[zbus(connection)] c: &Connection, #[zbus(header)] h: Header<'_>, user: String) -> fdo::Result<String> {
+    async fn user_show(
+        &self,
+        #[zbus(connection)] c: &Connection,
+        #[zbus(header)] h: Header<'_>,
+        user: String,
+    ) -> fdo::Result<String> {
         self.call(c, &h, AdminRequest::UserShow { user }).await
     }
-    async fn user_list(&self, #[zbus(connection)] c: &Connection, #[zbus(header)] h: Header<'_>) -> fdo::Result<String> {
+    async fn user_list(
+        &self,
+        #[zbus(connection)] c: &Connection,
+        #[zbus(header)] h: Header<'_>,
+    ) -> fdo::Result<String> {
         self.call(c, &h, AdminRequest::UserList).await
     }
-    async fn user_unlock(&self, #[zbus(connection)] c: &Connection, #[zbus(header)] h: Header<'_>, user: String) -> fdo::Result<String> {
+    async fn user_unlock(
+        &self,
+        #[zbus(connection)] c: &Connection,
+        #[zbus(header)] h: Header<'_>,
+        user: String,
+    ) -> fdo::Result<String> {
         self.call(c, &h, AdminRequest::UserUnlock { user }).await
     }
     /// since: unix seconds, 0 for all; limit 0 for the default.
@@ -107,19 +131,43 @@ impl Admin1 {
         since: i64,
         limit: u32,
     ) -> fdo::Result<String> {
-        let req = AdminRequest::Audit { user: opt(user), since: (since > 0).then_some(since), limit: (limit > 0).then_some(limit) };
+        let req = AdminRequest::Audit {
+            user: opt(user),
+            since: (since > 0).then_some(since),
+            limit: (limit > 0).then_some(limit),
+        };
         self.call(c, &h, req).await
     }
-    async fn sessions(&self, #[zbus(connection)] c: &Connection, #[zbus(header)] h: Header<'_>, limit: u32) -> fdo::Result<String> {
+    async fn sessions(
+        &self,
+        #[zbus(connection)] c: &Connection,
+        #[zbus(header)] h: Header<'_>,
+        limit: u32,
+    ) -> fdo::Result<String> {
         self.call(c, &h, AdminRequest::Sessions { limit: (limit > 0).then_some(limit) }).await
     }
-    async fn request_list(&self, #[zbus(connection)] c: &Connection, #[zbus(header)] h: Header<'_>, all: bool) -> fdo::Result<String> {
+    async fn request_list(
+        &self,
+        #[zbus(connection)] c: &Connection,
+        #[zbus(header)] h: Header<'_>,
+        all: bool,
+    ) -> fdo::Result<String> {
         self.call(c, &h, AdminRequest::RequestList { all }).await
     }
-    async fn request_approve(&self, #[zbus(connection)] c: &Connection, #[zbus(header)] h: Header<'_>, id: i64) -> fdo::Result<String> {
+    async fn request_approve(
+        &self,
+        #[zbus(connection)] c: &Connection,
+        #[zbus(header)] h: Header<'_>,
+        id: i64,
+    ) -> fdo::Result<String> {
         self.call(c, &h, AdminRequest::RequestApprove { id }).await
     }
-    async fn request_deny(&self, #[zbus(connection)] c: &Connection, #[zbus(header)] h: Header<'_>, id: i64) -> fdo::Result<String> {
+    async fn request_deny(
+        &self,
+        #[zbus(connection)] c: &Connection,
+        #[zbus(header)] h: Header<'_>,
+        id: i64,
+    ) -> fdo::Result<String> {
         self.call(c, &h, AdminRequest::RequestDeny { id }).await
     }
     async fn status(&self, #[zbus(connection)] c: &Connection, #[zbus(header)] h: Header<'_>) -> fdo::Result<String> {

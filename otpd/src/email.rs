@@ -62,7 +62,11 @@ pub fn validate_address(s: &str) -> Result<String, &'static str> {
     let labels: Vec<&str> = domain.split('.').collect();
     if labels.len() < 2
         || labels.iter().any(|l| {
-            l.is_empty() || l.len() > 63 || l.starts_with('-') || l.ends_with('-') || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            l.is_empty()
+                || l.len() > 63
+                || l.starts_with('-')
+                || l.ends_with('-')
+                || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         })
     {
         return Err("invalid domain");
@@ -101,7 +105,9 @@ pub fn directory_address(directory: &str, user: &str) -> Option<String> {
             .lines()
             .map(str::trim)
             .filter(|l| !l.starts_with('#'))
-            .find_map(|l| l.split_once(char::is_whitespace).filter(|(u, _)| *u == user).map(|(_, a)| a.trim().to_string()))
+            .find_map(|l| {
+                l.split_once(char::is_whitespace).filter(|(u, _)| *u == user).map(|(_, a)| a.trim().to_string())
+            })
             .and_then(|a| validate_address(&a).ok());
     }
     if directory == "gecos" {
@@ -221,7 +227,13 @@ pub enum CodeCheck {
 
 /// Checks an emailed code and, if valid, consumes it. Expiry is decided
 /// inside the transaction, against the same `now` as everything else.
-pub fn check_code(store: &mut dyn Store, p: &Policy, user: &str, answer: &str, now: i64) -> Result<CodeCheck, StoreError> {
+pub fn check_code(
+    store: &mut dyn Store,
+    p: &Policy,
+    user: &str,
+    answer: &str,
+    now: i64,
+) -> Result<CodeCheck, StoreError> {
     let Some(code) = store.latest_email_code(user, Some(&p.machine))? else {
         return Ok(other_machine(store, p, user, answer)?.unwrap_or(CodeCheck::NoCode));
     };

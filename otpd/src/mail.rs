@@ -59,12 +59,19 @@ impl Mailer {
                 .tls(tls)
                 .timeout(Some(cfg.timeout));
             if let Some(path) = &cfg.credentials_file {
-                let meta = std::fs::metadata(path).map_err(|e| format!("smtp.credentials_file {}: {e}", path.display()))?;
+                let meta =
+                    std::fs::metadata(path).map_err(|e| format!("smtp.credentials_file {}: {e}", path.display()))?;
                 if meta.mode() & 0o077 != 0 {
-                    return Err(format!("smtp.credentials_file {} is readable by others; run chmod 600", path.display()));
+                    return Err(format!(
+                        "smtp.credentials_file {} is readable by others; run chmod 600",
+                        path.display()
+                    ));
                 }
                 let text = std::fs::read_to_string(path).map_err(|e| format!("smtp.credentials_file: {e}"))?;
-                let (user, pass) = text.trim_end_matches('\n').split_once(':').ok_or("smtp.credentials_file: expected user:password")?;
+                let (user, pass) = text
+                    .trim_end_matches('\n')
+                    .split_once(':')
+                    .ok_or("smtp.credentials_file: expected user:password")?;
                 builder = builder.credentials(Credentials::new(user.into(), pass.into()));
             }
             Transport::Smtp(builder.build())

@@ -1,13 +1,11 @@
 use clap::Parser;
-use otpd::cli::OtpdArgs as Args;
 use common::config::Config;
+use otpd::cli::OtpdArgs as Args;
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("OTPD_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("OTPD_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();

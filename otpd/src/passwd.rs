@@ -15,7 +15,9 @@ pub fn verify(stored: Option<&str>, password: &str) -> bool {
     static DUMMY: OnceLock<String> = OnceLock::new();
     let dummy = DUMMY.get_or_init(|| hash("dummy password for timing").unwrap_or_default());
     let target = stored.unwrap_or(dummy);
-    let ok = PasswordHash::new(target).map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok()).unwrap_or(false);
+    let ok = PasswordHash::new(target)
+        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .unwrap_or(false);
     ok && stored.is_some()
 }
 

@@ -7,13 +7,7 @@ use qrcode::{EcLevel, QrCode};
 
 pub fn render(data: &str) -> Option<String> {
     let code = QrCode::with_error_correction_level(data.as_bytes(), EcLevel::L).ok()?;
-    Some(
-        code.render::<Dense1x2>()
-            .dark_color(Dense1x2::Light)
-            .light_color(Dense1x2::Dark)
-            .quiet_zone(true)
-            .build(),
-    )
+    Some(code.render::<Dense1x2>().dark_color(Dense1x2::Light).light_color(Dense1x2::Dark).quiet_zone(true).build())
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@ use crate::clock::Clock;
 use crate::db::Db;
 use crate::email;
 use crate::store::{EmergencyRequest, SessionRecord};
-use common::config::{Approval, AutoSend};
 use common::codec::{body_len, decode_body, encode, FrameError};
+use common::config::{Approval, AutoSend};
 use common::proto::{ClientMsg, OutcomeKind, ServerMsg, PROTOCOL_VERSION};
 use common::text::sanitize_field;
 use serde::{de::DeserializeOwned, Serialize};
@@ -42,7 +42,11 @@ impl Shared {
 /// Reads one frame. `wait` bounds the time until its first byte arrives
 /// (a user typing); once a frame has started, the rest must arrive within
 /// `io_timeout`, so a half-sent frame cannot hold a connection slot.
-pub async fn read_msg<T: DeserializeOwned>(s: &mut UnixStream, wait: Duration, io_timeout: Duration) -> Result<T, FrameError> {
+pub async fn read_msg<T: DeserializeOwned>(
+    s: &mut UnixStream,
+    wait: Duration,
+    io_timeout: Duration,
+) -> Result<T, FrameError> {
     let mut header = [0u8; 4];
     match tokio::time::timeout(wait, s.read(&mut header[..1])).await {
         Err(_) => return Err(FrameError::TimedOut),
@@ -95,7 +99,9 @@ async fn outcome(s: &mut UnixStream, sh: &Shared, result: OutcomeKind, message: 
 
 fn until_text(until: i64, now: i64) -> String {
     let minutes = ((until - now).max(0) + 59) / 60;
-    format!("Too many failed attempts. Try again in {minutes} minute(s) or ask an administrator to unlock your account.")
+    format!(
+        "Too many failed attempts. Try again in {minutes} minute(s) or ask an administrator to unlock your account."
+    )
 }
 
 async fn pam_connection(mut s: UnixStream, sh: &Shared) {
@@ -254,7 +260,8 @@ async fn ask(s: &mut UnixStream, sh: &Shared, ctx: &LoginContext, echo: bool, te
             None
         }
         Ok(other) => {
-            let _ = run_audit_result(sh, ctx.clone(), "deny", format!("protocol error: unexpected {}", kind(&other))).await;
+            let _ =
+                run_audit_result(sh, ctx.clone(), "deny", format!("protocol error: unexpected {}", kind(&other))).await;
             outcome(s, sh, OutcomeKind::Deny, Some("Protocol error.".into())).await;
             None
         }
@@ -310,7 +317,10 @@ fn describe(outcome: &email::RequestOutcome) -> String {
             format!("Your code was sent again to {masked}. It expires at {}.", hhmm(*expires_at))
         }
         email::RequestOutcome::TooSoon { next_at } => {
-            format!("A new code can be requested at {}. Use the code you were sent, or ask your administrator.", hhmm(*next_at))
+            format!(
+                "A new code can be requested at {}. Use the code you were sent, or ask your administrator.",
+                hhmm(*next_at)
+            )
         }
         email::RequestOutcome::ResendCapped => {
             "Your code was re-sent too often in the last hour; check your mailbox and spam folder.".into()
@@ -363,7 +373,9 @@ async fn email_request(s: &mut UnixStream, sh: &Shared, ctx: &LoginContext) -> (
                 .or_else(|| email::directory_address(&policy.email.directory, &ctx2.user));
             let Some(address) = on_record else {
                 auth::audit_method(st, &policy, &ctx2, now, "email", "deny", "no email address on record")?;
-                return Ok(Err("No email address is on record for you. Ask your administrator, or use emergency access."));
+                return Ok(Err(
+                    "No email address is on record for you. Ask your administrator, or use emergency access.",
+                ));
             };
             let admitted = match (&mode, &typed) {
                 (AutoSend::Directory, _) => true,
@@ -372,7 +384,11 @@ async fn email_request(s: &mut UnixStream, sh: &Shared, ctx: &LoginContext) -> (
                 _ => false,
             };
             if !admitted {
-                let why = if mode == AutoSend::None { "typed address does not match the record" } else { "internal login failed" };
+                let why = if mode == AutoSend::None {
+                    "typed address does not match the record"
+                } else {
+                    "internal login failed"
+                };
                 auth::audit_method(st, &policy, &ctx2, now, "email", "deny", why)?;
                 return Ok(Err(NEUTRAL));
             }
@@ -418,7 +434,8 @@ async fn emergency_request(s: &mut UnixStream, sh: &Shared, ctx: &LoginContext) 
         .db
         .run(move |st| {
             if allowed {
-                return email::request_code(st, &policy, &ctx2, &address, true, now).map(|o| (describe(&o), false, true, None));
+                return email::request_code(st, &policy, &ctx2, &address, true, now)
+                    .map(|o| (describe(&o), false, true, None));
             }
             if policy.email.emergency.approval == Approval::Never {
                 auth::audit_method(st, &policy, &ctx2, now, "email", "deny", "emergency: address not allowed")?;
@@ -436,7 +453,15 @@ async fn emergency_request(s: &mut UnixStream, sh: &Shared, ctx: &LoginContext) 
                 decided_at: None,
                 decided_by: None,
             })?;
-            auth::audit_method(st, &policy, &ctx2, now, "email", "pending", &format!("emergency request #{id} for {}", email::mask(&address)))?;
+            auth::audit_method(
+                st,
+                &policy,
+                &ctx2,
+                now,
+                "email",
+                "pending",
+                &format!("emergency request #{id} for {}", email::mask(&address)),
+            )?;
             Ok((
                 format!(
                     "Your emergency request #{id} is waiting for an administrator's approval. \
@@ -467,7 +492,12 @@ async fn emergency_request(s: &mut UnixStream, sh: &Shared, ctx: &LoginContext) 
     }
 }
 
-async fn run_audit_result(sh: &Shared, ctx: LoginContext, result: &'static str, reason: String) -> Result<(), crate::store::StoreError> {
+async fn run_audit_result(
+    sh: &Shared,
+    ctx: LoginContext,
+    result: &'static str,
+    reason: String,
+) -> Result<(), crate::store::StoreError> {
     let policy = sh.policy.clone();
     let now = sh.clock.now();
     sh.db.run(move |st| auth::audit(st, &policy, &ctx, now, result, &reason)).await

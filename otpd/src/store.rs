@@ -154,7 +154,8 @@ pub trait Store {
 }
 
 /// Schema migrations; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     name         TEXT PRIMARY KEY NOT NULL,
     uid          INTEGER,
@@ -184,7 +185,8 @@ CREATE TABLE audit (
 ) STRICT;
 CREATE INDEX audit_by_user_time ON audit (user, time);
 CREATE INDEX audit_by_time ON audit (time);
-"#, r#"
+"#,
+    r#"
 ALTER TABLE users ADD COLUMN password_hash TEXT;
 ALTER TABLE users ADD COLUMN last_method TEXT;
 CREATE TABLE email_codes (
@@ -238,7 +240,8 @@ CREATE TABLE sessions (
     opened_at INTEGER NOT NULL,
     closed_at INTEGER
 ) STRICT;
-"#];
+"#,
+];
 
 pub struct SqliteStore {
     conn: Connection,
@@ -269,10 +272,8 @@ impl SqliteStore {
         let conn = Connection::open_with_flags(path, flags).map_err(|e| unusable(e.to_string()))?;
         let mut store = SqliteStore::init(conn).map_err(|e| unusable(e.to_string()))?;
         if existed {
-            let check: String = store
-                .conn
-                .query_row("PRAGMA quick_check", [], |r| r.get(0))
-                .map_err(|e| unusable(e.to_string()))?;
+            let check: String =
+                store.conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(|e| unusable(e.to_string()))?;
             if check != "ok" {
                 return Err(unusable(format!("integrity check failed: {check}")));
             }
@@ -460,7 +461,8 @@ impl Store for SqliteStore {
                     coalesce(sum(locked_until > ?1), 0)
              FROM users",
         )?;
-        let (t, e, a, l): (i64, i64, i64, i64) = st.query_row([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        let (t, e, a, l): (i64, i64, i64, i64) =
+            st.query_row([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
         let audit: i64 = self.conn.query_row("SELECT count(*) FROM audit", [], |r| r.get(0))?;
         Ok(Counts {
             users_total: t as u64,
@@ -488,14 +490,25 @@ impl Store for SqliteStore {
             "INSERT INTO email_codes (user, machine, address, code_hash, code_enc, created_at, expires_at, used_at, origin, emergency)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
-        st.execute(params![c.user, c.machine, c.address, c.code_hash, c.code_enc, c.created_at, c.expires_at, c.used_at, c.origin, c.emergency])?;
+        st.execute(params![
+            c.user,
+            c.machine,
+            c.address,
+            c.code_hash,
+            c.code_enc,
+            c.created_at,
+            c.expires_at,
+            c.used_at,
+            c.origin,
+            c.emergency
+        ])?;
         Ok(self.conn.last_insert_rowid())
     }
 
     fn retire_email_code(&mut self, id: i64, used_at: Option<i64>) -> Result<(), StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "UPDATE email_codes SET code_enc = NULL, used_at = coalesce(?2, used_at) WHERE id = ?1",
-        )?;
+        let mut st = self
+            .conn
+            .prepare_cached("UPDATE email_codes SET code_enc = NULL, used_at = coalesce(?2, used_at) WHERE id = ?1")?;
         st.execute(params![id, used_at])?;
         Ok(())
     }
@@ -510,7 +523,10 @@ impl Store for SqliteStore {
 
     fn count_mail_since(&mut self, what: MailCount<'_>, since: i64) -> Result<u64, StoreError> {
         let n: i64 = match what {
-            MailCount::All => self.conn.prepare_cached("SELECT count(*) FROM outbox WHERE created_at >= ?1")?.query_row([since], |r| r.get(0))?,
+            MailCount::All => self
+                .conn
+                .prepare_cached("SELECT count(*) FROM outbox WHERE created_at >= ?1")?
+                .query_row([since], |r| r.get(0))?,
             MailCount::Address(a) => self
                 .conn
                 .prepare_cached("SELECT count(*) FROM outbox WHERE to_addr = ?1 AND created_at >= ?2")?
@@ -529,19 +545,28 @@ impl Store for SqliteStore {
              WHERE o.sent_at IS NULL AND o.next_attempt_at <= ?1 ORDER BY o.next_attempt_at, o.id LIMIT ?2",
         )?;
         let rows = st.query_map(params![now, limit], |r| {
-            Ok(QueuedMail { id: r.get("oid")?, attempts: r.get("attempts")?, to_addr: r.get("to_addr")?, code: code_from_row(r)? })
+            Ok(QueuedMail {
+                id: r.get("oid")?,
+                attempts: r.get("attempts")?,
+                to_addr: r.get("to_addr")?,
+                code: code_from_row(r)?,
+            })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn mail_sent(&mut self, id: i64, now: i64) -> Result<(), StoreError> {
-        self.conn.prepare_cached("UPDATE outbox SET sent_at = ?2, last_error = NULL WHERE id = ?1")?.execute(params![id, now])?;
+        self.conn
+            .prepare_cached("UPDATE outbox SET sent_at = ?2, last_error = NULL WHERE id = ?1")?
+            .execute(params![id, now])?;
         Ok(())
     }
 
     fn mail_failed(&mut self, id: i64, next_attempt_at: i64, error: &str) -> Result<(), StoreError> {
         self.conn
-            .prepare_cached("UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3 WHERE id = ?1")?
+            .prepare_cached(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3 WHERE id = ?1",
+            )?
             .execute(params![id, next_attempt_at, error])?;
         Ok(())
     }
@@ -586,7 +611,11 @@ impl Store for SqliteStore {
     }
 
     fn request(&mut self, id: i64) -> Result<Option<EmergencyRequest>, StoreError> {
-        Ok(self.conn.prepare_cached("SELECT * FROM emergency_requests WHERE id = ?1")?.query_row([id], request_from_row).optional()?)
+        Ok(self
+            .conn
+            .prepare_cached("SELECT * FROM emergency_requests WHERE id = ?1")?
+            .query_row([id], request_from_row)
+            .optional()?)
     }
 
     fn requests(&mut self, pending_only: bool) -> Result<Vec<EmergencyRequest>, StoreError> {
@@ -599,7 +628,9 @@ impl Store for SqliteStore {
 
     fn decide_request(&mut self, id: i64, status: &str, by: u32, now: i64) -> Result<(), StoreError> {
         self.conn
-            .prepare_cached("UPDATE emergency_requests SET status = ?2, decided_by = ?3, decided_at = ?4 WHERE id = ?1")?
+            .prepare_cached(
+                "UPDATE emergency_requests SET status = ?2, decided_by = ?3, decided_at = ?4 WHERE id = ?1",
+            )?
             .execute(params![id, status, by, now])?;
         Ok(())
     }

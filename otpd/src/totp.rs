@@ -13,7 +13,9 @@ pub struct TotpParams {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
     /// The code matches this step, which was never used.
-    Valid { step: i64 },
+    Valid {
+        step: i64,
+    },
     /// The code matches a step at or below the last accepted one.
     Replayed,
     Wrong,

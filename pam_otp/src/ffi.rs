@@ -6,7 +6,9 @@ use crate::log::{syslog, Level};
 use crate::options::{self, Options};
 use common::client::Client;
 use common::proto::{ClientMsg, ServerMsg, PROTOCOL_VERSION};
-use pam::constants::{PamFlag, PamResultCode, PAM_ERROR_MSG, PAM_PROMPT_ECHO_OFF, PAM_PROMPT_ECHO_ON, PAM_SILENT, PAM_TEXT_INFO};
+use pam::constants::{
+    PamFlag, PamResultCode, PAM_ERROR_MSG, PAM_PROMPT_ECHO_OFF, PAM_PROMPT_ECHO_ON, PAM_SILENT, PAM_TEXT_INFO,
+};
 use pam::conv::Conv;
 use pam::items::{RHost, RUser, Service, Tty};
 use pam::module::{PamHandle, PamHooks};

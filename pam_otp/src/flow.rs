@@ -51,7 +51,8 @@ const MAX_MESSAGES: usize = 64;
 const MAX_SHOWN_CHARS: usize = 16 * 1024;
 const MAX_ITEM_CHARS: usize = 256;
 /// Shown when the daemon cannot be used and the login is refused.
-pub const UNAVAILABLE: &str = "The one-time passcode service is unavailable; login refused. Contact your administrator.";
+pub const UNAVAILABLE: &str =
+    "The one-time passcode service is unavailable; login refused. Contact your administrator.";
 
 /// Runs `pam_sm_authenticate`. `connect` opens the daemon connection, so
 /// tests can script the daemon and the real module can use the socket.
@@ -150,7 +151,9 @@ fn outcome_code<I: PamIo>(io: &mut I, opts: &Options, result: OutcomeKind, user:
         OutcomeKind::Accept => (PamCode::Success, Level::Info, "accepted"),
         OutcomeKind::Deny => (PamCode::AuthErr, Level::Notice, "denied"),
         OutcomeKind::Locked => (PamCode::MaxTries, Level::Notice, "denied (locked out)"),
-        OutcomeKind::NotEnrolled if opts.require => (PamCode::AuthErr, Level::Notice, "denied (not enrolled, require set)"),
+        OutcomeKind::NotEnrolled if opts.require => {
+            (PamCode::AuthErr, Level::Notice, "denied (not enrolled, require set)")
+        }
         OutcomeKind::NotEnrolled => (PamCode::Ignore, Level::Info, "ignored (not enrolled)"),
     };
     io.log(level, &format!("user {user} service {service}: {what}"));
@@ -167,7 +170,9 @@ fn daemon_failure<I: PamIo>(io: &mut I, opts: &Options, user: &str, service: &st
         FailMode::Open => {
             io.log(
                 Level::Warning,
-                &format!("FAIL-OPEN: user {user} service {service}: {why}; passcode check SKIPPED because fail=open is set"),
+                &format!(
+                    "FAIL-OPEN: user {user} service {service}: {why}; passcode check SKIPPED because fail=open is set"
+                ),
             );
             PamCode::Success
         }
@@ -330,7 +335,11 @@ mod tests {
             &Options::default(),
             Some("bob"),
             true,
-            vec![Ev::Send(begin("bob")), outcome(OutcomeKind::Deny, Some("Wrong code.")), Ev::Show(Style::Error, "Wrong code.")],
+            vec![
+                Ev::Send(begin("bob")),
+                outcome(OutcomeKind::Deny, Some("Wrong code.")),
+                Ev::Show(Style::Error, "Wrong code."),
+            ],
         );
         assert_eq!(code, PamCode::AuthErr);
     }

@@ -61,7 +61,12 @@ struct Script {
     transcript: String,
 }
 
-extern "C" fn converse(n: c_int, msgs: *mut *const PamMessage, resp: *mut *mut PamResponse, data: *mut c_void) -> c_int {
+extern "C" fn converse(
+    n: c_int,
+    msgs: *mut *const PamMessage,
+    resp: *mut *mut PamResponse,
+    data: *mut c_void,
+) -> c_int {
     if n <= 0 || msgs.is_null() || resp.is_null() || data.is_null() {
         return PAM_CONV_ERR;
     }
@@ -74,7 +79,8 @@ extern "C" fn converse(n: c_int, msgs: *mut *const PamMessage, resp: *mut *mut P
         }
         for i in 0..n as usize {
             let m = &**msgs.add(i);
-            let text = if m.msg.is_null() { String::new() } else { CStr::from_ptr(m.msg).to_string_lossy().into_owned() };
+            let text =
+                if m.msg.is_null() { String::new() } else { CStr::from_ptr(m.msg).to_string_lossy().into_owned() };
             let tag = match m.msg_style {
                 1 => "prompt-off",
                 2 => "prompt-on",

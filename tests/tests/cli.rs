@@ -18,7 +18,8 @@ fn otpctl_exit_codes_and_messages() {
     let no_addr = fx.ctl(&["user", "enable", "sam", "--method", "email"]);
     assert_eq!(no_addr.status.code(), Some(6), "an email user needs an address");
     assert!(String::from_utf8_lossy(&no_addr.stderr).contains("--email"));
-    let injected = fx.ctl(&["user", "enable", "sam", "--method", "email", "--email", "sam@example.org\r\nBcc: x@evil.test"]);
+    let injected =
+        fx.ctl(&["user", "enable", "sam", "--method", "email", "--email", "sam@example.org\r\nBcc: x@evil.test"]);
     assert_eq!(injected.status.code(), Some(6));
     let list = fx.ctl_ok(&["user", "list"]);
     assert!(list.contains("rita") && !list.contains("sam"), "{list}");
@@ -102,7 +103,8 @@ fn state_files_are_private() {
         let r = fx.login("uma", &["1"]);
         r.uri().unwrap().split("secret=").nth(1).unwrap().split('&').next().unwrap().to_string()
     };
-    let out = Command::new("sqlite3").arg(fx.path("state/otpd.db")).arg("SELECT hex(secret) FROM users").output().unwrap();
+    let out =
+        Command::new("sqlite3").arg(fx.path("state/otpd.db")).arg("SELECT hex(secret) FROM users").output().unwrap();
     let stored = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(!stored.trim().is_empty());
     let raw = totp_rs::Secret::Encoded(uri_secret).to_bytes().unwrap();

@@ -49,7 +49,8 @@ fn start_bus(dir: &std::path::Path, include: Option<&str>) -> Bus {
         ),
     )
     .unwrap();
-    let daemon = Command::new("dbus-daemon").arg(format!("--config-file={}", conf.display())).arg("--nofork").spawn().unwrap();
+    let daemon =
+        Command::new("dbus-daemon").arg(format!("--config-file={}", conf.display())).arg("--nofork").spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !sock.exists() {
         assert!(Instant::now() < deadline, "dbus-daemon did not start");
@@ -145,8 +146,14 @@ fn shipped_bus_policy_is_valid_and_restrictive() {
     // Root may own the name; nobody may not.
     let own = |uid: Option<u32>| {
         let mut c = Command::new("dbus-send");
-        c.arg(format!("--bus={address}"))
-            .args(["--print-reply", "--dest=org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus.RequestName", "string:org.otpd", "uint32:0"]);
+        c.arg(format!("--bus={address}")).args([
+            "--print-reply",
+            "--dest=org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.RequestName",
+            "string:org.otpd",
+            "uint32:0",
+        ]);
         if let Some(u) = uid {
             as_uid(&mut c, u);
         }

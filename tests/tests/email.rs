@@ -28,10 +28,40 @@ fn make_certs(dir: &Path) {
         let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
         assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     };
-    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=otpd test CA", "-keyout", "ca.key", "-out", "ca.pem"]);
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=otpd test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
     run(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "smtp.key", "-out", "smtp.csr"]);
     std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
-    run(&["x509", "-req", "-in", "smtp.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "smtp.pem"]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "smtp.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "smtp.pem",
+    ]);
 }
 
 fn start_smtp(dir: &Path, port: u16) -> Smtp {
@@ -62,7 +92,12 @@ struct Mail {
 
 impl Mail {
     fn code(&self) -> String {
-        self.text.lines().map(str::trim).find(|l| l.len() == 8 && l.bytes().all(|b| b.is_ascii_digit())).unwrap_or_default().to_string()
+        self.text
+            .lines()
+            .map(str::trim)
+            .find(|l| l.len() == 8 && l.bytes().all(|b| b.is_ascii_digit()))
+            .unwrap_or_default()
+            .to_string()
     }
 }
 
@@ -217,7 +252,9 @@ fn resend_same_code_new_code_interval_and_caps_survive_restart() {
 fn expired_code_and_other_machine_are_refused() {
     let mut env = env_with("code_ttl = \"30m\"\n", "machine_id = \"MACHINE_FILE\"\n");
     // The fixture writes machine_id literally; point it at a file we control.
-    let cfg = std::fs::read_to_string(&env.fx.config).unwrap().replace("MACHINE_FILE", &env.fx.path("machine-id").display().to_string());
+    let cfg = std::fs::read_to_string(&env.fx.config)
+        .unwrap()
+        .replace("MACHINE_FILE", &env.fx.path("machine-id").display().to_string());
     std::fs::write(&env.fx.config, cfg).unwrap();
     std::fs::write(env.fx.path("machine-id"), "machine-one\n").unwrap();
     env.fx.stop_daemon();
@@ -285,7 +322,10 @@ fn internal_account_login_and_password() {
 #[test]
 fn emergency_access_allow_list_approve_and_deny() {
     // TOTP users reach emailed codes (and emergency access) with fallback = true.
-    let env = env_with("fallback = true\nemergency = { enabled = true, allow_domains = [\"corp.example\"], approval = \"admin\" }\n", "");
+    let env = env_with(
+        "fallback = true\nemergency = { enabled = true, allow_domains = [\"corp.example\"], approval = \"admin\" }\n",
+        "",
+    );
     let fx = &env.fx;
     fx.ctl_ok(&["user", "enable", "dave", "--method", "totp"]);
     fx.enroll_active("erin");
@@ -321,7 +361,12 @@ fn emergency_access_allow_list_approve_and_deny() {
     assert_eq!(mails(&env.maildir()).len(), 2, "a denied request sends nothing");
 
     // Malformed, injected and look-alike addresses are refused, nothing sent.
-    for bad in ["x@corp.example\r\nBcc: eve@evil.test", "x@corp.exаmple", "not an address", &format!("{}@corp.example", "a".repeat(300))] {
+    for bad in [
+        "x@corp.example\r\nBcc: eve@evil.test",
+        "x@corp.exаmple",
+        "not an address",
+        &format!("{}@corp.example", "a".repeat(300)),
+    ] {
         let r = fx.login_with("otp", "dave", &[b"e", bad.as_bytes()]);
         assert!(r.out.contains("not a usable email address"), "{bad:?}: {}", r.out);
     }

@@ -172,7 +172,11 @@ fn daemon_down_fails_closed() {
     fx.stop_daemon();
     let down = fx.login("erin", &["123456"]);
     assert_eq!(down.code, PAM_AUTH_ERR, "{}", down.out);
-    assert!(down.out.contains("[error] The one-time passcode service is unavailable"), "the user is told: {}", down.out);
+    assert!(
+        down.out.contains("[error] The one-time passcode service is unavailable"),
+        "the user is told: {}",
+        down.out
+    );
     // Also for users that would have been ignored: the daemon is the only one who may say so.
     assert_eq!(fx.login("never-enabled", &[]).code, PAM_AUTH_ERR);
     assert_eq!(fx.login_with("otp-probe", "never-enabled", &[]).code, PAM_AUTH_ERR);

@@ -10,7 +10,12 @@ use support::*;
 fn build_deb(out: &Path) -> std::path::PathBuf {
     let profile = build_dir().file_name().unwrap().to_string_lossy().into_owned();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/build-deb.sh");
-    let o = Command::new("bash").arg(script).args(["--profile", &profile, "--no-build", "--fast", "--out"]).arg(out).output().unwrap();
+    let o = Command::new("bash")
+        .arg(script)
+        .args(["--profile", &profile, "--no-build", "--fast", "--out"])
+        .arg(out)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).trim().into()
 }
@@ -19,8 +24,11 @@ fn build_deb(out: &Path) -> std::path::PathBuf {
 fn package_contents_and_pam_registration() {
     let dir = tempfile::tempdir().unwrap();
     let deb = build_deb(dir.path());
-    let list = String::from_utf8_lossy(&Command::new("dpkg-deb").arg("-c").arg(&deb).output().unwrap().stdout).into_owned();
-    let multiarch = String::from_utf8_lossy(&Command::new("gcc").arg("-print-multiarch").output().unwrap().stdout).trim().to_string();
+    let list =
+        String::from_utf8_lossy(&Command::new("dpkg-deb").arg("-c").arg(&deb).output().unwrap().stdout).into_owned();
+    let multiarch = String::from_utf8_lossy(&Command::new("gcc").arg("-print-multiarch").output().unwrap().stdout)
+        .trim()
+        .to_string();
     for path in [
         format!("./usr/lib/{multiarch}/security/pam_otp.so"),
         "./usr/sbin/otpd".into(),
@@ -53,7 +61,8 @@ fn package_contents_and_pam_registration() {
     let w = dir.path().join("work");
     std::fs::create_dir_all(w.join("stub")).unwrap();
     // addgroup would edit the host's /etc/group: record the call instead.
-    std::fs::write(w.join("stub/addgroup"), format!("#!/bin/sh\necho \"$@\" >> {}/addgroup.log\n", w.display())).unwrap();
+    std::fs::write(w.join("stub/addgroup"), format!("#!/bin/sh\necho \"$@\" >> {}/addgroup.log\n", w.display()))
+        .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(w.join("stub/addgroup"), std::fs::Permissions::from_mode(0o755)).unwrap();
     let script = format!(
@@ -76,7 +85,9 @@ fn package_contents_and_pam_registration() {
     let out = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    let part = |name: &str| text.split(&format!("--- {name}")).nth(1).unwrap_or("").split("--- ").next().unwrap_or("").to_string();
+    let part = |name: &str| {
+        text.split(&format!("--- {name}")).nth(1).unwrap_or("").split("--- ").next().unwrap_or("").to_string()
+    };
     assert!(!part("after install").contains("pam_otp"), "Default: no must not enable it:\n{text}");
     let enabled = part("after enable");
     assert!(enabled.contains("[success=ok ignore=ignore default=die]") && enabled.contains("pam_otp.so"), "{text}");

@@ -67,12 +67,14 @@ fn garbage_frames_change_nothing() {
     // Hostile Begin messages concern a login: denied and audited.
     let bad_user = r#"{"type":"begin","protocol":1,"user":"../../etc/passwd","service":"sshd","pid":1}"#;
     assert_eq!(outcome_of(&poke(&fx, &frame(bad_user.as_bytes())))["result"], "deny");
-    let long_user = format!(r#"{{"type":"begin","protocol":1,"user":"{}","service":"sshd","pid":1}}"#, "a".repeat(5000));
+    let long_user =
+        format!(r#"{{"type":"begin","protocol":1,"user":"{}","service":"sshd","pid":1}}"#, "a".repeat(5000));
     assert_eq!(outcome_of(&poke(&fx, &frame(long_user.as_bytes())))["result"], "deny");
     let old = r#"{"type":"begin","protocol":99,"user":"paul","service":"sshd","pid":1}"#;
     assert_eq!(outcome_of(&poke(&fx, &frame(old.as_bytes())))["result"], "deny");
     let audit: serde_json::Value = serde_json::from_str(&fx.ctl_ok(&["--json", "audit", "--limit", "3"])).unwrap();
-    let reasons: Vec<&str> = audit["entries"].as_array().unwrap().iter().map(|e| e["reason"].as_str().unwrap()).collect();
+    let reasons: Vec<&str> =
+        audit["entries"].as_array().unwrap().iter().map(|e| e["reason"].as_str().unwrap()).collect();
     assert!(reasons[0].contains("protocol version 99"), "{reasons:?}");
     assert_eq!(reasons[1], "invalid user name");
     assert_eq!(reasons[2], "invalid user name");

@@ -91,7 +91,11 @@ fn start_sshd(fx: &Fixture) -> Sshd {
     let sshd = Sshd { child, dir: w, port };
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "sshd did not start: {}", std::fs::read_to_string(sshd.dir.join("sshd.log")).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "sshd did not start: {}",
+            std::fs::read_to_string(sshd.dir.join("sshd.log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     sshd
@@ -143,7 +147,10 @@ fn ssh_key_then_passcode() {
         .lines()
         .find_map(|l| l.split("URI: ").nth(1).map(|u| u.trim().to_string()))
         .unwrap_or_else(|| panic!("enrollment not shown to the ssh client: {prompts}\n{}", first.out));
-    assert!(prompts.contains('\u{2588}') && prompts.contains("Passcode:"), "QR blocks and prompt reach the client: {prompts}");
+    assert!(
+        prompts.contains('\u{2588}') && prompts.contains("Passcode:"),
+        "QR blocks and prompt reach the client: {prompts}"
+    );
 
     // The first correct code activates and the command runs.
     let code = code_from_uri(&uri, 0).unwrap();

@@ -3,10 +3,10 @@
 //! Exit codes: 0 done; 1 the daemon failed the request; 2 usage error;
 //! 3 no such user; 4 permission denied; 5 daemon unreachable; 6 invalid input.
 use clap::Parser;
-use otpd::cli::{Args, Cmd, MethodArg, RequestCmd, UserCmd};
 use common::client::{Client, ClientError};
 use common::config::Config;
 use common::proto::{AdminErrorKind, AdminRequest, AdminResponse, AuditEntry, Method, UserInfo};
+use otpd::cli::{Args, Cmd, MethodArg, RequestCmd, UserCmd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -62,8 +62,9 @@ fn call(args: &Args, req: &AdminRequest) -> Result<AdminResponse, (u8, String)> 
         }
         other => (EXIT_UNREACHABLE, other.to_string()),
     })?;
-    let resp: AdminResponse =
-        client.call(req).map_err(|e| (EXIT_UNREACHABLE, format!("talking to otpd at {} failed: {e}", path.display())))?;
+    let resp: AdminResponse = client
+        .call(req)
+        .map_err(|e| (EXIT_UNREACHABLE, format!("talking to otpd at {} failed: {e}", path.display())))?;
     match resp {
         AdminResponse::Error { kind, message } => Err((
             match kind {
@@ -97,9 +98,13 @@ fn run(args: Args) -> Result<(), (u8, String)> {
             UserCmd::Show { user } => (AdminRequest::UserShow { user: user.clone() }, false),
             UserCmd::List => (AdminRequest::UserList, false),
             UserCmd::Unlock { user } => (AdminRequest::UserUnlock { user: user.clone() }, false),
-            UserCmd::Passwd { user } => {
-                (AdminRequest::UserPasswd { user: user.clone(), password: read_password().map_err(|e| (EXIT_INVALID, e))? }, false)
-            }
+            UserCmd::Passwd { user } => (
+                AdminRequest::UserPasswd {
+                    user: user.clone(),
+                    password: read_password().map_err(|e| (EXIT_INVALID, e))?,
+                },
+                false,
+            ),
         },
         Cmd::Request(r) => match r {
             RequestCmd::List { all } => (AdminRequest::RequestList { all: *all }, false),
@@ -132,14 +137,20 @@ fn run(args: Args) -> Result<(), (u8, String)> {
     match resp {
         AdminResponse::Enrolled { user, otpauth_uri } => {
             print_user(&user);
-            println!("{} will see a QR code at the next login; the first valid code activates the enrollment.", user.name);
+            println!(
+                "{} will see a QR code at the next login; the first valid code activates the enrollment.",
+                user.name
+            );
             if let (true, Some(uri)) = (print_uri, otpauth_uri) {
                 println!("uri            {uri}");
             }
         }
         AdminResponse::User { user } => print_user(&user),
         AdminResponse::Users { users } => {
-            println!("{:<20} {:<6} {:<8} {:<10} {:<8} LOCKED UNTIL", "USER", "METHOD", "ENABLED", "ACTIVATED", "FAILURES");
+            println!(
+                "{:<20} {:<6} {:<8} {:<10} {:<8} LOCKED UNTIL",
+                "USER", "METHOD", "ENABLED", "ACTIVATED", "FAILURES"
+            );
             for u in users {
                 println!(
                     "{:<20} {:<6} {:<8} {:<10} {:<8} {}",
@@ -177,9 +188,21 @@ fn run(args: Args) -> Result<(), (u8, String)> {
         }
         AdminResponse::Done { message } => println!("{message}"),
         AdminResponse::Requests { requests } => {
-            println!("{:<5} {:<16} {:<28} {:<9} {:<20} REASON / ORIGIN", "ID", "USER", "ADDRESS", "STATUS", "REQUESTED");
+            println!(
+                "{:<5} {:<16} {:<28} {:<9} {:<20} REASON / ORIGIN",
+                "ID", "USER", "ADDRESS", "STATUS", "REQUESTED"
+            );
             for r in requests {
-                println!("{:<5} {:<16} {:<28} {:<9} {:<20} {} ({})", r.id, r.user, r.address, r.status, time(r.created_at), r.reason, r.origin);
+                println!(
+                    "{:<5} {:<16} {:<28} {:<9} {:<20} {} ({})",
+                    r.id,
+                    r.user,
+                    r.address,
+                    r.status,
+                    time(r.created_at),
+                    r.reason,
+                    r.origin
+                );
             }
         }
         AdminResponse::Sessions { sessions } => {
@@ -235,7 +258,10 @@ fn print_user(u: &UserInfo) {
 }
 
 fn print_audit(entries: &[AuditEntry]) {
-    println!("{:<20} {:<16} {:<10} {:<16} {:<8} {:<8} {:<12} REASON", "TIME", "USER", "SERVICE", "RHOST", "TTY", "METHOD", "RESULT");
+    println!(
+        "{:<20} {:<16} {:<10} {:<16} {:<8} {:<8} {:<12} REASON",
+        "TIME", "USER", "SERVICE", "RHOST", "TTY", "METHOD", "RESULT"
+    );
     for e in entries {
         println!(
             "{:<20} {:<16} {:<10} {:<16} {:<8} {:<8} {:<12} {}",

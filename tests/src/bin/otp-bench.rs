@@ -27,14 +27,15 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("--worker") {
         return worker(&args);
     }
-    let procs: Vec<usize> = arg(&args, "--procs")
-        .unwrap_or_else(|| "1,8".into())
-        .split(',')
-        .filter_map(|p| p.parse().ok())
-        .collect();
+    let procs: Vec<usize> =
+        arg(&args, "--procs").unwrap_or_else(|| "1,8".into()).split(',').filter_map(|p| p.parse().ok()).collect();
     let users: usize = arg(&args, "--users").and_then(|u| u.parse().ok()).unwrap_or(3000);
     let email_requests: usize = arg(&args, "--email").and_then(|u| u.parse().ok()).unwrap_or(0);
-    let sink_port = std::net::TcpListener::bind("127.0.0.1:0").ok().and_then(|l| l.local_addr().ok()).map(|a| a.port()).unwrap_or(2525);
+    let sink_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port())
+        .unwrap_or(2525);
     let bin = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)).unwrap_or_default();
     let dir = std::env::temp_dir().join(format!("otp-bench.{}", std::process::id()));
     std::fs::create_dir_all(dir.join("services")).ok();
@@ -80,7 +81,10 @@ fn main() {
     }
 
     println!("otp-bench: complete pam_authenticate calls (pam_start_confdir + authenticate + pam_end) through libpam");
-    println!("{:>3} {:<10} {:>7} {:>10} {:>9} {:>9} {:>9} {:>8} {:>10}", "P", "module", "auths", "auths/s", "p50 ms", "p99 ms", "rejected", "replays", "vs permit");
+    println!(
+        "{:>3} {:<10} {:>7} {:>10} {:>9} {:>9} {:>9} {:>8} {:>10}",
+        "P", "module", "auths", "auths/s", "p50 ms", "p99 ms", "rejected", "replays", "vs permit"
+    );
     let mut next_user = 0usize;
     for &p in &procs {
         // Fresh users for every round: each code can only be used once.
@@ -139,7 +143,11 @@ fn email_round(bin: &Path, dir: &Path, admin: &Path, n: usize, port: u16) {
     let mut list = Vec::new();
     for i in 0..n {
         let user = format!("mailer{i}");
-        let req = AdminRequest::UserEnable { user: user.clone(), method: Method::Email, email: Some(format!("{user}@bench.example")) };
+        let req = AdminRequest::UserEnable {
+            user: user.clone(),
+            method: Method::Email,
+            email: Some(format!("{user}@bench.example")),
+        };
         if let Ok(mut c) = Client::connect(admin, Duration::from_secs(30), &[0]) {
             let _: Result<AdminResponse, _> = c.call(&req);
         }
@@ -151,7 +159,11 @@ fn email_round(bin: &Path, dir: &Path, admin: &Path, n: usize, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut arrivals = Vec::new();
     while Instant::now() < deadline {
-        arrivals = std::fs::read_dir(&maildir).map(|d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "eml")).map(|e| e.path()).collect()).unwrap_or_default();
+        arrivals = std::fs::read_dir(&maildir)
+            .map(|d| {
+                d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "eml")).map(|e| e.path()).collect()
+            })
+            .unwrap_or_default();
         if arrivals.len() >= n {
             break;
         }
@@ -172,7 +184,9 @@ fn email_round(bin: &Path, dir: &Path, admin: &Path, n: usize, port: u16) {
         })
         .collect();
     delivery.sort_by(|a, b| a.total_cmp(b));
-    let pct = |v: &[f64], q: f64| v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1))).copied().unwrap_or(f64::NAN);
+    let pct = |v: &[f64], q: f64| {
+        v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1))).copied().unwrap_or(f64::NAN)
+    };
     println!();
     println!("emailed-code requests: {n} distinct users, 8 processes, SMTP sink on 127.0.0.1");
     println!("  login conversation of a request: p50 {:.3} ms, p99 {:.3} ms ({:.0} requests/s)", r.p50, r.p99, r.rate);
@@ -199,7 +213,10 @@ fn enroll(admin: &Path, first: usize, n: usize) -> Vec<String> {
                     .filter_map(|i| {
                         let user = format!("bench{i}");
                         let mut c = Client::connect(&admin, Duration::from_secs(30), &[0]).ok()?;
-                        match c.call(&AdminRequest::UserEnable { user: user.clone(), method: Method::Totp, email: None }).ok()? {
+                        match c
+                            .call(&AdminRequest::UserEnable { user: user.clone(), method: Method::Totp, email: None })
+                            .ok()?
+                        {
                             AdminResponse::Enrolled { otpauth_uri: Some(uri), .. } => Some(format!("{user} {uri}")),
                             _ => None,
                         }
@@ -254,9 +271,18 @@ fn run_round(bin: &Path, dir: &Path, service: &str, users: &PathBuf, n: usize, p
         }
     }
     lat.sort_by(|a, b| a.total_cmp(b));
-    let pct = |q: f64| lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0.0) / 1000.0;
+    let pct = |q: f64| {
+        lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0.0) / 1000.0
+    };
     let secs = (end.saturating_sub(start)) as f64 / 1e6;
-    Round { count: lat.len(), rate: lat.len() as f64 / secs.max(1e-9), p50: pct(0.5), p99: pct(0.99), rejected, replays_accepted: replays }
+    Round {
+        count: lat.len(),
+        rate: lat.len() as f64 / secs.max(1e-9),
+        p50: pct(0.5),
+        p99: pct(0.99),
+        rejected,
+        replays_accepted: replays,
+    }
 }
 
 /// --worker SERVICE CONFDIR USERS FIRST COUNT PHASE
@@ -265,7 +291,8 @@ fn worker(args: &[String]) {
     let first: usize = first.parse().unwrap_or(0);
     let count: usize = count.parse().unwrap_or(0);
     let file = std::fs::File::open(users).unwrap_or_else(|e| panic!("{users}: {e}"));
-    let lines: Vec<String> = std::io::BufReader::new(file).lines().map_while(Result::ok).skip(first).take(count).collect();
+    let lines: Vec<String> =
+        std::io::BufReader::new(file).lines().map_while(Result::ok).skip(first).take(count).collect();
     if phase == "email" {
         return email_worker(confdir, service, &lines, users);
     }
