@@ -21,7 +21,7 @@ impl PamHooks for PamOtp {
     fn sm_authenticate(pamh: &mut PamHandle, args: Vec<&CStr>, flags: PamFlag) -> PamResultCode {
         let (opts, problems) = options::parse(args.iter().map(|a| a.to_bytes()));
         for p in &problems {
-            syslog(Level::Warning, p);
+            syslog(pamh, Level::Warning, p);
         }
         let mut io = LibPam { pamh, silent: flags & PAM_SILENT != 0, debug: opts.debug };
         match flow::authenticate(&mut io, &opts, connect) {
@@ -74,7 +74,7 @@ fn session_event(pamh: &mut PamHandle, args: Vec<&CStr>, open: bool) -> PamResul
     match acked {
         Ok(ServerMsg::Ack) => PamResultCode::PAM_SUCCESS,
         Ok(_) | Err(_) => {
-            syslog(Level::Warning, "could not report the session to otpd");
+            syslog(io.pamh, Level::Warning, "could not report the session to otpd");
             PamResultCode::PAM_IGNORE
         }
     }
@@ -154,6 +154,6 @@ impl PamIo for LibPam<'_> {
         if level == Level::Debug && !self.debug {
             return;
         }
-        syslog(level, msg);
+        syslog(self.pamh, level, msg);
     }
 }
