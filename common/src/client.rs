@@ -1,13 +1,14 @@
 //! Blocking client for the daemon's Unix sockets, with deadlines on connect,
 //! read and write. Used by the PAM module (which must not run an async
 //! runtime inside sshd or a screen locker) and by `otpctl`.
-use crate::codec::{read_frame, write_frame, FrameError};
+use crate::codec::{body_len, decode_body, write_frame, FrameError};
 use serde::{de::DeserializeOwned, Serialize};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::io::Read;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -29,6 +30,9 @@ pub enum ClientError {
 
 pub struct Client {
     stream: UnixStream,
+    timeout: Duration,
+    /// Bytes read but not yet returned as a frame.
+    pending: Vec<u8>,
 }
 
 impl Client {
@@ -52,36 +56,124 @@ impl Client {
         if !trusted_uids.contains(&meta.uid()) {
             return Err(ClientError::WrongOwner { path: shown, uid: meta.uid() });
         }
-        // connect(2) on a Unix stream socket does not block on the peer's accept:
-        // it fails at once (ECONNREFUSED/EAGAIN) when the backlog is full.
-        let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
+        let stream = connect_bounded(path, timeout).map_err(|e| match e.kind() {
             std::io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(shown.clone()),
             std::io::ErrorKind::NotFound => ClientError::Missing(shown.clone()),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ClientError::Frame(FrameError::TimedOut),
             _ => ClientError::Connect { path: shown.clone(), source: e },
         })?;
         let peer = peer_uid(&stream).map_err(|e| ClientError::Connect { path: shown.clone(), source: e })?;
         if !trusted_uids.contains(&peer) {
             return Err(ClientError::WrongPeer { path: shown, uid: peer });
         }
+        // Reads wait in poll(2) with their own deadline; the socket timeouts
+        // are a second bound on every blocking call.
         stream
             .set_read_timeout(Some(timeout))
             .and_then(|_| stream.set_write_timeout(Some(timeout)))
             .map_err(|e| ClientError::Connect { path: shown, source: e })?;
-        Ok(Client { stream })
+        Ok(Client { stream, timeout, pending: Vec::new() })
     }
 
     pub fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), FrameError> {
         write_frame(&mut self.stream, msg)
     }
 
+    /// Waits at most `timeout` for the next frame.
     pub fn recv<T: DeserializeOwned>(&mut self) -> Result<T, FrameError> {
-        read_frame(&mut self.stream)
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            if self.pending.len() >= 4 {
+                let header = [self.pending[0], self.pending[1], self.pending[2], self.pending[3]];
+                let len = body_len(header)?;
+                if self.pending.len() >= 4 + len {
+                    let msg = decode_body(&self.pending[4..4 + len]);
+                    self.pending.drain(..4 + len);
+                    return msg;
+                }
+            }
+            wait_readable(&self.stream, deadline)?;
+            let mut buf = [0u8; 8192];
+            match (&self.stream).read(&mut buf) {
+                Ok(0) => return Err(if self.pending.is_empty() { FrameError::Closed } else { FrameError::Truncated }),
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// One request, one response (the admin protocol).
     pub fn call<Q: Serialize, A: DeserializeOwned>(&mut self, req: &Q) -> Result<A, FrameError> {
         self.send(req)?;
         self.recv()
+    }
+}
+
+/// Waits until `stream` has something to read, or `deadline` passes.
+///
+/// poll(2) rather than a blocking read(2): a task blocked in read on a Unix
+/// stream socket is also woken each time the peer consumes what we sent
+/// (the socket becomes writable), which costs a wake-up per message on
+/// every login; poll only wakes for what it asked for.
+fn wait_readable(stream: &UnixStream, deadline: Instant) -> Result<(), FrameError> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(FrameError::TimedOut);
+        }
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        let mut fds = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let rc = unsafe { libc::poll(&mut fds, 1, ms) };
+        match rc {
+            0 => return Err(FrameError::TimedOut),
+            n if n > 0 => return Ok(()),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+}
+
+/// connect(2) with a deadline: a blocking connect to a Unix socket whose
+/// accept queue is full waits until there is room, so the send timeout is
+/// set before connecting (Linux bounds that wait by SO_SNDTIMEO).
+fn connect_bounded(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::io::FromRawFd;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; zeroed is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "socket path too long"));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: plain socket(2); the fd is owned by the UnixStream below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket we own.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    stream.set_write_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+    loop {
+        // SAFETY: addr is a valid sockaddr_un of `len` bytes.
+        let rc = unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) };
+        if rc == 0 {
+            return Ok(stream);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }
 
