@@ -37,8 +37,13 @@ pub struct DaemonConfig {
     pub machine_id: PathBuf,
     /// Members of this group may use the admin socket besides root.
     pub admin_group: String,
-    /// Connections served at once on the PAM socket; more wait in the backlog.
+    /// Connections open at once on the PAM socket. Every connection is
+    /// accepted at once (none waits in the kernel backlog behind idle ones)
+    /// and closed when over this limit.
     pub max_connections: usize,
+    /// Connections open at once from one non-root uid (screen lockers, `su`);
+    /// root callers (login, sshd, sudo) count only towards `max_connections`.
+    pub max_connections_per_user: usize,
     /// How long a peer may take to send a whole frame once it started one,
     /// and to send its first message after connecting.
     #[serde(with = "duration")]
@@ -59,7 +64,8 @@ impl Default for DaemonConfig {
             key_file: "/var/lib/otpd/secret.key".into(),
             machine_id: "/etc/machine-id".into(),
             admin_group: "otpadmin".into(),
-            max_connections: 256,
+            max_connections: 4096,
+            max_connections_per_user: 16,
             io_timeout: Duration::from_secs(5),
             prompt_timeout: Duration::from_secs(180),
             dbus: true,
@@ -276,6 +282,9 @@ impl Config {
         }
         if self.daemon.max_connections == 0 {
             return bad("daemon.max_connections", "must be at least 1".into());
+        }
+        if self.daemon.max_connections_per_user == 0 {
+            return bad("daemon.max_connections_per_user", "must be at least 1".into());
         }
         if self.daemon.io_timeout < Duration::from_millis(100) {
             return bad("daemon.io_timeout", "must be at least 100ms".into());

@@ -1,34 +1,33 @@
 //! The admin socket: one request, one response, root or the admin group only.
 use crate::auth::{self, new_enrollment, valid_user_name};
-use crate::server::{read_msg, write_msg, Shared};
+use crate::conn::Conn;
+use crate::server::Shared;
 use crate::store::{NewAudit, Store, StoreError, UserRecord};
 use common::proto::{AdminErrorKind, AdminRequest, AdminResponse, Method, StatusInfo, UserInfo};
 use std::sync::atomic::Ordering;
-use tokio::net::UnixStream;
 
-pub async fn connection(mut s: UnixStream, sh: &Shared) {
-    let Ok(cred) = s.peer_cred() else { return };
-    let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
+pub async fn connection(mut s: Conn, sh: &Shared) {
+    let Ok((uid, gid, pid)) = s.peer() else { return };
     if !authorized(uid, gid, pid, sh.admin_gid) {
         tracing::warn!("admin request from uid {uid} refused: not root or in the admin group");
         let resp = AdminResponse::Error {
             kind: AdminErrorKind::PermissionDenied,
             message: "permission denied: run otpctl as root or as a member of the otpd admin group".into(),
         };
-        let _ = write_msg(&mut s, &resp, sh.io_timeout).await;
+        let _ = s.write_msg(&resp, sh.io_timeout).await;
         return;
     }
-    let req: AdminRequest = match read_msg(&mut s, sh.io_timeout, sh.io_timeout).await {
+    let req: AdminRequest = match s.read_msg(sh.io_timeout, sh.io_timeout).await {
         Ok(r) => r,
         Err(e) => {
             let resp =
                 AdminResponse::Error { kind: AdminErrorKind::InvalidInput, message: format!("bad request: {e}") };
-            let _ = write_msg(&mut s, &resp, sh.io_timeout).await;
+            let _ = s.write_msg(&resp, sh.io_timeout).await;
             return;
         }
     };
     let resp = handle(req, uid, sh).await;
-    let _ = write_msg(&mut s, &resp, sh.io_timeout).await;
+    let _ = s.write_msg(&resp, sh.io_timeout).await;
 }
 
 /// Root, the admin group as primary group, or as a supplementary group of

@@ -104,48 +104,65 @@ pub fn audit_method(
     store.add_audit(&entry)
 }
 
-/// First step of a login: what to ask. Final answers (not enrolled, locked,
-/// refused) are audited here.
-pub fn plan(store: &mut dyn Store, p: &Policy, ctx: &LoginContext, now: i64) -> Result<Plan, StoreError> {
+/// An audit record a decision still has to write (method, result, reason).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub method: &'static str,
+    pub result: &'static str,
+    pub reason: String,
+}
+
+impl Note {
+    fn new(method: &'static str, result: &'static str, reason: impl Into<String>) -> Note {
+        Note { method, result, reason: reason.into() }
+    }
+
+    /// Writes the note to the audit table (and syslog).
+    pub fn record(&self, store: &mut dyn Store, p: &Policy, ctx: &LoginContext, now: i64) -> Result<(), StoreError> {
+        audit_method(store, p, ctx, now, self.method, self.result, &self.reason)
+    }
+}
+
+/// First step of a login: what to ask. Only reads, so it can run on a
+/// read-only connection; final answers (not enrolled, locked, refused) come
+/// with the [`Note`] the caller must record before replying.
+pub fn plan(store: &mut dyn Store, p: &Policy, ctx: &LoginContext, now: i64) -> Result<(Plan, Option<Note>), StoreError> {
     let user = store.user(&ctx.user)?;
     let user = match user {
         Some(u) if u.enabled => u,
-        _ => {
-            audit(store, p, ctx, now, "not_enrolled", "user not enabled for OTP")?;
-            return Ok(Plan::NotEnrolled);
-        }
+        _ => return Ok((Plan::NotEnrolled, Some(Note::new("totp", "not_enrolled", "user not enabled for OTP")))),
     };
     if ctx.peer_uid != 0 && user.uid != Some(ctx.peer_uid) {
-        audit(store, p, ctx, now, "deny", &format!("caller uid {} may not authenticate this user", ctx.peer_uid))?;
-        return Ok(Plan::Refused { message: "You may only authenticate yourself." });
+        let why = format!("caller uid {} may not authenticate this user", ctx.peer_uid);
+        return Ok((Plan::Refused { message: "You may only authenticate yourself." }, Some(Note::new("totp", "deny", why))));
     }
     if user.is_locked(now) {
         let until = user.locked_until.unwrap_or(now);
-        audit(store, p, ctx, now, "locked", "account locked after too many failures")?;
-        return Ok(Plan::Locked { until });
+        return Ok((Plan::Locked { until }, Some(Note::new("totp", "locked", "account locked after too many failures"))));
     }
     let email = email_allowed(p, &user);
     if user.method == Method::Email {
         if !email {
-            audit_method(store, p, ctx, now, "email", "deny", "emailed codes are disabled (email.enabled = false)")?;
-            return Ok(Plan::Refused { message: "Your passcode method is not available; contact your administrator." });
+            let note = Note::new("email", "deny", "emailed codes are disabled (email.enabled = false)");
+            return Ok((Plan::Refused { message: "Your passcode method is not available; contact your administrator." }, Some(note)));
         }
         let failing = store.failing_mail_for(&user.name)? > 0;
-        return Ok(Plan::Ask { email, mail_failing: failing });
+        return Ok((Plan::Ask { email, mail_failing: failing }, None));
     }
     if user.activated_at.is_some() {
         let failing = email && store.failing_mail_for(&user.name)? > 0;
-        return Ok(Plan::Ask { email, mail_failing: failing });
+        return Ok((Plan::Ask { email, mail_failing: failing }, None));
     }
     let Some(secret) = user.secret.as_deref().and_then(|s| p.crypto.open(&user.name, s)) else {
-        audit(store, p, ctx, now, "error", "stored secret cannot be decrypted (wrong key file?)")?;
-        return Ok(Plan::Refused { message: "Your passcode enrollment is unusable; contact your administrator." });
+        let note = Note::new("totp", "error", "stored secret cannot be decrypted (wrong key file?)");
+        return Ok((Plan::Refused { message: "Your passcode enrollment is unusable; contact your administrator." }, Some(note)));
     };
-    Ok(Plan::Enroll {
+    let plan = Plan::Enroll {
         uri: p.totp.uri(&secret, &p.issuer, &user.name),
         secret_b32: crate::totp::base32(&secret),
         email,
-    })
+    };
+    Ok((plan, None))
 }
 
 /// Checks an answer. Reads the user again: its state may have changed while
@@ -351,16 +368,16 @@ mod tests {
         let mut s = SqliteStore::in_memory().unwrap();
         let secret = enroll(&mut s, &p, "alice", None);
         assert!(secret.len() >= 20);
-        let Plan::Enroll { uri, secret_b32, .. } = plan(&mut s, &p, &ctx("alice"), T0).unwrap() else { panic!() };
+        let Plan::Enroll { uri, secret_b32, .. } = plan(&mut s, &p, &ctx("alice"), T0).unwrap().0 else { panic!() };
         assert!(uri.contains(&secret_b32));
         assert_eq!(
             check_answer(&mut s, &p, &ctx("alice"), "000000x", T0).unwrap(),
             Verdict::Deny { message: "A passcode is a number of exactly the digits your app shows.".into() }
         );
-        assert!(matches!(plan(&mut s, &p, &ctx("alice"), T0).unwrap(), Plan::Enroll { .. }));
+        assert!(matches!(plan(&mut s, &p, &ctx("alice"), T0).unwrap().0, Plan::Enroll { .. }));
         let c = code(&p, &secret, T0);
         assert_eq!(check_answer(&mut s, &p, &ctx("alice"), &c, T0).unwrap(), Verdict::Accept { activated: true });
-        assert_eq!(plan(&mut s, &p, &ctx("alice"), T0 + 1).unwrap(), Plan::Ask { email: false, mail_failing: false });
+        assert_eq!(plan(&mut s, &p, &ctx("alice"), T0 + 1).unwrap().0, Plan::Ask { email: false, mail_failing: false });
         assert!(matches!(check_answer(&mut s, &p, &ctx("alice"), &c, T0 + 1).unwrap(), Verdict::Deny { .. }));
         // Clock stepped back: the used code is still refused.
         assert!(matches!(check_answer(&mut s, &p, &ctx("alice"), &c, T0 - 30).unwrap(), Verdict::Deny { .. }));
@@ -406,7 +423,7 @@ mod tests {
         // Even the right code is refused while locked, and is not consumed.
         let good = code(&p, &secret, T0 + 100);
         assert!(matches!(check_answer(&mut s, &p, &ctx("carol"), &good, T0 + 100).unwrap(), Verdict::Locked { .. }));
-        assert!(matches!(plan(&mut s, &p, &ctx("carol"), T0 + 100).unwrap(), Plan::Locked { .. }));
+        assert!(matches!(plan(&mut s, &p, &ctx("carol"), T0 + 100).unwrap().0, Plan::Locked { .. }));
         // Once the lock has run out, a valid code works.
         let later = T0 + 2 + 900;
         let good = code(&p, &secret, later);
@@ -420,9 +437,9 @@ mod tests {
         enroll(&mut s, &p, "dave", Some(1001));
         let mut c = ctx("dave");
         c.peer_uid = 1002;
-        assert!(matches!(plan(&mut s, &p, &c, T0).unwrap(), Plan::Refused { .. }));
+        assert!(matches!(plan(&mut s, &p, &c, T0).unwrap().0, Plan::Refused { .. }));
         c.peer_uid = 1001;
-        assert!(matches!(plan(&mut s, &p, &c, T0).unwrap(), Plan::Enroll { .. }));
+        assert!(matches!(plan(&mut s, &p, &c, T0).unwrap().0, Plan::Enroll { .. }));
         // Refusals are not failures: nobody can lock dave out from another account.
         assert_eq!(s.user("dave").unwrap().unwrap().failures, 0);
     }
@@ -431,12 +448,22 @@ mod tests {
     fn not_enrolled_and_disabled() {
         let p = policy(3);
         let mut s = SqliteStore::in_memory().unwrap();
-        assert_eq!(plan(&mut s, &p, &ctx("nobody-here"), T0).unwrap(), Plan::NotEnrolled);
         let mut rec = new_enrollment(&p, None, "erin", None, T0);
         rec.enabled = false;
         s.save_user(&rec).unwrap();
-        assert_eq!(plan(&mut s, &p, &ctx("erin"), T0).unwrap(), Plan::NotEnrolled);
+        for (recorded, user) in ["nobody-here", "erin"].into_iter().enumerate() {
+            let (planned, note) = plan(&mut s, &p, &ctx(user), T0).unwrap();
+            assert_eq!(planned, Plan::NotEnrolled);
+            // Planning only reads: the final answer comes with the audit record to write.
+            assert_eq!(s.audit(None, None, 10).unwrap().len(), recorded);
+            let note = note.expect("a final answer is audited");
+            assert_eq!((note.result, note.reason.as_str()), ("not_enrolled", "user not enabled for OTP"));
+            note.record(&mut s, &p, &ctx(user), T0).unwrap();
+        }
         assert_eq!(s.audit(None, None, 10).unwrap().len(), 2);
+        // Activated users are simply asked: nothing to record yet.
+        enroll(&mut s, &p, "fay", None);
+        assert!(matches!(plan(&mut s, &p, &ctx("fay"), T0).unwrap(), (Plan::Enroll { .. }, None)));
     }
 
     #[test]

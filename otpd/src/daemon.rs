@@ -3,14 +3,14 @@ use crate::auth::Policy;
 use crate::clock::{Clock, SystemClock};
 use crate::crypto::SecretBox;
 use crate::db::Db;
-use crate::server::{serve_admin, serve_pam, Shared};
+use crate::server::{serve_admin, serve_pam, Limits, Shared};
 use crate::store::SqliteStore;
 use common::config::Config;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use tokio::net::UnixListener;
+use std::os::unix::net::UnixListener;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -65,11 +65,59 @@ fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, Star
         Err(_) => {}
     }
     let listener = UnixListener::bind(path).map_err(|e| fail(e.to_string()))?;
+    // A burst of logins (or of junk connections) must not find the accept
+    // queue full: connect(2) would then block or fail for real logins.
+    // SAFETY: listen(2) on a socket we own; calling it again only resizes the queue.
+    unsafe { libc::listen(std::os::unix::io::AsRawFd::as_raw_fd(&listener), 4096) };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| fail(e.to_string()))?;
     if let Some(gid) = group {
         let _ = nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)));
     }
     Ok(listener)
+}
+
+/// Logins are served by their own thread running a single-threaded runtime:
+/// a login is a few small messages, and one thread handling all of them
+/// costs fewer cross-CPU wake-ups than handing connections between workers.
+/// It also keeps logins away from the work of the main runtime (TLS to the
+/// mail server, D-Bus, admin requests).
+fn spawn_pam_thread(
+    listener: std::os::unix::net::UnixListener,
+    shared: Arc<crate::server::Shared>,
+    limits: Limits,
+) -> Result<(tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>), StartError> {
+    let fail = |why: String| StartError::Socket { path: "PAM server thread".into(), why };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| fail(e.to_string()))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("otpd-pam".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let listener = match crate::conn::Listener::new(listener) {
+                    Ok(l) => l,
+                    Err(e) => return tracing::error!("PAM socket: {e}"),
+                };
+                tokio::select! {
+                    _ = serve_pam(listener, shared, limits) => {}
+                    _ = stopped => {}
+                }
+            })
+        })
+        .map_err(|e| fail(e.to_string()))?;
+    Ok((stop, thread))
+}
+
+/// Every PAM connection is a file descriptor; systemd's default soft limit
+/// (1024) would make a flood of idle connections lock out real logins long
+/// before `max_connections`.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let want = hard.min(65536);
+        if soft < want {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, want, hard);
+        }
+    }
 }
 
 /// Tells systemd (Type=notify) that the sockets are ready.
@@ -115,6 +163,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     let store = SqliteStore::open(&d.database)?;
     let _ = std::fs::set_permissions(&d.database, std::fs::Permissions::from_mode(0o600));
+    let reader = SqliteStore::open_reader(&d.database)?;
+    raise_fd_limit();
     let clock = make_clock();
     let admin_gid = nix::unistd::Group::from_name(&d.admin_group).ok().flatten().map(|g| g.gid.as_raw());
     let shared = Arc::new(Shared {
@@ -134,6 +184,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         admin_gid,
         database: d.database.display().to_string(),
         open_connections: AtomicU64::new(0),
+        per_uid: Default::default(),
+        silent: Default::default(),
+        next_connection: AtomicU64::new(0),
+        last_flood_warning: Default::default(),
+        reader: std::sync::Mutex::new(reader),
         mail_wakeup: Arc::new(tokio::sync::Notify::new()),
         events: tokio::sync::broadcast::channel(1024).0,
     });
@@ -157,7 +212,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         None
     };
     let dbus_task = d.dbus.then(|| tokio::spawn(crate::dbus::run(shared.clone())));
-    let pam_task = tokio::spawn(serve_pam(pam, shared.clone(), d.max_connections));
+    let limits = Limits { max_connections: d.max_connections, max_per_uid: d.max_connections_per_user };
+    let (stop_pam, pam_thread) = spawn_pam_thread(pam, shared.clone(), limits)?;
+    let admin = crate::conn::Listener::new(admin)
+        .map_err(|e| StartError::Socket { path: d.admin_socket.display().to_string(), why: e.to_string() })?;
     let admin_task = tokio::spawn(serve_admin(admin, shared.clone()));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -167,7 +225,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!("shutting down");
-    pam_task.abort();
+    let _ = stop_pam.send(());
+    let _ = tokio::task::spawn_blocking(move || pam_thread.join()).await;
     for t in [mail_task, dbus_task].into_iter().flatten() {
         t.abort();
     }

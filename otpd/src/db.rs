@@ -4,10 +4,11 @@
 //! connection. The thread takes every job that is waiting, runs them inside
 //! one `BEGIN IMMEDIATE … COMMIT` (each in its own SAVEPOINT so one failing
 //! job cannot leave half its writes behind), and only after COMMIT returns —
-//! i.e. after the WAL is fsynced — releases the results. Many concurrent
-//! logins therefore share one fsync, and no reply ever reports a decision
-//! that a crash could undo. Jobs for the same user are serialised by
-//! construction, which is what makes a TOTP step single-use under races.
+//! i.e. after the WAL is fsynced (`synchronous=FULL`) — releases the
+//! results. Many concurrent logins therefore share one fsync, and no reply
+//! ever reports a decision that a crash could undo. Jobs for the same user
+//! are serialised by construction, which is what makes a TOTP step
+//! single-use under races.
 use crate::store::{SqliteStore, Store, StoreError};
 use std::sync::mpsc;
 use tokio::sync::oneshot;
@@ -43,12 +44,27 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
     {
+        self.run_then(f, |_| {}).await
+    }
+
+    /// Like [`Db::run`], and `on_commit` sees the final result on the
+    /// database thread right after COMMIT (or its failure), before the
+    /// waiting task is woken: the place to reply to a peer without waiting
+    /// for the task's thread.
+    pub async fn run_then<T, F, N>(&self, f: F, on_commit: N) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
+        N: FnOnce(&Result<T, StoreError>) + Send + 'static,
+    {
         let (done_tx, done_rx) = oneshot::channel();
         let job: Job = Box::new(move |store: &mut SqliteStore| {
             let result = f(store);
             let ok = result.is_ok();
             let completion: Completion = Box::new(move |committed: bool| {
-                let _ = done_tx.send(if committed { result } else { Err(StoreError::NotCommitted) });
+                let result = if committed { result } else { Err(StoreError::NotCommitted) };
+                on_commit(&result);
+                let _ = done_tx.send(result);
             });
             (ok, completion)
         });
@@ -77,55 +93,49 @@ fn writer(mut store: SqliteStore, rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        run_batch(&mut store, batch);
+        let (committed, completions) = run_batch(&mut store, batch);
+        for c in completions {
+            c(committed);
+        }
     }
 }
 
-fn run_batch(store: &mut SqliteStore, batch: Vec<Job>) {
-    if let Err(e) = store.exec("BEGIN IMMEDIATE") {
+/// Runs one batch in one transaction. Returns whether it committed and the
+/// completions to release.
+fn run_batch(store: &mut SqliteStore, batch: Vec<Job>) -> (bool, Vec<Completion>) {
+    if let Err(e) = store.control("BEGIN IMMEDIATE") {
         tracing::error!("cannot begin a transaction: {e}; denying {} request(s)", batch.len());
-        // Run nothing: every waiter is told the write did not happen.
-        for job in batch {
-            drop(job);
-        }
-        return;
+        // Run nothing: dropping a job tells its waiter the write did not happen.
+        drop(batch);
+        return (false, Vec::new());
     }
     let mut completions = Vec::with_capacity(batch.len());
     for job in batch {
-        let savepoint_ok = store.exec("SAVEPOINT job").is_ok();
-        if !savepoint_ok {
+        if store.control("SAVEPOINT job").is_err() {
             // Without a savepoint a failing job could leave partial writes: skip it.
             drop(job);
             continue;
         }
         let (ok, completion) = job(store);
+        completions.push(completion);
         let cleaned = if ok {
-            store.exec("RELEASE job").is_ok()
+            store.control("RELEASE job").is_ok()
         } else {
-            store.exec("ROLLBACK TO job").and_then(|_| store.exec("RELEASE job")).is_ok()
+            store.control("ROLLBACK TO job").and_then(|_| store.control("RELEASE job")).is_ok()
         };
         if !cleaned {
             // Savepoint bookkeeping failed: the transaction is in an unknown state.
-            let _ = store.exec("ROLLBACK");
-            completion(false);
-            for c in completions {
-                let c: Completion = c;
-                c(false);
-            }
-            return;
+            let _ = store.control("ROLLBACK");
+            return (false, completions);
         }
-        completions.push(completion);
     }
-    let committed = match store.exec("COMMIT") {
-        Ok(()) => true,
+    match store.control("COMMIT") {
+        Ok(()) => (true, completions),
         Err(e) => {
             tracing::error!("COMMIT failed: {e}; denying {} request(s)", completions.len());
-            let _ = store.exec("ROLLBACK");
-            false
+            let _ = store.control("ROLLBACK");
+            (false, completions)
         }
-    };
-    for c in completions {
-        c(committed);
     }
 }
 

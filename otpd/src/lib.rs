@@ -6,6 +6,7 @@ pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod clock;
+pub mod conn;
 pub mod crypto;
 pub mod daemon;
 pub mod db;

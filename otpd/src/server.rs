@@ -2,20 +2,17 @@
 use crate::admin;
 use crate::auth::{self, LoginContext, Plan, Policy, Verdict};
 use crate::clock::Clock;
+use common::codec::encode;
+use crate::conn::{Conn, Listener};
 use crate::db::Db;
 use crate::email;
-use crate::store::{EmergencyRequest, SessionRecord};
-use common::codec::{body_len, decode_body, encode, FrameError};
+use crate::store::{EmergencyRequest, SessionRecord, SqliteStore};
 use common::config::{Approval, AutoSend};
 use common::proto::{ClientMsg, OutcomeKind, ServerMsg, PROTOCOL_VERSION};
 use common::text::sanitize_field;
-use serde::{de::DeserializeOwned, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
 
 pub struct Shared {
     pub db: Db,
@@ -27,6 +24,16 @@ pub struct Shared {
     pub started_at: i64,
     pub database: String,
     pub open_connections: AtomicU64,
+    /// Open PAM connections per non-root uid.
+    pub per_uid: std::sync::Mutex<std::collections::HashMap<u32, usize>>,
+    /// Connections that have not yet sent a whole first frame, oldest
+    /// first; notified to close when room is needed.
+    pub silent: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<tokio::sync::Notify>>>,
+    pub next_connection: AtomicU64,
+    /// When the last "too many connections" warning was logged (Unix seconds).
+    pub last_flood_warning: std::sync::atomic::AtomicI64,
+    /// Read-only connection for the login path (see [`SqliteStore::open_reader`]).
+    pub reader: std::sync::Mutex<SqliteStore>,
     /// Wakes the mail sender when something was queued.
     pub mail_wakeup: Arc<tokio::sync::Notify>,
     /// Events for D-Bus signals; nobody listening is fine.
@@ -39,62 +46,141 @@ impl Shared {
     }
 }
 
-/// Reads one frame. `wait` bounds the time until its first byte arrives
-/// (a user typing); once a frame has started, the rest must arrive within
-/// `io_timeout`, so a half-sent frame cannot hold a connection slot.
-pub async fn read_msg<T: DeserializeOwned>(
-    s: &mut UnixStream,
-    wait: Duration,
-    io_timeout: Duration,
-) -> Result<T, FrameError> {
-    let mut header = [0u8; 4];
-    match tokio::time::timeout(wait, s.read(&mut header[..1])).await {
-        Err(_) => return Err(FrameError::TimedOut),
-        Ok(Ok(0)) => return Err(FrameError::Closed),
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return Err(e.into()),
+/// Connection limits of the PAM socket.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_per_uid: usize,
+}
+
+/// One open connection; forgets itself when the connection task ends.
+struct Slot {
+    shared: Arc<Shared>,
+    uid: u32,
+    id: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+        lock(&self.shared.silent).remove(&self.id);
+        if self.uid != 0 {
+            let mut per_uid = lock(&self.shared.per_uid);
+            if let Some(n) = per_uid.get_mut(&self.uid) {
+                *n -= 1;
+                if *n == 0 {
+                    per_uid.remove(&self.uid);
+                }
+            }
+        }
     }
-    let rest = async {
-        s.read_exact(&mut header[1..]).await?;
-        let len = body_len(header)?;
-        let mut body = vec![0u8; len];
-        s.read_exact(&mut body).await?;
-        decode_body(&body)
-    };
-    tokio::time::timeout(io_timeout, rest).await.map_err(|_| FrameError::TimedOut)?
 }
 
-pub async fn write_msg<T: Serialize>(s: &mut UnixStream, msg: &T, io_timeout: Duration) -> Result<(), FrameError> {
-    let frame = encode(msg)?;
-    tokio::time::timeout(io_timeout, s.write_all(&frame)).await.map_err(|_| FrameError::TimedOut)??;
-    Ok(())
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub async fn serve_pam(listener: UnixListener, shared: Arc<Shared>, max_connections: usize) {
-    let slots = Arc::new(Semaphore::new(max_connections));
+/// Accepts every connection as soon as it arrives. Waiting for a free slot
+/// before accepting would leave real logins queued in the kernel backlog
+/// behind idle or half-sent connections. Instead each connection has its
+/// own deadlines (io_timeout for its first frame); a non-root uid may hold
+/// only a few connections at once; and when all `max_connections` are in
+/// use, the oldest connection that has not yet sent a whole first frame is
+/// closed to make room. Real clients send their first frame at once, so a
+/// flood of idle or half-sent connections can never keep a login out.
+pub async fn serve_pam(listener: Listener, shared: Arc<Shared>, limits: Limits) {
     loop {
-        // Take a slot before accepting: excess clients wait in the kernel backlog.
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let (stream, _) = match listener.accept().await {
+        let stream = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!("accept on PAM socket failed: {e}");
+                // EMFILE/ENFILE: let connections finish before trying again.
+                warn_throttled(&shared, &format!("accept on PAM socket failed: {e}"));
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let shared = shared.clone();
+        let Ok((uid, _, _)) = stream.peer() else { continue };
+        let Some((slot, evicted)) = take_slot(&shared, uid, limits) else {
+            warn_throttled(&shared, &format!("PAM connection from uid {uid} closed: too many open connections"));
+            continue;
+        };
         tokio::spawn(async move {
-            shared.open_connections.fetch_add(1, Ordering::Relaxed);
-            pam_connection(stream, &shared).await;
-            shared.open_connections.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
+            let sh = &slot.shared;
+            let first = tokio::select! {
+                r = stream_first_frame(stream, sh) => r,
+                _ = evicted.notified() => None,
+            };
+            lock(&sh.silent).remove(&slot.id);
+            if let Some((conn, msg)) = first {
+                pam_connection(conn, uid, msg, sh).await;
+            }
+            drop(slot);
         });
     }
 }
 
-async fn outcome(s: &mut UnixStream, sh: &Shared, result: OutcomeKind, message: Option<String>) {
-    let _ = write_msg(s, &ServerMsg::Outcome { result, message }, sh.io_timeout).await;
+/// The first frame of a connection, within io_timeout.
+async fn stream_first_frame(mut s: Conn, sh: &Shared) -> Option<(Conn, ClientMsg)> {
+    match s.read_msg::<ClientMsg>(sh.io_timeout, sh.io_timeout).await {
+        Ok(m) => Some((s, m)),
+        Err(e) => {
+            warn_throttled(sh, &format!("PAM connection closed before a complete first message: {e}"));
+            None
+        }
+    }
+}
+
+/// Reserves a connection slot; the Notify closes the connection if it is
+/// evicted before it has spoken.
+fn take_slot(shared: &Arc<Shared>, uid: u32, limits: Limits) -> Option<(Slot, Arc<tokio::sync::Notify>)> {
+    if uid != 0 {
+        let mut per_uid = lock(&shared.per_uid);
+        let n = per_uid.entry(uid).or_insert(0);
+        if *n >= limits.max_per_uid {
+            return None;
+        }
+        *n += 1;
+    }
+    let release_uid = |shared: &Shared| {
+        if uid != 0 {
+            let mut per_uid = lock(&shared.per_uid);
+            if let Some(n) = per_uid.get_mut(&uid) {
+                *n -= 1;
+                if *n == 0 {
+                    per_uid.remove(&uid);
+                }
+            }
+        }
+    };
+    let mut silent = lock(&shared.silent);
+    if shared.open_connections.load(Ordering::Relaxed) as usize >= limits.max_connections {
+        // Make room by closing the oldest connection that has not spoken.
+        match silent.pop_first() {
+            Some((_, oldest)) => oldest.notify_one(),
+            None => {
+                drop(silent);
+                release_uid(shared);
+                return None;
+            }
+        }
+    }
+    let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+    let evict = Arc::new(tokio::sync::Notify::new());
+    silent.insert(id, evict.clone());
+    shared.open_connections.fetch_add(1, Ordering::Relaxed);
+    Some((Slot { shared: shared.clone(), uid, id }, evict))
+}
+
+/// At most one such warning a second: a flood must not become a log flood.
+fn warn_throttled(shared: &Shared, msg: &str) {
+    let now = shared.clock.now();
+    if shared.last_flood_warning.swap(now, Ordering::Relaxed) != now {
+        tracing::warn!("{msg}");
+    }
+}
+
+async fn outcome(s: &mut Conn, sh: &Shared, result: OutcomeKind, message: Option<String>) {
+    let _ = s.write_msg(&ServerMsg::Outcome { result, message }, sh.io_timeout).await;
 }
 
 fn until_text(until: i64, now: i64) -> String {
@@ -104,26 +190,12 @@ fn until_text(until: i64, now: i64) -> String {
     )
 }
 
-async fn pam_connection(mut s: UnixStream, sh: &Shared) {
-    let peer_uid = match s.peer_cred() {
-        Ok(c) => c.uid(),
-        Err(e) => {
-            tracing::warn!("no peer credentials on PAM connection: {e}");
-            return;
-        }
-    };
-    let first: ClientMsg = match read_msg(&mut s, sh.io_timeout, sh.io_timeout).await {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::warn!("PAM connection from uid {peer_uid}: {e}; closed");
-            return;
-        }
-    };
+async fn pam_connection(mut s: Conn, peer_uid: u32, first: ClientMsg, sh: &Shared) {
     let (protocol, user, service, rhost, tty) = match first {
         ClientMsg::Begin { protocol, user, service, rhost, tty, .. } => (protocol, user, service, rhost, tty),
         msg @ (ClientMsg::SessionOpened { .. } | ClientMsg::SessionClosed { .. }) => {
             session_event(sh, msg, peer_uid).await;
-            let _ = write_msg(&mut s, &ServerMsg::Ack, sh.io_timeout).await;
+            let _ = s.write_msg(&ServerMsg::Ack, sh.io_timeout).await;
             return;
         }
         other => {
@@ -156,13 +228,22 @@ async fn pam_connection(mut s: UnixStream, sh: &Shared) {
         return;
     }
 
-    let plan = {
-        let ctx = ctx.clone();
-        let now = sh.clock.now();
-        let policy = sh.policy.clone();
-        sh.db.run(move |st| auth::plan(st, &policy, &ctx, now)).await
+    // What to ask is read on this thread from the read-only connection; a
+    // final answer is audited through the writer before it is sent.
+    let now = sh.clock.now();
+    let planned = {
+        let mut reader = sh.reader.lock().unwrap_or_else(|e| e.into_inner());
+        auth::plan(&mut *reader, &sh.policy, &ctx, now)
     };
-    let plan = match plan {
+    let planned = match planned {
+        Ok((plan, None)) => Ok(plan),
+        Ok((plan, Some(note))) => {
+            let (policy, ctx) = (sh.policy.clone(), ctx.clone());
+            sh.db.run(move |st| note.record(st, &policy, &ctx, now)).await.map(|()| plan)
+        }
+        Err(e) => Err(e),
+    };
+    let plan = match planned {
         Ok(p) => p,
         Err(e) => {
             tracing::error!("store error for {}: {e}; denying", ctx.user);
@@ -185,7 +266,7 @@ async fn pam_connection(mut s: UnixStream, sh: &Shared) {
                  URI: {uri}\n\
                  Then enter the code the app shows to finish enrollment."
             );
-            if write_msg(&mut s, &ServerMsg::Info { text }, sh.io_timeout).await.is_err() {
+            if s.write_msg(&ServerMsg::Info { text }, sh.io_timeout).await.is_err() {
                 return;
             }
             email
@@ -195,7 +276,7 @@ async fn pam_connection(mut s: UnixStream, sh: &Shared) {
                 let text = "Sending your emailed code is failing at the moment; the daemon keeps retrying. \
                             If it does not arrive, contact your administrator."
                     .to_string();
-                if write_msg(&mut s, &ServerMsg::Error { text }, sh.io_timeout).await.is_err() {
+                if s.write_msg(&ServerMsg::Error { text }, sh.io_timeout).await.is_err() {
                     return;
                 }
             }
@@ -219,7 +300,7 @@ async fn pam_connection(mut s: UnixStream, sh: &Shared) {
         if email && trimmed.is_empty() {
             let (info, done) = email_request(&mut s, sh, &ctx).await;
             if let Some(text) = info {
-                if write_msg(&mut s, &ServerMsg::Info { text }, sh.io_timeout).await.is_err() {
+                if s.write_msg(&ServerMsg::Info { text }, sh.io_timeout).await.is_err() {
                     return;
                 }
             }
@@ -231,7 +312,7 @@ async fn pam_connection(mut s: UnixStream, sh: &Shared) {
         }
         if emergency && trimmed.eq_ignore_ascii_case("e") {
             let Some((text, done)) = emergency_request(&mut s, sh, &ctx).await else { return };
-            if write_msg(&mut s, &ServerMsg::Info { text }, sh.io_timeout).await.is_err() {
+            if s.write_msg(&ServerMsg::Info { text }, sh.io_timeout).await.is_err() {
                 return;
             }
             if done {
@@ -248,11 +329,11 @@ async fn pam_connection(mut s: UnixStream, sh: &Shared) {
 
 /// Sends a prompt and waits for the answer. `None` when the conversation is
 /// over (cancelled, broken, timed out): the outcome has been sent and audited.
-async fn ask(s: &mut UnixStream, sh: &Shared, ctx: &LoginContext, echo: bool, text: &str) -> Option<String> {
-    if write_msg(s, &ServerMsg::Prompt { echo, text: text.into() }, sh.io_timeout).await.is_err() {
+async fn ask(s: &mut Conn, sh: &Shared, ctx: &LoginContext, echo: bool, text: &str) -> Option<String> {
+    if s.write_msg(&ServerMsg::Prompt { echo, text: text.into() }, sh.io_timeout).await.is_err() {
         return None;
     }
-    match read_msg::<ClientMsg>(s, sh.prompt_timeout, sh.io_timeout).await {
+    match s.read_msg::<ClientMsg>(sh.prompt_timeout, sh.io_timeout).await {
         Ok(ClientMsg::Answer { text }) => Some(text),
         Ok(ClientMsg::Cancel) => {
             let _ = run_audit_result(sh, ctx.clone(), "deny", "conversation cancelled".into()).await;
@@ -273,32 +354,58 @@ async fn ask(s: &mut UnixStream, sh: &Shared, ctx: &LoginContext, echo: bool, te
     }
 }
 
-async fn finish(s: &mut UnixStream, sh: &Shared, ctx: &LoginContext, answer: String) {
+async fn finish(s: &mut Conn, sh: &Shared, ctx: &LoginContext, answer: String) {
     let now = sh.clock.now();
+    // The database thread sends the outcome itself right after COMMIT; this
+    // task only finishes what it could not write.
+    let early = s.duplicate();
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let verdict = {
         let ctx = ctx.clone();
         let policy = sh.policy.clone();
-        sh.db.run(move |st| auth::check_answer(st, &policy, &ctx, &answer, now)).await
+        let written = written.clone();
+        sh.db
+            .run_then(
+                move |st| auth::check_answer(st, &policy, &ctx, &answer, now),
+                move |verdict| {
+                    if let (Some(stream), Ok(frame)) = (early, encode(&verdict_outcome(verdict, now))) {
+                        written.store(crate::conn::send_now(&stream, &frame), Ordering::Release);
+                    }
+                },
+            )
+            .await
     };
-    match verdict {
-        Ok(Verdict::Accept { activated }) => {
-            if activated {
-                sh.emit(crate::dbus::Event::EnrollmentActivated { user: ctx.user.clone() });
-            }
-            let msg = activated.then(|| "Passcode accepted: your authenticator is now enrolled.".to_string());
-            outcome(s, sh, OutcomeKind::Accept, msg).await
+    match &verdict {
+        Ok(Verdict::Accept { activated: true }) => {
+            sh.emit(crate::dbus::Event::EnrollmentActivated { user: ctx.user.clone() });
         }
-        Ok(Verdict::Deny { message }) => outcome(s, sh, OutcomeKind::Deny, Some(message)).await,
         Ok(Verdict::Locked { until }) => {
-            sh.emit(crate::dbus::Event::UserLockedOut { user: ctx.user.clone(), until });
-            outcome(s, sh, OutcomeKind::Locked, Some(until_text(until, now))).await
+            sh.emit(crate::dbus::Event::UserLockedOut { user: ctx.user.clone(), until: *until });
         }
         Err(e) => {
             // Nothing was committed: the code was not consumed, the attempt not recorded; deny.
             tracing::error!("store error while checking a code for {}: {e}; denying", ctx.user);
-            outcome(s, sh, OutcomeKind::Deny, Some("Passcode check unavailable.".into())).await
         }
+        _ => {}
     }
+    let Ok(frame) = encode(&verdict_outcome(&verdict, now)) else { return };
+    let done = written.load(Ordering::Acquire).min(frame.len());
+    if done < frame.len() {
+        let _ = s.write_bytes(&frame[done..], sh.io_timeout).await;
+    }
+}
+
+/// The outcome message for a checked answer.
+fn verdict_outcome(verdict: &Result<Verdict, crate::store::StoreError>, now: i64) -> ServerMsg {
+    let (result, message) = match verdict {
+        Ok(Verdict::Accept { activated }) => {
+            (OutcomeKind::Accept, activated.then(|| "Passcode accepted: your authenticator is now enrolled.".to_string()))
+        }
+        Ok(Verdict::Deny { message }) => (OutcomeKind::Deny, Some(message.clone())),
+        Ok(Verdict::Locked { until }) => (OutcomeKind::Locked, Some(until_text(*until, now))),
+        Err(_) => (OutcomeKind::Deny, Some("Passcode check unavailable.".into())),
+    };
+    ServerMsg::Outcome { result, message }
 }
 
 /// "14:32 UTC"
@@ -333,7 +440,7 @@ const NEUTRAL: &str = "If this matches our records, a code was sent to the addre
 
 /// Enter at the passcode prompt. Returns the text to show and whether the
 /// conversation ends.
-async fn email_request(s: &mut UnixStream, sh: &Shared, ctx: &LoginContext) -> (Option<String>, bool) {
+async fn email_request(s: &mut Conn, sh: &Shared, ctx: &LoginContext) -> (Option<String>, bool) {
     let policy = sh.policy.clone();
     let now = sh.clock.now();
     let mode = policy.email.auto_send;
@@ -414,7 +521,7 @@ async fn email_request(s: &mut UnixStream, sh: &Shared, ctx: &LoginContext) -> (
 }
 
 /// "I need emergency access": a typed address and a reason.
-async fn emergency_request(s: &mut UnixStream, sh: &Shared, ctx: &LoginContext) -> Option<(String, bool)> {
+async fn emergency_request(s: &mut Conn, sh: &Shared, ctx: &LoginContext) -> Option<(String, bool)> {
     let typed = ask(s, sh, ctx, true, "Email address: ").await?;
     let address = match email::validate_address(typed.trim()) {
         Ok(a) => a,
@@ -554,11 +661,11 @@ fn kind(m: &ClientMsg) -> &'static str {
     }
 }
 
-pub async fn serve_admin(listener: UnixListener, shared: Arc<Shared>) {
-    let slots = Arc::new(Semaphore::new(16));
+pub async fn serve_admin(listener: Listener, shared: Arc<Shared>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(16));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok(stream) = listener.accept().await else { continue };
         let shared = shared.clone();
         tokio::spawn(async move {
             admin::connection(stream, &shared).await;

@@ -282,6 +282,20 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// A second connection to the same database for the login path's reads
+    /// (what to ask a user), so they do not queue behind the writer thread's
+    /// fsyncs. WAL lets it read the last committed state while a write is in
+    /// progress; it cannot write (`query_only`). The authoritative decision is
+    /// always re-read inside the writer's transaction.
+    pub fn open_reader(path: &Path) -> Result<SqliteStore, StoreError> {
+        let flags =
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(|e| StoreError::Unusable { path: path.display().to_string(), why: e.to_string() })?;
+        conn.execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")?;
+        Ok(SqliteStore { conn })
+    }
+
     /// An in-memory store for tests.
     pub fn in_memory() -> Result<SqliteStore, StoreError> {
         let mut s = SqliteStore::init(Connection::open_in_memory()?)?;
@@ -318,9 +332,16 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Raw SQL for the writer thread's transaction control.
+    /// Raw SQL, for tests that need to break the database.
+    #[cfg(test)]
     pub(crate) fn exec(&mut self, sql: &str) -> Result<(), rusqlite::Error> {
         self.conn.execute_batch(sql)
+    }
+
+    /// One transaction-control statement (BEGIN, SAVEPOINT, COMMIT, ...),
+    /// prepared once: the writer runs several per login.
+    pub(crate) fn control(&mut self, sql: &str) -> Result<(), rusqlite::Error> {
+        self.conn.prepare_cached(sql)?.execute([]).map(|_| ())
     }
 }
 

@@ -1,0 +1,153 @@
+//! Framed connections on the daemon's Unix sockets.
+//!
+//! The socket is registered with the runtime for readability only. tokio's
+//! own `UnixStream` also asks for writability, and a Unix stream socket
+//! signals "writable" every time the peer consumes what we sent, so each
+//! message the daemon sends would wake the login thread once more for
+//! nothing. Writes are small and go straight into the socket buffer; a peer
+//! that does not read gets short retries until `io_timeout`.
+use common::codec::{body_len, decode_body, encode, FrameError};
+use serde::{de::DeserializeOwned, Serialize};
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::time::Instant;
+
+pub struct Conn {
+    fd: AsyncFd<UnixStream>,
+    /// Bytes received but not yet returned as a frame.
+    pending: Vec<u8>,
+}
+
+impl Conn {
+    pub fn new(stream: UnixStream) -> std::io::Result<Conn> {
+        stream.set_nonblocking(true)?;
+        // SAFETY: the AsyncFd owns the stream, so its fd stays open and the same until it is dropped.
+        let fd = unsafe { AsyncFd::register_with_interest(stream, Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
+        Ok(Conn { fd, pending: Vec::new() })
+    }
+
+    /// uid, gid and pid of the peer (`SO_PEERCRED`).
+    pub fn peer(&self) -> std::io::Result<(u32, u32, Option<i32>)> {
+        let c = nix::sys::socket::getsockopt(self.fd.get_ref(), nix::sys::socket::sockopt::PeerCredentials)
+            .map_err(std::io::Error::from)?;
+        Ok((c.uid(), c.gid(), Some(c.pid()).filter(|&p| p > 0)))
+    }
+
+    /// Reads one frame. `wait` bounds the time until its first byte arrives
+    /// (a user typing); once a frame has started, the rest must arrive within
+    /// `io_timeout`, so a half-sent frame cannot hold a connection.
+    pub async fn read_msg<T: DeserializeOwned>(&mut self, wait: Duration, io_timeout: Duration) -> Result<T, FrameError> {
+        let first_byte_by = Instant::now() + wait;
+        // Bytes left over from the previous read already started this frame.
+        let mut frame_by = (!self.pending.is_empty()).then(|| Instant::now() + io_timeout);
+        loop {
+            if self.pending.len() >= 4 {
+                let len = body_len([self.pending[0], self.pending[1], self.pending[2], self.pending[3]])?;
+                if self.pending.len() >= 4 + len {
+                    let msg = decode_body(&self.pending[4..4 + len]);
+                    self.pending.drain(..4 + len);
+                    return msg;
+                }
+            }
+            let mut buf = [0u8; 4096];
+            let deadline = frame_by.unwrap_or(first_byte_by);
+            let n = tokio::time::timeout_at(deadline, self.read_some(&mut buf))
+                .await
+                .map_err(|_| FrameError::TimedOut)??;
+            if n == 0 {
+                return Err(if self.pending.is_empty() { FrameError::Closed } else { FrameError::Truncated });
+            }
+            frame_by.get_or_insert_with(|| Instant::now() + io_timeout);
+            self.pending.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    async fn read_some(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match guard.try_io(|s| s.get_ref().read(buf)) {
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Ok(result) => return result,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    pub async fn write_msg<T: Serialize>(&mut self, msg: &T, io_timeout: Duration) -> Result<(), FrameError> {
+        self.write_bytes(&encode(msg)?, io_timeout).await
+    }
+
+    /// A second handle on the socket for [`send_now`] from another thread.
+    pub fn duplicate(&self) -> Option<UnixStream> {
+        self.fd.get_ref().try_clone().ok()
+    }
+
+    /// Writes raw bytes (the rest of a frame [`send_now`] could not finish).
+    pub async fn write_bytes(&mut self, frame: &[u8], io_timeout: Duration) -> Result<(), FrameError> {
+        let deadline = Instant::now() + io_timeout;
+        let mut sent = 0;
+        let mut pause = Duration::from_millis(1);
+        while sent < frame.len() {
+            match self.fd.get_ref().write(&frame[sent..]) {
+                Ok(0) => return Err(FrameError::Closed),
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // The peer is not reading: its buffer is full.
+                    if Instant::now() + pause > deadline {
+                        return Err(FrameError::TimedOut);
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes as much of `frame` as the socket takes right now, without
+/// waiting, and returns how much that was. Lets the database thread hand a
+/// login its outcome the moment the decision is committed, instead of
+/// waking the login thread to do it; whatever does not fit is written by
+/// the connection's own task ([`Conn::write_bytes`]).
+pub fn send_now(stream: &UnixStream, frame: &[u8]) -> usize {
+    let mut sent = 0;
+    while sent < frame.len() {
+        match (&*stream).write(&frame[sent..]) {
+            Ok(0) => break,
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    sent
+}
+
+/// A listening socket registered for readability.
+pub struct Listener(AsyncFd<UnixListener>);
+
+impl Listener {
+    pub fn new(listener: UnixListener) -> std::io::Result<Listener> {
+        listener.set_nonblocking(true)?;
+        // SAFETY: as for Conn::new, the AsyncFd owns the listener.
+        let fd = unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
+        Ok(Listener(fd))
+    }
+
+    pub async fn accept(&self) -> std::io::Result<Conn> {
+        loop {
+            let mut guard = self.0.readable().await?;
+            match guard.try_io(|l| l.get_ref().accept()) {
+                Ok(Ok((stream, _))) => return Conn::new(stream),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
