@@ -1,25 +1,107 @@
-//! otp-bench: complete PAM authentications through the real libpam, pam_otp.so
-//! against a running otpd, next to pam_permit.so measured in the same run
-//! with the same driver. Prints auths/s, p50, p99 and the ratio to pam_permit.
+//! otp-bench: complete PAM authentications through the real libpam, with the
+//! same driver, for pam_permit.so, Debian's pam_google_authenticator.so and
+//! pam_oath.so, and pam_otp.so + otpd, in one run.
 //!
-//!   otp-bench [--procs 1,8] [--users 3000]
+//!   otp-bench [--procs 1,8] [--users 1000,100000] [--logins 4000]
+//!             [--permit-logins 20000] [--modules permit,ga,oath,otp]
+//!             [--oath-max-users 10000] [--email 1000]
 //!
-//! Each measured login is a distinct, already activated user presenting a
-//! valid current code (single use means a code can only log in once). Run it
-//! from a release build: `cargo build --release && target/release/otp-bench`.
+//! Every stack holds exactly the module under test. Each measured login is a
+//! distinct enrolled user presenting a valid current code (codes are single
+//! use in every module here); pam_permit gets the same users and answers.
+//! Worker processes prepare their codes, wait at a start barrier, then loop
+//! over pam_start_confdir + pam_authenticate + pam_end. Rounds of each module
+//! are bracketed by pam_permit rounds and ratios are taken against the mean
+//! of the two, so a machine that speeds up or slows down during the run
+//! moves baseline and module alike.
+//!
+//! Run it from a release build: `cargo build --release && target/release/otp-bench`.
 use common::client::Client;
 use common::proto::{AdminRequest, AdminResponse, Method};
-use std::io::{BufRead, Write};
+use std::collections::HashMap;
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const PERIOD: u64 = 30;
 
 fn now_us() -> u128 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0)
 }
 
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+fn list(args: &[String], name: &str, default: &str) -> Vec<String> {
+    arg(args, name).unwrap_or_else(|| default.into()).split(',').map(str::to_string).filter(|s| !s.is_empty()).collect()
+}
+
+fn numbers(args: &[String], name: &str, default: &str) -> Vec<usize> {
+    list(args, name, default).iter().filter_map(|p| p.parse().ok()).collect()
+}
+
+/// The modules compared, in the order of a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Module {
+    Permit,
+    Ga,
+    Oath,
+    Otp,
+}
+
+impl Module {
+    fn name(self) -> &'static str {
+        match self {
+            Module::Permit => "pam_permit",
+            Module::Ga => "google-auth",
+            Module::Oath => "pam_oath",
+            Module::Otp => "pam_otp",
+        }
+    }
+    fn service(self) -> &'static str {
+        match self {
+            Module::Permit => "permit",
+            Module::Ga => "ga",
+            Module::Oath => "oath",
+            Module::Otp => "otp",
+        }
+    }
+}
+
+/// The directory holding the system's PAM modules (where pam_permit.so is).
+fn security_dir() -> Option<PathBuf> {
+    let multiarch = Command::new("gcc")
+        .arg("-print-multiarch")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    [
+        format!("/lib/{multiarch}/security"),
+        format!("/usr/lib/{multiarch}/security"),
+        "/lib/security".into(),
+        "/usr/lib/security".into(),
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|d| d.join("pam_permit.so").exists())
+}
+
+struct Bench {
+    bin: PathBuf,
+    dir: PathBuf,
+    services: PathBuf,
+    procs: Vec<usize>,
+    logins: usize,
+    permit_logins: usize,
+    modules: Vec<Module>,
+    oath_max_users: usize,
 }
 
 fn main() {
@@ -27,297 +109,822 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("--worker") {
         return worker(&args);
     }
-    let procs: Vec<usize> =
-        arg(&args, "--procs").unwrap_or_else(|| "1,8".into()).split(',').filter_map(|p| p.parse().ok()).collect();
-    let users: usize = arg(&args, "--users").and_then(|u| u.parse().ok()).unwrap_or(3000);
-    let email_requests: usize = arg(&args, "--email").and_then(|u| u.parse().ok()).unwrap_or(0);
-    let sink_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()
-        .and_then(|l| l.local_addr().ok())
-        .map(|a| a.port())
-        .unwrap_or(2525);
     let bin = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)).unwrap_or_default();
     let dir = std::env::temp_dir().join(format!("otp-bench.{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("services")).ok();
-    std::fs::create_dir_all(dir.join("state")).ok();
-    let sock = dir.join("run/pam.sock");
-    let admin = dir.join("run/admin.sock");
-    let config = dir.join("otpd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[daemon]\npam_socket = \"{}\"\nadmin_socket = \"{}\"\ndatabase = \"{}/state/otpd.db\"\nkey_file = \"{}/state/secret.key\"\nmax_connections = 512\n\
-             [email]\ndirectory = \"none\"\nglobal_per_hour = 1000000\nper_address_per_hour = 1000\n\
-             [smtp]\nurl = \"smtp+plain://127.0.0.1:{}\"\n",
-            sock.display(),
-            admin.display(),
-            dir.display(),
-            dir.display(),
-            sink_port
-        ),
-    )
-    .ok();
-    std::fs::write(
-        dir.join("services/otp"),
-        format!(
-            "auth [success=ok ignore=ignore default=die] {}/libpam_otp.so socket={}\nauth required pam_permit.so\n",
-            bin.display(),
-            sock.display()
-        ),
-    )
-    .ok();
-    std::fs::write(dir.join("services/permit"), "auth required pam_permit.so\n").ok();
-
-    let mut otpd = Command::new(bin.join("otpd"))
-        .arg("--config")
-        .arg(&config)
-        .env("OTPD_LOG", "warn")
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.join("otpd").display()));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !admin.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-
-    println!("otp-bench: complete pam_authenticate calls (pam_start_confdir + authenticate + pam_end) through libpam");
-    println!(
-        "{:>3} {:<10} {:>7} {:>10} {:>9} {:>9} {:>9} {:>8} {:>10}",
-        "P", "module", "auths", "auths/s", "p50 ms", "p99 ms", "rejected", "replays", "vs permit"
-    );
-    let mut next_user = 0usize;
-    for &p in &procs {
-        // Fresh users for every round: each code can only be used once.
-        let list = enroll(&admin, next_user, users);
-        next_user += users;
-        let users_file = dir.join(format!("users-{p}"));
-        std::fs::write(&users_file, list.join("\n")).ok();
-        run_round(&bin, &dir, "otp", &users_file, users, p, "activate");
-        let permit = run_round(&bin, &dir, "permit", &users_file, users, p, "measure");
-        let otp = run_round(&bin, &dir, "otp", &users_file, users, p, "measure");
-        for (name, r) in [("pam_permit", &permit), ("pam_otp", &otp)] {
-            println!(
-                "{:>3} {:<10} {:>7} {:>10.0} {:>9.3} {:>9.3} {:>9} {:>8} {:>9.3}x",
-                p,
-                name,
-                r.count,
-                r.rate,
-                r.p50,
-                r.p99,
-                r.rejected,
-                r.replays_accepted,
-                r.rate / permit.rate
-            );
+    let services = dir.join("services");
+    std::fs::create_dir_all(&services).unwrap_or_else(|e| panic!("{}: {e}", services.display()));
+    let Some(security) = security_dir() else { panic!("no pam_permit.so found: install libpam-modules") };
+    let mut modules = Vec::new();
+    for m in list(&args, "--modules", "permit,ga,oath,otp") {
+        let (module, file) = match m.as_str() {
+            "permit" => (Module::Permit, "pam_permit.so"),
+            "ga" => (Module::Ga, "pam_google_authenticator.so"),
+            "oath" => (Module::Oath, "pam_oath.so"),
+            "otp" => (Module::Otp, ""),
+            other => panic!("unknown module {other:?} (permit, ga, oath, otp)"),
+        };
+        if !file.is_empty() && !security.join(file).exists() {
+            println!("{}: {file} is not installed, skipped (apt install libpam-google-authenticator libpam-oath)", m);
+            continue;
         }
+        modules.push(module);
     }
-    if email_requests > 0 {
-        email_round(&bin, &dir, &admin, email_requests, sink_port);
+    if !modules.contains(&Module::Permit) {
+        modules.insert(0, Module::Permit);
     }
-    let rss = std::fs::read_to_string(format!("/proc/{}/status", otpd.id()))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS")).map(|l| l.trim().to_string()))
-        .unwrap_or_default();
-    println!("otpd resident memory after the run: {rss}");
-    let _ = Command::new("kill").arg(otpd.id().to_string()).status();
-    let _ = otpd.wait();
+    let bench = Bench {
+        bin,
+        dir: dir.clone(),
+        services,
+        procs: numbers(&args, "--procs", "1,8"),
+        logins: numbers(&args, "--logins", "4000").first().copied().unwrap_or(4000),
+        permit_logins: numbers(&args, "--permit-logins", "20000").first().copied().unwrap_or(20000),
+        modules,
+        oath_max_users: numbers(&args, "--oath-max-users", "10000").first().copied().unwrap_or(10000),
+    };
+    println!(
+        "otp-bench: complete PAM authentications (pam_start_confdir + pam_authenticate + pam_end) through libpam,"
+    );
+    println!("one module per stack, distinct users with valid current codes; ratios are to google-authenticator (GA)");
+    println!("and to the pam_permit rounds run just before and after, in this same run. auths/s counts accepted");
+    println!("logins; p50/p99 are per pam_authenticate call, accepted or not.");
+    let mut summary = Vec::new();
+    for users in numbers(&args, "--users", "1000,100000") {
+        summary.extend(bench.run_users(users));
+    }
+    let email = numbers(&args, "--email", "1000").first().copied().unwrap_or(0);
+    if email > 0 {
+        bench.email_round(email);
+    }
+    print_targets(&summary);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// 1000 (or N) users each press Enter once, from 8 processes at once: the
-/// login-conversation latency of a request, and the time until the local
-/// SMTP server has accepted each message.
-fn email_round(bin: &Path, dir: &Path, admin: &Path, n: usize, port: u16) {
-    let maildir = dir.join("maildir");
-    let sink = concat!(env!("CARGO_MANIFEST_DIR"), "/support/smtp_sink.py");
-    let mut smtp = Command::new("/usr/bin/python3")
-        .arg(sink)
-        .arg(&maildir)
-        .arg(port.to_string())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("smtp sink: {e}"));
-    let mut ready = String::new();
-    if let Some(out) = smtp.stdout.take() {
-        let _ = std::io::BufReader::new(out).read_line(&mut ready);
+/// One measured cell of the table.
+#[derive(Debug, Clone)]
+struct Cell {
+    users: usize,
+    procs: usize,
+    module: Module,
+    round: Round,
+    permit: Round,
+    ga: Option<Round>,
+    rss_kb: Option<u64>,
+}
+
+impl Bench {
+    fn write_service(&self, name: &str, line: &str) {
+        std::fs::write(self.services.join(name), format!("{line}\n")).unwrap_or_else(|e| panic!("service {name}: {e}"));
     }
-    let mut list = Vec::new();
-    for i in 0..n {
-        let user = format!("mailer{i}");
-        let req = AdminRequest::UserEnable {
-            user: user.clone(),
-            method: Method::Email,
-            email: Some(format!("{user}@bench.example")),
+
+    /// Sets up `users` enrolled users in every module, then measures each
+    /// module at every process count.
+    fn run_users(&self, users: usize) -> Vec<Cell> {
+        println!();
+        println!("== {users} enrolled users ==");
+        let udir = self.dir.join(format!("u{users}"));
+        std::fs::create_dir_all(&udir).ok();
+        // How many distinct users each round may use: every round at a
+        // process count takes its own users where there are enough, else
+        // the same users with the next time step.
+        let per_round = self.logins.min(users);
+        let rounds = self.procs.len();
+        let mut offsets = Vec::new();
+        let mut firsts = Vec::new();
+        for i in 0..rounds {
+            if per_round * rounds <= users {
+                firsts.push(i * per_round);
+                offsets.push(0);
+            } else {
+                firsts.push(0);
+                offsets.push(i as i64);
+            }
+        }
+        let secrets: Vec<(String, Vec<u8>)> = (0..users).map(|i| (format!("b{i}"), random_secret())).collect();
+        let mut otpd = None;
+        let mut files: HashMap<Module, PathBuf> = HashMap::new();
+        for &m in &self.modules {
+            let started = Instant::now();
+            let list = match m {
+                Module::Permit => {
+                    self.write_service("permit", "auth required pam_permit.so");
+                    Some(write_users(&udir.join("permit"), &secrets))
+                }
+                Module::Ga => Some(self.setup_ga(&udir, &secrets)),
+                Module::Oath if users > self.oath_max_users => {
+                    println!(
+                        "pam_oath: skipped at {users} users: it rewrites the whole users file on every login \
+                         (see the rate at fewer users); --oath-max-users raises the limit"
+                    );
+                    None
+                }
+                Module::Oath => Some(self.setup_oath(&udir, &secrets)),
+                Module::Otp => {
+                    let (daemon, list) = self.setup_otp(&udir, &secrets, &firsts, per_round);
+                    otpd = Some(daemon);
+                    Some(list)
+                }
+            };
+            if let Some(l) = list {
+                if m != Module::Permit {
+                    println!("{}: {users} users set up in {:.1} s", m.name(), started.elapsed().as_secs_f64());
+                }
+                files.insert(m, l);
+            }
+        }
+        let mut cells = Vec::new();
+        for (i, &p) in self.procs.iter().enumerate() {
+            let (first, offset) = (firsts[i], offsets[i]);
+            let permit_file = &files[&Module::Permit];
+            let mut results: Vec<(Module, Round, Round)> = Vec::new();
+            let mut before = self.round(Module::Permit, permit_file, 0, per_round, p, 0, self.permit_logins);
+            for &m in self.modules.iter().filter(|&&m| m != Module::Permit) {
+                let Some(file) = files.get(&m) else { continue };
+                let r = self.round(m, file, first, per_round, p, offset, per_round);
+                let after = self.round(Module::Permit, permit_file, 0, per_round, p, 0, self.permit_logins);
+                results.push((m, r, before.mean(&after)));
+                before = after;
+            }
+            let ga = results.iter().find(|(m, _, _)| *m == Module::Ga).map(|(_, r, _)| r.clone());
+            let rss = otpd.as_ref().map(|d: &Otpd| d.rss_kb());
+            print_table(users, p, &results, ga.as_ref(), rss);
+            for (m, r, permit) in results {
+                cells.push(Cell { users, procs: p, module: m, round: r, permit, ga: ga.clone(), rss_kb: rss });
+            }
+        }
+        if let Some(d) = otpd {
+            println!("otpd resident memory with {users} users enrolled: {} kB", d.rss_kb());
+        }
+        let _ = std::fs::remove_dir_all(&udir);
+        cells
+    }
+
+    /// Google Authenticator: one secret file per user, as the
+    /// google-authenticator tool writes it with -t -d -w 3 -r 3 -R 30
+    /// (TOTP, no reuse, ±1 step, rate limit), read and rewritten by the
+    /// module on every login.
+    fn setup_ga(&self, udir: &Path, secrets: &[(String, Vec<u8>)]) -> PathBuf {
+        let dir = udir.join("ga");
+        std::fs::create_dir_all(&dir).ok();
+        for (name, secret) in secrets {
+            let path = dir.join(name);
+            let text = format!(
+                "{}\n\" RATE_LIMIT 3 30\n\" WINDOW_SIZE 3\n\" DISALLOW_REUSE\n\" TOTP_AUTH\n",
+                data_encoding_base32(secret)
+            );
+            std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).ok();
+        }
+        self.write_service(
+            "ga",
+            &format!("auth required pam_google_authenticator.so secret={}/${{USER}} user=root", dir.display()),
+        );
+        write_users(&udir.join("ga.users"), secrets)
+    }
+
+    /// pam_oath: one users file, `HOTP/T30 user - hexkey` per line.
+    fn setup_oath(&self, udir: &Path, secrets: &[(String, Vec<u8>)]) -> PathBuf {
+        let file = udir.join("users.oath");
+        let text: String = secrets
+            .iter()
+            .map(|(n, s)| format!("HOTP/T30 {n} - {}\n", s.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+            .collect();
+        std::fs::write(&file, text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).ok();
+        self.write_service(
+            "oath",
+            &format!("auth required pam_oath.so usersfile={} window=1 digits=6", file.display()),
+        );
+        write_users(&udir.join("oath.users"), secrets)
+    }
+
+    /// pam_otp: a fresh otpd, every user enabled through the admin socket,
+    /// and the users that will be measured activated by a first login (the
+    /// enrollment conversation) with the previous step's code.
+    fn setup_otp(
+        &self,
+        udir: &Path,
+        secrets: &[(String, Vec<u8>)],
+        firsts: &[usize],
+        per_round: usize,
+    ) -> (Otpd, PathBuf) {
+        let daemon = Otpd::start(&self.bin, &udir.join("otpd"));
+        self.write_service(
+            "otp",
+            &format!(
+                "auth [success=ok ignore=ignore default=die] {}/libpam_otp.so socket={}",
+                self.bin.display(),
+                daemon.pam_socket.display()
+            ),
+        );
+        let names: Vec<String> = secrets.iter().map(|(n, _)| n.clone()).collect();
+        let enrolled = enroll(&daemon.admin_socket, &names);
+        let file = udir.join("otp.users");
+        std::fs::write(&file, enrolled.join("\n")).ok();
+        let mut measured: Vec<usize> = firsts.iter().flat_map(|&f| f..f + per_round).collect();
+        measured.sort_unstable();
+        measured.dedup();
+        let activate = udir.join("otp.activate");
+        let mut pending: Vec<&str> = measured.iter().map(|&i| enrolled[i].as_str()).collect();
+        // A login that straddles a step boundary presents a code two steps
+        // old and is refused; such users are activated again right after.
+        for _ in 0..3 {
+            std::fs::write(&activate, pending.join("\n")).ok();
+            let procs = 8.min(pending.len()).max(1);
+            let r = self.round(Module::Otp, &activate, 0, pending.len(), procs, -1, pending.len());
+            let failed: std::collections::HashSet<&str> = r.failed.iter().map(String::as_str).collect();
+            pending.retain(|l| failed.contains(l.split(' ').next().unwrap_or("")));
+            if pending.is_empty() {
+                break;
+            }
+        }
+        assert!(pending.is_empty(), "activating the measured pam_otp users failed: {pending:?}");
+        (daemon, file)
+    }
+
+    /// One round: `procs` workers share `count` logins of users
+    /// `first..first+users` (cycled when `count` is larger), codes for the
+    /// current step plus `offset`.
+    #[allow(clippy::too_many_arguments)]
+    fn round(
+        &self,
+        m: Module,
+        users: &Path,
+        first: usize,
+        n_users: usize,
+        procs: usize,
+        offset: i64,
+        count: usize,
+    ) -> Round {
+        // Worker i takes the i-th share of the users and of the logins.
+        let share = |total: usize, i: usize| (i * total / procs, (i + 1) * total / procs - i * total / procs);
+        let mut children: Vec<Child> = (0..procs)
+            .map(|i| {
+                let (from, n) = share(n_users, i);
+                Command::new(self.bin.join("otp-bench"))
+                    .args(["--worker", m.service()])
+                    .arg(&self.services)
+                    .arg(users)
+                    .arg((first + from).to_string())
+                    .arg(n.to_string())
+                    .arg(share(count, i).1.to_string())
+                    .arg(offset.to_string())
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("worker: {e}"))
+            })
+            .collect();
+        // Barrier: every worker has loaded its users and codes.
+        let mut outs: Vec<_> = children.iter_mut().map(|c| std::io::BufReader::new(c.stdout.take().unwrap())).collect();
+        for out in &mut outs {
+            let mut line = String::new();
+            out.read_line(&mut line).ok();
+            assert_eq!(line.trim(), "ready", "worker failed to start");
+        }
+        for c in &mut children {
+            if let Some(mut stdin) = c.stdin.take() {
+                let _ = stdin.write_all(b"go\n");
+            }
+        }
+        let (mut lat, mut rejected, mut replays, mut start, mut end) = (Vec::new(), 0, None, u128::MAX, 0u128);
+        let mut failed = Vec::new();
+        for (mut out, mut c) in outs.into_iter().zip(children) {
+            let mut text = String::new();
+            out.read_to_string(&mut text).ok();
+            let _ = c.wait();
+            for line in text.lines() {
+                let mut f = line.split_whitespace();
+                match (f.next(), f.next()) {
+                    (Some("lat"), Some(v)) => lat.push(v.parse::<f64>().unwrap_or(0.0)),
+                    (Some("rejected"), Some(v)) => rejected += v.parse::<usize>().unwrap_or(0),
+                    (Some("replays_accepted"), Some(v)) => *replays.get_or_insert(0) += v.parse::<usize>().unwrap_or(0),
+                    (Some("start"), Some(v)) => start = start.min(v.parse().unwrap_or(u128::MAX)),
+                    (Some("end"), Some(v)) => end = end.max(v.parse().unwrap_or(0)),
+                    (Some("failed"), Some(u)) => failed.push(u.to_string()),
+                    _ => {}
+                }
+            }
+        }
+        lat.sort_by(|a, b| a.total_cmp(b));
+        let pct = |q: f64| {
+            lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(f64::NAN)
+                / 1000.0
         };
-        if let Ok(mut c) = Client::connect(admin, Duration::from_secs(30), &[0]) {
-            let _: Result<AdminResponse, _> = c.call(&req);
+        let secs = (end.saturating_sub(start)) as f64 / 1e6;
+        Round {
+            count: lat.len(),
+            // Accepted logins only: a module that refuses fast is not fast.
+            rate: lat.len().saturating_sub(rejected) as f64 / secs.max(1e-9),
+            p50: pct(0.5),
+            p99: pct(0.99),
+            rejected,
+            replays_accepted: replays,
+            failed,
         }
-        list.push(format!("{user} -"));
     }
-    let users_file = dir.join("users-email");
-    std::fs::write(&users_file, list.join("\n")).ok();
-    let r = run_round(bin, dir, "otp", &users_file, n, 8, "email");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut arrivals = Vec::new();
-    while Instant::now() < deadline {
-        arrivals = std::fs::read_dir(&maildir)
-            .map(|d| {
-                d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "eml")).map(|e| e.path()).collect()
-            })
-            .unwrap_or_default();
-        if arrivals.len() >= n {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let starts: std::collections::HashMap<String, f64> = std::fs::read_to_string(dir.join("email-starts"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once(' ').and_then(|(u, t)| t.parse::<f64>().ok().map(|t| (u.to_string(), t))))
-        .collect();
-    let mut delivery: Vec<f64> = arrivals
-        .iter()
-        .filter_map(|p| {
-            let text = std::fs::read_to_string(p).ok()?;
-            let to = text.lines().next()?.strip_prefix("X-Envelope-To: ")?.split('@').next()?.to_string();
-            let at: f64 = text.lines().nth(1)?.strip_prefix("X-Received-At: ")?.trim().parse().ok()?;
-            Some((at - starts.get(&to)? / 1e6) * 1000.0)
-        })
-        .collect();
-    delivery.sort_by(|a, b| a.total_cmp(b));
-    let pct = |v: &[f64], q: f64| {
-        v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1))).copied().unwrap_or(f64::NAN)
-    };
-    println!();
-    println!("emailed-code requests: {n} distinct users, 8 processes, SMTP sink on 127.0.0.1");
-    println!("  login conversation of a request: p50 {:.3} ms, p99 {:.3} ms ({:.0} requests/s)", r.p50, r.p99, r.rate);
-    println!(
-        "  request -> accepted by SMTP:     p50 {:.1} ms, p99 {:.1} ms; delivered {}/{}",
-        pct(&delivery, 0.5),
-        pct(&delivery, 0.99),
-        delivery.len(),
-        n
-    );
-    let _ = smtp.kill();
-    let _ = smtp.wait();
-}
 
-fn enroll(admin: &Path, first: usize, n: usize) -> Vec<String> {
-    let threads = 8;
-    let chunks: Vec<Vec<usize>> = (0..threads).map(|t| (first + t..first + n).step_by(threads).collect()).collect();
-    let handles: Vec<_> = chunks
-        .into_iter()
-        .map(|ids| {
-            let admin = admin.to_path_buf();
-            std::thread::spawn(move || {
-                ids.into_iter()
-                    .filter_map(|i| {
-                        let user = format!("bench{i}");
-                        let mut c = Client::connect(&admin, Duration::from_secs(30), &[0]).ok()?;
-                        match c
-                            .call(&AdminRequest::UserEnable { user: user.clone(), method: Method::Totp, email: None })
-                            .ok()?
-                        {
-                            AdminResponse::Enrolled { otpauth_uri: Some(uri), .. } => Some(format!("{user} {uri}")),
-                            _ => None,
+    /// N users each press Enter once (an emailed code), from 8 processes at
+    /// once: the login conversation's latency, and the time until the local
+    /// SMTP server has accepted each message.
+    fn email_round(&self, n: usize) {
+        println!();
+        let edir = self.dir.join("email");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").ok().and_then(|l| l.local_addr().ok()).map(|a| a.port());
+        let port = port.unwrap_or(2525);
+        let daemon = Otpd::start_with(
+            &self.bin,
+            &edir,
+            &format!(
+                "[email]\ndirectory = \"none\"\nglobal_per_hour = 1000000\nper_address_per_hour = 1000\n\
+                 [smtp]\nurl = \"smtp+plain://127.0.0.1:{port}\"\n"
+            ),
+        );
+        self.write_service(
+            "otp-email",
+            &format!(
+                "auth [success=ok ignore=ignore default=die] {}/libpam_otp.so socket={}",
+                self.bin.display(),
+                daemon.pam_socket.display()
+            ),
+        );
+        let maildir = edir.join("maildir");
+        let sink = concat!(env!("CARGO_MANIFEST_DIR"), "/support/smtp_sink.py");
+        let mut smtp = Command::new("/usr/bin/python3")
+            .arg(sink)
+            .arg(&maildir)
+            .arg(port.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("smtp sink: {e}"));
+        let mut ready = String::new();
+        if let Some(out) = smtp.stdout.take() {
+            let _ = std::io::BufReader::new(out).read_line(&mut ready);
+        }
+        let names: Vec<String> = (0..n).map(|i| format!("mailer{i}")).collect();
+        std::thread::scope(|s| {
+            for chunk in names.chunks(n.div_ceil(8).max(1)) {
+                let admin = daemon.admin_socket.clone();
+                s.spawn(move || {
+                    for user in chunk {
+                        let req = AdminRequest::UserEnable {
+                            user: user.clone(),
+                            method: Method::Email,
+                            email: Some(format!("{user}@bench.example")),
+                        };
+                        if let Ok(mut c) = Client::connect(&admin, Duration::from_secs(60), &[0]) {
+                            let _: Result<AdminResponse, _> = c.call(&req);
                         }
-                    })
-                    .collect::<Vec<_>>()
+                    }
+                });
+            }
+        });
+        let users_file = edir.join("email.users");
+        std::fs::write(&users_file, names.iter().map(|u| format!("{u} -")).collect::<Vec<_>>().join("\n")).ok();
+        let r = self.round_email(&users_file, n);
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let mut arrivals: Vec<PathBuf> = Vec::new();
+        while Instant::now() < deadline {
+            arrivals = std::fs::read_dir(&maildir)
+                .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "eml")).collect())
+                .unwrap_or_default();
+            if arrivals.len() >= n {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let starts: HashMap<String, f64> = std::fs::read_to_string(edir.join("email-starts"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(' ').and_then(|(u, t)| t.parse::<f64>().ok().map(|t| (u.to_string(), t))))
+            .collect();
+        let mut delivery: Vec<f64> = arrivals
+            .iter()
+            .filter_map(|p| {
+                let text = std::fs::read_to_string(p).ok()?;
+                let to = text.lines().next()?.strip_prefix("X-Envelope-To: ")?.split('@').next()?.to_string();
+                let at: f64 = text.lines().nth(1)?.strip_prefix("X-Received-At: ")?.trim().parse().ok()?;
+                Some((at - starts.get(&to)? / 1e6) * 1000.0)
             })
-        })
-        .collect();
-    let list: Vec<String> = handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect();
-    assert_eq!(list.len(), n, "enrolling bench users failed");
-    list
+            .collect();
+        delivery.sort_by(|a, b| a.total_cmp(b));
+        let pct = |v: &[f64], q: f64| {
+            v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1))).copied().unwrap_or(f64::NAN)
+        };
+        println!("== emailed-code requests: {n} distinct users press Enter, 8 processes, SMTP sink (aiosmtpd) on 127.0.0.1 ==");
+        println!(
+            "  login conversation of a request: p50 {:.3} ms, p99 {:.3} ms ({:.0} requests/s)",
+            r.p50, r.p99, r.rate
+        );
+        println!(
+            "  request -> accepted by SMTP:     p50 {:.1} ms, p99 {:.1} ms; delivered {}/{}",
+            pct(&delivery, 0.5),
+            pct(&delivery, 0.99),
+            delivery.len(),
+            n
+        );
+        println!("  requests answered without 'A code was sent': {}", r.rejected);
+        let _ = smtp.kill();
+        let _ = smtp.wait();
+    }
+
+    fn round_email(&self, users: &Path, n: usize) -> Round {
+        let procs = 8;
+        let per = n.div_ceil(procs);
+        let children: Vec<Child> = (0..procs)
+            .map(|i| {
+                Command::new(self.bin.join("otp-bench"))
+                    .args(["--worker", "otp-email"])
+                    .arg(&self.services)
+                    .arg(users)
+                    .arg((i * per).to_string())
+                    .arg(per.to_string())
+                    .arg(per.to_string())
+                    .arg("email")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("worker: {e}"))
+            })
+            .collect();
+        let (mut lat, mut rejected, mut start, mut end) = (Vec::new(), 0, u128::MAX, 0u128);
+        for c in children {
+            let out = c.wait_with_output().unwrap_or_else(|e| panic!("worker: {e}"));
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let mut f = line.split_whitespace();
+                match (f.next(), f.next()) {
+                    (Some("lat"), Some(v)) => lat.push(v.parse::<f64>().unwrap_or(0.0)),
+                    (Some("rejected"), Some(v)) => rejected += v.parse::<usize>().unwrap_or(0),
+                    (Some("start"), Some(v)) => start = start.min(v.parse().unwrap_or(u128::MAX)),
+                    (Some("end"), Some(v)) => end = end.max(v.parse().unwrap_or(0)),
+                    _ => {}
+                }
+            }
+        }
+        lat.sort_by(|a, b| a.total_cmp(b));
+        let pct = |q: f64| {
+            lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(f64::NAN)
+                / 1000.0
+        };
+        let secs = (end.saturating_sub(start)) as f64 / 1e6;
+        Round {
+            count: lat.len(),
+            rate: lat.len() as f64 / secs.max(1e-9),
+            p50: pct(0.5),
+            p99: pct(0.99),
+            rejected,
+            replays_accepted: None,
+            failed: Vec::new(),
+        }
+    }
 }
 
+#[derive(Debug, Clone)]
 struct Round {
     count: usize,
     rate: f64,
     p50: f64,
     p99: f64,
     rejected: usize,
-    replays_accepted: usize,
+    /// None where replays mean nothing (pam_permit accepts anything).
+    replays_accepted: Option<usize>,
+    /// Users whose valid login was refused.
+    failed: Vec<String>,
 }
 
-fn run_round(bin: &Path, dir: &Path, service: &str, users: &PathBuf, n: usize, procs: usize, phase: &str) -> Round {
-    let per = n / procs;
-    let children: Vec<_> = (0..procs)
-        .map(|i| {
-            Command::new(bin.join("otp-bench"))
-                .args(["--worker", service])
-                .arg(dir.join("services"))
-                .arg(users)
-                .arg((i * per).to_string())
-                .arg(per.to_string())
-                .arg(phase)
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap_or_else(|e| panic!("worker: {e}"))
-        })
-        .collect();
-    let (mut lat, mut rejected, mut replays, mut start, mut end) = (Vec::new(), 0, 0, u128::MAX, 0u128);
-    for c in children {
-        let out = c.wait_with_output().unwrap_or_else(|e| panic!("worker: {e}"));
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let mut f = line.split_whitespace();
-            match (f.next(), f.next()) {
-                (Some("lat"), Some(v)) => lat.push(v.parse::<f64>().unwrap_or(0.0)),
-                (Some("rejected"), Some(v)) => rejected += v.parse::<usize>().unwrap_or(0),
-                (Some("replays_accepted"), Some(v)) => replays += v.parse::<usize>().unwrap_or(0),
-                (Some("start"), Some(v)) => start = start.min(v.parse().unwrap_or(u128::MAX)),
-                (Some("end"), Some(v)) => end = end.max(v.parse().unwrap_or(0)),
-                _ => {}
+impl Round {
+    /// The baseline for a round between two pam_permit rounds.
+    fn mean(&self, other: &Round) -> Round {
+        Round {
+            count: self.count + other.count,
+            rate: (self.rate + other.rate) / 2.0,
+            p50: (self.p50 + other.p50) / 2.0,
+            p99: (self.p99 + other.p99) / 2.0,
+            rejected: self.rejected + other.rejected,
+            replays_accepted: None,
+            failed: Vec::new(),
+        }
+    }
+}
+
+fn print_table(users: usize, procs: usize, results: &[(Module, Round, Round)], ga: Option<&Round>, rss: Option<u64>) {
+    println!();
+    println!("-- {users} users, {procs} process(es) --");
+    println!(
+        "{:<12} {:>6} {:>9} {:>8} {:>8} {:>8} {:>7} | {:>9} {:>8} {:>8} | {:>9} {:>8} {:>8}",
+        "module",
+        "auths",
+        "auths/s",
+        "p50 ms",
+        "p99 ms",
+        "rejected",
+        "replays",
+        "rate/GA",
+        "p50/GA",
+        "p99/GA",
+        "rate/perm",
+        "p50/perm",
+        "p99/perm"
+    );
+    let permit_mean = results.iter().map(|(_, _, p)| p.rate).sum::<f64>() / results.len().max(1) as f64;
+    let permit_p50 = results.iter().map(|(_, _, p)| p.p50).sum::<f64>() / results.len().max(1) as f64;
+    let permit_p99 = results.iter().map(|(_, _, p)| p.p99).sum::<f64>() / results.len().max(1) as f64;
+    println!(
+        "{:<12} {:>6} {:>9.0} {:>8.3} {:>8.3} {:>8} {:>7} | {:>9} {:>8} {:>8} | {:>9} {:>8} {:>8}",
+        "pam_permit",
+        results.first().map(|(_, _, p)| p.count / 2).unwrap_or(0),
+        permit_mean,
+        permit_p50,
+        permit_p99,
+        results.iter().map(|(_, _, p)| p.rejected).sum::<usize>(),
+        "-",
+        ga.map(|g| format!("{:.2}x", permit_mean / g.rate)).unwrap_or_else(|| "-".into()),
+        ga.map(|g| format!("{:.2}x", permit_p50 / g.p50)).unwrap_or_else(|| "-".into()),
+        ga.map(|g| format!("{:.2}x", permit_p99 / g.p99)).unwrap_or_else(|| "-".into()),
+        "1.00x",
+        "1.00x",
+        "1.00x"
+    );
+    for (m, r, permit) in results {
+        let ratio = |a: f64, b: Option<f64>| b.map(|b| format!("{:.3}x", a / b)).unwrap_or_else(|| "-".into());
+        println!(
+            "{:<12} {:>6} {:>9.0} {:>8.3} {:>8.3} {:>8} {:>7} | {:>9} {:>8} {:>8} | {:>9} {:>8} {:>8}",
+            m.name(),
+            r.count,
+            r.rate,
+            r.p50,
+            r.p99,
+            r.rejected,
+            r.replays_accepted.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+            ratio(r.rate, ga.map(|g| g.rate)),
+            ratio(r.p50, ga.map(|g| g.p50)),
+            ratio(r.p99, ga.map(|g| g.p99)),
+            ratio(r.rate, Some(permit.rate)),
+            ratio(r.p50, Some(permit.p50)),
+            ratio(r.p99, Some(permit.p99)),
+        );
+    }
+    if let Some(kb) = rss {
+        println!("otpd resident memory: {kb} kB");
+    }
+}
+
+/// Checks the issue's targets against this run's figures.
+fn print_targets(cells: &[Cell]) {
+    println!();
+    println!("== targets (from this run) ==");
+    let otp = |users: usize, procs: usize| {
+        cells.iter().find(|c| c.module == Module::Otp && c.users == users && c.procs == procs)
+    };
+    let verdict = |ok: bool, what: String| println!("  [{}] {what}", if ok { "met" } else { "MISSED" });
+    let max_procs = cells.iter().map(|c| c.procs).max().unwrap_or(0);
+    for c in cells.iter().filter(|c| c.module == Module::Otp && c.procs == max_procs) {
+        if let Some(ga) = &c.ga {
+            let x = c.round.rate / ga.rate;
+            verdict(
+                x >= 10.0,
+                format!("{} users, P={}: pam_otp {:.1}x google-authenticator (target >= 10x)", c.users, c.procs, x),
+            );
+        }
+        let x = c.round.rate / c.permit.rate;
+        verdict(x >= 0.25, format!("{} users, P={}: pam_otp {:.3}x pam_permit (target >= 0.25x)", c.users, c.procs, x));
+    }
+    let rejected: usize = cells.iter().filter(|c| c.module == Module::Otp).map(|c| c.round.rejected).sum();
+    let replays: usize =
+        cells.iter().filter(|c| c.module == Module::Otp).filter_map(|c| c.round.replays_accepted).sum();
+    verdict(rejected == 0, format!("pam_otp valid logins wrongly rejected: {rejected} (target 0)"));
+    verdict(replays == 0, format!("pam_otp replays accepted: {replays} (target 0)"));
+    let users: Vec<usize> = {
+        let mut u: Vec<usize> = cells.iter().map(|c| c.users).collect();
+        u.sort_unstable();
+        u.dedup();
+        u
+    };
+    if let (Some(&small), Some(&big)) = (users.first(), users.last()) {
+        if small != big {
+            for &p in cells.iter().map(|c| c.procs).collect::<std::collections::BTreeSet<_>>().iter() {
+                if let (Some(a), Some(b)) = (otp(small, p), otp(big, p)) {
+                    let raw = b.round.rate / a.round.rate;
+                    let norm = (b.round.rate / b.permit.rate) / (a.round.rate / a.permit.rate);
+                    verdict(
+                        raw >= 0.9 || norm >= 0.9,
+                        format!(
+                            "P={p}: {big}-user rate / {small}-user rate = {raw:.2} (vs pam_permit of the same run: {norm:.2}; target >= 0.9)"
+                        ),
+                    );
+                }
+            }
+            if let Some(rss) = otp(big, max_procs).and_then(|c| c.rss_kb) {
+                verdict(
+                    rss <= 30 * 1024,
+                    format!("otpd resident memory with {big} users: {:.1} MB (target <= 30 MB)", rss as f64 / 1024.0),
+                );
             }
         }
     }
-    lat.sort_by(|a, b| a.total_cmp(b));
-    let pct = |q: f64| {
-        lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0.0) / 1000.0
-    };
-    let secs = (end.saturating_sub(start)) as f64 / 1e6;
-    Round {
-        count: lat.len(),
-        rate: lat.len() as f64 / secs.max(1e-9),
-        p50: pct(0.5),
-        p99: pct(0.99),
-        rejected,
-        replays_accepted: replays,
+}
+
+fn random_secret() -> Vec<u8> {
+    let mut s = vec![0u8; 20];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut s);
+    }
+    s
+}
+
+fn data_encoding_base32(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut out = String::new();
+    let (mut buf, mut bits) = (0u32, 0);
+    for &b in bytes {
+        buf = (buf << 8) | b as u32;
+        bits += 8;
+        while bits >= 5 {
+            out.push(ALPHABET[((buf >> (bits - 5)) & 31) as usize] as char);
+            bits -= 5;
+        }
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((buf << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+/// `name base32secret` lines, what the workers read.
+fn write_users(path: &Path, secrets: &[(String, Vec<u8>)]) -> PathBuf {
+    let text: Vec<String> = secrets.iter().map(|(n, s)| format!("{n} {}", data_encoding_base32(s))).collect();
+    std::fs::write(path, text.join("\n")).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    path.to_path_buf()
+}
+
+/// Enables every user through the admin socket from 16 connections at once;
+/// returns `name base32secret` lines in the order given.
+fn enroll(admin: &Path, names: &[String]) -> Vec<String> {
+    let threads = 16;
+    let chunk = names.len().div_ceil(threads).max(1);
+    let lines: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|user| {
+                            let mut c = Client::connect(admin, Duration::from_secs(60), &[0])
+                                .unwrap_or_else(|e| panic!("admin socket: {e}"));
+                            let req =
+                                AdminRequest::UserEnable { user: user.clone(), method: Method::Totp, email: None };
+                            match c.call(&req) {
+                                Ok(AdminResponse::Enrolled { otpauth_uri: Some(uri), .. }) => {
+                                    let secret =
+                                        uri.split("secret=").nth(1).unwrap_or("").split('&').next().unwrap_or("");
+                                    format!("{user} {secret}")
+                                }
+                                other => panic!("enabling {user}: {other:?}"),
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    });
+    assert_eq!(lines.len(), names.len(), "enrolling users failed");
+    lines
+}
+
+/// A private otpd in a temp dir, stopped on drop.
+struct Otpd {
+    child: Child,
+    pam_socket: PathBuf,
+    admin_socket: PathBuf,
+}
+
+impl Otpd {
+    fn start(bin: &Path, dir: &Path) -> Otpd {
+        Otpd::start_with(bin, dir, "")
+    }
+
+    fn start_with(bin: &Path, dir: &Path, extra: &str) -> Otpd {
+        std::fs::create_dir_all(dir.join("state")).ok();
+        let pam_socket = dir.join("run/pam.sock");
+        let admin_socket = dir.join("run/admin.sock");
+        let config = dir.join("otpd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[daemon]\npam_socket = \"{}\"\nadmin_socket = \"{}\"\ndatabase = \"{d}/state/otpd.db\"\n\
+                 key_file = \"{d}/state/secret.key\"\ndbus = false\n{extra}",
+                pam_socket.display(),
+                admin_socket.display(),
+                d = dir.display()
+            ),
+        )
+        .ok();
+        // Logged as a system service would be: default level, to a file.
+        let log = std::fs::File::create(dir.join("otpd.log")).unwrap_or_else(|e| panic!("otpd log: {e}"));
+        let child = Command::new(bin.join("otpd"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.join("otpd").display()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(admin_socket.exists() && pam_socket.exists()) {
+            assert!(Instant::now() < deadline, "otpd did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Otpd { child, pam_socket, admin_socket }
+    }
+
+    fn rss_kb(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                })
+            })
+            .unwrap_or(0)
     }
 }
 
-/// --worker SERVICE CONFDIR USERS FIRST COUNT PHASE
-fn worker(args: &[String]) {
-    let (service, confdir, users, first, count, phase) = (&args[2], &args[3], &args[4], &args[5], &args[6], &args[7]);
-    let first: usize = first.parse().unwrap_or(0);
-    let count: usize = count.parse().unwrap_or(0);
-    let file = std::fs::File::open(users).unwrap_or_else(|e| panic!("{users}: {e}"));
-    let lines: Vec<String> =
-        std::io::BufReader::new(file).lines().map_while(Result::ok).skip(first).take(count).collect();
-    if phase == "email" {
-        return email_worker(confdir, service, &lines, users);
+impl Drop for Otpd {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
     }
-    let offset = if phase == "activate" { -1 } else { 0 };
+}
+
+/// --worker SERVICE CONFDIR USERS FIRST NUSERS COUNT OFFSET|email
+///
+/// Loads users `FIRST..FIRST+NUSERS`, computes their codes for the current
+/// step + OFFSET, prints "ready", waits for "go" on stdin, then makes COUNT
+/// logins (cycling through the users) and prints one latency line per login.
+fn worker(args: &[String]) {
+    let get = |i: usize| args.get(i).cloned().unwrap_or_default();
+    let (service, confdir, users) = (get(2), get(3), get(4));
+    let first: usize = get(5).parse().unwrap_or(0);
+    let n_users: usize = get(6).parse().unwrap_or(0);
+    let count: usize = get(7).parse().unwrap_or(0);
+    let file = std::fs::File::open(&users).unwrap_or_else(|e| panic!("{users}: {e}"));
+    let lines: Vec<String> =
+        std::io::BufReader::new(file).lines().map_while(Result::ok).skip(first).take(n_users).collect();
+    if get(8) == "email" {
+        return email_worker(&confdir, &service, &lines, &users);
+    }
+    let offset: i64 = get(8).parse().unwrap_or(0);
+    let logins: Vec<(String, totp_rs::TOTP)> = lines
+        .iter()
+        .map(|l| {
+            let (user, secret) = l.split_once(' ').unwrap_or_default();
+            (user.to_string(), totp_for(secret))
+        })
+        .collect();
+    // Codes are computed at each login (an HMAC, the same for every module)
+    // so a step boundary during a round never makes a prepared code stale.
+    let code = |totp: &totp_rs::TOTP| totp.generate((unix_now() as i64 + offset * PERIOD as i64).max(0) as u64);
     let mut out = std::io::BufWriter::new(std::io::stdout());
-    let (mut rejected, mut last) = (0, None);
+    writeln!(out, "ready").ok();
+    out.flush().ok();
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go).ok();
+    let mut rejected = 0;
     writeln!(out, "start {}", now_us()).ok();
-    for line in &lines {
-        let (user, uri) = line.split_once(' ').unwrap_or_default();
-        let code = e2e::code_from_uri(uri, offset).unwrap_or_default();
+    let mut first_login = None;
+    for (user, totp) in logins.iter().cycle().take(count) {
         let t = Instant::now();
-        let login = e2e::authenticate(Some(confdir), service, user, vec![code.clone().into_bytes()], None, None, false);
+        let code = code(totp);
+        let login =
+            e2e::authenticate(Some(&confdir), &service, user, vec![code.clone().into_bytes()], None, None, false);
+        if login.code == 0 {
+            first_login.get_or_insert((user, code));
+        }
         writeln!(out, "lat {}", t.elapsed().as_micros()).ok();
         if login.code != 0 {
             rejected += 1;
+            writeln!(out, "failed {user}").ok();
         }
-        last = Some((user.to_string(), code));
     }
     writeln!(out, "end {}", now_us()).ok();
     writeln!(out, "rejected {rejected}").ok();
-    // One replay per worker, outside the timed part: must be refused by pam_otp.
-    if let (Some((user, code)), "otp", "measure") = (last, service.as_str(), phase.as_str()) {
-        let again = e2e::authenticate(Some(confdir), service, &user, vec![code.into_bytes()], None, None, false);
-        writeln!(out, "replays_accepted {}", usize::from(again.code == 0)).ok();
+    // One replay per worker, outside the timed part: a code that was
+    // accepted must be refused the second time.
+    if service != "permit" && offset >= 0 {
+        if let Some((user, code)) = first_login {
+            let again = e2e::authenticate(Some(&confdir), &service, user, vec![code.into_bytes()], None, None, false);
+            writeln!(out, "replays_accepted {}", usize::from(again.code == 0)).ok();
+        }
     }
+}
+
+/// RFC 6238 SHA1, 6 digits, 30 s (what every module here is set up for).
+fn totp_for(secret_b32: &str) -> totp_rs::TOTP {
+    let uri = format!("otpauth://totp/bench:x?secret={secret_b32}&issuer=bench");
+    totp_rs::TOTP::from_url_unchecked(&uri).unwrap_or_else(|e| panic!("secret {secret_b32}: {e}"))
 }
 
 /// Presses Enter once per user (the request), then has no more answers, as a
@@ -338,7 +945,7 @@ fn email_worker(confdir: &str, service: &str, lines: &[String], users: &str) {
         starts.push_str(&format!("{user} {t0}\n"));
     }
     writeln!(out, "end {}", now_us()).ok();
-    let path = std::path::Path::new(users).with_file_name("email-starts");
+    let path = Path::new(users).with_file_name("email-starts");
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
         let _ = f.write_all(starts.as_bytes());
     }
