@@ -3,10 +3,10 @@
 //! runtime inside sshd or a screen locker) and by `otpctl`.
 use crate::codec::{body_len, decode_body, write_frame, FrameError};
 use serde::{de::DeserializeOwned, Serialize};
+use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -126,7 +126,12 @@ impl Note {
 /// First step of a login: what to ask. Only reads, so it can run on a
 /// read-only connection; final answers (not enrolled, locked, refused) come
 /// with the [`Note`] the caller must record before replying.
-pub fn plan(store: &mut dyn Store, p: &Policy, ctx: &LoginContext, now: i64) -> Result<(Plan, Option<Note>), StoreError> {
+pub fn plan(
+    store: &mut dyn Store,
+    p: &Policy,
+    ctx: &LoginContext,
+    now: i64,
+) -> Result<(Plan, Option<Note>), StoreError> {
     let user = store.user(&ctx.user)?;
     let user = match user {
         Some(u) if u.enabled => u,
@@ -134,17 +139,26 @@ pub fn plan(store: &mut dyn Store, p: &Policy, ctx: &LoginContext, now: i64) -> 
     };
     if ctx.peer_uid != 0 && user.uid != Some(ctx.peer_uid) {
         let why = format!("caller uid {} may not authenticate this user", ctx.peer_uid);
-        return Ok((Plan::Refused { message: "You may only authenticate yourself." }, Some(Note::new("totp", "deny", why))));
+        return Ok((
+            Plan::Refused { message: "You may only authenticate yourself." },
+            Some(Note::new("totp", "deny", why)),
+        ));
     }
     if user.is_locked(now) {
         let until = user.locked_until.unwrap_or(now);
-        return Ok((Plan::Locked { until }, Some(Note::new("totp", "locked", "account locked after too many failures"))));
+        return Ok((
+            Plan::Locked { until },
+            Some(Note::new("totp", "locked", "account locked after too many failures")),
+        ));
     }
     let email = email_allowed(p, &user);
     if user.method == Method::Email {
         if !email {
             let note = Note::new("email", "deny", "emailed codes are disabled (email.enabled = false)");
-            return Ok((Plan::Refused { message: "Your passcode method is not available; contact your administrator." }, Some(note)));
+            return Ok((
+                Plan::Refused { message: "Your passcode method is not available; contact your administrator." },
+                Some(note),
+            ));
         }
         let failing = store.failing_mail_for(&user.name)? > 0;
         return Ok((Plan::Ask { email, mail_failing: failing }, None));
@@ -155,7 +169,10 @@ pub fn plan(store: &mut dyn Store, p: &Policy, ctx: &LoginContext, now: i64) -> 
     }
     let Some(secret) = user.secret.as_deref().and_then(|s| p.crypto.open(&user.name, s)) else {
         let note = Note::new("totp", "error", "stored secret cannot be decrypted (wrong key file?)");
-        return Ok((Plan::Refused { message: "Your passcode enrollment is unusable; contact your administrator." }, Some(note)));
+        return Ok((
+            Plan::Refused { message: "Your passcode enrollment is unusable; contact your administrator." },
+            Some(note),
+        ));
     };
     let plan = Plan::Enroll {
         uri: p.totp.uri(&secret, &p.issuer, &user.name),

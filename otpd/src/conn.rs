@@ -25,7 +25,8 @@ impl Conn {
     pub fn new(stream: UnixStream) -> std::io::Result<Conn> {
         stream.set_nonblocking(true)?;
         // SAFETY: the AsyncFd owns the stream, so its fd stays open and the same until it is dropped.
-        let fd = unsafe { AsyncFd::register_with_interest(stream, Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
+        let fd =
+            unsafe { AsyncFd::register_with_interest(stream, Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
         Ok(Conn { fd, pending: Vec::new() })
     }
 
@@ -39,7 +40,11 @@ impl Conn {
     /// Reads one frame. `wait` bounds the time until its first byte arrives
     /// (a user typing); once a frame has started, the rest must arrive within
     /// `io_timeout`, so a half-sent frame cannot hold a connection.
-    pub async fn read_msg<T: DeserializeOwned>(&mut self, wait: Duration, io_timeout: Duration) -> Result<T, FrameError> {
+    pub async fn read_msg<T: DeserializeOwned>(
+        &mut self,
+        wait: Duration,
+        io_timeout: Duration,
+    ) -> Result<T, FrameError> {
         let first_byte_by = Instant::now() + wait;
         // Bytes left over from the previous read already started this frame.
         let mut frame_by = (!self.pending.is_empty()).then(|| Instant::now() + io_timeout);
@@ -135,7 +140,8 @@ impl Listener {
     pub fn new(listener: UnixListener) -> std::io::Result<Listener> {
         listener.set_nonblocking(true)?;
         // SAFETY: as for Conn::new, the AsyncFd owns the listener.
-        let fd = unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
+        let fd =
+            unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
         Ok(Listener(fd))
     }
 

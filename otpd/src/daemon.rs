@@ -7,10 +7,10 @@ use crate::server::{serve_admin, serve_pam, Limits, Shared};
 use crate::store::SqliteStore;
 use common::config::Config;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::os::unix::net::UnixListener;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

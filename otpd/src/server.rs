@@ -2,11 +2,11 @@
 use crate::admin;
 use crate::auth::{self, LoginContext, Plan, Policy, Verdict};
 use crate::clock::Clock;
-use common::codec::encode;
 use crate::conn::{Conn, Listener};
 use crate::db::Db;
 use crate::email;
 use crate::store::{EmergencyRequest, SessionRecord, SqliteStore};
+use common::codec::encode;
 use common::config::{Approval, AutoSend};
 use common::proto::{ClientMsg, OutcomeKind, ServerMsg, PROTOCOL_VERSION};
 use common::text::sanitize_field;
@@ -398,9 +398,10 @@ async fn finish(s: &mut Conn, sh: &Shared, ctx: &LoginContext, answer: String) {
 /// The outcome message for a checked answer.
 fn verdict_outcome(verdict: &Result<Verdict, crate::store::StoreError>, now: i64) -> ServerMsg {
     let (result, message) = match verdict {
-        Ok(Verdict::Accept { activated }) => {
-            (OutcomeKind::Accept, activated.then(|| "Passcode accepted: your authenticator is now enrolled.".to_string()))
-        }
+        Ok(Verdict::Accept { activated }) => (
+            OutcomeKind::Accept,
+            activated.then(|| "Passcode accepted: your authenticator is now enrolled.".to_string()),
+        ),
         Ok(Verdict::Deny { message }) => (OutcomeKind::Deny, Some(message.clone())),
         Ok(Verdict::Locked { until }) => (OutcomeKind::Locked, Some(until_text(*until, now))),
         Err(_) => (OutcomeKind::Deny, Some("Passcode check unavailable.".into())),

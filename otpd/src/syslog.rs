@@ -31,8 +31,12 @@ pub fn dropped() -> u64 {
 }
 
 pub fn start() {
-    let formatter =
-        Formatter3164 { facility: Facility::LOG_AUTHPRIV, hostname: None, process: "otpd".into(), pid: std::process::id() };
+    let formatter = Formatter3164 {
+        facility: Facility::LOG_AUTHPRIV,
+        hostname: None,
+        process: "otpd".into(),
+        pid: std::process::id(),
+    };
     let mut sink = SINK.lock().unwrap_or_else(|e| e.into_inner());
     *sink = Some(Sink { socket: None, retry_at: 0, formatter });
 }
