@@ -216,3 +216,51 @@ pub fn write_all(path: &Path, bytes: &[u8]) {
     let mut f = std::fs::File::create(path).unwrap();
     f.write_all(bytes).unwrap();
 }
+
+/// Starts `n` pamdrive logins of `user` answering `answers`, holds them at
+/// a FIFO barrier until all are started, releases them at once and returns
+/// their PAM results.
+pub fn race(fx: &Fixture, service: &str, user: &str, answers: &[&[u8]], n: usize) -> Vec<i32> {
+    let fifo = fx.path(&format!("barrier-{}", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    let c_path = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    let children: Vec<Child> = (0..n)
+        .map(|_| {
+            let mut c = fx.pamdrive(service, user, answers);
+            c.arg("--barrier").arg(&fifo);
+            c.stdout(Stdio::null()).stderr(Stdio::null());
+            c.spawn().unwrap()
+        })
+        .collect();
+    // Wait until every child sits in open(2) of the FIFO (or 5 s, then go anyway).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let waiting = children
+            .iter()
+            .filter(|c| std::fs::read_to_string(format!("/proc/{}/wchan", c.id())).is_ok_and(|w| w.contains("fifo")))
+            .count();
+        if waiting == n {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap());
+    let codes = children.into_iter().map(|mut c| c.wait().unwrap().code().unwrap_or(-1)).collect();
+    let _ = std::fs::remove_file(&fifo);
+    codes
+}
+
+/// Seconds left in the current 30-second TOTP step.
+pub fn step_seconds_left() -> u64 {
+    30 - std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() % 30
+}
+
+/// Waits, if needed, so that at least `secs` seconds are left in the
+/// current TOTP step: a test that must not straddle a step boundary.
+pub fn wait_for_step_room(secs: u64) {
+    let left = step_seconds_left();
+    if left < secs {
+        std::thread::sleep(Duration::from_secs(left) + Duration::from_millis(200));
+    }
+}

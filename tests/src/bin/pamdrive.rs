@@ -1,4 +1,4 @@
-//! pamdrive SERVICE USER [--confdir DIR] [--tty T] [--rhost H] [--session] [ANSWER...]
+//! pamdrive SERVICE USER [--confdir DIR] [--tty T] [--rhost H] [--session] [--barrier FIFO] [ANSWER...]
 //!
 //! Runs one pam_authenticate through the real libpam (use under pam_wrapper)
 //! answering prompts with the ANSWER arguments in order (raw bytes, so
@@ -6,6 +6,8 @@
 //! `result: CODE MESSAGE`, and exits with the PAM return code. An answer
 //! written `hex:…` is decoded first, so NUL bytes can be tested; `file:PATH`
 //! reads the answer from a file (answers larger than argv allows).
+//! `--barrier FIFO` blocks in open(2) of the FIFO until a writer opens it,
+//! so a test can release many processes at the same instant.
 use std::os::unix::ffi::OsStringExt;
 
 fn main() {
@@ -15,13 +17,21 @@ fn main() {
         std::process::exit(100);
     };
     let (mut confdir, mut tty, mut rhost, mut answers, mut session) = (None, None, None, Vec::new(), false);
+    let mut barrier = None;
     while let Some(a) = args.next() {
         match a.to_str() {
             Some("--confdir") => confdir = args.next().map(|s| s.to_string_lossy().into_owned()),
             Some("--session") => session = true,
+            Some("--barrier") => barrier = args.next(),
             Some("--tty") => tty = args.next().map(|s| s.to_string_lossy().into_owned()),
             Some("--rhost") => rhost = args.next().map(|s| s.to_string_lossy().into_owned()),
             _ => answers.push(decode(a.into_vec())),
+        }
+    }
+    if let Some(fifo) = barrier {
+        if let Err(e) = std::fs::File::open(&fifo) {
+            eprintln!("barrier {}: {e}", fifo.to_string_lossy());
+            std::process::exit(101);
         }
     }
     let login = e2e::authenticate(
