@@ -1,7 +1,7 @@
 //! Blocking client for the daemon's Unix sockets, with deadlines on connect,
 //! read and write. Used by the PAM module (which must not run an async
 //! runtime inside sshd or a screen locker) and by `otpctl`.
-use crate::codec::{body_len, decode_body, write_frame, FrameError};
+use crate::codec::{body_len_limited, decode_body, write_frame, FrameError};
 use serde::{de::DeserializeOwned, Serialize};
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -33,6 +33,8 @@ pub struct Client {
     timeout: Duration,
     /// Bytes read but not yet returned as a frame.
     pending: Vec<u8>,
+    /// Largest frame accepted from the daemon.
+    max_frame: usize,
 }
 
 impl Client {
@@ -72,7 +74,13 @@ impl Client {
             .set_read_timeout(Some(timeout))
             .and_then(|_| stream.set_write_timeout(Some(timeout)))
             .map_err(|e| ClientError::Connect { path: shown, source: e })?;
-        Ok(Client { stream, timeout, pending: Vec::new() })
+        Ok(Client { stream, timeout, pending: Vec::new(), max_frame: crate::codec::MAX_FRAME })
+    }
+
+    /// Accepts replies up to [`crate::codec::MAX_ADMIN_RESPONSE`] (otpctl).
+    pub fn for_admin_responses(mut self) -> Client {
+        self.max_frame = crate::codec::MAX_ADMIN_RESPONSE;
+        self
     }
 
     pub fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), FrameError> {
@@ -85,7 +93,7 @@ impl Client {
         loop {
             if self.pending.len() >= 4 {
                 let header = [self.pending[0], self.pending[1], self.pending[2], self.pending[3]];
-                let len = body_len(header)?;
+                let len = body_len_limited(header, self.max_frame)?;
                 if self.pending.len() >= 4 + len {
                     let msg = decode_body(&self.pending[4..4 + len]);
                     self.pending.drain(..4 + len);
@@ -96,7 +104,15 @@ impl Client {
             let mut buf = [0u8; 8192];
             match (&self.stream).read(&mut buf) {
                 Ok(0) => return Err(if self.pending.is_empty() { FrameError::Closed } else { FrameError::Truncated }),
-                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Ok(n) => {
+                    self.pending.extend_from_slice(&buf[..n]);
+                    // Large frames: wait for the rest without re-reading 8 KiB at a time.
+                    if self.pending.len() >= 4 {
+                        let header = [self.pending[0], self.pending[1], self.pending[2], self.pending[3]];
+                        let want = 4 + body_len_limited(header, self.max_frame)?;
+                        self.pending.reserve(want.saturating_sub(self.pending.len()));
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
             }

@@ -7,9 +7,14 @@ use std::io::{Read, Write};
 
 pub const MAX_FRAME: usize = 64 * 1024;
 
+/// Largest admin *response* (daemon → otpctl over the root-only admin
+/// socket): `user list` and `audit` of a large site. Requests, and
+/// everything on the PAM socket, stay within [`MAX_FRAME`].
+pub const MAX_ADMIN_RESPONSE: usize = 64 * 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    #[error("frame of {0} bytes exceeds the size limit")]
     TooBig(usize),
     #[error("empty frame")]
     Empty,
@@ -37,8 +42,13 @@ impl From<std::io::Error> for FrameError {
 
 /// Serialises `msg` into a complete frame (header + body).
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    encode_limited(msg, MAX_FRAME)
+}
+
+/// [`encode`] with another size limit (admin responses).
+pub fn encode_limited<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, FrameError> {
     let body = serde_json::to_vec(msg).map_err(|e| FrameError::Malformed(e.to_string()))?;
-    if body.len() > MAX_FRAME {
+    if body.len() > max {
         return Err(FrameError::TooBig(body.len()));
     }
     let mut out = Vec::with_capacity(4 + body.len());
@@ -49,11 +59,16 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
 
 /// Validates a frame header and returns the body length.
 pub fn body_len(header: [u8; 4]) -> Result<usize, FrameError> {
+    body_len_limited(header, MAX_FRAME)
+}
+
+/// [`body_len`] with another size limit (admin responses).
+pub fn body_len_limited(header: [u8; 4], max: usize) -> Result<usize, FrameError> {
     let len = u32::from_be_bytes(header) as usize;
     if len == 0 {
         return Err(FrameError::Empty);
     }
-    if len > MAX_FRAME {
+    if len > max {
         return Err(FrameError::TooBig(len));
     }
     Ok(len)

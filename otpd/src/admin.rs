@@ -27,7 +27,15 @@ pub async fn connection(mut s: Conn, sh: &Shared) {
         }
     };
     let resp = handle(req, uid, sh).await;
-    let _ = s.write_msg(&resp, sh.io_timeout).await;
+    // The admin client may be slow to read a large answer.
+    let timeout = sh.io_timeout.max(std::time::Duration::from_secs(30));
+    if let Err(common::codec::FrameError::TooBig(n)) = s.write_admin_response(&resp, timeout).await {
+        let resp = err(
+            AdminErrorKind::InvalidInput,
+            format!("the answer ({n} bytes) is too large to send; ask for less (--limit, --since, --user)"),
+        );
+        let _ = s.write_msg(&resp, sh.io_timeout).await;
+    }
 }
 
 /// Root, the admin group as primary group, or as a supplementary group of

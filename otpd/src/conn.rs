@@ -6,7 +6,7 @@
 //! message the daemon sends would wake the login thread once more for
 //! nothing. Writes are small and go straight into the socket buffer; a peer
 //! that does not read gets short retries until `io_timeout`.
-use common::codec::{body_len, decode_body, encode, FrameError};
+use common::codec::{body_len, decode_body, encode, encode_limited, FrameError, MAX_ADMIN_RESPONSE};
 use serde::{de::DeserializeOwned, Serialize};
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -83,6 +83,15 @@ impl Conn {
 
     pub async fn write_msg<T: Serialize>(&mut self, msg: &T, io_timeout: Duration) -> Result<(), FrameError> {
         self.write_bytes(&encode(msg)?, io_timeout).await
+    }
+
+    /// An admin response, which may be larger than a PAM frame.
+    pub async fn write_admin_response<T: Serialize>(
+        &mut self,
+        msg: &T,
+        io_timeout: Duration,
+    ) -> Result<(), FrameError> {
+        self.write_bytes(&encode_limited(msg, MAX_ADMIN_RESPONSE)?, io_timeout).await
     }
 
     /// A second handle on the socket for [`send_now`] from another thread.

@@ -100,6 +100,23 @@ fn writer(mut store: SqliteStore, rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// Debug builds (the test suite) may hold every transaction open for
+/// `OTPD_TEST_COMMIT_DELAY_MS` before COMMIT, so a crash test's kills land
+/// between a decision and its commit — where a reply sent too early would
+/// be exposed. Release builds have no such hook.
+fn test_commit_delay() {
+    #[cfg(debug_assertions)]
+    {
+        static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+        let delay = DELAY.get_or_init(|| {
+            std::env::var("OTPD_TEST_COMMIT_DELAY_MS").ok()?.parse().ok().map(std::time::Duration::from_millis)
+        });
+        if let Some(d) = delay {
+            std::thread::sleep(*d);
+        }
+    }
+}
+
 /// Runs one batch in one transaction. Returns whether it committed and the
 /// completions to release.
 fn run_batch(store: &mut SqliteStore, batch: Vec<Job>) -> (bool, Vec<Completion>) {
@@ -129,6 +146,7 @@ fn run_batch(store: &mut SqliteStore, batch: Vec<Job>) -> (bool, Vec<Completion>
             return (false, completions);
         }
     }
+    test_commit_delay();
     match store.control("COMMIT") {
         Ok(()) => (true, completions),
         Err(e) => {

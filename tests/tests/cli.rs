@@ -135,3 +135,26 @@ fn tells_systemd_when_ready() {
     assert_eq!(&buf[..n], b"READY=1");
     assert!(fx.pam_socket().exists());
 }
+
+#[test]
+fn user_list_larger_than_a_pam_frame_reaches_otpctl() {
+    let fx = Fixture::start("");
+    let admin = fx.path("run/admin.sock");
+    for i in 0..400 {
+        let mut c = common::client::Client::connect(&admin, std::time::Duration::from_secs(10), &[0]).unwrap();
+        let req = common::proto::AdminRequest::UserEnable {
+            user: format!("listed{i}"),
+            method: common::proto::Method::Totp,
+            email: None,
+        };
+        let resp: common::proto::AdminResponse = c.call(&req).unwrap();
+        assert!(matches!(resp, common::proto::AdminResponse::Enrolled { .. }), "{resp:?}");
+    }
+    let out = fx.ctl_ok(&["--json", "user", "list"]);
+    // More than the 64 KiB a PAM-socket frame may carry.
+    assert!(out.len() > 64 * 1024, "{} bytes", out.len());
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["users"].as_array().unwrap().len(), 400);
+    let table = fx.ctl_ok(&["user", "list"]);
+    assert!(table.contains("listed399"));
+}

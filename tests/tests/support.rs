@@ -48,6 +48,11 @@ impl Fixture {
     /// `extra_config` is appended right after the `[daemon]` keys, so bare
     /// keys land in `[daemon]` and other tables start with their header.
     pub fn start(extra_config: &str) -> Fixture {
+        Fixture::start_with_env(&[], extra_config)
+    }
+
+    /// [`Fixture::start`] with extra environment for otpd.
+    pub fn start_with_env(env: &[(&str, &str)], extra_config: &str) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         // World-traversable so a non-root pamdrive can read the service files.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -62,7 +67,8 @@ impl Fixture {
         std::fs::create_dir_all(d.join("state")).unwrap();
         std::fs::create_dir_all(d.join("services")).unwrap();
         std::fs::write(&config, text).unwrap();
-        let mut fx = Fixture { dir, config, daemon: None, env: Vec::new() };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut fx = Fixture { dir, config, daemon: None, env };
         fx.write_service("otp", "");
         // pam_otp's own IGNORE is invisible in a normal stack (the next
         // module decides), so the probe stack turns it into PAM_USER_UNKNOWN,

@@ -53,15 +53,17 @@ fn parse_since(s: &str) -> Result<i64, String> {
 
 fn call(args: &Args, req: &AdminRequest) -> Result<AdminResponse, (u8, String)> {
     let path = socket_path(args)?;
-    let mut client = Client::connect(&path, Duration::from_secs(30), &[0]).map_err(|e| match e {
-        ClientError::Missing(_) | ClientError::Connect { .. } => {
-            (EXIT_UNREACHABLE, format!("{e}\nIs otpd running? Try `systemctl status otpd`."))
-        }
-        ClientError::PermissionDenied(_) => {
-            (EXIT_PERMISSION, format!("{e}: run as root or as a member of the otpd admin group"))
-        }
-        other => (EXIT_UNREACHABLE, other.to_string()),
-    })?;
+    let mut client = Client::connect(&path, Duration::from_secs(30), &[0])
+        .map_err(|e| match e {
+            ClientError::Missing(_) | ClientError::Connect { .. } => {
+                (EXIT_UNREACHABLE, format!("{e}\nIs otpd running? Try `systemctl status otpd`."))
+            }
+            ClientError::PermissionDenied(_) => {
+                (EXIT_PERMISSION, format!("{e}: run as root or as a member of the otpd admin group"))
+            }
+            other => (EXIT_UNREACHABLE, other.to_string()),
+        })?
+        .for_admin_responses();
     let resp: AdminResponse = client
         .call(req)
         .map_err(|e| (EXIT_UNREACHABLE, format!("talking to otpd at {} failed: {e}", path.display())))?;
