@@ -270,6 +270,11 @@ impl SqliteStore {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_NOFOLLOW;
         let conn = Connection::open_with_flags(path, flags).map_err(|e| unusable(e.to_string()))?;
+        // SQLite quietly opens a file it cannot write read-only; a daemon
+        // that cannot record its decisions must not start.
+        if conn.is_readonly(rusqlite::DatabaseName::Main).unwrap_or(true) {
+            return Err(unusable("the database cannot be written (read-only file or file system)".into()));
+        }
         let mut store = SqliteStore::init(conn).map_err(|e| unusable(e.to_string()))?;
         if existed {
             let check: String =

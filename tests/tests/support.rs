@@ -53,7 +53,11 @@ impl Fixture {
 
     /// [`Fixture::start`] with extra environment for otpd.
     pub fn start_with_env(env: &[(&str, &str)], extra_config: &str) -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
+        Fixture::start_in(tempfile::tempdir().unwrap(), env, extra_config)
+    }
+
+    /// [`Fixture::start`] in a given (empty) directory.
+    pub fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)], extra_config: &str) -> Fixture {
         // World-traversable so a non-root pamdrive can read the service files.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let d = dir.path();
