@@ -212,3 +212,91 @@ pub fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
     }
     Ok(cred.uid)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The client's frame reader against the reference decoder: any bytes,
+    //! delivered in any chunks, give the same messages and the same error.
+    use super::*;
+    use crate::codec::decode_frame;
+    use crate::proto::ServerMsg;
+    use proptest::prelude::*;
+    use std::io::Write;
+
+    fn kind(e: &FrameError) -> &'static str {
+        match e {
+            FrameError::TooBig(_) => "too big",
+            FrameError::Empty => "empty",
+            FrameError::Truncated => "truncated",
+            FrameError::Closed => "closed",
+            FrameError::TimedOut => "timed out",
+            FrameError::Malformed(_) => "malformed",
+            FrameError::Io(_) => "io",
+        }
+    }
+
+    /// What the reference decoder makes of the whole byte string.
+    fn reference(mut bytes: &[u8]) -> (Vec<ServerMsg>, &'static str) {
+        let mut out = Vec::new();
+        loop {
+            match decode_frame::<ServerMsg>(bytes) {
+                Ok((m, used)) => {
+                    out.push(m);
+                    bytes = &bytes[used..];
+                }
+                Err(e) => return (out, kind(&e)),
+            }
+        }
+    }
+
+    fn frames() -> impl Strategy<Value = Vec<u8>> {
+        let msg = prop_oneof![
+            "\\PC{0,40}".prop_map(|text| ServerMsg::Info { text }),
+            ("\\PC{0,40}", any::<bool>()).prop_map(|(text, echo)| ServerMsg::Prompt { echo, text }),
+            Just(ServerMsg::Ack),
+        ];
+        let good = msg.prop_map(|m| crate::codec::encode(&m).unwrap_or_default());
+        let junk = proptest::collection::vec(any::<u8>(), 0..64);
+        proptest::collection::vec(prop_oneof![4 => good, 1 => junk], 0..6).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn chunked_reads_match_the_reference_decoder(bytes in frames(), cuts in proptest::collection::vec(1usize..50, 1..20)) {
+            let (mine, theirs) = UnixStream::pair().map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut client = Client { stream: mine, timeout: Duration::from_secs(5), pending: Vec::new(), max_frame: crate::codec::MAX_FRAME };
+            let writer = {
+                let bytes = bytes.clone();
+                std::thread::spawn(move || {
+                    let mut theirs = theirs;
+                    let mut at = 0;
+                    for cut in cuts.iter().cycle() {
+                        if at >= bytes.len() {
+                            break;
+                        }
+                        let end = (at + cut).min(bytes.len());
+                        if theirs.write_all(&bytes[at..end]).is_err() {
+                            break;
+                        }
+                        at = end;
+                    }
+                    // Dropping the socket closes it: the reader sees the end.
+                })
+            };
+            let mut got = Vec::new();
+            let end = loop {
+                match client.recv::<ServerMsg>() {
+                    Ok(m) => got.push(m),
+                    Err(e) => break kind(&e),
+                }
+            };
+            drop(client);
+            let _ = writer.join();
+            let (want, want_end) = reference(&bytes);
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(end, want_end);
+        }
+    }
+}

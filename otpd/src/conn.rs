@@ -166,3 +166,108 @@ impl Listener {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The daemon's frame reader against the reference decoder: any bytes a
+    //! peer sends, in any chunks, give the same messages and the same error.
+    use super::*;
+    use common::codec::decode_frame;
+    use common::proto::ClientMsg;
+    use proptest::prelude::*;
+
+    fn kind(e: &FrameError) -> &'static str {
+        match e {
+            FrameError::TooBig(_) => "too big",
+            FrameError::Empty => "empty",
+            FrameError::Truncated => "truncated",
+            FrameError::Closed => "closed",
+            FrameError::TimedOut => "timed out",
+            FrameError::Malformed(_) => "malformed",
+            FrameError::Io(_) => "io",
+        }
+    }
+
+    fn reference(mut bytes: &[u8]) -> (Vec<ClientMsg>, &'static str) {
+        let mut out = Vec::new();
+        loop {
+            match decode_frame::<ClientMsg>(bytes) {
+                Ok((m, used)) => {
+                    out.push(m);
+                    bytes = &bytes[used..];
+                }
+                Err(e) => return (out, kind(&e)),
+            }
+        }
+    }
+
+    fn frames() -> impl Strategy<Value = Vec<u8>> {
+        let msg = prop_oneof![
+            "\\PC{0,40}".prop_map(|text| ClientMsg::Answer { text }),
+            Just(ClientMsg::Cancel),
+            ("[a-z]{1,8}", "[a-z]{0,8}").prop_map(|(user, service)| ClientMsg::Begin {
+                protocol: 1,
+                user,
+                service,
+                rhost: None,
+                ruser: None,
+                tty: None,
+                pid: 1
+            }),
+        ];
+        let good = msg.prop_map(|m| encode(&m).unwrap_or_default());
+        let junk = proptest::collection::vec(any::<u8>(), 0..64);
+        proptest::collection::vec(prop_oneof![4 => good, 1 => junk], 0..6).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn chunked_reads_match_the_reference_decoder(bytes in frames(), cuts in proptest::collection::vec(1usize..50, 1..20)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (got, end) = rt.block_on(async {
+                let (mine, mut theirs) = UnixStream::pair().unwrap();
+                let mut conn = Conn::new(mine).unwrap();
+                let bytes = bytes.clone();
+                let writer = std::thread::spawn(move || {
+                    let mut at = 0;
+                    for cut in cuts.iter().cycle() {
+                        if at >= bytes.len() {
+                            break;
+                        }
+                        let end = (at + cut).min(bytes.len());
+                        if theirs.write_all(&bytes[at..end]).is_err() {
+                            break;
+                        }
+                        at = end;
+                    }
+                });
+                let mut got = Vec::new();
+                let end = loop {
+                    match conn.read_msg::<ClientMsg>(Duration::from_secs(5), Duration::from_secs(5)).await {
+                        Ok(m) => got.push(m),
+                        Err(e) => break kind(&e),
+                    }
+                };
+                drop(conn);
+                let _ = writer.join();
+                (got, end)
+            });
+            let (want, want_end) = reference(&bytes);
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(end, want_end);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_half_sent_frame_times_out_after_io_timeout() {
+        let (mine, mut theirs) = UnixStream::pair().unwrap();
+        let mut conn = Conn::new(mine).unwrap();
+        theirs.write_all(&[0, 0, 1, 0, b'{']).unwrap();
+        let started = std::time::Instant::now();
+        let r = conn.read_msg::<ClientMsg>(Duration::from_secs(60), Duration::from_millis(200)).await;
+        assert!(matches!(r, Err(FrameError::TimedOut)), "{r:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
