@@ -23,6 +23,11 @@ impl PamHooks for PamOtp {
         for p in &problems {
             syslog(pamh, Level::Warning, p);
         }
+        #[cfg(debug_assertions)]
+        #[allow(clippy::panic)]
+        if opts.test_panic {
+            panic!("test_panic: pam_hooks! must turn this into a failure");
+        }
         let mut io = LibPam { pamh, silent: flags & PAM_SILENT != 0, debug: opts.debug };
         match flow::authenticate(&mut io, &opts, connect) {
             PamCode::Success => PamResultCode::PAM_SUCCESS,

@@ -17,6 +17,9 @@ pub struct Options {
     /// Treat "user not enabled" as a denial instead of PAM_IGNORE.
     pub require: bool,
     pub debug: bool,
+    /// Debug builds (the test suite) only: panic inside the entry point, to
+    /// prove a panic becomes a failure and never a success.
+    pub test_panic: bool,
 }
 
 impl Default for Options {
@@ -27,6 +30,7 @@ impl Default for Options {
             fail: FailMode::Closed,
             require: false,
             debug: false,
+            test_panic: false,
         }
     }
 }
@@ -55,6 +59,8 @@ pub fn parse<'a, I: IntoIterator<Item = &'a [u8]>>(args: I) -> (Options, Vec<Str
             ("fail", _) => problems.push(format!("ignoring {arg:?}: fail must be closed or open; staying closed")),
             ("require", None) => o.require = true,
             ("debug", None) => o.debug = true,
+            #[cfg(debug_assertions)]
+            ("test_panic", None) => o.test_panic = true,
             _ => problems.push(format!("ignoring unknown option {arg:?}")),
         }
     }

@@ -32,3 +32,16 @@ fn module_has_no_async_runtime_or_threads() {
     let undefined = String::from_utf8_lossy(&out.stdout);
     assert!(!undefined.contains("pthread_create") && !undefined.contains(" fork"), "{undefined}");
 }
+
+/// A panic inside the module (here forced by a debug-build-only option)
+/// must come out of libpam as a failure — never SUCCESS or IGNORE, not even
+/// with fail=open — and must not take the calling program down.
+#[test]
+fn a_panic_inside_the_module_is_a_failure() {
+    const PAM_ABORT: i32 = 26;
+    let fx = Fixture::start("");
+    fx.write_service("panicky", "test_panic fail=open");
+    let r = fx.login_with("panicky", "alice", &[b"123456"]);
+    assert!(r.out.contains("result:"), "the calling program did not survive: {}", r.out);
+    assert_eq!(r.code, PAM_ABORT, "{}", r.out);
+}
