@@ -331,6 +331,14 @@ pub mod duration {
 mod tests {
     use super::*;
 
+    #[test]
+    fn module_waits_longer_than_the_daemons_slowest_step() {
+        // The module's per-reply deadline must outlast the daemon's own
+        // deadlines, or a slow-but-fine login would fail in the module.
+        let d = DaemonConfig::default();
+        assert!(d.io_timeout < Duration::from_secs(crate::DEFAULT_MODULE_TIMEOUT_SECS));
+    }
+
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(s, Path::new("test.toml"))
     }

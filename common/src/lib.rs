@@ -14,3 +14,7 @@ pub mod text;
 pub const DEFAULT_CONFIG: &str = "/etc/otpd/otpd.toml";
 pub const DEFAULT_PAM_SOCKET: &str = "/run/otpd/pam.sock";
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/otpd/admin.sock";
+/// How long pam_otp waits for each daemon reply unless `timeout=` says
+/// otherwise. Must exceed the daemon's slowest step (`io_timeout`, and a
+/// database commit); sending mail never happens during a login.
+pub const DEFAULT_MODULE_TIMEOUT_SECS: u64 = 10;

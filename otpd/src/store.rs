@@ -786,6 +786,15 @@ mod tests {
     }
 
     #[test]
+    fn every_commit_is_durable_wal_with_full_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("otpd.db")).unwrap();
+        let mode: String = s.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        let sync: i64 = s.conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!((mode.as_str(), sync), ("wal", 2), "WAL with synchronous=FULL (2)");
+    }
+
+    #[test]
     fn reopen_keeps_state() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("otpd.db");

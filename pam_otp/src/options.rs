@@ -26,7 +26,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             socket: common::DEFAULT_PAM_SOCKET.into(),
-            timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(common::DEFAULT_MODULE_TIMEOUT_SECS),
             fail: FailMode::Closed,
             require: false,
             debug: false,

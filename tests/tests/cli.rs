@@ -98,6 +98,11 @@ fn state_files_are_private() {
     }
     let mode = std::fs::metadata(fx.pam_socket()).unwrap().mode() & 0o777;
     assert_eq!(mode, 0o666, "screen lockers running as the user must reach the PAM socket");
+    // A crash leaves no core file with secrets in it.
+    let pid = fx.daemon.as_ref().unwrap().id();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+    assert_eq!(core.split_whitespace().nth(4), Some("0"), "{core}");
     // The secret is not stored in clear.
     let uri_secret = {
         let r = fx.login("uma", &["1"]);

@@ -176,6 +176,24 @@ fn socket_not_owned_by_root_is_refused() {
 }
 
 #[test]
+fn socket_path_through_a_symlink_is_refused() {
+    let fx = Fixture::start("");
+    fx.ctl_ok(&["user", "enable", "fred", "--method", "totp"]);
+    // A path a user could plant: a symlink to the real socket.
+    let link = fx.path("link.sock");
+    std::os::unix::fs::symlink(fx.pam_socket(), &link).unwrap();
+    let service = format!(
+        "auth [success=ok ignore=ignore default=die] {} socket={}\nauth required pam_permit.so\n",
+        module_path().display(),
+        link.display()
+    );
+    std::fs::write(fx.path("services/linked"), service).unwrap();
+    let r = fx.login_with("linked", "fred", &[b"123456"]);
+    assert_eq!(r.code, PAM_AUTH_ERR, "{}", r.out);
+    assert!(!r.out.contains("Passcode"), "must not follow a symlink to the daemon: {}", r.out);
+}
+
+#[test]
 fn odd_answers_are_denied_and_audited() {
     let fx = Fixture::start("[lockout]\nmax_failures = 100\n");
     let uri = fx.enroll_active("gina");
@@ -301,4 +319,40 @@ fn daemon_down_with_fail_open_succeeds_and_logs_loudly() {
     // authpriv (10) * 8 + warning (4) = <84>
     assert!(log.contains("<84>"), "must be an authpriv warning: {log}");
     assert!(!log.contains("123456"), "the code must never be logged: {log}");
+}
+
+/// No user lookups through NSS in the request path: a lookup there could
+/// recurse into an NSS or PAM module served by this very daemon (check 21).
+/// otpd is traced with strace during logins of every kind.
+#[test]
+fn logins_make_no_user_lookups() {
+    let fx = Fixture::start("");
+    let uri = fx.enroll_active("nina");
+    fx.ctl_ok(&["user", "enable", "selfie", "--method", "totp"]);
+    let pid = fx.daemon.as_ref().unwrap().id().to_string();
+    let trace = fx.path("trace");
+    let mut strace = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=openat,open,connect,accept4,newfstatat,statx", "-o"])
+        .arg(&trace)
+        .args(["-p", &pid])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let logins = [
+        fx.login("nina", &[&code_from_uri(&uri, 0).unwrap()]),
+        fx.login("nina", &["000000"]),
+        fx.login("not-enrolled", &["123456"]),
+    ];
+    let mut own = fx.pamdrive("otp", "selfie", &[b"123456"]);
+    as_uid(&mut own, 65534);
+    let _ = own.output();
+    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
+    strace.wait().unwrap();
+    assert_eq!(logins[0].code, PAM_SUCCESS, "{}", logins[0].out);
+    let text = std::fs::read_to_string(&trace).unwrap();
+    assert!(text.matches("accept4(").count() >= 4, "strace saw no logins:\n{text}");
+    for needle in ["/etc/passwd", "/etc/group", "nsswitch.conf", "/run/nscd", "/var/lib/sss", "libnss_", "/etc/shadow"]
+    {
+        assert!(!text.contains(needle), "otpd looked up users during logins ({needle}):\n{text}");
+    }
 }

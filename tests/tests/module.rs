@@ -45,3 +45,22 @@ fn a_panic_inside_the_module_is_a_failure() {
     assert!(r.out.contains("result:"), "the calling program did not survive: {}", r.out);
     assert_eq!(r.code, PAM_ABORT, "{}", r.out);
 }
+
+/// The module acts only on its stack arguments: no code in it (or in the
+/// parts of `common` it links) reads the environment, which a user
+/// controls in su, sudo and screen lockers.
+#[test]
+fn module_reads_no_environment() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let mut files: Vec<std::path::PathBuf> =
+        std::fs::read_dir(format!("{root}/pam_otp/src")).unwrap().map(|e| e.unwrap().path()).collect();
+    for f in ["client.rs", "codec.rs", "proto.rs", "text.rs", "lib.rs"] {
+        files.push(format!("{root}/common/src/{f}").into());
+    }
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for needle in ["std::env", "env::var", "getenv", "secure_getenv"] {
+            assert!(!text.contains(needle), "{} uses {needle}", f.display());
+        }
+    }
+}
