@@ -465,3 +465,17 @@ fn no_address_global_cap_and_disabled_users() {
     let audit = fx.ctl_ok(&["audit"]);
     assert!(audit.contains("no email address on record") && audit.contains("hourly mail cap reached"), "{audit}");
 }
+
+#[test]
+fn per_address_hourly_cap_holds_across_users() {
+    let env = env_with("per_address_per_hour = 1\n", "");
+    let fx = &env.fx;
+    fx.ctl_ok(&["user", "enable", "bob", "--method", "email"]);
+    assert!(request(fx, "bob", &[""]).out.contains("A code was sent"));
+    // Another account with the same mailbox cannot make it a mail cannon.
+    fx.ctl_ok(&["user", "enable", "bob2", "--method", "email", "--email", "bob@example.org"]);
+    let capped = request(fx, "bob2", &[""]);
+    assert!(capped.out.contains("Too many emails"), "{}", capped.out);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(wait_for_mails(&env.maildir(), 1).len(), 1);
+}
