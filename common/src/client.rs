@@ -68,12 +68,8 @@ impl Client {
         if !trusted_uids.contains(&peer) {
             return Err(ClientError::WrongPeer { path: shown, uid: peer });
         }
-        // Reads wait in poll(2) with their own deadline; the socket timeouts
-        // are a second bound on every blocking call.
-        stream
-            .set_read_timeout(Some(timeout))
-            .and_then(|_| stream.set_write_timeout(Some(timeout)))
-            .map_err(|e| ClientError::Connect { path: shown, source: e })?;
+        // Reads wait in poll(2) with their own deadline; writes are bounded
+        // by the send timeout set before connecting.
         Ok(Client { stream, timeout, pending: Vec::new(), max_frame: crate::codec::MAX_FRAME })
     }
 

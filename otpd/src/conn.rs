@@ -94,13 +94,12 @@ impl Conn {
         self.write_bytes(&encode_limited(msg, MAX_ADMIN_RESPONSE)?, io_timeout).await
     }
 
-    /// A second handle on the socket for [`send_now`] from another thread.
+    /// A second handle on the socket, for [`send_now`] from another thread.
     pub fn duplicate(&self) -> Option<UnixStream> {
         self.fd.get_ref().try_clone().ok()
     }
 
-    /// Writes raw bytes (the rest of a frame [`send_now`] could not finish).
-    pub async fn write_bytes(&mut self, frame: &[u8], io_timeout: Duration) -> Result<(), FrameError> {
+    async fn write_bytes(&mut self, frame: &[u8], io_timeout: Duration) -> Result<(), FrameError> {
         let deadline = Instant::now() + io_timeout;
         let mut sent = 0;
         let mut pause = Duration::from_millis(1);
@@ -127,8 +126,7 @@ impl Conn {
 /// Writes as much of `frame` as the socket takes right now, without
 /// waiting, and returns how much that was. Lets the database thread hand a
 /// login its outcome the moment the decision is committed, instead of
-/// waking the login thread to do it; whatever does not fit is written by
-/// the connection's own task ([`Conn::write_bytes`]).
+/// waking the login thread to do it.
 pub fn send_now(stream: &UnixStream, frame: &[u8]) -> usize {
     let mut sent = 0;
     while sent < frame.len() {

@@ -44,43 +44,44 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
     {
-        self.run_then(f, |_| {}).await
+        let (done_tx, done_rx) = oneshot::channel();
+        self.submit(f, move |result| {
+            let _ = done_tx.send(result);
+        })
+        .await?;
+        done_rx.await.map_err(|_| StoreError::Gone)?
     }
 
-    /// Like [`Db::run`], and `on_commit` sees the final result on the
-    /// database thread right after COMMIT (or its failure), before the
-    /// waiting task is woken: the place to reply to a peer without waiting
-    /// for the task's thread.
-    pub async fn run_then<T, F, N>(&self, f: F, on_commit: N) -> Result<T, StoreError>
+    /// Runs `f` in a transaction without waiting for it: `on_commit` gets
+    /// the final result on the database thread right after COMMIT (or its
+    /// failure) — the place to answer a peer without waking the task that
+    /// queued the job. Returns once the job is queued. A job that never
+    /// runs (the database thread gone, BEGIN failed) is dropped, and with
+    /// it whatever `on_commit` owns.
+    pub async fn submit<T, F, N>(&self, f: F, on_commit: N) -> Result<(), StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
-        N: FnOnce(&Result<T, StoreError>) + Send + 'static,
+        N: FnOnce(Result<T, StoreError>) + Send + 'static,
     {
-        let (done_tx, done_rx) = oneshot::channel();
         let job: Job = Box::new(move |store: &mut SqliteStore| {
             let result = f(store);
             let ok = result.is_ok();
             let completion: Completion = Box::new(move |committed: bool| {
-                let result = if committed { result } else { Err(StoreError::NotCommitted) };
-                on_commit(&result);
-                let _ = done_tx.send(result);
+                on_commit(if committed { result } else { Err(StoreError::NotCommitted) });
             });
             (ok, completion)
         });
         let tx = self.tx.clone();
         // The channel is bounded; waiting for room must not block a runtime thread.
         match tx.try_send(job) {
-            Ok(()) => {}
-            Err(mpsc::TrySendError::Full(job)) => {
-                tokio::task::spawn_blocking(move || tx.send(job))
-                    .await
-                    .map_err(|_| StoreError::Gone)?
-                    .map_err(|_| StoreError::Gone)?;
-            }
-            Err(mpsc::TrySendError::Disconnected(_)) => return Err(StoreError::Gone),
+            Ok(()) => Ok(()),
+            Err(mpsc::TrySendError::Full(job)) => tokio::task::spawn_blocking(move || tx.send(job))
+                .await
+                .map_err(|_| StoreError::Gone)?
+                .map_err(|_| StoreError::Gone),
+            Err(mpsc::TrySendError::Disconnected(_)) => Err(StoreError::Gone),
         }
-        done_rx.await.map_err(|_| StoreError::Gone)?
     }
 }
 

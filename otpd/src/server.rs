@@ -321,7 +321,7 @@ async fn pam_connection(mut s: Conn, peer_uid: u32, first: ClientMsg, sh: &Share
             prompt_text = "Passcode: ";
             continue;
         }
-        return finish(&mut s, sh, &ctx, answer).await;
+        return finish(s, sh, &ctx, answer).await;
     }
     let _ = run_audit_result(sh, ctx.clone(), "deny", "too many requests in one conversation".into()).await;
     outcome(&mut s, sh, OutcomeKind::Deny, Some("Too many requests in one login.".into())).await
@@ -354,44 +354,45 @@ async fn ask(s: &mut Conn, sh: &Shared, ctx: &LoginContext, echo: bool, text: &s
     }
 }
 
-async fn finish(s: &mut Conn, sh: &Shared, ctx: &LoginContext, answer: String) {
+/// Checks the answer: the last step of a login. The database thread
+/// decides, commits, sends the outcome and closes its handle on the
+/// connection; this task only queues the job and lets go of its own
+/// handle, so nothing has to wake it again for this login.
+async fn finish(mut s: Conn, sh: &Shared, ctx: &LoginContext, answer: String) {
     let now = sh.clock.now();
-    // The database thread sends the outcome itself right after COMMIT; this
-    // task only finishes what it could not write.
-    let early = s.duplicate();
-    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let verdict = {
-        let ctx = ctx.clone();
-        let policy = sh.policy.clone();
-        let written = written.clone();
-        sh.db
-            .run_then(
-                move |st| auth::check_answer(st, &policy, &ctx, &answer, now),
-                move |verdict| {
-                    if let (Some(stream), Ok(frame)) = (early, encode(&verdict_outcome(verdict, now))) {
-                        written.store(crate::conn::send_now(&stream, &frame), Ordering::Release);
-                    }
-                },
-            )
-            .await
+    let Some(stream) = s.duplicate() else {
+        return outcome(&mut s, sh, OutcomeKind::Deny, Some("Passcode check unavailable.".into())).await;
     };
-    match &verdict {
-        Ok(Verdict::Accept { activated: true }) => {
-            sh.emit(crate::dbus::Event::EnrollmentActivated { user: ctx.user.clone() });
-        }
-        Ok(Verdict::Locked { until }) => {
-            sh.emit(crate::dbus::Event::UserLockedOut { user: ctx.user.clone(), until: *until });
-        }
-        Err(e) => {
-            // Nothing was committed: the code was not consumed, the attempt not recorded; deny.
-            tracing::error!("store error while checking a code for {}: {e}; denying", ctx.user);
-        }
-        _ => {}
-    }
-    let Ok(frame) = encode(&verdict_outcome(&verdict, now)) else { return };
-    let done = written.load(Ordering::Acquire).min(frame.len());
-    if done < frame.len() {
-        let _ = s.write_bytes(&frame[done..], sh.io_timeout).await;
+    let (policy, job_ctx, events, user) = (sh.policy.clone(), ctx.clone(), sh.events.clone(), ctx.user.clone());
+    let queued = sh
+        .db
+        .submit(
+            move |st| auth::check_answer(st, &policy, &job_ctx, &answer, now),
+            move |verdict| {
+                match &verdict {
+                    Ok(Verdict::Accept { activated: true }) => {
+                        let _ = events.send(crate::dbus::Event::EnrollmentActivated { user: user.clone() });
+                    }
+                    Ok(Verdict::Locked { until }) => {
+                        let _ = events.send(crate::dbus::Event::UserLockedOut { user: user.clone(), until: *until });
+                    }
+                    // Nothing was committed: the code was not consumed, the attempt not recorded.
+                    Err(e) => tracing::error!("store error while checking a code for {user}: {e}; denying"),
+                    _ => {}
+                }
+                if let Ok(frame) = encode(&verdict_outcome(&verdict, now)) {
+                    // A client always reads its outcome; one that does not
+                    // gets a cut frame and fails closed.
+                    if crate::conn::send_now(&stream, &frame) < frame.len() {
+                        tracing::warn!("outcome for {user} not delivered: the client is not reading");
+                    }
+                }
+            },
+        )
+        .await;
+    if let Err(e) = queued {
+        tracing::error!("cannot queue the check of a code for {}: {e}; denying", ctx.user);
+        outcome(&mut s, sh, OutcomeKind::Deny, Some("Passcode check unavailable.".into())).await;
     }
 }
 

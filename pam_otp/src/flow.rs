@@ -148,13 +148,15 @@ fn answer_text(bytes: &[u8]) -> String {
 
 fn outcome_code<I: PamIo>(io: &mut I, opts: &Options, result: OutcomeKind, user: &str, service: &str) -> PamCode {
     let (code, level, what) = match result {
-        OutcomeKind::Accept => (PamCode::Success, Level::Info, "accepted"),
+        // otpd audits every decision to syslog itself; the module repeats
+        // only what the daemon cannot know: that the answer was mapped.
+        OutcomeKind::Accept => (PamCode::Success, Level::Debug, "accepted"),
         OutcomeKind::Deny => (PamCode::AuthErr, Level::Notice, "denied"),
         OutcomeKind::Locked => (PamCode::MaxTries, Level::Notice, "denied (locked out)"),
         OutcomeKind::NotEnrolled if opts.require => {
             (PamCode::AuthErr, Level::Notice, "denied (not enrolled, require set)")
         }
-        OutcomeKind::NotEnrolled => (PamCode::Ignore, Level::Info, "ignored (not enrolled)"),
+        OutcomeKind::NotEnrolled => (PamCode::Ignore, Level::Debug, "ignored (not enrolled)"),
     };
     io.log(level, &format!("user {user} service {service}: {what}"));
     code
