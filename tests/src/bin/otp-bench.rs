@@ -4,7 +4,7 @@
 //!
 //!   otp-bench [--procs 1,8] [--users 1000,100000] [--logins 4000]
 //!             [--permit-logins 20000] [--modules permit,ga,oath,otp]
-//!             [--oath-logins 300] [--email 1000]
+//!             [--repeat 3] [--oath-logins 300] [--email 1000]
 //!
 //! Every stack holds exactly the module under test. Each measured login is a
 //! distinct enrolled user presenting a valid current code (codes are single
@@ -104,6 +104,8 @@ struct Bench {
     /// pam_oath rewrites its whole users file on every login: at large user
     /// counts it gets this many logins per round, not --logins.
     oath_logins: usize,
+    /// Rounds of each module per cell.
+    repeat: usize,
 }
 
 fn main() {
@@ -143,6 +145,7 @@ fn main() {
         permit_logins: numbers(&args, "--permit-logins", "20000").first().copied().unwrap_or(20000),
         modules,
         oath_logins: numbers(&args, "--oath-logins", "300").first().copied().unwrap_or(300),
+        repeat: numbers(&args, "--repeat", "3").first().copied().unwrap_or(3).max(1),
     };
     println!(
         "otp-bench: complete PAM authentications (pam_start_confdir + pam_authenticate + pam_end) through libpam,"
@@ -168,9 +171,10 @@ struct Cell {
     users: usize,
     procs: usize,
     module: Module,
-    round: Round,
-    permit: Round,
-    ga: Option<Round>,
+    round: Summary,
+    /// The pam_permit rounds around this module's rounds.
+    permit: Summary,
+    ga: Option<Summary>,
     rss_kb: Option<u64>,
 }
 
@@ -180,72 +184,93 @@ impl Bench {
     }
 
     /// Sets up `users` enrolled users in every module, then measures each
-    /// module at every process count.
+    /// module at every process count, `repeat` times, each round of a
+    /// module between two pam_permit rounds.
     fn run_users(&self, users: usize) -> Vec<Cell> {
         println!();
         println!("== {users} enrolled users ==");
         let udir = self.dir.join(format!("u{users}"));
         std::fs::create_dir_all(&udir).ok();
-        // How many distinct users each round may use: every round at a
-        // process count takes its own users where there are enough, else
-        // the same users with the next time step.
+        // Each round takes its own users where there are enough; otherwise
+        // rounds share them and each takes the next unused time step (codes
+        // are single use), waiting for the clock where it must.
         let per_round = self.logins.min(users);
-        let rounds = self.procs.len();
-        let mut offsets = Vec::new();
-        let mut firsts = Vec::new();
-        for i in 0..rounds {
-            if per_round * rounds <= users {
-                firsts.push(i * per_round);
-                offsets.push(0);
+        let slots = self.procs.len() * self.repeat;
+        let first_of = |pi: usize, rep: usize| {
+            if per_round * slots <= users {
+                (pi * self.repeat + rep) * per_round
             } else {
-                firsts.push(0);
-                offsets.push(i as i64);
+                0
             }
-        }
+        };
+        let measured: Vec<usize> = {
+            let mut v: Vec<usize> = (0..self.procs.len())
+                .flat_map(|pi| (0..self.repeat).map(move |rep| (pi, rep)))
+                .flat_map(|(pi, rep)| first_of(pi, rep)..first_of(pi, rep) + per_round)
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
         let secrets: Vec<(String, Vec<u8>)> = (0..users).map(|i| (format!("b{i}"), random_secret())).collect();
         let mut otpd = None;
         let mut files: HashMap<Module, PathBuf> = HashMap::new();
+        let mut steps: HashMap<Module, StepBook> = HashMap::new();
         for &m in &self.modules {
             let started = Instant::now();
+            let mut book = StepBook::new(users);
             let list = match m {
                 Module::Permit => {
                     self.write_service("permit", "auth required pam_permit.so");
-                    Some(write_users(&udir.join("permit"), &secrets))
+                    write_users(&udir.join("permit"), &secrets)
                 }
-                Module::Ga => Some(self.setup_ga(&udir, &secrets)),
-                Module::Oath => Some(self.setup_oath(&udir, &secrets)),
+                Module::Ga => self.setup_ga(&udir, &secrets),
+                Module::Oath => self.setup_oath(&udir, &secrets),
                 Module::Otp => {
-                    let (daemon, list) = self.setup_otp(&udir, &secrets, &firsts, per_round);
+                    let (daemon, list) = self.setup_otp(&udir, &secrets, &measured, &mut book);
                     otpd = Some(daemon);
-                    Some(list)
+                    list
                 }
             };
-            if let Some(l) = list {
-                if m != Module::Permit {
-                    println!("{}: {users} users set up in {:.1} s", m.name(), started.elapsed().as_secs_f64());
-                }
-                files.insert(m, l);
+            if m != Module::Permit {
+                println!("{}: {users} users set up in {:.1} s", m.name(), started.elapsed().as_secs_f64());
             }
+            files.insert(m, list);
+            steps.insert(m, book);
         }
+        let permit_file = files[&Module::Permit].clone();
         let mut cells = Vec::new();
-        for (i, &p) in self.procs.iter().enumerate() {
-            let (first, offset) = (firsts[i], offsets[i]);
-            let permit_file = &files[&Module::Permit];
-            let mut results: Vec<(Module, Round, Round)> = Vec::new();
-            let mut before = self.round(Module::Permit, permit_file, 0, per_round, p, 0, self.permit_logins);
-            for &m in self.modules.iter().filter(|&&m| m != Module::Permit) {
-                let Some(file) = files.get(&m) else { continue };
-                let logins = if m == Module::Oath && users > 10_000 { per_round.min(self.oath_logins) } else { per_round };
-                let r = self.round(m, file, first, logins, p, offset, logins);
-                let after = self.round(Module::Permit, permit_file, 0, per_round, p, 0, self.permit_logins);
-                results.push((m, r, before.mean(&after)));
-                before = after;
+        for (pi, &p) in self.procs.iter().enumerate() {
+            let mut results: Vec<(Module, Vec<Round>, Vec<Round>)> = Vec::new();
+            let mut before = self.round(Module::Permit, &permit_file, 0, per_round, p, 0, self.permit_logins);
+            for rep in 0..self.repeat {
+                for &m in self.modules.iter().filter(|&&m| m != Module::Permit) {
+                    let first = first_of(pi, rep);
+                    let logins =
+                        if m == Module::Oath && users > 10_000 { per_round.min(self.oath_logins) } else { per_round };
+                    let book = steps.get_mut(&m).unwrap_or_else(|| panic!("no step book for {m:?}"));
+                    let offset = book.offset_for(first..first + logins);
+                    let r = self.round(m, &files[&m], first, logins, p, offset, logins);
+                    book.record(first..first + logins, r.max_step);
+                    let after = self.round(Module::Permit, &permit_file, 0, per_round, p, 0, self.permit_logins);
+                    let base = before.mean(&after);
+                    before = after;
+                    match results.iter_mut().find(|(x, _, _)| *x == m) {
+                        Some((_, rs, bs)) => {
+                            rs.push(r);
+                            bs.push(base);
+                        }
+                        None => results.push((m, vec![r], vec![base])),
+                    }
+                }
             }
-            let ga = results.iter().find(|(m, _, _)| *m == Module::Ga).map(|(_, r, _)| r.clone());
             let rss = otpd.as_ref().map(|d: &Otpd| d.rss_kb());
-            print_table(users, p, &results, ga.as_ref(), rss);
-            for (m, r, permit) in results {
-                cells.push(Cell { users, procs: p, module: m, round: r, permit, ga: ga.clone(), rss_kb: rss });
+            let summary: Vec<(Module, Summary, Summary)> =
+                results.iter().map(|(m, rs, bs)| (*m, Summary::of(rs), Summary::of(bs))).collect();
+            let ga = summary.iter().find(|(m, _, _)| *m == Module::Ga).map(|(_, s, _)| s.clone());
+            print_table(users, p, self.repeat, &summary, ga.as_ref(), rss);
+            for (m, round, permit) in summary {
+                cells.push(Cell { users, procs: p, module: m, round, permit, ga: ga.clone(), rss_kb: rss });
             }
         }
         if let Some(d) = otpd {
@@ -256,18 +281,17 @@ impl Bench {
     }
 
     /// Google Authenticator: one secret file per user, as the
-    /// google-authenticator tool writes it with -t -d -w 3 -r 3 -R 30
-    /// (TOTP, no reuse, ±1 step, rate limit), read and rewritten by the
-    /// module on every login.
+    /// google-authenticator tool writes it with -t -d -w 3 (TOTP, no code
+    /// reuse, ±1 step), read and rewritten (write, fsync, rename) by the
+    /// module on every login. Without -r/-R rate limiting: repeated rounds
+    /// log the same user in more than 3 times in 30 s, which it would
+    /// refuse; it costs no extra file operation.
     fn setup_ga(&self, udir: &Path, secrets: &[(String, Vec<u8>)]) -> PathBuf {
         let dir = udir.join("ga");
         std::fs::create_dir_all(&dir).ok();
         for (name, secret) in secrets {
             let path = dir.join(name);
-            let text = format!(
-                "{}\n\" RATE_LIMIT 3 30\n\" WINDOW_SIZE 3\n\" DISALLOW_REUSE\n\" TOTP_AUTH\n",
-                data_encoding_base32(secret)
-            );
+            let text = format!("{}\n\" WINDOW_SIZE 3\n\" DISALLOW_REUSE\n\" TOTP_AUTH\n", data_encoding_base32(secret));
             std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).ok();
@@ -303,8 +327,8 @@ impl Bench {
         &self,
         udir: &Path,
         secrets: &[(String, Vec<u8>)],
-        firsts: &[usize],
-        per_round: usize,
+        measured: &[usize],
+        book: &mut StepBook,
     ) -> (Otpd, PathBuf) {
         let daemon = Otpd::start(&self.bin, &udir.join("otpd"));
         self.write_service(
@@ -319,19 +343,20 @@ impl Bench {
         let enrolled = enroll(&daemon.admin_socket, &names);
         let file = udir.join("otp.users");
         std::fs::write(&file, enrolled.join("\n")).ok();
-        let mut measured: Vec<usize> = firsts.iter().flat_map(|&f| f..f + per_round).collect();
-        measured.sort_unstable();
-        measured.dedup();
         let activate = udir.join("otp.activate");
-        let mut pending: Vec<&str> = measured.iter().map(|&i| enrolled[i].as_str()).collect();
+        let mut pending: Vec<usize> = measured.to_vec();
         // A login that straddles a step boundary presents a code two steps
         // old and is refused; such users are activated again right after.
         for _ in 0..3 {
-            std::fs::write(&activate, pending.join("\n")).ok();
+            std::fs::write(&activate, pending.iter().map(|&i| enrolled[i].as_str()).collect::<Vec<_>>().join("\n"))
+                .ok();
             let procs = 8.min(pending.len()).max(1);
             let r = self.round(Module::Otp, &activate, 0, pending.len(), procs, -1, pending.len());
+            for &i in &pending {
+                book.last[i] = book.last[i].max(r.max_step);
+            }
             let failed: std::collections::HashSet<&str> = r.failed.iter().map(String::as_str).collect();
-            pending.retain(|l| failed.contains(l.split(' ').next().unwrap_or("")));
+            pending.retain(|&i| failed.contains(names[i].as_str()));
             if pending.is_empty() {
                 break;
             }
@@ -385,41 +410,17 @@ impl Bench {
                 let _ = stdin.write_all(b"go\n");
             }
         }
-        let (mut lat, mut rejected, mut replays, mut start, mut end) = (Vec::new(), 0, None, u128::MAX, 0u128);
-        let mut failed = Vec::new();
-        for (mut out, mut c) in outs.into_iter().zip(children) {
-            let mut text = String::new();
-            out.read_to_string(&mut text).ok();
-            let _ = c.wait();
-            for line in text.lines() {
-                let mut f = line.split_whitespace();
-                match (f.next(), f.next()) {
-                    (Some("lat"), Some(v)) => lat.push(v.parse::<f64>().unwrap_or(0.0)),
-                    (Some("rejected"), Some(v)) => rejected += v.parse::<usize>().unwrap_or(0),
-                    (Some("replays_accepted"), Some(v)) => *replays.get_or_insert(0) += v.parse::<usize>().unwrap_or(0),
-                    (Some("start"), Some(v)) => start = start.min(v.parse().unwrap_or(u128::MAX)),
-                    (Some("end"), Some(v)) => end = end.max(v.parse().unwrap_or(0)),
-                    (Some("failed"), Some(u)) => failed.push(u.to_string()),
-                    _ => {}
-                }
-            }
-        }
-        lat.sort_by(|a, b| a.total_cmp(b));
-        let pct = |q: f64| {
-            lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(f64::NAN)
-                / 1000.0
-        };
-        let secs = (end.saturating_sub(start)) as f64 / 1e6;
-        Round {
-            count: lat.len(),
-            // Accepted logins only: a module that refuses fast is not fast.
-            rate: lat.len().saturating_sub(rejected) as f64 / secs.max(1e-9),
-            p50: pct(0.5),
-            p99: pct(0.99),
-            rejected,
-            replays_accepted: replays,
-            failed,
-        }
+        let texts: Vec<String> = outs
+            .into_iter()
+            .zip(children)
+            .map(|(mut out, mut c)| {
+                let mut text = String::new();
+                out.read_to_string(&mut text).ok();
+                let _ = c.wait();
+                text
+            })
+            .collect();
+        collect_round(&texts)
     }
 
     /// N users each press Enter once (an emailed code), from 8 processes at
@@ -506,18 +507,17 @@ impl Bench {
             })
             .collect();
         delivery.sort_by(|a, b| a.total_cmp(b));
-        let pct = |v: &[f64], q: f64| {
-            v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1))).copied().unwrap_or(f64::NAN)
-        };
         println!("== emailed-code requests: {n} distinct users press Enter, 8 processes, SMTP sink (aiosmtpd) on 127.0.0.1 ==");
         println!(
             "  login conversation of a request: p50 {:.3} ms, p99 {:.3} ms ({:.0} requests/s)",
-            r.p50, r.p99, r.rate
+            percentile(&r.latencies, 0.5),
+            percentile(&r.latencies, 0.99),
+            r.rate
         );
         println!(
             "  request -> accepted by SMTP:     p50 {:.1} ms, p99 {:.1} ms; delivered {}/{}",
-            pct(&delivery, 0.5),
-            pct(&delivery, 0.99),
+            percentile(&delivery, 0.5),
+            percentile(&delivery, 0.99),
             delivery.len(),
             n
         );
@@ -545,35 +545,45 @@ impl Bench {
                     .unwrap_or_else(|e| panic!("worker: {e}"))
             })
             .collect();
-        let (mut lat, mut rejected, mut start, mut end) = (Vec::new(), 0, u128::MAX, 0u128);
-        for c in children {
-            let out = c.wait_with_output().unwrap_or_else(|e| panic!("worker: {e}"));
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                let mut f = line.split_whitespace();
-                match (f.next(), f.next()) {
-                    (Some("lat"), Some(v)) => lat.push(v.parse::<f64>().unwrap_or(0.0)),
-                    (Some("rejected"), Some(v)) => rejected += v.parse::<usize>().unwrap_or(0),
-                    (Some("start"), Some(v)) => start = start.min(v.parse().unwrap_or(u128::MAX)),
-                    (Some("end"), Some(v)) => end = end.max(v.parse().unwrap_or(0)),
-                    _ => {}
-                }
-            }
+        let texts: Vec<String> = children
+            .into_iter()
+            .map(|c| {
+                let out = c.wait_with_output().unwrap_or_else(|e| panic!("worker: {e}"));
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            })
+            .collect();
+        collect_round(&texts)
+    }
+}
+
+/// The workers' reports of one round, together.
+fn collect_round(texts: &[String]) -> Round {
+    let (mut lat, mut rejected, mut replays, mut start, mut end) = (Vec::new(), 0, None, u128::MAX, 0u128);
+    let (mut failed, mut max_step) = (Vec::new(), i64::MIN / 2);
+    for line in texts.iter().flat_map(|t| t.lines()) {
+        let mut f = line.split_whitespace();
+        match (f.next(), f.next()) {
+            (Some("lat"), Some(v)) => lat.push(v.parse::<f64>().unwrap_or(0.0) / 1000.0),
+            (Some("rejected"), Some(v)) => rejected += v.parse::<usize>().unwrap_or(0),
+            (Some("replays_accepted"), Some(v)) => *replays.get_or_insert(0) += v.parse::<usize>().unwrap_or(0),
+            (Some("start"), Some(v)) => start = start.min(v.parse().unwrap_or(u128::MAX)),
+            (Some("end"), Some(v)) => end = end.max(v.parse().unwrap_or(0)),
+            (Some("failed"), Some(u)) => failed.push(u.to_string()),
+            (Some("maxstep"), Some(v)) => max_step = max_step.max(v.parse().unwrap_or(i64::MIN / 2)),
+            _ => {}
         }
-        lat.sort_by(|a, b| a.total_cmp(b));
-        let pct = |q: f64| {
-            lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(f64::NAN)
-                / 1000.0
-        };
-        let secs = (end.saturating_sub(start)) as f64 / 1e6;
-        Round {
-            count: lat.len(),
-            rate: lat.len() as f64 / secs.max(1e-9),
-            p50: pct(0.5),
-            p99: pct(0.99),
-            rejected,
-            replays_accepted: None,
-            failed: Vec::new(),
-        }
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let secs = (end.saturating_sub(start)) as f64 / 1e6;
+    Round {
+        count: lat.len(),
+        // Accepted logins only: a module that refuses fast is not fast.
+        rate: lat.len().saturating_sub(rejected) as f64 / secs.max(1e-9),
+        latencies: lat,
+        rejected,
+        replays_accepted: replays,
+        failed,
+        max_step,
     }
 }
 
@@ -581,75 +591,170 @@ impl Bench {
 struct Round {
     count: usize,
     rate: f64,
-    p50: f64,
-    p99: f64,
+    /// Milliseconds per pam_authenticate call, sorted.
+    latencies: Vec<f64>,
     rejected: usize,
     /// None where replays mean nothing (pam_permit accepts anything).
     replays_accepted: Option<usize>,
     /// Users whose valid login was refused.
     failed: Vec<String>,
+    /// Highest TOTP step any login of the round presented.
+    max_step: i64,
 }
 
 impl Round {
     /// The baseline for a round between two pam_permit rounds.
     fn mean(&self, other: &Round) -> Round {
+        let mut latencies = [self.latencies.as_slice(), other.latencies.as_slice()].concat();
+        latencies.sort_by(|a, b| a.total_cmp(b));
         Round {
             count: self.count + other.count,
             rate: (self.rate + other.rate) / 2.0,
-            p50: (self.p50 + other.p50) / 2.0,
-            p99: (self.p99 + other.p99) / 2.0,
+            latencies,
             rejected: self.rejected + other.rejected,
             replays_accepted: None,
             failed: Vec::new(),
+            max_step: self.max_step.max(other.max_step),
         }
     }
 }
 
-fn print_table(users: usize, procs: usize, results: &[(Module, Round, Round)], ga: Option<&Round>, rss: Option<u64>) {
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted.get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1))).copied().unwrap_or(f64::NAN)
+}
+
+/// Several rounds of one module: the median rate, the spread, and the
+/// percentiles of all their logins together.
+#[derive(Debug, Clone)]
+struct Summary {
+    count: usize,
+    rate: f64,
+    rates: Vec<f64>,
+    p50: f64,
+    p99: f64,
+    rejected: usize,
+    replays_accepted: Option<usize>,
+}
+
+impl Summary {
+    fn of(rounds: &[Round]) -> Summary {
+        let mut rates: Vec<f64> = rounds.iter().map(|r| r.rate).collect();
+        rates.sort_by(|a, b| a.total_cmp(b));
+        let mut all: Vec<f64> = rounds.iter().flat_map(|r| r.latencies.iter().copied()).collect();
+        all.sort_by(|a, b| a.total_cmp(b));
+        let replays = rounds.iter().filter_map(|r| r.replays_accepted).reduce(|a, b| a + b);
+        Summary {
+            count: rounds.iter().map(|r| r.count).sum(),
+            rate: percentile(&rates, 0.5),
+            rates,
+            p50: percentile(&all, 0.5),
+            p99: percentile(&all, 0.99),
+            rejected: rounds.iter().map(|r| r.rejected).sum(),
+            replays_accepted: replays,
+        }
+    }
+}
+
+/// Per user of one module, the highest TOTP step presented so far: codes
+/// are single use, so the next round must use a later step.
+struct StepBook {
+    last: Vec<i64>,
+}
+
+impl StepBook {
+    fn new(users: usize) -> StepBook {
+        StepBook { last: vec![i64::MIN / 2; users] }
+    }
+
+    /// The code offset (0 or +1 step) for a round of these users, after
+    /// waiting for the clock if their window is used up. A negative offset
+    /// is never used in a measured round: a login straddling a step
+    /// boundary would present a code two steps old.
+    fn offset_for(&self, users: std::ops::Range<usize>) -> i64 {
+        let needed = users.map(|i| self.last[i]).max().unwrap_or(i64::MIN / 2) + 1;
+        loop {
+            let now = (unix_now() / PERIOD) as i64;
+            if needed <= now {
+                return 0;
+            }
+            if needed == now + 1 {
+                return 1;
+            }
+            // Wait until the step before `needed` begins.
+            let wait = ((needed - 1) as u64 * PERIOD).saturating_sub(unix_now()) + 1;
+            std::thread::sleep(Duration::from_secs(wait));
+        }
+    }
+
+    fn record(&mut self, users: std::ops::Range<usize>, max_step: i64) {
+        for i in users {
+            self.last[i] = self.last[i].max(max_step);
+        }
+    }
+}
+
+fn print_table(
+    users: usize,
+    procs: usize,
+    repeat: usize,
+    results: &[(Module, Summary, Summary)],
+    ga: Option<&Summary>,
+    rss: Option<u64>,
+) {
     println!();
-    println!("-- {users} users, {procs} process(es) --");
+    println!("-- {users} users, {procs} process(es): median of {repeat} round(s) per module, p50/p99 over all their logins --");
     println!(
-        "{:<12} {:>6} {:>9} {:>8} {:>8} {:>8} {:>7} | {:>9} {:>8} {:>8} | {:>9} {:>8} {:>8}",
+        "{:<12} {:>6} {:>8} {:>15} {:>7} {:>7} {:>5} {:>5} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7}",
         "module",
         "auths",
         "auths/s",
+        "(min-max)",
         "p50 ms",
         "p99 ms",
-        "rejected",
-        "replays",
+        "rej",
+        "repl",
         "rate/GA",
         "p50/GA",
         "p99/GA",
-        "rate/perm",
-        "p50/perm",
-        "p99/perm"
+        "rate/pm",
+        "p50/pm",
+        "p99/pm"
     );
-    let permit_mean = results.iter().map(|(_, _, p)| p.rate).sum::<f64>() / results.len().max(1) as f64;
-    let permit_p50 = results.iter().map(|(_, _, p)| p.p50).sum::<f64>() / results.len().max(1) as f64;
-    let permit_p99 = results.iter().map(|(_, _, p)| p.p99).sum::<f64>() / results.len().max(1) as f64;
-    println!(
-        "{:<12} {:>6} {:>9.0} {:>8.3} {:>8.3} {:>8} {:>7} | {:>9} {:>8} {:>8} | {:>9} {:>8} {:>8}",
-        "pam_permit",
-        results.first().map(|(_, _, p)| p.count / 2).unwrap_or(0),
-        permit_mean,
-        permit_p50,
-        permit_p99,
-        results.iter().map(|(_, _, p)| p.rejected).sum::<usize>(),
-        "-",
-        ga.map(|g| format!("{:.2}x", permit_mean / g.rate)).unwrap_or_else(|| "-".into()),
-        ga.map(|g| format!("{:.2}x", permit_p50 / g.p50)).unwrap_or_else(|| "-".into()),
-        ga.map(|g| format!("{:.2}x", permit_p99 / g.p99)).unwrap_or_else(|| "-".into()),
-        "1.00x",
-        "1.00x",
-        "1.00x"
-    );
-    for (m, r, permit) in results {
-        let ratio = |a: f64, b: Option<f64>| b.map(|b| format!("{:.3}x", a / b)).unwrap_or_else(|| "-".into());
+    let ratio = |a: f64, b: Option<f64>| b.map(|b| format!("{:.3}", a / b)).unwrap_or_else(|| "-".into());
+    let spread = |r: &Summary| {
+        format!("{:.0}-{:.0}", r.rates.first().copied().unwrap_or(0.0), r.rates.last().copied().unwrap_or(0.0))
+    };
+    // pam_permit: all the bracketing rounds of this cell.
+    if let Some((_, _, permit)) = results.first() {
+        let all: Vec<&Summary> = results.iter().map(|(_, _, p)| p).collect();
+        let mut rates: Vec<f64> = all.iter().flat_map(|p| p.rates.iter().copied()).collect();
+        rates.sort_by(|a, b| a.total_cmp(b));
+        let rate = percentile(&rates, 0.5);
         println!(
-            "{:<12} {:>6} {:>9.0} {:>8.3} {:>8.3} {:>8} {:>7} | {:>9} {:>8} {:>8} | {:>9} {:>8} {:>8}",
+            "{:<12} {:>6} {:>8.0} {:>15} {:>7.3} {:>7.3} {:>5} {:>5} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7}",
+            "pam_permit",
+            permit.count,
+            rate,
+            format!("{:.0}-{:.0}", rates.first().copied().unwrap_or(0.0), rates.last().copied().unwrap_or(0.0)),
+            permit.p50,
+            permit.p99,
+            all.iter().map(|p| p.rejected).sum::<usize>(),
+            "-",
+            ratio(rate, ga.map(|g| g.rate)),
+            ratio(permit.p50, ga.map(|g| g.p50)),
+            ratio(permit.p99, ga.map(|g| g.p99)),
+            "1",
+            "1",
+            "1"
+        );
+    }
+    for (m, r, permit) in results {
+        println!(
+            "{:<12} {:>6} {:>8.0} {:>15} {:>7.3} {:>7.3} {:>5} {:>5} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7}",
             m.name(),
             r.count,
             r.rate,
+            spread(r),
             r.p50,
             r.p99,
             r.rejected,
@@ -891,8 +996,10 @@ fn worker(args: &[String]) {
     let mut rejected = 0;
     writeln!(out, "start {}", now_us()).ok();
     let mut first_login = None;
+    let mut max_step = i64::MIN / 2;
     for (user, totp) in logins.iter().cycle().take(count) {
         let t = Instant::now();
+        max_step = max_step.max((unix_now() / PERIOD) as i64 + offset);
         let code = code(totp);
         let login =
             e2e::authenticate(Some(&confdir), &service, user, vec![code.clone().into_bytes()], None, None, false);
@@ -907,6 +1014,7 @@ fn worker(args: &[String]) {
     }
     writeln!(out, "end {}", now_us()).ok();
     writeln!(out, "rejected {rejected}").ok();
+    writeln!(out, "maxstep {max_step}").ok();
     // One replay per worker, outside the timed part: a code that was
     // accepted must be refused the second time.
     if service != "permit" && offset >= 0 {
