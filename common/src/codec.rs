@@ -92,6 +92,23 @@ pub fn decode_frame<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), Fra
     Ok((decode_body(body)?, 4 + len))
 }
 
+/// Decodes back-to-back frames until the first error: the messages, and
+/// the error that ends them (`Closed` when the bytes end cleanly). The
+/// reference for the incremental readers, which must give the same for the
+/// same bytes however they arrive.
+pub fn decode_stream<T: DeserializeOwned>(mut bytes: &[u8]) -> (Vec<T>, FrameError) {
+    let mut out = Vec::new();
+    loop {
+        match decode_frame::<T>(bytes) {
+            Ok((m, used)) => {
+                out.push(m);
+                bytes = &bytes[used..];
+            }
+            Err(e) => return (out, e),
+        }
+    }
+}
+
 /// Blocking read of one frame. The caller sets the socket deadlines.
 pub fn read_frame<T: DeserializeOwned, R: Read>(r: &mut R) -> Result<T, FrameError> {
     let mut header = [0u8; 4];

@@ -45,11 +45,7 @@ fn restart_on_small_tmpfs(fx: &mut Fixture) -> PathBuf {
         .spawn()
         .unwrap();
     fx.daemon = Some(child);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !(fx.pam_socket().exists() && fx.path("run/admin.sock").exists()) {
-        assert!(std::time::Instant::now() < deadline, "otpd did not start on the tmpfs: {}", fx.log());
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    fx.wait_until_listening();
     let mounted = in_daemon_ns(fx, &format!("grep -c ' {} tmpfs ' /proc/mounts", state.display()));
     assert_eq!(String::from_utf8_lossy(&mounted.stdout).trim(), "1", "otpd's state is not on the test tmpfs");
     state

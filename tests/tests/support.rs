@@ -109,6 +109,11 @@ impl Fixture {
             .spawn()
             .unwrap();
         self.daemon = Some(child);
+        self.wait_until_listening();
+    }
+
+    /// Waits for both sockets of a daemon just started in `self.daemon`.
+    pub fn wait_until_listening(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !(self.pam_socket().exists() && self.path("run/admin.sock").exists()) {
             assert!(Instant::now() < deadline, "otpd did not start: {}", self.log());
