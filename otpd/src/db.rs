@@ -14,7 +14,10 @@ use std::sync::mpsc;
 use tokio::sync::oneshot;
 
 type Completion = Box<dyn FnOnce(bool) + Send>;
-type Job = Box<dyn FnOnce(&mut SqliteStore) -> (bool, Completion) + Send>;
+/// A job runs against the store inside the batch's transaction, or with
+/// `None` when there is no usable transaction: then it only produces its
+/// completion, which reports that nothing was committed.
+type Job = Box<dyn FnOnce(Option<&mut SqliteStore>) -> (bool, Completion) + Send>;
 
 /// Most jobs folded into one transaction.
 const MAX_BATCH: usize = 512;
@@ -55,17 +58,19 @@ impl Db {
     /// Runs `f` in a transaction without waiting for it: `on_commit` gets
     /// the final result on the database thread right after COMMIT (or its
     /// failure) — the place to answer a peer without waking the task that
-    /// queued the job. Returns once the job is queued. A job that never
-    /// runs (the database thread gone, BEGIN failed) is dropped, and with
-    /// it whatever `on_commit` owns.
+    /// queued the job. Returns once the job is queued; if the transaction
+    /// cannot even begin, `on_commit` gets [`StoreError::NotCommitted`].
     pub async fn submit<T, F, N>(&self, f: F, on_commit: N) -> Result<(), StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
         N: FnOnce(Result<T, StoreError>) + Send + 'static,
     {
-        let job: Job = Box::new(move |store: &mut SqliteStore| {
-            let result = f(store);
+        let job: Job = Box::new(move |store: Option<&mut SqliteStore>| {
+            let result = match store {
+                Some(store) => f(store),
+                None => Err(StoreError::NotCommitted),
+            };
             let ok = result.is_ok();
             let completion: Completion = Box::new(move |committed: bool| {
                 on_commit(if committed { result } else { Err(StoreError::NotCommitted) });
@@ -123,18 +128,17 @@ fn test_commit_delay() {
 fn run_batch(store: &mut SqliteStore, batch: Vec<Job>) -> (bool, Vec<Completion>) {
     if let Err(e) = store.control("BEGIN IMMEDIATE") {
         tracing::error!("cannot begin a transaction: {e}; denying {} request(s)", batch.len());
-        // Run nothing: dropping a job tells its waiter the write did not happen.
-        drop(batch);
-        return (false, Vec::new());
+        // Run nothing: every job is told the write did not happen.
+        return (false, batch.into_iter().map(|job| job(None).1).collect());
     }
     let mut completions = Vec::with_capacity(batch.len());
     for job in batch {
         if store.control("SAVEPOINT job").is_err() {
             // Without a savepoint a failing job could leave partial writes: skip it.
-            drop(job);
+            completions.push(job(None).1);
             continue;
         }
-        let (ok, completion) = job(store);
+        let (ok, completion) = job(Some(store));
         completions.push(completion);
         let cleaned = if ok {
             store.control("RELEASE job").is_ok()

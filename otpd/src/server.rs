@@ -64,14 +64,20 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.shared.open_connections.fetch_sub(1, Ordering::Relaxed);
         lock(&self.shared.silent).remove(&self.id);
-        if self.uid != 0 {
-            let mut per_uid = lock(&self.shared.per_uid);
-            if let Some(n) = per_uid.get_mut(&self.uid) {
-                *n -= 1;
-                if *n == 0 {
-                    per_uid.remove(&self.uid);
-                }
-            }
+        release_uid(&self.shared, self.uid);
+    }
+}
+
+/// Gives back one connection of a non-root uid.
+fn release_uid(shared: &Shared, uid: u32) {
+    if uid == 0 {
+        return;
+    }
+    let mut per_uid = lock(&shared.per_uid);
+    if let Some(n) = per_uid.get_mut(&uid) {
+        *n -= 1;
+        if *n == 0 {
+            per_uid.remove(&uid);
         }
     }
 }
@@ -141,17 +147,6 @@ fn take_slot(shared: &Arc<Shared>, uid: u32, limits: Limits) -> Option<(Slot, Ar
         }
         *n += 1;
     }
-    let release_uid = |shared: &Shared| {
-        if uid != 0 {
-            let mut per_uid = lock(&shared.per_uid);
-            if let Some(n) = per_uid.get_mut(&uid) {
-                *n -= 1;
-                if *n == 0 {
-                    per_uid.remove(&uid);
-                }
-            }
-        }
-    };
     let mut silent = lock(&shared.silent);
     if shared.open_connections.load(Ordering::Relaxed) as usize >= limits.max_connections {
         // Make room by closing the oldest connection that has not spoken.
@@ -159,7 +154,7 @@ fn take_slot(shared: &Arc<Shared>, uid: u32, limits: Limits) -> Option<(Slot, Ar
             Some((_, oldest)) => oldest.notify_one(),
             None => {
                 drop(silent);
-                release_uid(shared);
+                release_uid(shared, uid);
                 return None;
             }
         }
