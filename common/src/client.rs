@@ -1,7 +1,7 @@
 //! Blocking client for the daemon's Unix sockets, with deadlines on connect,
 //! read and write. Used by the PAM module (which must not run an async
 //! runtime inside sshd or a screen locker) and by `otpctl`.
-use crate::codec::{body_len_limited, decode_body, write_frame, FrameError};
+use crate::codec::{take_frame, write_frame, FrameError};
 use serde::{de::DeserializeOwned, Serialize};
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -87,28 +87,14 @@ impl Client {
     pub fn recv<T: DeserializeOwned>(&mut self) -> Result<T, FrameError> {
         let deadline = Instant::now() + self.timeout;
         loop {
-            if self.pending.len() >= 4 {
-                let header = [self.pending[0], self.pending[1], self.pending[2], self.pending[3]];
-                let len = body_len_limited(header, self.max_frame)?;
-                if self.pending.len() >= 4 + len {
-                    let msg = decode_body(&self.pending[4..4 + len]);
-                    self.pending.drain(..4 + len);
-                    return msg;
-                }
+            if let Some(msg) = take_frame(&mut self.pending, self.max_frame) {
+                return msg;
             }
             wait_readable(&self.stream, deadline)?;
             let mut buf = [0u8; 8192];
             match (&self.stream).read(&mut buf) {
                 Ok(0) => return Err(if self.pending.is_empty() { FrameError::Closed } else { FrameError::Truncated }),
-                Ok(n) => {
-                    self.pending.extend_from_slice(&buf[..n]);
-                    // Large frames: wait for the rest without re-reading 8 KiB at a time.
-                    if self.pending.len() >= 4 {
-                        let header = [self.pending[0], self.pending[1], self.pending[2], self.pending[3]];
-                        let want = 4 + body_len_limited(header, self.max_frame)?;
-                        self.pending.reserve(want.saturating_sub(self.pending.len()));
-                    }
-                }
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
             }

@@ -92,6 +92,24 @@ pub fn decode_frame<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), Fra
     Ok((decode_body(body)?, 4 + len))
 }
 
+/// Takes one whole frame off the front of `pending` (the bytes an
+/// incremental reader has received so far): `None` while it is incomplete
+/// (room for the rest is reserved), an error as soon as a bad header is in.
+pub fn take_frame<T: DeserializeOwned>(pending: &mut Vec<u8>, max: usize) -> Option<Result<T, FrameError>> {
+    let header: [u8; 4] = pending.get(..4)?.try_into().ok()?;
+    let len = match body_len_limited(header, max) {
+        Ok(len) => len,
+        Err(e) => return Some(Err(e)),
+    };
+    if pending.len() < 4 + len {
+        pending.reserve(4 + len - pending.len());
+        return None;
+    }
+    let msg = decode_body(&pending[4..4 + len]);
+    pending.drain(..4 + len);
+    Some(msg)
+}
+
 /// Decodes back-to-back frames until the first error: the messages, and
 /// the error that ends them (`Closed` when the bytes end cleanly). The
 /// reference for the incremental readers, which must give the same for the

@@ -6,7 +6,7 @@
 //! message the daemon sends would wake the login thread once more for
 //! nothing. Writes are small and go straight into the socket buffer; a peer
 //! that does not read gets short retries until `io_timeout`.
-use common::codec::{body_len, decode_body, encode, encode_limited, FrameError, MAX_ADMIN_RESPONSE};
+use common::codec::{encode, encode_limited, take_frame, FrameError, MAX_ADMIN_RESPONSE, MAX_FRAME};
 use serde::{de::DeserializeOwned, Serialize};
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -49,13 +49,8 @@ impl Conn {
         // Bytes left over from the previous read already started this frame.
         let mut frame_by = (!self.pending.is_empty()).then(|| Instant::now() + io_timeout);
         loop {
-            if self.pending.len() >= 4 {
-                let len = body_len([self.pending[0], self.pending[1], self.pending[2], self.pending[3]])?;
-                if self.pending.len() >= 4 + len {
-                    let msg = decode_body(&self.pending[4..4 + len]);
-                    self.pending.drain(..4 + len);
-                    return msg;
-                }
+            if let Some(msg) = take_frame(&mut self.pending, MAX_FRAME) {
+                return msg;
             }
             let mut buf = [0u8; 4096];
             let deadline = frame_by.unwrap_or(first_byte_by);

@@ -227,7 +227,7 @@ async fn pam_connection(mut s: Conn, peer_uid: u32, first: ClientMsg, sh: &Share
     // final answer is audited through the writer before it is sent.
     let now = sh.clock.now();
     let planned = {
-        let mut reader = sh.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let mut reader = lock(&sh.reader);
         auth::plan(&mut *reader, &sh.policy, &ctx, now)
     };
     let planned = match planned {
