@@ -5,7 +5,7 @@
 mod support;
 use e2e::{code_from_uri, PAM_AUTH_ERR, PAM_SUCCESS};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use support::*;
 
 fn accepts(fx: &Fixture, user: &str) -> usize {
@@ -29,7 +29,6 @@ fn restart_on_small_tmpfs(fx: &mut Fixture) -> PathBuf {
     let seed = fx.path("seed");
     let out = Command::new("cp").arg("-a").arg(&state).arg(&seed).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(fx.path("otpd.log")).unwrap();
     let script = format!(
         "mount -t tmpfs -o size=4m,mode=0700 otpd-test-state '{state}' && cp -a '{seed}'/. '{state}'/ && exec '{otpd}' --config '{cfg}'",
         state = state.display(),
@@ -37,15 +36,9 @@ fn restart_on_small_tmpfs(fx: &mut Fixture) -> PathBuf {
         otpd = build_dir().join("otpd").display(),
         cfg = fx.config.display(),
     );
-    let child = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    fx.daemon = Some(child);
-    fx.wait_until_listening();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    fx.launch(cmd);
     let mounted = in_daemon_ns(fx, &format!("grep -c ' {} tmpfs ' /proc/mounts", state.display()));
     assert_eq!(String::from_utf8_lossy(&mounted.stdout).trim(), "1", "otpd's state is not on the test tmpfs");
     state

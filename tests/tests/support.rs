@@ -96,13 +96,18 @@ impl Fixture {
     }
 
     pub fn start_daemon(&mut self) {
+        let mut cmd = Command::new(build_dir().join("otpd"));
+        // Debug builds read a clock offset from this file (absent: none).
+        cmd.env("OTPD_TEST_CLOCK_FILE", self.path("clock-offset")).arg("--config").arg(&self.config);
+        self.launch(cmd);
+    }
+
+    /// Runs `cmd` (otpd, or something that execs it) as this fixture's
+    /// daemon: its environment, output to otpd.log, and waits for the sockets.
+    pub fn launch(&mut self, mut cmd: Command) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.path("otpd.log")).unwrap();
-        let child = Command::new(build_dir().join("otpd"))
-            // Debug builds read a clock offset from this file (absent: none).
-            .env("OTPD_TEST_CLOCK_FILE", self.path("clock-offset"))
+        let child = cmd
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .arg("--config")
-            .arg(&self.config)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -113,7 +118,7 @@ impl Fixture {
     }
 
     /// Waits for both sockets of a daemon just started in `self.daemon`.
-    pub fn wait_until_listening(&mut self) {
+    fn wait_until_listening(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !(self.pam_socket().exists() && self.path("run/admin.sock").exists()) {
             assert!(Instant::now() < deadline, "otpd did not start: {}", self.log());
