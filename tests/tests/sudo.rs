@@ -122,7 +122,7 @@ fn sudo_refuses_when_daemon_is_down() {
 /// from it, computes the code from that URI and types it.
 #[test]
 fn sudo_alone_enrolls_and_says_why_it_refuses() {
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     let mut fx = Fixture::start("[lockout]\nmax_failures = 100\n");
     let sandbox = Sandbox::new(&fx);
     let enabled: serde_json::Value =
@@ -135,16 +135,29 @@ fn sudo_alone_enrolls_and_says_why_it_refuses() {
     let mut child = cmd.spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     writeln!(stdin, "{PASSWORD}").unwrap();
-    // sudo -S writes prompts to stderr: read until the passcode prompt.
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    // sudo -S writes prompts to stderr: read it as it comes, until the
+    // passcode prompt (which ends without a newline).
+    let mut stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = std::io::Read::read(&mut stderr, &mut buf) {
+            if tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
     let mut seen = String::new();
-    let mut line = Vec::new();
+    let mut bytes = Vec::new();
     while !seen.contains("Passcode: ") {
-        line.clear();
-        // The prompt has no newline: read up to its last byte.
-        let n = stderr.read_until(b' ', &mut line).unwrap();
-        assert!(n > 0, "sudo ended before the passcode prompt: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&line));
+        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(chunk) => bytes.extend(chunk),
+            Err(e) => {
+                let _ = child.kill();
+                panic!("no passcode prompt from sudo ({e:?}): {seen}");
+            }
+        }
+        seen = String::from_utf8_lossy(&bytes).into_owned();
     }
     assert!(seen.contains('\u{2588}'), "the QR code is on sudo's terminal: {seen}");
     assert!(seen.contains("secret key manually"), "{seen}");
@@ -157,9 +170,10 @@ fn sudo_alone_enrolls_and_says_why_it_refuses() {
     assert!(code.status.success());
     stdin.write_all(&code.stdout).unwrap();
     drop(stdin);
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     let out = child.wait_with_output().unwrap();
+    reader.join().unwrap();
+    let rest: Vec<u8> = rx.try_iter().flatten().collect();
+    let rest = String::from_utf8_lossy(&rest);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{seen}{rest}{stdout}");
     assert_eq!(stdout.trim(), "root");
