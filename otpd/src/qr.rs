@@ -52,6 +52,18 @@ mod tests {
         assert!(lines.iter().all(|l| l.starts_with("########") && l.ends_with("########")));
     }
 
+    /// The README promises 50-60 columns for utf8 and twice that for ascii
+    /// (this long host name gives 57 and 114).
+    #[test]
+    fn typical_enrollment_widths() {
+        let uri = "otpauth://totp/build-server-07.example.org:alice.smith?secret=JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP\
+                   &digits=6&algorithm=SHA1&issuer=build-server-07.example.org&period=30";
+        let width = |style| render(uri, style).unwrap_or_default().lines().map(|l| l.chars().count()).max();
+        let (utf8, ascii) = (width(QrStyle::Utf8).unwrap_or(0), width(QrStyle::Ascii).unwrap_or(0));
+        assert_eq!(ascii, 2 * utf8);
+        assert!((50..=60).contains(&utf8), "utf8 {utf8} columns");
+    }
+
     #[test]
     fn off_draws_nothing() {
         assert_eq!(render(URI, QrStyle::Off), None);
