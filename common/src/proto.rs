@@ -33,6 +33,14 @@ pub enum ClientMsg {
         tty: Option<String>,
         /// pid of the PAM application; informative only, the daemon trusts SO_PEERCRED.
         pid: u32,
+        /// The account `user` resolves to in the login process's directory
+        /// (NSS): the daemon decides on the account, not on the spelling.
+        /// Absent when the name does not resolve (or from older modules).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uid: Option<u32>,
+        /// How to draw an enrollment QR code (module option `qr=`).
+        #[serde(default, skip_serializing_if = "QrStyle::is_default")]
+        qr: QrStyle,
     },
     /// The user's reply to the last [`ServerMsg::Prompt`].
     Answer { text: String },
@@ -58,6 +66,25 @@ pub enum ClientMsg {
         tty: Option<String>,
         pid: u32,
     },
+}
+
+/// How the enrollment QR code is drawn on the user's terminal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QrStyle {
+    /// Unicode half blocks, two modules per character cell (UTF-8 terminals).
+    #[default]
+    Utf8,
+    /// `#` and space, two characters per module: any terminal, any locale.
+    Ascii,
+    /// No QR code; the secret key and the URI are still shown.
+    Off,
+}
+
+impl QrStyle {
+    pub fn is_default(&self) -> bool {
+        *self == QrStyle::Utf8
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -297,6 +324,32 @@ mod tests {
         let json = serde_json::to_string(&ServerMsg::Outcome { result: OutcomeKind::NotEnrolled, message: None })
             .unwrap_or_default();
         assert_eq!(json, r#"{"type":"outcome","result":"not_enrolled","message":null}"#);
+    }
+
+    #[test]
+    fn begin_without_new_fields_still_parses_and_defaults_are_not_sent() {
+        let old = r#"{"type":"begin","protocol":1,"user":"a","service":"s","pid":1}"#;
+        assert!(
+            matches!(serde_json::from_str(old), Ok(ClientMsg::Begin { uid: None, qr: QrStyle::Utf8, .. })),
+            "an older module's begin must parse"
+        );
+        let new = r#"{"type":"begin","protocol":1,"user":"a","service":"s","pid":1,"uid":7,"qr":"ascii"}"#;
+        assert!(matches!(serde_json::from_str(new), Ok(ClientMsg::Begin { uid: Some(7), qr: QrStyle::Ascii, .. })));
+        let plain = ClientMsg::Begin {
+            protocol: 1,
+            user: "a".into(),
+            service: "s".into(),
+            rhost: None,
+            ruser: None,
+            tty: None,
+            pid: 1,
+            uid: None,
+            qr: QrStyle::Utf8,
+        };
+        let json = serde_json::to_string(&plain).unwrap_or_default();
+        assert!(!json.contains("uid") && !json.contains("qr"), "{json}");
+        let unknown = r#"{"type":"begin","protocol":1,"user":"a","service":"s","pid":1,"qr":"sixel"}"#;
+        assert!(serde_json::from_str::<ClientMsg>(unknown).is_err());
     }
 
     #[test]

@@ -57,6 +57,12 @@ pub fn authorized(uid: u32, gid: u32, pid: Option<i32>, admin_gid: Option<u32>) 
         .is_some_and(|g| g.split_whitespace().any(|x| x.parse::<u32>() == Ok(admin)))
 }
 
+/// The account behind a name. The admin path may use NSS; the login path
+/// never does (the module sends the uid it resolved).
+fn account_uid(user: &str) -> Option<u32> {
+    nix::unistd::User::from_name(user).ok().flatten().map(|u| u.uid.as_raw())
+}
+
 fn err(kind: AdminErrorKind, message: impl Into<String>) -> AdminResponse {
     AdminResponse::Error { kind, message: message.into() }
 }
@@ -135,11 +141,24 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
                     ),
                 );
             }
-            // The admin path may use NSS; the login path never does.
-            let uid = nix::unistd::User::from_name(&user).ok().flatten().map(|u| u.uid.as_raw());
+            let uid = account_uid(&user);
             sh.db
                 .run(move |st| {
                     let existing = st.user(&user)?;
+                    // Logins are decided on the account: a second name for
+                    // an enabled account would be a second secret for it.
+                    if let Some(other) = uid.map(|u| st.user_by_uid(u)).transpose()?.flatten() {
+                        if other.enabled && other.name != user {
+                            return Ok(err(
+                                AdminErrorKind::InvalidInput,
+                                format!(
+                                    "{user} is the same account as {} (uid {}), which is already enabled",
+                                    other.name,
+                                    uid.unwrap_or_default()
+                                ),
+                            ));
+                        }
+                    }
                     if let Some(e) = existing.as_ref().filter(|e| e.enabled) {
                         return Ok(err(
                             AdminErrorKind::InvalidInput,
@@ -164,12 +183,14 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
                 .await
         }
         AdminRequest::UserReset { user } => {
+            // A user enabled before the account existed gets its uid now.
+            let uid = account_uid(&user);
             sh.db
                 .run(move |st| {
                     let Some(existing) = st.user(&user)?.filter(|u| u.enabled) else {
                         return Ok(not_found(&user));
                     };
-                    let rec = new_enrollment(&policy, Some(existing), &user, None, now);
+                    let rec = new_enrollment(&policy, Some(existing), &user, uid, now);
                     st.save_user(&rec)?;
                     admin_audit(st, &policy.machine, &user, "reset", by, now)?;
                     Ok(enrolled(&policy, &rec))

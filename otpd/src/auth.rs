@@ -20,12 +20,24 @@ pub struct Policy {
 /// Who is asking, from the `Begin` message and SO_PEERCRED.
 #[derive(Debug, Clone, Default)]
 pub struct LoginContext {
+    /// The name as typed until [`plan`] finds the account; then the
+    /// account's name, so every later step and audit row names the account.
     pub user: String,
+    /// The spelling typed, when it differs from the account's name.
+    pub typed: Option<String>,
+    /// The account the login process's directory resolved the name to
+    /// (`Begin.uid`); trusted from root callers only.
+    pub uid: Option<u32>,
     pub service: String,
     pub rhost: Option<String>,
     pub tty: Option<String>,
     pub peer_uid: u32,
 }
+
+/// What a non-root caller hears about any account but its own: the same
+/// words and outcome whether that account exists, is enrolled, locked or
+/// not (check 30).
+pub const ONLY_YOURSELF: &str = "You may only authenticate yourself.";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
@@ -89,6 +101,10 @@ pub fn audit_method(
     result: &str,
     reason: &str,
 ) -> Result<(), StoreError> {
+    let reason = match &ctx.typed {
+        Some(typed) => format!("{reason} (typed as {typed})"),
+        None => reason.to_string(),
+    };
     let entry = NewAudit {
         time: now,
         user: ctx.user.clone(),
@@ -98,7 +114,7 @@ pub fn audit_method(
         machine: p.machine.clone(),
         method: method.into(),
         result: result.into(),
-        reason: reason.into(),
+        reason,
     };
     crate::syslog::audit(&entry);
     store.add_audit(&entry)
@@ -123,26 +139,51 @@ impl Note {
     }
 }
 
+/// The account a login is for. The directory may give one account several
+/// names (case-insensitive SSSD/AD/winbind, `user@domain`), so the uid the
+/// login process resolved decides, not the spelling. A root caller's name
+/// falls back to the record of that exact name (users enabled before their
+/// account existed have no uid yet). A non-root caller is only ever its own
+/// uid: a name cannot point it at someone else's record.
+pub fn find_account(store: &mut dyn Store, ctx: &LoginContext) -> Result<Option<UserRecord>, StoreError> {
+    if let Some(uid) = ctx.uid {
+        if let Some(u) = store.user_by_uid(uid)?.filter(|u| u.enabled) {
+            return Ok(Some(u));
+        }
+    }
+    if ctx.peer_uid != 0 {
+        return Ok(None);
+    }
+    store.user(&ctx.user)
+}
+
+/// May this caller ask about the account it named at all? Decided from the
+/// connection alone, before the store is read, so neither the answer nor
+/// its timing tells a non-root caller anything about other users.
+pub fn may_ask(ctx: &LoginContext) -> bool {
+    ctx.peer_uid == 0 || ctx.uid == Some(ctx.peer_uid)
+}
+
 /// First step of a login: what to ask. Only reads, so it can run on a
 /// read-only connection; final answers (not enrolled, locked, refused) come
-/// with the [`Note`] the caller must record before replying.
+/// with the [`Note`] the caller must record before replying. Once the
+/// account is found, `ctx` names it (see [`LoginContext::user`]).
 pub fn plan(
     store: &mut dyn Store,
     p: &Policy,
-    ctx: &LoginContext,
+    ctx: &mut LoginContext,
     now: i64,
 ) -> Result<(Plan, Option<Note>), StoreError> {
-    let user = store.user(&ctx.user)?;
-    let user = match user {
+    if !may_ask(ctx) {
+        let why = format!("caller uid {} may only authenticate itself", ctx.peer_uid);
+        return Ok((Plan::Refused { message: ONLY_YOURSELF }, Some(Note::new("totp", "deny", why))));
+    }
+    let user = match find_account(store, ctx)? {
         Some(u) if u.enabled => u,
         _ => return Ok((Plan::NotEnrolled, Some(Note::new("totp", "not_enrolled", "user not enabled for OTP")))),
     };
-    if ctx.peer_uid != 0 && user.uid != Some(ctx.peer_uid) {
-        let why = format!("caller uid {} may not authenticate this user", ctx.peer_uid);
-        return Ok((
-            Plan::Refused { message: "You may only authenticate yourself." },
-            Some(Note::new("totp", "deny", why)),
-        ));
+    if user.name != ctx.user {
+        ctx.typed = Some(std::mem::replace(&mut ctx.user, user.name.clone()));
     }
     if user.is_locked(now) {
         let until = user.locked_until.unwrap_or(now);
@@ -208,6 +249,11 @@ pub fn check_answer(
     let try_totp = user.method == Method::Totp && well_formed && code.len() == p.totp.digits as usize;
     let try_email = email_ok && well_formed && code.len() == p.email.digits as usize;
     user.updated_at = now;
+    // A user enabled before the account existed learns its uid from the
+    // first login a root caller (login, sshd, sudo) resolved for it.
+    if user.uid.is_none() && ctx.peer_uid == 0 && ctx.typed.is_none() {
+        user.uid = ctx.uid;
+    }
     let mut failure: (&str, &str) = if answer.len() > MAX_ANSWER_LEN {
         ("answer too long", "Passcode not accepted.")
     } else if email_ok {
@@ -385,16 +431,19 @@ mod tests {
         let mut s = SqliteStore::in_memory().unwrap();
         let secret = enroll(&mut s, &p, "alice", None);
         assert!(secret.len() >= 20);
-        let Plan::Enroll { uri, secret_b32, .. } = plan(&mut s, &p, &ctx("alice"), T0).unwrap().0 else { panic!() };
+        let Plan::Enroll { uri, secret_b32, .. } = plan(&mut s, &p, &mut ctx("alice"), T0).unwrap().0 else { panic!() };
         assert!(uri.contains(&secret_b32));
         assert_eq!(
             check_answer(&mut s, &p, &ctx("alice"), "000000x", T0).unwrap(),
             Verdict::Deny { message: "A passcode is a number of exactly the digits your app shows.".into() }
         );
-        assert!(matches!(plan(&mut s, &p, &ctx("alice"), T0).unwrap().0, Plan::Enroll { .. }));
+        assert!(matches!(plan(&mut s, &p, &mut ctx("alice"), T0).unwrap().0, Plan::Enroll { .. }));
         let c = code(&p, &secret, T0);
         assert_eq!(check_answer(&mut s, &p, &ctx("alice"), &c, T0).unwrap(), Verdict::Accept { activated: true });
-        assert_eq!(plan(&mut s, &p, &ctx("alice"), T0 + 1).unwrap().0, Plan::Ask { email: false, mail_failing: false });
+        assert_eq!(
+            plan(&mut s, &p, &mut ctx("alice"), T0 + 1).unwrap().0,
+            Plan::Ask { email: false, mail_failing: false }
+        );
         assert!(matches!(check_answer(&mut s, &p, &ctx("alice"), &c, T0 + 1).unwrap(), Verdict::Deny { .. }));
         // Clock stepped back: the used code is still refused.
         assert!(matches!(check_answer(&mut s, &p, &ctx("alice"), &c, T0 - 30).unwrap(), Verdict::Deny { .. }));
@@ -440,7 +489,7 @@ mod tests {
         // Even the right code is refused while locked, and is not consumed.
         let good = code(&p, &secret, T0 + 100);
         assert!(matches!(check_answer(&mut s, &p, &ctx("carol"), &good, T0 + 100).unwrap(), Verdict::Locked { .. }));
-        assert!(matches!(plan(&mut s, &p, &ctx("carol"), T0 + 100).unwrap().0, Plan::Locked { .. }));
+        assert!(matches!(plan(&mut s, &p, &mut ctx("carol"), T0 + 100).unwrap().0, Plan::Locked { .. }));
         // Once the lock has run out, a valid code works.
         let later = T0 + 2 + 900;
         let good = code(&p, &secret, later);
@@ -452,13 +501,101 @@ mod tests {
         let p = policy(3);
         let mut s = SqliteStore::in_memory().unwrap();
         enroll(&mut s, &p, "dave", Some(1001));
-        let mut c = ctx("dave");
-        c.peer_uid = 1002;
-        assert!(matches!(plan(&mut s, &p, &c, T0).unwrap().0, Plan::Refused { .. }));
-        c.peer_uid = 1001;
-        assert!(matches!(plan(&mut s, &p, &c, T0).unwrap().0, Plan::Enroll { .. }));
+        let caller = |user: &str, uid: Option<u32>| LoginContext { uid, peer_uid: 1001, ..ctx(user) };
+        assert!(matches!(plan(&mut s, &p, &mut caller("dave", Some(1001)), T0).unwrap().0, Plan::Enroll { .. }));
+        // Any name the caller's directory gives its own uid is its own account.
+        let mut other_spelling = caller("DAVE", Some(1001));
+        assert!(matches!(plan(&mut s, &p, &mut other_spelling, T0).unwrap().0, Plan::Enroll { .. }));
+        assert_eq!((other_spelling.user.as_str(), other_spelling.typed.as_deref()), ("dave", Some("DAVE")));
+        // Its own uid but no record: about itself, so it may hear "not enrolled".
+        let mut own = LoginContext { uid: Some(1002), peer_uid: 1002, ..ctx("dave") };
+        assert_eq!(plan(&mut s, &p, &mut own, T0).unwrap().0, Plan::NotEnrolled);
+        // A forged name with its own uid reaches no one else's record.
+        enroll(&mut s, &p, "erin", Some(1003));
+        let mut forged = LoginContext { uid: Some(1002), peer_uid: 1002, ..ctx("erin") };
+        assert_eq!(plan(&mut s, &p, &mut forged, T0).unwrap().0, Plan::NotEnrolled);
         // Refusals are not failures: nobody can lock dave out from another account.
+        let mut from_other = LoginContext { uid: Some(1001), peer_uid: 1002, ..ctx("dave") };
+        assert!(matches!(plan(&mut s, &p, &mut from_other, T0).unwrap().0, Plan::Refused { .. }));
         assert_eq!(s.user("dave").unwrap().unwrap().failures, 0);
+    }
+
+    /// Check 30: a non-root caller asking for anyone else gets one answer,
+    /// decided before the store is read (so it cannot take longer or
+    /// shorter for an enrolled user either).
+    #[test]
+    fn other_users_all_look_the_same_to_a_non_root_caller() {
+        let p = policy(1);
+        let mut s = SqliteStore::in_memory().unwrap();
+        enroll(&mut s, &p, "enrolled", Some(2001));
+        enroll(&mut s, &p, "locked", Some(2002));
+        assert!(matches!(check_answer(&mut s, &p, &ctx("locked"), "000000", T0).unwrap(), Verdict::Locked { .. }));
+        let mut disabled = new_enrollment(&p, None, "disabled", Some(2003), T0);
+        disabled.enabled = false;
+        s.save_user(&disabled).unwrap();
+        let asks = [
+            ("enrolled", Some(2001)),
+            ("locked", Some(2002)),
+            ("disabled", Some(2003)),
+            ("known-not-enrolled", Some(2004)),
+            ("no-such-user", None),
+            ("root", Some(0)),
+        ];
+        let answers: Vec<_> = asks
+            .iter()
+            .map(|(user, uid)| {
+                let (planned, note) =
+                    plan(&mut s, &p, &mut LoginContext { uid: *uid, peer_uid: 3000, ..ctx(user) }, T0).unwrap();
+                let note = note.unwrap();
+                (planned, note.method, note.result, note.reason)
+            })
+            .collect();
+        assert_eq!(answers[0].0, Plan::Refused { message: ONLY_YOURSELF });
+        assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+        // Decided without reading the store: the same answer with no users table at all.
+        s.exec("DROP TABLE users").unwrap();
+        for (user, uid) in asks {
+            let mut c = LoginContext { uid, peer_uid: 3000, ..ctx(user) };
+            assert_eq!(plan(&mut s, &p, &mut c, T0).unwrap().0, Plan::Refused { message: ONLY_YOURSELF });
+        }
+        // Root callers are still told apart (they may name anyone).
+        let mut root = ctx("dave");
+        assert!(plan(&mut s, &p, &mut root, T0).is_err(), "a root caller's plan reads the store");
+    }
+
+    /// Check 31: the account decides, whatever spelling the directory
+    /// accepted; a code is single-use across the spellings.
+    #[test]
+    fn every_spelling_of_an_account_needs_its_code() {
+        let p = policy(10);
+        let mut s = SqliteStore::in_memory().unwrap();
+        let secret = enroll(&mut s, &p, "alice", Some(1000));
+        let c = code(&p, &secret, T0);
+        for typed in ["ALICE", "alice@EXAMPLE.ORG", "Alice"] {
+            let mut login = LoginContext { uid: Some(1000), ..ctx(typed) };
+            assert!(matches!(plan(&mut s, &p, &mut login, T0).unwrap().0, Plan::Enroll { .. }), "{typed}");
+            assert_eq!(login.user, "alice");
+            assert!(matches!(check_answer(&mut s, &p, &login, "000000", T0).unwrap(), Verdict::Deny { .. }));
+        }
+        let mut login = LoginContext { uid: Some(1000), ..ctx("ALICE") };
+        plan(&mut s, &p, &mut login, T0).unwrap();
+        assert_eq!(check_answer(&mut s, &p, &login, &c, T0).unwrap(), Verdict::Accept { activated: true });
+        let mut same = LoginContext { uid: Some(1000), ..ctx("alice") };
+        plan(&mut s, &p, &mut same, T0).unwrap();
+        assert!(matches!(check_answer(&mut s, &p, &same, &c, T0).unwrap(), Verdict::Deny { .. }), "replay");
+        // The audit names the account and keeps what was typed.
+        let rows = s.audit(Some("alice"), None, 100).unwrap();
+        assert!(rows.iter().any(|r| r.result == "accept" && r.reason.contains("typed as ALICE")), "{rows:?}");
+        assert!(rows.iter().any(|r| r.reason == "code already used"), "{rows:?}");
+        assert!(s.audit(Some("ALICE"), None, 100).unwrap().is_empty());
+        // A name the directory does not know still finds its exact record
+        // from a root caller; the first root login records its uid.
+        let secret = enroll(&mut s, &p, "legacy", None);
+        let mut login = LoginContext { uid: Some(1500), ..ctx("legacy") };
+        assert!(matches!(plan(&mut s, &p, &mut login, T0).unwrap().0, Plan::Enroll { .. }));
+        let good = code(&p, &secret, T0);
+        assert_eq!(check_answer(&mut s, &p, &login, &good, T0).unwrap(), Verdict::Accept { activated: true });
+        assert_eq!(s.user("legacy").unwrap().unwrap().uid, Some(1500));
     }
 
     #[test]
@@ -469,7 +606,7 @@ mod tests {
         rec.enabled = false;
         s.save_user(&rec).unwrap();
         for (recorded, user) in ["nobody-here", "erin"].into_iter().enumerate() {
-            let (planned, note) = plan(&mut s, &p, &ctx(user), T0).unwrap();
+            let (planned, note) = plan(&mut s, &p, &mut ctx(user), T0).unwrap();
             assert_eq!(planned, Plan::NotEnrolled);
             // Planning only reads: the final answer comes with the audit record to write.
             assert_eq!(s.audit(None, None, 10).unwrap().len(), recorded);
@@ -480,7 +617,7 @@ mod tests {
         assert_eq!(s.audit(None, None, 10).unwrap().len(), 2);
         // Activated users are simply asked: nothing to record yet.
         enroll(&mut s, &p, "fay", None);
-        assert!(matches!(plan(&mut s, &p, &ctx("fay"), T0).unwrap(), (Plan::Enroll { .. }, None)));
+        assert!(matches!(plan(&mut s, &p, &mut ctx("fay"), T0).unwrap(), (Plan::Enroll { .. }, None)));
     }
 
     #[test]

@@ -180,7 +180,9 @@ mod tests {
                 rhost: None,
                 ruser: None,
                 tty: None,
-                pid: 1
+                pid: 1,
+                uid: None,
+                qr: Default::default(),
             }),
         ];
         let good = msg.prop_map(|m| encode(&m).unwrap_or_default());

@@ -8,7 +8,7 @@ use crate::email;
 use crate::store::{EmergencyRequest, SessionRecord, SqliteStore};
 use common::codec::encode;
 use common::config::{Approval, AutoSend};
-use common::proto::{ClientMsg, OutcomeKind, ServerMsg, PROTOCOL_VERSION};
+use common::proto::{ClientMsg, OutcomeKind, QrStyle, ServerMsg, PROTOCOL_VERSION};
 use common::text::sanitize_field;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -186,8 +186,10 @@ fn until_text(until: i64, now: i64) -> String {
 }
 
 async fn pam_connection(mut s: Conn, peer_uid: u32, first: ClientMsg, sh: &Shared) {
-    let (protocol, user, service, rhost, tty) = match first {
-        ClientMsg::Begin { protocol, user, service, rhost, tty, .. } => (protocol, user, service, rhost, tty),
+    let (protocol, user, service, rhost, tty, uid, qr) = match first {
+        ClientMsg::Begin { protocol, user, service, rhost, tty, uid, qr, .. } => {
+            (protocol, user, service, rhost, tty, uid, qr)
+        }
         msg @ (ClientMsg::SessionOpened { .. } | ClientMsg::SessionClosed { .. }) => {
             session_event(sh, msg, peer_uid).await;
             let _ = s.write_msg(&ServerMsg::Ack, sh.io_timeout).await;
@@ -202,6 +204,8 @@ async fn pam_connection(mut s: Conn, peer_uid: u32, first: ClientMsg, sh: &Share
     let field = |v: Option<String>| v.map(|x| sanitize_field(&x, 128)).filter(|x| !x.is_empty());
     let mut ctx = LoginContext {
         user: sanitize_field(&user, 80),
+        typed: None,
+        uid,
         service: sanitize_field(&service, 64),
         rhost: field(rhost),
         tty: field(tty),
@@ -228,7 +232,7 @@ async fn pam_connection(mut s: Conn, peer_uid: u32, first: ClientMsg, sh: &Share
     let now = sh.clock.now();
     let planned = {
         let mut reader = lock(&sh.reader);
-        auth::plan(&mut *reader, &sh.policy, &ctx, now)
+        auth::plan(&mut *reader, &sh.policy, &mut ctx, now)
     };
     let planned = match planned {
         Ok((plan, None)) => Ok(plan),
@@ -253,14 +257,7 @@ async fn pam_connection(mut s: Conn, peer_uid: u32, first: ClientMsg, sh: &Share
         }
         Plan::Refused { message } => return outcome(&mut s, sh, OutcomeKind::Deny, Some(message.into())).await,
         Plan::Enroll { uri, secret_b32, email } => {
-            let qr = crate::qr::render(&uri).unwrap_or_default();
-            let text = format!(
-                "Two-factor authentication is required for this account.\n\
-                 Scan this QR code with your authenticator app:\n{qr}\n\
-                 Or enter this secret key manually: {secret_b32}\n\
-                 URI: {uri}\n\
-                 Then enter the code the app shows to finish enrollment."
-            );
+            let text = enrollment_text(&uri, &secret_b32, qr);
             if s.write_msg(&ServerMsg::Info { text }, sh.io_timeout).await.is_err() {
                 return;
             }
@@ -320,6 +317,23 @@ async fn pam_connection(mut s: Conn, peer_uid: u32, first: ClientMsg, sh: &Share
     }
     let _ = run_audit_result(sh, ctx.clone(), "deny", "too many requests in one conversation".into()).await;
     outcome(&mut s, sh, OutcomeKind::Deny, Some("Too many requests in one login.".into())).await
+}
+
+/// What a user who has not activated yet is shown. The key and the URI are
+/// there in every QR style: they work where no QR code can be drawn.
+fn enrollment_text(uri: &str, secret_b32: &str, style: QrStyle) -> String {
+    let scan = match crate::qr::render(uri, style) {
+        Some(qr) => {
+            format!("Scan this QR code with your authenticator app:\n{qr}\nOr enter this secret key manually: ")
+        }
+        None => "Enter this secret key in your authenticator app: ".to_string(),
+    };
+    format!(
+        "Two-factor authentication is required for this account.\n\
+         {scan}{secret_b32}\n\
+         URI: {uri}\n\
+         Then enter the code the app shows to finish enrollment."
+    )
 }
 
 /// Sends a prompt and waits for the answer. `None` when the conversation is

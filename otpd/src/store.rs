@@ -123,6 +123,9 @@ pub struct Counts {
 
 pub trait Store {
     fn user(&mut self, name: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// The record of account `uid`: the enabled one if there is one (a uid
+    /// has at most one enabled record; see `otpctl user enable`).
+    fn user_by_uid(&mut self, uid: u32) -> Result<Option<UserRecord>, StoreError>;
     fn save_user(&mut self, user: &UserRecord) -> Result<(), StoreError>;
     fn users(&mut self) -> Result<Vec<UserRecord>, StoreError>;
     fn add_audit(&mut self, entry: &NewAudit) -> Result<(), StoreError>;
@@ -268,6 +271,11 @@ INSERT INTO users_by_name (name, uid, method, enabled, email, secret, activated_
            locked_until, last_login, created_at, updated_at, password_hash, last_method FROM users;
 DROP TABLE users;
 ALTER TABLE users_by_name RENAME TO users;
+"#,
+    // Logins are decided on the account (uid), whatever spelling of its
+    // name was typed.
+    r#"
+CREATE INDEX users_by_uid ON users (uid);
 "#,
 ];
 
@@ -434,6 +442,12 @@ impl Store for SqliteStore {
     fn user(&mut self, name: &str) -> Result<Option<UserRecord>, StoreError> {
         let mut st = self.conn.prepare_cached("SELECT * FROM users WHERE name = ?1")?;
         Ok(st.query_row([name], user_from_row).optional()?)
+    }
+
+    fn user_by_uid(&mut self, uid: u32) -> Result<Option<UserRecord>, StoreError> {
+        let mut st =
+            self.conn.prepare_cached("SELECT * FROM users WHERE uid = ?1 ORDER BY enabled DESC, name LIMIT 1")?;
+        Ok(st.query_row([uid], user_from_row).optional()?)
     }
 
     fn save_user(&mut self, u: &UserRecord) -> Result<(), StoreError> {
@@ -769,6 +783,21 @@ mod tests {
         assert_eq!((back.last_step, back.failures, back.created_at), (Some(42), 3, 10));
         assert_eq!(s.users().unwrap().len(), 1);
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn user_by_uid_prefers_the_enabled_record() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        assert_eq!(s.user_by_uid(1000).unwrap(), None);
+        let old = UserRecord { name: "aaa-old".into(), enabled: false, ..alice() };
+        s.save_user(&old).unwrap();
+        assert_eq!(s.user_by_uid(1000).unwrap(), Some(old));
+        s.save_user(&alice()).unwrap();
+        assert_eq!(s.user_by_uid(1000).unwrap().map(|u| u.name), Some("alice".into()));
+        assert_eq!(s.user_by_uid(1001).unwrap(), None);
+        let plan: String =
+            s.conn.query_row("EXPLAIN QUERY PLAN SELECT * FROM users WHERE uid = 1000", [], |r| r.get(3)).unwrap();
+        assert!(plan.contains("users_by_uid"), "looked up without the index: {plan}");
     }
 
     #[test]

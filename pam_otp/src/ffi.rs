@@ -137,12 +137,16 @@ impl PamIo for LibPam<'_> {
     fn tty(&self) -> Option<String> {
         self.item_string::<Tty>()
     }
+    fn uid_of(&self, user: &str) -> Option<u32> {
+        uid_of(user)
+    }
+    fn silent(&self) -> bool {
+        self.silent
+    }
     fn converse(&mut self, style: Style, text: &str) -> Result<Option<Vec<u8>>, ConvError> {
         let pam_style = match style {
             Style::PromptEchoOff => PAM_PROMPT_ECHO_OFF,
             Style::PromptEchoOn => PAM_PROMPT_ECHO_ON,
-            Style::Info if self.silent => return Ok(None),
-            Style::Error if self.silent => return Ok(None),
             Style::Info => PAM_TEXT_INFO,
             Style::Error => PAM_ERROR_MSG,
         };
@@ -160,5 +164,25 @@ impl PamIo for LibPam<'_> {
             return;
         }
         syslog(self.pamh, level, msg);
+    }
+}
+
+/// The uid the directory gives `user`, through the same NSS the login
+/// process already uses for the first factor (the daemon makes no NSS
+/// lookups on the login path). `None` when the name does not resolve.
+fn uid_of(user: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(user).ok()?;
+    let mut buf = vec![0u8; 1024];
+    loop {
+        // SAFETY: every pointer is valid for the call; getpwnam_r writes the
+        // entry's strings into `buf` and only points `result` at `pwd`.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = unsafe { libc::getpwnam_r(name.as_ptr(), &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut result) };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        return (rc == 0 && !result.is_null()).then_some(pwd.pw_uid);
     }
 }

@@ -13,6 +13,10 @@ pub trait PamIo {
     fn rhost(&self) -> Option<String>;
     fn ruser(&self) -> Option<String>;
     fn tty(&self) -> Option<String>;
+    /// The account (uid) `user` resolves to in this process's directory.
+    fn uid_of(&self, user: &str) -> Option<u32>;
+    /// The application asked for PAM_SILENT (sudo does, always).
+    fn silent(&self) -> bool;
     /// Shows `text` in the given style; for prompts returns the answer bytes.
     /// `Err` means the conversation itself failed.
     fn converse(&mut self, style: Style, text: &str) -> Result<Option<Vec<u8>>, ConvError>;
@@ -54,6 +58,81 @@ const MAX_ITEM_CHARS: usize = 256;
 pub const UNAVAILABLE: &str =
     "The one-time passcode service is unavailable; login refused. Contact your administrator.";
 
+/// Appended to a text shown as a prompt only so that it is seen (PAM_SILENT).
+pub const PRESS_ENTER: &str = "(press Enter) ";
+
+/// What the user sees. Without PAM_SILENT every text is shown as it comes.
+/// With PAM_SILENT an application shows no messages, only prompts (sudo
+/// calls pam_authenticate that way, so its users would never see the QR
+/// code, "Wrong passcode." or "service unavailable"). Prompts cannot be
+/// silenced, so messages are held back and put in front of the next
+/// prompt; a message with no prompt after it becomes an echo-on prompt of
+/// its own whose answer is ignored.
+struct Screen {
+    silent: bool,
+    held: Vec<String>,
+}
+
+impl Screen {
+    fn new(silent: bool) -> Screen {
+        Screen { silent, held: Vec::new() }
+    }
+
+    /// An info or error message from the daemon (already sanitized).
+    fn message<I: PamIo>(&mut self, io: &mut I, style: Style, text: String) {
+        if !self.silent {
+            let _ = io.converse(style, &text);
+            return;
+        }
+        // A daemon cannot grow a prompt without bound: the oldest goes first.
+        while !self.held.is_empty() && self.held_chars() + text.chars().count() > MAX_SHOWN_CHARS {
+            self.held.remove(0);
+        }
+        self.held.push(text);
+    }
+
+    fn held_chars(&self) -> usize {
+        self.held.iter().map(|t| t.chars().count() + 1).sum()
+    }
+
+    fn with_held(&mut self, text: &str) -> String {
+        let mut parts = std::mem::take(&mut self.held);
+        parts.push(text.to_string());
+        parts.join("\n")
+    }
+
+    fn prompt<I: PamIo>(&mut self, io: &mut I, style: Style, text: &str) -> Result<Option<Vec<u8>>, ConvError> {
+        let text = self.with_held(text);
+        io.converse(style, &text)
+    }
+
+    /// The last thing said in this login: the outcome's message, or why
+    /// the daemon cannot be used. `accepted`: a success needs no words in
+    /// silent mode (the command simply runs).
+    fn last_word<I: PamIo>(&mut self, io: &mut I, accepted: bool, text: Option<String>) {
+        if !self.silent {
+            if let Some(t) = text {
+                let _ = io.converse(if accepted { Style::Info } else { Style::Error }, &t);
+            }
+            return;
+        }
+        if accepted {
+            return;
+        }
+        if let Some(t) = text {
+            self.held.push(t);
+        }
+        if self.held.is_empty() {
+            return;
+        }
+        let body = std::mem::take(&mut self.held).join("\n");
+        let body = body.trim_end();
+        let sep = if body.contains('\n') { '\n' } else { ' ' };
+        // The answer means nothing; a failed conversation changes nothing.
+        let _ = io.converse(Style::PromptEchoOn, &format!("{body}{sep}{PRESS_ENTER}"));
+    }
+}
+
 /// Runs `pam_sm_authenticate`. `connect` opens the daemon connection, so
 /// tests can script the daemon and the real module can use the socket.
 pub fn authenticate<I, D, C>(io: &mut I, opts: &Options, connect: C) -> PamCode
@@ -79,52 +158,60 @@ where
         ruser: item(io.ruser()),
         tty: item(io.tty()),
         pid: std::process::id(),
+        uid: io.uid_of(&user),
+        qr: opts.qr,
+    };
+    let mut screen = Screen::new(io.silent());
+    let failed = |io: &mut I, screen: &mut Screen, why: String| {
+        let code = daemon_failure(io, opts, &user_shown, &service, &why);
+        if code != PamCode::Success {
+            screen.last_word(io, false, Some(UNAVAILABLE.to_string()));
+        }
+        code
     };
 
     let mut daemon = match connect(opts) {
         Ok(d) => d,
-        Err(e) => return daemon_failure(io, opts, &user_shown, &service, &format!("cannot reach otpd: {e}")),
+        Err(e) => return failed(io, &mut screen, format!("cannot reach otpd: {e}")),
     };
     if let Err(e) = daemon.send(&begin) {
-        return daemon_failure(io, opts, &user_shown, &service, &format!("sending to otpd failed: {e}"));
+        return failed(io, &mut screen, format!("sending to otpd failed: {e}"));
     }
 
     for _ in 0..MAX_MESSAGES {
         let msg = match daemon.recv() {
             Ok(m) => m,
-            Err(e) => return daemon_failure(io, opts, &user_shown, &service, &format!("otpd reply failed: {e}")),
+            Err(e) => return failed(io, &mut screen, format!("otpd reply failed: {e}")),
         };
         let reply = match msg {
             ServerMsg::Info { text } => {
-                let _ = io.converse(Style::Info, &sanitize_display(&text, MAX_SHOWN_CHARS));
+                screen.message(io, Style::Info, sanitize_display(&text, MAX_SHOWN_CHARS));
                 continue;
             }
             ServerMsg::Error { text } => {
-                let _ = io.converse(Style::Error, &sanitize_display(&text, MAX_SHOWN_CHARS));
+                screen.message(io, Style::Error, sanitize_display(&text, MAX_SHOWN_CHARS));
                 continue;
             }
             ServerMsg::Prompt { echo, text } => {
                 let style = if echo { Style::PromptEchoOn } else { Style::PromptEchoOff };
-                match io.converse(style, &sanitize_display(&text, MAX_SHOWN_CHARS)) {
+                match screen.prompt(io, style, &sanitize_display(&text, MAX_SHOWN_CHARS)) {
                     Ok(Some(bytes)) => ClientMsg::Answer { text: answer_text(&bytes) },
                     // A prompt without an answer is a failed conversation.
                     Ok(None) | Err(ConvError) => ClientMsg::Cancel,
                 }
             }
             ServerMsg::Outcome { result, message } => {
-                if let Some(m) = message.filter(|m| !m.is_empty()) {
-                    let style = if result == OutcomeKind::Accept { Style::Info } else { Style::Error };
-                    let _ = io.converse(style, &sanitize_display(&m, MAX_SHOWN_CHARS));
-                }
+                let message = message.filter(|m| !m.is_empty()).map(|m| sanitize_display(&m, MAX_SHOWN_CHARS));
+                screen.last_word(io, result == OutcomeKind::Accept, message);
                 return outcome_code(io, opts, result, &user_shown, &service);
             }
             ServerMsg::Ack => {
-                return daemon_failure(io, opts, &user_shown, &service, "otpd sent an unexpected message");
+                return failed(io, &mut screen, "otpd sent an unexpected message".into());
             }
         };
         let cancelled = reply == ClientMsg::Cancel;
         if let Err(e) = daemon.send(&reply) {
-            return daemon_failure(io, opts, &user_shown, &service, &format!("sending to otpd failed: {e}"));
+            return failed(io, &mut screen, format!("sending to otpd failed: {e}"));
         }
         if cancelled {
             // The daemon audits the cancellation and answers with an outcome;
@@ -166,7 +253,6 @@ fn daemon_failure<I: PamIo>(io: &mut I, opts: &Options, user: &str, service: &st
     match opts.fail {
         FailMode::Closed => {
             io.log(Level::Error, &format!("user {user} service {service}: {why}; denying (fail=closed)"));
-            let _ = io.converse(Style::Error, UNAVAILABLE);
             PamCode::AuthErr
         }
         FailMode::Open => {
@@ -185,6 +271,7 @@ fn daemon_failure<I: PamIo>(io: &mut I, opts: &Options, user: &str, service: &st
 #[allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use common::proto::QrStyle;
     use std::collections::VecDeque;
 
     /// Expected events, in order. Drop asserts every one happened.
@@ -198,15 +285,19 @@ mod tests {
 
     struct Script {
         user: Option<String>,
+        silent: bool,
         events: VecDeque<Ev>,
         logs: Vec<(Level, String)>,
     }
 
     impl Script {
         fn new(user: Option<&str>, events: Vec<Ev>) -> Script {
-            Script { user: user.map(String::from), events: events.into(), logs: Vec::new() }
+            Script { user: user.map(String::from), silent: false, events: events.into(), logs: Vec::new() }
         }
     }
+
+    /// The fake directory: every name resolves to this uid.
+    const UID: u32 = 1000;
 
     impl Drop for Script {
         fn drop(&mut self) {
@@ -234,6 +325,12 @@ mod tests {
         }
         fn tty(&self) -> Option<String> {
             Some("pts/1".into())
+        }
+        fn uid_of(&self, user: &str) -> Option<u32> {
+            (user != "ghost").then_some(UID)
+        }
+        fn silent(&self) -> bool {
+            self.0.borrow().silent
         }
         fn converse(&mut self, style: Style, text: &str) -> Result<Option<Vec<u8>>, ConvError> {
             match self.0.borrow_mut().events.pop_front() {
@@ -280,6 +377,8 @@ mod tests {
             ruser: None,
             tty: Some("pts/1".into()),
             pid: std::process::id(),
+            uid: (user != "ghost").then_some(UID),
+            qr: QrStyle::Utf8,
         }
     }
 
@@ -288,7 +387,23 @@ mod tests {
     }
 
     fn run(opts: &Options, user: Option<&str>, connect_ok: bool, events: Vec<Ev>) -> (PamCode, Vec<(Level, String)>) {
-        let cell = std::cell::RefCell::new(Script::new(user, events));
+        run_as(false, opts, user, connect_ok, events)
+    }
+
+    fn run_silent(opts: &Options, user: Option<&str>, connect_ok: bool, events: Vec<Ev>) -> PamCode {
+        run_as(true, opts, user, connect_ok, events).0
+    }
+
+    fn run_as(
+        silent: bool,
+        opts: &Options,
+        user: Option<&str>,
+        connect_ok: bool,
+        events: Vec<Ev>,
+    ) -> (PamCode, Vec<(Level, String)>) {
+        let mut script = Script::new(user, events);
+        script.silent = silent;
+        let cell = std::cell::RefCell::new(script);
         let code = {
             let mut io = Fake(&cell);
             authenticate(&mut io, opts, |_| if connect_ok { Ok(Fake(&cell)) } else { Err("connection refused".into()) })
@@ -439,5 +554,156 @@ mod tests {
         }
 
         assert_eq!(run(&Options::default(), Some("bob"), true, events).0, PamCode::AuthErr);
+    }
+
+    #[test]
+    fn begin_carries_the_account_and_the_qr_style() {
+        let opts = Options { qr: QrStyle::Ascii, ..Options::default() };
+        let mut ghost = begin("ghost");
+        if let ClientMsg::Begin { qr, .. } = &mut ghost {
+            *qr = QrStyle::Ascii;
+        }
+        let (code, _) = run(&opts, Some("ghost"), true, vec![Ev::Send(ghost), outcome(OutcomeKind::NotEnrolled, None)]);
+        assert_eq!(code, PamCode::Ignore);
+    }
+
+    #[test]
+    fn silent_enrollment_puts_the_qr_into_the_prompt() {
+        let code = run_silent(
+            &Options::default(),
+            Some("alice"),
+            true,
+            vec![
+                Ev::Send(begin("alice")),
+                Ev::Recv(Ok(ServerMsg::Info { text: "QR\nURI: otpauth://x".into() })),
+                Ev::Recv(Ok(ServerMsg::Error { text: "mail is failing".into() })),
+                Ev::Recv(Ok(ServerMsg::Prompt { echo: false, text: "Passcode: ".into() })),
+                Ev::Ask(
+                    Style::PromptEchoOff,
+                    "QR\nURI: otpauth://x\nmail is failing\nPasscode: ",
+                    Ok(Some(b"123456".to_vec())),
+                ),
+                Ev::Send(ClientMsg::Answer { text: "123456".into() }),
+                // Nothing is held any more: the next prompt is plain.
+                Ev::Recv(Ok(ServerMsg::Prompt { echo: true, text: "Email address: ".into() })),
+                Ev::Ask(Style::PromptEchoOn, "Email address: ", Ok(Some(b"a@b.c".to_vec()))),
+                Ev::Send(ClientMsg::Answer { text: "a@b.c".into() }),
+                // An accept needs no words when silent: the command just runs.
+                outcome(OutcomeKind::Accept, Some("Passcode accepted: your authenticator is now enrolled.")),
+            ],
+        );
+        assert_eq!(code, PamCode::Success);
+    }
+
+    #[test]
+    fn silent_denial_is_a_prompt_whose_answer_is_ignored() {
+        for (result, expected) in [(OutcomeKind::Deny, PamCode::AuthErr), (OutcomeKind::Locked, PamCode::MaxTries)] {
+            let code = run_silent(
+                &Options::default(),
+                Some("bob"),
+                true,
+                vec![
+                    Ev::Send(begin("bob")),
+                    Ev::Recv(Ok(ServerMsg::Prompt { echo: false, text: "Passcode: ".into() })),
+                    Ev::Ask(Style::PromptEchoOff, "Passcode: ", Ok(Some(b"000000".to_vec()))),
+                    Ev::Send(ClientMsg::Answer { text: "000000".into() }),
+                    outcome(result, Some("Wrong passcode.")),
+                    Ev::Ask(Style::PromptEchoOn, "Wrong passcode. (press Enter) ", Ok(Some(b"123456".to_vec()))),
+                ],
+            );
+            assert_eq!(code, expected, "{result:?}: the answer to the notice must not matter");
+        }
+        // Held messages and a multi-line message end on a line of their own;
+        // a conversation that fails on the notice changes nothing.
+        let code = run_silent(
+            &Options::default(),
+            Some("bob"),
+            true,
+            vec![
+                Ev::Send(begin("bob")),
+                Ev::Recv(Ok(ServerMsg::Info { text: "Your request #3 is waiting.".into() })),
+                outcome(OutcomeKind::Deny, None),
+                Ev::Ask(Style::PromptEchoOn, "Your request #3 is waiting. (press Enter) ", Err(ConvError)),
+            ],
+        );
+        assert_eq!(code, PamCode::AuthErr);
+        // Without a message there is nothing to show.
+        let code = run_silent(
+            &Options::default(),
+            Some("bob"),
+            true,
+            vec![Ev::Send(begin("bob")), outcome(OutcomeKind::Deny, None)],
+        );
+        assert_eq!(code, PamCode::AuthErr);
+    }
+
+    #[test]
+    fn silent_daemon_down_names_the_passcode_service() {
+        let notice: &'static str = Box::leak(format!("{UNAVAILABLE} {PRESS_ENTER}").into_boxed_str());
+        let code =
+            run_silent(&Options::default(), Some("bob"), false, vec![Ev::Ask(Style::PromptEchoOn, notice, Ok(None))]);
+        assert_eq!(code, PamCode::AuthErr);
+        // Broken mid-conversation: what was held is shown with it.
+        let notice: &'static str = Box::leak(format!("QR\n{UNAVAILABLE}\n{PRESS_ENTER}").into_boxed_str());
+        let code = run_silent(
+            &Options::default(),
+            Some("bob"),
+            true,
+            vec![
+                Ev::Send(begin("bob")),
+                Ev::Recv(Ok(ServerMsg::Info { text: "QR".into() })),
+                Ev::Recv(Err("timed out".into())),
+                Ev::Ask(Style::PromptEchoOn, notice, Ok(Some(Vec::new()))),
+            ],
+        );
+        assert_eq!(code, PamCode::AuthErr);
+        // fail=open says nothing, as without PAM_SILENT.
+        let open = Options { fail: FailMode::Open, ..Options::default() };
+        assert_eq!(run_silent(&open, Some("bob"), false, vec![]), PamCode::Success);
+    }
+
+    #[test]
+    fn silent_held_text_is_bounded() {
+        let mut events = vec![Ev::Send(begin("bob"))];
+        for _ in 0..MAX_MESSAGES - 2 {
+            events.push(Ev::Recv(Ok(ServerMsg::Info { text: "x".repeat(MAX_SHOWN_CHARS) })));
+        }
+        events.push(Ev::Recv(Ok(ServerMsg::Prompt { echo: false, text: "Passcode: ".into() })));
+        let mut script = Script::new(Some("bob"), events);
+        script.silent = true;
+        let cell = std::cell::RefCell::new(script);
+        struct Measure<'a>(Fake<'a>, usize);
+        impl PamIo for Measure<'_> {
+            fn user(&mut self) -> Option<String> {
+                self.0.user()
+            }
+            fn service(&self) -> Option<String> {
+                self.0.service()
+            }
+            fn rhost(&self) -> Option<String> {
+                self.0.rhost()
+            }
+            fn ruser(&self) -> Option<String> {
+                None
+            }
+            fn tty(&self) -> Option<String> {
+                self.0.tty()
+            }
+            fn uid_of(&self, user: &str) -> Option<u32> {
+                self.0.uid_of(user)
+            }
+            fn silent(&self) -> bool {
+                true
+            }
+            fn converse(&mut self, _: Style, text: &str) -> Result<Option<Vec<u8>>, ConvError> {
+                self.1 = self.1.max(text.chars().count());
+                Err(ConvError)
+            }
+            fn log(&mut self, _: Level, _: &str) {}
+        }
+        let mut io = Measure(Fake(&cell), 0);
+        cell.borrow_mut().events.extend([Ev::Send(ClientMsg::Cancel), outcome(OutcomeKind::Deny, None)]);
+        assert_eq!(authenticate(&mut io, &Options::default(), |_| Ok(Fake(&cell))), PamCode::AuthErr);
+        assert!(io.1 <= 2 * MAX_SHOWN_CHARS + 16, "a prompt of {} characters", io.1);
     }
 }

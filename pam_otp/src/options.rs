@@ -1,4 +1,5 @@
 //! Module arguments from the PAM stack line.
+use common::proto::QrStyle;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -17,6 +18,8 @@ pub struct Options {
     /// Treat "user not enabled" as a denial instead of PAM_IGNORE.
     pub require: bool,
     pub debug: bool,
+    /// How the daemon draws an enrollment QR code (`qr=utf8|ascii|off`).
+    pub qr: QrStyle,
     /// Debug builds (the test suite) only: panic inside the entry point, to
     /// prove a panic becomes a failure and never a success.
     pub test_panic: bool,
@@ -30,6 +33,7 @@ impl Default for Options {
             fail: FailMode::Closed,
             require: false,
             debug: false,
+            qr: QrStyle::Utf8,
             test_panic: false,
         }
     }
@@ -59,6 +63,10 @@ pub fn parse<'a, I: IntoIterator<Item = &'a [u8]>>(args: I) -> (Options, Vec<Str
             ("fail", _) => problems.push(format!("ignoring {arg:?}: fail must be closed or open; staying closed")),
             ("require", None) => o.require = true,
             ("debug", None) => o.debug = true,
+            ("qr", Some("utf8")) => o.qr = QrStyle::Utf8,
+            ("qr", Some("ascii")) => o.qr = QrStyle::Ascii,
+            ("qr", Some("off")) => o.qr = QrStyle::Off,
+            ("qr", _) => problems.push(format!("ignoring {arg:?}: qr must be utf8, ascii or off")),
             #[cfg(debug_assertions)]
             ("test_panic", None) => o.test_panic = true,
             _ => problems.push(format!("ignoring unknown option {arg:?}")),
@@ -85,7 +93,10 @@ mod tests {
 
     #[test]
     fn all_options() {
-        let (o, w) = p(&["socket=/tmp/x.sock", "timeout=3", "fail=open", "require", "debug"]);
+        let (o, w) = p(&["socket=/tmp/x.sock", "timeout=3", "fail=open", "require", "debug", "qr=ascii"]);
+        assert_eq!(o.qr, QrStyle::Ascii);
+        assert_eq!(p(&["qr=off"]).0.qr, QrStyle::Off);
+        assert_eq!(p(&["qr=ascii", "qr=utf8"]).0.qr, QrStyle::Utf8);
         assert_eq!(o.socket, PathBuf::from("/tmp/x.sock"));
         assert_eq!(o.timeout, Duration::from_secs(3));
         assert_eq!(o.fail, FailMode::Open);
@@ -94,11 +105,22 @@ mod tests {
 
     #[test]
     fn bad_values_keep_safe_defaults() {
-        let (o, w) = p(&["fail=opne", "fail", "timeout=0", "timeout=abc", "socket=rel", "bogus", "require=no"]);
+        let (o, w) = p(&[
+            "fail=opne",
+            "fail",
+            "timeout=0",
+            "timeout=abc",
+            "socket=rel",
+            "bogus",
+            "require=no",
+            "qr=sixel",
+            "qr",
+        ]);
         assert_eq!(o.fail, FailMode::Closed);
         assert_eq!(o.timeout, Options::default().timeout);
         assert_eq!(o.socket, Options::default().socket);
         assert!(!o.require);
-        assert_eq!(w.len(), 7, "{w:?}");
+        assert_eq!(o.qr, QrStyle::Utf8);
+        assert_eq!(w.len(), 9, "{w:?}");
     }
 }

@@ -246,6 +246,101 @@ fn non_root_caller_can_only_authenticate_itself() {
     assert_eq!(r.code, PAM_SUCCESS, "{}", r.out);
 }
 
+/// Check 30: a local user learns nothing about other users from the
+/// passcode service. Whether the other name is enrolled, locked, disabled,
+/// not enrolled, root, or no user at all, a process of uid nobody gets the
+/// same words and the same PAM code (before: "only yourself" for enrolled
+/// users and PAM_IGNORE for the others, a list of who uses OTP).
+#[test]
+fn a_non_root_caller_learns_nothing_about_other_users() {
+    let fx = Fixture::start("[lockout]\nmax_failures = 2\n");
+    let uri = fx.enroll_active("nobody");
+    fx.enroll_active("henry");
+    // Existing accounts (their uids resolve in the caller's directory too).
+    fx.enroll_active("daemon");
+    for wrong in ["111111", "222222"] {
+        fx.login("daemon", &[wrong]);
+    }
+    assert!(fx.show("daemon")["user"]["locked_until"].is_i64(), "daemon is locked");
+    fx.ctl_ok(&["user", "enable", "bin", "--method", "totp"]);
+    fx.ctl_ok(&["user", "enable", "sys", "--method", "totp"]);
+    fx.ctl_ok(&["user", "disable", "sys"]);
+    let answers: Vec<(String, i32, String)> =
+        ["henry", "daemon", "bin", "sys", "root", "games", "no-such-user", "nobody@elsewhere"]
+            .iter()
+            .map(|user| {
+                let mut cmd = fx.pamdrive("otp", user, &[b"123456"]);
+                as_uid(&mut cmd, 65534);
+                let r = run(cmd);
+                (user.to_string(), r.code, r.out)
+            })
+            .collect();
+    for (user, code, out) in &answers {
+        assert_eq!(*code, PAM_AUTH_ERR, "{user}: {out}");
+        assert_eq!(out, &answers[0].2, "{user} must look like {}", answers[0].0);
+    }
+    assert!(answers[0].2.contains("You may only authenticate yourself."), "{}", answers[0].2);
+    assert!(!answers[0].2.contains("Passcode"), "nobody is asked for another user's code: {}", answers[0].2);
+    for user in ["henry", "daemon", "bin"] {
+        let failures = &fx.show(user)["user"]["failures"];
+        assert!(failures == 0 || user == "daemon", "{user}: refusals are not failures ({failures})");
+    }
+    // Its own account still works.
+    let mut own = fx.pamdrive("otp", "nobody", &[code_from_uri(&uri, 0).unwrap().as_bytes()]);
+    as_uid(&mut own, 65534);
+    let r = run(own);
+    assert_eq!(r.code, PAM_SUCCESS, "{}", r.out);
+}
+
+/// `qr=ascii` for terminals that cannot show the half blocks: pure ASCII
+/// that a phone can still scan; `qr=off`: no QR code, but the key and URI.
+#[test]
+fn qr_option_ascii_scans_and_off_keeps_key_and_uri() {
+    let fx = Fixture::start("");
+    fx.write_service("otp-ascii", "qr=ascii");
+    fx.write_service("otp-noqr", "qr=off");
+    fx.ctl_ok(&["user", "enable", "asciiuser", "--method", "totp"]);
+    let run = fx.login_with("otp-ascii", "asciiuser", &[b"1"]);
+    assert!(run.out.is_ascii(), "{}", run.out);
+    let uri = run.uri().unwrap();
+    let secret = uri.split("secret=").nth(1).unwrap().split('&').next().unwrap();
+    assert!(run.out.contains(&format!("secret key manually: {secret}")), "{}", run.out);
+    // Each module is two '#' (light) or two spaces (dark) wide, one line high.
+    let rows: Vec<&str> = run
+        .out
+        .lines()
+        .map(|l| l.strip_prefix("[info] ").unwrap_or(l))
+        .filter(|l| l.len() > 40 && l.chars().all(|c| c == '#' || c == ' '))
+        .collect();
+    assert!(rows.len() > 20 && rows.iter().all(|r| r.len() == 2 * rows.len()), "{}", run.out);
+    let scale = 4;
+    let mut pbm = format!("P1\n{} {}\n", rows.len() * scale, rows.len() * scale);
+    for row in &rows {
+        let line: String = row
+            .as_bytes()
+            .chunks(2)
+            .flat_map(|m| std::iter::repeat_n(if m[0] == b'#' { "0 " } else { "1 " }, scale))
+            .collect();
+        for _ in 0..scale {
+            pbm.push_str(&line);
+            pbm.push('\n');
+        }
+    }
+    let img = fx.path("qr-ascii.pbm");
+    std::fs::write(&img, pbm).unwrap();
+    let out = std::process::Command::new("zbarimg").args(["-q", "--raw"]).arg(&img).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), uri);
+
+    let off = fx.login_with("otp-noqr", "asciiuser", &[b"1"]);
+    assert_eq!(off.uri().as_deref(), Some(uri.as_str()), "{}", off.out);
+    assert!(off.out.contains(&format!("secret key in your authenticator app: {secret}")), "{}", off.out);
+    // (The key itself may contain "QR": look for the words and the drawing.)
+    assert!(!off.out.contains("QR code") && !off.out.contains("##") && !off.out.contains('\u{2588}'), "{}", off.out);
+    assert!(off.out.is_ascii());
+    // The default is unchanged.
+    assert!(fx.login("asciiuser", &["1"]).shows_qr());
+}
+
 #[test]
 fn pamtester_works_too() {
     let fx = Fixture::start("");

@@ -58,16 +58,20 @@ impl Sandbox {
     fn sudo(&self, lines: &[&str]) -> Run {
         let input: String = lines.iter().map(|l| format!("{l}\n")).collect();
         std::fs::write(&self.input, input).unwrap();
+        run(self.command(&format!("< {}", self.input.display())))
+    }
+
+    /// `sudo -S -k id -un` as the test user, stdin as `redirect` says.
+    fn command(&self, redirect: &str) -> std::process::Command {
         let script = format!(
             "set -e; E={e}; for f in passwd shadow group sudoers; do mount --bind $E/$f /etc/$f; done; \
              mount --bind $E/pam.d /etc/pam.d; \
-             setpriv --reuid=23456 --regid=23456 --clear-groups -- sudo -S -k id -un < {input}",
+             exec setpriv --reuid=23456 --regid=23456 --clear-groups -- sudo -S -k id -un {redirect}",
             e = self.etc.display(),
-            input = self.input.display()
         );
         let mut cmd = std::process::Command::new("unshare");
         cmd.args(["-m", "--propagation", "private", "sh", "-c", &script]);
-        run(cmd)
+        cmd
     }
 }
 
@@ -109,4 +113,86 @@ fn sudo_refuses_when_daemon_is_down() {
     let r = sandbox.sudo(&[PASSWORD, &code_from_uri(&uri, 1).unwrap()]);
     assert_ne!(r.code, 0, "{}", r.out);
     assert!(!r.out.lines().any(|l| l.trim() == "root"), "{}", r.out);
+}
+
+/// sudo calls pam_authenticate with PAM_SILENT, so applications show no
+/// messages from it; pam_otp then carries what the user must see in the
+/// prompt text. A user who was only enabled enrolls through `sudo -S`
+/// alone: the test reads sudo's terminal output like a user, takes the URI
+/// from it, computes the code from that URI and types it.
+#[test]
+fn sudo_alone_enrolls_and_says_why_it_refuses() {
+    use std::io::Write;
+    let mut fx = Fixture::start("[lockout]\nmax_failures = 100\n");
+    let sandbox = Sandbox::new(&fx);
+    let enabled: serde_json::Value =
+        serde_json::from_str(&fx.ctl_ok(&["--json", "user", "enable", "otpsudo", "--method", "totp", "--print-uri"]))
+            .unwrap();
+    let stored_uri = enabled["otpauth_uri"].as_str().unwrap().to_string();
+
+    let mut cmd = sandbox.command("");
+    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{PASSWORD}").unwrap();
+    // sudo -S writes prompts to stderr: read it as it comes, until the
+    // passcode prompt (which ends without a newline).
+    let mut stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = std::io::Read::read(&mut stderr, &mut buf) {
+            if tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut bytes = Vec::new();
+    while !seen.contains("Passcode: ") {
+        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(chunk) => bytes.extend(chunk),
+            Err(e) => {
+                let _ = child.kill();
+                panic!("no passcode prompt from sudo ({e:?}): {seen}");
+            }
+        }
+        seen = String::from_utf8_lossy(&bytes).into_owned();
+    }
+    assert!(seen.contains('\u{2588}'), "the QR code is on sudo's terminal: {seen}");
+    assert!(seen.contains("secret key manually"), "{seen}");
+    let uri = seen.lines().find_map(|l| l.strip_prefix("URI: ")).unwrap().trim().to_string();
+    assert_eq!(uri, stored_uri, "what sudo showed is what the daemon stored");
+    // Computed independently of our TOTP code. The daemon accepts one step
+    // either side, so a step boundary between here and its check is harmless.
+    let secret = uri.split("secret=").nth(1).unwrap().split('&').next().unwrap();
+    let code = std::process::Command::new("oathtool").args(["--totp", "-b", secret]).output().unwrap();
+    assert!(code.status.success());
+    stdin.write_all(&code.stdout).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    reader.join().unwrap();
+    let rest: Vec<u8> = rx.try_iter().flatten().collect();
+    let rest = String::from_utf8_lossy(&rest);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{seen}{rest}{stdout}");
+    assert_eq!(stdout.trim(), "root");
+    assert_eq!(fx.show("otpsudo")["user"]["activated"], true);
+
+    // A wrong code reads as a wrong passcode, not as a wrong password.
+    let wrong = sandbox.sudo(&[PASSWORD, "000000", ""]);
+    assert_ne!(wrong.code, 0, "{}", wrong.out);
+    assert!(wrong.out.contains("Wrong passcode. (press Enter)"), "{}", wrong.out);
+    // So does a replayed one.
+    let code = String::from_utf8_lossy(&code.stdout).trim().to_string();
+    let replay = sandbox.sudo(&[PASSWORD, &code, ""]);
+    assert_ne!(replay.code, 0, "{}", replay.out);
+    assert!(replay.out.contains("already used"), "{}", replay.out);
+
+    // With otpd down, sudo's output names the passcode service.
+    fx.stop_daemon();
+    let down = sandbox.sudo(&[PASSWORD, ""]);
+    assert_ne!(down.code, 0, "{}", down.out);
+    assert!(down.out.contains("one-time passcode service is unavailable"), "{}", down.out);
+    assert!(!down.out.lines().any(|l| l.trim() == "root"), "{}", down.out);
 }

@@ -1,0 +1,96 @@
+//! One account, several names (check 31). Directories such as SSSD, AD or
+//! winbind resolve `ALICE`, `Alice` or `alice@DOMAIN` to alice's account,
+//! and the first factor logs that account in. nss_wrapper gives the PAM
+//! process (and otpd, for `otpctl user enable`) a passwd file where two
+//! names share one uid; the host's /etc is not touched.
+mod support;
+use e2e::{code_from_uri, PAM_AUTH_ERR, PAM_SUCCESS};
+use support::*;
+
+const NSS_WRAPPER: &str = "libnss_wrapper.so";
+
+struct Directory {
+    env: Vec<(String, String)>,
+}
+
+impl Directory {
+    fn new(dir: &std::path::Path) -> Directory {
+        let passwd = dir.join("passwd");
+        let group = dir.join("group");
+        std::fs::write(
+            &passwd,
+            "root:x:0:0:root:/root:/bin/sh\n\
+             alice:x:23500:23500:Alice:/nonexistent:/bin/sh\n\
+             ALICE:x:23500:23500:Alice:/nonexistent:/bin/sh\n\
+             bob:x:23501:23501:Bob:/nonexistent:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(&group, "root:x:0:\nalice:x:23500:\nbob:x:23501:\n").unwrap();
+        let env = vec![
+            ("LD_PRELOAD".to_string(), NSS_WRAPPER.to_string()),
+            ("NSS_WRAPPER_PASSWD".to_string(), passwd.display().to_string()),
+            ("NSS_WRAPPER_GROUP".to_string(), group.display().to_string()),
+        ];
+        Directory { env }
+    }
+
+    fn pairs(&self) -> Vec<(&str, &str)> {
+        self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+
+    /// A login through the real libpam whose process resolves names here.
+    fn login(&self, fx: &Fixture, user: &str, answers: &[&str]) -> Run {
+        let a: Vec<&[u8]> = answers.iter().map(|s| s.as_bytes()).collect();
+        let mut cmd = fx.pamdrive("otp", user, &a);
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        run(cmd)
+    }
+}
+
+#[test]
+fn every_name_of_an_enrolled_account_requires_its_code() {
+    let names = tempfile::tempdir().unwrap();
+    let dir = Directory::new(names.path());
+    let fx = Fixture::start_with_env(&dir.pairs(), "[lockout]\nmax_failures = 100\n");
+    fx.ctl_ok(&["user", "enable", "alice", "--method", "totp"]);
+
+    // Before: ALICE was "not enrolled", so the stack skipped the passcode
+    // (pam_permit follows in this service) and ALICE got in with nothing.
+    let other_spelling = dir.login(&fx, "ALICE", &[""]);
+    assert_eq!(other_spelling.code, PAM_AUTH_ERR, "{}", other_spelling.out);
+    assert!(other_spelling.shows_qr(), "ALICE is shown alice's enrollment: {}", other_spelling.out);
+    let uri = other_spelling.uri().unwrap();
+    assert!(uri.contains(":alice?"), "the account's own name is in the URI: {uri}");
+    let wrong = dir.login(&fx, "ALICE", &["000000"]);
+    assert_eq!(wrong.code, PAM_AUTH_ERR, "{}", wrong.out);
+
+    // alice's code works for ALICE, once: the step is used for the account.
+    let code = code_from_uri(&uri, 0).unwrap();
+    let ok = dir.login(&fx, "ALICE", &[&code]);
+    assert_eq!(ok.code, PAM_SUCCESS, "{}", ok.out);
+    let replay = dir.login(&fx, "alice", &[&code]);
+    assert_eq!(replay.code, PAM_AUTH_ERR, "{}", replay.out);
+    assert!(replay.out.contains("already used"), "{}", replay.out);
+    assert_eq!(fx.show("alice")["user"]["activated"], true);
+
+    // The audit names the account and keeps the spelling typed.
+    let audit: serde_json::Value = serde_json::from_str(&fx.ctl_ok(&["--json", "audit"])).unwrap();
+    let entries = audit["entries"].as_array().unwrap();
+    assert!(entries.iter().all(|e| e["user"] != "ALICE"), "{audit}");
+    assert!(
+        entries.iter().any(|e| e["user"] == "alice"
+            && e["result"] == "accept"
+            && e["reason"].as_str().unwrap().contains("typed as ALICE")),
+        "{audit}"
+    );
+
+    // A second name for an enabled account is refused: it would be a second secret.
+    let dup = fx.ctl(&["user", "enable", "ALICE", "--method", "totp"]);
+    assert!(!dup.status.success());
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("same account as alice"), "{dup:?}");
+
+    // Another account is still decided on its own: bob is not enrolled.
+    let bob = dir.login(&fx, "bob", &["123456"]);
+    assert_eq!(bob.code, PAM_SUCCESS, "not enrolled: pam_permit decides: {}", bob.out);
+    assert!(!bob.out.contains("Passcode"), "{}", bob.out);
+}
