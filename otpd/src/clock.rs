@@ -42,15 +42,38 @@ impl<C: Clock> Clock for std::sync::Arc<C> {
     }
 }
 
-/// System time shifted by the seconds written in a file (debug builds only;
-/// see `daemon::make_clock`).
+/// System time shifted by the seconds written in a file, or pinned to the
+/// time written as `@SECONDS` (debug builds only; see `daemon::make_clock`).
+/// A pinned clock lets a test compute a TOTP code for exactly the step the
+/// daemon will check, at any moment of the real step.
 #[cfg(debug_assertions)]
 pub struct OffsetFileClock(pub std::path::PathBuf);
 
 #[cfg(debug_assertions)]
 impl Clock for OffsetFileClock {
     fn now(&self) -> i64 {
-        let offset = std::fs::read_to_string(&self.0).ok().and_then(|s| s.trim().parse::<i64>().ok()).unwrap_or(0);
-        SystemClock.now() + offset
+        let text = std::fs::read_to_string(&self.0).unwrap_or_default();
+        let text = text.trim();
+        if let Some(pinned) = text.strip_prefix('@').and_then(|t| t.parse::<i64>().ok()) {
+            return pinned;
+        }
+        SystemClock.now() + text.parse::<i64>().unwrap_or(0)
+    }
+}
+
+#[cfg(all(test, debug_assertions))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offset_file_shifts_or_pins_the_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = OffsetFileClock(dir.path().join("clock"));
+        let real = SystemClock.now();
+        assert!((clock.now() - real).abs() <= 1, "absent file: real time");
+        std::fs::write(&clock.0, "3600").unwrap();
+        assert!((clock.now() - real - 3600).abs() <= 1);
+        std::fs::write(&clock.0, "@1000000015\n").unwrap();
+        assert_eq!(clock.now(), 1_000_000_015);
     }
 }
