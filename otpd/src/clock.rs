@@ -42,6 +42,31 @@ impl<C: Clock> Clock for std::sync::Arc<C> {
     }
 }
 
+/// "14:32 CET": the time of day as people read clocks here, in the host's
+/// time zone (TZ, else /etc/localtime, as `date` does) with its name.
+/// Falls back to UTC when the C library cannot convert.
+pub fn local_hhmm(t: i64) -> String {
+    let utc = || {
+        let secs = t.rem_euclid(86_400);
+        format!("{:02}:{:02} UTC", secs / 3600, secs % 3600 / 60)
+    };
+    let Some(time) = libc::time_t::try_from(t).ok() else { return utc() };
+    // SAFETY: localtime_r and strftime only write into the buffers given
+    // here; glibc serialises its own time-zone state behind a lock.
+    unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&time, &mut tm).is_null() {
+            return utc();
+        }
+        let mut buf = [0u8; 64];
+        let n = libc::strftime(buf.as_mut_ptr().cast(), buf.len(), c"%H:%M %Z".as_ptr(), &tm);
+        match std::str::from_utf8(&buf[..n]) {
+            Ok(s) if n > 0 => s.trim().to_string(),
+            _ => utc(),
+        }
+    }
+}
+
 /// System time shifted by the seconds written in a file, or pinned to the
 /// time written as `@SECONDS` (debug builds only; see `daemon::make_clock`).
 /// A pinned clock lets a test compute a TOTP code for exactly the step the
@@ -64,6 +89,26 @@ impl Clock for OffsetFileClock {
 #[cfg(all(test, debug_assertions))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_time_has_the_zone_name() {
+        // TZ is read once per process by the C library; a child process
+        // with its own TZ keeps this test independent of the others.
+        if std::env::var_os("OTPD_LOCALTIME_CHILD").is_some() {
+            println!("RESULT {} / {}", local_hhmm(1_700_000_000), local_hhmm(1_690_000_000));
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(exe)
+            .args(["--exact", "clock::tests::local_time_has_the_zone_name", "--nocapture"])
+            .env("OTPD_LOCALTIME_CHILD", "1")
+            .env("TZ", "Europe/Berlin")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        // 2023-11-14 22:13:20 UTC is winter time, 2023-07-22 04:26:40 UTC summer time.
+        assert!(text.contains("RESULT 23:13 CET / 06:26 CEST"), "{text}");
+    }
 
     #[test]
     fn offset_file_shifts_or_pins_the_clock() {
