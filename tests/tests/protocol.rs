@@ -105,7 +105,12 @@ fn slow_and_half_frame_clients_do_not_stall_logins() {
     for mut h in hogs {
         h.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut buf = [0u8; 16];
-        assert!(matches!(h.read(&mut buf), Ok(0)), "the daemon must close a stalled connection");
+        // Closed either way: a reset when the daemon dropped it with the
+        // hog's half frame still unread (evicted to make room for the login).
+        let got = h.read(&mut buf);
+        let closed =
+            matches!(&got, Ok(0)) || got.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset);
+        assert!(closed, "the daemon must close a stalled connection: {got:?}");
     }
 }
 
