@@ -295,9 +295,14 @@ pub fn run(mut cmd: Command) -> Run {
 /// root changes uid). The program must be one every uid can reach (a system
 /// binary or [`staged`]), wherever the checkout is: checked here, so a test
 /// that runs something from target/ fails in every checkout, not only in a
-/// private one.
+/// private one (arguments such as a shell script's paths are not checked).
 pub fn as_uid(cmd: &mut Command, uid: u32) {
     let program = Path::new(cmd.get_program());
+    assert!(
+        !program.starts_with(build_dir()),
+        "{} is inside the checkout, which uid {uid} may not reach: use support::staged",
+        program.display()
+    );
     if program.is_absolute() {
         for dir in program.ancestors().skip(1) {
             let mode = std::fs::metadata(dir).unwrap().permissions().mode();
