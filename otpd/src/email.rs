@@ -171,15 +171,19 @@ pub struct NoUsableCode {
     pub next_at: i64,
 }
 
-/// `Some` when no valid unused code exists for the user on this machine
-/// and the interval forbids a new one: nothing the user types can work, so
-/// the conversation should say so and end rather than ask for a passcode.
+/// `Some` when no valid unused code exists for an emailed-code user on this
+/// machine and the interval forbids a new one: nothing the user types can
+/// work, so the conversation should say so and end rather than ask for a
+/// passcode. A TOTP user (emailed codes as fallback) still has the app.
 pub fn no_usable_code(
     store: &mut dyn Store,
     p: &Policy,
     user: &str,
     now: i64,
 ) -> Result<Option<NoUsableCode>, StoreError> {
+    if !matches!(store.user(user)?, Some(u) if u.method == common::proto::Method::Email) {
+        return Ok(None);
+    }
     let Some(last) = store.latest_email_code(user, Some(&p.machine))? else { return Ok(None) };
     let next_at = last.created_at + p.email.new_code_interval.as_secs() as i64;
     if valid_code(&last, now) || next_at <= now {

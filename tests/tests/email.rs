@@ -487,7 +487,7 @@ fn prompts(r: &Run) -> Vec<&str> {
 
 #[test]
 fn after_the_code_is_used_a_request_within_the_interval_says_why_and_asks_nothing() {
-    let env = env_with("", "");
+    let env = env_with("fallback = true\n", "");
     let fx = &env.fx;
     fx.ctl_ok(&["user", "enable", "bob", "--method", "email"]);
     request(fx, "bob", &[""]);
@@ -508,6 +508,14 @@ fn after_the_code_is_used_a_request_within_the_interval_says_why_and_asks_nothin
     assert!(audit.contains("no usable emailed code"), "{audit}");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(mails(&env.maildir()).len(), 1, "nothing was sent");
+
+    // A TOTP user with emailed codes as fallback still has the app: asked on.
+    let uri = fx.enroll_active("carol");
+    request(fx, "carol", &[""]);
+    let mailed = wait_for_mails(&env.maildir(), 2).into_iter().find(|m| m.to == "carol@example.org").unwrap();
+    assert_eq!(request(fx, "carol", &[&mailed.code()]).code, PAM_SUCCESS);
+    let app = request(fx, "carol", &["", &fx.code(&uri, 1)]);
+    assert_eq!(app.code, PAM_SUCCESS, "{}", app.out);
 
     // Once the interval has passed, Enter sends a new code again.
     fx.pin_clock();
