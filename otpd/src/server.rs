@@ -435,7 +435,8 @@ fn no_usable_code_text(why: &email::NoUsableCode, interval: Duration, emergency:
         "If you cannot wait, ask your administrator."
     };
     format!(
-        "{last}, and a new code for this account on this machine can be sent only {}:          the next one can be requested at {}. Until then no passcode can work here. {other}",
+        "{last}, and a new code for this account on this machine can be sent only {}: \
+         the next one can be requested at {}. Until then no passcode can work here. {other}",
         once_per(interval),
         hhmm(why.next_at)
     )

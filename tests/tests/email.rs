@@ -499,7 +499,7 @@ fn after_the_code_is_used_a_request_within_the_interval_says_why_and_asks_nothin
     let r = request(fx, "bob", &["", "12345678"]);
     assert_eq!(r.code, PAM_AUTH_ERR, "{}", r.out);
     assert_eq!(prompts(&r).len(), 1, "asked for a passcode that cannot work: {}", r.out);
-    for said in ["last emailed code was used at", "only once per hour", "next one can be requested at", "type E"] {
+    for said in ["last emailed code was used at", "only once per hour: the next one can be requested at", "type E"] {
         assert!(r.out.contains(said), "{said:?} missing: {}", r.out);
     }
     assert!(!r.out.contains("Use the code you were sent"), "{}", r.out);
