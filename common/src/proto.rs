@@ -326,6 +326,79 @@ mod tests {
         assert_eq!(json, r#"{"type":"outcome","result":"not_enrolled","message":null}"#);
     }
 
+    /// Backticked names after "expected" in a serde error: serde lists every
+    /// variant (or field) it would have accepted, so no list is kept by hand.
+    fn expected_names(error: &str) -> Vec<String> {
+        let Some((_, tail)) = error.split_once("expected") else { return Vec::new() };
+        tail.split('`').skip(1).step_by(2).map(str::to_string).collect()
+    }
+
+    /// Every variant name of a `"type"`-tagged enum.
+    fn variants<T: serde::de::DeserializeOwned>() -> Vec<String> {
+        let error = serde_json::from_str::<T>(r#"{"type":"no such variant"}"#).err().map(|e| e.to_string());
+        expected_names(&error.unwrap_or_default())
+    }
+
+    /// Every field of `variant` of an enum with `deny_unknown_fields`.
+    fn fields<T: serde::de::DeserializeOwned>(variant: &str) -> Vec<String> {
+        let json = format!(r#"{{"type":"{variant}","no such field":0}}"#);
+        // A unit variant ignores extra keys; a struct variant names its fields.
+        let Err(error) = serde_json::from_str::<T>(&json) else { return Vec::new() };
+        let error = error.to_string();
+        assert!(error.contains("unknown field"), "{variant}: {error}");
+        expected_names(&error)
+    }
+
+    /// The lines under the first heading that contains `name` (backticked),
+    /// up to the next heading of the same or a higher level.
+    fn section<'a>(lines: &[&'a str], name: &str) -> Option<Vec<&'a str>> {
+        let level = |l: &str| if l.starts_with('#') { l.chars().take_while(|&c| c == '#').count() } else { 0 };
+        let start = lines.iter().position(|l| level(l) > 0 && l.contains(&format!("`{name}`")))?;
+        let own = level(lines[start]);
+        let rest = &lines[start + 1..];
+        let end = rest.iter().position(|l| (1..=own).contains(&level(l))).unwrap_or(rest.len());
+        Some(rest[..end].to_vec())
+    }
+
+    /// docs/PROTOCOL.md has an entry for every message of every enum, with
+    /// every field (where serde can list them: the enums that refuse unknown
+    /// fields) named in its entry.
+    #[test]
+    #[allow(clippy::unwrap_used, clippy::panic)]
+    fn protocol_doc_lists_every_message_and_field() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let lines: Vec<&str> = doc.lines().collect();
+        type Fields = fn(&str) -> Vec<String>;
+        let enums: [(&str, Vec<String>, Option<Fields>); 4] = [
+            ("ClientMsg", variants::<ClientMsg>(), Some(fields::<ClientMsg>)),
+            ("ServerMsg", variants::<ServerMsg>(), Some(fields::<ServerMsg>)),
+            ("AdminRequest", variants::<AdminRequest>(), Some(fields::<AdminRequest>)),
+            ("AdminResponse", variants::<AdminResponse>(), None),
+        ];
+        let mut missing = Vec::new();
+        for (name, variants, fields) in enums {
+            assert!(variants.len() >= 2, "could not list the variants of {name}");
+            let Some(enum_doc) = section(&lines, name) else {
+                missing.push(format!("a section for `{name}`"));
+                continue;
+            };
+            for variant in variants {
+                let Some(entry) = section(&enum_doc, &variant) else {
+                    missing.push(format!("{name}: an entry (heading) for `{variant}`"));
+                    continue;
+                };
+                let text = entry.join("\n");
+                for field in fields.map(|f| f(&variant)).unwrap_or_default() {
+                    if !text.contains(&format!("`{field}`")) {
+                        missing.push(format!("{name}::{variant}: field `{field}`"));
+                    }
+                }
+            }
+        }
+        assert!(missing.is_empty(), "docs/PROTOCOL.md lacks:\n{}", missing.join("\n"));
+    }
+
     #[test]
     fn begin_without_new_fields_still_parses_and_defaults_are_not_sent() {
         let old = r#"{"type":"begin","protocol":1,"user":"a","service":"s","pid":1}"#;

@@ -42,15 +42,83 @@ impl<C: Clock> Clock for std::sync::Arc<C> {
     }
 }
 
-/// System time shifted by the seconds written in a file (debug builds only;
-/// see `daemon::make_clock`).
+/// "14:32 CET": the time of day as people read clocks here, in the host's
+/// time zone (TZ, else /etc/localtime, as `date` does) with its name.
+/// Falls back to UTC when the C library cannot convert.
+pub fn local_hhmm(t: i64) -> String {
+    let utc = || {
+        let secs = t.rem_euclid(86_400);
+        format!("{:02}:{:02} UTC", secs / 3600, secs % 3600 / 60)
+    };
+    let Some(time) = libc::time_t::try_from(t).ok() else { return utc() };
+    // SAFETY: localtime_r and strftime only write into the buffers given
+    // here; glibc serialises its own time-zone state behind a lock.
+    unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&time, &mut tm).is_null() {
+            return utc();
+        }
+        let mut buf = [0u8; 64];
+        let n = libc::strftime(buf.as_mut_ptr().cast(), buf.len(), c"%H:%M %Z".as_ptr(), &tm);
+        match std::str::from_utf8(&buf[..n]) {
+            Ok(s) if n > 0 => s.trim().to_string(),
+            _ => utc(),
+        }
+    }
+}
+
+/// System time shifted by the seconds written in a file, or pinned to the
+/// time written as `@SECONDS` (debug builds only; see `daemon::make_clock`).
+/// A pinned clock lets a test compute a TOTP code for exactly the step the
+/// daemon will check, at any moment of the real step.
 #[cfg(debug_assertions)]
 pub struct OffsetFileClock(pub std::path::PathBuf);
 
 #[cfg(debug_assertions)]
 impl Clock for OffsetFileClock {
     fn now(&self) -> i64 {
-        let offset = std::fs::read_to_string(&self.0).ok().and_then(|s| s.trim().parse::<i64>().ok()).unwrap_or(0);
-        SystemClock.now() + offset
+        let text = std::fs::read_to_string(&self.0).unwrap_or_default();
+        let text = text.trim();
+        if let Some(pinned) = text.strip_prefix('@').and_then(|t| t.parse::<i64>().ok()) {
+            return pinned;
+        }
+        SystemClock.now() + text.parse::<i64>().unwrap_or(0)
+    }
+}
+
+#[cfg(all(test, debug_assertions))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_time_has_the_zone_name() {
+        // TZ is read once per process by the C library; a child process
+        // with its own TZ keeps this test independent of the others.
+        if std::env::var_os("OTPD_LOCALTIME_CHILD").is_some() {
+            println!("RESULT {} / {}", local_hhmm(1_700_000_000), local_hhmm(1_690_000_000));
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(exe)
+            .args(["--exact", "clock::tests::local_time_has_the_zone_name", "--nocapture"])
+            .env("OTPD_LOCALTIME_CHILD", "1")
+            .env("TZ", "Europe/Berlin")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        // 2023-11-14 22:13:20 UTC is winter time, 2023-07-22 04:26:40 UTC summer time.
+        assert!(text.contains("RESULT 23:13 CET / 06:26 CEST"), "{text}");
+    }
+
+    #[test]
+    fn offset_file_shifts_or_pins_the_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = OffsetFileClock(dir.path().join("clock"));
+        let real = SystemClock.now();
+        assert!((clock.now() - real).abs() <= 1, "absent file: real time");
+        std::fs::write(&clock.0, "3600").unwrap();
+        assert!((clock.now() - real - 3600).abs() <= 1);
+        std::fs::write(&clock.0, "@1000000015\n").unwrap();
+        assert_eq!(clock.now(), 1_000_000_015);
     }
 }

@@ -142,8 +142,9 @@ pub fn hostname_issuer(issuer: &str) -> String {
 }
 
 /// The system clock. Debug builds (the test suite) may shift it by the
-/// number of seconds in the file named by `OTPD_TEST_CLOCK_FILE`, so expiry
-/// is tested without sleeping; release builds have no such hook.
+/// number of seconds in the file named by `OTPD_TEST_CLOCK_FILE`, or pin it
+/// (`@SECONDS`), so expiry is tested without sleeping and TOTP codes without
+/// racing a step boundary; release builds have no such hook.
 fn make_clock() -> Box<dyn Clock> {
     #[cfg(debug_assertions)]
     if let Some(path) = std::env::var_os("OTPD_TEST_CLOCK_FILE") {

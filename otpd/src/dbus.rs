@@ -176,7 +176,7 @@ impl Admin1 {
 
     #[zbus(signal)]
     async fn enrollment_activated(e: &SignalEmitter<'_>, user: &str) -> zbus::Result<()>;
-    /// `address` is masked (b***@example.org).
+    /// `address` is masked (b***b@example.org).
     #[zbus(signal)]
     async fn code_requested(e: &SignalEmitter<'_>, user: &str, address: &str) -> zbus::Result<()>;
     #[zbus(signal)]

@@ -77,11 +77,16 @@ pub fn validate_address(s: &str) -> Result<String, &'static str> {
     Ok(out)
 }
 
-/// "b***@example.org": enough for the user to recognise, not enough to harvest.
+/// "o***r@example.org": enough for the user to recognise (and to tell two
+/// addresses at one domain apart), not enough to harvest. A local part of
+/// one or two characters keeps only the first, so none is shown whole.
 pub fn mask(addr: &str) -> String {
-    match addr.split_once('@') {
-        Some((local, domain)) => format!("{}***@{domain}", local.chars().next().unwrap_or('*')),
-        None => "***".into(),
+    let Some((local, domain)) = addr.rsplit_once('@') else { return "***".into() };
+    let chars: Vec<char> = local.chars().collect();
+    match chars.as_slice() {
+        [] => format!("***@{domain}"),
+        [first] | [first, _] => format!("{first}***@{domain}"),
+        [first, .., last] => format!("{first}***{last}@{domain}"),
     }
 }
 
@@ -133,17 +138,58 @@ pub enum RequestOutcome {
     Capped,
 }
 
+/// Where a request came from, for the mail and the request list: "service
+/// sshd from 192.0.2.7", with ", terminal pts/3" only when PAM_TTY names a
+/// terminal (sshd sets it to "ssh", cron to "cron": no terminal at all).
 pub fn origin(ctx: &LoginContext) -> String {
-    format!(
-        "service {} from {} on {}",
-        ctx.service,
-        ctx.rhost.as_deref().unwrap_or("this machine"),
-        ctx.tty.as_deref().unwrap_or("no tty")
-    )
+    let from = format!("service {} from {}", ctx.service, ctx.rhost.as_deref().unwrap_or("this machine"));
+    match ctx.tty.as_deref().filter(|t| is_terminal(t)) {
+        Some(tty) => format!("{from}, terminal {tty}"),
+        None => from,
+    }
+}
+
+/// A terminal device name as PAM_TTY holds it: /dev/…, pts/N, ttyN, console.
+fn is_terminal(tty: &str) -> bool {
+    let name = tty.strip_prefix("/dev/").unwrap_or(tty);
+    let pts = name.strip_prefix("pts/").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    let tty_n = name.strip_prefix("tty").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric()));
+    tty.starts_with("/dev/") || pts || tty_n || name == "console"
 }
 
 fn valid_code(c: &EmailCode, now: i64) -> bool {
     c.used_at.is_none() && c.expires_at > now && c.code_enc.is_some()
+}
+
+/// Why no emailed code can work for this user on this machine right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoUsableCode {
+    /// When the last code was used, if it was (otherwise it expired or was replaced).
+    pub used_at: Option<i64>,
+    pub expired_at: i64,
+    /// When a new code may be requested (`new_code_interval` after the last one).
+    pub next_at: i64,
+}
+
+/// `Some` when no valid unused code exists for an emailed-code user on this
+/// machine and the interval forbids a new one: nothing the user types can
+/// work, so the conversation should say so and end rather than ask for a
+/// passcode. A TOTP user (emailed codes as fallback) still has the app.
+pub fn no_usable_code(
+    store: &mut dyn Store,
+    p: &Policy,
+    user: &str,
+    now: i64,
+) -> Result<Option<NoUsableCode>, StoreError> {
+    if !matches!(store.user(user)?, Some(u) if u.method == common::proto::Method::Email) {
+        return Ok(None);
+    }
+    let Some(last) = store.latest_email_code(user, Some(&p.machine))? else { return Ok(None) };
+    let next_at = last.created_at + p.email.new_code_interval.as_secs() as i64;
+    if valid_code(&last, now) || next_at <= now {
+        return Ok(None);
+    }
+    Ok(Some(NoUsableCode { used_at: last.used_at, expired_at: last.expires_at, next_at }))
 }
 
 /// Queues the still-valid code again, or a new one if the interval allows.
@@ -313,11 +359,34 @@ mod tests {
         ] {
             assert!(validate_address(bad).is_err(), "{bad:?} must be rejected");
         }
-        assert_eq!(mask("bob@example.org"), "b***@example.org");
+        assert_eq!(mask("bob@example.org"), "b***b@example.org");
+        assert_eq!(mask("oliver@example.org"), "o***r@example.org");
+        assert_ne!(mask("oliver@example.org"), mask("oscar.w@example.org"));
+        assert_eq!(mask("jo@example.org"), "j***@example.org");
+        assert_eq!(mask("j@example.org"), "j***@example.org");
         assert!(same_address("bob@EXAMPLE.org", "bob@example.org"));
         assert!(same_address("Bob@example.org", "bob@example.org"));
         assert!(!same_address("bob@example.org", "bob@example.org.evil.test"));
         assert!(!same_address("bob@example.org\n", "bob@example.org"));
+    }
+
+    #[test]
+    fn origin_names_a_terminal_only_when_there_is_one() {
+        let ctx = |tty: Option<&str>, rhost: Option<&str>| LoginContext {
+            user: "bob".into(),
+            service: "sshd".into(),
+            rhost: rhost.map(String::from),
+            tty: tty.map(String::from),
+            ..Default::default()
+        };
+        assert_eq!(origin(&ctx(Some("ssh"), Some("192.0.2.7"))), "service sshd from 192.0.2.7");
+        assert_eq!(origin(&ctx(None, None)), "service sshd from this machine");
+        for tty in ["pts/3", "/dev/pts/3", "tty1", "/dev/tty1", "ttyS0", "console"] {
+            assert_eq!(origin(&ctx(Some(tty), None)), format!("service sshd from this machine, terminal {tty}"));
+        }
+        for not_a_tty in ["ssh", "cron", ":0", "pts/", "tty", "pts/x"] {
+            assert!(!origin(&ctx(Some(not_a_tty), None)).contains("terminal"), "{not_a_tty}");
+        }
     }
 
     #[test]

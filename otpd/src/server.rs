@@ -281,6 +281,8 @@ async fn pam_connection(mut s: Conn, peer_uid: u32, first: ClientMsg, sh: &Share
         (true, false) => "Passcode (press Enter to get one by email): ",
         _ => "Passcode: ",
     };
+    // E keeps working after a request, so every later prompt says so too.
+    let next_prompt = if emergency { "Passcode (or type E for emergency access): " } else { "Passcode: " };
     let mut prompt_text = first_prompt;
     // A conversation may request a code and then enter it; it may not loop forever.
     for _ in 0..4 {
@@ -299,7 +301,7 @@ async fn pam_connection(mut s: Conn, peer_uid: u32, first: ClientMsg, sh: &Share
             if done {
                 return outcome(&mut s, sh, OutcomeKind::Deny, None).await;
             }
-            prompt_text = "Passcode: ";
+            prompt_text = next_prompt;
             continue;
         }
         if emergency && trimmed.eq_ignore_ascii_case("e") {
@@ -310,7 +312,7 @@ async fn pam_connection(mut s: Conn, peer_uid: u32, first: ClientMsg, sh: &Share
             if done {
                 return outcome(&mut s, sh, OutcomeKind::Deny, None).await;
             }
-            prompt_text = "Passcode: ";
+            prompt_text = next_prompt;
             continue;
         }
         return finish(s, sh, &ctx, answer).await;
@@ -419,11 +421,39 @@ fn verdict_outcome(verdict: &Result<Verdict, crate::store::StoreError>, now: i64
     ServerMsg::Outcome { result, message }
 }
 
-/// "14:32 UTC"
+/// "14:32 CET": times shown to users are in the host's time zone.
 pub fn hhmm(t: i64) -> String {
-    let st = std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
-    let full = humantime::format_rfc3339_seconds(st).to_string();
-    format!("{} UTC", full.get(11..16).unwrap_or("??:??"))
+    crate::clock::local_hhmm(t)
+}
+
+/// "once per hour", "once every 30 minutes": the new-code rule in words.
+fn once_per(interval: Duration) -> String {
+    match interval.as_secs() {
+        3600 => "once per hour".into(),
+        s if s % 3600 == 0 => format!("once every {} hours", s / 3600),
+        s if s % 60 == 0 => format!("once every {} minutes", s / 60),
+        s => format!("once every {s} seconds"),
+    }
+}
+
+/// Why nothing typed can work now, when the next request is possible, and
+/// what else there is.
+fn no_usable_code_text(why: &email::NoUsableCode, interval: Duration, emergency: bool) -> String {
+    let last = match why.used_at {
+        Some(t) => format!("Your last emailed code was used at {}", hhmm(t)),
+        None => format!("Your last emailed code expired at {}", hhmm(why.expired_at)),
+    };
+    let other = if emergency {
+        "For emergency access, log in again and type E at the passcode prompt, or ask your administrator."
+    } else {
+        "If you cannot wait, ask your administrator."
+    };
+    format!(
+        "{last}, and a new code for this account on this machine can be sent only {}: \
+         the next one can be requested at {}. Until then no passcode can work here. {other}",
+        once_per(interval),
+        hhmm(why.next_at)
+    )
 }
 
 fn describe(outcome: &email::RequestOutcome) -> String {
@@ -434,6 +464,7 @@ fn describe(outcome: &email::RequestOutcome) -> String {
         email::RequestOutcome::Queued { masked, expires_at, resent: true } => {
             format!("Your code was sent again to {masked}. It expires at {}.", hhmm(*expires_at))
         }
+        // Only while a code sent to another address (an emergency one) is still valid.
         email::RequestOutcome::TooSoon { next_at } => {
             format!(
                 "A new code can be requested at {}. Use the code you were sent, or ask your administrator.",
@@ -455,6 +486,38 @@ async fn email_request(s: &mut Conn, sh: &Shared, ctx: &LoginContext) -> (Option
     let policy = sh.policy.clone();
     let now = sh.clock.now();
     let mode = policy.email.auto_send;
+    // Decided before any address or login is asked, so the answer says
+    // nothing about what was typed. Not a failed guess: nothing was guessed.
+    let (p, c) = (policy.clone(), ctx.clone());
+    let blocked = sh
+        .db
+        .run(move |st| {
+            let why = email::no_usable_code(st, &p, &c.user, now)?;
+            if why.is_some() {
+                auth::audit_method(
+                    st,
+                    &p,
+                    &c,
+                    now,
+                    "email",
+                    "deny",
+                    "no usable emailed code; a new one is not allowed yet",
+                )?;
+            }
+            Ok(why)
+        })
+        .await;
+    match blocked {
+        Ok(Some(why)) => {
+            let emergency = policy.email.emergency.enabled;
+            return (Some(no_usable_code_text(&why, policy.email.new_code_interval, emergency)), true);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!("store error during an email request for {}: {e}", ctx.user);
+            return (Some("Emailed codes are unavailable right now.".into()), false);
+        }
+    }
     let typed = match mode {
         AutoSend::Directory => None,
         AutoSend::None => match ask(s, sh, ctx, true, "Email address: ").await {

@@ -159,11 +159,3 @@ pub fn authenticate(
         Login { code, error, transcript: script.transcript }
     }
 }
-
-/// The current TOTP code for an otpauth URI, `offset` steps from now.
-pub fn code_from_uri(uri: &str, offset: i64) -> Option<String> {
-    let totp = totp_rs::TOTP::from_url_unchecked(uri).ok()?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64;
-    let t = now + offset * totp.step as i64;
-    Some(totp.generate(t.max(0) as u64))
-}

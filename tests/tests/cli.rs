@@ -28,7 +28,7 @@ fn otpctl_exit_codes_and_messages() {
     assert!(status.contains("2 enabled"), "{status}");
 
     // Unprivileged callers are refused and change nothing.
-    let mut cmd = Command::new(build_dir().join("otpctl"));
+    let mut cmd = Command::new(staged("otpctl"));
     cmd.arg("--config").arg(&fx.config).args(["user", "disable", "rita"]);
     as_uid(&mut cmd, 65534);
     let out = cmd.output().unwrap();

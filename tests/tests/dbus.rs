@@ -1,7 +1,7 @@
 //! org.otpd.Admin1 on a private dbus-daemon started by the test (its own
 //! config and socket; the host's system bus is not used).
 mod support;
-use e2e::{code_from_uri, PAM_MAXTRIES, PAM_SUCCESS};
+use e2e::{PAM_MAXTRIES, PAM_SUCCESS};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
@@ -115,7 +115,7 @@ fn admin_interface_access_control_and_signals() {
     // Signals: activation, then a lockout.
     let first = fx.login("alice", &[""]);
     let uri = first.uri().unwrap();
-    assert_eq!(fx.login("alice", &[&code_from_uri(&uri, 0).unwrap()]).code, PAM_SUCCESS);
+    assert_eq!(fx.login("alice", &[&fx.code(&uri, 0)]).code, PAM_SUCCESS);
     fx.login("alice", &["000000"]);
     assert_eq!(fx.login("alice", &["000001"]).code, PAM_MAXTRIES);
     let deadline = Instant::now() + Duration::from_secs(10);

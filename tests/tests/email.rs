@@ -180,7 +180,7 @@ fn directory_auto_send_single_use_and_sessions() {
     let r = request(fx, "bob", &[""]);
     assert_eq!(r.code, PAM_AUTH_ERR, "{}", r.out);
     assert!(r.out.contains("[prompt-off] Passcode (press Enter to get one by email"), "{}", r.out);
-    assert!(r.out.contains("A code was sent to b***@example.org. It expires at "), "{}", r.out);
+    assert!(r.out.contains("A code was sent to b***b@example.org. It expires at "), "{}", r.out);
     let m = wait_for_mails(&env.maildir(), 1);
     assert_eq!(m.len(), 1);
     assert_eq!(m[0].to, "bob@example.org");
@@ -217,7 +217,7 @@ fn resend_same_code_new_code_interval_and_caps_survive_restart() {
     let first = request(&env.fx, "bob", &[""]);
     assert!(first.out.contains("A code was sent"), "{}", first.out);
     let again = request(&env.fx, "bob", &[""]);
-    assert!(again.out.contains("Your code was sent again to b***@example.org"), "{}", again.out);
+    assert!(again.out.contains("Your code was sent again to b***b@example.org"), "{}", again.out);
     let m = wait_for_mails(&env.maildir(), 2);
     assert_eq!(m.len(), 2);
     assert_eq!(m[0].code(), m[1].code(), "a request while the code is valid re-sends the same code");
@@ -239,7 +239,7 @@ fn resend_same_code_new_code_interval_and_caps_survive_restart() {
     let code = m[0].code();
     assert_eq!(request(&env.fx, "bob", &[&code]).code, PAM_SUCCESS);
     let soon = request(&env.fx, "bob", &[""]);
-    assert!(soon.out.contains("A new code can be requested at"), "{}", soon.out);
+    assert!(soon.out.contains("the next one can be requested at"), "{}", soon.out);
     env.fx.set_clock_offset(3601);
     let later = request(&env.fx, "bob", &[""]);
     assert!(later.out.contains("A code was sent"), "{}", later.out);
@@ -331,7 +331,7 @@ fn emergency_access_allow_list_approve_and_deny() {
     fx.enroll_active("erin");
     // dave has no address on record; emergency access still works.
     let fast = fx.login("dave", &["e", "dave.home@corp.example", "lost my phone"]);
-    assert!(fast.out.contains("A code was sent to d***@corp.example"), "{}", fast.out);
+    assert!(fast.out.contains("A code was sent to d***e@corp.example"), "{}", fast.out);
     let m = wait_for_mails(&env.maildir(), 1);
     assert_eq!(m[0].to, "dave.home@corp.example");
     assert!(m[0].text.contains("emergency login code"), "{}", m[0].text);
@@ -478,4 +478,131 @@ fn per_address_hourly_cap_holds_across_users() {
     assert!(capped.out.contains("Too many emails"), "{}", capped.out);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(wait_for_mails(&env.maildir(), 1).len(), 1);
+}
+
+/// The prompt lines of a run, e.g. `[prompt-off] Passcode: `.
+fn prompts(r: &Run) -> Vec<&str> {
+    r.out.lines().filter(|l| l.starts_with("[prompt-")).collect()
+}
+
+#[test]
+fn after_the_code_is_used_a_request_within_the_interval_says_why_and_asks_nothing() {
+    let env = env_with("fallback = true\n", "");
+    let fx = &env.fx;
+    fx.ctl_ok(&["user", "enable", "bob", "--method", "email"]);
+    request(fx, "bob", &[""]);
+    let code = wait_for_mails(&env.maildir(), 1)[0].code();
+    assert_eq!(request(fx, "bob", &[&code]).code, PAM_SUCCESS);
+
+    // Within the hour: no code can work, so no passcode is asked; the
+    // answer a user would type after Enter is never read.
+    let r = request(fx, "bob", &["", "12345678"]);
+    assert_eq!(r.code, PAM_AUTH_ERR, "{}", r.out);
+    assert_eq!(prompts(&r).len(), 1, "asked for a passcode that cannot work: {}", r.out);
+    for said in ["last emailed code was used at", "only once per hour: the next one can be requested at", "type E"] {
+        assert!(r.out.contains(said), "{said:?} missing: {}", r.out);
+    }
+    assert!(!r.out.contains("Use the code you were sent"), "{}", r.out);
+    assert_eq!(fx.show("bob")["user"]["failures"], 0, "not a failed guess");
+    let audit = fx.ctl_ok(&["audit", "--user", "bob"]);
+    assert!(audit.contains("no usable emailed code"), "{audit}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(mails(&env.maildir()).len(), 1, "nothing was sent");
+
+    // A TOTP user with emailed codes as fallback still has the app: asked on.
+    let uri = fx.enroll_active("carol");
+    request(fx, "carol", &[""]);
+    let mailed = wait_for_mails(&env.maildir(), 2).into_iter().find(|m| m.to == "carol@example.org").unwrap();
+    assert_eq!(request(fx, "carol", &[&mailed.code()]).code, PAM_SUCCESS);
+    let app = request(fx, "carol", &["", &fx.code(&uri, 1)]);
+    assert_eq!(app.code, PAM_SUCCESS, "{}", app.out);
+
+    // Once the interval has passed, Enter sends a new code again.
+    fx.pin_clock();
+    fx.set_clock_offset(3601);
+    assert!(request(fx, "bob", &[""]).out.contains("A code was sent"));
+}
+
+#[test]
+fn every_prompt_where_e_works_mentions_it() {
+    let env = env_with("", "");
+    let fx = &env.fx;
+    fx.ctl_ok(&["user", "enable", "bob", "--method", "email"]);
+    // Enter, then a wrong code: two passcode prompts, E works at both.
+    let r = request(fx, "bob", &["", "1"]);
+    let asked = prompts(&r);
+    assert_eq!(asked.len(), 2, "{}", r.out);
+    for p in asked {
+        assert!(p.contains("type E for emergency access"), "{p:?} does not mention E: {}", r.out);
+    }
+    // And E at the second prompt does lead to emergency access.
+    let e = request(fx, "bob", &["", "e", "not an address"]);
+    assert!(e.out.contains("[prompt-on] Email address:"), "{}", e.out);
+}
+
+/// `date` from coreutils, for a time formatted independently of otpd.
+fn date_in(tz: &str, t: i64) -> String {
+    let out = Command::new("date").env("TZ", tz).arg("-d").arg(format!("@{t}")).arg("+%H:%M %Z").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn times_on_screen_and_in_the_mail_are_in_the_hosts_time_zone() {
+    let mut env = env_with("", "");
+    env.fx.stop_daemon();
+    env.fx.env.push(("TZ".into(), "Europe/Berlin".into()));
+    env.fx.start_daemon();
+    let fx = &env.fx;
+    let now = fx.pin_clock();
+    let expires = date_in("Europe/Berlin", now + 30 * 60);
+    assert!(expires.ends_with(" CET") || expires.ends_with(" CEST"), "{expires}");
+    fx.ctl_ok(&["user", "enable", "bob", "--method", "email"]);
+    let r = request(fx, "bob", &[""]);
+    assert!(r.out.contains(&format!("It expires at {expires}.")), "want {expires}: {}", r.out);
+    let m = wait_for_mails(&env.maildir(), 1);
+    assert!(m[0].text.contains(&format!("expires at {expires}.")), "want {expires}: {}", m[0].text);
+    assert!(!r.out.contains("UTC") && !m[0].text.contains("UTC"), "{}\n{}", r.out, m[0].text);
+
+    assert_eq!(request(fx, "bob", &[&m[0].code()]).code, PAM_SUCCESS);
+    let blocked = request(fx, "bob", &[""]);
+    let next = date_in("Europe/Berlin", now + 3600);
+    assert!(blocked.out.contains(&format!("requested at {next}")), "want {next}: {}", blocked.out);
+}
+
+#[test]
+fn masked_addresses_keep_first_and_last_character() {
+    let env = env_with("", "");
+    let fx = &env.fx;
+    fx.ctl_ok(&["user", "enable", "oliver", "--method", "email", "--email", "oliver@example.org"]);
+    fx.ctl_ok(&["user", "enable", "olga", "--method", "email", "--email", "olga@example.org"]);
+    // Two users at one domain can tell whose address a code went to.
+    let oliver = request(fx, "oliver", &[""]);
+    let olga = request(fx, "olga", &[""]);
+    assert!(oliver.out.contains("A code was sent to o***r@example.org."), "{}", oliver.out);
+    assert!(olga.out.contains("A code was sent to o***a@example.org."), "{}", olga.out);
+}
+
+#[test]
+fn the_mail_names_a_terminal_only_when_there_is_one() {
+    let env = env_with("", "");
+    let fx = &env.fx;
+    fx.ctl_ok(&["user", "enable", "bob", "--method", "email"]);
+    fx.ctl_ok(&["user", "enable", "carol", "--method", "email"]);
+    // What sshd sets: PAM_TTY "ssh", which is no terminal.
+    let mut ssh = fx.pamdrive("otp", "bob", &[b""]);
+    ssh.args(["--tty", "ssh", "--rhost", "192.0.2.7"]);
+    run(ssh);
+    let m = wait_for_mails(&env.maildir(), 1);
+    assert_eq!(requested_by(&m[0]), "Requested by: service otp from 192.0.2.7.", "{}", m[0].text);
+    // su or login on a real terminal.
+    let mut tty = fx.pamdrive("otp", "carol", &[b""]);
+    tty.args(["--tty", "/dev/pts/7"]);
+    run(tty);
+    let m = wait_for_mails(&env.maildir(), 2);
+    let carol = m.iter().find(|m| m.to == "carol@example.org").unwrap();
+    assert_eq!(requested_by(carol), "Requested by: service otp from this machine, terminal /dev/pts/7.");
+}
+
+fn requested_by(m: &Mail) -> &str {
+    m.text.lines().map(str::trim).find(|l| l.starts_with("Requested by:")).unwrap_or_default()
 }

@@ -3,7 +3,7 @@
 //! keep real logins (the built module, real libpam, the module's default
 //! 10 s timeout) from completing.
 mod support;
-use e2e::{code_from_uri, PAM_SUCCESS};
+use e2e::PAM_SUCCESS;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
@@ -86,7 +86,7 @@ fn enroll_many(fx: &Fixture, prefix: &str, n: usize) -> Vec<(String, String)> {
         .map(|i| {
             let user = format!("{prefix}{i}");
             let uri = fx.enroll_active(&user);
-            let code = code_from_uri(&uri, 0).unwrap();
+            let code = fx.code(&uri, 0);
             (user, code)
         })
         .collect()
@@ -97,7 +97,6 @@ fn idle_half_frame_and_garbage_floods_do_not_keep_logins_out() {
     raise_fd_limit(8192);
     // Hogs are not cut off while the logins run: they must get through anyway.
     let fx = Fixture::start("io_timeout = \"60s\"\n");
-    wait_for_step_room(20);
     let users = enroll_many(&fx, "flood", 8);
     let hogs = hogs(&fx, 1000);
 
@@ -157,7 +156,6 @@ fn idle_half_frame_and_garbage_floods_do_not_keep_logins_out() {
 fn at_max_connections_the_oldest_silent_connection_makes_room() {
     raise_fd_limit(8192);
     let fx = Fixture::start("io_timeout = \"60s\"\nmax_connections = 64\n");
-    wait_for_step_room(20);
     let users = enroll_many(&fx, "room", 4);
     // Far more idle connections than slots.
     let hogs = hogs(&fx, 1000);

@@ -1,6 +1,6 @@
 //! End to end: built pam_otp.so → real libpam (pam_wrapper) → real otpd → SQLite.
 mod support;
-use e2e::{code_from_uri, PAM_AUTH_ERR, PAM_MAXTRIES, PAM_SUCCESS};
+use e2e::{PAM_AUTH_ERR, PAM_MAXTRIES, PAM_SUCCESS};
 use support::*;
 
 #[test]
@@ -22,7 +22,7 @@ fn enrollment_shows_qr_then_first_code_activates() {
     assert_eq!(fx.show("alice")["user"]["activated"], false);
 
     // QR shown again; a code computed from the URI logs in and activates.
-    let code = code_from_uri(&uri, 0).unwrap();
+    let code = fx.code(&uri, 0);
     let ok = fx.login("alice", &[&code]);
     assert_eq!(ok.code, PAM_SUCCESS, "{}", ok.out);
     assert!(ok.shows_qr());
@@ -38,7 +38,7 @@ fn enrollment_shows_qr_then_first_code_activates() {
     assert_eq!(replay.code, PAM_AUTH_ERR, "{}", replay.out);
     assert!(!replay.shows_qr() && !replay.out.contains("otpauth://"), "{}", replay.out);
     assert!(replay.out.contains("already used"), "{}", replay.out);
-    let next = fx.login("alice", &[&code_from_uri(&uri, 1).unwrap()]);
+    let next = fx.login("alice", &[&fx.code(&uri, 1)]);
     assert_eq!(next.code, PAM_SUCCESS, "{}", next.out);
 
     // Audit has every attempt, with service and result, and never a code.
@@ -101,7 +101,7 @@ fn lockout_survives_restart_and_unlock_clears_it() {
     fx.stop_daemon();
     fx.start_daemon();
     // The right code does not get in while locked and is not consumed.
-    let code = code_from_uri(&uri, 1).unwrap();
+    let code = fx.code(&uri, 1);
     let refused = fx.login("carol", &[&code]);
     assert_eq!(refused.code, PAM_MAXTRIES, "{}", refused.out);
     assert!(!refused.out.contains("Passcode:"), "a locked user is not even asked: {}", refused.out);
@@ -130,21 +130,21 @@ fn disable_ignores_reset_and_reenable_give_new_secrets() {
 
     // Enabling again creates a new secret and asks for enrollment again.
     fx.ctl_ok(&["user", "enable", "dan", "--method", "totp"]);
-    let again = fx.login("dan", &[&code_from_uri(&uri1, 1).unwrap()]);
+    let again = fx.login("dan", &[&fx.code(&uri1, 1)]);
     assert_eq!(again.code, PAM_AUTH_ERR, "old secret must not work: {}", again.out);
     let uri2 = again.uri().unwrap();
     assert_ne!(uri1, uri2);
-    assert_eq!(fx.login("dan", &[&code_from_uri(&uri2, 0).unwrap()]).code, PAM_SUCCESS);
+    assert_eq!(fx.login("dan", &[&fx.code(&uri2, 0)]).code, PAM_SUCCESS);
 
     // Reset: new secret, QR again until re-activated.
     fx.ctl_ok(&["user", "reset", "dan"]);
     assert_eq!(fx.show("dan")["user"]["activated"], false);
-    let after = fx.login("dan", &[&code_from_uri(&uri2, 1).unwrap()]);
+    let after = fx.login("dan", &[&fx.code(&uri2, 1)]);
     assert_eq!(after.code, PAM_AUTH_ERR);
     assert!(after.shows_qr());
     let uri3 = after.uri().unwrap();
     assert_ne!(uri2, uri3);
-    assert_eq!(fx.login("dan", &[&code_from_uri(&uri3, 0).unwrap()]).code, PAM_SUCCESS);
+    assert_eq!(fx.login("dan", &[&fx.code(&uri3, 0)]).code, PAM_SUCCESS);
     assert_eq!(fx.show("dan")["user"]["activated"], true);
 }
 
@@ -197,7 +197,7 @@ fn socket_path_through_a_symlink_is_refused() {
 fn odd_answers_are_denied_and_audited() {
     let fx = Fixture::start("[lockout]\nmax_failures = 100\n");
     let uri = fx.enroll_active("gina");
-    let good = code_from_uri(&uri, 1).unwrap();
+    let good = fx.code(&uri, 1);
     let arabic: String = good.chars().map(|c| char::from_u32(0x0660 + c.to_digit(10).unwrap()).unwrap()).collect();
     std::fs::write(fx.path("huge-answer"), vec![b'1'; 100_000]).unwrap();
     let huge = format!("file:{}", fx.path("huge-answer").display()).into_bytes();
@@ -232,7 +232,7 @@ fn non_root_caller_can_only_authenticate_itself() {
     // `nobody` exists in every passwd, so the daemon can record its uid.
     let uri = fx.enroll_active("nobody");
     fx.enroll_active("henry");
-    let code = code_from_uri(&uri, 1).unwrap();
+    let code = fx.code(&uri, 1);
     let mut other = fx.pamdrive("otp", "henry", &[code.as_bytes()]);
     as_uid(&mut other, 65534);
     let r = run(other);
@@ -345,7 +345,7 @@ fn qr_option_ascii_scans_and_off_keeps_key_and_uri() {
 fn pamtester_works_too() {
     let fx = Fixture::start("");
     let uri = fx.enroll_active("ivy");
-    let code = code_from_uri(&uri, 1).unwrap();
+    let code = fx.code(&uri, 1);
     let mut cmd = std::process::Command::new("pamtester");
     cmd.args(["-v", "otp", "ivy", "authenticate"])
         .env("LD_PRELOAD", "libpam_wrapper.so")
@@ -433,11 +433,8 @@ fn logins_make_no_user_lookups() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(800));
-    let logins = [
-        fx.login("nina", &[&code_from_uri(&uri, 0).unwrap()]),
-        fx.login("nina", &["000000"]),
-        fx.login("not-enrolled", &["123456"]),
-    ];
+    let logins =
+        [fx.login("nina", &[&fx.code(&uri, 0)]), fx.login("nina", &["000000"]), fx.login("not-enrolled", &["123456"])];
     let mut own = fx.pamdrive("otp", "selfie", &[b"123456"]);
     as_uid(&mut own, 65534);
     let _ = own.output();

@@ -4,7 +4,7 @@
 //! namespace over temp copies of /etc/pam.d, /etc/passwd, /etc/shadow and
 //! /etc/group, where the test user exists; the host is not changed.
 mod support;
-use e2e::code_from_uri;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -153,7 +153,7 @@ fn ssh_key_then_passcode() {
     );
 
     // The first correct code activates and the command runs.
-    let code = code_from_uri(&uri, 0).unwrap();
+    let code = fx.code(&uri, 0);
     let ok = sshd.ssh(&code);
     assert!(logged_in(&ok), "{}\n{}", ok.out, std::fs::read_to_string(sshd.dir.join("sshd.log")).unwrap_or_default());
     assert_eq!(fx.show(USER)["user"]["activated"], true);
@@ -163,12 +163,12 @@ fn ssh_key_then_passcode() {
     assert!(!logged_in(&replay), "{}", replay.out);
     assert!(!logged_in(&sshd.ssh("123456")));
     std::fs::write(sshd.dir.join("prompts"), "").unwrap();
-    let next = sshd.ssh(&code_from_uri(&uri, 1).unwrap());
+    let next = sshd.ssh(&fx.code(&uri, 1));
     assert!(logged_in(&next), "{}", next.out);
     assert!(!sshd.prompts().contains("otpauth://"), "no QR once activated: {}", sshd.prompts());
 
     // otpd down: refused.
     fx.stop_daemon();
-    let down = sshd.ssh(&code_from_uri(&uri, 1).unwrap());
+    let down = sshd.ssh(&fx.code(&uri, 1));
     assert!(!logged_in(&down), "{}", down.out);
 }

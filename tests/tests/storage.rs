@@ -3,7 +3,7 @@
 //! accepted without being recorded, and a refused code is not consumed:
 //! once storage is back it still works, exactly once.
 mod support;
-use e2e::{code_from_uri, PAM_AUTH_ERR, PAM_SUCCESS};
+use e2e::{PAM_AUTH_ERR, PAM_SUCCESS};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use support::*;
@@ -47,10 +47,9 @@ fn restart_on_small_tmpfs(fx: &mut Fixture) -> PathBuf {
 #[test]
 fn full_disk_denies_with_a_clear_log_line_and_consumes_nothing() {
     let mut fx = Fixture::start("[lockout]\nmax_failures = 100\n");
-    wait_for_step_room(15);
     let uri = fx.enroll_active("dora");
     let state = restart_on_small_tmpfs(&mut fx);
-    let now = code_from_uri(&uri, 0).unwrap();
+    let now = fx.code(&uri, 0);
     assert_eq!(fx.login("dora", &[&now]).code, PAM_SUCCESS);
     let accepted_before = accepts(&fx, "dora");
 
@@ -59,7 +58,7 @@ fn full_disk_denies_with_a_clear_log_line_and_consumes_nothing() {
     let df = in_daemon_ns(&fx, &format!("df --output=avail -B1 '{}' | tail -1", state.display()));
     assert_eq!(String::from_utf8_lossy(&df.stdout).trim(), "0", "the tmpfs is not full");
 
-    let next = code_from_uri(&uri, 1).unwrap();
+    let next = fx.code(&uri, 1);
     let r = fx.login("dora", &[&next]);
     assert_eq!(r.code, PAM_AUTH_ERR, "a login was accepted although nothing could be recorded: {}", r.out);
     assert!(r.out.contains("Passcode check unavailable"), "{}", r.out);
@@ -111,13 +110,12 @@ fn target_tmp() -> &'static Path {
 fn database_turning_read_only_denies_and_consumes_nothing() {
     let dir = tempfile::tempdir_in(target_tmp()).unwrap();
     let fx = Fixture::start_in(dir, &[], "[lockout]\nmax_failures = 100\n");
-    wait_for_step_room(15);
     let uri = fx.enroll_active("rory");
-    assert_eq!(fx.login("rory", &[&code_from_uri(&uri, 0).unwrap()]).code, PAM_SUCCESS);
+    assert_eq!(fx.login("rory", &[&fx.code(&uri, 0)]).code, PAM_SUCCESS);
     let accepted_before = accepts(&fx, "rory");
 
     let files = [fx.path("state/otpd.db"), fx.path("state/otpd.db-wal")];
-    let next = code_from_uri(&uri, 1).unwrap();
+    let next = fx.code(&uri, 1);
     {
         let _ro = Immutable::set(&files);
         let r = fx.login("rory", &[&next]);

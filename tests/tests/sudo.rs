@@ -3,7 +3,7 @@
 //! /etc/sudoers, /etc/passwd, /etc/shadow and /etc/group: the host's files
 //! are never changed, and the test user exists only inside the namespace.
 mod support;
-use e2e::code_from_uri;
+
 use support::*;
 
 const PASSWORD: &str = "correct horse";
@@ -81,7 +81,7 @@ fn sudo_asks_password_then_passcode() {
     let sandbox = Sandbox::new(&fx);
     let uri = fx.enroll_active("otpsudo");
 
-    let code = code_from_uri(&uri, 1).unwrap();
+    let code = fx.code(&uri, 1);
     let ok = sandbox.sudo(&[PASSWORD, &code]);
     assert_eq!(ok.code, 0, "{}", ok.out);
     assert!(ok.out.lines().any(|l| l.trim() == "root"), "the command ran as root: {}", ok.out);
@@ -100,7 +100,7 @@ fn sudo_asks_password_then_passcode() {
 
     // Wrong password: pam_unix is `required`, so the stack still asks for the
     // passcode (not revealing which factor failed), and sudo refuses.
-    let badpw = sandbox.sudo(&["nope", &code_from_uri(&uri, 0).unwrap()]);
+    let badpw = sandbox.sudo(&["nope", &fx.code(&uri, 0)]);
     assert_ne!(badpw.code, 0, "{}", badpw.out);
 }
 
@@ -110,7 +110,7 @@ fn sudo_refuses_when_daemon_is_down() {
     let sandbox = Sandbox::new(&fx);
     let uri = fx.enroll_active("otpsudo");
     fx.stop_daemon();
-    let r = sandbox.sudo(&[PASSWORD, &code_from_uri(&uri, 1).unwrap()]);
+    let r = sandbox.sudo(&[PASSWORD, &fx.code(&uri, 1)]);
     assert_ne!(r.code, 0, "{}", r.out);
     assert!(!r.out.lines().any(|l| l.trim() == "root"), "{}", r.out);
 }

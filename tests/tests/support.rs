@@ -15,8 +15,38 @@ pub fn build_dir() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_path_buf()
 }
 
+/// The module as every test's PAM stack loads it: staged (see [`staged`]),
+/// because stacks also run as uid nobody.
 pub fn module_path() -> PathBuf {
-    build_dir().join("libpam_otp.so")
+    staged("libpam_otp.so")
+}
+
+/// `name` from the build dir, copied once per test process into a temp dir
+/// every uid can reach. A checkout may sit in a private directory (/root is
+/// 0700 on Debian) where a test that switches to uid nobody could run or
+/// load nothing from target/.
+pub fn staged(name: &str) -> PathBuf {
+    static STAGE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = STAGE.get_or_init(|| {
+        let dir = tempfile::Builder::new().prefix("pam_otp-stage.").tempdir().unwrap().keep();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for file in ["libpam_otp.so", "otpctl", "pamdrive"] {
+            let to = dir.join(file);
+            std::fs::copy(build_dir().join(file), &to).unwrap_or_else(|e| panic!("staging {file}: {e}"));
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        extern "C" fn remove_stage() {
+            if let Some(dir) = STAGE.get() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+        // The test harness ends with exit(3), which runs atexit handlers.
+        unsafe { libc::atexit(remove_stage) };
+        dir
+    });
+    let path = dir.join(name);
+    assert!(path.exists(), "{name} is not staged");
+    path
 }
 
 pub struct Fixture {
@@ -97,8 +127,7 @@ impl Fixture {
 
     pub fn start_daemon(&mut self) {
         let mut cmd = Command::new(build_dir().join("otpd"));
-        // Debug builds read a clock offset from this file (absent: none).
-        cmd.env("OTPD_TEST_CLOCK_FILE", self.path("clock-offset")).arg("--config").arg(&self.config);
+        cmd.arg("--config").arg(&self.config);
         self.launch(cmd);
     }
 
@@ -107,6 +136,8 @@ impl Fixture {
     pub fn launch(&mut self, mut cmd: Command) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.path("otpd.log")).unwrap();
         let child = cmd
+            // Debug builds read a clock offset from this file (absent: none).
+            .env("OTPD_TEST_CLOCK_FILE", self.path("clock-offset"))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -143,9 +174,48 @@ impl Fixture {
         }
     }
 
-    /// Moves the daemon's clock by `secs` from real time.
+    /// Moves the daemon's clock by `secs` from real time, or from the pinned
+    /// time once [`Fixture::pin_clock`] was called.
     pub fn set_clock_offset(&self, secs: i64) {
-        std::fs::write(self.path("clock-offset"), secs.to_string()).unwrap();
+        let text = match self.pinned_at() {
+            Some(t) => format!("@{}", t + secs),
+            None => secs.to_string(),
+        };
+        std::fs::write(self.path("clock-offset"), text).unwrap();
+    }
+
+    fn pinned_at(&self) -> Option<i64> {
+        std::fs::read_to_string(self.path("clock-pinned")).ok().and_then(|s| s.trim().parse().ok())
+    }
+
+    /// The daemon's time now (debug clock: real time plus offset, or pinned).
+    pub fn daemon_now(&self) -> i64 {
+        let text = std::fs::read_to_string(self.path("clock-offset")).unwrap_or_default();
+        match text.trim().strip_prefix('@') {
+            Some(t) => t.parse().unwrap(),
+            None => unix_now() + text.trim().parse::<i64>().unwrap_or(0),
+        }
+    }
+
+    /// Stops the daemon's clock at its current time (offsets set later are
+    /// relative to it), so a TOTP code computed by the test is for the very
+    /// step the daemon checks, however long the test runs. Idempotent.
+    pub fn pin_clock(&self) -> i64 {
+        if let Some(t) = self.pinned_at() {
+            return t;
+        }
+        let t = self.daemon_now();
+        std::fs::write(self.path("clock-pinned"), t.to_string()).unwrap();
+        std::fs::write(self.path("clock-offset"), format!("@{t}")).unwrap();
+        t
+    }
+
+    /// The TOTP code of `uri` for `steps` steps from the daemon's (pinned)
+    /// time. The only way tests compute codes: never racing a step boundary.
+    pub fn code(&self, uri: &str, steps: i64) -> String {
+        let totp = totp_rs::TOTP::from_url_unchecked(uri).unwrap();
+        let t = self.pin_clock() + steps * totp.step as i64;
+        totp.generate(t as u64)
     }
 
     pub fn log(&self) -> String {
@@ -178,7 +248,7 @@ impl Fixture {
     }
 
     pub fn pamdrive(&self, service: &str, user: &str, answers: &[&[u8]]) -> Command {
-        let mut cmd = Command::new(build_dir().join("pamdrive"));
+        let mut cmd = Command::new(staged("pamdrive"));
         cmd.arg(service).arg(user).arg("--confdir").arg(self.path("services"));
         for a in answers {
             if a.starts_with(b"file:") {
@@ -203,11 +273,12 @@ impl Fixture {
 
     /// Enables `user`, activates the enrollment with the previous step's code
     /// and returns the URI, so the current and next steps are still unused.
+    /// Pins the daemon's clock (see [`Fixture::code`]).
     pub fn enroll_active(&self, user: &str) -> String {
         self.ctl_ok(&["user", "enable", user, "--method", "totp"]);
         let first = self.login(user, &[""]);
         let uri = first.uri().unwrap_or_else(|| panic!("no URI in {}", first.out));
-        let code = e2e::code_from_uri(&uri, -1).unwrap();
+        let code = self.code(&uri, -1);
         let ok = self.login(user, &[&code]);
         assert_eq!(ok.code, 0, "{}", ok.out);
         uri
@@ -221,8 +292,27 @@ pub fn run(mut cmd: Command) -> Run {
 }
 
 /// Runs `cmd` as an unprivileged uid (std drops supplementary groups when
-/// root changes uid).
+/// root changes uid). The program must be one every uid can reach (a system
+/// binary or [`staged`]), wherever the checkout is: checked here, so a test
+/// that runs something from target/ fails in every checkout, not only in a
+/// private one (arguments such as a shell script's paths are not checked).
 pub fn as_uid(cmd: &mut Command, uid: u32) {
+    let program = Path::new(cmd.get_program());
+    assert!(
+        !program.starts_with(build_dir()),
+        "{} is inside the checkout, which uid {uid} may not reach: use support::staged",
+        program.display()
+    );
+    if program.is_absolute() {
+        for dir in program.ancestors().skip(1) {
+            let mode = std::fs::metadata(dir).unwrap().permissions().mode();
+            assert!(
+                mode & 0o001 != 0,
+                "{} is not reachable by uid {uid}: stage it (support::staged)",
+                program.display()
+            );
+        }
+    }
     cmd.uid(uid).gid(uid);
 }
 
@@ -271,16 +361,6 @@ pub fn race(fx: &Fixture, service: &str, user: &str, answers: &[&[u8]], n: usize
     codes
 }
 
-/// Seconds left in the current 30-second TOTP step.
-pub fn step_seconds_left() -> u64 {
-    30 - std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() % 30
-}
-
-/// Waits, if needed, so that at least `secs` seconds are left in the
-/// current TOTP step: a test that must not straddle a step boundary.
-pub fn wait_for_step_room(secs: u64) {
-    let left = step_seconds_left();
-    if left < secs {
-        std::thread::sleep(Duration::from_secs(left) + Duration::from_millis(200));
-    }
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }

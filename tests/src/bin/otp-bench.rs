@@ -987,7 +987,9 @@ fn worker(args: &[String]) {
         .collect();
     // Codes are computed at each login (an HMAC, the same for every module)
     // so a step boundary during a round never makes a prepared code stale.
-    let code = |totp: &totp_rs::TOTP| totp.generate((unix_now() as i64 + offset * PERIOD as i64).max(0) as u64);
+    // The step is read once per login: the code and the step recorded for
+    // the next round's replay bookkeeping must be the same one.
+    let code = |totp: &totp_rs::TOTP, step: i64| totp.generate((step * PERIOD as i64).max(0) as u64);
     let mut out = std::io::BufWriter::new(std::io::stdout());
     writeln!(out, "ready").ok();
     out.flush().ok();
@@ -999,8 +1001,9 @@ fn worker(args: &[String]) {
     let mut max_step = i64::MIN / 2;
     for (user, totp) in logins.iter().cycle().take(count) {
         let t = Instant::now();
-        max_step = max_step.max((unix_now() / PERIOD) as i64 + offset);
-        let code = code(totp);
+        let step = (unix_now() / PERIOD) as i64 + offset;
+        max_step = max_step.max(step);
+        let code = code(totp, step);
         let login =
             e2e::authenticate(Some(&confdir), &service, user, vec![code.clone().into_bytes()], None, None, false);
         if login.code == 0 {
