@@ -4,7 +4,7 @@
 //! process (and otpd, for `otpctl user enable`) a passwd file where two
 //! names share one uid; the host's /etc is not touched.
 mod support;
-use e2e::{code_from_uri, PAM_AUTH_ERR, PAM_SUCCESS};
+use e2e::{PAM_AUTH_ERR, PAM_SUCCESS};
 use support::*;
 
 const NSS_WRAPPER: &str = "libnss_wrapper.so";
@@ -65,7 +65,7 @@ fn every_name_of_an_enrolled_account_requires_its_code() {
     assert_eq!(wrong.code, PAM_AUTH_ERR, "{}", wrong.out);
 
     // alice's code works for ALICE, once: the step is used for the account.
-    let code = code_from_uri(&uri, 0).unwrap();
+    let code = fx.code(&uri, 0);
     let ok = dir.login(&fx, "ALICE", &[&code]);
     assert_eq!(ok.code, PAM_SUCCESS, "{}", ok.out);
     let replay = dir.login(&fx, "alice", &[&code]);

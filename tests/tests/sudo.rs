@@ -163,10 +163,11 @@ fn sudo_alone_enrolls_and_says_why_it_refuses() {
     assert!(seen.contains("secret key manually"), "{seen}");
     let uri = seen.lines().find_map(|l| l.strip_prefix("URI: ")).unwrap().trim().to_string();
     assert_eq!(uri, stored_uri, "what sudo showed is what the daemon stored");
-    // Computed independently of our TOTP code. The daemon accepts one step
-    // either side, so a step boundary between here and its check is harmless.
+    // Computed independently of our TOTP code, for the daemon's pinned time,
+    // so no step boundary can fall between here and its check.
     let secret = uri.split("secret=").nth(1).unwrap().split('&').next().unwrap();
-    let code = std::process::Command::new("oathtool").args(["--totp", "-b", secret]).output().unwrap();
+    let now = format!("@{}", fx.pin_clock());
+    let code = std::process::Command::new("oathtool").args(["--totp", "-b", secret, "-N", &now]).output().unwrap();
     assert!(code.status.success());
     stdin.write_all(&code.stdout).unwrap();
     drop(stdin);
