@@ -199,7 +199,7 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
             sh.db
                 .run(move |st| {
                     let Some(mut u) = st.user(&user)? else { return Ok(not_found(&user)) };
-                    u.clear_lockout();
+                    u.unlock();
                     u.updated_at = now;
                     st.save_user(&u)?;
                     admin_audit(st, &policy.machine, &user, "unlock", by, now)?;

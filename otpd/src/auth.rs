@@ -585,13 +585,13 @@ mod tests {
         let locks = audit.iter().filter(|e| e.result == "locked" && e.reason.starts_with("wrong code")).count();
         assert_eq!(locks, 4);
         assert!(audit.iter().any(|e| e.reason.contains("until an administrator unlocks it (lock 4 in a row")));
-        // What `otpctl user unlock` does.
+        // What `otpctl user unlock` does: the user is still told about the failures.
         let mut u = s.user("lena").unwrap().unwrap();
-        u.clear_lockout();
+        u.unlock();
         s.save_user(&u).unwrap();
         assert_eq!(
             check_answer(&mut s, &p, &ctx("lena"), &good, year).unwrap(),
-            Verdict::Accept { activated: true, failures: 0, locks: 0 }
+            Verdict::Accept { activated: true, failures: 12, locks: 0 }
         );
     }
 

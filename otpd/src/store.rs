@@ -108,13 +108,20 @@ impl UserRecord {
         self.admin_locked_at.is_some() || self.locked_until.is_some_and(|t| t > now)
     }
 
-    /// Forgets every failure and lock (successful login, unlock, reset).
-    pub fn clear_lockout(&mut self) {
+    /// Lifts any lock and starts the escalation over (`otpctl user unlock`).
+    /// The failures since the last login are kept: the user is still told
+    /// about them at the next successful login.
+    pub fn unlock(&mut self) {
         self.failures = 0;
-        self.failures_since_login = 0;
         self.locked_until = None;
         self.lock_periods = 0;
         self.admin_locked_at = None;
+    }
+
+    /// Forgets every failure and lock (a successful login, a new secret).
+    pub fn clear_lockout(&mut self) {
+        self.unlock();
+        self.failures_since_login = 0;
     }
 }
 
