@@ -104,7 +104,7 @@ pub fn check_dir(dir: &Path, what: &str) -> Result<(), Untrusted> {
             }
             // Sticky or not: the sticky bit stops others from removing our
             // files, not from creating the names otpd has yet to create.
-            write_bits(dir, &meta, what, my_gid, false)?;
+            write_bits(dir, &meta, &format!("{what} directory"), my_gid, false)?;
         }
         // Created later by otpd itself (the socket directory) or reported
         // when the file in it is opened; what is above it still matters.
@@ -121,6 +121,14 @@ pub fn check_dir(dir: &Path, what: &str) -> Result<(), Untrusted> {
     Ok(())
 }
 
+fn risk(what: &str) -> &'static str {
+    if what.starts_with("socket") {
+        "put a socket of their own where pam_otp.so expects otpd's"
+    } else {
+        "plant the key file, the database or its -wal file there, or swap the directory"
+    }
+}
+
 /// Refuses others' write permission (and another group's). Above the
 /// directory itself, the sticky bit (as on /tmp) is enough: it keeps others
 /// from renaming our directory away.
@@ -134,9 +142,10 @@ fn write_bits(dir: &Path, meta: &std::fs::Metadata, what: &str, my_gid: u32, sti
         return Err(untrusted(
             dir,
             format!(
-                "the {what} is writable by every user (mode {:04o}): anyone could plant the key file, the \
-                 database or its -wal file there. Run `{fix} {}` (otpd's own directories are root's, 0700 and 0755)",
+                "the {what} is writable by every user (mode {:04o}): anyone could {}. Run `{fix} {}` \
+                 (otpd's own directories are root's, 0700 and 0755)",
                 mode & 0o7777,
+                risk(what),
                 dir.display()
             ),
         ));
@@ -146,10 +155,11 @@ fn write_bits(dir: &Path, meta: &std::fs::Metadata, what: &str, my_gid: u32, sti
             dir,
             format!(
                 "the {what} is writable by group {}, which is not otpd's group ({}) (mode {:04o}): its members \
-                 could plant files there. Run `{fix} {}`",
+                 could {}. Run `{fix} {}`",
                 group_name(meta.gid()),
                 group_name(my_gid),
                 mode & 0o7777,
+                risk(what),
                 dir.display()
             ),
         ));
