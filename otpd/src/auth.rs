@@ -595,6 +595,50 @@ mod tests {
         );
     }
 
+    /// The figure docs/SECURITY.md publishes: an attacker who has the first
+    /// factor and guesses as fast as the daemon lets them, for a year, with
+    /// every default (6 digits, skew 1, 10 failures, 15 min doubling, 10 locks).
+    #[test]
+    fn with_the_defaults_an_attacker_alone_gets_100_guesses_a_year() {
+        let p = Policy {
+            totp: (&common::config::TotpConfig::default()).into(),
+            lockout: LockoutConfig::default(),
+            ..policy(0)
+        };
+        let mut s = SqliteStore::in_memory().unwrap();
+        let secret = enroll(&mut s, &p, "vic", None);
+        let (mut t, end) = (T0, T0 + 365 * 86400);
+        let (mut guesses, mut locks) = (0u32, Vec::new());
+        while t < end && guesses < 10_000 {
+            // A guess outside the whole window, so the run is deterministic.
+            let valid: Vec<String> = (-1..=1).map(|k| code(&p, &secret, t + 30 * k)).collect();
+            let guess = ["000000", "111111", "222222", "333333"].into_iter().find(|g| !valid.iter().any(|v| v == g));
+            match check_answer(&mut s, &p, &ctx("vic"), guess.unwrap(), t).unwrap() {
+                Verdict::Deny { .. } => guesses += 1,
+                Verdict::Locked { until: LockEnd::At(u) } if u > t => {
+                    guesses += 1;
+                    locks.push(u - t);
+                    t = u;
+                }
+                Verdict::Locked { until: LockEnd::AdminUnlock } => {
+                    guesses += 1;
+                    break;
+                }
+                other => panic!("{other:?} at {t}"),
+            }
+        }
+        let minutes: Vec<i64> = locks.iter().map(|l| l / 60).collect();
+        assert_eq!(minutes, [15, 30, 60, 120, 240, 480, 960, 1920, 3840]);
+        assert_eq!(guesses, 100, "NIST SP 800-63B: at most 100 consecutive failures");
+        // The admin lock holds for the rest of the year.
+        assert!(matches!(plan(&mut s, &p, &ctx("vic"), end).unwrap().0, Plan::Locked { until: LockEnd::AdminUnlock }));
+        let per_guess = 3.0 / 1e6;
+        let success = 1.0 - (1.0f64 - per_guess).powi(guesses as i32);
+        assert!(success < 0.001, "{success}");
+        // Time until the admin lock: 15 min × (2^9 − 1) = 127.75 h.
+        assert_eq!(locks.iter().sum::<i64>(), 15 * 60 * 511);
+    }
+
     #[test]
     fn a_success_ends_the_escalation_and_tells_the_user() {
         let p = policy(3);
