@@ -188,6 +188,8 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
                     u.secret = None;
                     u.activated_at = None;
                     u.last_step = None;
+                    // The lock guarded the erased secret; a disabled user is not "locked".
+                    u.clear_lockout();
                     u.updated_at = now;
                     st.save_user(&u)?;
                     admin_audit(st, &policy.machine, &user, "disable", by, now)?;

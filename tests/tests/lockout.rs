@@ -187,6 +187,8 @@ fn reset_and_enable_after_disable_clear_a_lock() {
     // Locked, disabled, enabled again: a fresh enrollment, no lock.
     lock(&uri);
     fx.ctl_ok(&["user", "disable", "rita"]);
+    assert_eq!(user(&fx, "rita")["locked"], false);
+    assert!(fx.ctl_ok(&["status"]).contains(" 0 locked"));
     fx.ctl_ok(&["user", "enable", "rita", "--method", "totp"]);
     assert_eq!(user(&fx, "rita")["locked"], false);
     let qr = fx.login("rita", &[""]);
