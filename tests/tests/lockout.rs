@@ -39,6 +39,16 @@ impl DaemonClock<'_> {
     }
 }
 
+/// Enables `user` and activates it with the current step's code: a step
+/// boundary passing in between still leaves it inside the ±1 window.
+fn enroll(fx: &Fixture, clock: &DaemonClock, name: &str) -> String {
+    fx.ctl_ok(&["user", "enable", name, "--method", "totp"]);
+    let uri = fx.login(name, &[""]).uri().unwrap();
+    let ok = fx.login(name, &[&clock.code(&uri)]);
+    assert_eq!(ok.code, PAM_SUCCESS, "{}", ok.out);
+    uri
+}
+
 fn user(fx: &Fixture, name: &str) -> serde_json::Value {
     fx.show(name)["user"].clone()
 }
@@ -46,8 +56,8 @@ fn user(fx: &Fixture, name: &str) -> serde_json::Value {
 #[test]
 fn lock_periods_double_then_only_an_admin_unlocks() {
     let fx = Fixture::start("[lockout]\nmax_failures = 2\nlock_for = \"1m\"\nmax_lock_periods = 4\n");
-    let uri = fx.enroll_active("lee");
     let mut clock = DaemonClock { fx: &fx, offset: 0 };
+    let uri = enroll(&fx, &clock, "lee");
     for period in 1..=3u32 {
         let first = fx.login("lee", &[&clock.wrong_code(&uri)]);
         assert_eq!(first.code, PAM_AUTH_ERR, "{}", first.out);
@@ -132,8 +142,8 @@ fn lock_periods_double_then_only_an_admin_unlocks() {
 #[test]
 fn a_success_between_locks_starts_over_and_the_user_is_told() {
     let fx = Fixture::start("[lockout]\nmax_failures = 2\nlock_for = \"1m\"\n");
-    let uri = fx.enroll_active("mo");
     let mut clock = DaemonClock { fx: &fx, offset: 0 };
+    let uri = enroll(&fx, &clock, "mo");
     fx.login("mo", &[&clock.wrong_code(&uri)]);
     assert_eq!(fx.login("mo", &[&clock.wrong_code(&uri)]).code, PAM_MAXTRIES);
     clock.set(clock.now() + 61);
@@ -160,8 +170,8 @@ fn a_success_between_locks_starts_over_and_the_user_is_told() {
 #[test]
 fn reset_and_enable_after_disable_clear_a_lock() {
     let fx = Fixture::start("[lockout]\nmax_failures = 2\nlock_for = \"1h\"\n");
-    let uri = fx.enroll_active("rita");
     let clock = DaemonClock { fx: &fx, offset: 0 };
+    let uri = enroll(&fx, &clock, "rita");
     let lock = |uri: &str| {
         fx.login("rita", &[&clock.wrong_code(uri)]);
         let r = fx.login("rita", &[&clock.wrong_code(uri)]);
