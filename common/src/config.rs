@@ -104,13 +104,35 @@ impl Default for TotpConfig {
 pub struct LockoutConfig {
     /// Consecutive failures that lock the account.
     pub max_failures: u32,
+    /// The first lock; each further lock in a row (no successful login in
+    /// between) lasts twice as long as the one before.
     #[serde(with = "duration")]
     pub lock_for: Duration,
+    /// Locks in a row after which the account stays locked until
+    /// `otpctl user unlock`: at most `max_failures × max_lock_periods`
+    /// guesses between two successful logins (NIST SP 800-63B: at most 100).
+    pub max_lock_periods: u32,
 }
 
 impl Default for LockoutConfig {
     fn default() -> Self {
-        LockoutConfig { max_failures: 10, lock_for: Duration::from_secs(15 * 60) }
+        LockoutConfig { max_failures: 10, lock_for: Duration::from_secs(15 * 60), max_lock_periods: 10 }
+    }
+}
+
+/// The longest timed lock a configuration may produce: the doubling must
+/// stay a time a person can reason about (and far from overflowing).
+pub const MAX_TIMED_LOCK: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
+
+impl LockoutConfig {
+    /// How long lock number `period` (1-based) of a row lasts; `None` for the
+    /// last one, which only an administrator lifts.
+    pub fn lock_duration(&self, period: u32) -> Option<Duration> {
+        if period >= self.max_lock_periods {
+            return None;
+        }
+        let factor = 1u32 << period.saturating_sub(1).min(31);
+        Some(self.lock_for.saturating_mul(factor).min(MAX_TIMED_LOCK))
     }
 }
 
@@ -259,6 +281,29 @@ impl Config {
         if self.lockout.lock_for < Duration::from_secs(1) {
             return bad("lockout.lock_for", "must be at least 1s".into());
         }
+        if !(1..=100).contains(&self.lockout.max_lock_periods) {
+            return bad(
+                "lockout.max_lock_periods",
+                format!(
+                    "{} is out of range (1 to 100 locks in a row; the last one is lifted only by `otpctl user unlock`)",
+                    self.lockout.max_lock_periods
+                ),
+            );
+        }
+        // The longest timed lock is lock number max_lock_periods - 1.
+        let longest = self.lockout.lock_for.as_secs_f64() * 2f64.powi(self.lockout.max_lock_periods as i32 - 2);
+        if self.lockout.max_lock_periods >= 2 && longest > MAX_TIMED_LOCK.as_secs_f64() {
+            return bad(
+                "lockout.max_lock_periods",
+                format!(
+                    "with lock_for = {} the lock before the last would last {:.0} days (doubling {} times); \
+                     the limit is 3660 days: lower max_lock_periods or lock_for",
+                    humantime::format_duration(self.lockout.lock_for),
+                    longest / 86400.0,
+                    self.lockout.max_lock_periods - 2
+                ),
+            );
+        }
         let e = &self.email;
         if !(6..=10).contains(&e.digits) {
             return bad("email.digits", format!("{} is out of range (6 to 10)", e.digits));
@@ -366,6 +411,20 @@ mod tests {
     }
 
     #[test]
+    fn lock_periods_double_and_the_last_needs_an_admin() {
+        let l = LockoutConfig::default();
+        let minutes: Vec<Option<u64>> = (1..=10).map(|p| l.lock_duration(p).map(|d| d.as_secs() / 60)).collect();
+        let doubled: Vec<Option<u64>> = (0..9).map(|k| Some(15 << k)).chain([None]).collect();
+        assert_eq!(minutes, doubled);
+        assert_eq!(l.lock_duration(11), None);
+        let one = LockoutConfig { max_lock_periods: 1, ..LockoutConfig::default() };
+        assert_eq!(one.lock_duration(1), None, "max_lock_periods = 1: the first lock is the admin's");
+        // The largest valid setting stays within the cap.
+        let c = parse("[lockout]\nlock_for = \"1d\"\nmax_lock_periods = 13\n").ok().unwrap_or_default();
+        assert_eq!(c.lockout.lock_duration(12), Some(Duration::from_secs(2048 * 86400)));
+    }
+
+    #[test]
     fn unknown_key_names_key_and_line() {
         let err = parse("[totp]\ndigits = 6\nperiods = 30\n").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("line 3"), "{err}");
@@ -378,6 +437,9 @@ mod tests {
             ("[totp]\ndigits = 5", "totp.digits"),
             ("[totp]\nperiod = 1", "totp.period"),
             ("[lockout]\nmax_failures = 0", "lockout.max_failures"),
+            ("[lockout]\nmax_lock_periods = 0", "lockout.max_lock_periods"),
+            ("[lockout]\nmax_lock_periods = 101", "lockout.max_lock_periods"),
+            ("[lockout]\nlock_for = \"1d\"\nmax_lock_periods = 14", "lockout.max_lock_periods"),
             ("[daemon]\npam_socket = \"relative.sock\"", "daemon.pam_socket"),
         ] {
             let err = parse(text).err().map(|e| e.to_string()).unwrap_or_default();

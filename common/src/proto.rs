@@ -271,9 +271,23 @@ pub struct UserInfo {
     pub activated: bool,
     /// Unix seconds.
     pub activated_at: Option<i64>,
+    /// Consecutive failures towards the next lock (0 again when a lock starts).
     pub failures: u32,
-    /// Unix seconds; set while the account is locked.
+    /// Unix seconds: end of the current (or last) timed lock.
     pub locked_until: Option<i64>,
+    /// Locked when the answer was made: a timed lock not yet over, or the
+    /// lock only `otpctl user unlock` lifts.
+    #[serde(default)]
+    pub locked: bool,
+    /// Unix seconds: when the account got the lock only `otpctl user unlock` lifts.
+    #[serde(default)]
+    pub admin_locked_at: Option<i64>,
+    /// Locks in a row since the last successful login; each lasts twice as long.
+    #[serde(default)]
+    pub lock_periods: u32,
+    /// Failed attempts since the last successful login.
+    #[serde(default)]
+    pub failures_since_login: u32,
     pub created_at: i64,
     pub updated_at: i64,
     pub last_login: Option<i64>,

@@ -67,7 +67,7 @@ fn err(kind: AdminErrorKind, message: impl Into<String>) -> AdminResponse {
     AdminResponse::Error { kind, message: message.into() }
 }
 
-fn info(u: &UserRecord) -> UserInfo {
+fn info(u: &UserRecord, now: i64) -> UserInfo {
     UserInfo {
         name: u.name.clone(),
         method: u.method,
@@ -77,6 +77,10 @@ fn info(u: &UserRecord) -> UserInfo {
         activated_at: u.activated_at,
         failures: u.failures,
         locked_until: u.locked_until,
+        locked: u.is_locked(now),
+        admin_locked_at: u.admin_locked_at,
+        lock_periods: u.lock_periods,
+        failures_since_login: u.failures_since_login,
         created_at: u.created_at,
         updated_at: u.updated_at,
         last_login: u.last_login,
@@ -178,7 +182,7 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
                     }
                     st.save_user(&rec)?;
                     admin_audit(st, &policy.machine, &user, &format!("enable ({method})"), by, now)?;
-                    Ok(enrolled(&policy, &rec))
+                    Ok(enrolled(&policy, &rec, now))
                 })
                 .await
         }
@@ -193,7 +197,7 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
                     let rec = new_enrollment(&policy, Some(existing), &user, uid, now);
                     st.save_user(&rec)?;
                     admin_audit(st, &policy.machine, &user, "reset", by, now)?;
-                    Ok(enrolled(&policy, &rec))
+                    Ok(enrolled(&policy, &rec, now))
                 })
                 .await
         }
@@ -205,10 +209,12 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
                     u.secret = None;
                     u.activated_at = None;
                     u.last_step = None;
+                    // The lock guarded the erased secret; a disabled user is not "locked".
+                    u.clear_lockout();
                     u.updated_at = now;
                     st.save_user(&u)?;
                     admin_audit(st, &policy.machine, &user, "disable", by, now)?;
-                    Ok(AdminResponse::User { user: info(&u) })
+                    Ok(AdminResponse::User { user: info(&u, now) })
                 })
                 .await
         }
@@ -216,24 +222,27 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
             sh.db
                 .run(move |st| {
                     let Some(mut u) = st.user(&user)? else { return Ok(not_found(&user)) };
-                    u.failures = 0;
-                    u.locked_until = None;
+                    u.unlock();
                     u.updated_at = now;
                     st.save_user(&u)?;
                     admin_audit(st, &policy.machine, &user, "unlock", by, now)?;
-                    Ok(AdminResponse::User { user: info(&u) })
+                    Ok(AdminResponse::User { user: info(&u, now) })
                 })
                 .await
         }
         AdminRequest::UserShow { user } => {
             sh.db
                 .run(move |st| {
-                    Ok(st.user(&user)?.map_or_else(|| not_found(&user), |u| AdminResponse::User { user: info(&u) }))
+                    Ok(st
+                        .user(&user)?
+                        .map_or_else(|| not_found(&user), |u| AdminResponse::User { user: info(&u, now) }))
                 })
                 .await
         }
         AdminRequest::UserList => {
-            sh.db.run(move |st| Ok(AdminResponse::Users { users: st.users()?.iter().map(info).collect() })).await
+            sh.db
+                .run(move |st| Ok(AdminResponse::Users { users: st.users()?.iter().map(|u| info(u, now)).collect() }))
+                .await
         }
         AdminRequest::Audit { user, since, limit } => {
             let limit = limit.unwrap_or(100).min(100_000);
@@ -358,11 +367,11 @@ fn not_found(user: &str) -> AdminResponse {
     )
 }
 
-fn enrolled(policy: &auth::Policy, rec: &UserRecord) -> AdminResponse {
+fn enrolled(policy: &auth::Policy, rec: &UserRecord, now: i64) -> AdminResponse {
     let uri = rec
         .secret
         .as_deref()
         .and_then(|s| policy.crypto.open(&rec.name, s))
         .map(|secret| policy.totp.uri(&secret, &policy.issuer, &rec.name));
-    AdminResponse::Enrolled { user: info(rec), otpauth_uri: uri }
+    AdminResponse::Enrolled { user: info(rec, now), otpauth_uri: uri }
 }

@@ -39,11 +39,29 @@ pub struct LoginContext {
 /// not (check 30).
 pub const ONLY_YOURSELF: &str = "You may only authenticate yourself.";
 
+/// When a lock ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockEnd {
+    /// Unix seconds.
+    At(i64),
+    /// Only `otpctl user unlock` (or reset, or disable and enable) lifts it.
+    AdminUnlock,
+}
+
+impl LockEnd {
+    pub fn of(user: &UserRecord, now: i64) -> LockEnd {
+        match (user.admin_locked_at, user.locked_until) {
+            (Some(_), _) => LockEnd::AdminUnlock,
+            (None, until) => LockEnd::At(until.unwrap_or(now)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
     NotEnrolled,
     Locked {
-        until: i64,
+        until: LockEnd,
     },
     /// Caller may not authenticate this user (non-root, other uid), or the
     /// user's stored state is unusable.
@@ -66,9 +84,19 @@ pub enum Plan {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    Accept { activated: bool },
-    Deny { message: String },
-    Locked { until: i64 },
+    /// `failures`/`locks`: failed attempts and locks since the previous
+    /// successful login, which the user is told about.
+    Accept {
+        activated: bool,
+        failures: u32,
+        locks: u32,
+    },
+    Deny {
+        message: String,
+    },
+    Locked {
+        until: LockEnd,
+    },
 }
 
 /// POSIX-portable user names plus the characters real directories use
@@ -186,10 +214,9 @@ pub fn plan(
         ctx.typed = Some(std::mem::replace(&mut ctx.user, user.name.clone()));
     }
     if user.is_locked(now) {
-        let until = user.locked_until.unwrap_or(now);
         return Ok((
-            Plan::Locked { until },
-            Some(Note::new("totp", "locked", "account locked after too many failures")),
+            Plan::Locked { until: LockEnd::of(&user, now) },
+            Some(Note::new("totp", "locked", locked_reason(&user))),
         ));
     }
     let email = email_allowed(p, &user);
@@ -239,9 +266,14 @@ pub fn check_answer(
     let email_ok = email_allowed(p, &user);
     let method = if user.method == Method::Email { "email" } else { "totp" };
     if user.is_locked(now) {
-        let until = user.locked_until.unwrap_or(now);
-        audit_method(store, p, ctx, now, method, "locked", "account locked after too many failures")?;
-        return Ok(Verdict::Locked { until });
+        audit_method(store, p, ctx, now, method, "locked", &locked_reason(&user))?;
+        return Ok(Verdict::Locked { until: LockEnd::of(&user, now) });
+    }
+    // Enter at the enrollment (QR) prompt, or at any prompt, is not a guess:
+    // counting it would lock out users who only wanted to see their QR code.
+    if answer.trim().is_empty() {
+        audit_method(store, p, ctx, now, method, "deny", "no code entered")?;
+        return Ok(Verdict::Deny { message: "No passcode entered.".into() });
     }
     // Authenticator apps show "123 456": spaces are allowed, nothing else.
     let code: String = answer.chars().filter(|&c| c != ' ').collect();
@@ -275,7 +307,7 @@ pub fn check_answer(
                 if activated {
                     user.activated_at = Some(now);
                 }
-                accept(
+                let (failures, locks) = accept(
                     store,
                     p,
                     ctx,
@@ -284,7 +316,7 @@ pub fn check_answer(
                     "totp",
                     if activated { "enrollment activated" } else { "valid code" },
                 )?;
-                return Ok(Verdict::Accept { activated });
+                return Ok(Verdict::Accept { activated, failures, locks });
             }
             Check::Replayed => {
                 failure = ("code already used", "That passcode was already used; wait for the next one.")
@@ -297,8 +329,8 @@ pub fn check_answer(
         failed_method = "email";
         failure = match crate::email::check_code(store, p, &user.name, &code, now)? {
             crate::email::CodeCheck::Valid => {
-                accept(store, p, ctx, &mut user, now, "email", "valid emailed code")?;
-                return Ok(Verdict::Accept { activated: false });
+                let (failures, locks) = accept(store, p, ctx, &mut user, now, "email", "valid emailed code")?;
+                return Ok(Verdict::Accept { activated: false, failures, locks });
             }
             crate::email::CodeCheck::Wrong if try_totp => ("wrong code", "Wrong passcode."),
             crate::email::CodeCheck::Wrong => ("wrong emailed code", "Wrong code."),
@@ -315,14 +347,40 @@ pub fn check_answer(
         };
     }
     let (reason, message) = failure;
-    user.failures += 1;
+    user.failures = user.failures.saturating_add(1);
+    user.failures_since_login = user.failures_since_login.saturating_add(1);
     if user.failures >= p.lockout.max_failures {
-        let until = now + p.lockout.lock_for.as_secs() as i64;
+        // Locks escalate until a successful login: a lock's end does not
+        // give the attacker a fresh budget of the same size.
         user.failures = 0;
-        user.locked_until = Some(until);
+        user.lock_periods = user.lock_periods.saturating_add(1);
+        let why = match p.lockout.lock_duration(user.lock_periods) {
+            Some(d) => {
+                user.locked_until = Some(now.saturating_add(d.as_secs().min(i64::MAX as u64) as i64));
+                format!(
+                    "{reason}; account locked for {} (lock {} in a row, {} failures since the last login)",
+                    humantime::format_duration(d),
+                    user.lock_periods,
+                    user.failures_since_login
+                )
+            }
+            None => {
+                user.admin_locked_at = Some(now);
+                tracing::warn!(
+                    "{}: {} failures since the last login; locked until an administrator runs `otpctl user unlock {}`",
+                    user.name,
+                    user.failures_since_login,
+                    user.name
+                );
+                format!(
+                    "{reason}; account locked until an administrator unlocks it (lock {} in a row, {} failures since the last login)",
+                    user.lock_periods, user.failures_since_login
+                )
+            }
+        };
         store.save_user(&user)?;
-        audit_method(store, p, ctx, now, failed_method, "locked", &format!("{reason}; account locked"))?;
-        return Ok(Verdict::Locked { until });
+        audit_method(store, p, ctx, now, failed_method, "locked", &why)?;
+        return Ok(Verdict::Locked { until: LockEnd::of(&user, now) });
     }
     store.save_user(&user)?;
     audit_method(store, p, ctx, now, failed_method, "deny", reason)?;
@@ -334,6 +392,16 @@ pub fn email_allowed(p: &Policy, user: &UserRecord) -> bool {
     p.email.enabled && (user.method == Method::Email || p.email.fallback)
 }
 
+fn locked_reason(user: &UserRecord) -> String {
+    if user.admin_locked_at.is_some() {
+        "account locked until an administrator unlocks it".into()
+    } else {
+        "account locked after too many failures".into()
+    }
+}
+
+/// Records a successful login; returns the failures and locks since the
+/// previous one, which the user is told about (they may not have been theirs).
 fn accept(
     store: &mut dyn Store,
     p: &Policy,
@@ -342,16 +410,29 @@ fn accept(
     now: i64,
     method: &str,
     reason: &str,
-) -> Result<(), StoreError> {
-    user.failures = 0;
-    user.locked_until = None;
+) -> Result<(u32, u32), StoreError> {
+    let (failures, locks) = (user.failures_since_login, user.lock_periods);
+    user.clear_lockout();
     user.last_login = Some(now);
     user.last_method = Some(method.into());
     if user.method == Method::Email && user.activated_at.is_none() {
         user.activated_at = Some(now);
     }
     store.save_user(user)?;
-    audit_method(store, p, ctx, now, method, "accept", reason)
+    if failures == 0 {
+        audit_method(store, p, ctx, now, method, "accept", reason)?;
+        return Ok((0, 0));
+    }
+    if locks > 0 {
+        tracing::warn!(
+            "{} logged in after {failures} failed attempts and {locks} lock(s) since the previous login; \
+             if they were not the user's, someone has the first factor",
+            user.name
+        );
+    }
+    let reason = format!("{reason}; {failures} failed attempt(s) and {locks} lock(s) since the previous login");
+    audit_method(store, p, ctx, now, method, "accept", &reason)?;
+    Ok((failures, locks))
 }
 
 /// A fresh enrollment record (new secret, not activated).
@@ -371,13 +452,16 @@ pub fn new_enrollment(p: &Policy, existing: Option<UserRecord>, name: &str, uid:
         last_step: None,
         failures: 0,
         locked_until: None,
+        lock_periods: 0,
+        failures_since_login: 0,
+        admin_locked_at: None,
         last_login: None,
         created_at: now,
         updated_at: now,
         password_hash: None,
         last_method: None,
     });
-    UserRecord {
+    let mut rec = UserRecord {
         uid: uid.or(base.uid),
         method: Method::Totp,
         enabled: true,
@@ -387,7 +471,11 @@ pub fn new_enrollment(p: &Policy, existing: Option<UserRecord>, name: &str, uid:
         last_step: None,
         updated_at: now,
         ..base
-    }
+    };
+    // Guesses at the old key say nothing about the new one, and a user reset
+    // after losing the phone must see the new QR code, not "locked".
+    rec.clear_lockout();
+    rec
 }
 
 #[cfg(test)]
@@ -402,7 +490,7 @@ mod tests {
     fn policy(max_failures: u32) -> Policy {
         Policy {
             totp: TotpParams { algorithm: Algorithm::SHA1, digits: 6, period: 30, skew: 1 },
-            lockout: LockoutConfig { max_failures, lock_for: Duration::from_secs(900) },
+            lockout: LockoutConfig { max_failures, lock_for: Duration::from_secs(900), max_lock_periods: 4 },
             issuer: "test".into(),
             machine: "m1".into(),
             crypto: SecretBox::from_key(&[3u8; 32]),
@@ -439,7 +527,10 @@ mod tests {
         );
         assert!(matches!(plan(&mut s, &p, &mut ctx("alice"), T0).unwrap().0, Plan::Enroll { .. }));
         let c = code(&p, &secret, T0);
-        assert_eq!(check_answer(&mut s, &p, &ctx("alice"), &c, T0).unwrap(), Verdict::Accept { activated: true });
+        assert_eq!(
+            check_answer(&mut s, &p, &ctx("alice"), &c, T0).unwrap(),
+            Verdict::Accept { activated: true, failures: 1, locks: 0 }
+        );
         assert_eq!(
             plan(&mut s, &p, &mut ctx("alice"), T0 + 1).unwrap().0,
             Plan::Ask { email: false, mail_failing: false }
@@ -450,10 +541,11 @@ mod tests {
         let next = code(&p, &secret, T0 + 30);
         assert_eq!(
             check_answer(&mut s, &p, &ctx("alice"), &next, T0 + 30).unwrap(),
-            Verdict::Accept { activated: false }
+            Verdict::Accept { activated: false, failures: 2, locks: 0 }
         );
         let results: Vec<String> = s.audit(Some("alice"), None, 100).unwrap().into_iter().map(|e| e.reason).collect();
-        assert!(results.contains(&"enrollment activated".to_string()));
+        assert!(results
+            .contains(&"enrollment activated; 1 failed attempt(s) and 0 lock(s) since the previous login".to_string()));
         assert!(results.contains(&"code already used".to_string()));
     }
 
@@ -465,14 +557,16 @@ mod tests {
         let good = code(&p, &secret, T0);
         let arabic: String = good.chars().map(|c| char::from_u32(0x0660 + c.to_digit(10).unwrap()).unwrap()).collect();
         let long = "1".repeat(MAX_ANSWER_LEN + 1);
-        for bad in ["", " ", "12345", "1234567", "12345\u{0}6", &arabic, "１２３４５６", &long, "\u{FFFD}\u{FFFD}"]
-        {
+        for bad in ["12345", "1234567", "12345\u{0}6", &arabic, "１２３４５６", &long, "\u{FFFD}\u{FFFD}"] {
             assert!(matches!(check_answer(&mut s, &p, &ctx("bob"), bad, T0).unwrap(), Verdict::Deny { .. }), "{bad:?}");
         }
-        assert_eq!(s.user("bob").unwrap().unwrap().failures, 9);
+        assert_eq!(s.user("bob").unwrap().unwrap().failures, 7);
         // "123 456" as apps show it is fine.
         let spaced = format!("{} {}", &good[..3], &good[3..]);
-        assert_eq!(check_answer(&mut s, &p, &ctx("bob"), &spaced, T0).unwrap(), Verdict::Accept { activated: true });
+        assert_eq!(
+            check_answer(&mut s, &p, &ctx("bob"), &spaced, T0).unwrap(),
+            Verdict::Accept { activated: true, failures: 7, locks: 0 }
+        );
         assert_eq!(s.user("bob").unwrap().unwrap().failures, 0);
     }
 
@@ -485,7 +579,7 @@ mod tests {
             assert!(matches!(check_answer(&mut s, &p, &ctx("carol"), "000000", T0 + i).unwrap(), Verdict::Deny { .. }));
         }
         let v = check_answer(&mut s, &p, &ctx("carol"), "000000", T0 + 2).unwrap();
-        assert_eq!(v, Verdict::Locked { until: T0 + 2 + 900 });
+        assert_eq!(v, Verdict::Locked { until: LockEnd::At(T0 + 2 + 900) });
         // Even the right code is refused while locked, and is not consumed.
         let good = code(&p, &secret, T0 + 100);
         assert!(matches!(check_answer(&mut s, &p, &ctx("carol"), &good, T0 + 100).unwrap(), Verdict::Locked { .. }));
@@ -493,7 +587,168 @@ mod tests {
         // Once the lock has run out, a valid code works.
         let later = T0 + 2 + 900;
         let good = code(&p, &secret, later);
-        assert_eq!(check_answer(&mut s, &p, &ctx("carol"), &good, later).unwrap(), Verdict::Accept { activated: true });
+        assert_eq!(
+            check_answer(&mut s, &p, &ctx("carol"), &good, later).unwrap(),
+            Verdict::Accept { activated: true, failures: 3, locks: 1 }
+        );
+    }
+
+    /// Fails `n` times at `t`; returns the last verdict.
+    fn fail(s: &mut SqliteStore, p: &Policy, user: &str, n: u32, t: i64) -> Verdict {
+        let mut last = None;
+        for _ in 0..n {
+            last = Some(check_answer(s, p, &ctx(user), "000000", t).unwrap());
+        }
+        last.unwrap()
+    }
+
+    #[test]
+    fn locks_double_until_the_last_one_which_only_an_admin_lifts() {
+        // 3 failures a lock, 900 s doubling, the 4th lock in a row is the admin's.
+        let p = policy(3);
+        let mut s = SqliteStore::in_memory().unwrap();
+        let secret = enroll(&mut s, &p, "lena", None);
+        let mut t = T0;
+        for (period, secs) in [(1, 900), (2, 1800), (3, 3600)] {
+            assert!(matches!(fail(&mut s, &p, "lena", 2, t), Verdict::Deny { .. }));
+            assert_eq!(fail(&mut s, &p, "lena", 1, t), Verdict::Locked { until: LockEnd::At(t + secs) }, "{period}");
+            let u = s.user("lena").unwrap().unwrap();
+            assert_eq!((u.lock_periods, u.failures, u.failures_since_login), (period, 0, 3 * period));
+            // Still locked a second before the end, also for a guess.
+            assert!(matches!(fail(&mut s, &p, "lena", 1, t + secs - 1), Verdict::Locked { .. }));
+            t += secs;
+        }
+        assert!(matches!(fail(&mut s, &p, "lena", 2, t), Verdict::Deny { .. }));
+        assert_eq!(fail(&mut s, &p, "lena", 1, t), Verdict::Locked { until: LockEnd::AdminUnlock });
+        let u = s.user("lena").unwrap().unwrap();
+        assert_eq!((u.lock_periods, u.failures_since_login, u.admin_locked_at), (4, 12, Some(t)));
+        // A year later the right code is still refused, and not consumed.
+        let year = t + 366 * 86400;
+        let good = code(&p, &secret, year);
+        assert_eq!(
+            check_answer(&mut s, &p, &ctx("lena"), &good, year).unwrap(),
+            Verdict::Locked { until: LockEnd::AdminUnlock }
+        );
+        assert_eq!(plan(&mut s, &p, &mut ctx("lena"), year).unwrap().0, Plan::Locked { until: LockEnd::AdminUnlock });
+        let audit = s.audit(Some("lena"), None, 100).unwrap();
+        let locks = audit.iter().filter(|e| e.result == "locked" && e.reason.starts_with("wrong code")).count();
+        assert_eq!(locks, 4);
+        assert!(audit.iter().any(|e| e.reason.contains("until an administrator unlocks it (lock 4 in a row")));
+        // What `otpctl user unlock` does: the user is still told about the failures.
+        let mut u = s.user("lena").unwrap().unwrap();
+        u.unlock();
+        s.save_user(&u).unwrap();
+        assert_eq!(
+            check_answer(&mut s, &p, &ctx("lena"), &good, year).unwrap(),
+            Verdict::Accept { activated: true, failures: 12, locks: 0 }
+        );
+    }
+
+    /// The figure docs/SECURITY.md publishes: an attacker who has the first
+    /// factor and guesses as fast as the daemon lets them, for a year, with
+    /// every default (6 digits, skew 1, 10 failures, 15 min doubling, 10 locks).
+    #[test]
+    fn with_the_defaults_an_attacker_alone_gets_100_guesses_a_year() {
+        let p = Policy {
+            totp: (&common::config::TotpConfig::default()).into(),
+            lockout: LockoutConfig::default(),
+            ..policy(0)
+        };
+        let mut s = SqliteStore::in_memory().unwrap();
+        let secret = enroll(&mut s, &p, "vic", None);
+        let (mut t, end) = (T0, T0 + 365 * 86400);
+        let (mut guesses, mut locks) = (0u32, Vec::new());
+        while t < end && guesses < 10_000 {
+            // A guess outside the whole window, so the run is deterministic.
+            let valid: Vec<String> = (-1..=1).map(|k| code(&p, &secret, t + 30 * k)).collect();
+            let guess = ["000000", "111111", "222222", "333333"].into_iter().find(|g| !valid.iter().any(|v| v == g));
+            match check_answer(&mut s, &p, &ctx("vic"), guess.unwrap(), t).unwrap() {
+                Verdict::Deny { .. } => guesses += 1,
+                Verdict::Locked { until: LockEnd::At(u) } if u > t => {
+                    guesses += 1;
+                    locks.push(u - t);
+                    t = u;
+                }
+                Verdict::Locked { until: LockEnd::AdminUnlock } => {
+                    guesses += 1;
+                    break;
+                }
+                other => panic!("{other:?} at {t}"),
+            }
+        }
+        let minutes: Vec<i64> = locks.iter().map(|l| l / 60).collect();
+        assert_eq!(minutes, [15, 30, 60, 120, 240, 480, 960, 1920, 3840]);
+        assert_eq!(guesses, 100, "NIST SP 800-63B: at most 100 consecutive failures");
+        // The admin lock holds for the rest of the year.
+        assert!(matches!(
+            plan(&mut s, &p, &mut ctx("vic"), end).unwrap().0,
+            Plan::Locked { until: LockEnd::AdminUnlock }
+        ));
+        let per_guess = 3.0 / 1e6;
+        let success = 1.0 - (1.0f64 - per_guess).powi(guesses as i32);
+        assert!(success < 0.001, "{success}");
+        // Time until the admin lock: 15 min × (2^9 − 1) = 127.75 h.
+        assert_eq!(locks.iter().sum::<i64>(), 15 * 60 * 511);
+    }
+
+    #[test]
+    fn a_success_ends_the_escalation_and_tells_the_user() {
+        let p = policy(3);
+        let mut s = SqliteStore::in_memory().unwrap();
+        let secret = enroll(&mut s, &p, "mia", None);
+        fail(&mut s, &p, "mia", 3, T0);
+        fail(&mut s, &p, "mia", 4, T0 + 900);
+        assert_eq!(s.user("mia").unwrap().unwrap().locked_until, Some(T0 + 900 + 1800));
+        let t = T0 + 900 + 1800;
+        fail(&mut s, &p, "mia", 1, t);
+        let good = code(&p, &secret, t);
+        assert_eq!(
+            check_answer(&mut s, &p, &ctx("mia"), &good, t).unwrap(),
+            Verdict::Accept { activated: true, failures: 7, locks: 2 }
+        );
+        let audit = s.audit(Some("mia"), None, 1).unwrap();
+        assert_eq!(audit[0].reason, "enrollment activated; 7 failed attempt(s) and 2 lock(s) since the previous login");
+        // The next lock is the first of a new row again.
+        let t = t + 60;
+        assert_eq!(fail(&mut s, &p, "mia", 3, t), Verdict::Locked { until: LockEnd::At(t + 900) });
+    }
+
+    #[test]
+    fn an_empty_answer_is_not_a_guess() {
+        let p = policy(3);
+        let mut s = SqliteStore::in_memory().unwrap();
+        enroll(&mut s, &p, "nora", None);
+        // Enter at the QR prompt, many times: never a failure, never a lock.
+        for blank in ["", " ", "\t", "   "].iter().cycle().take(20) {
+            assert!(matches!(plan(&mut s, &p, &mut ctx("nora"), T0).unwrap().0, Plan::Enroll { .. }));
+            assert_eq!(
+                check_answer(&mut s, &p, &ctx("nora"), blank, T0).unwrap(),
+                Verdict::Deny { message: "No passcode entered.".into() }
+            );
+        }
+        let u = s.user("nora").unwrap().unwrap();
+        assert_eq!((u.failures, u.failures_since_login, u.lock_periods, u.locked_until), (0, 0, 0, None));
+        let audit = s.audit(Some("nora"), None, 100).unwrap();
+        assert_eq!(audit.len(), 20);
+        assert!(audit.iter().all(|e| e.result == "deny" && e.reason == "no code entered"), "{audit:?}");
+    }
+
+    #[test]
+    fn a_new_enrollment_clears_any_lock() {
+        let p = policy(1);
+        let mut s = SqliteStore::in_memory().unwrap();
+        enroll(&mut s, &p, "olga", None);
+        for i in 0..4 {
+            fail(&mut s, &p, "olga", 1, T0 + i * 100_000);
+        }
+        let locked = s.user("olga").unwrap().unwrap();
+        assert!(locked.admin_locked_at.is_some() && locked.is_locked(T0 + 1_000_000));
+        // `otpctl user reset` (and enable after disable) build the record this way.
+        let fresh = new_enrollment(&p, Some(locked), "olga", None, T0 + 1_000_000);
+        s.save_user(&fresh).unwrap();
+        let u = s.user("olga").unwrap().unwrap();
+        assert_eq!((u.failures, u.failures_since_login, u.lock_periods, u.admin_locked_at), (0, 0, 0, None));
+        assert!(matches!(plan(&mut s, &p, &mut ctx("olga"), T0 + 1_000_000).unwrap().0, Plan::Enroll { .. }));
     }
 
     #[test]
@@ -579,7 +834,10 @@ mod tests {
         }
         let mut login = LoginContext { uid: Some(1000), ..ctx("ALICE") };
         plan(&mut s, &p, &mut login, T0).unwrap();
-        assert_eq!(check_answer(&mut s, &p, &login, &c, T0).unwrap(), Verdict::Accept { activated: true });
+        assert_eq!(
+            check_answer(&mut s, &p, &login, &c, T0).unwrap(),
+            Verdict::Accept { activated: true, failures: 3, locks: 0 }
+        );
         let mut same = LoginContext { uid: Some(1000), ..ctx("alice") };
         plan(&mut s, &p, &mut same, T0).unwrap();
         assert!(matches!(check_answer(&mut s, &p, &same, &c, T0).unwrap(), Verdict::Deny { .. }), "replay");
@@ -594,7 +852,10 @@ mod tests {
         let mut login = LoginContext { uid: Some(1500), ..ctx("legacy") };
         assert!(matches!(plan(&mut s, &p, &mut login, T0).unwrap().0, Plan::Enroll { .. }));
         let good = code(&p, &secret, T0);
-        assert_eq!(check_answer(&mut s, &p, &login, &good, T0).unwrap(), Verdict::Accept { activated: true });
+        assert_eq!(
+            check_answer(&mut s, &p, &login, &good, T0).unwrap(),
+            Verdict::Accept { activated: true, failures: 0, locks: 0 }
+        );
         assert_eq!(s.user("legacy").unwrap().unwrap().uid, Some(1500));
     }
 
@@ -632,7 +893,10 @@ mod tests {
         assert!(check_answer(&mut s, &p, &ctx("ivan"), &good, T0).is_err(), "must not be Accept");
         // Nothing was recorded, so the same code still works once storage is back.
         s.exec("DROP TRIGGER fail_users").unwrap();
-        assert_eq!(check_answer(&mut s, &p, &ctx("ivan"), &good, T0).unwrap(), Verdict::Accept { activated: true });
+        assert_eq!(
+            check_answer(&mut s, &p, &ctx("ivan"), &good, T0).unwrap(),
+            Verdict::Accept { activated: true, failures: 0, locks: 0 }
+        );
     }
 
     #[test]

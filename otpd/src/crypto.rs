@@ -42,6 +42,8 @@ impl SecretBox {
     /// Refuses a key that other users could read or that has the wrong size.
     pub fn load_or_create(path: &Path) -> Result<(SecretBox, bool), KeyError> {
         let bad = |why: String| KeyError::Bad { path: path.display().to_string(), why };
+        // Whoever created the key file knows the key.
+        crate::trust::check_file(path, "key file").map_err(|e| bad(e.why))?;
         match std::fs::symlink_metadata(path) {
             Ok(meta) => {
                 if !meta.file_type().is_file() {
@@ -142,5 +144,16 @@ mod tests {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(&p, [1u8; 31]).unwrap();
         assert!(SecretBox::load_or_create(&p).is_err());
+    }
+
+    #[test]
+    fn a_key_file_someone_else_created_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("secret.key");
+        std::fs::write(&p, [1u8; 32]).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::chown(&p, Some(65534), None).unwrap();
+        let err = SecretBox::load_or_create(&p).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("secret.key") && err.contains("owned by uid 65534"), "{err}");
     }
 }

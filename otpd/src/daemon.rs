@@ -20,6 +20,25 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error("socket {path}: {why}")]
     Socket { path: String, why: String },
+    #[error("refusing to start: {0}")]
+    Untrusted(#[from] crate::trust::Untrusted),
+}
+
+/// Where otpd keeps its secrets and sockets must be out of other users'
+/// reach before anything is created or read there (see [`crate::trust`]).
+fn check_trusted_paths(d: &common::config::DaemonConfig) -> Result<(), StartError> {
+    for (path, what) in
+        [(&d.key_file, "state"), (&d.database, "state"), (&d.pam_socket, "socket"), (&d.admin_socket, "socket")]
+    {
+        if let Some(dir) = path.parent() {
+            crate::trust::check_dir(dir, what)?;
+        }
+    }
+    crate::trust::check_file(&d.key_file, "key file")?;
+    for (f, what) in crate::trust::database_files(&d.database) {
+        crate::trust::check_file(&f, what)?;
+    }
+    Ok(())
 }
 
 /// Core dumps of a process holding secrets are a leak; so is ptrace by
@@ -158,12 +177,16 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     harden_process();
     crate::syslog::start();
     let d = &config.daemon;
+    check_trusted_paths(d)?;
     let (crypto, created) = SecretBox::load_or_create(&d.key_file)?;
     if created {
         tracing::info!("created key file {}", d.key_file.display());
     }
     let store = SqliteStore::open(&d.database)?;
-    let _ = std::fs::set_permissions(&d.database, std::fs::Permissions::from_mode(0o600));
+    // SQLite gives -wal and -shm the database's mode as it was when it made them.
+    for (f, _) in crate::trust::database_files(&d.database) {
+        let _ = std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600));
+    }
     let reader = SqliteStore::open_reader(&d.database)?;
     raise_fd_limit();
     let clock = make_clock();

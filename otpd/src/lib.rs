@@ -19,3 +19,4 @@ pub mod server;
 pub mod store;
 pub mod syslog;
 pub mod totp;
+pub mod trust;

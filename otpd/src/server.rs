@@ -178,11 +178,39 @@ async fn outcome(s: &mut Conn, sh: &Shared, result: OutcomeKind, message: Option
     let _ = s.write_msg(&ServerMsg::Outcome { result, message }, sh.io_timeout).await;
 }
 
-fn until_text(until: i64, now: i64) -> String {
+fn until_text(until: auth::LockEnd, now: i64) -> String {
+    let until = match until {
+        auth::LockEnd::AdminUnlock => {
+            return "Too many failed attempts: your account is locked until an administrator unlocks it.".into()
+        }
+        auth::LockEnd::At(t) => t,
+    };
     let minutes = ((until - now).max(0) + 59) / 60;
+    let wait = match minutes {
+        0..=119 => format!("{minutes} minute(s)"),
+        120..=2879 => format!("{} hour(s)", (minutes + 59) / 60),
+        _ => format!("{} day(s)", (minutes + 1439) / 1440),
+    };
     format!(
-        "Too many failed attempts. Try again in {minutes} minute(s) or ask an administrator to unlock your account."
+        "Too many failed attempts. Try again in {wait} or ask an administrator to unlock your account. \
+         Further failures lock it for longer each time."
     )
+}
+
+/// What a user is told after a successful login.
+fn accept_text(activated: bool, failures: u32, locks: u32) -> Option<String> {
+    let mut lines = Vec::new();
+    if activated {
+        lines.push("Passcode accepted: your authenticator is now enrolled.".to_string());
+    }
+    if failures > 0 {
+        let locked = if locks > 0 { format!(", and your account was locked {locks} time(s)") } else { String::new() };
+        lines.push(format!(
+            "There were {failures} failed passcode attempt(s) since your last login{locked}. \
+             If they were not yours, tell your administrator: someone may know your password."
+        ));
+    }
+    (!lines.is_empty()).then(|| lines.join("\n"))
 }
 
 async fn pam_connection(mut s: Conn, peer_uid: u32, first: ClientMsg, sh: &Shared) {
@@ -381,11 +409,16 @@ async fn finish(mut s: Conn, sh: &Shared, ctx: &LoginContext, answer: String) {
             move |st| auth::check_answer(st, &policy, &job_ctx, &answer, now),
             move |verdict| {
                 match &verdict {
-                    Ok(Verdict::Accept { activated: true }) => {
+                    Ok(Verdict::Accept { activated: true, .. }) => {
                         let _ = events.send(crate::dbus::Event::EnrollmentActivated { user: user.clone() });
                     }
                     Ok(Verdict::Locked { until }) => {
-                        let _ = events.send(crate::dbus::Event::UserLockedOut { user: user.clone(), until: *until });
+                        // i64::MAX: until an administrator unlocks the account.
+                        let until = match until {
+                            auth::LockEnd::At(t) => *t,
+                            auth::LockEnd::AdminUnlock => i64::MAX,
+                        };
+                        let _ = events.send(crate::dbus::Event::UserLockedOut { user: user.clone(), until });
                     }
                     // Nothing was committed: the code was not consumed, the attempt not recorded.
                     Err(e) => tracing::error!("store error while checking a code for {user}: {e}; denying"),
@@ -410,10 +443,9 @@ async fn finish(mut s: Conn, sh: &Shared, ctx: &LoginContext, answer: String) {
 /// The outcome message for a checked answer.
 fn verdict_outcome(verdict: &Result<Verdict, crate::store::StoreError>, now: i64) -> ServerMsg {
     let (result, message) = match verdict {
-        Ok(Verdict::Accept { activated }) => (
-            OutcomeKind::Accept,
-            activated.then(|| "Passcode accepted: your authenticator is now enrolled.".to_string()),
-        ),
+        Ok(Verdict::Accept { activated, failures, locks }) => {
+            (OutcomeKind::Accept, accept_text(*activated, *failures, *locks))
+        }
         Ok(Verdict::Deny { message }) => (OutcomeKind::Deny, Some(message.clone())),
         Ok(Verdict::Locked { until }) => (OutcomeKind::Locked, Some(until_text(*until, now))),
         Err(_) => (OutcomeKind::Deny, Some("Passcode check unavailable.".into())),

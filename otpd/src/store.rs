@@ -36,8 +36,18 @@ pub struct UserRecord {
     pub activated_at: Option<i64>,
     /// Highest TOTP step ever accepted: a step at or below it is a replay.
     pub last_step: Option<i64>,
+    /// Consecutive failures towards the next lock (0 again when a lock starts).
     pub failures: u32,
+    /// End of the current (or last) timed lock.
     pub locked_until: Option<i64>,
+    /// Locks in a row since the last successful login (or unlock): each
+    /// lasts twice as long as the one before.
+    pub lock_periods: u32,
+    /// Every failure since the last successful login, shown to the user at
+    /// the next one and to the admin.
+    pub failures_since_login: u32,
+    /// Set when the account got the lock only `otpctl user unlock` lifts.
+    pub admin_locked_at: Option<i64>,
     pub last_login: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
@@ -95,7 +105,23 @@ pub use common::proto::{RequestInfo as EmergencyRequest, SessionInfo as SessionR
 
 impl UserRecord {
     pub fn is_locked(&self, now: i64) -> bool {
-        self.locked_until.is_some_and(|t| t > now)
+        self.admin_locked_at.is_some() || self.locked_until.is_some_and(|t| t > now)
+    }
+
+    /// Lifts any lock and starts the escalation over (`otpctl user unlock`).
+    /// The failures since the last login are kept: the user is still told
+    /// about them at the next successful login.
+    pub fn unlock(&mut self) {
+        self.failures = 0;
+        self.locked_until = None;
+        self.lock_periods = 0;
+        self.admin_locked_at = None;
+    }
+
+    /// Forgets every failure and lock (a successful login, a new secret).
+    pub fn clear_lockout(&mut self) {
+        self.unlock();
+        self.failures_since_login = 0;
     }
 }
 
@@ -277,6 +303,16 @@ ALTER TABLE users_by_name RENAME TO users;
     r#"
 CREATE INDEX users_by_uid ON users (uid);
 "#,
+    // Escalating lockout: locks in a row, failures since the last login, and
+    // the lock only an admin lifts. A user locked under the old scheme has
+    // had one lock since the last success (a success cleared locked_until).
+    r#"
+ALTER TABLE users ADD COLUMN lock_periods INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN failures_since_login INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN admin_locked_at INTEGER;
+UPDATE users SET failures_since_login = failures,
+                 lock_periods = CASE WHEN locked_until IS NULL THEN 0 ELSE 1 END;
+"#,
 ];
 
 pub struct SqliteStore {
@@ -290,6 +326,10 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let shown = path.display().to_string();
         let unusable = |why: String| StoreError::Unusable { path: shown.clone(), why };
+        // A -wal file someone else created would get every change, secrets included.
+        for (f, what) in crate::trust::database_files(path) {
+            crate::trust::check_file(&f, what).map_err(|e| StoreError::Unusable { path: e.path, why: e.why })?;
+        }
         let existed = match std::fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_file() => true,
             Ok(_) => return Err(unusable("not a regular file".into())),
@@ -399,6 +439,9 @@ fn user_from_row(r: &Row<'_>) -> rusqlite::Result<UserRecord> {
         last_step: r.get("last_step")?,
         failures: r.get("failures")?,
         locked_until: r.get("locked_until")?,
+        lock_periods: r.get("lock_periods")?,
+        failures_since_login: r.get("failures_since_login")?,
+        admin_locked_at: r.get("admin_locked_at")?,
         last_login: r.get("last_login")?,
         created_at: r.get("created_at")?,
         updated_at: r.get("updated_at")?,
@@ -454,15 +497,18 @@ impl Store for SqliteStore {
         let mut st = self.conn.prepare_cached(
             "INSERT INTO users (name, uid, method, enabled, email, secret, activated_at, last_step,
                                 failures, locked_until, last_login, created_at, updated_at,
-                                password_hash, last_method)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                                password_hash, last_method, lock_periods, failures_since_login,
+                                admin_locked_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
              ON CONFLICT (name) DO UPDATE SET
                 uid = excluded.uid, method = excluded.method, enabled = excluded.enabled,
                 email = excluded.email, secret = excluded.secret, activated_at = excluded.activated_at,
                 last_step = excluded.last_step, failures = excluded.failures,
                 locked_until = excluded.locked_until, last_login = excluded.last_login,
                 updated_at = excluded.updated_at, password_hash = excluded.password_hash,
-                last_method = excluded.last_method",
+                last_method = excluded.last_method, lock_periods = excluded.lock_periods,
+                failures_since_login = excluded.failures_since_login,
+                admin_locked_at = excluded.admin_locked_at",
         )?;
         st.execute(params![
             u.name,
@@ -479,7 +525,10 @@ impl Store for SqliteStore {
             u.created_at,
             u.updated_at,
             u.password_hash,
-            u.last_method
+            u.last_method,
+            u.lock_periods,
+            u.failures_since_login,
+            u.admin_locked_at
         ])?;
         Ok(())
     }
@@ -526,7 +575,7 @@ impl Store for SqliteStore {
         let mut st = self.conn.prepare_cached(
             "SELECT count(*), coalesce(sum(enabled), 0),
                     coalesce(sum(enabled AND activated_at IS NOT NULL), 0),
-                    coalesce(sum(locked_until > ?1), 0)
+                    coalesce(sum(locked_until > ?1 OR admin_locked_at IS NOT NULL), 0)
              FROM users",
         )?;
         let (t, e, a, l): (i64, i64, i64, i64) =
@@ -760,6 +809,9 @@ mod tests {
             last_step: None,
             failures: 0,
             locked_until: None,
+            lock_periods: 0,
+            failures_since_login: 0,
+            admin_locked_at: None,
             last_login: None,
             created_at: 10,
             updated_at: 10,
@@ -843,6 +895,25 @@ mod tests {
     }
 
     #[test]
+    fn refuses_database_files_someone_else_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("otpd.db");
+        SqliteStore::open(&p).unwrap().save_user(&alice()).unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let f = dir.path().join(format!("otpd.db{suffix}"));
+            if !f.exists() {
+                std::fs::write(&f, b"").unwrap();
+            }
+            std::os::unix::fs::chown(&f, Some(65534), None).unwrap();
+            let err = SqliteStore::open(&p).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(&format!("otpd.db{suffix} is unusable: the database")), "{err}");
+            assert!(err.contains("is owned by uid 65534"), "{err}");
+            std::os::unix::fs::chown(&f, Some(0), None).unwrap();
+        }
+        assert_eq!(SqliteStore::open(&p).unwrap().user("alice").unwrap(), Some(alice()));
+    }
+
+    #[test]
     fn every_commit_is_durable_wal_with_full_sync() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&dir.path().join("otpd.db")).unwrap();
@@ -881,6 +952,43 @@ mod tests {
             )
             .unwrap();
         assert_eq!(without_rowid, 1);
+    }
+
+    #[test]
+    fn upgrade_to_escalating_lockout_keeps_users_and_their_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("old.db");
+        let before = MIGRATIONS.iter().position(|m| m.contains("lock_periods")).unwrap();
+        {
+            let conn = Connection::open(&p).unwrap();
+            for sql in &MIGRATIONS[..before] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", before as i64).unwrap();
+            conn.execute_batch(
+                "INSERT INTO users (name, uid, method, enabled, secret, last_step, failures, locked_until, created_at, updated_at)
+                 VALUES ('locked', 1000, 'totp', 1, x'010203', 42, 0, 5000, 10, 10),
+                        ('typo', 1001, 'totp', 1, x'040506', 43, 2, NULL, 10, 10)",
+            )
+            .unwrap();
+        }
+        let mut s = SqliteStore::open(&p).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let l = s.user("locked").unwrap().unwrap();
+        assert_eq!((l.secret.clone(), l.last_step, l.locked_until), (Some(vec![1, 2, 3]), Some(42), Some(5000)));
+        assert_eq!((l.lock_periods, l.admin_locked_at), (1, None), "one lock since the last success");
+        assert!(l.is_locked(4999) && !l.is_locked(5000));
+        let t = s.user("typo").unwrap().unwrap();
+        assert_eq!((t.failures, t.failures_since_login, t.lock_periods), (2, 2, 0));
+        assert_eq!(s.counts(0).unwrap().users_locked, 1);
+        // The new state round-trips.
+        let mut l = l;
+        l.admin_locked_at = Some(6000);
+        l.lock_periods = 10;
+        l.failures_since_login = 100;
+        s.save_user(&l).unwrap();
+        assert_eq!(s.user("locked").unwrap().unwrap(), l);
+        assert_eq!(s.counts(1_000_000).unwrap().users_locked, 1, "an admin lock never runs out");
     }
 
     #[test]

@@ -160,8 +160,8 @@ fn run(args: Args) -> Result<(), (u8, String)> {
                     u.method,
                     yes_no(u.enabled),
                     yes_no(u.activated),
-                    u.failures,
-                    u.locked_until.filter(|&t| t > now()).map(time).unwrap_or_else(|| "-".into())
+                    u.failures_since_login,
+                    lock_column(&u)
                 );
             }
         }
@@ -243,6 +243,15 @@ fn time(t: i64) -> String {
     humantime::format_rfc3339_seconds(st).to_string()
 }
 
+/// "-", the timed lock's end, or "until unlocked" (the lock only an admin lifts).
+fn lock_column(u: &UserInfo) -> String {
+    match (u.admin_locked_at, u.locked_until.filter(|_| u.locked)) {
+        (Some(_), _) => format!("until unlocked ({} locks)", u.lock_periods),
+        (None, Some(t)) => format!("{} ({} in a row)", time(t), u.lock_periods),
+        (None, None) => "-".into(),
+    }
+}
+
 fn print_user(u: &UserInfo) {
     println!("user           {}", u.name);
     println!("method         {}", u.method);
@@ -251,11 +260,17 @@ fn print_user(u: &UserInfo) {
         Some(t) => println!("activated      yes ({})", time(t)),
         None => println!("activated      no"),
     }
-    println!("failures       {}", u.failures);
-    match u.locked_until.filter(|&t| t > now()) {
-        Some(t) => println!("locked         yes, until {}", time(t)),
-        None => println!("locked         no"),
+    println!("failures       {} since the last login ({} towards the next lock)", u.failures_since_login, u.failures);
+    match (u.admin_locked_at, u.locked_until.filter(|_| u.locked)) {
+        (Some(t), _) => println!(
+            "locked         yes, until an administrator unlocks it (`otpctl user unlock {}`); since {}",
+            u.name,
+            time(t)
+        ),
+        (None, Some(t)) => println!("locked         yes, until {}", time(t)),
+        (None, None) => println!("locked         no"),
     }
+    println!("locks in a row {} since the last login (each lasts twice as long as the one before)", u.lock_periods);
     println!("last login     {}", u.last_login.map(time).unwrap_or_else(|| "never".into()));
 }
 
