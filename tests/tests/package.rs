@@ -11,11 +11,12 @@ use std::process::Command;
 use std::sync::OnceLock;
 use support::*;
 
-/// Built once per test binary; the tests only read it.
+/// Built once per test binary, into the target dir (replaced by the next
+/// run, so nothing accumulates in /tmp); the tests only read it.
 fn deb() -> &'static Path {
     static DEB: OnceLock<PathBuf> = OnceLock::new();
     DEB.get_or_init(|| {
-        let out = tempfile::tempdir().unwrap().keep();
+        let out = build_dir().join("package-test");
         let profile = build_dir().file_name().unwrap().to_string_lossy().into_owned();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/build-deb.sh");
         let o = Command::new("bash")
@@ -105,7 +106,8 @@ fn package_contents_control_and_checksums() {
 #[test]
 fn lintian_reports_no_errors_or_warnings() {
     let deb = deb();
-    let out = Command::new("lintian").args(["--fail-on", "error,warning", "--tag-display-limit", "0"]).arg(deb).output();
+    let out =
+        Command::new("lintian").args(["--fail-on", "error,warning", "--tag-display-limit", "0"]).arg(deb).output();
     let out = out.expect("lintian (apt install lintian; scripts/deps.sh installs it)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     let bad: Vec<&str> = text.lines().filter(|l| l.starts_with("E: ") || l.starts_with("W: ")).collect();
@@ -158,14 +160,14 @@ fn apt_install_remove_and_purge_on_a_host_without_systemd() {
         echo "=== otpctl without a daemon"
         otpctl status 2>&1; echo "exit $?"
         echo "=== daemon"
-        /usr/sbin/otpd --config /etc/otpd/otpd.toml >/tmp/otpd.log 2>&1 &
+        /usr/sbin/otpd --config /etc/otpd/otpd.toml >/var/tmp/otpd.log 2>&1 &
         OTPD=$!
         for i in $(seq 200); do [ -S /run/otpd/admin.sock ] && break; sleep 0.05; done
         otpctl status >/dev/null 2>&1 && echo "otpd answers"
         pam-auth-update --enable pam_otp
         grep -c pam_otp.so /etc/pam.d/common-auth
         echo "=== hand-edited sudo"
-        cp /etc/pam.d/sudo /tmp/sudo.orig
+        cp /etc/pam.d/sudo /var/tmp/sudo.orig
         cp /usr/share/doc/pam-otp/examples/pam.d-sudo /etc/pam.d/sudo
         apt-get remove -y pam-otp 2>&1; echo "exit $?"
         echo "=== state after refusal"
@@ -174,7 +176,7 @@ fn apt_install_remove_and_purge_on_a_host_without_systemd() {
         grep -c pam_otp.so /etc/pam.d/common-auth
         kill -0 $OTPD && echo "otpd still running"
         echo "=== remove"
-        cp /tmp/sudo.orig /etc/pam.d/sudo
+        cp /var/tmp/sudo.orig /etc/pam.d/sudo
         apt-get remove -y pam-otp 2>&1; echo "exit $?"
         echo "=== state after remove"
         grep -q State:.Z /proc/$OTPD/status 2>/dev/null || ! [ -e /proc/$OTPD ] && echo "otpd stopped"
@@ -186,6 +188,17 @@ fn apt_install_remove_and_purge_on_a_host_without_systemd() {
         echo "=== state after purge"
         ls -d /var/lib/otpd /etc/otpd 2>&1
         dpkg-query -W -f='${{Status}}\n' pam-otp 2>&1
+        echo "=== with systemd"
+        # The systemd branch of the scripts, against stand-ins that log their calls.
+        # (Replaced in the overlay: apt runs dpkg with its own PATH.)
+        mkdir -p /run/systemd/system
+        for c in systemctl deb-systemd-invoke; do
+          printf '#!/bin/sh\necho "%s $*" >> /var/tmp/systemd.log\n' $c > /usr/bin/$c
+        done
+        apt-get install -y {deb} 2>&1; echo "exit $?"
+        apt-get remove -y pam-otp 2>&1; echo "exit $?"
+        echo "=== systemd calls"
+        cat /var/tmp/systemd.log
         echo "=== end"
         "#,
         deb = deb.display()
@@ -229,6 +242,11 @@ fn apt_install_remove_and_purge_on_a_host_without_systemd() {
     let purge = part(&text, "purge");
     assert!(purge.contains("exit 0"), "{purge}");
     assert!(!purge.to_lowercase().contains("warning"), "dpkg warned at purge:\n{purge}");
+    let with_systemd = part(&text, "with systemd");
+    assert!(!with_systemd.contains("NOT started") && with_systemd.matches("exit 0").count() == 2, "{with_systemd}");
+    let calls = part(&text, "systemd calls");
+    assert!(calls.contains("deb-systemd-invoke start otpd.service"), "{calls}");
+    assert!(calls.contains("deb-systemd-invoke stop otpd.service"), "{calls}");
     let after = part(&text, "state after purge");
     assert!(after.contains("/var/lib/otpd': No such file") && after.contains("/etc/otpd': No such file"), "{after}");
 }
