@@ -4,6 +4,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 /// The daemon behind pam_otp.so: owns the one-time-passcode secrets and decides every login.
+///
+/// otpd keeps the TOTP secrets (encrypted), emailed codes, lockouts and the audit trail in
+/// its database, answers pam_otp.so on the PAM socket and otpctl(8) on the admin socket, and
+/// mails codes through the configured SMTP relay. It runs in the foreground until SIGTERM or
+/// SIGINT; under systemd it runs as otpd.service (Type=notify).
 // The man page's NAME line is "otpd - <about>": the about must not repeat the name.
 #[derive(Parser)]
 #[command(name = "otpd", version, about)]
