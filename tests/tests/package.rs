@@ -4,7 +4,10 @@
 //! /etc, /usr and /var are overlays (the host's files are the read-only lower
 //! layer, every write lands in a temp dir) and /run is an empty tmpfs: dpkg,
 //! the maintainer scripts, pam-auth-update, systemd-sysusers and the daemon
-//! all run for real, and the host is not touched.
+//! all run for real, and the host is not touched. The same run then covers
+//! the systemd branch of the scripts (against logging stand-ins for
+//! systemctl and deb-systemd-invoke) and a host without systemd-sysusers and
+//! systemd-tmpfiles (the groupadd / install -d fallback).
 mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -199,6 +202,13 @@ fn apt_install_remove_and_purge_on_a_host_without_systemd() {
         apt-get remove -y pam-otp 2>&1; echo "exit $?"
         echo "=== systemd calls"
         cat /var/tmp/systemd.log
+        echo "=== without systemd-sysusers and systemd-tmpfiles"
+        apt-get purge -y pam-otp >/dev/null 2>&1
+        rm -f /usr/bin/systemd-sysusers /usr/bin/systemd-tmpfiles /run/systemd/system -r
+        groupdel otpadmin; rm -rf /run/otpd
+        apt-get install -y {deb} 2>&1; echo "exit $?"
+        stat -c '%a %U %n' /var/lib/otpd /run/otpd
+        getent group otpadmin >/dev/null && echo "group otpadmin exists"
         echo "=== end"
         "#,
         deb = deb.display()
@@ -250,6 +260,9 @@ fn apt_install_remove_and_purge_on_a_host_without_systemd() {
     let calls = part(&text, "systemd calls");
     assert!(calls.contains("deb-systemd-invoke start otpd.service"), "{calls}");
     assert!(calls.contains("deb-systemd-invoke stop otpd.service"), "{calls}");
+    let fallback = part(&text, "without systemd-sysusers and systemd-tmpfiles");
+    assert!(fallback.contains("exit 0") && fallback.contains("700 root /var/lib/otpd"), "{fallback}");
+    assert!(fallback.contains("755 root /run/otpd") && fallback.contains("group otpadmin exists"), "{fallback}");
     let after = part(&text, "state after purge");
     assert!(after.contains("/var/lib/otpd': No such file") && after.contains("/etc/otpd': No such file"), "{after}");
 }
