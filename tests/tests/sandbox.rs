@@ -60,6 +60,11 @@ fn sandboxed_otpd(unit: &Path) -> (Fixture, Smtp, PathBuf) {
     );
     let mut fx = Fixture::start(&cfg);
     fx.stop_daemon();
+    // launch() waits for the socket files: a stale pair from the first daemon
+    // would let it return before the sandboxed one listens.
+    for sock in ["run/pam.sock", "run/admin.sock"] {
+        let _ = std::fs::remove_file(fx.path(sock));
+    }
     let mut cmd = Command::new(build_dir().join("af-sandbox"));
     cmd.arg(unit)
         .arg("--")
