@@ -73,6 +73,8 @@ fn sandboxed_otpd(unit: &Path) -> (Fixture, Smtp, PathBuf) {
         .arg(&fx.config)
         .env("OTPD_TEST_CLOCK_FILE", fx.path("clock-offset"));
     fx.launch(cmd);
+    // The socket file exists from bind(), a moment before listen(): wait for an answer.
+    wait("the sandboxed otpd to answer", || fx.ctl(&["status"]).status.success().then_some(()));
     // The emails file and the sink's maildir live as long as the fixture's process.
     std::mem::forget(pre);
     fx.ctl_ok(&["user", "enable", "bob", "--method", "email"]);
