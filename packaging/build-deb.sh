@@ -22,12 +22,26 @@ VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 ARCH=$(dpkg --print-architecture)
 MULTIARCH=$(gcc -print-multiarch 2>/dev/null || echo "$(uname -m)-linux-gnu")
 ROOT=$(mktemp -d)
-trap 'rm -rf "$ROOT"' EXIT
+WORK=$(mktemp -d)
+trap 'rm -rf "$ROOT" "$WORK"' EXIT
+
+CHANGELOG_VERSION=$(sed -n '1s/^pam-otp (\([^)]*\)).*/\1/p' packaging/debian/changelog)
+if [ "$CHANGELOG_VERSION" != "$VERSION" ]; then
+  echo "packaging/debian/changelog is for $CHANGELOG_VERSION, Cargo.toml says $VERSION: add a changelog entry" >&2
+  exit 1
+fi
+# One place names the maintainer: the changelog's newest trailer line.
+MAINTAINER=$(sed -n 's/^ -- \(.*>\)  .*/\1/p' packaging/debian/changelog | head -1)
 
 inst() { install -D -m "$1" "$2" "$ROOT$3"; }
-inst 0644 "$BIN/libpam_otp.so"          "/usr/lib/$MULTIARCH/security/pam_otp.so"
+# Debian 12's PAM modules live in /lib/<multiarch>/security (usrmerge makes
+# /lib a link to /usr/lib, but dpkg tracks the path as shipped).
+inst 0644 "$BIN/libpam_otp.so"          "/lib/$MULTIARCH/security/pam_otp.so"
 inst 0755 "$BIN/otpd"                   /usr/sbin/otpd
 inst 0755 "$BIN/otpctl"                 /usr/sbin/otpctl
+# What dh_strip does: no debug symbols or build notes in the package.
+strip --remove-section=.comment --remove-section=.note --strip-unneeded "$ROOT/lib/$MULTIARCH/security/pam_otp.so"
+strip --remove-section=.comment --remove-section=.note "$ROOT/usr/sbin/otpd" "$ROOT/usr/sbin/otpctl"
 inst 0644 packaging/otpd.service        /lib/systemd/system/otpd.service
 inst 0644 packaging/otpd.sysusers       /usr/lib/sysusers.d/otpd.conf
 inst 0644 packaging/otpd.tmpfiles       /usr/lib/tmpfiles.d/otpd.conf
@@ -38,6 +52,9 @@ inst 0644 packaging/otpd.toml           /etc/otpd/otpd.toml
 inst 0644 packaging/otpd.toml           /usr/share/doc/pam-otp/otpd.toml
 for f in packaging/examples/*; do inst 0644 "$f" "/usr/share/doc/pam-otp/examples/$(basename "$f")"; done
 inst 0644 README.md                     /usr/share/doc/pam-otp/README.md
+inst 0644 packaging/debian/copyright    /usr/share/doc/pam-otp/copyright
+inst 0644 packaging/debian/changelog    /usr/share/doc/pam-otp/changelog
+gzip -9n "$ROOT/usr/share/doc/pam-otp/changelog"
 mkdir -p "$ROOT/usr/share/man/man8" "$ROOT/usr/share/man/man5"
 "$BIN/otpd-man" "$ROOT/usr/share/man/man8"
 cp packaging/man/pam_otp.8 "$ROOT/usr/share/man/man8/"
@@ -46,14 +63,22 @@ gzip -9n "$ROOT"/usr/share/man/man*/*
 
 chmod 0755 "$ROOT"
 mkdir -p "$ROOT/DEBIAN"
-SIZE=$(du -sk "$ROOT" | cut -f1)
+# The libraries the binaries really link (libc6 versioned by the symbols
+# used), as dh_shlibdeps would compute them. dpkg-shlibdeps wants a source
+# tree: give it a minimal debian/control in a scratch directory.
+mkdir -p "$WORK/debian"
+printf 'Source: pam-otp\n\nPackage: pam-otp\nArchitecture: any\n' > "$WORK/debian/control"
+SHLIBS=$(cd "$WORK" && dpkg-shlibdeps -O "$ROOT/usr/sbin/otpd" "$ROOT/usr/sbin/otpctl" \
+  "$ROOT/lib/$MULTIARCH/security/pam_otp.so" | sed -n 's/^shlibs:Depends=//p')
+[ -n "$SHLIBS" ] || { echo "dpkg-shlibdeps found no dependencies" >&2; exit 1; }
+SIZE=$(du -sk --exclude=DEBIAN "$ROOT" | cut -f1)
 cat > "$ROOT/DEBIAN/control" <<EOT
 Package: pam-otp
 Version: $VERSION
 Architecture: $ARCH
-Maintainer: pam_otp developers <pam-otp@localhost>
+Maintainer: $MAINTAINER
 Installed-Size: $SIZE
-Depends: libpam-runtime (>= 1.0.1-6), libc6
+Depends: $SHLIBS, libpam-runtime (>= 1.0.1-6)
 Section: admin
 Priority: optional
 Description: one-time passcodes for PAM logins (TOTP and emailed codes)
@@ -63,47 +88,10 @@ Description: one-time passcodes for PAM logins (TOTP and emailed codes)
  run "pam-auth-update --enable pam_otp" after enrolling users.
 EOT
 echo /etc/otpd/otpd.toml > "$ROOT/DEBIAN/conffiles"
-cat > "$ROOT/DEBIAN/postinst" <<'EOT'
-#!/bin/sh
-set -e
-if [ "$1" = "configure" ]; then
-    getent group otpadmin >/dev/null || addgroup --system otpadmin >/dev/null || true
-    # Registers the profile; "Default: no" keeps it disabled until the admin enables it.
-    pam-auth-update --package
-    if [ -d /run/systemd/system ]; then
-        systemctl daemon-reload || true
-        systemctl enable otpd.service >/dev/null 2>&1 || true
-        systemctl restart otpd.service || true
-    fi
-fi
-exit 0
-EOT
-cat > "$ROOT/DEBIAN/prerm" <<'EOT'
-#!/bin/sh
-set -e
-# Take pam_otp out of every PAM stack before the module file goes away, so
-# no stack is left referring to a missing module (which would lock people out).
-if [ "$1" = "remove" ] || [ "$1" = "deconfigure" ]; then
-    pam-auth-update --package --remove pam_otp
-    if [ -d /run/systemd/system ]; then
-        systemctl stop otpd.service || true
-        systemctl disable otpd.service >/dev/null 2>&1 || true
-    fi
-fi
-exit 0
-EOT
-cat > "$ROOT/DEBIAN/postrm" <<'EOT'
-#!/bin/sh
-set -e
-if [ "$1" = "purge" ]; then
-    rm -rf /var/lib/otpd
-fi
-if [ -d /run/systemd/system ]; then
-    systemctl daemon-reload || true
-fi
-exit 0
-EOT
-chmod 0755 "$ROOT/DEBIAN/postinst" "$ROOT/DEBIAN/prerm" "$ROOT/DEBIAN/postrm"
+(cd "$ROOT" && find . -type f ! -path './DEBIAN/*' ! -path './etc/*' -printf '%P\0' | LC_ALL=C sort -z \
+  | xargs -0 md5sum > DEBIAN/md5sums)
+chmod 0644 "$ROOT/DEBIAN/md5sums"
+for s in postinst prerm postrm; do install -m 0755 "packaging/debian/$s" "$ROOT/DEBIAN/$s"; done
 mkdir -p "$OUT"
 DEB="$OUT/pam-otp_${VERSION}_${ARCH}.deb"
 # shellcheck disable=SC2086

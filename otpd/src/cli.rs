@@ -3,7 +3,13 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-/// otpd — the one-time-passcode daemon behind pam_otp.so.
+/// The daemon behind pam_otp.so: owns the one-time-passcode secrets and decides every login.
+///
+/// otpd keeps the TOTP secrets (encrypted), emailed codes, lockouts and the audit trail in
+/// its database, answers pam_otp.so on the PAM socket and otpctl(8) on the admin socket, and
+/// mails codes through the configured SMTP relay. It runs in the foreground until SIGTERM or
+/// SIGINT; under systemd it runs as otpd.service (Type=notify).
+// The man page's NAME line is "otpd - <about>": the about must not repeat the name.
 #[derive(Parser)]
 #[command(name = "otpd", version, about)]
 pub struct OtpdArgs {
@@ -38,11 +44,13 @@ pub enum Cmd {
     User(UserCmd),
     /// Show audit records, newest first.
     Audit {
+        /// Only this user's records.
         #[arg(long)]
         user: Option<String>,
         /// How far back: a duration ("1h", "2d") or an RFC 3339 time.
         #[arg(long)]
         since: Option<String>,
+        /// At most this many records.
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
@@ -53,6 +61,7 @@ pub enum Cmd {
     Request(RequestCmd),
     /// Sessions opened after an OTP login, newest first: user (email), host, service.
     Sessions {
+        /// At most this many sessions.
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
@@ -76,8 +85,10 @@ pub enum UserCmd {
     /// Require a passcode from USER; they enroll at their next login.
     Enable {
         user: String,
+        /// totp: an authenticator app (QR at the next login); email: codes sent by mail.
         #[arg(long, value_enum, default_value = "totp")]
         method: MethodArg,
+        /// Where emailed codes go (with --method email).
         #[arg(long)]
         email: Option<String>,
         /// Also print the otpauth:// URI (it contains the secret).
@@ -85,27 +96,22 @@ pub enum UserCmd {
         print_uri: bool,
     },
     /// Stop requiring a passcode (lost device); the secret is erased.
-    Disable {
-        user: String,
-    },
+    Disable { user: String },
     /// New secret; USER enrolls again at the next login.
     Reset {
         user: String,
+        /// Also print the otpauth:// URI (it contains the secret).
         #[arg(long)]
         print_uri: bool,
     },
-    Show {
-        user: String,
-    },
+    /// Show USER's method, enrollment, failures, lockout and last login.
+    Show { user: String },
+    /// List every user known to otpd, one line each.
     List,
     /// Clear a lockout and the failure count.
-    Unlock {
-        user: String,
-    },
+    Unlock { user: String },
     /// Set the password of USER's otpd-internal account (read from stdin).
-    Passwd {
-        user: String,
-    },
+    Passwd { user: String },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

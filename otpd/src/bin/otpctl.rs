@@ -11,6 +11,26 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// `otpctl … | head` closes stdout early. std's println! panics on that
+/// (exit 101 and a backtrace hint); a reader that has seen enough is not an
+/// error, so stop quietly with 0. Shadows std's println! in this file.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            stdout_failed(e)
+        }
+    }};
+}
+
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("otpctl: writing the output failed: {e}");
+    std::process::exit(EXIT_DAEMON.into())
+}
+
 const EXIT_DAEMON: u8 = 1;
 const EXIT_NOT_FOUND: u8 = 3;
 const EXIT_PERMISSION: u8 = 4;
@@ -38,6 +58,12 @@ fn socket_path(args: &Args) -> Result<PathBuf, (u8, String)> {
     Config::load(&args.config).map(|c| c.daemon.admin_socket).map_err(|e| (EXIT_INVALID, e.to_string()))
 }
 
+/// The group whose members may use the admin socket, as the daemon reads it
+/// (`[daemon] admin_group`), so the permission error names the right one.
+fn admin_group(args: &Args) -> String {
+    Config::load(&args.config).map(|c| c.daemon.admin_group).unwrap_or_else(|_| "otpadmin".into())
+}
+
 fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
@@ -55,12 +81,23 @@ fn call(args: &Args, req: &AdminRequest) -> Result<AdminResponse, (u8, String)> 
     let path = socket_path(args)?;
     let mut client = Client::connect(&path, Duration::from_secs(30), &[0])
         .map_err(|e| match e {
-            ClientError::Missing(_) | ClientError::Connect { .. } => {
-                (EXIT_UNREACHABLE, format!("{e}\nIs otpd running? Try `systemctl status otpd`."))
-            }
-            ClientError::PermissionDenied(_) => {
-                (EXIT_PERMISSION, format!("{e}: run as root or as a member of the otpd admin group"))
-            }
+            ClientError::Missing(_) | ClientError::Connect { .. } => (
+                EXIT_UNREACHABLE,
+                format!(
+                    "{e}\nIs otpd running? With systemd: `systemctl status otpd` (start it with \
+                     `systemctl start otpd`).\nWithout systemd (containers, WSL, other inits) start it \
+                     yourself as root: `/usr/sbin/otpd --config {}`.",
+                    args.config.display()
+                ),
+            ),
+            ClientError::PermissionDenied(_) => (
+                EXIT_PERMISSION,
+                format!(
+                    "{e}: run as root or as a member of the `{group}` group (`adduser $USER {group}`, then log in \
+                     again)",
+                    group = admin_group(args)
+                ),
+            ),
             other => (EXIT_UNREACHABLE, other.to_string()),
         })?
         .for_admin_responses();
@@ -75,7 +112,10 @@ fn call(args: &Args, req: &AdminRequest) -> Result<AdminResponse, (u8, String)> 
                 AdminErrorKind::InvalidInput => EXIT_INVALID,
                 AdminErrorKind::Internal => EXIT_DAEMON,
             },
-            message,
+            match kind {
+                AdminErrorKind::PermissionDenied => format!("{message} (`{}`)", admin_group(args)),
+                _ => message,
+            },
         )),
         ok => Ok(ok),
     }
@@ -149,21 +189,21 @@ fn run(args: Args) -> Result<(), (u8, String)> {
         }
         AdminResponse::User { user } => print_user(&user),
         AdminResponse::Users { users } => {
-            println!(
-                "{:<20} {:<6} {:<8} {:<10} {:<8} LOCKED UNTIL",
-                "USER", "METHOD", "ENABLED", "ACTIVATED", "FAILURES"
-            );
-            for u in users {
-                println!(
-                    "{:<20} {:<6} {:<8} {:<10} {:<8} {}",
-                    u.name,
-                    u.method,
-                    yes_no(u.enabled),
-                    yes_no(u.activated),
-                    u.failures_since_login,
-                    lock_column(&u)
-                );
-            }
+            let rows: Vec<[String; 6]> = users
+                .iter()
+                .map(|u| {
+                    [
+                        u.name.clone(),
+                        u.method.to_string(),
+                        yes_no(u.enabled).into(),
+                        yes_no(u.activated).into(),
+                        u.failures_since_login.to_string(),
+                        lock_column(u),
+                    ]
+                })
+                .collect();
+            let header = ["USER", "METHOD", "ENABLED", "ACTIVATED", "FAILURES", "LOCKED UNTIL"].map(String::from);
+            print_table(&header, &rows);
         }
         AdminResponse::Audit { entries } => print_audit(&entries),
         AdminResponse::Status { status: s } => {
@@ -228,6 +268,28 @@ fn run(args: Args) -> Result<(), (u8, String)> {
         AdminResponse::Error { message, .. } => return Err((EXIT_DAEMON, message)),
     }
     Ok(())
+}
+
+/// Columns as wide as their widest cell (names are not bounded to a fixed
+/// width), two spaces apart; the last column is not padded.
+fn print_table<const N: usize>(header: &[String; N], rows: &[[String; N]]) {
+    let mut width = [0usize; N];
+    for row in std::iter::once(header).chain(rows) {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(header).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 < N {
+                line.push_str(&format!("{cell:<w$}  ", w = width[i]));
+            } else {
+                line.push_str(cell);
+            }
+        }
+        println!("{}", line.trim_end());
+    }
 }
 
 fn yes_no(b: bool) -> &'static str {
