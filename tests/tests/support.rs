@@ -151,7 +151,10 @@ impl Fixture {
     /// Waits for both sockets of a daemon just started in `self.daemon`.
     fn wait_until_listening(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !(self.pam_socket().exists() && self.path("run/admin.sock").exists()) {
+        // Ready means accepting: a socket file exists between bind and
+        // listen, and a stale one from a previous start exists all along.
+        let accepting = |p: &Path| std::os::unix::net::UnixStream::connect(p).is_ok();
+        while !(accepting(&self.pam_socket()) && accepting(&self.path("run/admin.sock"))) {
             assert!(Instant::now() < deadline, "otpd did not start: {}", self.log());
             if let Some(Ok(Some(status))) = self.daemon.as_mut().map(|c| c.try_wait()) {
                 panic!("otpd exited with {status}: {}", self.log());
