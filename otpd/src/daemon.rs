@@ -191,6 +191,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         reader: std::sync::Mutex::new(reader),
         mail_wakeup: Arc::new(tokio::sync::Notify::new()),
         events: tokio::sync::broadcast::channel(1024).0,
+        limits: crate::limits::CallerLimits::new(
+            d.caller_logins_per_minute,
+            crate::limits::Caps {
+                per_caller: d.caller_max_logins,
+                per_target: d.target_max_logins,
+                unprivileged: d.unprivileged_connections(),
+            },
+        ),
     });
     // Anyone may connect to the PAM socket (screen lockers run as the user);
     // SO_PEERCRED limits what a non-root caller can do.
@@ -212,6 +220,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         None
     };
     let dbus_task = d.dbus.then(|| tokio::spawn(crate::dbus::run(shared.clone())));
+    let housekeeping = tokio::spawn(crate::retention::run(shared.clone(), config.audit.retention));
     let limits = Limits { max_connections: d.max_connections, max_per_uid: d.max_connections_per_user };
     let (stop_pam, pam_thread) = spawn_pam_thread(pam, shared.clone(), limits)?;
     let admin = crate::conn::Listener::new(admin)
@@ -231,6 +240,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         t.abort();
     }
     admin_task.abort();
+    housekeeping.abort();
+    // Refusals counted but not yet written are written now.
+    crate::limits::flush(&shared, true).await;
     let _ = std::fs::remove_file(&d.pam_socket);
     let _ = std::fs::remove_file(&d.admin_socket);
     Ok(())
