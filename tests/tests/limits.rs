@@ -263,3 +263,15 @@ fn pending_emergency_requests_are_capped_per_user_and_address_and_counted_truly(
     let v: serde_json::Value = serde_json::from_str(&fx.ctl_ok(&["--json", "request", "list"])).unwrap();
     assert_eq!(v["total"], 1205);
 }
+
+#[test]
+fn the_shipped_unit_lets_otpd_see_who_ran_su() {
+    // Under hidepid (ProtectProc=invisible, noaccess or ptraceable) otpd,
+    // which has no CAP_SYS_PTRACE, cannot read /proc/PID/status of a setuid
+    // su started by another user, and could not tell who started it.
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/otpd.service")).unwrap();
+    let protect: Vec<&str> = unit.lines().filter_map(|l| l.trim().strip_prefix("ProtectProc=")).collect();
+    assert!(protect.iter().all(|v| *v == "default"), "ProtectProc={protect:?}");
+    let caps = unit.lines().find_map(|l| l.strip_prefix("CapabilityBoundingSet=")).unwrap_or("");
+    assert!(!caps.contains("CAP_SYS_PTRACE"), "otpd must not need ptrace rights to read a status file");
+}
