@@ -100,6 +100,8 @@ impl RateLimiter {
 pub enum Refusal {
     /// The caller started more conversations than `caller_logins_per_minute`.
     Rate,
+    /// The caller sent more session records than `caller_logins_per_minute`.
+    SessionRate,
     /// The caller already has `caller_max_logins` conversations open.
     CallerBusy,
     /// Callers other than root already hold `target_max_logins` for this user.
@@ -112,6 +114,7 @@ impl Refusal {
     pub fn reason(self) -> &'static str {
         match self {
             Refusal::Rate => "rate limit",
+            Refusal::SessionRate => "rate limit on session records",
             Refusal::CallerBusy => "too many logins in progress from this user",
             Refusal::TargetBusy => "too many logins in progress for the target user",
             Refusal::Reserve => "connections reserved for logins started by root",
@@ -121,7 +124,9 @@ impl Refusal {
     /// What the refused user sees.
     pub fn message(self) -> &'static str {
         match self {
-            Refusal::Rate => "Too many login attempts from your account; wait a minute and try again.",
+            Refusal::Rate | Refusal::SessionRate => {
+                "Too many login attempts from your account; wait a minute and try again."
+            }
             Refusal::CallerBusy => {
                 "Too many logins from your account are waiting for a passcode; finish or cancel one first."
             }
@@ -299,6 +304,10 @@ impl Conversations {
 /// Everything [`crate::server`] checks per caller.
 pub struct CallerLimits {
     pub rate: RateLimiter,
+    /// Session records have their own bucket: a script running `sudo` with
+    /// cached credentials opens a session each time, and must not use up
+    /// its user's logins.
+    pub session_rate: RateLimiter,
     pub refusals: Refusals,
     pub conversations: Arc<Conversations>,
 }
@@ -311,6 +320,7 @@ impl CallerLimits {
     pub fn new(per_minute: u32, caps: Caps) -> CallerLimits {
         CallerLimits {
             rate: RateLimiter::new(per_minute),
+            session_rate: RateLimiter::new(per_minute),
             refusals: Refusals::new(REPORT_INTERVAL),
             conversations: Conversations::new(caps),
         }

@@ -189,13 +189,11 @@ fn until_text(until: i64, now: i64) -> String {
 
 async fn pam_connection(mut s: Conn, peer_uid: u32, pid: Option<i32>, first: ClientMsg, sh: &Shared) {
     let caller = crate::limits::caller_uid(peer_uid, pid);
-    // Checked before anything is written: a refused attempt costs no row.
-    let limited = caller != 0 && !sh.limits.rate.allow(caller);
     let (protocol, user, service, rhost, tty) = match first {
         ClientMsg::Begin { protocol, user, service, rhost, tty, .. } => (protocol, user, service, rhost, tty),
         msg @ (ClientMsg::SessionOpened { .. } | ClientMsg::SessionClosed { .. }) => {
-            if limited {
-                crate::limits::refuse(sh, caller, crate::limits::Refusal::Rate).await;
+            if caller != 0 && !sh.limits.session_rate.allow(caller) {
+                crate::limits::refuse(sh, caller, crate::limits::Refusal::SessionRate).await;
             } else {
                 session_event(sh, msg, peer_uid).await;
             }
@@ -219,9 +217,13 @@ async fn pam_connection(mut s: Conn, peer_uid: u32, pid: Option<i32>, first: Cli
     if ctx.service.is_empty() {
         ctx.service = "-".into();
     }
-    // Held until this conversation ends.
-    let admitted =
-        if limited { Err(crate::limits::Refusal::Rate) } else { sh.limits.conversations.admit(caller, &ctx.user) };
+    // Checked before anything is written: a refused attempt costs no row.
+    // The ticket is held until this conversation ends.
+    let admitted = if caller != 0 && !sh.limits.rate.allow(caller) {
+        Err(crate::limits::Refusal::Rate)
+    } else {
+        sh.limits.conversations.admit(caller, &ctx.user)
+    };
     let _ticket = match admitted {
         Ok(t) => t,
         Err(why) => {

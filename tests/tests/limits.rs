@@ -275,3 +275,41 @@ fn the_shipped_unit_lets_otpd_see_who_ran_su() {
     let caps = unit.lines().find_map(|l| l.strip_prefix("CapabilityBoundingSet=")).unwrap_or("");
     assert!(!caps.contains("CAP_SYS_PTRACE"), "otpd must not need ptrace rights to read a status file");
 }
+
+#[test]
+fn session_records_of_one_uid_are_rate_limited_apart_from_its_logins() {
+    let fx = Fixture::start("");
+    fx.ctl_ok(&["user", "enable", "nobody", "--method", "totp"]);
+    // uid nobody records 200 sessions of its own, as fast as it can.
+    let script = format!(
+        r#"
+import json, socket, struct
+for pid in range(200):
+    body = json.dumps({{"type": "session_opened", "protocol": {}, "user": "nobody", "service": "lock",
+                        "pid": pid}}).encode()
+    s = socket.socket(socket.AF_UNIX)
+    s.connect("{}")
+    s.sendall(struct.pack(">I", len(body)) + body)
+    s.recv(64)
+    s.close()
+"#,
+        common::proto::PROTOCOL_VERSION,
+        fx.pam_socket().display()
+    );
+    let mut c = Command::new("/usr/bin/python3");
+    c.arg("-c").arg(script);
+    as_uid(&mut c, 65534);
+    let started = Instant::now();
+    assert!(c.status().unwrap().success());
+    // 30 at once, then one every 2 s while the loop ran.
+    let most = 30 + started.elapsed().as_secs() as usize / 2 + 1;
+    let recorded = open_sessions(&fx).len();
+    assert!((30..=most).contains(&recorded), "{recorded} of 200 session records kept (at most {most} allowed)");
+    let audit = fx.ctl_ok(&["audit", "--user", "uid:65534"]);
+    assert!(audit.contains("refused (rate limit on session records) from uid 65534"), "{audit}");
+    // Its logins have their own allowance: the enrollment QR, not a refusal.
+    let begin = serde_json::json!({"type": "begin", "protocol": common::proto::PROTOCOL_VERSION,
+        "user": "nobody", "service": "lock", "pid": 1});
+    let reply = send_as(&fx, 65534, &begin);
+    assert!(reply.contains("otpauth://"), "{reply}");
+}
