@@ -264,21 +264,20 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     #[test]
     fn a_socket_path_appears_only_listening_and_with_its_final_mode() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pam.sock");
         let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(AtomicUsize::new(0));
         let watcher = {
-            let (path, stop) = (path.clone(), stop.clone());
+            let (path, stop, seen) = (path.clone(), stop.clone(), seen.clone());
             std::thread::spawn(move || {
-                let mut seen = 0;
                 let mut bad = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let Ok(m) = std::fs::symlink_metadata(&path) else { continue };
-                    seen += 1;
                     if m.permissions().mode() & 0o777 != 0o666 {
                         bad.push(format!("mode {:o}", m.permissions().mode() & 0o777));
                     }
@@ -287,19 +286,26 @@ mod tests {
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                         Err(e) => bad.push(e.to_string()),
                     }
+                    seen.fetch_add(1, Ordering::Relaxed);
                 }
-                (seen, bad)
+                bad
             })
         };
         for _ in 0..300 {
+            let before = seen.load(Ordering::Relaxed);
             let listener = bind(&path, 0o666, None).unwrap();
+            // The watcher looks at every socket at least once.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while seen.load(Ordering::Relaxed) == before {
+                assert!(std::time::Instant::now() < deadline, "the watcher never saw the socket");
+                std::thread::yield_now();
+            }
             // Unlinked before it stops listening, so the watcher never meets a dead socket.
             std::fs::remove_file(&path).unwrap();
             drop(listener);
         }
         stop.store(true, Ordering::Relaxed);
-        let (seen, bad) = watcher.join().unwrap();
-        assert!(seen > 0, "the watcher never saw the socket");
+        let bad = watcher.join().unwrap();
         assert!(bad.is_empty(), "a client met a socket not ready for it: {bad:?}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no temporary name left behind");
     }
