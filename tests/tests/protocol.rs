@@ -105,7 +105,13 @@ fn slow_and_half_frame_clients_do_not_stall_logins() {
     for mut h in hogs {
         h.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut buf = [0u8; 16];
-        assert!(matches!(h.read(&mut buf), Ok(0)), "the daemon must close a stalled connection");
+        // EOF, or ECONNRESET when the daemon closed it before reading the half frame
+        // (the login evicted it): closed either way.
+        let r = h.read(&mut buf);
+        assert!(
+            matches!(r, Ok(0)) || matches!(r, Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "the daemon must close a stalled connection: {r:?}"
+        );
     }
 }
 
