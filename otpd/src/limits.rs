@@ -231,6 +231,20 @@ pub struct Caps {
     pub unprivileged: usize,
 }
 
+impl Caps {
+    /// While fewer conversations than this are in progress, no cap can be
+    /// reached by one more, so a root peer's caller need not be looked up.
+    fn lookup_from(&self) -> usize {
+        self.per_caller.min(self.per_target).min(self.unprivileged)
+    }
+}
+
+/// Conversations in progress. The caller of a root peer is read from /proc
+/// only when it can matter: once `Caps::lookup_from` conversations are in
+/// progress, the callers of all of them are looked up and counted, and so
+/// is every new one while that lasts. Below it, no caller can have reached
+/// a cap (each cap is at least that number), so the answer is the same as
+/// looking every caller up, and ordinary logins cost no /proc read.
 pub struct Conversations {
     caps: Caps,
     state: Mutex<Held>,
@@ -240,29 +254,64 @@ pub struct Conversations {
 struct Held {
     by_caller: HashMap<u32, usize>,
     by_target: HashMap<String, usize>,
+    /// Counted conversations of callers other than root.
     total: usize,
+    /// Every conversation in progress.
+    open: HashMap<u64, Open>,
+    next: u64,
+}
+
+struct Open {
+    /// `None`: a root peer not looked up yet.
+    caller: Option<u32>,
+    pid: Option<i32>,
+    target: String,
+}
+
+impl Held {
+    fn count(&mut self, caller: u32, target: &str) {
+        self.total += 1;
+        *self.by_caller.entry(caller).or_insert(0) += 1;
+        *self.by_target.entry(target.to_string()).or_insert(0) += 1;
+    }
+
+    fn uncount(&mut self, caller: u32, target: &str) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(n) = self.by_caller.get_mut(&caller) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_caller.remove(&caller);
+            }
+        }
+        if let Some(n) = self.by_target.get_mut(target) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_target.remove(target);
+            }
+        }
+    }
 }
 
 /// A conversation slot; given back when dropped.
 pub struct Ticket {
-    owner: Option<(Arc<Conversations>, u32, String)>,
+    owner: Option<(Arc<Conversations>, u64)>,
+    caller: Option<u32>,
+}
+
+impl Ticket {
+    /// The caller, if it was looked up (always for a peer other than root).
+    pub fn caller(&self) -> Option<u32> {
+        self.caller
+    }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let Some((conv, caller, target)) = self.owner.take() else { return };
+        let Some((conv, id)) = self.owner.take() else { return };
         let mut held = lock(&conv.state);
-        held.total = held.total.saturating_sub(1);
-        if let Some(n) = held.by_caller.get_mut(&caller) {
-            *n -= 1;
-            if *n == 0 {
-                held.by_caller.remove(&caller);
-            }
-        }
-        if let Some(n) = held.by_target.get_mut(&target) {
-            *n -= 1;
-            if *n == 0 {
-                held.by_target.remove(&target);
+        if let Some(o) = held.open.remove(&id) {
+            if let Some(c) = o.caller.filter(|&c| c != 0) {
+                held.uncount(c, &o.target);
             }
         }
     }
@@ -273,29 +322,51 @@ impl Conversations {
         Arc::new(Conversations { caps, state: Mutex::new(Held::default()) })
     }
 
-    /// Takes a slot for a conversation of `caller` for `target`. Root's own
-    /// logins take no lock and are never refused here.
-    pub fn admit(self: &Arc<Self>, caller: u32, target: &str) -> Result<Ticket, Refusal> {
-        if caller == 0 {
-            return Ok(Ticket { owner: None });
-        }
+    /// Takes a slot for a conversation for `target` of the peer `peer_uid`
+    /// (process `pid`); `lookup` gives a root peer's caller (see
+    /// [`caller_uid`]). Callers other than root are refused at a cap, with
+    /// the caller the refusal is counted under.
+    pub fn admit(
+        self: &Arc<Self>,
+        peer_uid: u32,
+        pid: Option<i32>,
+        target: &str,
+        lookup: impl Fn(u32, Option<i32>) -> u32,
+    ) -> Result<Ticket, (Refusal, u32)> {
         let mut held = lock(&self.state);
-        if held.by_caller.get(&caller).copied().unwrap_or(0) >= self.caps.per_caller {
-            return Err(Refusal::CallerBusy);
+        let mut caller = (peer_uid != 0).then_some(peer_uid);
+        if held.open.len() >= self.caps.lookup_from() {
+            let pending: Vec<u64> = held.open.iter().filter(|(_, o)| o.caller.is_none()).map(|(&id, _)| id).collect();
+            for id in pending {
+                let Some(o) = held.open.get_mut(&id) else { continue };
+                let c = lookup(0, o.pid);
+                o.caller = Some(c);
+                let target = o.target.clone();
+                if c != 0 {
+                    held.count(c, &target);
+                }
+            }
+            caller.get_or_insert_with(|| lookup(peer_uid, pid));
         }
-        if held.by_target.get(target).copied().unwrap_or(0) >= self.caps.per_target {
-            return Err(Refusal::TargetBusy);
+        if let Some(c) = caller.filter(|&c| c != 0) {
+            if held.by_caller.get(&c).copied().unwrap_or(0) >= self.caps.per_caller {
+                return Err((Refusal::CallerBusy, c));
+            }
+            if held.by_target.get(target).copied().unwrap_or(0) >= self.caps.per_target {
+                return Err((Refusal::TargetBusy, c));
+            }
+            if held.total >= self.caps.unprivileged {
+                return Err((Refusal::Reserve, c));
+            }
+            held.count(c, target);
         }
-        if held.total >= self.caps.unprivileged {
-            return Err(Refusal::Reserve);
-        }
-        held.total += 1;
-        *held.by_caller.entry(caller).or_insert(0) += 1;
-        *held.by_target.entry(target.to_string()).or_insert(0) += 1;
-        Ok(Ticket { owner: Some((self.clone(), caller, target.to_string())) })
+        let id = held.next;
+        held.next += 1;
+        held.open.insert(id, Open { caller, pid, target: target.to_string() });
+        Ok(Ticket { owner: Some((self.clone(), id)), caller })
     }
 
-    /// Conversations of callers other than root in progress.
+    /// Counted conversations of callers other than root.
     pub fn held(&self) -> usize {
         lock(&self.state).total
     }
@@ -446,19 +517,44 @@ mod tests {
     #[test]
     fn caps_per_caller_per_target_and_reserve() {
         let c = Conversations::new(Caps { per_caller: 2, per_target: 3, unprivileged: 4 });
-        let a1 = c.admit(1000, "root").unwrap();
-        let _a2 = c.admit(1000, "root").unwrap();
-        assert_eq!(c.admit(1000, "bob").err(), Some(Refusal::CallerBusy));
-        let _b1 = c.admit(1001, "root").unwrap();
-        assert_eq!(c.admit(1001, "root").err(), Some(Refusal::TargetBusy));
-        let _b2 = c.admit(1001, "carol").unwrap();
-        assert_eq!(c.admit(1002, "dave").err(), Some(Refusal::Reserve));
-        // Root's own logins are never refused, and hold nothing.
-        let roots: Vec<_> = (0..100).map(|_| c.admit(0, "root").unwrap()).collect();
+        let root = |_: u32, _: Option<i32>| 0;
+        let a1 = c.admit(1000, None, "root", root).unwrap();
+        let _a2 = c.admit(1000, None, "root", root).unwrap();
+        assert_eq!(c.admit(1000, None, "bob", root).err(), Some((Refusal::CallerBusy, 1000)));
+        let _b1 = c.admit(1001, None, "root", root).unwrap();
+        assert_eq!(c.admit(1001, None, "root", root).err(), Some((Refusal::TargetBusy, 1001)));
+        let _b2 = c.admit(1001, None, "carol", root).unwrap();
+        assert_eq!(c.admit(1002, None, "dave", root).err(), Some((Refusal::Reserve, 1002)));
+        // Root's own logins are never refused, and count towards no cap.
+        let roots: Vec<_> = (0..100).map(|_| c.admit(0, Some(1), "root", root).unwrap()).collect();
         assert_eq!(c.held(), 4);
         drop(roots);
         drop(a1);
         assert_eq!(c.held(), 3);
-        assert!(c.admit(1002, "dave").is_ok(), "a finished conversation gives its slot back");
+        assert!(c.admit(1002, None, "dave", root).is_ok(), "a finished conversation gives its slot back");
+    }
+
+    #[test]
+    fn a_root_peers_caller_is_looked_up_only_when_a_cap_could_be_reached() {
+        // pid N belongs to a setuid program run by uid N (0: root's own).
+        let lookups = std::cell::Cell::new(0);
+        let lookup = |_: u32, pid: Option<i32>| {
+            lookups.set(lookups.get() + 1);
+            pid.unwrap_or(0) as u32
+        };
+        let c = Conversations::new(Caps { per_caller: 3, per_target: 10, unprivileged: 10 });
+        // Below three in progress: nobody is looked up.
+        let first: Vec<_> = (0..3).map(|_| c.admit(0, Some(1000), "root", lookup).unwrap()).collect();
+        assert_eq!((lookups.get(), c.held()), (0, 0));
+        assert!(first.iter().all(|t| t.caller().is_none()));
+        // The fourth: all of them are looked up and counted, and uid 1000 is at its cap.
+        assert_eq!(c.admit(0, Some(1000), "root", lookup).err(), Some((Refusal::CallerBusy, 1000)));
+        assert_eq!((lookups.get(), c.held()), (4, 3));
+        // Root's own login is still admitted, looked up as root.
+        let r = c.admit(0, Some(0), "root", lookup).unwrap();
+        assert_eq!(r.caller(), Some(0));
+        drop(first);
+        drop(r);
+        assert_eq!(c.held(), 0, "every counted conversation was given back");
     }
 }

@@ -188,10 +188,10 @@ fn until_text(until: i64, now: i64) -> String {
 }
 
 async fn pam_connection(mut s: Conn, peer_uid: u32, pid: Option<i32>, first: ClientMsg, sh: &Shared) {
-    let caller = crate::limits::caller_uid(peer_uid, pid);
     let (protocol, user, service, rhost, tty) = match first {
         ClientMsg::Begin { protocol, user, service, rhost, tty, .. } => (protocol, user, service, rhost, tty),
         msg @ (ClientMsg::SessionOpened { .. } | ClientMsg::SessionClosed { .. }) => {
+            let caller = crate::limits::caller_uid(peer_uid, pid);
             if caller != 0 && !sh.limits.session_rate.allow(caller) {
                 crate::limits::refuse(sh, caller, crate::limits::Refusal::SessionRate).await;
             } else {
@@ -219,14 +219,22 @@ async fn pam_connection(mut s: Conn, peer_uid: u32, pid: Option<i32>, first: Cli
     }
     // Checked before anything is written: a refused attempt costs no row.
     // The ticket is held until this conversation ends.
-    let admitted = if caller != 0 && !sh.limits.rate.allow(caller) {
-        Err(crate::limits::Refusal::Rate)
+    let admitted = if peer_uid != 0 && !sh.limits.rate.allow(peer_uid) {
+        Err((crate::limits::Refusal::Rate, peer_uid))
     } else {
-        sh.limits.conversations.admit(caller, &ctx.user)
+        sh.limits.conversations.admit(peer_uid, pid, &ctx.user, crate::limits::caller_uid).and_then(|t| {
+            // A setuid program's caller, when it was looked up, has the same allowance.
+            match t.caller() {
+                Some(c) if peer_uid == 0 && c != 0 && !sh.limits.rate.allow(c) => {
+                    Err((crate::limits::Refusal::Rate, c))
+                }
+                _ => Ok(t),
+            }
+        })
     };
     let _ticket = match admitted {
         Ok(t) => t,
-        Err(why) => {
+        Err((why, caller)) => {
             crate::limits::refuse(sh, caller, why).await;
             return outcome(&mut s, sh, OutcomeKind::Deny, Some(why.message().into())).await;
         }
