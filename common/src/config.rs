@@ -23,6 +23,7 @@ pub struct Config {
     pub lockout: LockoutConfig,
     pub email: EmailConfig,
     pub smtp: SmtpConfig,
+    pub audit: AuditConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -44,6 +45,19 @@ pub struct DaemonConfig {
     /// Connections open at once from one non-root uid (screen lockers, `su`);
     /// root callers (login, sshd, sudo) count only towards `max_connections`.
     pub max_connections_per_user: usize,
+    /// Conversations one caller other than root may start per minute (token
+    /// bucket: this many at once, then refilled at this rate). The caller is
+    /// the real uid: the user who ran `su`/`sudo`, not the setuid root.
+    pub caller_logins_per_minute: u32,
+    /// Conversations in progress at once started by one caller other than root.
+    pub caller_max_logins: usize,
+    /// Conversations in progress at once for one target user, started by
+    /// callers other than root.
+    pub target_max_logins: usize,
+    /// Connections that conversations started by callers other than root
+    /// may never take: logins started by root (login, sshd) keep them.
+    /// Default: a quarter of `max_connections`.
+    pub reserved_connections: Option<usize>,
     /// How long a peer may take to send a whole frame once it started one,
     /// and to send its first message after connecting.
     #[serde(with = "duration")]
@@ -66,6 +80,10 @@ impl Default for DaemonConfig {
             admin_group: "otpadmin".into(),
             max_connections: 4096,
             max_connections_per_user: 16,
+            caller_logins_per_minute: 30,
+            caller_max_logins: 8,
+            target_max_logins: 16,
+            reserved_connections: None,
             io_timeout: Duration::from_secs(5),
             prompt_timeout: Duration::from_secs(180),
             dbus: true,
@@ -164,11 +182,20 @@ pub struct EmergencyConfig {
     /// Addresses in these domains get an emergency code at once.
     pub allow_domains: Vec<String>,
     pub approval: Approval,
+    /// Requests waiting for an admin, per user and per address; more are refused.
+    pub max_pending_per_user: u32,
+    pub max_pending_per_address: u32,
 }
 
 impl Default for EmergencyConfig {
     fn default() -> Self {
-        EmergencyConfig { enabled: true, allow_domains: Vec::new(), approval: Approval::Admin }
+        EmergencyConfig {
+            enabled: true,
+            allow_domains: Vec::new(),
+            approval: Approval::Admin,
+            max_pending_per_user: 3,
+            max_pending_per_address: 3,
+        }
     }
 }
 
@@ -241,6 +268,27 @@ impl Default for SmtpConfig {
             credentials_file: None,
             timeout: Duration::from_secs(30),
         }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Audit rows older than this are deleted (at start and every hour).
+    #[serde(with = "duration")]
+    pub retention: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { retention: Duration::from_secs(365 * 86400) }
+    }
+}
+
+impl DaemonConfig {
+    /// Slots conversations started by callers other than root may hold.
+    pub fn unprivileged_connections(&self) -> usize {
+        self.max_connections - self.reserved_connections.unwrap_or(self.max_connections / 4)
     }
 }
 
@@ -330,6 +378,21 @@ impl Config {
         }
         if self.daemon.max_connections_per_user == 0 {
             return bad("daemon.max_connections_per_user", "must be at least 1".into());
+        }
+        if self.daemon.caller_logins_per_minute == 0 {
+            return bad("daemon.caller_logins_per_minute", "must be at least 1".into());
+        }
+        if self.daemon.caller_max_logins == 0 || self.daemon.target_max_logins == 0 {
+            return bad("daemon.*_max_logins", "must be at least 1".into());
+        }
+        if self.daemon.reserved_connections.is_some_and(|r| r >= self.daemon.max_connections) {
+            return bad("daemon.reserved_connections", "must be less than max_connections".into());
+        }
+        if self.audit.retention < Duration::from_secs(86400) {
+            return bad("audit.retention", "must be at least 1d".into());
+        }
+        if self.email.emergency.max_pending_per_user == 0 || self.email.emergency.max_pending_per_address == 0 {
+            return bad("email.emergency.max_pending_per_*", "must be at least 1".into());
         }
         if self.daemon.io_timeout < Duration::from_millis(100) {
             return bad("daemon.io_timeout", "must be at least 100ms".into());
@@ -441,6 +504,10 @@ mod tests {
             ("[lockout]\nmax_lock_periods = 101", "lockout.max_lock_periods"),
             ("[lockout]\nlock_for = \"1d\"\nmax_lock_periods = 14", "lockout.max_lock_periods"),
             ("[daemon]\npam_socket = \"relative.sock\"", "daemon.pam_socket"),
+            ("[daemon]\nmax_connections = 8\nreserved_connections = 8", "daemon.reserved_connections"),
+            ("[daemon]\ncaller_logins_per_minute = 0", "daemon.caller_logins_per_minute"),
+            ("[audit]\nretention = \"1h\"", "audit.retention"),
+            ("[email]\nemergency = { max_pending_per_user = 0 }", "email.emergency.max_pending_per_*"),
         ] {
             let err = parse(text).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains(key), "{text}: {err}");

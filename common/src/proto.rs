@@ -239,7 +239,11 @@ pub enum AdminResponse {
         status: StatusInfo,
     },
     Requests {
+        /// The newest 1000.
         requests: Vec<RequestInfo>,
+        /// How many match in all (`requests` may be fewer).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total: Option<u64>,
     },
     Sessions {
         sessions: Vec<SessionInfo>,

@@ -268,7 +268,12 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
                 .await
         }
         AdminRequest::RequestList { all } => {
-            sh.db.run(move |st| Ok(AdminResponse::Requests { requests: st.requests(!all)? })).await
+            sh.db
+                .run(move |st| {
+                    let total = st.count_requests(crate::store::RequestCount::All { pending_only: !all })?;
+                    Ok(AdminResponse::Requests { requests: st.requests(!all)?, total: Some(total) })
+                })
+                .await
         }
         AdminRequest::RequestApprove { id } | AdminRequest::RequestDeny { id } => {
             let approve = matches!(req, AdminRequest::RequestApprove { .. });
@@ -328,7 +333,7 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
                 .run(move |st| {
                     let c = st.counts(now)?;
                     let m = st.mail_stats(now)?;
-                    let pending = st.requests(true)?.len() as u64;
+                    let pending = st.count_requests(crate::store::RequestCount::All { pending_only: true })?;
                     Ok(AdminResponse::Status {
                         status: StatusInfo {
                             version: env!("CARGO_PKG_VERSION").into(),

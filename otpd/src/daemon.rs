@@ -83,16 +83,29 @@ fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, Star
         Ok(_) => return Err(fail("exists and is not a socket; refusing to replace it".into())),
         Err(_) => {}
     }
-    let listener = UnixListener::bind(path).map_err(|e| fail(e.to_string()))?;
-    // A burst of logins (or of junk connections) must not find the accept
-    // queue full: connect(2) would then block or fail for real logins.
-    // SAFETY: listen(2) on a socket we own; calling it again only resizes the queue.
-    unsafe { libc::listen(std::os::unix::io::AsRawFd::as_raw_fd(&listener), 4096) };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| fail(e.to_string()))?;
-    if let Some(gid) = group {
-        let _ = nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)));
-    }
-    Ok(listener)
+    // Bound under a temporary name and renamed into place once it listens
+    // with its final mode: a client that sees the path (a login at boot, a
+    // test that waits for the file) never meets a socket that is not yet
+    // listening (ECONNREFUSED) or not yet open to it (EACCES).
+    let tmp = path.with_file_name(format!(".otpd-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let ready = || -> Result<UnixListener, String> {
+        let listener = UnixListener::bind(&tmp).map_err(|e| e.to_string())?;
+        // A burst of logins (or of junk connections) must not find the accept
+        // queue full: connect(2) would then block or fail for real logins.
+        // SAFETY: listen(2) on a socket we own; calling it again only resizes the queue.
+        unsafe { libc::listen(std::os::unix::io::AsRawFd::as_raw_fd(&listener), 4096) };
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())?;
+        if let Some(gid) = group {
+            let _ = nix::unistd::chown(&tmp, None, Some(nix::unistd::Gid::from_raw(gid)));
+        }
+        std::fs::rename(&tmp, path).map_err(|e| e.to_string())?;
+        Ok(listener)
+    };
+    ready().map_err(|why| {
+        let _ = std::fs::remove_file(&tmp);
+        fail(why)
+    })
 }
 
 /// Logins are served by their own thread running a single-threaded runtime:
@@ -215,6 +228,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         reader: std::sync::Mutex::new(reader),
         mail_wakeup: Arc::new(tokio::sync::Notify::new()),
         events: tokio::sync::broadcast::channel(1024).0,
+        limits: crate::limits::CallerLimits::new(
+            d.caller_logins_per_minute,
+            crate::limits::Caps {
+                per_caller: d.caller_max_logins,
+                per_target: d.target_max_logins,
+                unprivileged: d.unprivileged_connections(),
+            },
+        ),
     });
     // Anyone may connect to the PAM socket (screen lockers run as the user);
     // SO_PEERCRED limits what a non-root caller can do.
@@ -236,6 +257,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         None
     };
     let dbus_task = d.dbus.then(|| tokio::spawn(crate::dbus::run(shared.clone())));
+    let housekeeping = tokio::spawn(crate::retention::run(shared.clone(), config.audit.retention));
     let limits = Limits { max_connections: d.max_connections, max_per_uid: d.max_connections_per_user };
     let (stop_pam, pam_thread) = spawn_pam_thread(pam, shared.clone(), limits)?;
     let admin = crate::conn::Listener::new(admin)
@@ -255,7 +277,60 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         t.abort();
     }
     admin_task.abort();
+    housekeeping.abort();
+    // Refusals counted but not yet written are written now.
+    crate::limits::flush(&shared, true).await;
     let _ = std::fs::remove_file(&d.pam_socket);
     let _ = std::fs::remove_file(&d.admin_socket);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    #[test]
+    fn a_socket_path_appears_only_listening_and_with_its_final_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pam.sock");
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(AtomicUsize::new(0));
+        let watcher = {
+            let (path, stop, seen) = (path.clone(), stop.clone(), seen.clone());
+            std::thread::spawn(move || {
+                let mut bad = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(m) = std::fs::symlink_metadata(&path) else { continue };
+                    if m.permissions().mode() & 0o777 != 0o666 {
+                        bad.push(format!("mode {:o}", m.permissions().mode() & 0o777));
+                    }
+                    match std::os::unix::net::UnixStream::connect(&path) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => bad.push(e.to_string()),
+                    }
+                    seen.fetch_add(1, Ordering::Relaxed);
+                }
+                bad
+            })
+        };
+        for _ in 0..300 {
+            let before = seen.load(Ordering::Relaxed);
+            let listener = bind(&path, 0o666, None).unwrap();
+            // The watcher looks at every socket at least once.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while seen.load(Ordering::Relaxed) == before {
+                assert!(std::time::Instant::now() < deadline, "the watcher never saw the socket");
+                std::thread::yield_now();
+            }
+            // Unlinked before it stops listening, so the watcher never meets a dead socket.
+            std::fs::remove_file(&path).unwrap();
+            drop(listener);
+        }
+        stop.store(true, Ordering::Relaxed);
+        let bad = watcher.join().unwrap();
+        assert!(bad.is_empty(), "a client met a socket not ready for it: {bad:?}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no temporary name left behind");
+    }
 }

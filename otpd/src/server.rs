@@ -38,6 +38,8 @@ pub struct Shared {
     pub mail_wakeup: Arc<tokio::sync::Notify>,
     /// Events for D-Bus signals; nobody listening is fine.
     pub events: tokio::sync::broadcast::Sender<crate::dbus::Event>,
+    /// Rate limits and conversation caps per caller (see [`crate::limits`]).
+    pub limits: crate::limits::CallerLimits,
 }
 
 impl Shared {
@@ -105,7 +107,7 @@ pub async fn serve_pam(listener: Listener, shared: Arc<Shared>, limits: Limits) 
                 continue;
             }
         };
-        let Ok((uid, _, _)) = stream.peer() else { continue };
+        let Ok((uid, _, pid)) = stream.peer() else { continue };
         let Some((slot, evicted)) = take_slot(&shared, uid, limits) else {
             warn_throttled(&shared, &format!("PAM connection from uid {uid} closed: too many open connections"));
             continue;
@@ -118,7 +120,7 @@ pub async fn serve_pam(listener: Listener, shared: Arc<Shared>, limits: Limits) 
             };
             lock(&sh.silent).remove(&slot.id);
             if let Some((conn, msg)) = first {
-                pam_connection(conn, uid, msg, sh).await;
+                pam_connection(conn, uid, pid, msg, sh).await;
             }
             drop(slot);
         });
@@ -213,18 +215,23 @@ fn accept_text(activated: bool, failures: u32, locks: u32) -> Option<String> {
     (!lines.is_empty()).then(|| lines.join("\n"))
 }
 
-async fn pam_connection(mut s: Conn, peer_uid: u32, first: ClientMsg, sh: &Shared) {
+async fn pam_connection(mut s: Conn, peer_uid: u32, pid: Option<i32>, first: ClientMsg, sh: &Shared) {
     let (protocol, user, service, rhost, tty, uid, qr) = match first {
         ClientMsg::Begin { protocol, user, service, rhost, tty, uid, qr, .. } => {
             (protocol, user, service, rhost, tty, uid, qr)
         }
         msg @ (ClientMsg::SessionOpened { .. } | ClientMsg::SessionClosed { .. }) => {
-            session_event(sh, msg, peer_uid).await;
+            let caller = crate::limits::caller_uid(peer_uid, pid);
+            if caller != 0 && !sh.limits.session_rate.allow(caller) {
+                crate::limits::refuse(sh, caller, crate::limits::Refusal::SessionRate).await;
+            } else {
+                session_event(sh, msg, peer_uid).await;
+            }
             let _ = s.write_msg(&ServerMsg::Ack, sh.io_timeout).await;
             return;
         }
         other => {
-            tracing::warn!("PAM connection from uid {peer_uid}: expected begin, got {}", kind(&other));
+            warn_throttled(sh, &format!("PAM connection from uid {peer_uid}: expected begin, got {}", kind(&other)));
             outcome(&mut s, sh, OutcomeKind::Deny, Some("Protocol error.".into())).await;
             return;
         }
@@ -242,6 +249,28 @@ async fn pam_connection(mut s: Conn, peer_uid: u32, first: ClientMsg, sh: &Share
     if ctx.service.is_empty() {
         ctx.service = "-".into();
     }
+    // Checked before anything is written: a refused attempt costs no row.
+    // The ticket is held until this conversation ends.
+    let admitted = if peer_uid != 0 && !sh.limits.rate.allow(peer_uid) {
+        Err((crate::limits::Refusal::Rate, peer_uid))
+    } else {
+        sh.limits.conversations.admit(peer_uid, pid, &ctx.user, crate::limits::caller_uid).and_then(|t| {
+            // A setuid program's caller, when it was looked up, has the same allowance.
+            match t.caller() {
+                Some(c) if peer_uid == 0 && c != 0 && !sh.limits.rate.allow(c) => {
+                    Err((crate::limits::Refusal::Rate, c))
+                }
+                _ => Ok(t),
+            }
+        })
+    };
+    let _ticket = match admitted {
+        Ok(t) => t,
+        Err((why, caller)) => {
+            crate::limits::refuse(sh, caller, why).await;
+            return outcome(&mut s, sh, OutcomeKind::Deny, Some(why.message().into())).await;
+        }
+    };
     let refuse = if protocol != PROTOCOL_VERSION {
         Some(format!("protocol version {protocol} not supported (otpd speaks {PROTOCOL_VERSION})"))
     } else if !auth::valid_user_name(&user) {
@@ -654,6 +683,12 @@ async fn emergency_request(s: &mut Conn, sh: &Shared, ctx: &LoginContext) -> Opt
                 auth::audit_method(st, &policy, &ctx2, now, "email", "deny", "emergency: address not allowed")?;
                 return Ok(("Emergency access is not available for that address.".to_string(), true, false, None));
             }
+            if let Some((why, text)) =
+                crate::limits::emergency_capped(st, &policy.email.emergency, &ctx2.user, &address)?
+            {
+                auth::audit_method(st, &policy, &ctx2, now, "email", "deny", &why)?;
+                return Ok((text, true, false, None));
+            }
             let id = st.insert_request(&EmergencyRequest {
                 id: 0,
                 user: ctx2.user.clone(),
@@ -744,7 +779,11 @@ async fn session_event(sh: &Shared, msg: ClientMsg, peer_uid: u32) {
                         closed_at: None,
                     })?;
                 }
-                ClientMsg::SessionClosed { user, service, pid, .. } => {
+                ClientMsg::SessionClosed { user, service, pid, .. } if auth::valid_user_name(&user) => {
+                    // The rule of session_opened: a caller other than root closes only its own sessions.
+                    if peer_uid != 0 && st.user(&user)?.and_then(|u| u.uid) != Some(peer_uid) {
+                        return Ok(());
+                    }
                     st.close_session(&user, &sanitize_field(&service, 64), pid, now)?;
                 }
                 _ => {}

@@ -92,6 +92,17 @@ pub struct MailStats {
     pub last_error: Option<String>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestCount<'a> {
+    /// Every request, or only the pending ones.
+    All {
+        pending_only: bool,
+    },
+    PendingForUser(&'a str),
+    /// Addresses compare without regard to case.
+    PendingForAddress(&'a str),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MailCount<'a> {
     All,
@@ -155,6 +166,8 @@ pub trait Store {
     fn save_user(&mut self, user: &UserRecord) -> Result<(), StoreError>;
     fn users(&mut self) -> Result<Vec<UserRecord>, StoreError>;
     fn add_audit(&mut self, entry: &NewAudit) -> Result<(), StoreError>;
+    /// Deletes up to `limit` audit rows older than `before`; returns how many.
+    fn prune_audit(&mut self, before: i64, limit: u32) -> Result<u64, StoreError>;
     /// Newest first.
     fn audit(&mut self, user: Option<&str>, since: Option<i64>, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
     fn counts(&mut self, now: i64) -> Result<Counts, StoreError>;
@@ -176,6 +189,8 @@ pub trait Store {
     fn insert_request(&mut self, r: &EmergencyRequest) -> Result<i64, StoreError>;
     fn request(&mut self, id: i64) -> Result<Option<EmergencyRequest>, StoreError>;
     fn requests(&mut self, pending_only: bool) -> Result<Vec<EmergencyRequest>, StoreError>;
+    /// How many requests match, however many `requests` shows.
+    fn count_requests(&mut self, which: RequestCount<'_>) -> Result<u64, StoreError>;
     fn decide_request(&mut self, id: i64, status: &str, by: u32, now: i64) -> Result<(), StoreError>;
     fn open_session(&mut self, s: &SessionRecord) -> Result<i64, StoreError>;
     fn close_session(&mut self, user: &str, service: &str, pid: u32, now: i64) -> Result<u64, StoreError>;
@@ -548,6 +563,16 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn prune_audit(&mut self, before: i64, limit: u32) -> Result<u64, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE time < ?1 ORDER BY time LIMIT ?2)",
+            )?
+            .execute(params![before, limit])?;
+        Ok(n as u64)
+    }
+
     fn audit(&mut self, user: Option<&str>, since: Option<i64>, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
         let mut st = self.conn.prepare_cached(
             "SELECT id, time, user, service, rhost, tty, machine, method, result, reason FROM audit
@@ -727,6 +752,26 @@ impl Store for SqliteStore {
         Ok(self.conn.last_insert_rowid())
     }
 
+    fn count_requests(&mut self, which: RequestCount<'_>) -> Result<u64, StoreError> {
+        let n: i64 = match which {
+            RequestCount::All { pending_only } => self
+                .conn
+                .prepare_cached("SELECT count(*) FROM emergency_requests WHERE (?1 = 0 OR status = 'pending')")?
+                .query_row([pending_only], |r| r.get(0))?,
+            RequestCount::PendingForUser(user) => self
+                .conn
+                .prepare_cached("SELECT count(*) FROM emergency_requests WHERE status = 'pending' AND user = ?1")?
+                .query_row([user], |r| r.get(0))?,
+            RequestCount::PendingForAddress(address) => self
+                .conn
+                .prepare_cached(
+                    "SELECT count(*) FROM emergency_requests WHERE status = 'pending' AND lower(address) = lower(?1)",
+                )?
+                .query_row([address], |r| r.get(0))?,
+        };
+        Ok(n as u64)
+    }
+
     fn request(&mut self, id: i64) -> Result<Option<EmergencyRequest>, StoreError> {
         Ok(self
             .conn
@@ -863,6 +908,47 @@ mod tests {
         assert_eq!(s.audit(Some("a"), None, 10).unwrap().len(), 2);
         assert_eq!(s.audit(None, Some(200), 10).unwrap().len(), 2);
         assert_eq!(s.audit(None, None, 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn prune_deletes_only_old_rows_in_batches() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        for t in 0..25 {
+            s.add_audit(&NewAudit { time: t, user: "a".into(), ..Default::default() }).unwrap();
+        }
+        assert_eq!(s.prune_audit(20, 10).unwrap(), 10);
+        assert_eq!(s.prune_audit(20, 10).unwrap(), 10);
+        assert_eq!(s.prune_audit(20, 10).unwrap(), 0);
+        let left: Vec<i64> = s.audit(None, None, 100).unwrap().into_iter().map(|e| e.time).collect();
+        assert_eq!(left, vec![24, 23, 22, 21, 20]);
+    }
+
+    #[test]
+    fn request_counts_are_true_counts() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        for i in 0..1200 {
+            s.insert_request(&EmergencyRequest {
+                id: 0,
+                user: if i % 2 == 0 { "erin".into() } else { "dave".into() },
+                machine: "m".into(),
+                address: if i == 0 { "Erin@Example.org".into() } else { format!("x{i}@example.org") },
+                reason: "r".into(),
+                origin: "o".into(),
+                created_at: i,
+                status: "pending".into(),
+                decided_at: None,
+                decided_by: None,
+            })
+            .unwrap();
+        }
+        s.decide_request(1, "denied", 0, 5).unwrap();
+        s.decide_request(3, "approved", 0, 5).unwrap();
+        assert_eq!(s.requests(true).unwrap().len(), 1000, "the list is capped");
+        assert_eq!(s.count_requests(RequestCount::All { pending_only: true }).unwrap(), 1198);
+        assert_eq!(s.count_requests(RequestCount::All { pending_only: false }).unwrap(), 1200);
+        assert_eq!(s.count_requests(RequestCount::PendingForUser("erin")).unwrap(), 598);
+        assert_eq!(s.count_requests(RequestCount::PendingForAddress("x4@EXAMPLE.org")).unwrap(), 1);
+        assert_eq!(s.count_requests(RequestCount::PendingForAddress("erin@example.org")).unwrap(), 0, "denied");
     }
 
     #[test]

@@ -177,3 +177,155 @@ fn at_max_connections_the_oldest_silent_connection_makes_room() {
     }
     assert_eq!(closed, 100, "the oldest idle connections should have been evicted");
 }
+
+fn file_len(p: &std::path::Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// What the database (with its WAL) and the daemon's log take on disk.
+fn footprint(fx: &Fixture) -> (u64, u64) {
+    let db = file_len(&fx.path("state/otpd.db")) + file_len(&fx.path("state/otpd.db-wal"));
+    (db, file_len(&fx.path("otpd.log")))
+}
+
+/// Audit rows, newest first, as `otpctl audit --json` shows them.
+fn audit_rows(fx: &Fixture, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = vec!["--json", "audit", "--limit", "100000"];
+    all.extend_from_slice(args);
+    let v: serde_json::Value = serde_json::from_str(&fx.ctl_ok(&all)).unwrap();
+    v["entries"].as_array().cloned().unwrap_or_default()
+}
+
+/// One process of uid nobody sending `Begin` for made-up names, one
+/// connection after another, for `secs`; prints "sent rate_limited other".
+const FLOODER: &str = r#"
+import json, os, socket, struct, sys, time
+path, secs, proto = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+end = time.time() + secs
+sent = limited = other = 0
+while time.time() < end:
+    sent += 1
+    body = json.dumps({"type": "begin", "protocol": proto, "user": "ghost%d_%d" % (os.getpid(), sent),
+                       "service": "flood", "pid": os.getpid()}).encode()
+    s = socket.socket(socket.AF_UNIX)
+    data = b""
+    try:
+        s.connect(path)
+        s.sendall(struct.pack(">I", len(body)) + body)
+        while len(data) < 4 or len(data) < 4 + struct.unpack(">I", data[:4])[0]:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    finally:
+        s.close()
+    if b"Too many login attempts" in data:
+        limited += 1
+    else:
+        other += 1
+print(sent, limited, other, flush=True)
+"#;
+
+#[test]
+fn a_flood_of_made_up_names_from_one_uid_stays_small_on_disk_and_logins_work() {
+    let fx = Fixture::start("");
+    wait_for_step_room(25);
+    let users = enroll_many(&fx, "real", 4);
+    let (db_before, log_before) = footprint(&fx);
+
+    const SECS: f64 = 10.0;
+    let flooders: Vec<_> = (0..4)
+        .map(|_| {
+            let mut c = Command::new("/usr/bin/python3");
+            c.arg("-c")
+                .arg(FLOODER)
+                .arg(fx.pam_socket())
+                .arg(SECS.to_string())
+                .arg(common::proto::PROTOCOL_VERSION.to_string())
+                .stdout(Stdio::piped());
+            as_uid(&mut c, 65534);
+            c.spawn().unwrap()
+        })
+        .collect();
+    let started = Instant::now();
+    // The first refusal of a caller is written at once: the flood is on and limited.
+    while audit_rows(&fx, &["--user", "uid:65534"]).is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(5), "no refusal recorded: {}", fx.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let results = parallel_logins(&fx, &users);
+    let mut flooders = flooders;
+    assert!(
+        flooders.iter_mut().all(|c| c.try_wait().unwrap().is_none()),
+        "the flood ended before the logins did: they did not run during it"
+    );
+    for (i, (code, secs)) in results.iter().enumerate() {
+        assert_eq!(*code, PAM_SUCCESS, "login {i} failed during the flood");
+        assert!(*secs < 5.0, "login {i} took {secs:.1} s during the flood");
+    }
+    let (mut sent, mut limited, mut answered) = (0u64, 0u64, 0u64);
+    for c in flooders {
+        let out = c.wait_with_output().unwrap();
+        let nums: Vec<u64> =
+            String::from_utf8_lossy(&out.stdout).split_whitespace().map(|n| n.parse().unwrap()).collect();
+        assert_eq!(nums.len(), 3, "flooder output: {:?}", out);
+        (sent, limited, answered) = (sent + nums[0], limited + nums[1], answered + nums[2]);
+    }
+    let (db_after, log_mid) = footprint(&fx);
+    eprintln!(
+        "flood: {sent} attempts in {SECS} s ({:.0}/s), {limited} refused by the rate limit; database+WAL grew {} bytes",
+        sent as f64 / SECS,
+        db_after.saturating_sub(db_before)
+    );
+    assert!(sent >= 2000, "the flood was too weak to mean anything: {sent} attempts");
+    // 30 at once, then 30 a minute: the rest is refused without a row each.
+    assert!(answered <= 40, "{answered} attempts of one uid were looked at");
+    assert_eq!(sent, limited + answered);
+    assert!(db_after.saturating_sub(db_before) < 2 << 20, "database+WAL grew by {} bytes", db_after - db_before);
+
+    // Stopping writes the counts not yet written: every refusal is accounted for.
+    let mut fx = fx;
+    fx.stop_daemon();
+    let log_growth = file_len(&fx.path("otpd.log")).saturating_sub(log_before);
+    eprintln!("flood: the log grew {log_growth} bytes (before shutdown: {})", log_mid - log_before);
+    assert!(log_growth < 256 << 10, "the log grew by {log_growth} bytes");
+    fx.start_daemon();
+    let reports = audit_rows(&fx, &["--user", "uid:65534"]);
+    assert!(reports.len() <= 3, "{} audit rows for one uid's refusals: {reports:?}", reports.len());
+    let counted: u64 = reports
+        .iter()
+        .map(|r| {
+            let reason = r["reason"].as_str().unwrap();
+            assert!(reason.contains("refused (rate limit) from uid 65534"), "{reason}");
+            reason.split(' ').next().unwrap().parse::<u64>().unwrap()
+        })
+        .sum();
+    assert_eq!(counted, limited, "the audit counts every refused attempt");
+    let rows = audit_rows(&fx, &[]);
+    let ghosts = rows.iter().filter(|r| r["user"].as_str().is_some_and(|u| u.starts_with("ghost"))).count();
+    assert_eq!(ghosts as u64, answered, "one row per attempt that was looked at, none for the refused");
+}
+
+#[test]
+fn audit_rows_older_than_the_retention_are_deleted_at_start() {
+    let mut fx = Fixture::start("[audit]\nretention = \"30days\"\n");
+    assert_eq!(fx.login("ghost-old", &[]).code, PAM_SUCCESS);
+    fx.set_clock_offset(20 * 86400);
+    assert_eq!(fx.login("ghost-mid", &[]).code, PAM_SUCCESS);
+    fx.stop_daemon();
+    // 31 days on: the first row is past the retention, the second is not.
+    fx.set_clock_offset(31 * 86400);
+    fx.start_daemon();
+    let users = |fx: &Fixture| -> Vec<String> {
+        audit_rows(fx, &[]).iter().map(|r| r["user"].as_str().unwrap().to_string()).collect()
+    };
+    let started = Instant::now();
+    while users(&fx).contains(&"ghost-old".to_string()) {
+        assert!(started.elapsed() < Duration::from_secs(10), "old rows kept: {:?}", users(&fx));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(users(&fx), vec!["ghost-mid".to_string()]);
+    assert!(fx.log().contains("deleted 1 audit row(s) older than the retention"), "{}", fx.log());
+}

@@ -229,7 +229,8 @@ fn run(args: Args) -> Result<(), (u8, String)> {
             }
         }
         AdminResponse::Done { message } => println!("{message}"),
-        AdminResponse::Requests { requests } => {
+        AdminResponse::Requests { requests, total } => {
+            let shown = requests.len() as u64;
             println!(
                 "{:<5} {:<16} {:<28} {:<9} {:<20} REASON / ORIGIN",
                 "ID", "USER", "ADDRESS", "STATUS", "REQUESTED"
@@ -245,6 +246,9 @@ fn run(args: Args) -> Result<(), (u8, String)> {
                     r.reason,
                     r.origin
                 );
+            }
+            if let Some(total) = total.filter(|&t| t > shown) {
+                println!("(showing the newest {shown} of {total})");
             }
         }
         AdminResponse::Sessions { sessions } => {
