@@ -231,7 +231,6 @@ print(sent, limited, other, flush=True)
 #[test]
 fn a_flood_of_made_up_names_from_one_uid_stays_small_on_disk_and_logins_work() {
     let fx = Fixture::start("");
-    wait_for_step_room(25);
     let users = enroll_many(&fx, "real", 4);
     let (db_before, log_before) = footprint(&fx);
 

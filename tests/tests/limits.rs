@@ -2,7 +2,7 @@
 //! passcode prompt through the real setuid `su`, sessions of other users,
 //! emergency requests.
 mod support;
-use e2e::{code_from_uri, PAM_SUCCESS};
+use e2e::PAM_SUCCESS;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -95,8 +95,7 @@ impl Drop for SuBatch {
 
 /// Root logs in through the real libpam with a fresh code.
 fn root_logs_in(fx: &Fixture, uri: &str) {
-    wait_for_step_room(5);
-    let code = code_from_uri(uri, 1).unwrap();
+    let code = fx.code(uri, 1);
     let r = fx.login("root", &[&code]);
     assert_eq!(r.code, PAM_SUCCESS, "root's login was refused: {}", r.out);
 }
