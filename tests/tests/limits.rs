@@ -308,7 +308,7 @@ for pid in range(200):
     assert!(audit.contains("refused (rate limit on session records) from uid 65534"), "{audit}");
     // Its logins have their own allowance: the enrollment QR, not a refusal.
     let begin = serde_json::json!({"type": "begin", "protocol": common::proto::PROTOCOL_VERSION,
-        "user": "nobody", "service": "lock", "pid": 1});
+        "user": "nobody", "uid": 65534, "service": "lock", "pid": 1});
     let reply = send_as(&fx, 65534, &begin);
     assert!(reply.contains("otpauth://"), "{reply}");
 }
