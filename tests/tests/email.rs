@@ -227,6 +227,16 @@ fn resend_same_code_new_code_interval_and_caps_survive_restart() {
     // for delivery first: a message in flight when the daemon stops is sent
     // again after the restart — delivery is at least once, never lost.)
     assert_eq!(wait_for_mails(&env.maildir(), 3).len(), 3);
+    // The sink has the third mail a moment before otpd records it as sent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status: serde_json::Value = serde_json::from_str(&env.fx.ctl_ok(&["--json", "status"])).unwrap();
+        if status["status"]["mail_queued"] == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "otpd never recorded the delivery: {status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     env.fx.stop_daemon();
     env.fx.start_daemon();
     let capped = request(&env.fx, "bob", &[""]);
