@@ -44,6 +44,12 @@ pub enum ClientMsg {
     },
     /// The user's reply to the last [`ServerMsg::Prompt`].
     Answer { text: String },
+    /// Reply to [`ServerMsg::ResolveUser`]: the uid `user` resolves to in the
+    /// login process's directory, or none when the name does not resolve.
+    UserResolved {
+        #[serde(default)]
+        uid: Option<u32>,
+    },
     /// The PAM conversation failed (no conversation function, user hit ^D, ...).
     Cancel,
     /// `pam_sm_open_session` after a successful login.
@@ -94,6 +100,10 @@ pub enum ServerMsg {
     Prompt { echo: bool, text: String },
     /// Show text (QR code, "a code was sent to ...").
     Info { text: String },
+    /// Resolve `Begin.user` to its account (uid) and answer with
+    /// [`ClientMsg::UserResolved`]. Asked only when the name as typed does
+    /// not decide: a non-root caller, or no enabled record of that name.
+    ResolveUser,
     /// Show an error text; the conversation continues.
     Error { text: String },
     /// End of the conversation.

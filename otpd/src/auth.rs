@@ -26,8 +26,11 @@ pub struct LoginContext {
     /// The spelling typed, when it differs from the account's name.
     pub typed: Option<String>,
     /// The account the login process's directory resolved the name to
-    /// (`Begin.uid`); trusted from root callers only.
+    /// (`Begin.uid` or the answer to `resolve_user`); trusted from root
+    /// callers only.
     pub uid: Option<u32>,
+    /// The module has been asked to resolve the name (its answer is `uid`).
+    pub resolved: bool,
     pub service: String,
     pub rhost: Option<String>,
     pub tty: Option<String>,
@@ -59,6 +62,9 @@ impl LockEnd {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
+    /// The name as typed does not decide: ask the module for its uid
+    /// (`resolve_user`), put it in `LoginContext::uid`, and plan again.
+    ResolveUser,
     NotEnrolled,
     Locked {
         until: LockEnd,
@@ -202,11 +208,30 @@ pub fn plan(
     ctx: &mut LoginContext,
     now: i64,
 ) -> Result<(Plan, Option<Note>), StoreError> {
+    // A directory lookup costs every login; most logins name an enrolled
+    // account exactly as enrolled, and root's are then decided by that
+    // record. Non-root callers are decided on their uid, before the store
+    // is read; other spellings need the uid to find the account.
+    let by_name = if ctx.uid.is_none() && !ctx.resolved {
+        if ctx.peer_uid != 0 {
+            return Ok((Plan::ResolveUser, None));
+        }
+        match store.user(&ctx.user)?.filter(|u| u.enabled) {
+            Some(u) => Some(u),
+            None => return Ok((Plan::ResolveUser, None)),
+        }
+    } else {
+        None
+    };
     if !may_ask(ctx) {
         let why = format!("caller uid {} may only authenticate itself", ctx.peer_uid);
         return Ok((Plan::Refused { message: ONLY_YOURSELF }, Some(Note::new("totp", "deny", why))));
     }
-    let user = match find_account(store, ctx)? {
+    let found = match by_name {
+        Some(u) => Some(u),
+        None => find_account(store, ctx)?,
+    };
+    let user = match found {
         Some(u) if u.enabled => u,
         _ => return Ok((Plan::NotEnrolled, Some(Note::new("totp", "not_enrolled", "user not enabled for OTP")))),
     };
@@ -799,8 +824,12 @@ mod tests {
         let answers: Vec<_> = asks
             .iter()
             .map(|(user, uid)| {
+                // Before the module has resolved the name, a non-root caller is always asked to.
+                let mut asking = LoginContext { peer_uid: 3000, ..ctx(user) };
+                assert_eq!(plan(&mut s, &p, &mut asking, T0).unwrap(), (Plan::ResolveUser, None));
                 let (planned, note) =
-                    plan(&mut s, &p, &mut LoginContext { uid: *uid, peer_uid: 3000, ..ctx(user) }, T0).unwrap();
+                    plan(&mut s, &p, &mut LoginContext { uid: *uid, resolved: true, peer_uid: 3000, ..ctx(user) }, T0)
+                        .unwrap();
                 let note = note.unwrap();
                 (planned, note.method, note.result, note.reason)
             })
@@ -810,7 +839,9 @@ mod tests {
         // Decided without reading the store: the same answer with no users table at all.
         s.exec("DROP TABLE users").unwrap();
         for (user, uid) in asks {
-            let mut c = LoginContext { uid, peer_uid: 3000, ..ctx(user) };
+            let mut c = LoginContext { peer_uid: 3000, ..ctx(user) };
+            assert_eq!(plan(&mut s, &p, &mut c, T0).unwrap().0, Plan::ResolveUser);
+            let mut c = LoginContext { uid, resolved: true, peer_uid: 3000, ..ctx(user) };
             assert_eq!(plan(&mut s, &p, &mut c, T0).unwrap().0, Plan::Refused { message: ONLY_YOURSELF });
         }
         // Root callers are still told apart (they may name anyone).
@@ -867,7 +898,10 @@ mod tests {
         rec.enabled = false;
         s.save_user(&rec).unwrap();
         for (recorded, user) in ["nobody-here", "erin"].into_iter().enumerate() {
-            let (planned, note) = plan(&mut s, &p, &mut ctx(user), T0).unwrap();
+            // No enabled record of that name: another spelling may name an
+            // enrolled account, so the module is asked for the uid first.
+            assert_eq!(plan(&mut s, &p, &mut ctx(user), T0).unwrap(), (Plan::ResolveUser, None));
+            let (planned, note) = plan(&mut s, &p, &mut LoginContext { resolved: true, ..ctx(user) }, T0).unwrap();
             assert_eq!(planned, Plan::NotEnrolled);
             // Planning only reads: the final answer comes with the audit record to write.
             assert_eq!(s.audit(None, None, 10).unwrap().len(), recorded);

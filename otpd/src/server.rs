@@ -241,6 +241,7 @@ async fn pam_connection(mut s: Conn, peer_uid: u32, pid: Option<i32>, first: Cli
         user: sanitize_field(&user, 80),
         typed: None,
         uid,
+        resolved: false,
         service: sanitize_field(&service, 64),
         rhost: field(rhost),
         tty: field(tty),
@@ -287,10 +288,19 @@ async fn pam_connection(mut s: Conn, peer_uid: u32, pid: Option<i32>, first: Cli
     // What to ask is read on this thread from the read-only connection; a
     // final answer is audited through the writer before it is sent.
     let now = sh.clock.now();
-    let planned = {
+    let plan_now = |ctx: &mut LoginContext| {
         let mut reader = lock(&sh.reader);
-        auth::plan(&mut *reader, &sh.policy, &mut ctx, now)
+        auth::plan(&mut *reader, &sh.policy, ctx, now)
     };
+    let mut planned = plan_now(&mut ctx);
+    if let Ok((Plan::ResolveUser, _)) = planned {
+        ctx.uid = match resolve_user(&mut s, sh, &ctx).await {
+            Some(uid) => uid,
+            None => return,
+        };
+        ctx.resolved = true;
+        planned = plan_now(&mut ctx);
+    }
     let planned = match planned {
         Ok((plan, None)) => Ok(plan),
         Ok((plan, Some(note))) => {
@@ -308,6 +318,11 @@ async fn pam_connection(mut s: Conn, peer_uid: u32, pid: Option<i32>, first: Cli
         }
     };
     let email = match plan {
+        // plan asks once; resolved, it decides.
+        Plan::ResolveUser => {
+            tracing::error!("planning the login of {} asked twice for its uid; denying", ctx.user);
+            return outcome(&mut s, sh, OutcomeKind::Deny, Some("Passcode check unavailable.".into())).await;
+        }
         Plan::NotEnrolled => return outcome(&mut s, sh, OutcomeKind::NotEnrolled, None).await,
         Plan::Locked { until } => {
             return outcome(&mut s, sh, OutcomeKind::Locked, Some(until_text(until, sh.clock.now()))).await
@@ -393,6 +408,28 @@ fn enrollment_text(uri: &str, secret_b32: &str, style: QrStyle) -> String {
          URI: {uri}\n\
          Then enter the code the app shows to finish enrollment."
     )
+}
+
+/// Asks the module for the uid of the name typed. `None` when the
+/// conversation is over (the outcome has been sent and audited).
+async fn resolve_user(s: &mut Conn, sh: &Shared, ctx: &LoginContext) -> Option<Option<u32>> {
+    if s.write_msg(&ServerMsg::ResolveUser, sh.io_timeout).await.is_err() {
+        return None;
+    }
+    match s.read_msg::<ClientMsg>(sh.io_timeout, sh.io_timeout).await {
+        Ok(ClientMsg::UserResolved { uid }) => Some(uid),
+        Ok(other) => {
+            let _ =
+                run_audit_result(sh, ctx.clone(), "deny", format!("protocol error: unexpected {}", kind(&other))).await;
+            outcome(s, sh, OutcomeKind::Deny, Some("Protocol error.".into())).await;
+            None
+        }
+        Err(e) => {
+            let _ = run_audit_result(sh, ctx.clone(), "deny", format!("no answer to resolve_user: {e}")).await;
+            outcome(s, sh, OutcomeKind::Deny, Some("Passcode check unavailable.".into())).await;
+            None
+        }
+    }
 }
 
 /// Sends a prompt and waits for the answer. `None` when the conversation is
@@ -801,6 +838,7 @@ fn kind(m: &ClientMsg) -> &'static str {
         ClientMsg::Begin { .. } => "begin",
         ClientMsg::Answer { .. } => "answer",
         ClientMsg::Cancel => "cancel",
+        ClientMsg::UserResolved { .. } => "user_resolved",
         ClientMsg::SessionOpened { .. } => "session_opened",
         ClientMsg::SessionClosed { .. } => "session_closed",
     }

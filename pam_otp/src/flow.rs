@@ -158,7 +158,9 @@ where
         ruser: item(io.ruser()),
         tty: item(io.tty()),
         pid: std::process::id(),
-        uid: io.uid_of(&user),
+        // Looked up only when otpd asks (ResolveUser): a name enrolled as
+        // typed needs no directory lookup on every login.
+        uid: None,
         qr: opts.qr,
     };
     let mut screen = Screen::new(io.silent());
@@ -205,6 +207,7 @@ where
                 screen.last_word(io, result == OutcomeKind::Accept, message);
                 return outcome_code(io, opts, result, &user_shown, &service);
             }
+            ServerMsg::ResolveUser => ClientMsg::UserResolved { uid: io.uid_of(&user) },
             ServerMsg::Ack => {
                 return failed(io, &mut screen, "otpd sent an unexpected message".into());
             }
@@ -377,7 +380,7 @@ mod tests {
             ruser: None,
             tty: Some("pts/1".into()),
             pid: std::process::id(),
-            uid: (user != "ghost").then_some(UID),
+            uid: None,
             qr: QrStyle::Utf8,
         }
     }
@@ -410,6 +413,24 @@ mod tests {
         };
         let logs = cell.borrow().logs.clone();
         (code, logs)
+    }
+
+    #[test]
+    fn the_name_is_resolved_only_when_otpd_asks() {
+        for (user, uid) in [("ALICE", Some(UID)), ("ghost", None)] {
+            let (code, _) = run(
+                &Options::default(),
+                Some(user),
+                true,
+                vec![
+                    Ev::Send(begin(user)),
+                    Ev::Recv(Ok(ServerMsg::ResolveUser)),
+                    Ev::Send(ClientMsg::UserResolved { uid }),
+                    outcome(OutcomeKind::NotEnrolled, None),
+                ],
+            );
+            assert_eq!(code, PamCode::Ignore, "{user}");
+        }
     }
 
     #[test]

@@ -3,24 +3,9 @@
 mod support;
 use e2e::{PAM_AUTH_ERR, PAM_SUCCESS};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
-
-struct Smtp {
-    child: Child,
-}
-
-impl Drop for Smtp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A test CA and a certificate for localhost signed by it.
 fn make_certs(dir: &Path) {
@@ -64,25 +49,8 @@ fn make_certs(dir: &Path) {
     ]);
 }
 
-fn start_smtp(dir: &Path, port: u16) -> Smtp {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/support/smtp_sink.py");
-    let maildir = dir.join("maildir");
-    // Debian's interpreter, where python3-aiosmtpd is installed.
-    let mut child = Command::new("/usr/bin/python3")
-        .arg(script)
-        .arg(&maildir)
-        .arg(port.to_string())
-        .arg(dir.join("smtp.pem"))
-        .arg(dir.join("smtp.key"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::BufRead;
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "READY");
-    Smtp { child }
+fn start_smtp(dir: &Path, port: u16) -> SmtpSink {
+    SmtpSink::start(&dir.join("maildir"), port, Some((&dir.join("smtp.pem"), &dir.join("smtp.key"))))
 }
 
 struct Mail {
@@ -129,7 +97,7 @@ fn wait_for_mails(maildir: &Path, n: usize) -> Vec<Mail> {
 
 struct Env {
     fx: Fixture,
-    smtp: Option<Smtp>,
+    smtp: Option<SmtpSink>,
     port: u16,
 }
 

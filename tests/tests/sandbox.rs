@@ -5,39 +5,17 @@
 //! localhost, as the default `smtp://localhost:25` relay needs. The same
 //! test with the old AF_UNIX-only line shows the mail would not leave.
 mod support;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use support::*;
 
 const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/otpd.service");
 
-struct Smtp(Child);
-
-impl Drop for Smtp {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// aiosmtpd on 127.0.0.1 without TLS (the address family is what is tested).
-fn start_smtp(maildir: &Path) -> (Smtp, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/support/smtp_sink.py");
-    let mut child = Command::new("/usr/bin/python3")
-        .arg(script)
-        .arg(maildir)
-        .arg(port.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "READY");
-    (Smtp(child), port)
+fn start_smtp(maildir: &Path) -> (SmtpSink, u16) {
+    let port = free_port();
+    (SmtpSink::start(maildir, port, None), port)
 }
 
 fn mails(maildir: &Path) -> Vec<PathBuf> {
@@ -48,7 +26,7 @@ fn mails(maildir: &Path) -> Vec<PathBuf> {
 
 /// otpd under af-sandbox with `unit`'s families, mailing bob's codes to a
 /// local sink. Returns the fixture and the sink's maildir.
-fn sandboxed_otpd(unit: &Path) -> (Fixture, Smtp, PathBuf) {
+fn sandboxed_otpd(unit: &Path) -> (Fixture, SmtpSink, PathBuf) {
     let pre = tempfile::tempdir().unwrap();
     let maildir = pre.path().join("maildir");
     let (smtp, port) = start_smtp(&maildir);

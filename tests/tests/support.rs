@@ -367,3 +367,38 @@ pub fn race(fx: &Fixture, service: &str, user: &str, answers: &[&[u8]], n: usize
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
+
+/// The aiosmtpd sink (tests/support/smtp_sink.py, Debian's python3-aiosmtpd)
+/// on 127.0.0.1:`port`, storing each message in `maildir`; with `tls`
+/// (certificate, key) it offers STARTTLS. Killed on drop.
+pub struct SmtpSink(Child);
+
+impl SmtpSink {
+    pub fn start(maildir: &Path, port: u16, tls: Option<(&Path, &Path)>) -> SmtpSink {
+        use std::io::BufRead;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/support/smtp_sink.py");
+        // Debian's interpreter, where python3-aiosmtpd is installed.
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg(script).arg(maildir).arg(port.to_string());
+        if let Some((pem, key)) = tls {
+            cmd.arg(pem).arg(key);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "READY");
+        SmtpSink(child)
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
