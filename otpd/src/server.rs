@@ -418,18 +418,24 @@ async fn resolve_user(s: &mut Conn, sh: &Shared, ctx: &LoginContext) -> Option<O
     }
     match s.read_msg::<ClientMsg>(sh.io_timeout, sh.io_timeout).await {
         Ok(ClientMsg::UserResolved { uid }) => Some(uid),
-        Ok(other) => {
-            let _ =
-                run_audit_result(sh, ctx.clone(), "deny", format!("protocol error: unexpected {}", kind(&other))).await;
-            outcome(s, sh, OutcomeKind::Deny, Some("Protocol error.".into())).await;
-            None
-        }
+        Ok(other) => protocol_error(s, sh, ctx, &other).await,
         Err(e) => {
-            let _ = run_audit_result(sh, ctx.clone(), "deny", format!("no answer to resolve_user: {e}")).await;
-            outcome(s, sh, OutcomeKind::Deny, Some("Passcode check unavailable.".into())).await;
-            None
+            let why = format!("no answer to resolve_user: {e}");
+            end_denied(s, sh, ctx, why, Some("Passcode check unavailable.")).await
         }
     }
+}
+
+/// Audits a denial, sends it, and ends the conversation (`None`).
+async fn end_denied<T>(s: &mut Conn, sh: &Shared, ctx: &LoginContext, why: String, message: Option<&str>) -> Option<T> {
+    let _ = run_audit_result(sh, ctx.clone(), "deny", why).await;
+    outcome(s, sh, OutcomeKind::Deny, message.map(String::from)).await;
+    None
+}
+
+async fn protocol_error<T>(s: &mut Conn, sh: &Shared, ctx: &LoginContext, got: &ClientMsg) -> Option<T> {
+    let why = format!("protocol error: unexpected {}", kind(got));
+    end_denied(s, sh, ctx, why, Some("Protocol error.")).await
 }
 
 /// Sends a prompt and waits for the answer. `None` when the conversation is
@@ -440,22 +446,9 @@ async fn ask(s: &mut Conn, sh: &Shared, ctx: &LoginContext, echo: bool, text: &s
     }
     match s.read_msg::<ClientMsg>(sh.prompt_timeout, sh.io_timeout).await {
         Ok(ClientMsg::Answer { text }) => Some(text),
-        Ok(ClientMsg::Cancel) => {
-            let _ = run_audit_result(sh, ctx.clone(), "deny", "conversation cancelled".into()).await;
-            outcome(s, sh, OutcomeKind::Deny, None).await;
-            None
-        }
-        Ok(other) => {
-            let _ =
-                run_audit_result(sh, ctx.clone(), "deny", format!("protocol error: unexpected {}", kind(&other))).await;
-            outcome(s, sh, OutcomeKind::Deny, Some("Protocol error.".into())).await;
-            None
-        }
-        Err(e) => {
-            let _ = run_audit_result(sh, ctx.clone(), "deny", format!("no answer: {e}")).await;
-            outcome(s, sh, OutcomeKind::Deny, Some("Passcode not accepted.".into())).await;
-            None
-        }
+        Ok(ClientMsg::Cancel) => end_denied(s, sh, ctx, "conversation cancelled".into(), None).await,
+        Ok(other) => protocol_error(s, sh, ctx, &other).await,
+        Err(e) => end_denied(s, sh, ctx, format!("no answer: {e}"), Some("Passcode not accepted.")).await,
     }
 }
 
