@@ -59,7 +59,7 @@ pub fn authorized(uid: u32, gid: u32, pid: Option<i32>, admin_gid: Option<u32>) 
 
 /// The account behind a name. The admin path may use NSS; the login path
 /// never does (the module sends the uid it resolved).
-fn account_uid(user: &str) -> Option<u32> {
+pub(crate) fn account_uid(user: &str) -> Option<u32> {
     nix::unistd::User::from_name(user).ok().flatten().map(|u| u.uid.as_raw())
 }
 

@@ -231,6 +231,14 @@ pub fn plan(
         Some(u) => Some(u),
         None => find_account(store, ctx)?,
     };
+    // A record enabled before its account existed has no uid yet, so a
+    // caller other than root cannot find it by uid. Until the daemon links
+    // it (at start and hourly), that caller is refused, not waved through
+    // as "not enrolled".
+    if found.is_none() && ctx.peer_uid != 0 && store.user(&ctx.user)?.is_some_and(|u| u.enabled && u.uid.is_none()) {
+        let why = "enabled record has no uid yet; the daemon links it at start and hourly";
+        return Ok((Plan::Refused { message: ONLY_YOURSELF }, Some(Note::new("totp", "deny", why))));
+    }
     let user = match found {
         Some(u) if u.enabled => u,
         _ => return Ok((Plan::NotEnrolled, Some(Note::new("totp", "not_enrolled", "user not enabled for OTP")))),

@@ -36,9 +36,61 @@ pub async fn prune_audit(sh: &Shared, retention: Duration) -> u64 {
     total
 }
 
+/// Records the uid of enabled users that have none (enabled before their
+/// account existed), so callers other than root, which are matched by uid
+/// only, find them. Directory lookups belong to the admin side: this runs
+/// at start and hourly, on a blocking thread, never on a login's path.
+pub async fn link_accounts(sh: &Shared) -> usize {
+    let unlinked = sh
+        .db
+        .run(|st| Ok(st.users()?.into_iter().filter(|u| u.enabled && u.uid.is_none()).map(|u| u.name).collect()))
+        .await;
+    let names: Vec<String> = match unlinked {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!("listing users without a uid failed: {e}");
+            return 0;
+        }
+    };
+    if names.is_empty() {
+        return 0;
+    }
+    let found = tokio::task::spawn_blocking(move || {
+        names.into_iter().filter_map(|n| crate::admin::account_uid(&n).map(|uid| (n, uid))).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    let mut linked = 0;
+    for (name, uid) in found {
+        let r = sh
+            .db
+            .run(move |st| {
+                let Some(mut u) = st.user(&name)? else { return Ok(false) };
+                // Another enabled record already is that account: leave both to the admin.
+                if u.uid.is_some() || !u.enabled || st.user_by_uid(uid)?.is_some_and(|o| o.enabled) {
+                    return Ok(false);
+                }
+                u.uid = Some(uid);
+                st.save_user(&u)?;
+                Ok(true)
+            })
+            .await;
+        match r {
+            Ok(true) => linked += 1,
+            Ok(false) => {}
+            Err(e) => tracing::warn!("recording a user's uid failed: {e}"),
+        }
+    }
+    if linked > 0 {
+        tracing::info!("recorded the uid of {linked} user(s) enabled before their account existed");
+    }
+    linked
+}
+
 /// Runs for the daemon's life.
 pub async fn run(sh: Arc<Shared>, retention: Duration) {
     prune_audit(&sh, retention).await;
+    link_accounts(&sh).await;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_prune = tokio::time::Instant::now();
@@ -48,6 +100,7 @@ pub async fn run(sh: Arc<Shared>, retention: Duration) {
         if last_prune.elapsed() >= Duration::from_secs(3600) {
             last_prune = tokio::time::Instant::now();
             prune_audit(&sh, retention).await;
+            link_accounts(&sh).await;
         }
     }
 }

@@ -255,7 +255,11 @@ async fn pam_connection(mut s: Conn, peer_uid: u32, pid: Option<i32>, first: Cli
     let admitted = if peer_uid != 0 && !sh.limits.rate.allow(peer_uid) {
         Err((crate::limits::Refusal::Rate, peer_uid))
     } else {
-        sh.limits.conversations.admit(peer_uid, pid, &ctx.user, crate::limits::caller_uid).and_then(|t| {
+        // A caller other than root can only ever be its own account: its
+        // conversations count against that, not against the name it typed
+        // (which would let two users hold every slot of alice's or root's).
+        let target = if peer_uid == 0 { ctx.user.clone() } else { format!("uid:{peer_uid}") };
+        sh.limits.conversations.admit(peer_uid, pid, &target, crate::limits::caller_uid).and_then(|t| {
             // A setuid program's caller, when it was looked up, has the same allowance.
             match t.caller() {
                 Some(c) if peer_uid == 0 && c != 0 && !sh.limits.rate.allow(c) => {
@@ -265,12 +269,9 @@ async fn pam_connection(mut s: Conn, peer_uid: u32, pid: Option<i32>, first: Cli
             }
         })
     };
-    let _ticket = match admitted {
+    let ticket = match admitted {
         Ok(t) => t,
-        Err((why, caller)) => {
-            crate::limits::refuse(sh, caller, why).await;
-            return outcome(&mut s, sh, OutcomeKind::Deny, Some(why.message().into())).await;
-        }
+        Err((why, caller)) => return refuse_caller(&mut s, sh, caller, why).await,
     };
     let refuse = if protocol != PROTOCOL_VERSION {
         Some(format!("protocol version {protocol} not supported (otpd speaks {PROTOCOL_VERSION})"))
@@ -300,6 +301,9 @@ async fn pam_connection(mut s: Conn, peer_uid: u32, pid: Option<i32>, first: Cli
         };
         ctx.resolved = true;
         planned = plan_now(&mut ctx);
+    }
+    if let (Ok((_, Some(_))), Some(caller)) = (&planned, setuid_caller_over_rate(sh, peer_uid, pid, &ticket)) {
+        return refuse_caller(&mut s, sh, caller, crate::limits::Refusal::Rate).await;
     }
     let planned = match planned {
         Ok((plan, None)) => Ok(plan),
@@ -363,6 +367,11 @@ async fn pam_connection(mut s: Conn, peer_uid: u32, pid: Option<i32>, first: Cli
             None => return,
         };
         let trimmed = answer.trim();
+        if trimmed.is_empty() {
+            if let Some(caller) = setuid_caller_over_rate(sh, peer_uid, pid, &ticket) {
+                return refuse_caller(&mut s, sh, caller, crate::limits::Refusal::Rate).await;
+            }
+        }
         if email && trimmed.is_empty() {
             let (info, done) = email_request(&mut s, sh, &ctx).await;
             if let Some(text) = info {
@@ -408,6 +417,32 @@ fn enrollment_text(uri: &str, secret_b32: &str, style: QrStyle) -> String {
          URI: {uri}\n\
          Then enter the code the app shows to finish enrollment."
     )
+}
+
+/// A login that ends without a code being checked (not enrolled, locked,
+/// refused, nothing typed) can be repeated as fast as su or sudo start, and
+/// each writes an audit row: a setuid program's real caller pays for it from
+/// its rate allowance (check 27). Looked up only here, so logins that check
+/// a code (bounded by the lockout and single use) read no /proc file.
+/// `Some(caller)` when that caller is over its allowance.
+fn setuid_caller_over_rate(
+    sh: &Shared,
+    peer_uid: u32,
+    pid: Option<i32>,
+    ticket: &crate::limits::Ticket,
+) -> Option<u32> {
+    // Other callers, and those looked up at admission, have been charged.
+    if peer_uid != 0 || ticket.caller().is_some() {
+        return None;
+    }
+    let caller = crate::limits::caller_uid(0, pid);
+    (caller != 0 && !sh.limits.rate.allow(caller)).then_some(caller)
+}
+
+/// Refuses a login for one of its caller's limits (counted, not written one by one).
+async fn refuse_caller(s: &mut Conn, sh: &Shared, caller: u32, why: crate::limits::Refusal) {
+    crate::limits::refuse(sh, caller, why).await;
+    outcome(s, sh, OutcomeKind::Deny, Some(why.message().into())).await
 }
 
 /// Asks the module for the uid of the name typed. `None` when the

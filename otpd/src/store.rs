@@ -166,7 +166,9 @@ pub trait Store {
     fn save_user(&mut self, user: &UserRecord) -> Result<(), StoreError>;
     fn users(&mut self) -> Result<Vec<UserRecord>, StoreError>;
     fn add_audit(&mut self, entry: &NewAudit) -> Result<(), StoreError>;
-    /// Deletes up to `limit` audit rows older than `before`; returns how many.
+    /// Deletes up to `limit` audit rows, and up to `limit` session records,
+    /// older than `before` (a session by its end, or its start if it never
+    /// ended); returns how many rows in all.
     fn prune_audit(&mut self, before: i64, limit: u32) -> Result<u64, StoreError>;
     /// Newest first.
     fn audit(&mut self, user: Option<&str>, since: Option<i64>, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
@@ -570,7 +572,16 @@ impl Store for SqliteStore {
                 "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE time < ?1 ORDER BY time LIMIT ?2)",
             )?
             .execute(params![before, limit])?;
-        Ok(n as u64)
+        // A user may record its own sessions (within its rate allowance):
+        // without an age limit they would grow the database for ever.
+        let sessions = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM sessions WHERE id IN
+                   (SELECT id FROM sessions WHERE coalesce(closed_at, opened_at) < ?1 LIMIT ?2)",
+            )?
+            .execute(params![before, limit])?;
+        Ok((n + sessions) as u64)
     }
 
     fn audit(&mut self, user: Option<&str>, since: Option<i64>, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
@@ -921,6 +932,29 @@ mod tests {
         assert_eq!(s.prune_audit(20, 10).unwrap(), 0);
         let left: Vec<i64> = s.audit(None, None, 100).unwrap().into_iter().map(|e| e.time).collect();
         assert_eq!(left, vec![24, 23, 22, 21, 20]);
+        // Sessions age out too: by their end, or their start when still open.
+        for (pid, opened_at, closed_at) in [(1, 5, Some(10)), (2, 5, Some(30)), (3, 6, None), (4, 40, None)] {
+            let rec = SessionRecord {
+                id: 0,
+                user: "a".into(),
+                email: None,
+                machine: "m".into(),
+                service: "s".into(),
+                rhost: None,
+                tty: None,
+                pid,
+                opened_at,
+                closed_at: None,
+            };
+            s.open_session(&rec).unwrap();
+            if let Some(t) = closed_at {
+                s.close_session("a", "s", pid, t).unwrap();
+            }
+        }
+        assert_eq!(s.prune_audit(20, 10).unwrap(), 2);
+        let left: Vec<i64> = s.sessions(100).unwrap().into_iter().map(|r| r.opened_at).collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(left.contains(&40));
     }
 
     #[test]

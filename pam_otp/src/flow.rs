@@ -180,11 +180,22 @@ where
         return failed(io, &mut screen, format!("sending to otpd failed: {e}"));
     }
 
+    // Once otpd has answered it is up: a conversation that breaks after that
+    // (the user waited out its prompt timeout and it hung up, a lost
+    // connection) is a denial, never fail=open's success.
+    let broken = |io: &mut I, screen: &mut Screen, why: String| {
+        io.log(Level::Error, &format!("user {user_shown} service {service}: {why}; denying"));
+        screen.last_word(io, false, Some(UNAVAILABLE.to_string()));
+        PamCode::AuthErr
+    };
+    let mut spoke = false;
     for _ in 0..MAX_MESSAGES {
         let msg = match daemon.recv() {
             Ok(m) => m,
+            Err(e) if spoke => return broken(io, &mut screen, format!("otpd reply failed: {e}")),
             Err(e) => return failed(io, &mut screen, format!("otpd reply failed: {e}")),
         };
+        spoke = true;
         let reply = match msg {
             ServerMsg::Info { text } => {
                 screen.message(io, Style::Info, sanitize_display(&text, MAX_SHOWN_CHARS));
@@ -214,7 +225,7 @@ where
         };
         let cancelled = reply == ClientMsg::Cancel;
         if let Err(e) = daemon.send(&reply) {
-            return failed(io, &mut screen, format!("sending to otpd failed: {e}"));
+            return broken(io, &mut screen, format!("sending to otpd failed: {e}"));
         }
         if cancelled {
             // The daemon audits the cancellation and answers with an outcome;
@@ -512,6 +523,47 @@ mod tests {
             );
             assert_eq!(code, PamCode::AuthErr);
         }
+    }
+
+    #[test]
+    fn fail_open_never_applies_once_the_daemon_has_answered() {
+        let open = Options { fail: FailMode::Open, ..Options::default() };
+        let prompt = || {
+            vec![
+                Ev::Send(begin("bob")),
+                Ev::Recv(Ok(ServerMsg::Prompt { echo: false, text: "Passcode: ".into() })),
+                Ev::Ask(Style::PromptEchoOff, "Passcode: ", Ok(Some(b"1".to_vec()))),
+            ]
+        };
+        // otpd hung up while the user was typing (its prompt timeout): the answer cannot be sent.
+        let mut events = prompt();
+        events.push(Ev::Show(Style::Error, UNAVAILABLE));
+        let cell = std::cell::RefCell::new(Script::new(Some("bob"), events));
+        struct HungUp<'a>(Fake<'a>);
+        impl Daemon for HungUp<'_> {
+            fn send(&mut self, msg: &ClientMsg) -> Result<(), String> {
+                match msg {
+                    ClientMsg::Answer { .. } => Err("Broken pipe".into()),
+                    _ => self.0.send(msg),
+                }
+            }
+            fn recv(&mut self) -> Result<ServerMsg, String> {
+                self.0.recv()
+            }
+        }
+        let mut io = Fake(&cell);
+        let code = authenticate(&mut io, &open, |_| Ok(HungUp(Fake(&cell))));
+        assert_eq!(code, PamCode::AuthErr, "waiting out the prompt must not log in");
+        drop(io);
+        drop(cell);
+        // The reply after the answer never comes.
+        let mut events = prompt();
+        events.extend([
+            Ev::Send(ClientMsg::Answer { text: "1".into() }),
+            Ev::Recv(Err("timed out".into())),
+            Ev::Show(Style::Error, UNAVAILABLE),
+        ]);
+        assert_eq!(run(&open, Some("bob"), true, events).0, PamCode::AuthErr);
     }
 
     #[test]

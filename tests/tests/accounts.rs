@@ -94,3 +94,42 @@ fn every_name_of_an_enrolled_account_requires_its_code() {
     assert_eq!(bob.code, PAM_SUCCESS, "not enrolled: pam_permit decides: {}", bob.out);
     assert!(!bob.out.contains("Passcode"), "{}", bob.out);
 }
+
+/// A user enabled before the account existed has no uid on record. A screen
+/// locker (not root) is matched by uid only, so it used to get "not
+/// enrolled" and skip the passcode; now it is refused until otpd links the
+/// record to the account (at start and hourly), and then asked for the code.
+#[test]
+fn a_user_enabled_before_the_account_existed_is_not_skipped_by_a_screen_locker() {
+    let names = tempfile::tempdir().unwrap();
+    let dir = Directory::new(names.path());
+    let mut fx = Fixture::start_with_env(&dir.pairs(), "");
+    fx.ctl_ok(&["user", "enable", "late", "--method", "totp"]);
+    let passwd = names.path().join("passwd");
+    let mut text = std::fs::read_to_string(&passwd).unwrap();
+    text.push_str("late:x:23600:23600:Late:/nonexistent:/bin/sh\n");
+    std::fs::write(&passwd, text).unwrap();
+    let locker = |fx: &Fixture| {
+        let mut cmd = fx.pamdrive("otp", "late", &[b""]);
+        cmd.envs(dir.pairs());
+        as_uid(&mut cmd, 23600);
+        run(cmd)
+    };
+    let before = locker(&fx);
+    assert_eq!(before.code, PAM_AUTH_ERR, "not waved through as not enrolled: {}", before.out);
+    assert!(before.out.contains("You may only authenticate yourself."), "{}", before.out);
+
+    fx.stop_daemon();
+    fx.start_daemon();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let after = locker(&fx);
+        if after.shows_qr() {
+            assert_eq!(after.code, PAM_AUTH_ERR, "{}", after.out);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "otpd never linked late's record: {}", after.out);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(fx.log().contains("recorded the uid of 1 user(s)"), "{}", fx.log());
+}

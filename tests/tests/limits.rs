@@ -143,6 +143,55 @@ fn su_conversations_per_target_user_are_capped() {
 }
 
 /// Sends one frame as `uid` and returns the reply's JSON body.
+/// A user's loop of real `su root -c true` (root not enrolled, so each ends
+/// at once with "not enrolled" and writes an audit row): only one is ever in
+/// progress, so no conversation cap applies, but the user's rate allowance
+/// does (check 27). Before, every run was audited, as fast as su starts.
+#[test]
+fn a_loop_of_su_that_ends_without_a_code_uses_the_invoking_users_rate() {
+    let mut fx = Fixture::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert!(Command::new("cp").arg("-a").arg("/etc").arg(d.join("etc")).status().unwrap().success());
+    std::fs::write(
+        d.join("etc/pam.d/su"),
+        format!(
+            "auth [success=ok ignore=ignore default=die] {} socket={}\nauth required pam_permit.so\n\
+             account required pam_permit.so\nsession required pam_permit.so\n",
+            module_path().display(),
+            fx.pam_socket().display()
+        ),
+    )
+    .unwrap();
+    const RUNS: usize = 45;
+    let script = format!(
+        "mount --bind {d}/etc /etc || exit 1\n\
+         ok=0\n\
+         for i in $(seq 1 {RUNS}); do\n\
+         \x20 setpriv --reuid=65534 --regid=65534 --clear-groups /bin/su root -c true </dev/null >>{d}/out 2>&1 && ok=$((ok+1))\n\
+         done\n\
+         echo $ok\n",
+        d = d.display()
+    );
+    let started = Instant::now();
+    let out = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    // 30 at once, then one every 2 s while the loop ran.
+    let most = 30 + started.elapsed().as_secs() as usize / 2 + 1;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ok: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let said = std::fs::read_to_string(d.join("out")).unwrap_or_default();
+    assert!(ok < RUNS && (30..=most).contains(&ok), "{ok} of {RUNS} su runs got through (at most {most}): {said}");
+    assert!(said.contains("Too many login attempts"), "the refused ones say why: {said}");
+    fx.stop_daemon();
+    fx.start_daemon();
+    let rows = fx.ctl_ok(&["--json", "audit", "--user", "root"]);
+    let rows: serde_json::Value = serde_json::from_str(&rows).unwrap();
+    let written = rows["entries"].as_array().unwrap().len();
+    assert!(written <= most, "{written} audit rows for {RUNS} su runs");
+    let counted = fx.ctl_ok(&["audit", "--user", "uid:65534"]);
+    assert!(counted.contains("refused (rate limit) from uid 65534"), "{counted}");
+}
+
 fn send_as(fx: &Fixture, uid: u32, msg: &serde_json::Value) -> String {
     let script = r#"
 import socket, struct, sys
