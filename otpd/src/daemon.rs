@@ -296,11 +296,25 @@ mod tests {
         let path = dir.path().join("pam.sock");
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(AtomicUsize::new(0));
+        // The test itself takes each socket away (unlink, then close): a
+        // connect already past the path lookup would meet the closed socket.
+        // So the watcher stands still (`idle`) while the test holds it.
+        let hold = Arc::new(AtomicBool::new(false));
+        let idle = Arc::new(AtomicBool::new(false));
         let watcher = {
             let (path, stop, seen) = (path.clone(), stop.clone(), seen.clone());
+            let (hold, idle) = (hold.clone(), idle.clone());
             std::thread::spawn(move || {
                 let mut bad = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
+                    if hold.load(Ordering::SeqCst) {
+                        idle.store(true, Ordering::SeqCst);
+                        while hold.load(Ordering::SeqCst) && !stop.load(Ordering::Relaxed) {
+                            std::thread::yield_now();
+                        }
+                        idle.store(false, Ordering::SeqCst);
+                        continue;
+                    }
                     let Ok(m) = std::fs::symlink_metadata(&path) else { continue };
                     if m.permissions().mode() & 0o777 != 0o666 {
                         bad.push(format!("mode {:o}", m.permissions().mode() & 0o777));
@@ -324,9 +338,16 @@ mod tests {
                 assert!(std::time::Instant::now() < deadline, "the watcher never saw the socket");
                 std::thread::yield_now();
             }
-            // Unlinked before it stops listening, so the watcher never meets a dead socket.
+            hold.store(true, Ordering::SeqCst);
+            while !idle.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
             std::fs::remove_file(&path).unwrap();
             drop(listener);
+            hold.store(false, Ordering::SeqCst);
+            while idle.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
         }
         stop.store(true, Ordering::Relaxed);
         let bad = watcher.join().unwrap();
