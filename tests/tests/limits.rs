@@ -8,6 +8,26 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
+/// A temp dir whose `etc` is a copy of /etc with pam_otp (talking to the
+/// fixture) in front of pam_permit in `pam.d/su`; scripts bind-mount it on
+/// /etc in a private mount namespace.
+fn su_sandbox(fx: &Fixture) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert!(Command::new("cp").arg("-a").arg("/etc").arg(d.join("etc")).status().unwrap().success());
+    std::fs::write(
+        d.join("etc/pam.d/su"),
+        format!(
+            "auth [success=ok ignore=ignore default=die] {} socket={}\nauth required pam_permit.so\n\
+             account required pam_permit.so\nsession required pam_permit.so\n",
+            module_path().display(),
+            fx.pam_socket().display()
+        ),
+    )
+    .unwrap();
+    dir
+}
+
 /// `n` real `su root` run by uid nobody in a private mount namespace whose
 /// /etc is a copy with pam_otp (talking to the fixture) in /etc/pam.d/su.
 /// Each su's stdin is a FIFO the batch holds open without writing, so the
@@ -23,20 +43,8 @@ struct SuBatch {
 
 impl SuBatch {
     fn start(fx: &Fixture, n: usize) -> SuBatch {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = su_sandbox(fx);
         let d = dir.path();
-        let cp = Command::new("cp").arg("-a").arg("/etc").arg(d.join("etc")).status().unwrap();
-        assert!(cp.success());
-        std::fs::write(
-            d.join("etc/pam.d/su"),
-            format!(
-                "auth [success=ok ignore=ignore default=die] {} socket={}\nauth required pam_permit.so\n\
-                 account required pam_permit.so\nsession required pam_permit.so\n",
-                module_path().display(),
-                fx.pam_socket().display()
-            ),
-        )
-        .unwrap();
         let hold = d.join("hold");
         let c_path = std::ffi::CString::new(hold.to_str().unwrap()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
@@ -150,19 +158,8 @@ fn su_conversations_per_target_user_are_capped() {
 #[test]
 fn a_loop_of_su_that_ends_without_a_code_uses_the_invoking_users_rate() {
     let mut fx = Fixture::start("");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = su_sandbox(&fx);
     let d = dir.path();
-    assert!(Command::new("cp").arg("-a").arg("/etc").arg(d.join("etc")).status().unwrap().success());
-    std::fs::write(
-        d.join("etc/pam.d/su"),
-        format!(
-            "auth [success=ok ignore=ignore default=die] {} socket={}\nauth required pam_permit.so\n\
-             account required pam_permit.so\nsession required pam_permit.so\n",
-            module_path().display(),
-            fx.pam_socket().display()
-        ),
-    )
-    .unwrap();
     const RUNS: usize = 45;
     let script = format!(
         "mount --bind {d}/etc /etc || exit 1\n\
