@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing pam_otp needs on Debian/Ubuntu, if missing.
 set -euo pipefail
-pkgs=(libpam0g-dev gcc dpkg-dev lintian libpam-modules libpam-wrapper libnss-wrapper pamtester zbar-tools sqlite3 oathtool binutils util-linux sudo openssl python3-aiosmtpd dbus systemd libpam-runtime gzip openssh-server openssh-client bsdutils strace libpam-google-authenticator libpam-oath tzdata)
+pkgs=(libpam0g-dev gcc dpkg-dev lintian libpam-modules libpam-wrapper libnss-wrapper pamtester zbar-tools sqlite3 oathtool binutils util-linux sudo openssl python3-aiosmtpd dbus systemd libpam-runtime gzip openssh-server openssh-client bsdutils strace libpam-google-authenticator libpam-oath tzdata postgresql)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

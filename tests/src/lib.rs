@@ -11,6 +11,8 @@ use std::collections::VecDeque;
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_int, c_void};
 
+pub mod pg;
+
 #[repr(C)]
 struct PamMessage {
     msg_style: c_int,
@@ -157,5 +159,19 @@ pub fn authenticate(
         }
         pam_end(pamh, code);
         Login { code, error, transcript: script.transcript }
+    }
+}
+
+#[cfg(test)]
+mod pg_tests {
+    #[test]
+    fn a_private_cluster_starts_answers_and_stops() {
+        let mut c = super::pg::Cluster::start().expect("PostgreSQL must be installed (scripts/deps.sh)");
+        assert_eq!(c.psql("select 40 + 2").unwrap().trim(), "42");
+        let sock = c.socket_dir().join(format!(".s.PGSQL.{}", c.port));
+        assert!(sock.exists());
+        c.stop().unwrap();
+        assert!(!sock.exists());
+        assert!(c.psql("select 1").is_err());
     }
 }

@@ -1,0 +1,133 @@
+//! A private PostgreSQL cluster for tests and the benchmark: Debian's
+//! `postgresql` binaries, `initdb` + `pg_ctl` as the `postgres` user in a
+//! temp dir, listening only on a Unix socket in that dir. Stopped (and the
+//! dir removed) on drop. Needs root (to run as `postgres`).
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub struct Cluster {
+    dir: PathBuf,
+    bin: PathBuf,
+    pub port: u16,
+    stopped: bool,
+}
+
+/// The newest installed `/usr/lib/postgresql/N/bin`.
+fn bin_dir() -> Result<PathBuf, String> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .map_err(|e| format!("PostgreSQL is not installed (/usr/lib/postgresql: {e}); run scripts/deps.sh"))?
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .filter(|(_, p): &(u32, PathBuf)| p.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, p)| p).ok_or_else(|| "no initdb under /usr/lib/postgresql/*/bin".into())
+}
+
+fn run_as_postgres(bin: &Path, tool: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(bin.join(tool))
+        .args(args)
+        .output()
+        .map_err(|e| format!("runuser {tool}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{tool} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+impl Cluster {
+    /// Starts a cluster with superuser `otp` (trust auth on its private
+    /// socket only) and a database `otpd`. `port` only names the socket file.
+    pub fn start() -> Result<Cluster, String> {
+        let bin = bin_dir()?;
+        let base = std::env::temp_dir().join(format!("otp-pg-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir_all(&base).map_err(|e| format!("{}: {e}", base.display()))?;
+        let chown = Command::new("chown").arg("postgres").arg(&base).status().map_err(|e| e.to_string())?;
+        if !chown.success() {
+            return Err(format!("chown postgres {} failed", base.display()));
+        }
+        let port = 5432 + (unique() % 1000) as u16;
+        let mut c = Cluster { dir: base, bin, port, stopped: true };
+        let data = c.dir.join("data");
+        let data = data.to_str().ok_or("temp dir is not UTF-8")?;
+        run_as_postgres(&c.bin, "initdb", &["-D", data, "-A", "trust", "-U", "otp", "--no-sync"])?;
+        let opts = format!("-k {} -c listen_addresses='' -p {} -c fsync=on", c.dir.display(), c.port);
+        let log = c.dir.join("log");
+        run_as_postgres(&c.bin, "pg_ctl", &["-D", data, "-l", log.to_str().unwrap_or("/dev/null"), "-o", &opts, "-w", "start"])?;
+        c.stopped = false;
+        let psql = Command::new(c.bin.join("psql"))
+            .args(["-h", c.dir.to_str().unwrap_or(""), "-p", &c.port.to_string(), "-U", "otp", "-d", "postgres", "-qc", "create database otpd"])
+            .output()
+            .map_err(|e| format!("psql: {e}"))?;
+        if !psql.status.success() {
+            return Err(format!("create database failed: {}", String::from_utf8_lossy(&psql.stderr)));
+        }
+        Ok(c)
+    }
+
+    /// The URL otpd's `database` setting takes (the host is the socket dir).
+    pub fn url(&self) -> String {
+        let host: String = self.dir.to_string_lossy().replace('/', "%2F");
+        format!("postgresql://otp@{host}:{}/otpd", self.port)
+    }
+
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stops the server (fast shutdown); `start_again` brings it back on the same data.
+    pub fn stop(&mut self) -> Result<(), String> {
+        if self.stopped {
+            return Ok(());
+        }
+        let data = self.dir.join("data");
+        run_as_postgres(&self.bin, "pg_ctl", &["-D", data.to_str().unwrap_or(""), "-m", "fast", "-w", "stop"])?;
+        self.stopped = true;
+        Ok(())
+    }
+
+    pub fn start_again(&mut self) -> Result<(), String> {
+        let data = self.dir.join("data");
+        let opts = format!("-k {} -c listen_addresses='' -p {}", self.dir.display(), self.port);
+        let log = self.dir.join("log");
+        run_as_postgres(
+            &self.bin,
+            "pg_ctl",
+            &["-D", data.to_str().unwrap_or(""), "-l", log.to_str().unwrap_or("/dev/null"), "-o", &opts, "-w", "start"],
+        )?;
+        self.stopped = false;
+        Ok(())
+    }
+
+    /// Runs SQL with psql against the `otpd` database; returns stdout (unaligned, tuples only).
+    pub fn psql(&self, sql: &str) -> Result<String, String> {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-h", self.dir.to_str().unwrap_or(""), "-p", &self.port.to_string(), "-U", "otp", "-d", "otpd", "-Atqc", sql])
+            .output()
+            .map_err(|e| format!("psql: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos() as u64).unwrap_or(0);
+    (t ^ (std::process::id() as u64) << 8) + N.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
