@@ -18,12 +18,72 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// What this otpd is: a single host on its own database (the default),
+    /// an agent that relays its host's logins to servers, or a server that
+    /// decides for many hosts.
+    pub role: Role,
     pub daemon: DaemonConfig,
     pub totp: TotpConfig,
     pub lockout: LockoutConfig,
     pub email: EmailConfig,
     pub smtp: SmtpConfig,
     pub audit: AuditConfig,
+    pub fleet: FleetConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// One host, its own database: the PAM socket decides locally.
+    #[default]
+    Standalone,
+    /// Relays every conversation of this host's PAM socket to a server;
+    /// holds no secret, code or key.
+    Agent,
+    /// Decides for the hosts whose certificates it issued (`otpctl host add`).
+    Server,
+}
+
+/// `[fleet]`: how agents reach servers and servers listen for them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// Agent (and remote otpctl): servers as "host:port", tried in order.
+    /// The host part must be a name or address in the server's certificate.
+    pub servers: Vec<String>,
+    /// Agent: the bundle `otpctl host add NAME` wrote on a server (CA
+    /// certificate, this host's certificate and key): readable by otpd only.
+    pub bundle: PathBuf,
+    /// Agent: time to connect to one server and finish the TLS handshake
+    /// before trying the next.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Server: addresses to listen on for agents and remote otpctl (TLS 1.3,
+    /// client certificates required).
+    pub listen: Vec<String>,
+    /// Server: names and IP addresses its certificate carries; agents list
+    /// the server by one of them. Default: the host name.
+    pub names: Vec<String>,
+    /// Server: database connections (PostgreSQL) working at once.
+    pub db_connections: usize,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            servers: Vec::new(),
+            bundle: "/etc/otpd/host.bundle".into(),
+            connect_timeout: Duration::from_secs(2),
+            listen: Vec::new(),
+            names: Vec::new(),
+            db_connections: 8,
+        }
+    }
+}
+
+/// `database` names a PostgreSQL database rather than a SQLite file.
+pub fn is_postgres_url(database: &Path) -> bool {
+    database.to_str().is_some_and(|d| d.starts_with("postgresql://") || d.starts_with("postgres://"))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -400,15 +460,58 @@ impl Config {
         for (key, p) in [
             ("daemon.pam_socket", &self.daemon.pam_socket),
             ("daemon.admin_socket", &self.daemon.admin_socket),
-            ("daemon.database", &self.daemon.database),
             ("daemon.key_file", &self.daemon.key_file),
         ] {
             if !p.is_absolute() {
                 return bad(key, format!("{} must be an absolute path", p.display()));
             }
         }
+        let postgres = is_postgres_url(&self.daemon.database);
+        if !postgres && !self.daemon.database.is_absolute() {
+            return bad(
+                "daemon.database",
+                format!("{} must be an absolute path or a postgresql:// URL", self.daemon.database.display()),
+            );
+        }
+        let f = &self.fleet;
+        match self.role {
+            Role::Standalone if postgres => {
+                return bad("daemon.database", "PostgreSQL is for role = \"server\"; a standalone otpd uses SQLite".into())
+            }
+            Role::Agent => {
+                if f.servers.is_empty() {
+                    return bad("fleet.servers", "an agent needs at least one server (\"host:port\")".into());
+                }
+                if !f.bundle.is_absolute() {
+                    return bad("fleet.bundle", format!("{} must be an absolute path", f.bundle.display()));
+                }
+            }
+            Role::Server if f.listen.is_empty() => {
+                return bad("fleet.listen", "a server needs at least one address to listen on (\"0.0.0.0:7443\")".into())
+            }
+            _ => {}
+        }
+        for s in f.servers.iter().chain(&f.listen) {
+            if split_host_port(s).is_none() {
+                return bad("fleet.servers/listen", format!("{s:?}: use host:port (or [v6]:port)"));
+            }
+        }
+        if f.connect_timeout < Duration::from_millis(100) || f.connect_timeout > Duration::from_secs(30) {
+            return bad("fleet.connect_timeout", "must be between 100ms and 30s".into());
+        }
+        if !(1..=256).contains(&f.db_connections) {
+            return bad("fleet.db_connections", format!("{} is out of range (1 to 256)", f.db_connections));
+        }
         Ok(())
     }
+}
+
+/// "host:port" or "[v6]:port" → (host, port).
+pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let port: u16 = port.parse().ok().filter(|&p| p != 0)?;
+    (!host.is_empty() && !host.contains(['/', ' '])).then_some((host, port))
 }
 
 /// toml's messages carry a span; turn it into "line N" and keep the text.
@@ -449,6 +552,26 @@ mod tests {
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(s, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn roles_need_their_fleet_settings() {
+        assert_eq!(parse("").unwrap().role, Role::Standalone);
+        let agent = parse("role = \"agent\"\n[fleet]\nservers = [\"otp1.example.org:7443\", \"[::1]:7443\"]\n").unwrap();
+        assert_eq!(agent.role, Role::Agent);
+        let err = |s: &str| parse(s).unwrap_err().to_string();
+        assert!(err("role = \"agent\"").contains("fleet.servers"));
+        assert!(err("role = \"server\"").contains("fleet.listen"));
+        assert!(err("role = \"agent\"\n[fleet]\nservers = [\"otp1\"]").contains("host:port"));
+        assert!(err("role = \"relay\"").contains("line 1"));
+        // PostgreSQL only for servers; a server may use either.
+        let pg = "[daemon]\ndatabase = \"postgresql://otp@%2Ftmp:5432/otpd\"\n";
+        assert!(err(pg).contains("role = \"server\""));
+        let server = format!("role = \"server\"\n{pg}[fleet]\nlisten = [\"127.0.0.1:7443\"]\n");
+        assert!(is_postgres_url(&parse(&server).unwrap().daemon.database));
+        assert!(err("[daemon]\ndatabase = \"relative.db\"").contains("absolute"));
+        assert_eq!(split_host_port("[::1]:7443"), Some(("::1", 7443)));
+        assert_eq!(split_host_port("a.example:0"), None);
     }
 
     #[test]
