@@ -54,6 +54,10 @@ pub struct FleetConfig {
     /// Agent: the bundle `otpctl host add NAME` wrote on a server (CA
     /// certificate, this host's certificate and key): readable by otpd only.
     pub bundle: PathBuf,
+    /// Agent: the host name this agent says it is; the server refuses (and
+    /// audits) an agent whose certificate is another host's. Default: the
+    /// name in the bundle.
+    pub host: Option<String>,
     /// Agent: time to connect to one server and finish the TLS handshake
     /// before trying the next.
     #[serde(with = "duration")]
@@ -73,6 +77,7 @@ impl Default for FleetConfig {
         FleetConfig {
             servers: Vec::new(),
             bundle: "/etc/otpd/host.bundle".into(),
+            host: None,
             connect_timeout: Duration::from_secs(2),
             listen: Vec::new(),
             names: Vec::new(),
@@ -498,6 +503,20 @@ impl Config {
         }
         if f.connect_timeout < Duration::from_millis(100) || f.connect_timeout > Duration::from_secs(30) {
             return bad("fleet.connect_timeout", "must be between 100ms and 30s".into());
+        }
+        // Every server may be tried within one module timeout.
+        let worst = f.connect_timeout * f.servers.len().max(1) as u32;
+        if self.role == Role::Agent && worst >= Duration::from_secs(crate::DEFAULT_MODULE_TIMEOUT_SECS) {
+            return bad(
+                "fleet.connect_timeout",
+                format!(
+                    "{} servers x {} = {} is not below pam_otp's timeout of {} s: a login would time out before the last server is tried",
+                    f.servers.len(),
+                    humantime::format_duration(f.connect_timeout),
+                    humantime::format_duration(worst),
+                    crate::DEFAULT_MODULE_TIMEOUT_SECS
+                ),
+            );
         }
         if !(1..=256).contains(&f.db_connections) {
             return bad("fleet.db_connections", format!("{} is out of range (1 to 256)", f.db_connections));
