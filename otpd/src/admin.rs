@@ -292,6 +292,8 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
                     let ctx = auth::LoginContext {
                         user: r.user.clone(),
                         service: "emergency-approval".into(),
+                        // The code works on the host that asked for it.
+                        machine: r.machine.clone(),
                         ..Default::default()
                     };
                     if !approve {

@@ -35,6 +35,10 @@ pub struct LoginContext {
     pub rhost: Option<String>,
     pub tty: Option<String>,
     pub peer_uid: u32,
+    /// The host the login happens on: this machine for the local PAM
+    /// socket, the host named by an agent's certificate on a server.
+    /// Emailed codes are bound to it; audit rows and sessions record it.
+    pub machine: String,
 }
 
 /// What a non-root caller hears about any account but its own: the same
@@ -128,7 +132,7 @@ pub fn audit(
 
 pub fn audit_method(
     store: &mut dyn Store,
-    p: &Policy,
+    _p: &Policy,
     ctx: &LoginContext,
     now: i64,
     method: &str,
@@ -145,7 +149,7 @@ pub fn audit_method(
         service: ctx.service.clone(),
         rhost: ctx.rhost.clone(),
         tty: ctx.tty.clone(),
-        machine: p.machine.clone(),
+        machine: ctx.machine.clone(),
         method: method.into(),
         result: result.into(),
         reason,
@@ -360,7 +364,7 @@ pub fn check_answer(
     let mut failed_method = method;
     if try_email && !(try_totp && failure.0 == "code already used") {
         failed_method = "email";
-        failure = match crate::email::check_code(store, p, &user.name, &code, now)? {
+        failure = match crate::email::check_code(store, p, &user.name, &ctx.machine, &code, now)? {
             crate::email::CodeCheck::Valid => {
                 let (failures, locks) = accept(store, p, ctx, &mut user, now, "email", "valid emailed code")?;
                 return Ok(Verdict::Accept { activated: false, failures, locks });
@@ -532,7 +536,7 @@ mod tests {
     }
 
     fn ctx(user: &str) -> LoginContext {
-        LoginContext { user: user.into(), service: "login".into(), ..Default::default() }
+        LoginContext { user: user.into(), service: "login".into(), machine: "m1".into(), ..Default::default() }
     }
 
     /// Enrolls `user` and returns its plain secret (decrypted as the daemon would).

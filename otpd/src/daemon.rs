@@ -204,13 +204,22 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     raise_fd_limit();
     let clock = make_clock();
     let admin_gid = nix::unistd::Group::from_name(&d.admin_group).ok().flatten().map(|g| g.gid.as_raw());
+    let machine = machine_id(&d.machine_id);
+    let limit_settings = (
+        d.caller_logins_per_minute,
+        crate::limits::Caps {
+            per_caller: d.caller_max_logins,
+            per_target: d.target_max_logins,
+            unprivileged: d.unprivileged_connections(),
+        },
+    );
     let shared = Arc::new(Shared {
         db: Db::start(store),
         policy: Arc::new(Policy {
             totp: (&config.totp).into(),
             lockout: config.lockout.clone(),
             issuer: hostname_issuer(&config.totp.issuer),
-            machine: machine_id(&d.machine_id),
+            machine: machine.clone(),
             crypto,
             email: config.email.clone(),
         }),
@@ -225,17 +234,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         silent: Default::default(),
         next_connection: AtomicU64::new(0),
         last_flood_warning: Default::default(),
-        reader: std::sync::Mutex::new(reader),
+        reader: Some(std::sync::Mutex::new(reader)),
         mail_wakeup: Arc::new(tokio::sync::Notify::new()),
         events: tokio::sync::broadcast::channel(1024).0,
-        limits: crate::limits::CallerLimits::new(
-            d.caller_logins_per_minute,
-            crate::limits::Caps {
-                per_caller: d.caller_max_logins,
-                per_target: d.target_max_logins,
-                unprivileged: d.unprivileged_connections(),
-            },
-        ),
+        limits: Arc::new(crate::limits::CallerLimits::new(&machine, limit_settings.0, limit_settings.1)),
+        host_limits: Default::default(),
+        limit_settings,
     });
     // Anyone may connect to the PAM socket (screen lockers run as the user);
     // SO_PEERCRED limits what a non-root caller can do.

@@ -195,7 +195,15 @@ pub trait Store {
     fn count_requests(&mut self, which: RequestCount<'_>) -> Result<u64, StoreError>;
     fn decide_request(&mut self, id: i64, status: &str, by: u32, now: i64) -> Result<(), StoreError>;
     fn open_session(&mut self, s: &SessionRecord) -> Result<i64, StoreError>;
-    fn close_session(&mut self, user: &str, service: &str, pid: u32, now: i64) -> Result<u64, StoreError>;
+    /// Closes the newest open session of `user` on `machine` (a host closes only its own).
+    fn close_session(
+        &mut self,
+        user: &str,
+        machine: &str,
+        service: &str,
+        pid: u32,
+        now: i64,
+    ) -> Result<u64, StoreError>;
     fn sessions(&mut self, limit: u32) -> Result<Vec<SessionRecord>, StoreError>;
 }
 
@@ -818,14 +826,22 @@ impl Store for SqliteStore {
         Ok(self.conn.last_insert_rowid())
     }
 
-    fn close_session(&mut self, user: &str, service: &str, pid: u32, now: i64) -> Result<u64, StoreError> {
+    fn close_session(
+        &mut self,
+        user: &str,
+        machine: &str,
+        service: &str,
+        pid: u32,
+        now: i64,
+    ) -> Result<u64, StoreError> {
         let n = self
             .conn
             .prepare_cached(
                 "UPDATE sessions SET closed_at = ?4 WHERE id = (SELECT id FROM sessions
-                 WHERE user = ?1 AND service = ?2 AND pid = ?3 AND closed_at IS NULL ORDER BY id DESC LIMIT 1)",
+                 WHERE user = ?1 AND service = ?2 AND pid = ?3 AND machine = ?5 AND closed_at IS NULL
+                 ORDER BY id DESC LIMIT 1)",
             )?
-            .execute(params![user, service, pid, now])?;
+            .execute(params![user, service, pid, now, machine])?;
         Ok(n as u64)
     }
 
@@ -948,7 +964,7 @@ mod tests {
             };
             s.open_session(&rec).unwrap();
             if let Some(t) = closed_at {
-                s.close_session("a", "s", pid, t).unwrap();
+                s.close_session("a", "m", "s", pid, t).unwrap();
             }
         }
         assert_eq!(s.prune_audit(20, 10).unwrap(), 2);
