@@ -786,3 +786,273 @@ fn kind(m: &ClientMsg) -> &'static str {
         ClientMsg::SessionClosed { .. } => "session_closed",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The state machine driven by a scripted transport, as `flow.rs`
+    //! drives the module: each step is what the daemon must send, or what
+    //! the peer answers; the script must be used up (checked in Drop).
+    use super::*;
+    use crate::auth::Policy;
+    use crate::clock::FakeClock;
+    use crate::crypto::SecretBox;
+    use crate::db::Db;
+    use crate::store::{SqliteStore, Store};
+    use crate::totp::TotpParams;
+    use common::codec::FrameError;
+    use common::config::{Algorithm, EmailConfig, LockoutConfig};
+    use std::collections::VecDeque;
+    use std::future::Future;
+
+    const T0: i64 = 1_700_000_000;
+
+    #[derive(Debug)]
+    enum Step {
+        /// The daemon sends a message matching this predicate (described).
+        Sends(&'static str, fn(&ServerMsg) -> bool),
+        /// The peer answers.
+        Reads(ClientMsg),
+        /// The peer is gone.
+        Closed,
+    }
+
+    struct Script {
+        steps: VecDeque<Step>,
+        seen: Vec<String>,
+    }
+
+    impl Drop for Script {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                assert!(self.steps.is_empty(), "script not used up: {:?}; daemon sent {:?}", self.steps, self.seen);
+            }
+        }
+    }
+
+    impl Transport for Script {
+        fn read_msg(&mut self, _: Duration, _: Duration) -> impl Future<Output = Result<ClientMsg, FrameError>> + Send {
+            let next = match self.steps.pop_front() {
+                Some(Step::Reads(m)) => Ok(m),
+                Some(Step::Closed) => Err(FrameError::Closed),
+                other => panic!("daemon read, script expected {other:?}; daemon sent {:?}", self.seen),
+            };
+            async move { next }
+        }
+
+        fn write_msg(&mut self, msg: &ServerMsg, _: Duration) -> impl Future<Output = Result<(), FrameError>> + Send {
+            self.seen.push(format!("{msg:?}"));
+            match self.steps.pop_front() {
+                Some(Step::Sends(what, ok)) => assert!(ok(msg), "expected {what}, daemon sent {msg:?}"),
+                other => panic!("daemon sent {msg:?}, script expected {other:?}"),
+            }
+            async { Ok(()) }
+        }
+    }
+
+    fn shared(db: Db) -> Shared {
+        let caps = crate::limits::Caps { per_caller: 8, per_target: 16, unprivileged: 100 };
+        Shared {
+            db,
+            policy: Arc::new(Policy {
+                totp: TotpParams { algorithm: Algorithm::SHA1, digits: 6, period: 30, skew: 1 },
+                lockout: LockoutConfig::default(),
+                issuer: "test".into(),
+                machine: "local".into(),
+                crypto: SecretBox::from_key(&[7u8; 32]),
+                email: EmailConfig { enabled: false, ..EmailConfig::default() },
+            }),
+            clock: Box::new(FakeClock::new(T0)),
+            io_timeout: Duration::from_secs(5),
+            prompt_timeout: Duration::from_secs(60),
+            admin_gid: None,
+            started_at: T0,
+            database: ":memory:".into(),
+            open_connections: Default::default(),
+            per_uid: Default::default(),
+            silent: Default::default(),
+            next_connection: Default::default(),
+            last_flood_warning: Default::default(),
+            // No reader: the login path plans through the database thread,
+            // as it does on PostgreSQL.
+            reader: None,
+            mail_wakeup: Default::default(),
+            events: tokio::sync::broadcast::channel(16).0,
+            limits: Arc::new(CallerLimits::new("local", 30, caps)),
+            host_limits: Default::default(),
+            limit_settings: (30, caps),
+            fleet: None,
+        }
+    }
+
+    fn begin(user: &str) -> ClientMsg {
+        ClientMsg::Begin {
+            protocol: PROTOCOL_VERSION,
+            user: user.into(),
+            service: "sshd".into(),
+            rhost: None,
+            ruser: None,
+            tty: None,
+            pid: 1,
+            uid: Some(1000),
+            qr: QrStyle::Off,
+        }
+    }
+
+    fn remote(sh: &Shared, host: &str, uid: u32) -> Peer {
+        Peer { uid, pid: None, machine: host.into(), limits: sh.limits_of(host), remote_caller: Some(None) }
+    }
+
+    /// alice, activated, and a valid code for T0.
+    fn enrolled(sh: &Shared) -> String {
+        let rec = crate::auth::new_enrollment(&sh.policy, None, "alice", Some(1000), T0 - 100);
+        let secret = sh.policy.crypto.open("alice", rec.secret.as_deref().unwrap()).unwrap();
+        let mut rec = rec;
+        rec.activated_at = Some(T0 - 50);
+        let code = sh.policy.totp.code_at_step(&secret, sh.policy.totp.step_of(T0));
+        let db = sh.db.clone();
+        tokio::runtime::Handle::current().block_on(async move { db.run(move |st| st.save_user(&rec)).await }).unwrap();
+        code
+    }
+
+    fn is_prompt(m: &ServerMsg) -> bool {
+        matches!(m, ServerMsg::Prompt { echo: false, .. })
+    }
+
+    fn run_script(sh: &Shared, peer: &Peer, first: ClientMsg, steps: Vec<Step>) -> Vec<String> {
+        let mut s = Script { steps: steps.into(), seen: Vec::new() };
+        tokio::runtime::Handle::current().block_on(run(&mut s, peer, first, sh));
+        std::mem::take(&mut s.seen)
+    }
+
+    fn audit_rows(sh: &Shared) -> Vec<(String, String, String)> {
+        let db = sh.db.clone();
+        tokio::runtime::Handle::current()
+            .block_on(async move { db.run(|st| st.audit(None, None, None, 100)).await })
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.machine, e.result, e.reason))
+            .collect()
+    }
+
+    /// The steps block on the runtime from this (non-async) thread.
+    fn with_runtime(f: impl FnOnce()) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let _guard = rt.enter();
+        f();
+    }
+
+    #[test]
+    fn a_relayed_login_is_decided_and_audited_under_the_host_of_its_certificate() {
+        with_runtime(|| {
+            let sh = shared(Db::start(SqliteStore::in_memory().unwrap()));
+            let code = enrolled(&sh);
+            let peer = remote(&sh, "web01", 0);
+            run_script(
+                &sh,
+                &peer,
+                begin("alice"),
+                vec![
+                    Step::Sends("a passcode prompt", is_prompt),
+                    Step::Reads(ClientMsg::Answer { text: code.clone() }),
+                    Step::Sends("accept", |m| matches!(m, ServerMsg::Outcome { result: OutcomeKind::Accept, .. })),
+                ],
+            );
+            // The same code again, from another host: one step, used once.
+            let other = remote(&sh, "web02", 0);
+            run_script(
+                &sh,
+                &other,
+                begin("alice"),
+                vec![
+                    Step::Sends("a passcode prompt", is_prompt),
+                    Step::Reads(ClientMsg::Answer { text: code }),
+                    Step::Sends("deny", |m| matches!(m, ServerMsg::Outcome { result: OutcomeKind::Deny, .. })),
+                ],
+            );
+            let rows = audit_rows(&sh);
+            assert!(rows.iter().any(|(m, r, _)| m == "web01" && r == "accept"), "{rows:?}");
+            assert!(rows.iter().any(|(m, _, why)| m == "web02" && why == "code already used"), "{rows:?}");
+        });
+    }
+
+    #[test]
+    fn a_remote_caller_other_than_root_may_only_authenticate_itself() {
+        with_runtime(|| {
+            let sh = shared(Db::start(SqliteStore::in_memory().unwrap()));
+            enrolled(&sh);
+            // uid 1001 on web01 names alice (uid 1000): refused before the store is read.
+            let peer = remote(&sh, "web01", 1001);
+            let mut msg = begin("alice");
+            if let ClientMsg::Begin { uid, .. } = &mut msg {
+                *uid = Some(1001);
+            }
+            run_script(
+                &sh,
+                &peer,
+                msg,
+                vec![Step::Sends("the only-yourself refusal", |m| {
+                    matches!(m, ServerMsg::Outcome { result: OutcomeKind::Deny, message: Some(t) } if t == auth::ONLY_YOURSELF)
+                })],
+            );
+        });
+    }
+
+    #[test]
+    fn a_peer_that_goes_away_mid_prompt_is_audited_and_nothing_is_accepted() {
+        with_runtime(|| {
+            let sh = shared(Db::start(SqliteStore::in_memory().unwrap()));
+            enrolled(&sh);
+            let peer = remote(&sh, "web01", 0);
+            run_script(
+                &sh,
+                &peer,
+                begin("alice"),
+                vec![
+                    Step::Sends("a passcode prompt", is_prompt),
+                    Step::Closed,
+                    Step::Sends("deny", |m| matches!(m, ServerMsg::Outcome { result: OutcomeKind::Deny, .. })),
+                ],
+            );
+            let rows = audit_rows(&sh);
+            assert!(rows.iter().any(|(m, r, why)| m == "web01" && r == "deny" && why.starts_with("no answer")), "{rows:?}");
+            assert!(!rows.iter().any(|(_, r, _)| r == "accept"));
+        });
+    }
+
+    #[test]
+    fn session_messages_of_one_host_close_only_that_hosts_sessions() {
+        with_runtime(|| {
+            let sh = shared(Db::start(SqliteStore::in_memory().unwrap()));
+            enrolled(&sh);
+            let opened = |host: &str| {
+                let msg = ClientMsg::SessionOpened {
+                    protocol: PROTOCOL_VERSION,
+                    user: "alice".into(),
+                    service: "sshd".into(),
+                    rhost: None,
+                    tty: None,
+                    pid: 7,
+                };
+                run_script(&sh, &remote(&sh, host, 0), msg, vec![Step::Sends("ack", |m| matches!(m, ServerMsg::Ack))]);
+            };
+            opened("web01");
+            opened("web02");
+            let close = ClientMsg::SessionClosed {
+                protocol: PROTOCOL_VERSION,
+                user: "alice".into(),
+                service: "sshd".into(),
+                tty: None,
+                pid: 7,
+            };
+            run_script(&sh, &remote(&sh, "web02", 0), close, vec![Step::Sends("ack", |m| matches!(m, ServerMsg::Ack))]);
+            let db = sh.db.clone();
+            let sessions = tokio::runtime::Handle::current()
+                .block_on(async move { db.run(|st| st.sessions(10)).await })
+                .unwrap();
+            let open: Vec<(&str, bool)> =
+                sessions.iter().map(|s| (s.machine.as_str(), s.closed_at.is_none())).collect();
+            assert_eq!(open.len(), 2);
+            assert!(open.contains(&("web01", true)) && open.contains(&("web02", false)), "{open:?}");
+        });
+    }
+}

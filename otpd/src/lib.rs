@@ -13,6 +13,8 @@ pub mod daemon;
 pub mod db;
 pub mod dbus;
 pub mod email;
+pub mod agent;
+pub mod fleet;
 pub mod limits;
 pub mod mail;
 pub mod passwd;

@@ -46,6 +46,8 @@ pub struct Shared {
     pub host_limits: std::sync::Mutex<HashMap<String, Arc<CallerLimits>>>,
     /// What a new host's limits are made of.
     pub limit_settings: (u32, crate::limits::Caps),
+    /// Server role: the fleet CA and TLS identity.
+    pub fleet: Option<Arc<crate::fleet::FleetServer>>,
 }
 
 impl Shared {

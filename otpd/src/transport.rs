@@ -52,3 +52,22 @@ impl Transport for Conn {
         self.duplicate()
     }
 }
+
+/// A conversation may borrow its connection (an agent link outlives it).
+impl<T: Transport> Transport for &mut T {
+    fn read_msg(
+        &mut self,
+        wait: Duration,
+        io_timeout: Duration,
+    ) -> impl Future<Output = Result<ClientMsg, FrameError>> + Send {
+        (**self).read_msg(wait, io_timeout)
+    }
+
+    fn write_msg(&mut self, msg: &ServerMsg, io_timeout: Duration) -> impl Future<Output = Result<(), FrameError>> + Send {
+        (**self).write_msg(msg, io_timeout)
+    }
+
+    fn direct(&self) -> Option<UnixStream> {
+        (**self).direct()
+    }
+}
