@@ -342,7 +342,7 @@ impl Bundle {
 
         let verifier = client_verifier(&ca_der).map_err(|e| PkiError::Bundle(e.to_string()))?;
         verifier.verify_client_cert(&cert_der, &[], UnixTime::now()).map_err(|e| {
-            PkiError::Bundle(format!("the host certificate of {name} is not valid for this bundle's CA ({e})"))
+            PkiError::Bundle(format!("the host certificate of {name} does not verify against this bundle's CA ({e})"))
         })?;
         let key_der = PrivateKeyDer::Pkcs8(key.to_vec().into());
         CertifiedKey::from_der(vec![cert_der.clone()], key_der, &provider()).map_err(|e| {
@@ -578,6 +578,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn server_cert_is_not_a_client_cert() {
+        // A server's certificate (serverAuth only) cannot be used to log in as a host.
+        let ca = Ca::generate().unwrap();
+        let issued = ca.issue_server(&["web01".into()]).unwrap();
+        let bundle =
+            Bundle { name: "web01".into(), ca_pem: ca.cert_pem(), cert_pem: issued.cert_pem, key_pem: issued.key_pem };
+        let out = handshake(server_for(&ca, &["otp1.example"]), client_config(&bundle).unwrap(), "otp1.example").await;
+        assert!(out.server.is_err(), "{:?}", out.server);
+        assert!(out.client.is_err());
+    }
+
+    #[tokio::test]
     async fn client_without_certificate_is_refused() {
         let ca = Ca::generate().unwrap();
         let mut roots = RootCertStore::empty();
@@ -734,8 +746,14 @@ mod tests {
             (format!("{}{}{}{}", good.ca_pem, good.cert_pem, good.key_pem, good.key_pem), "more than one private key"),
             (format!("{}{}{}", good.cert_pem, good.ca_pem, good.key_pem), "not a CA certificate"),
             (format!("{}{}{}", good.ca_pem, good.cert_pem, web02.key_pem), "does not belong"),
-            (format!("{}{}{}", good.ca_pem, foreign.cert_pem, foreign.key_pem), "not valid for this bundle's CA"),
-            (format!("{}{}{}", good.ca_pem, server.cert_pem, server.key_pem), "not valid for this bundle's CA"),
+            (
+                format!("{}{}{}", good.ca_pem, foreign.cert_pem, foreign.key_pem),
+                "does not verify against this bundle's CA",
+            ),
+            (
+                format!("{}{}{}", good.ca_pem, server.cert_pem, server.key_pem),
+                "does not verify against this bundle's CA",
+            ),
             (
                 format!("{}{}{}", good.ca_pem, good.cert_pem, good.key_pem.replace("-----END PRIVATE KEY-----\n", "")),
                 "malformed PEM",
