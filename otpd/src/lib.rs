@@ -18,6 +18,7 @@ pub mod fleet;
 pub mod limits;
 pub mod mail;
 pub mod passwd;
+pub mod pki;
 pub mod qr;
 pub mod retention;
 pub mod server;
