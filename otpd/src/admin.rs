@@ -246,7 +246,9 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
         }
         AdminRequest::Audit { user, since, limit } => {
             let limit = limit.unwrap_or(100).min(100_000);
-            sh.db.run(move |st| Ok(AdminResponse::Audit { entries: st.audit(user.as_deref(), since, limit)? })).await
+            sh.db
+                .run(move |st| Ok(AdminResponse::Audit { entries: st.audit(user.as_deref(), None, since, limit)? }))
+                .await
         }
         AdminRequest::UserPasswd { user, password } => {
             if password.chars().count() < 12 || password.len() > 1024 {

@@ -15,6 +15,7 @@ pub mod email;
 pub mod limits;
 pub mod mail;
 pub mod passwd;
+pub mod pgstore;
 pub mod qr;
 pub mod retention;
 pub mod server;
