@@ -759,3 +759,373 @@ impl Store for PgStore {
         Ok(n == 1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Db;
+    use crate::store::SqliteStore;
+    use e2e::pg::Cluster;
+
+    /// A private PostgreSQL; the test fails (never skips) when it cannot start.
+    fn cluster() -> Cluster {
+        Cluster::start().unwrap_or_else(|e| panic!("PostgreSQL cannot start: {e}"))
+    }
+
+    fn full_user() -> UserRecord {
+        UserRecord {
+            name: "alice".into(),
+            uid: Some(u32::MAX),
+            method: Method::Email,
+            enabled: true,
+            email: Some("alice@example.org".into()),
+            secret: Some(vec![0, 1, 2, 255]),
+            activated_at: Some(11),
+            last_step: Some(12),
+            failures: 3,
+            locked_until: Some(14),
+            lock_periods: 5,
+            failures_since_login: 6,
+            admin_locked_at: Some(17),
+            last_login: Some(18),
+            created_at: 19,
+            updated_at: 20,
+            password_hash: Some("$argon2id$x".into()),
+            last_method: Some("email".into()),
+        }
+    }
+
+    fn bare_user(name: &str, uid: u32) -> UserRecord {
+        UserRecord {
+            name: name.into(),
+            uid: Some(uid),
+            method: Method::Totp,
+            enabled: true,
+            email: None,
+            secret: None,
+            activated_at: None,
+            last_step: None,
+            failures: 0,
+            locked_until: None,
+            lock_periods: 0,
+            failures_since_login: 0,
+            admin_locked_at: None,
+            last_login: None,
+            created_at: 1,
+            updated_at: 1,
+            password_hash: None,
+            last_method: None,
+        }
+    }
+
+    fn host(name: &str, fp: u8) -> HostRecord {
+        HostRecord {
+            name: name.into(),
+            role: HostRole::Agent,
+            fingerprint: vec![fp; 32],
+            added_at: 100,
+            revoked_at: None,
+            last_seen: None,
+        }
+    }
+
+    fn code(user: &str, machine: &str, at: i64) -> EmailCode {
+        EmailCode {
+            id: 0,
+            user: user.into(),
+            machine: machine.into(),
+            address: format!("{user}@example.org"),
+            code_hash: vec![7; 32],
+            code_enc: Some(vec![8; 40]),
+            created_at: at,
+            expires_at: at + 600,
+            used_at: None,
+            origin: "service sshd".into(),
+            emergency: true,
+        }
+    }
+
+    /// What every Store must do alike; run against both backends.
+    fn contract(s: &mut dyn Store) {
+        // Users: every field round-trips; created_at is kept from the first insert.
+        assert_eq!(s.user("alice").unwrap(), None);
+        let mut a = full_user();
+        s.save_user(&a).unwrap();
+        assert_eq!(s.user("alice").unwrap(), Some(a.clone()));
+        let b = UserRecord { name: "bob".into(), enabled: false, ..bare_user("bob", 7) };
+        s.save_user(&b).unwrap();
+        assert_eq!(s.user("bob").unwrap(), Some(b.clone()));
+        a.uid = Some(7);
+        a.created_at = 999;
+        a.admin_locked_at = None;
+        s.save_user(&a).unwrap();
+        let back = s.user("alice").unwrap().unwrap();
+        assert_eq!((back.created_at, back.admin_locked_at, back.uid), (19, None, Some(7)));
+        assert_eq!(s.user_by_uid(7).unwrap().map(|u| u.name), Some("alice".into()), "the enabled record");
+        assert_eq!(s.users().unwrap().iter().map(|u| u.name.as_str()).collect::<Vec<_>>(), ["alice", "bob"]);
+        let c = s.counts(15).unwrap();
+        assert_eq!((c.users_total, c.users_enabled, c.users_activated, c.users_locked), (2, 1, 1, 0));
+
+        // consume_step: once per step, never backwards, unknown users never.
+        s.save_user(&bare_user("carol", 8)).unwrap();
+        assert!(s.consume_step("carol", 100).unwrap());
+        assert!(!s.consume_step("carol", 100).unwrap(), "the same step again");
+        assert!(!s.consume_step("carol", 99).unwrap(), "an earlier step");
+        assert!(s.consume_step("carol", 101).unwrap());
+        assert!(!s.consume_step("nobody", 5).unwrap());
+        assert_eq!(s.user("carol").unwrap().unwrap().last_step, Some(101));
+
+        // Emailed codes: retiring without used_at only forgets the copy; used once.
+        let id = s.insert_email_code(&code("carol", "m1", 50)).unwrap();
+        let other = s.insert_email_code(&code("carol", "m2", 60)).unwrap();
+        assert_eq!(s.latest_email_code("carol", None).unwrap().map(|c| c.id), Some(other));
+        let got = s.latest_email_code("carol", Some("m1")).unwrap().unwrap();
+        assert_eq!(got, EmailCode { id, ..code("carol", "m1", 50) });
+        assert!(s.retire_email_code(id, None).unwrap());
+        let got = s.latest_email_code("carol", Some("m1")).unwrap().unwrap();
+        assert_eq!((got.code_enc, got.used_at), (None, None));
+        assert!(s.retire_email_code(id, Some(70)).unwrap());
+        assert!(!s.retire_email_code(id, Some(71)).unwrap(), "already used");
+        assert_eq!(s.latest_email_code("carol", Some("m1")).unwrap().unwrap().used_at, Some(70));
+        assert!(!s.retire_email_code(id + 1000, Some(72)).unwrap());
+
+        // Outbox.
+        let m1 = s.enqueue_mail(id, "carol@example.org", 100).unwrap();
+        let m2 = s.enqueue_mail(other, "carol@example.org", 200).unwrap();
+        assert_eq!(s.count_mail_since(MailCount::All, 150).unwrap(), 1);
+        assert_eq!(s.count_mail_since(MailCount::Address("carol@example.org"), 0).unwrap(), 2);
+        assert_eq!(s.count_mail_since(MailCount::Code(id), 0).unwrap(), 1);
+        let due = s.due_mail(150, 10).unwrap();
+        assert_eq!(due.iter().map(|m| (m.id, m.code.id)).collect::<Vec<_>>(), [(m1, id)]);
+        s.mail_failed(m1, 300, "refused").unwrap();
+        assert_eq!(s.failing_mail_for("carol").unwrap(), 1);
+        s.mail_sent(m2, 250).unwrap();
+        let st = s.mail_stats(260).unwrap();
+        assert_eq!(st, MailStats { queued: 1, failing: 1, sent_last_hour: 1, last_error: Some("refused".into()) });
+        assert_eq!(s.due_mail(300, 10).unwrap()[0].attempts, 1);
+
+        // Emergency requests.
+        for (i, addr) in ["Dave@Example.org", "x@example.org"].into_iter().enumerate() {
+            let r = EmergencyRequest {
+                id: 0,
+                user: "dave".into(),
+                machine: "m".into(),
+                address: addr.into(),
+                reason: "lost phone".into(),
+                origin: "o".into(),
+                created_at: i as i64,
+                status: "pending".into(),
+                decided_at: None,
+                decided_by: None,
+            };
+            let rid = s.insert_request(&r).unwrap();
+            assert_eq!(s.request(rid).unwrap(), Some(EmergencyRequest { id: rid, ..r }));
+        }
+        let first = s.requests(false).unwrap()[1].id;
+        s.decide_request(first, "approved", u32::MAX, 9).unwrap();
+        let r = s.request(first).unwrap().unwrap();
+        assert_eq!((r.status.as_str(), r.decided_by, r.decided_at), ("approved", Some(u32::MAX), Some(9)));
+        assert_eq!(s.requests(true).unwrap().len(), 1);
+        assert_eq!(s.count_requests(RequestCount::All { pending_only: false }).unwrap(), 2);
+        assert_eq!(s.count_requests(RequestCount::PendingForUser("dave")).unwrap(), 1);
+        assert_eq!(s.count_requests(RequestCount::PendingForAddress("X@EXAMPLE.ORG")).unwrap(), 1);
+        assert_eq!(s.count_requests(RequestCount::PendingForAddress("dave@example.org")).unwrap(), 0);
+
+        // Sessions.
+        let sess = SessionRecord {
+            id: 0,
+            user: "dave".into(),
+            email: Some("d@x".into()),
+            machine: "web01".into(),
+            service: "sshd".into(),
+            rhost: Some("192.0.2.7".into()),
+            tty: None,
+            pid: u32::MAX,
+            opened_at: 10,
+            closed_at: None,
+        };
+        let sid = s.open_session(&sess).unwrap();
+        assert_eq!(s.close_session("dave", "sshd", u32::MAX, 20).unwrap(), 1);
+        assert_eq!(s.close_session("dave", "sshd", u32::MAX, 21).unwrap(), 0);
+        assert_eq!(s.sessions(10).unwrap(), [SessionRecord { id: sid, closed_at: Some(20), ..sess }]);
+
+        // Audit: user, machine and time filters, newest first; pruning.
+        for (t, u, m) in [(100, "a", "web01"), (200, "b", "web02"), (300, "a", "web02"), (400, "a", "web01")] {
+            s.add_audit(&NewAudit { time: t, user: u.into(), machine: m.into(), ..Default::default() }).unwrap();
+        }
+        let times = |v: Vec<AuditEntry>| v.into_iter().map(|e| e.time).collect::<Vec<_>>();
+        assert_eq!(times(s.audit(None, None, None, 10).unwrap()), [400, 300, 200, 100]);
+        assert_eq!(times(s.audit(None, Some("web02"), None, 10).unwrap()), [300, 200]);
+        assert_eq!(times(s.audit(Some("a"), Some("web01"), None, 10).unwrap()), [400, 100]);
+        assert_eq!(times(s.audit(Some("a"), Some("web02"), Some(300), 10).unwrap()), [300]);
+        assert_eq!(times(s.audit(None, Some("web03"), None, 10).unwrap()), Vec::<i64>::new());
+        assert_eq!(times(s.audit(None, None, None, 1).unwrap()), [400]);
+        assert_eq!(s.counts(0).unwrap().audit_entries, 4);
+        assert_eq!(s.prune_audit(250, 10).unwrap(), 2 + 1, "two audit rows and the session closed at 20");
+        assert_eq!(times(s.audit(None, None, None, 10).unwrap()), [400, 300]);
+
+        // Hosts.
+        assert_eq!(s.host("web01").unwrap(), None);
+        let w1 = host("web01", 1);
+        assert!(s.add_host(&w1).unwrap());
+        assert!(!s.add_host(&HostRecord { fingerprint: vec![9; 32], ..host("web01", 9) }).unwrap(), "taken");
+        assert_eq!(s.host("web01").unwrap(), Some(w1.clone()), "the first one stays");
+        let adm = HostRecord { role: HostRole::Admin, ..host("adm", 2) };
+        assert!(s.add_host(&adm).unwrap());
+        assert_eq!(s.host_by_fingerprint(&[2; 32]).unwrap(), Some(adm.clone()));
+        assert_eq!(s.host_by_fingerprint(&[3; 32]).unwrap(), None);
+        s.host_seen("web01", 500).unwrap();
+        assert_eq!(s.host("web01").unwrap().unwrap().last_seen, Some(500));
+        assert!(s.revoke_host("web01", 600).unwrap());
+        assert!(!s.revoke_host("web01", 601).unwrap(), "already revoked");
+        assert!(!s.revoke_host("nope", 601).unwrap());
+        let revoked = s.host_by_fingerprint(&[1; 32]).unwrap().unwrap();
+        assert_eq!((revoked.revoked_at, revoked.last_seen), (Some(600), Some(500)), "still found, as revoked");
+        let again = HostRecord { added_at: 700, ..host("web01", 4) };
+        assert!(s.add_host(&again).unwrap(), "a revoked host is replaced");
+        assert_eq!(s.host("web01").unwrap(), Some(again.clone()));
+        assert_eq!(s.host_by_fingerprint(&[1; 32]).unwrap(), None, "the old certificate is gone");
+        assert_eq!(s.hosts().unwrap(), [adm, again]);
+
+        // Fleet CA: the first one stored stays.
+        assert_eq!(s.fleet_ca().unwrap(), None);
+        assert!(s.set_fleet_ca_if_absent("CERT1", &[1, 2, 3]).unwrap());
+        assert!(!s.set_fleet_ca_if_absent("CERT2", &[4]).unwrap());
+        assert_eq!(s.fleet_ca().unwrap(), Some(("CERT1".to_string(), vec![1, 2, 3])));
+    }
+
+    #[test]
+    fn store_contract_sqlite() {
+        contract(&mut SqliteStore::in_memory().unwrap());
+    }
+
+    #[test]
+    fn store_contract_postgres() {
+        let pg = cluster();
+        let mut s = PgStore::open(&pg.url()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        contract(&mut s);
+        // Reopening migrates nothing and keeps the data.
+        let mut again = PgStore::open(&pg.url()).unwrap();
+        assert_eq!(again.user("alice").unwrap().map(|u| u.created_at), Some(19));
+    }
+
+    /// Two "servers" on one database, `per_db` concurrent jobs each; returns
+    /// every job's result.
+    async fn race<T, F>(dbs: &[Db], per_db: usize, f: F) -> Vec<T>
+    where
+        T: Send + std::fmt::Debug + 'static,
+        F: Fn(&mut dyn Store) -> Result<T, StoreError> + Send + Sync + Clone + 'static,
+    {
+        let mut tasks = Vec::new();
+        for _ in 0..per_db {
+            for db in dbs {
+                let (db, f) = (db.clone(), f.clone());
+                tasks.push(tokio::spawn(async move { db.run(move |s| f(s)).await }));
+            }
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap().unwrap());
+        }
+        out
+    }
+
+    fn two_servers(pg: &Cluster) -> Vec<Db> {
+        let dbs: Vec<Db> = (0..2).map(|_| Db::start_postgres(&pg.url(), 8).unwrap()).collect();
+        assert!(dbs.iter().all(Db::is_postgres));
+        dbs
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn store_pg_two_servers_one_step_one_winner() {
+        let pg = cluster();
+        let dbs = two_servers(&pg);
+        dbs[0].run(|s| s.save_user(&bare_user("alice", 1000))).await.unwrap();
+        let won = race(&dbs, 32, |s| {
+            // As a login does: read (and lock) the user, then take the step.
+            s.user("alice")?;
+            s.consume_step("alice", 4242)
+        })
+        .await;
+        assert_eq!(won.len(), 64);
+        assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+        // Without the row lock first, the conditional update alone still decides.
+        let won = race(&dbs, 32, |s| s.consume_step("alice", 4243)).await;
+        assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+        assert_eq!(pg.psql("SELECT last_step FROM users WHERE name = 'alice'").unwrap().trim(), "4243");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn store_pg_two_servers_one_code_one_winner() {
+        let pg = cluster();
+        let dbs = two_servers(&pg);
+        let id = dbs[0].run(|s| s.insert_email_code(&code("alice", "web01", 100))).await.unwrap();
+        let won = race(&dbs, 32, move |s| s.retire_email_code(id, Some(200))).await;
+        assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn store_pg_mail_cap_holds_across_servers() {
+        let pg = cluster();
+        let dbs = two_servers(&pg);
+        let id = dbs[0].run(|s| s.insert_email_code(&code("alice", "web01", 100))).await.unwrap();
+        let sent = race(&dbs, 20, move |s| {
+            if s.count_mail_since(MailCount::Address("alice@example.org"), 0)? < 5 {
+                s.enqueue_mail(id, "alice@example.org", 100)?;
+                return Ok(true);
+            }
+            Ok(false)
+        })
+        .await;
+        assert_eq!(sent.iter().filter(|s| **s).count(), 5);
+        assert_eq!(pg.psql("SELECT count(*) FROM outbox").unwrap().trim(), "5");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn store_pg_reconnects_after_a_restart() {
+        let mut pg = cluster();
+        let db = Db::start_postgres(&pg.url(), 2).unwrap();
+        db.run(|s| s.save_user(&bare_user("alice", 1000))).await.unwrap();
+        pg.stop().unwrap();
+        let down = db.run(|s| s.user("alice")).await;
+        assert!(down.is_err(), "{down:?}");
+        pg.start_again().unwrap();
+        // Every worker's old connection is dead; each job must still succeed.
+        for step in 1..=6 {
+            assert!(db.run(move |s| s.consume_step("alice", step)).await.unwrap(), "step {step}");
+        }
+        assert_eq!(db.run(|s| s.user("alice")).await.unwrap().unwrap().last_step, Some(6));
+    }
+
+    #[test]
+    fn store_pg_two_servers_migrate_at_once() {
+        let pg = cluster();
+        let url = pg.url();
+        let barrier = std::sync::Barrier::new(2);
+        let results: Vec<Result<Db, StoreError>> = std::thread::scope(|sc| {
+            let starts: Vec<_> = (0..2)
+                .map(|_| {
+                    sc.spawn(|| {
+                        barrier.wait();
+                        Db::start_postgres(&url, 2)
+                    })
+                })
+                .collect();
+            starts.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in &results {
+            assert!(r.is_ok(), "{:?}", r.as_ref().err());
+        }
+        assert_eq!(pg.psql("SELECT version FROM otpd_schema").unwrap().trim(), MIGRATIONS.len().to_string());
+        assert_eq!(pg.psql("SELECT count(*) FROM otpd_schema").unwrap().trim(), "1");
+    }
+
+    #[test]
+    fn store_pg_unreachable_database_is_an_error() {
+        let pg = cluster();
+        let url = pg.url().replace("/otpd", "/no_such_db");
+        let err = Db::start_postgres(&url, 1).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("no_such_db"), "{err}");
+    }
+}

@@ -1,8 +1,48 @@
-//! Persistent state behind the [`Store`] trait, with SQLite as the default.
+//! Persistent state behind the [`Store`] trait: SQLite (standalone and
+//! single servers) or PostgreSQL ([`crate::pgstore`], several fleet servers
+//! on one database).
 //!
-//! Every operation runs inside a transaction opened by the [`crate::db`]
-//! writer thread, so an auth decision reads and updates state atomically and
-//! its reply is only sent after COMMIT (WAL, `synchronous=FULL`).
+//! Every operation runs inside a transaction opened by a [`crate::db`]
+//! worker, so an auth decision reads and updates state atomically and its
+//! reply is only sent after COMMIT (SQLite: WAL, `synchronous=FULL`).
+//!
+//! # Concurrency contract
+//!
+//! What must hold however many logins race, on one server or on several
+//! servers sharing one PostgreSQL database:
+//!
+//! * **A user's record is read-modify-written by one transaction at a
+//!   time.** SQLite: one writer thread runs every job, so jobs are serial by
+//!   construction. PostgreSQL: [`Store::user`] and [`Store::user_by_uid`]
+//!   read with `SELECT … FOR UPDATE`; a second transaction (any server)
+//!   blocks on the row lock until the first commits, then reads the row it
+//!   wrote. Failure counts and locks are therefore never lost or reset by a
+//!   concurrent login.
+//! * **A TOTP step is accepted once.** Besides the row lock, the accepting
+//!   transaction calls [`Store::consume_step`], a conditional `UPDATE … WHERE
+//!   last_step IS NULL OR last_step < step`. Under PostgreSQL's READ
+//!   COMMITTED a concurrent UPDATE of the same row waits for the first to
+//!   commit and then re-evaluates its WHERE against the committed row, so it
+//!   changes nothing and returns false — the login is denied as a replay.
+//!   This holds even for a job that did not lock the row first.
+//! * **An emailed code is used once.** [`Store::retire_email_code`] with
+//!   `used_at` only updates a row whose `used_at IS NULL` (same re-check
+//!   after the row lock), and only the caller whose update changed the row
+//!   accepts the code.
+//! * **Caps hold.** A cap is a count followed by an insert
+//!   ([`Store::count_mail_since`] then `enqueue_mail`,
+//!   [`Store::count_requests`] then `insert_request`). Two transactions could
+//!   both count below the cap and both insert, so in PostgreSQL the count
+//!   first takes `pg_advisory_xact_lock` on a fixed key per cap kind, in its
+//!   own statement: the next transaction waits until this one commits (the
+//!   lock is held to the end of the transaction) and its count's fresh
+//!   snapshot then includes the insert. SQLite: serial writer again.
+//! * **Hosts and the fleet CA** change in single statements whose outcome
+//!   is decided by a unique key (`INSERT … ON CONFLICT`), so two servers
+//!   adding the same host name, or storing a CA at first start, cannot both
+//!   succeed; [`Store::set_fleet_ca_if_absent`] keeps the first CA.
+//! * **Nothing is reported before COMMIT**, and a job whose statement failed
+//!   in PostgreSQL (which aborts the transaction) never reports success.
 use common::proto::{AuditEntry, Method};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use std::path::Path;
@@ -19,8 +59,17 @@ pub enum StoreError {
     Gone,
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
-    #[error("PostgreSQL error: {0}")]
+    #[error("PostgreSQL error: {}", pg_error_text(.0))]
     Postgres(#[from] postgres::Error),
+}
+
+/// postgres' own Display says only "db error" or "error connecting to
+/// server"; the reason is in its source.
+fn pg_error_text(e: &postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 /// One enrolled (or once enrolled) user.
