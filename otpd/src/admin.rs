@@ -275,7 +275,11 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
         }
         AdminRequest::Audit { user, host, since, limit } => {
             let limit = limit.unwrap_or(100).min(100_000);
-            sh.db.run(move |st| Ok(AdminResponse::Audit { entries: st.audit(user.as_deref(), host.as_deref(), since, limit)? })).await
+            sh.db
+                .run(move |st| {
+                    Ok(AdminResponse::Audit { entries: st.audit(user.as_deref(), host.as_deref(), since, limit)? })
+                })
+                .await
         }
         AdminRequest::UserPasswd { user, password } => {
             if password.chars().count() < 12 || password.len() > 1024 {
@@ -358,10 +362,9 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
             sh.db.run(move |st| Ok(AdminResponse::Sessions { sessions: st.sessions(limit)? })).await
         }
         AdminRequest::HostAdd { name, admin } => return host_add(sh, &by, name, admin, now).await,
-        AdminRequest::HostList => sh
-            .db
-            .run(|st| Ok(AdminResponse::Hosts { hosts: st.hosts()?.iter().map(host_info).collect() }))
-            .await,
+        AdminRequest::HostList => {
+            sh.db.run(|st| Ok(AdminResponse::Hosts { hosts: st.hosts()?.iter().map(host_info).collect() })).await
+        }
         AdminRequest::HostRevoke { name } => {
             if sh.fleet.is_none() {
                 return not_a_server();

@@ -95,10 +95,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         last_warning: AtomicI64::new(0),
     });
     let pam = crate::daemon::bind(&d.pam_socket, 0o666, None)?;
-    let listener = Listener::new(pam).map_err(|e| StartError::Socket {
-        path: d.pam_socket.display().to_string(),
-        why: e.to_string(),
-    })?;
+    let listener = Listener::new(pam)
+        .map_err(|e| StartError::Socket { path: d.pam_socket.display().to_string(), why: e.to_string() })?;
     tracing::info!(
         "otpd {} agent for host {host} listening on {}, servers {}",
         env!("CARGO_PKG_VERSION"),

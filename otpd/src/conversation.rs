@@ -797,7 +797,7 @@ mod tests {
     use crate::clock::FakeClock;
     use crate::crypto::SecretBox;
     use crate::db::Db;
-    use crate::store::{SqliteStore, Store};
+    use crate::store::SqliteStore;
     use crate::totp::TotpParams;
     use common::codec::FrameError;
     use common::config::{Algorithm, EmailConfig, LockoutConfig};
@@ -980,19 +980,17 @@ mod tests {
         with_runtime(|| {
             let sh = shared(Db::start(SqliteStore::in_memory().unwrap()));
             enrolled(&sh);
-            // uid 1001 on web01 names alice (uid 1000): refused before the store is read.
+            // uid 1001 on web01 names alice (uid 1000 there): refused
+            // before the store is read.
             let peer = remote(&sh, "web01", 1001);
-            let mut msg = begin("alice");
-            if let ClientMsg::Begin { uid, .. } = &mut msg {
-                *uid = Some(1001);
-            }
             run_script(
                 &sh,
                 &peer,
-                msg,
-                vec![Step::Sends("the only-yourself refusal", |m| {
-                    matches!(m, ServerMsg::Outcome { result: OutcomeKind::Deny, message: Some(t) } if t == auth::ONLY_YOURSELF)
-                })],
+                begin("alice"),
+                vec![Step::Sends(
+                    "the only-yourself refusal",
+                    |m| matches!(m, ServerMsg::Outcome { result: OutcomeKind::Deny, message: Some(t) } if t == auth::ONLY_YOURSELF),
+                )],
             );
         });
     }
@@ -1014,7 +1012,10 @@ mod tests {
                 ],
             );
             let rows = audit_rows(&sh);
-            assert!(rows.iter().any(|(m, r, why)| m == "web01" && r == "deny" && why.starts_with("no answer")), "{rows:?}");
+            assert!(
+                rows.iter().any(|(m, r, why)| m == "web01" && r == "deny" && why.starts_with("no answer")),
+                "{rows:?}"
+            );
             assert!(!rows.iter().any(|(_, r, _)| r == "accept"));
         });
     }
@@ -1046,9 +1047,8 @@ mod tests {
             };
             run_script(&sh, &remote(&sh, "web02", 0), close, vec![Step::Sends("ack", |m| matches!(m, ServerMsg::Ack))]);
             let db = sh.db.clone();
-            let sessions = tokio::runtime::Handle::current()
-                .block_on(async move { db.run(|st| st.sessions(10)).await })
-                .unwrap();
+            let sessions =
+                tokio::runtime::Handle::current().block_on(async move { db.run(|st| st.sessions(10)).await }).unwrap();
             let open: Vec<(&str, bool)> =
                 sessions.iter().map(|s| (s.machine.as_str(), s.closed_at.is_none())).collect();
             assert_eq!(open.len(), 2);

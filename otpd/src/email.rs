@@ -297,7 +297,11 @@ pub fn check_code(
         store.retire_email_code(code.id, None)?;
         return Ok(CodeCheck::Expired);
     }
-    store.retire_email_code(code.id, Some(now))?;
+    // Only the call that marks the code used may accept it: a concurrent
+    // check (on another server) that read it unused too gets Used.
+    if !store.retire_email_code(code.id, Some(now))? {
+        return Ok(CodeCheck::Used);
+    }
     Ok(CodeCheck::Valid)
 }
 

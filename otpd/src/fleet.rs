@@ -172,7 +172,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for Relayed<'_, S> {
         self.link.read(wait, io_timeout, MAX_FRAME)
     }
 
-    fn write_msg(&mut self, msg: &ServerMsg, io_timeout: Duration) -> impl Future<Output = Result<(), FrameError>> + Send {
+    fn write_msg(
+        &mut self,
+        msg: &ServerMsg,
+        io_timeout: Duration,
+    ) -> impl Future<Output = Result<(), FrameError>> + Send {
         let last = matches!(msg, ServerMsg::Outcome { .. } | ServerMsg::Ack);
         let frame = encode(msg);
         async move {
@@ -454,7 +458,8 @@ pub fn admin_call(
 ) -> Result<AdminResponse, String> {
     let bundle = pki::Bundle::load(bundle).map_err(|e| e.to_string())?;
     let config = pki::client_config(&bundle).map_err(|e| e.to_string())?;
-    let (host, port) = common::config::split_host_port(server).ok_or_else(|| format!("--server {server:?}: use host:port"))?;
+    let (host, port) =
+        common::config::split_host_port(server).ok_or_else(|| format!("--server {server:?}: use host:port"))?;
     let name = pki::server_name(host).map_err(|e| e.to_string())?;
     let tcp = connect_any(host, port, timeout).map_err(|e| format!("cannot connect to {server}: {e}"))?;
     let _ = tcp.set_read_timeout(Some(timeout));

@@ -3,6 +3,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod admin;
+pub mod agent;
 pub mod auth;
 pub mod cli;
 pub mod clock;
@@ -13,11 +14,11 @@ pub mod daemon;
 pub mod db;
 pub mod dbus;
 pub mod email;
-pub mod agent;
 pub mod fleet;
 pub mod limits;
 pub mod mail;
 pub mod passwd;
+pub mod pgstore;
 pub mod pki;
 pub mod qr;
 pub mod retention;

@@ -63,7 +63,11 @@ impl<T: Transport> Transport for &mut T {
         (**self).read_msg(wait, io_timeout)
     }
 
-    fn write_msg(&mut self, msg: &ServerMsg, io_timeout: Duration) -> impl Future<Output = Result<(), FrameError>> + Send {
+    fn write_msg(
+        &mut self,
+        msg: &ServerMsg,
+        io_timeout: Duration,
+    ) -> impl Future<Output = Result<(), FrameError>> + Send {
         (**self).write_msg(msg, io_timeout)
     }
 

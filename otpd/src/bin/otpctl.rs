@@ -78,11 +78,16 @@ fn parse_since(s: &str) -> Result<i64, String> {
 }
 
 /// One admin request to a fleet server over TLS with admin credentials.
-fn remote_call(server: &str, bundle: Option<&std::path::Path>, req: &AdminRequest) -> Result<AdminResponse, (u8, String)> {
+fn remote_call(
+    server: &str,
+    bundle: Option<&std::path::Path>,
+    req: &AdminRequest,
+) -> Result<AdminResponse, (u8, String)> {
     let Some(bundle) = bundle else {
         return Err((2, "--server needs --bundle: admin credentials from `otpctl host add NAME --admin`".into()));
     };
-    let resp = otpd::fleet::admin_call(server, bundle, req, Duration::from_secs(30)).map_err(|e| (EXIT_UNREACHABLE, e))?;
+    let resp =
+        otpd::fleet::admin_call(server, bundle, req, Duration::from_secs(30)).map_err(|e| (EXIT_UNREACHABLE, e))?;
     match resp {
         AdminResponse::Error { kind, message } => Err((exit_code(kind), message)),
         ok => Ok(ok),
@@ -196,7 +201,9 @@ fn run(args: Args) -> Result<(), (u8, String)> {
         },
     };
     let resp = call(&args, &req)?;
-    if let (AdminResponse::HostBundle { name, bundle }, Cmd::Host(HostCmd::Add { output, admin, .. })) = (&resp, &args.cmd) {
+    if let (AdminResponse::HostBundle { name, bundle }, Cmd::Host(HostCmd::Add { output, admin, .. })) =
+        (&resp, &args.cmd)
+    {
         return write_bundle(name, bundle, output.as_deref(), *admin);
     }
     if args.json {
@@ -421,7 +428,15 @@ fn write_bundle(name: &str, bundle: &str, output: Option<&std::path::Path>, admi
         .mode(0o600)
         .open(path)
         .and_then(|mut f| f.write_all(bundle.as_bytes()).and_then(|()| f.sync_all()));
-    written.map_err(|e| (EXIT_DAEMON, format!("writing {} failed: {e}; the bundle was not saved (revoke {name} and add it again)", path.display())))?;
+    written.map_err(|e| {
+        (
+            EXIT_DAEMON,
+            format!(
+                "writing {} failed: {e}; the bundle was not saved (revoke {name} and add it again)",
+                path.display()
+            ),
+        )
+    })?;
     eprintln!("otpctl: wrote the bundle for {what}");
     Ok(())
 }
