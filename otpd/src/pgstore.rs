@@ -1202,6 +1202,35 @@ mod tests {
         assert_eq!(checks.iter().filter(|c| **c == CodeCheck::Used).count(), 63, "{checks:?}");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn store_pg_failed_job_leaves_no_writes() {
+        let pg = cluster();
+        let db = Db::start_postgres(&pg.url(), 2).unwrap();
+        db.run(|s| s.add_host(&host("web01", 1))).await.unwrap();
+        let failing = db
+            .run(|s| {
+                s.add_audit(&NewAudit { user: "ghost".into(), ..Default::default() })?;
+                Err::<(), _>(StoreError::Corrupt("boom".into()))
+            })
+            .await;
+        assert!(matches!(failing, Err(StoreError::Corrupt(_))), "the job's own error: {failing:?}");
+        // A job that ignores a failed statement: PostgreSQL aborted its
+        // transaction, so it must not be reported as done.
+        let swallowed = db
+            .run(|s| {
+                s.add_audit(&NewAudit { user: "ghost2".into(), ..Default::default() })?;
+                let dup = s.add_host(&host("web02", 1));
+                assert!(dup.is_err(), "same fingerprint: {dup:?}");
+                Ok(())
+            })
+            .await;
+        assert!(matches!(swallowed, Err(StoreError::NotCommitted)), "{swallowed:?}");
+        db.run(|s| s.add_audit(&NewAudit { user: "real".into(), ..Default::default() })).await.unwrap();
+        let users: Vec<String> =
+            db.run(|s| s.audit(None, None, None, 10)).await.unwrap().into_iter().map(|e| e.user).collect();
+        assert_eq!(users, ["real"]);
+    }
+
     #[test]
     fn store_pg_unreachable_database_is_an_error() {
         let pg = cluster();
