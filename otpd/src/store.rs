@@ -24,7 +24,10 @@
 //!   COMMITTED a concurrent UPDATE of the same row waits for the first to
 //!   commit and then re-evaluates its WHERE against the committed row, so it
 //!   changes nothing and returns false — the login is denied as a replay.
-//!   This holds even for a job that did not lock the row first.
+//!   And [`Store::save_user`] never lowers `last_step` while the secret stays
+//!   the same, so a job that saves a stale copy of the record cannot hand a
+//!   used step back. Together these hold even for a job that did not lock
+//!   the row first.
 //! * **An emailed code is used once.** [`Store::retire_email_code`] with
 //!   `used_at` only updates a row whose `used_at IS NULL` (same re-check
 //!   after the row lock), and only the caller whose update changed the row
@@ -252,6 +255,9 @@ pub trait Store {
     /// The record of account `uid`: the enabled one if there is one (a uid
     /// has at most one enabled record; see `otpctl user enable`).
     fn user_by_uid(&mut self, uid: u32) -> Result<Option<UserRecord>, StoreError>;
+    /// Inserts or updates. `created_at` is kept from the first insert, and
+    /// `last_step` never goes back while the secret stays the same (a stale
+    /// copy of the record must not make a used step usable again).
     fn save_user(&mut self, user: &UserRecord) -> Result<(), StoreError>;
     /// Records TOTP `step` as used by `user` unless it (or a later step) already
     /// is: true for exactly one caller per step, whatever the interleaving.
@@ -664,7 +670,11 @@ impl Store for SqliteStore {
              ON CONFLICT (name) DO UPDATE SET
                 uid = excluded.uid, method = excluded.method, enabled = excluded.enabled,
                 email = excluded.email, secret = excluded.secret, activated_at = excluded.activated_at,
-                last_step = excluded.last_step, failures = excluded.failures,
+                last_step = CASE WHEN excluded.secret IS users.secret
+                                 THEN max(coalesce(excluded.last_step, users.last_step),
+                                          coalesce(users.last_step, excluded.last_step))
+                                 ELSE excluded.last_step END,
+                failures = excluded.failures,
                 locked_until = excluded.locked_until, last_login = excluded.last_login,
                 updated_at = excluded.updated_at, password_hash = excluded.password_hash,
                 last_method = excluded.last_method, lock_periods = excluded.lock_periods,
