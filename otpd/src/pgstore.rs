@@ -1205,7 +1205,7 @@ mod tests {
             ..code("alice", "m1", 100)
         };
         dbs[0].run(move |s| s.insert_email_code(&c)).await.unwrap();
-        let checks = race(&dbs, 32, move |s| check_code(s, &p, "alice", "12345678", 200)).await;
+        let checks = race(&dbs, 32, move |s| check_code(s, &p, "alice", "m1", "12345678", 200)).await;
         assert_eq!(checks.iter().filter(|c| **c == CodeCheck::Valid).count(), 1, "{checks:?}");
         assert_eq!(checks.iter().filter(|c| **c == CodeCheck::Used).count(), 63, "{checks:?}");
     }
