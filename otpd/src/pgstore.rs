@@ -134,6 +134,12 @@ pub fn config(url: &str) -> Result<postgres::Config, StoreError> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }
+    // A server that hangs while holding a user's row lock (stopped, not
+    // dead: its connection stays open) must not hang every other server's
+    // logins of that user: waits end in an error, and the login is denied.
+    if config.get_options().is_none() {
+        config.options("-c lock_timeout=5s -c statement_timeout=10s");
+    }
     Ok(config)
 }
 
