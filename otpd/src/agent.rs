@@ -321,7 +321,8 @@ async fn open_conversation(agent: &Agent, relay: &Relay, first: &ClientMsg) -> O
             failures.push("out of time".into());
             break;
         }
-        let dialed = tokio::time::timeout_at(deadline, agent.dial(i)).await.unwrap_or_else(|_| Err("out of time".into()));
+        let dialed =
+            tokio::time::timeout_at(deadline, agent.dial(i)).await.unwrap_or_else(|_| Err("out of time".into()));
         match dialed {
             Ok(link) => match start(link, deadline).await {
                 Ok(started) => {

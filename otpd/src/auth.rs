@@ -323,11 +323,7 @@ pub fn check_answer(
     if user.uid.is_none() && ctx.peer_uid == 0 && ctx.typed.is_none() {
         user.uid = ctx.uid;
     }
-    let mut failure = if answer.len() > MAX_ANSWER_LEN {
-        Failure::TooLong
-    } else {
-        Failure::Malformed { email_ok }
-    };
+    let mut failure = if answer.len() > MAX_ANSWER_LEN { Failure::TooLong } else { Failure::Malformed { email_ok } };
     if try_totp {
         let Some(secret) = user.secret.as_deref().and_then(|s| p.crypto.open(&user.name, s)) else {
             audit(store, p, ctx, now, "error", "stored secret cannot be decrypted (wrong key file?)")?;

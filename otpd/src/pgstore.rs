@@ -8,7 +8,7 @@ use crate::store::{
     Counts, EmailCode, EmergencyRequest, HostRecord, HostRole, MailCount, MailStats, NewAudit, QueuedMail,
     RequestCount, SessionRecord, Store, StoreError, UserRecord,
 };
-use common::proto::{AuditEntry, Method};
+use common::proto::{AuditEntry, Method, RequestStatus};
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
 use std::collections::HashMap;
@@ -324,7 +324,7 @@ fn request_from_row(r: &Row) -> Result<EmergencyRequest, StoreError> {
         reason: r.try_get("reason")?,
         origin: r.try_get("origin")?,
         created_at: r.try_get("created_at")?,
-        status: r.try_get("status")?,
+        status: crate::store::parse_status(r.try_get("status")?)?,
         decided_at: r.try_get("decided_at")?,
         decided_by: opt_u32_of(r.try_get("decided_by")?, "decided_by")?,
     })
@@ -631,7 +631,7 @@ impl Store for PgStore {
             .query_one(
                 r#"INSERT INTO emergency_requests ("user", machine, address, reason, origin, created_at, status)
                    VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id"#,
-                &[&r.user, &r.machine, &r.address, &r.reason, &r.origin, &r.created_at, &r.status],
+                &[&r.user, &r.machine, &r.address, &r.reason, &r.origin, &r.created_at, &r.status.as_str()],
             )?
             .try_get(0)?)
     }
@@ -667,10 +667,10 @@ impl Store for PgStore {
         }
     }
 
-    fn decide_request(&mut self, id: i64, status: &str, by: u32, now: i64) -> Result<(), StoreError> {
+    fn decide_request(&mut self, id: i64, status: RequestStatus, by: u32, now: i64) -> Result<(), StoreError> {
         self.execute(
             "UPDATE emergency_requests SET status = $2, decided_by = $3, decided_at = $4 WHERE id = $1",
-            &[&id, &status, &i64::from(by), &now],
+            &[&id, &status.as_str(), &i64::from(by), &now],
         )?;
         Ok(())
     }
@@ -942,7 +942,7 @@ mod tests {
                 reason: "lost phone".into(),
                 origin: "o".into(),
                 created_at: i as i64,
-                status: "pending".into(),
+                status: RequestStatus::Pending,
                 decided_at: None,
                 decided_by: None,
             };
@@ -950,9 +950,9 @@ mod tests {
             assert_eq!(s.request(rid).unwrap(), Some(EmergencyRequest { id: rid, ..r }));
         }
         let first = s.requests(false).unwrap()[1].id;
-        s.decide_request(first, "approved", u32::MAX, 9).unwrap();
+        s.decide_request(first, RequestStatus::Approved, u32::MAX, 9).unwrap();
         let r = s.request(first).unwrap().unwrap();
-        assert_eq!((r.status.as_str(), r.decided_by, r.decided_at), ("approved", Some(u32::MAX), Some(9)));
+        assert_eq!((r.status, r.decided_by, r.decided_at), (RequestStatus::Approved, Some(u32::MAX), Some(9)));
         assert_eq!(s.requests(true).unwrap().len(), 1);
         assert_eq!(s.count_requests(RequestCount::All { pending_only: false }).unwrap(), 2);
         assert_eq!(s.count_requests(RequestCount::PendingForUser("dave")).unwrap(), 1);

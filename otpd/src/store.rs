@@ -46,7 +46,7 @@
 //!   succeed; [`Store::set_fleet_ca_if_absent`] keeps the first CA.
 //! * **Nothing is reported before COMMIT**, and a job whose statement failed
 //!   in PostgreSQL (which aborts the transaction) never reports success.
-use common::proto::{AuditEntry, Method};
+use common::proto::{AuditEntry, Method, RequestStatus};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use std::path::Path;
 
@@ -299,7 +299,7 @@ pub trait Store {
     fn requests(&mut self, pending_only: bool) -> Result<Vec<EmergencyRequest>, StoreError>;
     /// How many requests match, however many `requests` shows.
     fn count_requests(&mut self, which: RequestCount<'_>) -> Result<u64, StoreError>;
-    fn decide_request(&mut self, id: i64, status: &str, by: u32, now: i64) -> Result<(), StoreError>;
+    fn decide_request(&mut self, id: i64, status: RequestStatus, by: u32, now: i64) -> Result<(), StoreError>;
     fn open_session(&mut self, s: &SessionRecord) -> Result<i64, StoreError>;
     /// Closes the newest open session of `user` on `machine` (a host closes only its own).
     fn close_session(
@@ -328,6 +328,11 @@ pub trait Store {
     /// Stores the fleet CA unless one is stored already (then false, and the
     /// stored one stays: servers starting together agree on the first).
     fn set_fleet_ca_if_absent(&mut self, cert_pem: &str, key_sealed: &[u8]) -> Result<bool, StoreError>;
+}
+
+/// A stored request status (the table's CHECK allows only these).
+pub fn parse_status(s: &str) -> Result<RequestStatus, StoreError> {
+    RequestStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("request status {s:?}")))
 }
 
 /// Schema migrations; `PRAGMA user_version` records how many have run.
@@ -642,7 +647,16 @@ fn request_from_row(r: &Row<'_>) -> rusqlite::Result<EmergencyRequest> {
         reason: r.get("reason")?,
         origin: r.get("origin")?,
         created_at: r.get("created_at")?,
-        status: r.get("status")?,
+        status: {
+            let s: String = r.get("status")?;
+            RequestStatus::parse(&s).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    0,
+                    rusqlite::types::Type::Text,
+                    format!("request status {s:?}").into(),
+                )
+            })?
+        },
         decided_at: r.get("decided_at")?,
         decided_by: r.get("decided_by")?,
     })
@@ -929,7 +943,7 @@ impl Store for SqliteStore {
                 "INSERT INTO emergency_requests (user, machine, address, reason, origin, created_at, status)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![r.user, r.machine, r.address, r.reason, r.origin, r.created_at, r.status])?;
+            .execute(params![r.user, r.machine, r.address, r.reason, r.origin, r.created_at, r.status.as_str()])?;
         Ok(self.conn.last_insert_rowid())
     }
 
@@ -969,12 +983,12 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn decide_request(&mut self, id: i64, status: &str, by: u32, now: i64) -> Result<(), StoreError> {
+    fn decide_request(&mut self, id: i64, status: RequestStatus, by: u32, now: i64) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
                 "UPDATE emergency_requests SET status = ?2, decided_by = ?3, decided_at = ?4 WHERE id = ?1",
             )?
-            .execute(params![id, status, by, now])?;
+            .execute(params![id, status.as_str(), by, now])?;
         Ok(())
     }
 
@@ -1217,14 +1231,14 @@ mod tests {
                 reason: "r".into(),
                 origin: "o".into(),
                 created_at: i,
-                status: "pending".into(),
+                status: RequestStatus::Pending,
                 decided_at: None,
                 decided_by: None,
             })
             .unwrap();
         }
-        s.decide_request(1, "denied", 0, 5).unwrap();
-        s.decide_request(3, "approved", 0, 5).unwrap();
+        s.decide_request(1, RequestStatus::Denied, 0, 5).unwrap();
+        s.decide_request(3, RequestStatus::Approved, 0, 5).unwrap();
         assert_eq!(s.requests(true).unwrap().len(), 1000, "the list is capped");
         assert_eq!(s.count_requests(RequestCount::All { pending_only: true }).unwrap(), 1198);
         assert_eq!(s.count_requests(RequestCount::All { pending_only: false }).unwrap(), 1200);
