@@ -70,6 +70,16 @@ pub struct FleetConfig {
     pub names: Vec<String>,
     /// Server: database connections (PostgreSQL) working at once.
     pub db_connections: usize,
+    /// Server: a user whose enrollment is pending sees the QR code and
+    /// secret at a login on any agent host. Root on one compromised host
+    /// could then read (and activate first) every pending enrollment of the
+    /// fleet; with `false`, enrollment happens only on the servers' own PAM
+    /// sockets or from the URI `otpctl user enable --print-uri` hands out.
+    pub enroll_on_agents: bool,
+    /// Server: conversations and session messages one host may start per
+    /// minute, root's included (a token bucket of this size): a compromised
+    /// host cannot fill the shared database.
+    pub host_logins_per_minute: u32,
 }
 
 impl Default for FleetConfig {
@@ -82,6 +92,8 @@ impl Default for FleetConfig {
             listen: Vec::new(),
             names: Vec::new(),
             db_connections: 8,
+            enroll_on_agents: true,
+            host_logins_per_minute: 6000,
         }
     }
 }
@@ -523,6 +535,9 @@ impl Config {
                     crate::DEFAULT_MODULE_TIMEOUT_SECS
                 ),
             );
+        }
+        if f.host_logins_per_minute == 0 {
+            return bad("fleet.host_logins_per_minute", "must be at least 1".into());
         }
         if !(1..=256).contains(&f.db_connections) {
             return bad("fleet.db_connections", format!("{} is out of range (1 to 256)", f.db_connections));

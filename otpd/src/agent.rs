@@ -42,6 +42,9 @@ struct Agent {
     /// Per server: do not try it again before this (it just failed).
     down_until: Mutex<Vec<Option<Instant>>>,
     open: AtomicUsize,
+    /// Conversations in progress started by users other than root (also
+    /// through su/sudo): they may not take the links root's logins need.
+    unprivileged: AtomicUsize,
     per_uid: Mutex<HashMap<u32, usize>>,
     max_connections: usize,
     max_per_uid: usize,
@@ -50,6 +53,10 @@ struct Agent {
 
 /// Idle links kept for later conversations.
 const MAX_IDLE: usize = 64;
+/// Conversations of users other than root relayed at once: a server takes
+/// 256 links from one host, so logins started by root (sshd, login) keep
+/// room however many users hold a prompt open.
+const MAX_UNPRIVILEGED: usize = 128;
 /// A server that failed is tried last for this long.
 const DOWN_FOR: Duration = Duration::from_secs(10);
 const UNAVAILABLE: &str = "Passcode check unavailable.";
@@ -92,6 +99,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         prompt_timeout: d.prompt_timeout,
         idle: Mutex::new(Vec::new()),
         open: AtomicUsize::new(0),
+        unprivileged: AtomicUsize::new(0),
         per_uid: Mutex::new(HashMap::new()),
         max_connections: d.max_connections,
         max_per_uid: d.max_connections_per_user,
@@ -243,6 +251,23 @@ async fn connection(mut conn: Conn, uid: u32, pid: Option<i32>, agent: &Agent) {
     let caller = (uid == 0).then(|| crate::limits::caller_uid(0, pid));
     let relay = Relay { peer_uid: uid, pid, caller };
     let session = !matches!(first, ClientMsg::Begin { .. });
+    let _unprivileged = match caller.unwrap_or(uid) {
+        0 => None,
+        _ => match Unprivileged::take(agent) {
+            Some(slot) => Some(slot),
+            None => {
+                agent.warn(&format!(
+                    "login of uid {uid} refused: {MAX_UNPRIVILEGED} logins of users other than root in progress"
+                ));
+                if !session {
+                    let msg = "The passcode service is busy; try again in a minute.";
+                    let deny = ServerMsg::Outcome { result: OutcomeKind::Deny, message: Some(msg.into()) };
+                    let _ = conn.write_msg(&deny, agent.io_timeout).await;
+                }
+                return;
+            }
+        },
+    };
     let Some((mut link, reply)) = open_conversation(agent, &relay, &first).await else {
         if !session {
             let deny = ServerMsg::Outcome { result: OutcomeKind::Deny, message: Some(UNAVAILABLE.into()) };
@@ -277,6 +302,24 @@ async fn connection(mut conn: Conn, uid: u32, pid: Option<i32>, agent: &Agent) {
                 return deny_cut(&mut conn, agent).await;
             }
         };
+    }
+}
+
+struct Unprivileged<'a>(&'a Agent);
+
+impl<'a> Unprivileged<'a> {
+    fn take(agent: &'a Agent) -> Option<Unprivileged<'a>> {
+        if agent.unprivileged.fetch_add(1, Ordering::Relaxed) >= MAX_UNPRIVILEGED {
+            agent.unprivileged.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Unprivileged(agent))
+    }
+}
+
+impl Drop for Unprivileged<'_> {
+    fn drop(&mut self) {
+        self.0.unprivileged.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

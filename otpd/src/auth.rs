@@ -39,6 +39,10 @@ pub struct LoginContext {
     /// socket, the host named by an agent's certificate on a server.
     /// Emailed codes are bound to it; audit rows and sessions record it.
     pub machine: String,
+    /// Relayed by an agent: `uid`/`peer_uid` are that host's, and mean
+    /// nothing in this daemon's records (uid 1000 on web01 and on db02 are
+    /// different people). Accounts are found by name.
+    pub remote: bool,
 }
 
 /// What a non-root caller hears about any account but its own: the same
@@ -184,6 +188,17 @@ impl Note {
 /// account existed have no uid yet). A non-root caller is only ever its own
 /// uid: a name cannot point it at someone else's record.
 pub fn find_account(store: &mut dyn Store, ctx: &LoginContext) -> Result<Option<UserRecord>, StoreError> {
+    if ctx.remote {
+        // The name is the fleet's identity; a spelling that differs only
+        // in case (a case-insensitive directory) finds the same record, so
+        // it cannot skip the passcode as "not enrolled". On a host where
+        // the two spellings are different people, the other one is asked
+        // for this record's code and cannot pass.
+        return match store.user(&ctx.user)?.filter(|u| u.enabled) {
+            Some(u) => Ok(Some(u)),
+            None => store.enabled_user_nocase(&ctx.user),
+        };
+    }
     if let Some(uid) = ctx.uid {
         if let Some(u) = store.user_by_uid(uid)?.filter(|u| u.enabled) {
             return Ok(Some(u));
@@ -220,9 +235,14 @@ pub fn plan(
         if ctx.peer_uid != 0 {
             return Ok((Plan::ResolveUser, None));
         }
-        match store.user(&ctx.user)?.filter(|u| u.enabled) {
-            Some(u) => Some(u),
-            None => return Ok((Plan::ResolveUser, None)),
+        if ctx.remote {
+            // Found by name alone (below); a remote uid decides nothing.
+            None
+        } else {
+            match store.user(&ctx.user)?.filter(|u| u.enabled) {
+                Some(u) => Some(u),
+                None => return Ok((Plan::ResolveUser, None)),
+            }
         }
     } else {
         None
@@ -239,7 +259,11 @@ pub fn plan(
     // caller other than root cannot find it by uid. Until the daemon links
     // it (at start and hourly), that caller is refused, not waved through
     // as "not enrolled".
-    if found.is_none() && ctx.peer_uid != 0 && store.user(&ctx.user)?.is_some_and(|u| u.enabled && u.uid.is_none()) {
+    if found.is_none()
+        && !ctx.remote
+        && ctx.peer_uid != 0
+        && store.user(&ctx.user)?.is_some_and(|u| u.enabled && u.uid.is_none())
+    {
         let why = "enabled record has no uid yet; the daemon links it at start and hourly";
         return Ok((Plan::Refused { message: ONLY_YOURSELF }, Some(Note::new("totp", "deny", why))));
     }
@@ -320,7 +344,7 @@ pub fn check_answer(
     user.updated_at = now;
     // A user enabled before the account existed learns its uid from the
     // first login a root caller (login, sshd, sudo) resolved for it.
-    if user.uid.is_none() && ctx.peer_uid == 0 && ctx.typed.is_none() {
+    if user.uid.is_none() && ctx.peer_uid == 0 && ctx.typed.is_none() && !ctx.remote {
         user.uid = ctx.uid;
     }
     let mut failure = if answer.len() > MAX_ANSWER_LEN { Failure::TooLong } else { Failure::Malformed { email_ok } };

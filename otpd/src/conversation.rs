@@ -54,6 +54,11 @@ async fn outcome(s: &mut impl Transport, sh: &Shared, result: OutcomeKind, messa
     let _ = s.write_msg(&ServerMsg::Outcome { result, message }, sh.io_timeout).await;
 }
 
+/// The reply a session message always gets, recorded or not.
+async fn outcome_ack(s: &mut impl Transport, sh: &Shared) {
+    let _ = s.write_msg(&ServerMsg::Ack, sh.io_timeout).await;
+}
+
 fn until_text(until: auth::LockEnd, now: i64) -> String {
     let until = match until {
         auth::LockEnd::AdminUnlock => {
@@ -91,6 +96,14 @@ fn accept_text(activated: bool, failures: u32, locks: u32) -> Option<String> {
 
 pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Shared) {
     let (peer_uid, pid) = (peer.uid, peer.pid);
+    if peer.limits.host_rate.as_ref().is_some_and(|r| !r.allow(0)) {
+        let why = crate::limits::Refusal::HostRate;
+        crate::limits::refuse(sh, &peer.limits, 0, why).await;
+        if matches!(first, ClientMsg::Begin { .. }) {
+            return outcome(&mut s, sh, OutcomeKind::Deny, Some(why.message().into())).await;
+        }
+        return outcome_ack(&mut s, sh).await;
+    }
     let (protocol, user, service, rhost, tty, uid, qr) = match first {
         ClientMsg::Begin { protocol, user, service, rhost, tty, uid, qr, .. } => {
             (protocol, user, service, rhost, tty, uid, qr)
@@ -100,7 +113,7 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
             if caller != 0 && !peer.limits.session_rate.allow(caller) {
                 crate::limits::refuse(sh, &peer.limits, caller, crate::limits::Refusal::SessionRate).await;
             } else {
-                session_event(sh, msg, peer_uid, &peer.machine).await;
+                session_event(sh, msg, peer_uid, &peer.machine, peer.remote_caller.is_some()).await;
             }
             let _ = s.write_msg(&ServerMsg::Ack, sh.io_timeout).await;
             return;
@@ -122,6 +135,7 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
         tty: field(tty),
         peer_uid,
         machine: peer.machine.clone(),
+        remote: peer.remote_caller.is_some(),
     };
     if ctx.service.is_empty() {
         ctx.service = "-".into();
@@ -210,6 +224,14 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
             return outcome(&mut s, sh, OutcomeKind::Locked, Some(until_text(until, sh.clock.now()))).await
         }
         Plan::Refused { message } => return outcome(&mut s, sh, OutcomeKind::Deny, Some(message.into())).await,
+        // Root on one agent host could otherwise read (and be first to
+        // activate) any pending enrollment of the fleet.
+        Plan::Enroll { .. } if ctx.remote && !sh.enroll_on_agents => {
+            let why = "enrollment is not offered on agent hosts (fleet.enroll_on_agents = false)".to_string();
+            let message = "Your passcode enrollment is not finished, and it is not offered on this host. \
+                           Ask your administrator.";
+            return end_denied::<()>(&mut s, sh, &ctx, why, Some(message)).await.unwrap_or(());
+        }
         Plan::Enroll { uri, secret_b32, email } => {
             let text = enrollment_text(&uri, &secret_b32, qr);
             if s.write_msg(&ServerMsg::Info { text }, sh.io_timeout).await.is_err() {
@@ -730,7 +752,7 @@ async fn run_audit_result(
     sh.db.run(move |st| auth::audit(st, &policy, &ctx, now, result, &reason)).await
 }
 
-async fn session_event(sh: &Shared, msg: ClientMsg, peer_uid: u32, machine: &str) {
+async fn session_event(sh: &Shared, msg: ClientMsg, peer_uid: u32, machine: &str, remote: bool) {
     let policy = sh.policy.clone();
     let machine = machine.to_string();
     let now = sh.clock.now();
@@ -738,6 +760,9 @@ async fn session_event(sh: &Shared, msg: ClientMsg, peer_uid: u32, machine: &str
         .db
         .run(move |st| {
             match msg {
+                // A remote uid cannot be matched to a record: only root's
+                // (login, sshd) session messages are recorded for a host.
+                ClientMsg::SessionOpened { .. } | ClientMsg::SessionClosed { .. } if remote && peer_uid != 0 => {}
                 ClientMsg::SessionOpened { user, service, rhost, tty, pid, .. } if auth::valid_user_name(&user) => {
                     let rec = st.user(&user)?;
                     if peer_uid != 0 && rec.as_ref().and_then(|u| u.uid) != Some(peer_uid) {
@@ -881,6 +906,8 @@ mod tests {
             host_limits: Default::default(),
             limit_settings: (30, caps),
             fleet: None,
+            enroll_on_agents: true,
+            host_logins_per_minute: 6000,
         }
     }
 
@@ -972,6 +999,117 @@ mod tests {
             let rows = audit_rows(&sh);
             assert!(rows.iter().any(|(m, r, _)| m == "web01" && r == "accept"), "{rows:?}");
             assert!(rows.iter().any(|(m, _, why)| m == "web02" && why == "code already used"), "{rows:?}");
+        });
+    }
+
+    #[test]
+    fn a_remote_uid_is_never_matched_to_a_record_only_the_name_is() {
+        with_runtime(|| {
+            let sh = shared(Db::start(SqliteStore::in_memory().unwrap()));
+            // alice's record has uid 1000 (this daemon's directory).
+            enrolled(&sh);
+            // bob is uid 1000 on db02 and authenticates himself: he is not alice.
+            let bob = remote(&sh, "db02", 1000);
+            let seen = run_script(
+                &sh,
+                &bob,
+                begin("bob"),
+                vec![Step::Sends("not enrolled", |m| {
+                    matches!(m, ServerMsg::Outcome { result: OutcomeKind::NotEnrolled, .. })
+                })],
+            );
+            assert!(!seen.iter().any(|m| m.contains("secret")), "{seen:?}");
+            // Root on a host typing another spelling of alice is asked for alice's code.
+            let root = remote(&sh, "web01", 0);
+            let mut msg = begin("ALICE");
+            if let ClientMsg::Begin { uid, .. } = &mut msg {
+                *uid = Some(4242);
+            }
+            run_script(
+                &sh,
+                &root,
+                msg,
+                vec![
+                    Step::Sends("a passcode prompt", is_prompt),
+                    Step::Reads(ClientMsg::Answer { text: "000000".into() }),
+                    Step::Sends("deny", |m| matches!(m, ServerMsg::Outcome { result: OutcomeKind::Deny, .. })),
+                ],
+            );
+            let rows = audit_rows(&sh);
+            assert!(rows.iter().any(|(m, _, why)| m == "web01" && why.contains("typed as ALICE")), "{rows:?}");
+        });
+    }
+
+    #[test]
+    fn pending_enrollments_stay_off_agent_hosts_when_the_server_says_so() {
+        with_runtime(|| {
+            let mut sh = shared(Db::start(SqliteStore::in_memory().unwrap()));
+            sh.enroll_on_agents = false;
+            let rec = crate::auth::new_enrollment(&sh.policy, None, "carol", Some(1000), T0 - 100);
+            let db = sh.db.clone();
+            tokio::runtime::Handle::current()
+                .block_on(async move { db.run(move |st| st.save_user(&rec)).await })
+                .unwrap();
+            let seen = run_script(
+                &sh,
+                &remote(&sh, "web01", 0),
+                begin("carol"),
+                vec![Step::Sends(
+                    "a refusal without the secret",
+                    |m| matches!(m, ServerMsg::Outcome { result: OutcomeKind::Deny, message: Some(t) } if t.contains("not offered on this host")),
+                )],
+            );
+            assert!(!seen.iter().any(|m| m.contains("otpauth")), "{seen:?}");
+            // The server's own PAM socket still enrolls.
+            let local = sh.local_peer(0, None);
+            run_script(
+                &sh,
+                &local,
+                begin("carol"),
+                vec![
+                    Step::Sends(
+                        "the QR text",
+                        |m| matches!(m, ServerMsg::Info { text } if text.contains("otpauth://")),
+                    ),
+                    Step::Sends("a passcode prompt", is_prompt),
+                    Step::Closed,
+                    Step::Sends("deny", |m| matches!(m, ServerMsg::Outcome { result: OutcomeKind::Deny, .. })),
+                ],
+            );
+        });
+    }
+
+    #[test]
+    fn one_host_cannot_start_more_conversations_than_its_rate_root_included() {
+        with_runtime(|| {
+            let mut sh = shared(Db::start(SqliteStore::in_memory().unwrap()));
+            sh.host_logins_per_minute = 3;
+            enrolled(&sh);
+            let not_enrolled = |m: &ServerMsg| matches!(m, ServerMsg::Outcome { result: OutcomeKind::NotEnrolled, .. });
+            for _ in 0..3 {
+                run_script(
+                    &sh,
+                    &remote(&sh, "web01", 0),
+                    begin("nobody1"),
+                    vec![Step::Sends("not enrolled", not_enrolled)],
+                );
+            }
+            run_script(
+                &sh,
+                &remote(&sh, "web01", 0),
+                begin("nobody1"),
+                vec![Step::Sends(
+                    "busy",
+                    |m| matches!(m, ServerMsg::Outcome { result: OutcomeKind::Deny, message: Some(t) } if t.contains("busy")),
+                )],
+            );
+            // Another host has its own budget.
+            run_script(
+                &sh,
+                &remote(&sh, "web02", 0),
+                begin("nobody1"),
+                vec![Step::Sends("not enrolled", not_enrolled)],
+            );
         });
     }
 

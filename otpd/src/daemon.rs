@@ -67,16 +67,11 @@ fn open_database(config: &Config) -> Result<(Db, Option<SqliteStore>), StartErro
 
 /// The password in a postgresql:// URL never reaches the log or `status`.
 fn shown_database(database: &Path) -> String {
-    let shown = database.display().to_string();
-    match (shown.split_once("://"), shown.rfind('@')) {
-        (Some((scheme, rest)), Some(at)) if rest.contains(':') && at > scheme.len() => {
-            let creds = &shown[scheme.len() + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{scheme}://{user}:***{}", &shown[at..]),
-                None => shown,
-            }
-        }
-        _ => shown,
+    match database.to_str().filter(|_| common::config::is_postgres_url(database)) {
+        Some(url) => crate::pgstore::config(url)
+            .map(|c| crate::pgstore::describe(&c))
+            .unwrap_or_else(|_| "postgresql://(unusable URL)".into()),
+        None => database.display().to_string(),
     }
 }
 
@@ -321,6 +316,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         host_limits: Default::default(),
         limit_settings,
         fleet: fleet.clone(),
+        enroll_on_agents: config.fleet.enroll_on_agents,
+        host_logins_per_minute: config.fleet.host_logins_per_minute,
     });
     // Anyone may connect to the PAM socket (screen lockers run as the user);
     // SO_PEERCRED limits what a non-root caller can do.

@@ -36,8 +36,12 @@ pub struct FleetServer {
     host_links: Mutex<HashMap<String, usize>>,
     /// When each host's `last_seen` was last written by this server.
     seen_written: Mutex<HashMap<String, i64>>,
-    /// When a refused handshake from an address was last audited.
-    refused_audited: Mutex<HashMap<std::net::IpAddr, i64>>,
+    /// Refusals already audited this minute, by what they are about
+    /// (a certificate, or "handshake"), with how many were not.
+    refused_audited: Mutex<HashMap<String, (i64, u64)>>,
+    /// Handshakes in progress, in all and per address: connections that
+    /// have not authenticated cannot take the established links' room.
+    handshakes: Mutex<(usize, HashMap<std::net::IpAddr, usize>)>,
 }
 
 /// Links open at once (agents keep a few each, otpctl one per command).
@@ -49,6 +53,11 @@ const MAX_HOST_LINKS: usize = 256;
 const LINK_IDLE: Duration = Duration::from_secs(300);
 /// `last_seen` is written at most this often per host and server.
 const SEEN_EVERY: i64 = 60;
+/// TLS handshakes in progress at once, and from one address.
+const MAX_HANDSHAKES: usize = 512;
+const MAX_HANDSHAKES_PER_ADDR: usize = 64;
+/// A client has this long to finish its handshake and hello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl FleetServer {
     pub fn new(ca: pki::Ca, server: &pki::Issued, name: String) -> Result<FleetServer, pki::PkiError> {
@@ -61,6 +70,7 @@ impl FleetServer {
             host_links: Mutex::new(HashMap::new()),
             seen_written: Mutex::new(HashMap::new()),
             refused_audited: Mutex::new(HashMap::new()),
+            handshakes: Mutex::new((0, HashMap::new())),
         })
     }
 
@@ -92,16 +102,14 @@ pub async fn serve(listener: tokio::net::TcpListener, sh: Arc<Shared>, fleet: Ar
                 continue;
             }
         };
-        if fleet.links.fetch_add(1, Ordering::Relaxed) >= MAX_LINKS {
-            fleet.links.fetch_sub(1, Ordering::Relaxed);
-            crate::server::warn_throttled(&sh, &format!("fleet link from {addr} closed: {MAX_LINKS} links open"));
+        let Some(handshake) = Handshake::take(&fleet, addr.ip()) else {
+            crate::server::warn_throttled(&sh, &format!("fleet connection from {addr} closed: too many handshakes"));
             continue;
-        }
+        };
         let _ = tcp.set_nodelay(true);
         let (sh, fleet) = (sh.clone(), fleet.clone());
         tokio::spawn(async move {
-            link(tcp, addr, &sh, &fleet).await;
-            fleet.links.fetch_sub(1, Ordering::Relaxed);
+            link(tcp, addr, handshake, &sh, &fleet).await;
         });
     }
 }
@@ -220,17 +228,94 @@ async fn audit(sh: &Shared, entry: NewAudit) {
 async fn refuse<S: AsyncRead + AsyncWrite + Unpin + Send>(
     link: &mut Link<S>,
     sh: &Shared,
+    fleet: &FleetServer,
     machine: &str,
     reason: String,
     tell: &str,
 ) {
-    tracing::warn!("fleet link refused: {reason}");
-    audit(sh, fleet_audit(sh, machine, "refused", reason)).await;
+    audit_refusal(sh, fleet, machine, reason).await;
     let _ = link.write(&LinkReply::Refused { reason: tell.into() }, sh.io_timeout).await;
 }
 
-async fn link(tcp: tokio::net::TcpStream, addr: SocketAddr, sh: &Shared, fleet: &FleetServer) {
-    let tls = match tokio::time::timeout(sh.io_timeout, fleet.acceptor.accept(tcp)).await {
+/// A refusal is logged and audited at most once a minute per host (or
+/// address); the next row says how many were not: a revoked host that
+/// reconnects in a loop cannot fill the shared database.
+async fn audit_refusal(sh: &Shared, fleet: &FleetServer, machine: &str, reason: String) {
+    audit_refusal_as(sh, fleet, machine, machine, reason).await
+}
+
+async fn audit_refusal_as(sh: &Shared, fleet: &FleetServer, key: &str, machine: &str, reason: String) {
+    let now = sh.clock.now();
+    let due = {
+        let mut seen = lock(&fleet.refused_audited);
+        if seen.len() > 10_000 {
+            seen.retain(|_, (t, _)| now - *t < 60);
+        }
+        let entry = seen.entry(key.to_string()).or_insert((i64::MIN / 2, 0));
+        if now - entry.0 >= 60 {
+            let skipped = entry.1;
+            *entry = (now, 0);
+            Some(skipped)
+        } else {
+            entry.1 += 1;
+            None
+        }
+    };
+    let Some(skipped) = due else { return };
+    let reason =
+        if skipped > 0 { format!("{reason} (and {skipped} more refusals in the last minute)") } else { reason };
+    tracing::warn!("fleet link refused: {reason}");
+    audit(sh, fleet_audit(sh, machine, "refused", reason)).await;
+}
+
+/// A handshake slot; given back when dropped.
+struct Handshake {
+    fleet: Arc<FleetServer>,
+    ip: std::net::IpAddr,
+}
+
+impl Handshake {
+    fn take(fleet: &Arc<FleetServer>, ip: std::net::IpAddr) -> Option<Handshake> {
+        let mut h = lock(&fleet.handshakes);
+        let (total, per) = &mut *h;
+        let n = per.entry(ip).or_insert(0);
+        if *total >= MAX_HANDSHAKES || *n >= MAX_HANDSHAKES_PER_ADDR {
+            if *n == 0 {
+                per.remove(&ip);
+            }
+            return None;
+        }
+        *n += 1;
+        *total += 1;
+        Some(Handshake { fleet: fleet.clone(), ip })
+    }
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        let mut h = lock(&self.fleet.handshakes);
+        let (total, per) = &mut *h;
+        *total -= 1;
+        if let Some(n) = per.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// An established link; given back when dropped.
+struct LinkSlot<'a>(&'a FleetServer);
+
+impl Drop for LinkSlot<'_> {
+    fn drop(&mut self) {
+        self.0.links.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn link(tcp: tokio::net::TcpStream, addr: SocketAddr, handshake: Handshake, sh: &Shared, fleet: &FleetServer) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, fleet.acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return handshake_refused(sh, fleet, addr, &e.to_string()).await,
         Err(_) => return handshake_refused(sh, fleet, addr, "timed out").await,
@@ -239,24 +324,31 @@ async fn link(tcp: tokio::net::TcpStream, addr: SocketAddr, sh: &Shared, fleet: 
         return handshake_refused(sh, fleet, addr, "no client certificate").await;
     };
     let mut link = Link::new(tls);
-    let hello: LinkHello = match link.read(sh.io_timeout, sh.io_timeout, MAX_FRAME).await {
+    let hello: LinkHello = match link.read(HANDSHAKE_TIMEOUT, HANDSHAKE_TIMEOUT, MAX_FRAME).await {
         Ok(h) => h,
         Err(e) => {
             crate::server::warn_throttled(sh, &format!("fleet link from {addr}: no hello: {e}"));
             return;
         }
     };
+    drop(handshake);
+    if fleet.links.fetch_add(1, Ordering::Relaxed) >= MAX_LINKS {
+        fleet.links.fetch_sub(1, Ordering::Relaxed);
+        crate::server::warn_throttled(sh, &format!("fleet link from {addr} closed: {MAX_LINKS} links open"));
+        return;
+    }
+    let _slot = LinkSlot(fleet);
     let (protocol, wanted, claimed) = match &hello {
         LinkHello::Agent { protocol, host } => (*protocol, HostRole::Agent, Some(host.clone())),
         LinkHello::Admin { protocol } => (*protocol, HostRole::Admin, None),
     };
     let host = match check_host(sh, fleet, &fp, wanted, claimed.as_deref(), addr).await {
         Ok(h) => h,
-        Err((machine, reason, tell)) => return refuse(&mut link, sh, &machine, reason, tell).await,
+        Err((machine, reason, tell)) => return refuse(&mut link, sh, fleet, &machine, reason, tell).await,
     };
     if protocol != PROTOCOL_VERSION {
         let reason = format!("{} speaks protocol {protocol}; this server speaks {PROTOCOL_VERSION}", host.name);
-        return refuse(&mut link, sh, &host.name, reason, "protocol version not supported").await;
+        return refuse(&mut link, sh, fleet, &host.name, reason, "protocol version not supported").await;
     }
     let Some(_slot) = HostSlot::take(fleet, &host.name) else {
         let reason = format!("{} already has {MAX_HOST_LINKS} links open; one more from {addr} refused", host.name);
@@ -369,25 +461,12 @@ pub fn role_name(r: HostRole) -> &'static str {
 }
 
 /// A handshake that failed (no certificate, another CA, not TLS 1.3):
-/// logged at most once a second, audited at most once a minute per address.
+/// logged at most once a second, audited at most once a minute in all
+/// (addresses are cheap for an attacker; the count is kept).
 async fn handshake_refused(sh: &Shared, fleet: &FleetServer, addr: SocketAddr, why: &str) {
     crate::server::warn_throttled(sh, &format!("fleet link from {addr}: TLS handshake failed: {why}"));
-    let now = sh.clock.now();
-    let due = {
-        let mut seen = lock(&fleet.refused_audited);
-        if seen.len() > 10_000 {
-            seen.retain(|_, t| now - *t < 60);
-        }
-        let due = seen.get(&addr.ip()).is_none_or(|&t| now - t >= 60);
-        if due {
-            seen.insert(addr.ip(), now);
-        }
-        due
-    };
-    if due {
-        let entry = fleet_audit(sh, &format!("tcp:{}", addr.ip()), "refused", format!("TLS handshake failed: {why}"));
-        audit(sh, entry).await;
-    }
+    let reason = format!("TLS handshake failed: {why} (from {addr})");
+    audit_refusal_as(sh, fleet, "handshake", &format!("tcp:{}", addr.ip()), reason).await;
 }
 
 async fn agent_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
@@ -418,7 +497,7 @@ async fn agent_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
         host = match check_host(sh, fleet, &fp, HostRole::Agent, Some(&host.name), addr).await {
             Ok(h) => h,
             Err((machine, reason, _)) => {
-                audit(sh, fleet_audit(sh, &machine, "refused", reason)).await;
+                audit_refusal(sh, fleet, &machine, reason).await;
                 let deny = ServerMsg::Outcome {
                     result: common::proto::OutcomeKind::Deny,
                     message: Some("Passcode check refused for this host.".into()),
@@ -467,7 +546,7 @@ async fn admin_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
         };
         // Revoked admin credentials stop working at the next request.
         if let Err((machine, reason, tell)) = check_host(sh, fleet, &fp, HostRole::Admin, None, addr).await {
-            audit(sh, fleet_audit(sh, &machine, "refused", reason)).await;
+            audit_refusal(sh, fleet, &machine, reason).await;
             let resp =
                 AdminResponse::Error { kind: common::proto::AdminErrorKind::PermissionDenied, message: tell.into() };
             let _ = link.write(&resp, sh.io_timeout).await;

@@ -108,6 +108,9 @@ pub enum Refusal {
     TargetBusy,
     /// Callers other than root already hold every slot but the reserve.
     Reserve,
+    /// A fleet host sent more conversations and session messages, root's
+    /// included, than `fleet.host_logins_per_minute`.
+    HostRate,
 }
 
 impl Refusal {
@@ -118,6 +121,7 @@ impl Refusal {
             Refusal::CallerBusy => "too many logins in progress from this user",
             Refusal::TargetBusy => "too many logins in progress for the target user",
             Refusal::Reserve => "connections reserved for logins started by root",
+            Refusal::HostRate => "rate limit of this host (fleet.host_logins_per_minute)",
         }
     }
 
@@ -133,7 +137,7 @@ impl Refusal {
             Refusal::TargetBusy => {
                 "Too many logins for this user are waiting for a passcode; finish or cancel one first."
             }
-            Refusal::Reserve => "The passcode service is busy; try again in a minute.",
+            Refusal::Reserve | Refusal::HostRate => "The passcode service is busy; try again in a minute.",
         }
     }
 }
@@ -383,6 +387,9 @@ pub struct CallerLimits {
     pub conversations: Arc<Conversations>,
     /// The host whose callers these are (refusals are audited under it).
     pub machine: String,
+    /// Every conversation and session message of a fleet host, root's
+    /// included: a compromised host cannot write rows without bound.
+    pub host_rate: Option<RateLimiter>,
 }
 
 /// Refused attempts of one caller and reason are reported at most once in
@@ -393,6 +400,7 @@ impl CallerLimits {
     pub fn new(machine: &str, per_minute: u32, caps: Caps) -> CallerLimits {
         CallerLimits {
             machine: machine.to_string(),
+            host_rate: None,
             rate: RateLimiter::new(per_minute),
             session_rate: RateLimiter::new(per_minute),
             refusals: Refusals::new(REPORT_INTERVAL),

@@ -22,7 +22,8 @@ const LOCK_MAIL_CAP: i64 = 0x6f74_7064_0000_0002;
 const LOCK_REQUEST_CAP: i64 = 0x6f74_7064_0000_0003;
 
 /// Schema migrations; `otpd_schema.version` records how many have run.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     name                 TEXT PRIMARY KEY,
     uid                  BIGINT,
@@ -124,13 +125,35 @@ CREATE TABLE fleet_ca (
     cert_pem   TEXT NOT NULL,
     key_sealed BYTEA NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE INDEX users_by_lower_name ON users (lower(name));
+"#,
+];
 
 /// Parses a `postgresql://` URL. A server that cannot be reached must not
 /// hold a login for long: without a timeout in the URL, connecting gives up
 /// after a few seconds.
 pub fn config(url: &str) -> Result<postgres::Config, StoreError> {
     let mut config: postgres::Config = url.parse()?;
+    // This client speaks no TLS: over a network, PostgreSQL's own
+    // "prefer" would silently send everything in clear. Only a Unix
+    // socket or loopback, unless the URL says sslmode=disable on purpose
+    // (a private network, a tunnel).
+    let remote = config.get_hosts().iter().find_map(|h| match h {
+        postgres::config::Host::Tcp(name) if !is_loopback(name) => Some(name.clone()),
+        _ => None,
+    });
+    if let (Some(host), false) = (remote, config.get_ssl_mode() == postgres::config::SslMode::Disable) {
+        return Err(StoreError::Unusable {
+            path: describe(&config),
+            why: format!(
+                "{host} is reached over the network and otpd cannot use TLS to PostgreSQL: connect through \
+                 a Unix socket or loopback (a TLS tunnel), or add sslmode=disable to the URL to accept an \
+                 unencrypted connection on a trusted network"
+            ),
+        });
+    }
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }
@@ -141,6 +164,31 @@ pub fn config(url: &str) -> Result<postgres::Config, StoreError> {
         config.options("-c lock_timeout=5s -c statement_timeout=10s");
     }
     Ok(config)
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The database as logs and `otpctl status` show it: user, hosts, ports
+/// and name, never a password (wherever the URL carried it).
+pub fn describe(config: &postgres::Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            postgres::config::Host::Tcp(name) => name.clone(),
+            postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+    format!(
+        "postgresql://{}@{}:{}/{}",
+        config.get_user().unwrap_or("-"),
+        hosts.join(","),
+        ports.join(","),
+        config.get_dbname().unwrap_or("-")
+    )
 }
 
 pub struct PgStore {
@@ -365,6 +413,15 @@ impl Store for PgStore {
         .as_ref()
         .map(user_from_row)
         .transpose()
+    }
+
+    fn enabled_user_nocase(&mut self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        let rows =
+            self.query("SELECT * FROM users WHERE lower(name) = lower($1) AND enabled LIMIT 2 FOR UPDATE", &[&name])?;
+        if rows.len() != 1 {
+            return Ok(None);
+        }
+        rows.first().map(user_from_row).transpose()
     }
 
     fn save_user(&mut self, u: &UserRecord) -> Result<(), StoreError> {
@@ -779,6 +836,19 @@ impl Store for PgStore {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn urls_over_a_network_need_an_explicit_no_tls_and_passwords_are_never_shown() {
+        assert!(config("postgresql://otp@%2Frun%2Fpostgresql:5432/otpd").is_ok());
+        assert!(config("postgresql://otp@127.0.0.1:5432/otpd").is_ok());
+        assert!(config("postgresql://otp@localhost/otpd").is_ok());
+        let err = config("postgresql://otp:s3cret@db.example.org/otpd").unwrap_err().to_string();
+        assert!(err.contains("db.example.org") && err.contains("sslmode=disable"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+        let ok = config("postgresql://db.example.org/otpd?user=otp&password=s3cret&sslmode=disable").unwrap();
+        let shown = describe(&ok);
+        assert_eq!(shown, "postgresql://otp@db.example.org:5432/otpd");
+    }
+
     use super::*;
     use crate::db::Db;
     use crate::store::SqliteStore;

@@ -48,6 +48,10 @@ pub struct Shared {
     pub limit_settings: (u32, crate::limits::Caps),
     /// Server role: the fleet CA and TLS identity.
     pub fleet: Option<Arc<crate::fleet::FleetServer>>,
+    /// Server role: show pending enrollments (QR, secret) on agent hosts.
+    pub enroll_on_agents: bool,
+    /// Server role: conversations and session messages per minute per host.
+    pub host_logins_per_minute: u32,
 }
 
 impl Shared {
@@ -59,7 +63,14 @@ impl Shared {
     pub fn limits_of(&self, host: &str) -> Arc<CallerLimits> {
         let mut all = lock(&self.host_limits);
         let (per_minute, caps) = self.limit_settings;
-        all.entry(host.to_string()).or_insert_with(|| Arc::new(CallerLimits::new(host, per_minute, caps))).clone()
+        let host_rate = self.host_logins_per_minute;
+        all.entry(host.to_string())
+            .or_insert_with(|| {
+                let mut limits = CallerLimits::new(host, per_minute, caps);
+                limits.host_rate = Some(crate::limits::RateLimiter::new(host_rate));
+                Arc::new(limits)
+            })
+            .clone()
     }
 
     /// This machine's limits and every remote host's.

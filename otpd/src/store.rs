@@ -255,6 +255,9 @@ pub trait Store {
     /// The record of account `uid`: the enabled one if there is one (a uid
     /// has at most one enabled record; see `otpctl user enable`).
     fn user_by_uid(&mut self, uid: u32) -> Result<Option<UserRecord>, StoreError>;
+    /// The enabled record whose name equals `name` ignoring ASCII case, if
+    /// exactly one does (fleet hosts, whose uids mean nothing here).
+    fn enabled_user_nocase(&mut self, name: &str) -> Result<Option<UserRecord>, StoreError>;
     /// Inserts or updates. `created_at` is kept from the first insert, and
     /// `last_step` never goes back while the secret stays the same (a stale
     /// copy of the record must not make a used step usable again).
@@ -485,6 +488,11 @@ CREATE TABLE fleet_ca (
 ) STRICT;
 CREATE INDEX audit_by_machine_time ON audit (machine, time);
 "#,
+    // Fleet hosts look accounts up by name ignoring case (see
+    // `Store::enabled_user_nocase`).
+    r#"
+CREATE INDEX users_by_lower_name ON users (lower(name));
+"#,
 ];
 
 pub struct SqliteStore {
@@ -672,6 +680,13 @@ impl Store for SqliteStore {
         let mut st =
             self.conn.prepare_cached("SELECT * FROM users WHERE uid = ?1 ORDER BY enabled DESC, name LIMIT 1")?;
         Ok(st.query_row([uid], user_from_row).optional()?)
+    }
+
+    fn enabled_user_nocase(&mut self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        let mut st =
+            self.conn.prepare_cached("SELECT * FROM users WHERE lower(name) = lower(?1) AND enabled LIMIT 2")?;
+        let found = st.query_map([name], user_from_row)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(if found.len() == 1 { found.into_iter().next() } else { None })
     }
 
     fn save_user(&mut self, u: &UserRecord) -> Result<(), StoreError> {
