@@ -625,10 +625,18 @@ impl Store for PgStore {
     }
 
     fn due_mail(&mut self, now: i64, limit: u32) -> Result<Vec<QueuedMail>, StoreError> {
+        // Rows another server is claiming right now are skipped, not waited
+        // for; the claim (a later next_attempt_at) commits with this job.
         let rows = self.query(
             "SELECT o.id AS oid, o.attempts, o.to_addr, c.* FROM outbox o JOIN email_codes c ON c.id = o.code_id
-             WHERE o.sent_at IS NULL AND o.next_attempt_at <= $1 ORDER BY o.next_attempt_at, o.id LIMIT $2",
+             WHERE o.sent_at IS NULL AND o.next_attempt_at <= $1 ORDER BY o.next_attempt_at, o.id LIMIT $2
+             FOR UPDATE OF o SKIP LOCKED",
             &[&now, &i64::from(limit)],
+        )?;
+        let ids: Vec<i64> = rows.iter().map(|r| r.try_get("oid")).collect::<Result<_, _>>()?;
+        self.execute(
+            "UPDATE outbox SET next_attempt_at = $2 WHERE id = ANY($1)",
+            &[&ids, &(now + crate::store::MAIL_LEASE)],
         )?;
         rows.iter()
             .map(|r| {

@@ -291,6 +291,10 @@ pub trait Store {
     fn retire_email_code(&mut self, id: i64, used_at: Option<i64>) -> Result<bool, StoreError>;
     fn enqueue_mail(&mut self, code_id: i64, to: &str, now: i64) -> Result<i64, StoreError>;
     fn count_mail_since(&mut self, what: MailCount<'_>, since: i64) -> Result<u64, StoreError>;
+    /// Claims up to `limit` messages due at `now` for this sender: they are
+    /// not due again for [`MAIL_LEASE`] seconds, so two servers on one
+    /// database never send the same message (unless the one that claimed it
+    /// dies before `mail_sent`: then another sends it after the lease).
     fn due_mail(&mut self, now: i64, limit: u32) -> Result<Vec<QueuedMail>, StoreError>;
     fn mail_sent(&mut self, id: i64, now: i64) -> Result<(), StoreError>;
     fn mail_failed(&mut self, id: i64, next_attempt_at: i64, error: &str) -> Result<(), StoreError>;
@@ -332,6 +336,10 @@ pub trait Store {
     /// stored one stays: servers starting together agree on the first).
     fn set_fleet_ca_if_absent(&mut self, cert_pem: &str, key_sealed: &[u8]) -> Result<bool, StoreError>;
 }
+
+/// Seconds a claimed message is left to its sender (see [`Store::due_mail`]):
+/// longer than one delivery attempt takes.
+pub const MAIL_LEASE: i64 = 300;
 
 /// A stored request status (the table's CHECK allows only these).
 pub fn parse_status(s: &str) -> Result<RequestStatus, StoreError> {
@@ -904,7 +912,12 @@ impl Store for SqliteStore {
                 code: code_from_row(r)?,
             })
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let due: Vec<QueuedMail> = rows.collect::<Result<_, _>>()?;
+        let mut claim = self.conn.prepare_cached("UPDATE outbox SET next_attempt_at = ?2 WHERE id = ?1")?;
+        for m in &due {
+            claim.execute(params![m.id, now + MAIL_LEASE])?;
+        }
+        Ok(due)
     }
 
     fn mail_sent(&mut self, id: i64, now: i64) -> Result<(), StoreError> {
