@@ -129,6 +129,11 @@ pub fn decode_stream<T: DeserializeOwned>(mut bytes: &[u8]) -> (Vec<T>, FrameErr
 
 /// Blocking read of one frame. The caller sets the socket deadlines.
 pub fn read_frame<T: DeserializeOwned, R: Read>(r: &mut R) -> Result<T, FrameError> {
+    read_frame_limited(r, MAX_FRAME)
+}
+
+/// [`read_frame`] for frames up to `max` bytes (admin responses).
+pub fn read_frame_limited<T: DeserializeOwned, R: Read>(r: &mut R, max: usize) -> Result<T, FrameError> {
     let mut header = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -139,7 +144,7 @@ pub fn read_frame<T: DeserializeOwned, R: Read>(r: &mut R) -> Result<T, FrameErr
             Err(e) => return Err(e.into()),
         }
     }
-    let len = body_len(header)?;
+    let len = body_len_limited(header, max)?;
     let mut body = vec![0u8; len];
     r.read_exact(&mut body)?;
     decode_body(&body)

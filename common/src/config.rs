@@ -481,7 +481,10 @@ impl Config {
         let f = &self.fleet;
         match self.role {
             Role::Standalone if postgres => {
-                return bad("daemon.database", "PostgreSQL is for role = \"server\"; a standalone otpd uses SQLite".into())
+                return bad(
+                    "daemon.database",
+                    "PostgreSQL is for role = \"server\"; a standalone otpd uses SQLite".into(),
+                )
             }
             Role::Agent => {
                 if f.servers.is_empty() {
@@ -492,7 +495,10 @@ impl Config {
                 }
             }
             Role::Server if f.listen.is_empty() => {
-                return bad("fleet.listen", "a server needs at least one address to listen on (\"0.0.0.0:7443\")".into())
+                return bad(
+                    "fleet.listen",
+                    "a server needs at least one address to listen on (\"0.0.0.0:7443\")".into(),
+                )
             }
             _ => {}
         }
@@ -576,7 +582,8 @@ mod tests {
     #[test]
     fn roles_need_their_fleet_settings() {
         assert_eq!(parse("").unwrap().role, Role::Standalone);
-        let agent = parse("role = \"agent\"\n[fleet]\nservers = [\"otp1.example.org:7443\", \"[::1]:7443\"]\n").unwrap();
+        let agent =
+            parse("role = \"agent\"\n[fleet]\nservers = [\"otp1.example.org:7443\", \"[::1]:7443\"]\n").unwrap();
         assert_eq!(agent.role, Role::Agent);
         let err = |s: &str| parse(s).unwrap_err().to_string();
         assert!(err("role = \"agent\"").contains("fleet.servers"));

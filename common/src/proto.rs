@@ -170,6 +170,9 @@ pub enum AdminRequest {
     Audit {
         #[serde(default)]
         user: Option<String>,
+        /// Only this host's entries (fleet).
+        #[serde(default)]
+        host: Option<String>,
         /// Unix seconds; entries at or after this time.
         #[serde(default)]
         since: Option<i64>,
@@ -195,6 +198,17 @@ pub enum AdminRequest {
     Sessions {
         #[serde(default)]
         limit: Option<u32>,
+    },
+    /// Server role: issues credentials for a host (`admin`: for remote otpctl).
+    HostAdd {
+        name: String,
+        #[serde(default)]
+        admin: bool,
+    },
+    HostList,
+    /// Refused at once on every server of the database.
+    HostRevoke {
+        name: String,
     },
 }
 
@@ -257,6 +271,15 @@ pub enum AdminResponse {
     },
     Sessions {
         sessions: Vec<SessionInfo>,
+    },
+    /// `host add`: the bundle (CA certificate, host certificate and key, PEM)
+    /// to copy to the host; shown once, never stored.
+    HostBundle {
+        name: String,
+        bundle: String,
+    },
+    Hosts {
+        hosts: Vec<HostInfo>,
     },
     Done {
         message: String,
@@ -341,6 +364,57 @@ pub struct StatusInfo {
     pub mail_sent_last_hour: u64,
     pub mail_last_error: Option<String>,
     pub requests_pending: u64,
+    /// "standalone" or "server".
+    #[serde(default)]
+    pub role: String,
+    /// Server role: the hosts and when each was last seen.
+    #[serde(default)]
+    pub hosts: Vec<HostInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub name: String,
+    /// "agent" or "admin".
+    pub role: String,
+    /// SHA-256 of its certificate, hex.
+    pub fingerprint: String,
+    pub added_at: i64,
+    pub revoked_at: Option<i64>,
+    pub last_seen: Option<i64>,
+}
+
+/// Fleet links (agent or remote otpctl → server), inside TLS 1.3 with a
+/// client certificate. The client's first frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "link", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LinkHello {
+    /// An agent relays its host's PAM conversations; `host` is the name it
+    /// believes it has, which must be the name of its certificate.
+    Agent { protocol: u32, host: String },
+    /// Remote otpctl: admin requests follow, one per frame.
+    Admin { protocol: u32 },
+}
+
+/// The server's answer to [`LinkHello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum LinkReply {
+    Ready { server: String },
+    Refused { reason: String },
+}
+
+/// On an agent link, before each conversation's first message: who the
+/// login process is on the agent's host (SO_PEERCRED there, and for a
+/// root peer the real uid of its process, read by the agent from /proc).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Relay {
+    pub peer_uid: u32,
+    #[serde(default)]
+    pub pid: Option<i32>,
+    #[serde(default)]
+    pub caller: Option<u32>,
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ pub async fn connection(mut s: Conn, sh: &Shared) {
             return;
         }
     };
-    let resp = handle(req, uid, sh).await;
+    let resp = handle(req, &By::Uid(uid), sh).await;
     // The admin client may be slow to read a large answer.
     let timeout = sh.io_timeout.max(std::time::Duration::from_secs(30));
     if let Err(common::codec::FrameError::TooBig(n)) = s.write_admin_response(&resp, timeout).await {
@@ -63,6 +63,34 @@ pub(crate) fn account_uid(user: &str) -> Option<u32> {
     nix::unistd::User::from_name(user).ok().flatten().map(|u| u.uid.as_raw())
 }
 
+/// Who made an admin request: a local user (admin socket, D-Bus) or the
+/// holder of admin credentials on a fleet link.
+#[derive(Debug, Clone)]
+pub enum By {
+    Uid(u32),
+    Remote(String),
+}
+
+impl By {
+    /// The uid an emergency decision records: a remote admin has none on
+    /// this machine (0); the audit row names them.
+    fn uid(&self) -> u32 {
+        match self {
+            By::Uid(u) => *u,
+            By::Remote(_) => 0,
+        }
+    }
+}
+
+impl std::fmt::Display for By {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            By::Uid(u) => write!(f, "uid {u}"),
+            By::Remote(name) => write!(f, "admin credentials {name} (remote)"),
+        }
+    }
+}
+
 fn err(kind: AdminErrorKind, message: impl Into<String>) -> AdminResponse {
     AdminResponse::Error { kind, message: message.into() }
 }
@@ -92,7 +120,7 @@ fn admin_audit(
     sh_machine: &str,
     user: &str,
     action: &str,
-    by: u32,
+    by: &By,
     now: i64,
 ) -> Result<(), StoreError> {
     let e = NewAudit {
@@ -104,13 +132,14 @@ fn admin_audit(
         machine: sh_machine.into(),
         method: "admin".into(),
         result: action.into(),
-        reason: format!("by uid {by}"),
+        reason: format!("by {by}"),
     };
     crate::syslog::audit(&e);
     st.add_audit(&e)
 }
 
-pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
+pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
+    let by = by.clone();
     let now = sh.clock.now();
     let user_arg = match &req {
         AdminRequest::UserEnable { user, .. }
@@ -181,7 +210,7 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
                         rec.secret = None;
                     }
                     st.save_user(&rec)?;
-                    admin_audit(st, &policy.machine, &user, &format!("enable ({method})"), by, now)?;
+                    admin_audit(st, &policy.machine, &user, &format!("enable ({method})"), &by, now)?;
                     Ok(enrolled(&policy, &rec, now))
                 })
                 .await
@@ -196,7 +225,7 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
                     };
                     let rec = new_enrollment(&policy, Some(existing), &user, uid, now);
                     st.save_user(&rec)?;
-                    admin_audit(st, &policy.machine, &user, "reset", by, now)?;
+                    admin_audit(st, &policy.machine, &user, "reset", &by, now)?;
                     Ok(enrolled(&policy, &rec, now))
                 })
                 .await
@@ -213,7 +242,7 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
                     u.clear_lockout();
                     u.updated_at = now;
                     st.save_user(&u)?;
-                    admin_audit(st, &policy.machine, &user, "disable", by, now)?;
+                    admin_audit(st, &policy.machine, &user, "disable", &by, now)?;
                     Ok(AdminResponse::User { user: info(&u, now) })
                 })
                 .await
@@ -225,7 +254,7 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
                     u.unlock();
                     u.updated_at = now;
                     st.save_user(&u)?;
-                    admin_audit(st, &policy.machine, &user, "unlock", by, now)?;
+                    admin_audit(st, &policy.machine, &user, "unlock", &by, now)?;
                     Ok(AdminResponse::User { user: info(&u, now) })
                 })
                 .await
@@ -244,9 +273,13 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
                 .run(move |st| Ok(AdminResponse::Users { users: st.users()?.iter().map(|u| info(u, now)).collect() }))
                 .await
         }
-        AdminRequest::Audit { user, since, limit } => {
+        AdminRequest::Audit { user, host, since, limit } => {
             let limit = limit.unwrap_or(100).min(100_000);
-            sh.db.run(move |st| Ok(AdminResponse::Audit { entries: st.audit(user.as_deref(), since, limit)? })).await
+            sh.db
+                .run(move |st| {
+                    Ok(AdminResponse::Audit { entries: st.audit(user.as_deref(), host.as_deref(), since, limit)? })
+                })
+                .await
         }
         AdminRequest::UserPasswd { user, password } => {
             if password.chars().count() < 12 || password.len() > 1024 {
@@ -262,7 +295,7 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
                     u.password_hash = Some(hash);
                     u.updated_at = now;
                     st.save_user(&u)?;
-                    admin_audit(st, &policy.machine, &user, "passwd", by, now)?;
+                    admin_audit(st, &policy.machine, &user, "passwd", &by, now)?;
                     Ok(AdminResponse::Done { message: format!("password for {user}'s internal account set") })
                 })
                 .await
@@ -292,18 +325,20 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
                     let ctx = auth::LoginContext {
                         user: r.user.clone(),
                         service: "emergency-approval".into(),
+                        // The code works on the host that asked for it.
+                        machine: r.machine.clone(),
                         ..Default::default()
                     };
                     if !approve {
-                        st.decide_request(id, "denied", by, now)?;
-                        admin_audit(st, &policy.machine, &r.user, &format!("deny emergency request #{id}"), by, now)?;
+                        st.decide_request(id, "denied", by.uid(), now)?;
+                        admin_audit(st, &policy.machine, &r.user, &format!("deny emergency request #{id}"), &by, now)?;
                         return Ok((
                             AdminResponse::Done { message: format!("request #{id} denied; nothing was sent") },
                             false,
                         ));
                     }
-                    st.decide_request(id, "approved", by, now)?;
-                    admin_audit(st, &policy.machine, &r.user, &format!("approve emergency request #{id}"), by, now)?;
+                    st.decide_request(id, "approved", by.uid(), now)?;
+                    admin_audit(st, &policy.machine, &r.user, &format!("approve emergency request #{id}"), &by, now)?;
                     let outcome = crate::email::request_code(st, &policy, &ctx, &r.address, true, now)?;
                     let queued = matches!(outcome, crate::email::RequestOutcome::Queued { .. });
                     let message = match outcome {
@@ -326,14 +361,36 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
             let limit = limit.unwrap_or(100).min(10_000);
             sh.db.run(move |st| Ok(AdminResponse::Sessions { sessions: st.sessions(limit)? })).await
         }
+        AdminRequest::HostAdd { name, admin } => return host_add(sh, &by, name, admin, now).await,
+        AdminRequest::HostList => {
+            sh.db.run(|st| Ok(AdminResponse::Hosts { hosts: st.hosts()?.iter().map(host_info).collect() })).await
+        }
+        AdminRequest::HostRevoke { name } => {
+            if sh.fleet.is_none() {
+                return not_a_server();
+            }
+            sh.db
+                .run(move |st| {
+                    if !st.revoke_host(&name, now)? {
+                        return Ok(err(AdminErrorKind::NotFound, format!("no host {name:?} with valid credentials")));
+                    }
+                    admin_audit(st, &policy.machine, "-", &format!("revoke host {name}"), &by, now)?;
+                    Ok(AdminResponse::Done {
+                        message: format!("{name} revoked: every server refuses its certificate from now on"),
+                    })
+                })
+                .await
+        }
         AdminRequest::Status => {
             let (started_at, database, open) =
                 (sh.started_at, sh.database.clone(), sh.open_connections.load(Ordering::Relaxed));
+            let role = if sh.fleet.is_some() { "server" } else { "standalone" };
             sh.db
                 .run(move |st| {
                     let c = st.counts(now)?;
                     let m = st.mail_stats(now)?;
                     let pending = st.count_requests(crate::store::RequestCount::All { pending_only: true })?;
+                    let hosts = if role == "server" { st.hosts()?.iter().map(host_info).collect() } else { Vec::new() };
                     Ok(AdminResponse::Status {
                         status: StatusInfo {
                             version: env!("CARGO_PKG_VERSION").into(),
@@ -353,6 +410,8 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
                             mail_sent_last_hour: m.sent_last_hour,
                             mail_last_error: m.last_error,
                             requests_pending: pending,
+                            role: role.into(),
+                            hosts,
                         },
                     })
                 })
@@ -363,6 +422,59 @@ pub async fn handle(req: AdminRequest, by: u32, sh: &Shared) -> AdminResponse {
         tracing::error!("admin request failed: {e}");
         err(AdminErrorKind::Internal, format!("the change was not made: {e}"))
     })
+}
+
+fn not_a_server() -> AdminResponse {
+    err(AdminErrorKind::InvalidInput, "this otpd is not a fleet server (role = \"server\" in otpd.toml)")
+}
+
+fn host_info(h: &crate::store::HostRecord) -> common::proto::HostInfo {
+    common::proto::HostInfo {
+        name: h.name.clone(),
+        role: crate::fleet::role_name(h.role).into(),
+        fingerprint: crate::pki::fingerprint_hex(&h.fingerprint),
+        added_at: h.added_at,
+        revoked_at: h.revoked_at,
+        last_seen: h.last_seen,
+    }
+}
+
+/// Issues credentials, records their fingerprint, and hands the bundle
+/// back once (the key is not kept anywhere on the server).
+async fn host_add(sh: &Shared, by: &By, name: String, admin: bool, now: i64) -> AdminResponse {
+    let Some(fleet) = sh.fleet.clone() else { return not_a_server() };
+    let (bundle, fingerprint) = match fleet.issue(&name) {
+        Ok(b) => b,
+        Err(e) => return err(AdminErrorKind::InvalidInput, e.to_string()),
+    };
+    let record = crate::store::HostRecord {
+        name: name.clone(),
+        role: if admin { crate::store::HostRole::Admin } else { crate::store::HostRole::Agent },
+        fingerprint: fingerprint.to_vec(),
+        added_at: now,
+        revoked_at: None,
+        last_seen: None,
+    };
+    let (policy, by) = (sh.policy.clone(), by.clone());
+    let what = if admin { "admin credentials" } else { "host" };
+    let added = sh
+        .db
+        .run(move |st| {
+            if !st.add_host(&record)? {
+                return Ok(false);
+            }
+            admin_audit(st, &policy.machine, "-", &format!("add {what} {}", record.name), &by, now)?;
+            Ok(true)
+        })
+        .await;
+    match added {
+        Ok(true) => AdminResponse::HostBundle { name, bundle: bundle.to_text() },
+        Ok(false) => err(
+            AdminErrorKind::InvalidInput,
+            format!("{name} already has valid credentials; `otpctl host revoke {name}` first to issue new ones"),
+        ),
+        Err(e) => err(AdminErrorKind::Internal, format!("the host was not added: {e}")),
+    }
 }
 
 fn not_found(user: &str) -> AdminResponse {

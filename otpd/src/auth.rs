@@ -35,6 +35,10 @@ pub struct LoginContext {
     pub rhost: Option<String>,
     pub tty: Option<String>,
     pub peer_uid: u32,
+    /// The host the login happens on: this machine for the local PAM
+    /// socket, the host named by an agent's certificate on a server.
+    /// Emailed codes are bound to it; audit rows and sessions record it.
+    pub machine: String,
 }
 
 /// What a non-root caller hears about any account but its own: the same
@@ -128,7 +132,7 @@ pub fn audit(
 
 pub fn audit_method(
     store: &mut dyn Store,
-    p: &Policy,
+    _p: &Policy,
     ctx: &LoginContext,
     now: i64,
     method: &str,
@@ -145,7 +149,7 @@ pub fn audit_method(
         service: ctx.service.clone(),
         rhost: ctx.rhost.clone(),
         tty: ctx.tty.clone(),
-        machine: p.machine.clone(),
+        machine: ctx.machine.clone(),
         method: method.into(),
         result: result.into(),
         reason,
@@ -334,6 +338,11 @@ pub fn check_answer(
             });
         };
         match p.totp.check(&secret, &code, now, user.last_step) {
+            // Another login (on this or another server) may have taken the
+            // step since `user` was read: the database decides who has it.
+            Check::Valid { step } if !store.consume_step(&user.name, step)? => {
+                failure = ("code already used", "That passcode was already used; wait for the next one.")
+            }
             Check::Valid { step } => {
                 let activated = user.activated_at.is_none();
                 user.last_step = Some(step);
@@ -360,7 +369,7 @@ pub fn check_answer(
     let mut failed_method = method;
     if try_email && !(try_totp && failure.0 == "code already used") {
         failed_method = "email";
-        failure = match crate::email::check_code(store, p, &user.name, &code, now)? {
+        failure = match crate::email::check_code(store, p, &user.name, &ctx.machine, &code, now)? {
             crate::email::CodeCheck::Valid => {
                 let (failures, locks) = accept(store, p, ctx, &mut user, now, "email", "valid emailed code")?;
                 return Ok(Verdict::Accept { activated: false, failures, locks });
@@ -532,7 +541,7 @@ mod tests {
     }
 
     fn ctx(user: &str) -> LoginContext {
-        LoginContext { user: user.into(), service: "login".into(), ..Default::default() }
+        LoginContext { user: user.into(), service: "login".into(), machine: "m1".into(), ..Default::default() }
     }
 
     /// Enrolls `user` and returns its plain secret (decrypted as the daemon would).
@@ -576,7 +585,8 @@ mod tests {
             check_answer(&mut s, &p, &ctx("alice"), &next, T0 + 30).unwrap(),
             Verdict::Accept { activated: false, failures: 2, locks: 0 }
         );
-        let results: Vec<String> = s.audit(Some("alice"), None, 100).unwrap().into_iter().map(|e| e.reason).collect();
+        let results: Vec<String> =
+            s.audit(Some("alice"), None, None, 100).unwrap().into_iter().map(|e| e.reason).collect();
         assert!(results
             .contains(&"enrollment activated; 1 failed attempt(s) and 0 lock(s) since the previous login".to_string()));
         assert!(results.contains(&"code already used".to_string()));
@@ -663,7 +673,7 @@ mod tests {
             Verdict::Locked { until: LockEnd::AdminUnlock }
         );
         assert_eq!(plan(&mut s, &p, &mut ctx("lena"), year).unwrap().0, Plan::Locked { until: LockEnd::AdminUnlock });
-        let audit = s.audit(Some("lena"), None, 100).unwrap();
+        let audit = s.audit(Some("lena"), None, None, 100).unwrap();
         let locks = audit.iter().filter(|e| e.result == "locked" && e.reason.starts_with("wrong code")).count();
         assert_eq!(locks, 4);
         assert!(audit.iter().any(|e| e.reason.contains("until an administrator unlocks it (lock 4 in a row")));
@@ -739,7 +749,7 @@ mod tests {
             check_answer(&mut s, &p, &ctx("mia"), &good, t).unwrap(),
             Verdict::Accept { activated: true, failures: 7, locks: 2 }
         );
-        let audit = s.audit(Some("mia"), None, 1).unwrap();
+        let audit = s.audit(Some("mia"), None, None, 1).unwrap();
         assert_eq!(audit[0].reason, "enrollment activated; 7 failed attempt(s) and 2 lock(s) since the previous login");
         // The next lock is the first of a new row again.
         let t = t + 60;
@@ -761,7 +771,7 @@ mod tests {
         }
         let u = s.user("nora").unwrap().unwrap();
         assert_eq!((u.failures, u.failures_since_login, u.lock_periods, u.locked_until), (0, 0, 0, None));
-        let audit = s.audit(Some("nora"), None, 100).unwrap();
+        let audit = s.audit(Some("nora"), None, None, 100).unwrap();
         assert_eq!(audit.len(), 20);
         assert!(audit.iter().all(|e| e.result == "deny" && e.reason == "no code entered"), "{audit:?}");
     }
@@ -881,10 +891,10 @@ mod tests {
         plan(&mut s, &p, &mut same, T0).unwrap();
         assert!(matches!(check_answer(&mut s, &p, &same, &c, T0).unwrap(), Verdict::Deny { .. }), "replay");
         // The audit names the account and keeps what was typed.
-        let rows = s.audit(Some("alice"), None, 100).unwrap();
+        let rows = s.audit(Some("alice"), None, None, 100).unwrap();
         assert!(rows.iter().any(|r| r.result == "accept" && r.reason.contains("typed as ALICE")), "{rows:?}");
         assert!(rows.iter().any(|r| r.reason == "code already used"), "{rows:?}");
-        assert!(s.audit(Some("ALICE"), None, 100).unwrap().is_empty());
+        assert!(s.audit(Some("ALICE"), None, None, 100).unwrap().is_empty());
         // A name the directory does not know still finds its exact record
         // from a root caller; the first root login records its uid.
         let secret = enroll(&mut s, &p, "legacy", None);
@@ -912,12 +922,12 @@ mod tests {
             let (planned, note) = plan(&mut s, &p, &mut LoginContext { resolved: true, ..ctx(user) }, T0).unwrap();
             assert_eq!(planned, Plan::NotEnrolled);
             // Planning only reads: the final answer comes with the audit record to write.
-            assert_eq!(s.audit(None, None, 10).unwrap().len(), recorded);
+            assert_eq!(s.audit(None, None, None, 10).unwrap().len(), recorded);
             let note = note.expect("a final answer is audited");
             assert_eq!((note.result, note.reason.as_str()), ("not_enrolled", "user not enabled for OTP"));
             note.record(&mut s, &p, &ctx(user), T0).unwrap();
         }
-        assert_eq!(s.audit(None, None, 10).unwrap().len(), 2);
+        assert_eq!(s.audit(None, None, None, 10).unwrap().len(), 2);
         // Activated users are simply asked: nothing to record yet.
         enroll(&mut s, &p, "fay", None);
         assert!(matches!(plan(&mut s, &p, &mut ctx("fay"), T0).unwrap(), (Plan::Enroll { .. }, None)));

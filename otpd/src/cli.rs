@@ -33,6 +33,13 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Talk to a fleet server ("host:port") instead of the local admin socket;
+    /// needs --bundle with admin credentials (`otpctl host add NAME --admin`).
+    #[arg(long, global = true, env = "OTPCTL_SERVER")]
+    pub server: Option<String>,
+    /// Admin credentials for --server.
+    #[arg(long, global = true, env = "OTPCTL_BUNDLE")]
+    pub bundle: Option<PathBuf>,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -47,6 +54,9 @@ pub enum Cmd {
         /// Only this user's records.
         #[arg(long)]
         user: Option<String>,
+        /// Only this host's records (fleet).
+        #[arg(long)]
+        host: Option<String>,
         /// How far back: a duration ("1h", "2d") or an RFC 3339 time.
         #[arg(long)]
         since: Option<String>,
@@ -65,6 +75,28 @@ pub enum Cmd {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// Hosts of the fleet (on a server): their credentials and when each was last seen.
+    #[command(subcommand)]
+    Host(HostCmd),
+}
+
+#[derive(Subcommand)]
+pub enum HostCmd {
+    /// Issue credentials for a host: a bundle (CA certificate, the host's certificate and key) to copy
+    /// to the host as /etc/otpd/host.bundle (mode 0600), shown once.
+    Add {
+        name: String,
+        /// Credentials for `otpctl --server` (an administrator's machine), not for an agent.
+        #[arg(long)]
+        admin: bool,
+        /// Write the bundle to this new file (mode 0600) instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Every host: role, when it was added and last seen, revoked or not.
+    List,
+    /// Refuse the host's certificate from now on, on every server.
+    Revoke { name: String },
 }
 
 #[derive(Subcommand)]

@@ -5,7 +5,7 @@ use crate::crypto::SecretBox;
 use crate::db::Db;
 use crate::server::{serve_admin, serve_pam, Limits, Shared};
 use crate::store::SqliteStore;
-use common::config::Config;
+use common::config::{Config, Role};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
@@ -22,23 +22,93 @@ pub enum StartError {
     Socket { path: String, why: String },
     #[error("refusing to start: {0}")]
     Untrusted(#[from] crate::trust::Untrusted),
+    #[error("fleet: {0}")]
+    Fleet(String),
 }
 
 /// Where otpd keeps its secrets and sockets must be out of other users'
 /// reach before anything is created or read there (see [`crate::trust`]).
 fn check_trusted_paths(d: &common::config::DaemonConfig) -> Result<(), StartError> {
-    for (path, what) in
-        [(&d.key_file, "state"), (&d.database, "state"), (&d.pam_socket, "socket"), (&d.admin_socket, "socket")]
-    {
+    let postgres = common::config::is_postgres_url(&d.database);
+    let mut paths = vec![(&d.key_file, "state"), (&d.pam_socket, "socket"), (&d.admin_socket, "socket")];
+    if !postgres {
+        paths.push((&d.database, "state"));
+    }
+    for (path, what) in paths {
         if let Some(dir) = path.parent() {
             crate::trust::check_dir(dir, what)?;
         }
     }
     crate::trust::check_file(&d.key_file, "key file")?;
-    for (f, what) in crate::trust::database_files(&d.database) {
-        crate::trust::check_file(&f, what)?;
+    if !postgres {
+        for (f, what) in crate::trust::database_files(&d.database) {
+            crate::trust::check_file(&f, what)?;
+        }
     }
     Ok(())
+}
+
+/// The database: SQLite (with its read-only login-path connection) or,
+/// for a server, PostgreSQL.
+fn open_database(config: &Config) -> Result<(Db, Option<SqliteStore>), StartError> {
+    let d = &config.daemon;
+    if common::config::is_postgres_url(&d.database) {
+        let url = d.database.to_str().unwrap_or_default();
+        return Ok((Db::start_postgres(url, config.fleet.db_connections)?, None));
+    }
+    let store = SqliteStore::open(&d.database)?;
+    // SQLite gives -wal and -shm the database's mode as it was when it made them.
+    for (f, _) in crate::trust::database_files(&d.database) {
+        let _ = std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600));
+    }
+    let reader = SqliteStore::open_reader(&d.database)?;
+    Ok((Db::start(store), Some(reader)))
+}
+
+/// The password in a postgresql:// URL never reaches the log or `status`.
+fn shown_database(database: &Path) -> String {
+    let shown = database.display().to_string();
+    match (shown.split_once("://"), shown.rfind('@')) {
+        (Some((scheme, rest)), Some(at)) if rest.contains(':') && at > scheme.len() => {
+            let creds = &shown[scheme.len() + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***{}", &shown[at..]),
+                None => shown,
+            }
+        }
+        _ => shown,
+    }
+}
+
+/// The fleet CA, made by the first server of a database and shared by all
+/// of them through it (the key sealed with the key file they share), and
+/// this server's own certificate for its names.
+async fn fleet_server(config: &Config, db: &Db, crypto: &SecretBox) -> Result<crate::fleet::FleetServer, StartError> {
+    let fail = |e: String| StartError::Fleet(e);
+    const AAD: &str = "otpd fleet CA key";
+    let stored = db.run(|st| st.fleet_ca()).await?;
+    let (cert_pem, sealed) = match stored {
+        Some(ca) => ca,
+        None => {
+            let ca = crate::pki::Ca::generate().map_err(|e| fail(e.to_string()))?;
+            let sealed = crypto.seal(AAD, ca.key_pem().as_bytes());
+            let cert_pem = ca.cert_pem();
+            // Two servers starting together: the first CA stored wins.
+            db.run(move |st| st.set_fleet_ca_if_absent(&cert_pem, &sealed)).await?;
+            db.run(|st| st.fleet_ca()).await?.ok_or_else(|| fail("the fleet CA was not stored".into()))?
+        }
+    };
+    let key = crypto.open(AAD, &sealed).ok_or_else(|| {
+        fail("the fleet CA key cannot be decrypted: every server of one database needs the same key file".into())
+    })?;
+    let key = zeroize::Zeroizing::new(String::from_utf8(key).map_err(|_| fail("the fleet CA key is corrupt".into()))?);
+    let ca = crate::pki::Ca::from_pem(&cert_pem, &key).map_err(|e| fail(e.to_string()))?;
+    let mut names = config.fleet.names.clone();
+    if names.is_empty() {
+        names.push(hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "localhost".into()));
+    }
+    let cert = ca.issue_server(&names).map_err(|e| fail(e.to_string()))?;
+    crate::fleet::FleetServer::new(ca, &cert, names[0].clone()).map_err(|e| fail(e.to_string()))
 }
 
 /// Core dumps of a process holding secrets are a leak; so is ptrace by
@@ -65,7 +135,7 @@ fn machine_id(path: &Path) -> String {
 
 /// Binds a socket path, replacing a stale socket but never a live daemon's
 /// socket or a file that is not a socket.
-fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, StartError> {
+pub(crate) fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, StartError> {
     let fail = |why: String| StartError::Socket { path: path.display().to_string(), why };
     if let Some(dir) = path.parent() {
         if !dir.exists() {
@@ -153,7 +223,7 @@ fn raise_fd_limit() {
 }
 
 /// Tells systemd (Type=notify) that the sockets are ready.
-fn notify_ready() {
+pub(crate) fn notify_ready() {
     let Some(addr) = std::env::var_os("NOTIFY_SOCKET") else { return };
     let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
     let bytes = addr.as_encoded_bytes();
@@ -189,28 +259,47 @@ fn make_clock() -> Box<dyn Clock> {
 pub async fn run(config: Config) -> Result<(), StartError> {
     harden_process();
     crate::syslog::start();
+    if config.role == Role::Agent {
+        raise_fd_limit();
+        return crate::agent::run(config).await;
+    }
     let d = &config.daemon;
     check_trusted_paths(d)?;
     let (crypto, created) = SecretBox::load_or_create(&d.key_file)?;
     if created {
         tracing::info!("created key file {}", d.key_file.display());
     }
-    let store = SqliteStore::open(&d.database)?;
-    // SQLite gives -wal and -shm the database's mode as it was when it made them.
-    for (f, _) in crate::trust::database_files(&d.database) {
-        let _ = std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600));
+    let (db, reader) = open_database(&config)?;
+    let fleet = match config.role {
+        Role::Server => Some(Arc::new(fleet_server(&config, &db, &crypto).await?)),
+        _ => None,
+    };
+    let mut fleet_listeners = Vec::new();
+    for addr in config.fleet.listen.iter().filter(|_| fleet.is_some()) {
+        let l = tokio::net::TcpListener::bind(addr.as_str())
+            .await
+            .map_err(|e| StartError::Socket { path: addr.clone(), why: e.to_string() })?;
+        fleet_listeners.push(l);
     }
-    let reader = SqliteStore::open_reader(&d.database)?;
     raise_fd_limit();
     let clock = make_clock();
     let admin_gid = nix::unistd::Group::from_name(&d.admin_group).ok().flatten().map(|g| g.gid.as_raw());
+    let machine = machine_id(&d.machine_id);
+    let limit_settings = (
+        d.caller_logins_per_minute,
+        crate::limits::Caps {
+            per_caller: d.caller_max_logins,
+            per_target: d.target_max_logins,
+            unprivileged: d.unprivileged_connections(),
+        },
+    );
     let shared = Arc::new(Shared {
-        db: Db::start(store),
+        db,
         policy: Arc::new(Policy {
             totp: (&config.totp).into(),
             lockout: config.lockout.clone(),
             issuer: hostname_issuer(&config.totp.issuer),
-            machine: machine_id(&d.machine_id),
+            machine: machine.clone(),
             crypto,
             email: config.email.clone(),
         }),
@@ -219,23 +308,19 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         io_timeout: d.io_timeout,
         prompt_timeout: d.prompt_timeout,
         admin_gid,
-        database: d.database.display().to_string(),
+        database: shown_database(&d.database),
         open_connections: AtomicU64::new(0),
         per_uid: Default::default(),
         silent: Default::default(),
         next_connection: AtomicU64::new(0),
         last_flood_warning: Default::default(),
-        reader: std::sync::Mutex::new(reader),
+        reader: reader.map(std::sync::Mutex::new),
         mail_wakeup: Arc::new(tokio::sync::Notify::new()),
         events: tokio::sync::broadcast::channel(1024).0,
-        limits: crate::limits::CallerLimits::new(
-            d.caller_logins_per_minute,
-            crate::limits::Caps {
-                per_caller: d.caller_max_logins,
-                per_target: d.target_max_logins,
-                unprivileged: d.unprivileged_connections(),
-            },
-        ),
+        limits: Arc::new(crate::limits::CallerLimits::new(&machine, limit_settings.0, limit_settings.1)),
+        host_limits: Default::default(),
+        limit_settings,
+        fleet: fleet.clone(),
     });
     // Anyone may connect to the PAM socket (screen lockers run as the user);
     // SO_PEERCRED limits what a non-root caller can do.
@@ -246,8 +331,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         env!("CARGO_PKG_VERSION"),
         d.pam_socket.display(),
         d.admin_socket.display(),
-        d.database.display()
+        shared.database
     );
+    let mut fleet_tasks = Vec::new();
+    if let Some(fleet) = &fleet {
+        for (l, addr) in fleet_listeners.into_iter().zip(&config.fleet.listen) {
+            tracing::info!("fleet server {} listening on {addr} (TLS 1.3, client certificates required)", fleet.name);
+            fleet_tasks.push(tokio::spawn(crate::fleet::serve(l, shared.clone(), fleet.clone())));
+        }
+    }
     notify_ready();
     let mail_task = if config.email.enabled {
         let mailer = crate::mail::Mailer::from_config(&config.smtp, &hostname_issuer("%hostname%"))
@@ -278,6 +370,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     admin_task.abort();
     housekeeping.abort();
+    for t in fleet_tasks {
+        t.abort();
+    }
     // Refusals counted but not yet written are written now.
     crate::limits::flush(&shared, true).await;
     let _ = std::fs::remove_file(&d.pam_socket);

@@ -1,6 +1,6 @@
-//! The single database thread and its group commit.
+//! The database workers.
 //!
-//! Async tasks hand closures to one OS thread that owns the SQLite
+//! SQLite: async tasks hand closures to one OS thread that owns the SQLite
 //! connection. The thread takes every job that is waiting, runs them inside
 //! one `BEGIN IMMEDIATE … COMMIT` (each in its own SAVEPOINT so one failing
 //! job cannot leave half its writes behind), and only after COMMIT returns —
@@ -9,15 +9,21 @@
 //! ever reports a decision that a crash could undo. Jobs for the same user
 //! are serialised by construction, which is what makes a TOTP step
 //! single-use under races.
+//!
+//! PostgreSQL: several worker threads, each with its own connection, run one
+//! job per transaction; the result is again released only after COMMIT.
+//! Jobs are no longer serialised by us, so the single-use and cap rules rest
+//! on row locks and conditional updates instead (see [`crate::store`]).
+use crate::pgstore::PgStore;
 use crate::store::{SqliteStore, Store, StoreError};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use tokio::sync::oneshot;
 
 type Completion = Box<dyn FnOnce(bool) + Send>;
 /// A job runs against the store inside the batch's transaction, or with
 /// `None` when there is no usable transaction: then it only produces its
 /// completion, which reports that nothing was committed.
-type Job = Box<dyn FnOnce(Option<&mut SqliteStore>) -> (bool, Completion) + Send>;
+type Job = Box<dyn FnOnce(Option<&mut dyn Store>) -> (bool, Completion) + Send>;
 
 /// Most jobs folded into one transaction.
 const MAX_BATCH: usize = 512;
@@ -25,6 +31,7 @@ const MAX_BATCH: usize = 512;
 #[derive(Clone)]
 pub struct Db {
     tx: mpsc::SyncSender<Job>,
+    postgres: bool,
 }
 
 impl Db {
@@ -36,7 +43,49 @@ impl Db {
             .spawn(move || writer(store, rx))
             .map(|_| ())
             .unwrap_or_else(|e| tracing::error!("cannot start the database thread: {e}"));
-        Db { tx }
+        Db { tx, postgres: false }
+    }
+
+    /// Connects to PostgreSQL at `url`, brings its schema up to date (under
+    /// an advisory lock: servers starting together do not race), and starts
+    /// `connections` worker threads, each with its own connection. Fails if
+    /// the database cannot be reached now; later outages only fail the jobs
+    /// that meet them (each worker reconnects before its next job).
+    pub fn start_postgres(url: &str, connections: usize) -> Result<Db, StoreError> {
+        let config = crate::pgstore::config(url)?;
+        // The blocking client runs (and drops) its own runtime, which must not
+        // happen on a tokio thread: connect on a plain one.
+        let stores = std::thread::scope(|scope| {
+            scope
+                .spawn(|| -> Result<Vec<PgStore>, StoreError> {
+                    let mut first = PgStore::connect(&config)?;
+                    first.migrate()?;
+                    let mut stores = vec![first];
+                    for _ in 1..connections.max(1) {
+                        stores.push(PgStore::connect(&config)?);
+                    }
+                    Ok(stores)
+                })
+                .join()
+        })
+        .map_err(|_| StoreError::Gone)??;
+        let (tx, rx) = mpsc::sync_channel::<Job>(4096);
+        let rx = Arc::new(Mutex::new(rx));
+        for (i, store) in stores.into_iter().enumerate() {
+            let (config, rx) = (config.clone(), rx.clone());
+            std::thread::Builder::new()
+                .name(format!("otpd-pg{i}"))
+                .spawn(move || pg_worker(&config, Some(store), &rx))
+                .map_err(|e| StoreError::Unusable {
+                    path: "PostgreSQL".into(),
+                    why: format!("cannot start a database thread: {e}"),
+                })?;
+        }
+        Ok(Db { tx, postgres: true })
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.postgres
     }
 
     /// Runs `f` in a transaction; resolves after COMMIT. If `f` fails its
@@ -66,7 +115,7 @@ impl Db {
         F: FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
         N: FnOnce(Result<T, StoreError>) + Send + 'static,
     {
-        let job: Job = Box::new(move |store: Option<&mut SqliteStore>| {
+        let job: Job = Box::new(move |store: Option<&mut dyn Store>| {
             let result = match store {
                 Some(store) => f(store),
                 None => Err(StoreError::NotCommitted),
@@ -138,7 +187,7 @@ fn run_batch(store: &mut SqliteStore, batch: Vec<Job>) -> (bool, Vec<Completion>
             completions.push(job(None).1);
             continue;
         }
-        let (ok, completion) = job(Some(store));
+        let (ok, completion) = job(Some(&mut *store));
         completions.push(completion);
         let cleaned = if ok {
             store.control("RELEASE job").is_ok()
@@ -162,6 +211,86 @@ fn run_batch(store: &mut SqliteStore, batch: Vec<Job>) -> (bool, Vec<Completion>
     }
 }
 
+fn pg_worker(config: &postgres::Config, mut conn: Option<PgStore>, rx: &Mutex<mpsc::Receiver<Job>>) {
+    loop {
+        // One worker waits on the channel at a time; the others wait for the lock.
+        let job = match rx.lock() {
+            Ok(rx) => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+            Err(_) => return,
+        };
+        let (committed, completion) = pg_job(config, &mut conn, job);
+        completion(committed);
+    }
+}
+
+/// Begins a transaction on the worker's connection, first (re)connecting if
+/// there is none. A connection that cannot even BEGIN is presumed broken
+/// (the server restarted): it is replaced once, which is safe because the
+/// job has not run yet.
+fn pg_begin(config: &postgres::Config, conn: &mut Option<PgStore>) -> bool {
+    for _ in 0..2 {
+        let store = match conn {
+            Some(store) => store,
+            None => match PgStore::connect(config) {
+                Ok(store) => conn.insert(store),
+                Err(e) => {
+                    tracing::error!("cannot connect to PostgreSQL: {e}; denying the request");
+                    return false;
+                }
+            },
+        };
+        match store.begin() {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::warn!("PostgreSQL connection lost ({e}); reconnecting");
+                *conn = None;
+            }
+        }
+    }
+    false
+}
+
+/// Runs one job in its own transaction. Returns whether the completion may
+/// report the job's own result (committed, or the job failed and its writes
+/// were rolled back) and the completion.
+fn pg_job(config: &postgres::Config, conn: &mut Option<PgStore>, job: Job) -> (bool, Completion) {
+    if !pg_begin(config, conn) {
+        return (false, job(None).1);
+    }
+    let Some(store) = conn.as_mut() else {
+        return (false, job(None).1);
+    };
+    let (ok, completion) = job(Some(&mut *store));
+    // A statement that failed aborted the whole transaction in PostgreSQL
+    // (COMMIT would silently roll back): if the job went on regardless, its
+    // result does not stand.
+    let failed_inside = store.failed_in_transaction();
+    if !ok || failed_inside {
+        if let Err(e) = store.control("ROLLBACK") {
+            tracing::warn!("ROLLBACK failed: {e}");
+        }
+        if store.is_closed() {
+            *conn = None;
+        }
+        return (!ok, completion);
+    }
+    test_commit_delay();
+    match store.control("COMMIT") {
+        Ok(()) => (true, completion),
+        Err(e) => {
+            tracing::error!("COMMIT failed: {e}; denying the request");
+            let _ = store.control("ROLLBACK");
+            if store.is_closed() {
+                *conn = None;
+            }
+            (false, completion)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,7 +308,7 @@ mod tests {
         assert!(a.is_err());
         assert!(b.is_ok());
         let users: Vec<String> =
-            db.run(|s| s.audit(None, None, 10)).await.unwrap().into_iter().map(|e| e.user).collect();
+            db.run(|s| s.audit(None, None, None, 10)).await.unwrap().into_iter().map(|e| e.user).collect();
         assert_eq!(users, vec!["real".to_string()]);
     }
 }

@@ -49,7 +49,7 @@ impl Admin1 {
             tracing::warn!("D-Bus admin call from uid {uid} refused");
             return Err(fdo::Error::AccessDenied("only root and the otpd admin group may administer otpd".into()));
         }
-        match crate::admin::handle(req, uid, &self.shared).await {
+        match crate::admin::handle(req, &crate::admin::By::Uid(uid), &self.shared).await {
             AdminResponse::Error { kind, message } => Err(match kind {
                 AdminErrorKind::PermissionDenied => fdo::Error::AccessDenied(message),
                 AdminErrorKind::InvalidInput => fdo::Error::InvalidArgs(message),
@@ -133,6 +133,7 @@ impl Admin1 {
     ) -> fdo::Result<String> {
         let req = AdminRequest::Audit {
             user: opt(user),
+            host: None,
             since: (since > 0).then_some(since),
             limit: (limit > 0).then_some(limit),
         };

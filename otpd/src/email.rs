@@ -179,12 +179,13 @@ pub fn no_usable_code(
     store: &mut dyn Store,
     p: &Policy,
     user: &str,
+    machine: &str,
     now: i64,
 ) -> Result<Option<NoUsableCode>, StoreError> {
     if !matches!(store.user(user)?, Some(u) if u.method == common::proto::Method::Email) {
         return Ok(None);
     }
-    let Some(last) = store.latest_email_code(user, Some(&p.machine))? else { return Ok(None) };
+    let Some(last) = store.latest_email_code(user, Some(machine))? else { return Ok(None) };
     let next_at = last.created_at + p.email.new_code_interval.as_secs() as i64;
     if valid_code(&last, now) || next_at <= now {
         return Ok(None);
@@ -203,7 +204,7 @@ pub fn request_code(
 ) -> Result<RequestOutcome, StoreError> {
     let cfg: &EmailConfig = &p.email;
     let hour_ago = now - 3600;
-    let latest = store.latest_email_code(&ctx.user, Some(&p.machine))?;
+    let latest = store.latest_email_code(&ctx.user, Some(&ctx.machine))?;
     let caps_ok = |store: &mut dyn Store| -> Result<bool, StoreError> {
         Ok(store.count_mail_since(MailCount::Address(address), hour_ago)? < cfg.per_address_per_hour as u64
             && store.count_mail_since(MailCount::All, hour_ago)? < cfg.global_per_hour as u64)
@@ -240,9 +241,9 @@ pub fn request_code(
     let id = store.insert_email_code(&EmailCode {
         id: 0,
         user: ctx.user.clone(),
-        machine: p.machine.clone(),
+        machine: ctx.machine.clone(),
         address: address.to_string(),
-        code_hash: code_hash(p.crypto.email_key(), &ctx.user, &p.machine, &code),
+        code_hash: code_hash(p.crypto.email_key(), &ctx.user, &ctx.machine, &code),
         code_enc: Some(p.crypto.seal(&code_aad(&ctx.user), code.as_bytes())),
         created_at: now,
         expires_at,
@@ -277,16 +278,17 @@ pub fn check_code(
     store: &mut dyn Store,
     p: &Policy,
     user: &str,
+    machine: &str,
     answer: &str,
     now: i64,
 ) -> Result<CodeCheck, StoreError> {
-    let Some(code) = store.latest_email_code(user, Some(&p.machine))? else {
-        return Ok(other_machine(store, p, user, answer)?.unwrap_or(CodeCheck::NoCode));
+    let Some(code) = store.latest_email_code(user, Some(machine))? else {
+        return Ok(other_machine(store, p, user, machine, answer)?.unwrap_or(CodeCheck::NoCode));
     };
     let expected = &code.code_hash;
-    let given = code_hash(p.crypto.email_key(), user, &p.machine, answer);
+    let given = code_hash(p.crypto.email_key(), user, machine, answer);
     if !bool::from(expected.ct_eq(&given)) {
-        return Ok(other_machine(store, p, user, answer)?.unwrap_or(CodeCheck::Wrong));
+        return Ok(other_machine(store, p, user, machine, answer)?.unwrap_or(CodeCheck::Wrong));
     }
     if code.used_at.is_some() {
         return Ok(CodeCheck::Used);
@@ -295,14 +297,24 @@ pub fn check_code(
         store.retire_email_code(code.id, None)?;
         return Ok(CodeCheck::Expired);
     }
-    store.retire_email_code(code.id, Some(now))?;
+    // Only the call that marks the code used may accept it: a concurrent
+    // check (on another server) that read it unused too gets Used.
+    if !store.retire_email_code(code.id, Some(now))? {
+        return Ok(CodeCheck::Used);
+    }
     Ok(CodeCheck::Valid)
 }
 
-fn other_machine(store: &mut dyn Store, p: &Policy, user: &str, answer: &str) -> Result<Option<CodeCheck>, StoreError> {
+fn other_machine(
+    store: &mut dyn Store,
+    p: &Policy,
+    user: &str,
+    machine: &str,
+    answer: &str,
+) -> Result<Option<CodeCheck>, StoreError> {
     Ok(store
         .latest_email_code(user, None)?
-        .filter(|c| c.machine != p.machine)
+        .filter(|c| c.machine != machine)
         .filter(|c| bool::from(c.code_hash.ct_eq(&code_hash(p.crypto.email_key(), user, &c.machine, answer))))
         .map(|_| CodeCheck::OtherMachine))
 }

@@ -3,22 +3,28 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod admin;
+pub mod agent;
 pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod conn;
+pub mod conversation;
 pub mod crypto;
 pub mod daemon;
 pub mod db;
 pub mod dbus;
 pub mod email;
+pub mod fleet;
 pub mod limits;
 pub mod mail;
 pub mod passwd;
+pub mod pgstore;
+pub mod pki;
 pub mod qr;
 pub mod retention;
 pub mod server;
 pub mod store;
 pub mod syslog;
 pub mod totp;
+pub mod transport;
 pub mod trust;

@@ -172,7 +172,7 @@ impl Report {
             self.count,
             self.why.reason(),
             self.caller,
-            crate::server::hhmm(self.since)
+            crate::clock::local_hhmm(self.since)
         )
     }
 }
@@ -381,6 +381,8 @@ pub struct CallerLimits {
     pub session_rate: RateLimiter,
     pub refusals: Refusals,
     pub conversations: Arc<Conversations>,
+    /// The host whose callers these are (refusals are audited under it).
+    pub machine: String,
 }
 
 /// Refused attempts of one caller and reason are reported at most once in
@@ -388,8 +390,9 @@ pub struct CallerLimits {
 pub const REPORT_INTERVAL: i64 = 60;
 
 impl CallerLimits {
-    pub fn new(per_minute: u32, caps: Caps) -> CallerLimits {
+    pub fn new(machine: &str, per_minute: u32, caps: Caps) -> CallerLimits {
         CallerLimits {
+            machine: machine.to_string(),
             rate: RateLimiter::new(per_minute),
             session_rate: RateLimiter::new(per_minute),
             refusals: Refusals::new(REPORT_INTERVAL),
@@ -434,13 +437,14 @@ pub fn emergency_capped(
 /// Writes a report: one audit row (and its log line) for many refusals.
 /// The user column names the caller as `uid:N` (no NSS lookup in the
 /// request path; a user name cannot contain ':').
-pub async fn record(sh: &crate::server::Shared, report: Report) {
+pub async fn record(sh: &crate::server::Shared, machine: &str, report: Report) {
     let policy = sh.policy.clone();
     let now = sh.clock.now();
     let ctx = crate::auth::LoginContext {
         user: format!("uid:{}", report.caller),
         service: "-".into(),
         peer_uid: report.caller,
+        machine: machine.to_string(),
         ..Default::default()
     };
     let reason = report.reason();
@@ -451,17 +455,19 @@ pub async fn record(sh: &crate::server::Shared, report: Report) {
 }
 
 /// Counts a refusal, and writes it if it is the first of its interval.
-pub async fn refuse(sh: &crate::server::Shared, caller: u32, why: Refusal) {
-    if let Some(report) = sh.limits.refusals.note(caller, why, sh.clock.now()) {
-        record(sh, report).await;
+pub async fn refuse(sh: &crate::server::Shared, limits: &CallerLimits, caller: u32, why: Refusal) {
+    if let Some(report) = limits.refusals.note(caller, why, sh.clock.now()) {
+        record(sh, &limits.machine, report).await;
     }
 }
 
 /// Writes the counts whose interval is over, every few seconds; all of
 /// them when `all` (shutdown).
 pub async fn flush(sh: &crate::server::Shared, all: bool) {
-    for report in sh.limits.refusals.due(sh.clock.now(), all) {
-        record(sh, report).await;
+    for limits in sh.all_limits() {
+        for report in limits.refusals.due(sh.clock.now(), all) {
+            record(sh, &limits.machine, report).await;
+        }
     }
 }
 

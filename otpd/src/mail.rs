@@ -2,7 +2,8 @@
 //! transaction that creates the code); this task delivers, with retries
 //! and backoff, so a slow or dead mail server never holds up a login and a
 //! daemon restart loses nothing.
-use crate::server::{hhmm, Shared};
+use crate::clock::local_hhmm as hhmm;
+use crate::server::Shared;
 use crate::store::{EmailCode, QueuedMail};
 use common::config::SmtpConfig;
 use lettre::message::{header::ContentType, Mailbox, Message};

@@ -1,8 +1,48 @@
-//! Persistent state behind the [`Store`] trait, with SQLite as the default.
+//! Persistent state behind the [`Store`] trait: SQLite (standalone and
+//! single servers) or PostgreSQL ([`crate::pgstore`], several fleet servers
+//! on one database).
 //!
-//! Every operation runs inside a transaction opened by the [`crate::db`]
-//! writer thread, so an auth decision reads and updates state atomically and
-//! its reply is only sent after COMMIT (WAL, `synchronous=FULL`).
+//! Every operation runs inside a transaction opened by a [`crate::db`]
+//! worker, so an auth decision reads and updates state atomically and its
+//! reply is only sent after COMMIT (SQLite: WAL, `synchronous=FULL`).
+//!
+//! # Concurrency contract
+//!
+//! What must hold however many logins race, on one server or on several
+//! servers sharing one PostgreSQL database:
+//!
+//! * **A user's record is read-modify-written by one transaction at a
+//!   time.** SQLite: one writer thread runs every job, so jobs are serial by
+//!   construction. PostgreSQL: [`Store::user`] and [`Store::user_by_uid`]
+//!   read with `SELECT … FOR UPDATE`; a second transaction (any server)
+//!   blocks on the row lock until the first commits, then reads the row it
+//!   wrote. Failure counts and locks are therefore never lost or reset by a
+//!   concurrent login.
+//! * **A TOTP step is accepted once.** Besides the row lock, the accepting
+//!   transaction calls [`Store::consume_step`], a conditional `UPDATE … WHERE
+//!   last_step IS NULL OR last_step < step`. Under PostgreSQL's READ
+//!   COMMITTED a concurrent UPDATE of the same row waits for the first to
+//!   commit and then re-evaluates its WHERE against the committed row, so it
+//!   changes nothing and returns false — the login is denied as a replay.
+//!   This holds even for a job that did not lock the row first.
+//! * **An emailed code is used once.** [`Store::retire_email_code`] with
+//!   `used_at` only updates a row whose `used_at IS NULL` (same re-check
+//!   after the row lock), and only the caller whose update changed the row
+//!   accepts the code.
+//! * **Caps hold.** A cap is a count followed by an insert
+//!   ([`Store::count_mail_since`] then `enqueue_mail`,
+//!   [`Store::count_requests`] then `insert_request`). Two transactions could
+//!   both count below the cap and both insert, so in PostgreSQL the count
+//!   first takes `pg_advisory_xact_lock` on a fixed key per cap kind, in its
+//!   own statement: the next transaction waits until this one commits (the
+//!   lock is held to the end of the transaction) and its count's fresh
+//!   snapshot then includes the insert. SQLite: serial writer again.
+//! * **Hosts and the fleet CA** change in single statements whose outcome
+//!   is decided by a unique key (`INSERT … ON CONFLICT`), so two servers
+//!   adding the same host name, or storing a CA at first start, cannot both
+//!   succeed; [`Store::set_fleet_ca_if_absent`] keeps the first CA.
+//! * **Nothing is reported before COMMIT**, and a job whose statement failed
+//!   in PostgreSQL (which aborts the transaction) never reports success.
 use common::proto::{AuditEntry, Method};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use std::path::Path;
@@ -19,6 +59,17 @@ pub enum StoreError {
     Gone,
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    #[error("PostgreSQL error: {}", pg_error_text(.0))]
+    Postgres(#[from] postgres::Error),
+}
+
+/// postgres' own Display says only "db error" or "error connecting to
+/// server"; the reason is in its source.
+fn pg_error_text(e: &postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 /// One enrolled (or once enrolled) user.
@@ -158,12 +209,53 @@ pub struct Counts {
     pub audit_entries: u64,
 }
 
+/// What a fleet host's certificate lets it do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostRole {
+    /// Relays PAM conversations (an agent).
+    Agent,
+    /// Runs otpctl remotely.
+    Admin,
+}
+
+impl HostRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostRole::Agent => "agent",
+            HostRole::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<HostRole, StoreError> {
+        match s {
+            "agent" => Ok(HostRole::Agent),
+            "admin" => Ok(HostRole::Admin),
+            other => Err(StoreError::Corrupt(format!("unknown host role {other:?}"))),
+        }
+    }
+}
+
+/// A host of the fleet, known by the fingerprint of the certificate it was issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRecord {
+    pub name: String,
+    pub role: HostRole,
+    /// SHA-256 of the certificate's DER.
+    pub fingerprint: Vec<u8>,
+    pub added_at: i64,
+    pub revoked_at: Option<i64>,
+    pub last_seen: Option<i64>,
+}
+
 pub trait Store {
     fn user(&mut self, name: &str) -> Result<Option<UserRecord>, StoreError>;
     /// The record of account `uid`: the enabled one if there is one (a uid
     /// has at most one enabled record; see `otpctl user enable`).
     fn user_by_uid(&mut self, uid: u32) -> Result<Option<UserRecord>, StoreError>;
     fn save_user(&mut self, user: &UserRecord) -> Result<(), StoreError>;
+    /// Records TOTP `step` as used by `user` unless it (or a later step) already
+    /// is: true for exactly one caller per step, whatever the interleaving.
+    fn consume_step(&mut self, user: &str, step: i64) -> Result<bool, StoreError>;
     fn users(&mut self) -> Result<Vec<UserRecord>, StoreError>;
     fn add_audit(&mut self, entry: &NewAudit) -> Result<(), StoreError>;
     /// Deletes up to `limit` audit rows, and up to `limit` session records,
@@ -171,15 +263,23 @@ pub trait Store {
     /// ended); returns how many rows in all.
     fn prune_audit(&mut self, before: i64, limit: u32) -> Result<u64, StoreError>;
     /// Newest first.
-    fn audit(&mut self, user: Option<&str>, since: Option<i64>, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+    fn audit(
+        &mut self,
+        user: Option<&str>,
+        machine: Option<&str>,
+        since: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
     fn counts(&mut self, now: i64) -> Result<Counts, StoreError>;
     fn schema_version(&mut self) -> Result<i64, StoreError>;
 
     /// Newest code for `user` issued on `machine` (any machine when `None`).
     fn latest_email_code(&mut self, user: &str, machine: Option<&str>) -> Result<Option<EmailCode>, StoreError>;
     fn insert_email_code(&mut self, code: &EmailCode) -> Result<i64, StoreError>;
-    /// Marks a code used (or retired) and forgets its encrypted copy.
-    fn retire_email_code(&mut self, id: i64, used_at: Option<i64>) -> Result<(), StoreError>;
+    /// Forgets a code's encrypted copy and, with `used_at`, marks it used —
+    /// only if it was not used yet. Returns whether this call changed the
+    /// row: with `used_at`, true for exactly one caller per code.
+    fn retire_email_code(&mut self, id: i64, used_at: Option<i64>) -> Result<bool, StoreError>;
     fn enqueue_mail(&mut self, code_id: i64, to: &str, now: i64) -> Result<i64, StoreError>;
     fn count_mail_since(&mut self, what: MailCount<'_>, since: i64) -> Result<u64, StoreError>;
     fn due_mail(&mut self, now: i64, limit: u32) -> Result<Vec<QueuedMail>, StoreError>;
@@ -195,8 +295,33 @@ pub trait Store {
     fn count_requests(&mut self, which: RequestCount<'_>) -> Result<u64, StoreError>;
     fn decide_request(&mut self, id: i64, status: &str, by: u32, now: i64) -> Result<(), StoreError>;
     fn open_session(&mut self, s: &SessionRecord) -> Result<i64, StoreError>;
-    fn close_session(&mut self, user: &str, service: &str, pid: u32, now: i64) -> Result<u64, StoreError>;
+    /// Closes the newest open session of `user` on `machine` (a host closes only its own).
+    fn close_session(
+        &mut self,
+        user: &str,
+        machine: &str,
+        service: &str,
+        pid: u32,
+        now: i64,
+    ) -> Result<u64, StoreError>;
     fn sessions(&mut self, limit: u32) -> Result<Vec<SessionRecord>, StoreError>;
+
+    /// Adds a host. False (and nothing changed) if an unrevoked host has
+    /// that name; a revoked one is replaced.
+    fn add_host(&mut self, h: &HostRecord) -> Result<bool, StoreError>;
+    fn host(&mut self, name: &str) -> Result<Option<HostRecord>, StoreError>;
+    /// The host issued that certificate, revoked or not.
+    fn host_by_fingerprint(&mut self, fp: &[u8]) -> Result<Option<HostRecord>, StoreError>;
+    /// Every host, by name.
+    fn hosts(&mut self) -> Result<Vec<HostRecord>, StoreError>;
+    /// False if there is no such unrevoked host.
+    fn revoke_host(&mut self, name: &str, now: i64) -> Result<bool, StoreError>;
+    fn host_seen(&mut self, name: &str, now: i64) -> Result<(), StoreError>;
+    /// The fleet CA: (certificate PEM, key sealed under the key file).
+    fn fleet_ca(&mut self) -> Result<Option<(String, Vec<u8>)>, StoreError>;
+    /// Stores the fleet CA unless one is stored already (then false, and the
+    /// stored one stays: servers starting together agree on the first).
+    fn set_fleet_ca_if_absent(&mut self, cert_pem: &str, key_sealed: &[u8]) -> Result<bool, StoreError>;
 }
 
 /// Schema migrations; `PRAGMA user_version` records how many have run.
@@ -329,6 +454,25 @@ ALTER TABLE users ADD COLUMN failures_since_login INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE users ADD COLUMN admin_locked_at INTEGER;
 UPDATE users SET failures_since_login = failures,
                  lock_periods = CASE WHEN locked_until IS NULL THEN 0 ELSE 1 END;
+"#,
+    // The fleet: hosts known by their certificate, the CA that issues them,
+    // and the audit log read per host.
+    r#"
+CREATE TABLE hosts (
+    name        TEXT PRIMARY KEY NOT NULL,
+    role        TEXT NOT NULL CHECK (role IN ('agent', 'admin')),
+    fingerprint BLOB NOT NULL,
+    added_at    INTEGER NOT NULL,
+    revoked_at  INTEGER,
+    last_seen   INTEGER
+) STRICT;
+CREATE UNIQUE INDEX hosts_by_fingerprint ON hosts (fingerprint);
+CREATE TABLE fleet_ca (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    cert_pem   TEXT NOT NULL,
+    key_sealed BLOB NOT NULL
+) STRICT;
+CREATE INDEX audit_by_machine_time ON audit (machine, time);
 "#,
 ];
 
@@ -550,6 +694,16 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn consume_step(&mut self, user: &str, step: i64) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE users SET last_step = ?2 WHERE name = ?1 AND (last_step IS NULL OR last_step < ?2)",
+            )?
+            .execute(params![user, step])?;
+        Ok(n == 1)
+    }
+
     fn users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
         let mut st = self.conn.prepare_cached("SELECT * FROM users ORDER BY name")?;
         let rows = st.query_map([], user_from_row)?;
@@ -584,13 +738,19 @@ impl Store for SqliteStore {
         Ok((n + sessions) as u64)
     }
 
-    fn audit(&mut self, user: Option<&str>, since: Option<i64>, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+    fn audit(
+        &mut self,
+        user: Option<&str>,
+        machine: Option<&str>,
+        since: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
         let mut st = self.conn.prepare_cached(
             "SELECT id, time, user, service, rhost, tty, machine, method, result, reason FROM audit
-             WHERE (?1 IS NULL OR user = ?1) AND (?2 IS NULL OR time >= ?2)
-             ORDER BY id DESC LIMIT ?3",
+             WHERE (?1 IS NULL OR user = ?1) AND (?2 IS NULL OR machine = ?2) AND (?3 IS NULL OR time >= ?3)
+             ORDER BY id DESC LIMIT ?4",
         )?;
-        let rows = st.query_map(params![user, since, limit], |r| {
+        let rows = st.query_map(params![user, machine, since, limit], |r| {
             Ok(AuditEntry {
                 id: r.get(0)?,
                 time: r.get(1)?,
@@ -658,12 +818,12 @@ impl Store for SqliteStore {
         Ok(self.conn.last_insert_rowid())
     }
 
-    fn retire_email_code(&mut self, id: i64, used_at: Option<i64>) -> Result<(), StoreError> {
-        let mut st = self
-            .conn
-            .prepare_cached("UPDATE email_codes SET code_enc = NULL, used_at = coalesce(?2, used_at) WHERE id = ?1")?;
-        st.execute(params![id, used_at])?;
-        Ok(())
+    fn retire_email_code(&mut self, id: i64, used_at: Option<i64>) -> Result<bool, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "UPDATE email_codes SET code_enc = NULL, used_at = coalesce(?2, used_at)
+             WHERE id = ?1 AND (?2 IS NULL OR used_at IS NULL)",
+        )?;
+        Ok(st.execute(params![id, used_at])? == 1)
     }
 
     fn enqueue_mail(&mut self, code_id: i64, to: &str, now: i64) -> Result<i64, StoreError> {
@@ -818,14 +978,22 @@ impl Store for SqliteStore {
         Ok(self.conn.last_insert_rowid())
     }
 
-    fn close_session(&mut self, user: &str, service: &str, pid: u32, now: i64) -> Result<u64, StoreError> {
+    fn close_session(
+        &mut self,
+        user: &str,
+        machine: &str,
+        service: &str,
+        pid: u32,
+        now: i64,
+    ) -> Result<u64, StoreError> {
         let n = self
             .conn
             .prepare_cached(
                 "UPDATE sessions SET closed_at = ?4 WHERE id = (SELECT id FROM sessions
-                 WHERE user = ?1 AND service = ?2 AND pid = ?3 AND closed_at IS NULL ORDER BY id DESC LIMIT 1)",
+                 WHERE user = ?1 AND service = ?2 AND pid = ?3 AND machine = ?5 AND closed_at IS NULL
+                 ORDER BY id DESC LIMIT 1)",
             )?
-            .execute(params![user, service, pid, now])?;
+            .execute(params![user, service, pid, now, machine])?;
         Ok(n as u64)
     }
 
@@ -847,6 +1015,76 @@ impl Store for SqliteStore {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+
+    fn add_host(&mut self, h: &HostRecord) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO hosts (name, role, fingerprint, added_at, revoked_at, last_seen)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (name) DO UPDATE SET
+                    role = excluded.role, fingerprint = excluded.fingerprint, added_at = excluded.added_at,
+                    revoked_at = excluded.revoked_at, last_seen = excluded.last_seen
+                 WHERE hosts.revoked_at IS NOT NULL",
+            )?
+            .execute(params![h.name, h.role.as_str(), h.fingerprint, h.added_at, h.revoked_at, h.last_seen])?;
+        Ok(n == 1)
+    }
+
+    fn host(&mut self, name: &str) -> Result<Option<HostRecord>, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT * FROM hosts WHERE name = ?1")?;
+        st.query_row([name], host_from_row).optional()?.transpose()
+    }
+
+    fn host_by_fingerprint(&mut self, fp: &[u8]) -> Result<Option<HostRecord>, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT * FROM hosts WHERE fingerprint = ?1")?;
+        st.query_row([fp], host_from_row).optional()?.transpose()
+    }
+
+    fn hosts(&mut self) -> Result<Vec<HostRecord>, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT * FROM hosts ORDER BY name")?;
+        let rows = st.query_map([], host_from_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    fn revoke_host(&mut self, name: &str, now: i64) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached("UPDATE hosts SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL")?
+            .execute(params![name, now])?;
+        Ok(n == 1)
+    }
+
+    fn host_seen(&mut self, name: &str, now: i64) -> Result<(), StoreError> {
+        self.conn.prepare_cached("UPDATE hosts SET last_seen = ?2 WHERE name = ?1")?.execute(params![name, now])?;
+        Ok(())
+    }
+
+    fn fleet_ca(&mut self) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT cert_pem, key_sealed FROM fleet_ca WHERE id = 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    fn set_fleet_ca_if_absent(&mut self, cert_pem: &str, key_sealed: &[u8]) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO fleet_ca (id, cert_pem, key_sealed) VALUES (1, ?1, ?2) ON CONFLICT (id) DO NOTHING",
+            )?
+            .execute(params![cert_pem, key_sealed])?;
+        Ok(n == 1)
+    }
+}
+
+/// A hosts row; the outer error is SQLite's, the inner one a bad role.
+fn host_from_row(r: &Row<'_>) -> rusqlite::Result<Result<HostRecord, StoreError>> {
+    let role: String = r.get("role")?;
+    let (name, fingerprint, added_at, revoked_at, last_seen) =
+        (r.get("name")?, r.get("fingerprint")?, r.get("added_at")?, r.get("revoked_at")?, r.get("last_seen")?);
+    Ok(HostRole::parse(&role).map(|role| HostRecord { name, role, fingerprint, added_at, revoked_at, last_seen }))
 }
 
 #[cfg(test)]
@@ -914,11 +1152,11 @@ mod tests {
         for (t, u) in [(100, "a"), (200, "b"), (300, "a")] {
             s.add_audit(&NewAudit { time: t, user: u.into(), result: "deny".into(), ..Default::default() }).unwrap();
         }
-        let all = s.audit(None, None, 10).unwrap();
+        let all = s.audit(None, None, None, 10).unwrap();
         assert_eq!(all.iter().map(|e| e.time).collect::<Vec<_>>(), vec![300, 200, 100]);
-        assert_eq!(s.audit(Some("a"), None, 10).unwrap().len(), 2);
-        assert_eq!(s.audit(None, Some(200), 10).unwrap().len(), 2);
-        assert_eq!(s.audit(None, None, 1).unwrap().len(), 1);
+        assert_eq!(s.audit(Some("a"), None, None, 10).unwrap().len(), 2);
+        assert_eq!(s.audit(None, None, Some(200), 10).unwrap().len(), 2);
+        assert_eq!(s.audit(None, None, None, 1).unwrap().len(), 1);
     }
 
     #[test]
@@ -930,7 +1168,7 @@ mod tests {
         assert_eq!(s.prune_audit(20, 10).unwrap(), 10);
         assert_eq!(s.prune_audit(20, 10).unwrap(), 10);
         assert_eq!(s.prune_audit(20, 10).unwrap(), 0);
-        let left: Vec<i64> = s.audit(None, None, 100).unwrap().into_iter().map(|e| e.time).collect();
+        let left: Vec<i64> = s.audit(None, None, None, 100).unwrap().into_iter().map(|e| e.time).collect();
         assert_eq!(left, vec![24, 23, 22, 21, 20]);
         // Sessions age out too: by their end, or their start when still open.
         for (pid, opened_at, closed_at) in [(1, 5, Some(10)), (2, 5, Some(30)), (3, 6, None), (4, 40, None)] {
@@ -948,7 +1186,7 @@ mod tests {
             };
             s.open_session(&rec).unwrap();
             if let Some(t) = closed_at {
-                s.close_session("a", "s", pid, t).unwrap();
+                s.close_session("a", "m", "s", pid, t).unwrap();
             }
         }
         assert_eq!(s.prune_audit(20, 10).unwrap(), 2);

@@ -59,10 +59,25 @@ impl Cluster {
         run_as_postgres(&c.bin, "initdb", &["-D", data, "-A", "trust", "-U", "otp", "--no-sync"])?;
         let opts = format!("-k {} -c listen_addresses='' -p {} -c fsync=on", c.dir.display(), c.port);
         let log = c.dir.join("log");
-        run_as_postgres(&c.bin, "pg_ctl", &["-D", data, "-l", log.to_str().unwrap_or("/dev/null"), "-o", &opts, "-w", "start"])?;
+        run_as_postgres(
+            &c.bin,
+            "pg_ctl",
+            &["-D", data, "-l", log.to_str().unwrap_or("/dev/null"), "-o", &opts, "-w", "start"],
+        )?;
         c.stopped = false;
         let psql = Command::new(c.bin.join("psql"))
-            .args(["-h", c.dir.to_str().unwrap_or(""), "-p", &c.port.to_string(), "-U", "otp", "-d", "postgres", "-qc", "create database otpd"])
+            .args([
+                "-h",
+                c.dir.to_str().unwrap_or(""),
+                "-p",
+                &c.port.to_string(),
+                "-U",
+                "otp",
+                "-d",
+                "postgres",
+                "-qc",
+                "create database otpd",
+            ])
             .output()
             .map_err(|e| format!("psql: {e}"))?;
         if !psql.status.success() {
@@ -108,7 +123,18 @@ impl Cluster {
     /// Runs SQL with psql against the `otpd` database; returns stdout (unaligned, tuples only).
     pub fn psql(&self, sql: &str) -> Result<String, String> {
         let out = Command::new(self.bin.join("psql"))
-            .args(["-h", self.dir.to_str().unwrap_or(""), "-p", &self.port.to_string(), "-U", "otp", "-d", "otpd", "-Atqc", sql])
+            .args([
+                "-h",
+                self.dir.to_str().unwrap_or(""),
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "otp",
+                "-d",
+                "otpd",
+                "-Atqc",
+                sql,
+            ])
             .output()
             .map_err(|e| format!("psql: {e}"))?;
         if !out.status.success() {
@@ -121,7 +147,10 @@ impl Cluster {
 fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos() as u64).unwrap_or(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
     (t ^ (std::process::id() as u64) << 8) + N.fetch_add(1, Ordering::Relaxed)
 }
 

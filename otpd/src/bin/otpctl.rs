@@ -5,8 +5,8 @@
 use clap::Parser;
 use common::client::{Client, ClientError};
 use common::config::Config;
-use common::proto::{AdminErrorKind, AdminRequest, AdminResponse, AuditEntry, Method, UserInfo};
-use otpd::cli::{Args, Cmd, MethodArg, RequestCmd, UserCmd};
+use common::proto::{AdminErrorKind, AdminRequest, AdminResponse, AuditEntry, HostInfo, Method, UserInfo};
+use otpd::cli::{Args, Cmd, HostCmd, MethodArg, RequestCmd, UserCmd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -77,7 +77,36 @@ fn parse_since(s: &str) -> Result<i64, String> {
         .map_err(|_| format!("--since {s:?}: give a duration like 1h or a time like 2026-01-31T12:00:00Z"))
 }
 
+/// One admin request to a fleet server over TLS with admin credentials.
+fn remote_call(
+    server: &str,
+    bundle: Option<&std::path::Path>,
+    req: &AdminRequest,
+) -> Result<AdminResponse, (u8, String)> {
+    let Some(bundle) = bundle else {
+        return Err((2, "--server needs --bundle: admin credentials from `otpctl host add NAME --admin`".into()));
+    };
+    let resp =
+        otpd::fleet::admin_call(server, bundle, req, Duration::from_secs(30)).map_err(|e| (EXIT_UNREACHABLE, e))?;
+    match resp {
+        AdminResponse::Error { kind, message } => Err((exit_code(kind), message)),
+        ok => Ok(ok),
+    }
+}
+
+fn exit_code(kind: AdminErrorKind) -> u8 {
+    match kind {
+        AdminErrorKind::NotFound => EXIT_NOT_FOUND,
+        AdminErrorKind::PermissionDenied => EXIT_PERMISSION,
+        AdminErrorKind::InvalidInput => EXIT_INVALID,
+        AdminErrorKind::Internal => EXIT_DAEMON,
+    }
+}
+
 fn call(args: &Args, req: &AdminRequest) -> Result<AdminResponse, (u8, String)> {
+    if let Some(server) = &args.server {
+        return remote_call(server, args.bundle.as_deref(), req);
+    }
     let path = socket_path(args)?;
     let mut client = Client::connect(&path, Duration::from_secs(30), &[0])
         .map_err(|e| match e {
@@ -106,12 +135,7 @@ fn call(args: &Args, req: &AdminRequest) -> Result<AdminResponse, (u8, String)> 
         .map_err(|e| (EXIT_UNREACHABLE, format!("talking to otpd at {} failed: {e}", path.display())))?;
     match resp {
         AdminResponse::Error { kind, message } => Err((
-            match kind {
-                AdminErrorKind::NotFound => EXIT_NOT_FOUND,
-                AdminErrorKind::PermissionDenied => EXIT_PERMISSION,
-                AdminErrorKind::InvalidInput => EXIT_INVALID,
-                AdminErrorKind::Internal => EXIT_DAEMON,
-            },
+            exit_code(kind),
             match kind {
                 AdminErrorKind::PermissionDenied => format!("{message} (`{}`)", admin_group(args)),
                 _ => message,
@@ -154,17 +178,34 @@ fn run(args: Args) -> Result<(), (u8, String)> {
             RequestCmd::Deny { id } => (AdminRequest::RequestDeny { id: *id }, false),
         },
         Cmd::Sessions { limit } => (AdminRequest::Sessions { limit: Some(*limit) }, false),
-        Cmd::Audit { user, since, limit } => (
+        Cmd::Audit { user, host, since, limit } => (
             AdminRequest::Audit {
                 user: user.clone(),
+                host: host.clone(),
                 since: since.as_deref().map(parse_since).transpose().map_err(|e| (2, e))?,
                 limit: Some(*limit),
             },
             false,
         ),
         Cmd::Status => (AdminRequest::Status, false),
+        Cmd::Host(h) => match h {
+            HostCmd::Add { name, admin, output } => {
+                // Refuse before anything is issued: a bundle must not be lost.
+                if let Some(path) = output.as_ref().filter(|p| p.exists()) {
+                    return Err((EXIT_INVALID, format!("{} exists; not overwriting it", path.display())));
+                }
+                (AdminRequest::HostAdd { name: name.clone(), admin: *admin }, false)
+            }
+            HostCmd::List => (AdminRequest::HostList, false),
+            HostCmd::Revoke { name } => (AdminRequest::HostRevoke { name: name.clone() }, false),
+        },
     };
     let resp = call(&args, &req)?;
+    if let (AdminResponse::HostBundle { name, bundle }, Cmd::Host(HostCmd::Add { output, admin, .. })) =
+        (&resp, &args.cmd)
+    {
+        return write_bundle(name, bundle, output.as_deref(), *admin);
+    }
     if args.json {
         let value = match resp {
             // The URI carries the secret: only on request, in JSON too.
@@ -227,8 +268,16 @@ fn run(args: Args) -> Result<(), (u8, String)> {
             } else {
                 println!("mail           disabled");
             }
+            if s.role == "server" {
+                let live = s.hosts.iter().filter(|h| h.revoked_at.is_none()).count();
+                println!("role           server, {live} host(s)");
+                print_hosts(&s.hosts);
+            }
         }
         AdminResponse::Done { message } => println!("{message}"),
+        AdminResponse::Hosts { hosts } => print_hosts(&hosts),
+        // Written above, before any JSON rendering.
+        AdminResponse::HostBundle { .. } => {}
         AdminResponse::Requests { requests, total } => {
             let shown = requests.len() as u64;
             println!(
@@ -252,22 +301,25 @@ fn run(args: Args) -> Result<(), (u8, String)> {
             }
         }
         AdminResponse::Sessions { sessions } => {
-            println!("{:<36} {:<10} {:<16} {:<8} {:<20} {:<20}", "USER", "SERVICE", "RHOST", "TTY", "OPENED", "CLOSED");
-            for s in sessions {
-                let who = match &s.email {
-                    Some(e) => format!("{} ({e})", s.user),
-                    None => s.user.clone(),
-                };
-                println!(
-                    "{:<36} {:<10} {:<16} {:<8} {:<20} {:<20}",
-                    who,
-                    s.service,
-                    s.rhost.as_deref().unwrap_or("-"),
-                    s.tty.as_deref().unwrap_or("-"),
-                    time(s.opened_at),
-                    s.closed_at.map(time).unwrap_or_else(|| "open".into())
-                );
-            }
+            let rows: Vec<[String; 7]> = sessions
+                .iter()
+                .map(|s| {
+                    [
+                        match &s.email {
+                            Some(e) => format!("{} ({e})", s.user),
+                            None => s.user.clone(),
+                        },
+                        s.machine.clone(),
+                        s.service.clone(),
+                        s.rhost.clone().unwrap_or_else(|| "-".into()),
+                        s.tty.clone().unwrap_or_else(|| "-".into()),
+                        time(s.opened_at),
+                        s.closed_at.map(time).unwrap_or_else(|| "open".into()),
+                    ]
+                })
+                .collect();
+            let header = ["USER", "HOST", "SERVICE", "RHOST", "TTY", "OPENED", "CLOSED"].map(String::from);
+            print_table(&header, &rows);
         }
         AdminResponse::Error { message, .. } => return Err((EXIT_DAEMON, message)),
     }
@@ -340,15 +392,75 @@ fn print_user(u: &UserInfo) {
     println!("last login     {}", u.last_login.map(time).unwrap_or_else(|| "never".into()));
 }
 
+fn print_hosts(hosts: &[HostInfo]) {
+    let rows: Vec<[String; 5]> = hosts
+        .iter()
+        .map(|h| {
+            [
+                h.name.clone(),
+                h.role.clone(),
+                time(h.added_at),
+                h.last_seen.map(time).unwrap_or_else(|| "never".into()),
+                h.revoked_at.map(|t| format!("revoked {}", time(t))).unwrap_or_else(|| "active".into()),
+            ]
+        })
+        .collect();
+    print_table(&["HOST", "ROLE", "ADDED", "LAST SEEN", "STATUS"].map(String::from), &rows);
+}
+
+/// The bundle goes to a new file only root can read, or to stdout.
+fn write_bundle(name: &str, bundle: &str, output: Option<&std::path::Path>, admin: bool) -> Result<(), (u8, String)> {
+    let what = if admin {
+        format!("admin credentials {name}: use them with `otpctl --server HOST:PORT --bundle FILE`")
+    } else {
+        format!("host {name}: copy it to the host as /etc/otpd/host.bundle (owner root, mode 0600)")
+    };
+    let Some(path) = output else {
+        println!("{}", bundle.trim_end());
+        eprintln!("otpctl: bundle for {what}");
+        return Ok(());
+    };
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bundle.as_bytes()).and_then(|()| f.sync_all()));
+    written.map_err(|e| {
+        (
+            EXIT_DAEMON,
+            format!(
+                "writing {} failed: {e}; the bundle was not saved (revoke {name} and add it again)",
+                path.display()
+            ),
+        )
+    })?;
+    eprintln!("otpctl: wrote the bundle for {what}");
+    Ok(())
+}
+
 fn print_audit(entries: &[AuditEntry]) {
+    // A fleet's entries come from several hosts: then each line says which.
+    let hosts = entries.iter().any(|e| e.machine != entries[0].machine);
+    let host = |h: &str| if hosts { format!("{h:<16} ") } else { String::new() };
     println!(
-        "{:<20} {:<16} {:<10} {:<16} {:<8} {:<8} {:<12} REASON",
-        "TIME", "USER", "SERVICE", "RHOST", "TTY", "METHOD", "RESULT"
+        "{:<20} {}{:<16} {:<10} {:<16} {:<8} {:<8} {:<12} REASON",
+        "TIME",
+        host("HOST"),
+        "USER",
+        "SERVICE",
+        "RHOST",
+        "TTY",
+        "METHOD",
+        "RESULT"
     );
     for e in entries {
         println!(
-            "{:<20} {:<16} {:<10} {:<16} {:<8} {:<8} {:<12} {}",
+            "{:<20} {}{:<16} {:<10} {:<16} {:<8} {:<8} {:<12} {}",
             time(e.time),
+            host(&e.machine),
             e.user,
             e.service,
             e.rhost.as_deref().unwrap_or("-"),

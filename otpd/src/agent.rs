@@ -1,0 +1,320 @@
+//! `role = "agent"`: this host's PAM socket, relayed to the fleet's servers.
+//!
+//! The agent keeps no secret, no code and no key: only its bundle (its TLS
+//! identity). Every conversation is handed, message by message, to the
+//! first server that answers, over a TLS 1.3 link authenticated both ways;
+//! the server decides. When no server answers the login is refused (the
+//! module's `fail=open` stays the only way around that, and it logs).
+//! Idle links are kept for the next conversation: a handshake per login
+//! would cost more than the login.
+use crate::conn::{Conn, Listener};
+use crate::daemon::StartError;
+use crate::fleet::Link;
+use crate::pki;
+use common::codec::{FrameError, MAX_FRAME};
+use common::config::Config;
+use common::proto::{ClientMsg, LinkHello, LinkReply, OutcomeKind, Relay, ServerMsg, PROTOCOL_VERSION};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+type TlsLink = Link<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+struct Server {
+    /// As configured ("host:port"), for messages.
+    shown: String,
+    host: String,
+    port: u16,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+struct Agent {
+    host: String,
+    servers: Vec<Server>,
+    connector: tokio_rustls::TlsConnector,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+    prompt_timeout: Duration,
+    /// Idle links, newest last.
+    idle: Mutex<Vec<TlsLink>>,
+    /// Per server: do not try it again before this (it just failed).
+    down_until: Mutex<Vec<Option<Instant>>>,
+    open: AtomicUsize,
+    per_uid: Mutex<HashMap<u32, usize>>,
+    max_connections: usize,
+    max_per_uid: usize,
+    last_warning: AtomicI64,
+}
+
+/// Idle links kept for later conversations.
+const MAX_IDLE: usize = 64;
+/// A server that failed is tried last for this long.
+const DOWN_FOR: Duration = Duration::from_secs(10);
+const UNAVAILABLE: &str = "Passcode check unavailable.";
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn fleet_error(e: impl std::fmt::Display) -> StartError {
+    StartError::Fleet(e.to_string())
+}
+
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let (d, f) = (&config.daemon, &config.fleet);
+    if let Some(dir) = d.pam_socket.parent() {
+        crate::trust::check_dir(dir, "socket")?;
+    }
+    crate::trust::check_file(&f.bundle, "host bundle")?;
+    let bundle = pki::Bundle::load(&f.bundle).map_err(|e| fleet_error(format!("{}: {e}", f.bundle.display())))?;
+    let host = f.host.clone().unwrap_or_else(|| bundle.name.clone());
+    let tls = pki::client_config(&bundle).map_err(fleet_error)?;
+    let mut servers = Vec::new();
+    for s in &f.servers {
+        let Some((h, port)) = common::config::split_host_port(s) else {
+            return Err(fleet_error(format!("fleet.servers: {s:?} is not host:port")));
+        };
+        let name = pki::server_name(h).map_err(|e| fleet_error(format!("fleet.servers: {s:?}: {e}")))?;
+        servers.push(Server { shown: s.clone(), host: h.to_string(), port, name });
+    }
+    let agent = Arc::new(Agent {
+        host: host.clone(),
+        down_until: Mutex::new(vec![None; servers.len()]),
+        servers,
+        connector: tokio_rustls::TlsConnector::from(tls),
+        connect_timeout: f.connect_timeout,
+        io_timeout: d.io_timeout,
+        prompt_timeout: d.prompt_timeout,
+        idle: Mutex::new(Vec::new()),
+        open: AtomicUsize::new(0),
+        per_uid: Mutex::new(HashMap::new()),
+        max_connections: d.max_connections,
+        max_per_uid: d.max_connections_per_user,
+        last_warning: AtomicI64::new(0),
+    });
+    let pam = crate::daemon::bind(&d.pam_socket, 0o666, None)?;
+    let listener = Listener::new(pam)
+        .map_err(|e| StartError::Socket { path: d.pam_socket.display().to_string(), why: e.to_string() })?;
+    tracing::info!(
+        "otpd {} agent for host {host} listening on {}, servers {}",
+        env!("CARGO_PKG_VERSION"),
+        d.pam_socket.display(),
+        f.servers.join(", ")
+    );
+    crate::daemon::notify_ready();
+    let serve = tokio::spawn(serve(listener, agent));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| StartError::Socket { path: "signal".into(), why: e.to_string() })?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+    serve.abort();
+    let _ = std::fs::remove_file(&d.pam_socket);
+    Ok(())
+}
+
+impl Agent {
+    /// At most one warning a second: a dead server must not flood the log.
+    fn warn(&self, msg: &str) {
+        let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+        if self.last_warning.swap(now, Ordering::Relaxed) != now {
+            tracing::warn!("{msg}");
+        }
+    }
+
+    fn take_slot(&self, uid: u32) -> bool {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        if uid != 0 {
+            let mut per = lock(&self.per_uid);
+            let n = per.entry(uid).or_insert(0);
+            if *n >= self.max_per_uid {
+                drop(per);
+                self.open.fetch_sub(1, Ordering::Relaxed);
+                return false;
+            }
+            *n += 1;
+        }
+        true
+    }
+
+    fn release(&self, uid: u32) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        if uid != 0 {
+            let mut per = lock(&self.per_uid);
+            if let Some(n) = per.get_mut(&uid) {
+                *n -= 1;
+                if *n == 0 {
+                    per.remove(&uid);
+                }
+            }
+        }
+    }
+
+    /// Servers in the order to try: as configured, those that failed
+    /// lately last.
+    fn order(&self) -> Vec<usize> {
+        let now = Instant::now();
+        let down = lock(&self.down_until);
+        let (mut up, mut late): (Vec<usize>, Vec<usize>) =
+            (0..self.servers.len()).partition(|&i| down[i].is_none_or(|t| t <= now));
+        up.append(&mut late);
+        up
+    }
+
+    fn mark(&self, i: usize, failed: bool) {
+        lock(&self.down_until)[i] = failed.then(|| Instant::now() + DOWN_FOR);
+    }
+
+    /// A new link to server `i`: TCP, TLS, hello, ready — within connect_timeout.
+    async fn dial(&self, i: usize) -> Result<TlsLink, String> {
+        let s = &self.servers[i];
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect((s.host.as_str(), s.port)).await.map_err(|e| e.to_string())?;
+            let _ = tcp.set_nodelay(true);
+            let tls = self.connector.connect(s.name.clone(), tcp).await.map_err(|e| format!("TLS: {e}"))?;
+            let mut link = Link::new(tls);
+            let hello = LinkHello::Agent { protocol: PROTOCOL_VERSION, host: self.host.clone() };
+            link.write(&hello, self.connect_timeout).await.map_err(|e| e.to_string())?;
+            match link.read::<LinkReply>(self.connect_timeout, self.connect_timeout, MAX_FRAME).await {
+                Ok(LinkReply::Ready { .. }) => Ok(link),
+                Ok(LinkReply::Refused { reason }) => Err(format!("refused: {reason}")),
+                // A server that refuses the handshake closes without a word.
+                Err(e) => Err(format!("no answer to hello: {e} (is this host's certificate valid for this fleet?)")),
+            }
+        };
+        tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {}", humantime::format_duration(self.connect_timeout))))
+            .map_err(|e| format!("{}: {e}", s.shown))
+    }
+
+    fn put_back(&self, link: TlsLink) {
+        let mut idle = lock(&self.idle);
+        if idle.len() < MAX_IDLE {
+            idle.push(link);
+        }
+    }
+
+    fn pooled(&self) -> Option<TlsLink> {
+        lock(&self.idle).pop()
+    }
+}
+
+async fn serve(listener: Listener, agent: Arc<Agent>) {
+    loop {
+        let conn = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                agent.warn(&format!("accept on PAM socket failed: {e}"));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok((uid, _, pid)) = conn.peer() else { continue };
+        if !agent.take_slot(uid) {
+            agent.warn(&format!("PAM connection from uid {uid} closed: too many open connections"));
+            continue;
+        }
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            connection(conn, uid, pid, &agent).await;
+            agent.release(uid);
+        });
+    }
+}
+
+async fn connection(mut conn: Conn, uid: u32, pid: Option<i32>, agent: &Agent) {
+    let first: ClientMsg = match conn.read_msg(agent.io_timeout, agent.io_timeout).await {
+        Ok(m) => m,
+        Err(e) => return agent.warn(&format!("PAM connection closed before a complete first message: {e}")),
+    };
+    // The server cannot read this host's /proc: the real uid behind a
+    // root peer (su, sudo) is looked up here, for its rate limits.
+    let caller = (uid == 0).then(|| crate::limits::caller_uid(0, pid));
+    let relay = Relay { peer_uid: uid, pid, caller };
+    let session = !matches!(first, ClientMsg::Begin { .. });
+    let Some((mut link, reply)) = open_conversation(agent, &relay, &first).await else {
+        if !session {
+            let deny = ServerMsg::Outcome { result: OutcomeKind::Deny, message: Some(UNAVAILABLE.into()) };
+            let _ = conn.write_msg(&deny, agent.io_timeout).await;
+        }
+        return;
+    };
+    let mut reply = reply;
+    loop {
+        if conn.write_msg(&reply, agent.io_timeout).await.is_err() {
+            // The login process is gone; the server ends the conversation
+            // when the link closes.
+            return;
+        }
+        match reply {
+            ServerMsg::Outcome { .. } | ServerMsg::Ack => return agent.put_back(link),
+            ServerMsg::Prompt { .. } | ServerMsg::ResolveUser => {
+                let answer: ClientMsg = match conn.read_msg(agent.prompt_timeout, agent.io_timeout).await {
+                    Ok(a) => a,
+                    Err(_) => return,
+                };
+                if link.write(&answer, agent.io_timeout).await.is_err() {
+                    return deny_cut(&mut conn, agent).await;
+                }
+            }
+            ServerMsg::Info { .. } | ServerMsg::Error { .. } => {}
+        }
+        reply = match link.read(agent.prompt_timeout, agent.io_timeout, MAX_FRAME).await {
+            Ok(r) => r,
+            Err(e) => {
+                agent.warn(&format!("fleet server went away during a conversation: {e}"));
+                return deny_cut(&mut conn, agent).await;
+            }
+        };
+    }
+}
+
+/// A server lost mid-conversation: the code the user typed may or may
+/// not have been checked; the login fails (the next one goes elsewhere).
+async fn deny_cut(conn: &mut Conn, agent: &Agent) {
+    let deny = ServerMsg::Outcome { result: OutcomeKind::Deny, message: Some(UNAVAILABLE.into()) };
+    let _ = conn.write_msg(&deny, agent.io_timeout).await;
+}
+
+/// Sends the relay header and the first message, and reads the server's
+/// first reply: over an idle link if one still works, else over a new link
+/// to each server in turn. Nothing the user typed has been sent yet, so
+/// trying again elsewhere is safe.
+async fn open_conversation(agent: &Agent, relay: &Relay, first: &ClientMsg) -> Option<(TlsLink, ServerMsg)> {
+    let start = |mut link: TlsLink| async move {
+        link.write(relay, agent.io_timeout).await?;
+        link.write(first, agent.io_timeout).await?;
+        let reply: ServerMsg = link.read(agent.io_timeout, agent.io_timeout, MAX_FRAME).await?;
+        Ok::<_, FrameError>((link, reply))
+    };
+    // Idle links may have been closed by a server that restarted or died.
+    while let Some(link) = agent.pooled() {
+        if let Ok(started) = start(link).await {
+            return Some(started);
+        }
+    }
+    let mut failures = Vec::new();
+    for i in agent.order() {
+        match agent.dial(i).await {
+            Ok(link) => match start(link).await {
+                Ok(started) => {
+                    agent.mark(i, false);
+                    return Some(started);
+                }
+                Err(e) => failures.push(format!("{}: {e}", agent.servers[i].shown)),
+            },
+            Err(e) => failures.push(e),
+        }
+        agent.mark(i, true);
+    }
+    agent.warn(&format!("no otpd server answered; refusing the login ({})", failures.join("; ")));
+    None
+}

@@ -1,0 +1,1058 @@
+//! One PAM conversation, the same state machine whichever way it arrives:
+//! a local Unix socket (SO_PEERCRED) or a relay from a remote agent (TLS,
+//! the host named by its certificate). It is written against [`Transport`]
+//! and a [`Peer`]; `flow.rs` is its mirror in the module.
+use crate::auth::{self, LoginContext, Plan, Verdict};
+use crate::email;
+use crate::limits::CallerLimits;
+use crate::server::{warn_throttled, Shared};
+use crate::store::{EmergencyRequest, SessionRecord};
+use crate::transport::Transport;
+use common::codec::encode;
+use common::config::{Approval, AutoSend};
+use common::proto::{ClientMsg, OutcomeKind, QrStyle, ServerMsg, PROTOCOL_VERSION};
+use common::text::sanitize_field;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Who started a conversation, on which host.
+#[derive(Clone)]
+pub struct Peer {
+    /// SO_PEERCRED of the login process on its host.
+    pub uid: u32,
+    pub pid: Option<i32>,
+    /// The host: this machine's id, or the name in an agent's certificate.
+    pub machine: String,
+    /// The rate limits and conversation caps of that host's callers.
+    pub limits: Arc<CallerLimits>,
+    /// On a remote host: the real uid of a root peer's process (the user
+    /// who ran su/sudo), looked up there by the agent; `None` here.
+    pub remote_caller: Option<Option<u32>>,
+}
+
+impl Peer {
+    /// The real uid behind the connection (see [`crate::limits::caller_uid`]).
+    pub fn caller_uid(&self) -> u32 {
+        match self.remote_caller {
+            None => crate::limits::caller_uid(self.uid, self.pid),
+            Some(_) if self.uid != 0 => self.uid,
+            Some(c) => c.unwrap_or(0),
+        }
+    }
+
+    /// The uid its conversation is admitted under: a remote root peer's
+    /// caller was looked up by the agent and counts at once.
+    fn admitted_as(&self) -> u32 {
+        match self.remote_caller {
+            Some(Some(c)) if self.uid == 0 => c,
+            _ => self.uid,
+        }
+    }
+}
+
+async fn outcome(s: &mut impl Transport, sh: &Shared, result: OutcomeKind, message: Option<String>) {
+    let _ = s.write_msg(&ServerMsg::Outcome { result, message }, sh.io_timeout).await;
+}
+
+fn until_text(until: auth::LockEnd, now: i64) -> String {
+    let until = match until {
+        auth::LockEnd::AdminUnlock => {
+            return "Too many failed attempts: your account is locked until an administrator unlocks it.".into()
+        }
+        auth::LockEnd::At(t) => t,
+    };
+    let minutes = ((until - now).max(0) + 59) / 60;
+    let wait = match minutes {
+        0..=119 => format!("{minutes} minute(s)"),
+        120..=2879 => format!("{} hour(s)", (minutes + 59) / 60),
+        _ => format!("{} day(s)", (minutes + 1439) / 1440),
+    };
+    format!(
+        "Too many failed attempts. Try again in {wait} or ask an administrator to unlock your account. \
+         Further failures lock it for longer each time."
+    )
+}
+
+/// What a user is told after a successful login.
+fn accept_text(activated: bool, failures: u32, locks: u32) -> Option<String> {
+    let mut lines = Vec::new();
+    if activated {
+        lines.push("Passcode accepted: your authenticator is now enrolled.".to_string());
+    }
+    if failures > 0 {
+        let locked = if locks > 0 { format!(", and your account was locked {locks} time(s)") } else { String::new() };
+        lines.push(format!(
+            "There were {failures} failed passcode attempt(s) since your last login{locked}. \
+             If they were not yours, tell your administrator: someone may know your password."
+        ));
+    }
+    (!lines.is_empty()).then(|| lines.join("\n"))
+}
+
+pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Shared) {
+    let (peer_uid, pid) = (peer.uid, peer.pid);
+    let (protocol, user, service, rhost, tty, uid, qr) = match first {
+        ClientMsg::Begin { protocol, user, service, rhost, tty, uid, qr, .. } => {
+            (protocol, user, service, rhost, tty, uid, qr)
+        }
+        msg @ (ClientMsg::SessionOpened { .. } | ClientMsg::SessionClosed { .. }) => {
+            let caller = peer.caller_uid();
+            if caller != 0 && !peer.limits.session_rate.allow(caller) {
+                crate::limits::refuse(sh, &peer.limits, caller, crate::limits::Refusal::SessionRate).await;
+            } else {
+                session_event(sh, msg, peer_uid, &peer.machine).await;
+            }
+            let _ = s.write_msg(&ServerMsg::Ack, sh.io_timeout).await;
+            return;
+        }
+        other => {
+            warn_throttled(sh, &format!("PAM connection from uid {peer_uid}: expected begin, got {}", kind(&other)));
+            outcome(&mut s, sh, OutcomeKind::Deny, Some("Protocol error.".into())).await;
+            return;
+        }
+    };
+    let field = |v: Option<String>| v.map(|x| sanitize_field(&x, 128)).filter(|x| !x.is_empty());
+    let mut ctx = LoginContext {
+        user: sanitize_field(&user, 80),
+        typed: None,
+        uid,
+        resolved: false,
+        service: sanitize_field(&service, 64),
+        rhost: field(rhost),
+        tty: field(tty),
+        peer_uid,
+        machine: peer.machine.clone(),
+    };
+    if ctx.service.is_empty() {
+        ctx.service = "-".into();
+    }
+    // Checked before anything is written: a refused attempt costs no row.
+    // The ticket is held until this conversation ends.
+    let admitted_as = peer.admitted_as();
+    let admitted = if admitted_as != 0 && !peer.limits.rate.allow(admitted_as) {
+        Err((crate::limits::Refusal::Rate, admitted_as))
+    } else {
+        // A caller other than root can only ever be its own account: its
+        // conversations count against that, not against the name it typed
+        // (which would let two users hold every slot of alice's or root's).
+        let target = if peer_uid == 0 { ctx.user.clone() } else { format!("uid:{peer_uid}") };
+        let lookup = |uid: u32, pid: Option<i32>| match peer.remote_caller {
+            // Other remote conversations of a root peer had no caller to look up.
+            Some(_) => uid,
+            None => crate::limits::caller_uid(uid, pid),
+        };
+        peer.limits.conversations.admit(admitted_as, pid, &target, lookup).and_then(|t| {
+            // A setuid program's caller, when it was looked up, has the same allowance.
+            match t.caller() {
+                Some(c) if admitted_as == 0 && c != 0 && !peer.limits.rate.allow(c) => {
+                    Err((crate::limits::Refusal::Rate, c))
+                }
+                _ => Ok(t),
+            }
+        })
+    };
+    let ticket = match admitted {
+        Ok(t) => t,
+        Err((why, caller)) => return refuse_caller(&mut s, sh, peer, caller, why).await,
+    };
+    let refuse = if protocol != PROTOCOL_VERSION {
+        Some(format!("protocol version {protocol} not supported (otpd speaks {PROTOCOL_VERSION})"))
+    } else if !auth::valid_user_name(&user) {
+        Some("invalid user name".to_string())
+    } else {
+        None
+    };
+    if let Some(reason) = refuse {
+        let _ = run_audit_result(sh, ctx.clone(), "deny", reason).await;
+        outcome(&mut s, sh, OutcomeKind::Deny, Some("Passcode check refused.".into())).await;
+        return;
+    }
+
+    // What to ask is read on this thread from the read-only connection; a
+    // final answer is audited through the writer before it is sent.
+    let now = sh.clock.now();
+    let mut planned = plan_login(sh, &mut ctx, now).await;
+    if let Ok((Plan::ResolveUser, _)) = planned {
+        ctx.uid = match resolve_user(&mut s, sh, &ctx).await {
+            Some(uid) => uid,
+            None => return,
+        };
+        ctx.resolved = true;
+        planned = plan_login(sh, &mut ctx, now).await;
+    }
+    if let (Ok((_, Some(_))), Some(caller)) = (&planned, setuid_caller_over_rate(peer, &ticket)) {
+        return refuse_caller(&mut s, sh, peer, caller, crate::limits::Refusal::Rate).await;
+    }
+    let planned = match planned {
+        Ok((plan, None)) => Ok(plan),
+        Ok((plan, Some(note))) => {
+            let (policy, ctx) = (sh.policy.clone(), ctx.clone());
+            sh.db.run(move |st| note.record(st, &policy, &ctx, now)).await.map(|()| plan)
+        }
+        Err(e) => Err(e),
+    };
+    let plan = match planned {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("store error for {}: {e}; denying", ctx.user);
+            outcome(&mut s, sh, OutcomeKind::Deny, Some("Passcode check unavailable.".into())).await;
+            return;
+        }
+    };
+    let email = match plan {
+        // plan asks once; resolved, it decides.
+        Plan::ResolveUser => {
+            tracing::error!("planning the login of {} asked twice for its uid; denying", ctx.user);
+            return outcome(&mut s, sh, OutcomeKind::Deny, Some("Passcode check unavailable.".into())).await;
+        }
+        Plan::NotEnrolled => return outcome(&mut s, sh, OutcomeKind::NotEnrolled, None).await,
+        Plan::Locked { until } => {
+            return outcome(&mut s, sh, OutcomeKind::Locked, Some(until_text(until, sh.clock.now()))).await
+        }
+        Plan::Refused { message } => return outcome(&mut s, sh, OutcomeKind::Deny, Some(message.into())).await,
+        Plan::Enroll { uri, secret_b32, email } => {
+            let text = enrollment_text(&uri, &secret_b32, qr);
+            if s.write_msg(&ServerMsg::Info { text }, sh.io_timeout).await.is_err() {
+                return;
+            }
+            email
+        }
+        Plan::Ask { email, mail_failing } => {
+            if mail_failing {
+                let text = "Sending your emailed code is failing at the moment; the daemon keeps retrying. \
+                            If it does not arrive, contact your administrator."
+                    .to_string();
+                if s.write_msg(&ServerMsg::Error { text }, sh.io_timeout).await.is_err() {
+                    return;
+                }
+            }
+            email
+        }
+    };
+    let emergency = email && sh.policy.email.emergency.enabled;
+    let first_prompt = match (email, emergency) {
+        (true, true) => "Passcode (press Enter to get one by email, or type E for emergency access): ",
+        (true, false) => "Passcode (press Enter to get one by email): ",
+        _ => "Passcode: ",
+    };
+    // E keeps working after a request, so every later prompt says so too.
+    let next_prompt = if emergency { "Passcode (or type E for emergency access): " } else { "Passcode: " };
+    let mut prompt_text = first_prompt;
+    // A conversation may request a code and then enter it; it may not loop forever.
+    for _ in 0..4 {
+        let answer = match ask(&mut s, sh, &ctx, false, prompt_text).await {
+            Some(a) => a,
+            None => return,
+        };
+        let trimmed = answer.trim();
+        if trimmed.is_empty() {
+            if let Some(caller) = setuid_caller_over_rate(peer, &ticket) {
+                return refuse_caller(&mut s, sh, peer, caller, crate::limits::Refusal::Rate).await;
+            }
+        }
+        if email && trimmed.is_empty() {
+            let (info, done) = email_request(&mut s, sh, &ctx).await;
+            if let Some(text) = info {
+                if s.write_msg(&ServerMsg::Info { text }, sh.io_timeout).await.is_err() {
+                    return;
+                }
+            }
+            if done {
+                return outcome(&mut s, sh, OutcomeKind::Deny, None).await;
+            }
+            prompt_text = next_prompt;
+            continue;
+        }
+        if emergency && trimmed.eq_ignore_ascii_case("e") {
+            let Some((text, done)) = emergency_request(&mut s, sh, &ctx).await else { return };
+            if s.write_msg(&ServerMsg::Info { text }, sh.io_timeout).await.is_err() {
+                return;
+            }
+            if done {
+                return outcome(&mut s, sh, OutcomeKind::Deny, None).await;
+            }
+            prompt_text = next_prompt;
+            continue;
+        }
+        return finish(s, sh, &ctx, answer).await;
+    }
+    let _ = run_audit_result(sh, ctx.clone(), "deny", "too many requests in one conversation".into()).await;
+    outcome(&mut s, sh, OutcomeKind::Deny, Some("Too many requests in one login.".into())).await
+}
+
+/// What to ask. On SQLite it is read on this thread from the read-only
+/// connection; on PostgreSQL through the database workers.
+async fn plan_login(
+    sh: &Shared,
+    ctx: &mut LoginContext,
+    now: i64,
+) -> Result<(Plan, Option<auth::Note>), crate::store::StoreError> {
+    if let Some(reader) = &sh.reader {
+        let mut reader = reader.lock().unwrap_or_else(|e| e.into_inner());
+        return auth::plan(&mut *reader, &sh.policy, ctx, now);
+    }
+    let (policy, mut job_ctx) = (sh.policy.clone(), ctx.clone());
+    let (planned, job_ctx) = sh
+        .db
+        .run(move |st| {
+            let planned = auth::plan(st, &policy, &mut job_ctx, now);
+            Ok((planned, job_ctx))
+        })
+        .await?;
+    *ctx = job_ctx;
+    planned
+}
+
+/// What a user who has not activated yet is shown. The key and the URI are
+/// there in every QR style: they work where no QR code can be drawn.
+fn enrollment_text(uri: &str, secret_b32: &str, style: QrStyle) -> String {
+    let scan = match crate::qr::render(uri, style) {
+        Some(qr) => {
+            format!("Scan this QR code with your authenticator app:\n{qr}\nOr enter this secret key manually: ")
+        }
+        None => "Enter this secret key in your authenticator app: ".to_string(),
+    };
+    format!(
+        "Two-factor authentication is required for this account.\n\
+         {scan}{secret_b32}\n\
+         URI: {uri}\n\
+         Then enter the code the app shows to finish enrollment."
+    )
+}
+
+/// A login that ends without a code being checked (not enrolled, locked,
+/// refused, nothing typed) can be repeated as fast as su or sudo start, and
+/// each writes an audit row: a setuid program's real caller pays for it from
+/// its rate allowance (check 27). Looked up only here, so logins that check
+/// a code (bounded by the lockout and single use) read no /proc file.
+/// `Some(caller)` when that caller is over its allowance.
+fn setuid_caller_over_rate(peer: &Peer, ticket: &crate::limits::Ticket) -> Option<u32> {
+    // Other callers, and those looked up at admission, have been charged.
+    if peer.uid != 0 || ticket.caller().is_some() {
+        return None;
+    }
+    let caller = peer.caller_uid();
+    (caller != 0 && !peer.limits.rate.allow(caller)).then_some(caller)
+}
+
+/// Refuses a login for one of its caller's limits (counted, not written one by one).
+async fn refuse_caller(s: &mut impl Transport, sh: &Shared, peer: &Peer, caller: u32, why: crate::limits::Refusal) {
+    crate::limits::refuse(sh, &peer.limits, caller, why).await;
+    outcome(s, sh, OutcomeKind::Deny, Some(why.message().into())).await
+}
+
+/// Asks the module for the uid of the name typed. `None` when the
+/// conversation is over (the outcome has been sent and audited).
+async fn resolve_user(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext) -> Option<Option<u32>> {
+    if s.write_msg(&ServerMsg::ResolveUser, sh.io_timeout).await.is_err() {
+        return None;
+    }
+    match s.read_msg(sh.io_timeout, sh.io_timeout).await {
+        Ok(ClientMsg::UserResolved { uid }) => Some(uid),
+        Ok(other) => protocol_error(s, sh, ctx, &other).await,
+        Err(e) => {
+            let why = format!("no answer to resolve_user: {e}");
+            end_denied(s, sh, ctx, why, Some("Passcode check unavailable.")).await
+        }
+    }
+}
+
+/// Audits a denial, sends it, and ends the conversation (`None`).
+async fn end_denied<T>(
+    s: &mut impl Transport,
+    sh: &Shared,
+    ctx: &LoginContext,
+    why: String,
+    message: Option<&str>,
+) -> Option<T> {
+    let _ = run_audit_result(sh, ctx.clone(), "deny", why).await;
+    outcome(s, sh, OutcomeKind::Deny, message.map(String::from)).await;
+    None
+}
+
+async fn protocol_error<T>(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext, got: &ClientMsg) -> Option<T> {
+    let why = format!("protocol error: unexpected {}", kind(got));
+    end_denied(s, sh, ctx, why, Some("Protocol error.")).await
+}
+
+/// Sends a prompt and waits for the answer. `None` when the conversation is
+/// over (cancelled, broken, timed out): the outcome has been sent and audited.
+async fn ask(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext, echo: bool, text: &str) -> Option<String> {
+    if s.write_msg(&ServerMsg::Prompt { echo, text: text.into() }, sh.io_timeout).await.is_err() {
+        return None;
+    }
+    match s.read_msg(sh.prompt_timeout, sh.io_timeout).await {
+        Ok(ClientMsg::Answer { text }) => Some(text),
+        Ok(ClientMsg::Cancel) => end_denied(s, sh, ctx, "conversation cancelled".into(), None).await,
+        Ok(other) => protocol_error(s, sh, ctx, &other).await,
+        Err(e) => end_denied(s, sh, ctx, format!("no answer: {e}"), Some("Passcode not accepted.")).await,
+    }
+}
+
+/// Checks the answer: the last step of a login. The database thread
+/// decides, commits, sends the outcome and closes its handle on the
+/// connection; this task only queues the job and lets go of its own
+/// handle, so nothing has to wake it again for this login.
+async fn finish<T: Transport>(mut s: T, sh: &Shared, ctx: &LoginContext, answer: String) {
+    let now = sh.clock.now();
+    let (policy, job_ctx, events, user) = (sh.policy.clone(), ctx.clone(), sh.events.clone(), ctx.user.clone());
+    let check = move |st: &mut dyn crate::store::Store| auth::check_answer(st, &policy, &job_ctx, &answer, now);
+    let Some(stream) = s.direct() else {
+        // A relayed conversation: the outcome goes back over the link.
+        let verdict = sh.db.run(check).await;
+        verdict_events(&events, &user, &verdict);
+        let _ = s.write_msg(&verdict_outcome(&verdict, now), sh.io_timeout).await;
+        return;
+    };
+    let queued = sh
+        .db
+        .submit(check, move |verdict| {
+            verdict_events(&events, &user, &verdict);
+            if let Ok(frame) = encode(&verdict_outcome(&verdict, now)) {
+                // A client always reads its outcome; one that does not
+                // gets a cut frame and fails closed.
+                if crate::conn::send_now(&stream, &frame) < frame.len() {
+                    tracing::warn!("outcome for {user} not delivered: the client is not reading");
+                }
+            }
+        })
+        .await;
+    if let Err(e) = queued {
+        tracing::error!("cannot queue the check of a code for {}: {e}; denying", ctx.user);
+        outcome(&mut s, sh, OutcomeKind::Deny, Some("Passcode check unavailable.".into())).await;
+    }
+}
+
+/// D-Bus signals and the log line for a checked answer.
+fn verdict_events(
+    events: &tokio::sync::broadcast::Sender<crate::dbus::Event>,
+    user: &str,
+    verdict: &Result<Verdict, crate::store::StoreError>,
+) {
+    let user = user.to_string();
+    match verdict {
+        Ok(Verdict::Accept { activated: true, .. }) => {
+            let _ = events.send(crate::dbus::Event::EnrollmentActivated { user: user.clone() });
+        }
+        Ok(Verdict::Locked { until }) => {
+            // i64::MAX: until an administrator unlocks the account.
+            let until = match until {
+                auth::LockEnd::At(t) => *t,
+                auth::LockEnd::AdminUnlock => i64::MAX,
+            };
+            let _ = events.send(crate::dbus::Event::UserLockedOut { user: user.clone(), until });
+        }
+        // Nothing was committed: the code was not consumed, the attempt not recorded.
+        Err(e) => tracing::error!("store error while checking a code for {user}: {e}; denying"),
+        _ => {}
+    }
+}
+
+/// The outcome message for a checked answer.
+fn verdict_outcome(verdict: &Result<Verdict, crate::store::StoreError>, now: i64) -> ServerMsg {
+    let (result, message) = match verdict {
+        Ok(Verdict::Accept { activated, failures, locks }) => {
+            (OutcomeKind::Accept, accept_text(*activated, *failures, *locks))
+        }
+        Ok(Verdict::Deny { message }) => (OutcomeKind::Deny, Some(message.clone())),
+        Ok(Verdict::Locked { until }) => (OutcomeKind::Locked, Some(until_text(*until, now))),
+        Err(_) => (OutcomeKind::Deny, Some("Passcode check unavailable.".into())),
+    };
+    ServerMsg::Outcome { result, message }
+}
+
+/// "14:32 CET": times shown to users are in the server's time zone.
+fn hhmm(t: i64) -> String {
+    crate::clock::local_hhmm(t)
+}
+
+/// "once per hour", "once every 30 minutes": the new-code rule in words.
+fn once_per(interval: Duration) -> String {
+    match interval.as_secs() {
+        3600 => "once per hour".into(),
+        s if s % 3600 == 0 => format!("once every {} hours", s / 3600),
+        s if s % 60 == 0 => format!("once every {} minutes", s / 60),
+        s => format!("once every {s} seconds"),
+    }
+}
+
+/// Why nothing typed can work now, when the next request is possible, and
+/// what else there is.
+fn no_usable_code_text(why: &email::NoUsableCode, interval: Duration, emergency: bool) -> String {
+    let last = match why.used_at {
+        Some(t) => format!("Your last emailed code was used at {}", hhmm(t)),
+        None => format!("Your last emailed code expired at {}", hhmm(why.expired_at)),
+    };
+    let other = if emergency {
+        "For emergency access, log in again and type E at the passcode prompt, or ask your administrator."
+    } else {
+        "If you cannot wait, ask your administrator."
+    };
+    format!(
+        "{last}, and a new code for this account on this machine can be sent only {}: \
+         the next one can be requested at {}. Until then no passcode can work here. {other}",
+        once_per(interval),
+        hhmm(why.next_at)
+    )
+}
+
+fn describe(outcome: &email::RequestOutcome) -> String {
+    match outcome {
+        email::RequestOutcome::Queued { masked, expires_at, resent: false } => {
+            format!("A code was sent to {masked}. It expires at {}.", hhmm(*expires_at))
+        }
+        email::RequestOutcome::Queued { masked, expires_at, resent: true } => {
+            format!("Your code was sent again to {masked}. It expires at {}.", hhmm(*expires_at))
+        }
+        // Only while a code sent to another address (an emergency one) is still valid.
+        email::RequestOutcome::TooSoon { next_at } => {
+            format!(
+                "A new code can be requested at {}. Use the code you were sent, or ask your administrator.",
+                hhmm(*next_at)
+            )
+        }
+        email::RequestOutcome::ResendCapped => {
+            "Your code was re-sent too often in the last hour; check your mailbox and spam folder.".into()
+        }
+        email::RequestOutcome::Capped => "Too many emails were sent recently; try again later.".into(),
+    }
+}
+
+const NEUTRAL: &str = "If this matches our records, a code was sent to the address on record.";
+
+/// Enter at the passcode prompt. Returns the text to show and whether the
+/// conversation ends.
+async fn email_request(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext) -> (Option<String>, bool) {
+    let policy = sh.policy.clone();
+    let now = sh.clock.now();
+    let mode = policy.email.auto_send;
+    // Decided before any address or login is asked, so the answer says
+    // nothing about what was typed. Not a failed guess: nothing was guessed.
+    let (p, c) = (policy.clone(), ctx.clone());
+    let blocked = sh
+        .db
+        .run(move |st| {
+            let why = email::no_usable_code(st, &p, &c.user, &c.machine, now)?;
+            if why.is_some() {
+                auth::audit_method(
+                    st,
+                    &p,
+                    &c,
+                    now,
+                    "email",
+                    "deny",
+                    "no usable emailed code; a new one is not allowed yet",
+                )?;
+            }
+            Ok(why)
+        })
+        .await;
+    match blocked {
+        Ok(Some(why)) => {
+            let emergency = policy.email.emergency.enabled;
+            return (Some(no_usable_code_text(&why, policy.email.new_code_interval, emergency)), true);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!("store error during an email request for {}: {e}", ctx.user);
+            return (Some("Emailed codes are unavailable right now.".into()), false);
+        }
+    }
+    let typed = match mode {
+        AutoSend::Directory => None,
+        AutoSend::None => match ask(s, sh, ctx, true, "Email address: ").await {
+            Some(a) => Some((a, String::new())),
+            None => return (None, true),
+        },
+        AutoSend::Internal => {
+            let Some(login) = ask(s, sh, ctx, true, "Login: ").await else { return (None, true) };
+            let Some(password) = ask(s, sh, ctx, false, "Password: ").await else { return (None, true) };
+            Some((login, password))
+        }
+    };
+    // Internal accounts: the argon2 check is slow on purpose, so it runs off
+    // the database thread and the async workers.
+    let password_ok = if let (AutoSend::Internal, Some((login, password))) = (mode, typed.as_ref()) {
+        let user = ctx.user.clone();
+        let hash = sh.db.run(move |st| Ok(st.user(&user)?.and_then(|u| u.password_hash))).await.ok().flatten();
+        let password = password.clone();
+        let same = *login == ctx.user;
+        tokio::task::spawn_blocking(move || crate::passwd::verify(hash.as_deref(), &password) && same)
+            .await
+            .unwrap_or(false)
+    } else {
+        false
+    };
+    let ctx2 = ctx.clone();
+    let result = sh
+        .db
+        .run(move |st| {
+            let user = st.user(&ctx2.user)?;
+            let on_record = user
+                .as_ref()
+                .and_then(|u| u.email.clone())
+                .or_else(|| email::directory_address(&policy.email.directory, &ctx2.user));
+            let Some(address) = on_record else {
+                auth::audit_method(st, &policy, &ctx2, now, "email", "deny", "no email address on record")?;
+                return Ok(Err(
+                    "No email address is on record for you. Ask your administrator, or use emergency access.",
+                ));
+            };
+            let admitted = match (&mode, &typed) {
+                (AutoSend::Directory, _) => true,
+                (AutoSend::None, Some((typed, _))) => email::same_address(typed.trim(), &address),
+                (AutoSend::Internal, _) => password_ok,
+                _ => false,
+            };
+            if !admitted {
+                let why = if mode == AutoSend::None {
+                    "typed address does not match the record"
+                } else {
+                    "internal login failed"
+                };
+                auth::audit_method(st, &policy, &ctx2, now, "email", "deny", why)?;
+                return Ok(Err(NEUTRAL));
+            }
+            email::request_code(st, &policy, &ctx2, &address, false, now).map(Ok)
+        })
+        .await;
+    match result {
+        Ok(Ok(outcome)) => {
+            if let email::RequestOutcome::Queued { masked, .. } = &outcome {
+                sh.mail_wakeup.notify_one();
+                sh.emit(crate::dbus::Event::CodeRequested { user: ctx.user.clone(), address: masked.clone() });
+            }
+            // Typed address / internal login: only the neutral words, whether or not it matched.
+            let text = if mode == AutoSend::Directory { describe(&outcome) } else { NEUTRAL.to_string() };
+            (Some(text), false)
+        }
+        Ok(Err(text)) => (Some(text.to_string()), false),
+        Err(e) => {
+            tracing::error!("store error during an email request for {}: {e}", ctx.user);
+            (Some("Emailed codes are unavailable right now.".into()), false)
+        }
+    }
+}
+
+/// "I need emergency access": a typed address and a reason.
+async fn emergency_request(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext) -> Option<(String, bool)> {
+    let typed = ask(s, sh, ctx, true, "Email address: ").await?;
+    let address = match email::validate_address(typed.trim()) {
+        Ok(a) => a,
+        Err(why) => {
+            let _ = run_audit_result(sh, ctx.clone(), "deny", format!("emergency: invalid address ({why})")).await;
+            return Some((format!("That is not a usable email address ({why})."), false));
+        }
+    };
+    let reason = ask(s, sh, ctx, true, "Reason (a few words): ").await?;
+    let reason = sanitize_field(&reason, 200);
+    let policy = sh.policy.clone();
+    let now = sh.clock.now();
+    let ctx2 = ctx.clone();
+    let domain = address.rsplit_once('@').map(|(_, d)| d.to_string()).unwrap_or_default();
+    let allowed = policy.email.emergency.allow_domains.iter().any(|d| d.eq_ignore_ascii_case(&domain));
+    let result = sh
+        .db
+        .run(move |st| {
+            if allowed {
+                return email::request_code(st, &policy, &ctx2, &address, true, now)
+                    .map(|o| (describe(&o), false, true, None));
+            }
+            if policy.email.emergency.approval == Approval::Never {
+                auth::audit_method(st, &policy, &ctx2, now, "email", "deny", "emergency: address not allowed")?;
+                return Ok(("Emergency access is not available for that address.".to_string(), true, false, None));
+            }
+            if let Some((why, text)) =
+                crate::limits::emergency_capped(st, &policy.email.emergency, &ctx2.user, &address)?
+            {
+                auth::audit_method(st, &policy, &ctx2, now, "email", "deny", &why)?;
+                return Ok((text, true, false, None));
+            }
+            let id = st.insert_request(&EmergencyRequest {
+                id: 0,
+                user: ctx2.user.clone(),
+                machine: ctx2.machine.clone(),
+                address: address.clone(),
+                reason: reason.clone(),
+                origin: email::origin(&ctx2),
+                created_at: now,
+                status: "pending".into(),
+                decided_at: None,
+                decided_by: None,
+            })?;
+            auth::audit_method(
+                st,
+                &policy,
+                &ctx2,
+                now,
+                "email",
+                "pending",
+                &format!("emergency request #{id} for {}", email::mask(&address)),
+            )?;
+            Ok((
+                format!(
+                    "Your emergency request #{id} is waiting for an administrator's approval. \
+                     If it is approved, a code will be sent to {}; then log in again and enter it.",
+                    email::mask(&address)
+                ),
+                true,
+                false,
+                Some(id),
+            ))
+        })
+        .await;
+    match result {
+        Ok((text, done, queued, pending)) => {
+            if queued {
+                sh.mail_wakeup.notify_one();
+            }
+            if let Some(id) = pending {
+                tracing::warn!("emergency access request #{id} from {} is pending approval", ctx.user);
+                sh.emit(crate::dbus::Event::EmergencyRequestPending { id, user: ctx.user.clone() });
+            }
+            Some((text, done))
+        }
+        Err(e) => {
+            tracing::error!("store error during an emergency request for {}: {e}", ctx.user);
+            Some(("Emergency access is unavailable right now.".into(), true))
+        }
+    }
+}
+
+async fn run_audit_result(
+    sh: &Shared,
+    ctx: LoginContext,
+    result: &'static str,
+    reason: String,
+) -> Result<(), crate::store::StoreError> {
+    let policy = sh.policy.clone();
+    let now = sh.clock.now();
+    sh.db.run(move |st| auth::audit(st, &policy, &ctx, now, result, &reason)).await
+}
+
+async fn session_event(sh: &Shared, msg: ClientMsg, peer_uid: u32, machine: &str) {
+    let policy = sh.policy.clone();
+    let machine = machine.to_string();
+    let now = sh.clock.now();
+    let r = sh
+        .db
+        .run(move |st| {
+            match msg {
+                ClientMsg::SessionOpened { user, service, rhost, tty, pid, .. } if auth::valid_user_name(&user) => {
+                    let rec = st.user(&user)?;
+                    if peer_uid != 0 && rec.as_ref().and_then(|u| u.uid) != Some(peer_uid) {
+                        return Ok(());
+                    }
+                    let email = rec
+                        .filter(|u| u.last_method.as_deref() == Some("email"))
+                        .and_then(|u| u.email.or_else(|| email::directory_address(&policy.email.directory, &u.name)));
+                    st.open_session(&SessionRecord {
+                        id: 0,
+                        user,
+                        email,
+                        machine: machine.clone(),
+                        service: sanitize_field(&service, 64),
+                        rhost: rhost.map(|r| sanitize_field(&r, 128)),
+                        tty: tty.map(|t| sanitize_field(&t, 64)),
+                        pid,
+                        opened_at: now,
+                        closed_at: None,
+                    })?;
+                }
+                ClientMsg::SessionClosed { user, service, pid, .. } if auth::valid_user_name(&user) => {
+                    // The rule of session_opened: a caller other than root closes only its own sessions.
+                    if peer_uid != 0 && st.user(&user)?.and_then(|u| u.uid) != Some(peer_uid) {
+                        return Ok(());
+                    }
+                    st.close_session(&user, &machine, &sanitize_field(&service, 64), pid, now)?;
+                }
+                _ => {}
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = r {
+        tracing::warn!("recording a session failed: {e}");
+    }
+}
+
+fn kind(m: &ClientMsg) -> &'static str {
+    match m {
+        ClientMsg::Begin { .. } => "begin",
+        ClientMsg::Answer { .. } => "answer",
+        ClientMsg::Cancel => "cancel",
+        ClientMsg::UserResolved { .. } => "user_resolved",
+        ClientMsg::SessionOpened { .. } => "session_opened",
+        ClientMsg::SessionClosed { .. } => "session_closed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The state machine driven by a scripted transport, as `flow.rs`
+    //! drives the module: each step is what the daemon must send, or what
+    //! the peer answers; the script must be used up (checked in Drop).
+    use super::*;
+    use crate::auth::Policy;
+    use crate::clock::FakeClock;
+    use crate::crypto::SecretBox;
+    use crate::db::Db;
+    use crate::store::SqliteStore;
+    use crate::totp::TotpParams;
+    use common::codec::FrameError;
+    use common::config::{Algorithm, EmailConfig, LockoutConfig};
+    use std::collections::VecDeque;
+    use std::future::Future;
+
+    const T0: i64 = 1_700_000_000;
+
+    #[derive(Debug)]
+    enum Step {
+        /// The daemon sends a message matching this predicate (described).
+        Sends(&'static str, fn(&ServerMsg) -> bool),
+        /// The peer answers.
+        Reads(ClientMsg),
+        /// The peer is gone.
+        Closed,
+    }
+
+    struct Script {
+        steps: VecDeque<Step>,
+        seen: Vec<String>,
+    }
+
+    impl Drop for Script {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                assert!(self.steps.is_empty(), "script not used up: {:?}; daemon sent {:?}", self.steps, self.seen);
+            }
+        }
+    }
+
+    impl Transport for Script {
+        fn read_msg(&mut self, _: Duration, _: Duration) -> impl Future<Output = Result<ClientMsg, FrameError>> + Send {
+            let next = match self.steps.pop_front() {
+                Some(Step::Reads(m)) => Ok(m),
+                Some(Step::Closed) => Err(FrameError::Closed),
+                other => panic!("daemon read, script expected {other:?}; daemon sent {:?}", self.seen),
+            };
+            async move { next }
+        }
+
+        fn write_msg(&mut self, msg: &ServerMsg, _: Duration) -> impl Future<Output = Result<(), FrameError>> + Send {
+            self.seen.push(format!("{msg:?}"));
+            match self.steps.pop_front() {
+                Some(Step::Sends(what, ok)) => assert!(ok(msg), "expected {what}, daemon sent {msg:?}"),
+                other => panic!("daemon sent {msg:?}, script expected {other:?}"),
+            }
+            async { Ok(()) }
+        }
+    }
+
+    fn shared(db: Db) -> Shared {
+        let caps = crate::limits::Caps { per_caller: 8, per_target: 16, unprivileged: 100 };
+        Shared {
+            db,
+            policy: Arc::new(Policy {
+                totp: TotpParams { algorithm: Algorithm::SHA1, digits: 6, period: 30, skew: 1 },
+                lockout: LockoutConfig::default(),
+                issuer: "test".into(),
+                machine: "local".into(),
+                crypto: SecretBox::from_key(&[7u8; 32]),
+                email: EmailConfig { enabled: false, ..EmailConfig::default() },
+            }),
+            clock: Box::new(FakeClock::new(T0)),
+            io_timeout: Duration::from_secs(5),
+            prompt_timeout: Duration::from_secs(60),
+            admin_gid: None,
+            started_at: T0,
+            database: ":memory:".into(),
+            open_connections: Default::default(),
+            per_uid: Default::default(),
+            silent: Default::default(),
+            next_connection: Default::default(),
+            last_flood_warning: Default::default(),
+            // No reader: the login path plans through the database thread,
+            // as it does on PostgreSQL.
+            reader: None,
+            mail_wakeup: Default::default(),
+            events: tokio::sync::broadcast::channel(16).0,
+            limits: Arc::new(CallerLimits::new("local", 30, caps)),
+            host_limits: Default::default(),
+            limit_settings: (30, caps),
+            fleet: None,
+        }
+    }
+
+    fn begin(user: &str) -> ClientMsg {
+        ClientMsg::Begin {
+            protocol: PROTOCOL_VERSION,
+            user: user.into(),
+            service: "sshd".into(),
+            rhost: None,
+            ruser: None,
+            tty: None,
+            pid: 1,
+            uid: Some(1000),
+            qr: QrStyle::Off,
+        }
+    }
+
+    fn remote(sh: &Shared, host: &str, uid: u32) -> Peer {
+        Peer { uid, pid: None, machine: host.into(), limits: sh.limits_of(host), remote_caller: Some(None) }
+    }
+
+    /// alice, activated, and a valid code for T0.
+    fn enrolled(sh: &Shared) -> String {
+        let rec = crate::auth::new_enrollment(&sh.policy, None, "alice", Some(1000), T0 - 100);
+        let secret = sh.policy.crypto.open("alice", rec.secret.as_deref().unwrap()).unwrap();
+        let mut rec = rec;
+        rec.activated_at = Some(T0 - 50);
+        let code = sh.policy.totp.code_at_step(&secret, sh.policy.totp.step_of(T0));
+        let db = sh.db.clone();
+        tokio::runtime::Handle::current().block_on(async move { db.run(move |st| st.save_user(&rec)).await }).unwrap();
+        code
+    }
+
+    fn is_prompt(m: &ServerMsg) -> bool {
+        matches!(m, ServerMsg::Prompt { echo: false, .. })
+    }
+
+    fn run_script(sh: &Shared, peer: &Peer, first: ClientMsg, steps: Vec<Step>) -> Vec<String> {
+        let mut s = Script { steps: steps.into(), seen: Vec::new() };
+        tokio::runtime::Handle::current().block_on(run(&mut s, peer, first, sh));
+        std::mem::take(&mut s.seen)
+    }
+
+    fn audit_rows(sh: &Shared) -> Vec<(String, String, String)> {
+        let db = sh.db.clone();
+        tokio::runtime::Handle::current()
+            .block_on(async move { db.run(|st| st.audit(None, None, None, 100)).await })
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.machine, e.result, e.reason))
+            .collect()
+    }
+
+    /// The steps block on the runtime from this (non-async) thread.
+    fn with_runtime(f: impl FnOnce()) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let _guard = rt.enter();
+        f();
+    }
+
+    #[test]
+    fn a_relayed_login_is_decided_and_audited_under_the_host_of_its_certificate() {
+        with_runtime(|| {
+            let sh = shared(Db::start(SqliteStore::in_memory().unwrap()));
+            let code = enrolled(&sh);
+            let peer = remote(&sh, "web01", 0);
+            run_script(
+                &sh,
+                &peer,
+                begin("alice"),
+                vec![
+                    Step::Sends("a passcode prompt", is_prompt),
+                    Step::Reads(ClientMsg::Answer { text: code.clone() }),
+                    Step::Sends("accept", |m| matches!(m, ServerMsg::Outcome { result: OutcomeKind::Accept, .. })),
+                ],
+            );
+            // The same code again, from another host: one step, used once.
+            let other = remote(&sh, "web02", 0);
+            run_script(
+                &sh,
+                &other,
+                begin("alice"),
+                vec![
+                    Step::Sends("a passcode prompt", is_prompt),
+                    Step::Reads(ClientMsg::Answer { text: code }),
+                    Step::Sends("deny", |m| matches!(m, ServerMsg::Outcome { result: OutcomeKind::Deny, .. })),
+                ],
+            );
+            let rows = audit_rows(&sh);
+            assert!(rows.iter().any(|(m, r, _)| m == "web01" && r == "accept"), "{rows:?}");
+            assert!(rows.iter().any(|(m, _, why)| m == "web02" && why == "code already used"), "{rows:?}");
+        });
+    }
+
+    #[test]
+    fn a_remote_caller_other_than_root_may_only_authenticate_itself() {
+        with_runtime(|| {
+            let sh = shared(Db::start(SqliteStore::in_memory().unwrap()));
+            enrolled(&sh);
+            // uid 1001 on web01 names alice (uid 1000 there): refused
+            // before the store is read.
+            let peer = remote(&sh, "web01", 1001);
+            run_script(
+                &sh,
+                &peer,
+                begin("alice"),
+                vec![Step::Sends(
+                    "the only-yourself refusal",
+                    |m| matches!(m, ServerMsg::Outcome { result: OutcomeKind::Deny, message: Some(t) } if t == auth::ONLY_YOURSELF),
+                )],
+            );
+        });
+    }
+
+    #[test]
+    fn a_peer_that_goes_away_mid_prompt_is_audited_and_nothing_is_accepted() {
+        with_runtime(|| {
+            let sh = shared(Db::start(SqliteStore::in_memory().unwrap()));
+            enrolled(&sh);
+            let peer = remote(&sh, "web01", 0);
+            run_script(
+                &sh,
+                &peer,
+                begin("alice"),
+                vec![
+                    Step::Sends("a passcode prompt", is_prompt),
+                    Step::Closed,
+                    Step::Sends("deny", |m| matches!(m, ServerMsg::Outcome { result: OutcomeKind::Deny, .. })),
+                ],
+            );
+            let rows = audit_rows(&sh);
+            assert!(
+                rows.iter().any(|(m, r, why)| m == "web01" && r == "deny" && why.starts_with("no answer")),
+                "{rows:?}"
+            );
+            assert!(!rows.iter().any(|(_, r, _)| r == "accept"));
+        });
+    }
+
+    #[test]
+    fn session_messages_of_one_host_close_only_that_hosts_sessions() {
+        with_runtime(|| {
+            let sh = shared(Db::start(SqliteStore::in_memory().unwrap()));
+            enrolled(&sh);
+            let opened = |host: &str| {
+                let msg = ClientMsg::SessionOpened {
+                    protocol: PROTOCOL_VERSION,
+                    user: "alice".into(),
+                    service: "sshd".into(),
+                    rhost: None,
+                    tty: None,
+                    pid: 7,
+                };
+                run_script(&sh, &remote(&sh, host, 0), msg, vec![Step::Sends("ack", |m| matches!(m, ServerMsg::Ack))]);
+            };
+            opened("web01");
+            opened("web02");
+            let close = ClientMsg::SessionClosed {
+                protocol: PROTOCOL_VERSION,
+                user: "alice".into(),
+                service: "sshd".into(),
+                tty: None,
+                pid: 7,
+            };
+            run_script(&sh, &remote(&sh, "web02", 0), close, vec![Step::Sends("ack", |m| matches!(m, ServerMsg::Ack))]);
+            let db = sh.db.clone();
+            let sessions =
+                tokio::runtime::Handle::current().block_on(async move { db.run(|st| st.sessions(10)).await }).unwrap();
+            let open: Vec<(&str, bool)> =
+                sessions.iter().map(|s| (s.machine.as_str(), s.closed_at.is_none())).collect();
+            assert_eq!(open.len(), 2);
+            assert!(open.contains(&("web01", true)) && open.contains(&("web02", false)), "{open:?}");
+        });
+    }
+}

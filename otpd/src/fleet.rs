@@ -1,0 +1,496 @@
+//! The server side of a fleet: TLS 1.3 links from agents and remote otpctl.
+//!
+//! Every link presents a client certificate issued by the fleet CA (`otpctl
+//! host add`); the host is the record found by that certificate's
+//! fingerprint — never a name the client sends. An agent link carries one
+//! conversation after another: a [`Relay`] header (who the login process
+//! is on the agent's host), then the module's messages verbatim, run by the
+//! same state machine as the local PAM socket ([`crate::conversation`]).
+//! The host record is read again for every conversation, so `otpctl host
+//! revoke` takes effect at once on every server of the database.
+use crate::conversation::Peer;
+use crate::pki;
+use crate::server::Shared;
+use crate::store::{HostRecord, HostRole, NewAudit};
+use crate::transport::Transport;
+use common::codec::{encode, encode_limited, take_frame, FrameError, MAX_ADMIN_RESPONSE, MAX_FRAME};
+use common::proto::{AdminRequest, AdminResponse, ClientMsg, LinkHello, LinkReply, Relay, ServerMsg, PROTOCOL_VERSION};
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// What a server needs besides [`Shared`]: its TLS identity and the CA.
+pub struct FleetServer {
+    pub ca: pki::Ca,
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// This server's name in `ready` replies and the log.
+    pub name: String,
+    links: AtomicUsize,
+    /// When each host's `last_seen` was last written by this server.
+    seen_written: Mutex<HashMap<String, i64>>,
+    /// When a refused handshake from an address was last audited.
+    refused_audited: Mutex<HashMap<std::net::IpAddr, i64>>,
+}
+
+/// Links open at once (agents keep a few each, otpctl one per command).
+const MAX_LINKS: usize = 4096;
+/// An idle agent link is closed after this; the agent dials again.
+const LINK_IDLE: Duration = Duration::from_secs(300);
+/// `last_seen` is written at most this often per host and server.
+const SEEN_EVERY: i64 = 60;
+
+impl FleetServer {
+    pub fn new(ca: pki::Ca, server: &pki::Issued, name: String) -> Result<FleetServer, pki::PkiError> {
+        let config = pki::server_config(&ca, server)?;
+        Ok(FleetServer {
+            ca,
+            acceptor: tokio_rustls::TlsAcceptor::from(config),
+            name,
+            links: AtomicUsize::new(0),
+            seen_written: Mutex::new(HashMap::new()),
+            refused_audited: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Issues a host's (or an admin's) credentials and records them.
+    pub fn issue(&self, name: &str) -> Result<(pki::Bundle, [u8; 32]), pki::PkiError> {
+        let issued = self.ca.issue_client(name)?;
+        let bundle = pki::Bundle {
+            name: name.to_string(),
+            ca_pem: self.ca.cert_pem(),
+            cert_pem: issued.cert_pem.clone(),
+            key_pem: issued.key_pem.clone(),
+        };
+        Ok((bundle, issued.fingerprint))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Accepts links on one listening socket until the task is aborted.
+pub async fn serve(listener: tokio::net::TcpListener, sh: Arc<Shared>, fleet: Arc<FleetServer>) {
+    loop {
+        let (tcp, addr) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                crate::server::warn_throttled(&sh, &format!("accept on the fleet listener failed: {e}"));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if fleet.links.fetch_add(1, Ordering::Relaxed) >= MAX_LINKS {
+            fleet.links.fetch_sub(1, Ordering::Relaxed);
+            crate::server::warn_throttled(&sh, &format!("fleet link from {addr} closed: {MAX_LINKS} links open"));
+            continue;
+        }
+        let _ = tcp.set_nodelay(true);
+        let (sh, fleet) = (sh.clone(), fleet.clone());
+        tokio::spawn(async move {
+            link(tcp, addr, &sh, &fleet).await;
+            fleet.links.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// A framed TLS stream (either side).
+pub struct Link<S> {
+    stream: S,
+    pending: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Link<S> {
+    pub fn new(stream: S) -> Link<S> {
+        Link { stream, pending: Vec::new() }
+    }
+
+    /// One frame of at most `max` bytes: it must start within `wait` and
+    /// end within `io_timeout` of its start.
+    pub async fn read<T: DeserializeOwned>(
+        &mut self,
+        wait: Duration,
+        io_timeout: Duration,
+        max: usize,
+    ) -> Result<T, FrameError> {
+        let first_byte_by = Instant::now() + wait;
+        let mut frame_by = (!self.pending.is_empty()).then(|| Instant::now() + io_timeout);
+        loop {
+            if let Some(msg) = take_frame(&mut self.pending, max) {
+                return msg;
+            }
+            let mut buf = [0u8; 8192];
+            let deadline = frame_by.unwrap_or(first_byte_by);
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut buf))
+                .await
+                .map_err(|_| FrameError::TimedOut)??;
+            if n == 0 {
+                return Err(if self.pending.is_empty() { FrameError::Closed } else { FrameError::Truncated });
+            }
+            frame_by.get_or_insert_with(|| Instant::now() + io_timeout);
+            self.pending.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    pub async fn write_bytes(&mut self, frame: &[u8], io_timeout: Duration) -> Result<(), FrameError> {
+        let io = async {
+            self.stream.write_all(frame).await?;
+            self.stream.flush().await
+        };
+        tokio::time::timeout(io_timeout, io).await.map_err(|_| FrameError::TimedOut)?.map_err(FrameError::from)
+    }
+
+    pub async fn write<T: Serialize>(&mut self, msg: &T, io_timeout: Duration) -> Result<(), FrameError> {
+        self.write_bytes(&encode(msg)?, io_timeout).await
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.stream
+    }
+}
+
+/// One relayed conversation on an agent link. `done` is set once the
+/// conversation's last message (outcome or ack) went out: only then is the
+/// link in step for the next one.
+struct Relayed<'a, S> {
+    link: &'a mut Link<S>,
+    done: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for Relayed<'_, S> {
+    fn read_msg(
+        &mut self,
+        wait: Duration,
+        io_timeout: Duration,
+    ) -> impl Future<Output = Result<ClientMsg, FrameError>> + Send {
+        self.link.read(wait, io_timeout, MAX_FRAME)
+    }
+
+    fn write_msg(
+        &mut self,
+        msg: &ServerMsg,
+        io_timeout: Duration,
+    ) -> impl Future<Output = Result<(), FrameError>> + Send {
+        let last = matches!(msg, ServerMsg::Outcome { .. } | ServerMsg::Ack);
+        let frame = encode(msg);
+        async move {
+            self.link.write_bytes(&frame?, io_timeout).await?;
+            self.done |= last;
+            Ok(())
+        }
+    }
+}
+
+/// An audit row for the fleet itself (a refused link or conversation).
+fn fleet_audit(sh: &Shared, machine: &str, result: &str, reason: String) -> NewAudit {
+    NewAudit {
+        time: sh.clock.now(),
+        user: "-".into(),
+        service: "fleet".into(),
+        rhost: None,
+        tty: None,
+        machine: machine.to_string(),
+        method: "host".into(),
+        result: result.into(),
+        reason,
+    }
+}
+
+async fn audit(sh: &Shared, entry: NewAudit) {
+    crate::syslog::audit(&entry);
+    if let Err(e) = sh.db.run(move |st| st.add_audit(&entry)).await {
+        tracing::warn!("writing a fleet audit row failed: {e}");
+    }
+}
+
+/// Refuses a link: tells the client why (it is authenticated, or nothing
+/// is said), audits it under the host it is, and closes.
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    link: &mut Link<S>,
+    sh: &Shared,
+    machine: &str,
+    reason: String,
+    tell: &str,
+) {
+    tracing::warn!("fleet link refused: {reason}");
+    audit(sh, fleet_audit(sh, machine, "refused", reason)).await;
+    let _ = link.write(&LinkReply::Refused { reason: tell.into() }, sh.io_timeout).await;
+}
+
+async fn link(tcp: tokio::net::TcpStream, addr: SocketAddr, sh: &Shared, fleet: &FleetServer) {
+    let tls = match tokio::time::timeout(sh.io_timeout, fleet.acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return handshake_refused(sh, fleet, addr, &e.to_string()).await,
+        Err(_) => return handshake_refused(sh, fleet, addr, "timed out").await,
+    };
+    let Some(fp) = pki::peer_fingerprint(tls.get_ref().1) else {
+        return handshake_refused(sh, fleet, addr, "no client certificate").await;
+    };
+    let mut link = Link::new(tls);
+    let hello: LinkHello = match link.read(sh.io_timeout, sh.io_timeout, MAX_FRAME).await {
+        Ok(h) => h,
+        Err(e) => {
+            crate::server::warn_throttled(sh, &format!("fleet link from {addr}: no hello: {e}"));
+            return;
+        }
+    };
+    let (protocol, wanted, claimed) = match &hello {
+        LinkHello::Agent { protocol, host } => (*protocol, HostRole::Agent, Some(host.clone())),
+        LinkHello::Admin { protocol } => (*protocol, HostRole::Admin, None),
+    };
+    let host = match check_host(sh, fleet, &fp, wanted, claimed.as_deref(), addr).await {
+        Ok(h) => h,
+        Err((machine, reason, tell)) => return refuse(&mut link, sh, &machine, reason, tell).await,
+    };
+    if protocol != PROTOCOL_VERSION {
+        let reason = format!("{} speaks protocol {protocol}; this server speaks {PROTOCOL_VERSION}", host.name);
+        return refuse(&mut link, sh, &host.name, reason, "protocol version not supported").await;
+    }
+    if link.write(&LinkReply::Ready { server: fleet.name.clone() }, sh.io_timeout).await.is_err() {
+        return;
+    }
+    match wanted {
+        HostRole::Agent => agent_link(link, host, fp, addr, sh, fleet).await,
+        HostRole::Admin => admin_link(link, host, fp, addr, sh, fleet).await,
+    }
+}
+
+/// The host behind a certificate, if it may use this kind of link now.
+/// Errors: (machine to audit under, audit reason, what the client is told).
+async fn check_host(
+    sh: &Shared,
+    fleet: &FleetServer,
+    fp: &[u8; 32],
+    wanted: HostRole,
+    claimed: Option<&str>,
+    addr: SocketAddr,
+) -> Result<HostRecord, (String, String, &'static str)> {
+    let now = sh.clock.now();
+    let fp_vec = fp.to_vec();
+    let found = sh.db.run(move |st| st.host_by_fingerprint(&fp_vec)).await;
+    let host = match found {
+        Ok(Some(h)) => h,
+        Ok(None) => {
+            let reason = format!("unknown certificate {} from {addr}", pki::fingerprint_hex(fp));
+            return Err((format!("tcp:{}", addr.ip()), reason, "certificate not known to this fleet"));
+        }
+        Err(e) => {
+            tracing::error!("looking up a fleet host failed: {e}");
+            return Err(("-".into(), format!("host lookup failed: {e}"), "server unavailable"));
+        }
+    };
+    if let Some(t) = host.revoked_at {
+        let reason = format!("host {} revoked at {t}: its certificate was presented from {addr}", host.name);
+        return Err((host.name.clone(), reason, "this host's credentials were revoked"));
+    }
+    if host.role != wanted {
+        let reason = format!(
+            "{} credentials of {} presented for an {} link from {addr}",
+            role_name(host.role),
+            host.name,
+            role_name(wanted)
+        );
+        return Err((host.name.clone(), reason, "these credentials are not for this use"));
+    }
+    if let Some(claimed) = claimed.filter(|c| *c != host.name) {
+        let reason = format!("certificate of {} presented as {claimed:?} from {addr}", host.name);
+        return Err((host.name.clone(), reason, "this certificate belongs to another host"));
+    }
+    let write_seen = {
+        let mut seen = lock(&fleet.seen_written);
+        let due = seen.get(&host.name).is_none_or(|&t| now - t >= SEEN_EVERY);
+        if due {
+            seen.insert(host.name.clone(), now);
+        }
+        due
+    };
+    if write_seen {
+        let name = host.name.clone();
+        if let Err(e) = sh.db.run(move |st| st.host_seen(&name, now)).await {
+            tracing::warn!("recording when {} was last seen failed: {e}", host.name);
+        }
+    }
+    Ok(host)
+}
+
+pub fn role_name(r: HostRole) -> &'static str {
+    match r {
+        HostRole::Agent => "agent",
+        HostRole::Admin => "admin",
+    }
+}
+
+/// A handshake that failed (no certificate, another CA, not TLS 1.3):
+/// logged at most once a second, audited at most once a minute per address.
+async fn handshake_refused(sh: &Shared, fleet: &FleetServer, addr: SocketAddr, why: &str) {
+    crate::server::warn_throttled(sh, &format!("fleet link from {addr}: TLS handshake failed: {why}"));
+    let now = sh.clock.now();
+    let due = {
+        let mut seen = lock(&fleet.refused_audited);
+        if seen.len() > 10_000 {
+            seen.retain(|_, t| now - *t < 60);
+        }
+        let due = seen.get(&addr.ip()).is_none_or(|&t| now - t >= 60);
+        if due {
+            seen.insert(addr.ip(), now);
+        }
+        due
+    };
+    if due {
+        let entry = fleet_audit(sh, &format!("tcp:{}", addr.ip()), "refused", format!("TLS handshake failed: {why}"));
+        audit(sh, entry).await;
+    }
+}
+
+async fn agent_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    mut link: Link<S>,
+    mut host: HostRecord,
+    fp: [u8; 32],
+    addr: SocketAddr,
+    sh: &Shared,
+    fleet: &FleetServer,
+) {
+    loop {
+        let relay: Relay = match link.read(LINK_IDLE, sh.io_timeout, MAX_FRAME).await {
+            Ok(r) => r,
+            Err(FrameError::Closed | FrameError::TimedOut) => return,
+            Err(e) => {
+                crate::server::warn_throttled(sh, &format!("agent link of {}: bad relay header: {e}", host.name));
+                return;
+            }
+        };
+        let first: ClientMsg = match link.read(sh.io_timeout, sh.io_timeout, MAX_FRAME).await {
+            Ok(m) => m,
+            Err(e) => {
+                crate::server::warn_throttled(sh, &format!("agent link of {}: no first message: {e}", host.name));
+                return;
+            }
+        };
+        // Revocation applies to the very next conversation, on every server.
+        host = match check_host(sh, fleet, &fp, HostRole::Agent, Some(&host.name), addr).await {
+            Ok(h) => h,
+            Err((machine, reason, _)) => {
+                audit(sh, fleet_audit(sh, &machine, "refused", reason)).await;
+                let deny = ServerMsg::Outcome {
+                    result: common::proto::OutcomeKind::Deny,
+                    message: Some("Passcode check refused for this host.".into()),
+                };
+                let _ = link.write(&deny, sh.io_timeout).await;
+                return;
+            }
+        };
+        let peer = Peer {
+            uid: relay.peer_uid,
+            pid: relay.pid,
+            machine: host.name.clone(),
+            limits: sh.limits_of(&host.name),
+            remote_caller: Some(relay.caller),
+        };
+        let mut conv = Relayed { link: &mut link, done: false };
+        crate::conversation::run(&mut conv, &peer, first, sh).await;
+        if !conv.done {
+            // Cut mid-conversation (the agent went away, a timeout): the
+            // link is out of step.
+            return;
+        }
+    }
+}
+
+async fn admin_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    mut link: Link<S>,
+    host: HostRecord,
+    fp: [u8; 32],
+    addr: SocketAddr,
+    sh: &Shared,
+    fleet: &FleetServer,
+) {
+    loop {
+        let req: AdminRequest = match link.read(LINK_IDLE, sh.io_timeout, MAX_FRAME).await {
+            Ok(r) => r,
+            Err(FrameError::Closed | FrameError::TimedOut) => return,
+            Err(e) => {
+                let resp = AdminResponse::Error {
+                    kind: common::proto::AdminErrorKind::InvalidInput,
+                    message: format!("bad request: {e}"),
+                };
+                let _ = link.write(&resp, sh.io_timeout).await;
+                return;
+            }
+        };
+        // Revoked admin credentials stop working at the next request.
+        if let Err((machine, reason, tell)) = check_host(sh, fleet, &fp, HostRole::Admin, None, addr).await {
+            audit(sh, fleet_audit(sh, &machine, "refused", reason)).await;
+            let resp =
+                AdminResponse::Error { kind: common::proto::AdminErrorKind::PermissionDenied, message: tell.into() };
+            let _ = link.write(&resp, sh.io_timeout).await;
+            return;
+        }
+        let by = crate::admin::By::Remote(host.name.clone());
+        let resp = crate::admin::handle(req, &by, sh).await;
+        let frame = match encode_limited(&resp, MAX_ADMIN_RESPONSE) {
+            Ok(f) => f,
+            Err(e) => match encode(&AdminResponse::Error {
+                kind: common::proto::AdminErrorKind::InvalidInput,
+                message: format!("the answer is too large to send ({e}); ask for less (--limit, --since, --user)"),
+            }) {
+                Ok(f) => f,
+                Err(_) => return,
+            },
+        };
+        if link.write_bytes(&frame, sh.io_timeout.max(Duration::from_secs(30))).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// otpctl --server: one admin request over a blocking TLS connection.
+pub fn admin_call(
+    server: &str,
+    bundle: &std::path::Path,
+    req: &AdminRequest,
+    timeout: Duration,
+) -> Result<AdminResponse, String> {
+    let bundle = pki::Bundle::load(bundle).map_err(|e| e.to_string())?;
+    let config = pki::client_config(&bundle).map_err(|e| e.to_string())?;
+    let (host, port) =
+        common::config::split_host_port(server).ok_or_else(|| format!("--server {server:?}: use host:port"))?;
+    let name = pki::server_name(host).map_err(|e| e.to_string())?;
+    let tcp = connect_any(host, port, timeout).map_err(|e| format!("cannot connect to {server}: {e}"))?;
+    let _ = tcp.set_read_timeout(Some(timeout));
+    let _ = tcp.set_write_timeout(Some(timeout));
+    let conn = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let talk = |tls: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>| {
+        common::codec::write_frame(tls, &LinkHello::Admin { protocol: PROTOCOL_VERSION })?;
+        match common::codec::read_frame::<LinkReply, _>(tls)? {
+            LinkReply::Ready { .. } => {}
+            LinkReply::Refused { reason } => return Ok(Err(reason)),
+        }
+        common::codec::write_frame(tls, req)?;
+        Ok::<_, FrameError>(Ok(common::codec::read_frame_limited::<AdminResponse, _>(tls, MAX_ADMIN_RESPONSE)?))
+    };
+    match talk(&mut tls) {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(reason)) => Err(format!("{server} refused these credentials: {reason}")),
+        Err(e) => Err(format!("talking to {server} failed: {e} (are these admin credentials of this fleet?)")),
+    }
+}
+
+/// Connects to the first address of `host` that answers.
+pub fn connect_any(host: &str, port: u16, timeout: Duration) -> std::io::Result<std::net::TcpStream> {
+    use std::net::ToSocketAddrs;
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    for a in (host, port).to_socket_addrs()? {
+        match std::net::TcpStream::connect_timeout(&a, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}

@@ -1,0 +1,807 @@
+//! Fleet PKI: the fleet CA, host and server certificates, host bundles and the TLS 1.3 mTLS configurations used
+//! between agents / remote otpctl and servers.
+//!
+//! Everything here uses the `ring` provider explicitly (never the process-wide default provider), so no aws-lc enters
+//! the build and no other code in the process can change which algorithms the fleet link accepts.
+
+use std::fmt;
+use std::io::Read;
+use std::net::IpAddr;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
+};
+use rustls::client::Resumption;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{PemObject, SectionKind};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+const CA_COMMON_NAME: &str = "otpd fleet CA";
+const CA_DAYS: i64 = 10 * 365;
+const CLIENT_DAYS: i64 = 5 * 365;
+const SERVER_DAYS: i64 = 365;
+/// Certificates start an hour in the past so hosts whose clocks lag a little still accept a fresh one.
+const BACKDATE: time::Duration = time::Duration::hours(1);
+/// A bundle is three small PEM blocks; anything much bigger is not one.
+const MAX_BUNDLE_BYTES: u64 = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("invalid host name {0:?}: use 1-64 characters from A-Z a-z 0-9 . _ -, not starting with '-' or '.'")]
+    HostName(String),
+    #[error("invalid server name {0:?}: must be a DNS name or an IP address")]
+    ServerName(String),
+    #[error("a server certificate needs at least one name")]
+    NoServerNames,
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("fleet CA: {0}")]
+    Ca(String),
+    #[error("certificate: {0}")]
+    Cert(String),
+    #[error("host bundle: {0}")]
+    Bundle(String),
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The fleet certificate authority: issues host (client) and server certificates.
+pub struct Ca {
+    cert_pem: String,
+    cert_der: CertificateDer<'static>,
+    /// The CA's parameters re-signed with its key: rcgen needs a `Certificate` as issuer; only its subject DN, key
+    /// identifier and key are used when signing, and those are the original's.
+    issuer: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl fmt::Debug for Ca {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ca")
+            .field("fingerprint", &fingerprint_hex(&fingerprint(&self.cert_der)))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A freshly issued certificate and its private key.
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// SHA-256 of the certificate's DER: what the server's hosts table records.
+    pub fingerprint: [u8; 32],
+}
+
+impl fmt::Debug for Issued {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Issued").field("fingerprint", &fingerprint_hex(&self.fingerprint)).finish_non_exhaustive()
+    }
+}
+
+/// What a host (agent or remote admin) holds: the fleet CA, its own certificate and its private key.
+#[derive(Clone)]
+pub struct Bundle {
+    pub name: String,
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bundle").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+fn now_utc() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+fn random_serial() -> SerialNumber {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    // Positive and always 16 bytes long once DER-encoded.
+    b[0] = (b[0] & 0x7f) | 0x40;
+    SerialNumber::from_slice(&b)
+}
+
+fn leaf_params(days: i64) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let now = now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + time::Duration::days(days);
+    params.serial_number = Some(random_serial());
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    params
+}
+
+/// Host names as they appear in bundles, the hosts table and audit rows.
+pub fn validate_host_name(name: &str) -> Result<(), PkiError> {
+    let ok = (1..=64).contains(&name.len())
+        && !name.starts_with('-')
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(PkiError::HostName(name.to_string()))
+    }
+}
+
+fn parse_x509(der: &[u8]) -> Result<x509_parser::certificate::X509Certificate<'_>, String> {
+    match x509_parser::parse_x509_certificate(der) {
+        Ok(([], cert)) => Ok(cert),
+        Ok(_) => Err("trailing data after the certificate".into()),
+        Err(e) => Err(format!("not an X.509 certificate ({e})")),
+    }
+}
+
+fn common_name(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<String, String> {
+    let mut names = cert.subject().iter_common_name();
+    let cn = names.next().ok_or("the certificate has no common name")?;
+    if names.next().is_some() {
+        return Err("the certificate has more than one common name".into());
+    }
+    cn.as_str().map(str::to_string).map_err(|_| "the certificate's common name is not a string".into())
+}
+
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    let b64 = data_encoding::BASE64.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        // Base64 output is ASCII, so every chunk is valid UTF-8.
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+fn cert_from_pem(pem: &str, what: &str) -> Result<CertificateDer<'static>, String> {
+    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| format!("{what}: no readable certificate ({e})"))
+}
+
+fn key_from_pem(pem: &str, what: &str) -> Result<PrivateKeyDer<'static>, String> {
+    // The PEM error never contains key bytes, only its kind.
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| format!("{what}: no readable private key ({e})"))
+}
+
+fn roots_of(ca_der: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, PkiError> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca_der.clone()).map_err(|e| PkiError::Ca(format!("not usable as a trust anchor: {e}")))?;
+    Ok(Arc::new(roots))
+}
+
+fn client_verifier(ca_der: &CertificateDer<'static>) -> Result<Arc<dyn ClientCertVerifier>, PkiError> {
+    WebPkiClientVerifier::builder_with_provider(roots_of(ca_der)?, provider())
+        .build()
+        .map_err(|e| PkiError::Ca(format!("cannot verify clients with it: {e}")))
+}
+
+impl Ca {
+    /// A new fleet CA: ECDSA P-256, valid 10 years, may sign end-entity certificates only (path length 0).
+    pub fn generate() -> Result<Ca, PkiError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, CA_COMMON_NAME);
+        params.distinguished_name = dn;
+        let now = now_utc();
+        params.not_before = now - BACKDATE;
+        params.not_after = now + time::Duration::days(CA_DAYS);
+        params.serial_number = Some(random_serial());
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key)?;
+        let cert_der = cert.der().clone();
+        Ok(Ca { cert_pem: cert.pem(), cert_der, issuer: cert, key })
+    }
+
+    /// The CA as stored (certificate PEM + unsealed key PEM); checks that the key belongs to the certificate.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca, PkiError> {
+        let cert_der = cert_from_pem(cert_pem, "CA certificate").map_err(PkiError::Ca)?;
+        let x509 = parse_x509(&cert_der).map_err(PkiError::Ca)?;
+        if !x509.is_ca() {
+            return Err(PkiError::Ca("the certificate is not a CA certificate".into()));
+        }
+        let key = KeyPair::from_pem(key_pem).map_err(|e| PkiError::Ca(format!("unreadable CA key ({e})")))?;
+        if key.public_key_der() != x509.public_key().raw {
+            return Err(PkiError::Ca("the key does not belong to the CA certificate".into()));
+        }
+        let params = CertificateParams::from_ca_cert_der(&cert_der)
+            .map_err(|e| PkiError::Ca(format!("unsupported CA certificate ({e})")))?;
+        let issuer = params.self_signed(&key)?;
+        Ok(Ca { cert_pem: pem_encode("CERTIFICATE", &cert_der), cert_der, issuer, key })
+    }
+
+    pub fn cert_pem(&self) -> String {
+        self.cert_pem.clone()
+    }
+
+    /// The CA's private key: the caller seals it before storing it anywhere.
+    pub fn key_pem(&self) -> Zeroizing<String> {
+        Zeroizing::new(self.key.serialize_pem())
+    }
+
+    pub fn fingerprint(&self) -> [u8; 32] {
+        fingerprint(&self.cert_der)
+    }
+
+    /// A host certificate: CN = name, usable only for TLS client authentication, valid 5 years.
+    pub fn issue_client(&self, name: &str) -> Result<Issued, PkiError> {
+        validate_host_name(name)?;
+        let mut params = leaf_params(CLIENT_DAYS);
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params)
+    }
+
+    /// A server certificate: one SAN per name (IP address or DNS name), usable only for TLS server
+    /// authentication, valid 1 year.
+    pub fn issue_server(&self, names: &[String]) -> Result<Issued, PkiError> {
+        let first = names.first().ok_or(PkiError::NoServerNames)?;
+        let mut sans = Vec::with_capacity(names.len());
+        for name in names {
+            sans.push(san_for(name)?);
+        }
+        let mut params = leaf_params(SERVER_DAYS);
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, first.as_str());
+        params.distinguished_name = dn;
+        params.subject_alt_names = sans;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(params)
+    }
+
+    fn sign(&self, params: CertificateParams) -> Result<Issued, PkiError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let cert = params.signed_by(&key, &self.issuer, &self.key)?;
+        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem(), fingerprint: fingerprint(cert.der()) })
+    }
+}
+
+fn san_for(name: &str) -> Result<SanType, PkiError> {
+    let bad = || PkiError::ServerName(name.to_string());
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return Ok(SanType::IpAddress(ip));
+    }
+    match ServerName::try_from(name) {
+        Ok(ServerName::DnsName(_)) => {}
+        _ => return Err(bad()),
+    }
+    let ia5 = rcgen::Ia5String::try_from(name).map_err(|_| bad())?;
+    Ok(SanType::DnsName(ia5))
+}
+
+impl Bundle {
+    /// One PEM file: a comment header, then the fleet CA, the host certificate and the host key.
+    pub fn to_text(&self) -> String {
+        format!(
+            "# otpd host bundle for {}\n\
+             # Fleet CA, host certificate and the host's private key: keep this file mode 0600, owned by the user\n\
+             # that uses it (root for an agent). Anyone who reads it can act as this host.\n\
+             {}{}{}",
+            self.name,
+            ensure_newline(&self.ca_pem),
+            ensure_newline(&self.cert_pem),
+            ensure_newline(&self.key_pem)
+        )
+    }
+
+    /// Parses and checks a bundle: exactly two certificates (fleet CA first, then the host's) and one PKCS#8 key;
+    /// the host certificate must be currently valid, issued by that CA for client authentication, and match the key.
+    pub fn parse(text: &str) -> Result<Bundle, PkiError> {
+        let err = |m: &str| PkiError::Bundle(m.to_string());
+        let mut certs: Vec<CertificateDer<'static>> = Vec::new();
+        let mut key: Option<Zeroizing<Vec<u8>>> = None;
+        for item in <(SectionKind, Vec<u8>)>::pem_slice_iter(text.as_bytes()) {
+            let (kind, der) = item.map_err(|e| PkiError::Bundle(format!("malformed PEM ({e})")))?;
+            match kind {
+                SectionKind::Certificate => certs.push(CertificateDer::from(der)),
+                SectionKind::PrivateKey => {
+                    let der = Zeroizing::new(der);
+                    if key.replace(der).is_some() {
+                        return Err(err("more than one private key"));
+                    }
+                }
+                other => return Err(PkiError::Bundle(format!("unexpected PEM section {other:?}"))),
+            }
+        }
+        let key = key.ok_or_else(|| err("no PKCS#8 private key (a PEM block labelled PRIVATE KEY)"))?;
+        let [ca_der, cert_der]: [CertificateDer<'static>; 2] = certs
+            .try_into()
+            .map_err(|c: Vec<_>| PkiError::Bundle(format!("expected 2 certificates (CA, host), found {}", c.len())))?;
+
+        let ca = parse_x509(&ca_der).map_err(|e| PkiError::Bundle(format!("CA certificate: {e}")))?;
+        if !ca.is_ca() {
+            return Err(err("the first certificate is not a CA certificate"));
+        }
+        let host = parse_x509(&cert_der).map_err(|e| PkiError::Bundle(format!("host certificate: {e}")))?;
+        let name = common_name(&host).map_err(|e| PkiError::Bundle(format!("host certificate: {e}")))?;
+        validate_host_name(&name).map_err(|e| PkiError::Bundle(format!("host certificate: {e}")))?;
+
+        let verifier = client_verifier(&ca_der).map_err(|e| PkiError::Bundle(e.to_string()))?;
+        verifier.verify_client_cert(&cert_der, &[], UnixTime::now()).map_err(|e| {
+            PkiError::Bundle(format!("the host certificate of {name} does not verify against this bundle's CA ({e})"))
+        })?;
+        let key_der = PrivateKeyDer::Pkcs8(key.to_vec().into());
+        CertifiedKey::from_der(vec![cert_der.clone()], key_der, &provider()).map_err(|e| {
+            PkiError::Bundle(format!("the private key does not belong to the host certificate of {name} ({e})"))
+        })?;
+
+        Ok(Bundle {
+            name,
+            ca_pem: pem_encode("CERTIFICATE", &ca_der),
+            cert_pem: pem_encode("CERTIFICATE", &cert_der),
+            key_pem: pem_encode("PRIVATE KEY", &key),
+        })
+    }
+
+    /// Reads a bundle file. It holds a private key, so it must be a regular file (not a symlink) that neither group
+    /// nor others can read or write.
+    pub fn load(path: &Path) -> Result<Bundle, PkiError> {
+        let shown = path.display().to_string();
+        let file_err = |reason: String| PkiError::File { path: shown.clone(), reason };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    file_err("is a symbolic link; refusing it (point the configuration at the real file)".into())
+                } else {
+                    file_err(format!("cannot open host bundle: {e}"))
+                }
+            })?;
+        let meta = file.metadata().map_err(|e| file_err(format!("cannot stat host bundle: {e}")))?;
+        if !meta.is_file() {
+            return Err(file_err("is not a regular file; a host bundle must be one".into()));
+        }
+        let mode = meta.mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(file_err(format!(
+                "host bundle has mode {mode:04o}, open to group/others, but it holds this host's private key; \
+                 run `chmod 600 {shown}` (and consider re-issuing it if others may have read it)"
+            )));
+        }
+        if meta.len() > MAX_BUNDLE_BYTES {
+            return Err(file_err(format!("is {} bytes, too big for a host bundle", meta.len())));
+        }
+        let mut text = Zeroizing::new(String::new());
+        file.by_ref()
+            .take(MAX_BUNDLE_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| file_err(format!("cannot read host bundle: {e}")))?;
+        Bundle::parse(&text).map_err(|e| file_err(e.to_string()))
+    }
+}
+
+fn ensure_newline(s: &str) -> String {
+    if s.ends_with('\n') {
+        s.to_string()
+    } else {
+        format!("{s}\n")
+    }
+}
+
+/// SHA-256 of a certificate's DER encoding.
+pub fn fingerprint(cert_der: &[u8]) -> [u8; 32] {
+    Sha256::digest(cert_der).into()
+}
+
+/// "ab:cd:…" (lowercase hex, colon separated).
+pub fn fingerprint_hex(fp: &[u8]) -> String {
+    fp.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// The server side of the fleet link: TLS 1.3 only; every client must present a certificate issued by `ca`.
+pub fn server_config(ca: &Ca, server: &Issued) -> Result<Arc<ServerConfig>, PkiError> {
+    let chain = vec![cert_from_pem(&server.cert_pem, "server certificate").map_err(PkiError::Cert)?];
+    let key = key_from_pem(&server.key_pem, "server key").map_err(PkiError::Cert)?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(client_verifier(&ca.cert_der)?)
+        .with_single_cert(chain, key)?;
+    // No resumption: every connection runs the full handshake, so the client certificate is verified every time.
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+/// The client side of the fleet link: TLS 1.3 only; trusts only the bundle's CA (never the system roots) and
+/// presents the bundle's certificate.
+pub fn client_config(bundle: &Bundle) -> Result<Arc<ClientConfig>, PkiError> {
+    let ca_der = cert_from_pem(&bundle.ca_pem, "bundle CA").map_err(PkiError::Bundle)?;
+    let chain = vec![cert_from_pem(&bundle.cert_pem, "bundle certificate").map_err(PkiError::Bundle)?];
+    let key = key_from_pem(&bundle.key_pem, "bundle key").map_err(PkiError::Bundle)?;
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots_of(&ca_der)?)
+        .with_client_auth_cert(chain, key)?;
+    config.resumption = Resumption::disabled();
+    Ok(Arc::new(config))
+}
+
+/// The name a client checks the server certificate against: an IP address (brackets allowed) or a DNS name.
+pub fn server_name(host: &str) -> Result<ServerName<'static>, PkiError> {
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(ServerName::IpAddress(ip.into()));
+    }
+    ServerName::try_from(bare.to_string()).map_err(|_| PkiError::ServerName(host.to_string()))
+}
+
+/// Fingerprint of the peer's end-entity certificate, once the handshake has completed.
+pub fn peer_fingerprint(conn: &rustls::CommonState) -> Option<[u8; 32]> {
+    conn.peer_certificates()?.first().map(|c| fingerprint(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+    fn bundle_for(ca: &Ca, name: &str) -> (Bundle, [u8; 32]) {
+        let issued = ca.issue_client(name).unwrap();
+        let b = Bundle { name: name.into(), ca_pem: ca.cert_pem(), cert_pem: issued.cert_pem, key_pem: issued.key_pem };
+        (b, issued.fingerprint)
+    }
+
+    struct Outcome {
+        /// The server's view: the client certificate's fingerprint, or why the handshake failed.
+        server: Result<Option<[u8; 32]>, String>,
+        /// The client's view: Ok only if the handshake completed and the server's first byte arrived (in TLS 1.3
+        /// the client finishes before the server has checked its certificate).
+        client: Result<(), String>,
+    }
+
+    async fn handshake(server: Arc<ServerConfig>, client: Arc<ClientConfig>, name: &str) -> Outcome {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = TlsAcceptor::from(server);
+        let server_task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            match acceptor.accept(tcp).await {
+                Ok(mut tls) => {
+                    let fp = peer_fingerprint(tls.get_ref().1);
+                    tls.write_all(b"k").await.map_err(|e| e.to_string())?;
+                    tls.shutdown().await.ok();
+                    Ok(fp)
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        let connector = TlsConnector::from(client);
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let client_result = async {
+            let mut tls = connector.connect(server_name(name).unwrap(), tcp).await.map_err(|e| e.to_string())?;
+            let mut b = [0u8; 1];
+            tls.read_exact(&mut b).await.map_err(|e| e.to_string())?;
+            assert_eq!(&b, b"k");
+            Ok(())
+        }
+        .await;
+        Outcome { server: server_task.await.unwrap(), client: client_result }
+    }
+
+    fn server_for(ca: &Ca, names: &[&str]) -> Arc<ServerConfig> {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        server_config(ca, &ca.issue_server(&names).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn valid_client_is_seen_by_its_fingerprint() {
+        let ca = Ca::generate().unwrap();
+        let (bundle, fp) = bundle_for(&ca, "web01");
+        let out =
+            handshake(server_for(&ca, &["otp1.example", "127.0.0.1"]), client_config(&bundle).unwrap(), "otp1.example")
+                .await;
+        assert_eq!(out.client, Ok(()));
+        assert_eq!(out.server, Ok(Some(fp)));
+    }
+
+    #[tokio::test]
+    async fn ip_san_is_accepted() {
+        let ca = Ca::generate().unwrap();
+        let (bundle, fp) = bundle_for(&ca, "web01");
+        let out =
+            handshake(server_for(&ca, &["otp1.example", "127.0.0.1"]), client_config(&bundle).unwrap(), "127.0.0.1")
+                .await;
+        assert_eq!(out.client, Ok(()));
+        assert_eq!(out.server, Ok(Some(fp)));
+    }
+
+    #[tokio::test]
+    async fn ca_restored_from_pem_keeps_issuing_for_the_same_fleet() {
+        let ca = Ca::generate().unwrap();
+        let restored = Ca::from_pem(&ca.cert_pem(), &ca.key_pem()).unwrap();
+        assert_eq!(restored.cert_pem(), ca.cert_pem());
+        assert_eq!(restored.fingerprint(), ca.fingerprint());
+        // A host issued by the restored CA talks to a server issued by the original, and vice versa.
+        let (bundle, fp) = bundle_for(&restored, "web02");
+        let out = handshake(server_for(&ca, &["otp1.example"]), client_config(&bundle).unwrap(), "otp1.example").await;
+        assert_eq!(out.client, Ok(()));
+        assert_eq!(out.server, Ok(Some(fp)));
+        let (bundle, fp) = bundle_for(&ca, "web03");
+        let out =
+            handshake(server_for(&restored, &["otp1.example"]), client_config(&bundle).unwrap(), "otp1.example").await;
+        assert_eq!(out.client, Ok(()));
+        assert_eq!(out.server, Ok(Some(fp)));
+    }
+
+    #[test]
+    fn ca_from_pem_refuses_a_foreign_key() {
+        let ca = Ca::generate().unwrap();
+        let other = Ca::generate().unwrap();
+        let e = Ca::from_pem(&ca.cert_pem(), &other.key_pem()).unwrap_err();
+        assert!(e.to_string().contains("does not belong"), "{e}");
+        let leaf = ca.issue_client("web01").unwrap();
+        let e = Ca::from_pem(&leaf.cert_pem, &leaf.key_pem).unwrap_err();
+        assert!(e.to_string().contains("not a CA"), "{e}");
+        assert!(Ca::from_pem("junk", &ca.key_pem()).is_err());
+    }
+
+    #[tokio::test]
+    async fn client_cert_of_another_ca_is_refused() {
+        let ca = Ca::generate().unwrap();
+        let other = Ca::generate().unwrap();
+        let issued = other.issue_client("web01").unwrap();
+        // Trusts the right CA for the server, but presents a certificate from elsewhere.
+        let bundle =
+            Bundle { name: "web01".into(), ca_pem: ca.cert_pem(), cert_pem: issued.cert_pem, key_pem: issued.key_pem };
+        let out = handshake(server_for(&ca, &["otp1.example"]), client_config(&bundle).unwrap(), "otp1.example").await;
+        assert!(out.server.is_err(), "{:?}", out.server);
+        assert!(out.client.is_err());
+    }
+
+    #[tokio::test]
+    async fn server_cert_is_not_a_client_cert() {
+        // A server's certificate (serverAuth only) cannot be used to log in as a host.
+        let ca = Ca::generate().unwrap();
+        let issued = ca.issue_server(&["web01".into()]).unwrap();
+        let bundle =
+            Bundle { name: "web01".into(), ca_pem: ca.cert_pem(), cert_pem: issued.cert_pem, key_pem: issued.key_pem };
+        let out = handshake(server_for(&ca, &["otp1.example"]), client_config(&bundle).unwrap(), "otp1.example").await;
+        assert!(out.server.is_err(), "{:?}", out.server);
+        assert!(out.client.is_err());
+    }
+
+    #[tokio::test]
+    async fn client_without_certificate_is_refused() {
+        let ca = Ca::generate().unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.cert_der.clone()).unwrap();
+        let client = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let out = handshake(server_for(&ca, &["otp1.example"]), Arc::new(client), "otp1.example").await;
+        assert!(out.server.is_err(), "{:?}", out.server);
+        assert!(out.client.is_err());
+    }
+
+    #[tokio::test]
+    async fn server_cert_of_another_ca_is_refused_by_the_client() {
+        let ca = Ca::generate().unwrap();
+        let other = Ca::generate().unwrap();
+        let (bundle, _) = bundle_for(&ca, "web01");
+        let out =
+            handshake(server_for(&other, &["otp1.example"]), client_config(&bundle).unwrap(), "otp1.example").await;
+        let e = out.client.unwrap_err();
+        assert!(e.contains("invalid peer certificate"), "{e}");
+        assert!(out.server.is_err());
+    }
+
+    #[tokio::test]
+    async fn wrong_server_name_is_refused() {
+        let ca = Ca::generate().unwrap();
+        let (bundle, _) = bundle_for(&ca, "web01");
+        let out = handshake(server_for(&ca, &["otp1.example"]), client_config(&bundle).unwrap(), "otp2.example").await;
+        let e = out.client.unwrap_err();
+        assert!(e.contains("not valid for name"), "{e}");
+        assert!(out.server.is_err());
+    }
+
+    #[tokio::test]
+    async fn client_cert_is_not_a_server_cert() {
+        // A host's certificate (clientAuth only) cannot be used to impersonate a server.
+        let ca = Ca::generate().unwrap();
+        let (bundle, _) = bundle_for(&ca, "otp1.example");
+        let host = ca.issue_client("otp1.example").unwrap();
+        let server = server_config(&ca, &host).unwrap();
+        let out = handshake(server, client_config(&bundle).unwrap(), "otp1.example").await;
+        assert!(out.client.is_err());
+    }
+
+    #[tokio::test]
+    async fn tls12_only_client_is_refused() {
+        let ca = Ca::generate().unwrap();
+        let (bundle, _) = bundle_for(&ca, "web01");
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.cert_der.clone()).unwrap();
+        let chain = vec![CertificateDer::from_pem_slice(bundle.cert_pem.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(bundle.key_pem.as_bytes()).unwrap();
+        let client = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        let out = handshake(server_for(&ca, &["otp1.example"]), Arc::new(client), "otp1.example").await;
+        assert!(out.server.is_err(), "{:?}", out.server);
+        assert!(out.client.is_err());
+    }
+
+    #[test]
+    fn issued_certificates_have_the_right_shape() {
+        use x509_parser::extensions::ParsedExtension;
+        let ca = Ca::generate().unwrap();
+        let ca_der = CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap();
+        let x = parse_x509(&ca_der).unwrap();
+        assert_eq!(common_name(&x).unwrap(), CA_COMMON_NAME);
+        let bc = x.basic_constraints().unwrap().unwrap().value;
+        assert!(bc.ca);
+        assert_eq!(bc.path_len_constraint, Some(0));
+        let ku = x.key_usage().unwrap().unwrap().value;
+        assert!(ku.key_cert_sign() && ku.crl_sign() && !ku.digital_signature());
+
+        let client = ca.issue_client("web01").unwrap();
+        let der = CertificateDer::from_pem_slice(client.cert_pem.as_bytes()).unwrap();
+        assert_eq!(fingerprint(&der), client.fingerprint);
+        let x = parse_x509(&der).unwrap();
+        assert_eq!(common_name(&x).unwrap(), "web01");
+        assert!(!x.is_ca());
+        let eku = x.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth && eku.other.is_empty() && !eku.any);
+
+        let server = ca.issue_server(&["otp1.example".into(), "10.0.0.5".into()]).unwrap();
+        let der = CertificateDer::from_pem_slice(server.cert_pem.as_bytes()).unwrap();
+        let x = parse_x509(&der).unwrap();
+        let eku = x.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && !eku.client_auth && eku.other.is_empty() && !eku.any);
+        let san = x
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::SubjectAlternativeName(s) => Some(format!("{:?}", s.general_names)),
+                _ => None,
+            })
+            .unwrap();
+        assert!(san.contains("DNSName(\"otp1.example\")") && san.contains("IPAddress([10, 0, 0, 5])"), "{san}");
+        assert_ne!(client.fingerprint, server.fingerprint);
+    }
+
+    #[test]
+    fn host_names_are_validated() {
+        let ca = Ca::generate().unwrap();
+        for good in ["web01", "a", "Web-01.example_x", &"x".repeat(64)] {
+            ca.issue_client(good).unwrap();
+        }
+        for bad in ["", "-web", ".web", "web 01", "web/01", "wéb", "web\n01", &"x".repeat(65), "a:b"] {
+            let e = ca.issue_client(bad).unwrap_err();
+            assert!(matches!(e, PkiError::HostName(_)), "{bad:?}: {e}");
+            assert!(e.to_string().contains("A-Z a-z 0-9"), "{e}");
+        }
+        assert!(matches!(ca.issue_server(&[]), Err(PkiError::NoServerNames)));
+        assert!(matches!(ca.issue_server(&["bad name".into()]), Err(PkiError::ServerName(_))));
+        assert!(server_name("otp1.example").is_ok());
+        assert!(server_name("[::1]").is_ok());
+        assert!(server_name("bad name").is_err());
+    }
+
+    #[test]
+    fn bundle_round_trip() {
+        let ca = Ca::generate().unwrap();
+        let (bundle, _) = bundle_for(&ca, "web01");
+        let text = bundle.to_text();
+        assert!(text.starts_with("# otpd host bundle for web01\n"), "{text}");
+        let parsed = Bundle::parse(&text).unwrap();
+        assert_eq!(parsed.name, "web01");
+        assert_eq!(parsed.ca_pem, ca.cert_pem());
+        assert_eq!(parsed.cert_pem, bundle.cert_pem);
+        assert_eq!(Bundle::parse(&parsed.to_text()).unwrap().to_text(), parsed.to_text());
+        client_config(&parsed).unwrap();
+        // Debug output never shows key material.
+        assert!(!format!("{parsed:?}").contains("PRIVATE"));
+        assert!(!format!("{ca:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn bad_bundles_are_refused_with_a_reason() {
+        let ca = Ca::generate().unwrap();
+        let other = Ca::generate().unwrap();
+        let (good, _) = bundle_for(&ca, "web01");
+        let (web02, _) = bundle_for(&ca, "web02");
+        let foreign = other.issue_client("web01").unwrap();
+        let server = ca.issue_server(&["otp1.example".into()]).unwrap();
+        let cases: Vec<(String, &str)> = vec![
+            (String::new(), "no PKCS#8 private key"),
+            ("hello\n".into(), "no PKCS#8 private key"),
+            (format!("{}{}", good.ca_pem, good.key_pem), "expected 2 certificates"),
+            (format!("{}{}{}{}", good.ca_pem, good.cert_pem, good.cert_pem, good.key_pem), "expected 2 certificates"),
+            (format!("{}{}{}{}", good.ca_pem, good.cert_pem, good.key_pem, good.key_pem), "more than one private key"),
+            (format!("{}{}{}", good.cert_pem, good.ca_pem, good.key_pem), "not a CA certificate"),
+            (format!("{}{}{}", good.ca_pem, good.cert_pem, web02.key_pem), "does not belong"),
+            (
+                format!("{}{}{}", good.ca_pem, foreign.cert_pem, foreign.key_pem),
+                "does not verify against this bundle's CA",
+            ),
+            (
+                format!("{}{}{}", good.ca_pem, server.cert_pem, server.key_pem),
+                "does not verify against this bundle's CA",
+            ),
+            (
+                format!("{}{}{}", good.ca_pem, good.cert_pem, good.key_pem.replace("-----END PRIVATE KEY-----\n", "")),
+                "malformed PEM",
+            ),
+            (
+                format!(
+                    "{}{}-----BEGIN PRIVATE KEY-----\n!!!!\n-----END PRIVATE KEY-----\n",
+                    good.ca_pem, good.cert_pem
+                ),
+                "malformed PEM",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = Bundle::parse(&text).unwrap_err();
+            assert!(matches!(e, PkiError::Bundle(_)), "{e}");
+            assert!(e.to_string().contains(want), "want {want:?}, got {e}");
+            assert!(!e.to_string().contains("PRIVATE KEY-----"), "{e}");
+        }
+    }
+
+    #[test]
+    fn bundle_file_permissions_are_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::generate().unwrap();
+        let (bundle, _) = bundle_for(&ca, "web01");
+        let path = dir.path().join("host.bundle");
+        std::fs::write(&path, bundle.to_text()).unwrap();
+
+        for mode in [0o644, 0o640, 0o604, 0o620] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = Bundle::load(&path).unwrap_err().to_string();
+            assert!(e.contains(&path.display().to_string()) && e.contains("chmod 600"), "{e}");
+        }
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(Bundle::load(&path).unwrap().name, "web01");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert_eq!(Bundle::load(&path).unwrap().name, "web01");
+
+        let link = dir.path().join("link.bundle");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let e = Bundle::load(&link).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+
+        let e = Bundle::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("regular file") || e.contains("mode"), "{e}");
+
+        let missing = dir.path().join("missing");
+        assert!(Bundle::load(&missing).unwrap_err().to_string().contains("cannot open"));
+    }
+}

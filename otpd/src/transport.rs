@@ -1,0 +1,77 @@
+//! What a conversation needs from its connection: the daemon-side mirror of
+//! the module's `PamIo`. A local PAM socket ([`Conn`]) and a relay from a
+//! remote agent ([`crate::fleet`]) both implement it, so one state machine
+//! ([`crate::conversation`]) serves both.
+use crate::conn::Conn;
+use common::codec::FrameError;
+use common::proto::{ClientMsg, ServerMsg};
+use std::future::Future;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+pub trait Transport: Send {
+    /// The next message: `wait` bounds the time until it starts (a user
+    /// typing), `io_timeout` the rest of the frame.
+    fn read_msg(
+        &mut self,
+        wait: Duration,
+        io_timeout: Duration,
+    ) -> impl Future<Output = Result<ClientMsg, FrameError>> + Send;
+
+    fn write_msg(
+        &mut self,
+        msg: &ServerMsg,
+        io_timeout: Duration,
+    ) -> impl Future<Output = Result<(), FrameError>> + Send;
+
+    /// A socket the database thread may write the outcome to as soon as it
+    /// is committed (local sockets only; see [`crate::conn::send_now`]).
+    fn direct(&self) -> Option<UnixStream> {
+        None
+    }
+}
+
+impl Transport for Conn {
+    fn read_msg(
+        &mut self,
+        wait: Duration,
+        io_timeout: Duration,
+    ) -> impl Future<Output = Result<ClientMsg, FrameError>> + Send {
+        Conn::read_msg::<ClientMsg>(self, wait, io_timeout)
+    }
+
+    fn write_msg(
+        &mut self,
+        msg: &ServerMsg,
+        io_timeout: Duration,
+    ) -> impl Future<Output = Result<(), FrameError>> + Send {
+        Conn::write_msg(self, msg, io_timeout)
+    }
+
+    fn direct(&self) -> Option<UnixStream> {
+        self.duplicate()
+    }
+}
+
+/// A conversation may borrow its connection (an agent link outlives it).
+impl<T: Transport> Transport for &mut T {
+    fn read_msg(
+        &mut self,
+        wait: Duration,
+        io_timeout: Duration,
+    ) -> impl Future<Output = Result<ClientMsg, FrameError>> + Send {
+        (**self).read_msg(wait, io_timeout)
+    }
+
+    fn write_msg(
+        &mut self,
+        msg: &ServerMsg,
+        io_timeout: Duration,
+    ) -> impl Future<Output = Result<(), FrameError>> + Send {
+        (**self).write_msg(msg, io_timeout)
+    }
+
+    fn direct(&self) -> Option<UnixStream> {
+        (**self).direct()
+    }
+}
