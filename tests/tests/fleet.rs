@@ -205,7 +205,7 @@ fn start_server(database: Option<String>, key_file: &Path, clock_dir: &Path, ext
     };
     let mut server = Fixture::start_setup(tempfile::tempdir().unwrap(), setup);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while !listening(port) {
         if let Some(Ok(Some(status))) = server.daemon.as_mut().map(|c| c.try_wait()) {
             panic!("server exited with {status}: {}", server.log());
         }
@@ -215,11 +215,37 @@ fn start_server(database: Option<String>, key_file: &Path, clock_dir: &Path, ext
     (server, port)
 }
 
+/// Whether a socket listens on loopback TCP `port`. Read from /proc rather
+/// than by connecting: a connection that never does TLS is a refused link
+/// the server audits, and the tests count those.
+fn listening(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[1] == local && f[3] == "0A"
+    })
+}
+
 /// Audit rows (newest first) as `otpctl --json audit ARGS` on `fx` prints them.
 fn audit(fx: &Fixture, args: &[&str]) -> Vec<Value> {
     let mut all = vec!["--json", "audit", "--limit", "100000"];
     all.extend_from_slice(args);
     entries(&fx.ctl_ok(&all), "entries")
+}
+
+/// Waits (up to 10 s) for an audit row on `fx` matching `want`: a refused
+/// link may be audited after the agent has already given up on it.
+fn wait_for_audit(fx: &Fixture, what: &str, want: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = audit(fx, &[]);
+        if rows.iter().any(&want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no audit row {what}: {rows:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn entries(json: &str, key: &str) -> Vec<Value> {
@@ -332,6 +358,10 @@ fn one_code_raced_over_three_hosts_is_accepted_once(backend: Backend) {
     let raced: Vec<Value> =
         rows.into_iter().filter(|e| ["valid code", "code already used"].contains(&field(e, "reason"))).collect();
     assert_eq!(machines(&raced), all_hosts(), "the race went through every host");
+    // Both servers decided some of them (their logs carry the audit lines).
+    for (i, server) in f.servers.iter().enumerate() {
+        assert!(server.log().contains("audit: user=tara service=otp "), "server {} saw none of the race", i + 1);
+    }
 }
 
 #[test]
@@ -460,6 +490,8 @@ fn a_server_killed_during_a_storm_of_logins_fails_over_without_replays() {
     // server: each got in once with a fresh code.
     let after: BTreeSet<usize> =
         (0..USERS).filter(|&u| attempts.iter().filter(|a| a.user == u).all(|a| a.started > killed_at)).collect();
+    let ok_after = attempts.iter().filter(|a| a.started > killed_at && a.result == PAM_SUCCESS).count();
+    eprintln!("{} users entirely after the kill; {ok_after} logins in after it", after.len());
     assert!(after.len() >= 10, "the storm was over before the kill: {} users after it", after.len());
     for &u in &after {
         let ok = attempts.iter().filter(|a| a.user == u && a.result == PAM_SUCCESS).count();
@@ -546,6 +578,12 @@ fn postgres_stopped_during_a_storm_refuses_logins_until_it_is_back_without_repla
     let attempts: Vec<(Attempt, Instant)> = attempts.into_inner().unwrap();
     let while_down: Vec<&Attempt> =
         attempts.iter().filter(|(a, ended)| a.started > down && *ended < up_begin).map(|(a, _)| a).collect();
+    eprintln!(
+        "{} logins in all, {} while PostgreSQL was down, {} after",
+        attempts.len(),
+        while_down.len(),
+        attempts.iter().filter(|(a, _)| a.started > up).count()
+    );
     assert!(!while_down.is_empty());
     for a in &while_down {
         assert_eq!(
@@ -578,14 +616,13 @@ fn a_revoked_host_is_refused_at_once_and_the_code_still_works_elsewhere() {
     f.servers[0].ctl_ok(&["host", "revoke", "web03"]);
     let refused = f.agents[2].login("rob", &[&f.code(&uri, 0)]);
     assert_eq!(refused.code, PAM_AUTH_ERR, "a revoked host's login: {}", refused.out);
-    let rows = audit(f.admin(), &[]);
-    assert!(rows.iter().any(|e| field(e, "reason").contains("revoked")), "{rows:?}");
+    wait_for_audit(f.admin(), "saying \"revoked\"", |e| field(e, "reason").contains("revoked"));
     // Nothing was consumed by the refused login, and other hosts go on.
     let ok = f.agents[0].login("rob", &[&f.code(&uri, 0)]);
     assert_eq!(ok.code, PAM_SUCCESS, "{}", ok.out);
     let list = f.admin().ctl_ok(&["host", "list"]);
-    let line = list.lines().find(|l| l.starts_with("web03")).unwrap_or_else(|| panic!("{list}"));
-    assert!(line.contains("revoked"), "{list}");
+    let line = list.lines().find(|l| l.starts_with("web03 ")).unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(line.split_whitespace().nth(4), Some("revoked"), "{list}");
 }
 
 #[test]
@@ -625,12 +662,12 @@ fn a_bundle_of_another_ca_and_a_host_claiming_another_name_are_refused() {
     other.ctl_ok(&["host", "add", "web09", "-o", &dir.path().join("state/host.bundle").display().to_string()]);
     f.extras.push(other);
     let stranger = f.try_agent(dir, &[0, 1], None).unwrap_or_else(|e| panic!("{e}"));
+    let handshake = |e: &Value| field(e, "result") == "refused" && field(e, "reason").contains("TLS handshake failed");
+    assert!(!audit(f.admin(), &[]).iter().any(handshake));
     let r = stranger.login("vic", &[&code]);
     f.extras.push(stranger);
     assert_eq!(r.code, PAM_AUTH_ERR, "a host of another CA logged in: {}", r.out);
-    let tls = f.servers[0].log().contains("TLS handshake failed")
-        || audit(&f.servers[0], &[]).iter().any(|e| field(e, "reason").contains("TLS handshake failed"));
-    eprintln!("the first server recorded the failed handshake: {tls}");
+    wait_for_audit(f.admin(), "of the failed handshake", handshake);
 
     // web02's certificate in an agent that says it is web01.
     let dir = f.agent_dir();
@@ -641,8 +678,7 @@ fn a_bundle_of_another_ca_and_a_host_claiming_another_name_are_refused() {
     let r = liar.login("vic", &[&code]);
     f.extras.push(liar);
     assert_eq!(r.code, PAM_AUTH_ERR, "web02's certificate logged in as web01: {}", r.out);
-    let rows = audit(f.admin(), &[]);
-    assert!(rows.iter().any(|e| field(e, "reason").contains("presented as")), "{rows:?}");
+    wait_for_audit(f.admin(), "saying \"presented as\"", |e| field(e, "reason").contains("presented as"));
     // The code was never consumed by the refused hosts.
     assert_eq!(f.agents[0].login("vic", &[&code]).code, PAM_SUCCESS);
 }
@@ -749,7 +785,8 @@ fn sessions_and_audit_of_every_host_are_seen_on_any_server_and_remotely() {
     let table = admin.ctl_ok(&["sessions"]);
     assert!(table.lines().next().unwrap_or("").contains("HOST"), "{table}");
     assert!(HOSTS.iter().all(|h| table.contains(h)), "{table}");
-    assert_eq!(machines(&audit(admin, &[])), all_hosts());
+    let rows = audit(admin, &[]);
+    assert!(machines(&rows).is_superset(&all_hosts()), "{rows:?}");
     let web02 = audit(admin, &["--host", "web02"]);
     assert!(!web02.is_empty());
     assert_eq!(machines(&web02), BTreeSet::from(["web02".to_string()]), "{web02:?}");
@@ -758,8 +795,12 @@ fn sessions_and_audit_of_every_host_are_seen_on_any_server_and_remotely() {
     for host in HOSTS {
         let line = list.lines().find(|l| l.split_whitespace().next() == Some(host));
         let line = line.unwrap_or_else(|| panic!("{host} missing: {list}"));
-        // ADDED and LAST-SEEN are both times (never "-"/"never" after a login).
-        assert!(line.matches("T").count() >= 2 && !line.contains("never"), "{host} has no last-seen time: {list}");
+        // HOST ROLE ADDED LAST-SEEN STATUS: seen (a time, not "-") after its logins.
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols.len(), 5, "{list}");
+        assert_eq!(cols[1], "agent", "{list}");
+        assert!(cols[3].starts_with("20") && cols[3].ends_with('Z'), "{host} has no last-seen time: {list}");
+        assert_eq!(cols[4], "active", "{list}");
     }
 
     // Remote otpctl with admin credentials, against the other server.
@@ -767,7 +808,7 @@ fn sessions_and_audit_of_every_host_are_seen_on_any_server_and_remotely() {
     f.servers[0].ctl_ok(&["host", "add", "ops", "--admin", "-o", &ops.display().to_string()]);
     let remote = f.remote(0, &ops, &["--json", "audit", "--limit", "100000"]);
     assert!(remote.status.success(), "{}", String::from_utf8_lossy(&remote.stderr));
-    assert_eq!(machines(&entries(&String::from_utf8_lossy(&remote.stdout), "entries")), all_hosts());
+    assert!(machines(&entries(&String::from_utf8_lossy(&remote.stdout), "entries")).is_superset(&all_hosts()));
     let remote = f.remote(0, &ops, &["--json", "audit", "--host", "web02", "--limit", "100000"]);
     assert!(remote.status.success(), "{}", String::from_utf8_lossy(&remote.stderr));
     let rows = entries(&String::from_utf8_lossy(&remote.stdout), "entries");

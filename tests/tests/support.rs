@@ -407,12 +407,17 @@ pub fn race_commands(dir: &Path, commands: Vec<Command>) -> Vec<i32> {
             c.spawn().unwrap()
         })
         .collect();
-    // Wait until every child sits in open(2) of the FIFO (or 5 s, then go anyway).
+    // Wait until every child sits in open(2) of the FIFO (or 5 s, then go
+    // anyway). The kernel function they wait in is fifo_open on some
+    // kernels, wait_for_partner on others.
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         let waiting = children
             .iter()
-            .filter(|c| std::fs::read_to_string(format!("/proc/{}/wchan", c.id())).is_ok_and(|w| w.contains("fifo")))
+            .filter(|c| {
+                std::fs::read_to_string(format!("/proc/{}/wchan", c.id()))
+                    .is_ok_and(|w| w.contains("fifo") || w.contains("wait_for_partner"))
+            })
             .count();
         if waiting == n {
             break;
