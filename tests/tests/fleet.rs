@@ -548,7 +548,7 @@ fn postgres_stopped_during_a_storm_refuses_logins_until_it_is_back_without_repla
             std::thread::sleep(Duration::from_millis(5));
         }
     };
-    let (down, up_begin, up) = std::thread::scope(|s| {
+    let (stopping, down, up_begin, up) = std::thread::scope(|s| {
         for _ in 0..THREADS {
             s.spawn(|| {
                 while !stop.load(Ordering::SeqCst) {
@@ -565,6 +565,7 @@ fn postgres_stopped_during_a_storm_refuses_logins_until_it_is_back_without_repla
         let start = Instant::now();
         wait_for("before the stop", start);
         fresh_step.store(true, Ordering::SeqCst);
+        let stopping = Instant::now();
         pg.stop().unwrap();
         let down = Instant::now();
         wait_for("while PostgreSQL was down", down);
@@ -573,16 +574,19 @@ fn postgres_stopped_during_a_storm_refuses_logins_until_it_is_back_without_repla
         let up = Instant::now();
         wait_for("after PostgreSQL was back", up);
         stop.store(true, Ordering::SeqCst);
-        (down, up_begin, up)
+        (stopping, down, up_begin, up)
     });
     let attempts: Vec<(Attempt, Instant)> = attempts.into_inner().unwrap();
     let while_down: Vec<&Attempt> =
         attempts.iter().filter(|(a, ended)| a.started > down && *ended < up_begin).map(|(a, _)| a).collect();
     eprintln!(
-        "{} logins in all, {} while PostgreSQL was down, {} after",
+        "{} logins in all, {} while PostgreSQL was down, {} after; stop took {:?}, down {:?}, restart {:?}",
         attempts.len(),
         while_down.len(),
-        attempts.iter().filter(|(a, _)| a.started > up).count()
+        attempts.iter().filter(|(a, _)| a.started > up).count(),
+        down - stopping,
+        up_begin - down,
+        up - up_begin,
     );
     assert!(!while_down.is_empty());
     for a in &while_down {
@@ -592,18 +596,31 @@ fn postgres_stopped_during_a_storm_refuses_logins_until_it_is_back_without_repla
             a.user, a.step, HOSTS[a.host]
         );
     }
+    // A COMMIT in flight when PostgreSQL shut down has an unknown outcome:
+    // the server must deny that login, and the code may be spent.
+    let in_doubt: BTreeSet<usize> = attempts
+        .iter()
+        .filter(|(a, ended)| a.step == 1 && a.result != PAM_SUCCESS && a.started < down && *ended > stopping)
+        .map(|(a, _)| a.user)
+        .collect();
     let flat: Vec<Attempt> = attempts.into_iter().map(|(a, _)| a).collect();
     assert_eq!(accepted_twice(&flat), vec![], "a code was accepted twice");
     assert!(
         flat.iter().any(|a| a.started > up && a.result == PAM_SUCCESS),
         "no login succeeded after PostgreSQL was back"
     );
-    // Now the database is up: each user's step-1 code works exactly once in all.
+    // Now the database is up: each user's step-1 code works exactly once in
+    // all (a code in doubt at most once).
     for u in 0..USERS {
         let used = flat.iter().any(|a| a.user == u && a.step == 1 && a.result == PAM_SUCCESS);
         let r = f.agents[u % 3].login(&format!("p{u:02}"), &[&codes[u][1]]);
-        let want = if used { PAM_AUTH_ERR } else { PAM_SUCCESS };
-        assert_eq!(r.code, want, "p{u:02} (code used in the storm: {used}): {}", r.out);
+        if used {
+            assert_eq!(r.code, PAM_AUTH_ERR, "p{u:02}'s code was accepted twice: {}", r.out);
+        } else if !in_doubt.contains(&u) {
+            assert_eq!(r.code, PAM_SUCCESS, "p{u:02}'s unused code: {}", r.out);
+        } else {
+            assert!(r.code == PAM_SUCCESS || r.code == PAM_AUTH_ERR, "p{u:02}: {}", r.out);
+        }
     }
 }
 
