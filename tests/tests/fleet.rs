@@ -843,4 +843,6 @@ fn sessions_and_audit_of_every_host_are_seen_on_any_server_and_remotely() {
         String::from_utf8_lossy(&refused.stdout)
     );
     assert!(!String::from_utf8_lossy(&refused.stdout).contains("web0"));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("refused these credentials"), "{said}");
 }
