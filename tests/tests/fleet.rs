@@ -646,18 +646,22 @@ fn a_revoked_host_is_refused_at_once_and_the_code_still_works_elsewhere() {
 fn an_agent_without_a_usable_bundle_refuses_to_start_and_says_why() {
     let f = Fleet::start(Backend::Sqlite);
     let good = std::fs::read(f.agents[0].path("state/host.bundle")).unwrap();
-    let cases: [(&str, Option<(&[u8], u32)>); 3] = [
-        ("missing", None),
-        ("readable by others", Some((&good, 0o644))),
-        ("not a bundle", Some((b"-----BEGIN CERTIFICATE-----\nnot base64\n", 0o600))),
+    let write = |bytes: Vec<u8>, mode: u32| -> Box<dyn Fn(&Path)> {
+        Box::new(move |bundle: &Path| {
+            std::fs::write(bundle, &bytes).unwrap();
+            std::fs::set_permissions(bundle, std::fs::Permissions::from_mode(mode)).unwrap();
+        })
+    };
+    let cases: [(&str, Box<dyn Fn(&Path)>); 4] = [
+        ("missing", Box::new(|_: &Path| {})),
+        ("readable by others", write(good, 0o644)),
+        ("not a bundle", write(b"-----BEGIN CERTIFICATE-----\nnot base64\n".to_vec(), 0o600)),
+        ("a directory", Box::new(|bundle: &Path| std::fs::create_dir(bundle).unwrap())),
     ];
-    for (what, content) in cases {
+    for (what, make) in cases {
         let dir = f.agent_dir();
         let bundle = dir.path().join("state/host.bundle");
-        if let Some((bytes, mode)) = content {
-            std::fs::write(&bundle, bytes).unwrap();
-            std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(mode)).unwrap();
-        }
+        make(&bundle);
         match f.try_agent(dir, &[0], None) {
             Ok(agent) => panic!("an agent with a bundle {what} started: {}", agent.log()),
             Err(log) => {
