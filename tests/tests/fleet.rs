@@ -611,9 +611,9 @@ fn postgres_stopped_during_a_storm_refuses_logins_until_it_is_back_without_repla
     );
     // Now the database is up: each user's step-1 code works exactly once in
     // all (a code in doubt at most once).
-    for u in 0..USERS {
+    for (u, [_, fresh]) in codes.iter().enumerate() {
         let used = flat.iter().any(|a| a.user == u && a.step == 1 && a.result == PAM_SUCCESS);
-        let r = f.agents[u % 3].login(&format!("p{u:02}"), &[&codes[u][1]]);
+        let r = f.agents[u % 3].login(&format!("p{u:02}"), &[fresh]);
         if used {
             assert_eq!(r.code, PAM_AUTH_ERR, "p{u:02}'s code was accepted twice: {}", r.out);
         } else if !in_doubt.contains(&u) {
@@ -646,13 +646,14 @@ fn a_revoked_host_is_refused_at_once_and_the_code_still_works_elsewhere() {
 fn an_agent_without_a_usable_bundle_refuses_to_start_and_says_why() {
     let f = Fleet::start(Backend::Sqlite);
     let good = std::fs::read(f.agents[0].path("state/host.bundle")).unwrap();
-    let write = |bytes: Vec<u8>, mode: u32| -> Box<dyn Fn(&Path)> {
+    type MakeBundle = Box<dyn Fn(&Path)>;
+    let write = |bytes: Vec<u8>, mode: u32| -> MakeBundle {
         Box::new(move |bundle: &Path| {
             std::fs::write(bundle, &bytes).unwrap();
             std::fs::set_permissions(bundle, std::fs::Permissions::from_mode(mode)).unwrap();
         })
     };
-    let cases: [(&str, Box<dyn Fn(&Path)>); 4] = [
+    let cases: [(&str, MakeBundle); 4] = [
         ("missing", Box::new(|_: &Path| {})),
         ("readable by others", write(good, 0o644)),
         ("not a bundle", write(b"-----BEGIN CERTIFICATE-----\nnot base64\n".to_vec(), 0o600)),
