@@ -212,6 +212,35 @@ pub enum AdminRequest {
     },
 }
 
+/// Where an emergency request stands; stored and sent as its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestStatus {
+    Pending,
+    Approved,
+    Denied,
+}
+
+impl RequestStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestStatus::Pending => "pending",
+            RequestStatus::Approved => "approved",
+            RequestStatus::Denied => "denied",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RequestStatus> {
+        [RequestStatus::Pending, RequestStatus::Approved, RequestStatus::Denied].into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for RequestStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestInfo {
     pub id: i64,
@@ -221,7 +250,7 @@ pub struct RequestInfo {
     pub reason: String,
     pub origin: String,
     pub created_at: i64,
-    pub status: String,
+    pub status: RequestStatus,
     pub decided_at: Option<i64>,
     pub decided_by: Option<u32>,
 }

@@ -3,7 +3,7 @@ use crate::auth::{self, new_enrollment, valid_user_name};
 use crate::conn::Conn;
 use crate::server::Shared;
 use crate::store::{NewAudit, Store, StoreError, UserRecord};
-use common::proto::{AdminErrorKind, AdminRequest, AdminResponse, Method, StatusInfo, UserInfo};
+use common::proto::{AdminErrorKind, AdminRequest, AdminResponse, Method, RequestStatus, StatusInfo, UserInfo};
 use std::sync::atomic::Ordering;
 
 pub async fn connection(mut s: Conn, sh: &Shared) {
@@ -316,7 +316,7 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
                     let Some(r) = st.request(id)? else {
                         return Ok((err(AdminErrorKind::NotFound, format!("no emergency request #{id}")), false));
                     };
-                    if r.status != "pending" {
+                    if r.status != RequestStatus::Pending {
                         return Ok((
                             err(AdminErrorKind::InvalidInput, format!("request #{id} is already {}", r.status)),
                             false,
@@ -330,14 +330,14 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
                         ..Default::default()
                     };
                     if !approve {
-                        st.decide_request(id, "denied", by.uid(), now)?;
+                        st.decide_request(id, RequestStatus::Denied, by.uid(), now)?;
                         admin_audit(st, &policy.machine, &r.user, &format!("deny emergency request #{id}"), &by, now)?;
                         return Ok((
                             AdminResponse::Done { message: format!("request #{id} denied; nothing was sent") },
                             false,
                         ));
                     }
-                    st.decide_request(id, "approved", by.uid(), now)?;
+                    st.decide_request(id, RequestStatus::Approved, by.uid(), now)?;
                     admin_audit(st, &policy.machine, &r.user, &format!("approve emergency request #{id}"), &by, now)?;
                     let outcome = crate::email::request_code(st, &policy, &ctx, &r.address, true, now)?;
                     let queued = matches!(outcome, crate::email::RequestOutcome::Queued { .. });

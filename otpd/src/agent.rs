@@ -53,6 +53,9 @@ const MAX_IDLE: usize = 64;
 /// A server that failed is tried last for this long.
 const DOWN_FOR: Duration = Duration::from_secs(10);
 const UNAVAILABLE: &str = "Passcode check unavailable.";
+/// Finding a server for a new conversation: below pam_otp's default
+/// timeout, so the module hears "unavailable" from us rather than timing out.
+const OPEN_BUDGET: Duration = Duration::from_secs(common::DEFAULT_MODULE_TIMEOUT_SECS - 2);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -289,22 +292,39 @@ async fn deny_cut(conn: &mut Conn, agent: &Agent) {
 /// to each server in turn. Nothing the user typed has been sent yet, so
 /// trying again elsewhere is safe.
 async fn open_conversation(agent: &Agent, relay: &Relay, first: &ClientMsg) -> Option<(TlsLink, ServerMsg)> {
-    let start = |mut link: TlsLink| async move {
-        link.write(relay, agent.io_timeout).await?;
-        link.write(first, agent.io_timeout).await?;
-        let reply: ServerMsg = link.read(agent.io_timeout, agent.io_timeout, MAX_FRAME).await?;
+    // Everything here happens while the module waits for its first reply:
+    // all of it fits in the module's timeout, whatever the servers do.
+    let deadline = Instant::now() + OPEN_BUDGET;
+    let start = |mut link: TlsLink, by: Instant| async move {
+        let started = async {
+            link.write(relay, agent.io_timeout).await?;
+            link.write(first, agent.io_timeout).await?;
+            let reply: ServerMsg = link.read(agent.io_timeout, agent.io_timeout, MAX_FRAME).await?;
+            Ok::<_, FrameError>(reply)
+        };
+        let reply = tokio::time::timeout_at(by.min(deadline), started).await.map_err(|_| FrameError::TimedOut)??;
         Ok::<_, FrameError>((link, reply))
     };
-    // Idle links may have been closed by a server that restarted or died.
+    // Idle links may have been closed by a server that restarted or died
+    // (they fail at once); one that does not answer in time stops the
+    // search: the others likely lead to the same server.
     while let Some(link) = agent.pooled() {
-        if let Ok(started) = start(link).await {
-            return Some(started);
+        match start(link, Instant::now() + agent.connect_timeout).await {
+            Ok(started) => return Some(started),
+            Err(FrameError::TimedOut) => break,
+            Err(_) => {}
         }
     }
     let mut failures = Vec::new();
     for i in agent.order() {
-        match agent.dial(i).await {
-            Ok(link) => match start(link).await {
+        if Instant::now() >= deadline {
+            failures.push("out of time".into());
+            break;
+        }
+        let dialed =
+            tokio::time::timeout_at(deadline, agent.dial(i)).await.unwrap_or_else(|_| Err("out of time".into()));
+        match dialed {
+            Ok(link) => match start(link, deadline).await {
                 Ok(started) => {
                     agent.mark(i, false);
                     return Some(started);

@@ -323,13 +323,7 @@ pub fn check_answer(
     if user.uid.is_none() && ctx.peer_uid == 0 && ctx.typed.is_none() {
         user.uid = ctx.uid;
     }
-    let mut failure: (&str, &str) = if answer.len() > MAX_ANSWER_LEN {
-        ("answer too long", "Passcode not accepted.")
-    } else if email_ok {
-        ("malformed answer", "That is not a valid passcode.")
-    } else {
-        ("malformed answer", "A passcode is a number of exactly the digits your app shows.")
-    };
+    let mut failure = if answer.len() > MAX_ANSWER_LEN { Failure::TooLong } else { Failure::Malformed { email_ok } };
     if try_totp {
         let Some(secret) = user.secret.as_deref().and_then(|s| p.crypto.open(&user.name, s)) else {
             audit(store, p, ctx, now, "error", "stored secret cannot be decrypted (wrong key file?)")?;
@@ -340,9 +334,7 @@ pub fn check_answer(
         match p.totp.check(&secret, &code, now, user.last_step) {
             // Another login (on this or another server) may have taken the
             // step since `user` was read: the database decides who has it.
-            Check::Valid { step } if !store.consume_step(&user.name, step)? => {
-                failure = ("code already used", "That passcode was already used; wait for the next one.")
-            }
+            Check::Valid { step } if !store.consume_step(&user.name, step)? => failure = Failure::Replayed,
             Check::Valid { step } => {
                 let activated = user.activated_at.is_none();
                 user.last_step = Some(step);
@@ -360,35 +352,25 @@ pub fn check_answer(
                 )?;
                 return Ok(Verdict::Accept { activated, failures, locks });
             }
-            Check::Replayed => {
-                failure = ("code already used", "That passcode was already used; wait for the next one.")
-            }
-            Check::Wrong => failure = ("wrong code", "Wrong passcode."),
+            Check::Replayed => failure = Failure::Replayed,
+            Check::Wrong => failure = Failure::WrongCode,
         }
     }
     let mut failed_method = method;
-    if try_email && !(try_totp && failure.0 == "code already used") {
+    // A replayed TOTP code is not also tried as an emailed code.
+    if try_email && !(try_totp && failure == Failure::Replayed) {
         failed_method = "email";
         failure = match crate::email::check_code(store, p, &user.name, &ctx.machine, &code, now)? {
             crate::email::CodeCheck::Valid => {
                 let (failures, locks) = accept(store, p, ctx, &mut user, now, "email", "valid emailed code")?;
                 return Ok(Verdict::Accept { activated: false, failures, locks });
             }
-            crate::email::CodeCheck::Wrong if try_totp => ("wrong code", "Wrong passcode."),
-            crate::email::CodeCheck::Wrong => ("wrong emailed code", "Wrong code."),
-            crate::email::CodeCheck::Expired => {
-                ("emailed code expired", "That code has expired; press Enter to get a new one.")
-            }
-            crate::email::CodeCheck::Used => ("emailed code already used", "That code was already used."),
-            crate::email::CodeCheck::OtherMachine => {
-                ("emailed code issued on another machine", "That code was issued for another machine.")
-            }
-            crate::email::CodeCheck::NoCode => {
-                ("no emailed code outstanding", "No code was sent for this login; press Enter to get one.")
-            }
+            crate::email::CodeCheck::Wrong if try_totp => Failure::WrongCode,
+            crate::email::CodeCheck::Wrong => Failure::Email(crate::email::CodeCheck::Wrong),
+            other => Failure::Email(other),
         };
     }
-    let (reason, message) = failure;
+    let (reason, message) = (failure.reason(), failure.message());
     user.failures = user.failures.saturating_add(1);
     user.failures_since_login = user.failures_since_login.saturating_add(1);
     if user.failures >= p.lockout.max_failures {
@@ -427,6 +409,54 @@ pub fn check_answer(
     store.save_user(&user)?;
     audit_method(store, p, ctx, now, failed_method, "deny", reason)?;
     Ok(Verdict::Deny { message: message.into() })
+}
+
+/// Why an answer was not accepted: the audit reason and the user's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    TooLong,
+    /// Not a number of the right length; `email_ok`: emailed codes are another option.
+    Malformed {
+        email_ok: bool,
+    },
+    WrongCode,
+    /// The TOTP step was used before (here or on another server).
+    Replayed,
+    /// An emailed code that did not work (never `Valid`).
+    Email(crate::email::CodeCheck),
+}
+
+impl Failure {
+    fn reason(self) -> &'static str {
+        use crate::email::CodeCheck as C;
+        match self {
+            Failure::TooLong => "answer too long",
+            Failure::Malformed { .. } => "malformed answer",
+            Failure::WrongCode => "wrong code",
+            Failure::Replayed => "code already used",
+            Failure::Email(C::Wrong | C::Valid) => "wrong emailed code",
+            Failure::Email(C::Expired) => "emailed code expired",
+            Failure::Email(C::Used) => "emailed code already used",
+            Failure::Email(C::OtherMachine) => "emailed code issued on another machine",
+            Failure::Email(C::NoCode) => "no emailed code outstanding",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        use crate::email::CodeCheck as C;
+        match self {
+            Failure::TooLong => "Passcode not accepted.",
+            Failure::Malformed { email_ok: true } => "That is not a valid passcode.",
+            Failure::Malformed { email_ok: false } => "A passcode is a number of exactly the digits your app shows.",
+            Failure::WrongCode => "Wrong passcode.",
+            Failure::Replayed => "That passcode was already used; wait for the next one.",
+            Failure::Email(C::Wrong | C::Valid) => "Wrong code.",
+            Failure::Email(C::Expired) => "That code has expired; press Enter to get a new one.",
+            Failure::Email(C::Used) => "That code was already used.",
+            Failure::Email(C::OtherMachine) => "That code was issued for another machine.",
+            Failure::Email(C::NoCode) => "No code was sent for this login; press Enter to get one.",
+        }
+    }
 }
 
 /// May this user ask for an emailed code?

@@ -676,7 +676,7 @@ async fn emergency_request(s: &mut impl Transport, sh: &Shared, ctx: &LoginConte
                 reason: reason.clone(),
                 origin: email::origin(&ctx2),
                 created_at: now,
-                status: "pending".into(),
+                status: common::proto::RequestStatus::Pending,
                 decided_at: None,
                 decided_by: None,
             })?;

@@ -32,6 +32,8 @@ pub struct FleetServer {
     /// This server's name in `ready` replies and the log.
     pub name: String,
     links: AtomicUsize,
+    /// Links open per host: one host (a compromised one) cannot take all.
+    host_links: Mutex<HashMap<String, usize>>,
     /// When each host's `last_seen` was last written by this server.
     seen_written: Mutex<HashMap<String, i64>>,
     /// When a refused handshake from an address was last audited.
@@ -40,6 +42,9 @@ pub struct FleetServer {
 
 /// Links open at once (agents keep a few each, otpctl one per command).
 const MAX_LINKS: usize = 4096;
+/// Links open at once from one host: an agent keeps at most 64 idle and
+/// opens one per login in progress.
+const MAX_HOST_LINKS: usize = 256;
 /// An idle agent link is closed after this; the agent dials again.
 const LINK_IDLE: Duration = Duration::from_secs(300);
 /// `last_seen` is written at most this often per host and server.
@@ -53,6 +58,7 @@ impl FleetServer {
             acceptor: tokio_rustls::TlsAcceptor::from(config),
             name,
             links: AtomicUsize::new(0),
+            host_links: Mutex::new(HashMap::new()),
             seen_written: Mutex::new(HashMap::new()),
             refused_audited: Mutex::new(HashMap::new()),
         })
@@ -252,12 +258,48 @@ async fn link(tcp: tokio::net::TcpStream, addr: SocketAddr, sh: &Shared, fleet: 
         let reason = format!("{} speaks protocol {protocol}; this server speaks {PROTOCOL_VERSION}", host.name);
         return refuse(&mut link, sh, &host.name, reason, "protocol version not supported").await;
     }
+    let Some(_slot) = HostSlot::take(fleet, &host.name) else {
+        let reason = format!("{} already has {MAX_HOST_LINKS} links open; one more from {addr} refused", host.name);
+        crate::server::warn_throttled(sh, &reason);
+        let _ = link.write(&LinkReply::Refused { reason: "too many links from this host".into() }, sh.io_timeout).await;
+        return;
+    };
     if link.write(&LinkReply::Ready { server: fleet.name.clone() }, sh.io_timeout).await.is_err() {
         return;
     }
     match wanted {
         HostRole::Agent => agent_link(link, host, fp, addr, sh, fleet).await,
         HostRole::Admin => admin_link(link, host, fp, addr, sh, fleet).await,
+    }
+}
+
+/// One of a host's links; given back when dropped.
+struct HostSlot<'a> {
+    fleet: &'a FleetServer,
+    host: String,
+}
+
+impl<'a> HostSlot<'a> {
+    fn take(fleet: &'a FleetServer, host: &str) -> Option<HostSlot<'a>> {
+        let mut links = lock(&fleet.host_links);
+        let n = links.entry(host.to_string()).or_insert(0);
+        if *n >= MAX_HOST_LINKS {
+            return None;
+        }
+        *n += 1;
+        Some(HostSlot { fleet, host: host.to_string() })
+    }
+}
+
+impl Drop for HostSlot<'_> {
+    fn drop(&mut self) {
+        let mut links = lock(&self.fleet.host_links);
+        if let Some(n) = links.get_mut(&self.host) {
+            *n -= 1;
+            if *n == 0 {
+                links.remove(&self.host);
+            }
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use crate::store::{
     Counts, EmailCode, EmergencyRequest, HostRecord, HostRole, MailCount, MailStats, NewAudit, QueuedMail,
     RequestCount, SessionRecord, Store, StoreError, UserRecord,
 };
-use common::proto::{AuditEntry, Method};
+use common::proto::{AuditEntry, Method, RequestStatus};
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
 use std::collections::HashMap;
@@ -133,6 +133,12 @@ pub fn config(url: &str) -> Result<postgres::Config, StoreError> {
     let mut config: postgres::Config = url.parse()?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
+    }
+    // A server that hangs while holding a user's row lock (stopped, not
+    // dead: its connection stays open) must not hang every other server's
+    // logins of that user: waits end in an error, and the login is denied.
+    if config.get_options().is_none() {
+        config.options("-c lock_timeout=5s -c statement_timeout=10s");
     }
     Ok(config)
 }
@@ -318,7 +324,7 @@ fn request_from_row(r: &Row) -> Result<EmergencyRequest, StoreError> {
         reason: r.try_get("reason")?,
         origin: r.try_get("origin")?,
         created_at: r.try_get("created_at")?,
-        status: r.try_get("status")?,
+        status: crate::store::parse_status(r.try_get("status")?)?,
         decided_at: r.try_get("decided_at")?,
         decided_by: opt_u32_of(r.try_get("decided_by")?, "decided_by")?,
     })
@@ -372,7 +378,10 @@ impl Store for PgStore {
              ON CONFLICT (name) DO UPDATE SET
                 uid = excluded.uid, method = excluded.method, enabled = excluded.enabled,
                 email = excluded.email, secret = excluded.secret, activated_at = excluded.activated_at,
-                last_step = excluded.last_step, failures = excluded.failures,
+                last_step = CASE WHEN excluded.secret IS NOT DISTINCT FROM users.secret
+                                 THEN greatest(users.last_step, excluded.last_step)
+                                 ELSE excluded.last_step END,
+                failures = excluded.failures,
                 locked_until = excluded.locked_until, last_login = excluded.last_login,
                 updated_at = excluded.updated_at, password_hash = excluded.password_hash,
                 last_method = excluded.last_method, lock_periods = excluded.lock_periods,
@@ -622,7 +631,7 @@ impl Store for PgStore {
             .query_one(
                 r#"INSERT INTO emergency_requests ("user", machine, address, reason, origin, created_at, status)
                    VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id"#,
-                &[&r.user, &r.machine, &r.address, &r.reason, &r.origin, &r.created_at, &r.status],
+                &[&r.user, &r.machine, &r.address, &r.reason, &r.origin, &r.created_at, &r.status.as_str()],
             )?
             .try_get(0)?)
     }
@@ -658,10 +667,10 @@ impl Store for PgStore {
         }
     }
 
-    fn decide_request(&mut self, id: i64, status: &str, by: u32, now: i64) -> Result<(), StoreError> {
+    fn decide_request(&mut self, id: i64, status: RequestStatus, by: u32, now: i64) -> Result<(), StoreError> {
         self.execute(
             "UPDATE emergency_requests SET status = $2, decided_by = $3, decided_at = $4 WHERE id = $1",
-            &[&id, &status, &i64::from(by), &now],
+            &[&id, &status.as_str(), &i64::from(by), &now],
         )?;
         Ok(())
     }
@@ -882,6 +891,17 @@ mod tests {
         assert!(s.consume_step("carol", 101).unwrap());
         assert!(!s.consume_step("nobody", 5).unwrap());
         assert_eq!(s.user("carol").unwrap().unwrap().last_step, Some(101));
+        // A stale copy saved later does not give a used step back; a new secret restarts the count.
+        let stale = UserRecord { last_step: Some(100), failures: 2, ..bare_user("carol", 8) };
+        s.save_user(&stale).unwrap();
+        assert_eq!(s.user("carol").unwrap().unwrap().last_step, Some(101));
+        assert_eq!(s.user("carol").unwrap().unwrap().failures, 2);
+        s.save_user(&UserRecord { last_step: None, ..stale.clone() }).unwrap();
+        assert_eq!(s.user("carol").unwrap().unwrap().last_step, Some(101));
+        let reset = UserRecord { secret: Some(vec![9]), last_step: None, ..stale };
+        s.save_user(&reset).unwrap();
+        assert_eq!(s.user("carol").unwrap().unwrap().last_step, None);
+        assert!(s.consume_step("carol", 101).unwrap());
 
         // Emailed codes: retiring without used_at only forgets the copy; used once.
         let id = s.insert_email_code(&code("carol", "m1", 50)).unwrap();
@@ -922,7 +942,7 @@ mod tests {
                 reason: "lost phone".into(),
                 origin: "o".into(),
                 created_at: i as i64,
-                status: "pending".into(),
+                status: RequestStatus::Pending,
                 decided_at: None,
                 decided_by: None,
             };
@@ -930,9 +950,9 @@ mod tests {
             assert_eq!(s.request(rid).unwrap(), Some(EmergencyRequest { id: rid, ..r }));
         }
         let first = s.requests(false).unwrap()[1].id;
-        s.decide_request(first, "approved", u32::MAX, 9).unwrap();
+        s.decide_request(first, RequestStatus::Approved, u32::MAX, 9).unwrap();
         let r = s.request(first).unwrap().unwrap();
-        assert_eq!((r.status.as_str(), r.decided_by, r.decided_at), ("approved", Some(u32::MAX), Some(9)));
+        assert_eq!((r.status, r.decided_by, r.decided_at), (RequestStatus::Approved, Some(u32::MAX), Some(9)));
         assert_eq!(s.requests(true).unwrap().len(), 1);
         assert_eq!(s.count_requests(RequestCount::All { pending_only: false }).unwrap(), 2);
         assert_eq!(s.count_requests(RequestCount::PendingForUser("dave")).unwrap(), 1);
@@ -1127,6 +1147,102 @@ mod tests {
         }
         assert_eq!(pg.psql("SELECT version FROM otpd_schema").unwrap().trim(), MIGRATIONS.len().to_string());
         assert_eq!(pg.psql("SELECT count(*) FROM otpd_schema").unwrap().trim(), "1");
+    }
+
+    fn policy() -> crate::auth::Policy {
+        use common::config::{Algorithm, EmailConfig, LockoutConfig};
+        crate::auth::Policy {
+            totp: crate::totp::TotpParams { algorithm: Algorithm::SHA1, digits: 6, period: 30, skew: 1 },
+            lockout: LockoutConfig {
+                max_failures: 1000,
+                lock_for: std::time::Duration::from_secs(900),
+                max_lock_periods: 4,
+            },
+            issuer: "test".into(),
+            machine: "m1".into(),
+            crypto: crate::crypto::SecretBox::from_key(&[3u8; 32]),
+            email: EmailConfig { fallback: false, ..EmailConfig::default() },
+        }
+    }
+
+    /// The login path itself, not just the store call: one code, 64 logins
+    /// on two servers, one accepted, every other one refused as a replay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn store_pg_two_servers_one_totp_login() {
+        use crate::auth::{check_answer, new_enrollment, LoginContext, Verdict};
+        const T0: i64 = 1_700_000_000;
+        let pg = cluster();
+        let dbs = two_servers(&pg);
+        let p = std::sync::Arc::new(policy());
+        let rec = new_enrollment(&p, None, "alice", Some(1000), T0);
+        let secret = p.crypto.open("alice", rec.secret.as_deref().unwrap()).unwrap();
+        dbs[0].run(move |s| s.save_user(&rec)).await.unwrap();
+        let answer = p.totp.code_at_step(&secret, p.totp.step_of(T0));
+        let wrong = p.totp.code_at_step(&secret, p.totp.step_of(T0) + 100);
+        let login = move |answer: String| {
+            let p = p.clone();
+            move |s: &mut dyn Store| {
+                let ctx = LoginContext { user: "alice".into(), service: "login".into(), ..Default::default() };
+                check_answer(s, &p, &ctx, &answer, T0)
+            }
+        };
+        let verdicts = race(&dbs, 32, login(answer)).await;
+        let accepted = verdicts.iter().filter(|v| matches!(v, Verdict::Accept { .. })).count();
+        assert_eq!(accepted, 1, "{verdicts:?}");
+        let reasons = pg.psql("SELECT reason FROM audit WHERE result = 'deny'").unwrap();
+        assert_eq!(reasons.lines().filter(|r| r.starts_with("code already used")).count(), 63, "{reasons}");
+        // Read-modify-write of the user is serialised (row lock): no failure is lost.
+        let before = dbs[0].run(|s| s.user("alice")).await.unwrap().unwrap().failures_since_login;
+        race(&dbs, 32, login(wrong)).await;
+        let after = dbs[1].run(|s| s.user("alice")).await.unwrap().unwrap().failures_since_login;
+        assert_eq!(after - before, 64);
+    }
+
+    /// An emailed code checked by 64 logins at once on two servers: one
+    /// Valid, the others Used (they may all have read it unused).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn store_pg_two_servers_one_emailed_code_login() {
+        use crate::email::{check_code, code_hash, CodeCheck};
+        let pg = cluster();
+        let dbs = two_servers(&pg);
+        let p = std::sync::Arc::new(policy());
+        let c = EmailCode {
+            code_hash: code_hash(p.crypto.email_key(), "alice", "m1", "12345678"),
+            ..code("alice", "m1", 100)
+        };
+        dbs[0].run(move |s| s.insert_email_code(&c)).await.unwrap();
+        let checks = race(&dbs, 32, move |s| check_code(s, &p, "alice", "m1", "12345678", 200)).await;
+        assert_eq!(checks.iter().filter(|c| **c == CodeCheck::Valid).count(), 1, "{checks:?}");
+        assert_eq!(checks.iter().filter(|c| **c == CodeCheck::Used).count(), 63, "{checks:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn store_pg_failed_job_leaves_no_writes() {
+        let pg = cluster();
+        let db = Db::start_postgres(&pg.url(), 2).unwrap();
+        db.run(|s| s.add_host(&host("web01", 1))).await.unwrap();
+        let failing = db
+            .run(|s| {
+                s.add_audit(&NewAudit { user: "ghost".into(), ..Default::default() })?;
+                Err::<(), _>(StoreError::Corrupt("boom".into()))
+            })
+            .await;
+        assert!(matches!(failing, Err(StoreError::Corrupt(_))), "the job's own error: {failing:?}");
+        // A job that ignores a failed statement: PostgreSQL aborted its
+        // transaction, so it must not be reported as done.
+        let swallowed = db
+            .run(|s| {
+                s.add_audit(&NewAudit { user: "ghost2".into(), ..Default::default() })?;
+                let dup = s.add_host(&host("web02", 1));
+                assert!(dup.is_err(), "same fingerprint: {dup:?}");
+                Ok(())
+            })
+            .await;
+        assert!(matches!(swallowed, Err(StoreError::NotCommitted)), "{swallowed:?}");
+        db.run(|s| s.add_audit(&NewAudit { user: "real".into(), ..Default::default() })).await.unwrap();
+        let users: Vec<String> =
+            db.run(|s| s.audit(None, None, None, 10)).await.unwrap().into_iter().map(|e| e.user).collect();
+        assert_eq!(users, ["real"]);
     }
 
     #[test]

@@ -24,7 +24,10 @@
 //!   COMMITTED a concurrent UPDATE of the same row waits for the first to
 //!   commit and then re-evaluates its WHERE against the committed row, so it
 //!   changes nothing and returns false — the login is denied as a replay.
-//!   This holds even for a job that did not lock the row first.
+//!   And [`Store::save_user`] never lowers `last_step` while the secret stays
+//!   the same, so a job that saves a stale copy of the record cannot hand a
+//!   used step back. Together these hold even for a job that did not lock
+//!   the row first.
 //! * **An emailed code is used once.** [`Store::retire_email_code`] with
 //!   `used_at` only updates a row whose `used_at IS NULL` (same re-check
 //!   after the row lock), and only the caller whose update changed the row
@@ -43,7 +46,7 @@
 //!   succeed; [`Store::set_fleet_ca_if_absent`] keeps the first CA.
 //! * **Nothing is reported before COMMIT**, and a job whose statement failed
 //!   in PostgreSQL (which aborts the transaction) never reports success.
-use common::proto::{AuditEntry, Method};
+use common::proto::{AuditEntry, Method, RequestStatus};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use std::path::Path;
 
@@ -252,6 +255,9 @@ pub trait Store {
     /// The record of account `uid`: the enabled one if there is one (a uid
     /// has at most one enabled record; see `otpctl user enable`).
     fn user_by_uid(&mut self, uid: u32) -> Result<Option<UserRecord>, StoreError>;
+    /// Inserts or updates. `created_at` is kept from the first insert, and
+    /// `last_step` never goes back while the secret stays the same (a stale
+    /// copy of the record must not make a used step usable again).
     fn save_user(&mut self, user: &UserRecord) -> Result<(), StoreError>;
     /// Records TOTP `step` as used by `user` unless it (or a later step) already
     /// is: true for exactly one caller per step, whatever the interleaving.
@@ -293,7 +299,7 @@ pub trait Store {
     fn requests(&mut self, pending_only: bool) -> Result<Vec<EmergencyRequest>, StoreError>;
     /// How many requests match, however many `requests` shows.
     fn count_requests(&mut self, which: RequestCount<'_>) -> Result<u64, StoreError>;
-    fn decide_request(&mut self, id: i64, status: &str, by: u32, now: i64) -> Result<(), StoreError>;
+    fn decide_request(&mut self, id: i64, status: RequestStatus, by: u32, now: i64) -> Result<(), StoreError>;
     fn open_session(&mut self, s: &SessionRecord) -> Result<i64, StoreError>;
     /// Closes the newest open session of `user` on `machine` (a host closes only its own).
     fn close_session(
@@ -322,6 +328,11 @@ pub trait Store {
     /// Stores the fleet CA unless one is stored already (then false, and the
     /// stored one stays: servers starting together agree on the first).
     fn set_fleet_ca_if_absent(&mut self, cert_pem: &str, key_sealed: &[u8]) -> Result<bool, StoreError>;
+}
+
+/// A stored request status (the table's CHECK allows only these).
+pub fn parse_status(s: &str) -> Result<RequestStatus, StoreError> {
+    RequestStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("request status {s:?}")))
 }
 
 /// Schema migrations; `PRAGMA user_version` records how many have run.
@@ -636,7 +647,16 @@ fn request_from_row(r: &Row<'_>) -> rusqlite::Result<EmergencyRequest> {
         reason: r.get("reason")?,
         origin: r.get("origin")?,
         created_at: r.get("created_at")?,
-        status: r.get("status")?,
+        status: {
+            let s: String = r.get("status")?;
+            RequestStatus::parse(&s).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    0,
+                    rusqlite::types::Type::Text,
+                    format!("request status {s:?}").into(),
+                )
+            })?
+        },
         decided_at: r.get("decided_at")?,
         decided_by: r.get("decided_by")?,
     })
@@ -664,7 +684,11 @@ impl Store for SqliteStore {
              ON CONFLICT (name) DO UPDATE SET
                 uid = excluded.uid, method = excluded.method, enabled = excluded.enabled,
                 email = excluded.email, secret = excluded.secret, activated_at = excluded.activated_at,
-                last_step = excluded.last_step, failures = excluded.failures,
+                last_step = CASE WHEN excluded.secret IS users.secret
+                                 THEN max(coalesce(excluded.last_step, users.last_step),
+                                          coalesce(users.last_step, excluded.last_step))
+                                 ELSE excluded.last_step END,
+                failures = excluded.failures,
                 locked_until = excluded.locked_until, last_login = excluded.last_login,
                 updated_at = excluded.updated_at, password_hash = excluded.password_hash,
                 last_method = excluded.last_method, lock_periods = excluded.lock_periods,
@@ -919,7 +943,7 @@ impl Store for SqliteStore {
                 "INSERT INTO emergency_requests (user, machine, address, reason, origin, created_at, status)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![r.user, r.machine, r.address, r.reason, r.origin, r.created_at, r.status])?;
+            .execute(params![r.user, r.machine, r.address, r.reason, r.origin, r.created_at, r.status.as_str()])?;
         Ok(self.conn.last_insert_rowid())
     }
 
@@ -959,12 +983,12 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn decide_request(&mut self, id: i64, status: &str, by: u32, now: i64) -> Result<(), StoreError> {
+    fn decide_request(&mut self, id: i64, status: RequestStatus, by: u32, now: i64) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
                 "UPDATE emergency_requests SET status = ?2, decided_by = ?3, decided_at = ?4 WHERE id = ?1",
             )?
-            .execute(params![id, status, by, now])?;
+            .execute(params![id, status.as_str(), by, now])?;
         Ok(())
     }
 
@@ -1207,14 +1231,14 @@ mod tests {
                 reason: "r".into(),
                 origin: "o".into(),
                 created_at: i,
-                status: "pending".into(),
+                status: RequestStatus::Pending,
                 decided_at: None,
                 decided_by: None,
             })
             .unwrap();
         }
-        s.decide_request(1, "denied", 0, 5).unwrap();
-        s.decide_request(3, "approved", 0, 5).unwrap();
+        s.decide_request(1, RequestStatus::Denied, 0, 5).unwrap();
+        s.decide_request(3, RequestStatus::Approved, 0, 5).unwrap();
         assert_eq!(s.requests(true).unwrap().len(), 1000, "the list is capped");
         assert_eq!(s.count_requests(RequestCount::All { pending_only: true }).unwrap(), 1198);
         assert_eq!(s.count_requests(RequestCount::All { pending_only: false }).unwrap(), 1200);
