@@ -55,6 +55,30 @@ pub struct Fixture {
     pub daemon: Option<Child>,
     /// Extra environment for otpd (e.g. a private D-Bus address).
     pub env: Vec<(String, String)>,
+    /// Where the debug clock's files live: daemons sharing it agree on the
+    /// time (the servers of one fleet), so one pinned clock serves them all.
+    pub clock_dir: PathBuf,
+    /// Only the PAM socket is waited for: an agent binds no admin socket.
+    pub pam_only: bool,
+}
+
+/// How a fixture's otpd is set up. `Default`: a standalone otpd on SQLite,
+/// everything in the fixture's dir.
+#[derive(Debug, Clone, Default)]
+pub struct Setup {
+    /// Top-level keys, written before `[daemon]` (`role = "agent"`).
+    pub top: String,
+    /// `[daemon] database`; default `<dir>/state/otpd.db`.
+    pub database: Option<String>,
+    /// `[daemon] key_file`; default `<dir>/state/secret.key`.
+    pub key_file: Option<PathBuf>,
+    /// Appended right after the `[daemon]` keys, so bare keys land in
+    /// `[daemon]` and other tables start with their header.
+    pub extra: String,
+    pub env: Vec<(String, String)>,
+    /// See [`Fixture::clock_dir`]; default the fixture's dir.
+    pub clock_dir: Option<PathBuf>,
+    pub pam_only: bool,
 }
 
 /// What the probe stack returns when pam_otp said PAM_IGNORE.
@@ -88,21 +112,37 @@ impl Fixture {
 
     /// [`Fixture::start`] in a given (empty) directory.
     pub fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)], extra_config: &str) -> Fixture {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Fixture::start_setup(dir, Setup { extra: extra_config.into(), env, ..Setup::default() })
+    }
+
+    /// An otpd set up as `setup` says in `dir` (which may already hold files
+    /// the config names, such as an agent's bundle).
+    pub fn start_setup(dir: tempfile::TempDir, setup: Setup) -> Fixture {
+        Fixture::try_start_setup(dir, setup).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Fixture::start_setup`], or why otpd did not come up (its log).
+    pub fn try_start_setup(dir: tempfile::TempDir, setup: Setup) -> Result<Fixture, String> {
         // World-traversable so a non-root pamdrive can read the service files.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let d = dir.path();
         let config = d.join("otpd.toml");
+        let database = setup.database.unwrap_or_else(|| format!("{}/state/otpd.db", d.display()));
+        let key_file = setup.key_file.unwrap_or_else(|| d.join("state/secret.key"));
         let text = format!(
-            "[daemon]\npam_socket = \"{0}/run/pam.sock\"\nadmin_socket = \"{0}/run/admin.sock\"\n\
-             database = \"{0}/state/otpd.db\"\nkey_file = \"{0}/state/secret.key\"\n{1}\n",
+            "{top}[daemon]\npam_socket = \"{0}/run/pam.sock\"\nadmin_socket = \"{0}/run/admin.sock\"\n\
+             database = \"{database}\"\nkey_file = \"{key}\"\n{extra}\n",
             d.display(),
-            extra_config
+            top = setup.top,
+            key = key_file.display(),
+            extra = setup.extra,
         );
         std::fs::create_dir_all(d.join("state")).unwrap();
         std::fs::create_dir_all(d.join("services")).unwrap();
         std::fs::write(&config, text).unwrap();
-        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut fx = Fixture { dir, config, daemon: None, env };
+        let clock_dir = setup.clock_dir.unwrap_or_else(|| d.to_path_buf());
+        let mut fx = Fixture { dir, config, daemon: None, env: setup.env, clock_dir, pam_only: setup.pam_only };
         fx.write_service("otp", "");
         // pam_otp's own IGNORE is invisible in a normal stack (the next
         // module decides), so the probe stack turns it into PAM_USER_UNKNOWN,
@@ -113,8 +153,10 @@ impl Fixture {
             fx.pam_socket().display()
         );
         std::fs::write(fx.path("services/otp-probe"), probe).unwrap();
-        fx.start_daemon();
-        fx
+        let mut cmd = Command::new(build_dir().join("otpd"));
+        cmd.arg("--config").arg(&fx.config);
+        fx.try_launch(cmd)?;
+        Ok(fx)
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -133,11 +175,18 @@ impl Fixture {
 
     /// Runs `cmd` (otpd, or something that execs it) as this fixture's
     /// daemon: its environment, output to otpd.log, and waits for the sockets.
-    pub fn launch(&mut self, mut cmd: Command) {
+    pub fn launch(&mut self, cmd: Command) {
+        if let Err(e) = self.try_launch(cmd) {
+            panic!("{e}");
+        }
+    }
+
+    /// [`Fixture::launch`], or why the daemon did not come up (its log).
+    pub fn try_launch(&mut self, mut cmd: Command) -> Result<(), String> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.path("otpd.log")).unwrap();
         let child = cmd
             // Debug builds read a clock offset from this file (absent: none).
-            .env("OTPD_TEST_CLOCK_FILE", self.path("clock-offset"))
+            .env("OTPD_TEST_CLOCK_FILE", self.clock_dir.join("clock-offset"))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -145,22 +194,26 @@ impl Fixture {
             .spawn()
             .unwrap();
         self.daemon = Some(child);
-        self.wait_until_listening();
+        self.wait_until_listening()
     }
 
-    /// Waits for both sockets of a daemon just started in `self.daemon`.
-    fn wait_until_listening(&mut self) {
+    /// Waits for the sockets of a daemon just started in `self.daemon`.
+    fn wait_until_listening(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         // Ready means accepting: a socket file exists between bind and
         // listen, and a stale one from a previous start exists all along.
         let accepting = |p: &Path| std::os::unix::net::UnixStream::connect(p).is_ok();
-        while !(accepting(&self.pam_socket()) && accepting(&self.path("run/admin.sock"))) {
-            assert!(Instant::now() < deadline, "otpd did not start: {}", self.log());
+        while !(accepting(&self.pam_socket()) && (self.pam_only || accepting(&self.path("run/admin.sock")))) {
             if let Some(Ok(Some(status))) = self.daemon.as_mut().map(|c| c.try_wait()) {
-                panic!("otpd exited with {status}: {}", self.log());
+                self.daemon = None;
+                return Err(format!("otpd exited with {status}: {}", self.log()));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("otpd did not start: {}", self.log()));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     pub fn stop_daemon(&mut self) {
@@ -184,16 +237,16 @@ impl Fixture {
             Some(t) => format!("@{}", t + secs),
             None => secs.to_string(),
         };
-        std::fs::write(self.path("clock-offset"), text).unwrap();
+        std::fs::write(self.clock_dir.join("clock-offset"), text).unwrap();
     }
 
     fn pinned_at(&self) -> Option<i64> {
-        std::fs::read_to_string(self.path("clock-pinned")).ok().and_then(|s| s.trim().parse().ok())
+        std::fs::read_to_string(self.clock_dir.join("clock-pinned")).ok().and_then(|s| s.trim().parse().ok())
     }
 
     /// The daemon's time now (debug clock: real time plus offset, or pinned).
     pub fn daemon_now(&self) -> i64 {
-        let text = std::fs::read_to_string(self.path("clock-offset")).unwrap_or_default();
+        let text = std::fs::read_to_string(self.clock_dir.join("clock-offset")).unwrap_or_default();
         match text.trim().strip_prefix('@') {
             Some(t) => t.parse().unwrap(),
             None => unix_now() + text.trim().parse::<i64>().unwrap_or(0),
@@ -208,8 +261,8 @@ impl Fixture {
             return t;
         }
         let t = self.daemon_now();
-        std::fs::write(self.path("clock-pinned"), t.to_string()).unwrap();
-        std::fs::write(self.path("clock-offset"), format!("@{t}")).unwrap();
+        std::fs::write(self.clock_dir.join("clock-pinned"), t.to_string()).unwrap();
+        std::fs::write(self.clock_dir.join("clock-offset"), format!("@{t}")).unwrap();
         t
     }
 
@@ -334,24 +387,37 @@ pub fn write_all(path: &Path, bytes: &[u8]) {
 /// a FIFO barrier until all are started, releases them at once and returns
 /// their PAM results.
 pub fn race(fx: &Fixture, service: &str, user: &str, answers: &[&[u8]], n: usize) -> Vec<i32> {
-    let fifo = fx.path(&format!("barrier-{}", std::process::id()));
+    race_commands(&fx.path(""), (0..n).map(|_| fx.pamdrive(service, user, answers)).collect())
+}
+
+/// Starts every pamdrive command, holds them at a FIFO barrier (made in
+/// `dir`) until all are started, releases them at once and returns their
+/// PAM results in order.
+pub fn race_commands(dir: &Path, commands: Vec<Command>) -> Vec<i32> {
+    let n = commands.len();
+    let fifo = dir.join(format!("barrier-{}", std::process::id()));
     let _ = std::fs::remove_file(&fifo);
     let c_path = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).unwrap();
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
-    let children: Vec<Child> = (0..n)
-        .map(|_| {
-            let mut c = fx.pamdrive(service, user, answers);
+    let children: Vec<Child> = commands
+        .into_iter()
+        .map(|mut c| {
             c.arg("--barrier").arg(&fifo);
             c.stdout(Stdio::null()).stderr(Stdio::null());
             c.spawn().unwrap()
         })
         .collect();
-    // Wait until every child sits in open(2) of the FIFO (or 5 s, then go anyway).
+    // Wait until every child sits in open(2) of the FIFO (or 5 s, then go
+    // anyway). The kernel function they wait in is fifo_open on some
+    // kernels, wait_for_partner on others.
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         let waiting = children
             .iter()
-            .filter(|c| std::fs::read_to_string(format!("/proc/{}/wchan", c.id())).is_ok_and(|w| w.contains("fifo")))
+            .filter(|c| {
+                std::fs::read_to_string(format!("/proc/{}/wchan", c.id()))
+                    .is_ok_and(|w| w.contains("fifo") || w.contains("wait_for_partner"))
+            })
             .count();
         if waiting == n {
             break;

@@ -1,0 +1,905 @@
+//! The fleet end to end: two otpd servers on one real PostgreSQL (or one on
+//! SQLite), three otpd agents acting as hosts web01..web03, each with its own
+//! PAM socket and a bundle issued by `otpctl host add`, and logins through
+//! the built pam_otp.so in the real libpam to an agent. Everything is started
+//! and stopped by the test; daemon logs are printed when a test fails.
+mod support;
+use e2e::pg::Cluster;
+use e2e::{PAM_AUTH_ERR, PAM_SUCCESS};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use support::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    /// Two servers on one PostgreSQL.
+    Postgres,
+    /// One server on its SQLite file.
+    Sqlite,
+}
+
+const HOSTS: [&str; 3] = ["web01", "web02", "web03"];
+
+struct Fleet {
+    // Fields drop in this order: agents before the servers they talk to,
+    // servers before their database.
+    agents: Vec<Fixture>,
+    /// Daemons a test started besides the fleet (refused agents, another
+    /// CA's server): their logs are printed on failure too.
+    extras: Vec<Fixture>,
+    servers: Vec<Fixture>,
+    /// The TLS port of each server.
+    ports: Vec<u16>,
+    smtp: Option<SmtpSink>,
+    pg: Option<Cluster>,
+    /// The key file every server shares, the shared debug clock, the maildir.
+    dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    fn start(backend: Backend) -> Fleet {
+        Fleet::start_with(backend, false)
+    }
+
+    /// With `email`, the servers mail codes through an SMTP sink into
+    /// [`Fleet::maildir`].
+    fn start_with(backend: Backend, email: bool) -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let pg = match backend {
+            Backend::Postgres => Some(Cluster::start().unwrap_or_else(|e| panic!("PostgreSQL: {e}"))),
+            Backend::Sqlite => None,
+        };
+        let mut f = Fleet {
+            agents: Vec::new(),
+            extras: Vec::new(),
+            servers: Vec::new(),
+            ports: Vec::new(),
+            smtp: None,
+            pg,
+            dir,
+        };
+        let mail = if email {
+            let port = free_port();
+            f.smtp = Some(SmtpSink::start(&f.maildir(), port, None));
+            format!(
+                "[email]\ndirectory = \"none\"\n[smtp]\nurl = \"smtp+plain://127.0.0.1:{port}\"\n\
+                 from = \"otpd <otpd@test.example>\"\ntimeout = \"5s\"\n"
+            )
+        } else {
+            String::new()
+        };
+        let servers = if backend == Backend::Postgres { 2 } else { 1 };
+        for _ in 0..servers {
+            let database = f.pg.as_ref().map(Cluster::url);
+            let key = f.dir.path().join("secret.key");
+            let (server, port) = start_server(database, &key, f.dir.path(), &mail);
+            f.servers.push(server);
+            f.ports.push(port);
+        }
+        for (i, name) in HOSTS.iter().enumerate() {
+            let dir = f.agent_dir();
+            f.issue(name, &dir.path().join("state/host.bundle"));
+            // Vary which server each agent tries first, so logins reach both.
+            let order: Vec<usize> = if i % 2 == 0 { (0..servers).collect() } else { (0..servers).rev().collect() };
+            let agent = f.try_agent(dir, &order, None).unwrap_or_else(|e| panic!("agent {name}: {e}"));
+            f.agents.push(agent);
+        }
+        f
+    }
+
+    fn maildir(&self) -> PathBuf {
+        self.dir.path().join("maildir")
+    }
+
+    /// An empty dir for an agent, with the `state` dir its bundle goes in.
+    fn agent_dir(&self) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("state")).unwrap();
+        dir
+    }
+
+    /// `otpctl host add NAME -o BUNDLE` on the first server.
+    fn issue(&self, name: &str, bundle: &Path) {
+        self.servers[0].ctl_ok(&["host", "add", name, "-o", &bundle.display().to_string()]);
+        let mode = std::fs::metadata(bundle).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the bundle of {name} must be readable by its owner only");
+    }
+
+    /// An agent in `dir` (its bundle at state/host.bundle) trying the servers
+    /// in `order`, claiming to be `host` if given.
+    fn try_agent(&self, dir: tempfile::TempDir, order: &[usize], host: Option<&str>) -> Result<Fixture, String> {
+        let servers: Vec<String> = order.iter().map(|&i| format!("\"127.0.0.1:{}\"", self.ports[i])).collect();
+        let host = host.map(|h| format!("host = \"{h}\"\n")).unwrap_or_default();
+        let extra = format!(
+            "dbus = false\n[fleet]\nservers = [{}]\nbundle = \"{}\"\n{host}",
+            servers.join(", "),
+            dir.path().join("state/host.bundle").display()
+        );
+        let setup = Setup {
+            top: "role = \"agent\"\n".into(),
+            extra,
+            clock_dir: Some(self.dir.path().to_path_buf()),
+            pam_only: true,
+            ..Setup::default()
+        };
+        Fixture::try_start_setup(dir, setup)
+    }
+
+    /// The TOTP code of `uri` for `steps` steps from the servers' pinned time.
+    fn code(&self, uri: &str, steps: i64) -> String {
+        self.servers[0].code(uri, steps)
+    }
+
+    /// The server otpctl talks to: the last one, so the admin side sees what
+    /// the other server (which issued the bundles) wrote.
+    fn admin(&self) -> &Fixture {
+        self.servers.last().unwrap()
+    }
+
+    /// Enables `user` for TOTP on the first server and activates the
+    /// enrollment at `host` with the previous step's code, so the current
+    /// and next steps are still unused. Returns the URI.
+    fn enroll(&self, user: &str, host: usize) -> String {
+        let out = self.servers[0].ctl_ok(&["--json", "user", "enable", user, "--method", "totp", "--print-uri"]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let uri = v["otpauth_uri"].as_str().unwrap_or_else(|| panic!("no URI: {out}")).to_string();
+        let ok = self.agents[host].login(user, &[&self.code(&uri, -1)]);
+        assert_eq!(ok.code, PAM_SUCCESS, "activating {user} on {}: {}", HOSTS[host], ok.out);
+        uri
+    }
+
+    /// otpctl speaking to server `server` over TLS with the bundle `bundle`.
+    fn remote(&self, server: usize, bundle: &Path, args: &[&str]) -> Output {
+        Command::new(build_dir().join("otpctl"))
+            .arg("--server")
+            .arg(format!("127.0.0.1:{}", self.ports[server]))
+            .arg("--bundle")
+            .arg(bundle)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut all: Vec<(String, &Fixture)> = Vec::new();
+        all.extend(self.servers.iter().enumerate().map(|(i, s)| (format!("server {}", i + 1), s)));
+        all.extend(self.agents.iter().enumerate().map(|(i, a)| (format!("agent {}", HOSTS[i]), a)));
+        all.extend(self.extras.iter().enumerate().map(|(i, a)| (format!("extra daemon {i}"), a)));
+        for (what, fx) in all {
+            eprintln!("===== {what} log ({}) =====\n{}", fx.path("otpd.log").display(), fx.log());
+        }
+        if let Some(pg) = &self.pg {
+            let log = std::fs::read_to_string(pg.socket_dir().join("log")).unwrap_or_default();
+            eprintln!("===== PostgreSQL log =====\n{log}");
+        }
+    }
+}
+
+/// A server on `database` (default: SQLite in its own dir) with `key_file`,
+/// the debug clock in `clock_dir`, listening for TLS on a free port, once
+/// that port accepts.
+fn start_server(database: Option<String>, key_file: &Path, clock_dir: &Path, extra: &str) -> (Fixture, u16) {
+    let port = free_port();
+    let setup = Setup {
+        top: "role = \"server\"\n".into(),
+        database,
+        key_file: Some(key_file.to_path_buf()),
+        extra: format!(
+            "dbus = false\n[lockout]\nmax_failures = 1000\n{extra}\n[fleet]\nlisten = [\"127.0.0.1:{port}\"]\n\
+             names = [\"127.0.0.1\"]\n"
+        ),
+        clock_dir: Some(clock_dir.to_path_buf()),
+        ..Setup::default()
+    };
+    let mut server = Fixture::start_setup(tempfile::tempdir().unwrap(), setup);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !listening(port) {
+        if let Some(Ok(Some(status))) = server.daemon.as_mut().map(|c| c.try_wait()) {
+            panic!("server exited with {status}: {}", server.log());
+        }
+        assert!(Instant::now() < deadline, "the server never listened on {port}: {}", server.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (server, port)
+}
+
+/// Whether a socket listens on loopback TCP `port`. Read from /proc rather
+/// than by connecting: a connection that never does TLS is a refused link
+/// the server audits, and the tests count those.
+fn listening(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[1] == local && f[3] == "0A"
+    })
+}
+
+/// Audit rows (newest first) as `otpctl --json audit ARGS` on `fx` prints them.
+fn audit(fx: &Fixture, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["--json", "audit", "--limit", "100000"];
+    all.extend_from_slice(args);
+    entries(&fx.ctl_ok(&all), "entries")
+}
+
+/// Waits (up to 10 s) for an audit row on `fx` matching `want`: a refused
+/// link may be audited after the agent has already given up on it.
+fn wait_for_audit(fx: &Fixture, what: &str, want: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = audit(fx, &[]);
+        if rows.iter().any(&want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no audit row {what}: {rows:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn entries(json: &str, key: &str) -> Vec<Value> {
+    let v: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    v[key].as_array().unwrap_or_else(|| panic!("no {key} in {json}")).clone()
+}
+
+fn field<'a>(e: &'a Value, key: &str) -> &'a str {
+    e[key].as_str().unwrap_or("")
+}
+
+fn count_reason(rows: &[Value], reason: &str) -> usize {
+    rows.iter().filter(|e| field(e, "reason") == reason).count()
+}
+
+/// An accepted TOTP code (the reason may go on with the failures before it).
+fn is_accept(e: &Value) -> bool {
+    field(e, "result") == "accept" && field(e, "reason").starts_with("valid code")
+}
+
+fn machines(rows: &[Value]) -> BTreeSet<String> {
+    rows.iter().map(|e| field(e, "machine").to_string()).collect()
+}
+
+fn all_hosts() -> BTreeSet<String> {
+    HOSTS.iter().map(|h| h.to_string()).collect()
+}
+
+/// The codes in the mails the sink stored, oldest first.
+fn mailed_codes(maildir: &Path) -> Vec<String> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(maildir)
+        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "eml")).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+        .iter()
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(p).ok()?;
+            text.lines()
+                .map(str::trim)
+                .find(|l| l.len() == 8 && l.bytes().all(|b| b.is_ascii_digit()))
+                .map(String::from)
+        })
+        .collect()
+}
+
+fn wait_for_codes(maildir: &Path, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let codes = mailed_codes(maildir);
+        if codes.len() >= n {
+            return codes;
+        }
+        assert!(Instant::now() < deadline, "{} of {n} mails arrived", codes.len());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The first `n` distinct mailed codes, in the order they arrived.
+fn wait_for_distinct_codes(maildir: &Path, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut distinct: Vec<String> = Vec::new();
+        for c in mailed_codes(maildir) {
+            if !distinct.contains(&c) {
+                distinct.push(c);
+            }
+        }
+        if distinct.len() >= n {
+            return distinct;
+        }
+        assert!(Instant::now() < deadline, "{} of {n} codes arrived", distinct.len());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------- 1 ----
+
+fn enrolled_once_on_a_server_a_user_logs_in_on_every_host(backend: Backend) {
+    let f = Fleet::start(backend);
+    f.servers[0].ctl_ok(&["user", "enable", "alice", "--method", "totp"]);
+    let first = f.agents[0].login("alice", &[""]);
+    assert!(first.shows_qr(), "the first login on web01 shows the QR: {}", first.out);
+    assert_eq!(first.code, PAM_AUTH_ERR, "{}", first.out);
+    let uri = first.uri().unwrap_or_else(|| panic!("no URI in {}", first.out));
+    let activated = f.agents[0].login("alice", &[&f.code(&uri, 0)]);
+    assert_eq!(activated.code, PAM_SUCCESS, "{}", activated.out);
+
+    let b = f.agents[1].login("alice", &[&f.code(&uri, 1)]);
+    assert_eq!(b.code, PAM_SUCCESS, "the next code works on web02: {}", b.out);
+    assert!(!b.shows_qr() && b.uri().is_none(), "no QR on web02 once enrolled: {}", b.out);
+
+    let shown = f.admin().ctl_ok(&["user", "show", "alice"]);
+    assert!(shown.contains("activated      yes"), "{shown}");
+    let accepted: Vec<Value> =
+        audit(f.admin(), &["--user", "alice"]).into_iter().filter(|e| field(e, "result") == "accept").collect();
+    assert_eq!(machines(&accepted), BTreeSet::from(["web01".to_string(), "web02".to_string()]), "{accepted:?}");
+}
+
+#[test]
+fn enrolled_once_on_a_server_a_user_logs_in_on_every_host_postgres() {
+    enrolled_once_on_a_server_a_user_logs_in_on_every_host(Backend::Postgres);
+}
+
+#[test]
+fn enrolled_once_on_a_server_a_user_logs_in_on_every_host_sqlite() {
+    enrolled_once_on_a_server_a_user_logs_in_on_every_host(Backend::Sqlite);
+}
+
+// ---------------------------------------------------------------- 2 ----
+
+fn one_code_raced_over_three_hosts_is_accepted_once(backend: Backend) {
+    const N: usize = 64;
+    let f = Fleet::start(backend);
+    let uri = f.enroll("tara", 0);
+    let code = f.code(&uri, 0);
+    let logins = (0..N).map(|i| f.agents[i % 3].pamdrive("otp", "tara", &[code.as_bytes()])).collect();
+    let codes = race_commands(f.dir.path(), logins);
+    assert_eq!(codes.iter().filter(|&&c| c == PAM_SUCCESS).count(), 1, "{codes:?}");
+    assert_eq!(codes.iter().filter(|&&c| c == PAM_AUTH_ERR).count(), N - 1, "{codes:?}");
+    // Activation was the step before; these N rows are this code's.
+    let rows: Vec<Value> = audit(f.admin(), &["--user", "tara"])
+        .into_iter()
+        .filter(|e| field(e, "reason") != "enrollment activated")
+        .collect();
+    assert_eq!(count_reason(&rows, "valid code"), 1, "{rows:?}");
+    assert_eq!(count_reason(&rows, "code already used"), N - 1, "{rows:?}");
+    let raced: Vec<Value> =
+        rows.into_iter().filter(|e| ["valid code", "code already used"].contains(&field(e, "reason"))).collect();
+    assert_eq!(machines(&raced), all_hosts(), "the race went through every host");
+    // Both servers decided some of them (their logs carry the audit lines).
+    for (i, server) in f.servers.iter().enumerate() {
+        assert!(server.log().contains("audit: user=tara service=otp "), "server {} saw none of the race", i + 1);
+    }
+}
+
+#[test]
+fn one_code_raced_sixty_four_times_over_three_hosts_and_two_servers_is_accepted_once() {
+    one_code_raced_over_three_hosts_is_accepted_once(Backend::Postgres);
+}
+
+#[test]
+fn one_code_raced_sixty_four_times_over_three_hosts_on_sqlite_is_accepted_once() {
+    one_code_raced_over_three_hosts_is_accepted_once(Backend::Sqlite);
+}
+
+// ---------------------------------------------------------------- 3 ----
+
+#[test]
+fn an_emailed_code_works_only_on_its_host_and_the_hourly_rule_is_per_host() {
+    let f = Fleet::start_with(Backend::Postgres, true);
+    f.servers[0].ctl_ok(&["user", "enable", "erin", "--method", "email", "--email", "erin@example.org"]);
+    let asked = f.agents[0].login("erin", &[""]);
+    assert!(asked.out.contains("A code was sent to e***n@example.org"), "{}", asked.out);
+    let code = wait_for_codes(&f.maildir(), 1)[0].clone();
+
+    let elsewhere = f.agents[1].login("erin", &[&code]);
+    assert_eq!(elsewhere.code, PAM_AUTH_ERR, "{}", elsewhere.out);
+    assert!(elsewhere.out.contains("That code was issued for another machine."), "{}", elsewhere.out);
+    let rows = audit(f.admin(), &["--user", "erin"]);
+    let other = rows.iter().find(|e| field(e, "reason") == "emailed code issued on another machine");
+    assert_eq!(other.map(|e| field(e, "machine")), Some("web02"), "{rows:?}");
+
+    let home = f.agents[0].login("erin", &[&code]);
+    assert_eq!(home.code, PAM_SUCCESS, "{}", home.out);
+    let again = f.agents[0].login("erin", &[""]);
+    assert_eq!(again.code, PAM_AUTH_ERR, "{}", again.out);
+    assert!(again.out.contains("the next one can be requested at"), "{}", again.out);
+    // Another host has its own hour: erin may ask for a code there.
+    let there = f.agents[1].login("erin", &[""]);
+    assert!(there.out.contains("A code was sent to e***n@example.org"), "{}", there.out);
+    let second = wait_for_distinct_codes(&f.maildir(), 2)[1].clone();
+    assert_ne!(second, code);
+    assert_eq!(f.agents[1].login("erin", &[&second]).code, PAM_SUCCESS);
+    assert!(!f.servers.iter().any(|s| s.log().contains(&code)), "a code was logged");
+}
+
+#[test]
+fn codes_queued_on_two_servers_are_each_mailed_once() {
+    const USERS: usize = 12;
+    let mut f = Fleet::start_with(Backend::Postgres, true);
+    for u in 0..USERS {
+        let user = format!("m{u:02}");
+        f.servers[u % 2].ctl_ok(&[
+            "user",
+            "enable",
+            &user,
+            "--method",
+            "email",
+            "--email",
+            &format!("{user}@example.org"),
+        ]);
+        let asked = f.agents[u % 3].login(&user, &[""]);
+        assert!(asked.out.contains("A code was sent"), "{}", asked.out);
+    }
+    wait_for_distinct_codes(&f.maildir(), USERS);
+    // Once both servers are stopped nothing more can arrive: the sink
+    // stores a message before it acknowledges it.
+    for s in &mut f.servers {
+        s.stop_daemon();
+    }
+    let codes = mailed_codes(&f.maildir());
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for c in &codes {
+        *counts.entry(c).or_insert(0) += 1;
+    }
+    assert_eq!(counts.len(), USERS);
+    let twice: Vec<_> = counts.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(twice.is_empty(), "mailed more than once (code, times): {twice:?}");
+}
+
+// ---------------------------------------------------------------- 4 ----
+
+struct Attempt {
+    user: usize,
+    step: i64,
+    host: usize,
+    started: Instant,
+    result: i32,
+}
+
+/// Enables and activates `n` users named `{prefix}NN`, 8 at a time, each on
+/// the host `i % 3`; returns their URIs.
+fn enroll_many(f: &Fleet, prefix: &str, n: usize) -> Vec<String> {
+    let uris = Mutex::new(vec![String::new(); n]);
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= n {
+                    break;
+                }
+                let uri = f.enroll(&format!("{prefix}{i:02}"), i % 3);
+                uris.lock().unwrap()[i] = uri;
+            });
+        }
+    });
+    uris.into_inner().unwrap()
+}
+
+/// (user, step) pairs accepted more than once.
+fn accepted_twice(attempts: &[Attempt]) -> Vec<(usize, i64)> {
+    let mut seen = BTreeMap::new();
+    for a in attempts.iter().filter(|a| a.result == PAM_SUCCESS) {
+        *seen.entry((a.user, a.step)).or_insert(0) += 1;
+    }
+    seen.into_iter().filter(|(_, n)| *n > 1).map(|(k, _)| k).collect()
+}
+
+#[test]
+fn a_server_killed_during_a_storm_of_logins_fails_over_without_replays() {
+    const USERS: usize = 40;
+    const THREADS: usize = 8;
+    let mut f = Fleet::start(Backend::Postgres);
+    let uris = enroll_many(&f, "s", USERS);
+    // Each user: the current step twice, the next step twice, the current
+    // step again (refused once the next was used): 200 logins.
+    let plan: Vec<(usize, i64)> = (0..USERS).flat_map(|u| [0, 0, 1, 1, 0].into_iter().map(move |s| (u, s))).collect();
+    let codes: Vec<[String; 2]> = uris.iter().map(|u| [f.code(u, 0), f.code(u, 1)]).collect();
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let attempts = Mutex::new(Vec::new());
+    let agents = &f.agents;
+    let first = &mut f.servers[0];
+    let killed_at = std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(&(user, step)) = plan.get(i) else { break };
+                let host = i % 3;
+                let started = Instant::now();
+                let r = agents[host].login(&format!("s{user:02}"), &[&codes[user][step as usize]]);
+                attempts.lock().unwrap().push(Attempt { user, step, host, started, result: r.code });
+                done.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while done.load(Ordering::SeqCst) < 60 {
+            assert!(Instant::now() < deadline, "the storm stalled");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut daemon = first.daemon.take().unwrap();
+        daemon.kill().unwrap();
+        daemon.wait().unwrap();
+        Instant::now()
+    });
+    let attempts = attempts.into_inner().unwrap();
+    assert_eq!(attempts.len(), plan.len());
+    assert_eq!(accepted_twice(&attempts), vec![], "a code was accepted twice");
+    assert!(attempts.iter().all(|a| a.result == PAM_SUCCESS || a.result == PAM_AUTH_ERR));
+
+    // Users whose every login began after the kill went through the other
+    // server: each got in once with a fresh code.
+    let after: BTreeSet<usize> =
+        (0..USERS).filter(|&u| attempts.iter().filter(|a| a.user == u).all(|a| a.started > killed_at)).collect();
+    let ok_after = attempts.iter().filter(|a| a.started > killed_at && a.result == PAM_SUCCESS).count();
+    eprintln!("{} users entirely after the kill; {ok_after} logins in after it", after.len());
+    assert!(after.len() >= 10, "the storm was over before the kill: {} users after it", after.len());
+    for &u in &after {
+        let ok = attempts.iter().filter(|a| a.user == u && a.result == PAM_SUCCESS).count();
+        assert!(
+            ok >= 1,
+            "s{u:02} never got in after the kill: {:?}",
+            attempts.iter().filter(|a| a.user == u).map(|a| (a.step, a.host, a.result)).collect::<Vec<_>>()
+        );
+    }
+
+    // Every login the hosts saw succeed has its acceptance in the audit, on
+    // that host; no user has more acceptances than fresh codes.
+    let rows = audit(&f.servers[1], &[]);
+    for u in 0..USERS {
+        let name = format!("s{u:02}");
+        for (h, host) in HOSTS.iter().enumerate() {
+            let accepted = rows
+                .iter()
+                .filter(|e| field(e, "user") == name && field(e, "machine") == *host && is_accept(e))
+                .count();
+            let succeeded = attempts.iter().filter(|a| a.user == u && a.host == h && a.result == PAM_SUCCESS).count();
+            assert!(accepted >= succeeded, "{name} on {host}: {succeeded} logins in, {accepted} in the audit");
+        }
+        let accepted = rows.iter().filter(|e| field(e, "user") == name && is_accept(e)).count();
+        assert!(accepted <= 2, "{name}: {accepted} codes accepted, only 2 were fresh");
+    }
+}
+
+// ---------------------------------------------------------------- 5 ----
+
+#[test]
+fn postgres_stopped_during_a_storm_refuses_logins_until_it_is_back_without_replays() {
+    const USERS: usize = 16;
+    const THREADS: usize = 8;
+    const PER_PHASE: usize = 24;
+    let mut f = Fleet::start(Backend::Postgres);
+    let uris = enroll_many(&f, "p", USERS);
+    let codes: Vec<[String; 2]> = uris.iter().map(|u| [f.code(u, 0), f.code(u, 1)]).collect();
+    // Step 0 before the stop; step 1 from then on: refused while the
+    // database is down, each accepted once when it is back.
+    let fresh_step = AtomicBool::new(false);
+    let stop = AtomicBool::new(false);
+    let next = AtomicUsize::new(0);
+    let attempts: Mutex<Vec<(Attempt, Instant)>> = Mutex::new(Vec::new());
+    let agents = &f.agents;
+    let pg = f.pg.as_mut().unwrap();
+    let finished_since = |attempts: &Mutex<Vec<(Attempt, Instant)>>, t: Instant| {
+        attempts.lock().unwrap().iter().filter(|(a, _)| a.started > t).count()
+    };
+    let wait_for = |what: &str, t: Instant| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while finished_since(&attempts, t) < PER_PHASE {
+            assert!(Instant::now() < deadline, "the storm stalled {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let (stopping, down, up_begin, up) = std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            s.spawn(|| {
+                while !stop.load(Ordering::SeqCst) {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let (user, host) = (i % USERS, i % 3);
+                    let step = fresh_step.load(Ordering::SeqCst) as i64;
+                    let started = Instant::now();
+                    let r = agents[host].login(&format!("p{user:02}"), &[&codes[user][step as usize]]);
+                    let attempt = Attempt { user, step, host, started, result: r.code };
+                    attempts.lock().unwrap().push((attempt, Instant::now()));
+                }
+            });
+        }
+        let start = Instant::now();
+        wait_for("before the stop", start);
+        fresh_step.store(true, Ordering::SeqCst);
+        let stopping = Instant::now();
+        pg.stop().unwrap();
+        let down = Instant::now();
+        wait_for("while PostgreSQL was down", down);
+        let up_begin = Instant::now();
+        pg.start_again().unwrap();
+        let up = Instant::now();
+        wait_for("after PostgreSQL was back", up);
+        stop.store(true, Ordering::SeqCst);
+        (stopping, down, up_begin, up)
+    });
+    let attempts: Vec<(Attempt, Instant)> = attempts.into_inner().unwrap();
+    let while_down: Vec<&Attempt> =
+        attempts.iter().filter(|(a, ended)| a.started > down && *ended < up_begin).map(|(a, _)| a).collect();
+    eprintln!(
+        "{} logins in all, {} while PostgreSQL was down, {} after; stop took {:?}, down {:?}, restart {:?}",
+        attempts.len(),
+        while_down.len(),
+        attempts.iter().filter(|(a, _)| a.started > up).count(),
+        down - stopping,
+        up_begin - down,
+        up - up_begin,
+    );
+    assert!(!while_down.is_empty());
+    for a in &while_down {
+        assert_eq!(
+            a.result, PAM_AUTH_ERR,
+            "p{:02} step {} on {} while PostgreSQL was down",
+            a.user, a.step, HOSTS[a.host]
+        );
+    }
+    // A COMMIT in flight when PostgreSQL shut down has an unknown outcome:
+    // the server must deny that login, and the code may be spent.
+    let in_doubt: BTreeSet<usize> = attempts
+        .iter()
+        .filter(|(a, ended)| a.step == 1 && a.result != PAM_SUCCESS && a.started < down && *ended > stopping)
+        .map(|(a, _)| a.user)
+        .collect();
+    let flat: Vec<Attempt> = attempts.into_iter().map(|(a, _)| a).collect();
+    assert_eq!(accepted_twice(&flat), vec![], "a code was accepted twice");
+    assert!(
+        flat.iter().any(|a| a.started > up && a.result == PAM_SUCCESS),
+        "no login succeeded after PostgreSQL was back"
+    );
+    // Now the database is up: each user's step-1 code works exactly once in
+    // all (a code in doubt at most once).
+    for (u, [_, fresh]) in codes.iter().enumerate() {
+        let used = flat.iter().any(|a| a.user == u && a.step == 1 && a.result == PAM_SUCCESS);
+        let r = f.agents[u % 3].login(&format!("p{u:02}"), &[fresh]);
+        if used {
+            assert_eq!(r.code, PAM_AUTH_ERR, "p{u:02}'s code was accepted twice: {}", r.out);
+        } else if !in_doubt.contains(&u) {
+            assert_eq!(r.code, PAM_SUCCESS, "p{u:02}'s unused code: {}", r.out);
+        } else {
+            assert!(r.code == PAM_SUCCESS || r.code == PAM_AUTH_ERR, "p{u:02}: {}", r.out);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- 6 ----
+
+#[test]
+fn a_revoked_host_is_refused_at_once_and_the_code_still_works_elsewhere() {
+    let f = Fleet::start(Backend::Postgres);
+    let uri = f.enroll("rob", 0);
+    f.servers[0].ctl_ok(&["host", "revoke", "web03"]);
+    let refused = f.agents[2].login("rob", &[&f.code(&uri, 0)]);
+    assert_eq!(refused.code, PAM_AUTH_ERR, "a revoked host's login: {}", refused.out);
+    wait_for_audit(f.admin(), "saying \"revoked\"", |e| field(e, "reason").contains("revoked"));
+    // Nothing was consumed by the refused login, and other hosts go on.
+    let ok = f.agents[0].login("rob", &[&f.code(&uri, 0)]);
+    assert_eq!(ok.code, PAM_SUCCESS, "{}", ok.out);
+    let list = f.admin().ctl_ok(&["host", "list"]);
+    let line = list.lines().find(|l| l.starts_with("web03 ")).unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(line.split_whitespace().nth(4), Some("revoked"), "{list}");
+}
+
+#[test]
+fn an_agent_without_a_usable_bundle_refuses_to_start_and_says_why() {
+    let f = Fleet::start(Backend::Sqlite);
+    let good = std::fs::read(f.agents[0].path("state/host.bundle")).unwrap();
+    type MakeBundle = Box<dyn Fn(&Path)>;
+    let write = |bytes: Vec<u8>, mode: u32| -> MakeBundle {
+        Box::new(move |bundle: &Path| {
+            std::fs::write(bundle, &bytes).unwrap();
+            std::fs::set_permissions(bundle, std::fs::Permissions::from_mode(mode)).unwrap();
+        })
+    };
+    let cases: [(&str, MakeBundle); 4] = [
+        ("missing", Box::new(|_: &Path| {})),
+        ("readable by others", write(good, 0o644)),
+        ("not a bundle", write(b"-----BEGIN CERTIFICATE-----\nnot base64\n".to_vec(), 0o600)),
+        ("a directory", Box::new(|bundle: &Path| std::fs::create_dir(bundle).unwrap())),
+    ];
+    for (what, make) in cases {
+        let dir = f.agent_dir();
+        let bundle = dir.path().join("state/host.bundle");
+        make(&bundle);
+        match f.try_agent(dir, &[0], None) {
+            Ok(agent) => panic!("an agent with a bundle {what} started: {}", agent.log()),
+            Err(log) => {
+                assert!(log.contains(&bundle.display().to_string()), "the message names the bundle ({what}): {log}")
+            }
+        }
+    }
+}
+
+#[test]
+fn a_bundle_of_another_ca_and_a_host_claiming_another_name_are_refused() {
+    let mut f = Fleet::start(Backend::Postgres);
+    let uri = f.enroll("vic", 0);
+    let code = f.code(&uri, 0);
+
+    // An independent server (own database, key and so CA) issues a bundle.
+    let (other, _) = start_server(None, &f.dir.path().join("other-secret.key"), f.dir.path(), "");
+    let dir = f.agent_dir();
+    other.ctl_ok(&["host", "add", "web09", "-o", &dir.path().join("state/host.bundle").display().to_string()]);
+    f.extras.push(other);
+    let stranger = f.try_agent(dir, &[0, 1], None).unwrap_or_else(|e| panic!("{e}"));
+    let handshake = |e: &Value| field(e, "result") == "refused" && field(e, "reason").contains("TLS handshake failed");
+    assert!(!audit(f.admin(), &[]).iter().any(handshake));
+    let r = stranger.login("vic", &[&code]);
+    f.extras.push(stranger);
+    assert_eq!(r.code, PAM_AUTH_ERR, "a host of another CA logged in: {}", r.out);
+    wait_for_audit(f.admin(), "of the failed handshake", handshake);
+
+    // web02's certificate in an agent that says it is web01.
+    let dir = f.agent_dir();
+    let bundle = dir.path().join("state/host.bundle");
+    std::fs::copy(f.agents[1].path("state/host.bundle"), &bundle).unwrap();
+    std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let liar = f.try_agent(dir, &[0, 1], Some("web01")).unwrap_or_else(|e| panic!("{e}"));
+    let r = liar.login("vic", &[&code]);
+    f.extras.push(liar);
+    assert_eq!(r.code, PAM_AUTH_ERR, "web02's certificate logged in as web01: {}", r.out);
+    wait_for_audit(f.admin(), "saying \"presented as\"", |e| field(e, "reason").contains("presented as"));
+    // The code was never consumed by the refused hosts.
+    assert_eq!(f.agents[0].login("vic", &[&code]).code, PAM_SUCCESS);
+}
+
+// ---------------------------------------------------------------- 7 ----
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        let t = e.file_type().unwrap();
+        if t.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn base32_decode(s: &str) -> Vec<u8> {
+    let (mut bits, mut n, mut out) = (0u64, 0u32, Vec::new());
+    for c in s.bytes().filter(|&c| c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a',
+            b'2'..=b'7' => c - b'2' + 26,
+            _ => panic!("not base32: {s}"),
+        };
+        bits = (bits << 5) | v as u64;
+        n += 5;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn no_secret_code_key_or_database_is_ever_on_an_agent() {
+    let f = Fleet::start_with(Backend::Postgres, true);
+    let uri = f.enroll("alice", 0);
+    let mut s = f.agents[1].pamdrive("otp", "alice", &[f.code(&uri, 0).as_bytes()]);
+    s.arg("--session");
+    assert_eq!(run(s).code, PAM_SUCCESS);
+    f.servers[0].ctl_ok(&["user", "enable", "erin", "--method", "email", "--email", "erin@example.org"]);
+    assert!(f.agents[2].login("erin", &[""]).out.contains("A code was sent"));
+    let mailed = wait_for_codes(&f.maildir(), 1)[0].clone();
+    assert_eq!(f.agents[2].login("erin", &[&mailed]).code, PAM_SUCCESS);
+
+    let secret = totp_rs::TOTP::from_url_unchecked(&uri).unwrap().get_secret_base32();
+    let raw = base32_decode(&secret);
+    let key = std::fs::read(f.dir.path().join("secret.key")).unwrap();
+    let mut needles: Vec<(&str, Vec<u8>)> = vec![
+        ("the TOTP secret (base32)", secret.clone().into_bytes()),
+        ("the TOTP secret (base32, lower case)", secret.to_lowercase().into_bytes()),
+        ("the TOTP secret (raw)", raw),
+        ("the emailed code", mailed.clone().into_bytes()),
+        ("a SQLite database", b"SQLite format 3".to_vec()),
+    ];
+    if key.len() >= 16 {
+        needles.push(("the key file", key));
+    }
+    for (h, agent) in f.agents.iter().enumerate() {
+        let mut state: Vec<String> = files_under(&agent.path("state"))
+            .iter()
+            .map(|p| p.strip_prefix(agent.path("state")).unwrap().display().to_string())
+            .collect();
+        state.sort();
+        assert_eq!(state, ["host.bundle"], "{}: only the bundle belongs in the state dir", HOSTS[h]);
+        let run: Vec<PathBuf> = files_under(&agent.path("run"));
+        assert_eq!(run, [agent.pam_socket()], "{}: only the PAM socket in the socket dir", HOSTS[h]);
+        for file in files_under(agent.dir.path()) {
+            let Ok(bytes) = std::fs::read(&file) else { continue };
+            for (what, needle) in &needles {
+                assert!(!contains(&bytes, needle), "{what} is in {} on {}", file.display(), HOSTS[h]);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- 8 ----
+
+#[test]
+fn sessions_and_audit_of_every_host_are_seen_on_any_server_and_remotely() {
+    let f = Fleet::start(Backend::Postgres);
+    for (h, host) in HOSTS.iter().enumerate() {
+        let user = format!("user{h}");
+        let uri = f.enroll(&user, h);
+        let mut s = f.agents[h].pamdrive("otp", &user, &[f.code(&uri, 0).as_bytes()]);
+        s.arg("--session");
+        let r = run(s);
+        assert_eq!(r.code, PAM_SUCCESS, "{host}: {}", r.out);
+    }
+    let admin = f.admin();
+    let sessions = entries(&admin.ctl_ok(&["--json", "sessions"]), "sessions");
+    assert_eq!(machines(&sessions), all_hosts(), "{sessions:?}");
+    let table = admin.ctl_ok(&["sessions"]);
+    assert!(table.lines().next().unwrap_or("").contains("HOST"), "{table}");
+    assert!(HOSTS.iter().all(|h| table.contains(h)), "{table}");
+    let rows = audit(admin, &[]);
+    assert!(machines(&rows).is_superset(&all_hosts()), "{rows:?}");
+    let web02 = audit(admin, &["--host", "web02"]);
+    assert!(!web02.is_empty());
+    assert_eq!(machines(&web02), BTreeSet::from(["web02".to_string()]), "{web02:?}");
+
+    let list = admin.ctl_ok(&["host", "list"]);
+    for host in HOSTS {
+        let line = list.lines().find(|l| l.split_whitespace().next() == Some(host));
+        let line = line.unwrap_or_else(|| panic!("{host} missing: {list}"));
+        // HOST ROLE ADDED LAST-SEEN STATUS: seen (a time, not "-") after its logins.
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols.len(), 5, "{list}");
+        assert_eq!(cols[1], "agent", "{list}");
+        assert!(cols[3].starts_with("20") && cols[3].ends_with('Z'), "{host} has no last-seen time: {list}");
+        assert_eq!(cols[4], "active", "{list}");
+    }
+
+    // Remote otpctl with admin credentials, against the other server.
+    let ops = f.dir.path().join("ops.bundle");
+    f.servers[0].ctl_ok(&["host", "add", "ops", "--admin", "-o", &ops.display().to_string()]);
+    let remote = f.remote(0, &ops, &["--json", "audit", "--limit", "100000"]);
+    assert!(remote.status.success(), "{}", String::from_utf8_lossy(&remote.stderr));
+    assert!(machines(&entries(&String::from_utf8_lossy(&remote.stdout), "entries")).is_superset(&all_hosts()));
+    let remote = f.remote(0, &ops, &["--json", "audit", "--host", "web02", "--limit", "100000"]);
+    assert!(remote.status.success(), "{}", String::from_utf8_lossy(&remote.stderr));
+    let rows = entries(&String::from_utf8_lossy(&remote.stdout), "entries");
+    assert_eq!(machines(&rows), BTreeSet::from(["web02".to_string()]));
+    let remote = f.remote(0, &ops, &["--json", "sessions"]);
+    assert!(remote.status.success(), "{}", String::from_utf8_lossy(&remote.stderr));
+    assert_eq!(machines(&entries(&String::from_utf8_lossy(&remote.stdout), "sessions")), all_hosts());
+
+    // A host's bundle is no admin credential.
+    let agent_bundle = f.agents[0].path("state/host.bundle");
+    let refused = f.remote(0, &agent_bundle, &["audit"]);
+    assert!(
+        !refused.status.success(),
+        "an agent bundle listed the audit: {}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+    assert!(!String::from_utf8_lossy(&refused.stdout).contains("web0"));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("refused these credentials"), "{said}");
+}
