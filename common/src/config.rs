@@ -628,6 +628,21 @@ mod tests {
     }
 
     #[test]
+    fn shipped_role_examples_parse_with_their_role() {
+        let server = parse(include_str!("../../packaging/examples/otpd-server.toml")).unwrap();
+        assert_eq!(server.role, Role::Server);
+        assert!(!server.fleet.listen.is_empty() && !server.fleet.names.is_empty());
+        let agent = parse(include_str!("../../packaging/examples/otpd-agent.toml")).unwrap();
+        assert_eq!(agent.role, Role::Agent);
+        assert!(agent.fleet.servers.len() >= 2, "the example shows failover order");
+        assert_eq!(agent.fleet.bundle, FleetConfig::default().bundle);
+        // The PostgreSQL line the server example shows commented out is valid as written.
+        let pg = include_str!("../../packaging/examples/otpd-server.toml").replace("# database = ", "database = ");
+        let pg = pg.replacen("database = \"/var/lib/otpd/otpd.db\"\n", "", 1);
+        assert!(is_postgres_url(&parse(&pg).unwrap().daemon.database));
+    }
+
+    #[test]
     fn durations_and_values() {
         let c =
             parse("[lockout]\nmax_failures = 3\nlock_for = \"1h 30m\"\n[totp]\nalgorithm = \"SHA512\"\ndigits = 8\n");

@@ -67,6 +67,9 @@ fn package_contents_control_and_checksums() {
         "./usr/share/man/man8/otpctl-user-list.8.gz".into(),
         "./usr/share/man/man8/pam_otp.8.gz".into(),
         "./usr/share/man/man5/otpd.toml.5.gz".into(),
+        // A fleet: one example configuration per role.
+        "./usr/share/doc/pam-otp/examples/otpd-server.toml".into(),
+        "./usr/share/doc/pam-otp/examples/otpd-agent.toml".into(),
     ] {
         assert!(list.lines().any(|l| l.ends_with(&path)), "{path} missing:\n{list}");
     }

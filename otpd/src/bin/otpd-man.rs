@@ -23,9 +23,32 @@ The socket pam_otp.so talks to (mode 0666: every login process must reach it; ca
 \fI/run/otpd/admin.sock\fR
 The socket otpctl(8) talks to: root and members of the \fBotpadmin\fR group.
 .TP
+\fI/etc/otpd/host.bundle\fR
+Agents only (\fB[fleet] bundle\fR): the host's credentials, written on a server by \fBotpctl host add\fR
+\fIHOST\fR \fB\-o\fR \fIFILE\fR and copied here. Owner root, mode 0600 (otpd refuses a bundle others can read).
+It holds the fleet CA certificate, the host's certificate and its key; no TOTP secret or code.
+.TP
+\fI/usr/share/doc/pam\-otp/examples/otpd\-server.toml\fR, \fIotpd\-agent.toml\fR
+Example configurations of a fleet server and agent.
+.TP
 \fI/lib/systemd/system/otpd.service\fR
 The systemd unit (sandboxed). Without systemd, start \fBotpd\fR as root from your init system or by hand:
 \fB/usr/sbin/otpd \-\-config /etc/otpd/otpd.toml &\fR (the directories above are created by the package).
+.SH ROLES
+\fBrole\fR in otpd.toml(5) chooses what this otpd is.
+.TP
+\fBstandalone\fR (default)
+Decides this host's logins on its own SQLite database.
+.TP
+\fBserver\fR
+As standalone, and also decides for the hosts of a fleet: it listens on \fB[fleet] listen\fR (TLS 1.3, a
+client certificate issued by the fleet CA required) for agents and for \fBotpctl \-\-server\fR. Its database is
+SQLite or PostgreSQL (\fBdatabase = "postgresql://..."\fR); several servers may share one PostgreSQL database if
+they share the key file. The fleet CA is kept in the database, its key sealed with the key file.
+.TP
+\fBagent\fR
+Binds only the PAM socket and relays each login to the first of \fB[fleet] servers\fR that answers; when none
+answers the login is refused. No database, key file, admin socket or D\-Bus; it keeps only its bundle.
 .SH ENVIRONMENT
 .TP
 \fBOTPD_LOG\fR
