@@ -102,8 +102,7 @@ async fn fleet_server(config: &Config, db: &Db, crypto: &SecretBox) -> Result<cr
     if names.is_empty() {
         names.push(hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "localhost".into()));
     }
-    let cert = ca.issue_server(&names).map_err(|e| fail(e.to_string()))?;
-    crate::fleet::FleetServer::new(ca, &cert, names[0].clone()).map_err(|e| fail(e.to_string()))
+    crate::fleet::FleetServer::new(ca, names).map_err(|e| fail(e.to_string()))
 }
 
 /// Core dumps of a process holding secrets are a leak; so is ptrace by
@@ -332,6 +331,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     );
     let mut fleet_tasks = Vec::new();
     if let Some(fleet) = &fleet {
+        fleet_tasks.push(tokio::spawn(crate::fleet::renew(fleet.clone())));
         for (l, addr) in fleet_listeners.into_iter().zip(&config.fleet.listen) {
             tracing::info!("fleet server {} listening on {addr} (TLS 1.3, client certificates required)", fleet.name);
             fleet_tasks.push(tokio::spawn(crate::fleet::serve(l, shared.clone(), fleet.clone())));

@@ -28,7 +28,10 @@ use tokio::time::Instant;
 /// What a server needs besides [`Shared`]: its TLS identity and the CA.
 pub struct FleetServer {
     pub ca: pki::Ca,
-    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// Replaced by [`renew`] before the server certificate runs out.
+    acceptor: Mutex<tokio_rustls::TlsAcceptor>,
+    /// The names the server certificate carries.
+    names: Vec<String>,
     /// This server's name in `ready` replies and the log.
     pub name: String,
     links: AtomicUsize,
@@ -60,12 +63,14 @@ const MAX_HANDSHAKES_PER_ADDR: usize = 64;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl FleetServer {
-    pub fn new(ca: pki::Ca, server: &pki::Issued, name: String) -> Result<FleetServer, pki::PkiError> {
-        let config = pki::server_config(&ca, server)?;
+    pub fn new(ca: pki::Ca, names: Vec<String>) -> Result<FleetServer, pki::PkiError> {
+        let server = ca.issue_server(&names)?;
+        let config = pki::server_config(&ca, &server)?;
         Ok(FleetServer {
             ca,
-            acceptor: tokio_rustls::TlsAcceptor::from(config),
-            name,
+            acceptor: Mutex::new(tokio_rustls::TlsAcceptor::from(config)),
+            name: names.first().cloned().unwrap_or_default(),
+            names,
             links: AtomicUsize::new(0),
             host_links: Mutex::new(HashMap::new()),
             seen_written: Mutex::new(HashMap::new()),
@@ -89,6 +94,19 @@ impl FleetServer {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The server certificate is issued for a year: a new one every day, so a
+/// server that runs for years never presents an expired one.
+pub async fn renew(fleet: Arc<FleetServer>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+        let config = fleet.ca.issue_server(&fleet.names).and_then(|c| pki::server_config(&fleet.ca, &c));
+        match config {
+            Ok(config) => *lock(&fleet.acceptor) = tokio_rustls::TlsAcceptor::from(config),
+            Err(e) => tracing::error!("renewing the fleet server certificate failed: {e}"),
+        }
+    }
 }
 
 /// Accepts links on one listening socket until the task is aborted.
@@ -315,7 +333,8 @@ impl Drop for LinkSlot<'_> {
 }
 
 async fn link(tcp: tokio::net::TcpStream, addr: SocketAddr, handshake: Handshake, sh: &Shared, fleet: &FleetServer) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, fleet.acceptor.accept(tcp)).await {
+    let acceptor = lock(&fleet.acceptor).clone();
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return handshake_refused(sh, fleet, addr, &e.to_string()).await,
         Err(_) => return handshake_refused(sh, fleet, addr, "timed out").await,
@@ -420,7 +439,8 @@ async fn check_host(
         }
     };
     if let Some(t) = host.revoked_at {
-        let reason = format!("host {} revoked at {t}: its certificate was presented from {addr}", host.name);
+        let at = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64));
+        let reason = format!("host {} revoked at {at}: its certificate was presented from {addr}", host.name);
         return Err((host.name.clone(), reason, "this host's credentials were revoked"));
     }
     if host.role != wanted {

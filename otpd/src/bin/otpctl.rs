@@ -444,7 +444,8 @@ fn write_bundle(name: &str, bundle: &str, output: Option<&std::path::Path>, admi
 fn print_audit(entries: &[AuditEntry]) {
     // A fleet's entries come from several hosts: then each line says which.
     let hosts = entries.iter().any(|e| e.machine != entries[0].machine);
-    let host = |h: &str| if hosts { format!("{h:<16} ") } else { String::new() };
+    let width = entries.iter().map(|e| e.machine.chars().count()).max().unwrap_or(0).max(4);
+    let host = |h: &str| if hosts { format!("{h:<width$} ") } else { String::new() };
     println!(
         "{:<20} {}{:<16} {:<10} {:<16} {:<8} {:<8} {:<12} REASON",
         "TIME",
