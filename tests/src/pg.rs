@@ -57,32 +57,8 @@ impl Cluster {
         let data = c.dir.join("data");
         let data = data.to_str().ok_or("temp dir is not UTF-8")?;
         run_as_postgres(&c.bin, "initdb", &["-D", data, "-A", "trust", "-U", "otp", "--no-sync"])?;
-        let opts = format!("-k {} -c listen_addresses='' -p {} -c fsync=on", c.dir.display(), c.port);
-        let log = c.dir.join("log");
-        run_as_postgres(
-            &c.bin,
-            "pg_ctl",
-            &["-D", data, "-l", log.to_str().unwrap_or("/dev/null"), "-o", &opts, "-w", "start"],
-        )?;
-        c.stopped = false;
-        let psql = Command::new(c.bin.join("psql"))
-            .args([
-                "-h",
-                c.dir.to_str().unwrap_or(""),
-                "-p",
-                &c.port.to_string(),
-                "-U",
-                "otp",
-                "-d",
-                "postgres",
-                "-qc",
-                "create database otpd",
-            ])
-            .output()
-            .map_err(|e| format!("psql: {e}"))?;
-        if !psql.status.success() {
-            return Err(format!("create database failed: {}", String::from_utf8_lossy(&psql.stderr)));
-        }
+        c.start_again()?;
+        c.run_psql("postgres", "create database otpd")?;
         Ok(c)
     }
 
@@ -122,23 +98,17 @@ impl Cluster {
 
     /// Runs SQL with psql against the `otpd` database; returns stdout (unaligned, tuples only).
     pub fn psql(&self, sql: &str) -> Result<String, String> {
+        self.run_psql("otpd", sql)
+    }
+
+    fn run_psql(&self, database: &str, sql: &str) -> Result<String, String> {
         let out = Command::new(self.bin.join("psql"))
-            .args([
-                "-h",
-                self.dir.to_str().unwrap_or(""),
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "otp",
-                "-d",
-                "otpd",
-                "-Atqc",
-                sql,
-            ])
+            .args(["-h", self.dir.to_str().unwrap_or(""), "-p", &self.port.to_string(), "-U", "otp", "-d", database])
+            .args(["-Atqc", sql])
             .output()
             .map_err(|e| format!("psql: {e}"))?;
         if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+            return Err(format!("psql on {database}: {}", String::from_utf8_lossy(&out.stderr)));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
