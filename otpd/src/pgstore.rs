@@ -143,6 +143,9 @@ pub struct PgStore {
     statements: HashMap<&'static str, Statement>,
     /// A statement failed since BEGIN: PostgreSQL has aborted the transaction.
     failed: bool,
+    /// A read-only job outside a transaction ([`crate::db::Db::read`]): rows
+    /// are read without locks and writes are refused.
+    reading: bool,
 }
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
@@ -152,7 +155,7 @@ impl PgStore {
     /// Does not migrate.
     pub fn connect(config: &postgres::Config) -> Result<PgStore, StoreError> {
         let client = config.connect(NoTls)?;
-        Ok(PgStore { client, statements: HashMap::new(), failed: false })
+        Ok(PgStore { client, statements: HashMap::new(), failed: false, reading: false })
     }
 
     /// Connects to `url` and brings the schema up to date (tests, tools).
@@ -209,6 +212,18 @@ impl PgStore {
         self.failed
     }
 
+    pub(crate) fn set_reading(&mut self, reading: bool) {
+        self.reading = reading;
+    }
+
+    /// Outside a transaction every statement would commit on its own.
+    fn refuse_write(&self, sql: &str) -> Result<(), StoreError> {
+        if self.reading && !sql.trim_start().starts_with("SELECT") {
+            return Err(StoreError::Corrupt(format!("a write in a read-only job: {sql}")));
+        }
+        Ok(())
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.client.is_closed()
     }
@@ -230,6 +245,7 @@ impl PgStore {
     }
 
     fn query(&mut self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
+        self.refuse_write(sql)?;
         let r = self.statement(sql).and_then(|st| self.client.query(&st, params));
         self.note(r)
     }
@@ -243,6 +259,7 @@ impl PgStore {
     }
 
     fn execute(&mut self, sql: &'static str, params: Params<'_>) -> Result<u64, StoreError> {
+        self.refuse_write(sql)?;
         let r = self.statement(sql).and_then(|st| self.client.execute(&st, params));
         self.note(r)
     }
@@ -344,21 +361,22 @@ impl Store for PgStore {
     /// Locks the row until the transaction ends: another server's login
     /// for the same user waits, then reads what this one wrote.
     fn user(&mut self, name: &str) -> Result<Option<UserRecord>, StoreError> {
-        self.query_opt("SELECT * FROM users WHERE name = $1 FOR UPDATE", &[&name])?
-            .as_ref()
-            .map(user_from_row)
-            .transpose()
+        let sql = if self.reading {
+            "SELECT * FROM users WHERE name = $1"
+        } else {
+            "SELECT * FROM users WHERE name = $1 FOR UPDATE"
+        };
+        self.query_opt(sql, &[&name])?.as_ref().map(user_from_row).transpose()
     }
 
     fn user_by_uid(&mut self, uid: u32) -> Result<Option<UserRecord>, StoreError> {
         let uid = i64::from(uid);
-        self.query_opt(
-            r#"SELECT * FROM users WHERE uid = $1 ORDER BY enabled DESC, name COLLATE "C" LIMIT 1 FOR UPDATE"#,
-            &[&uid],
-        )?
-        .as_ref()
-        .map(user_from_row)
-        .transpose()
+        let sql = if self.reading {
+            r#"SELECT * FROM users WHERE uid = $1 ORDER BY enabled DESC, name COLLATE "C" LIMIT 1"#
+        } else {
+            r#"SELECT * FROM users WHERE uid = $1 ORDER BY enabled DESC, name COLLATE "C" LIMIT 1 FOR UPDATE"#
+        };
+        self.query_opt(sql, &[&uid])?.as_ref().map(user_from_row).transpose()
     }
 
     fn save_user(&mut self, u: &UserRecord) -> Result<(), StoreError> {
