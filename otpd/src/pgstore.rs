@@ -1109,6 +1109,43 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn store_pg_read_jobs_take_no_lock_and_refuse_writes() {
+        let pg = cluster();
+        let db = Db::start_postgres(&pg.url(), 2).unwrap();
+        db.run(|s| s.save_user(&bare_user("alice", 1000))).await.unwrap();
+        // A login's answer check holds alice's row lock...
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.run(move |s| {
+                    s.user("alice")?;
+                    let _ = locked_tx.send(());
+                    let _ = release_rx.recv();
+                    s.consume_step("alice", 7)
+                })
+                .await
+            })
+        };
+        tokio::task::spawn_blocking(move || locked_rx.recv()).await.unwrap().unwrap();
+        // ...and "what to ask" for her, on the other connection, does not wait for it.
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), db.read(|s| s.user("alice"))).await;
+        release_tx.send(()).unwrap();
+        assert!(read.expect("a read job waited for a row lock").unwrap().is_some());
+        assert!(holder.await.unwrap().unwrap());
+        // A write in a read job is refused and changes nothing.
+        let wrote = db.read(|s| s.consume_step("alice", 8)).await;
+        assert!(wrote.is_err(), "{wrote:?}");
+        assert_eq!(pg.psql("SELECT last_step FROM users WHERE name = 'alice'").unwrap().trim(), "7");
+        // Both connections serve ordinary (locking, writing) jobs afterwards.
+        for step in 9..=12 {
+            assert!(db.run(move |s| s.consume_step("alice", step)).await.unwrap(), "step {step}");
+        }
+        assert_eq!(pg.psql("SELECT last_step FROM users WHERE name = 'alice'").unwrap().trim(), "12");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn store_pg_reconnects_after_a_restart() {
         let mut pg = cluster();
         let db = Db::start_postgres(&pg.url(), 2).unwrap();
