@@ -316,7 +316,7 @@ async fn plan_login(
     let (policy, mut job_ctx) = (sh.policy.clone(), ctx.clone());
     let (planned, job_ctx) = sh
         .db
-        .run(move |st| {
+        .read(move |st| {
             let planned = auth::plan(st, &policy, &mut job_ctx, now);
             Ok((planned, job_ctx))
         })

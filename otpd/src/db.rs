@@ -24,20 +24,22 @@ type Completion = Box<dyn FnOnce(bool) + Send>;
 /// `None` when there is no usable transaction: then it only produces its
 /// completion, which reports that nothing was committed.
 type Job = Box<dyn FnOnce(Option<&mut dyn Store>) -> (bool, Completion) + Send>;
+/// A job and whether it only reads (see [`Db::read`]).
+type Queued = (Job, bool);
 
 /// Most jobs folded into one transaction.
 const MAX_BATCH: usize = 512;
 
 #[derive(Clone)]
 pub struct Db {
-    tx: mpsc::SyncSender<Job>,
+    tx: mpsc::SyncSender<Queued>,
     postgres: bool,
 }
 
 impl Db {
     /// Starts the database thread. The thread ends when every `Db` is dropped.
     pub fn start(store: SqliteStore) -> Db {
-        let (tx, rx) = mpsc::sync_channel::<Job>(4096);
+        let (tx, rx) = mpsc::sync_channel::<Queued>(4096);
         std::thread::Builder::new()
             .name("otpd-db".into())
             .spawn(move || writer(store, rx))
@@ -69,7 +71,7 @@ impl Db {
                 .join()
         })
         .map_err(|_| StoreError::Gone)??;
-        let (tx, rx) = mpsc::sync_channel::<Job>(4096);
+        let (tx, rx) = mpsc::sync_channel::<Queued>(4096);
         let rx = Arc::new(Mutex::new(rx));
         for (i, store) in stores.into_iter().enumerate() {
             let (config, rx) = (config.clone(), rx.clone());
@@ -104,12 +106,47 @@ impl Db {
         done_rx.await.map_err(|_| StoreError::Gone)?
     }
 
+    /// Runs `f`, which only reads (what to ask at a login, which host a
+    /// certificate is). On SQLite it is an ordinary job. On PostgreSQL it runs
+    /// outside a transaction and takes no row locks, as the login path reads
+    /// SQLite through its read-only connection: at READ COMMITTED each
+    /// statement sees what was committed when it started, inside a
+    /// transaction or not, so BEGIN and COMMIT would add two round trips and
+    /// nothing else — and `user()`'s `FOR UPDATE` would give the transaction
+    /// an xid, making its COMMIT wait for a WAL flush. A write in such a job
+    /// is refused (the job fails).
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (done_tx, done_rx) = oneshot::channel();
+        self.queue(
+            f,
+            move |result| {
+                let _ = done_tx.send(result);
+            },
+            true,
+        )
+        .await?;
+        done_rx.await.map_err(|_| StoreError::Gone)?
+    }
+
     /// Runs `f` in a transaction without waiting for it: `on_commit` gets
     /// the final result on the database thread right after COMMIT (or its
     /// failure) — the place to answer a peer without waking the task that
     /// queued the job. Returns once the job is queued; if the transaction
     /// cannot even begin, `on_commit` gets [`StoreError::NotCommitted`].
     pub async fn submit<T, F, N>(&self, f: F, on_commit: N) -> Result<(), StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
+        N: FnOnce(Result<T, StoreError>) + Send + 'static,
+    {
+        self.queue(f, on_commit, false).await
+    }
+
+    async fn queue<T, F, N>(&self, f: F, on_commit: N, read: bool) -> Result<(), StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
@@ -128,7 +165,7 @@ impl Db {
         });
         let tx = self.tx.clone();
         // The channel is bounded; waiting for room must not block a runtime thread.
-        match tx.try_send(job) {
+        match tx.try_send((job, read)) {
             Ok(()) => Ok(()),
             Err(mpsc::TrySendError::Full(job)) => tokio::task::spawn_blocking(move || tx.send(job))
                 .await
@@ -139,12 +176,12 @@ impl Db {
     }
 }
 
-fn writer(mut store: SqliteStore, rx: mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
+fn writer(mut store: SqliteStore, rx: mpsc::Receiver<Queued>) {
+    while let Ok((first, _)) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok((job, _)) => batch.push(job),
                 Err(_) => break,
             }
         }
@@ -211,7 +248,7 @@ fn run_batch(store: &mut SqliteStore, batch: Vec<Job>) -> (bool, Vec<Completion>
     }
 }
 
-fn pg_worker(config: &postgres::Config, mut conn: Option<PgStore>, rx: &Mutex<mpsc::Receiver<Job>>) {
+fn pg_worker(config: &postgres::Config, mut conn: Option<PgStore>, rx: &Mutex<mpsc::Receiver<Queued>>) {
     loop {
         // One worker waits on the channel at a time; the others wait for the lock.
         let job = match rx.lock() {
@@ -221,7 +258,10 @@ fn pg_worker(config: &postgres::Config, mut conn: Option<PgStore>, rx: &Mutex<mp
             },
             Err(_) => return,
         };
-        let (committed, completion) = pg_job(config, &mut conn, job);
+        let (committed, completion) = match job {
+            (job, true) => pg_read(config, &mut conn, job),
+            (job, false) => pg_job(config, &mut conn, job),
+        };
         completion(committed);
     }
 }
@@ -256,6 +296,31 @@ fn pg_begin(config: &postgres::Config, conn: &mut Option<PgStore>) -> bool {
 /// Runs one job in its own transaction. Returns whether the completion may
 /// report the job's own result (committed, or the job failed and its writes
 /// were rolled back) and the completion.
+/// A read-only job, outside any transaction (see [`Db::read`]).
+fn pg_read(config: &postgres::Config, conn: &mut Option<PgStore>, job: Job) -> (bool, Completion) {
+    if conn.as_ref().is_none_or(PgStore::is_closed) {
+        match PgStore::connect(config) {
+            Ok(store) => *conn = Some(store),
+            Err(e) => {
+                tracing::error!("cannot connect to PostgreSQL: {e}; denying the request");
+                *conn = None;
+                return (false, job(None).1);
+            }
+        }
+    }
+    let Some(store) = conn.as_mut() else {
+        return (false, job(None).1);
+    };
+    store.set_reading(true);
+    let (_, completion) = job(Some(&mut *store));
+    store.set_reading(false);
+    if store.is_closed() {
+        *conn = None;
+    }
+    // Nothing to commit: the job's own result (a value or an error) stands.
+    (true, completion)
+}
+
 fn pg_job(config: &postgres::Config, conn: &mut Option<PgStore>, job: Job) -> (bool, Completion) {
     if !pg_begin(config, conn) {
         return (false, job(None).1);

@@ -426,7 +426,7 @@ async fn check_host(
 ) -> Result<HostRecord, (String, String, &'static str)> {
     let now = sh.clock.now();
     let fp_vec = fp.to_vec();
-    let found = sh.db.run(move |st| st.host_by_fingerprint(&fp_vec)).await;
+    let found = sh.db.read(move |st| st.host_by_fingerprint(&fp_vec)).await;
     let host = match found {
         Ok(Some(h)) => h,
         Ok(None) => {

@@ -197,6 +197,9 @@ pub struct PgStore {
     statements: HashMap<&'static str, Statement>,
     /// A statement failed since BEGIN: PostgreSQL has aborted the transaction.
     failed: bool,
+    /// A read-only job outside a transaction ([`crate::db::Db::read`]): rows
+    /// are read without locks and writes are refused.
+    reading: bool,
 }
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
@@ -206,7 +209,7 @@ impl PgStore {
     /// Does not migrate.
     pub fn connect(config: &postgres::Config) -> Result<PgStore, StoreError> {
         let client = config.connect(NoTls)?;
-        Ok(PgStore { client, statements: HashMap::new(), failed: false })
+        Ok(PgStore { client, statements: HashMap::new(), failed: false, reading: false })
     }
 
     /// Connects to `url` and brings the schema up to date (tests, tools).
@@ -263,6 +266,18 @@ impl PgStore {
         self.failed
     }
 
+    pub(crate) fn set_reading(&mut self, reading: bool) {
+        self.reading = reading;
+    }
+
+    /// Outside a transaction every statement would commit on its own.
+    fn refuse_write(&self, sql: &str) -> Result<(), StoreError> {
+        if self.reading && !sql.trim_start().starts_with("SELECT") {
+            return Err(StoreError::Corrupt(format!("a write in a read-only job: {sql}")));
+        }
+        Ok(())
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.client.is_closed()
     }
@@ -284,6 +299,7 @@ impl PgStore {
     }
 
     fn query(&mut self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
+        self.refuse_write(sql)?;
         let r = self.statement(sql).and_then(|st| self.client.query(&st, params));
         self.note(r)
     }
@@ -297,6 +313,7 @@ impl PgStore {
     }
 
     fn execute(&mut self, sql: &'static str, params: Params<'_>) -> Result<u64, StoreError> {
+        self.refuse_write(sql)?;
         let r = self.statement(sql).and_then(|st| self.client.execute(&st, params));
         self.note(r)
     }
@@ -398,21 +415,22 @@ impl Store for PgStore {
     /// Locks the row until the transaction ends: another server's login
     /// for the same user waits, then reads what this one wrote.
     fn user(&mut self, name: &str) -> Result<Option<UserRecord>, StoreError> {
-        self.query_opt("SELECT * FROM users WHERE name = $1 FOR UPDATE", &[&name])?
-            .as_ref()
-            .map(user_from_row)
-            .transpose()
+        let sql = if self.reading {
+            "SELECT * FROM users WHERE name = $1"
+        } else {
+            "SELECT * FROM users WHERE name = $1 FOR UPDATE"
+        };
+        self.query_opt(sql, &[&name])?.as_ref().map(user_from_row).transpose()
     }
 
     fn user_by_uid(&mut self, uid: u32) -> Result<Option<UserRecord>, StoreError> {
         let uid = i64::from(uid);
-        self.query_opt(
-            r#"SELECT * FROM users WHERE uid = $1 ORDER BY enabled DESC, name COLLATE "C" LIMIT 1 FOR UPDATE"#,
-            &[&uid],
-        )?
-        .as_ref()
-        .map(user_from_row)
-        .transpose()
+        let sql = if self.reading {
+            r#"SELECT * FROM users WHERE uid = $1 ORDER BY enabled DESC, name COLLATE "C" LIMIT 1"#
+        } else {
+            r#"SELECT * FROM users WHERE uid = $1 ORDER BY enabled DESC, name COLLATE "C" LIMIT 1 FOR UPDATE"#
+        };
+        self.query_opt(sql, &[&uid])?.as_ref().map(user_from_row).transpose()
     }
 
     fn enabled_user_nocase(&mut self, name: &str) -> Result<Option<UserRecord>, StoreError> {
@@ -1186,6 +1204,43 @@ mod tests {
         .await;
         assert_eq!(sent.iter().filter(|s| **s).count(), 5);
         assert_eq!(pg.psql("SELECT count(*) FROM outbox").unwrap().trim(), "5");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn store_pg_read_jobs_take_no_lock_and_refuse_writes() {
+        let pg = cluster();
+        let db = Db::start_postgres(&pg.url(), 2).unwrap();
+        db.run(|s| s.save_user(&bare_user("alice", 1000))).await.unwrap();
+        // A login's answer check holds alice's row lock...
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.run(move |s| {
+                    s.user("alice")?;
+                    let _ = locked_tx.send(());
+                    let _ = release_rx.recv();
+                    s.consume_step("alice", 7)
+                })
+                .await
+            })
+        };
+        tokio::task::spawn_blocking(move || locked_rx.recv()).await.unwrap().unwrap();
+        // ...and "what to ask" for her, on the other connection, does not wait for it.
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), db.read(|s| s.user("alice"))).await;
+        release_tx.send(()).unwrap();
+        assert!(read.expect("a read job waited for a row lock").unwrap().is_some());
+        assert!(holder.await.unwrap().unwrap());
+        // A write in a read job is refused and changes nothing.
+        let wrote = db.read(|s| s.consume_step("alice", 8)).await;
+        assert!(wrote.is_err(), "{wrote:?}");
+        assert_eq!(pg.psql("SELECT last_step FROM users WHERE name = 'alice'").unwrap().trim(), "7");
+        // Both connections serve ordinary (locking, writing) jobs afterwards.
+        for step in 9..=12 {
+            assert!(db.run(move |s| s.consume_step("alice", step)).await.unwrap(), "step {step}");
+        }
+        assert_eq!(pg.psql("SELECT last_step FROM users WHERE name = 'alice'").unwrap().trim(), "12");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -5,6 +5,7 @@
 //!   otp-bench [--procs 1,8] [--users 1000,100000] [--logins 4000]
 //!             [--permit-logins 20000] [--modules permit,ga,oath,otp]
 //!             [--repeat 3] [--oath-logins 300] [--email 1000]
+//!             [--fleet sqlite,postgres]
 //!
 //! Every stack holds exactly the module under test. Each measured login is a
 //! distinct enrolled user presenting a valid current code (codes are single
@@ -14,6 +15,13 @@
 //! are bracketed by pam_permit rounds and ratios are taken against the mean
 //! of the two, so a machine that speeds up or slows down during the run
 //! moves baseline and module alike.
+//!
+//! `--fleet sqlite,postgres` adds pam_otp through a fleet (issue 11): the
+//! same module and stack, its socket= an otpd agent that relays every
+//! conversation over TLS 1.3 to one otpd server on SQLite, or on a private
+//! PostgreSQL cluster. Standalone pam_otp is measured in the same run, in
+//! alternating rounds; with --fleet, --modules defaults to permit,otp and
+//! --email to 0.
 //!
 //! Run it from a release build: `cargo build --release && target/release/otp-bench`.
 use common::client::Client;
@@ -53,6 +61,14 @@ enum Module {
     Ga,
     Oath,
     Otp,
+    /// pam_otp -> otpd agent -> otpd server on this store.
+    Fleet(Store),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Store {
+    Sqlite,
+    Postgres,
 }
 
 impl Module {
@@ -62,6 +78,8 @@ impl Module {
             Module::Ga => "google-auth",
             Module::Oath => "pam_oath",
             Module::Otp => "pam_otp",
+            Module::Fleet(Store::Sqlite) => "fleet-sqlite",
+            Module::Fleet(Store::Postgres) => "fleet-pg",
         }
     }
     fn service(self) -> &'static str {
@@ -70,6 +88,8 @@ impl Module {
             Module::Ga => "ga",
             Module::Oath => "oath",
             Module::Otp => "otp",
+            Module::Fleet(Store::Sqlite) => "fleet-sqlite",
+            Module::Fleet(Store::Postgres) => "fleet-pg",
         }
     }
 }
@@ -118,8 +138,17 @@ fn main() {
     let services = dir.join("services");
     std::fs::create_dir_all(&services).unwrap_or_else(|e| panic!("{}: {e}", services.display()));
     let Some(security) = security_dir() else { panic!("no pam_permit.so found: install libpam-modules") };
+    let mut fleet = Vec::new();
+    for f in list(&args, "--fleet", "") {
+        fleet.push(match f.as_str() {
+            "sqlite" => Module::Fleet(Store::Sqlite),
+            "postgres" | "postgresql" | "pg" => Module::Fleet(Store::Postgres),
+            other => panic!("unknown fleet store {other:?} (sqlite, postgres)"),
+        });
+    }
+    let default_modules = if fleet.is_empty() { "permit,ga,oath,otp" } else { "permit,otp" };
     let mut modules = Vec::new();
-    for m in list(&args, "--modules", "permit,ga,oath,otp") {
+    for m in list(&args, "--modules", default_modules) {
         let (module, file) = match m.as_str() {
             "permit" => (Module::Permit, "pam_permit.so"),
             "ga" => (Module::Ga, "pam_google_authenticator.so"),
@@ -136,6 +165,12 @@ fn main() {
     if !modules.contains(&Module::Permit) {
         modules.insert(0, Module::Permit);
     }
+    // Fleet rates are read against standalone pam_otp of the same run.
+    if !fleet.is_empty() && !modules.contains(&Module::Otp) {
+        modules.push(Module::Otp);
+    }
+    let with_fleet = !fleet.is_empty();
+    modules.extend(fleet);
     let bench = Bench {
         bin,
         dir: dir.clone(),
@@ -157,7 +192,7 @@ fn main() {
     for users in numbers(&args, "--users", "1000,100000") {
         summary.extend(bench.run_users(users));
     }
-    let email = numbers(&args, "--email", "1000").first().copied().unwrap_or(0);
+    let email = numbers(&args, "--email", if with_fleet { "0" } else { "1000" }).first().copied().unwrap_or(0);
     if email > 0 {
         bench.email_round(email);
     }
@@ -175,7 +210,9 @@ struct Cell {
     /// The pam_permit rounds around this module's rounds.
     permit: Summary,
     ga: Option<Summary>,
-    rss_kb: Option<u64>,
+    /// Resident memory of the daemons behind the module: otpd for pam_otp,
+    /// server and agent for a fleet.
+    rss_kb: Vec<(&'static str, u64)>,
 }
 
 impl Bench {
@@ -213,7 +250,7 @@ impl Bench {
             v
         };
         let secrets: Vec<(String, Vec<u8>)> = (0..users).map(|i| (format!("b{i}"), random_secret())).collect();
-        let mut otpd = None;
+        let mut daemons: HashMap<Module, Daemons> = HashMap::new();
         let mut files: HashMap<Module, PathBuf> = HashMap::new();
         let mut steps: HashMap<Module, StepBook> = HashMap::new();
         for &m in &self.modules {
@@ -228,7 +265,12 @@ impl Bench {
                 Module::Oath => self.setup_oath(&udir, &secrets),
                 Module::Otp => {
                     let (daemon, list) = self.setup_otp(&udir, &secrets, &measured, &mut book);
-                    otpd = Some(daemon);
+                    daemons.insert(m, Daemons::Standalone(daemon));
+                    list
+                }
+                Module::Fleet(store) => {
+                    let (fleet, list) = self.setup_fleet(store, &udir, &secrets, &measured, &mut book);
+                    daemons.insert(m, Daemons::Fleet(fleet));
                     list
                 }
             };
@@ -264,18 +306,25 @@ impl Bench {
                     }
                 }
             }
-            let rss = otpd.as_ref().map(|d: &Otpd| d.rss_kb());
+            let rss = |m: Module| daemons.get(&m).map(Daemons::rss_kb).unwrap_or_default();
             let summary: Vec<(Module, Summary, Summary)> =
                 results.iter().map(|(m, rs, bs)| (*m, Summary::of(rs), Summary::of(bs))).collect();
             let ga = summary.iter().find(|(m, _, _)| *m == Module::Ga).map(|(_, s, _)| s.clone());
-            print_table(users, p, self.repeat, &summary, ga.as_ref(), rss);
+            let memory: Vec<(Module, Vec<(&'static str, u64)>)> =
+                summary.iter().map(|(m, _, _)| (*m, rss(*m))).filter(|(_, r)| !r.is_empty()).collect();
+            print_table(users, p, self.repeat, &summary, ga.as_ref(), &memory);
             for (m, round, permit) in summary {
-                cells.push(Cell { users, procs: p, module: m, round, permit, ga: ga.clone(), rss_kb: rss });
+                cells.push(Cell { users, procs: p, module: m, round, permit, ga: ga.clone(), rss_kb: rss(m) });
             }
         }
-        if let Some(d) = otpd {
-            println!("otpd resident memory with {users} users enrolled: {} kB", d.rss_kb());
+        for &m in &self.modules {
+            if let Some(d) = daemons.get(&m) {
+                let rss: Vec<String> = d.rss_kb().iter().map(|(what, kb)| format!("{what} {kb} kB")).collect();
+                println!("{} resident memory with {users} users enrolled: {}", m.name(), rss.join(", "));
+            }
         }
+        // Agents before servers, servers before their database.
+        drop(daemons);
         let _ = std::fs::remove_dir_all(&udir);
         cells
     }
@@ -331,19 +380,74 @@ impl Bench {
         book: &mut StepBook,
     ) -> (Otpd, PathBuf) {
         let daemon = Otpd::start(&self.bin, &udir.join("otpd"));
+        let file =
+            self.enroll_otp(Module::Otp, &daemon.pam_socket, &daemon.admin_socket, udir, secrets, measured, book);
+        (daemon, file)
+    }
+
+    /// A fleet: one otpd server (SQLite, or a private PostgreSQL cluster),
+    /// credentials for host bench01 from `otpctl host add`, one otpd agent
+    /// with them, and pam_otp's socket= on the agent. Users are enrolled on
+    /// the server's admin socket and activated through the agent, as
+    /// standalone pam_otp's are.
+    fn setup_fleet(
+        &self,
+        store: Store,
+        udir: &Path,
+        secrets: &[(String, Vec<u8>)],
+        measured: &[usize],
+        book: &mut StepBook,
+    ) -> (Fleet, PathBuf) {
+        let m = Module::Fleet(store);
+        let dir = udir.join(m.service());
+        let pg = match store {
+            Store::Sqlite => None,
+            Store::Postgres => Some(e2e::pg::Cluster::start().unwrap_or_else(|e| panic!("PostgreSQL: {e}"))),
+        };
+        let port = free_port();
+        let fleet = format!("[fleet]\nlisten = [\"127.0.0.1:{port}\"]\nnames = [\"127.0.0.1\"]\n");
+        let server =
+            Otpd::launch(&self.bin, &dir.join("server"), "role = \"server\"\n", pg.as_ref().map(|c| c.url()), &fleet);
+        let bundle = dir.join("bench01.bundle");
+        let out = Command::new(self.bin.join("otpctl"))
+            .arg("--socket")
+            .arg(&server.admin_socket)
+            .args(["host", "add", "bench01", "-o"])
+            .arg(&bundle)
+            .output()
+            .unwrap_or_else(|e| panic!("otpctl: {e}"));
+        assert!(out.status.success(), "otpctl host add: {}", String::from_utf8_lossy(&out.stderr));
+        let agent = Otpd::agent(&self.bin, &dir.join("agent"), &format!("127.0.0.1:{port}"), &bundle);
+        let file = self.enroll_otp(m, &agent.pam_socket, &server.admin_socket, udir, secrets, measured, book);
+        (Fleet { agent, server, _pg: pg }, file)
+    }
+
+    /// pam_otp's stack for module `m` on `pam_socket`; every user enabled
+    /// through `admin`, and the measured ones activated by a first login.
+    #[allow(clippy::too_many_arguments)]
+    fn enroll_otp(
+        &self,
+        m: Module,
+        pam_socket: &Path,
+        admin: &Path,
+        udir: &Path,
+        secrets: &[(String, Vec<u8>)],
+        measured: &[usize],
+        book: &mut StepBook,
+    ) -> PathBuf {
         self.write_service(
-            "otp",
+            m.service(),
             &format!(
                 "auth [success=ok ignore=ignore default=die] {}/libpam_otp.so socket={}",
                 self.bin.display(),
-                daemon.pam_socket.display()
+                pam_socket.display()
             ),
         );
         let names: Vec<String> = secrets.iter().map(|(n, _)| n.clone()).collect();
-        let enrolled = enroll(&daemon.admin_socket, &names);
-        let file = udir.join("otp.users");
+        let enrolled = enroll(admin, &names);
+        let file = udir.join(format!("{}.users", m.service()));
         std::fs::write(&file, enrolled.join("\n")).ok();
-        let activate = udir.join("otp.activate");
+        let activate = udir.join(format!("{}.activate", m.service()));
         let mut pending: Vec<usize> = measured.to_vec();
         // A login that straddles a step boundary presents a code two steps
         // old and is refused; such users are activated again right after.
@@ -351,7 +455,7 @@ impl Bench {
             std::fs::write(&activate, pending.iter().map(|&i| enrolled[i].as_str()).collect::<Vec<_>>().join("\n"))
                 .ok();
             let procs = 8.min(pending.len()).max(1);
-            let r = self.round(Module::Otp, &activate, 0, pending.len(), procs, -1, pending.len());
+            let r = self.round(m, &activate, 0, pending.len(), procs, -1, pending.len());
             for &i in &pending {
                 book.last[i] = book.last[i].max(r.max_step);
             }
@@ -361,8 +465,8 @@ impl Bench {
                 break;
             }
         }
-        assert!(pending.is_empty(), "activating the measured pam_otp users failed: {pending:?}");
-        (daemon, file)
+        assert!(pending.is_empty(), "activating the measured {} users failed: {pending:?}", m.name());
+        file
     }
 
     /// One round: `procs` workers share `count` logins of users
@@ -699,7 +803,7 @@ fn print_table(
     repeat: usize,
     results: &[(Module, Summary, Summary)],
     ga: Option<&Summary>,
-    rss: Option<u64>,
+    memory: &[(Module, Vec<(&'static str, u64)>)],
 ) {
     println!();
     println!("-- {users} users, {procs} process(es): median of {repeat} round(s) per module, p50/p99 over all their logins --");
@@ -767,8 +871,21 @@ fn print_table(
             ratio(r.p99, Some(permit.p99)),
         );
     }
-    if let Some(kb) = rss {
-        println!("otpd resident memory: {kb} kB");
+    // A fleet against standalone pam_otp of this same cell.
+    if let Some((_, otp, _)) = results.iter().find(|(m, _, _)| *m == Module::Otp) {
+        for (m, r, _) in results.iter().filter(|(m, _, _)| matches!(m, Module::Fleet(_))) {
+            println!(
+                "{:<12} / pam_otp standalone: rate {:.3}, p50 {:.3}, p99 {:.3}",
+                m.name(),
+                r.rate / otp.rate,
+                r.p50 / otp.p50,
+                r.p99 / otp.p99
+            );
+        }
+    }
+    for (m, rss) in memory {
+        let rss: Vec<String> = rss.iter().map(|(what, kb)| format!("{what} {kb} kB")).collect();
+        println!("{} resident memory: {}", m.name(), rss.join(", "));
     }
 }
 
@@ -792,11 +909,37 @@ fn print_targets(cells: &[Cell]) {
         let x = c.round.rate / c.permit.rate;
         verdict(x >= 0.25, format!("{} users, P={}: pam_otp {:.3}x pam_permit (target >= 0.25x)", c.users, c.procs, x));
     }
-    let rejected: usize = cells.iter().filter(|c| c.module == Module::Otp).map(|c| c.round.rejected).sum();
-    let replays: usize =
-        cells.iter().filter(|c| c.module == Module::Otp).filter_map(|c| c.round.replays_accepted).sum();
-    verdict(rejected == 0, format!("pam_otp valid logins wrongly rejected: {rejected} (target 0)"));
-    verdict(replays == 0, format!("pam_otp replays accepted: {replays} (target 0)"));
+    // Issue 11: a fleet on PostgreSQL at the highest process count.
+    for c in cells.iter().filter(|c| c.module == Module::Fleet(Store::Postgres) && c.procs == max_procs) {
+        if let Some(otp) = otp(c.users, c.procs) {
+            let x = c.round.rate / otp.round.rate;
+            verdict(
+                x >= 0.5,
+                format!(
+                    "{} users, P={}: fleet on PostgreSQL {x:.3}x standalone pam_otp (target >= 0.5x)",
+                    c.users, c.procs
+                ),
+            );
+        }
+        verdict(
+            c.round.p99 <= 10.0,
+            format!(
+                "{} users, P={}: fleet on PostgreSQL p99 {:.3} ms (target <= 10 ms)",
+                c.users, c.procs, c.round.p99
+            ),
+        );
+    }
+    let mut otp_modules: Vec<Module> =
+        cells.iter().map(|c| c.module).filter(|m| matches!(m, Module::Otp | Module::Fleet(_))).collect();
+    otp_modules.dedup();
+    otp_modules.sort_by_key(|m| m.name());
+    otp_modules.dedup();
+    for m in otp_modules {
+        let rejected: usize = cells.iter().filter(|c| c.module == m).map(|c| c.round.rejected).sum();
+        let replays: usize = cells.iter().filter(|c| c.module == m).filter_map(|c| c.round.replays_accepted).sum();
+        verdict(rejected == 0, format!("{} valid logins wrongly rejected: {rejected} (target 0)", m.name()));
+        verdict(replays == 0, format!("{} replays accepted: {replays} (target 0)", m.name()));
+    }
     let users: Vec<usize> = {
         let mut u: Vec<usize> = cells.iter().map(|c| c.users).collect();
         u.sort_unstable();
@@ -817,7 +960,7 @@ fn print_targets(cells: &[Cell]) {
                     );
                 }
             }
-            if let Some(rss) = otp(big, max_procs).and_then(|c| c.rss_kb) {
+            if let Some(rss) = otp(big, max_procs).and_then(|c| c.rss_kb.first().map(|r| r.1)) {
                 verdict(
                     rss <= 30 * 1024,
                     format!("otpd resident memory with {big} users: {:.1} MB (target <= 30 MB)", rss as f64 / 1024.0),
@@ -895,6 +1038,35 @@ fn enroll(admin: &Path, names: &[String]) -> Vec<String> {
     lines
 }
 
+/// What a pam_otp module's rounds talk to; stopped on drop.
+enum Daemons {
+    Standalone(Otpd),
+    Fleet(Fleet),
+}
+
+impl Daemons {
+    fn rss_kb(&self) -> Vec<(&'static str, u64)> {
+        match self {
+            Daemons::Standalone(d) => vec![("otpd", d.rss_kb())],
+            Daemons::Fleet(f) => vec![("server", f.server.rss_kb()), ("agent", f.agent.rss_kb())],
+        }
+    }
+}
+
+/// Fields drop in order: the agent, the server, then its database.
+struct Fleet {
+    agent: Otpd,
+    server: Otpd,
+    _pg: Option<e2e::pg::Cluster>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
 /// A private otpd in a temp dir, stopped on drop.
 struct Otpd {
     child: Child,
@@ -908,33 +1080,67 @@ impl Otpd {
     }
 
     fn start_with(bin: &Path, dir: &Path, extra: &str) -> Otpd {
+        Otpd::launch(bin, dir, "", None, extra)
+    }
+
+    /// A standalone otpd or a fleet server (`top` holds `role = ...`), on
+    /// SQLite in `dir` or on the PostgreSQL `database`.
+    fn launch(bin: &Path, dir: &Path, top: &str, database: Option<String>, extra: &str) -> Otpd {
         std::fs::create_dir_all(dir.join("state")).ok();
         let pam_socket = dir.join("run/pam.sock");
         let admin_socket = dir.join("run/admin.sock");
-        let config = dir.join("otpd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[daemon]\npam_socket = \"{}\"\nadmin_socket = \"{}\"\ndatabase = \"{d}/state/otpd.db\"\n\
-                 key_file = \"{d}/state/secret.key\"\ndbus = false\n{extra}",
-                pam_socket.display(),
-                admin_socket.display(),
-                d = dir.display()
-            ),
-        )
-        .ok();
+        let database = database.unwrap_or_else(|| format!("{}/state/otpd.db", dir.display()));
+        let config = format!(
+            "{top}[daemon]\npam_socket = \"{}\"\nadmin_socket = \"{}\"\ndatabase = \"{database}\"\n\
+             key_file = \"{d}/state/secret.key\"\ndbus = false\n{extra}",
+            pam_socket.display(),
+            admin_socket.display(),
+            d = dir.display()
+        );
+        Otpd::spawn(bin, dir, &config, &[&admin_socket, &pam_socket], pam_socket.clone(), admin_socket.clone())
+    }
+
+    /// An agent: only a PAM socket, relayed to `server` with `bundle`.
+    fn agent(bin: &Path, dir: &Path, server: &str, bundle: &Path) -> Otpd {
+        std::fs::create_dir_all(dir).ok();
+        let pam_socket = dir.join("run/pam.sock");
+        let config = format!(
+            "role = \"agent\"\n[daemon]\npam_socket = \"{}\"\ndbus = false\n\
+             [fleet]\nservers = [\"{server}\"]\nbundle = \"{}\"\n",
+            pam_socket.display(),
+            bundle.display()
+        );
+        Otpd::spawn(bin, dir, &config, &[&pam_socket], pam_socket.clone(), PathBuf::new())
+    }
+
+    fn spawn(
+        bin: &Path,
+        dir: &Path,
+        config: &str,
+        sockets: &[&Path],
+        pam_socket: PathBuf,
+        admin_socket: PathBuf,
+    ) -> Otpd {
+        let path = dir.join("otpd.toml");
+        std::fs::write(&path, config).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         // Logged as a system service would be: default level, to a file.
-        let log = std::fs::File::create(dir.join("otpd.log")).unwrap_or_else(|e| panic!("otpd log: {e}"));
-        let child = Command::new(bin.join("otpd"))
+        let log_path = dir.join("otpd.log");
+        let log = std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("otpd log: {e}"));
+        let mut child = Command::new(bin.join("otpd"))
             .arg("--config")
-            .arg(&config)
+            .arg(&path)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.join("otpd").display()));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !(admin_socket.exists() && pam_socket.exists()) {
-            assert!(Instant::now() < deadline, "otpd did not start");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !sockets.iter().all(|s| s.exists()) {
+            if Instant::now() >= deadline || matches!(child.try_wait(), Ok(Some(_))) {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                panic!("otpd did not start ({}):\n{log}", path.display());
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         Otpd { child, pam_socket, admin_socket }
