@@ -1348,6 +1348,36 @@ mod tests {
         assert_eq!(after - before, 64);
     }
 
+    /// A HOTP code through the login path on two servers at once: one
+    /// accepted, the counter moved once, every other login a replay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn store_pg_two_servers_one_hotp_login() {
+        use crate::auth::{check_answer, LoginContext, Verdict};
+        let pg = cluster();
+        let dbs = two_servers(&pg);
+        let p = std::sync::Arc::new(policy());
+        let secret = b"12345678901234567890";
+        let h = UserRecord {
+            method: Method::Hotp,
+            secret: Some(p.crypto.seal("hank", secret)),
+            activated_at: Some(1),
+            hotp_counter: Some(3),
+            digits: Some(6),
+            ..bare_user("hank", 9)
+        };
+        dbs[0].run(move |s| s.save_user(&h)).await.unwrap();
+        let code = crate::totp::hotp(secret, 5, 6);
+        let verdicts = race(&dbs, 32, move |s| {
+            let ctx = LoginContext { user: "hank".into(), service: "login".into(), ..Default::default() };
+            check_answer(s, &p, &ctx, &code, 1_700_000_000)
+        })
+        .await;
+        assert_eq!(verdicts.iter().filter(|v| matches!(v, Verdict::Accept { .. })).count(), 1, "{verdicts:?}");
+        assert_eq!(pg.psql("SELECT hotp_counter FROM users WHERE name = 'hank'").unwrap().trim(), "6");
+        let reasons = pg.psql("SELECT reason FROM audit WHERE result = 'deny'").unwrap();
+        assert_eq!(reasons.lines().filter(|r| r.starts_with("code already used")).count(), 63, "{reasons}");
+    }
+
     /// An emailed code checked by 64 logins at once on two servers: one
     /// Valid, the others Used (they may all have read it unused).
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
