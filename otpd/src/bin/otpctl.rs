@@ -194,6 +194,19 @@ fn run(args: Args) -> Result<(), (u8, String)> {
         Cmd::Import(ImportCmd::Oath { file, dry_run }) => {
             let content = std::fs::read_to_string(file)
                 .map_err(|e| (EXIT_INVALID, format!("cannot read {}: {e}", file.display())))?;
+            // One request frame carries the whole file (one transaction).
+            let room = common::codec::MAX_FRAME - 1024;
+            if serde_json::to_string(&content).map_or(usize::MAX, |j| j.len()) > room {
+                return Err((
+                    EXIT_INVALID,
+                    format!(
+                        "{} is {} bytes, too large for one import (about {room} as JSON): split it (each part is \
+                         one transaction)",
+                        file.display(),
+                        content.len()
+                    ),
+                ));
+            }
             (AdminRequest::ImportOath { content, dry_run: *dry_run }, false)
         }
         Cmd::Host(h) => match h {
