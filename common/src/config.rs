@@ -24,6 +24,7 @@ pub struct Config {
     pub role: Role,
     pub daemon: DaemonConfig,
     pub totp: TotpConfig,
+    pub hotp: HotpConfig,
     pub lockout: LockoutConfig,
     pub email: EmailConfig,
     pub smtp: SmtpConfig,
@@ -191,6 +192,22 @@ pub struct TotpConfig {
 impl Default for TotpConfig {
     fn default() -> Self {
         TotpConfig { issuer: "%hostname%".into(), digits: 6, period: 30, algorithm: Algorithm::SHA1, skew: 1 }
+    }
+}
+
+/// `[hotp]`: counter-based codes (RFC 4226), for hardware tokens imported
+/// from pam_oath. Digits come from each user's token (stored with it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HotpConfig {
+    /// Look-ahead: a code for counter c..=c+window is accepted (buttons
+    /// pressed without logging in move the token ahead of the server).
+    pub window: u32,
+}
+
+impl Default for HotpConfig {
+    fn default() -> Self {
+        HotpConfig { window: 10 }
     }
 }
 
@@ -396,6 +413,9 @@ impl Config {
         }
         if self.totp.skew > 10 {
             return bad("totp.skew", format!("{} is out of range (0 to 10 steps)", self.totp.skew));
+        }
+        if self.hotp.window > 100 {
+            return bad("hotp.window", format!("{} is out of range (0 to 100 codes ahead)", self.hotp.window));
         }
         if self.totp.issuer.is_empty() || self.totp.issuer.contains(':') || self.totp.issuer.len() > 64 {
             return bad("totp.issuer", "must be 1 to 64 characters without ':'".into());

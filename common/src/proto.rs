@@ -134,6 +134,8 @@ pub enum OutcomeKind {
 pub enum Method {
     Totp,
     Email,
+    /// RFC 4226 counter-based codes (hardware tokens imported from pam_oath).
+    Hotp,
 }
 
 impl std::fmt::Display for Method {
@@ -141,6 +143,7 @@ impl std::fmt::Display for Method {
         f.write_str(match self {
             Method::Totp => "totp",
             Method::Email => "email",
+            Method::Hotp => "hotp",
         })
     }
 }
@@ -166,6 +169,20 @@ pub enum AdminRequest {
     UserList,
     UserUnlock {
         user: String,
+    },
+    /// A HOTP token that ran ahead of the look-ahead window: two consecutive
+    /// codes from it, found within 1000 counters ahead, move the counter past them.
+    UserResync {
+        user: String,
+        code1: String,
+        code2: String,
+    },
+    /// Imports a pam_oath users file (its text; `otpctl` reads the file).
+    /// All its valid lines in one transaction, or with `dry_run` none.
+    ImportOath {
+        content: String,
+        #[serde(default)]
+        dry_run: bool,
     },
     Audit {
         #[serde(default)]
@@ -357,6 +374,9 @@ pub struct UserInfo {
     pub created_at: i64,
     pub updated_at: i64,
     pub last_login: Option<i64>,
+    /// HOTP users: the next counter the token is expected to show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotp_counter: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

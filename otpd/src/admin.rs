@@ -112,6 +112,7 @@ fn info(u: &UserRecord, now: i64) -> UserInfo {
         created_at: u.created_at,
         updated_at: u.updated_at,
         last_login: u.last_login,
+        hotp_counter: u.hotp_counter.map(|c| c.max(0) as u64),
     }
 }
 
@@ -147,6 +148,7 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
         | AdminRequest::UserReset { user }
         | AdminRequest::UserShow { user }
         | AdminRequest::UserUnlock { user }
+        | AdminRequest::UserResync { user, .. }
         | AdminRequest::UserPasswd { user, .. } => Some(user.clone()),
         _ => None,
     };
@@ -157,6 +159,12 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
     }
     let policy = sh.policy.clone();
     let result = match req {
+        AdminRequest::UserEnable { method: Method::Hotp, .. } => {
+            return err(
+                AdminErrorKind::InvalidInput,
+                "HOTP users come with their token: `otpctl import oath FILE` (a token's secret and counter)",
+            );
+        }
         AdminRequest::UserEnable { user, method, email } => {
             let email = match email.as_deref().map(crate::email::validate_address).transpose() {
                 Ok(e) => e,
@@ -238,6 +246,7 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
                     u.secret = None;
                     u.activated_at = None;
                     u.last_step = None;
+                    u.hotp_counter = None;
                     // The lock guarded the erased secret; a disabled user is not "locked".
                     u.clear_lockout();
                     u.updated_at = now;
@@ -256,6 +265,54 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
                     st.save_user(&u)?;
                     admin_audit(st, &policy.machine, &user, "unlock", &by, now)?;
                     Ok(AdminResponse::User { user: info(&u, now) })
+                })
+                .await
+        }
+        AdminRequest::UserResync { user, code1, code2 } => {
+            sh.db.run(move |st| resync(st, &policy, &by, &user, &code1, &code2, now)).await
+        }
+        AdminRequest::ImportOath { content, dry_run } => {
+            let (entries, problems) = crate::import::parse_oath(&content);
+            let uids: Vec<Option<u32>> = entries.iter().map(|e| account_uid(&e.user)).collect();
+            sh.db
+                .run(move |st| {
+                    let outcomes = crate::import::import(st, &policy, &entries, &uids, dry_run, now)?;
+                    let mut lines = problems.clone();
+                    let (mut imported, mut unchanged, mut skipped) = (0, 0, problems.len());
+                    for (e, o) in entries.iter().zip(&outcomes) {
+                        use crate::import::Outcome;
+                        let what = match e.method {
+                            Method::Hotp => {
+                                format!("hotp, {} digits, counter {}", e.digits, crate::import::next_counter(e))
+                            }
+                            _ => format!("totp, {} digits", e.digits),
+                        };
+                        match o {
+                            Outcome::Imported => {
+                                imported += 1;
+                                let verb = if dry_run { "would be imported" } else { "imported" };
+                                lines.push(format!("line {}: {}: {verb} ({what})", e.line, e.user));
+                                if !dry_run {
+                                    let action = format!("import from pam_oath ({what})");
+                                    admin_audit(st, &policy.machine, &e.user, &action, &by, now)?;
+                                }
+                            }
+                            Outcome::Unchanged => {
+                                unchanged += 1;
+                                lines.push(format!("line {}: {}: already imported, unchanged", e.line, e.user));
+                            }
+                            Outcome::Skipped(why) => {
+                                skipped += 1;
+                                lines.push(format!("line {}: skipped: {why}", e.line));
+                            }
+                        }
+                    }
+                    lines.sort_by_key(|l| {
+                        l.strip_prefix("line ").and_then(|r| r.split(':').next()).and_then(|n| n.parse::<usize>().ok())
+                    });
+                    let tail = if dry_run { " (dry run: nothing was changed)" } else { "" };
+                    lines.push(format!("{imported} imported, {unchanged} unchanged, {skipped} skipped{tail}"));
+                    Ok(AdminResponse::Done { message: lines.join("\n") })
                 })
                 .await
         }
@@ -422,6 +479,62 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
         tracing::error!("admin request failed: {e}");
         err(AdminErrorKind::Internal, format!("the change was not made: {e}"))
     })
+}
+
+/// How far ahead of its counter a token is searched for by `user resync`.
+pub const RESYNC_LOOKAHEAD: u64 = 1000;
+
+/// `otpctl user resync`: two consecutive codes of a HOTP token found within
+/// [`RESYNC_LOOKAHEAD`] after the counter move the counter past them.
+fn resync(
+    st: &mut dyn Store,
+    policy: &auth::Policy,
+    by: &By,
+    user: &str,
+    code1: &str,
+    code2: &str,
+    now: i64,
+) -> Result<AdminResponse, StoreError> {
+    let Some(u) = st.user(user)?.filter(|u| u.enabled) else { return Ok(not_found(user)) };
+    if u.method != Method::Hotp {
+        return Ok(err(
+            AdminErrorKind::InvalidInput,
+            format!("{user} uses {} codes; resync is for HOTP tokens (imported with `otpctl import oath`)", u.method),
+        ));
+    }
+    let digits = u.digits.unwrap_or(6);
+    let ok = |c: &str| c.len() == digits as usize && c.bytes().all(|b| b.is_ascii_digit());
+    if !ok(code1) || !ok(code2) {
+        return Ok(err(
+            AdminErrorKind::InvalidInput,
+            format!("{user}'s token shows {digits}-digit codes; give two consecutive ones"),
+        ));
+    }
+    let (Some(secret), Some(counter)) = (u.secret.as_deref().and_then(|s| policy.crypto.open(user, s)), u.hotp_counter)
+    else {
+        return Ok(err(AdminErrorKind::Internal, format!("{user}'s secret cannot be decrypted (wrong key file?)")));
+    };
+    let from = counter.max(0) as u64;
+    let found = (from..from + RESYNC_LOOKAHEAD).find(|&c| {
+        crate::totp::hotp(&secret, c, digits) == code1 && crate::totp::hotp(&secret, c + 1, digits) == code2
+    });
+    let Some(c) = found else {
+        return Ok(err(
+            AdminErrorKind::InvalidInput,
+            format!(
+                "no two consecutive codes {code1} {code2} within {RESYNC_LOOKAHEAD} after {user}'s counter {from}; \
+                 nothing changed (press the button once between the two codes, nothing else)"
+            ),
+        ));
+    };
+    // Conditional, like a login: a login that moved the counter past
+    // these codes meanwhile wins, and the resync changes nothing.
+    if !st.consume_counter(user, c as i64 + 1)? {
+        return Ok(err(AdminErrorKind::InvalidInput, format!("{user}'s counter moved past these codes meanwhile")));
+    }
+    admin_audit(st, &policy.machine, user, &format!("resync (counter {from} -> {})", c + 2), by, now)?;
+    let u = st.user(user)?.unwrap_or(u);
+    Ok(AdminResponse::User { user: info(&u, now) })
 }
 
 fn not_a_server() -> AdminResponse {

@@ -10,6 +10,8 @@ use common::proto::{Method, MAX_ANSWER_LEN, MAX_USER_LEN};
 /// Everything the core needs besides the store, shared by all connections.
 pub struct Policy {
     pub totp: TotpParams,
+    /// HOTP look-ahead (`[hotp] window`).
+    pub hotp_window: u32,
     pub lockout: LockoutConfig,
     pub issuer: String,
     pub machine: String,
@@ -303,6 +305,14 @@ pub fn plan(
             Some(note),
         ));
     };
+    // Tokens are imported with their counter: there is nothing to scan.
+    if user.method == Method::Hotp {
+        let note = Note::new("hotp", "error", "HOTP record without an activation (import it again)");
+        return Ok((
+            Plan::Refused { message: "Your passcode enrollment is unusable; contact your administrator." },
+            Some(note),
+        ));
+    }
     let plan = Plan::Enroll {
         uri: p.totp.uri(&secret, &p.issuer, &user.name),
         secret_b32: crate::totp::base32(&secret),
@@ -325,7 +335,11 @@ pub fn check_answer(
         return Ok(Verdict::Deny { message: "Passcode not accepted.".into() });
     };
     let email_ok = email_allowed(p, &user);
-    let method = if user.method == Method::Email { "email" } else { "totp" };
+    let method = match user.method {
+        Method::Email => "email",
+        Method::Hotp => "hotp",
+        Method::Totp => "totp",
+    };
     if user.is_locked(now) {
         audit_method(store, p, ctx, now, method, "locked", &locked_reason(&user))?;
         return Ok(Verdict::Locked { until: LockEnd::of(&user, now) });
@@ -339,7 +353,10 @@ pub fn check_answer(
     // Authenticator apps show "123 456": spaces are allowed, nothing else.
     let code: String = answer.chars().filter(|&c| c != ' ').collect();
     let well_formed = answer.len() <= MAX_ANSWER_LEN && !code.is_empty() && code.bytes().all(|b| b.is_ascii_digit());
-    let try_totp = user.method == Method::Totp && well_formed && code.len() == p.totp.digits as usize;
+    // An imported token may show more digits than `totp.digits`.
+    let totp = TotpParams { digits: user.digits.unwrap_or(p.totp.digits), ..p.totp.clone() };
+    let try_totp = user.method == Method::Totp && well_formed && code.len() == totp.digits as usize;
+    let try_hotp = user.method == Method::Hotp && well_formed && Some(code.len() as u32) == user.digits;
     let try_email = email_ok && well_formed && code.len() == p.email.digits as usize;
     user.updated_at = now;
     // A user enabled before the account existed learns its uid from the
@@ -355,7 +372,7 @@ pub fn check_answer(
                 message: "Your passcode enrollment is unusable; contact your administrator.".into(),
             });
         };
-        match p.totp.check(&secret, &code, now, user.last_step) {
+        match totp.check(&secret, &code, now, user.last_step) {
             // Another login (on this or another server) may have taken the
             // step since `user` was read: the database decides who has it.
             Check::Valid { step } if !store.consume_step(&user.name, step)? => failure = Failure::Replayed,
@@ -378,6 +395,39 @@ pub fn check_answer(
             }
             Check::Replayed => failure = Failure::Replayed,
             Check::Wrong => failure = Failure::WrongCode,
+        }
+    }
+    if try_hotp {
+        let (Some(secret), Some(counter)) =
+            (user.secret.as_deref().and_then(|s| p.crypto.open(&user.name, s)), user.hotp_counter)
+        else {
+            audit_method(store, p, ctx, now, "hotp", "error", "stored secret cannot be decrypted (wrong key file?)")?;
+            return Ok(Verdict::Deny {
+                message: "Your passcode enrollment is unusable; contact your administrator.".into(),
+            });
+        };
+        let digits = user.digits.unwrap_or(6);
+        let from = counter.max(0) as u64;
+        match crate::totp::hotp_find(&secret, &code, digits, from, u64::from(p.hotp_window)) {
+            // Another login (on this or another server) may have moved the
+            // counter past this code since `user` was read: the database decides.
+            Some(c) if !store.consume_counter(&user.name, c as i64)? => failure = Failure::Replayed,
+            Some(c) => {
+                // A stale copy must not undo what consume_counter wrote.
+                user.hotp_counter = Some(c as i64 + 1);
+                let reason =
+                    if c == from { "valid code".to_string() } else { format!("valid code ({} ahead)", c - from) };
+                let (failures, locks) = accept(store, p, ctx, &mut user, now, "hotp", &reason)?;
+                return Ok(Verdict::Accept { activated: false, failures, locks });
+            }
+            // The last few codes before the counter: a replay, not a guess at
+            // a new one (still a failure: it counts towards the lock).
+            None if from > 0
+                && crate::totp::hotp_find(&secret, &code, digits, from - from.min(3), from.min(3) - 1).is_some() =>
+            {
+                failure = Failure::Replayed
+            }
+            None => failure = Failure::WrongCode,
         }
     }
     let mut failed_method = method;
@@ -556,6 +606,8 @@ pub fn new_enrollment(p: &Policy, existing: Option<UserRecord>, name: &str, uid:
         updated_at: now,
         password_hash: None,
         last_method: None,
+        hotp_counter: None,
+        digits: None,
     });
     let mut rec = UserRecord {
         uid: uid.or(base.uid),
@@ -565,6 +617,8 @@ pub fn new_enrollment(p: &Policy, existing: Option<UserRecord>, name: &str, uid:
         activated_at: None,
         // A new key makes old codes meaningless; the step counter restarts.
         last_step: None,
+        hotp_counter: None,
+        digits: None,
         updated_at: now,
         ..base
     };
@@ -586,6 +640,7 @@ mod tests {
     fn policy(max_failures: u32) -> Policy {
         Policy {
             totp: TotpParams { algorithm: Algorithm::SHA1, digits: 6, period: 30, skew: 1 },
+            hotp_window: 10,
             lockout: LockoutConfig { max_failures, lock_for: Duration::from_secs(900), max_lock_periods: 4 },
             issuer: "test".into(),
             machine: "m1".into(),
@@ -607,6 +662,39 @@ mod tests {
 
     fn code(p: &Policy, secret: &[u8], t: i64) -> String {
         p.totp.code_at_step(secret, p.totp.step_of(t))
+    }
+
+    /// HOTP: no QR code, a code up to `hotp_window` ahead moves the counter
+    /// past it, a used code is a replay, and failures lock as for TOTP.
+    #[test]
+    fn hotp_window_counter_replay_and_lockout() {
+        let p = policy(3);
+        let mut s = SqliteStore::in_memory().unwrap();
+        let secret = b"12345678901234567890".to_vec();
+        let rec = UserRecord {
+            method: Method::Hotp,
+            secret: Some(p.crypto.seal("hank", &secret)),
+            activated_at: Some(T0),
+            hotp_counter: Some(2),
+            digits: Some(6),
+            ..new_enrollment(&p, None, "hank", None, T0)
+        };
+        s.save_user(&rec).unwrap();
+        let code = |c: u64| crate::totp::hotp(&secret, c, 6);
+        let (planned, _) = plan(&mut s, &p, &mut ctx("hank"), T0).unwrap();
+        assert_eq!(planned, Plan::Ask { email: false, mail_failing: false }, "no QR code for a token");
+        let deny = |s: &mut SqliteStore, c: &str| check_answer(s, &p, &ctx("hank"), c, T0).unwrap();
+        assert_eq!(deny(&mut s, &code(1)), Verdict::Deny { message: Failure::Replayed.message().into() });
+        assert!(matches!(deny(&mut s, &code(7)), Verdict::Accept { failures: 1, .. }), "5 ahead");
+        assert_eq!(s.user("hank").unwrap().unwrap().hotp_counter, Some(8));
+        assert_eq!(deny(&mut s, &code(7)), Verdict::Deny { message: Failure::Replayed.message().into() });
+        assert_eq!(deny(&mut s, &code(8 + 11)), Verdict::Deny { message: Failure::WrongCode.message().into() });
+        assert!(matches!(deny(&mut s, "000000"), Verdict::Locked { .. }));
+        assert!(matches!(deny(&mut s, &code(8)), Verdict::Locked { .. }), "locked even with the right code");
+        assert_eq!(s.user("hank").unwrap().unwrap().hotp_counter, Some(8));
+        let reasons: Vec<String> =
+            s.audit(Some("hank"), None, None, 10).unwrap().into_iter().map(|e| e.method).collect();
+        assert!(reasons.iter().all(|m| m == "hotp"), "{reasons:?}");
     }
 
     #[test]
@@ -748,6 +836,7 @@ mod tests {
     fn with_the_defaults_an_attacker_alone_gets_100_guesses_a_year() {
         let p = Policy {
             totp: (&common::config::TotpConfig::default()).into(),
+            hotp_window: 10,
             lockout: LockoutConfig::default(),
             ..policy(0)
         };

@@ -78,6 +78,22 @@ pub enum Cmd {
     /// Hosts of the fleet (on a server): their credentials and when each was last seen.
     #[command(subcommand)]
     Host(HostCmd),
+    /// Bring users over from another OTP system, already activated with their secrets.
+    #[command(subcommand)]
+    Import(ImportCmd),
+}
+
+#[derive(Subcommand)]
+pub enum ImportCmd {
+    /// pam_oath's users file (/etc/users.oath): HOTP/T30 lines become TOTP users, HOTP lines HOTP
+    /// users with their counter; the code used last cannot be used again. Lines with a PIN, and
+    /// malformed lines, are reported and skipped. One transaction; running it again changes nothing.
+    Oath {
+        file: PathBuf,
+        /// Only report what would be imported.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -142,6 +158,9 @@ pub enum UserCmd {
     List,
     /// Clear a lockout and the failure count.
     Unlock { user: String },
+    /// A HOTP token ran ahead of the look-ahead window: give two consecutive codes from it (found
+    /// within 1000 after the counter); the counter moves past them.
+    Resync { user: String, code1: String, code2: String },
     /// Set the password of USER's otpd-internal account (read from stdin).
     Passwd { user: String },
 }

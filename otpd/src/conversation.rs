@@ -880,6 +880,7 @@ mod tests {
             db,
             policy: Arc::new(Policy {
                 totp: TotpParams { algorithm: Algorithm::SHA1, digits: 6, period: 30, skew: 1 },
+                hotp_window: 10,
                 lockout: LockoutConfig::default(),
                 issuer: "test".into(),
                 machine: "local".into(),

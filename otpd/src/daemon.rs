@@ -291,6 +291,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         db,
         policy: Arc::new(Policy {
             totp: (&config.totp).into(),
+            hotp_window: config.hotp.window,
             lockout: config.lockout.clone(),
             issuer: hostname_issuer(&config.totp.issuer),
             machine: machine.clone(),

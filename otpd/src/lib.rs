@@ -15,6 +15,7 @@ pub mod db;
 pub mod dbus;
 pub mod email;
 pub mod fleet;
+pub mod import;
 pub mod limits;
 pub mod mail;
 pub mod passwd;

@@ -8,7 +8,7 @@ use crate::store::{
     Counts, EmailCode, EmergencyRequest, HostRecord, HostRole, MailCount, MailStats, NewAudit, QueuedMail,
     RequestCount, SessionRecord, Store, StoreError, UserRecord,
 };
-use common::proto::{AuditEntry, Method, RequestStatus};
+use common::proto::{AuditEntry, RequestStatus};
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
 use std::collections::HashMap;
@@ -128,6 +128,13 @@ CREATE TABLE fleet_ca (
 "#,
     r#"
 CREATE INDEX users_by_lower_name ON users (lower(name));
+"#,
+    // HOTP users (RFC 4226 tokens imported from pam_oath).
+    r#"
+ALTER TABLE users DROP CONSTRAINT users_method_check;
+ALTER TABLE users ADD CONSTRAINT users_method_check CHECK (method IN ('totp', 'email', 'hotp'));
+ALTER TABLE users ADD COLUMN hotp_counter BIGINT;
+ALTER TABLE users ADD COLUMN digits BIGINT;
 "#,
 ];
 
@@ -345,7 +352,7 @@ fn user_from_row(r: &Row) -> Result<UserRecord, StoreError> {
     Ok(UserRecord {
         name: r.try_get("name")?,
         uid: opt_u32_of(r.try_get("uid")?, "uid")?,
-        method: if method == "email" { Method::Email } else { Method::Totp },
+        method: crate::store::parse_method(&method),
         enabled: r.try_get("enabled")?,
         email: r.try_get("email")?,
         secret: r.try_get("secret")?,
@@ -361,6 +368,8 @@ fn user_from_row(r: &Row) -> Result<UserRecord, StoreError> {
         updated_at: r.try_get("updated_at")?,
         password_hash: r.try_get("password_hash")?,
         last_method: r.try_get("last_method")?,
+        hotp_counter: r.try_get("hotp_counter")?,
+        digits: opt_u32_of(r.try_get("digits")?, "digits")?,
     })
 }
 
@@ -448,8 +457,8 @@ impl Store for PgStore {
             "INSERT INTO users (name, uid, method, enabled, email, secret, activated_at, last_step,
                                 failures, locked_until, last_login, created_at, updated_at,
                                 password_hash, last_method, lock_periods, failures_since_login,
-                                admin_locked_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+                                admin_locked_at, hotp_counter, digits)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
              ON CONFLICT (name) DO UPDATE SET
                 uid = excluded.uid, method = excluded.method, enabled = excluded.enabled,
                 email = excluded.email, secret = excluded.secret, activated_at = excluded.activated_at,
@@ -461,7 +470,11 @@ impl Store for PgStore {
                 updated_at = excluded.updated_at, password_hash = excluded.password_hash,
                 last_method = excluded.last_method, lock_periods = excluded.lock_periods,
                 failures_since_login = excluded.failures_since_login,
-                admin_locked_at = excluded.admin_locked_at",
+                admin_locked_at = excluded.admin_locked_at,
+                hotp_counter = CASE WHEN excluded.secret IS NOT DISTINCT FROM users.secret
+                                    THEN greatest(users.hotp_counter, excluded.hotp_counter)
+                                    ELSE excluded.hotp_counter END,
+                digits = excluded.digits",
             &[
                 &u.name,
                 &u.uid.map(i64::from),
@@ -481,9 +494,22 @@ impl Store for PgStore {
                 &i64::from(u.lock_periods),
                 &i64::from(u.failures_since_login),
                 &u.admin_locked_at,
+                &u.hotp_counter,
+                &u.digits.map(i64::from),
             ],
         )?;
         Ok(())
+    }
+
+    /// As [`Self::consume_step`]: a concurrent caller waits on the row lock,
+    /// then re-checks the condition against the committed counter.
+    fn consume_counter(&mut self, user: &str, matched: i64) -> Result<bool, StoreError> {
+        let n = self.execute(
+            "UPDATE users SET hotp_counter = $2 + 1
+             WHERE name = $1 AND method = 'hotp' AND hotp_counter IS NOT NULL AND hotp_counter <= $2",
+            &[&user, &matched],
+        )?;
+        Ok(n == 1)
     }
 
     /// The row is updated only if the step is new: a concurrent caller waits
@@ -878,6 +904,7 @@ mod tests {
     use super::*;
     use crate::db::Db;
     use crate::store::SqliteStore;
+    use common::proto::Method;
     use e2e::pg::Cluster;
 
     /// A private PostgreSQL; the test fails (never skips) when it cannot start.
@@ -905,6 +932,8 @@ mod tests {
             updated_at: 20,
             password_hash: Some("$argon2id$x".into()),
             last_method: Some("email".into()),
+            hotp_counter: Some(21),
+            digits: Some(8),
         }
     }
 
@@ -928,6 +957,8 @@ mod tests {
             updated_at: 1,
             password_hash: None,
             last_method: None,
+            hotp_counter: None,
+            digits: None,
         }
     }
 
@@ -997,6 +1028,28 @@ mod tests {
         let reset = UserRecord { secret: Some(vec![9]), last_step: None, ..stale };
         s.save_user(&reset).unwrap();
         assert_eq!(s.user("carol").unwrap().unwrap().last_step, None);
+
+        // consume_counter (HOTP): the counter moves past a used code once, never backwards.
+        let h = UserRecord {
+            method: Method::Hotp,
+            secret: Some(vec![5]),
+            hotp_counter: Some(10),
+            digits: Some(6),
+            ..bare_user("hank", 9)
+        };
+        s.save_user(&h).unwrap();
+        assert_eq!(s.user("hank").unwrap(), Some(h.clone()));
+        assert!(s.consume_counter("hank", 12).unwrap());
+        assert!(!s.consume_counter("hank", 12).unwrap(), "the same code again");
+        assert!(!s.consume_counter("hank", 11).unwrap(), "a code behind the counter");
+        assert!(s.consume_counter("hank", 13).unwrap());
+        assert!(!s.consume_counter("carol", 5).unwrap(), "not a HOTP user");
+        assert!(!s.consume_counter("nobody", 5).unwrap());
+        assert_eq!(s.user("hank").unwrap().unwrap().hotp_counter, Some(14));
+        s.save_user(&h).unwrap();
+        assert_eq!(s.user("hank").unwrap().unwrap().hotp_counter, Some(14), "a stale copy gives no code back");
+        s.save_user(&UserRecord { secret: Some(vec![6]), ..h.clone() }).unwrap();
+        assert_eq!(s.user("hank").unwrap().unwrap().hotp_counter, Some(10), "a new token starts where it says");
         assert!(s.consume_step("carol", 101).unwrap());
 
         // Emailed codes: retiring without used_at only forgets the copy; used once.
@@ -1181,6 +1234,24 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn store_pg_two_servers_one_hotp_counter_one_winner() {
+        let pg = cluster();
+        let dbs = two_servers(&pg);
+        let h = UserRecord { method: Method::Hotp, hotp_counter: Some(5), digits: Some(6), ..bare_user("hank", 9) };
+        dbs[0].run(move |s| s.save_user(&h)).await.unwrap();
+        let won = race(&dbs, 32, |s| {
+            s.user("hank")?;
+            s.consume_counter("hank", 7)
+        })
+        .await;
+        assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+        // Without the row lock first, the conditional update alone still decides.
+        let won = race(&dbs, 32, |s| s.consume_counter("hank", 8)).await;
+        assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+        assert_eq!(pg.psql("SELECT hotp_counter FROM users WHERE name = 'hank'").unwrap().trim(), "9");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn store_pg_two_servers_one_code_one_winner() {
         let pg = cluster();
         let dbs = two_servers(&pg);
@@ -1286,6 +1357,7 @@ mod tests {
         use common::config::{Algorithm, EmailConfig, LockoutConfig};
         crate::auth::Policy {
             totp: crate::totp::TotpParams { algorithm: Algorithm::SHA1, digits: 6, period: 30, skew: 1 },
+            hotp_window: 10,
             lockout: LockoutConfig {
                 max_failures: 1000,
                 lock_for: std::time::Duration::from_secs(900),
@@ -1329,6 +1401,36 @@ mod tests {
         race(&dbs, 32, login(wrong)).await;
         let after = dbs[1].run(|s| s.user("alice")).await.unwrap().unwrap().failures_since_login;
         assert_eq!(after - before, 64);
+    }
+
+    /// A HOTP code through the login path on two servers at once: one
+    /// accepted, the counter moved once, every other login a replay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn store_pg_two_servers_one_hotp_login() {
+        use crate::auth::{check_answer, LoginContext, Verdict};
+        let pg = cluster();
+        let dbs = two_servers(&pg);
+        let p = std::sync::Arc::new(policy());
+        let secret = b"12345678901234567890";
+        let h = UserRecord {
+            method: Method::Hotp,
+            secret: Some(p.crypto.seal("hank", secret)),
+            activated_at: Some(1),
+            hotp_counter: Some(3),
+            digits: Some(6),
+            ..bare_user("hank", 9)
+        };
+        dbs[0].run(move |s| s.save_user(&h)).await.unwrap();
+        let code = crate::totp::hotp(secret, 5, 6);
+        let verdicts = race(&dbs, 32, move |s| {
+            let ctx = LoginContext { user: "hank".into(), service: "login".into(), ..Default::default() };
+            check_answer(s, &p, &ctx, &code, 1_700_000_000)
+        })
+        .await;
+        assert_eq!(verdicts.iter().filter(|v| matches!(v, Verdict::Accept { .. })).count(), 1, "{verdicts:?}");
+        assert_eq!(pg.psql("SELECT hotp_counter FROM users WHERE name = 'hank'").unwrap().trim(), "6");
+        let reasons = pg.psql("SELECT reason FROM audit WHERE result = 'deny'").unwrap();
+        assert_eq!(reasons.lines().filter(|r| r.starts_with("code already used")).count(), 63, "{reasons}");
     }
 
     /// An emailed code checked by 64 logins at once on two servers: one

@@ -109,6 +109,12 @@ pub struct UserRecord {
     pub password_hash: Option<String>,
     /// "totp" or "email": how the last successful login was made.
     pub last_method: Option<String>,
+    /// HOTP: the next counter the token should show; every counter below it
+    /// is used. Never goes back while the secret stays the same.
+    pub hotp_counter: Option<i64>,
+    /// Digits of this user's codes when they are not `totp.digits` (an
+    /// imported token); HOTP users always have them.
+    pub digits: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -265,6 +271,10 @@ pub trait Store {
     /// Records TOTP `step` as used by `user` unless it (or a later step) already
     /// is: true for exactly one caller per step, whatever the interleaving.
     fn consume_step(&mut self, user: &str, step: i64) -> Result<bool, StoreError>;
+    /// HOTP: records that the code for counter `matched` was used, moving the
+    /// counter to `matched + 1`, unless the counter already is past it: true
+    /// for exactly one caller per counter value, whatever the interleaving.
+    fn consume_counter(&mut self, user: &str, matched: i64) -> Result<bool, StoreError>;
     fn users(&mut self) -> Result<Vec<UserRecord>, StoreError>;
     fn add_audit(&mut self, entry: &NewAudit) -> Result<(), StoreError>;
     /// Deletes up to `limit` audit rows, and up to `limit` session records,
@@ -501,6 +511,42 @@ CREATE INDEX audit_by_machine_time ON audit (machine, time);
     r#"
 CREATE INDEX users_by_lower_name ON users (lower(name));
 "#,
+    // HOTP users (RFC 4226 tokens imported from pam_oath): the method's
+    // CHECK changes, which SQLite can only do by rebuilding the table.
+    r#"
+CREATE TABLE users_new (
+    name                 TEXT PRIMARY KEY NOT NULL,
+    uid                  INTEGER,
+    method               TEXT NOT NULL CHECK (method IN ('totp', 'email', 'hotp')),
+    enabled              INTEGER NOT NULL,
+    email                TEXT,
+    secret               BLOB,
+    activated_at         INTEGER,
+    last_step            INTEGER,
+    failures             INTEGER NOT NULL DEFAULT 0,
+    locked_until         INTEGER,
+    last_login           INTEGER,
+    created_at           INTEGER NOT NULL,
+    updated_at           INTEGER NOT NULL,
+    password_hash        TEXT,
+    last_method          TEXT,
+    lock_periods         INTEGER NOT NULL DEFAULT 0,
+    failures_since_login INTEGER NOT NULL DEFAULT 0,
+    admin_locked_at      INTEGER,
+    hotp_counter         INTEGER,
+    digits               INTEGER
+) STRICT, WITHOUT ROWID;
+INSERT INTO users_new (name, uid, method, enabled, email, secret, activated_at, last_step, failures,
+                       locked_until, last_login, created_at, updated_at, password_hash, last_method,
+                       lock_periods, failures_since_login, admin_locked_at)
+    SELECT name, uid, method, enabled, email, secret, activated_at, last_step, failures,
+           locked_until, last_login, created_at, updated_at, password_hash, last_method,
+           lock_periods, failures_since_login, admin_locked_at FROM users;
+DROP TABLE users;
+ALTER TABLE users_new RENAME TO users;
+CREATE INDEX users_by_uid ON users (uid);
+CREATE INDEX users_by_lower_name ON users (lower(name));
+"#,
 ];
 
 pub struct SqliteStore {
@@ -614,12 +660,21 @@ impl SqliteStore {
     }
 }
 
+/// A stored method name (the table's CHECK allows only these).
+pub fn parse_method(s: &str) -> Method {
+    match s {
+        "email" => Method::Email,
+        "hotp" => Method::Hotp,
+        _ => Method::Totp,
+    }
+}
+
 fn user_from_row(r: &Row<'_>) -> rusqlite::Result<UserRecord> {
     let method: String = r.get("method")?;
     Ok(UserRecord {
         name: r.get("name")?,
         uid: r.get("uid")?,
-        method: if method == "email" { Method::Email } else { Method::Totp },
+        method: parse_method(&method),
         enabled: r.get("enabled")?,
         email: r.get("email")?,
         secret: r.get("secret")?,
@@ -635,6 +690,8 @@ fn user_from_row(r: &Row<'_>) -> rusqlite::Result<UserRecord> {
         updated_at: r.get("updated_at")?,
         password_hash: r.get("password_hash")?,
         last_method: r.get("last_method")?,
+        hotp_counter: r.get("hotp_counter")?,
+        digits: r.get("digits")?,
     })
 }
 
@@ -702,8 +759,8 @@ impl Store for SqliteStore {
             "INSERT INTO users (name, uid, method, enabled, email, secret, activated_at, last_step,
                                 failures, locked_until, last_login, created_at, updated_at,
                                 password_hash, last_method, lock_periods, failures_since_login,
-                                admin_locked_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+                                admin_locked_at, hotp_counter, digits)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)
              ON CONFLICT (name) DO UPDATE SET
                 uid = excluded.uid, method = excluded.method, enabled = excluded.enabled,
                 email = excluded.email, secret = excluded.secret, activated_at = excluded.activated_at,
@@ -716,7 +773,12 @@ impl Store for SqliteStore {
                 updated_at = excluded.updated_at, password_hash = excluded.password_hash,
                 last_method = excluded.last_method, lock_periods = excluded.lock_periods,
                 failures_since_login = excluded.failures_since_login,
-                admin_locked_at = excluded.admin_locked_at",
+                admin_locked_at = excluded.admin_locked_at,
+                hotp_counter = CASE WHEN excluded.secret IS users.secret
+                                    THEN max(coalesce(excluded.hotp_counter, users.hotp_counter),
+                                             coalesce(users.hotp_counter, excluded.hotp_counter))
+                                    ELSE excluded.hotp_counter END,
+                digits = excluded.digits",
         )?;
         st.execute(params![
             u.name,
@@ -736,9 +798,22 @@ impl Store for SqliteStore {
             u.last_method,
             u.lock_periods,
             u.failures_since_login,
-            u.admin_locked_at
+            u.admin_locked_at,
+            u.hotp_counter,
+            u.digits
         ])?;
         Ok(())
+    }
+
+    fn consume_counter(&mut self, user: &str, matched: i64) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE users SET hotp_counter = ?2 + 1
+                 WHERE name = ?1 AND method = 'hotp' AND hotp_counter IS NOT NULL AND hotp_counter <= ?2",
+            )?
+            .execute(params![user, matched])?;
+        Ok(n == 1)
     }
 
     fn consume_step(&mut self, user: &str, step: i64) -> Result<bool, StoreError> {
@@ -1163,6 +1238,8 @@ mod tests {
             updated_at: 10,
             password_hash: None,
             last_method: None,
+            hotp_counter: None,
+            digits: None,
         }
     }
 

@@ -88,6 +88,33 @@ impl TotpParams {
     }
 }
 
+/// RFC 4226 §5.3: HMAC-SHA1 over the big-endian counter, dynamic
+/// truncation, `digits` decimal digits (6 to 8) with leading zeros.
+pub fn hotp(secret: &[u8], counter: u64, digits: u32) -> String {
+    use hmac::{Hmac, Mac};
+    // HMAC accepts keys of any length; this cannot fail.
+    let Ok(mut mac) = <Hmac<sha1::Sha1> as Mac>::new_from_slice(secret) else { return String::new() };
+    mac.update(&counter.to_be_bytes());
+    let h = mac.finalize().into_bytes();
+    let offset = (h[19] & 0x0f) as usize;
+    let bin = u32::from_be_bytes([h[offset] & 0x7f, h[offset + 1], h[offset + 2], h[offset + 3]]);
+    let digits = digits.clamp(6, 8);
+    format!("{:0width$}", bin % 10u32.pow(digits), width = digits as usize)
+}
+
+/// The counter in `from..=from+window` whose code is `code`, if any. Every
+/// counter is computed and compared in constant time (as [`TotpParams::check`]).
+pub fn hotp_find(secret: &[u8], code: &str, digits: u32, from: u64, window: u64) -> Option<u64> {
+    let mut matched = None;
+    for c in from..=from.saturating_add(window) {
+        let eq: bool = hotp(secret, c, digits).as_bytes().ct_eq(code.as_bytes()).into();
+        if eq && matched.is_none() {
+            matched = Some(c);
+        }
+    }
+    matched
+}
+
 pub fn base32(secret: &[u8]) -> String {
     data_encoding::BASE32_NOPAD.encode(secret)
 }
@@ -125,6 +152,23 @@ mod tests {
                 assert_eq!(p.code_at_step(seed, p.step_of(t)), want, "{alg:?} at {t}");
             }
         }
+    }
+
+    /// RFC 4226 Appendix D: the secret "12345678901234567890", counters 0 to 9.
+    #[test]
+    fn rfc4226_appendix_d() {
+        let secret = b"12345678901234567890";
+        let want = ["755224", "287082", "359152", "969429", "338314", "254676", "287922", "162583", "399871", "520489"];
+        for (c, w) in want.iter().enumerate() {
+            assert_eq!(hotp(secret, c as u64, 6), *w, "counter {c}");
+        }
+        // Truncated values of the appendix, as 8 digits (the same number mod 10^8).
+        assert_eq!(hotp(secret, 0, 8), "84755224");
+        assert_eq!(hotp(secret, 9, 8), "45520489");
+        assert_eq!(hotp_find(secret, "969429", 6, 0, 10), Some(3));
+        assert_eq!(hotp_find(secret, "969429", 6, 4, 10), None, "behind the counter");
+        assert_eq!(hotp_find(secret, "520489", 6, 0, 8), None, "beyond the window");
+        assert_eq!(hotp_find(secret, "520489", 6, 0, 9), Some(9));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use clap::Parser;
 use common::client::{Client, ClientError};
 use common::config::Config;
 use common::proto::{AdminErrorKind, AdminRequest, AdminResponse, AuditEntry, HostInfo, Method, UserInfo};
-use otpd::cli::{Args, Cmd, HostCmd, MethodArg, RequestCmd, UserCmd};
+use otpd::cli::{Args, Cmd, HostCmd, ImportCmd, MethodArg, RequestCmd, UserCmd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -164,6 +164,9 @@ fn run(args: Args) -> Result<(), (u8, String)> {
             UserCmd::Show { user } => (AdminRequest::UserShow { user: user.clone() }, false),
             UserCmd::List => (AdminRequest::UserList, false),
             UserCmd::Unlock { user } => (AdminRequest::UserUnlock { user: user.clone() }, false),
+            UserCmd::Resync { user, code1, code2 } => {
+                (AdminRequest::UserResync { user: user.clone(), code1: code1.clone(), code2: code2.clone() }, false)
+            }
             UserCmd::Passwd { user } => (
                 AdminRequest::UserPasswd {
                     user: user.clone(),
@@ -188,6 +191,24 @@ fn run(args: Args) -> Result<(), (u8, String)> {
             false,
         ),
         Cmd::Status => (AdminRequest::Status, false),
+        Cmd::Import(ImportCmd::Oath { file, dry_run }) => {
+            let content = std::fs::read_to_string(file)
+                .map_err(|e| (EXIT_INVALID, format!("cannot read {}: {e}", file.display())))?;
+            // One request frame carries the whole file (one transaction).
+            let room = common::codec::MAX_FRAME - 1024;
+            if serde_json::to_string(&content).map_or(usize::MAX, |j| j.len()) > room {
+                return Err((
+                    EXIT_INVALID,
+                    format!(
+                        "{} is {} bytes, too large for one import (about {room} as JSON): split it (each part is \
+                         one transaction)",
+                        file.display(),
+                        content.len()
+                    ),
+                ));
+            }
+            (AdminRequest::ImportOath { content, dry_run: *dry_run }, false)
+        }
         Cmd::Host(h) => match h {
             HostCmd::Add { name, admin, output } => {
                 // Refuse before anything is issued: a bundle must not be lost.
@@ -390,6 +411,9 @@ fn print_user(u: &UserInfo) {
     }
     println!("locks in a row {} since the last login (each lasts twice as long as the one before)", u.lock_periods);
     println!("last login     {}", u.last_login.map(time).unwrap_or_else(|| "never".into()));
+    if let Some(c) = u.hotp_counter {
+        println!("hotp counter   {c} (the next code the token should show)");
+    }
 }
 
 fn print_hosts(hosts: &[HostInfo]) {
