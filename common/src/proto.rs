@@ -180,6 +180,10 @@ pub enum AdminRequest {
         limit: Option<u32>,
     },
     Status,
+    /// Issues USER 10 new single-use recovery codes, replacing any old set.
+    UserRecoveryCodes {
+        user: String,
+    },
     /// Sets the password of the otpd-internal account (`auto_send = "internal"`).
     UserPasswd {
         user: String,
@@ -310,6 +314,12 @@ pub enum AdminResponse {
     Hosts {
         hosts: Vec<HostInfo>,
     },
+    /// `user recovery-codes`: the new codes (`xxxxx-xxxxx`), shown once; only
+    /// their hashes are stored.
+    RecoveryCodes {
+        user: String,
+        codes: Vec<String>,
+    },
     Done {
         message: String,
     },
@@ -357,6 +367,9 @@ pub struct UserInfo {
     pub created_at: i64,
     pub updated_at: i64,
     pub last_login: Option<i64>,
+    /// Unused recovery codes (`user show` only; absent in lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_codes_left: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

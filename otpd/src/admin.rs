@@ -112,6 +112,7 @@ fn info(u: &UserRecord, now: i64) -> UserInfo {
         created_at: u.created_at,
         updated_at: u.updated_at,
         last_login: u.last_login,
+        recovery_codes_left: None,
     }
 }
 
@@ -147,6 +148,7 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
         | AdminRequest::UserReset { user }
         | AdminRequest::UserShow { user }
         | AdminRequest::UserUnlock { user }
+        | AdminRequest::UserRecoveryCodes { user }
         | AdminRequest::UserPasswd { user, .. } => Some(user.clone()),
         _ => None,
     };
@@ -242,6 +244,8 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
                     u.clear_lockout();
                     u.updated_at = now;
                     st.save_user(&u)?;
+                    // Recovery codes stand in for the secret: erased with it.
+                    st.set_recovery_codes(&user, &[], &[])?;
                     admin_audit(st, &policy.machine, &user, "disable", &by, now)?;
                     Ok(AdminResponse::User { user: info(&u, now) })
                 })
@@ -262,9 +266,10 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
         AdminRequest::UserShow { user } => {
             sh.db
                 .run(move |st| {
-                    Ok(st
-                        .user(&user)?
-                        .map_or_else(|| not_found(&user), |u| AdminResponse::User { user: info(&u, now) }))
+                    let Some(u) = st.user(&user)? else { return Ok(not_found(&user)) };
+                    let mut shown = info(&u, now);
+                    shown.recovery_codes_left = Some(st.recovery_codes_left(&u.name)?);
+                    Ok(AdminResponse::User { user: shown })
                 })
                 .await
         }
@@ -278,6 +283,24 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
             sh.db
                 .run(move |st| {
                     Ok(AdminResponse::Audit { entries: st.audit(user.as_deref(), host.as_deref(), since, limit)? })
+                })
+                .await
+        }
+        AdminRequest::UserRecoveryCodes { user } => {
+            // Ten argon2id hashes: slow on purpose, so off the database thread.
+            let (codes, salt, hashes) = match tokio::task::spawn_blocking(crate::recovery::new_set).await {
+                Ok(Ok(set)) => set,
+                _ => return err(AdminErrorKind::Internal, "generating recovery codes failed"),
+            };
+            sh.db
+                .run(move |st| {
+                    let Some(u) = st.user(&user)?.filter(|u| u.enabled) else {
+                        return Ok(not_found(&user));
+                    };
+                    st.set_recovery_codes(&u.name, &salt, &hashes)?;
+                    admin_audit(st, &policy.machine, &u.name, "recovery-codes (new set)", &by, now)?;
+                    let codes = codes.iter().map(|c| crate::recovery::display(c)).collect();
+                    Ok(AdminResponse::RecoveryCodes { user: u.name, codes })
                 })
                 .await
         }

@@ -105,6 +105,12 @@ pub enum Verdict {
         failures: u32,
         locks: u32,
     },
+    /// A recovery code was accepted (and used up); `left`: how many remain.
+    Recovered {
+        failures: u32,
+        locks: u32,
+        left: u64,
+    },
     Deny {
         message: String,
     },
@@ -320,6 +326,21 @@ pub fn check_answer(
     answer: &str,
     now: i64,
 ) -> Result<Verdict, StoreError> {
+    check_answer_with(store, p, ctx, answer, None, now)
+}
+
+/// [`check_answer`] with the argon2id hash of a recovery-code-shaped
+/// answer under the user's recovery salt ([`crate::recovery::hash`]),
+/// computed by the caller off the database thread. An answer of that shape
+/// without a hash is a wrong recovery code.
+pub fn check_answer_with(
+    store: &mut dyn Store,
+    p: &Policy,
+    ctx: &LoginContext,
+    answer: &str,
+    recovery_hash: Option<&[u8]>,
+    now: i64,
+) -> Result<Verdict, StoreError> {
     let Some(mut user) = store.user(&ctx.user)?.filter(|u| u.enabled) else {
         audit(store, p, ctx, now, "deny", "user was disabled during the login")?;
         return Ok(Verdict::Deny { message: "Passcode not accepted.".into() });
@@ -381,6 +402,18 @@ pub fn check_answer(
         }
     }
     let mut failed_method = method;
+    if answer.len() <= MAX_ANSWER_LEN && crate::recovery::normalize(answer).is_some() {
+        failed_method = "recovery";
+        failure = Failure::WrongRecovery;
+        if let Some(hash) = recovery_hash {
+            if store.use_recovery_code(&user.name, hash)? {
+                let left = store.recovery_codes_left(&user.name)?;
+                let why = format!("valid recovery code, {left} left");
+                let (failures, locks) = accept(store, p, ctx, &mut user, now, "recovery", &why)?;
+                return Ok(Verdict::Recovered { failures, locks, left });
+            }
+        }
+    }
     // A replayed TOTP code is not also tried as an emailed code.
     if try_email && !(try_totp && failure == Failure::Replayed) {
         failed_method = "email";
@@ -448,6 +481,8 @@ enum Failure {
     Replayed,
     /// An emailed code that did not work (never `Valid`).
     Email(crate::email::CodeCheck),
+    /// Shaped like a recovery code, but not one of the user's unused ones.
+    WrongRecovery,
 }
 
 impl Failure {
@@ -458,6 +493,7 @@ impl Failure {
             Failure::Malformed { .. } => "malformed answer",
             Failure::WrongCode => "wrong code",
             Failure::Replayed => "code already used",
+            Failure::WrongRecovery => "wrong or used recovery code",
             Failure::Email(C::Wrong | C::Valid) => "wrong emailed code",
             Failure::Email(C::Expired) => "emailed code expired",
             Failure::Email(C::Used) => "emailed code already used",
@@ -474,6 +510,7 @@ impl Failure {
             Failure::Malformed { email_ok: false } => "A passcode is a number of exactly the digits your app shows.",
             Failure::WrongCode => "Wrong passcode.",
             Failure::Replayed => "That passcode was already used; wait for the next one.",
+            Failure::WrongRecovery => "Wrong or already used recovery code.",
             Failure::Email(C::Wrong | C::Valid) => "Wrong code.",
             Failure::Email(C::Expired) => "That code has expired; press Enter to get a new one.",
             Failure::Email(C::Used) => "That code was already used.",
@@ -644,6 +681,57 @@ mod tests {
         assert!(results
             .contains(&"enrollment activated; 1 failed attempt(s) and 0 lock(s) since the previous login".to_string()));
         assert!(results.contains(&"code already used".to_string()));
+    }
+
+    /// A recovery code, checked as the conversation does: hashed under the
+    /// stored salt first, then decided in the transaction.
+    fn recover(s: &mut SqliteStore, p: &Policy, user: &str, answer: &str, t: i64) -> Verdict {
+        let salt = s.recovery_salt(user).unwrap().unwrap_or_else(crate::recovery::new_salt);
+        let hash = crate::recovery::normalize(answer).map(|c| crate::recovery::hash(&salt, &c).unwrap());
+        check_answer_with(s, p, &ctx(user), answer, hash.as_deref(), t).unwrap()
+    }
+
+    #[test]
+    fn recovery_codes_work_once_count_down_and_share_the_lockout() {
+        let p = policy(3);
+        let mut s = SqliteStore::in_memory().unwrap();
+        let secret = enroll(&mut s, &p, "rita", None);
+        let c = code(&p, &secret, T0);
+        assert!(matches!(check_answer(&mut s, &p, &ctx("rita"), &c, T0).unwrap(), Verdict::Accept { .. }));
+        let (codes, salt, hashes) = crate::recovery::new_set().unwrap();
+        s.set_recovery_codes("rita", &salt, &hashes).unwrap();
+        // Shown with a dash, typed in capitals: accepted once.
+        let typed = crate::recovery::display(&codes[0]).to_uppercase();
+        assert_eq!(recover(&mut s, &p, "rita", &typed, T0 + 60), Verdict::Recovered { failures: 0, locks: 0, left: 9 });
+        assert!(matches!(recover(&mut s, &p, "rita", &typed, T0 + 61), Verdict::Deny { .. }), "used once");
+        assert_eq!(
+            recover(&mut s, &p, "rita", &codes[1], T0 + 62),
+            Verdict::Recovered { failures: 1, locks: 0, left: 8 }
+        );
+        assert_eq!(s.user("rita").unwrap().unwrap().last_method.as_deref(), Some("recovery"));
+        // Without the hash (as if computed under the wrong salt) the answer is a wrong code.
+        assert!(matches!(check_answer(&mut s, &p, &ctx("rita"), &codes[2], T0 + 63).unwrap(), Verdict::Deny { .. }));
+        // Wrong codes lock the account like wrong passcodes; then even a good code is refused.
+        assert!(matches!(recover(&mut s, &p, "rita", "aaaaa-aaaaa", T0 + 64), Verdict::Deny { .. }));
+        assert!(matches!(recover(&mut s, &p, "rita", "bbbbbbbbbb", T0 + 65), Verdict::Locked { .. }));
+        assert!(matches!(recover(&mut s, &p, "rita", &codes[2], T0 + 66), Verdict::Locked { .. }));
+        assert_eq!(s.recovery_codes_left("rita").unwrap(), 8, "a locked account uses no code");
+        assert_eq!(
+            recover(&mut s, &p, "rita", &codes[2], T0 + 2000),
+            Verdict::Recovered { failures: 3, locks: 1, left: 7 }
+        );
+        let audit = s.audit(Some("rita"), None, None, 100).unwrap();
+        assert!(audit.iter().any(|e| e.method == "recovery" && e.result == "accept"));
+        assert!(audit.iter().any(|e| e.method == "recovery" && e.result == "locked"));
+        for e in &audit {
+            for c in &codes {
+                assert!(!e.reason.contains(c.as_str()), "a code in the audit: {}", e.reason);
+            }
+        }
+        // A user without codes: any code-shaped answer is a wrong one.
+        enroll(&mut s, &p, "sam", None);
+        assert!(matches!(recover(&mut s, &p, "sam", &codes[5], T0), Verdict::Deny { .. }));
+        assert_eq!(s.user("sam").unwrap().unwrap().failures, 1);
     }
 
     #[test]

@@ -144,6 +144,8 @@ pub enum UserCmd {
     Unlock { user: String },
     /// Set the password of USER's otpd-internal account (read from stdin).
     Passwd { user: String },
+    /// Print 10 new single-use recovery codes for USER (shown once), replacing any old ones.
+    RecoveryCodes { user: String },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

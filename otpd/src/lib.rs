@@ -21,6 +21,7 @@ pub mod passwd;
 pub mod pgstore;
 pub mod pki;
 pub mod qr;
+pub mod recovery;
 pub mod retention;
 pub mod server;
 pub mod store;

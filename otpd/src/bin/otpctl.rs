@@ -164,6 +164,7 @@ fn run(args: Args) -> Result<(), (u8, String)> {
             UserCmd::Show { user } => (AdminRequest::UserShow { user: user.clone() }, false),
             UserCmd::List => (AdminRequest::UserList, false),
             UserCmd::Unlock { user } => (AdminRequest::UserUnlock { user: user.clone() }, false),
+            UserCmd::RecoveryCodes { user } => (AdminRequest::UserRecoveryCodes { user: user.clone() }, false),
             UserCmd::Passwd { user } => (
                 AdminRequest::UserPasswd {
                     user: user.clone(),
@@ -275,6 +276,16 @@ fn run(args: Args) -> Result<(), (u8, String)> {
             }
         }
         AdminResponse::Done { message } => println!("{message}"),
+        AdminResponse::RecoveryCodes { user, codes } => {
+            for c in &codes {
+                println!("{c}");
+            }
+            eprintln!(
+                "otpctl: {} new recovery codes for {user}, each usable once at the passcode prompt; \
+                 they are shown only now (any older ones no longer work)",
+                codes.len()
+            );
+        }
         AdminResponse::Hosts { hosts } => print_hosts(&hosts),
         // Written above, before any JSON rendering.
         AdminResponse::HostBundle { .. } => {}
@@ -390,6 +401,9 @@ fn print_user(u: &UserInfo) {
     }
     println!("locks in a row {} since the last login (each lasts twice as long as the one before)", u.lock_periods);
     println!("last login     {}", u.last_login.map(time).unwrap_or_else(|| "never".into()));
+    if let Some(n) = u.recovery_codes_left {
+        println!("recovery codes {n} left");
+    }
 }
 
 fn print_hosts(hosts: &[HostInfo]) {
