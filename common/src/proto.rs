@@ -184,6 +184,13 @@ pub enum AdminRequest {
     UserRecoveryCodes {
         user: String,
     },
+    /// Accounts read by otpctl from google-authenticator files, imported in
+    /// one transaction (nothing written with `dry_run`).
+    ImportTotp {
+        accounts: Vec<ImportAccount>,
+        #[serde(default)]
+        dry_run: bool,
+    },
     /// Sets the password of the otpd-internal account (`auto_send = "internal"`).
     UserPasswd {
         user: String,
@@ -314,6 +321,10 @@ pub enum AdminResponse {
     Hosts {
         hosts: Vec<HostInfo>,
     },
+    /// `import`: what happened to each account, in order.
+    Imported {
+        results: Vec<ImportResult>,
+    },
     /// `user recovery-codes`: the new codes (`xxxxx-xxxxx`), shown once; only
     /// their hashes are stored.
     RecoveryCodes {
@@ -370,6 +381,31 @@ pub struct UserInfo {
     /// Unused recovery codes (`user show` only; absent in lists).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_codes_left: Option<u64>,
+}
+
+/// One account to import (`otpctl import google-authenticator`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportAccount {
+    pub user: String,
+    /// The account's uid, as otpctl resolved it.
+    pub uid: Option<u32>,
+    /// Base32 without padding.
+    pub secret_b32: String,
+    /// Seconds per TOTP step in the file (STEP_SIZE, default 30).
+    pub step_size: u32,
+    /// Highest step used under the old module (DISALLOW_REUSE).
+    pub last_step: Option<i64>,
+    /// 8-digit emergency scratch codes, to become recovery codes.
+    pub scratch_codes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportResult {
+    pub user: String,
+    /// "imported", "would import", "unchanged" or "skipped".
+    pub outcome: String,
+    pub detail: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

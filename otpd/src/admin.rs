@@ -17,15 +17,18 @@ pub async fn connection(mut s: Conn, sh: &Shared) {
         let _ = s.write_msg(&resp, sh.io_timeout).await;
         return;
     }
-    let req: AdminRequest = match s.read_msg(sh.io_timeout, sh.io_timeout).await {
-        Ok(r) => r,
-        Err(e) => {
-            let resp =
-                AdminResponse::Error { kind: AdminErrorKind::InvalidInput, message: format!("bad request: {e}") };
-            let _ = s.write_msg(&resp, sh.io_timeout).await;
-            return;
-        }
-    };
+    // An authorized admin may send large requests (an import is one request).
+    let limit = common::codec::MAX_ADMIN_RESPONSE;
+    let req: AdminRequest =
+        match s.read_msg_limited(sh.io_timeout, sh.io_timeout.max(std::time::Duration::from_secs(30)), limit).await {
+            Ok(r) => r,
+            Err(e) => {
+                let resp =
+                    AdminResponse::Error { kind: AdminErrorKind::InvalidInput, message: format!("bad request: {e}") };
+                let _ = s.write_msg(&resp, sh.io_timeout).await;
+                return;
+            }
+        };
     let resp = handle(req, &By::Uid(uid), sh).await;
     // The admin client may be slow to read a large answer.
     let timeout = sh.io_timeout.max(std::time::Duration::from_secs(30));
@@ -301,6 +304,31 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
                     admin_audit(st, &policy.machine, &u.name, "recovery-codes (new set)", &by, now)?;
                     let codes = codes.iter().map(|c| crate::recovery::display(c)).collect();
                     Ok(AdminResponse::RecoveryCodes { user: u.name, codes })
+                })
+                .await
+        }
+        AdminRequest::ImportTotp { accounts, dry_run } => {
+            // Scratch codes are argon2id hashes: prepared off the database thread.
+            let p = policy.clone();
+            let prepared = tokio::task::spawn_blocking(move || {
+                accounts.into_iter().map(|a| crate::import::prepare(&p, a)).collect::<Vec<_>>()
+            })
+            .await;
+            let Ok(prepared) = prepared else { return err(AdminErrorKind::Internal, "preparing the import failed") };
+            let mut skipped = Vec::new();
+            let mut ready = Vec::new();
+            for r in prepared {
+                match r {
+                    Ok(a) => ready.push(a),
+                    Err(s) => skipped.push(s),
+                }
+            }
+            let by = by.to_string();
+            sh.db
+                .run(move |st| {
+                    let mut results = skipped;
+                    results.extend(crate::import::import(st, &policy, ready, dry_run, &by, now)?);
+                    Ok(AdminResponse::Imported { results })
                 })
                 .await
         }

@@ -427,6 +427,18 @@ pub fn check_answer_with(
             other => Failure::Email(other),
         };
     }
+    // Imported scratch codes are 8 digits, like 8-digit TOTP or emailed
+    // codes: those were tried first, so a code that is one of them is never
+    // spent as a scratch code. The caller hashed the answer only if the
+    // user has recovery codes.
+    if let (Some(hash), Some(_)) = (recovery_hash, crate::recovery::scratch_shape(answer)) {
+        if answer.len() <= MAX_ANSWER_LEN && store.use_recovery_code(&user.name, hash)? {
+            let left = store.recovery_codes_left(&user.name)?;
+            let why = format!("valid recovery (scratch) code, {left} left");
+            let (failures, locks) = accept(store, p, ctx, &mut user, now, "recovery", &why)?;
+            return Ok(Verdict::Recovered { failures, locks, left });
+        }
+    }
     let (reason, message) = (failure.reason(), failure.message());
     user.failures = user.failures.saturating_add(1);
     user.failures_since_login = user.failures_since_login.saturating_add(1);

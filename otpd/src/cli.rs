@@ -75,9 +75,28 @@ pub enum Cmd {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// Import enrollments from another OTP system.
+    #[command(subcommand)]
+    Import(ImportCmd),
     /// Hosts of the fleet (on a server): their credentials and when each was last seen.
     #[command(subcommand)]
     Host(HostCmd),
+}
+
+#[derive(Subcommand)]
+pub enum ImportCmd {
+    /// Import ~/.google_authenticator files (TOTP) as activated users with the same secret, in one
+    /// transaction; scratch codes become recovery codes. Default: every local user's file (NSS).
+    GoogleAuthenticator {
+        /// Files to import: PATH (the account of its owner) or USER=PATH.
+        paths: Vec<String>,
+        /// Say what would happen per user; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Delete each imported file, once the import is committed.
+        #[arg(long)]
+        remove_files: bool,
+    },
 }
 
 #[derive(Subcommand)]

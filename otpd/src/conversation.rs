@@ -457,7 +457,10 @@ async fn recovery_hash(sh: &Shared, user: &str, answer: &str) -> Option<Vec<u8>>
     if answer.len() > common::proto::MAX_ANSWER_LEN {
         return None;
     }
-    let code = crate::recovery::normalize(answer)?;
+    let (code, scratch) = match crate::recovery::normalize(answer) {
+        Some(code) => (code, false),
+        None => (crate::recovery::scratch_shape(answer)?, true),
+    };
     let salt = match &sh.reader {
         Some(reader) => {
             let mut reader = reader.lock().unwrap_or_else(|e| e.into_inner());
@@ -470,6 +473,9 @@ async fn recovery_hash(sh: &Shared, user: &str, answer: &str) -> Option<Vec<u8>>
     };
     let salt = match salt {
         Ok(Some(salt)) => salt,
+        // An 8-digit answer is a TOTP or emailed code for most users: only
+        // users with codes pay for the hash.
+        Ok(None) if scratch => return None,
         Ok(None) => crate::recovery::new_salt(),
         Err(e) => {
             tracing::error!("cannot read the recovery codes of {user}: {e}");

@@ -14,6 +14,8 @@ pub mod daemon;
 pub mod db;
 pub mod dbus;
 pub mod email;
+pub mod gauth;
+pub mod import;
 pub mod fleet;
 pub mod limits;
 pub mod mail;

@@ -35,6 +35,13 @@ pub fn normalize(answer: &str) -> Option<String> {
     s.bytes().all(|b| ALPHABET.contains(&b)).then_some(s)
 }
 
+/// An imported google-authenticator scratch code (8 digits, no leading
+/// zero), spaces ignored. Only tried after TOTP and emailed codes.
+pub fn scratch_shape(answer: &str) -> Option<String> {
+    let s: String = answer.trim().chars().filter(|&c| c != ' ').collect();
+    (s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit()) && !s.starts_with('0')).then_some(s)
+}
+
 /// How a code is shown to the admin: `xxxxx-xxxxx`.
 pub fn display(code: &str) -> String {
     if code.len() == LEN {
