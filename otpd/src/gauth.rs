@@ -40,13 +40,22 @@ fn num<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, String> {
     s.parse().map_err(|_| format!("{what}: {s:?} is out of range"))
 }
 
+/// Base32 as pam_google_authenticator decodes it: unused trailing bits of
+/// the last character are ignored (a hand-written secret may set them).
+fn lenient_base32() -> data_encoding::Encoding {
+    let mut spec = data_encoding::Specification::new();
+    spec.symbols.push_str("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567");
+    spec.check_trailing_bits = false;
+    spec.encoding().unwrap_or_else(|_| data_encoding::BASE32_NOPAD.clone())
+}
+
 pub fn parse(text: &str) -> Result<GaFile, String> {
     let mut lines = text.lines();
     let first = lines.next().unwrap_or("").trim();
     if first.is_empty() {
         return Err("no secret on the first line".into());
     }
-    let secret = data_encoding::BASE32_NOPAD
+    let secret = lenient_base32()
         .decode(first.to_ascii_uppercase().trim_end_matches('=').as_bytes())
         .map_err(|_| "the first line is not a base32 secret".to_string())?;
     if secret.len() < 10 {
@@ -173,6 +182,8 @@ mod tests {
         assert_eq!(f.last_step, Some(56666667));
         assert_eq!(f.scratch_codes, ["33994678", "19312535"]);
         assert_eq!(f.secret.len(), 16);
+        // Trailing bits set in the last character: read as the module reads it.
+        assert_eq!(parse("HNZC5YSDIE7NXRUMF7LXGYJWBB\n\" TOTP_AUTH\n").unwrap().secret, f.secret);
         let hotp = parse("TLJRHL2XNHILFMDTXWZSZD3FHQ\n\" HOTP_COUNTER 1\n27725580\n").unwrap();
         assert!(!hotp.totp);
         assert_eq!(hotp.hotp_counter, Some(1));

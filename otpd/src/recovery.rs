@@ -44,7 +44,7 @@ pub fn scratch_shape(answer: &str) -> Option<String> {
 
 /// How a code is shown to the admin: `xxxxx-xxxxx`.
 pub fn display(code: &str) -> String {
-    if code.len() == LEN {
+    if code.len() == LEN && code.is_ascii() {
         format!("{}-{}", &code[..5], &code[5..])
     } else {
         code.to_string()

@@ -199,3 +199,36 @@ fn google_authenticator_files_import_once_with_their_secret_last_step_and_scratc
     assert!(!acc.file(1).exists() && !acc.file(2).exists());
     assert!(acc.file(3).exists() && acc.file(4).exists() && acc.file(5).exists());
 }
+
+/// 700 files are one admin request over 64 KiB, imported in one transaction.
+#[test]
+fn many_files_are_one_request_and_one_transaction() {
+    let fx = Fixture::start("");
+    let etc = fx.path("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    let mut passwd = format!("root:x:0:0:root:{}:/bin/sh\n", fx.path("roothome").display());
+    let mut args = Vec::new();
+    for n in 0..700u32 {
+        let (name, id) = (format!("bulk{n}"), 24000 + n);
+        passwd += &format!("{name}:x:{id}:{id}::/nonexistent:/bin/sh\n");
+        let file = fx.path(&format!("ga-{n}"));
+        // The format google-authenticator writes, without scratch codes (no slow hashes).
+        let digits: String = format!("{n:016}").bytes().map(|b| (b - b'0' + b'A') as char).collect();
+        let secret = format!("JBSWY3DPEHPK3PXP{digits}");
+        std::fs::write(&file, format!("{secret}\n\" TOTP_AUTH\n\" DISALLOW_REUSE\n")).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        chown_to(&file, id);
+        args.push(format!("{name}={}", file.display()));
+    }
+    std::fs::write(etc.join("passwd"), passwd).unwrap();
+    std::fs::write(etc.join("group"), "root:x:0:\n").unwrap();
+    let acc = Accounts { etc, home: fx.path("home") };
+    let mut argv = vec!["import", "google-authenticator"];
+    argv.extend(args.iter().map(String::as_str));
+    let out = acc.otpctl(&fx, &argv);
+    assert_eq!(out.code, 0, "{}", out.out);
+    assert!(out.out.contains("700 imported, 0 skipped"), "{}", out.out.lines().last().unwrap_or(""));
+    assert_eq!(fx.show("bulk699")["user"]["activated"], true);
+    let again = acc.otpctl(&fx, &argv);
+    assert!(again.out.contains("700 unchanged, 0 skipped"), "{}", again.out.lines().last().unwrap_or(""));
+}
