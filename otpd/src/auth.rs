@@ -746,6 +746,34 @@ mod tests {
         assert_eq!(s.user("sam").unwrap().unwrap().failures, 1);
     }
 
+    /// Imported scratch codes are 8 digits like emailed codes: the emailed
+    /// code is checked first, then the scratch code.
+    #[test]
+    fn scratch_codes_are_tried_after_emailed_codes() {
+        let p = Policy {
+            email: EmailConfig { enabled: true, fallback: true, digits: 8, ..EmailConfig::default() },
+            ..policy(10)
+        };
+        let mut s = SqliteStore::in_memory().unwrap();
+        let secret = enroll(&mut s, &p, "sid", None);
+        assert!(matches!(
+            check_answer(&mut s, &p, &ctx("sid"), &code(&p, &secret, T0), T0).unwrap(),
+            Verdict::Accept { .. }
+        ));
+        let salt = crate::recovery::new_salt();
+        let hashes = vec![crate::recovery::hash(&salt, "12345678").unwrap()];
+        s.set_recovery_codes("sid", &salt, &hashes).unwrap();
+        let attempt = |s: &mut SqliteStore, answer: &str| {
+            let hash = crate::recovery::scratch_shape(answer).map(|c| crate::recovery::hash(&salt, &c).unwrap());
+            check_answer_with(s, &p, &ctx("sid"), answer, hash.as_deref(), T0 + 60).unwrap()
+        };
+        assert!(matches!(attempt(&mut s, "87654321"), Verdict::Deny { .. }));
+        assert_eq!(attempt(&mut s, "1234 5678"), Verdict::Recovered { failures: 1, locks: 0, left: 0 });
+        assert!(matches!(attempt(&mut s, "12345678"), Verdict::Deny { .. }), "used once");
+        let audit = s.audit(Some("sid"), None, None, 10).unwrap();
+        assert!(audit.iter().any(|e| e.method == "recovery" && e.result == "accept" && !e.reason.contains("12345678")));
+    }
+
     #[test]
     fn odd_answers_are_failures() {
         let p = policy(100);

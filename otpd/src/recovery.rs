@@ -84,8 +84,11 @@ pub fn hash(salt: &[u8], code: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// A new set: the codes to show once, the salt and the hashes to store.
-pub fn new_set() -> Result<(Vec<String>, Vec<u8>, Vec<Vec<u8>>), String> {
+/// The codes to show once, the salt and the hashes to store.
+pub type NewSet = (Vec<String>, Vec<u8>, Vec<Vec<u8>>);
+
+/// A new set of [`COUNT`] distinct codes under a new salt.
+pub fn new_set() -> Result<NewSet, String> {
     let salt = new_salt();
     let mut codes: Vec<String> = Vec::with_capacity(COUNT);
     while codes.len() < COUNT {
