@@ -311,7 +311,7 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
             // Scratch codes are argon2id hashes: prepared off the database thread.
             let p = policy.clone();
             let prepared = tokio::task::spawn_blocking(move || {
-                accounts.into_iter().map(|a| crate::import::prepare(&p, a)).collect::<Vec<_>>()
+                accounts.into_iter().map(|a| crate::gaimport::prepare(&p, a)).collect::<Vec<_>>()
             })
             .await;
             let Ok(prepared) = prepared else { return err(AdminErrorKind::Internal, "preparing the import failed") };
@@ -327,7 +327,7 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
             sh.db
                 .run(move |st| {
                     let mut results = skipped;
-                    results.extend(crate::import::import(st, &policy, ready, dry_run, &by, now)?);
+                    results.extend(crate::gaimport::import(st, &policy, ready, dry_run, &by, now)?);
                     Ok(AdminResponse::Imported { results })
                 })
                 .await
