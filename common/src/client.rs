@@ -79,8 +79,16 @@ impl Client {
         self
     }
 
+    /// An admin client may also send frames up to its reply limit (an
+    /// import of many accounts is one request, one transaction).
     pub fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), FrameError> {
-        write_frame(&mut self.stream, msg)
+        if self.max_frame == crate::codec::MAX_FRAME {
+            return write_frame(&mut self.stream, msg);
+        }
+        use std::io::Write as _;
+        let frame = crate::codec::encode_limited(msg, self.max_frame)?;
+        self.stream.write_all(&frame)?;
+        Ok(())
     }
 
     /// Waits at most `timeout` for the next frame.

@@ -197,6 +197,17 @@ pub enum AdminRequest {
         limit: Option<u32>,
     },
     Status,
+    /// Issues USER 10 new single-use recovery codes, replacing any old set.
+    UserRecoveryCodes {
+        user: String,
+    },
+    /// Accounts read by otpctl from google-authenticator files, imported in
+    /// one transaction (nothing written with `dry_run`).
+    ImportTotp {
+        accounts: Vec<ImportAccount>,
+        #[serde(default)]
+        dry_run: bool,
+    },
     /// Sets the password of the otpd-internal account (`auto_send = "internal"`).
     UserPasswd {
         user: String,
@@ -327,6 +338,16 @@ pub enum AdminResponse {
     Hosts {
         hosts: Vec<HostInfo>,
     },
+    /// `import`: what happened to each account, in order.
+    Imported {
+        results: Vec<ImportResult>,
+    },
+    /// `user recovery-codes`: the new codes (`xxxxx-xxxxx`), shown once; only
+    /// their hashes are stored.
+    RecoveryCodes {
+        user: String,
+        codes: Vec<String>,
+    },
     Done {
         message: String,
     },
@@ -377,6 +398,34 @@ pub struct UserInfo {
     /// HOTP users: the next counter the token is expected to show.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hotp_counter: Option<u64>,
+    /// Unused recovery codes (`user show` only; absent in lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_codes_left: Option<u64>,
+}
+
+/// One account to import (`otpctl import google-authenticator`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportAccount {
+    pub user: String,
+    /// The account's uid, as otpctl resolved it.
+    pub uid: Option<u32>,
+    /// Base32 without padding.
+    pub secret_b32: String,
+    /// Seconds per TOTP step in the file (STEP_SIZE, default 30).
+    pub step_size: u32,
+    /// Highest step used under the old module (DISALLOW_REUSE).
+    pub last_step: Option<i64>,
+    /// 8-digit emergency scratch codes, to become recovery codes.
+    pub scratch_codes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportResult {
+    pub user: String,
+    /// "imported", "would import", "unchanged" or "skipped".
+    pub outcome: String,
+    pub detail: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,15 +17,18 @@ pub async fn connection(mut s: Conn, sh: &Shared) {
         let _ = s.write_msg(&resp, sh.io_timeout).await;
         return;
     }
-    let req: AdminRequest = match s.read_msg(sh.io_timeout, sh.io_timeout).await {
-        Ok(r) => r,
-        Err(e) => {
-            let resp =
-                AdminResponse::Error { kind: AdminErrorKind::InvalidInput, message: format!("bad request: {e}") };
-            let _ = s.write_msg(&resp, sh.io_timeout).await;
-            return;
-        }
-    };
+    // An authorized admin may send large requests (an import is one request).
+    let limit = common::codec::MAX_ADMIN_RESPONSE;
+    let req: AdminRequest =
+        match s.read_msg_limited(sh.io_timeout, sh.io_timeout.max(std::time::Duration::from_secs(30)), limit).await {
+            Ok(r) => r,
+            Err(e) => {
+                let resp =
+                    AdminResponse::Error { kind: AdminErrorKind::InvalidInput, message: format!("bad request: {e}") };
+                let _ = s.write_msg(&resp, sh.io_timeout).await;
+                return;
+            }
+        };
     let resp = handle(req, &By::Uid(uid), sh).await;
     // The admin client may be slow to read a large answer.
     let timeout = sh.io_timeout.max(std::time::Duration::from_secs(30));
@@ -113,6 +116,7 @@ fn info(u: &UserRecord, now: i64) -> UserInfo {
         updated_at: u.updated_at,
         last_login: u.last_login,
         hotp_counter: u.hotp_counter.map(|c| c.max(0) as u64),
+        recovery_codes_left: None,
     }
 }
 
@@ -149,6 +153,7 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
         | AdminRequest::UserShow { user }
         | AdminRequest::UserUnlock { user }
         | AdminRequest::UserResync { user, .. }
+        | AdminRequest::UserRecoveryCodes { user }
         | AdminRequest::UserPasswd { user, .. } => Some(user.clone()),
         _ => None,
     };
@@ -251,6 +256,8 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
                     u.clear_lockout();
                     u.updated_at = now;
                     st.save_user(&u)?;
+                    // Recovery codes stand in for the secret: erased with it.
+                    st.set_recovery_codes(&user, &[], &[])?;
                     admin_audit(st, &policy.machine, &user, "disable", &by, now)?;
                     Ok(AdminResponse::User { user: info(&u, now) })
                 })
@@ -319,9 +326,10 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
         AdminRequest::UserShow { user } => {
             sh.db
                 .run(move |st| {
-                    Ok(st
-                        .user(&user)?
-                        .map_or_else(|| not_found(&user), |u| AdminResponse::User { user: info(&u, now) }))
+                    let Some(u) = st.user(&user)? else { return Ok(not_found(&user)) };
+                    let mut shown = info(&u, now);
+                    shown.recovery_codes_left = Some(st.recovery_codes_left(&u.name)?);
+                    Ok(AdminResponse::User { user: shown })
                 })
                 .await
         }
@@ -335,6 +343,49 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
             sh.db
                 .run(move |st| {
                     Ok(AdminResponse::Audit { entries: st.audit(user.as_deref(), host.as_deref(), since, limit)? })
+                })
+                .await
+        }
+        AdminRequest::UserRecoveryCodes { user } => {
+            // Ten argon2id hashes: slow on purpose, so off the database thread.
+            let (codes, salt, hashes) = match tokio::task::spawn_blocking(crate::recovery::new_set).await {
+                Ok(Ok(set)) => set,
+                _ => return err(AdminErrorKind::Internal, "generating recovery codes failed"),
+            };
+            sh.db
+                .run(move |st| {
+                    let Some(u) = st.user(&user)?.filter(|u| u.enabled) else {
+                        return Ok(not_found(&user));
+                    };
+                    st.set_recovery_codes(&u.name, &salt, &hashes)?;
+                    admin_audit(st, &policy.machine, &u.name, "recovery-codes (new set)", &by, now)?;
+                    let codes = codes.iter().map(|c| crate::recovery::display(c)).collect();
+                    Ok(AdminResponse::RecoveryCodes { user: u.name, codes })
+                })
+                .await
+        }
+        AdminRequest::ImportTotp { accounts, dry_run } => {
+            // Scratch codes are argon2id hashes: prepared off the database thread.
+            let p = policy.clone();
+            let prepared = tokio::task::spawn_blocking(move || {
+                accounts.into_iter().map(|a| crate::gaimport::prepare(&p, a)).collect::<Vec<_>>()
+            })
+            .await;
+            let Ok(prepared) = prepared else { return err(AdminErrorKind::Internal, "preparing the import failed") };
+            let mut skipped = Vec::new();
+            let mut ready = Vec::new();
+            for r in prepared {
+                match r {
+                    Ok(a) => ready.push(a),
+                    Err(s) => skipped.push(s),
+                }
+            }
+            let by = by.to_string();
+            sh.db
+                .run(move |st| {
+                    let mut results = skipped;
+                    results.extend(crate::gaimport::import(st, &policy, ready, dry_run, &by, now)?);
+                    Ok(AdminResponse::Imported { results })
                 })
                 .await
         }

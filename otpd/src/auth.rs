@@ -107,6 +107,12 @@ pub enum Verdict {
         failures: u32,
         locks: u32,
     },
+    /// A recovery code was accepted (and used up); `left`: how many remain.
+    Recovered {
+        failures: u32,
+        locks: u32,
+        left: u64,
+    },
     Deny {
         message: String,
     },
@@ -330,6 +336,21 @@ pub fn check_answer(
     answer: &str,
     now: i64,
 ) -> Result<Verdict, StoreError> {
+    check_answer_with(store, p, ctx, answer, None, now)
+}
+
+/// [`check_answer`] with the argon2id hash of a recovery-code-shaped
+/// answer under the user's recovery salt ([`crate::recovery::hash`]),
+/// computed by the caller off the database thread. An answer of that shape
+/// without a hash is a wrong recovery code.
+pub fn check_answer_with(
+    store: &mut dyn Store,
+    p: &Policy,
+    ctx: &LoginContext,
+    answer: &str,
+    recovery_hash: Option<&[u8]>,
+    now: i64,
+) -> Result<Verdict, StoreError> {
     let Some(mut user) = store.user(&ctx.user)?.filter(|u| u.enabled) else {
         audit(store, p, ctx, now, "deny", "user was disabled during the login")?;
         return Ok(Verdict::Deny { message: "Passcode not accepted.".into() });
@@ -431,6 +452,18 @@ pub fn check_answer(
         }
     }
     let mut failed_method = method;
+    if answer.len() <= MAX_ANSWER_LEN && crate::recovery::normalize(answer).is_some() {
+        failed_method = "recovery";
+        failure = Failure::WrongRecovery;
+        if let Some(hash) = recovery_hash {
+            if store.use_recovery_code(&user.name, hash)? {
+                let left = store.recovery_codes_left(&user.name)?;
+                let why = format!("valid recovery code, {left} left");
+                let (failures, locks) = accept(store, p, ctx, &mut user, now, "recovery", &why)?;
+                return Ok(Verdict::Recovered { failures, locks, left });
+            }
+        }
+    }
     // A replayed TOTP code is not also tried as an emailed code.
     if try_email && !(try_totp && failure == Failure::Replayed) {
         failed_method = "email";
@@ -443,6 +476,18 @@ pub fn check_answer(
             crate::email::CodeCheck::Wrong => Failure::Email(crate::email::CodeCheck::Wrong),
             other => Failure::Email(other),
         };
+    }
+    // Imported scratch codes are 8 digits, like 8-digit TOTP or emailed
+    // codes: those were tried first, so a code that is one of them is never
+    // spent as a scratch code. The caller hashed the answer only if the
+    // user has recovery codes.
+    if let (Some(hash), Some(_)) = (recovery_hash, crate::recovery::scratch_shape(answer)) {
+        if answer.len() <= MAX_ANSWER_LEN && store.use_recovery_code(&user.name, hash)? {
+            let left = store.recovery_codes_left(&user.name)?;
+            let why = format!("valid recovery (scratch) code, {left} left");
+            let (failures, locks) = accept(store, p, ctx, &mut user, now, "recovery", &why)?;
+            return Ok(Verdict::Recovered { failures, locks, left });
+        }
     }
     let (reason, message) = (failure.reason(), failure.message());
     user.failures = user.failures.saturating_add(1);
@@ -498,6 +543,8 @@ enum Failure {
     Replayed,
     /// An emailed code that did not work (never `Valid`).
     Email(crate::email::CodeCheck),
+    /// Shaped like a recovery code, but not one of the user's unused ones.
+    WrongRecovery,
 }
 
 impl Failure {
@@ -508,6 +555,7 @@ impl Failure {
             Failure::Malformed { .. } => "malformed answer",
             Failure::WrongCode => "wrong code",
             Failure::Replayed => "code already used",
+            Failure::WrongRecovery => "wrong or used recovery code",
             Failure::Email(C::Wrong | C::Valid) => "wrong emailed code",
             Failure::Email(C::Expired) => "emailed code expired",
             Failure::Email(C::Used) => "emailed code already used",
@@ -524,6 +572,7 @@ impl Failure {
             Failure::Malformed { email_ok: false } => "A passcode is a number of exactly the digits your app shows.",
             Failure::WrongCode => "Wrong passcode.",
             Failure::Replayed => "That passcode was already used; wait for the next one.",
+            Failure::WrongRecovery => "Wrong or already used recovery code.",
             Failure::Email(C::Wrong | C::Valid) => "Wrong code.",
             Failure::Email(C::Expired) => "That code has expired; press Enter to get a new one.",
             Failure::Email(C::Used) => "That code was already used.",
@@ -732,6 +781,85 @@ mod tests {
         assert!(results
             .contains(&"enrollment activated; 1 failed attempt(s) and 0 lock(s) since the previous login".to_string()));
         assert!(results.contains(&"code already used".to_string()));
+    }
+
+    /// A recovery code, checked as the conversation does: hashed under the
+    /// stored salt first, then decided in the transaction.
+    fn recover(s: &mut SqliteStore, p: &Policy, user: &str, answer: &str, t: i64) -> Verdict {
+        let salt = s.recovery_salt(user).unwrap().unwrap_or_else(crate::recovery::new_salt);
+        let hash = crate::recovery::normalize(answer).map(|c| crate::recovery::hash(&salt, &c).unwrap());
+        check_answer_with(s, p, &ctx(user), answer, hash.as_deref(), t).unwrap()
+    }
+
+    #[test]
+    fn recovery_codes_work_once_count_down_and_share_the_lockout() {
+        let p = policy(3);
+        let mut s = SqliteStore::in_memory().unwrap();
+        let secret = enroll(&mut s, &p, "rita", None);
+        let c = code(&p, &secret, T0);
+        assert!(matches!(check_answer(&mut s, &p, &ctx("rita"), &c, T0).unwrap(), Verdict::Accept { .. }));
+        let (codes, salt, hashes) = crate::recovery::new_set().unwrap();
+        s.set_recovery_codes("rita", &salt, &hashes).unwrap();
+        // Shown with a dash, typed in capitals: accepted once.
+        let typed = crate::recovery::display(&codes[0]).to_uppercase();
+        assert_eq!(recover(&mut s, &p, "rita", &typed, T0 + 60), Verdict::Recovered { failures: 0, locks: 0, left: 9 });
+        assert!(matches!(recover(&mut s, &p, "rita", &typed, T0 + 61), Verdict::Deny { .. }), "used once");
+        assert_eq!(
+            recover(&mut s, &p, "rita", &codes[1], T0 + 62),
+            Verdict::Recovered { failures: 1, locks: 0, left: 8 }
+        );
+        assert_eq!(s.user("rita").unwrap().unwrap().last_method.as_deref(), Some("recovery"));
+        // Without the hash (as if computed under the wrong salt) the answer is a wrong code.
+        assert!(matches!(check_answer(&mut s, &p, &ctx("rita"), &codes[2], T0 + 63).unwrap(), Verdict::Deny { .. }));
+        // Wrong codes lock the account like wrong passcodes; then even a good code is refused.
+        assert!(matches!(recover(&mut s, &p, "rita", "aaaaa-aaaaa", T0 + 64), Verdict::Deny { .. }));
+        assert!(matches!(recover(&mut s, &p, "rita", "bbbbbbbbbb", T0 + 65), Verdict::Locked { .. }));
+        assert!(matches!(recover(&mut s, &p, "rita", &codes[2], T0 + 66), Verdict::Locked { .. }));
+        assert_eq!(s.recovery_codes_left("rita").unwrap(), 8, "a locked account uses no code");
+        assert_eq!(
+            recover(&mut s, &p, "rita", &codes[2], T0 + 2000),
+            Verdict::Recovered { failures: 3, locks: 1, left: 7 }
+        );
+        let audit = s.audit(Some("rita"), None, None, 100).unwrap();
+        assert!(audit.iter().any(|e| e.method == "recovery" && e.result == "accept"));
+        assert!(audit.iter().any(|e| e.method == "recovery" && e.result == "locked"));
+        for e in &audit {
+            for c in &codes {
+                assert!(!e.reason.contains(c.as_str()), "a code in the audit: {}", e.reason);
+            }
+        }
+        // A user without codes: any code-shaped answer is a wrong one.
+        enroll(&mut s, &p, "sam", None);
+        assert!(matches!(recover(&mut s, &p, "sam", &codes[5], T0), Verdict::Deny { .. }));
+        assert_eq!(s.user("sam").unwrap().unwrap().failures, 1);
+    }
+
+    /// Imported scratch codes are 8 digits like emailed codes: the emailed
+    /// code is checked first, then the scratch code.
+    #[test]
+    fn scratch_codes_are_tried_after_emailed_codes() {
+        let p = Policy {
+            email: EmailConfig { enabled: true, fallback: true, digits: 8, ..EmailConfig::default() },
+            ..policy(10)
+        };
+        let mut s = SqliteStore::in_memory().unwrap();
+        let secret = enroll(&mut s, &p, "sid", None);
+        assert!(matches!(
+            check_answer(&mut s, &p, &ctx("sid"), &code(&p, &secret, T0), T0).unwrap(),
+            Verdict::Accept { .. }
+        ));
+        let salt = crate::recovery::new_salt();
+        let hashes = vec![crate::recovery::hash(&salt, "12345678").unwrap()];
+        s.set_recovery_codes("sid", &salt, &hashes).unwrap();
+        let attempt = |s: &mut SqliteStore, answer: &str| {
+            let hash = crate::recovery::scratch_shape(answer).map(|c| crate::recovery::hash(&salt, &c).unwrap());
+            check_answer_with(s, &p, &ctx("sid"), answer, hash.as_deref(), T0 + 60).unwrap()
+        };
+        assert!(matches!(attempt(&mut s, "87654321"), Verdict::Deny { .. }));
+        assert_eq!(attempt(&mut s, "1234 5678"), Verdict::Recovered { failures: 1, locks: 0, left: 0 });
+        assert!(matches!(attempt(&mut s, "12345678"), Verdict::Deny { .. }), "used once");
+        let audit = s.audit(Some("sid"), None, None, 10).unwrap();
+        assert!(audit.iter().any(|e| e.method == "recovery" && e.result == "accept" && !e.reason.contains("12345678")));
     }
 
     #[test]

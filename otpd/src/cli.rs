@@ -94,6 +94,18 @@ pub enum ImportCmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Import ~/.google_authenticator files (TOTP) as activated users with the same secret, in one
+    /// transaction; scratch codes become recovery codes. Default: every local user's file (NSS).
+    GoogleAuthenticator {
+        /// Files to import: PATH (the account of its owner) or USER=PATH.
+        paths: Vec<String>,
+        /// Say what would happen per user; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Delete each imported file, once the import is committed.
+        #[arg(long)]
+        remove_files: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -163,6 +175,8 @@ pub enum UserCmd {
     Resync { user: String, code1: String, code2: String },
     /// Set the password of USER's otpd-internal account (read from stdin).
     Passwd { user: String },
+    /// Print 10 new single-use recovery codes for USER (shown once), replacing any old ones.
+    RecoveryCodes { user: String },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

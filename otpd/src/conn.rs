@@ -45,11 +45,22 @@ impl Conn {
         wait: Duration,
         io_timeout: Duration,
     ) -> Result<T, FrameError> {
+        self.read_msg_limited(wait, io_timeout, MAX_FRAME).await
+    }
+
+    /// [`Conn::read_msg`] for frames up to `limit` bytes: only for peers
+    /// already authorized (the admin socket's root and admin group).
+    pub async fn read_msg_limited<T: DeserializeOwned>(
+        &mut self,
+        wait: Duration,
+        io_timeout: Duration,
+        limit: usize,
+    ) -> Result<T, FrameError> {
         let first_byte_by = Instant::now() + wait;
         // Bytes left over from the previous read already started this frame.
         let mut frame_by = (!self.pending.is_empty()).then(|| Instant::now() + io_timeout);
         loop {
-            if let Some(msg) = take_frame(&mut self.pending, MAX_FRAME) {
+            if let Some(msg) = take_frame(&mut self.pending, limit) {
                 return msg;
             }
             let mut buf = [0u8; 4096];

@@ -417,8 +417,11 @@ async fn ask(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext, echo: bool
 /// handle, so nothing has to wake it again for this login.
 async fn finish<T: Transport>(mut s: T, sh: &Shared, ctx: &LoginContext, answer: String) {
     let now = sh.clock.now();
+    let recovery = recovery_hash(sh, &ctx.user, &answer).await;
     let (policy, job_ctx, events, user) = (sh.policy.clone(), ctx.clone(), sh.events.clone(), ctx.user.clone());
-    let check = move |st: &mut dyn crate::store::Store| auth::check_answer(st, &policy, &job_ctx, &answer, now);
+    let check = move |st: &mut dyn crate::store::Store| {
+        auth::check_answer_with(st, &policy, &job_ctx, &answer, recovery.as_deref(), now)
+    };
     let Some(stream) = s.direct() else {
         // A relayed conversation: the outcome goes back over the link.
         let verdict = sh.db.run(check).await;
@@ -442,6 +445,50 @@ async fn finish<T: Transport>(mut s: T, sh: &Shared, ctx: &LoginContext, answer:
     if let Err(e) = queued {
         tracing::error!("cannot queue the check of a code for {}: {e}; denying", ctx.user);
         outcome(&mut s, sh, OutcomeKind::Deny, Some("Passcode check unavailable.".into())).await;
+    }
+}
+
+/// The argon2id hash of a recovery-code-shaped answer under the user's
+/// recovery salt, computed off the database thread and the async workers;
+/// `None` for any other answer (no slow hash for TOTP or emailed codes).
+/// A user without codes still costs one hash (under a fresh salt), so the
+/// time taken does not tell whether they have any.
+async fn recovery_hash(sh: &Shared, user: &str, answer: &str) -> Option<Vec<u8>> {
+    if answer.len() > common::proto::MAX_ANSWER_LEN {
+        return None;
+    }
+    let (code, scratch) = match crate::recovery::normalize(answer) {
+        Some(code) => (code, false),
+        None => (crate::recovery::scratch_shape(answer)?, true),
+    };
+    let salt = match &sh.reader {
+        Some(reader) => {
+            let mut reader = reader.lock().unwrap_or_else(|e| e.into_inner());
+            crate::store::Store::recovery_salt(&mut *reader, user)
+        }
+        None => {
+            let user = user.to_string();
+            sh.db.run(move |st| st.recovery_salt(&user)).await
+        }
+    };
+    let salt = match salt {
+        Ok(Some(salt)) => salt,
+        // An 8-digit answer is a TOTP or emailed code for most users: only
+        // users with codes pay for the hash.
+        Ok(None) if scratch => return None,
+        Ok(None) => crate::recovery::new_salt(),
+        Err(e) => {
+            tracing::error!("cannot read the recovery codes of {user}: {e}");
+            return None;
+        }
+    };
+    match tokio::task::spawn_blocking(move || crate::recovery::hash(&salt, &code)).await {
+        Ok(Ok(h)) => Some(h),
+        Ok(Err(e)) => {
+            tracing::error!("hashing a recovery code failed: {e}");
+            None
+        }
+        Err(_) => None,
     }
 }
 
@@ -475,6 +522,11 @@ fn verdict_outcome(verdict: &Result<Verdict, crate::store::StoreError>, now: i64
     let (result, message) = match verdict {
         Ok(Verdict::Accept { activated, failures, locks }) => {
             (OutcomeKind::Accept, accept_text(*activated, *failures, *locks))
+        }
+        Ok(Verdict::Recovered { failures, locks, left }) => {
+            let mut lines = vec![crate::recovery::left_text(*left)];
+            lines.extend(accept_text(false, *failures, *locks));
+            (OutcomeKind::Accept, Some(lines.join("\n")))
         }
         Ok(Verdict::Deny { message }) => (OutcomeKind::Deny, Some(message.clone())),
         Ok(Verdict::Locked { until }) => (OutcomeKind::Locked, Some(until_text(*until, now))),

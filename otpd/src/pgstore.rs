@@ -136,6 +136,16 @@ ALTER TABLE users ADD CONSTRAINT users_method_check CHECK (method IN ('totp', 'e
 ALTER TABLE users ADD COLUMN hotp_counter BIGINT;
 ALTER TABLE users ADD COLUMN digits BIGINT;
 "#,
+    // Recovery codes: argon2id hashes, one salt per user for the whole set
+    // (repeated in each row), deleted when used.
+    r#"
+CREATE TABLE recovery_codes (
+    "user" TEXT NOT NULL,
+    salt   BYTEA NOT NULL,
+    hash   BYTEA NOT NULL,
+    PRIMARY KEY ("user", hash)
+);
+"#,
 ];
 
 /// Parses a `postgresql://` URL. A server that cannot be reached must not
@@ -526,6 +536,35 @@ impl Store for PgStore {
     fn users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
         let rows = self.query(r#"SELECT * FROM users ORDER BY name COLLATE "C""#, &[])?;
         all(rows, user_from_row)
+    }
+
+    fn set_recovery_codes(&mut self, user: &str, salt: &[u8], hashes: &[Vec<u8>]) -> Result<(), StoreError> {
+        self.execute(r#"DELETE FROM recovery_codes WHERE "user" = $1"#, &[&user])?;
+        for h in hashes {
+            self.execute(
+                r#"INSERT INTO recovery_codes ("user", salt, hash) VALUES ($1, $2, $3)"#,
+                &[&user, &salt, &h.as_slice()],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn recovery_salt(&mut self, user: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(match self.query_opt(r#"SELECT salt FROM recovery_codes WHERE "user" = $1 LIMIT 1"#, &[&user])? {
+            Some(r) => Some(r.try_get(0)?),
+            None => None,
+        })
+    }
+
+    /// A concurrent delete of the same row (any server) waits for this
+    /// transaction, then finds the row gone and deletes nothing.
+    fn use_recovery_code(&mut self, user: &str, hash: &[u8]) -> Result<bool, StoreError> {
+        let n = self.execute(r#"DELETE FROM recovery_codes WHERE "user" = $1 AND hash = $2"#, &[&user, &hash])?;
+        Ok(n == 1)
+    }
+
+    fn recovery_codes_left(&mut self, user: &str) -> Result<u64, StoreError> {
+        self.count(r#"SELECT count(*) FROM recovery_codes WHERE "user" = $1"#, &[&user])
     }
 
     fn add_audit(&mut self, e: &NewAudit) -> Result<(), StoreError> {
@@ -1164,6 +1203,26 @@ mod tests {
         assert_eq!(s.host_by_fingerprint(&[1; 32]).unwrap(), None, "the old certificate is gone");
         assert_eq!(s.hosts().unwrap(), [adm, again]);
 
+        // Recovery codes: one salt per set, each hash deleted once, a new set replaces the old.
+        assert_eq!((s.recovery_salt("alice").unwrap(), s.recovery_codes_left("alice").unwrap()), (None, 0));
+        let set: Vec<Vec<u8>> = (1..=10u8).map(|i| vec![i; 32]).collect();
+        s.set_recovery_codes("alice", &[9; 16], &set).unwrap();
+        s.set_recovery_codes("bob", &[8; 16], &set[..2]).unwrap();
+        assert_eq!(s.recovery_salt("alice").unwrap(), Some(vec![9; 16]));
+        assert_eq!(s.recovery_codes_left("alice").unwrap(), 10);
+        assert!(s.use_recovery_code("alice", &[3; 32]).unwrap());
+        assert!(!s.use_recovery_code("alice", &[3; 32]).unwrap(), "used once");
+        assert!(!s.use_recovery_code("alice", &[11; 32]).unwrap(), "not in the set");
+        assert_eq!(s.recovery_codes_left("alice").unwrap(), 9);
+        assert_eq!(s.recovery_codes_left("bob").unwrap(), 2, "another user's set is untouched");
+        s.set_recovery_codes("alice", &[7; 16], &set[5..7]).unwrap();
+        assert_eq!(
+            (s.recovery_salt("alice").unwrap(), s.recovery_codes_left("alice").unwrap()),
+            (Some(vec![7; 16]), 2)
+        );
+        assert!(!s.use_recovery_code("alice", &[1; 32]).unwrap(), "the old set is gone");
+        s.set_recovery_codes("alice", &[7; 16], &[]).unwrap();
+        assert_eq!((s.recovery_salt("alice").unwrap(), s.recovery_codes_left("alice").unwrap()), (None, 0));
         // Fleet CA: the first one stored stays.
         assert_eq!(s.fleet_ca().unwrap(), None);
         assert!(s.set_fleet_ca_if_absent("CERT1", &[1, 2, 3]).unwrap());
@@ -1258,6 +1317,25 @@ mod tests {
         let id = dbs[0].run(|s| s.insert_email_code(&code("alice", "web01", 100))).await.unwrap();
         let won = race(&dbs, 32, move |s| s.retire_email_code(id, Some(200))).await;
         assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn store_pg_two_servers_one_recovery_code_one_winner() {
+        let pg = cluster();
+        let dbs = two_servers(&pg);
+        let set: Vec<Vec<u8>> = (1..=10u8).map(|i| vec![i; 32]).collect();
+        dbs[0].run(move |s| s.set_recovery_codes("alice", &[9; 16], &set)).await.unwrap();
+        let won = race(&dbs, 32, |s| {
+            // As a login does: read (and lock) the user, then use the code.
+            s.user("alice")?;
+            s.use_recovery_code("alice", &[4; 32])
+        })
+        .await;
+        assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+        // Without the row lock first, the delete alone still decides.
+        let won = race(&dbs, 32, |s| s.use_recovery_code("alice", &[5; 32])).await;
+        assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+        assert_eq!(pg.psql("SELECT count(*) FROM recovery_codes").unwrap().trim(), "8");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

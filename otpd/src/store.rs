@@ -32,6 +32,10 @@
 //!   `used_at` only updates a row whose `used_at IS NULL` (same re-check
 //!   after the row lock), and only the caller whose update changed the row
 //!   accepts the code.
+//! * **A recovery code is used once.** [`Store::use_recovery_code`] is a
+//!   `DELETE` of the row with that hash; a concurrent delete of the same row
+//!   (PostgreSQL: waits on the row lock, then finds it gone) deletes nothing
+//!   and returns false.
 //! * **Caps hold.** A cap is a count followed by an insert
 //!   ([`Store::count_mail_since`] then `enqueue_mail`,
 //!   [`Store::count_requests`] then `insert_request`). Two transactions could
@@ -276,6 +280,15 @@ pub trait Store {
     /// for exactly one caller per counter value, whatever the interleaving.
     fn consume_counter(&mut self, user: &str, matched: i64) -> Result<bool, StoreError>;
     fn users(&mut self) -> Result<Vec<UserRecord>, StoreError>;
+    /// Replaces `user`'s recovery codes with `hashes` (all under `salt`;
+    /// none: the user has no codes any more).
+    fn set_recovery_codes(&mut self, user: &str, salt: &[u8], hashes: &[Vec<u8>]) -> Result<(), StoreError>;
+    /// The salt of `user`'s recovery codes, if any are left.
+    fn recovery_salt(&mut self, user: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Deletes `user`'s recovery code with that hash: true for exactly one
+    /// caller per code, whatever the interleaving (the delete decides).
+    fn use_recovery_code(&mut self, user: &str, hash: &[u8]) -> Result<bool, StoreError>;
+    fn recovery_codes_left(&mut self, user: &str) -> Result<u64, StoreError>;
     fn add_audit(&mut self, entry: &NewAudit) -> Result<(), StoreError>;
     /// Deletes up to `limit` audit rows, and up to `limit` session records,
     /// older than `before` (a session by its end, or its start if it never
@@ -546,6 +559,16 @@ DROP TABLE users;
 ALTER TABLE users_new RENAME TO users;
 CREATE INDEX users_by_uid ON users (uid);
 CREATE INDEX users_by_lower_name ON users (lower(name));
+"#,
+    // Recovery codes: argon2id hashes, one salt per user for the whole set
+    // (repeated in each row), deleted when used.
+    r#"
+CREATE TABLE recovery_codes (
+    user TEXT NOT NULL,
+    salt BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (user, hash)
+) STRICT, WITHOUT ROWID;
 "#,
 ];
 
@@ -830,6 +853,36 @@ impl Store for SqliteStore {
         let mut st = self.conn.prepare_cached("SELECT * FROM users ORDER BY name")?;
         let rows = st.query_map([], user_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn set_recovery_codes(&mut self, user: &str, salt: &[u8], hashes: &[Vec<u8>]) -> Result<(), StoreError> {
+        self.conn.prepare_cached("DELETE FROM recovery_codes WHERE user = ?1")?.execute([user])?;
+        let mut st = self.conn.prepare_cached("INSERT INTO recovery_codes (user, salt, hash) VALUES (?1, ?2, ?3)")?;
+        for h in hashes {
+            st.execute(params![user, salt, h])?;
+        }
+        Ok(())
+    }
+
+    fn recovery_salt(&mut self, user: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT salt FROM recovery_codes WHERE user = ?1 LIMIT 1")?;
+        Ok(st.query_row([user], |r| r.get(0)).optional()?)
+    }
+
+    fn use_recovery_code(&mut self, user: &str, hash: &[u8]) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached("DELETE FROM recovery_codes WHERE user = ?1 AND hash = ?2")?
+            .execute(params![user, hash])?;
+        Ok(n == 1)
+    }
+
+    fn recovery_codes_left(&mut self, user: &str) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached("SELECT count(*) FROM recovery_codes WHERE user = ?1")?
+            .query_row([user], |r| r.get(0))?;
+        Ok(n as u64)
     }
 
     fn add_audit(&mut self, e: &NewAudit) -> Result<(), StoreError> {

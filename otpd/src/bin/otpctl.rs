@@ -167,6 +167,7 @@ fn run(args: Args) -> Result<(), (u8, String)> {
             UserCmd::Resync { user, code1, code2 } => {
                 (AdminRequest::UserResync { user: user.clone(), code1: code1.clone(), code2: code2.clone() }, false)
             }
+            UserCmd::RecoveryCodes { user } => (AdminRequest::UserRecoveryCodes { user: user.clone() }, false),
             UserCmd::Passwd { user } => (
                 AdminRequest::UserPasswd {
                     user: user.clone(),
@@ -208,6 +209,9 @@ fn run(args: Args) -> Result<(), (u8, String)> {
                 ));
             }
             (AdminRequest::ImportOath { content, dry_run: *dry_run }, false)
+        }
+        Cmd::Import(ImportCmd::GoogleAuthenticator { paths, dry_run, remove_files }) => {
+            return import_google_authenticator(&args, paths, *dry_run, *remove_files);
         }
         Cmd::Host(h) => match h {
             HostCmd::Add { name, admin, output } => {
@@ -296,6 +300,21 @@ fn run(args: Args) -> Result<(), (u8, String)> {
             }
         }
         AdminResponse::Done { message } => println!("{message}"),
+        AdminResponse::Imported { results } => {
+            for r in results {
+                println!("{:<16} {:<12} {}", r.user, r.outcome, r.detail);
+            }
+        }
+        AdminResponse::RecoveryCodes { user, codes } => {
+            for c in &codes {
+                println!("{c}");
+            }
+            eprintln!(
+                "otpctl: {} new recovery codes for {user}, each usable once at the passcode prompt; \
+                 they are shown only now (any older ones no longer work)",
+                codes.len()
+            );
+        }
         AdminResponse::Hosts { hosts } => print_hosts(&hosts),
         // Written above, before any JSON rendering.
         AdminResponse::HostBundle { .. } => {}
@@ -414,6 +433,9 @@ fn print_user(u: &UserInfo) {
     if let Some(c) = u.hotp_counter {
         println!("hotp counter   {c} (the next code the token should show)");
     }
+    if let Some(n) = u.recovery_codes_left {
+        println!("recovery codes {n} left");
+    }
 }
 
 fn print_hosts(hosts: &[HostInfo]) {
@@ -495,6 +517,116 @@ fn print_audit(entries: &[AuditEntry]) {
             e.reason
         );
     }
+}
+
+/// Every account NSS lists: (name, uid, home).
+fn all_accounts() -> Vec<(String, u32, PathBuf)> {
+    let mut out = Vec::new();
+    // SAFETY: getpwent's static buffer is copied out before the next call;
+    // otpctl is single-threaded here.
+    unsafe {
+        libc::setpwent();
+        loop {
+            let pw = libc::getpwent();
+            if pw.is_null() {
+                break;
+            }
+            let name = std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned();
+            let home = std::ffi::CStr::from_ptr((*pw).pw_dir).to_string_lossy().into_owned();
+            out.push((name, (*pw).pw_uid, PathBuf::from(home)));
+        }
+        libc::endpwent();
+    }
+    out
+}
+
+/// `otpctl import google-authenticator`: otpctl reads and checks the files
+/// (it runs as root, where they are), the daemon imports every good one in
+/// one transaction; files are removed only after that committed.
+fn import_google_authenticator(args: &Args, paths: &[String], dry_run: bool, remove: bool) -> Result<(), (u8, String)> {
+    use common::proto::ImportAccount;
+    let mut targets: Vec<(String, u32, PathBuf)> = Vec::new();
+    let mut problems: Vec<(String, String)> = Vec::new();
+    if paths.is_empty() {
+        for (name, uid, home) in all_accounts() {
+            let path = home.join(".google_authenticator");
+            if home.is_absolute() && std::fs::symlink_metadata(&path).is_ok() {
+                targets.push((name, uid, path));
+            }
+        }
+    } else {
+        for arg in paths {
+            let (user, path) = match arg.split_once('=') {
+                Some((u, p)) if !u.contains('/') => (Some(u.to_string()), PathBuf::from(p)),
+                _ => (None, PathBuf::from(arg)),
+            };
+            let found = match user {
+                Some(u) => nix::unistd::User::from_name(&u).ok().flatten().map(|p| (u, p.uid.as_raw())),
+                None => std::fs::symlink_metadata(&path).ok().and_then(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    let uid = m.uid();
+                    nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|p| (p.name, uid))
+                }),
+            };
+            match found {
+                Some((name, uid)) => targets.push((name, uid, path)),
+                None => problems.push((arg.clone(), "no such file, or no account for it".into())),
+            }
+        }
+    }
+    let mut accounts = Vec::new();
+    let mut files = Vec::new();
+    for (user, uid, path) in targets {
+        let shown = path.display().to_string();
+        match otpd::gauth::read(&path, uid) {
+            Err(why) => problems.push((user, format!("{shown} {why}; skipped"))),
+            Ok(f) if !f.totp => {
+                problems.push((user, format!("{shown} is counter based: HOTP import needs the hotp method; skipped")))
+            }
+            Ok(f) => {
+                accounts.push(ImportAccount {
+                    user: user.clone(),
+                    uid: Some(uid),
+                    secret_b32: data_encoding::BASE32_NOPAD.encode(&f.secret),
+                    step_size: f.step_size,
+                    last_step: f.last_step,
+                    scratch_codes: f.scratch_codes.clone(),
+                });
+                files.push((user, path));
+            }
+        }
+    }
+    for (who, why) in &problems {
+        println!("{who:<16} skipped      {why}");
+    }
+    let results = if accounts.is_empty() {
+        Vec::new()
+    } else {
+        match call(args, &AdminRequest::ImportTotp { accounts, dry_run })? {
+            AdminResponse::Imported { results } => results,
+            other => return Err((EXIT_DAEMON, format!("unexpected answer from otpd: {other:?}"))),
+        }
+    };
+    let mut count = std::collections::BTreeMap::<&str, usize>::new();
+    for r in &results {
+        println!("{:<16} {:<12} {}", r.user, r.outcome, r.detail);
+        *count.entry(r.outcome.as_str()).or_default() += 1;
+    }
+    if remove && !dry_run {
+        for r in results.iter().filter(|r| r.outcome == "imported" || r.outcome == "unchanged") {
+            for (_, path) in files.iter().filter(|(u, _)| *u == r.user) {
+                match std::fs::remove_file(path) {
+                    Ok(()) => println!("{:<16} removed      {}", r.user, path.display()),
+                    Err(e) => println!("{:<16} not removed  {}: {e}", r.user, path.display()),
+                }
+            }
+        }
+    }
+    let skipped = problems.len() + count.get("skipped").copied().unwrap_or(0);
+    let summary: Vec<String> =
+        count.iter().filter(|(k, _)| **k != "skipped").map(|(k, n)| format!("{n} {k}")).collect();
+    println!("{}{}{skipped} skipped", summary.join(", "), if summary.is_empty() { "" } else { ", " });
+    Ok(())
 }
 
 /// One line from stdin; with echo off when stdin is a terminal.
