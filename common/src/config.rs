@@ -145,6 +145,11 @@ pub struct DaemonConfig {
     pub prompt_timeout: Duration,
     /// Offer `org.otpd.Admin1` on the system bus.
     pub dbus: bool,
+    /// Members of this group who are not enrolled are refused at login
+    /// instead of passed over. The members are read through NSS on the
+    /// admin path (`otpctl group refresh`, after bulk enables, at start and
+    /// hourly) and kept in the database; logins never ask NSS.
+    pub require_group: Option<String>,
 }
 
 impl Default for DaemonConfig {
@@ -165,6 +170,7 @@ impl Default for DaemonConfig {
             io_timeout: Duration::from_secs(5),
             prompt_timeout: Duration::from_secs(180),
             dbus: true,
+            require_group: None,
         }
     }
 }

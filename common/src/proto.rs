@@ -157,9 +157,20 @@ pub enum AdminRequest {
         #[serde(default)]
         email: Option<String>,
     },
+    /// Enables many users for TOTP at once (`otpctl user enable --group` /
+    /// `--from-file`): ONE transaction; those already enabled are left
+    /// unchanged and counted. Refused whole if any name is invalid.
+    UserEnableMany {
+        users: Vec<BulkUser>,
+        /// Where the names came from ("group sudo", "file users.txt"), for the audit.
+        source: String,
+    },
     UserDisable {
         user: String,
     },
+    /// Reads the members of `[daemon] require_group` through NSS now and
+    /// stores them (logins are decided on the stored list).
+    GroupRefresh,
     UserReset {
         user: String,
     },
@@ -348,6 +359,15 @@ pub enum AdminResponse {
         user: String,
         codes: Vec<String>,
     },
+    /// `user_enable_many`: counts, and at most a few names (never one line
+    /// per user: a request may carry 100,000).
+    EnabledMany {
+        enabled: u64,
+        already_enabled: u64,
+        skipped: u64,
+        /// Up to 10 lines: the users skipped and why, or the first enabled.
+        notes: Vec<String>,
+    },
     Done {
         message: String,
     },
@@ -401,6 +421,16 @@ pub struct UserInfo {
     /// Unused recovery codes (`user show` only; absent in lists).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_codes_left: Option<u64>,
+}
+
+/// One user of `user_enable_many`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkUser {
+    pub name: String,
+    /// The account's uid, as otpctl resolved it through NSS (none: no such account yet).
+    #[serde(default)]
+    pub uid: Option<u32>,
 }
 
 /// One account to import (`otpctl import google-authenticator`).

@@ -3,7 +3,9 @@ use crate::auth::{self, new_enrollment, valid_user_name};
 use crate::conn::Conn;
 use crate::server::Shared;
 use crate::store::{NewAudit, Store, StoreError, UserRecord};
-use common::proto::{AdminErrorKind, AdminRequest, AdminResponse, Method, RequestStatus, StatusInfo, UserInfo};
+use common::proto::{
+    AdminErrorKind, AdminRequest, AdminResponse, BulkUser, Method, RequestStatus, StatusInfo, UserInfo,
+};
 use std::sync::atomic::Ordering;
 
 pub async fn connection(mut s: Conn, sh: &Shared) {
@@ -227,6 +229,29 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
                     Ok(enrolled(&policy, &rec, now))
                 })
                 .await
+        }
+        AdminRequest::UserEnableMany { users, source } => {
+            let users = match bulk_users(users, &by) {
+                Ok(u) => u,
+                Err(e) => return e,
+            };
+            let r = sh.db.run(move |st| enable_many(st, &policy, &by, &users, &source, now)).await;
+            // New accounts may have joined require_group since the last refresh.
+            if let Err(e) = crate::groups::refresh(sh).await {
+                tracing::warn!("{e}; the members stored before are kept");
+            }
+            r
+        }
+        AdminRequest::GroupRefresh => {
+            return match crate::groups::refresh(sh).await {
+                Ok(Some((group, n))) => {
+                    AdminResponse::Done { message: format!("require_group {group}: {n} member(s) stored") }
+                }
+                Ok(None) => {
+                    err(AdminErrorKind::InvalidInput, "no require_group is set in [daemon]: nothing to refresh")
+                }
+                Err(e) => err(AdminErrorKind::Internal, e),
+            };
         }
         AdminRequest::UserReset { user } => {
             // A user enabled before the account existed gets its uid now.
@@ -646,6 +671,89 @@ fn not_found(user: &str) -> AdminResponse {
         AdminErrorKind::NotFound,
         format!("{user} is not enabled for OTP; use `otpctl user enable {user} --method totp`"),
     )
+}
+
+/// Checks a bulk request before anything is written: every name valid (else
+/// the whole request is refused, naming the bad entries), duplicates dropped.
+/// A remote admin's uids are another machine's: the names are resolved here.
+fn bulk_users(users: Vec<BulkUser>, by: &By) -> Result<Vec<BulkUser>, AdminResponse> {
+    if users.is_empty() {
+        return Err(err(AdminErrorKind::InvalidInput, "no users given: nothing to enable"));
+    }
+    let bad: Vec<String> = users
+        .iter()
+        .enumerate()
+        .filter(|(_, u)| !valid_user_name(&u.name))
+        .take(10)
+        .map(|(i, u)| format!("entry {}: {:?}", i + 1, u.name))
+        .collect();
+    if !bad.is_empty() {
+        return Err(err(
+            AdminErrorKind::InvalidInput,
+            format!("not valid user names (nothing was enabled): {}", bad.join(", ")),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut out: Vec<BulkUser> = users.into_iter().filter(|u| seen.insert(u.name.clone())).collect();
+    if let By::Remote(_) = by {
+        for u in &mut out {
+            u.uid = account_uid(&u.name);
+        }
+    }
+    Ok(out)
+}
+
+/// `user_enable_many`: one job, so one transaction; idempotent (an enabled
+/// user keeps its secret and is only counted).
+fn enable_many(
+    st: &mut dyn Store,
+    policy: &auth::Policy,
+    by: &By,
+    users: &[BulkUser],
+    source: &str,
+    now: i64,
+) -> Result<AdminResponse, StoreError> {
+    const NOTES: usize = 10;
+    let (mut enabled, mut already, mut skipped) = (0u64, 0u64, 0u64);
+    let mut skipped_notes = Vec::new();
+    let mut enabled_names = Vec::new();
+    let action = format!("enable (totp, {source})");
+    for u in users {
+        let existing = st.user(&u.name)?;
+        if existing.as_ref().is_some_and(|e| e.enabled) {
+            already += 1;
+            continue;
+        }
+        // As for one user: a second name for an enabled account would be a
+        // second secret for it.
+        if let Some(other) = u.uid.map(|id| st.user_by_uid(id)).transpose()?.flatten() {
+            if other.enabled && other.name != u.name {
+                skipped += 1;
+                if skipped_notes.len() < NOTES {
+                    skipped_notes.push(format!(
+                        "{}: skipped: the same account as {} (uid {}), which is already enabled",
+                        u.name,
+                        other.name,
+                        u.uid.unwrap_or_default()
+                    ));
+                }
+                continue;
+            }
+        }
+        let rec = new_enrollment(policy, existing, &u.name, u.uid, now);
+        st.save_user(&rec)?;
+        admin_audit(st, &policy.machine, &u.name, &action, by, now)?;
+        enabled += 1;
+        if enabled_names.len() < NOTES {
+            enabled_names.push(u.name.clone());
+        }
+    }
+    let mut notes = skipped_notes;
+    if notes.len() < NOTES && !enabled_names.is_empty() {
+        let more = if enabled as usize > enabled_names.len() { ", …" } else { "" };
+        notes.push(format!("enabled: {}{more}", enabled_names.join(", ")));
+    }
+    Ok(AdminResponse::EnabledMany { enabled, already_enabled: already, skipped, notes })
 }
 
 fn enrolled(policy: &auth::Policy, rec: &UserRecord, now: i64) -> AdminResponse {

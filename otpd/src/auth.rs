@@ -12,6 +12,9 @@ pub struct Policy {
     pub totp: TotpParams,
     /// HOTP look-ahead (`[hotp] window`).
     pub hotp_window: u32,
+    /// `[daemon] require_group`: members of this group (as last stored, see
+    /// [`crate::groups`]) who are not enrolled are refused, not ignored.
+    pub require_group: Option<String>,
     pub lockout: LockoutConfig,
     pub issuer: String,
     pub machine: String,
@@ -46,6 +49,10 @@ pub struct LoginContext {
     /// different people). Accounts are found by name.
     pub remote: bool,
 }
+
+/// A member of `require_group` who is not enrolled.
+pub const MUST_ENROLL: &str =
+    "A one-time passcode is required for your account, but you are not enrolled; contact your administrator.";
 
 /// What a non-root caller hears about any account but its own: the same
 /// words and outcome whether that account exists, is enrolled, locked or
@@ -277,7 +284,16 @@ pub fn plan(
     }
     let user = match found {
         Some(u) if u.enabled => u,
-        _ => return Ok((Plan::NotEnrolled, Some(Note::new("totp", "not_enrolled", "user not enabled for OTP")))),
+        _ => {
+            // Decided on the stored member list: no NSS on the login path.
+            if let Some(g) = p.require_group.as_deref() {
+                if store.in_group(g, &ctx.user)? {
+                    let why = format!("member of {g} (require_group) but not enabled for OTP");
+                    return Ok((Plan::Refused { message: MUST_ENROLL }, Some(Note::new("totp", "deny", why))));
+                }
+            }
+            return Ok((Plan::NotEnrolled, Some(Note::new("totp", "not_enrolled", "user not enabled for OTP"))));
+        }
     };
     if user.name != ctx.user {
         ctx.typed = Some(std::mem::replace(&mut ctx.user, user.name.clone()));
@@ -690,6 +706,7 @@ mod tests {
         Policy {
             totp: TotpParams { algorithm: Algorithm::SHA1, digits: 6, period: 30, skew: 1 },
             hotp_window: 10,
+            require_group: None,
             lockout: LockoutConfig { max_failures, lock_for: Duration::from_secs(900), max_lock_periods: 4 },
             issuer: "test".into(),
             machine: "m1".into(),
@@ -965,6 +982,7 @@ mod tests {
         let p = Policy {
             totp: (&common::config::TotpConfig::default()).into(),
             hotp_window: 10,
+            require_group: None,
             lockout: LockoutConfig::default(),
             ..policy(0)
         };

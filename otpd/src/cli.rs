@@ -81,6 +81,15 @@ pub enum Cmd {
     /// Bring users over from another OTP system, already activated with their secrets.
     #[command(subcommand)]
     Import(ImportCmd),
+    /// `[daemon] require_group`: the stored members logins are decided on.
+    #[command(subcommand)]
+    Group(GroupCmd),
+}
+
+#[derive(Subcommand)]
+pub enum GroupCmd {
+    /// Read the members of require_group through NSS now and store them.
+    Refresh,
 }
 
 #[derive(Subcommand)]
@@ -143,8 +152,18 @@ pub enum RequestCmd {
 #[derive(Subcommand)]
 pub enum UserCmd {
     /// Require a passcode from USER; they enroll at their next login.
+    ///
+    /// `--group GROUP` or `--from-file FILE` enable many users (totp) in one
+    /// transaction; those already enabled are left unchanged.
     Enable {
-        user: String,
+        #[arg(required_unless_present_any = ["group", "from_file"], conflicts_with_all = ["group", "from_file"])]
+        user: Option<String>,
+        /// Every member of GROUP now (its member list and the accounts whose primary group it is, through NSS).
+        #[arg(long, conflicts_with = "from_file")]
+        group: Option<String>,
+        /// The users named in FILE, one per line (`#` comments and blank lines ignored).
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<std::path::PathBuf>,
         /// totp: an authenticator app (QR at the next login); email: codes sent by mail.
         #[arg(long, value_enum, default_value = "totp")]
         method: MethodArg,

@@ -933,6 +933,7 @@ mod tests {
             policy: Arc::new(Policy {
                 totp: TotpParams { algorithm: Algorithm::SHA1, digits: 6, period: 30, skew: 1 },
                 hotp_window: 10,
+                require_group: None,
                 lockout: LockoutConfig::default(),
                 issuer: "test".into(),
                 machine: "local".into(),

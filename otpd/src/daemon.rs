@@ -292,6 +292,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         policy: Arc::new(Policy {
             totp: (&config.totp).into(),
             hotp_window: config.hotp.window,
+            require_group: config.daemon.require_group.clone(),
             lockout: config.lockout.clone(),
             issuer: hostname_issuer(&config.totp.issuer),
             machine: machine.clone(),

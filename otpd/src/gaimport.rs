@@ -181,6 +181,7 @@ mod tests {
             crypto: crate::crypto::SecretBox::from_key(&[3u8; 32]),
             email: EmailConfig::default(),
             hotp_window: 10,
+            require_group: None,
         }
     }
 

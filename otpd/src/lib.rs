@@ -17,6 +17,7 @@ pub mod email;
 pub mod fleet;
 pub mod gaimport;
 pub mod gauth;
+pub mod groups;
 pub mod import;
 pub mod limits;
 pub mod mail;

@@ -146,6 +146,15 @@ CREATE TABLE recovery_codes (
     PRIMARY KEY ("user", hash)
 );
 "#,
+    // require_group: the group's members by name, refreshed on the admin
+    // path and hourly (the login path never asks NSS).
+    r#"
+CREATE TABLE group_members (
+    grp  TEXT NOT NULL,
+    name TEXT NOT NULL,
+    PRIMARY KEY (grp, name)
+);
+"#,
 ];
 
 /// Parses a `postgresql://` URL. A server that cannot be reached must not
@@ -565,6 +574,20 @@ impl Store for PgStore {
 
     fn recovery_codes_left(&mut self, user: &str) -> Result<u64, StoreError> {
         self.count(r#"SELECT count(*) FROM recovery_codes WHERE "user" = $1"#, &[&user])
+    }
+
+    fn set_group_members(&mut self, group: &str, names: &[String]) -> Result<(), StoreError> {
+        self.execute("DELETE FROM group_members WHERE grp = $1", &[&group])?;
+        // One statement for the whole list: a group may have 100,000 members.
+        self.execute(
+            "INSERT INTO group_members (grp, name) SELECT $1, n FROM unnest($2::text[]) AS n ON CONFLICT DO NOTHING",
+            &[&group, &names],
+        )?;
+        Ok(())
+    }
+
+    fn in_group(&mut self, group: &str, name: &str) -> Result<bool, StoreError> {
+        Ok(self.query_opt("SELECT 1 FROM group_members WHERE grp = $1 AND name = $2", &[&group, &name])?.is_some())
     }
 
     fn add_audit(&mut self, e: &NewAudit) -> Result<(), StoreError> {
@@ -1223,6 +1246,17 @@ mod tests {
         assert!(!s.use_recovery_code("alice", &[1; 32]).unwrap(), "the old set is gone");
         s.set_recovery_codes("alice", &[7; 16], &[]).unwrap();
         assert_eq!((s.recovery_salt("alice").unwrap(), s.recovery_codes_left("alice").unwrap()), (None, 0));
+        // Group members (require_group): replaced as a whole, per group.
+        assert!(!s.in_group("sudo", "alice").unwrap());
+        s.set_group_members("sudo", &["alice".into(), "bob".into(), "alice".into()]).unwrap();
+        s.set_group_members("wheel", &["carol".into()]).unwrap();
+        assert!(s.in_group("sudo", "alice").unwrap() && s.in_group("sudo", "bob").unwrap());
+        assert!(!s.in_group("sudo", "carol").unwrap() && !s.in_group("sudo", "Alice").unwrap());
+        s.set_group_members("sudo", &["bob".into()]).unwrap();
+        assert!(!s.in_group("sudo", "alice").unwrap() && s.in_group("sudo", "bob").unwrap());
+        assert!(s.in_group("wheel", "carol").unwrap());
+        s.set_group_members("sudo", &[]).unwrap();
+        assert!(!s.in_group("sudo", "bob").unwrap());
         // Fleet CA: the first one stored stays.
         assert_eq!(s.fleet_ca().unwrap(), None);
         assert!(s.set_fleet_ca_if_absent("CERT1", &[1, 2, 3]).unwrap());
@@ -1436,6 +1470,7 @@ mod tests {
         crate::auth::Policy {
             totp: crate::totp::TotpParams { algorithm: Algorithm::SHA1, digits: 6, period: 30, skew: 1 },
             hotp_window: 10,
+            require_group: None,
             lockout: LockoutConfig {
                 max_failures: 1000,
                 lock_for: std::time::Duration::from_secs(900),

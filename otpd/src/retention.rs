@@ -87,10 +87,18 @@ pub async fn link_accounts(sh: &Shared) -> usize {
     linked
 }
 
+/// `require_group`'s members follow the directory within the hour.
+async fn refresh_group(sh: &Shared) {
+    if let Err(e) = crate::groups::refresh(sh).await {
+        tracing::warn!("{e}; the members stored before are kept");
+    }
+}
+
 /// Runs for the daemon's life.
 pub async fn run(sh: Arc<Shared>, retention: Duration) {
     prune_audit(&sh, retention).await;
     link_accounts(&sh).await;
+    refresh_group(&sh).await;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_prune = tokio::time::Instant::now();
@@ -101,6 +109,7 @@ pub async fn run(sh: Arc<Shared>, retention: Duration) {
             last_prune = tokio::time::Instant::now();
             prune_audit(&sh, retention).await;
             link_accounts(&sh).await;
+            refresh_group(&sh).await;
         }
     }
 }

@@ -289,6 +289,11 @@ pub trait Store {
     /// caller per code, whatever the interleaving (the delete decides).
     fn use_recovery_code(&mut self, user: &str, hash: &[u8]) -> Result<bool, StoreError>;
     fn recovery_codes_left(&mut self, user: &str) -> Result<u64, StoreError>;
+    /// Replaces the stored member names of `group` (read through NSS on the
+    /// admin path, so that the login path decides `require_group` without NSS).
+    fn set_group_members(&mut self, group: &str, names: &[String]) -> Result<(), StoreError>;
+    /// Whether `name` is a stored member of `group`.
+    fn in_group(&mut self, group: &str, name: &str) -> Result<bool, StoreError>;
     fn add_audit(&mut self, entry: &NewAudit) -> Result<(), StoreError>;
     /// Deletes up to `limit` audit rows, and up to `limit` session records,
     /// older than `before` (a session by its end, or its start if it never
@@ -568,6 +573,15 @@ CREATE TABLE recovery_codes (
     salt BLOB NOT NULL,
     hash BLOB NOT NULL,
     PRIMARY KEY (user, hash)
+) STRICT, WITHOUT ROWID;
+"#,
+    // require_group: the group's members by name, refreshed on the admin
+    // path and hourly (the login path never asks NSS).
+    r#"
+CREATE TABLE group_members (
+    grp  TEXT NOT NULL,
+    name TEXT NOT NULL,
+    PRIMARY KEY (grp, name)
 ) STRICT, WITHOUT ROWID;
 "#,
 ];
@@ -883,6 +897,20 @@ impl Store for SqliteStore {
             .prepare_cached("SELECT count(*) FROM recovery_codes WHERE user = ?1")?
             .query_row([user], |r| r.get(0))?;
         Ok(n as u64)
+    }
+
+    fn set_group_members(&mut self, group: &str, names: &[String]) -> Result<(), StoreError> {
+        self.conn.prepare_cached("DELETE FROM group_members WHERE grp = ?1")?.execute([group])?;
+        let mut st = self.conn.prepare_cached("INSERT OR IGNORE INTO group_members (grp, name) VALUES (?1, ?2)")?;
+        for n in names {
+            st.execute(params![group, n])?;
+        }
+        Ok(())
+    }
+
+    fn in_group(&mut self, group: &str, name: &str) -> Result<bool, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT 1 FROM group_members WHERE grp = ?1 AND name = ?2")?;
+        Ok(st.query_row([group, name], |_| Ok(())).optional()?.is_some())
     }
 
     fn add_audit(&mut self, e: &NewAudit) -> Result<(), StoreError> {

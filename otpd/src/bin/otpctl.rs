@@ -5,8 +5,8 @@
 use clap::Parser;
 use common::client::{Client, ClientError};
 use common::config::Config;
-use common::proto::{AdminErrorKind, AdminRequest, AdminResponse, AuditEntry, HostInfo, Method, UserInfo};
-use otpd::cli::{Args, Cmd, HostCmd, ImportCmd, MethodArg, RequestCmd, UserCmd};
+use common::proto::{AdminErrorKind, AdminRequest, AdminResponse, AuditEntry, BulkUser, HostInfo, Method, UserInfo};
+use otpd::cli::{Args, Cmd, GroupCmd, HostCmd, ImportCmd, MethodArg, RequestCmd, UserCmd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -148,7 +148,21 @@ fn call(args: &Args, req: &AdminRequest) -> Result<AdminResponse, (u8, String)> 
 fn run(args: Args) -> Result<(), (u8, String)> {
     let (req, print_uri) = match &args.cmd {
         Cmd::User(u) => match u {
-            UserCmd::Enable { user, method, email, print_uri } => (
+            UserCmd::Enable { user: None, group, from_file, method, email, print_uri } => {
+                if !matches!(method, MethodArg::Totp) || email.is_some() || *print_uri {
+                    return Err((
+                        2,
+                        "--group and --from-file enable for totp only (no --method, --email, --print-uri)".into(),
+                    ));
+                }
+                let (users, source) = match (group, from_file) {
+                    (Some(g), _) => (group_members(g)?, format!("group {g}")),
+                    (None, Some(f)) => (users_from_file(f)?, format!("file {}", f.display())),
+                    (None, None) => return Err((2, "give a user, --group GROUP or --from-file FILE".into())),
+                };
+                return enable_many(&args, users, source);
+            }
+            UserCmd::Enable { user: Some(user), method, email, print_uri, .. } => (
                 AdminRequest::UserEnable {
                     user: user.clone(),
                     method: match method {
@@ -192,6 +206,7 @@ fn run(args: Args) -> Result<(), (u8, String)> {
             false,
         ),
         Cmd::Status => (AdminRequest::Status, false),
+        Cmd::Group(GroupCmd::Refresh) => (AdminRequest::GroupRefresh, false),
         Cmd::Import(ImportCmd::Oath { file, dry_run }) => {
             let content = std::fs::read_to_string(file)
                 .map_err(|e| (EXIT_INVALID, format!("cannot read {}: {e}", file.display())))?;
@@ -300,6 +315,9 @@ fn run(args: Args) -> Result<(), (u8, String)> {
             }
         }
         AdminResponse::Done { message } => println!("{message}"),
+        AdminResponse::EnabledMany { enabled, already_enabled, skipped, .. } => {
+            println!("{enabled} enabled, {already_enabled} already enabled (unchanged), {skipped} skipped")
+        }
         AdminResponse::Imported { results } => {
             for r in results {
                 println!("{:<16} {:<12} {}", r.user, r.outcome, r.detail);
@@ -665,4 +683,96 @@ fn read_password() -> Result<String, String> {
         return Err("no password given on stdin".into());
     }
     Ok(pw)
+}
+
+/// Every member of GROUP (member list and primary group), through NSS here
+/// at admin time, never on the login path.
+fn group_members(group: &str) -> Result<Vec<BulkUser>, (u8, String)> {
+    let names = otpd::groups::members(group)
+        .map_err(|e| (EXIT_INVALID, e))?
+        .ok_or((EXIT_INVALID, format!("no group {group}")))?;
+    if names.is_empty() {
+        return Err((EXIT_INVALID, format!("group {group} has no members: nothing to enable")));
+    }
+    Ok(with_uids(names))
+}
+
+fn with_uids(names: Vec<String>) -> Vec<BulkUser> {
+    names
+        .into_iter()
+        .map(|name| {
+            let uid = nix::unistd::User::from_name(&name).ok().flatten().map(|u| u.uid.as_raw());
+            BulkUser { name, uid }
+        })
+        .collect()
+}
+
+/// One name per line; `#` starts a comment, blank lines are skipped. Any
+/// invalid name refuses the whole file (nothing is sent).
+fn users_from_file(path: &std::path::Path) -> Result<Vec<BulkUser>, (u8, String)> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| (EXIT_INVALID, format!("cannot read {}: {e}", path.display())))?;
+    let (names, bad) = parse_user_list(&text);
+    if !bad.is_empty() {
+        let shown: Vec<String> = bad.iter().take(20).map(|(n, l)| format!("line {n}: {l:?}")).collect();
+        let more =
+            if bad.len() > shown.len() { format!(" (and {} more)", bad.len() - shown.len()) } else { String::new() };
+        return Err((
+            EXIT_INVALID,
+            format!("{}: not valid user names, nothing was enabled: {}{more}", path.display(), shown.join("; ")),
+        ));
+    }
+    if names.is_empty() {
+        return Err((EXIT_INVALID, format!("{} names no users: nothing to enable", path.display())));
+    }
+    Ok(with_uids(names))
+}
+
+/// The names of a user list, and the invalid lines (number, text).
+fn parse_user_list(text: &str) -> (Vec<String>, Vec<(usize, String)>) {
+    let (mut names, mut bad) = (Vec::new(), Vec::new());
+    let mut seen = std::collections::HashSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let name = line.split('#').next().unwrap_or("").trim();
+        if name.is_empty() {
+            continue;
+        }
+        if !otpd::auth::valid_user_name(name) {
+            bad.push((i + 1, name.to_string()));
+        } else if seen.insert(name.to_string()) {
+            names.push(name.to_string());
+        }
+    }
+    (names, bad)
+}
+
+fn enable_many(args: &Args, users: Vec<BulkUser>, source: String) -> Result<(), (u8, String)> {
+    let n = users.len();
+    let resp = call(args, &AdminRequest::UserEnableMany { users, source })?;
+    if args.json {
+        println!("{}", serde_json::to_value(&resp).unwrap_or_default());
+        return Ok(());
+    }
+    match resp {
+        AdminResponse::EnabledMany { enabled, already_enabled, skipped, notes } => {
+            for l in notes {
+                println!("{l}");
+            }
+            println!("{n} users: {enabled} enabled, {already_enabled} already enabled (unchanged), {skipped} skipped");
+            Ok(())
+        }
+        other => Err((EXIT_DAEMON, format!("unexpected answer from otpd: {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_user_list;
+
+    #[test]
+    fn user_list_skips_comments_and_blank_lines_and_names_bad_lines() {
+        let (names, bad) = parse_user_list("# staff\nalice\n\n  bob  # on leave\nalice\nbad name\n-x\n");
+        assert_eq!(names, vec!["alice", "bob"]);
+        assert_eq!(bad, vec![(6, "bad name".to_string()), (7, "-x".to_string())]);
+    }
 }
