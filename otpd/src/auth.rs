@@ -1084,6 +1084,26 @@ mod tests {
     }
 
     #[test]
+    fn require_group_refuses_unenrolled_members_from_the_stored_list() {
+        let p = Policy { require_group: Some("sudo".into()), ..policy(3) };
+        let mut s = SqliteStore::in_memory().unwrap();
+        s.set_group_members("sudo", &["gina".into(), "hank".into()]).unwrap();
+        enroll(&mut s, &p, "hank", Some(1010));
+        let (planned, note) = plan(&mut s, &p, &mut LoginContext { uid: Some(1011), ..ctx("gina") }, T0).unwrap();
+        assert_eq!(planned, Plan::Refused { message: MUST_ENROLL });
+        assert!(note.is_some_and(|n| n.reason.contains("require_group")));
+        assert!(matches!(plan(&mut s, &p, &mut ctx("hank"), T0).unwrap().0, Plan::Enroll { .. }));
+        let outsider = LoginContext { uid: Some(1012), ..ctx("ivan") };
+        assert_eq!(plan(&mut s, &p, &mut outsider.clone(), T0).unwrap().0, Plan::NotEnrolled);
+        // Without the setting the list decides nothing.
+        let off = policy(3);
+        assert_eq!(
+            plan(&mut s, &off, &mut LoginContext { uid: Some(1011), ..ctx("gina") }, T0).unwrap().0,
+            Plan::NotEnrolled
+        );
+    }
+
+    #[test]
     fn non_root_caller_only_for_itself() {
         let p = policy(3);
         let mut s = SqliteStore::in_memory().unwrap();

@@ -108,7 +108,15 @@ fn call(args: &Args, req: &AdminRequest) -> Result<AdminResponse, (u8, String)> 
         return remote_call(server, args.bundle.as_deref(), req);
     }
     let path = socket_path(args)?;
-    let mut client = Client::connect(&path, Duration::from_secs(30), &[0])
+    // A bulk enable of 100,000 users is one transaction that takes a while
+    // (and commits whether or not we are still waiting).
+    let wait = match req {
+        AdminRequest::UserEnableMany { users, .. } => {
+            Duration::from_secs(60).max(Duration::from_millis(users.len() as u64 * 5))
+        }
+        _ => Duration::from_secs(30),
+    };
+    let mut client = Client::connect(&path, wait, &[0])
         .map_err(|e| match e {
             ClientError::Missing(_) | ClientError::Connect { .. } => (
                 EXIT_UNREACHABLE,
