@@ -233,7 +233,7 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
         AdminRequest::UserEnableMany { users, source } => {
             let users = match bulk_users(users, &by) {
                 Ok(u) => u,
-                Err(e) => return e,
+                Err(why) => return err(AdminErrorKind::InvalidInput, why),
             };
             let r = sh.db.run(move |st| enable_many(st, &policy, &by, &users, &source, now)).await;
             // New accounts may have joined require_group since the last refresh.
@@ -676,9 +676,9 @@ fn not_found(user: &str) -> AdminResponse {
 /// Checks a bulk request before anything is written: every name valid (else
 /// the whole request is refused, naming the bad entries), duplicates dropped.
 /// A remote admin's uids are another machine's: the names are resolved here.
-fn bulk_users(users: Vec<BulkUser>, by: &By) -> Result<Vec<BulkUser>, AdminResponse> {
+fn bulk_users(users: Vec<BulkUser>, by: &By) -> Result<Vec<BulkUser>, String> {
     if users.is_empty() {
-        return Err(err(AdminErrorKind::InvalidInput, "no users given: nothing to enable"));
+        return Err("no users given: nothing to enable".into());
     }
     let bad: Vec<String> = users
         .iter()
@@ -688,10 +688,7 @@ fn bulk_users(users: Vec<BulkUser>, by: &By) -> Result<Vec<BulkUser>, AdminRespo
         .map(|(i, u)| format!("entry {}: {:?}", i + 1, u.name))
         .collect();
     if !bad.is_empty() {
-        return Err(err(
-            AdminErrorKind::InvalidInput,
-            format!("not valid user names (nothing was enabled): {}", bad.join(", ")),
-        ));
+        return Err(format!("not valid user names (nothing was enabled): {}", bad.join(", ")));
     }
     let mut seen = std::collections::HashSet::new();
     let mut out: Vec<BulkUser> = users.into_iter().filter(|u| seen.insert(u.name.clone())).collect();
