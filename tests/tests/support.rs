@@ -468,3 +468,76 @@ impl Drop for SmtpSink {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// The test user's password inside [`SudoSandbox`].
+pub const SUDO_PASSWORD: &str = "correct horse";
+
+/// Real sudo (pam_unix, then pam_otp) in a private mount namespace over
+/// temp copies of /etc/pam.d, sudoers, passwd, shadow and group; the test
+/// user `otpsudo` (uid 23456) exists only inside it.
+pub struct SudoSandbox {
+    etc: std::path::PathBuf,
+    input: std::path::PathBuf,
+}
+
+impl SudoSandbox {
+    pub fn new(fx: &Fixture) -> SudoSandbox {
+        let etc = fx.path("etc");
+        std::fs::create_dir_all(etc.join("pam.d")).unwrap();
+        for entry in std::fs::read_dir("/etc/pam.d").unwrap().flatten() {
+            if entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                std::fs::copy(entry.path(), etc.join("pam.d").join(entry.file_name())).unwrap();
+            }
+        }
+        for f in ["passwd", "shadow", "group"] {
+            std::fs::copy(format!("/etc/{f}"), etc.join(f)).unwrap();
+        }
+        let hash = std::process::Command::new("openssl").args(["passwd", "-6", SUDO_PASSWORD]).output().unwrap();
+        let hash = String::from_utf8_lossy(&hash.stdout).trim().to_string();
+        let append = |f: &str, line: String| {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new().append(true).open(etc.join(f)).unwrap();
+            writeln!(file, "{line}").unwrap();
+        };
+        append("passwd", "otpsudo:x:23456:23456:sudo test:/nonexistent:/bin/sh".into());
+        append("shadow", format!("otpsudo:{hash}:19000:0:99999:7:::"));
+        append("group", "otpsudo:x:23456:".into());
+        std::fs::write(
+            etc.join("pam.d/sudo"),
+            format!(
+                "auth required pam_unix.so\n\
+                 auth [success=ok ignore=ignore default=die] {} socket={}\n\
+                 account required pam_permit.so\nsession required pam_permit.so\n",
+                module_path().display(),
+                fx.pam_socket().display()
+            ),
+        )
+        .unwrap();
+        // sudo insists on a root-owned 0440 sudoers.
+        let sudoers = etc.join("sudoers");
+        std::fs::write(&sudoers, "Defaults !lecture, !fqdn\notpsudo ALL=(ALL) ALL\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&sudoers, std::fs::Permissions::from_mode(0o440)).unwrap();
+        SudoSandbox { input: fx.path("sudo-input"), etc }
+    }
+
+    /// `printf 'password\ncode\n' | sudo -S -k id -un` as the test user.
+    pub fn sudo(&self, lines: &[&str]) -> Run {
+        let input: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&self.input, input).unwrap();
+        run(self.command(&format!("< {}", self.input.display())))
+    }
+
+    /// `sudo -S -k id -un` as the test user, stdin as `redirect` says.
+    pub fn command(&self, redirect: &str) -> std::process::Command {
+        let script = format!(
+            "set -e; E={e}; for f in passwd shadow group sudoers; do mount --bind $E/$f /etc/$f; done; \
+             mount --bind $E/pam.d /etc/pam.d; \
+             exec setpriv --reuid=23456 --regid=23456 --clear-groups -- sudo -S -k id -un {redirect}",
+            e = self.etc.display(),
+        );
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.args(["-m", "--propagation", "private", "sh", "-c", &script]);
+        cmd
+    }
+}
