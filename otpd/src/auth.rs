@@ -652,28 +652,7 @@ pub fn new_enrollment(p: &Policy, existing: Option<UserRecord>, name: &str, uid:
     let mut secret = vec![0u8; p.totp.secret_len()];
     rand::rngs::OsRng.fill_bytes(&mut secret);
     let sealed = p.crypto.seal(name, &secret);
-    let base = existing.unwrap_or(UserRecord {
-        name: name.to_string(),
-        uid,
-        method: Method::Totp,
-        enabled: true,
-        email: None,
-        secret: None,
-        activated_at: None,
-        last_step: None,
-        failures: 0,
-        locked_until: None,
-        lock_periods: 0,
-        failures_since_login: 0,
-        admin_locked_at: None,
-        last_login: None,
-        created_at: now,
-        updated_at: now,
-        password_hash: None,
-        last_method: None,
-        hotp_counter: None,
-        digits: None,
-    });
+    let base = existing.unwrap_or_else(|| UserRecord::new(name, uid, now));
     let mut rec = UserRecord {
         uid: uid.or(base.uid),
         method: Method::Totp,

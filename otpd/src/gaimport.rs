@@ -113,28 +113,7 @@ pub fn import(
             out.push(result(&name, "would import", detail));
             continue;
         }
-        let base = existing.unwrap_or(UserRecord {
-            name: name.clone(),
-            uid: None,
-            method: Method::Totp,
-            enabled: true,
-            email: None,
-            secret: None,
-            activated_at: None,
-            last_step: None,
-            failures: 0,
-            locked_until: None,
-            lock_periods: 0,
-            failures_since_login: 0,
-            admin_locked_at: None,
-            last_login: None,
-            created_at: now,
-            updated_at: now,
-            password_hash: None,
-            last_method: None,
-            hotp_counter: None,
-            digits: None,
-        });
+        let base = existing.unwrap_or_else(|| UserRecord::new(&name, None, now));
         let mut rec = UserRecord {
             uid: a.account.uid.or(base.uid),
             method: Method::Totp,

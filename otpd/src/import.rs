@@ -258,28 +258,22 @@ pub fn import(
             out.push(Outcome::Unchanged);
             continue;
         }
-        let rec = UserRecord {
-            name: e.user.clone(),
-            uid: uid.or(existing.as_ref().and_then(|x| x.uid)),
+        // Kept from a disabled record of that name: its address, last
+        // login, creation time and internal password.
+        let base = existing.unwrap_or_else(|| UserRecord::new(&e.user, None, now));
+        let mut rec = UserRecord {
+            uid: uid.or(base.uid),
             method: e.method,
             enabled: true,
-            email: existing.as_ref().and_then(|x| x.email.clone()),
             secret: Some(p.crypto.seal(&e.user, &e.secret)),
             activated_at: Some(now),
             last_step: last,
-            failures: 0,
-            locked_until: None,
-            lock_periods: 0,
-            failures_since_login: 0,
-            admin_locked_at: None,
-            last_login: existing.as_ref().and_then(|x| x.last_login),
-            created_at: existing.as_ref().map_or(now, |x| x.created_at),
             updated_at: now,
-            password_hash: existing.as_ref().and_then(|x| x.password_hash.clone()),
-            last_method: existing.as_ref().and_then(|x| x.last_method.clone()),
             hotp_counter,
             digits: (e.method == Method::Hotp || e.digits != p.totp.digits).then_some(e.digits),
+            ..base
         };
+        rec.clear_lockout();
         if !dry_run {
             st.save_user(&rec)?;
         }

@@ -1000,28 +1000,7 @@ mod tests {
     }
 
     fn bare_user(name: &str, uid: u32) -> UserRecord {
-        UserRecord {
-            name: name.into(),
-            uid: Some(uid),
-            method: Method::Totp,
-            enabled: true,
-            email: None,
-            secret: None,
-            activated_at: None,
-            last_step: None,
-            failures: 0,
-            locked_until: None,
-            lock_periods: 0,
-            failures_since_login: 0,
-            admin_locked_at: None,
-            last_login: None,
-            created_at: 1,
-            updated_at: 1,
-            password_hash: None,
-            last_method: None,
-            hotp_counter: None,
-            digits: None,
-        }
+        UserRecord::new(name, Some(uid), 1)
     }
 
     fn host(name: &str, fp: u8) -> HostRecord {

@@ -179,6 +179,33 @@ pub enum MailCount<'a> {
 pub use common::proto::{RequestInfo as EmergencyRequest, SessionInfo as SessionRecord};
 
 impl UserRecord {
+    /// An enabled TOTP record with nothing else yet: no secret, never
+    /// activated, no failures (what enabling or importing starts from).
+    pub fn new(name: &str, uid: Option<u32>, now: i64) -> UserRecord {
+        UserRecord {
+            name: name.to_string(),
+            uid,
+            method: Method::Totp,
+            enabled: true,
+            email: None,
+            secret: None,
+            activated_at: None,
+            last_step: None,
+            failures: 0,
+            locked_until: None,
+            lock_periods: 0,
+            failures_since_login: 0,
+            admin_locked_at: None,
+            last_login: None,
+            created_at: now,
+            updated_at: now,
+            password_hash: None,
+            last_method: None,
+            hotp_counter: None,
+            digits: None,
+        }
+    }
+
     pub fn is_locked(&self, now: i64) -> bool {
         self.admin_locked_at.is_some() || self.locked_until.is_some_and(|t| t > now)
     }
