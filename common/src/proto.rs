@@ -448,6 +448,16 @@ pub struct ImportAccount {
     pub last_step: Option<i64>,
     /// 8-digit emergency scratch codes, to become recovery codes.
     pub scratch_codes: Vec<String>,
+    /// A counter-based (HOTP) file: HOTP_COUNTER, the next counter the
+    /// token shows (every lower one is used). `None` for TOTP files.
+    #[serde(default)]
+    pub hotp_counter: Option<i64>,
+    /// WINDOW_SIZE in the file, reported when otpd's window differs.
+    #[serde(default)]
+    pub window_size: Option<u32>,
+    /// RATE_LIMIT attempts and seconds, reported (otpd's lockout applies).
+    #[serde(default)]
+    pub rate_limit: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

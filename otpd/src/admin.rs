@@ -392,10 +392,8 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
         AdminRequest::ImportTotp { accounts, dry_run } => {
             // Scratch codes are argon2id hashes: prepared off the database thread.
             let p = policy.clone();
-            let prepared = tokio::task::spawn_blocking(move || {
-                accounts.into_iter().map(|a| crate::gaimport::prepare(&p, a)).collect::<Vec<_>>()
-            })
-            .await;
+            let prepared =
+                tokio::task::spawn_blocking(move || crate::gaimport::prepare_all(&p, accounts, dry_run)).await;
             let Ok(prepared) = prepared else { return err(AdminErrorKind::Internal, "preparing the import failed") };
             let mut skipped = Vec::new();
             let mut ready = Vec::new();

@@ -845,10 +845,12 @@ mod tests {
             Verdict::Accept { .. }
         ));
         let salt = crate::recovery::new_salt();
-        let hashes = vec![crate::recovery::hash(&salt, "12345678").unwrap()];
+        let key = *p.crypto.scratch_key();
+        let hashes = vec![crate::recovery::hash_scratch(&key, &salt, "12345678").unwrap()];
         s.set_recovery_codes("sid", &salt, &hashes).unwrap();
         let attempt = |s: &mut SqliteStore, answer: &str| {
-            let hash = crate::recovery::scratch_shape(answer).map(|c| crate::recovery::hash(&salt, &c).unwrap());
+            let hash =
+                crate::recovery::scratch_shape(answer).map(|c| crate::recovery::hash_scratch(&key, &salt, &c).unwrap());
             check_answer_with(s, &p, &ctx("sid"), answer, hash.as_deref(), T0 + 60).unwrap()
         };
         assert!(matches!(attempt(&mut s, "87654321"), Verdict::Deny { .. }));

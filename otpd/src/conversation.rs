@@ -482,7 +482,12 @@ async fn recovery_hash(sh: &Shared, user: &str, answer: &str) -> Option<Vec<u8>>
             return None;
         }
     };
-    match tokio::task::spawn_blocking(move || crate::recovery::hash(&salt, &code)).await {
+    let key = *sh.policy.crypto.scratch_key();
+    let hashed = tokio::task::spawn_blocking(move || match scratch {
+        true => crate::recovery::hash_scratch(&key, &salt, &code),
+        false => crate::recovery::hash(&salt, &code),
+    });
+    match hashed.await {
         Ok(Ok(h)) => Some(h),
         Ok(Err(e)) => {
             tracing::error!("hashing a recovery code failed: {e}");

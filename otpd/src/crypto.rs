@@ -21,16 +21,29 @@ pub enum KeyError {
 pub struct SecretBox {
     cipher: XChaCha20Poly1305,
     email_key: [u8; 32],
+    scratch_key: [u8; 32],
 }
 
 impl SecretBox {
     pub fn from_key(key: &[u8; KEY_LEN]) -> SecretBox {
         use hmac::Mac;
         // A separate key for hashing emailed codes, derived so that one key file serves both.
-        let email_key = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key)
-            .map(|m| m.chain_update(b"otpd email code hmac key v1").finalize().into_bytes().into())
-            .unwrap_or([0u8; 32]);
-        SecretBox { cipher: XChaCha20Poly1305::new(key.into()), email_key }
+        let derive = |label: &[u8]| -> [u8; 32] {
+            <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key)
+                .map(|m| m.chain_update(label).finalize().into_bytes().into())
+                .unwrap_or([0u8; 32])
+        };
+        SecretBox {
+            cipher: XChaCha20Poly1305::new(key.into()),
+            email_key: derive(b"otpd email code hmac key v1"),
+            scratch_key: derive(b"otpd scratch code argon2 secret v1"),
+        }
+    }
+
+    /// Secret input of the keyed hashes of imported scratch codes
+    /// ([`crate::recovery::hash_scratch`]).
+    pub fn scratch_key(&self) -> &[u8; 32] {
+        &self.scratch_key
     }
 
     /// Key for the keyed hashes of emailed codes.

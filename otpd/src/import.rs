@@ -33,7 +33,7 @@ pub struct OathEntry {
 
 /// Longest counter imported: resync looks 1000 further and counters are
 /// stored as signed 64-bit numbers.
-const MAX_COUNTER: u64 = (i64::MAX as u64) - 10_000;
+pub(crate) const MAX_COUNTER: u64 = (i64::MAX as u64) - 10_000;
 
 fn parse_type(t: &str) -> Option<(Method, u64, u32)> {
     let (method, period, rest) = if let Some(r) = t.strip_prefix("HOTP/T30") {

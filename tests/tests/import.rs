@@ -94,6 +94,12 @@ fn oathtool(secret: &str, at: Option<i64>) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+fn oathtool_hotp(secret: &str, counter: u64) -> String {
+    let out = Command::new("oathtool").args(["--hotp", "-b", secret, "-c", &counter.to_string()]).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 fn chown_to(path: &Path, owner: u32) {
     std::os::unix::fs::chown(path, Some(owner), Some(owner)).unwrap();
 }
@@ -122,7 +128,18 @@ fn google_authenticator_files_import_once_with_their_secret_last_step_and_scratc
     // its user's; ga6: a symlink to a good file; plus a malformed one.
     google_authenticator(&acc.file(2), &["-t"]);
     chown_to(&acc.file(2), uid(2));
+    // ga3: HOTP, one code used under pam_google_authenticator (counter 1 → 2).
     google_authenticator(&acc.file(3), &["-c"]);
+    let hotp_secret = secret_of(&acc.file(3));
+    std::fs::write(
+        fx.path("services/ga"),
+        format!("auth required {GA_MODULE} secret={} user=root\n", acc.file(3).display()),
+    )
+    .unwrap();
+    let hotp_used = oathtool_hotp(&hotp_secret, 1);
+    let before = fx.login_with("ga", "ga3", &[hotp_used.as_bytes()]);
+    assert_eq!(before.code, PAM_SUCCESS, "pam_google_authenticator took the HOTP code: {}", before.out);
+    assert!(std::fs::read_to_string(acc.file(3)).unwrap().contains("\" HOTP_COUNTER 2"), "the counter moved");
     chown_to(&acc.file(3), uid(3));
     google_authenticator(&acc.file(4), &["-t"]);
     chown_to(&acc.file(4), uid(4));
@@ -149,11 +166,12 @@ fn google_authenticator_files_import_once_with_their_secret_last_step_and_scratc
     let line = |u: &str| out.out.lines().find(|l| l.starts_with(&format!("{u} "))).unwrap_or("").to_string();
     assert!(line("ga1").contains("imported") && line("ga1").contains("5 scratch code(s)"), "{}", out.out);
     assert!(line("ga2").contains("imported"), "{}", out.out);
-    assert!(line("ga3").contains("HOTP import needs the hotp method"), "{}", out.out);
+    assert!(line("ga3").contains("imported") && line("ga3").contains("HOTP secret, next counter 2"), "{}", out.out);
+    assert!(line("ga3").contains("RATE_LIMIT 3 per 30 s replaced by otpd's lockout"), "{}", out.out);
     assert!(line("ga4").contains("skipped") && line("ga4").contains("mode 0644"), "{}", out.out);
     assert!(line("ga5").contains("skipped") && line("ga5").contains("owned by uid 0"), "{}", out.out);
     assert!(line("ga6").contains("skipped") && line("ga6").contains("symbolic link"), "{}", out.out);
-    for n in 3..=6 {
+    for n in 4..=6 {
         assert_eq!(fx.ctl(&["user", "show", &format!("ga{n}")]).status.code(), Some(3), "ga{n}: {}", out.out);
     }
     let shown = fx.show("ga1")["user"].clone();
@@ -173,6 +191,14 @@ fn google_authenticator_files_import_once_with_their_secret_last_step_and_scratc
     assert_ne!(next, used);
     let ok = fx.login("ga1", &[&next]);
     assert_eq!(ok.code, PAM_SUCCESS, "{}", ok.out);
+    // ga3's HOTP token: the code used before the import is refused, the
+    // next counter's code is accepted once.
+    assert_eq!(fx.login("ga3", &[&hotp_used]).code, PAM_AUTH_ERR);
+    let hotp_next = oathtool_hotp(&hotp_secret, 2);
+    let ok3 = fx.login("ga3", &[&hotp_next]);
+    assert_eq!(ok3.code, PAM_SUCCESS, "{}", ok3.out);
+    assert_eq!(fx.login("ga3", &[&hotp_next]).code, PAM_AUTH_ERR, "single use");
+    assert_eq!(fx.show("ga3")["user"]["method"], "hotp");
     // ga2's existing authenticator entry keeps working.
     let ok2 = fx.login("ga2", &[&oathtool(&secret_of(&acc.file(2)), Some(now))]);
     assert_eq!(ok2.code, PAM_SUCCESS, "{}", ok2.out);
@@ -197,7 +223,8 @@ fn google_authenticator_files_import_once_with_their_secret_last_step_and_scratc
     let rm = acc.otpctl(&fx, &["import", "google-authenticator", "--remove-files"]);
     assert!(rm.out.contains("removed"), "{}", rm.out);
     assert!(!acc.file(1).exists() && !acc.file(2).exists());
-    assert!(acc.file(3).exists() && acc.file(4).exists() && acc.file(5).exists());
+    assert!(!acc.file(3).exists(), "ga3 was imported");
+    assert!(acc.file(4).exists() && acc.file(5).exists());
 }
 
 /// 700 files are one admin request over 64 KiB, imported in one transaction.

@@ -606,9 +606,10 @@ fn import_google_authenticator(args: &Args, paths: &[String], dry_run: bool, rem
         let shown = path.display().to_string();
         match otpd::gauth::read(&path, uid) {
             Err(why) => problems.push((user, format!("{shown} {why}; skipped"))),
-            Ok(f) if !f.totp => {
-                problems.push((user, format!("{shown} is counter based: HOTP import needs the hotp method; skipped")))
-            }
+            Ok(f) if !f.totp && f.hotp_counter.is_none_or(|c| c < 1) => problems.push((
+                user,
+                format!("{shown} has neither TOTP_AUTH nor a HOTP_COUNTER: only scratch codes work with it; skipped"),
+            )),
             Ok(f) => {
                 accounts.push(ImportAccount {
                     user: user.clone(),
@@ -617,6 +618,9 @@ fn import_google_authenticator(args: &Args, paths: &[String], dry_run: bool, rem
                     step_size: f.step_size,
                     last_step: f.last_step,
                     scratch_codes: f.scratch_codes.clone(),
+                    hotp_counter: if f.totp { None } else { f.hotp_counter },
+                    window_size: f.window_size,
+                    rate_limit: f.rate_limit,
                 });
                 files.push((user, path));
             }
