@@ -215,3 +215,47 @@ fn group_refresh_without_require_group_is_refused() {
     let out = fx.ctl(&["group", "refresh"]);
     assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The same bulk enable on a server on PostgreSQL: one transaction there
+/// too (every row it wrote carries the same `xmin`, the id of the
+/// transaction that wrote it), and idempotent.
+#[test]
+fn enable_group_on_postgresql_is_one_transaction() {
+    let pg = e2e::pg::Cluster::start().unwrap_or_else(|e| panic!("PostgreSQL: {e}"));
+    let names = tempfile::tempdir().unwrap();
+    let dir = Directory::new(names.path(), 1000, 5);
+    let port = free_port();
+    let setup = Setup {
+        top: "role = \"server\"\n".into(),
+        database: Some(pg.url()),
+        extra: format!("dbus = false\n[fleet]\nlisten = [\"127.0.0.1:{port}\"]\nnames = [\"127.0.0.1\"]\n"),
+        env: dir.env.clone(),
+        ..Setup::default()
+    };
+    let fx = Fixture::start_setup(tempfile::tempdir().unwrap(), setup);
+    fx.ctl_ok(&["user", "enable", "m7"]);
+
+    let out: serde_json::Value =
+        serde_json::from_str(&dir.ctl_ok(&fx, &["--json", "user", "enable", "--group", "staff"])).unwrap();
+    assert_eq!((out["enabled"].as_u64(), out["already_enabled"].as_u64()), (Some(1004), Some(1)), "{out}");
+    let q = |sql: &str| pg.psql(sql).unwrap_or_else(|e| panic!("{sql}: {e}")).trim().to_string();
+    assert_eq!(q("SELECT count(*) FROM users WHERE enabled"), "1005");
+    assert_eq!(
+        q("SELECT count(DISTINCT xmin::text) FROM users WHERE enabled AND name <> 'm7'"),
+        "1",
+        "one transaction"
+    );
+    let audit_tx = q("SELECT count(DISTINCT xmin::text) FROM audit WHERE result LIKE '%group staff%'");
+    assert_eq!(audit_tx, "1", "the audit rows in the same transaction");
+    assert_eq!(
+        q("SELECT count(*) FROM audit WHERE result LIKE '%group staff%' AND xmin::text = \
+           (SELECT min(xmin::text) FROM users WHERE name = 'm999')"),
+        "1004",
+        "users and audit rows written together"
+    );
+
+    let again = dir.ctl_ok(&fx, &["user", "enable", "--group", "staff"]);
+    assert!(again.contains("0 enabled, 1005 already enabled"), "{again}");
+    assert_eq!(q("SELECT count(*) FROM users WHERE enabled"), "1005");
+    assert_eq!(enabled_users(&fx).len(), 1005);
+}
