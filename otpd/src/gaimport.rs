@@ -31,9 +31,13 @@ fn result(user: &str, outcome: &str, detail: impl Into<String>) -> ImportResult 
 }
 
 /// Checks an account against what otpd can verify; on success hashes its
-/// scratch codes (unless `dry_run`: a dry run hashes nothing). Slow: call
-/// off the database thread, see [`prepare_all`].
-pub fn prepare(p: &Policy, a: ImportAccount, dry_run: bool) -> Result<Prepared, ImportResult> {
+/// scratch codes with `hasher` (`None`: a dry run, nothing hashed). Slow:
+/// call off the database thread, see [`prepare_all`].
+pub fn prepare(
+    p: &Policy,
+    a: ImportAccount,
+    hasher: Option<&mut crate::recovery::ScratchHasher>,
+) -> Result<Prepared, ImportResult> {
     let skip = |why: String| result(&a.user, "skipped", why);
     if !auth::valid_user_name(&a.user) {
         return Err(skip("not a valid user name".into()));
@@ -92,13 +96,12 @@ pub fn prepare(p: &Policy, a: ImportAccount, dry_run: bool) -> Result<Prepared, 
         return Err(skip("scratch codes must be 8 digits (at most 64)".into()));
     }
     let salt = crate::recovery::new_salt();
-    let key = p.crypto.scratch_key();
-    let hashes = match dry_run {
-        true => Vec::new(),
-        false => a
+    let hashes = match hasher {
+        None => Vec::new(),
+        Some(h) => a
             .scratch_codes
             .iter()
-            .map(|c| crate::recovery::hash_scratch(key, &salt, c))
+            .map(|c| h.hash(&salt, c))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| skip(format!("hashing the scratch codes failed: {e}")))?,
     };
@@ -118,7 +121,22 @@ pub fn prepare_all(p: &Policy, accounts: Vec<ImportAccount>, dry_run: bool) -> V
     std::thread::scope(|s| {
         let handles: Vec<_> = chunks
             .into_iter()
-            .map(|chunk| s.spawn(move || chunk.into_iter().map(|a| prepare(p, a, dry_run)).collect::<Vec<_>>()))
+            .map(|chunk| {
+                s.spawn(move || {
+                    let mut hasher = match dry_run {
+                        true => None,
+                        false => Some(crate::recovery::ScratchHasher::new(p.crypto.scratch_key())),
+                    };
+                    chunk
+                        .into_iter()
+                        .map(|a| match hasher.as_mut() {
+                            None => prepare(p, a, None),
+                            Some(Ok(h)) => prepare(p, a, Some(h)),
+                            Some(Err(e)) => Err(result(&a.user, "skipped", format!("cannot hash scratch codes: {e}"))),
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
             .collect();
         handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|_| Vec::new())).collect()
     })
@@ -284,11 +302,11 @@ mod tests {
         let twin = account("gina2", "TLJRHL2XNHILFMDTXWZSZD3FHQ");
         assert_eq!(run(&mut s, &p, vec![twin], false), ["skipped"]);
         // What otpd cannot verify is refused before the transaction.
-        assert!(prepare(&p, ImportAccount { step_size: 60, ..a.clone() }, false).is_err());
-        assert!(prepare(&p, ImportAccount { secret_b32: "!!".into(), ..a.clone() }, false).is_err());
-        assert!(prepare(&p, ImportAccount { scratch_codes: vec!["1234".into()], ..a.clone() }, false).is_err());
+        assert!(prepare(&p, ImportAccount { step_size: 60, ..a.clone() }, None).is_err());
+        assert!(prepare(&p, ImportAccount { secret_b32: "!!".into(), ..a.clone() }, None).is_err());
+        assert!(prepare(&p, ImportAccount { scratch_codes: vec!["1234".into()], ..a.clone() }, None).is_err());
         let p8 = Policy { totp: TotpParams { digits: 8, ..p.totp.clone() }, ..policy() };
-        assert!(prepare(&p8, a.clone(), false).is_err());
+        assert!(prepare(&p8, a.clone(), None).is_err());
     }
 
     #[test]
@@ -302,9 +320,9 @@ mod tests {
             last_step: None,
             ..account("hal", "TLJRHL2XNHILFMDTXWZSZD3FHQ")
         };
-        let dry = prepare(&p, h.clone(), true).unwrap();
+        let dry = prepare(&p, h.clone(), None).unwrap();
         assert!(dry.hashes.is_empty(), "a dry run hashes nothing");
-        let ready = vec![prepare(&p, h.clone(), false).unwrap()];
+        let ready = prepare_all(&p, vec![h.clone()], false).into_iter().map(|r| r.unwrap()).collect();
         let r = import(&mut s, &p, ready, false, "test", 50).unwrap();
         assert_eq!(r[0].outcome, "imported");
         assert!(r[0].detail.contains("HOTP secret, next counter 4"), "{}", r[0].detail);
@@ -313,16 +331,16 @@ mod tests {
         assert_eq!((u.method, u.hotp_counter, u.digits, u.last_step), (Method::Hotp, Some(4), Some(6), None));
         // Used further under the old module: the counter moves up, never down.
         for (c, want) in [(9, 9), (5, 9)] {
-            let again = vec![prepare(&p, ImportAccount { hotp_counter: Some(c), ..h.clone() }, false).unwrap()];
+            let again = vec![prepare(&p, ImportAccount { hotp_counter: Some(c), ..h.clone() }, None).unwrap()];
             assert_eq!(import(&mut s, &p, again, false, "test", 60).unwrap()[0].outcome, "unchanged");
             assert_eq!(s.user("hal").unwrap().unwrap().hotp_counter, Some(want));
         }
         // The same secret as TOTP is another enrollment: not overwritten.
-        let totp = vec![prepare(&p, ImportAccount { hotp_counter: None, ..h.clone() }, false).unwrap()];
+        let totp = vec![prepare(&p, ImportAccount { hotp_counter: None, ..h.clone() }, None).unwrap()];
         assert_eq!(import(&mut s, &p, totp, false, "test", 70).unwrap()[0].outcome, "skipped");
-        assert!(prepare(&p, ImportAccount { hotp_counter: Some(0), ..h }, false).is_err());
+        assert!(prepare(&p, ImportAccount { hotp_counter: Some(0), ..h }, None).is_err());
         // TOTP with the default window (3 = ±1 step): nothing to report.
-        let t = prepare(&p, account("tom", "HNZC5YSDIE7NXRUMF7LXGYJWBA"), false).unwrap();
+        let t = prepare(&p, account("tom", "HNZC5YSDIE7NXRUMF7LXGYJWBA"), None).unwrap();
         assert!(t.notes.is_empty(), "{:?}", t.notes);
     }
 }

@@ -85,7 +85,12 @@ impl Cluster {
 
     pub fn start_again(&mut self) -> Result<(), String> {
         let data = self.dir.join("data");
-        let opts = format!("-k {} -c listen_addresses='' -p {}", self.dir.display(), self.port);
+        let mut opts = format!("-k {} -c listen_addresses='' -p {}", self.dir.display(), self.port);
+        // For the benchmark's analysis only (`OTP_PG_OPTIONS="-c synchronous_commit=off"`
+        // shows what the WAL flush costs); the tests never set it.
+        if let Ok(extra) = std::env::var("OTP_PG_OPTIONS") {
+            opts = format!("{opts} {extra}");
+        }
         let log = self.dir.join("log");
         run_as_postgres(
             &self.bin,

@@ -114,6 +114,10 @@ fn call(args: &Args, req: &AdminRequest) -> Result<AdminResponse, (u8, String)> 
         AdminRequest::UserEnableMany { users, .. } => {
             Duration::from_secs(60).max(Duration::from_millis(users.len() as u64 * 5))
         }
+        // Each file's scratch codes are hashed first (about 1 ms each, on every CPU).
+        AdminRequest::ImportTotp { accounts, .. } => {
+            Duration::from_secs(60).max(Duration::from_millis(accounts.len() as u64 * 20))
+        }
         _ => Duration::from_secs(30),
     };
     let mut client = Client::connect(&path, wait, &[0])
