@@ -108,9 +108,29 @@ pub fn prepare(
     Ok(Prepared { account: a, method, secret, salt, hashes, notes })
 }
 
+/// Which of `names` are enabled here already: the import leaves them
+/// unchanged (same secret) or skips them (another one), so their scratch
+/// codes need no hashing.
+pub fn already_enabled(st: &mut dyn Store, names: &[String]) -> Result<std::collections::HashSet<String>, StoreError> {
+    let mut out = std::collections::HashSet::new();
+    for name in names {
+        if st.user(name)?.is_some_and(|u| u.enabled) {
+            out.insert(name.clone());
+        }
+    }
+    Ok(out)
+}
+
 /// [`prepare`] for every account, spread over the CPUs (500,000 scratch
-/// codes for 100,000 files): results in the accounts' order.
-pub fn prepare_all(p: &Policy, accounts: Vec<ImportAccount>, dry_run: bool) -> Vec<Result<Prepared, ImportResult>> {
+/// codes for 100,000 files): results in the accounts' order. Accounts in
+/// `enabled` (already enabled here) are checked but not hashed: the import
+/// leaves them unchanged, or skips one that changed meanwhile.
+pub fn prepare_all(
+    p: &Policy,
+    accounts: Vec<ImportAccount>,
+    dry_run: bool,
+    enabled: &std::collections::HashSet<String>,
+) -> Vec<Result<Prepared, ImportResult>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 16);
     let per = accounts.len().div_ceil(threads).max(1);
     let mut chunks: Vec<Vec<ImportAccount>> = Vec::new();
@@ -130,6 +150,7 @@ pub fn prepare_all(p: &Policy, accounts: Vec<ImportAccount>, dry_run: bool) -> V
                     chunk
                         .into_iter()
                         .map(|a| match hasher.as_mut() {
+                            _ if enabled.contains(&a.user) => prepare(p, a, None),
                             None => prepare(p, a, None),
                             Some(Ok(h)) => prepare(p, a, Some(h)),
                             Some(Err(e)) => Err(result(&a.user, "skipped", format!("cannot hash scratch codes: {e}"))),
@@ -204,6 +225,11 @@ pub fn import(
             out.push(result(&name, "would import", detail));
             continue;
         }
+        // Enabled when the request came (so not hashed), disabled since.
+        if a.hashes.len() != a.account.scratch_codes.len() {
+            out.push(result(&name, "skipped", "changed in otpd during the import; run the import again"));
+            continue;
+        }
         let base = existing.unwrap_or_else(|| UserRecord::new(&name, None, now));
         let hotp = a.method == Method::Hotp;
         let mut rec = UserRecord {
@@ -273,7 +299,8 @@ mod tests {
     }
 
     fn run(s: &mut SqliteStore, p: &Policy, accounts: Vec<ImportAccount>, dry_run: bool) -> Vec<String> {
-        let ready = prepare_all(p, accounts, dry_run).into_iter().map(|r| r.unwrap()).collect();
+        let done = already_enabled(s, &accounts.iter().map(|a| a.user.clone()).collect::<Vec<_>>()).unwrap();
+        let ready = prepare_all(p, accounts, dry_run, &done).into_iter().map(|r| r.unwrap()).collect();
         import(s, p, ready, dry_run, "test", 50).unwrap().into_iter().map(|r| r.outcome).collect()
     }
 
@@ -301,6 +328,12 @@ mod tests {
         assert_eq!(run(&mut s, &p, vec![other], false), ["skipped"]);
         let twin = account("gina2", "TLJRHL2XNHILFMDTXWZSZD3FHQ");
         assert_eq!(run(&mut s, &p, vec![twin], false), ["skipped"]);
+        // Enabled when the request came (its codes not hashed), disabled
+        // before the transaction: skipped, never imported without its codes.
+        let gone = std::collections::HashSet::from(["nora".to_string()]);
+        let nora = prepare_all(&p, vec![account("nora", "HNZC5YSDIE7NXRUMF7LXGYJWBA")], false, &gone);
+        let r = import(&mut s, &p, nora.into_iter().map(|r| r.unwrap()).collect(), false, "test", 60).unwrap();
+        assert_eq!((r[0].outcome.as_str(), s.user("nora").unwrap()), ("skipped", None), "{}", r[0].detail);
         // What otpd cannot verify is refused before the transaction.
         assert!(prepare(&p, ImportAccount { step_size: 60, ..a.clone() }, None).is_err());
         assert!(prepare(&p, ImportAccount { secret_b32: "!!".into(), ..a.clone() }, None).is_err());
@@ -322,7 +355,8 @@ mod tests {
         };
         let dry = prepare(&p, h.clone(), None).unwrap();
         assert!(dry.hashes.is_empty(), "a dry run hashes nothing");
-        let ready = prepare_all(&p, vec![h.clone()], false).into_iter().map(|r| r.unwrap()).collect();
+        let none = std::collections::HashSet::new();
+        let ready = prepare_all(&p, vec![h.clone()], false, &none).into_iter().map(|r| r.unwrap()).collect();
         let r = import(&mut s, &p, ready, false, "test", 50).unwrap();
         assert_eq!(r[0].outcome, "imported");
         assert!(r[0].detail.contains("HOTP secret, next counter 4"), "{}", r[0].detail);
