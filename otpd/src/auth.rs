@@ -158,11 +158,18 @@ pub fn audit_method(
     result: &str,
     reason: &str,
 ) -> Result<(), StoreError> {
+    let entry = audit_entry(ctx, now, method, result, reason);
+    crate::syslog::audit(&entry);
+    store.add_audit(&entry)
+}
+
+/// The audit row of a login decision.
+fn audit_entry(ctx: &LoginContext, now: i64, method: &str, result: &str, reason: &str) -> NewAudit {
     let reason = match &ctx.typed {
         Some(typed) => format!("{reason} (typed as {typed})"),
         None => reason.to_string(),
     };
-    let entry = NewAudit {
+    NewAudit {
         time: now,
         user: ctx.user.clone(),
         service: ctx.service.clone(),
@@ -172,9 +179,53 @@ pub fn audit_method(
         method: method.into(),
         result: result.into(),
         reason,
-    };
+    }
+}
+
+/// The common login decided in one statement, on a store that can
+/// ([`Store::accept_step_if_unchanged`]: PostgreSQL, in a read-only job,
+/// the user read without a row lock): an activated TOTP user with no
+/// failure and no lock typing a fresh valid code. It gives the verdict
+/// [`check_answer`] would give and writes the same. `None` for anything
+/// else — a wrong or used code, a lock, failures to report, email, HOTP,
+/// recovery codes, an enrollment to activate, a uid to learn, or a row that
+/// changed since it was read: then [`check_answer`] decides in a
+/// transaction, and records what happened.
+pub fn accept_fast(
+    store: &mut dyn Store,
+    p: &Policy,
+    ctx: &LoginContext,
+    answer: &str,
+    now: i64,
+) -> Result<Option<Verdict>, StoreError> {
+    if answer.len() > MAX_ANSWER_LEN {
+        return Ok(None);
+    }
+    let Some(user) = store.user(&ctx.user)? else { return Ok(None) };
+    let plain = user.enabled
+        && user.method == Method::Totp
+        && user.activated_at.is_some()
+        && !user.is_locked(now)
+        && user.locked_until.is_none()
+        && (user.failures, user.failures_since_login, user.lock_periods) == (0, 0, 0);
+    // check_answer fills in the uid of a user enabled before the account existed.
+    let learns_uid = user.uid.is_none() && ctx.peer_uid == 0 && ctx.typed.is_none() && !ctx.remote;
+    if !plain || learns_uid {
+        return Ok(None);
+    }
+    let code: String = answer.chars().filter(|&c| c != ' ').collect();
+    let totp = TotpParams { digits: user.digits.unwrap_or(p.totp.digits), ..p.totp.clone() };
+    if code.len() != totp.digits as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(None);
+    }
+    let Some(secret) = user.secret.as_deref().and_then(|s| p.crypto.open(&user.name, s)) else { return Ok(None) };
+    let Check::Valid { step } = totp.check(&secret, &code, now, user.last_step) else { return Ok(None) };
+    let entry = audit_entry(ctx, now, "totp", "accept", "valid code");
+    if !store.accept_step_if_unchanged(&user, step, now, &entry)? {
+        return Ok(None);
+    }
     crate::syslog::audit(&entry);
-    store.add_audit(&entry)
+    Ok(Some(Verdict::Accept { activated: false, failures: 0, locks: 0 }))
 }
 
 /// An audit record a decision still has to write (method, result, reason).

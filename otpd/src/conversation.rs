@@ -418,6 +418,24 @@ async fn ask(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext, echo: bool
 async fn finish<T: Transport>(mut s: T, sh: &Shared, ctx: &LoginContext, answer: String) {
     let now = sh.clock.now();
     let recovery = recovery_hash(sh, &ctx.user, &answer).await;
+    // PostgreSQL: the common login in one statement without a transaction
+    // (three round trips and a row lock fewer); anything else, or a row
+    // that changed meanwhile, is decided below in a transaction.
+    if sh.db.is_postgres() && recovery.is_none() {
+        let (policy, job_ctx, typed) = (sh.policy.clone(), ctx.clone(), answer.clone());
+        match sh.db.read(move |st| auth::accept_fast(st, &policy, &job_ctx, &typed, now)).await {
+            Ok(Some(verdict)) => {
+                let verdict = Ok(verdict);
+                verdict_events(&sh.events, &ctx.user, &verdict);
+                let _ = s.write_msg(&verdict_outcome(&verdict, now), sh.io_timeout).await;
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!("the one-statement check for {} failed ({e}); deciding in a transaction", ctx.user)
+            }
+        }
+    }
     let (policy, job_ctx, events, user) = (sh.policy.clone(), ctx.clone(), sh.events.clone(), ctx.user.clone());
     let check = move |st: &mut dyn crate::store::Store| {
         auth::check_answer_with(st, &policy, &job_ctx, &answer, recovery.as_deref(), now)

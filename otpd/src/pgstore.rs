@@ -542,6 +542,42 @@ impl Store for PgStore {
         Ok(n == 1)
     }
 
+    fn accept_step_if_unchanged(
+        &mut self,
+        seen: &UserRecord,
+        step: i64,
+        now: i64,
+        e: &NewAudit,
+    ) -> Result<bool, StoreError> {
+        let Some(secret) = seen.secret.as_deref() else { return Ok(false) };
+        // One statement is a transaction of its own: the UPDATE and the
+        // audit row commit together or not at all, so a read-only job (no
+        // BEGIN) may run it. A concurrent login on the same row waits for
+        // the row lock, then re-checks the WHERE on the committed row: the
+        // step is then used, and it writes nothing.
+        const SQL: &str = r#"WITH u AS (
+                UPDATE users SET last_step = $2, last_login = $3, last_method = 'totp', updated_at = $3
+                 WHERE name = $1 AND enabled AND method = 'totp' AND secret = $4
+                   AND activated_at IS NOT NULL AND digits IS NOT DISTINCT FROM $5
+                   AND (last_step IS NULL OR last_step < $2)
+                   AND failures = 0 AND failures_since_login = 0 AND lock_periods = 0
+                   AND locked_until IS NULL AND admin_locked_at IS NULL
+                RETURNING name)
+            INSERT INTO audit (time, "user", service, rhost, tty, machine, method, result, reason)
+            SELECT $3, $6, $7, $8, $9, $10, $11, $12, $13 FROM u"#;
+        let digits = seen.digits.map(i64::from);
+        let r = self.statement(SQL).and_then(|st| {
+            self.client.execute(
+                &st,
+                &[
+                    &seen.name, &step, &now, &secret, &digits, &e.user, &e.service, &e.rhost, &e.tty, &e.machine,
+                    &e.method, &e.result, &e.reason,
+                ],
+            )
+        });
+        Ok(self.note(r)? == 1)
+    }
+
     fn users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
         let rows = self.query(r#"SELECT * FROM users ORDER BY name COLLATE "C""#, &[])?;
         all(rows, user_from_row)
@@ -1349,6 +1385,73 @@ mod tests {
         let won = race(&dbs, 32, |s| s.use_recovery_code("alice", &[5; 32])).await;
         assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
         assert_eq!(pg.psql("SELECT count(*) FROM recovery_codes").unwrap().trim(), "8");
+    }
+
+    /// The one-statement login (`accept_step_if_unchanged`, run in read
+    /// jobs as the conversation runs it): one winner per step across two
+    /// servers, and nothing written when the row changed since it was read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn store_pg_one_statement_accept_has_one_winner_and_needs_an_unchanged_row() {
+        let pg = cluster();
+        let dbs = two_servers(&pg);
+        let alice = UserRecord {
+            method: Method::Totp,
+            secret: Some(vec![1, 2, 3]),
+            activated_at: Some(1),
+            last_step: Some(99),
+            ..bare_user("alice", 1000)
+        };
+        let saved = alice.clone();
+        dbs[0].run(move |s| s.save_user(&saved)).await.unwrap();
+        let entry = |step: i64| NewAudit {
+            time: 5,
+            user: "alice".into(),
+            service: "sshd".into(),
+            machine: "web01".into(),
+            method: "totp".into(),
+            result: "accept".into(),
+            reason: format!("valid code {step}"),
+            ..Default::default()
+        };
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let (db, e) = (dbs[i % 2].clone(), entry(100));
+            tasks.push(tokio::spawn(async move {
+                db.read(move |s| {
+                    let seen = s.user("alice")?.ok_or(StoreError::Gone)?;
+                    s.accept_step_if_unchanged(&seen, 100, 5, &e)
+                })
+                .await
+                .unwrap()
+            }));
+        }
+        let mut won = 0;
+        for t in tasks {
+            won += usize::from(t.await.unwrap());
+        }
+        assert_eq!(won, 1, "one login per step");
+        let q = |sql: &str| pg.psql(sql).unwrap().trim().to_string();
+        assert_eq!(q("SELECT last_step || ' ' || last_login || ' ' || last_method FROM users"), "100 5 totp");
+        assert_eq!(q("SELECT count(*) FROM audit WHERE reason = 'valid code 100'"), "1", "with its audit row");
+
+        // A failure recorded since the read: the transaction must decide
+        // (it reports the failures); nothing written here.
+        let failed = UserRecord { failures: 1, failures_since_login: 1, last_step: Some(100), ..alice.clone() };
+        let f = failed.clone();
+        dbs[1].run(move |s| s.save_user(&f)).await.unwrap();
+        let (seen, e) = (UserRecord { last_step: Some(100), ..alice.clone() }, entry(101));
+        assert!(!dbs[1].read(move |s| s.accept_step_if_unchanged(&seen, 101, 6, &e)).await.unwrap());
+        // A new secret since the read (an admin re-enrolled alice): nothing.
+        let reset = UserRecord { secret: Some(vec![4, 5, 6]), last_step: None, ..alice.clone() };
+        dbs[0].run(move |s| s.save_user(&reset)).await.unwrap();
+        let (seen, e) = (alice.clone(), entry(102));
+        assert!(!dbs[0].read(move |s| s.accept_step_if_unchanged(&seen, 102, 7, &e)).await.unwrap());
+        assert_eq!(q("SELECT count(*) FROM audit"), "1");
+        assert_eq!(q("SELECT coalesce(last_step, -1) FROM users"), "-1", "the new secret's steps are all unused");
+        // SQLite has no such statement: always the transaction.
+        let mut lite = SqliteStore::in_memory().unwrap();
+        lite.save_user(&alice).unwrap();
+        assert!(!lite.accept_step_if_unchanged(&alice, 100, 5, &entry(100)).unwrap());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -302,6 +302,24 @@ pub trait Store {
     /// Records TOTP `step` as used by `user` unless it (or a later step) already
     /// is: true for exactly one caller per step, whatever the interleaving.
     fn consume_step(&mut self, user: &str, step: i64) -> Result<bool, StoreError>;
+    /// The common login in ONE statement where the backend can (PostgreSQL,
+    /// outside a transaction: one round trip, one WAL flush): records TOTP
+    /// `step` as used, the login and `audit` — if and only if the row still
+    /// holds what the decision was made on: `seen`'s secret and digits, an
+    /// enabled, activated TOTP user, a step below `step`, no failure and no
+    /// lock. False: nothing was written; the caller decides in a transaction
+    /// ([`crate::auth::check_answer`]). The default (SQLite, whose single
+    /// writer has no round trips to save) writes nothing and says false.
+    fn accept_step_if_unchanged(
+        &mut self,
+        seen: &UserRecord,
+        step: i64,
+        now: i64,
+        audit: &NewAudit,
+    ) -> Result<bool, StoreError> {
+        let _ = (seen, step, now, audit);
+        Ok(false)
+    }
     /// HOTP: records that the code for counter `matched` was used, moving the
     /// counter to `matched + 1`, unless the counter already is past it: true
     /// for exactly one caller per counter value, whatever the interleaving.
