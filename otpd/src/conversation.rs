@@ -15,6 +15,31 @@ use common::text::sanitize_field;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Fleet: the check that an agent's host may still log users in (its
+/// certificate known, not revoked), decided for every conversation before
+/// anything of it is written or sent. It runs alongside the plan's read
+/// (two database jobs at once rather than one after the other). False:
+/// refused — the gate has audited why — and the conversation ends with a
+/// refusal.
+pub type HostGate<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>;
+
+/// A [`HostGate`] awaited at most once (none: a local conversation).
+struct Gate<'a> {
+    pending: Option<HostGate<'a>>,
+    ok: bool,
+}
+
+impl Gate<'_> {
+    async fn pass(&mut self) -> bool {
+        if let Some(check) = self.pending.take() {
+            self.ok = check.await;
+        }
+        self.ok
+    }
+}
+
+const HOST_REFUSED: &str = "Passcode check refused for this host.";
+
 /// Who started a conversation, on which host.
 #[derive(Clone)]
 pub struct Peer {
@@ -94,9 +119,20 @@ fn accept_text(activated: bool, failures: u32, locks: u32) -> Option<String> {
     (!lines.is_empty()).then(|| lines.join("\n"))
 }
 
-pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Shared) {
+pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Shared, gate: Option<HostGate<'_>>) {
     let (peer_uid, pid) = (peer.uid, peer.pid);
+    let mut gate = Gate { pending: gate, ok: true };
+    // Every way out before the plan passes the gate first: nothing is
+    // written or sent for a host that may not log anyone in.
+    macro_rules! gate {
+        () => {
+            if !gate.pass().await {
+                return outcome(&mut s, sh, OutcomeKind::Deny, Some(HOST_REFUSED.into())).await;
+            }
+        };
+    }
     if peer.limits.host_rate.as_ref().is_some_and(|r| !r.allow(0)) {
+        gate!();
         let why = crate::limits::Refusal::HostRate;
         crate::limits::refuse(sh, &peer.limits, 0, why).await;
         if matches!(first, ClientMsg::Begin { .. }) {
@@ -109,6 +145,7 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
             (protocol, user, service, rhost, tty, uid, qr)
         }
         msg @ (ClientMsg::SessionOpened { .. } | ClientMsg::SessionClosed { .. }) => {
+            gate!();
             let caller = peer.caller_uid();
             if caller != 0 && !peer.limits.session_rate.allow(caller) {
                 crate::limits::refuse(sh, &peer.limits, caller, crate::limits::Refusal::SessionRate).await;
@@ -119,6 +156,7 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
             return;
         }
         other => {
+            gate!();
             warn_throttled(sh, &format!("PAM connection from uid {peer_uid}: expected begin, got {}", kind(&other)));
             outcome(&mut s, sh, OutcomeKind::Deny, Some("Protocol error.".into())).await;
             return;
@@ -167,7 +205,10 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
     };
     let ticket = match admitted {
         Ok(t) => t,
-        Err((why, caller)) => return refuse_caller(&mut s, sh, peer, caller, why).await,
+        Err((why, caller)) => {
+            gate!();
+            return refuse_caller(&mut s, sh, peer, caller, why).await;
+        }
     };
     let refuse = if protocol != PROTOCOL_VERSION {
         Some(format!("protocol version {protocol} not supported (otpd speaks {PROTOCOL_VERSION})"))
@@ -177,6 +218,7 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
         None
     };
     if let Some(reason) = refuse {
+        gate!();
         let _ = run_audit_result(sh, ctx.clone(), "deny", reason).await;
         outcome(&mut s, sh, OutcomeKind::Deny, Some("Passcode check refused.".into())).await;
         return;
@@ -185,7 +227,10 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
     // What to ask is read on this thread from the read-only connection; a
     // final answer is audited through the writer before it is sent.
     let now = sh.clock.now();
-    let mut planned = plan_login(sh, &mut ctx, now).await;
+    let (mut planned, allowed) = tokio::join!(plan_login(sh, &mut ctx, now), gate.pass());
+    if !allowed {
+        return outcome(&mut s, sh, OutcomeKind::Deny, Some(HOST_REFUSED.into())).await;
+    }
     if let Ok((Plan::ResolveUser, _)) = planned {
         ctx.uid = match resolve_user(&mut s, sh, &ctx).await {
             Some(uid) => uid,
@@ -1023,9 +1068,57 @@ mod tests {
     }
 
     fn run_script(sh: &Shared, peer: &Peer, first: ClientMsg, steps: Vec<Step>) -> Vec<String> {
+        run_gated(sh, peer, first, steps, None)
+    }
+
+    /// With a host gate that says `allowed` (None: no gate, a local login).
+    fn run_gated(sh: &Shared, peer: &Peer, first: ClientMsg, steps: Vec<Step>, allowed: Option<bool>) -> Vec<String> {
         let mut s = Script { steps: steps.into(), seen: Vec::new() };
-        tokio::runtime::Handle::current().block_on(run(&mut s, peer, first, sh));
+        let gate = allowed.map(|ok| -> HostGate { Box::pin(async move { ok }) });
+        tokio::runtime::Handle::current().block_on(run(&mut s, peer, first, sh, gate));
         std::mem::take(&mut s.seen)
+    }
+
+    /// A refused host gets one refusal, whatever it sent, and nothing is
+    /// written for it; an allowed one logs in as before.
+    #[test]
+    fn a_host_refused_by_the_gate_is_told_so_and_nothing_is_written() {
+        with_runtime(|| {
+            let sh = shared(Db::start(SqliteStore::in_memory().unwrap()));
+            let code = enrolled(&sh);
+            let peer = remote(&sh, "web01", 0);
+            let refused = |m: &ServerMsg| matches!(m, ServerMsg::Outcome { result: OutcomeKind::Deny, message: Some(t) } if t == HOST_REFUSED);
+            for first in [
+                begin("alice"),
+                begin("no such name!"),
+                ClientMsg::SessionOpened {
+                    protocol: PROTOCOL_VERSION,
+                    user: "alice".into(),
+                    service: "sshd".into(),
+                    rhost: None,
+                    tty: None,
+                    pid: 1,
+                },
+            ] {
+                run_gated(&sh, &peer, first, vec![Step::Sends("a refusal", refused)], Some(false));
+            }
+            assert_eq!(audit_rows(&sh), vec![], "no audit row, no session, for a refused host");
+            let db = sh.db.clone();
+            let sessions =
+                tokio::runtime::Handle::current().block_on(async move { db.run(|st| st.sessions(10)).await });
+            assert!(sessions.unwrap().is_empty());
+            run_gated(
+                &sh,
+                &peer,
+                begin("alice"),
+                vec![
+                    Step::Sends("a passcode prompt", is_prompt),
+                    Step::Reads(ClientMsg::Answer { text: code }),
+                    Step::Sends("accept", |m| matches!(m, ServerMsg::Outcome { result: OutcomeKind::Accept, .. })),
+                ],
+                Some(true),
+            );
+        });
     }
 
     fn audit_rows(sh: &Shared) -> Vec<(String, String, String)> {

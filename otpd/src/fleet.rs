@@ -19,7 +19,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -491,7 +491,7 @@ async fn handshake_refused(sh: &Shared, fleet: &FleetServer, addr: SocketAddr, w
 
 async fn agent_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
     mut link: Link<S>,
-    mut host: HostRecord,
+    host: HostRecord,
     fp: [u8; 32],
     addr: SocketAddr,
     sh: &Shared,
@@ -513,19 +513,19 @@ async fn agent_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 return;
             }
         };
-        // Revocation applies to the very next conversation, on every server.
-        host = match check_host(sh, fleet, &fp, HostRole::Agent, Some(&host.name), addr).await {
-            Ok(h) => h,
-            Err((machine, reason, _)) => {
-                audit_refusal(sh, fleet, &machine, reason).await;
-                let deny = ServerMsg::Outcome {
-                    result: common::proto::OutcomeKind::Deny,
-                    message: Some("Passcode check refused for this host.".into()),
-                };
-                let _ = link.write(&deny, sh.io_timeout).await;
-                return;
+        // Revocation applies to the very next conversation, on every
+        // server: checked with the plan of each (see HostGate).
+        let refused = AtomicBool::new(false);
+        let gate: crate::conversation::HostGate = Box::pin(async {
+            match check_host(sh, fleet, &fp, HostRole::Agent, Some(&host.name), addr).await {
+                Ok(_) => true,
+                Err((machine, reason, _)) => {
+                    audit_refusal(sh, fleet, &machine, reason).await;
+                    refused.store(true, Ordering::Relaxed);
+                    false
+                }
             }
-        };
+        });
         let peer = Peer {
             uid: relay.peer_uid,
             pid: relay.pid,
@@ -534,7 +534,10 @@ async fn agent_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
             remote_caller: Some(relay.caller),
         };
         let mut conv = Relayed { link: &mut link, done: false };
-        crate::conversation::run(&mut conv, &peer, first, sh).await;
+        crate::conversation::run(&mut conv, &peer, first, sh, Some(gate)).await;
+        if refused.load(Ordering::Relaxed) {
+            return;
+        }
         if !conv.done {
             // Cut mid-conversation (the agent went away, a timeout): the
             // link is out of step.

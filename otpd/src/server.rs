@@ -158,7 +158,7 @@ pub async fn serve_pam(listener: Listener, shared: Arc<Shared>, limits: Limits) 
             };
             lock(&sh.silent).remove(&slot.id);
             if let Some((conn, msg)) = first {
-                crate::conversation::run(conn, &sh.local_peer(uid, pid), msg, sh).await;
+                crate::conversation::run(conn, &sh.local_peer(uid, pid), msg, sh, None).await;
             }
             drop(slot);
         });
