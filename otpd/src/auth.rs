@@ -190,18 +190,27 @@ fn audit_entry(ctx: &LoginContext, now: i64, method: &str, result: &str, reason:
 /// else — a wrong or used code, a lock, failures to report, email, HOTP,
 /// recovery codes, an enrollment to activate, a uid to learn, or a row that
 /// changed since it was read: then [`check_answer`] decides in a
-/// transaction, and records what happened.
+/// transaction, and records what happened. `seen`: the record the plan
+/// read (however old: the statement writes only if the row still holds
+/// what the decision is made on); `None` reads it.
 pub fn accept_fast(
     store: &mut dyn Store,
     p: &Policy,
     ctx: &LoginContext,
     answer: &str,
     now: i64,
+    seen: Option<UserRecord>,
 ) -> Result<Option<Verdict>, StoreError> {
     if answer.len() > MAX_ANSWER_LEN {
         return Ok(None);
     }
-    let Some(user) = store.user(&ctx.user)? else { return Ok(None) };
+    let user = match seen.filter(|u| u.name == ctx.user) {
+        Some(u) => u,
+        None => match store.user(&ctx.user)? {
+            Some(u) => u,
+            None => return Ok(None),
+        },
+    };
     let plain = user.enabled
         && user.method == Method::Totp
         && user.activated_at.is_some()
@@ -293,6 +302,18 @@ pub fn plan(
     ctx: &mut LoginContext,
     now: i64,
 ) -> Result<(Plan, Option<Note>), StoreError> {
+    plan_seen(store, p, ctx, now, &mut None)
+}
+
+/// [`plan`], keeping in `seen` the enabled record it was decided on (for
+/// [`accept_fast`], which then needs no read of its own).
+pub fn plan_seen(
+    store: &mut dyn Store,
+    p: &Policy,
+    ctx: &mut LoginContext,
+    now: i64,
+    seen: &mut Option<UserRecord>,
+) -> Result<(Plan, Option<Note>), StoreError> {
     // A directory lookup costs every login; most logins name an enrolled
     // account exactly as enrolled, and root's are then decided by that
     // record. Non-root callers are decided on their uid, before the store
@@ -346,6 +367,7 @@ pub fn plan(
             return Ok((Plan::NotEnrolled, Some(Note::new("totp", "not_enrolled", "user not enabled for OTP"))));
         }
     };
+    *seen = Some(user.clone());
     if user.name != ctx.user {
         ctx.typed = Some(std::mem::replace(&mut ctx.user, user.name.clone()));
     }

@@ -227,7 +227,8 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
     // What to ask is read on this thread from the read-only connection; a
     // final answer is audited through the writer before it is sent.
     let now = sh.clock.now();
-    let (mut planned, allowed) = tokio::join!(plan_login(sh, &mut ctx, now), gate.pass());
+    let mut seen = None;
+    let (mut planned, allowed) = tokio::join!(plan_login(sh, &mut ctx, now, &mut seen), gate.pass());
     if !allowed {
         return outcome(&mut s, sh, OutcomeKind::Deny, Some(HOST_REFUSED.into())).await;
     }
@@ -237,7 +238,7 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
             None => return,
         };
         ctx.resolved = true;
-        planned = plan_login(sh, &mut ctx, now).await;
+        planned = plan_login(sh, &mut ctx, now, &mut seen).await;
     }
     if let (Ok((_, Some(_))), Some(caller)) = (&planned, setuid_caller_over_rate(peer, &ticket)) {
         return refuse_caller(&mut s, sh, peer, caller, crate::limits::Refusal::Rate).await;
@@ -341,7 +342,7 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
             prompt_text = next_prompt;
             continue;
         }
-        return finish(s, sh, &ctx, answer).await;
+        return finish(s, sh, &ctx, answer, seen).await;
     }
     let _ = run_audit_result(sh, ctx.clone(), "deny", "too many requests in one conversation".into()).await;
     outcome(&mut s, sh, OutcomeKind::Deny, Some("Too many requests in one login.".into())).await
@@ -353,20 +354,23 @@ async fn plan_login(
     sh: &Shared,
     ctx: &mut LoginContext,
     now: i64,
+    seen: &mut Option<crate::store::UserRecord>,
 ) -> Result<(Plan, Option<auth::Note>), crate::store::StoreError> {
     if let Some(reader) = &sh.reader {
         let mut reader = reader.lock().unwrap_or_else(|e| e.into_inner());
         return auth::plan(&mut *reader, &sh.policy, ctx, now);
     }
     let (policy, mut job_ctx) = (sh.policy.clone(), ctx.clone());
-    let (planned, job_ctx) = sh
+    let (planned, job_ctx, found) = sh
         .db
         .read(move |st| {
-            let planned = auth::plan(st, &policy, &mut job_ctx, now);
-            Ok((planned, job_ctx))
+            let mut seen = None;
+            let planned = auth::plan_seen(st, &policy, &mut job_ctx, now, &mut seen);
+            Ok((planned, job_ctx, seen))
         })
         .await?;
     *ctx = job_ctx;
+    *seen = found;
     planned
 }
 
@@ -460,7 +464,13 @@ async fn ask(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext, echo: bool
 /// decides, commits, sends the outcome and closes its handle on the
 /// connection; this task only queues the job and lets go of its own
 /// handle, so nothing has to wake it again for this login.
-async fn finish<T: Transport>(mut s: T, sh: &Shared, ctx: &LoginContext, answer: String) {
+async fn finish<T: Transport>(
+    mut s: T,
+    sh: &Shared,
+    ctx: &LoginContext,
+    answer: String,
+    seen: Option<crate::store::UserRecord>,
+) {
     let now = sh.clock.now();
     let recovery = recovery_hash(sh, &ctx.user, &answer).await;
     // PostgreSQL: the common login in one statement without a transaction
@@ -468,7 +478,7 @@ async fn finish<T: Transport>(mut s: T, sh: &Shared, ctx: &LoginContext, answer:
     // that changed meanwhile, is decided below in a transaction.
     if sh.db.is_postgres() && recovery.is_none() {
         let (policy, job_ctx, typed) = (sh.policy.clone(), ctx.clone(), answer.clone());
-        match sh.db.read(move |st| auth::accept_fast(st, &policy, &job_ctx, &typed, now)).await {
+        match sh.db.read(move |st| auth::accept_fast(st, &policy, &job_ctx, &typed, now, seen)).await {
             Ok(Some(verdict)) => {
                 let verdict = Ok(verdict);
                 verdict_events(&sh.events, &ctx.user, &verdict);
