@@ -27,7 +27,12 @@
 //!   And [`Store::save_user`] never lowers `last_step` while the secret stays
 //!   the same, so a job that saves a stale copy of the record cannot hand a
 //!   used step back. Together these hold even for a job that did not lock
-//!   the row first.
+//!   the row first. The PostgreSQL fast path,
+//!   [`Store::accept_step_if_unchanged`], is the same conditional UPDATE
+//!   with every field the decision rested on in its WHERE (secret, enabled,
+//!   activated, no failure, no lock) and the audit row in the same
+//!   statement: a concurrent login re-checks it against the committed row
+//!   and writes nothing.
 //! * **An emailed code is used once.** [`Store::retire_email_code`] with
 //!   `used_at` only updates a row whose `used_at IS NULL` (same re-check
 //!   after the row lock), and only the caller whose update changed the row

@@ -405,7 +405,12 @@ impl Bench {
             Store::Postgres => Some(e2e::pg::Cluster::start().unwrap_or_else(|e| panic!("PostgreSQL: {e}"))),
         };
         let port = free_port();
-        let fleet = format!("[fleet]\nlisten = [\"127.0.0.1:{port}\"]\nnames = [\"127.0.0.1\"]\n");
+        // One host (bench01) drives every login, thousands a second: its
+        // per-host budget (6,000 a minute by default, a guard against one
+        // compromised host) would refuse most of a 100,000-user round.
+        let fleet = format!(
+            "[fleet]\nlisten = [\"127.0.0.1:{port}\"]\nnames = [\"127.0.0.1\"]\nhost_logins_per_minute = 10000000\n"
+        );
         let server =
             Otpd::launch(&self.bin, &dir.join("server"), "role = \"server\"\n", pg.as_ref().map(|c| c.url()), &fleet);
         let bundle = dir.join("bench01.bundle");
