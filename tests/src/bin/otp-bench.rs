@@ -408,8 +408,11 @@ impl Bench {
         // One host (bench01) drives every login, thousands a second: its
         // per-host budget (6,000 a minute by default, a guard against one
         // compromised host) would refuse most of a 100,000-user round.
+        // OTP_BENCH_FLEET: more `[fleet]` keys for the server (tuning runs,
+        // e.g. "db_connections = 4").
         let fleet = format!(
-            "[fleet]\nlisten = [\"127.0.0.1:{port}\"]\nnames = [\"127.0.0.1\"]\nhost_logins_per_minute = 10000000\n"
+            "[fleet]\nlisten = [\"127.0.0.1:{port}\"]\nnames = [\"127.0.0.1\"]\nhost_logins_per_minute = 10000000\n{}\n",
+            std::env::var("OTP_BENCH_FLEET").unwrap_or_default()
         );
         let server =
             Otpd::launch(&self.bin, &dir.join("server"), "role = \"server\"\n", pg.as_ref().map(|c| c.url()), &fleet);
