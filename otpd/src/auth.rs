@@ -182,6 +182,31 @@ fn audit_entry(ctx: &LoginContext, now: i64, method: &str, result: &str, reason:
     }
 }
 
+/// An answer as every check reads it: authenticator apps show "123 456",
+/// so spaces are dropped; well formed when digits alone remain (within the
+/// length limit).
+fn typed_code(answer: &str) -> (String, bool) {
+    let code: String = answer.chars().filter(|&c| c != ' ').collect();
+    let well_formed = answer.len() <= MAX_ANSWER_LEN && !code.is_empty() && code.bytes().all(|b| b.is_ascii_digit());
+    (code, well_formed)
+}
+
+/// `user`'s TOTP parameters: an imported token may show more digits than `totp.digits`.
+fn totp_of(p: &Policy, user: &UserRecord) -> TotpParams {
+    TotpParams { digits: user.digits.unwrap_or(p.totp.digits), ..p.totp.clone() }
+}
+
+/// Whether the answer is tried as `user`'s TOTP code.
+fn tries_totp(user: &UserRecord, code: &str, well_formed: bool, totp: &TotpParams) -> bool {
+    user.method == Method::Totp && well_formed && code.len() == totp.digits as usize
+}
+
+/// A user enabled before the account existed learns its uid from the first
+/// login a root caller (login, sshd, sudo) resolved for it.
+fn learns_uid(user: &UserRecord, ctx: &LoginContext) -> bool {
+    user.uid.is_none() && ctx.peer_uid == 0 && ctx.typed.is_none() && !ctx.remote
+}
+
 /// The common login decided in one statement, on a store that can
 /// ([`Store::accept_step_if_unchanged`]: PostgreSQL, in a read-only job,
 /// the user read without a row lock): an activated TOTP user with no
@@ -211,20 +236,16 @@ pub fn accept_fast(
             None => return Ok(None),
         },
     };
+    // What the statement's WHERE requires (no lock of either kind, nothing to clear).
     let plain = user.enabled
-        && user.method == Method::Totp
         && user.activated_at.is_some()
-        && !user.is_locked(now)
+        && user.admin_locked_at.is_none()
         && user.locked_until.is_none()
         && (user.failures, user.failures_since_login, user.lock_periods) == (0, 0, 0);
-    // check_answer fills in the uid of a user enabled before the account existed.
-    let learns_uid = user.uid.is_none() && ctx.peer_uid == 0 && ctx.typed.is_none() && !ctx.remote;
-    if !plain || learns_uid {
-        return Ok(None);
-    }
-    let code: String = answer.chars().filter(|&c| c != ' ').collect();
-    let totp = TotpParams { digits: user.digits.unwrap_or(p.totp.digits), ..p.totp.clone() };
-    if code.len() != totp.digits as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
+    let (code, well_formed) = typed_code(answer);
+    let totp = totp_of(p, &user);
+    // check_answer would also fill in a missing uid: it decides those.
+    if !plain || learns_uid(&user, ctx) || !tries_totp(&user, &code, well_formed, &totp) {
         return Ok(None);
     }
     let Some(secret) = user.secret.as_deref().and_then(|s| p.crypto.open(&user.name, s)) else { return Ok(None) };
@@ -460,18 +481,13 @@ pub fn check_answer_with(
         audit_method(store, p, ctx, now, method, "deny", "no code entered")?;
         return Ok(Verdict::Deny { message: "No passcode entered.".into() });
     }
-    // Authenticator apps show "123 456": spaces are allowed, nothing else.
-    let code: String = answer.chars().filter(|&c| c != ' ').collect();
-    let well_formed = answer.len() <= MAX_ANSWER_LEN && !code.is_empty() && code.bytes().all(|b| b.is_ascii_digit());
-    // An imported token may show more digits than `totp.digits`.
-    let totp = TotpParams { digits: user.digits.unwrap_or(p.totp.digits), ..p.totp.clone() };
-    let try_totp = user.method == Method::Totp && well_formed && code.len() == totp.digits as usize;
+    let (code, well_formed) = typed_code(answer);
+    let totp = totp_of(p, &user);
+    let try_totp = tries_totp(&user, &code, well_formed, &totp);
     let try_hotp = user.method == Method::Hotp && well_formed && Some(code.len() as u32) == user.digits;
     let try_email = email_ok && well_formed && code.len() == p.email.digits as usize;
     user.updated_at = now;
-    // A user enabled before the account existed learns its uid from the
-    // first login a root caller (login, sshd, sudo) resolved for it.
-    if user.uid.is_none() && ctx.peer_uid == 0 && ctx.typed.is_none() && !ctx.remote {
+    if learns_uid(&user, ctx) {
         user.uid = ctx.uid;
     }
     let mut failure = if answer.len() > MAX_ANSWER_LEN { Failure::TooLong } else { Failure::Malformed { email_ok } };

@@ -479,12 +479,7 @@ async fn finish<T: Transport>(
     if sh.db.is_postgres() && recovery.is_none() {
         let (policy, job_ctx, typed) = (sh.policy.clone(), ctx.clone(), answer.clone());
         match sh.db.read(move |st| auth::accept_fast(st, &policy, &job_ctx, &typed, now, seen)).await {
-            Ok(Some(verdict)) => {
-                let verdict = Ok(verdict);
-                verdict_events(&sh.events, &ctx.user, &verdict);
-                let _ = s.write_msg(&verdict_outcome(&verdict, now), sh.io_timeout).await;
-                return;
-            }
+            Ok(Some(verdict)) => return send_verdict(&mut s, sh, &ctx.user, Ok(verdict), now).await,
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!("the one-statement check for {} failed ({e}); deciding in a transaction", ctx.user)
@@ -497,10 +492,7 @@ async fn finish<T: Transport>(
     };
     let Some(stream) = s.direct() else {
         // A relayed conversation: the outcome goes back over the link.
-        let verdict = sh.db.run(check).await;
-        verdict_events(&events, &user, &verdict);
-        let _ = s.write_msg(&verdict_outcome(&verdict, now), sh.io_timeout).await;
-        return;
+        return send_verdict(&mut s, sh, &user, sh.db.run(check).await, now).await;
     };
     let queued = sh
         .db
@@ -519,6 +511,18 @@ async fn finish<T: Transport>(
         tracing::error!("cannot queue the check of a code for {}: {e}; denying", ctx.user);
         outcome(&mut s, sh, OutcomeKind::Deny, Some("Passcode check unavailable.".into())).await;
     }
+}
+
+/// A decided answer over the conversation's transport: D-Bus signals, the log line, the outcome.
+async fn send_verdict<T: Transport>(
+    s: &mut T,
+    sh: &Shared,
+    user: &str,
+    verdict: Result<Verdict, crate::store::StoreError>,
+    now: i64,
+) {
+    verdict_events(&sh.events, user, &verdict);
+    let _ = s.write_msg(&verdict_outcome(&verdict, now), sh.io_timeout).await;
 }
 
 /// The argon2id hash of a recovery-code-shaped answer under the user's
