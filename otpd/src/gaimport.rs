@@ -186,16 +186,14 @@ pub fn import(
             // The old module may have seen logins since the last import:
             // take over a later step or counter (never lowered).
             if !dry_run {
-                match a.method {
-                    Method::Hotp if a.account.hotp_counter > e.hotp_counter => {
-                        let mut y = e.clone();
-                        y.hotp_counter = a.account.hotp_counter;
-                        st.save_user(&y)?;
+                // Both are compare-and-set: a lower step or counter changes nothing.
+                match (a.method, a.account.hotp_counter, a.account.last_step) {
+                    // The counter before HOTP_COUNTER is the last one used.
+                    (Method::Hotp, Some(next), _) => {
+                        st.consume_counter(&name, next - 1)?;
                     }
-                    Method::Totp => {
-                        if let Some(step) = a.account.last_step.filter(|s| e.last_step.is_none_or(|l| *s > l)) {
-                            st.consume_step(&name, step)?;
-                        }
+                    (Method::Totp, _, Some(step)) => {
+                        st.consume_step(&name, step)?;
                     }
                     _ => {}
                 }
