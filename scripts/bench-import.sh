@@ -49,6 +49,8 @@ with open(f"{d}/etc/passwd", "w") as pw, open(f"{d}/etc/group", "w") as gr, open
         os.chown(path, uid, uid); os.chown(home, uid, uid)
 EOF
 
+TIME_FORMAT="%e s wall, otpctl %U s user + %S s sys, otpctl peak RSS %M kB"
+
 rss() { awk -v k="$2:" '$1 == k { print $2 " kB" }' "/proc/$1/status"; }
 
 start_otpd() { # NAME
@@ -73,7 +75,7 @@ ctl() { # NAME ARGS...
   local name=$1; shift
   unshare -m --propagation private sh -c \
     'mount --bind "$0/etc/passwd" /etc/passwd && mount --bind "$0/etc/group" /etc/group && shift && exec "$@"' \
-    "$D" _ /usr/bin/time -f "%e s wall, otpctl %U s user + %S s sys, otpctl peak RSS %M kB" \
+    "$D" _ /usr/bin/time -f "$TIME_FORMAT" \
     "$BIN/otpctl" --config "$D/$name/otpd.toml" "$@"
 }
 
@@ -81,7 +83,7 @@ ctl() { # NAME ARGS...
 # each costs one failed lookup, as in a real file of new names).
 host_ctl() { # NAME ARGS...
   local name=$1; shift
-  /usr/bin/time -f "%e s wall, otpctl %U s user + %S s sys, otpctl peak RSS %M kB" \
+  /usr/bin/time -f "$TIME_FORMAT" \
     "$BIN/otpctl" --config "$D/$name/otpd.toml" "$@"
 }
 
