@@ -2,7 +2,7 @@
 //! [`crate::db`]): it reads the user, decides, writes the new state and the
 //! audit row together, and the caller replies only after COMMIT.
 use crate::crypto::SecretBox;
-use crate::store::{NewAudit, Store, StoreError, UserRecord};
+use crate::store::{NewAudit, PlanReads, Store, StoreError, UserRecord};
 use crate::totp::{Check, TotpParams};
 use common::config::{EmailConfig, LockoutConfig};
 use common::proto::{Method, MAX_ANSWER_LEN, MAX_USER_LEN};
@@ -207,35 +207,22 @@ fn learns_uid(user: &UserRecord, ctx: &LoginContext) -> bool {
     user.uid.is_none() && ctx.peer_uid == 0 && ctx.typed.is_none() && !ctx.remote
 }
 
-/// The common login decided in one statement, on a store that can
-/// ([`Store::accept_step_if_unchanged`]: PostgreSQL, in a read-only job,
-/// the user read without a row lock): an activated TOTP user with no
-/// failure and no lock typing a fresh valid code. It gives the verdict
-/// [`check_answer`] would give and writes the same. `None` for anything
-/// else — a wrong or used code, a lock, failures to report, email, HOTP,
-/// recovery codes, an enrollment to activate, a uid to learn, or a row that
-/// changed since it was read: then [`check_answer`] decides in a
-/// transaction, and records what happened. `seen`: the record the plan
-/// read (however old: the statement writes only if the row still holds
-/// what the decision is made on); `None` reads it.
-pub fn accept_fast(
-    store: &mut dyn Store,
-    p: &Policy,
-    ctx: &LoginContext,
-    answer: &str,
-    now: i64,
-    seen: Option<UserRecord>,
-) -> Result<Option<Verdict>, StoreError> {
-    if answer.len() > MAX_ANSWER_LEN {
-        return Ok(None);
+/// The common login decided in one statement, where the store can
+/// ([`crate::pgfast::PgFast::accept_step_if_unchanged`]: PostgreSQL): an
+/// activated TOTP user with no failure and no lock typing a fresh valid
+/// code. Returns the step to record and the audit row to write with it;
+/// written, they are what [`check_answer`] would write, and the verdict is
+/// [`FAST_ACCEPT`]. `None` for anything else — a wrong or used code, a
+/// lock, failures to report, email, HOTP, recovery codes, an enrollment to
+/// activate, a uid to learn — and when the statement finds the row changed
+/// since `user` was read: then [`check_answer`] decides in a transaction,
+/// and records what happened. `user`: the record the plan read (however
+/// old: the statement writes only if the row still holds what the
+/// decision is made on).
+pub fn fast_step(p: &Policy, ctx: &LoginContext, answer: &str, now: i64, user: &UserRecord) -> Option<(i64, NewAudit)> {
+    if answer.len() > MAX_ANSWER_LEN || user.name != ctx.user {
+        return None;
     }
-    let user = match seen.filter(|u| u.name == ctx.user) {
-        Some(u) => u,
-        None => match store.user(&ctx.user)? {
-            Some(u) => u,
-            None => return Ok(None),
-        },
-    };
     // What the statement's WHERE requires (no lock of either kind, nothing to clear).
     let plain = user.enabled
         && user.activated_at.is_some()
@@ -243,19 +230,54 @@ pub fn accept_fast(
         && user.locked_until.is_none()
         && (user.failures, user.failures_since_login, user.lock_periods) == (0, 0, 0);
     let (code, well_formed) = typed_code(answer);
-    let totp = totp_of(p, &user);
+    let totp = totp_of(p, user);
     // check_answer would also fill in a missing uid: it decides those.
-    if !plain || learns_uid(&user, ctx) || !tries_totp(&user, &code, well_formed, &totp) {
-        return Ok(None);
+    if !plain || learns_uid(user, ctx) || !tries_totp(user, &code, well_formed, &totp) {
+        return None;
     }
-    let Some(secret) = user.secret.as_deref().and_then(|s| p.crypto.open(&user.name, s)) else { return Ok(None) };
-    let Check::Valid { step } = totp.check(&secret, &code, now, user.last_step) else { return Ok(None) };
-    let entry = audit_entry(ctx, now, "totp", "accept", "valid code");
-    if !store.accept_step_if_unchanged(&user, step, now, &entry)? {
-        return Ok(None);
+    let secret = user.secret.as_deref().and_then(|s| p.crypto.open(&user.name, s))?;
+    let Check::Valid { step } = totp.check(&secret, &code, now, user.last_step) else { return None };
+    Some((step, audit_entry(ctx, now, "totp", "accept", "valid code")))
+}
+
+/// The verdict of a login accepted by [`fast_step`]'s statement.
+pub const FAST_ACCEPT: Verdict = Verdict::Accept { activated: false, failures: 0, locks: 0 };
+
+/// What [`plan`] reads, read beforehand: the record of one name and, if
+/// read, how many of its messages are failing. Any other read fails with
+/// [`StoreError::NotRead`]: the plan is then made on the store.
+pub struct Prefetched {
+    pub name: String,
+    pub user: Option<UserRecord>,
+    pub failing_mail: Option<u64>,
+}
+
+impl PlanReads for Prefetched {
+    fn user(&mut self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        match name == self.name {
+            true => Ok(self.user.clone()),
+            false => Err(StoreError::NotRead),
+        }
     }
-    crate::syslog::audit(&entry);
-    Ok(Some(Verdict::Accept { activated: false, failures: 0, locks: 0 }))
+
+    fn user_by_uid(&mut self, _: u32) -> Result<Option<UserRecord>, StoreError> {
+        Err(StoreError::NotRead)
+    }
+
+    fn enabled_user_nocase(&mut self, _: &str) -> Result<Option<UserRecord>, StoreError> {
+        Err(StoreError::NotRead)
+    }
+
+    fn in_group(&mut self, _: &str, _: &str) -> Result<bool, StoreError> {
+        Err(StoreError::NotRead)
+    }
+
+    fn failing_mail_for(&mut self, user: &str) -> Result<u64, StoreError> {
+        match self.failing_mail {
+            Some(n) if user == self.name => Ok(n),
+            _ => Err(StoreError::NotRead),
+        }
+    }
 }
 
 /// An audit record a decision still has to write (method, result, reason).
@@ -283,7 +305,7 @@ impl Note {
 /// falls back to the record of that exact name (users enabled before their
 /// account existed have no uid yet). A non-root caller is only ever its own
 /// uid: a name cannot point it at someone else's record.
-pub fn find_account(store: &mut dyn Store, ctx: &LoginContext) -> Result<Option<UserRecord>, StoreError> {
+pub fn find_account(store: &mut dyn PlanReads, ctx: &LoginContext) -> Result<Option<UserRecord>, StoreError> {
     if ctx.remote {
         // The name is the fleet's identity; a spelling that differs only
         // in case (a case-insensitive directory) finds the same record, so
@@ -318,7 +340,7 @@ pub fn may_ask(ctx: &LoginContext) -> bool {
 /// with the [`Note`] the caller must record before replying. Once the
 /// account is found, `ctx` names it (see [`LoginContext::user`]).
 pub fn plan(
-    store: &mut dyn Store,
+    store: &mut dyn PlanReads,
     p: &Policy,
     ctx: &mut LoginContext,
     now: i64,
@@ -327,9 +349,9 @@ pub fn plan(
 }
 
 /// [`plan`], keeping in `seen` the enabled record it was decided on (for
-/// [`accept_fast`], which then needs no read of its own).
+/// [`fast_step`], which then needs no read of its own).
 pub fn plan_seen(
-    store: &mut dyn Store,
+    store: &mut dyn PlanReads,
     p: &Policy,
     ctx: &mut LoginContext,
     now: i64,
@@ -1338,5 +1360,58 @@ mod tests {
         for bad in ["", "-rf", "a b", "a\nb", "ä", "a:b", "a/b", &"a".repeat(65)] {
             assert!(!valid_user_name(bad), "{bad:?}");
         }
+    }
+
+    /// A fleet login's plan made on records read beforehand (crate::pgfast)
+    /// is the plan the store gives, or asks for the store; the one-statement
+    /// accept decides only what the transaction would decide the same way.
+    #[test]
+    fn prefetched_plans_match_the_store_and_the_fast_step_matches_check_answer() {
+        let p = policy(5);
+        let mut s = SqliteStore::in_memory().unwrap();
+        let secret = enroll(&mut s, &p, "alice", Some(1000));
+        let remote = |user: &str| LoginContext { remote: true, machine: "web01".into(), ..ctx(user) };
+        assert!(matches!(
+            check_answer(&mut s, &p, &remote("alice"), &code(&p, &secret, T0), T0).unwrap(),
+            Verdict::Accept { activated: true, .. }
+        ));
+        enroll(&mut s, &p, "bob", None);
+        let both = |s: &mut SqliteStore, p: &Policy, user: &str, failing: Option<u64>| {
+            let (mut c1, mut c2, mut seen1, mut seen2) = (remote(user), remote(user), None, None);
+            let on_store = plan_seen(s, p, &mut c1, T0 + 60, &mut seen1).unwrap();
+            let mut read = Prefetched { name: user.into(), user: s.user(user).unwrap(), failing_mail: failing };
+            match plan_seen(&mut read, p, &mut c2, T0 + 60, &mut seen2) {
+                Err(StoreError::NotRead) => None,
+                got => {
+                    assert_eq!((got.unwrap(), c2.user, seen2), (on_store.clone(), c1.user, seen1), "{user}");
+                    Some(on_store.0)
+                }
+            }
+        };
+        assert_eq!(both(&mut s, &p, "alice", None), Some(Plan::Ask { email: false, mail_failing: false }));
+        assert!(matches!(both(&mut s, &p, "bob", None), Some(Plan::Enroll { .. })));
+        // Another spelling, or a name not found, needs the case-insensitive
+        // lookup; email needs the failing mail, if it was not read.
+        assert_eq!(both(&mut s, &p, "ALICE", None), None);
+        assert_eq!(both(&mut s, &p, "carol", None), None);
+        let mail =
+            Policy { email: EmailConfig { enabled: true, fallback: true, ..EmailConfig::default() }, ..policy(5) };
+        assert_eq!(both(&mut s, &mail, "alice", None), None);
+        assert_eq!(both(&mut s, &mail, "alice", Some(0)), Some(Plan::Ask { email: true, mail_failing: false }));
+
+        // The fast step: a fresh valid code of a plain activated user, and
+        // the verdict the transaction gives for it.
+        let alice = s.user("alice").unwrap().unwrap();
+        let fresh = code(&p, &secret, T0 + 60);
+        let (step, entry) = fast_step(&p, &remote("alice"), &fresh, T0 + 60, &alice).unwrap();
+        assert_eq!((step, entry.result.as_str(), entry.machine.as_str()), (p.totp.step_of(T0 + 60), "accept", "web01"));
+        assert_eq!(fast_step(&p, &remote("alice"), "000000", T0 + 60, &alice), None, "a wrong code");
+        assert_eq!(fast_step(&p, &remote("alice"), &code(&p, &secret, T0), T0 + 60, &alice), None, "a used step");
+        assert_eq!(fast_step(&p, &remote("bob"), &fresh, T0 + 60, &alice), None, "another user's record");
+        let failed = UserRecord { failures: 1, ..alice.clone() };
+        assert_eq!(fast_step(&p, &remote("alice"), &fresh, T0 + 60, &failed), None, "failures to report");
+        let bob = s.user("bob").unwrap().unwrap();
+        assert_eq!(fast_step(&p, &remote("bob"), &fresh, T0 + 60, &bob), None, "an enrollment to activate");
+        assert_eq!(check_answer(&mut s, &p, &remote("alice"), &fresh, T0 + 60).unwrap(), FAST_ACCEPT);
     }
 }

@@ -349,7 +349,9 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
 }
 
 /// What to ask. On SQLite it is read on this thread from the read-only
-/// connection; on PostgreSQL through the database workers.
+/// connection; on PostgreSQL a fleet login's plan is made on the records
+/// read by [`crate::pgfast`] when they are all it needs, else through the
+/// database workers.
 async fn plan_login(
     sh: &Shared,
     ctx: &mut LoginContext,
@@ -359,6 +361,23 @@ async fn plan_login(
     if let Some(reader) = &sh.reader {
         let mut reader = reader.lock().unwrap_or_else(|e| e.into_inner());
         return auth::plan(&mut *reader, &sh.policy, ctx, now);
+    }
+    if let (Some(fast), true) = (sh.db.fast(), ctx.remote) {
+        match fast.plan_reads(&ctx.user, sh.policy.email.enabled).await {
+            Ok((user, failing_mail)) => {
+                let mut read = auth::Prefetched { name: ctx.user.clone(), user, failing_mail };
+                let (mut job_ctx, mut found) = (ctx.clone(), None);
+                match auth::plan_seen(&mut read, &sh.policy, &mut job_ctx, now, &mut found) {
+                    Err(crate::store::StoreError::NotRead) => {}
+                    planned => {
+                        *ctx = job_ctx;
+                        *seen = found;
+                        return planned;
+                    }
+                }
+            }
+            Err(e) => tracing::debug!("reading the plan of {} on the login path failed ({e}); reading again", ctx.user),
+        }
     }
     let (policy, mut job_ctx) = (sh.policy.clone(), ctx.clone());
     let (planned, job_ctx, found) = sh
@@ -474,15 +493,21 @@ async fn finish<T: Transport>(
     let now = sh.clock.now();
     let recovery = recovery_hash(sh, &ctx.user, &answer).await;
     // PostgreSQL: the common login in one statement without a transaction
-    // (three round trips and a row lock fewer); anything else, or a row
-    // that changed meanwhile, is decided below in a transaction.
-    if sh.db.is_postgres() && recovery.is_none() {
-        let (policy, job_ctx, typed) = (sh.policy.clone(), ctx.clone(), answer.clone());
-        match sh.db.read(move |st| auth::accept_fast(st, &policy, &job_ctx, &typed, now, seen)).await {
-            Ok(Some(verdict)) => return send_verdict(&mut s, sh, &ctx.user, Ok(verdict), now).await,
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!("the one-statement check for {} failed ({e}); deciding in a transaction", ctx.user)
+    // (three round trips and a row lock fewer), on this runtime; anything
+    // else, or a row that changed meanwhile, is decided below in a
+    // transaction.
+    let fast = sh.db.fast().filter(|_| recovery.is_none());
+    if let (Some(fast), Some(user)) = (fast, seen.as_ref()) {
+        if let Some((step, entry)) = auth::fast_step(&sh.policy, ctx, &answer, now, user) {
+            match fast.accept_step_if_unchanged(user, step, now, &entry).await {
+                Ok(true) => {
+                    crate::syslog::audit(&entry);
+                    return send_verdict(&mut s, sh, &ctx.user, Ok(auth::FAST_ACCEPT), now).await;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!("the one-statement check for {} failed ({e}); deciding in a transaction", ctx.user)
+                }
             }
         }
     }

@@ -68,7 +68,7 @@ fn open_database(config: &Config) -> Result<(Db, Option<SqliteStore>), StartErro
 /// The password in a postgresql:// URL never reaches the log or `status`.
 fn shown_database(database: &Path) -> String {
     match database.to_str().filter(|_| common::config::is_postgres_url(database)) {
-        Some(url) => crate::pgstore::config(url)
+        Some(url) => crate::pgstore::async_config(url)
             .map(|c| crate::pgstore::describe(&c))
             .unwrap_or_else(|_| "postgresql://(unusable URL)".into()),
         None => database.display().to_string(),

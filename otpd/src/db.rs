@@ -33,7 +33,8 @@ const MAX_BATCH: usize = 512;
 #[derive(Clone)]
 pub struct Db {
     tx: mpsc::SyncSender<Queued>,
-    postgres: bool,
+    /// PostgreSQL: the login path's async queries beside the workers.
+    fast: Option<Arc<crate::pgfast::PgFast>>,
 }
 
 impl Db {
@@ -45,7 +46,7 @@ impl Db {
             .spawn(move || writer(store, rx))
             .map(|_| ())
             .unwrap_or_else(|e| tracing::error!("cannot start the database thread: {e}"));
-        Db { tx, postgres: false }
+        Db { tx, fast: None }
     }
 
     /// Connects to PostgreSQL at `url`, brings its schema up to date (under
@@ -54,7 +55,8 @@ impl Db {
     /// the database cannot be reached now; later outages only fail the jobs
     /// that meet them (each worker reconnects before its next job).
     pub fn start_postgres(url: &str, connections: usize) -> Result<Db, StoreError> {
-        let config = crate::pgstore::config(url)?;
+        let async_config = crate::pgstore::async_config(url)?;
+        let config = postgres::Config::from(async_config.clone());
         // The blocking client runs (and drops) its own runtime, which must not
         // happen on a tokio thread: connect on a plain one.
         let stores = std::thread::scope(|scope| {
@@ -83,11 +85,17 @@ impl Db {
                     why: format!("cannot start a database thread: {e}"),
                 })?;
         }
-        Ok(Db { tx, postgres: true })
+        let fast = crate::pgfast::PgFast::new(async_config, connections);
+        Ok(Db { tx, fast: Some(Arc::new(fast)) })
     }
 
     pub fn is_postgres(&self) -> bool {
-        self.postgres
+        self.fast.is_some()
+    }
+
+    /// PostgreSQL: the few statements of a fleet login, on the caller's runtime.
+    pub fn fast(&self) -> Option<&crate::pgfast::PgFast> {
+        self.fast.as_deref()
     }
 
     /// Runs `f` in a transaction; resolves after COMMIT. If `f` fails its

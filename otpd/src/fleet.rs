@@ -425,8 +425,20 @@ async fn check_host(
     addr: SocketAddr,
 ) -> Result<HostRecord, (String, String, &'static str)> {
     let now = sh.clock.now();
-    let fp_vec = fp.to_vec();
-    let found = sh.db.read(move |st| st.host_by_fingerprint(&fp_vec)).await;
+    // PostgreSQL: on this runtime, beside the plan's reads (see crate::pgfast).
+    let fast = match sh.db.fast() {
+        Some(fast) => fast.host_by_fingerprint(fp).await.map_err(|e| {
+            tracing::debug!("reading a fleet host on the login path failed ({e}); reading again");
+        }),
+        None => Err(()),
+    };
+    let found = match fast {
+        Ok(found) => Ok(found),
+        Err(()) => {
+            let fp_vec = fp.to_vec();
+            sh.db.read(move |st| st.host_by_fingerprint(&fp_vec)).await
+        }
+    };
     let host = match found {
         Ok(Some(h)) => h,
         Ok(None) => {

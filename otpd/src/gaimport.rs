@@ -265,7 +265,7 @@ pub fn import(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SqliteStore;
+    use crate::store::{PlanReads, SqliteStore};
     use crate::totp::TotpParams;
     use common::config::{EmailConfig, LockoutConfig};
 

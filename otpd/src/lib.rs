@@ -22,6 +22,7 @@ pub mod import;
 pub mod limits;
 pub mod mail;
 pub mod passwd;
+pub mod pgfast;
 pub mod pgstore;
 pub mod pki;
 pub mod qr;

@@ -5,7 +5,7 @@
 //! flags BOOLEAN. Each [`crate::db`] worker owns one `PgStore` and runs one
 //! job per transaction; the concurrency contract is in [`crate::store`].
 use crate::store::{
-    Counts, EmailCode, EmergencyRequest, HostRecord, HostRole, MailCount, MailStats, NewAudit, QueuedMail,
+    Counts, EmailCode, EmergencyRequest, HostRecord, HostRole, MailCount, MailStats, NewAudit, PlanReads, QueuedMail,
     RequestCount, SessionRecord, Store, StoreError, UserRecord,
 };
 use common::proto::{AuditEntry, RequestStatus};
@@ -161,7 +161,13 @@ CREATE TABLE group_members (
 /// hold a login for long: without a timeout in the URL, connecting gives up
 /// after a few seconds.
 pub fn config(url: &str) -> Result<postgres::Config, StoreError> {
-    let mut config: postgres::Config = url.parse()?;
+    async_config(url).map(postgres::Config::from)
+}
+
+/// [`config`] for the async client ([`crate::pgfast`]): the same checks
+/// and settings.
+pub fn async_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    let mut config: tokio_postgres::Config = url.parse()?;
     // This client speaks no TLS: over a network, PostgreSQL's own
     // "prefer" would silently send everything in clear. Only a Unix
     // socket or loopback, unless the URL says sslmode=disable on purpose
@@ -198,7 +204,7 @@ fn is_loopback(host: &str) -> bool {
 
 /// The database as logs and `otpctl status` show it: user, hosts, ports
 /// and name, never a password (wherever the URL carried it).
-pub fn describe(config: &postgres::Config) -> String {
+pub fn describe(config: &tokio_postgres::Config) -> String {
     let hosts: Vec<String> = config
         .get_hosts()
         .iter()
@@ -366,7 +372,67 @@ fn opt_u32_of(v: Option<i64>, what: &str) -> Result<Option<u32>, StoreError> {
     v.map(|v| u32_of(v, what)).transpose()
 }
 
-fn user_from_row(r: &Row) -> Result<UserRecord, StoreError> {
+/// The statements a fleet login runs, shared by the blocking store and the
+/// async path ([`crate::pgfast`]).
+pub(crate) const USER_BY_NAME: &str = "SELECT * FROM users WHERE name = $1";
+pub(crate) const HOST_BY_FINGERPRINT: &str = "SELECT * FROM hosts WHERE fingerprint = $1";
+pub(crate) const FAILING_MAIL: &str = r#"SELECT count(*) FROM outbox o JOIN email_codes c ON c.id = o.code_id
+    WHERE c."user" = $1 AND o.sent_at IS NULL AND o.attempts > 0"#;
+
+/// The common login in ONE statement (see [`crate::pgfast::PgFast::accept_step_if_unchanged`]).
+/// One statement is a transaction of its own: the UPDATE and the audit row
+/// commit together or not at all. A concurrent login on the same row waits
+/// for the row lock, then re-checks the WHERE on the committed row: the step
+/// is then used, and it writes nothing.
+pub(crate) const ACCEPT_STEP: &str = r#"WITH u AS (
+        UPDATE users SET last_step = $2, last_login = $3, last_method = 'totp', updated_at = $3
+         WHERE name = $1 AND enabled AND method = 'totp' AND secret = $4
+           AND activated_at IS NOT NULL AND digits IS NOT DISTINCT FROM $5
+           AND (last_step IS NULL OR last_step < $2)
+           AND failures = 0 AND failures_since_login = 0 AND lock_periods = 0
+           AND locked_until IS NULL AND admin_locked_at IS NULL
+        RETURNING name)
+    INSERT INTO audit (time, "user", service, rhost, tty, machine, method, result, reason)
+    SELECT $3, $6, $7, $8, $9, $10, $11, $12, $13 FROM u"#;
+
+/// The arguments of [`ACCEPT_STEP`].
+pub(crate) struct AcceptStep<'a> {
+    seen: &'a UserRecord,
+    secret: &'a [u8],
+    digits: Option<i64>,
+    step: i64,
+    now: i64,
+    e: &'a NewAudit,
+}
+
+impl<'a> AcceptStep<'a> {
+    /// None for a record without a secret (nothing to accept).
+    pub(crate) fn new(seen: &'a UserRecord, step: i64, now: i64, e: &'a NewAudit) -> Option<AcceptStep<'a>> {
+        let secret = seen.secret.as_deref()?;
+        Some(AcceptStep { seen, secret, digits: seen.digits.map(i64::from), step, now, e })
+    }
+
+    pub(crate) fn params(&self) -> [&(dyn ToSql + Sync); 13] {
+        let e = self.e;
+        [
+            &self.seen.name,
+            &self.step,
+            &self.now,
+            &self.secret,
+            &self.digits,
+            &e.user,
+            &e.service,
+            &e.rhost,
+            &e.tty,
+            &e.machine,
+            &e.method,
+            &e.result,
+            &e.reason,
+        ]
+    }
+}
+
+pub(crate) fn user_from_row(r: &Row) -> Result<UserRecord, StoreError> {
     let method: String = r.try_get("method")?;
     Ok(UserRecord {
         name: r.try_get("name")?,
@@ -423,7 +489,7 @@ fn request_from_row(r: &Row) -> Result<EmergencyRequest, StoreError> {
     })
 }
 
-fn host_from_row(r: &Row) -> Result<HostRecord, StoreError> {
+pub(crate) fn host_from_row(r: &Row) -> Result<HostRecord, StoreError> {
     let role: String = r.try_get("role")?;
     Ok(HostRecord {
         name: r.try_get("name")?,
@@ -439,15 +505,11 @@ fn all<T>(rows: Vec<Row>, f: fn(&Row) -> Result<T, StoreError>) -> Result<Vec<T>
     rows.iter().map(f).collect()
 }
 
-impl Store for PgStore {
+impl PlanReads for PgStore {
     /// Locks the row until the transaction ends: another server's login
     /// for the same user waits, then reads what this one wrote.
     fn user(&mut self, name: &str) -> Result<Option<UserRecord>, StoreError> {
-        let sql = if self.reading {
-            "SELECT * FROM users WHERE name = $1"
-        } else {
-            "SELECT * FROM users WHERE name = $1 FOR UPDATE"
-        };
+        let sql = if self.reading { USER_BY_NAME } else { "SELECT * FROM users WHERE name = $1 FOR UPDATE" };
         self.query_opt(sql, &[&name])?.as_ref().map(user_from_row).transpose()
     }
 
@@ -470,6 +532,16 @@ impl Store for PgStore {
         rows.first().map(user_from_row).transpose()
     }
 
+    fn in_group(&mut self, group: &str, name: &str) -> Result<bool, StoreError> {
+        Ok(self.query_opt("SELECT 1 FROM group_members WHERE grp = $1 AND name = $2", &[&group, &name])?.is_some())
+    }
+
+    fn failing_mail_for(&mut self, user: &str) -> Result<u64, StoreError> {
+        self.count(FAILING_MAIL, &[&user])
+    }
+}
+
+impl Store for PgStore {
     fn save_user(&mut self, u: &UserRecord) -> Result<(), StoreError> {
         let method = u.method.to_string();
         self.execute(
@@ -542,42 +614,6 @@ impl Store for PgStore {
         Ok(n == 1)
     }
 
-    fn accept_step_if_unchanged(
-        &mut self,
-        seen: &UserRecord,
-        step: i64,
-        now: i64,
-        e: &NewAudit,
-    ) -> Result<bool, StoreError> {
-        let Some(secret) = seen.secret.as_deref() else { return Ok(false) };
-        // One statement is a transaction of its own: the UPDATE and the
-        // audit row commit together or not at all, so a read-only job (no
-        // BEGIN) may run it. A concurrent login on the same row waits for
-        // the row lock, then re-checks the WHERE on the committed row: the
-        // step is then used, and it writes nothing.
-        const SQL: &str = r#"WITH u AS (
-                UPDATE users SET last_step = $2, last_login = $3, last_method = 'totp', updated_at = $3
-                 WHERE name = $1 AND enabled AND method = 'totp' AND secret = $4
-                   AND activated_at IS NOT NULL AND digits IS NOT DISTINCT FROM $5
-                   AND (last_step IS NULL OR last_step < $2)
-                   AND failures = 0 AND failures_since_login = 0 AND lock_periods = 0
-                   AND locked_until IS NULL AND admin_locked_at IS NULL
-                RETURNING name)
-            INSERT INTO audit (time, "user", service, rhost, tty, machine, method, result, reason)
-            SELECT $3, $6, $7, $8, $9, $10, $11, $12, $13 FROM u"#;
-        let digits = seen.digits.map(i64::from);
-        let r = self.statement(SQL).and_then(|st| {
-            self.client.execute(
-                &st,
-                &[
-                    &seen.name, &step, &now, &secret, &digits, &e.user, &e.service, &e.rhost, &e.tty, &e.machine,
-                    &e.method, &e.result, &e.reason,
-                ],
-            )
-        });
-        Ok(self.note(r)? == 1)
-    }
-
     fn users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
         let rows = self.query(r#"SELECT * FROM users ORDER BY name COLLATE "C""#, &[])?;
         all(rows, user_from_row)
@@ -620,10 +656,6 @@ impl Store for PgStore {
             &[&group, &names],
         )?;
         Ok(())
-    }
-
-    fn in_group(&mut self, group: &str, name: &str) -> Result<bool, StoreError> {
-        Ok(self.query_opt("SELECT 1 FROM group_members WHERE grp = $1 AND name = $2", &[&group, &name])?.is_some())
     }
 
     fn add_audit(&mut self, e: &NewAudit) -> Result<(), StoreError> {
@@ -805,14 +837,6 @@ impl Store for PgStore {
         Ok(())
     }
 
-    fn failing_mail_for(&mut self, user: &str) -> Result<u64, StoreError> {
-        self.count(
-            r#"SELECT count(*) FROM outbox o JOIN email_codes c ON c.id = o.code_id
-               WHERE c."user" = $1 AND o.sent_at IS NULL AND o.attempts > 0"#,
-            &[&user],
-        )
-    }
-
     fn mail_stats(&mut self, now: i64) -> Result<MailStats, StoreError> {
         let r = self.query_one(
             "SELECT count(*) FILTER (WHERE sent_at IS NULL),
@@ -947,7 +971,7 @@ impl Store for PgStore {
     }
 
     fn host_by_fingerprint(&mut self, fp: &[u8]) -> Result<Option<HostRecord>, StoreError> {
-        self.query_opt("SELECT * FROM hosts WHERE fingerprint = $1", &[&fp])?.as_ref().map(host_from_row).transpose()
+        self.query_opt(HOST_BY_FINGERPRINT, &[&fp])?.as_ref().map(host_from_row).transpose()
     }
 
     fn hosts(&mut self) -> Result<Vec<HostRecord>, StoreError> {
@@ -994,7 +1018,7 @@ mod tests {
         let err = config("postgresql://otp:s3cret@db.example.org/otpd").unwrap_err().to_string();
         assert!(err.contains("db.example.org") && err.contains("sslmode=disable"), "{err}");
         assert!(!err.contains("s3cret"), "{err}");
-        let ok = config("postgresql://db.example.org/otpd?user=otp&password=s3cret&sslmode=disable").unwrap();
+        let ok = async_config("postgresql://db.example.org/otpd?user=otp&password=s3cret&sslmode=disable").unwrap();
         let shown = describe(&ok);
         assert_eq!(shown, "postgresql://otp@db.example.org:5432/otpd");
     }
@@ -1387,9 +1411,9 @@ mod tests {
         assert_eq!(pg.psql("SELECT count(*) FROM recovery_codes").unwrap().trim(), "8");
     }
 
-    /// The one-statement login (`accept_step_if_unchanged`, run in read
-    /// jobs as the conversation runs it): one winner per step across two
-    /// servers, and nothing written when the row changed since it was read.
+    /// The one-statement login (`PgFast::accept_step_if_unchanged`, as the
+    /// conversation runs it): one winner per step across two servers, and
+    /// nothing written when the row changed since it was read.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn store_pg_one_statement_accept_has_one_winner_and_needs_an_unchanged_row() {
         let pg = cluster();
@@ -1417,12 +1441,8 @@ mod tests {
         for i in 0..64 {
             let (db, e) = (dbs[i % 2].clone(), entry(100));
             tasks.push(tokio::spawn(async move {
-                db.read(move |s| {
-                    let seen = s.user("alice")?.ok_or(StoreError::Gone)?;
-                    s.accept_step_if_unchanged(&seen, 100, 5, &e)
-                })
-                .await
-                .unwrap()
+                let seen = db.read(|s| s.user("alice")).await.unwrap().unwrap();
+                db.fast().unwrap().accept_step_if_unchanged(&seen, 100, 5, &e).await.unwrap()
             }));
         }
         let mut won = 0;
@@ -1440,18 +1460,14 @@ mod tests {
         let f = failed.clone();
         dbs[1].run(move |s| s.save_user(&f)).await.unwrap();
         let (seen, e) = (UserRecord { last_step: Some(100), ..alice.clone() }, entry(101));
-        assert!(!dbs[1].read(move |s| s.accept_step_if_unchanged(&seen, 101, 6, &e)).await.unwrap());
+        assert!(!dbs[1].fast().unwrap().accept_step_if_unchanged(&seen, 101, 6, &e).await.unwrap());
         // A new secret since the read (an admin re-enrolled alice): nothing.
         let reset = UserRecord { secret: Some(vec![4, 5, 6]), last_step: None, ..alice.clone() };
         dbs[0].run(move |s| s.save_user(&reset)).await.unwrap();
         let (seen, e) = (alice.clone(), entry(102));
-        assert!(!dbs[0].read(move |s| s.accept_step_if_unchanged(&seen, 102, 7, &e)).await.unwrap());
+        assert!(!dbs[0].fast().unwrap().accept_step_if_unchanged(&seen, 102, 7, &e).await.unwrap());
         assert_eq!(q("SELECT count(*) FROM audit"), "1");
         assert_eq!(q("SELECT coalesce(last_step, -1) FROM users"), "-1", "the new secret's steps are all unused");
-        // SQLite has no such statement: always the transaction.
-        let mut lite = SqliteStore::in_memory().unwrap();
-        lite.save_user(&alice).unwrap();
-        assert!(!lite.accept_step_if_unchanged(&alice, 100, 5, &entry(100)).unwrap());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1513,8 +1529,16 @@ mod tests {
         let mut pg = cluster();
         let db = Db::start_postgres(&pg.url(), 2).unwrap();
         db.run(|s| s.save_user(&bare_user("alice", 1000))).await.unwrap();
+        // The login path's async connections (crate::pgfast) too.
+        let fast = db.fast().unwrap();
+        for _ in 0..2 {
+            let (alice, failing) = fast.plan_reads("alice", true).await.unwrap();
+            assert_eq!((alice.map(|u| u.name), failing), (Some("alice".into()), Some(0)));
+        }
         pg.stop().unwrap();
         let down = db.run(|s| s.user("alice")).await;
+        assert!(down.is_err(), "{down:?}");
+        let down = fast.plan_reads("alice", false).await;
         assert!(down.is_err(), "{down:?}");
         pg.start_again().unwrap();
         // Every worker's old connection is dead; each job must still succeed.
@@ -1522,6 +1546,19 @@ mod tests {
             assert!(db.run(move |s| s.consume_step("alice", step)).await.unwrap(), "step {step}");
         }
         assert_eq!(db.run(|s| s.user("alice")).await.unwrap().unwrap().last_step, Some(6));
+        // The async connections are made again (at most once a second each).
+        let by = std::time::Instant::now() + Duration::from_secs(20);
+        let mut back = 0;
+        while back < 4 {
+            match fast.plan_reads("alice", false).await {
+                Ok((alice, _)) => {
+                    assert_eq!(alice.and_then(|u| u.last_step), Some(6));
+                    back += 1;
+                }
+                Err(e) => assert!(std::time::Instant::now() < by, "still failing: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     #[test]

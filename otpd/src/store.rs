@@ -28,7 +28,7 @@
 //!   the same, so a job that saves a stale copy of the record cannot hand a
 //!   used step back. Together these hold even for a job that did not lock
 //!   the row first. The PostgreSQL fast path,
-//!   [`Store::accept_step_if_unchanged`], is the same conditional UPDATE
+//!   [`crate::pgfast::PgFast::accept_step_if_unchanged`], is the same conditional UPDATE
 //!   with every field the decision rested on in its WHERE (secret, enabled,
 //!   activated, no failure, no lock) and the audit row in the same
 //!   statement: a concurrent login re-checks it against the committed row
@@ -69,6 +69,10 @@ pub enum StoreError {
     NotCommitted,
     #[error("the database worker has stopped")]
     Gone,
+    /// A plan made on records read beforehand ([`crate::auth::Prefetched`])
+    /// needed another read: it is made again on the store.
+    #[error("the login needs a read that was not made beforehand")]
+    NotRead,
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
     #[error("PostgreSQL error: {}", pg_error_text(.0))]
@@ -292,7 +296,10 @@ pub struct HostRecord {
     pub last_seen: Option<i64>,
 }
 
-pub trait Store {
+/// What deciding what a login asks reads ([`crate::auth::plan`]): the part
+/// of the store a plan can also be made on from records read beforehand
+/// ([`crate::auth::Prefetched`]).
+pub trait PlanReads {
     fn user(&mut self, name: &str) -> Result<Option<UserRecord>, StoreError>;
     /// The record of account `uid`: the enabled one if there is one (a uid
     /// has at most one enabled record; see `otpctl user enable`).
@@ -300,6 +307,13 @@ pub trait Store {
     /// The enabled record whose name equals `name` ignoring ASCII case, if
     /// exactly one does (fleet hosts, whose uids mean nothing here).
     fn enabled_user_nocase(&mut self, name: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Whether `name` is a stored member of `group`.
+    fn in_group(&mut self, group: &str, name: &str) -> Result<bool, StoreError>;
+    /// Unsent mail for `user` that has failed at least once.
+    fn failing_mail_for(&mut self, user: &str) -> Result<u64, StoreError>;
+}
+
+pub trait Store: PlanReads {
     /// Inserts or updates. `created_at` is kept from the first insert, and
     /// `last_step` never goes back while the secret stays the same (a stale
     /// copy of the record must not make a used step usable again).
@@ -307,24 +321,6 @@ pub trait Store {
     /// Records TOTP `step` as used by `user` unless it (or a later step) already
     /// is: true for exactly one caller per step, whatever the interleaving.
     fn consume_step(&mut self, user: &str, step: i64) -> Result<bool, StoreError>;
-    /// The common login in ONE statement where the backend can (PostgreSQL,
-    /// outside a transaction: one round trip, one WAL flush): records TOTP
-    /// `step` as used, the login and `audit` — if and only if the row still
-    /// holds what the decision was made on: `seen`'s secret and digits, an
-    /// enabled, activated TOTP user, a step below `step`, no failure and no
-    /// lock. False: nothing was written; the caller decides in a transaction
-    /// ([`crate::auth::check_answer`]). The default (SQLite, whose single
-    /// writer has no round trips to save) writes nothing and says false.
-    fn accept_step_if_unchanged(
-        &mut self,
-        seen: &UserRecord,
-        step: i64,
-        now: i64,
-        audit: &NewAudit,
-    ) -> Result<bool, StoreError> {
-        let _ = (seen, step, now, audit);
-        Ok(false)
-    }
     /// HOTP: records that the code for counter `matched` was used, moving the
     /// counter to `matched + 1`, unless the counter already is past it: true
     /// for exactly one caller per counter value, whatever the interleaving.
@@ -342,8 +338,6 @@ pub trait Store {
     /// Replaces the stored member names of `group` (read through NSS on the
     /// admin path, so that the login path decides `require_group` without NSS).
     fn set_group_members(&mut self, group: &str, names: &[String]) -> Result<(), StoreError>;
-    /// Whether `name` is a stored member of `group`.
-    fn in_group(&mut self, group: &str, name: &str) -> Result<bool, StoreError>;
     fn add_audit(&mut self, entry: &NewAudit) -> Result<(), StoreError>;
     /// Deletes up to `limit` audit rows, and up to `limit` session records,
     /// older than `before` (a session by its end, or its start if it never
@@ -376,8 +370,6 @@ pub trait Store {
     fn due_mail(&mut self, now: i64, limit: u32) -> Result<Vec<QueuedMail>, StoreError>;
     fn mail_sent(&mut self, id: i64, now: i64) -> Result<(), StoreError>;
     fn mail_failed(&mut self, id: i64, next_attempt_at: i64, error: &str) -> Result<(), StoreError>;
-    /// Unsent mail for `user` that has failed at least once.
-    fn failing_mail_for(&mut self, user: &str) -> Result<u64, StoreError>;
     fn mail_stats(&mut self, now: i64) -> Result<MailStats, StoreError>;
     fn insert_request(&mut self, r: &EmergencyRequest) -> Result<i64, StoreError>;
     fn request(&mut self, id: i64) -> Result<Option<EmergencyRequest>, StoreError>;
@@ -822,7 +814,7 @@ fn request_from_row(r: &Row<'_>) -> rusqlite::Result<EmergencyRequest> {
     })
 }
 
-impl Store for SqliteStore {
+impl PlanReads for SqliteStore {
     fn user(&mut self, name: &str) -> Result<Option<UserRecord>, StoreError> {
         let mut st = self.conn.prepare_cached("SELECT * FROM users WHERE name = ?1")?;
         Ok(st.query_row([name], user_from_row).optional()?)
@@ -841,6 +833,24 @@ impl Store for SqliteStore {
         Ok(if found.len() == 1 { found.into_iter().next() } else { None })
     }
 
+    fn in_group(&mut self, group: &str, name: &str) -> Result<bool, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT 1 FROM group_members WHERE grp = ?1 AND name = ?2")?;
+        Ok(st.query_row([group, name], |_| Ok(())).optional()?.is_some())
+    }
+
+    fn failing_mail_for(&mut self, user: &str) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT count(*) FROM outbox o JOIN email_codes c ON c.id = o.code_id
+                 WHERE c.user = ?1 AND o.sent_at IS NULL AND o.attempts > 0",
+            )?
+            .query_row([user], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+}
+
+impl Store for SqliteStore {
     fn save_user(&mut self, u: &UserRecord) -> Result<(), StoreError> {
         let mut st = self.conn.prepare_cached(
             "INSERT INTO users (name, uid, method, enabled, email, secret, activated_at, last_step,
@@ -956,11 +966,6 @@ impl Store for SqliteStore {
             st.execute(params![group, n])?;
         }
         Ok(())
-    }
-
-    fn in_group(&mut self, group: &str, name: &str) -> Result<bool, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT 1 FROM group_members WHERE grp = ?1 AND name = ?2")?;
-        Ok(st.query_row([group, name], |_| Ok(())).optional()?.is_some())
     }
 
     fn add_audit(&mut self, e: &NewAudit) -> Result<(), StoreError> {
@@ -1140,17 +1145,6 @@ impl Store for SqliteStore {
             )?
             .execute(params![id, next_attempt_at, error])?;
         Ok(())
-    }
-
-    fn failing_mail_for(&mut self, user: &str) -> Result<u64, StoreError> {
-        let n: i64 = self
-            .conn
-            .prepare_cached(
-                "SELECT count(*) FROM outbox o JOIN email_codes c ON c.id = o.code_id
-                 WHERE c.user = ?1 AND o.sent_at IS NULL AND o.attempts > 0",
-            )?
-            .query_row([user], |r| r.get(0))?;
-        Ok(n as u64)
     }
 
     fn mail_stats(&mut self, now: i64) -> Result<MailStats, StoreError> {

@@ -1,0 +1,156 @@
+//! The statements every fleet login runs, on the server's own runtime.
+//!
+//! A fleet login on PostgreSQL reads the host and the user, then (the
+//! common case) accepts the code in one statement. Through [`crate::db`]'s
+//! worker threads each of those is two thread hops more (the runtime hands
+//! the job to a worker, the worker hands the answer back) on top of the
+//! round trip to PostgreSQL; on a busy machine each hop waits for a core.
+//! Here they are async queries on a few connections of the async client,
+//! so the task that awaits one is woken by the reply itself, and concurrent
+//! queries on one connection share a round trip (the client pipelines
+//! them).
+//!
+//! Only reads and the one-statement accept run here; every transaction
+//! stays on the workers. Nothing depends on this path: when it cannot
+//! answer (no connection yet, PostgreSQL away, an error) the caller does
+//! the same work through [`crate::db::Db`], which decides and reports as it
+//! always has. A connection that failed is made again on a later use, at
+//! most once a second per connection.
+use crate::pgstore::{
+    host_from_row, user_from_row, AcceptStep, ACCEPT_STEP, FAILING_MAIL, HOST_BY_FINGERPRINT, USER_BY_NAME,
+};
+use crate::store::{HostRecord, NewAudit, StoreError, UserRecord};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_postgres::{Client, NoTls, Statement};
+
+/// A connection that failed is not made again sooner than this.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+pub struct PgFast {
+    config: tokio_postgres::Config,
+    slots: Vec<Slot>,
+    next: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Slot {
+    conn: Mutex<Option<Arc<Conn>>>,
+    /// Held while the connection is made (others wait for it); when the
+    /// last attempt failed: not again before this.
+    connect: tokio::sync::Mutex<Option<Instant>>,
+}
+
+struct Conn {
+    client: Client,
+    user: Statement,
+    host: Statement,
+    failing: Statement,
+    accept: Statement,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Slot {
+    fn live(&self) -> Option<Arc<Conn>> {
+        lock(&self.conn).as_ref().filter(|c| !c.client.is_closed()).cloned()
+    }
+}
+
+impl PgFast {
+    /// Up to `connections` connections, made on first use (from a task of
+    /// the runtime that will drive them).
+    pub fn new(config: tokio_postgres::Config, connections: usize) -> PgFast {
+        PgFast { config, slots: (0..connections.max(1)).map(|_| Slot::default()).collect(), next: AtomicUsize::new(0) }
+    }
+
+    /// The next connection in turn, made if it has to be.
+    async fn conn(&self) -> Result<Arc<Conn>, StoreError> {
+        let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        if let Some(c) = slot.live() {
+            return Ok(c);
+        }
+        let mut retry_at = slot.connect.lock().await;
+        // Made while this one waited?
+        if let Some(c) = slot.live() {
+            return Ok(c);
+        }
+        if retry_at.is_some_and(|t| Instant::now() < t) {
+            return Err(StoreError::Unusable { path: "PostgreSQL".into(), why: "reconnecting".into() });
+        }
+        match self.connect().await {
+            Ok(c) => {
+                let c = Arc::new(c);
+                *lock(&slot.conn) = Some(c.clone());
+                *retry_at = None;
+                Ok(c)
+            }
+            Err(e) => {
+                *retry_at = Some(Instant::now() + RETRY_AFTER);
+                Err(e)
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, StoreError> {
+        let (client, connection) = self.config.connect(NoTls).await?;
+        // Ends when the client is dropped or the connection fails; the
+        // client then reports itself closed.
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("PostgreSQL connection of the login path ended: {e}");
+            }
+        });
+        let (user, host, failing, accept) = tokio::try_join!(
+            client.prepare(USER_BY_NAME),
+            client.prepare(HOST_BY_FINGERPRINT),
+            client.prepare(FAILING_MAIL),
+            client.prepare(ACCEPT_STEP),
+        )?;
+        Ok(Conn { client, user, host, failing, accept })
+    }
+
+    /// The host that was issued this certificate, revoked or not.
+    pub async fn host_by_fingerprint(&self, fp: &[u8]) -> Result<Option<HostRecord>, StoreError> {
+        let c = self.conn().await?;
+        c.client.query_opt(&c.host, &[&fp]).await?.as_ref().map(host_from_row).transpose()
+    }
+
+    /// What planning a fleet login reads: the record of that exact name
+    /// and, when `mail`, how many of its messages are failing — in one
+    /// round trip.
+    pub async fn plan_reads(&self, name: &str, mail: bool) -> Result<(Option<UserRecord>, Option<u64>), StoreError> {
+        let c = self.conn().await?;
+        let user = async { c.client.query_opt(&c.user, &[&name]).await };
+        let failing = async {
+            match mail {
+                true => c.client.query_one(&c.failing, &[&name]).await.and_then(|r| r.try_get::<_, i64>(0)).map(Some),
+                false => Ok(None),
+            }
+        };
+        let (user, failing) = tokio::try_join!(user, failing)?;
+        Ok((user.as_ref().map(user_from_row).transpose()?, failing.map(|n| n.max(0) as u64)))
+    }
+
+    /// Records TOTP `step` as used by `seen`'s user, the login and `audit`,
+    /// in one statement outside a transaction (one round trip, one WAL
+    /// flush) — if and only if the row still holds what the decision was
+    /// made on: `seen`'s secret and digits, an enabled, activated TOTP
+    /// user, a step below `step`, no failure and no lock. False: nothing
+    /// was written; the caller decides in a transaction
+    /// ([`crate::auth::check_answer`]).
+    pub async fn accept_step_if_unchanged(
+        &self,
+        seen: &UserRecord,
+        step: i64,
+        now: i64,
+        audit: &NewAudit,
+    ) -> Result<bool, StoreError> {
+        let Some(args) = AcceptStep::new(seen, step, now, audit) else { return Ok(false) };
+        let c = self.conn().await?;
+        Ok(c.client.execute(&c.accept, &args.params()).await? == 1)
+    }
+}
