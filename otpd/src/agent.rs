@@ -11,7 +11,7 @@ use crate::conn::{Conn, Listener};
 use crate::daemon::StartError;
 use crate::fleet::Link;
 use crate::pki;
-use common::codec::{FrameError, MAX_FRAME};
+use common::codec::{encode, FrameError, MAX_FRAME};
 use common::config::Config;
 use common::proto::{ClientMsg, LinkHello, LinkReply, OutcomeKind, Relay, ServerMsg, PROTOCOL_VERSION};
 use std::collections::HashMap;
@@ -338,10 +338,23 @@ async fn open_conversation(agent: &Agent, relay: &Relay, first: &ClientMsg) -> O
     // Everything here happens while the module waits for its first reply:
     // all of it fits in the module's timeout, whatever the servers do.
     let deadline = Instant::now() + OPEN_BUDGET;
+    // The header and the first message in one write: one TLS record, one
+    // wakeup of the server.
+    let frames = encode(relay).and_then(|mut header| {
+        header.extend_from_slice(&encode(first)?);
+        Ok(header)
+    });
+    let opening = match frames {
+        Ok(frames) => frames,
+        Err(e) => {
+            agent.warn(&format!("cannot relay a conversation: {e}"));
+            return None;
+        }
+    };
+    let opening = &opening;
     let start = |mut link: TlsLink, by: Instant| async move {
         let started = async {
-            link.write(relay, agent.io_timeout).await?;
-            link.write(first, agent.io_timeout).await?;
+            link.write_bytes(opening, agent.io_timeout).await?;
             let reply: ServerMsg = link.read(agent.io_timeout, agent.io_timeout, MAX_FRAME).await?;
             Ok::<_, FrameError>(reply)
         };
