@@ -176,11 +176,15 @@ pub(crate) fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixLis
 /// a login is a few small messages, and one thread handling all of them
 /// costs fewer cross-CPU wake-ups than handing connections between workers.
 /// It also keeps logins away from the work of the main runtime (TLS to the
-/// mail server, D-Bus, admin requests).
+/// mail server, D-Bus, admin requests). On a fleet server the agents'
+/// links are logins too, and so are served here (with the async
+/// PostgreSQL connections they use: [`crate::pgfast`] makes them on first
+/// use, from this thread).
 fn spawn_pam_thread(
     listener: std::os::unix::net::UnixListener,
     shared: Arc<crate::server::Shared>,
     limits: Limits,
+    fleet: Option<(Vec<std::net::TcpListener>, Arc<crate::fleet::FleetServer>)>,
 ) -> Result<(tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>), StartError> {
     let fail = |why: String| StartError::Socket { path: "PAM server thread".into(), why };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| fail(e.to_string()))?;
@@ -193,6 +197,14 @@ fn spawn_pam_thread(
                     Ok(l) => l,
                     Err(e) => return tracing::error!("PAM socket: {e}"),
                 };
+                if let Some((listeners, fleet)) = fleet {
+                    for l in listeners {
+                        match tokio::net::TcpListener::from_std(l) {
+                            Ok(l) => drop(tokio::spawn(crate::fleet::serve(l, shared.clone(), fleet.clone()))),
+                            Err(e) => return tracing::error!("fleet listener: {e}"),
+                        }
+                    }
+                }
                 tokio::select! {
                     _ = serve_pam(listener, shared, limits) => {}
                     _ = stopped => {}
@@ -272,6 +284,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     for addr in config.fleet.listen.iter().filter(|_| fleet.is_some()) {
         let l = tokio::net::TcpListener::bind(addr.as_str())
             .await
+            .and_then(|l| l.into_std())
             .map_err(|e| StartError::Socket { path: addr.clone(), why: e.to_string() })?;
         fleet_listeners.push(l);
     }
@@ -334,9 +347,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let mut fleet_tasks = Vec::new();
     if let Some(fleet) = &fleet {
         fleet_tasks.push(tokio::spawn(crate::fleet::renew(fleet.clone())));
-        for (l, addr) in fleet_listeners.into_iter().zip(&config.fleet.listen) {
+        for addr in &config.fleet.listen {
             tracing::info!("fleet server {} listening on {addr} (TLS 1.3, client certificates required)", fleet.name);
-            fleet_tasks.push(tokio::spawn(crate::fleet::serve(l, shared.clone(), fleet.clone())));
         }
     }
     notify_ready();
@@ -350,7 +362,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let dbus_task = d.dbus.then(|| tokio::spawn(crate::dbus::run(shared.clone())));
     let housekeeping = tokio::spawn(crate::retention::run(shared.clone(), config.audit.retention));
     let limits = Limits { max_connections: d.max_connections, max_per_uid: d.max_connections_per_user };
-    let (stop_pam, pam_thread) = spawn_pam_thread(pam, shared.clone(), limits)?;
+    let fleet_links = fleet.clone().map(|f| (fleet_listeners, f));
+    let (stop_pam, pam_thread) = spawn_pam_thread(pam, shared.clone(), limits, fleet_links)?;
     let admin = crate::conn::Listener::new(admin)
         .map_err(|e| StartError::Socket { path: d.admin_socket.display().to_string(), why: e.to_string() })?;
     let admin_task = tokio::spawn(serve_admin(admin, shared.clone()));

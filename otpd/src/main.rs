@@ -26,7 +26,18 @@ fn main() -> std::process::ExitCode {
         println!("{}: configuration OK", args.config.display());
         return std::process::ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // An agent only relays small messages between sockets: one thread
+    // costs fewer cross-CPU wake-ups than two workers handing them around
+    // (as the standalone daemon's login thread does; see daemon.rs).
+    let mut builder = match config.role {
+        common::config::Role::Agent => tokio::runtime::Builder::new_current_thread(),
+        _ => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(2);
+            b
+        }
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("otpd: cannot start runtime: {e}");
