@@ -293,6 +293,18 @@ impl Bench {
                     let book = steps.get_mut(&m).unwrap_or_else(|| panic!("no step book for {m:?}"));
                     let offset = book.offset_for(first..first + logins);
                     let r = self.round(m, &files[&m], first, logins, p, offset, logins);
+                    if !r.failed.is_empty() {
+                        // A valid code refused: say whose, for the daemon's log.
+                        let some: Vec<&str> = r.failed.iter().take(5).map(String::as_str).collect();
+                        println!("{}: {} valid login(s) refused: {}", m.name(), r.failed.len(), some.join(" "));
+                        for line in daemon_logs(&udir)
+                            .iter()
+                            .flat_map(|t| t.lines())
+                            .filter(|l| some.iter().any(|u| l.contains(&format!("user={u} "))))
+                        {
+                            println!("  {line}");
+                        }
+                    }
                     book.record(first..first + logins, r.max_step);
                     let after = self.round(Module::Permit, &permit_file, 0, per_round, p, 0, self.permit_logins);
                     let base = before.mean(&after);
@@ -666,6 +678,23 @@ impl Bench {
             .collect();
         collect_round(&texts)
     }
+}
+
+/// Every otpd log under `dir` (the standalone daemon's, the fleet's servers' and agents').
+fn daemon_logs(dir: &Path) -> Vec<String> {
+    let mut logs = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.file_name().is_some_and(|n| n == "otpd.log") {
+                logs.push(std::fs::read_to_string(&path).unwrap_or_default());
+            }
+        }
+    }
+    logs
 }
 
 /// The workers' reports of one round, together.
