@@ -27,6 +27,12 @@ use tokio_postgres::{Client, NoTls, Statement};
 
 /// A connection that failed is not made again sooner than this.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// A statement with no answer by then is given up, and its connection
+/// with it (a database that went away without closing it, as after a
+/// failover behind an address, would otherwise hold every login sent to
+/// it): longer than the `lock_timeout` otpd sets (5 s), so an accept that
+/// waits for another server's row lock is not cut short.
+const ANSWER_WITHIN: Duration = Duration::from_secs(6);
 
 pub struct PgFast {
     config: tokio_postgres::Config,
@@ -67,9 +73,30 @@ impl PgFast {
         PgFast { config, slots: (0..connections.max(1)).map(|_| Slot::default()).collect(), next: AtomicUsize::new(0) }
     }
 
-    /// The next connection in turn, made if it has to be.
-    async fn conn(&self) -> Result<Arc<Conn>, StoreError> {
+    /// Runs `query` on the next connection in turn; one that gives no
+    /// answer within [`ANSWER_WITHIN`] is dropped (the next use makes a
+    /// new one).
+    async fn on_conn<T, F, Fut>(&self, query: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Arc<Conn>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
         let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        let conn = self.conn(slot).await?;
+        match tokio::time::timeout(ANSWER_WITHIN, query(conn.clone())).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                let mut held = lock(&slot.conn);
+                if held.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn)) {
+                    *held = None;
+                }
+                Err(StoreError::Unusable { path: "PostgreSQL".into(), why: "no answer in time".into() })
+            }
+        }
+    }
+
+    /// The slot's connection, made if it has to be.
+    async fn conn(&self, slot: &Slot) -> Result<Arc<Conn>, StoreError> {
         if let Some(c) = slot.live() {
             return Ok(c);
         }
@@ -115,24 +142,30 @@ impl PgFast {
 
     /// The host that was issued this certificate, revoked or not.
     pub async fn host_by_fingerprint(&self, fp: &[u8]) -> Result<Option<HostRecord>, StoreError> {
-        let c = self.conn().await?;
-        c.client.query_opt(&c.host, &[&fp]).await?.as_ref().map(host_from_row).transpose()
+        self.on_conn(
+            |c| async move { c.client.query_opt(&c.host, &[&fp]).await?.as_ref().map(host_from_row).transpose() },
+        )
+        .await
     }
 
     /// What planning a fleet login reads: the record of that exact name
     /// and, when `mail`, how many of its messages are failing — in one
     /// round trip.
     pub async fn plan_reads(&self, name: &str, mail: bool) -> Result<(Option<UserRecord>, Option<u64>), StoreError> {
-        let c = self.conn().await?;
-        let user = async { c.client.query_opt(&c.user, &[&name]).await };
-        let failing = async {
-            match mail {
-                true => c.client.query_one(&c.failing, &[&name]).await.and_then(|r| r.try_get::<_, i64>(0)).map(Some),
-                false => Ok(None),
-            }
-        };
-        let (user, failing) = tokio::try_join!(user, failing)?;
-        Ok((user.as_ref().map(user_from_row).transpose()?, failing.map(|n| n.max(0) as u64)))
+        self.on_conn(|c| async move {
+            let user = async { c.client.query_opt(&c.user, &[&name]).await };
+            let failing = async {
+                match mail {
+                    true => {
+                        c.client.query_one(&c.failing, &[&name]).await.and_then(|r| r.try_get::<_, i64>(0)).map(Some)
+                    }
+                    false => Ok(None),
+                }
+            };
+            let (user, failing) = tokio::try_join!(user, failing)?;
+            Ok((user.as_ref().map(user_from_row).transpose()?, failing.map(|n| n.max(0) as u64)))
+        })
+        .await
     }
 
     /// Records TOTP `step` as used by `seen`'s user, the login and `audit`,
@@ -150,7 +183,6 @@ impl PgFast {
         audit: &NewAudit,
     ) -> Result<bool, StoreError> {
         let Some(args) = AcceptStep::new(seen, step, now, audit) else { return Ok(false) };
-        let c = self.conn().await?;
-        Ok(c.client.execute(&c.accept, &args.params()).await? == 1)
+        self.on_conn(|c| async move { Ok(c.client.execute(&c.accept, &args.params()).await? == 1) }).await
     }
 }

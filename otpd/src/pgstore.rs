@@ -1561,6 +1561,31 @@ mod tests {
         }
     }
 
+    /// A database that stops answering without closing its connections
+    /// (frozen; as after a failover behind an address): the login path's
+    /// statement gives up, and a new connection serves once it answers again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn store_pg_fast_path_gives_up_on_a_database_that_stops_answering() {
+        let pg = cluster();
+        let db = Db::start_postgres(&pg.url(), 1).unwrap();
+        db.run(|s| s.save_user(&bare_user("alice", 1000))).await.unwrap();
+        let fast = db.fast().unwrap();
+        assert!(fast.plan_reads("alice", false).await.unwrap().0.is_some());
+        pg.freeze(true).unwrap();
+        let frozen = tokio::time::timeout(Duration::from_secs(60), fast.plan_reads("alice", false)).await;
+        pg.freeze(false).unwrap();
+        let err = frozen.expect("the statement must give up, not wait for ever").unwrap_err();
+        assert!(err.to_string().contains("no answer in time"), "{err}");
+        let by = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match fast.plan_reads("alice", false).await {
+                Ok((alice, _)) => break assert_eq!(alice.map(|u| u.name), Some("alice".into())),
+                Err(e) => assert!(std::time::Instant::now() < by, "still failing after the thaw: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     #[test]
     fn store_pg_two_servers_migrate_at_once() {
         let pg = cluster();

@@ -72,6 +72,26 @@ impl Cluster {
         &self.dir
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server and all its
+    /// processes: a database that stops answering without closing anything.
+    pub fn freeze(&self, frozen: bool) -> Result<(), String> {
+        let pid_file = self.dir.join("data").join("postmaster.pid");
+        let text = std::fs::read_to_string(&pid_file).map_err(|e| format!("{}: {e}", pid_file.display()))?;
+        let postmaster = text.lines().next().unwrap_or_default().trim().to_string();
+        let mut pids = vec![postmaster.clone()];
+        for entry in std::fs::read_dir("/proc").map_err(|e| e.to_string())?.flatten() {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // pid (comm) state ppid ...
+            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            if ppid == Some(postmaster.as_str()) {
+                pids.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill").arg(signal).args(&pids).status().map_err(|e| e.to_string())?;
+        status.success().then_some(()).ok_or_else(|| format!("kill {signal} {pids:?}: {status}"))
+    }
+
     /// Stops the server (fast shutdown); `start_again` brings it back on the same data.
     pub fn stop(&mut self) -> Result<(), String> {
         if self.stopped {
