@@ -10,6 +10,7 @@
 use crate::conn::{Conn, Listener};
 use crate::daemon::StartError;
 use crate::fleet::Link;
+use crate::lock;
 use crate::pki;
 use common::codec::{encode, FrameError, MAX_FRAME};
 use common::config::Config;
@@ -63,10 +64,6 @@ const UNAVAILABLE: &str = "Passcode check unavailable.";
 /// Finding a server for a new conversation: below pam_otp's default
 /// timeout, so the module hears "unavailable" from us rather than timing out.
 const OPEN_BUDGET: Duration = Duration::from_secs(common::DEFAULT_MODULE_TIMEOUT_SECS - 2);
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn fleet_error(e: impl std::fmt::Display) -> StartError {
     StartError::Fleet(e.to_string())

@@ -9,6 +9,7 @@
 //! The host record is read again for every conversation, so `otpctl host
 //! revoke` takes effect at once on every server of the database.
 use crate::conversation::Peer;
+use crate::lock;
 use crate::pki;
 use crate::server::Shared;
 use crate::store::{HostRecord, HostRole, NewAudit};
@@ -90,10 +91,6 @@ impl FleetServer {
         };
         Ok((bundle, issued.fingerprint))
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The server certificate is issued for a year: a new one every day, so a

@@ -34,3 +34,9 @@ pub mod syslog;
 pub mod totp;
 pub mod transport;
 pub mod trust;
+
+/// Locks `m`, taking it over from a thread that panicked while holding it
+/// (as each module's own copy of this helper did).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -9,14 +9,11 @@
 //! for a setuid program (`su`, `sudo`) is the user who started it. Logins
 //! started by root itself (login, sshd, cron) are never limited here: they
 //! are the ones the limits protect.
+use crate::lock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The real uid of the process that connected. `peer_uid` and `pid` come
 /// from `SO_PEERCRED`. A root peer whose status cannot be read (another pid

@@ -16,6 +16,7 @@
 //! the same work through [`crate::db::Db`], which decides and reports as it
 //! always has. A connection that failed is made again on a later use, at
 //! most once a second per connection.
+use crate::lock;
 use crate::pgstore::{
     host_from_row, user_from_row, AcceptStep, ACCEPT_STEP, FAILING_MAIL, HOST_BY_FINGERPRINT, USER_BY_NAME,
 };
@@ -54,10 +55,6 @@ struct Conn {
     host: Statement,
     failing: Statement,
     accept: Statement,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Slot {

@@ -8,6 +8,7 @@ use crate::conn::{Conn, Listener};
 use crate::conversation::Peer;
 use crate::db::Db;
 use crate::limits::CallerLimits;
+use crate::lock;
 use crate::store::SqliteStore;
 use common::proto::ClientMsg;
 use std::collections::HashMap;
@@ -120,10 +121,6 @@ fn release_uid(shared: &Shared, uid: u32) {
             per_uid.remove(&uid);
         }
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Accepts every connection as soon as it arrives. Waiting for a free slot
