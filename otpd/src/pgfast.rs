@@ -70,22 +70,31 @@ impl PgFast {
         PgFast { config, slots: (0..connections.max(1)).map(|_| Slot::default()).collect(), next: AtomicUsize::new(0) }
     }
 
-    /// Runs `query` on the next connection in turn; one that gives no
-    /// answer within [`ANSWER_WITHIN`] is dropped (the next use makes a
-    /// new one).
+    /// Runs `query` on the next connection in turn, made first if need be;
+    /// all within [`ANSWER_WITHIN`] (a connection being made can hang as a
+    /// statement can). A connection that gives no answer in time is
+    /// dropped (the next use makes a new one).
     async fn on_conn<T, F, Fut>(&self, query: F) -> Result<T, StoreError>
     where
         F: FnOnce(Arc<Conn>) -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
         let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
-        let conn = self.conn(slot).await?;
-        match tokio::time::timeout(ANSWER_WITHIN, query(conn.clone())).await {
+        let mut used = None;
+        let answer = tokio::time::timeout(ANSWER_WITHIN, async {
+            let conn = self.conn(slot).await?;
+            used = Some(conn.clone());
+            query(conn).await
+        })
+        .await;
+        match answer {
             Ok(answer) => answer,
             Err(_) => {
                 let mut held = lock(&slot.conn);
-                if held.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn)) {
-                    *held = None;
+                if let (Some(c), Some(conn)) = (held.as_ref(), used.as_ref()) {
+                    if Arc::ptr_eq(c, conn) {
+                        *held = None;
+                    }
                 }
                 Err(StoreError::Unusable { path: "PostgreSQL".into(), why: "no answer in time".into() })
             }

@@ -1571,11 +1571,18 @@ mod tests {
         db.run(|s| s.save_user(&bare_user("alice", 1000))).await.unwrap();
         let fast = db.fast().unwrap();
         assert!(fast.plan_reads("alice", false).await.unwrap().0.is_some());
+        // A second server whose login path has made no connection yet:
+        // making one can hang as a statement can.
+        let other = Db::start_postgres(&pg.url(), 1).unwrap();
         pg.freeze(true).unwrap();
-        let frozen = tokio::time::timeout(Duration::from_secs(60), fast.plan_reads("alice", false)).await;
+        let wait = Duration::from_secs(60);
+        let frozen = tokio::time::timeout(wait, fast.plan_reads("alice", false)).await;
+        let connecting = tokio::time::timeout(wait, other.fast().unwrap().plan_reads("alice", false)).await;
         pg.freeze(false).unwrap();
-        let err = frozen.expect("the statement must give up, not wait for ever").unwrap_err();
-        assert!(err.to_string().contains("no answer in time"), "{err}");
+        for r in [frozen, connecting] {
+            let err = r.expect("the login path must give up, not wait for ever").unwrap_err();
+            assert!(err.to_string().contains("no answer in time"), "{err}");
+        }
         let by = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             match fast.plan_reads("alice", false).await {
