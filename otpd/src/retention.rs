@@ -99,6 +99,7 @@ pub async fn run(sh: Arc<Shared>, retention: Duration) {
     prune_audit(&sh, retention).await;
     link_accounts(&sh).await;
     refresh_group(&sh).await;
+    tracing::debug!("start-up housekeeping done");
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_prune = tokio::time::Instant::now();
