@@ -104,15 +104,11 @@ fn a_user_enabled_before_the_account_existed_is_not_skipped_by_a_screen_locker()
     let names = tempfile::tempdir().unwrap();
     let dir = Directory::new(names.path());
     let mut env = dir.pairs();
-    env.push(("OTPD_LOG", "info,otpd=debug"));
+    env.push(HOUSEKEEPING_LOG);
     let mut fx = Fixture::start_with_env(&env, "");
     // The start-up pass links records in the background: enabling `late`
     // and adding the account before it ran would let it link at once.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !fx.log().contains("start-up housekeeping done") {
-        assert!(std::time::Instant::now() < deadline, "no start-up housekeeping: {}", fx.log());
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    fx.wait_for_housekeeping(1);
     fx.ctl_ok(&["user", "enable", "late", "--method", "totp"]);
     let passwd = names.path().join("passwd");
     let mut text = std::fs::read_to_string(&passwd).unwrap();

@@ -162,8 +162,12 @@ fn require_group_refuses_unenrolled_members_and_follows_refresh() {
     let names = tempfile::tempdir().unwrap();
     // staff: m0, m1, m2 listed; p0 by primary group.
     let dir = Directory::new(names.path(), 3, 1);
-    let fx = Fixture::start_with_env(&dir.pairs(), "require_group = \"staff\"\n");
-    // The daemon also refreshes at start, on its own schedule: the test asks.
+    let mut env = dir.pairs();
+    env.push(HOUSEKEEPING_LOG);
+    let fx = Fixture::start_with_env(&env, "require_group = \"staff\"\n");
+    // The daemon also refreshes at start, in the background: once that is
+    // done, the stored list changes only when the test asks.
+    fx.wait_for_housekeeping(1);
     let refreshed = dir.ctl_ok(&fx, &["group", "refresh"]);
     assert!(refreshed.contains("staff: 4 member(s)"), "{refreshed}");
 

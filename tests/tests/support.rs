@@ -98,6 +98,10 @@ impl Run {
     }
 }
 
+/// otpd's log filter for [`Fixture::wait_for_housekeeping`].
+pub const HOUSEKEEPING_LOG: (&str, &str) = ("OTPD_LOG", "info,otpd=debug");
+const HOUSEKEEPING_DONE: &str = "start-up housekeeping done";
+
 impl Fixture {
     /// `extra_config` is appended right after the `[daemon]` keys, so bare
     /// keys land in `[daemon]` and other tables start with their header.
@@ -276,6 +280,18 @@ impl Fixture {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.path("otpd.log")).unwrap_or_default()
+    }
+
+    /// Waits until otpd's start-up housekeeping (pruning the audit, linking
+    /// uids, refreshing `require_group`, run in the background) has finished
+    /// `starts` times over this fixture's life: a test that then changes what
+    /// it reads cannot race it. otpd must run with [`HOUSEKEEPING_LOG`].
+    pub fn wait_for_housekeeping(&self, starts: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.log().matches(HOUSEKEEPING_DONE).count() < starts {
+            assert!(Instant::now() < deadline, "no start-up housekeeping: {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Writes a pam_wrapper service `name` stacking pam_otp.so with `opts`.
