@@ -297,7 +297,9 @@ impl Bench {
                         // A valid code refused: say whose, for the daemon's log.
                         let some: Vec<&str> = r.failed.iter().take(5).map(String::as_str).collect();
                         println!("{}: {} valid login(s) refused: {}", m.name(), r.failed.len(), some.join(" "));
-                        for line in daemon_logs(&udir)
+                        // Only this module's daemons: other modules (pam_oath) have none.
+                        let logs = daemons.get(&m).map(Daemons::logs).unwrap_or_default();
+                        for line in logs
                             .iter()
                             .flat_map(|t| t.lines())
                             .filter(|l| some.iter().any(|u| l.contains(&format!("user={u} "))))
@@ -678,23 +680,6 @@ impl Bench {
             .collect();
         collect_round(&texts)
     }
-}
-
-/// Every otpd log under `dir` (the standalone daemon's, the fleet's servers' and agents').
-fn daemon_logs(dir: &Path) -> Vec<String> {
-    let mut logs = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.file_name().is_some_and(|n| n == "otpd.log") {
-                logs.push(std::fs::read_to_string(&path).unwrap_or_default());
-            }
-        }
-    }
-    logs
 }
 
 /// The workers' reports of one round, together.
@@ -1088,6 +1073,15 @@ impl Daemons {
             Daemons::Fleet(f) => vec![("server", f.server.rss_kb()), ("agent", f.agent.rss_kb())],
         }
     }
+
+    /// The logs of this module's daemons (a fleet: server and agent).
+    fn logs(&self) -> Vec<String> {
+        let read = |d: &Otpd| std::fs::read_to_string(d.dir.join("otpd.log")).unwrap_or_default();
+        match self {
+            Daemons::Standalone(d) => vec![read(d)],
+            Daemons::Fleet(f) => vec![read(&f.server), read(&f.agent)],
+        }
+    }
 }
 
 /// Fields drop in order: the agent, the server, then its database.
@@ -1107,6 +1101,7 @@ fn free_port() -> u16 {
 /// A private otpd in a temp dir, stopped on drop.
 struct Otpd {
     child: Child,
+    dir: PathBuf,
     pam_socket: PathBuf,
     admin_socket: PathBuf,
 }
@@ -1180,7 +1175,7 @@ impl Otpd {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Otpd { child, pam_socket, admin_socket }
+        Otpd { child, dir: dir.to_path_buf(), pam_socket, admin_socket }
     }
 
     fn rss_kb(&self) -> u64 {
