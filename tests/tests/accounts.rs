@@ -136,5 +136,7 @@ fn a_user_enabled_before_the_account_existed_is_not_skipped_by_a_screen_locker()
         assert!(std::time::Instant::now() < deadline, "otpd never linked late's record: {}", after.out);
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    // Logged after the record is saved: wait for the pass to end.
+    fx.wait_for_housekeeping(2);
     assert!(fx.log().contains("recorded the uid of 1 user(s)"), "{}", fx.log());
 }

@@ -97,7 +97,18 @@ fn admin_interface_access_control_and_signals() {
             .spawn()
             .unwrap(),
     );
-    std::thread::sleep(Duration::from_millis(300)); // let the monitor subscribe
+    // The monitor has subscribed once it shows a signal of that interface.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("member=Probe") {
+        assert!(Instant::now() < deadline, "dbus-monitor never subscribed");
+        let probe = Command::new("dbus-send")
+            .arg(format!("--bus={}", bus.address))
+            .args(["--type=signal", "/org/otpd/Admin1", "org.otpd.Admin1.Probe"])
+            .output()
+            .unwrap();
+        assert!(probe.status.success(), "{}", text(&probe));
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     let r = send(&bus, None, "UserEnable", &["string:alice", "string:totp", "string:"]);
     assert!(r.status.success() && text(&r).contains("enrolled"), "{}", text(&r));

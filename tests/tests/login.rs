@@ -421,7 +421,10 @@ fn daemon_down_with_fail_open_succeeds_and_logs_loudly() {
 /// otpd is traced with strace during logins of every kind.
 #[test]
 fn logins_make_no_user_lookups() {
-    let fx = Fixture::start("");
+    let fx = Fixture::start_with_env(&[HOUSEKEEPING_LOG], "");
+    // At start otpd looks up the accounts of users enabled without a uid
+    // (nina and selfie below), in the background: not during the trace.
+    fx.wait_for_housekeeping(1);
     let uri = fx.enroll_active("nina");
     fx.ctl_ok(&["user", "enable", "selfie", "--method", "totp"]);
     let pid = fx.daemon.as_ref().unwrap().id().to_string();
@@ -432,7 +435,13 @@ fn logins_make_no_user_lookups() {
         .args(["-p", &pid])
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(800));
+    // Attached once otpd's accept of a bare connection shows in the trace.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&trace).unwrap_or_default().contains("accept4(") {
+        assert!(std::time::Instant::now() < deadline, "strace never attached");
+        drop(std::os::unix::net::UnixStream::connect(fx.pam_socket()));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let logins =
         [fx.login("nina", &[&fx.code(&uri, 0)]), fx.login("nina", &["000000"]), fx.login("not-enrolled", &["123456"])];
     let mut own = fx.pamdrive("otp", "selfie", &[b"123456"]);
