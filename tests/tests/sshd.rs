@@ -69,7 +69,7 @@ fn start_sshd(fx: &Fixture) -> Sshd {
     let askpass = w.join("askpass");
     std::fs::write(&askpass, format!("#!/bin/sh\necho \"$1\" >> {0}/prompts\ncat {0}/answer\n", w.display())).unwrap();
     std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     std::fs::write(
         w.join("sshd_config"),
         format!(

@@ -481,8 +481,26 @@ impl Drop for SmtpSink {
 }
 
 /// A loopback port nobody listens on right now.
+/// A loopback TCP port nothing listens on, for a server a test starts
+/// next. Taken below the kernel's ephemeral range (32768 and up here), so a
+/// concurrent test's outgoing connection cannot take it between this check
+/// and the server's bind (as a port from `bind(0)` can), and never handed
+/// out twice by this test process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20000;
+    const SPAN: u32 = 12000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Start at a place of this process's own, so runs one after another
+    // do not reuse the ports of a previous run's lingering sockets.
+    let _ = NEXT.compare_exchange(u32::MAX, std::process::id() % SPAN, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN)
 }
 
 /// The test user's password inside [`SudoSandbox`].
