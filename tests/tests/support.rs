@@ -480,7 +480,6 @@ impl Drop for SmtpSink {
     }
 }
 
-/// A loopback port nobody listens on right now.
 /// A loopback TCP port nothing listens on, for a server a test starts
 /// next. Taken below the kernel's ephemeral range (32768 and up here), so a
 /// concurrent test's outgoing connection cannot take it between this check
