@@ -72,9 +72,9 @@ impl Cluster {
         &self.dir
     }
 
-    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server and all its
-    /// processes: a database that stops answering without closing anything.
-    pub fn freeze(&self, frozen: bool) -> Result<(), String> {
+    /// The server's processes: the postmaster and its children (the
+    /// backends of the connections open now, and its helpers).
+    pub fn pids(&self) -> Result<Vec<String>, String> {
         let pid_file = self.dir.join("data").join("postmaster.pid");
         let text = std::fs::read_to_string(&pid_file).map_err(|e| format!("{}: {e}", pid_file.display()))?;
         let postmaster = text.lines().next().unwrap_or_default().trim().to_string();
@@ -87,6 +87,13 @@ impl Cluster {
                 pids.push(entry.file_name().to_string_lossy().into_owned());
             }
         }
+        Ok(pids)
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server and all its
+    /// processes: a database that stops answering without closing anything.
+    pub fn freeze(&self, frozen: bool) -> Result<(), String> {
+        let pids = self.pids()?;
         let signal = if frozen { "-STOP" } else { "-CONT" };
         let status = Command::new("kill").arg(signal).args(&pids).status().map_err(|e| e.to_string())?;
         status.success().then_some(()).ok_or_else(|| format!("kill {signal} {pids:?}: {status}"))

@@ -284,6 +284,8 @@ impl Bench {
         let mut cells = Vec::new();
         for (pi, &p) in self.procs.iter().enumerate() {
             let mut results: Vec<(Module, Vec<Round>, Vec<Round>)> = Vec::new();
+            // Per module: CPU ticks its daemons spent in its measured rounds, and the logins.
+            let mut cpu: HashMap<Module, (Vec<(&'static str, u64)>, usize)> = HashMap::new();
             let mut before = self.round(Module::Permit, &permit_file, 0, per_round, p, 0, self.permit_logins);
             for rep in 0..self.repeat {
                 for &m in self.modules.iter().filter(|&&m| m != Module::Permit) {
@@ -292,7 +294,17 @@ impl Bench {
                         if m == Module::Oath && users > 10_000 { per_round.min(self.oath_logins) } else { per_round };
                     let book = steps.get_mut(&m).unwrap_or_else(|| panic!("no step book for {m:?}"));
                     let offset = book.offset_for(first..first + logins);
+                    let cpu_before = daemons.get(&m).map(Daemons::cpu_ticks).unwrap_or_default();
                     let r = self.round(m, &files[&m], first, logins, p, offset, logins);
+                    let cpu_after = daemons.get(&m).map(Daemons::cpu_ticks).unwrap_or_default();
+                    let (spent, calls) = cpu.entry(m).or_insert_with(|| (Vec::new(), 0));
+                    *calls += r.latencies.len();
+                    for ((what, b), (_, a)) in cpu_before.iter().zip(&cpu_after) {
+                        match spent.iter_mut().find(|(w, _)| w == what) {
+                            Some((_, t)) => *t += a.saturating_sub(*b),
+                            None => spent.push((what, a.saturating_sub(*b))),
+                        }
+                    }
                     if !r.failed.is_empty() {
                         // A valid code refused: say whose, for the daemon's log.
                         let some: Vec<&str> = r.failed.iter().take(5).map(String::as_str).collect();
@@ -327,6 +339,7 @@ impl Bench {
             let memory: Vec<(Module, Vec<(&'static str, u64)>)> =
                 summary.iter().map(|(m, _, _)| (*m, rss(*m))).filter(|(_, r)| !r.is_empty()).collect();
             print_table(users, p, self.repeat, &summary, ga.as_ref(), &memory);
+            print_cpu(&self.modules, &cpu);
             for (m, round, permit) in summary {
                 cells.push(Cell { users, procs: p, module: m, round, permit, ga: ga.clone(), rss_kb: rss(m) });
             }
@@ -441,7 +454,7 @@ impl Bench {
         assert!(out.status.success(), "otpctl host add: {}", String::from_utf8_lossy(&out.stderr));
         let agent = Otpd::agent(&self.bin, &dir.join("agent"), &format!("127.0.0.1:{port}"), &bundle);
         let file = self.enroll_otp(m, &agent.pam_socket, &server.admin_socket, udir, secrets, measured, book);
-        (Fleet { agent, server, _pg: pg }, file)
+        (Fleet { agent, server, pg }, file)
     }
 
     /// pam_otp's stack for module `m` on `pam_socket`; every user enabled
@@ -680,6 +693,29 @@ impl Bench {
             .collect();
         collect_round(&texts)
     }
+}
+
+/// The daemons' CPU time per login of each module's measured rounds: a
+/// cost that the machine's noise moves far less than a rate.
+fn print_cpu(modules: &[Module], cpu: &HashMap<Module, (Vec<(&'static str, u64)>, usize)>) {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    for m in modules {
+        let Some((spent, calls)) = cpu.get(m) else { continue };
+        let per = |t: u64| t as f64 * 1000.0 / hz / (*calls).max(1) as f64;
+        let parts: Vec<String> = spent.iter().map(|(what, t)| format!("{what} {:.3}", per(*t))).collect();
+        let total: u64 = spent.iter().map(|(_, t)| t).sum();
+        println!("{} daemons' CPU per login, ms: {}; total {:.3}", m.name(), parts.join(", "), per(total));
+    }
+}
+
+/// utime + stime of process `pid` (all its threads), in clock ticks; 0
+/// for one that is gone.
+fn cpu_ticks(pid: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // pid (comm) state ppid ... : utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    rest.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<u64>().ok()).sum()
 }
 
 /// The workers' reports of one round, together.
@@ -1074,6 +1110,26 @@ impl Daemons {
         }
     }
 
+    /// CPU time used so far (user + system, clock ticks) by this module's
+    /// daemons: otpd; a fleet's server, agent and PostgreSQL (the
+    /// postmaster and its backends).
+    fn cpu_ticks(&self) -> Vec<(&'static str, u64)> {
+        match self {
+            Daemons::Standalone(d) => vec![("otpd", cpu_ticks(&d.child.id().to_string()))],
+            Daemons::Fleet(f) => {
+                let mut v = vec![
+                    ("server", cpu_ticks(&f.server.child.id().to_string())),
+                    ("agent", cpu_ticks(&f.agent.child.id().to_string())),
+                ];
+                if let Some(pg) = &f.pg {
+                    let pids = pg.pids().unwrap_or_else(|e| panic!("PostgreSQL's processes: {e}"));
+                    v.push(("PostgreSQL", pids.iter().map(|p| cpu_ticks(p)).sum()));
+                }
+                v
+            }
+        }
+    }
+
     /// The logs of this module's daemons (a fleet: server and agent).
     fn logs(&self) -> Vec<String> {
         let read = |d: &Otpd| std::fs::read_to_string(d.dir.join("otpd.log")).unwrap_or_default();
@@ -1088,7 +1144,7 @@ impl Daemons {
 struct Fleet {
     agent: Otpd,
     server: Otpd,
-    _pg: Option<e2e::pg::Cluster>,
+    pg: Option<e2e::pg::Cluster>,
 }
 
 fn free_port() -> u16 {
