@@ -18,7 +18,7 @@
 //! most once a second per connection.
 use crate::lock;
 use crate::pgstore::{
-    host_from_row, user_from_row, AcceptStep, ACCEPT_STEP, FAILING_MAIL, HOST_BY_FINGERPRINT, USER_BY_NAME,
+    host_from_row, user_from_row, AcceptStep, ACCEPT_STEP, HOST_BY_FINGERPRINT, USER_AND_FAILING_MAIL,
 };
 use crate::store::{HostRecord, NewAudit, StoreError, UserRecord};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -53,7 +53,6 @@ struct Conn {
     client: Client,
     user: Statement,
     host: Statement,
-    failing: Statement,
     accept: Statement,
 }
 
@@ -137,13 +136,12 @@ impl PgFast {
                 tracing::debug!("PostgreSQL connection of the login path ended: {e}");
             }
         });
-        let (user, host, failing, accept) = tokio::try_join!(
-            client.prepare(USER_BY_NAME),
+        let (user, host, accept) = tokio::try_join!(
+            client.prepare(USER_AND_FAILING_MAIL),
             client.prepare(HOST_BY_FINGERPRINT),
-            client.prepare(FAILING_MAIL),
             client.prepare(ACCEPT_STEP),
         )?;
-        Ok(Conn { client, user, host, failing, accept })
+        Ok(Conn { client, user, host, accept })
     }
 
     /// The host that was issued this certificate, revoked or not.
@@ -155,21 +153,13 @@ impl PgFast {
     }
 
     /// What planning a fleet login reads: the record of that exact name
-    /// and, when `mail`, how many of its messages are failing — in one
-    /// round trip.
+    /// and, when `mail` and the record exists, how many of its messages are
+    /// failing — in one statement.
     pub async fn plan_reads(&self, name: &str, mail: bool) -> Result<(Option<UserRecord>, Option<u64>), StoreError> {
         self.on_conn(|c| async move {
-            let user = async { c.client.query_opt(&c.user, &[&name]).await };
-            let failing = async {
-                match mail {
-                    true => {
-                        c.client.query_one(&c.failing, &[&name]).await.and_then(|r| r.try_get::<_, i64>(0)).map(Some)
-                    }
-                    false => Ok(None),
-                }
-            };
-            let (user, failing) = tokio::try_join!(user, failing)?;
-            Ok((user.as_ref().map(user_from_row).transpose()?, failing.map(|n| n.max(0) as u64)))
+            let Some(row) = c.client.query_opt(&c.user, &[&name, &mail]).await? else { return Ok((None, None)) };
+            let failing: Option<i64> = row.try_get("failing_mail")?;
+            Ok((Some(user_from_row(&row)?), failing.map(|n| n.max(0) as u64)))
         })
         .await
     }

@@ -374,10 +374,27 @@ fn opt_u32_of(v: Option<i64>, what: &str) -> Result<Option<u32>, StoreError> {
 
 /// The statements a fleet login runs, shared by the blocking store and the
 /// async path ([`crate::pgfast`]).
-pub(crate) const USER_BY_NAME: &str = "SELECT * FROM users WHERE name = $1";
+const USER_BY_NAME: &str = "SELECT * FROM users WHERE name = $1";
 pub(crate) const HOST_BY_FINGERPRINT: &str = "SELECT * FROM hosts WHERE fingerprint = $1";
-pub(crate) const FAILING_MAIL: &str = r#"SELECT count(*) FROM outbox o JOIN email_codes c ON c.id = o.code_id
-    WHERE c."user" = $1 AND o.sent_at IS NULL AND o.attempts > 0"#;
+/// How many messages of the user named by `$user` are failing (tried, not sent).
+macro_rules! failing_mail_of {
+    ($user:literal) => {
+        concat!(
+            r#"SELECT count(*) FROM outbox o JOIN email_codes c ON c.id = o.code_id WHERE c."user" = "#,
+            $user,
+            " AND o.sent_at IS NULL AND o.attempts > 0"
+        )
+    };
+}
+pub(crate) const FAILING_MAIL: &str = failing_mail_of!("$1");
+/// What planning a fleet login reads, in one statement: the record of the
+/// name `$1` and, when `$2`, its failing messages (`failing_mail`; null
+/// when not asked).
+pub(crate) const USER_AND_FAILING_MAIL: &str = concat!(
+    "SELECT u.*, CASE WHEN $2 THEN (",
+    failing_mail_of!("u.name"),
+    ") END AS failing_mail FROM users u WHERE u.name = $1"
+);
 
 /// The common login in ONE statement (see [`crate::pgfast::PgFast::accept_step_if_unchanged`]).
 /// One statement is a transaction of its own: the UPDATE and the audit row
@@ -1522,6 +1539,33 @@ mod tests {
             assert!(db.run(move |s| s.consume_step("alice", step)).await.unwrap(), "step {step}");
         }
         assert_eq!(pg.psql("SELECT last_step FROM users WHERE name = 'alice'").unwrap().trim(), "12");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn store_pg_login_reads_count_failing_mail_in_the_same_statement() {
+        let pg = cluster();
+        let db = Db::start_postgres(&pg.url(), 2).unwrap();
+        db.run(|s| {
+            s.save_user(&bare_user("carol", 1001))?;
+            s.save_user(&bare_user("dave", 1002))?;
+            let id = s.insert_email_code(&code("carol", "m1", 50))?;
+            let failed = s.enqueue_mail(id, "carol@example.org", 100)?;
+            s.mail_failed(failed, 300, "refused")?;
+            let sent = s.enqueue_mail(id, "carol@example.org", 110)?;
+            s.mail_sent(sent, 120)?;
+            s.enqueue_mail(id, "carol@example.org", 130)?; // not tried yet
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let fast = db.fast().unwrap();
+        let (carol, failing) = fast.plan_reads("carol", true).await.unwrap();
+        assert_eq!(carol.map(|u| u.name), Some("carol".into()));
+        let stored = db.run(|s| s.failing_mail_for("carol")).await.unwrap();
+        assert_eq!((failing, stored), (Some(1), 1), "the count the store gives");
+        assert_eq!(fast.plan_reads("dave", true).await.unwrap().1, Some(0), "another user's mail is not counted");
+        assert_eq!(fast.plan_reads("carol", false).await.unwrap().1, None, "not asked: not counted");
+        assert_eq!(fast.plan_reads("nobody", true).await.unwrap(), (None, None));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
