@@ -284,8 +284,7 @@ impl Bench {
         let mut cells = Vec::new();
         for (pi, &p) in self.procs.iter().enumerate() {
             let mut results: Vec<(Module, Vec<Round>, Vec<Round>)> = Vec::new();
-            // Per module: CPU ticks its daemons spent in its measured rounds, and the logins.
-            let mut cpu: HashMap<Module, (Vec<(&'static str, u64)>, usize)> = HashMap::new();
+            let mut cpu = CpuSpent::new();
             let mut before = self.round(Module::Permit, &permit_file, 0, per_round, p, 0, self.permit_logins);
             for rep in 0..self.repeat {
                 for &m in self.modules.iter().filter(|&&m| m != Module::Permit) {
@@ -695,9 +694,13 @@ impl Bench {
     }
 }
 
+/// Per module: the CPU ticks each of its daemons spent in its measured
+/// rounds, and how many logins those rounds made.
+type CpuSpent = HashMap<Module, (Vec<(&'static str, u64)>, usize)>;
+
 /// The daemons' CPU time per login of each module's measured rounds: a
 /// cost that the machine's noise moves far less than a rate.
-fn print_cpu(modules: &[Module], cpu: &HashMap<Module, (Vec<(&'static str, u64)>, usize)>) {
+fn print_cpu(modules: &[Module], cpu: &CpuSpent) {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     for m in modules {
