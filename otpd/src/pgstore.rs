@@ -374,7 +374,6 @@ fn opt_u32_of(v: Option<i64>, what: &str) -> Result<Option<u32>, StoreError> {
 
 /// The statements a fleet login runs, shared by the blocking store and the
 /// async path ([`crate::pgfast`]).
-const USER_BY_NAME: &str = "SELECT * FROM users WHERE name = $1";
 pub(crate) const HOST_BY_FINGERPRINT: &str = "SELECT * FROM hosts WHERE fingerprint = $1";
 /// How many messages of the user named by `$user` are failing (tried, not sent).
 macro_rules! failing_mail_of {
@@ -526,7 +525,11 @@ impl PlanReads for PgStore {
     /// Locks the row until the transaction ends: another server's login
     /// for the same user waits, then reads what this one wrote.
     fn user(&mut self, name: &str) -> Result<Option<UserRecord>, StoreError> {
-        let sql = if self.reading { USER_BY_NAME } else { "SELECT * FROM users WHERE name = $1 FOR UPDATE" };
+        let sql = if self.reading {
+            "SELECT * FROM users WHERE name = $1"
+        } else {
+            "SELECT * FROM users WHERE name = $1 FOR UPDATE"
+        };
         self.query_opt(sql, &[&name])?.as_ref().map(user_from_row).transpose()
     }
 

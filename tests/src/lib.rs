@@ -111,6 +111,15 @@ extern "C" fn converse(
     0
 }
 
+/// The fields of `/proc/<pid>/stat` after `pid (comm)`: state, ppid, ...
+/// (utime and stime are the 12th and 13th); empty for a process that is
+/// gone.
+pub fn proc_stat(pid: &str) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // comm may hold spaces and parentheses: the fields start after the last ')'.
+    stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().map(String::from).collect()).unwrap_or_default()
+}
+
 pub struct Login {
     pub code: i32,
     pub error: String,

@@ -80,11 +80,9 @@ impl Cluster {
         let postmaster = text.lines().next().unwrap_or_default().trim().to_string();
         let mut pids = vec![postmaster.clone()];
         for entry in std::fs::read_dir("/proc").map_err(|e| e.to_string())?.flatten() {
-            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-            // pid (comm) state ppid ...
-            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1));
-            if ppid == Some(postmaster.as_str()) {
-                pids.push(entry.file_name().to_string_lossy().into_owned());
+            let pid = entry.file_name().to_string_lossy().into_owned();
+            if crate::proc_stat(&pid).get(1) == Some(&postmaster) {
+                pids.push(pid);
             }
         }
         Ok(pids)

@@ -715,10 +715,7 @@ fn print_cpu(modules: &[Module], cpu: &CpuSpent) {
 /// utime + stime of process `pid` (all its threads), in clock ticks; 0
 /// for one that is gone.
 fn cpu_ticks(pid: &str) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // pid (comm) state ppid ... : utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    rest.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<u64>().ok()).sum()
+    e2e::proc_stat(pid).iter().skip(11).take(2).filter_map(|f| f.parse::<u64>().ok()).sum()
 }
 
 /// The workers' reports of one round, together.
