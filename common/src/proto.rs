@@ -553,6 +553,14 @@ pub struct Relay {
     pub pid: Option<i32>,
     #[serde(default)]
     pub caller: Option<u32>,
+    /// For a peer other than root: the name of its own account on the
+    /// agent's host, as the agent's directory has it (getpwuid there). Such
+    /// a caller can only ever be this account (check 35): the server finds
+    /// the record by this name, never by the name typed or by the client's
+    /// own answer to `resolve_user`. None: root, or a uid without a name
+    /// (then a non-root caller is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 #[cfg(test)]

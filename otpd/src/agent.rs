@@ -246,8 +246,17 @@ async fn connection(mut conn: Conn, uid: u32, pid: Option<i32>, agent: &Agent) {
     // The server cannot read this host's /proc: the real uid behind a
     // root peer (su, sudo) is looked up here, for its rate limits.
     let caller = (uid == 0).then(|| crate::limits::caller_uid(0, pid));
-    let relay = Relay { peer_uid: uid, pid, caller };
     let session = !matches!(first, ClientMsg::Begin { .. });
+    // A caller other than root may only ever be its own account (check 35):
+    // the server finds the record by the name this host's directory gives
+    // its uid, looked up here, where the truth is — never by the name it
+    // typed or its own answer to resolve_user.
+    let account = match uid {
+        0 => None,
+        _ if session => None,
+        _ => own_account(uid, agent.io_timeout).await,
+    };
+    let relay = Relay { peer_uid: uid, pid, caller, account };
     let _unprivileged = match caller.unwrap_or(uid) {
         0 => None,
         _ => match Unprivileged::take(agent) {
@@ -299,6 +308,25 @@ async fn connection(mut conn: Conn, uid: u32, pid: Option<i32>, agent: &Agent) {
                 return deny_cut(&mut conn, agent).await;
             }
         };
+    }
+}
+
+/// The name of `uid`'s account in this host's directory, or None (no such
+/// account, or the directory did not answer in time). Only for callers
+/// other than root: root's logins (sshd, login, sudo) make no lookup.
+async fn own_account(uid: u32, within: Duration) -> Option<String> {
+    let lookup = tokio::task::spawn_blocking(move || nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)));
+    match tokio::time::timeout(within, lookup).await {
+        Ok(Ok(Ok(Some(user)))) => Some(user.name),
+        Ok(Ok(Ok(None))) => None,
+        Ok(Ok(Err(e))) => {
+            tracing::warn!("looking up the account of uid {uid} failed: {e}");
+            None
+        }
+        _ => {
+            tracing::warn!("looking up the account of uid {uid} took too long");
+            None
+        }
     }
 }
 

@@ -48,6 +48,13 @@ pub struct LoginContext {
     /// nothing in this daemon's records (uid 1000 on web01 and on db02 are
     /// different people). Accounts are found by name.
     pub remote: bool,
+    /// Relayed from a caller other than root: the name of its own account
+    /// on its host, looked up by the agent there ([`common::proto::Relay`]).
+    /// Such a caller is only ever this account; none: it is refused.
+    pub account: Option<String>,
+    /// Relayed from root: the real uid of the process that started the
+    /// login (su, sudo), when it is not root; recorded in the audit.
+    pub invoker: Option<u32>,
 }
 
 /// A member of `require_group` who is not enrolled.
@@ -165,10 +172,15 @@ pub fn audit_method(
 
 /// The audit row of a login decision.
 fn audit_entry(ctx: &LoginContext, now: i64, method: &str, result: &str, reason: &str) -> NewAudit {
-    let reason = match &ctx.typed {
+    let mut reason = match &ctx.typed {
         Some(typed) => format!("{reason} (typed as {typed})"),
         None => reason.to_string(),
     };
+    // Who on the agent's host started it (check 35): a row a local user's
+    // forged conversation writes names that user, not only the account.
+    if let Some(by) = relayed_by(ctx) {
+        reason.push_str(&by);
+    }
     NewAudit {
         time: now,
         user: ctx.user.clone(),
@@ -179,6 +191,20 @@ fn audit_entry(ctx: &LoginContext, now: i64, method: &str, result: &str, reason:
         method: method.into(),
         result: result.into(),
         reason,
+    }
+}
+
+/// For a relayed conversation started by someone other than root on the
+/// agent's host: " (caller uid N on that host)". Root's own logins (sshd,
+/// login) say nothing more.
+fn relayed_by(ctx: &LoginContext) -> Option<String> {
+    if !ctx.remote {
+        return None;
+    }
+    match (ctx.peer_uid, ctx.invoker) {
+        (0, None | Some(0)) => None,
+        (0, Some(by)) => Some(format!(" (started by uid {by} through a root program on {})", ctx.machine)),
+        (uid, _) => Some(format!(" (caller uid {uid} on {})", ctx.machine)),
     }
 }
 
@@ -311,10 +337,17 @@ pub fn find_account(store: &mut dyn PlanReads, ctx: &LoginContext) -> Result<Opt
         // in case (a case-insensitive directory) finds the same record, so
         // it cannot skip the passcode as "not enrolled". On a host where
         // the two spellings are different people, the other one is asked
-        // for this record's code and cannot pass.
-        return match store.user(&ctx.user)?.filter(|u| u.enabled) {
+        // for this record's code and cannot pass. A caller other than root
+        // is found by the name the agent gave its own uid, as a local one
+        // is found by its uid: never by what it typed or claimed.
+        let name = match (ctx.peer_uid, &ctx.account) {
+            (0, _) => &ctx.user,
+            (_, Some(own)) => own,
+            (_, None) => return Ok(None),
+        };
+        return match store.user(name)?.filter(|u| u.enabled) {
             Some(u) => Ok(Some(u)),
-            None => store.enabled_user_nocase(&ctx.user),
+            None => store.enabled_user_nocase(name),
         };
     }
     if let Some(uid) = ctx.uid {
@@ -379,6 +412,13 @@ pub fn plan_seen(
     };
     if !may_ask(ctx) {
         let why = format!("caller uid {} may only authenticate itself", ctx.peer_uid);
+        return Ok((Plan::Refused { message: ONLY_YOURSELF }, Some(Note::new("totp", "deny", why))));
+    }
+    // An agent that named no account for a caller other than root (its
+    // uid has no name there, or the agent predates the rule): refused,
+    // never waved through as "not enrolled".
+    if ctx.remote && ctx.peer_uid != 0 && ctx.account.is_none() {
+        let why = format!("the agent named no account for caller uid {}", ctx.peer_uid);
         return Ok((Plan::Refused { message: ONLY_YOURSELF }, Some(Note::new("totp", "deny", why))));
     }
     let found = match by_name {

@@ -53,6 +53,9 @@ pub struct Peer {
     /// On a remote host: the real uid of a root peer's process (the user
     /// who ran su/sudo), looked up there by the agent; `None` here.
     pub remote_caller: Option<Option<u32>>,
+    /// On a remote host, for a peer other than root: its own account's
+    /// name there, as the agent looked it up (see [`common::proto::Relay`]).
+    pub account: Option<String>,
 }
 
 impl Peer {
@@ -174,6 +177,8 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
         peer_uid,
         machine: peer.machine.clone(),
         remote: peer.remote_caller.is_some(),
+        account: peer.account.clone(),
+        invoker: peer.remote_caller.flatten(),
     };
     if ctx.service.is_empty() {
         ctx.service = "-".into();
@@ -1087,7 +1092,14 @@ mod tests {
     }
 
     fn remote(sh: &Shared, host: &str, uid: u32) -> Peer {
-        Peer { uid, pid: None, machine: host.into(), limits: sh.limits_of(host), remote_caller: Some(None) }
+        Peer {
+            uid,
+            pid: None,
+            machine: host.into(),
+            limits: sh.limits_of(host),
+            remote_caller: Some(None),
+            account: None,
+        }
     }
 
     /// alice, activated, and a valid code for T0.
@@ -1170,6 +1182,16 @@ mod tests {
             .collect()
     }
 
+    /// `f` in a transaction, from this (non-async) thread.
+    fn on_db<T, F>(sh: &Shared, f: F) -> T
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn crate::store::Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+    {
+        let db = sh.db.clone();
+        tokio::runtime::Handle::current().block_on(async move { db.run(f).await }).unwrap()
+    }
+
     /// The steps block on the runtime from this (non-async) thread.
     fn with_runtime(f: impl FnOnce()) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
@@ -1218,7 +1240,7 @@ mod tests {
             // alice's record has uid 1000 (this daemon's directory).
             enrolled(&sh);
             // bob is uid 1000 on db02 and authenticates himself: he is not alice.
-            let bob = remote(&sh, "db02", 1000);
+            let bob = Peer { account: Some("bob".into()), ..remote(&sh, "db02", 1000) };
             let seen = run_script(
                 &sh,
                 &bob,
@@ -1246,6 +1268,59 @@ mod tests {
             );
             let rows = audit_rows(&sh);
             assert!(rows.iter().any(|(m, _, why)| m == "web01" && why.contains("typed as ALICE")), "{rows:?}");
+        });
+    }
+
+    /// Check 35: a caller other than root on an agent host, whatever name
+    /// it types and however it answers resolve_user, is decided on the
+    /// account the agent named for its uid: bob's pending secret is never
+    /// shown, its guesses count against its own account, not bob's.
+    #[test]
+    fn a_relayed_non_root_caller_is_only_its_own_account_whatever_it_claims() {
+        with_runtime(|| {
+            let sh = shared(Db::start(SqliteStore::in_memory().unwrap()));
+            let pending = crate::auth::new_enrollment(&sh.policy, None, "bob", None, T0 - 100);
+            on_db(&sh, move |st| st.save_user(&pending));
+            let mallory = Peer { account: Some("mallory".into()), ..remote(&sh, "web01", 65534) };
+            let mut forged = begin("bob");
+            if let ClientMsg::Begin { uid, .. } = &mut forged {
+                *uid = Some(65534);
+            }
+            let seen = run_script(
+                &sh,
+                &mallory,
+                forged,
+                vec![
+                    // mallory has no record: its own answer, not bob's enrollment.
+                    Step::Sends("not enrolled", |m| {
+                        matches!(m, ServerMsg::Outcome { result: OutcomeKind::NotEnrolled, .. })
+                    }),
+                ],
+            );
+            assert!(!seen.iter().any(|m| m.contains("otpauth") || m.contains("secret")), "{seen:?}");
+            // An agent that names no account for a non-root caller: refused.
+            let unnamed = remote(&sh, "web01", 65534);
+            let mut asks = begin("bob");
+            if let ClientMsg::Begin { uid, .. } = &mut asks {
+                *uid = None;
+            }
+            run_script(
+                &sh,
+                &unnamed,
+                asks,
+                vec![
+                    Step::Sends("resolve_user", |m| matches!(m, ServerMsg::ResolveUser)),
+                    Step::Reads(ClientMsg::UserResolved { uid: Some(65534) }),
+                    Step::Sends("only yourself", |m| {
+                        matches!(m, ServerMsg::Outcome { result: OutcomeKind::Deny, message: Some(t) }
+                            if t == crate::auth::ONLY_YOURSELF)
+                    }),
+                ],
+            );
+            let bob = on_db(&sh, |st| st.user("bob")).unwrap();
+            assert_eq!((bob.failures, bob.activated_at), (0, None));
+            let rows = audit_rows(&sh);
+            assert!(rows.iter().all(|(_, _, why)| why.contains("caller uid 65534 on web01")), "{rows:?}");
         });
     }
 

@@ -541,6 +541,7 @@ async fn agent_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
             machine: host.name.clone(),
             limits: sh.limits_of(&host.name),
             remote_caller: Some(relay.caller),
+            account: relay.account,
         };
         let mut conv = Relayed { link: &mut link, done: false };
         crate::conversation::run(&mut conv, &peer, first, sh, Some(gate)).await;

@@ -903,3 +903,112 @@ fn sessions_and_audit_of_every_host_are_seen_on_any_server_and_remotely() {
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(said.contains("refused these credentials"), "{said}");
 }
+
+// ------------------------------------------------- attacks on the fleet ----
+
+/// A client of the PAM socket that is not pam_otp: `python3` run as `uid`
+/// speaks the protocol itself, names `user` with the caller's own uid in
+/// `begin`, answers `resolve_user` with that uid too, and gives `answers`
+/// at the prompts (then cancels). Prints every message it receives, one
+/// JSON object a line.
+fn forged_login(socket: &Path, uid: u32, user: &str, answers: &[&str]) -> String {
+    const CLIENT: &str = r#"
+import json, os, socket, struct, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+user, answers = sys.argv[2], sys.argv[3:]
+def send(m):
+    b = json.dumps(m).encode()
+    s.sendall(struct.pack(">I", len(b)) + b)
+def exactly(n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c:
+            sys.exit(0)
+        b += c
+    return b
+send({"type": "begin", "protocol": 1, "user": user, "service": "forged", "pid": 1, "uid": os.getuid()})
+while True:
+    m = json.loads(exactly(struct.unpack(">I", exactly(4))[0]))
+    print(json.dumps(m, sort_keys=True), flush=True)
+    if m["type"] == "resolve_user":
+        send({"type": "user_resolved", "uid": os.getuid()})
+    elif m["type"] == "prompt":
+        send({"type": "answer", "text": answers.pop(0)} if answers else {"type": "cancel"})
+    elif m["type"] in ("outcome", "ack"):
+        break
+"#;
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg("-c").arg(CLIENT).arg(socket).arg(user).args(answers);
+    as_uid(&mut cmd, uid);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "forged client: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Check 35 (issue 18, finding 1): uid nobody on an agent host speaks the
+/// agent's PAM socket itself, naming other users with its own uid and
+/// answering resolve_user with it. On a standalone host that gets "only
+/// yourself"; through an agent it used to be decided on the name: bob's
+/// pending secret shown and activatable, carol locked out fleet-wide,
+/// codes mailed and emergency requests filed in erin's name. Now the
+/// server decides on the account the agent's directory gives the caller's
+/// uid: every other name gets the same answer, nothing is written against
+/// them, and the audit names the caller.
+#[test]
+fn a_local_user_on_an_agent_host_can_act_only_for_its_own_account() {
+    const NOBODY: u32 = 65534;
+    let f = Fleet::start_with(Backend::Sqlite, true);
+    let admin = f.admin();
+    f.servers[0].ctl_ok(&["user", "enable", "bob", "--method", "totp"]);
+    f.enroll("carol", 1);
+    f.servers[0].ctl_ok(&["user", "enable", "erin", "--method", "email", "--email", "erin@example.org"]);
+    let socket = f.agents[0].pam_socket();
+    let wrong = ["000000"; 12];
+    let answers: Vec<(&str, String)> = ["bob", "carol", "erin", "no-such-user"]
+        .into_iter()
+        .map(|user| {
+            let first = forged_login(&socket, NOBODY, user, &wrong);
+            // Enter (an emailed code) and E (emergency access) for each too.
+            forged_login(&socket, NOBODY, user, &["", "e", "mallory@evil.example", "let me in"]);
+            (user, first)
+        })
+        .collect();
+    for (user, out) in &answers {
+        assert!(!out.contains("otpauth") && !out.contains("secret"), "{user}: a secret was shown: {out}");
+        assert_eq!(out, &answers[3].1, "{user} must look like a name with no account");
+    }
+    assert!(answers[0].1.contains("not_enrolled"), "nobody has no record of its own: {}", answers[0].1);
+    let bob = admin.show("bob");
+    assert!(bob["user"]["activated_at"].is_null(), "bob's enrollment was activated: {bob}");
+    assert_eq!(admin.show("carol")["user"]["failures"], 0, "guesses were counted against carol");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(mailed_codes(&f.maildir()).is_empty(), "a code was mailed for another user");
+    let requests: Value = serde_json::from_str(&admin.ctl_ok(&["--json", "request", "list"])).unwrap();
+    assert_eq!(requests["requests"].as_array().map(Vec::len), Some(0), "{requests}");
+    let rows = audit(admin, &["--user", "bob"]);
+    assert!(rows.iter().all(|e| field(e, "result") != "accept"), "{rows:?}");
+
+    // Its own account works through the agent as on a standalone host: a
+    // screen locker (the real module, as uid nobody) enrolls and logs in,
+    // and the forged client reaches only nobody's own record, whatever it types.
+    f.servers[0].ctl_ok(&["user", "enable", "nobody", "--method", "totp"]);
+    let mut shown = f.agents[0].pamdrive("otp", "nobody", &[b""]);
+    as_uid(&mut shown, NOBODY);
+    let shown = run(shown);
+    let uri = shown.uri().unwrap_or_else(|| panic!("nobody is shown its own enrollment: {}", shown.out));
+    let mut own = f.agents[0].pamdrive("otp", "nobody", &[f.code(&uri, 0).as_bytes()]);
+    as_uid(&mut own, NOBODY);
+    let own = run(own);
+    assert_eq!(own.code, PAM_SUCCESS, "{}", own.out);
+    for guess in ["111111", "222222"] {
+        let forged = forged_login(&socket, NOBODY, "carol", &[guess]);
+        assert!(forged.contains("prompt") && !forged.contains("otpauth"), "{forged}");
+    }
+    assert_eq!(admin.show("nobody")["user"]["failures"], 2, "its guesses count against itself");
+    assert_eq!(admin.show("carol")["user"]["failures"], 0);
+    let rows = audit(admin, &["--user", "nobody"]);
+    let typed = rows.iter().find(|e| field(e, "reason").contains("typed as carol")).unwrap_or_else(|| panic!("{rows:?}"));
+    assert!(field(typed, "reason").contains(&format!("caller uid {NOBODY} on web01")), "{typed}");
+}
