@@ -201,7 +201,7 @@ fn writer(mut store: SqliteStore, rx: mpsc::Receiver<Queued>) {
 }
 
 /// Debug builds (the test suite) may hold every transaction open for
-/// `OTPD_TEST_COMMIT_DELAY_MS` before COMMIT, so a crash test's kills land
+/// `OTPD_TEST_COMMIT_DELAY_MS` (or stop, see below) before COMMIT, so a crash test's kills land
 /// between a decision and its commit — where a reply sent too early would
 /// be exposed. Release builds have no such hook.
 fn test_commit_delay() {
@@ -213,6 +213,16 @@ fn test_commit_delay() {
         });
         if let Some(d) = delay {
             std::thread::sleep(*d);
+        }
+        // `OTPD_TEST_STOP_IN_TX_FILE`: when that file exists, it is removed
+        // and the whole daemon stops itself (SIGSTOP) here, holding its
+        // transaction's locks, as a frozen VM or a paused process would.
+        static STOP: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+        let stop = STOP.get_or_init(|| std::env::var_os("OTPD_TEST_STOP_IN_TX_FILE").map(Into::into));
+        if let Some(file) = stop {
+            if std::fs::remove_file(file).is_ok() {
+                unsafe { libc::raise(libc::SIGSTOP) };
+            }
         }
     }
 }

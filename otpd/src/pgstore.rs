@@ -192,9 +192,25 @@ pub fn async_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
     // A server that hangs while holding a user's row lock (stopped, not
     // dead: its connection stays open) must not hang every other server's
     // logins of that user: waits end in an error, and the login is denied.
-    if config.get_options().is_none() {
-        config.options("-c lock_timeout=5s -c statement_timeout=10s");
-    }
+    // And the holder must not keep the lock for the length of its pause
+    // (SIGSTOP, a frozen VM, a partition — check 37): PostgreSQL ends a
+    // session idle inside a transaction after 3 s (otpd's transactions
+    // never wait between statements) and one whose peer stopped answering
+    // TCP keepalives; the transaction rolls back and the other servers
+    // decide. Options in the URL come after these, so a site may change them.
+    let ours = "-c lock_timeout=5s -c statement_timeout=10s -c idle_in_transaction_session_timeout=3s \
+                -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3";
+    let options = match config.get_options() {
+        Some(theirs) => format!("{ours} {theirs}"),
+        None => ours.to_string(),
+    };
+    config.options(&options);
+    // Our side of the same: a database that went away without a word is
+    // noticed within seconds, not after the kernel's two hours.
+    config.keepalives(true);
+    config.keepalives_idle(Duration::from_secs(5));
+    config.keepalives_interval(Duration::from_secs(2));
+    config.keepalives_retries(3);
     Ok(config)
 }
 

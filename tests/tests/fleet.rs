@@ -201,6 +201,8 @@ fn start_server(database: Option<String>, key_file: &Path, clock_dir: &Path, ext
              names = [\"127.0.0.1\"]\n"
         ),
         clock_dir: Some(clock_dir.to_path_buf()),
+        // Absent unless a test creates it (see Fleet::stop_in_transaction).
+        env: vec![("OTPD_TEST_STOP_IN_TX_FILE".into(), stop_file(clock_dir, port).display().to_string())],
         ..Setup::default()
     };
     let mut server = Fixture::start_setup(tempfile::tempdir().unwrap(), setup);
@@ -213,6 +215,17 @@ fn start_server(database: Option<String>, key_file: &Path, clock_dir: &Path, ext
         std::thread::sleep(Duration::from_millis(20));
     }
     (server, port)
+}
+
+/// The file whose presence makes the (debug-built) server on `port` stop
+/// itself inside its next transaction, before COMMIT.
+fn stop_file(clock_dir: &Path, port: u16) -> PathBuf {
+    clock_dir.join(format!("stop-in-tx-{port}"))
+}
+
+/// Whether `pid` is stopped (SIGSTOP).
+fn stopped(pid: u32) -> bool {
+    e2e::proc_stat(&pid.to_string()).first().is_some_and(|state| state == "T")
 }
 
 /// Whether a socket listens on loopback TCP `port`. Read from /proc rather
@@ -1011,4 +1024,64 @@ fn a_local_user_on_an_agent_host_can_act_only_for_its_own_account() {
     let rows = audit(admin, &["--user", "nobody"]);
     let typed = rows.iter().find(|e| field(e, "reason").contains("typed as carol")).unwrap_or_else(|| panic!("{rows:?}"));
     assert!(field(typed, "reason").contains(&format!("caller uid {NOBODY} on web01")), "{typed}");
+}
+
+/// Check 37 (issue 18, finding 3): a server stopped inside a transaction
+/// (SIGSTOP: a frozen VM or a paused process) held its PostgreSQL row locks
+/// for the whole pause, and the users it was deciding were refused through
+/// every other server. Its session is now ended by PostgreSQL within
+/// seconds (idle_in_transaction_session_timeout, keepalives): a login of
+/// the same user, and an emailed-code request, through the other server
+/// succeed while the first is still stopped.
+#[test]
+fn a_server_stopped_inside_a_transaction_holds_no_lock_for_long() {
+    let f = Fleet::start_with(Backend::Postgres, true);
+    let uri = f.enroll("carol", 1);
+    f.servers[0].ctl_ok(&["user", "enable", "erin", "--method", "email", "--email", "erin@example.org"]);
+    let first = f.servers[0].daemon.as_ref().unwrap().id();
+    let pg = f.pg.as_ref().unwrap();
+    // Server 1 stops in its next transaction; web01 tries it first (see
+    // Fleet::start). Stopped in some other transaction of its own (mail,
+    // last_seen), it is let go and stopped again, until it holds `locked`.
+    let held = |user: &'static str, answer: &'static str, locked: &str| {
+        for _ in 0..5 {
+            write_all(&stop_file(f.dir.path(), f.ports[0]), b"");
+            let agent = f.agents[0].pamdrive("otp", user, &[answer.as_bytes()]);
+            let pending = std::thread::spawn(move || run(agent));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !stopped(first) {
+                assert!(Instant::now() < deadline, "server 1 never stopped in a transaction");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if pg.psql(locked).is_ok_and(|holds| holds.trim() == "t") {
+                return pending;
+            }
+            unsafe { libc::kill(first as i32, libc::SIGCONT) };
+            pending.join().unwrap();
+        }
+        panic!("server 1 never stopped holding {locked}");
+    };
+    // A wrong code: server 1 stops holding carol's row (its failure not committed).
+    let carols_row = "SELECT count(*) = 0 FROM (SELECT 1 FROM users WHERE name = 'carol' FOR UPDATE SKIP LOCKED) r";
+    let pending = held("carol", "000000", carols_row);
+    let started = Instant::now();
+    let other = f.agents[1].login("carol", &[&f.code(&uri, 0)]);
+    let took = started.elapsed();
+    assert_eq!(other.code, PAM_SUCCESS, "refused while server 1 holds carol's row: {}", other.out);
+    assert_eq!(pending.join().unwrap().code, PAM_AUTH_ERR);
+    unsafe { libc::kill(first as i32, libc::SIGCONT) };
+    // The same for an emailed code: server 1 takes erin's new message
+    // from the outbox to send it (a row lock the other servers' mailers
+    // skip) and stops: server 2 mails it once that lock is gone.
+    let claimed = "SELECT count(*) > 0 FROM pg_stat_activity \
+                   WHERE state = 'idle in transaction' AND query LIKE 'UPDATE outbox%'";
+    let pending = held("erin", "", claimed);
+    let code = wait_for_codes(&f.maildir(), 1);
+    pending.join().unwrap();
+    unsafe { libc::kill(first as i32, libc::SIGCONT) };
+    eprintln!("carol's login through server 2 took {took:?} while server 1 was stopped holding her row");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(mailed_codes(&f.maildir()), code, "mailed once");
+    // Server 1, resumed, finds its transaction gone: its failure never counted.
+    assert_eq!(f.admin().show("carol")["user"]["failures"], 0);
 }
