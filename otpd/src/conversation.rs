@@ -496,7 +496,15 @@ async fn finish<T: Transport>(
     seen: Option<crate::store::UserRecord>,
 ) {
     let now = sh.clock.now();
-    let recovery = recovery_hash(sh, &ctx.user, &answer).await;
+    let recovery = match recovery_hash(sh, &ctx.user, &answer, now).await {
+        Ok(hash) => hash,
+        Err(crate::hashing::Busy) => {
+            // Nothing was checked: the attempt counts against no one.
+            let why = "recovery code not checked: too many slow hashes at once".to_string();
+            let message = "The passcode service is busy; try again in a minute.";
+            return end_denied::<()>(&mut s, sh, ctx, why, Some(message)).await.unwrap_or(());
+        }
+    };
     // PostgreSQL: the common login in one statement without a transaction
     // (three round trips and a row lock fewer), on this runtime; anything
     // else, or a row that changed meanwhile, is decided below in a
@@ -556,51 +564,64 @@ async fn send_verdict<T: Transport>(
 }
 
 /// The argon2id hash of a recovery-code-shaped answer under the user's
-/// recovery salt, computed off the database thread and the async workers;
-/// `None` for any other answer (no slow hash for TOTP or emailed codes).
+/// recovery salt, computed on the hashing threads ([`crate::hashing`]:
+/// bounded in number and memory, check 38); `Ok(None)` for any other
+/// answer (no slow hash for TOTP or emailed codes), and for an account
+/// locked now: the cheap checks that refuse it anyway come first.
 /// A user without codes still costs one hash (under a fresh salt), so the
 /// time taken does not tell whether they have any.
-async fn recovery_hash(sh: &Shared, user: &str, answer: &str) -> Option<Vec<u8>> {
+async fn recovery_hash(
+    sh: &Shared,
+    user: &str,
+    answer: &str,
+    now: i64,
+) -> Result<Option<Vec<u8>>, crate::hashing::Busy> {
     if answer.len() > common::proto::MAX_ANSWER_LEN {
-        return None;
+        return Ok(None);
     }
     let (code, scratch) = match crate::recovery::normalize(answer) {
         Some(code) => (code, false),
-        None => (crate::recovery::scratch_shape(answer)?, true),
+        None => match crate::recovery::scratch_shape(answer) {
+            Some(code) => (code, true),
+            None => return Ok(None),
+        },
     };
-    let salt = match &sh.reader {
+    let state = match &sh.reader {
         Some(reader) => {
             let mut reader = reader.lock().unwrap_or_else(|e| e.into_inner());
-            crate::store::Store::recovery_salt(&mut *reader, user)
+            let reader = &mut *reader;
+            let locked = crate::store::PlanReads::user(reader, user).map(|u| u.is_some_and(|u| u.is_locked(now)));
+            locked.and_then(|locked| Ok((locked, crate::store::Store::recovery_salt(reader, user)?)))
         }
         None => {
             let user = user.to_string();
-            sh.db.run(move |st| st.recovery_salt(&user)).await
+            sh.db.run(move |st| Ok((st.user(&user)?.is_some_and(|u| u.is_locked(now)), st.recovery_salt(&user)?))).await
         }
     };
-    let salt = match salt {
-        Ok(Some(salt)) => salt,
+    let salt = match state {
+        // The decision in the transaction says so; no hash is spent on it.
+        Ok((true, _)) => return Ok(None),
+        Ok((false, Some(salt))) => salt,
         // An 8-digit answer is a TOTP or emailed code for most users: only
         // users with codes pay for the hash.
-        Ok(None) if scratch => return None,
-        Ok(None) => crate::recovery::new_salt(),
+        Ok((false, None)) if scratch => return Ok(None),
+        Ok((false, None)) => crate::recovery::new_salt(),
         Err(e) => {
             tracing::error!("cannot read the recovery codes of {user}: {e}");
-            return None;
+            return Ok(None);
         }
     };
     let key = *sh.policy.crypto.scratch_key();
-    let hashed = tokio::task::spawn_blocking(move || match scratch {
+    let hashed = crate::hashing::run(move || match scratch {
         true => crate::recovery::hash_scratch(&key, &salt, &code),
         false => crate::recovery::hash(&salt, &code),
     });
-    match hashed.await {
-        Ok(Ok(h)) => Some(h),
-        Ok(Err(e)) => {
+    match hashed.await? {
+        Ok(h) => Ok(Some(h)),
+        Err(e) => {
             tracing::error!("hashing a recovery code failed: {e}");
-            None
+            Ok(None)
         }
-        Err(_) => None,
     }
 }
 
@@ -756,16 +777,15 @@ async fn email_request(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext) 
             Some((login, password))
         }
     };
-    // Internal accounts: the argon2 check is slow on purpose, so it runs off
-    // the database thread and the async workers.
+    // Internal accounts: the argon2 check is slow on purpose, so it runs on
+    // the hashing threads, off the database thread and the async workers.
     let password_ok = if let (AutoSend::Internal, Some((login, password))) = (mode, typed.as_ref()) {
         let user = ctx.user.clone();
         let hash = sh.db.run(move |st| Ok(st.user(&user)?.and_then(|u| u.password_hash))).await.ok().flatten();
         let password = password.clone();
         let same = *login == ctx.user;
-        tokio::task::spawn_blocking(move || crate::passwd::verify(hash.as_deref(), &password) && same)
-            .await
-            .unwrap_or(false)
+        // Busy (check 38): the password is not checked, so not admitted.
+        crate::hashing::run(move || crate::passwd::verify(hash.as_deref(), &password) && same).await.unwrap_or(false)
     } else {
         false
     };

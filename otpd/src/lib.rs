@@ -18,6 +18,7 @@ pub mod fleet;
 pub mod gaimport;
 pub mod gauth;
 pub mod groups;
+pub mod hashing;
 pub mod import;
 pub mod limits;
 pub mod mail;

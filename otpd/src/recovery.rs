@@ -74,13 +74,25 @@ pub fn new_salt() -> Vec<u8> {
 
 /// argon2id of a normalized code under the set's salt (the crate's default
 /// cost: 19 MiB, 2 passes). Slow on purpose: call it off the database thread.
+///
+/// Each thread keeps one work area for all its hashes: allocating and
+/// freeing 19 MiB per hash left every hashing thread's malloc arena holding
+/// several such areas (a server hashing two at a time grew by 190 MB).
 pub fn hash(salt: &[u8], code: &str) -> Result<Vec<u8>, String> {
+    thread_local! {
+        static WORK: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
     let params = Params::new(Params::DEFAULT_M_COST, Params::DEFAULT_T_COST, Params::DEFAULT_P_COST, Some(HASH_LEN))
         .map_err(|e| e.to_string())?;
     let mut out = vec![0u8; HASH_LEN];
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-        .hash_password_into(code.as_bytes(), salt, &mut out)
-        .map_err(|e| e.to_string())?;
+    WORK.with_borrow_mut(|blocks| {
+        if blocks.len() != params.block_count() {
+            *blocks = vec![argon2::Block::new(); params.block_count()];
+        }
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password_into_with_memory(code.as_bytes(), salt, &mut out, &mut blocks[..])
+            .map_err(|e| e.to_string())
+    })?;
     Ok(out)
 }
 
