@@ -520,6 +520,9 @@ pub struct HostInfo {
     pub added_at: i64,
     pub revoked_at: Option<i64>,
     pub last_seen: Option<i64>,
+    /// The source address of its last link.
+    #[serde(default)]
+    pub last_addr: Option<String>,
 }
 
 /// Fleet links (agent or remote otpctl → server), inside TLS 1.3 with a

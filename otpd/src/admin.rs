@@ -630,6 +630,7 @@ fn host_info(h: &crate::store::HostRecord) -> common::proto::HostInfo {
         added_at: h.added_at,
         revoked_at: h.revoked_at,
         last_seen: h.last_seen,
+        last_addr: h.last_addr.clone(),
     }
 }
 
@@ -648,6 +649,7 @@ async fn host_add(sh: &Shared, by: &By, name: String, admin: bool, now: i64) -> 
         added_at: now,
         revoked_at: None,
         last_seen: None,
+        last_addr: None,
     };
     let (policy, by) = (sh.policy.clone(), by.clone());
     let what = if admin { "admin credentials" } else { "host" };

@@ -50,7 +50,15 @@ struct Agent {
     max_connections: usize,
     max_per_uid: usize,
     last_warning: AtomicI64,
+    /// New links being made at once: a burst of logins waits for links
+    /// made (or put back) by the others rather than starting hundreds of
+    /// TLS handshakes that a server would refuse (it admits few at once
+    /// from one address; see crate::admission).
+    dials: tokio::sync::Semaphore,
 }
+
+/// Links being made at once.
+const MAX_DIALS: usize = 16;
 
 /// Idle links kept for later conversations.
 const MAX_IDLE: usize = 64;
@@ -101,6 +109,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         max_connections: d.max_connections,
         max_per_uid: d.max_connections_per_user,
         last_warning: AtomicI64::new(0),
+        dials: tokio::sync::Semaphore::new(MAX_DIALS),
     });
     let pam = crate::daemon::bind(&d.pam_socket, 0o666, None)?;
     let listener = Listener::new(pam)
@@ -394,6 +403,16 @@ async fn open_conversation(agent: &Agent, relay: &Relay, first: &ClientMsg) -> O
             Ok(started) => return Some(started),
             Err(FrameError::TimedOut) => break,
             Err(_) => {}
+        }
+    }
+    let Ok(Ok(_dialing)) = tokio::time::timeout_at(deadline, agent.dials.acquire()).await else {
+        agent.warn("no otpd server link could be made in time; refusing the login (too many logins at once)");
+        return None;
+    };
+    // Links made or finished with while this one waited.
+    while let Some(link) = agent.pooled() {
+        if let Ok(started) = start(link, Instant::now() + agent.connect_timeout).await {
+            return Some(started);
         }
     }
     let mut failures = Vec::new();

@@ -102,7 +102,15 @@ async fn fleet_server(config: &Config, db: &Db, crypto: &SecretBox) -> Result<cr
     if names.is_empty() {
         names.push(hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "localhost".into()));
     }
-    crate::fleet::FleetServer::new(ca, names).map_err(|e| fail(e.to_string()))
+    let fleet = crate::fleet::FleetServer::new(ca, names).map_err(|e| fail(e.to_string()))?;
+    // Room on the fleet port is kept for the addresses hosts last came
+    // from, also right after this restart (check 36).
+    for h in db.run(|st| st.hosts()).await? {
+        if let (None, Some(seen), Some(Ok(ip))) = (h.revoked_at, h.last_seen, h.last_addr.as_deref().map(str::parse)) {
+            fleet.admission.known(ip, seen);
+        }
+    }
+    Ok(fleet)
 }
 
 /// Core dumps of a process holding secrets are a leak; so is ptrace by

@@ -8,6 +8,7 @@
 //! same state machine as the local PAM socket ([`crate::conversation`]).
 //! The host record is read again for every conversation, so `otpctl host
 //! revoke` takes effect at once on every server of the database.
+use crate::admission::{Place, Stage};
 use crate::conversation::Peer;
 use crate::lock;
 use crate::pki;
@@ -43,9 +44,8 @@ pub struct FleetServer {
     /// Refusals already audited this minute, by what they are about
     /// (a certificate, or "handshake"), with how many were not.
     refused_audited: Mutex<HashMap<String, (i64, u64)>>,
-    /// Handshakes in progress, in all and per address: connections that
-    /// have not authenticated cannot take the established links' room.
-    handshakes: Mutex<(usize, HashMap<std::net::IpAddr, usize>)>,
+    /// Connections that have not authenticated yet (see crate::admission).
+    pub admission: Arc<crate::admission::Admission>,
 }
 
 /// Links open at once (agents keep a few each, otpctl one per command).
@@ -57,9 +57,6 @@ const MAX_HOST_LINKS: usize = 256;
 const LINK_IDLE: Duration = Duration::from_secs(300);
 /// `last_seen` is written at most this often per host and server.
 const SEEN_EVERY: i64 = 60;
-/// TLS handshakes in progress at once, and from one address.
-const MAX_HANDSHAKES: usize = 512;
-const MAX_HANDSHAKES_PER_ADDR: usize = 64;
 /// A client has this long to finish its handshake and hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -76,7 +73,10 @@ impl FleetServer {
             host_links: Mutex::new(HashMap::new()),
             seen_written: Mutex::new(HashMap::new()),
             refused_audited: Mutex::new(HashMap::new()),
-            handshakes: Mutex::new((0, HashMap::new())),
+            admission: Arc::new(crate::admission::Admission::new(
+                crate::admission::WAITING,
+                crate::admission::HANDSHAKING,
+            )),
         })
     }
 
@@ -117,13 +117,23 @@ pub async fn serve(listener: tokio::net::TcpListener, sh: Arc<Shared>, fleet: Ar
                 continue;
             }
         };
-        let Some(handshake) = Handshake::take(&fleet, addr.ip()) else {
-            crate::server::warn_throttled(&sh, &format!("fleet connection from {addr} closed: too many handshakes"));
+        let Some(waiting) = fleet.admission.enter(Stage::Waiting, addr.ip(), sh.clock.now()) else {
+            crate::server::warn_throttled(&sh, &format!("fleet connection from {addr} closed: no room for it"));
             continue;
         };
         let _ = tcp.set_nodelay(true);
         let (sh, fleet) = (sh.clone(), fleet.clone());
         tokio::spawn(async move {
+            // Cheap until the first byte; a connection that sends nothing
+            // is closed without a word, and never takes a handshake's room.
+            if !matches!(tokio::time::timeout(crate::admission::FIRST_BYTE, tcp.readable()).await, Ok(Ok(()))) {
+                return;
+            }
+            let Some(handshake) = fleet.admission.enter(Stage::Handshaking, addr.ip(), sh.clock.now()) else {
+                crate::server::warn_throttled(&sh, &format!("fleet connection from {addr} closed: too many handshakes"));
+                return;
+            };
+            drop(waiting);
             link(tcp, addr, handshake, &sh, &fleet).await;
         });
     }
@@ -283,43 +293,6 @@ async fn audit_refusal_as(sh: &Shared, fleet: &FleetServer, key: &str, machine: 
     audit(sh, fleet_audit(sh, machine, "refused", reason)).await;
 }
 
-/// A handshake slot; given back when dropped.
-struct Handshake {
-    fleet: Arc<FleetServer>,
-    ip: std::net::IpAddr,
-}
-
-impl Handshake {
-    fn take(fleet: &Arc<FleetServer>, ip: std::net::IpAddr) -> Option<Handshake> {
-        let mut h = lock(&fleet.handshakes);
-        let (total, per) = &mut *h;
-        let n = per.entry(ip).or_insert(0);
-        if *total >= MAX_HANDSHAKES || *n >= MAX_HANDSHAKES_PER_ADDR {
-            if *n == 0 {
-                per.remove(&ip);
-            }
-            return None;
-        }
-        *n += 1;
-        *total += 1;
-        Some(Handshake { fleet: fleet.clone(), ip })
-    }
-}
-
-impl Drop for Handshake {
-    fn drop(&mut self) {
-        let mut h = lock(&self.fleet.handshakes);
-        let (total, per) = &mut *h;
-        *total -= 1;
-        if let Some(n) = per.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// An established link; given back when dropped.
 struct LinkSlot<'a>(&'a FleetServer);
 
@@ -329,7 +302,7 @@ impl Drop for LinkSlot<'_> {
     }
 }
 
-async fn link(tcp: tokio::net::TcpStream, addr: SocketAddr, handshake: Handshake, sh: &Shared, fleet: &FleetServer) {
+async fn link(tcp: tokio::net::TcpStream, addr: SocketAddr, handshake: Place, sh: &Shared, fleet: &FleetServer) {
     let acceptor = lock(&fleet.acceptor).clone();
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
@@ -465,17 +438,43 @@ async fn check_host(
         let reason = format!("certificate of {} presented as {claimed:?} from {addr}", host.name);
         return Err((host.name.clone(), reason, "this certificate belongs to another host"));
     }
+    fleet.admission.known(addr.ip(), now);
+    // A link from another address than the last is audited at once: a
+    // stolen bundle in use elsewhere shows up (check 39).
+    let from = addr.ip().to_string();
+    let moved = host.last_addr.as_deref() != Some(from.as_str());
     let write_seen = {
         let mut seen = lock(&fleet.seen_written);
-        let due = seen.get(&host.name).is_none_or(|&t| now - t >= SEEN_EVERY);
+        let due = moved || seen.get(&host.name).is_none_or(|&t| now - t >= SEEN_EVERY);
         if due {
             seen.insert(host.name.clone(), now);
         }
         due
     };
     if write_seen {
-        let name = host.name.clone();
-        if let Err(e) = sh.db.run(move |st| st.host_seen(&name, now)).await {
+        let (name, machine) = (host.name.clone(), host.name.clone());
+        let was = host.last_addr.clone();
+        let entry = moved.then(|| {
+            let reason = match &was {
+                Some(was) => format!("{} links from {from} (before: {was})", role_name(host.role)),
+                None => format!("{} links from {from} (its first link)", role_name(host.role)),
+            };
+            fleet_audit(sh, &machine, "link", reason)
+        });
+        if let Some(entry) = &entry {
+            crate::syslog::audit(entry);
+        }
+        let written = sh
+            .db
+            .run(move |st| {
+                st.host_seen(&name, now, &from)?;
+                match entry {
+                    Some(entry) => st.add_audit(&entry),
+                    None => Ok(()),
+                }
+            })
+            .await;
+        if let Err(e) = written {
             tracing::warn!("recording when {} was last seen failed: {e}", host.name);
         }
     }

@@ -155,6 +155,11 @@ CREATE TABLE group_members (
     PRIMARY KEY (grp, name)
 );
 "#,
+    // Fleet: the address each host's last link came from (check 39), and
+    // the addresses a server keeps room for after a restart (check 36).
+    r#"
+ALTER TABLE hosts ADD COLUMN last_addr TEXT;
+"#,
 ];
 
 /// Parses a `postgresql://` URL. A server that cannot be reached must not
@@ -530,6 +535,7 @@ pub(crate) fn host_from_row(r: &Row) -> Result<HostRecord, StoreError> {
         added_at: r.try_get("added_at")?,
         revoked_at: r.try_get("revoked_at")?,
         last_seen: r.try_get("last_seen")?,
+        last_addr: r.try_get("last_addr")?,
     })
 }
 
@@ -991,13 +997,13 @@ impl Store for PgStore {
     /// One statement: two servers adding the same name cannot both succeed.
     fn add_host(&mut self, h: &HostRecord) -> Result<bool, StoreError> {
         let n = self.execute(
-            "INSERT INTO hosts (name, role, fingerprint, added_at, revoked_at, last_seen)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO hosts (name, role, fingerprint, added_at, revoked_at, last_seen, last_addr)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (name) DO UPDATE SET
                 role = excluded.role, fingerprint = excluded.fingerprint, added_at = excluded.added_at,
-                revoked_at = excluded.revoked_at, last_seen = excluded.last_seen
+                revoked_at = excluded.revoked_at, last_seen = excluded.last_seen, last_addr = excluded.last_addr
              WHERE hosts.revoked_at IS NOT NULL",
-            &[&h.name, &h.role.as_str(), &h.fingerprint, &h.added_at, &h.revoked_at, &h.last_seen],
+            &[&h.name, &h.role.as_str(), &h.fingerprint, &h.added_at, &h.revoked_at, &h.last_seen, &h.last_addr],
         )?;
         Ok(n == 1)
     }
@@ -1021,8 +1027,8 @@ impl Store for PgStore {
         Ok(n == 1)
     }
 
-    fn host_seen(&mut self, name: &str, now: i64) -> Result<(), StoreError> {
-        self.execute("UPDATE hosts SET last_seen = $2 WHERE name = $1", &[&name, &now])?;
+    fn host_seen(&mut self, name: &str, now: i64, addr: &str) -> Result<(), StoreError> {
+        self.execute("UPDATE hosts SET last_seen = $2, last_addr = $3 WHERE name = $1", &[&name, &now, &addr])?;
         Ok(())
     }
 
@@ -1107,6 +1113,7 @@ mod tests {
             added_at: 100,
             revoked_at: None,
             last_seen: None,
+            last_addr: None,
         }
     }
 
@@ -1288,8 +1295,9 @@ mod tests {
         assert!(s.add_host(&adm).unwrap());
         assert_eq!(s.host_by_fingerprint(&[2; 32]).unwrap(), Some(adm.clone()));
         assert_eq!(s.host_by_fingerprint(&[3; 32]).unwrap(), None);
-        s.host_seen("web01", 500).unwrap();
-        assert_eq!(s.host("web01").unwrap().unwrap().last_seen, Some(500));
+        s.host_seen("web01", 500, "192.0.2.7").unwrap();
+        let seen = s.host("web01").unwrap().unwrap();
+        assert_eq!((seen.last_seen, seen.last_addr.as_deref()), (Some(500), Some("192.0.2.7")));
         assert!(s.revoke_host("web01", 600).unwrap());
         assert!(!s.revoke_host("web01", 601).unwrap(), "already revoked");
         assert!(!s.revoke_host("nope", 601).unwrap());

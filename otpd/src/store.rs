@@ -294,6 +294,8 @@ pub struct HostRecord {
     pub added_at: i64,
     pub revoked_at: Option<i64>,
     pub last_seen: Option<i64>,
+    /// The source address of the host's last link (as a server saw it).
+    pub last_addr: Option<String>,
 }
 
 /// What deciding what a login asks reads ([`crate::auth::plan`]): the part
@@ -399,7 +401,8 @@ pub trait Store: PlanReads {
     fn hosts(&mut self) -> Result<Vec<HostRecord>, StoreError>;
     /// False if there is no such unrevoked host.
     fn revoke_host(&mut self, name: &str, now: i64) -> Result<bool, StoreError>;
-    fn host_seen(&mut self, name: &str, now: i64) -> Result<(), StoreError>;
+    /// Records a link of `name` at `now` from `addr`.
+    fn host_seen(&mut self, name: &str, now: i64, addr: &str) -> Result<(), StoreError>;
     /// The fleet CA: (certificate PEM, key sealed under the key file).
     fn fleet_ca(&mut self) -> Result<Option<(String, Vec<u8>)>, StoreError>;
     /// Stores the fleet CA unless one is stored already (then false, and the
@@ -625,6 +628,11 @@ CREATE TABLE group_members (
     name TEXT NOT NULL,
     PRIMARY KEY (grp, name)
 ) STRICT, WITHOUT ROWID;
+"#,
+    // Fleet: the address each host's last link came from (check 39), and
+    // the addresses a server keeps room for after a restart (check 36).
+    r#"
+ALTER TABLE hosts ADD COLUMN last_addr TEXT;
 "#,
 ];
 
@@ -1272,14 +1280,22 @@ impl Store for SqliteStore {
         let n = self
             .conn
             .prepare_cached(
-                "INSERT INTO hosts (name, role, fingerprint, added_at, revoked_at, last_seen)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO hosts (name, role, fingerprint, added_at, revoked_at, last_seen, last_addr)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (name) DO UPDATE SET
                     role = excluded.role, fingerprint = excluded.fingerprint, added_at = excluded.added_at,
-                    revoked_at = excluded.revoked_at, last_seen = excluded.last_seen
+                    revoked_at = excluded.revoked_at, last_seen = excluded.last_seen, last_addr = excluded.last_addr
                  WHERE hosts.revoked_at IS NOT NULL",
             )?
-            .execute(params![h.name, h.role.as_str(), h.fingerprint, h.added_at, h.revoked_at, h.last_seen])?;
+            .execute(params![
+                h.name,
+                h.role.as_str(),
+                h.fingerprint,
+                h.added_at,
+                h.revoked_at,
+                h.last_seen,
+                h.last_addr
+            ])?;
         Ok(n == 1)
     }
 
@@ -1307,8 +1323,10 @@ impl Store for SqliteStore {
         Ok(n == 1)
     }
 
-    fn host_seen(&mut self, name: &str, now: i64) -> Result<(), StoreError> {
-        self.conn.prepare_cached("UPDATE hosts SET last_seen = ?2 WHERE name = ?1")?.execute(params![name, now])?;
+    fn host_seen(&mut self, name: &str, now: i64, addr: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE hosts SET last_seen = ?2, last_addr = ?3 WHERE name = ?1")?
+            .execute(params![name, now, addr])?;
         Ok(())
     }
 
@@ -1334,9 +1352,16 @@ impl Store for SqliteStore {
 /// A hosts row; the outer error is SQLite's, the inner one a bad role.
 fn host_from_row(r: &Row<'_>) -> rusqlite::Result<Result<HostRecord, StoreError>> {
     let role: String = r.get("role")?;
-    let (name, fingerprint, added_at, revoked_at, last_seen) =
-        (r.get("name")?, r.get("fingerprint")?, r.get("added_at")?, r.get("revoked_at")?, r.get("last_seen")?);
-    Ok(HostRole::parse(&role).map(|role| HostRecord { name, role, fingerprint, added_at, revoked_at, last_seen }))
+    let (name, fingerprint, added_at, revoked_at, last_seen, last_addr) = (
+        r.get("name")?,
+        r.get("fingerprint")?,
+        r.get("added_at")?,
+        r.get("revoked_at")?,
+        r.get("last_seen")?,
+        r.get("last_addr")?,
+    );
+    Ok(HostRole::parse(&role)
+        .map(|role| HostRecord { name, role, fingerprint, added_at, revoked_at, last_seen, last_addr }))
 }
 
 #[cfg(test)]

@@ -1166,3 +1166,147 @@ print(json.dumps(results))
     let shown = f.admin().show("argon0");
     assert!(shown["user"]["failures"].as_u64().unwrap() <= 1, "{shown}");
 }
+
+/// Idle or half-open TCP connections to a fleet port from many addresses,
+/// kept up until dropped: `idle` addresses send nothing, `half_open` ones
+/// send one byte of a TLS record and stall. Each address is 127.0.N.1, a
+/// /24 of its own, with `per_addr` connections, held by a thread of its
+/// own that reopens closed ones every 20 ms.
+struct Flood {
+    stop: std::sync::Arc<AtomicBool>,
+    /// Connections opened so far, in all.
+    opened: std::sync::Arc<AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<usize>>,
+}
+
+impl Flood {
+    fn start(port: u16, idle: u8, half_open: u8, per_addr: usize) -> Flood {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let opened = std::sync::Arc::new(AtomicUsize::new(0));
+        let threads = (0..idle + half_open)
+            .map(|i| {
+                let (stop, all) = (stop.clone(), opened.clone());
+                std::thread::spawn(move || {
+                    let mut conns: Vec<std::net::TcpStream> = Vec::new();
+                    let mut opened = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        conns.retain(|c| {
+                            let mut b = [0u8; 1];
+                            let read = std::io::Read::read(&mut &*c, &mut b);
+                            matches!(read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                        });
+                        while conns.len() < per_addr && !stop.load(Ordering::Relaxed) {
+                            let Some(c) = connect_from([127, 0, i + 1, 1], port) else { break };
+                            if i >= idle {
+                                let _ = std::io::Write::write_all(&mut &c, &[0x16]);
+                            }
+                            let _ = c.set_nonblocking(true);
+                            conns.push(c);
+                            opened += 1;
+                            all.fetch_add(1, Ordering::Relaxed);
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    opened
+                })
+            })
+            .collect();
+        Flood { stop, opened, threads }
+    }
+
+    /// Waits until `n` more connections have been opened.
+    fn wait_for(&self, n: usize) {
+        let (deadline, want) = (Instant::now() + Duration::from_secs(30), self.opened.load(Ordering::Relaxed) + n);
+        while self.opened.load(Ordering::Relaxed) < want {
+            assert!(Instant::now() < deadline, "the flood opened {}", self.opened.load(Ordering::Relaxed));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops it and says how many connections it opened.
+    fn stop(mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads.drain(..).map(|t| t.join().unwrap()).sum()
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A TCP connection to 127.0.0.1:`port` from the loopback address `from`.
+fn connect_from(from: [u8; 4], port: u16) -> Option<std::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    let sockaddr = |ip: [u8; 4], port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(ip) },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let stream = std::net::TcpStream::from_raw_fd(fd);
+        let (local, remote) = (sockaddr(from, 0), sockaddr([127, 0, 0, 1], port));
+        let ok = libc::bind(fd, &local as *const _ as *const libc::sockaddr, len) == 0
+            && libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len) == 0;
+        ok.then_some(stream)
+    }
+}
+
+/// Check 36 (issue 18, finding 2): 12 addresses × 64 idle TCP connections
+/// filled the 512 handshake places (64 per address) and kept agents out —
+/// after a server restart 6 of 8 real logins were refused. Here 12 idle
+/// /24s and 12 more that send one byte and stall, 64 connections each, run
+/// through a server restart: every login through the agents succeeds
+/// (their pooled links died with the server, so each needs a fresh one),
+/// and so does a login through an agent started during the flood.
+#[test]
+fn idle_and_half_open_connections_from_many_addresses_do_not_keep_agents_out() {
+    let mut f = Fleet::start(Backend::Sqlite);
+    let users: Vec<(String, String)> = (0..8)
+        .map(|i| {
+            let user = format!("flood{i}");
+            let uri = f.enroll(&user, i % HOSTS.len());
+            (user, uri)
+        })
+        .collect();
+    let flood = Flood::start(f.ports[0], 12, 12, 64);
+    flood.wait_for(24 * 64);
+    f.servers[0].stop_daemon();
+    f.servers[0].start_daemon();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !listening(f.ports[0]) {
+        assert!(Instant::now() < deadline, "the server did not listen again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    flood.wait_for(24 * 64);
+    let mut refused = Vec::new();
+    for (i, (user, uri)) in users.iter().enumerate() {
+        let r = f.agents[i % HOSTS.len()].login(user, &[&f.code(uri, 0)]);
+        if r.code != PAM_SUCCESS {
+            refused.push(format!("{user} on {}: {}", HOSTS[i % HOSTS.len()], r.out));
+        }
+    }
+    // A host whose agent starts now: its first link is made during the flood.
+    let dir = f.agent_dir();
+    f.issue("web04", &dir.path().join("state/host.bundle"));
+    let web04 = f.try_agent(dir, &[0], None).unwrap_or_else(|e| panic!("agent web04: {e}"));
+    let (user, uri) = &users[0];
+    let fresh = web04.login(user, &[&f.code(uri, 1)]);
+    f.extras.push(web04);
+    let opened = flood.stop();
+    eprintln!("{opened} flood connections opened; {} of {} logins refused", refused.len(), users.len());
+    assert!(opened >= 24 * 64, "the flood opened {opened} connections");
+    assert!(refused.is_empty(), "logins refused during the flood: {refused:#?}");
+    assert_eq!(fresh.code, PAM_SUCCESS, "web04's first login: {}", fresh.out);
+    let hosts = f.admin().ctl_ok(&["--json", "host", "list"]);
+    let hosts: Value = serde_json::from_str(&hosts).unwrap();
+    let web04 = hosts["hosts"].as_array().unwrap().iter().find(|h| h["name"] == "web04").cloned().unwrap_or_default();
+    assert_eq!(web04["last_addr"], "127.0.0.1", "{hosts}");
+}

@@ -469,7 +469,7 @@ fn print_user(u: &UserInfo) {
 }
 
 fn print_hosts(hosts: &[HostInfo]) {
-    let rows: Vec<[String; 5]> = hosts
+    let rows: Vec<[String; 6]> = hosts
         .iter()
         .map(|h| {
             [
@@ -477,11 +477,12 @@ fn print_hosts(hosts: &[HostInfo]) {
                 h.role.clone(),
                 time(h.added_at),
                 h.last_seen.map(time).unwrap_or_else(|| "never".into()),
+                h.last_addr.clone().unwrap_or_else(|| "-".into()),
                 h.revoked_at.map(|t| format!("revoked {}", time(t))).unwrap_or_else(|| "active".into()),
             ]
         })
         .collect();
-    print_table(&["HOST", "ROLE", "ADDED", "LAST SEEN", "STATUS"].map(String::from), &rows);
+    print_table(&["HOST", "ROLE", "ADDED", "LAST SEEN", "LAST ADDRESS", "STATUS"].map(String::from), &rows);
 }
 
 /// The bundle goes to a new file only root can read, or to stdout.
