@@ -55,6 +55,25 @@ pub struct LoginContext {
     /// Relayed from root: the real uid of the process that started the
     /// login (su, sudo), when it is not root; recorded in the audit.
     pub invoker: Option<u32>,
+    /// Relayed: the fingerprint of the agent's certificate. A decision is
+    /// made only while it is still a host's and not revoked (check 40).
+    pub host_fingerprint: Option<Vec<u8>>,
+}
+
+/// What a conversation whose host was revoked meanwhile is told.
+pub const HOST_REVOKED: &str = "Passcode check refused for this host.";
+
+/// Whether the host a relayed conversation comes from may still have
+/// decisions made for it (its certificate known, not revoked), read in the
+/// decision's own transaction; always for a local one. False: the refusal
+/// is audited and nothing else is written.
+pub fn host_still_trusted(store: &mut dyn Store, p: &Policy, ctx: &LoginContext, now: i64) -> Result<bool, StoreError> {
+    let Some(fp) = &ctx.host_fingerprint else { return Ok(true) };
+    if store.host_by_fingerprint(fp)?.is_some_and(|h| h.revoked_at.is_none()) {
+        return Ok(true);
+    }
+    audit(store, p, ctx, now, "refused", "the host was revoked during the conversation; nothing decided")?;
+    Ok(false)
 }
 
 /// A member of `require_group` who is not enrolled.
@@ -523,6 +542,9 @@ pub fn check_answer_with(
     recovery_hash: Option<&[u8]>,
     now: i64,
 ) -> Result<Verdict, StoreError> {
+    if !host_still_trusted(store, p, ctx, now)? {
+        return Ok(Verdict::Deny { message: HOST_REVOKED.into() });
+    }
     let Some(mut user) = store.user(&ctx.user)?.filter(|u| u.enabled) else {
         audit(store, p, ctx, now, "deny", "user was disabled during the login")?;
         return Ok(Verdict::Deny { message: "Passcode not accepted.".into() });

@@ -56,6 +56,8 @@ pub struct Peer {
     /// On a remote host, for a peer other than root: its own account's
     /// name there, as the agent looked it up (see [`common::proto::Relay`]).
     pub account: Option<String>,
+    /// On a remote host: the fingerprint of its agent's certificate.
+    pub host_fingerprint: Option<Vec<u8>>,
 }
 
 impl Peer {
@@ -179,6 +181,7 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
         remote: peer.remote_caller.is_some(),
         account: peer.account.clone(),
         invoker: peer.remote_caller.flatten(),
+        host_fingerprint: peer.host_fingerprint.clone(),
     };
     if ctx.service.is_empty() {
         ctx.service = "-".into();
@@ -512,7 +515,7 @@ async fn finish<T: Transport>(
     let fast = sh.db.fast().filter(|_| recovery.is_none());
     if let (Some(fast), Some(user)) = (fast, seen.as_ref()) {
         if let Some((step, entry)) = auth::fast_step(&sh.policy, ctx, &answer, now, user) {
-            match fast.accept_step_if_unchanged(user, step, now, &entry).await {
+            match fast.accept_step_if_unchanged(user, step, now, &entry, ctx.host_fingerprint.as_deref()).await {
                 Ok(true) => {
                     crate::syslog::audit(&entry);
                     return send_verdict(&mut s, sh, &ctx.user, Ok(auth::FAST_ACCEPT), now).await;
@@ -1119,6 +1122,7 @@ mod tests {
             limits: sh.limits_of(host),
             remote_caller: Some(None),
             account: None,
+            host_fingerprint: None,
         }
     }
 

@@ -541,6 +541,7 @@ async fn agent_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
             limits: sh.limits_of(&host.name),
             remote_caller: Some(relay.caller),
             account: relay.account,
+            host_fingerprint: Some(fp.to_vec()),
         };
         let mut conv = Relayed { link: &mut link, done: false };
         crate::conversation::run(&mut conv, &peer, first, sh, Some(gate)).await;

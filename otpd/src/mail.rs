@@ -80,9 +80,13 @@ impl Mailer {
         Ok(Mailer { transport, from, host: host.to_string(), timeout: cfg.timeout })
     }
 
-    pub fn render(&self, to: &str, code: &EmailCode, plain: &str) -> Result<Message, String> {
+    /// The message for `code`. `here`: this daemon's machine id: a code
+    /// bound to another machine (an agent's host, on a fleet server) names
+    /// that host, where it works (check 39), not the server that mails it.
+    pub fn render(&self, to: &str, code: &EmailCode, plain: &str, here: &str) -> Result<Message, String> {
         let to: Mailbox = to.parse().map_err(|e| format!("bad recipient: {e}"))?;
         let kind = if code.emergency { "emergency login code" } else { "login code" };
+        let host = if code.machine == here { self.host.as_str() } else { code.machine.as_str() };
         let body = format!(
             "Hello {user},\n\n\
              Your {kind} for {user} on {host} is:\n\n    {plain}\n\n\
@@ -91,14 +95,13 @@ impl Mailer {
              If you did not just try to log in, someone may know your password:\n\
              do not share this code, and tell your administrator.\n",
             user = code.user,
-            host = self.host,
             expires = hhmm(code.expires_at),
             origin = code.origin,
         );
         Message::builder()
             .from(self.from.clone())
             .to(to)
-            .subject(format!("Your {kind} for {}", self.host))
+            .subject(format!("Your {kind} for {host}"))
             .header(ContentType::TEXT_PLAIN)
             .body(body)
             .map_err(|e| e.to_string())
@@ -166,7 +169,7 @@ async fn deliver(sh: &Shared, mailer: &Mailer, m: QueuedMail) {
         let _ = sh.db.run(move |st| st.mail_sent(id, now)).await;
         return;
     };
-    let result = match mailer.render(&m.to_addr, &m.code, &plain) {
+    let result = match mailer.render(&m.to_addr, &m.code, &plain, &sh.policy.machine) {
         Ok(msg) => mailer.send(msg).await,
         Err(e) => Err(e),
     };

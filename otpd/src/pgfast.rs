@@ -177,8 +177,9 @@ impl PgFast {
         step: i64,
         now: i64,
         audit: &NewAudit,
+        host: Option<&[u8]>,
     ) -> Result<bool, StoreError> {
-        let Some(args) = AcceptStep::new(seen, step, now, audit) else { return Ok(false) };
+        let Some(args) = AcceptStep::new(seen, step, now, audit, host) else { return Ok(false) };
         self.on_conn(|c| async move { Ok(c.client.execute(&c.accept, &args.params()).await? == 1) }).await
     }
 }

@@ -428,6 +428,8 @@ pub(crate) const ACCEPT_STEP: &str = r#"WITH u AS (
            AND (last_step IS NULL OR last_step < $2)
            AND failures = 0 AND failures_since_login = 0 AND lock_periods = 0
            AND locked_until IS NULL AND admin_locked_at IS NULL
+           AND ($14::bytea IS NULL
+                OR EXISTS (SELECT 1 FROM hosts WHERE fingerprint = $14 AND revoked_at IS NULL))
         RETURNING name)
     INSERT INTO audit (time, "user", service, rhost, tty, machine, method, result, reason)
     SELECT $3, $6, $7, $8, $9, $10, $11, $12, $13 FROM u"#;
@@ -440,16 +442,24 @@ pub(crate) struct AcceptStep<'a> {
     step: i64,
     now: i64,
     e: &'a NewAudit,
+    /// A relayed login's host certificate: accepted only while not revoked.
+    host: Option<&'a [u8]>,
 }
 
 impl<'a> AcceptStep<'a> {
     /// None for a record without a secret (nothing to accept).
-    pub(crate) fn new(seen: &'a UserRecord, step: i64, now: i64, e: &'a NewAudit) -> Option<AcceptStep<'a>> {
+    pub(crate) fn new(
+        seen: &'a UserRecord,
+        step: i64,
+        now: i64,
+        e: &'a NewAudit,
+        host: Option<&'a [u8]>,
+    ) -> Option<AcceptStep<'a>> {
         let secret = seen.secret.as_deref()?;
-        Some(AcceptStep { seen, secret, digits: seen.digits.map(i64::from), step, now, e })
+        Some(AcceptStep { seen, secret, digits: seen.digits.map(i64::from), step, now, e, host })
     }
 
-    pub(crate) fn params(&self) -> [&(dyn ToSql + Sync); 13] {
+    pub(crate) fn params(&self) -> [&(dyn ToSql + Sync); 14] {
         let e = self.e;
         [
             &self.seen.name,
@@ -465,6 +475,7 @@ impl<'a> AcceptStep<'a> {
             &e.method,
             &e.result,
             &e.reason,
+            &self.host,
         ]
     }
 }
@@ -1486,7 +1497,7 @@ mod tests {
             let (db, e) = (dbs[i % 2].clone(), entry(100));
             tasks.push(tokio::spawn(async move {
                 let seen = db.read(|s| s.user("alice")).await.unwrap().unwrap();
-                db.fast().unwrap().accept_step_if_unchanged(&seen, 100, 5, &e).await.unwrap()
+                db.fast().unwrap().accept_step_if_unchanged(&seen, 100, 5, &e, None).await.unwrap()
             }));
         }
         let mut won = 0;
@@ -1504,12 +1515,12 @@ mod tests {
         let f = failed.clone();
         dbs[1].run(move |s| s.save_user(&f)).await.unwrap();
         let (seen, e) = (UserRecord { last_step: Some(100), ..alice.clone() }, entry(101));
-        assert!(!dbs[1].fast().unwrap().accept_step_if_unchanged(&seen, 101, 6, &e).await.unwrap());
+        assert!(!dbs[1].fast().unwrap().accept_step_if_unchanged(&seen, 101, 6, &e, None).await.unwrap());
         // A new secret since the read (an admin re-enrolled alice): nothing.
         let reset = UserRecord { secret: Some(vec![4, 5, 6]), last_step: None, ..alice.clone() };
         dbs[0].run(move |s| s.save_user(&reset)).await.unwrap();
         let (seen, e) = (alice.clone(), entry(102));
-        assert!(!dbs[0].fast().unwrap().accept_step_if_unchanged(&seen, 102, 7, &e).await.unwrap());
+        assert!(!dbs[0].fast().unwrap().accept_step_if_unchanged(&seen, 102, 7, &e, None).await.unwrap());
         assert_eq!(q("SELECT count(*) FROM audit"), "1");
         assert_eq!(q("SELECT coalesce(last_step, -1) FROM users"), "-1", "the new secret's steps are all unused");
     }

@@ -288,6 +288,12 @@ fn all_hosts() -> BTreeSet<String> {
 }
 
 /// The codes in the mails the sink stored, oldest first.
+/// The text of every message in `maildir`.
+fn mail_texts(maildir: &Path) -> Vec<String> {
+    let names = std::fs::read_dir(maildir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_else(|_| Vec::new());
+    names.iter().filter_map(|p: &PathBuf| std::fs::read_to_string(p).ok()).collect()
+}
+
 fn mailed_codes(maildir: &Path) -> Vec<String> {
     let mut names: Vec<PathBuf> = std::fs::read_dir(maildir)
         .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "eml")).collect())
@@ -414,6 +420,10 @@ fn an_emailed_code_works_only_on_its_host_and_the_hourly_rule_is_per_host() {
     let asked = f.agents[0].login("erin", &[""]);
     assert!(asked.out.contains("A code was sent to e***n@example.org"), "{}", asked.out);
     let code = wait_for_codes(&f.maildir(), 1)[0].clone();
+    // Check 39: the mail names the host where the code works, not the server that sent it.
+    let mail = mail_texts(&f.maildir()).concat();
+    assert!(mail.contains("Subject: Your login code for web01"), "{mail}");
+    assert!(mail.contains("only for erin on web01"), "{mail}");
 
     let elsewhere = f.agents[1].login("erin", &[&code]);
     assert_eq!(elsewhere.code, PAM_AUTH_ERR, "{}", elsewhere.out);
@@ -704,7 +714,7 @@ fn a_revoked_host_is_refused_at_once_and_the_code_still_works_elsewhere() {
     assert_eq!(ok.code, PAM_SUCCESS, "{}", ok.out);
     let list = f.admin().ctl_ok(&["host", "list"]);
     let line = list.lines().find(|l| l.starts_with("web03 ")).unwrap_or_else(|| panic!("{list}"));
-    assert_eq!(line.split_whitespace().nth(4), Some("revoked"), "{list}");
+    assert_eq!(line.split_whitespace().nth(5), Some("revoked"), "{list}");
 }
 
 #[test]
@@ -882,12 +892,14 @@ fn sessions_and_audit_of_every_host_are_seen_on_any_server_and_remotely() {
     for host in HOSTS {
         let line = list.lines().find(|l| l.split_whitespace().next() == Some(host));
         let line = line.unwrap_or_else(|| panic!("{host} missing: {list}"));
-        // HOST ROLE ADDED LAST-SEEN STATUS: seen (a time, not "-") after its logins.
+        // HOST ROLE ADDED LAST-SEEN LAST-ADDRESS STATUS: seen (a time, not
+        // "-") after its logins, from where.
         let cols: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(cols.len(), 5, "{list}");
+        assert_eq!(cols.len(), 6, "{list}");
         assert_eq!(cols[1], "agent", "{list}");
         assert!(cols[3].starts_with("20") && cols[3].ends_with('Z'), "{host} has no last-seen time: {list}");
-        assert_eq!(cols[4], "active", "{list}");
+        assert_eq!(cols[4], "127.0.0.1", "{list}");
+        assert_eq!(cols[5], "active", "{list}");
     }
 
     // Remote otpctl with admin credentials, against the other server.
@@ -1309,4 +1321,69 @@ fn idle_and_half_open_connections_from_many_addresses_do_not_keep_agents_out() {
     let hosts: Value = serde_json::from_str(&hosts).unwrap();
     let web04 = hosts["hosts"].as_array().unwrap().iter().find(|h| h["name"] == "web04").cloned().unwrap_or_default();
     assert_eq!(web04["last_addr"], "127.0.0.1", "{hosts}");
+}
+
+/// Check 40 (issue 18, finding 5): `host revoke` did not end a conversation
+/// already at the prompt: a code typed after the revocation was accepted.
+/// The host is now checked again with the decision (in the one-statement
+/// accept on PostgreSQL, in the transaction on SQLite): refused, audited,
+/// and the code stays unused for the user's other hosts.
+fn a_code_typed_after_its_host_was_revoked_is_not_accepted(backend: Backend) {
+    const CLIENT: &str = r#"
+path, user, code, at_prompt, go = sys.argv[1:6]
+s = socket.socket(socket.AF_UNIX)
+s.connect(path)
+send(s, {"type": "begin", "protocol": 1, "user": user, "service": "revoked", "pid": 1})
+while True:
+    m = receive(s)
+    if m is None:
+        break
+    print(json.dumps(m, sort_keys=True), flush=True)
+    if m["type"] == "prompt":
+        open(at_prompt, "w").close()
+        while not os.path.exists(go):
+            time.sleep(0.01)
+        send(s, {"type": "answer", "text": code})
+    elif m["type"] == "outcome":
+        break
+"#;
+    let f = Fleet::start(backend);
+    let uri = f.enroll("rob", 1);
+    let (at_prompt, go) = (f.dir.path().join("at-prompt"), f.dir.path().join("go"));
+    let client = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(format!("{PY_FRAMES}import time\n{CLIENT}"))
+        .arg(f.agents[0].pam_socket())
+        .arg("rob")
+        .arg(f.code(&uri, 0))
+        .arg(&at_prompt)
+        .arg(&go)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !at_prompt.exists() {
+        assert!(Instant::now() < deadline, "the login never reached the prompt");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f.servers[0].ctl_ok(&["host", "revoke", "web01"]);
+    write_all(&go, b"");
+    let out = client.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.contains(r#""result": "deny""#) && out.contains("refused for this host"), "{out}");
+    let rows = audit(f.admin(), &["--user", "rob"]);
+    assert!(rows.iter().any(|e| field(e, "reason").contains("revoked during the conversation")), "{rows:?}");
+    assert!(!rows.iter().any(|e| field(e, "machine") == "web01" && is_accept(e)), "{rows:?}");
+    // Nothing was consumed: the same code works on another host.
+    assert_eq!(f.agents[1].login("rob", &[&f.code(&uri, 0)]).code, PAM_SUCCESS);
+}
+
+#[test]
+fn a_code_typed_after_its_host_was_revoked_is_not_accepted_postgres() {
+    a_code_typed_after_its_host_was_revoked_is_not_accepted(Backend::Postgres);
+}
+
+#[test]
+fn a_code_typed_after_its_host_was_revoked_is_not_accepted_sqlite() {
+    a_code_typed_after_its_host_was_revoked_is_not_accepted(Backend::Sqlite);
 }
