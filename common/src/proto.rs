@@ -564,6 +564,11 @@ pub struct Relay {
     /// (then a non-root caller is refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
+    /// How long the login process waits for each reply, in milliseconds
+    /// (the agent gives up after as long): an answer the server could only
+    /// decide later is not decided at all (check 37).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_within_ms: Option<u64>,
 }
 
 #[cfg(test)]

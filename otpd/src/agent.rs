@@ -69,6 +69,10 @@ const MAX_UNPRIVILEGED: usize = 128;
 /// A server that failed is tried last for this long.
 const DOWN_FOR: Duration = Duration::from_secs(10);
 const UNAVAILABLE: &str = "Passcode check unavailable.";
+/// How long a server's reply is waited for: below pam_otp's default
+/// timeout, after which the module has given up; the server is told, and
+/// decides nothing it could only decide later (a paused server).
+const REPLY_WITHIN: Duration = Duration::from_secs(common::DEFAULT_MODULE_TIMEOUT_SECS - 1);
 /// Finding a server for a new conversation: below pam_otp's default
 /// timeout, so the module hears "unavailable" from us rather than timing out.
 const OPEN_BUDGET: Duration = Duration::from_secs(common::DEFAULT_MODULE_TIMEOUT_SECS - 2);
@@ -265,7 +269,7 @@ async fn connection(mut conn: Conn, uid: u32, pid: Option<i32>, agent: &Agent) {
         _ if session => None,
         _ => own_account(uid, agent.io_timeout).await,
     };
-    let relay = Relay { peer_uid: uid, pid, caller, account };
+    let relay = Relay { peer_uid: uid, pid, caller, account, reply_within_ms: Some(REPLY_WITHIN.as_millis() as u64) };
     let _unprivileged = match caller.unwrap_or(uid) {
         0 => None,
         _ => match Unprivileged::take(agent) {
@@ -310,7 +314,7 @@ async fn connection(mut conn: Conn, uid: u32, pid: Option<i32>, agent: &Agent) {
             }
             ServerMsg::Info { .. } | ServerMsg::Error { .. } => {}
         }
-        reply = match link.read(agent.prompt_timeout, agent.io_timeout, MAX_FRAME).await {
+        reply = match link.read(REPLY_WITHIN, agent.io_timeout, MAX_FRAME).await {
             Ok(r) => r,
             Err(e) => {
                 agent.warn(&format!("fleet server went away during a conversation: {e}"));

@@ -499,6 +499,8 @@ async fn finish<T: Transport>(
     seen: Option<crate::store::UserRecord>,
 ) {
     let now = sh.clock.now();
+    let decide_by = s.decide_by();
+    crate::db::test_stop("OTPD_TEST_STOP_BEFORE_DECISION_FILE");
     let recovery = match recovery_hash(sh, &ctx.user, &answer, now).await {
         Ok(hash) => hash,
         Err(crate::hashing::Busy) => {
@@ -512,7 +514,8 @@ async fn finish<T: Transport>(
     // (three round trips and a row lock fewer), on this runtime; anything
     // else, or a row that changed meanwhile, is decided below in a
     // transaction.
-    let fast = sh.db.fast().filter(|_| recovery.is_none());
+    let late = move || decide_by.is_some_and(|by| std::time::Instant::now() >= by);
+    let fast = sh.db.fast().filter(|_| recovery.is_none() && !late());
     if let (Some(fast), Some(user)) = (fast, seen.as_ref()) {
         if let Some((step, entry)) = auth::fast_step(&sh.policy, ctx, &answer, now, user) {
             match fast.accept_step_if_unchanged(user, step, now, &entry, ctx.host_fingerprint.as_deref()).await {
@@ -529,6 +532,14 @@ async fn finish<T: Transport>(
     }
     let (policy, job_ctx, events, user) = (sh.policy.clone(), ctx.clone(), sh.events.clone(), ctx.user.clone());
     let check = move |st: &mut dyn crate::store::Store| {
+        // The asker gave up meanwhile (this server was paused, or its
+        // database slow): whatever would be decided now, nobody would hear
+        // it, and an accept would be recorded for a login that failed.
+        if late() {
+            let why = "not decided: the login had stopped waiting for the answer";
+            auth::audit(st, &policy, &job_ctx, now, "deny", why)?;
+            return Ok(Verdict::Deny { message: "Passcode check unavailable.".into() });
+        }
         auth::check_answer_with(st, &policy, &job_ctx, &answer, recovery.as_deref(), now)
     };
     let Some(stream) = s.direct() else {

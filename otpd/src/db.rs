@@ -214,17 +214,25 @@ fn test_commit_delay() {
         if let Some(d) = delay {
             std::thread::sleep(*d);
         }
-        // `OTPD_TEST_STOP_IN_TX_FILE`: when that file exists, it is removed
-        // and the whole daemon stops itself (SIGSTOP) here, holding its
-        // transaction's locks, as a frozen VM or a paused process would.
-        static STOP: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
-        let stop = STOP.get_or_init(|| std::env::var_os("OTPD_TEST_STOP_IN_TX_FILE").map(Into::into));
-        if let Some(file) = stop {
-            if std::fs::remove_file(file).is_ok() {
-                unsafe { libc::raise(libc::SIGSTOP) };
-            }
+        // Holding its transaction's locks, as a frozen VM would.
+        test_stop("OTPD_TEST_STOP_IN_TX_FILE");
+    }
+}
+
+/// Debug builds: when the file named by the environment variable `var`
+/// exists, it is removed and the whole daemon stops itself (SIGSTOP) right
+/// here, as a paused process or a frozen VM would; a test resumes it with
+/// SIGCONT. Release builds have no such hook.
+pub(crate) fn test_stop(var: &str) {
+    #[cfg(debug_assertions)]
+    if let Some(file) = std::env::var_os(var) {
+        if std::fs::remove_file(file).is_ok() {
+            // SAFETY: raise(3) with a constant signal number.
+            unsafe { libc::raise(libc::SIGSTOP) };
         }
     }
+    #[cfg(not(debug_assertions))]
+    let _ = var;
 }
 
 /// Runs one batch in one transaction. Returns whether it committed and the

@@ -200,6 +200,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Link<S> {
 struct Relayed<'a, S> {
     link: &'a mut Link<S>,
     done: bool,
+    /// How long the agent waits for each reply ([`Relay::reply_within_ms`]).
+    reply_within: Option<Duration>,
+    /// When the last message was read.
+    read_at: Option<std::time::Instant>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for Relayed<'_, S> {
@@ -208,7 +212,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for Relayed<'_, S> {
         wait: Duration,
         io_timeout: Duration,
     ) -> impl Future<Output = Result<ClientMsg, FrameError>> + Send {
-        self.link.read(wait, io_timeout, MAX_FRAME)
+        async move {
+            let msg = self.link.read(wait, io_timeout, MAX_FRAME).await;
+            self.read_at = Some(std::time::Instant::now());
+            msg
+        }
+    }
+
+    fn decide_by(&self) -> Option<std::time::Instant> {
+        Some(self.read_at? + self.reply_within?)
     }
 
     fn write_msg(
@@ -258,9 +270,16 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin + Send>(
     reason: String,
     tell: &str,
 ) {
-    audit_refusal(sh, fleet, machine, reason).await;
+    // Certificates no host holds (a host's old one after it was added
+    // again, or one made to probe) are throttled together, not per address
+    // or per certificate: addresses and certificates are cheap to vary.
+    let key = if machine.starts_with(UNKNOWN_PEER) { "unknown certificate" } else { machine };
+    audit_refusal_as(sh, fleet, key, machine, reason).await;
     let _ = link.write(&LinkReply::Refused { reason: tell.into() }, sh.io_timeout).await;
 }
+
+/// How a peer with no host record is named in the audit: `tcp:ADDRESS`.
+const UNKNOWN_PEER: &str = "tcp:";
 
 /// A refusal is logged and audited at most once a minute per host (or
 /// address); the next row says how many were not: a revoked host that
@@ -413,7 +432,7 @@ async fn check_host(
         Ok(Some(h)) => h,
         Ok(None) => {
             let reason = format!("unknown certificate {} from {addr}", pki::fingerprint_hex(fp));
-            return Err((format!("tcp:{}", addr.ip()), reason, "certificate not known to this fleet"));
+            return Err((format!("{UNKNOWN_PEER}{}", addr.ip()), reason, "certificate not known to this fleet"));
         }
         Err(e) => {
             tracing::error!("looking up a fleet host failed: {e}");
@@ -494,7 +513,7 @@ pub fn role_name(r: HostRole) -> &'static str {
 async fn handshake_refused(sh: &Shared, fleet: &FleetServer, addr: SocketAddr, why: &str) {
     crate::server::warn_throttled(sh, &format!("fleet link from {addr}: TLS handshake failed: {why}"));
     let reason = format!("TLS handshake failed: {why} (from {addr})");
-    audit_refusal_as(sh, fleet, "handshake", &format!("tcp:{}", addr.ip()), reason).await;
+    audit_refusal_as(sh, fleet, "handshake", &format!("{UNKNOWN_PEER}{}", addr.ip()), reason).await;
 }
 
 async fn agent_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
@@ -543,7 +562,8 @@ async fn agent_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
             account: relay.account,
             host_fingerprint: Some(fp.to_vec()),
         };
-        let mut conv = Relayed { link: &mut link, done: false };
+        let reply_within = relay.reply_within_ms.map(Duration::from_millis);
+        let mut conv = Relayed { link: &mut link, done: false, reply_within, read_at: None };
         crate::conversation::run(&mut conv, &peer, first, sh, Some(gate)).await;
         if refused.load(Ordering::Relaxed) {
             return;

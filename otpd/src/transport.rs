@@ -29,6 +29,13 @@ pub trait Transport: Send {
     fn direct(&self) -> Option<UnixStream> {
         None
     }
+
+    /// After this the asker has given up on an answer to the last message
+    /// read (a relayed login: the module's wait, as its agent states it),
+    /// so no decision may be made on it (check 37). None: no such bound.
+    fn decide_by(&self) -> Option<std::time::Instant> {
+        None
+    }
 }
 
 impl Transport for Conn {
@@ -73,5 +80,9 @@ impl<T: Transport> Transport for &mut T {
 
     fn direct(&self) -> Option<UnixStream> {
         (**self).direct()
+    }
+
+    fn decide_by(&self) -> Option<std::time::Instant> {
+        (**self).decide_by()
     }
 }

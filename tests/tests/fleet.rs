@@ -202,7 +202,10 @@ fn start_server(database: Option<String>, key_file: &Path, clock_dir: &Path, ext
         ),
         clock_dir: Some(clock_dir.to_path_buf()),
         // Absent unless a test creates it (see Fleet::stop_in_transaction).
-        env: vec![("OTPD_TEST_STOP_IN_TX_FILE".into(), stop_file(clock_dir, port).display().to_string())],
+        env: vec![
+            ("OTPD_TEST_STOP_IN_TX_FILE".into(), stop_file(clock_dir, port).display().to_string()),
+            ("OTPD_TEST_STOP_BEFORE_DECISION_FILE".into(), stop_file(clock_dir, port).display().to_string() + "-decision"),
+        ],
         ..Setup::default()
     };
     let mut server = Fixture::start_setup(tempfile::tempdir().unwrap(), setup);
@@ -218,7 +221,8 @@ fn start_server(database: Option<String>, key_file: &Path, clock_dir: &Path, ext
 }
 
 /// The file whose presence makes the (debug-built) server on `port` stop
-/// itself inside its next transaction, before COMMIT.
+/// itself inside its next transaction, before COMMIT; with "-decision"
+/// appended, before it decides the next answer.
 fn stop_file(clock_dir: &Path, port: u16) -> PathBuf {
     clock_dir.join(format!("stop-in-tx-{port}"))
 }
@@ -1386,4 +1390,92 @@ fn a_code_typed_after_its_host_was_revoked_is_not_accepted_postgres() {
 #[test]
 fn a_code_typed_after_its_host_was_revoked_is_not_accepted_sqlite() {
     a_code_typed_after_its_host_was_revoked_is_not_accepted(Backend::Sqlite);
+}
+
+/// Issue 18, finding 5: refusals of a certificate no host holds were
+/// audited once a minute per source address, so 3000 addresses wrote 3000
+/// rows. They are throttled together now: 300 TLS links with web03's old
+/// certificate (replaced by `host add` after a revocation), each from its
+/// own address, are all refused and audited once.
+#[test]
+fn unknown_certificates_from_many_addresses_are_audited_once_a_minute() {
+    const N: usize = 300;
+    const CLIENT: &str = r#"
+import re, ssl, tempfile
+port, bundle, n = int(sys.argv[1]), open(sys.argv[2]).read(), int(sys.argv[3])
+blocks = [m.group(0) for m in re.finditer(r"-----BEGIN ([A-Z ]+)-----.*?-----END \1-----\n?", bundle, re.S)]
+chain = tempfile.NamedTemporaryFile("w", suffix=".pem")
+chain.write(blocks[1] + blocks[2])
+chain.flush()
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+ctx.load_verify_locations(cadata=blocks[0])
+ctx.load_cert_chain(chain.name)
+replies = []
+for i in range(n):
+    raw = socket.socket()
+    raw.bind(("127.0.%d.%d" % (1 + i // 200, 1 + i % 200), 0))
+    raw.connect(("127.0.0.1", port))
+    tls = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+    send(tls, {"link": "agent", "protocol": 1, "host": "web03"})
+    replies.append(receive(tls))
+    tls.close()
+print(json.dumps(replies))
+"#;
+    let f = Fleet::start(Backend::Sqlite);
+    let old = f.dir.path().join("web03-old.bundle");
+    std::fs::copy(f.agents[2].path("state/host.bundle"), &old).unwrap();
+    f.servers[0].ctl_ok(&["host", "revoke", "web03"]);
+    f.issue("web03", &f.dir.path().join("web03-new.bundle"));
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(format!("{PY_FRAMES}{CLIENT}"))
+        .arg(f.ports[0].to_string())
+        .arg(&old)
+        .arg(N.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let replies: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(replies.len(), N);
+    for r in &replies {
+        assert_eq!(r["refused"]["reason"], "certificate not known to this fleet", "{r}");
+    }
+    let rows: Vec<Value> = audit(f.admin(), &[])
+        .into_iter()
+        .filter(|e| field(e, "reason").starts_with("unknown certificate"))
+        .collect();
+    // One a minute: two when the run crosses a minute.
+    assert!((1..=2).contains(&rows.len()), "{} rows: {rows:?}", rows.len());
+}
+
+/// Check 37 (issue 18, finding 5): a server paused after it read an answer
+/// decided it when it was resumed, long after the agent and the module had
+/// given up: `accept` audited, failures cleared, last_login set, for a
+/// login the user was refused. The agent now states how long it waits for
+/// each reply; past that nothing is decided, and the code stays unused.
+#[test]
+fn an_answer_is_not_decided_after_the_login_stopped_waiting() {
+    let f = Fleet::start(Backend::Sqlite);
+    let uri = f.enroll("pat", 1);
+    let server = f.servers[0].daemon.as_ref().unwrap().id();
+    let mut flag = stop_file(f.dir.path(), f.ports[0]).into_os_string();
+    flag.push("-decision");
+    write_all(Path::new(&flag), b"");
+    let started = Instant::now();
+    let refused = f.agents[0].login("pat", &[&f.code(&uri, 0)]);
+    assert!(stopped(server), "the server did not stop before its decision");
+    assert_eq!(refused.code, PAM_AUTH_ERR, "{}", refused.out);
+    // The agent waits 9 s for a reply; the server stays paused past that.
+    while started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe { libc::kill(server as i32, libc::SIGCONT) };
+    wait_for_audit(f.admin(), "saying the answer was not decided", |e| {
+        field(e, "reason").starts_with("not decided: the login had stopped waiting")
+    });
+    let rows = audit(f.admin(), &["--user", "pat"]);
+    assert!(!rows.iter().any(|e| field(e, "machine") == "web01" && is_accept(e)), "{rows:?}");
+    // Nothing was consumed: the same code works now.
+    assert_eq!(f.agents[1].login("pat", &[&f.code(&uri, 0)]).code, PAM_SUCCESS);
 }
