@@ -255,6 +255,8 @@ mod tests {
         }
         let n = crate::lock(&a.state).known.len();
         assert!(n <= MAX_KNOWN, "{n}");
-        assert!(crate::lock(&a.state).known.contains_key(&IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + MAX_KNOWN as u32 + 9))));
+        assert!(crate::lock(&a.state)
+            .known
+            .contains_key(&IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + MAX_KNOWN as u32 + 9))));
     }
 }

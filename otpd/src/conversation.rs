@@ -287,6 +287,13 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
             return end_denied::<()>(&mut s, sh, &ctx, why, Some(message)).await.unwrap_or(());
         }
         Plan::Enroll { uri, secret_b32, email } => {
+            // Whoever sees the secret can hold this account's second
+            // factor: each showing is an event of its own (check 39).
+            let why = "pending enrollment's secret shown (QR code and key)".to_string();
+            if let Err(e) = run_audit_result(sh, ctx.clone(), "shown", why).await {
+                tracing::error!("cannot audit showing {}'s enrollment: {e}; denying", ctx.user);
+                return outcome(&mut s, sh, OutcomeKind::Deny, Some("Passcode check unavailable.".into())).await;
+            }
             let text = enrollment_text(&uri, &secret_b32, qr);
             if s.write_msg(&ServerMsg::Info { text }, sh.io_timeout).await.is_err() {
                 return;

@@ -130,7 +130,10 @@ pub async fn serve(listener: tokio::net::TcpListener, sh: Arc<Shared>, fleet: Ar
                 return;
             }
             let Some(handshake) = fleet.admission.enter(Stage::Handshaking, addr.ip(), sh.clock.now()) else {
-                crate::server::warn_throttled(&sh, &format!("fleet connection from {addr} closed: too many handshakes"));
+                crate::server::warn_throttled(
+                    &sh,
+                    &format!("fleet connection from {addr} closed: too many handshakes"),
+                );
                 return;
             };
             drop(waiting);

@@ -83,7 +83,8 @@ mod tests {
     /// rest are told Busy without running.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn at_most_threads_run_and_the_queue_is_bounded() {
-        let (running, peak, ran) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (running, peak, ran) =
+            (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
         let n = THREADS + QUEUED + 20;
@@ -94,11 +95,11 @@ mod tests {
                 let pool = pool.clone();
                 tokio::spawn(async move {
                     pool.run(move || {
-                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                    peak.fetch_max(now, Ordering::SeqCst);
-                    let _ = release.lock().map(|r| r.recv());
-                    running.fetch_sub(1, Ordering::SeqCst);
-                    ran.fetch_add(1, Ordering::SeqCst);
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(now, Ordering::SeqCst);
+                        let _ = release.lock().map(|r| r.recv());
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        ran.fetch_add(1, Ordering::SeqCst);
                     })
                     .await
                 })

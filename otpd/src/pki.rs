@@ -384,6 +384,16 @@ impl Bundle {
                  run `chmod 600 {shown}` (and consider re-issuing it if others may have read it)"
             )));
         }
+        // Another user's file, even mode 0600, is one that user can
+        // rewrite or read back whenever they like.
+        let me = nix::unistd::geteuid().as_raw();
+        if meta.uid() != me {
+            return Err(file_err(format!(
+                "host bundle is owned by uid {}, not by the user that uses it (uid {me}): \
+                 run `chown {me} {shown}` if it is yours to use",
+                meta.uid()
+            )));
+        }
         if meta.len() > MAX_BUNDLE_BYTES {
             return Err(file_err(format!("is {} bytes, too big for a host bundle", meta.len())));
         }
@@ -791,6 +801,12 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(Bundle::load(&path).unwrap().name, "web01");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert_eq!(Bundle::load(&path).unwrap().name, "web01");
+        // Mode 0600 but another user's file (the suite runs as root, so it can give it away).
+        std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        let e = Bundle::load(&path).unwrap_err().to_string();
+        assert!(e.contains("owned by uid 65534") && e.contains("chown"), "{e}");
+        std::os::unix::fs::chown(&path, Some(nix::unistd::geteuid().as_raw()), None).unwrap();
         assert_eq!(Bundle::load(&path).unwrap().name, "web01");
 
         let link = dir.path().join("link.bundle");

@@ -83,7 +83,15 @@ impl Shared {
 
     /// The login of a local PAM socket peer.
     pub fn local_peer(&self, uid: u32, pid: Option<i32>) -> Peer {
-        Peer { uid, pid, machine: self.policy.machine.clone(), limits: self.limits.clone(), remote_caller: None, account: None, host_fingerprint: None }
+        Peer {
+            uid,
+            pid,
+            machine: self.policy.machine.clone(),
+            limits: self.limits.clone(),
+            remote_caller: None,
+            account: None,
+            host_fingerprint: None,
+        }
     }
 }
 

@@ -1360,8 +1360,15 @@ fn host_from_row(r: &Row<'_>) -> rusqlite::Result<Result<HostRecord, StoreError>
         r.get("last_seen")?,
         r.get("last_addr")?,
     );
-    Ok(HostRole::parse(&role)
-        .map(|role| HostRecord { name, role, fingerprint, added_at, revoked_at, last_seen, last_addr }))
+    Ok(HostRole::parse(&role).map(|role| HostRecord {
+        name,
+        role,
+        fingerprint,
+        added_at,
+        revoked_at,
+        last_seen,
+        last_addr,
+    }))
 }
 
 #[cfg(test)]

@@ -204,7 +204,10 @@ fn start_server(database: Option<String>, key_file: &Path, clock_dir: &Path, ext
         // Absent unless a test creates it (see Fleet::stop_in_transaction).
         env: vec![
             ("OTPD_TEST_STOP_IN_TX_FILE".into(), stop_file(clock_dir, port).display().to_string()),
-            ("OTPD_TEST_STOP_BEFORE_DECISION_FILE".into(), stop_file(clock_dir, port).display().to_string() + "-decision"),
+            (
+                "OTPD_TEST_STOP_BEFORE_DECISION_FILE".into(),
+                stop_file(clock_dir, port).display().to_string() + "-decision",
+            ),
         ],
         ..Setup::default()
     };
@@ -294,7 +297,8 @@ fn all_hosts() -> BTreeSet<String> {
 /// The codes in the mails the sink stored, oldest first.
 /// The text of every message in `maildir`.
 fn mail_texts(maildir: &Path) -> Vec<String> {
-    let names = std::fs::read_dir(maildir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_else(|_| Vec::new());
+    let names =
+        std::fs::read_dir(maildir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_else(|_| Vec::new());
     names.iter().filter_map(|p: &PathBuf| std::fs::read_to_string(p).ok()).collect()
 }
 
@@ -353,6 +357,9 @@ fn enrolled_once_on_a_server_a_user_logs_in_on_every_host(backend: Backend) {
     let first = f.agents[0].login("alice", &[""]);
     assert!(first.shows_qr(), "the first login on web01 shows the QR: {}", first.out);
     assert_eq!(first.code, PAM_AUTH_ERR, "{}", first.out);
+    // Showing the secret is audited as what it is, with the host (check 39).
+    let shown = audit(f.admin(), &["--user", "alice"]);
+    assert!(shown.iter().any(|e| field(e, "result") == "shown" && field(e, "machine") == "web01"), "{shown:?}");
     let uri = first.uri().unwrap_or_else(|| panic!("no URI in {}", first.out));
     let activated = f.agents[0].login("alice", &[&f.code(&uri, 0)]);
     assert_eq!(activated.code, PAM_SUCCESS, "{}", activated.out);
@@ -448,6 +455,16 @@ fn an_emailed_code_works_only_on_its_host_and_the_hourly_rule_is_per_host() {
     assert_ne!(second, code);
     assert_eq!(f.agents[1].login("erin", &[&second]).code, PAM_SUCCESS);
     assert!(!f.servers.iter().any(|s| s.log().contains(&code)), "a code was logged");
+    // An emergency request shows the host it came from.
+    let pending = f.agents[2].login("erin", &["e", "erin.home@example.net", "lost my phone"]);
+    assert!(pending.out.contains("waiting for an administrator"), "{}", pending.out);
+    let list = f.admin().ctl_ok(&["request", "list"]);
+    let header = list.lines().next().unwrap_or("");
+    let row = list.lines().find(|l| l.contains("erin.home@example.net")).unwrap_or_else(|| panic!("{list}"));
+    assert!(
+        header.split_whitespace().nth(2) == Some("HOST") && row.split_whitespace().nth(2) == Some("web03"),
+        "{list}"
+    );
 }
 
 #[test]
@@ -1049,7 +1066,8 @@ fn a_local_user_on_an_agent_host_can_act_only_for_its_own_account() {
     assert_eq!(admin.show("nobody")["user"]["failures"], 2, "its guesses count against itself");
     assert_eq!(admin.show("carol")["user"]["failures"], 0);
     let rows = audit(admin, &["--user", "nobody"]);
-    let typed = rows.iter().find(|e| field(e, "reason").contains("typed as carol")).unwrap_or_else(|| panic!("{rows:?}"));
+    let typed =
+        rows.iter().find(|e| field(e, "reason").contains("typed as carol")).unwrap_or_else(|| panic!("{rows:?}"));
     assert!(field(typed, "reason").contains(&format!("caller uid {NOBODY} on web01")), "{typed}");
 }
 
@@ -1161,7 +1179,8 @@ print(json.dumps(results))
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let results: Vec<Option<(String, String)>> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(results.len(), N);
-    let outcomes: Vec<(String, String)> = results.into_iter().map(|r| r.expect("every login ends in an outcome")).collect();
+    let outcomes: Vec<(String, String)> =
+        results.into_iter().map(|r| r.expect("every login ends in an outcome")).collect();
     let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
     for (_, m) in &outcomes {
         *kinds.entry(m.as_str()).or_default() += 1;
@@ -1441,10 +1460,8 @@ print(json.dumps(replies))
     for r in &replies {
         assert_eq!(r["refused"]["reason"], "certificate not known to this fleet", "{r}");
     }
-    let rows: Vec<Value> = audit(f.admin(), &[])
-        .into_iter()
-        .filter(|e| field(e, "reason").starts_with("unknown certificate"))
-        .collect();
+    let rows: Vec<Value> =
+        audit(f.admin(), &[]).into_iter().filter(|e| field(e, "reason").starts_with("unknown certificate")).collect();
     // One a minute: two when the run crosses a minute.
     assert!((1..=2).contains(&rows.len()), "{} rows: {rows:?}", rows.len());
 }

@@ -351,14 +351,15 @@ fn run(args: Args) -> Result<(), (u8, String)> {
         AdminResponse::Requests { requests, total } => {
             let shown = requests.len() as u64;
             println!(
-                "{:<5} {:<16} {:<28} {:<9} {:<20} REASON / ORIGIN",
-                "ID", "USER", "ADDRESS", "STATUS", "REQUESTED"
+                "{:<5} {:<16} {:<16} {:<28} {:<9} {:<20} REASON / ORIGIN",
+                "ID", "USER", "HOST", "ADDRESS", "STATUS", "REQUESTED"
             );
             for r in requests {
                 println!(
-                    "{:<5} {:<16} {:<28} {:<9} {:<20} {} ({})",
+                    "{:<5} {:<16} {:<16} {:<28} {:<9} {:<20} {} ({})",
                     r.id,
                     r.user,
+                    r.machine,
                     r.address,
                     r.status,
                     time(r.created_at),
