@@ -1362,7 +1362,10 @@ mod tests {
             let bob = on_db(&sh, |st| st.user("bob")).unwrap();
             assert_eq!((bob.failures, bob.activated_at), (0, None));
             let rows = audit_rows(&sh);
-            assert!(rows.iter().all(|(_, _, why)| why.contains("caller uid 65534 on web01")), "{rows:?}");
+            assert!(
+                !rows.is_empty() && rows.iter().all(|(_, _, why)| why.contains("caller uid 65534 on web01")),
+                "{rows:?}"
+            );
         });
     }
 

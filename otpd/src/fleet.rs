@@ -353,7 +353,7 @@ async fn link(tcp: tokio::net::TcpStream, addr: SocketAddr, handshake: Place, sh
         LinkHello::Agent { protocol, host } => (*protocol, HostRole::Agent, Some(host.clone())),
         LinkHello::Admin { protocol } => (*protocol, HostRole::Admin, None),
     };
-    let host = match check_host(sh, fleet, &fp, wanted, claimed.as_deref(), addr).await {
+    let host = match check_host(sh, fleet, &fp, wanted, claimed.as_deref(), addr, true).await {
         Ok(h) => h,
         Err((machine, reason, tell)) => return refuse(&mut link, sh, fleet, &machine, reason, tell).await,
     };
@@ -406,8 +406,10 @@ impl Drop for HostSlot<'_> {
     }
 }
 
-/// The host behind a certificate, if it may use this kind of link now.
-/// Errors: (machine to audit under, audit reason, what the client is told).
+/// The host behind a certificate, if it may use this kind of link now
+/// (`new_link`: at the link's hello, rather than before a conversation or
+/// request on it). Errors: (machine to audit under, audit reason, what the
+/// client is told).
 async fn check_host(
     sh: &Shared,
     fleet: &FleetServer,
@@ -415,6 +417,7 @@ async fn check_host(
     wanted: HostRole,
     claimed: Option<&str>,
     addr: SocketAddr,
+    new_link: bool,
 ) -> Result<HostRecord, (String, String, &'static str)> {
     let now = sh.clock.now();
     // PostgreSQL: on this runtime, beside the plan's reads (see crate::pgfast).
@@ -461,10 +464,11 @@ async fn check_host(
         return Err((host.name.clone(), reason, "this certificate belongs to another host"));
     }
     fleet.admission.known(addr.ip(), now);
-    // A link from another address than the last is audited at once: a
-    // stolen bundle in use elsewhere shows up (check 39).
+    // A new link from another address than the last is audited at once:
+    // a stolen bundle in use elsewhere shows up (check 39). Checked once
+    // per link, not per conversation on it.
     let from = addr.ip().to_string();
-    let moved = host.last_addr.as_deref() != Some(from.as_str());
+    let moved = new_link && host.last_addr.as_deref() != Some(from.as_str());
     let write_seen = {
         let mut seen = lock(&fleet.seen_written);
         let due = moved || seen.get(&host.name).is_none_or(|&t| now - t >= SEEN_EVERY);
@@ -547,7 +551,7 @@ async fn agent_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
         // server: checked with the plan of each (see HostGate).
         let refused = AtomicBool::new(false);
         let gate: crate::conversation::HostGate = Box::pin(async {
-            match check_host(sh, fleet, &fp, HostRole::Agent, Some(&host.name), addr).await {
+            match check_host(sh, fleet, &fp, HostRole::Agent, Some(&host.name), addr, false).await {
                 Ok(_) => true,
                 Err((machine, reason, _)) => {
                     audit_refusal(sh, fleet, &machine, reason).await;
@@ -601,7 +605,7 @@ async fn admin_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
             }
         };
         // Revoked admin credentials stop working at the next request.
-        if let Err((machine, reason, tell)) = check_host(sh, fleet, &fp, HostRole::Admin, None, addr).await {
+        if let Err((machine, reason, tell)) = check_host(sh, fleet, &fp, HostRole::Admin, None, addr, false).await {
             audit_refusal(sh, fleet, &machine, reason).await;
             let resp =
                 AdminResponse::Error { kind: common::proto::AdminErrorKind::PermissionDenied, message: tell.into() };
