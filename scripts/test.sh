@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
+# Style and lints first: a tree that does not pass them is not tested.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 # Build everything once; the tests use these very binaries.
 cargo build --workspace --all-targets --locked
 log=$(mktemp)

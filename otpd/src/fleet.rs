@@ -210,16 +210,10 @@ struct Relayed<'a, S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for Relayed<'_, S> {
-    fn read_msg(
-        &mut self,
-        wait: Duration,
-        io_timeout: Duration,
-    ) -> impl Future<Output = Result<ClientMsg, FrameError>> + Send {
-        async move {
-            let msg = self.link.read(wait, io_timeout, MAX_FRAME).await;
-            self.read_at = Some(std::time::Instant::now());
-            msg
-        }
+    async fn read_msg(&mut self, wait: Duration, io_timeout: Duration) -> Result<ClientMsg, FrameError> {
+        let msg = self.link.read(wait, io_timeout, MAX_FRAME).await;
+        self.read_at = Some(std::time::Instant::now());
+        msg
     }
 
     fn decide_by(&self) -> Option<std::time::Instant> {

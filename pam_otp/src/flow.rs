@@ -554,7 +554,6 @@ mod tests {
         let mut io = Fake(&cell);
         let code = authenticate(&mut io, &open, |_| Ok(HungUp(Fake(&cell))));
         assert_eq!(code, PamCode::AuthErr, "waiting out the prompt must not log in");
-        drop(io);
         drop(cell);
         // The reply after the answer never comes.
         let mut events = prompt();
