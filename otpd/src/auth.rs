@@ -172,7 +172,19 @@ pub fn audit(
     result: &str,
     reason: &str,
 ) -> Result<(), StoreError> {
-    audit_method(store, p, ctx, now, "totp", result, reason)
+    // The method of the account the login is for: a cancelled or broken
+    // login of an email or HOTP user was audited as "totp".
+    let method = store.user(&ctx.user)?.filter(|u| u.enabled).map_or("totp", |u| method_name(u.method));
+    audit_method(store, p, ctx, now, method, result, reason)
+}
+
+/// How a method is written in the audit.
+fn method_name(m: Method) -> &'static str {
+    match m {
+        Method::Email => "email",
+        Method::Hotp => "hotp",
+        Method::Totp => "totp",
+    }
 }
 
 pub fn audit_method(
@@ -550,11 +562,7 @@ pub fn check_answer_with(
         return Ok(Verdict::Deny { message: "Passcode not accepted.".into() });
     };
     let email_ok = email_allowed(p, &user);
-    let method = match user.method {
-        Method::Email => "email",
-        Method::Hotp => "hotp",
-        Method::Totp => "totp",
-    };
+    let method = method_name(user.method);
     if user.is_locked(now) {
         audit_method(store, p, ctx, now, method, "locked", &locked_reason(&user))?;
         return Ok(Verdict::Locked { until: LockEnd::of(&user, now) });

@@ -1031,6 +1031,7 @@ mod tests {
     use crate::totp::TotpParams;
     use common::codec::FrameError;
     use common::config::{Algorithm, EmailConfig, LockoutConfig};
+    use common::proto::Method;
     use std::collections::VecDeque;
     use std::future::Future;
 
@@ -1366,6 +1367,46 @@ mod tests {
                 !rows.is_empty() && rows.iter().all(|(_, _, why)| why.contains("caller uid 65534 on web01")),
                 "{rows:?}"
             );
+        });
+    }
+
+    /// A login cancelled at the prompt is audited with the account's own
+    /// method (it was always "totp", also for email and HOTP users).
+    #[test]
+    fn a_cancelled_login_is_audited_with_the_users_own_method() {
+        with_runtime(|| {
+            let mut sh = shared(Db::start(SqliteStore::in_memory().unwrap()));
+            Arc::get_mut(&mut sh.policy).unwrap().email.enabled = true;
+            for (user, method) in [("erin", Method::Email), ("hank", Method::Hotp), ("tess", Method::Totp)] {
+                let mut rec = crate::auth::new_enrollment(&sh.policy, None, user, Some(1000), T0 - 100);
+                rec.method = method;
+                rec.activated_at = Some(T0 - 50);
+                rec.email = Some(format!("{user}@example.org"));
+                rec.hotp_counter = (method == Method::Hotp).then_some(0);
+                rec.digits = (method == Method::Hotp).then_some(6);
+                on_db(&sh, move |st| st.save_user(&rec));
+                let root = remote(&sh, "web01", 0);
+                run_script(
+                    &sh,
+                    &root,
+                    begin(user),
+                    vec![
+                        Step::Sends("a passcode prompt", is_prompt),
+                        Step::Reads(ClientMsg::Cancel),
+                        Step::Sends("deny", |m| matches!(m, ServerMsg::Outcome { result: OutcomeKind::Deny, .. })),
+                    ],
+                );
+            }
+            let rows = on_db(&sh, |st| st.audit(None, None, None, 100));
+            let cancelled: Vec<(String, String)> = rows
+                .into_iter()
+                .filter(|e| e.reason.starts_with("conversation cancelled"))
+                .map(|e| (e.user, e.method))
+                .collect();
+            assert_eq!(cancelled.len(), 3, "{cancelled:?}");
+            for (user, method) in [("erin", "email"), ("hank", "hotp"), ("tess", "totp")] {
+                assert!(cancelled.contains(&(user.to_string(), method.to_string())), "{user}: {cancelled:?}");
+            }
         });
     }
 
