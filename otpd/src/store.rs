@@ -634,6 +634,12 @@ CREATE TABLE group_members (
     r#"
 ALTER TABLE hosts ADD COLUMN last_addr TEXT;
 "#,
+    // Messages looked up by their code (re-sending, marking a used code's
+    // mail done): PostgreSQL has had this index from the start; SQLite
+    // lacked it until the schema comparison test found the drift.
+    r#"
+CREATE INDEX outbox_by_code ON outbox (code_id);
+"#,
 ];
 
 pub struct SqliteStore {
