@@ -39,9 +39,12 @@ pub struct Caps {
 }
 
 /// Connections waiting for their first byte.
-pub const WAITING: Caps = Caps { total: 8192, reserved: 2048, per_prefix: 64, per_known: 1024 };
-/// TLS handshakes in progress.
-pub const HANDSHAKING: Caps = Caps { total: 512, reserved: 128, per_prefix: 64, per_known: 256 };
+pub const WAITING: Caps = Caps { total: 8192, reserved: 4096, per_prefix: 64, per_known: 64 };
+/// TLS handshakes in progress. A known address gets far less than the
+/// reserve: anyone on an agent's host (or behind its NAT) shares its
+/// address, and must not be able to take the room kept for all of them.
+/// An agent makes at most 16 links at once.
+pub const HANDSHAKING: Caps = Caps { total: 1024, reserved: 512, per_prefix: 64, per_known: 32 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {

@@ -260,16 +260,6 @@ async fn connection(mut conn: Conn, uid: u32, pid: Option<i32>, agent: &Agent) {
     // root peer (su, sudo) is looked up here, for its rate limits.
     let caller = (uid == 0).then(|| crate::limits::caller_uid(0, pid));
     let session = !matches!(first, ClientMsg::Begin { .. });
-    // A caller other than root may only ever be its own account (check 35):
-    // the server finds the record by the name this host's directory gives
-    // its uid, looked up here, where the truth is — never by the name it
-    // typed or its own answer to resolve_user.
-    let account = match uid {
-        0 => None,
-        _ if session => None,
-        _ => own_account(uid, agent.io_timeout).await,
-    };
-    let relay = Relay { peer_uid: uid, pid, caller, account, reply_within_ms: Some(REPLY_WITHIN.as_millis() as u64) };
     let _unprivileged = match caller.unwrap_or(uid) {
         0 => None,
         _ => match Unprivileged::take(agent) {
@@ -287,6 +277,18 @@ async fn connection(mut conn: Conn, uid: u32, pid: Option<i32>, agent: &Agent) {
             }
         },
     };
+    // A caller other than root may only ever be its own account (check 35):
+    // the server finds the record by the name this host's directory gives
+    // its uid, looked up here, where the truth is — never by the name it
+    // typed or its own answer to resolve_user. Looked up only once the
+    // conversation holds one of the MAX_UNPRIVILEGED places: a directory
+    // that hangs holds at most that many lookups.
+    let account = match uid {
+        0 => None,
+        _ if session => None,
+        _ => own_account(uid, agent.io_timeout).await,
+    };
+    let relay = Relay { peer_uid: uid, pid, caller, account, reply_within_ms: Some(REPLY_WITHIN.as_millis() as u64) };
     let Some((mut link, reply)) = open_conversation(agent, &relay, &first).await else {
         if !session {
             let deny = ServerMsg::Outcome { result: OutcomeKind::Deny, message: Some(UNAVAILABLE.into()) };

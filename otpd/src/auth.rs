@@ -371,14 +371,20 @@ pub fn find_account(store: &mut dyn PlanReads, ctx: &LoginContext) -> Result<Opt
         // for this record's code and cannot pass. A caller other than root
         // is found by the name the agent gave its own uid, as a local one
         // is found by its uid: never by what it typed or claimed.
-        let name = match (ctx.peer_uid, &ctx.account) {
-            (0, _) => &ctx.user,
-            (_, Some(own)) => own,
+        let own = match (ctx.peer_uid, &ctx.account) {
+            (0, _) => None,
+            (_, Some(own)) => Some(own),
             (_, None) => return Ok(None),
         };
-        return match store.user(name)?.filter(|u| u.enabled) {
+        // Exactly the agent's name for a caller other than root: another
+        // person whose name differs only in case (or looks alike) must not
+        // reach this record, let alone its pending secret.
+        if let Some(own) = own {
+            return Ok(store.user(own)?.filter(|u| u.enabled));
+        }
+        return match store.user(&ctx.user)?.filter(|u| u.enabled) {
             Some(u) => Ok(Some(u)),
-            None => store.enabled_user_nocase(name),
+            None => store.enabled_user_nocase(&ctx.user),
         };
     }
     if let Some(uid) = ctx.uid {

@@ -186,6 +186,18 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
     if ctx.service.is_empty() {
         ctx.service = "-".into();
     }
+    // A relayed caller other than root is its own account from the start,
+    // whatever it typed: every row written and every record read names
+    // that account, never the typed name (check 35). A name the agent gave
+    // that no user could have is no name.
+    if ctx.remote && peer_uid != 0 {
+        ctx.account = ctx.account.take().filter(|a| auth::valid_user_name(a));
+        // No account named (refused below): the caller's uid stands in.
+        let own = ctx.account.clone().unwrap_or_else(|| format!("uid:{peer_uid}"));
+        if own != ctx.user {
+            ctx.typed = Some(std::mem::replace(&mut ctx.user, own));
+        }
+    }
     // Checked before anything is written: a refused attempt costs no row.
     // The ticket is held until this conversation ends.
     let admitted_as = peer.admitted_as();
@@ -486,6 +498,7 @@ async fn ask(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext, echo: bool
     if s.write_msg(&ServerMsg::Prompt { echo, text: text.into() }, sh.io_timeout).await.is_err() {
         return None;
     }
+    crate::db::test_stop("OTPD_TEST_STOP_AT_PROMPT_FILE");
     match s.read_msg(sh.prompt_timeout, sh.io_timeout).await {
         Ok(ClientMsg::Answer { text }) => Some(text),
         Ok(ClientMsg::Cancel) => end_denied(s, sh, ctx, "conversation cancelled".into(), None).await,
@@ -506,8 +519,13 @@ async fn finish<T: Transport>(
     seen: Option<crate::store::UserRecord>,
 ) {
     let now = sh.clock.now();
-    let decide_by = s.decide_by();
     crate::db::test_stop("OTPD_TEST_STOP_BEFORE_DECISION_FILE");
+    // The asker may have given up while this server was paused before it
+    // even read the answer: then the agent has closed the link.
+    let decide_by = match s.asker_gone().await {
+        true => Some(std::time::Instant::now()),
+        false => s.decide_by(),
+    };
     let recovery = match recovery_hash(sh, &ctx.user, &answer, now).await {
         Ok(hash) => hash,
         Err(crate::hashing::Busy) => {
@@ -616,7 +634,9 @@ async fn recovery_hash(
         }
         None => {
             let user = user.to_string();
-            sh.db.run(move |st| Ok((st.user(&user)?.is_some_and(|u| u.is_locked(now)), st.recovery_salt(&user)?))).await
+            sh.db
+                .read(move |st| Ok((st.user(&user)?.is_some_and(|u| u.is_locked(now)), st.recovery_salt(&user)?)))
+                .await
         }
     };
     let salt = match state {
@@ -814,6 +834,10 @@ async fn email_request(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext) 
     let result = sh
         .db
         .run(move |st| {
+            // Revoked meanwhile (check 40): nothing is mailed for that host.
+            if !auth::host_still_trusted(st, &policy, &ctx2, now)? {
+                return Ok(Err(auth::HOST_REVOKED));
+            }
             let user = st.user(&ctx2.user)?;
             let on_record = user
                 .as_ref()
@@ -853,7 +877,8 @@ async fn email_request(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext) 
             let text = if mode == AutoSend::Directory { describe(&outcome) } else { NEUTRAL.to_string() };
             (Some(text), false)
         }
-        Ok(Err(text)) => (Some(text.to_string()), false),
+        // A revoked host's conversation ends here; other refusals leave the prompt.
+        Ok(Err(text)) => (Some(text.to_string()), text == auth::HOST_REVOKED),
         Err(e) => {
             tracing::error!("store error during an email request for {}: {e}", ctx.user);
             (Some("Emailed codes are unavailable right now.".into()), false)
@@ -881,6 +906,10 @@ async fn emergency_request(s: &mut impl Transport, sh: &Shared, ctx: &LoginConte
     let result = sh
         .db
         .run(move |st| {
+            // Revoked meanwhile (check 40): no code, no request for an admin to approve.
+            if !auth::host_still_trusted(st, &policy, &ctx2, now)? {
+                return Ok((auth::HOST_REVOKED.to_string(), true, false, None));
+            }
             if allowed {
                 return email::request_code(st, &policy, &ctx2, &address, true, now)
                     .map(|o| (describe(&o), false, true, None));
@@ -1362,11 +1391,28 @@ mod tests {
             );
             let bob = on_db(&sh, |st| st.user("bob")).unwrap();
             assert_eq!((bob.failures, bob.activated_at), (0, None));
-            let rows = audit_rows(&sh);
-            assert!(
-                !rows.is_empty() && rows.iter().all(|(_, _, why)| why.contains("caller uid 65534 on web01")),
-                "{rows:?}"
+            // Another person whose name differs from bob's only in case is not bob.
+            let other_bob = Peer { account: Some("BOB".into()), ..remote(&sh, "web01", 4242) };
+            let mut asks = begin("bob");
+            if let ClientMsg::Begin { uid, .. } = &mut asks {
+                *uid = Some(4242);
+            }
+            let seen = run_script(
+                &sh,
+                &other_bob,
+                asks,
+                vec![Step::Sends("not enrolled", |m| {
+                    matches!(m, ServerMsg::Outcome { result: OutcomeKind::NotEnrolled, .. })
+                })],
             );
+            assert!(!seen.iter().any(|m| m.contains("otpauth")), "{seen:?}");
+            // Every row names the caller's own account, never bob.
+            let users: Vec<String> =
+                on_db(&sh, |st| st.audit(None, None, None, 100)).into_iter().map(|e| e.user).collect();
+            assert!(!users.is_empty() && users.iter().all(|u| u != "bob"), "{users:?}");
+            let rows = audit_rows(&sh);
+            assert!(!rows.is_empty() && rows.iter().all(|(_, _, why)| why.contains("caller uid ")), "{rows:?}");
+            assert!(rows.iter().any(|(_, _, why)| why.contains("caller uid 65534 on web01")), "{rows:?}");
         });
     }
 

@@ -195,6 +195,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Link<S> {
     pub fn get_ref(&self) -> &S {
         &self.stream
     }
+
+    /// Whether the peer has closed the stream, looked at without waiting
+    /// (bytes that did arrive are kept for the next read).
+    pub async fn closed_now(&mut self) -> bool {
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::ZERO, self.stream.read(&mut buf)).await {
+            Err(_) => false,
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            Ok(Ok(n)) => {
+                self.pending.extend_from_slice(&buf[..n]);
+                false
+            }
+        }
+    }
 }
 
 /// One relayed conversation on an agent link. `done` is set once the
@@ -216,8 +230,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for Relayed<'_, S> {
         msg
     }
 
+    /// A second short of the agent's wait: the outcome still has to reach it.
     fn decide_by(&self) -> Option<std::time::Instant> {
-        Some(self.read_at? + self.reply_within?)
+        Some(self.read_at? + self.reply_within?.saturating_sub(Duration::from_secs(1)))
+    }
+
+    /// After an answer the agent sends nothing until it has the outcome, so
+    /// anything readable now is its giving up: a closed link (or a broken one).
+    async fn asker_gone(&mut self) -> bool {
+        self.link.closed_now().await
     }
 
     fn write_msg(

@@ -44,7 +44,10 @@ impl Pool {
                     },
                     Err(_) => return,
                 };
-                job();
+                // A job that panics must not take its thread with it: the
+                // pool would shrink to nothing, refusing every hash for good.
+                // (Its caller sees Busy: the result sender is dropped.)
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
             });
             if let Err(e) = spawned {
                 tracing::error!("cannot start a hashing thread: {e}");

@@ -36,6 +36,13 @@ pub trait Transport: Send {
     fn decide_by(&self) -> Option<std::time::Instant> {
         None
     }
+
+    /// Whether the asker has already closed the connection (looked at
+    /// without waiting). A local socket's closing is seen when the outcome
+    /// is written; a relayed one is looked at before each decision.
+    fn asker_gone(&mut self) -> impl Future<Output = bool> + Send {
+        std::future::ready(false)
+    }
 }
 
 impl Transport for Conn {
@@ -84,5 +91,9 @@ impl<T: Transport> Transport for &mut T {
 
     fn decide_by(&self) -> Option<std::time::Instant> {
         (**self).decide_by()
+    }
+
+    fn asker_gone(&mut self) -> impl Future<Output = bool> + Send {
+        (**self).asker_gone()
     }
 }

@@ -208,6 +208,7 @@ fn start_server(database: Option<String>, key_file: &Path, clock_dir: &Path, ext
                 "OTPD_TEST_STOP_BEFORE_DECISION_FILE".into(),
                 stop_file(clock_dir, port).display().to_string() + "-decision",
             ),
+            ("OTPD_TEST_STOP_AT_PROMPT_FILE".into(), stop_file(clock_dir, port).display().to_string() + "-prompt"),
         ],
         ..Setup::default()
     };
@@ -225,7 +226,8 @@ fn start_server(database: Option<String>, key_file: &Path, clock_dir: &Path, ext
 
 /// The file whose presence makes the (debug-built) server on `port` stop
 /// itself inside its next transaction, before COMMIT; with "-decision"
-/// appended, before it decides the next answer.
+/// appended, before it decides the next answer; with "-prompt", right after
+/// it sends a prompt, before it reads the answer.
 fn stop_file(clock_dir: &Path, port: u16) -> PathBuf {
     clock_dir.join(format!("stop-in-tx-{port}"))
 }
@@ -1351,9 +1353,13 @@ fn idle_and_half_open_connections_from_many_addresses_do_not_keep_agents_out() {
 /// The host is now checked again with the decision (in the one-statement
 /// accept on PostgreSQL, in the transaction on SQLite): refused, audited,
 /// and the code stays unused for the user's other hosts.
-fn a_code_typed_after_its_host_was_revoked_is_not_accepted(backend: Backend) {
+/// A root login on `agent`'s socket for `user` that stops at its first
+/// prompt, runs `meanwhile`, then answers `answer`; returns every message
+/// it received, one JSON object a line.
+fn answer_after(agent: &Fixture, dir: &Path, user: &str, answer: &str, meanwhile: impl FnOnce()) -> String {
     const CLIENT: &str = r#"
-path, user, code, at_prompt, go = sys.argv[1:6]
+import time
+path, user, answer, at_prompt, go = sys.argv[1:6]
 s = socket.socket(socket.AF_UNIX)
 s.connect(path)
 send(s, {"type": "begin", "protocol": 1, "user": user, "service": "revoked", "pid": 1})
@@ -1366,19 +1372,17 @@ while True:
         open(at_prompt, "w").close()
         while not os.path.exists(go):
             time.sleep(0.01)
-        send(s, {"type": "answer", "text": code})
+        send(s, {"type": "answer", "text": answer})
     elif m["type"] == "outcome":
         break
 "#;
-    let f = Fleet::start(backend);
-    let uri = f.enroll("rob", 1);
-    let (at_prompt, go) = (f.dir.path().join("at-prompt"), f.dir.path().join("go"));
+    let (at_prompt, go) = (dir.join(format!("at-prompt-{user}")), dir.join(format!("go-{user}")));
     let client = Command::new("/usr/bin/python3")
         .arg("-c")
-        .arg(format!("{PY_FRAMES}import time\n{CLIENT}"))
-        .arg(f.agents[0].pam_socket())
-        .arg("rob")
-        .arg(f.code(&uri, 0))
+        .arg(format!("{PY_FRAMES}{CLIENT}"))
+        .arg(agent.pam_socket())
+        .arg(user)
+        .arg(answer)
         .arg(&at_prompt)
         .arg(&go)
         .stdout(std::process::Stdio::piped())
@@ -1389,16 +1393,39 @@ while True:
         assert!(Instant::now() < deadline, "the login never reached the prompt");
         std::thread::sleep(Duration::from_millis(10));
     }
-    f.servers[0].ctl_ok(&["host", "revoke", "web01"]);
+    meanwhile();
     write_all(&go, b"");
-    let out = client.wait_with_output().unwrap();
-    let out = String::from_utf8_lossy(&out.stdout);
+    String::from_utf8_lossy(&client.wait_with_output().unwrap().stdout).into_owned()
+}
+
+fn a_code_typed_after_its_host_was_revoked_is_not_accepted(backend: Backend) {
+    let f = Fleet::start(backend);
+    let uri = f.enroll("rob", 1);
+    let out = answer_after(&f.agents[0], f.dir.path(), "rob", &f.code(&uri, 0), || {
+        f.servers[0].ctl_ok(&["host", "revoke", "web01"]);
+    });
     assert!(out.contains(r#""result": "deny""#) && out.contains("refused for this host"), "{out}");
     let rows = audit(f.admin(), &["--user", "rob"]);
     assert!(rows.iter().any(|e| field(e, "reason").contains("revoked during the conversation")), "{rows:?}");
     assert!(!rows.iter().any(|e| field(e, "machine") == "web01" && is_accept(e)), "{rows:?}");
     // Nothing was consumed: the same code works on another host.
     assert_eq!(f.agents[1].login("rob", &[&f.code(&uri, 0)]).code, PAM_SUCCESS);
+}
+
+/// The same for an emailed code asked for after the revocation: nothing is
+/// mailed for the revoked host, and the conversation ends.
+#[test]
+fn an_emailed_code_asked_for_after_its_host_was_revoked_is_not_sent() {
+    let f = Fleet::start_with(Backend::Sqlite, true);
+    f.servers[0].ctl_ok(&["user", "enable", "erin", "--method", "email", "--email", "erin@example.org"]);
+    let out = answer_after(&f.agents[0], f.dir.path(), "erin", "", || {
+        f.servers[0].ctl_ok(&["host", "revoke", "web01"]);
+    });
+    assert!(out.contains("refused for this host") && out.contains(r#""result": "deny""#), "{out}");
+    let rows = audit(f.admin(), &["--user", "erin"]);
+    assert!(rows.iter().any(|e| field(e, "reason").contains("revoked during the conversation")), "{rows:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(mailed_codes(&f.maildir()).is_empty(), "a code was mailed for a revoked host");
 }
 
 #[test]
@@ -1471,13 +1498,12 @@ print(json.dumps(replies))
 /// given up: `accept` audited, failures cleared, last_login set, for a
 /// login the user was refused. The agent now states how long it waits for
 /// each reply; past that nothing is decided, and the code stays unused.
-#[test]
-fn an_answer_is_not_decided_after_the_login_stopped_waiting() {
+fn an_answer_is_not_decided_after_the_login_stopped_waiting(stop_at: &str) {
     let f = Fleet::start(Backend::Sqlite);
     let uri = f.enroll("pat", 1);
     let server = f.servers[0].daemon.as_ref().unwrap().id();
     let mut flag = stop_file(f.dir.path(), f.ports[0]).into_os_string();
-    flag.push("-decision");
+    flag.push(stop_at);
     write_all(Path::new(&flag), b"");
     let started = Instant::now();
     let refused = f.agents[0].login("pat", &[&f.code(&uri, 0)]);
@@ -1495,4 +1521,18 @@ fn an_answer_is_not_decided_after_the_login_stopped_waiting() {
     assert!(!rows.iter().any(|e| field(e, "machine") == "web01" && is_accept(e)), "{rows:?}");
     // Nothing was consumed: the same code works now.
     assert_eq!(f.agents[1].login("pat", &[&f.code(&uri, 0)]).code, PAM_SUCCESS);
+}
+
+/// Paused after it read the answer.
+#[test]
+fn an_answer_read_is_not_decided_after_the_login_stopped_waiting() {
+    an_answer_is_not_decided_after_the_login_stopped_waiting("-decision");
+}
+
+/// Paused while it waited for the answer (where a conversation spends its
+/// time): the answer waits in the socket, the agent gives up and closes
+/// the link, and the server, resumed, reads it at once.
+#[test]
+fn an_answer_waiting_unread_is_not_decided_after_the_login_stopped_waiting() {
+    an_answer_is_not_decided_after_the_login_stopped_waiting("-prompt");
 }
