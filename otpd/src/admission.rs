@@ -39,12 +39,13 @@ pub struct Caps {
 }
 
 /// Connections waiting for their first byte.
-pub const WAITING: Caps = Caps { total: 8192, reserved: 4096, per_prefix: 64, per_known: 64 };
+pub const WAITING: Caps = Caps { total: 8192, reserved: 4096, per_prefix: 64, per_known: 128 };
 /// TLS handshakes in progress. A known address gets far less than the
 /// reserve: anyone on an agent's host (or behind its NAT) shares its
 /// address, and must not be able to take the room kept for all of them.
-/// An agent makes at most 16 links at once.
-pub const HANDSHAKING: Caps = Caps { total: 1024, reserved: 512, per_prefix: 64, per_known: 32 };
+/// An agent makes at most 16 links at once; 64 leaves room for several
+/// agents behind one NAT (the one address they share).
+pub const HANDSHAKING: Caps = Caps { total: 1024, reserved: 512, per_prefix: 64, per_known: 64 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {

@@ -39,8 +39,9 @@ pub struct FleetServer {
     links: AtomicUsize,
     /// Links open per host: one host (a compromised one) cannot take all.
     host_links: Mutex<HashMap<String, usize>>,
-    /// When each host's `last_seen` was last written by this server.
-    seen_written: Mutex<HashMap<String, i64>>,
+    /// When each host's `last_seen` was last written by this server, and
+    /// the address written with it.
+    seen_written: Mutex<HashMap<String, (i64, String)>>,
     /// Refusals already audited this minute, by what they are about
     /// (a certificate, or "handshake"), with how many were not.
     refused_audited: Mutex<HashMap<String, (i64, u64)>>,
@@ -483,14 +484,19 @@ async fn check_host(
     // a stolen bundle in use elsewhere shows up (check 39). Checked once
     // per link, not per conversation on it.
     let from = addr.ip().to_string();
-    let moved = new_link && host.last_addr.as_deref() != Some(from.as_str());
-    let write_seen = {
+    // Decided under the lock: of links made at once from a new address
+    // (a burst of logins), only the first writes and audits the move.
+    let (write_seen, moved) = {
         let mut seen = lock(&fleet.seen_written);
-        let due = moved || seen.get(&host.name).is_none_or(|&t| now - t >= SEEN_EVERY);
+        let last = seen.get(&host.name);
+        let moved = new_link
+            && host.last_addr.as_deref() != Some(from.as_str())
+            && last.is_none_or(|(_, written)| *written != from);
+        let due = moved || last.is_none_or(|(t, _)| now - t >= SEEN_EVERY);
         if due {
-            seen.insert(host.name.clone(), now);
+            seen.insert(host.name.clone(), (now, from.clone()));
         }
-        due
+        (due, moved)
     };
     if write_seen {
         let (name, machine) = (host.name.clone(), host.name.clone());
