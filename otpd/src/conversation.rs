@@ -38,7 +38,9 @@ impl Gate<'_> {
     }
 }
 
-const HOST_REFUSED: &str = "Passcode check refused for this host.";
+/// What a conversation of a host that may not log anyone in is told,
+/// before its plan or at its decision.
+const HOST_REFUSED: &str = auth::HOST_REVOKED;
 
 /// Who started a conversation, on which host.
 #[derive(Clone)]
