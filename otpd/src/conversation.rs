@@ -1183,8 +1183,7 @@ mod tests {
         let mut rec = rec;
         rec.activated_at = Some(T0 - 50);
         let code = sh.policy.totp.code_at_step(&secret, sh.policy.totp.step_of(T0));
-        let db = sh.db.clone();
-        tokio::runtime::Handle::current().block_on(async move { db.run(move |st| st.save_user(&rec)).await }).unwrap();
+        on_db(sh, move |st| st.save_user(&rec));
         code
     }
 
@@ -1228,10 +1227,7 @@ mod tests {
                 run_gated(&sh, &peer, first, vec![Step::Sends("a refusal", refused)], Some(false));
             }
             assert_eq!(audit_rows(&sh), vec![], "no audit row, no session, for a refused host");
-            let db = sh.db.clone();
-            let sessions =
-                tokio::runtime::Handle::current().block_on(async move { db.run(|st| st.sessions(10)).await });
-            assert!(sessions.unwrap().is_empty());
+            assert!(on_db(&sh, |st| st.sessions(10)).is_empty());
             run_gated(
                 &sh,
                 &peer,
@@ -1247,13 +1243,7 @@ mod tests {
     }
 
     fn audit_rows(sh: &Shared) -> Vec<(String, String, String)> {
-        let db = sh.db.clone();
-        tokio::runtime::Handle::current()
-            .block_on(async move { db.run(|st| st.audit(None, None, None, 100)).await })
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.machine, e.result, e.reason))
-            .collect()
+        on_db(sh, |st| st.audit(None, None, None, 100)).into_iter().map(|e| (e.machine, e.result, e.reason)).collect()
     }
 
     /// `f` in a transaction, from this (non-async) thread.
@@ -1464,10 +1454,7 @@ mod tests {
             let mut sh = shared(Db::start(SqliteStore::in_memory().unwrap()));
             sh.enroll_on_agents = false;
             let rec = crate::auth::new_enrollment(&sh.policy, None, "carol", Some(1000), T0 - 100);
-            let db = sh.db.clone();
-            tokio::runtime::Handle::current()
-                .block_on(async move { db.run(move |st| st.save_user(&rec)).await })
-                .unwrap();
+            on_db(&sh, move |st| st.save_user(&rec));
             let seen = run_script(
                 &sh,
                 &remote(&sh, "web01", 0),
@@ -1602,9 +1589,7 @@ mod tests {
                 pid: 7,
             };
             run_script(&sh, &remote(&sh, "web02", 0), close, vec![Step::Sends("ack", |m| matches!(m, ServerMsg::Ack))]);
-            let db = sh.db.clone();
-            let sessions =
-                tokio::runtime::Handle::current().block_on(async move { db.run(|st| st.sessions(10)).await }).unwrap();
+            let sessions = on_db(&sh, |st| st.sessions(10));
             let open: Vec<(&str, bool)> =
                 sessions.iter().map(|s| (s.machine.as_str(), s.closed_at.is_none())).collect();
             assert_eq!(open.len(), 2);

@@ -105,7 +105,7 @@ async fn fleet_server(config: &Config, db: &Db, crypto: &SecretBox) -> Result<cr
     let fleet = crate::fleet::FleetServer::new(ca, names).map_err(|e| fail(e.to_string()))?;
     // Room on the fleet port is kept for the addresses hosts last came
     // from, also right after this restart (check 36).
-    for h in db.run(|st| st.hosts()).await? {
+    for h in db.read(|st| st.hosts()).await? {
         if let (None, Some(seen), Some(Ok(ip))) = (h.revoked_at, h.last_seen, h.last_addr.as_deref().map(str::parse)) {
             fleet.admission.known(ip, seen);
         }
