@@ -1,10 +1,10 @@
 //! Start-up and shutdown of the daemon.
-use crate::auth::Policy;
-use crate::clock::{Clock, SystemClock};
-use crate::crypto::SecretBox;
-use crate::db::Db;
-use crate::server::{serve_admin, serve_pam, Limits, Shared};
-use crate::store::SqliteStore;
+use crate::core::auth::Policy;
+use crate::core::crypto::SecretBox;
+use crate::pam::listener::{serve_admin, serve_pam, Limits, Shared};
+use crate::store::db::Db;
+use crate::store::sqlite::SqliteStore;
+use crate::sys::clock::{Clock, SystemClock};
 use common::config::{Config, Role};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
@@ -15,19 +15,19 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
-    Key(#[from] crate::crypto::KeyError),
+    Key(#[from] crate::core::crypto::KeyError),
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] crate::store::sqlite::StoreError),
     #[error("socket {path}: {why}")]
     Socket { path: String, why: String },
     #[error("refusing to start: {0}")]
-    Untrusted(#[from] crate::trust::Untrusted),
+    Untrusted(#[from] crate::sys::trust::Untrusted),
     #[error("fleet: {0}")]
     Fleet(String),
 }
 
 /// Where otpd keeps its secrets and sockets must be out of other users'
-/// reach before anything is created or read there (see [`crate::trust`]).
+/// reach before anything is created or read there (see [`crate::sys::trust`]).
 fn check_trusted_paths(d: &common::config::DaemonConfig) -> Result<(), StartError> {
     let postgres = common::config::is_postgres_url(&d.database);
     let mut paths = vec![(&d.key_file, "state"), (&d.pam_socket, "socket"), (&d.admin_socket, "socket")];
@@ -36,13 +36,13 @@ fn check_trusted_paths(d: &common::config::DaemonConfig) -> Result<(), StartErro
     }
     for (path, what) in paths {
         if let Some(dir) = path.parent() {
-            crate::trust::check_dir(dir, what)?;
+            crate::sys::trust::check_dir(dir, what)?;
         }
     }
-    crate::trust::check_file(&d.key_file, "key file")?;
+    crate::sys::trust::check_file(&d.key_file, "key file")?;
     if !postgres {
-        for (f, what) in crate::trust::database_files(&d.database) {
-            crate::trust::check_file(&f, what)?;
+        for (f, what) in crate::sys::trust::database_files(&d.database) {
+            crate::sys::trust::check_file(&f, what)?;
         }
     }
     Ok(())
@@ -58,7 +58,7 @@ fn open_database(config: &Config) -> Result<(Db, Option<SqliteStore>), StartErro
     }
     let store = SqliteStore::open(&d.database)?;
     // SQLite gives -wal and -shm the database's mode as it was when it made them.
-    for (f, _) in crate::trust::database_files(&d.database) {
+    for (f, _) in crate::sys::trust::database_files(&d.database) {
         let _ = std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600));
     }
     let reader = SqliteStore::open_reader(&d.database)?;
@@ -68,8 +68,8 @@ fn open_database(config: &Config) -> Result<(Db, Option<SqliteStore>), StartErro
 /// The password in a postgresql:// URL never reaches the log or `status`.
 fn shown_database(database: &Path) -> String {
     match database.to_str().filter(|_| common::config::is_postgres_url(database)) {
-        Some(url) => crate::pgstore::async_config(url)
-            .map(|c| crate::pgstore::describe(&c))
+        Some(url) => crate::store::postgres::async_config(url)
+            .map(|c| crate::store::postgres::describe(&c))
             .unwrap_or_else(|_| "postgresql://(unusable URL)".into()),
         None => database.display().to_string(),
     }
@@ -78,14 +78,18 @@ fn shown_database(database: &Path) -> String {
 /// The fleet CA, made by the first server of a database and shared by all
 /// of them through it (the key sealed with the key file they share), and
 /// this server's own certificate for its names.
-async fn fleet_server(config: &Config, db: &Db, crypto: &SecretBox) -> Result<crate::fleet::FleetServer, StartError> {
+async fn fleet_server(
+    config: &Config,
+    db: &Db,
+    crypto: &SecretBox,
+) -> Result<crate::fleet::link::FleetServer, StartError> {
     let fail = |e: String| StartError::Fleet(e);
     const AAD: &str = "otpd fleet CA key";
     let stored = db.run(|st| st.fleet_ca()).await?;
     let (cert_pem, sealed) = match stored {
         Some(ca) => ca,
         None => {
-            let ca = crate::pki::Ca::generate().map_err(|e| fail(e.to_string()))?;
+            let ca = crate::fleet::pki::Ca::generate().map_err(|e| fail(e.to_string()))?;
             let sealed = crypto.seal(AAD, ca.key_pem().as_bytes());
             let cert_pem = ca.cert_pem();
             // Two servers starting together: the first CA stored wins.
@@ -97,12 +101,12 @@ async fn fleet_server(config: &Config, db: &Db, crypto: &SecretBox) -> Result<cr
         fail("the fleet CA key cannot be decrypted: every server of one database needs the same key file".into())
     })?;
     let key = zeroize::Zeroizing::new(String::from_utf8(key).map_err(|_| fail("the fleet CA key is corrupt".into()))?);
-    let ca = crate::pki::Ca::from_pem(&cert_pem, &key).map_err(|e| fail(e.to_string()))?;
+    let ca = crate::fleet::pki::Ca::from_pem(&cert_pem, &key).map_err(|e| fail(e.to_string()))?;
     let mut names = config.fleet.names.clone();
     if names.is_empty() {
         names.push(hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "localhost".into()));
     }
-    let fleet = crate::fleet::FleetServer::new(ca, names).map_err(|e| fail(e.to_string()))?;
+    let fleet = crate::fleet::link::FleetServer::new(ca, names).map_err(|e| fail(e.to_string()))?;
     // Room on the fleet port is kept for the addresses hosts last came
     // from, also right after this restart (check 36).
     for h in db.read(|st| st.hosts()).await? {
@@ -186,13 +190,13 @@ pub(crate) fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixLis
 /// It also keeps logins away from the work of the main runtime (TLS to the
 /// mail server, D-Bus, admin requests). On a fleet server the agents'
 /// links are logins too, and so are served here (with the async
-/// PostgreSQL connections they use: [`crate::pgfast`] makes them on first
+/// PostgreSQL connections they use: [`crate::store::pgfast`] makes them on first
 /// use, from this thread).
 fn spawn_pam_thread(
     listener: std::os::unix::net::UnixListener,
-    shared: Arc<crate::server::Shared>,
+    shared: Arc<crate::pam::listener::Shared>,
     limits: Limits,
-    fleet: Option<(Vec<std::net::TcpListener>, Arc<crate::fleet::FleetServer>)>,
+    fleet: Option<(Vec<std::net::TcpListener>, Arc<crate::fleet::link::FleetServer>)>,
 ) -> Result<(tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>), StartError> {
     let fail = |why: String| StartError::Socket { path: "PAM server thread".into(), why };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| fail(e.to_string()))?;
@@ -201,14 +205,14 @@ fn spawn_pam_thread(
         .name("otpd-pam".into())
         .spawn(move || {
             rt.block_on(async move {
-                let listener = match crate::conn::Listener::new(listener) {
+                let listener = match crate::sys::conn::Listener::new(listener) {
                     Ok(l) => l,
                     Err(e) => return tracing::error!("PAM socket: {e}"),
                 };
                 if let Some((listeners, fleet)) = fleet {
                     for l in listeners {
                         match tokio::net::TcpListener::from_std(l) {
-                            Ok(l) => drop(tokio::spawn(crate::fleet::serve(l, shared.clone(), fleet.clone()))),
+                            Ok(l) => drop(tokio::spawn(crate::fleet::link::serve(l, shared.clone(), fleet.clone()))),
                             Err(e) => return tracing::error!("fleet listener: {e}"),
                         }
                     }
@@ -264,7 +268,7 @@ pub fn hostname_issuer(issuer: &str) -> String {
 fn make_clock() -> Box<dyn Clock> {
     #[cfg(debug_assertions)]
     if let Some(path) = std::env::var_os("OTPD_TEST_CLOCK_FILE") {
-        return Box::new(crate::clock::OffsetFileClock(path.into()));
+        return Box::new(crate::sys::clock::OffsetFileClock(path.into()));
     }
     Box::new(SystemClock)
 }
@@ -272,10 +276,10 @@ fn make_clock() -> Box<dyn Clock> {
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), StartError> {
     harden_process();
-    crate::syslog::start();
+    crate::core::syslog::start();
     if config.role == Role::Agent {
         raise_fd_limit();
-        return crate::agent::run(config).await;
+        return crate::fleet::agent::run(config).await;
     }
     let d = &config.daemon;
     check_trusted_paths(d)?;
@@ -302,7 +306,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let machine = machine_id(&d.machine_id);
     let limit_settings = (
         d.caller_logins_per_minute,
-        crate::limits::Caps {
+        crate::core::limits::Caps {
             per_caller: d.caller_max_logins,
             per_target: d.target_max_logins,
             unprivileged: d.unprivileged_connections(),
@@ -334,7 +338,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         reader: reader.map(std::sync::Mutex::new),
         mail_wakeup: Arc::new(tokio::sync::Notify::new()),
         events: tokio::sync::broadcast::channel(1024).0,
-        limits: Arc::new(crate::limits::CallerLimits::new(&machine, limit_settings.0, limit_settings.1)),
+        limits: Arc::new(crate::core::limits::CallerLimits::new(&machine, limit_settings.0, limit_settings.1)),
         host_limits: Default::default(),
         limit_settings,
         fleet: fleet.clone(),
@@ -354,25 +358,25 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     );
     let mut fleet_tasks = Vec::new();
     if let Some(fleet) = &fleet {
-        fleet_tasks.push(tokio::spawn(crate::fleet::renew(fleet.clone())));
+        fleet_tasks.push(tokio::spawn(crate::fleet::link::renew(fleet.clone())));
         for addr in &config.fleet.listen {
             tracing::info!("fleet server {} listening on {addr} (TLS 1.3, client certificates required)", fleet.name);
         }
     }
     notify_ready();
     let mail_task = if config.email.enabled {
-        let mailer = crate::mail::Mailer::from_config(&config.smtp, &hostname_issuer("%hostname%"))
+        let mailer = crate::notify::mail::Mailer::from_config(&config.smtp, &hostname_issuer("%hostname%"))
             .map_err(|why| StartError::Socket { path: "[smtp]".into(), why })?;
-        Some(tokio::spawn(crate::mail::run(shared.clone(), mailer)))
+        Some(tokio::spawn(crate::notify::mail::run(shared.clone(), mailer)))
     } else {
         None
     };
-    let dbus_task = d.dbus.then(|| tokio::spawn(crate::dbus::run(shared.clone())));
-    let housekeeping = tokio::spawn(crate::retention::run(shared.clone(), config.audit.retention));
+    let dbus_task = d.dbus.then(|| tokio::spawn(crate::admin::dbus::run(shared.clone())));
+    let housekeeping = tokio::spawn(crate::core::housekeeping::run(shared.clone(), config.audit.retention));
     let limits = Limits { max_connections: d.max_connections, max_per_uid: d.max_connections_per_user };
     let fleet_links = fleet.clone().map(|f| (fleet_listeners, f));
     let (stop_pam, pam_thread) = spawn_pam_thread(pam, shared.clone(), limits, fleet_links)?;
-    let admin = crate::conn::Listener::new(admin)
+    let admin = crate::sys::conn::Listener::new(admin)
         .map_err(|e| StartError::Socket { path: d.admin_socket.display().to_string(), why: e.to_string() })?;
     let admin_task = tokio::spawn(serve_admin(admin, shared.clone()));
 
@@ -394,7 +398,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         t.abort();
     }
     // Refusals counted but not yet written are written now.
-    crate::limits::flush(&shared, true).await;
+    crate::core::limits::flush(&shared, true).await;
     let _ = std::fs::remove_file(&d.pam_socket);
     let _ = std::fs::remove_file(&d.admin_socket);
     Ok(())

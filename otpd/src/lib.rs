@@ -1,41 +1,27 @@
 //! otpd: owns every secret and every decision for `pam_otp.so`.
+//!
+//! The tree shows the architecture (docs/ARCHITECTURE.md has the page):
+//! `sys` (the operating system: clock, sockets, file trust), `store` (the
+//! database, SQLite or PostgreSQL, chosen there and only there), `core`
+//! (every decision, knowing no door), `login` (one PAM conversation, over
+//! any transport), `admin::ops` (one handler per admin request), `notify`
+//! and `import`; then the doors: `pam` (the PAM socket), `admin::socket`,
+//! `admin::dbus`, `fleet::link` (agents and remote otpctl on a server) and
+//! `fleet::agent` (an agent's relay). `daemon` wires them together.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod admin;
-pub mod admission;
-pub mod agent;
-pub mod auth;
 pub mod cli;
-pub mod clock;
-pub mod conn;
-pub mod conversation;
-pub mod crypto;
+pub mod core;
 pub mod daemon;
-pub mod db;
-pub mod dbus;
-pub mod email;
 pub mod fleet;
-pub mod gaimport;
-pub mod gauth;
-pub mod groups;
-pub mod hashing;
 pub mod import;
-pub mod limits;
-pub mod mail;
-pub mod passwd;
-pub mod pgfast;
-pub mod pgstore;
-pub mod pki;
-pub mod qr;
-pub mod recovery;
-pub mod retention;
-pub mod server;
+pub mod login;
+pub mod notify;
+pub mod pam;
 pub mod store;
-pub mod syslog;
-pub mod totp;
-pub mod transport;
-pub mod trust;
+pub mod sys;
 
 /// Locks `m`, taking it over from a thread that panicked while holding it
 /// (as each module's own copy of this helper did).

@@ -50,9 +50,9 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn is_cfg_test(attrs: &[syn::Attribute]) -> bool {
-    attrs.iter().any(|a| {
-        a.path().is_ident("cfg") && a.meta.require_list().is_ok_and(|l| l.tokens.to_string().trim() == "test")
-    })
+    attrs
+        .iter()
+        .any(|a| a.path().is_ident("cfg") && a.meta.require_list().is_ok_and(|l| l.tokens.to_string().trim() == "test"))
 }
 
 struct Paths<'a> {
@@ -325,7 +325,11 @@ fn longest_chain(g: &Graph, cycles: &[Vec<Module>]) -> Vec<Module> {
             }
         }
     }
-    fn best(n: &str, next: &BTreeMap<String, BTreeSet<String>>, memo: &mut BTreeMap<String, Vec<String>>) -> Vec<String> {
+    fn best(
+        n: &str,
+        next: &BTreeMap<String, BTreeSet<String>>,
+        memo: &mut BTreeMap<String, Vec<String>>,
+    ) -> Vec<String> {
         if let Some(c) = memo.get(n) {
             return c.clone();
         }

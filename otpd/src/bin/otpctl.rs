@@ -86,8 +86,8 @@ fn remote_call(
     let Some(bundle) = bundle else {
         return Err((2, "--server needs --bundle: admin credentials from `otpctl host add NAME --admin`".into()));
     };
-    let resp =
-        otpd::fleet::admin_call(server, bundle, req, Duration::from_secs(30)).map_err(|e| (EXIT_UNREACHABLE, e))?;
+    let resp = otpd::fleet::link::admin_call(server, bundle, req, Duration::from_secs(30))
+        .map_err(|e| (EXIT_UNREACHABLE, e))?;
     match resp {
         AdminResponse::Error { kind, message } => Err((exit_code(kind), message)),
         ok => Ok(ok),
@@ -610,7 +610,7 @@ fn import_google_authenticator(args: &Args, paths: &[String], dry_run: bool, rem
     let mut files = Vec::new();
     for (user, uid, path) in targets {
         let shown = path.display().to_string();
-        match otpd::gauth::read(&path, uid) {
+        match otpd::import::gauth::read(&path, uid) {
             Err(why) => problems.push((user, format!("{shown} {why}; skipped"))),
             Ok(f) if !f.totp && f.hotp_counter.is_none_or(|c| c < 1) => problems.push((
                 user,
@@ -706,7 +706,7 @@ fn read_password() -> Result<String, String> {
 /// Every member of GROUP (member list and primary group), through NSS here
 /// at admin time, never on the login path.
 fn group_members(group: &str) -> Result<Vec<BulkUser>, (u8, String)> {
-    let names = otpd::groups::members(group)
+    let names = otpd::core::groups::members(group)
         .map_err(|e| (EXIT_INVALID, e))?
         .ok_or((EXIT_INVALID, format!("no group {group}")))?;
     if names.is_empty() {
@@ -755,7 +755,7 @@ fn parse_user_list(text: &str) -> (Vec<String>, Vec<(usize, String)>) {
         if name.is_empty() {
             continue;
         }
-        if !otpd::auth::valid_user_name(name) {
+        if !otpd::core::auth::valid_user_name(name) {
             bad.push((i + 1, name.to_string()));
         } else if seen.insert(name.to_string()) {
             names.push(name.to_string());

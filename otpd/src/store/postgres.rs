@@ -2,9 +2,9 @@
 //!
 //! Same tables and columns as the SQLite schema (`"user"` quoted: it is a
 //! reserved word here); timestamps are BIGINT unix seconds, blobs BYTEA,
-//! flags BOOLEAN. Each [`crate::db`] worker owns one `PgStore` and runs one
-//! job per transaction; the concurrency contract is in [`crate::store`].
-use crate::store::{
+//! flags BOOLEAN. Each [`crate::store::db`] worker owns one `PgStore` and runs one
+//! job per transaction; the concurrency contract is in [`crate::store::sqlite`].
+use crate::store::sqlite::{
     Counts, EmailCode, EmergencyRequest, HostRecord, HostRole, MailCount, MailStats, NewAudit, PlanReads, QueuedMail,
     RequestCount, SessionRecord, Store, StoreError, UserRecord,
 };
@@ -169,7 +169,7 @@ pub fn config(url: &str) -> Result<postgres::Config, StoreError> {
     async_config(url).map(postgres::Config::from)
 }
 
-/// [`config`] for the async client ([`crate::pgfast`]): the same checks
+/// [`config`] for the async client ([`crate::store::pgfast`]): the same checks
 /// and settings.
 pub fn async_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
     let mut config: tokio_postgres::Config = url.parse()?;
@@ -250,7 +250,7 @@ pub struct PgStore {
     statements: HashMap<&'static str, Statement>,
     /// A statement failed since BEGIN: PostgreSQL has aborted the transaction.
     failed: bool,
-    /// A read-only job outside a transaction ([`crate::db::Db::read`]): rows
+    /// A read-only job outside a transaction ([`crate::store::db::Db::read`]): rows
     /// are read without locks and writes are refused.
     reading: bool,
 }
@@ -394,7 +394,7 @@ fn opt_u32_of(v: Option<i64>, what: &str) -> Result<Option<u32>, StoreError> {
 }
 
 /// The statements a fleet login runs, shared by the blocking store and the
-/// async path ([`crate::pgfast`]).
+/// async path ([`crate::store::pgfast`]).
 pub(crate) const HOST_BY_FINGERPRINT: &str = "SELECT * FROM hosts WHERE fingerprint = $1";
 /// How many messages of the user named by `$user` are failing (tried, not sent).
 macro_rules! failing_mail_of {
@@ -416,7 +416,7 @@ pub(crate) const USER_AND_FAILING_MAIL: &str = concat!(
     ") END AS failing_mail FROM users u WHERE u.name = $1"
 );
 
-/// The common login in ONE statement (see [`crate::pgfast::PgFast::accept_step_if_unchanged`]).
+/// The common login in ONE statement (see [`crate::store::pgfast::PgFast::accept_step_if_unchanged`]).
 /// One statement is a transaction of its own: the UPDATE and the audit row
 /// commit together or not at all. A concurrent login on the same row waits
 /// for the row lock, then re-checks the WHERE on the committed row: the step
@@ -485,7 +485,7 @@ pub(crate) fn user_from_row(r: &Row) -> Result<UserRecord, StoreError> {
     Ok(UserRecord {
         name: r.try_get("name")?,
         uid: opt_u32_of(r.try_get("uid")?, "uid")?,
-        method: crate::store::parse_method(&method),
+        method: crate::store::sqlite::parse_method(&method),
         enabled: r.try_get("enabled")?,
         email: r.try_get("email")?,
         secret: r.try_get("secret")?,
@@ -531,7 +531,7 @@ fn request_from_row(r: &Row) -> Result<EmergencyRequest, StoreError> {
         reason: r.try_get("reason")?,
         origin: r.try_get("origin")?,
         created_at: r.try_get("created_at")?,
-        status: crate::store::parse_status(r.try_get("status")?)?,
+        status: crate::store::sqlite::parse_status(r.try_get("status")?)?,
         decided_at: r.try_get("decided_at")?,
         decided_by: opt_u32_of(r.try_get("decided_by")?, "decided_by")?,
     })
@@ -863,7 +863,7 @@ impl Store for PgStore {
         let ids: Vec<i64> = rows.iter().map(|r| r.try_get("oid")).collect::<Result<_, _>>()?;
         self.execute(
             "UPDATE outbox SET next_attempt_at = $2 WHERE id = ANY($1)",
-            &[&ids, &(now + crate::store::MAIL_LEASE)],
+            &[&ids, &(now + crate::store::sqlite::MAIL_LEASE)],
         )?;
         rows.iter()
             .map(|r| {
@@ -1077,8 +1077,8 @@ mod tests {
     }
 
     use super::*;
-    use crate::db::Db;
-    use crate::store::SqliteStore;
+    use crate::store::db::Db;
+    use crate::store::sqlite::SqliteStore;
     use common::proto::Method;
     use e2e::pg::Cluster;
 
@@ -1746,7 +1746,7 @@ mod tests {
         let mut pg = cluster();
         let db = Db::start_postgres(&pg.url(), 2).unwrap();
         db.run(|s| s.save_user(&bare_user("alice", 1000))).await.unwrap();
-        // The login path's async connections (crate::pgfast) too.
+        // The login path's async connections (crate::store::pgfast) too.
         let fast = db.fast().unwrap();
         for _ in 0..2 {
             let (alice, failing) = fast.plan_reads("alice", true).await.unwrap();
@@ -1833,10 +1833,10 @@ mod tests {
         assert_eq!(pg.psql("SELECT count(*) FROM otpd_schema").unwrap().trim(), "1");
     }
 
-    fn policy() -> crate::auth::Policy {
+    fn policy() -> crate::core::auth::Policy {
         use common::config::{Algorithm, EmailConfig, LockoutConfig};
-        crate::auth::Policy {
-            totp: crate::totp::TotpParams { algorithm: Algorithm::SHA1, digits: 6, period: 30, skew: 1 },
+        crate::core::auth::Policy {
+            totp: crate::core::totp::TotpParams { algorithm: Algorithm::SHA1, digits: 6, period: 30, skew: 1 },
             hotp_window: 10,
             require_group: None,
             lockout: LockoutConfig {
@@ -1846,7 +1846,7 @@ mod tests {
             },
             issuer: "test".into(),
             machine: "m1".into(),
-            crypto: crate::crypto::SecretBox::from_key(&[3u8; 32]),
+            crypto: crate::core::crypto::SecretBox::from_key(&[3u8; 32]),
             email: EmailConfig { fallback: false, ..EmailConfig::default() },
         }
     }
@@ -1855,7 +1855,7 @@ mod tests {
     /// on two servers, one accepted, every other one refused as a replay.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn store_pg_two_servers_one_totp_login() {
-        use crate::auth::{check_answer, new_enrollment, LoginContext, Verdict};
+        use crate::core::auth::{check_answer, new_enrollment, LoginContext, Verdict};
         const T0: i64 = 1_700_000_000;
         let pg = cluster();
         let dbs = two_servers(&pg);
@@ -1888,7 +1888,7 @@ mod tests {
     /// accepted, the counter moved once, every other login a replay.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn store_pg_two_servers_one_hotp_login() {
-        use crate::auth::{check_answer, LoginContext, Verdict};
+        use crate::core::auth::{check_answer, LoginContext, Verdict};
         let pg = cluster();
         let dbs = two_servers(&pg);
         let p = std::sync::Arc::new(policy());
@@ -1902,7 +1902,7 @@ mod tests {
             ..bare_user("hank", 9)
         };
         dbs[0].run(move |s| s.save_user(&h)).await.unwrap();
-        let code = crate::totp::hotp(secret, 5, 6);
+        let code = crate::core::totp::hotp(secret, 5, 6);
         let verdicts = race(&dbs, 32, move |s| {
             let ctx = LoginContext { user: "hank".into(), service: "login".into(), ..Default::default() };
             check_answer(s, &p, &ctx, &code, 1_700_000_000)
@@ -1918,7 +1918,7 @@ mod tests {
     /// Valid, the others Used (they may all have read it unused).
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn store_pg_two_servers_one_emailed_code_login() {
-        use crate::email::{check_code, code_hash, CodeCheck};
+        use crate::core::email::{check_code, code_hash, CodeCheck};
         let pg = cluster();
         let dbs = two_servers(&pg);
         let p = std::sync::Arc::new(policy());

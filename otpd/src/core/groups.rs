@@ -1,7 +1,7 @@
 //! `[daemon] require_group`: the members of a group, read through NSS on the
 //! admin path only (`otpctl group refresh`, after a bulk enable, at start and
 //! hourly) and kept in the database, so a login is decided without NSS.
-use crate::server::Shared;
+use crate::pam::listener::Shared;
 use std::sync::Mutex;
 
 /// getpwent's enumeration state is one per process.

@@ -1,8 +1,8 @@
 //! The admin socket: one request, one response, root or the admin group only.
-use crate::auth::{self, new_enrollment, valid_user_name};
-use crate::conn::Conn;
-use crate::server::Shared;
-use crate::store::{NewAudit, Store, StoreError, UserRecord};
+use crate::core::auth::{self, new_enrollment, valid_user_name};
+use crate::pam::listener::Shared;
+use crate::store::sqlite::{NewAudit, Store, StoreError, UserRecord};
+use crate::sys::conn::Conn;
 use common::proto::{
     AdminErrorKind, AdminRequest, AdminResponse, BulkUser, Method, RequestStatus, StatusInfo, UserInfo,
 };
@@ -141,7 +141,7 @@ fn admin_audit(
         result: action.into(),
         reason: format!("by {by}"),
     };
-    crate::syslog::audit(&e);
+    crate::core::syslog::audit(&e);
     st.add_audit(&e)
 }
 
@@ -173,13 +173,13 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
             );
         }
         AdminRequest::UserEnable { user, method, email } => {
-            let email = match email.as_deref().map(crate::email::validate_address).transpose() {
+            let email = match email.as_deref().map(crate::core::email::validate_address).transpose() {
                 Ok(e) => e,
                 Err(why) => return err(AdminErrorKind::InvalidInput, format!("--email: {why}")),
             };
             if method == Method::Email
                 && email.is_none()
-                && crate::email::directory_address(&policy.email.directory, &user).is_none()
+                && crate::core::email::directory_address(&policy.email.directory, &user).is_none()
             {
                 return err(
                     AdminErrorKind::InvalidInput,
@@ -237,13 +237,13 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
             };
             let r = sh.db.run(move |st| enable_many(st, &policy, &by, &users, &source, now)).await;
             // New accounts may have joined require_group since the last refresh.
-            if let Err(e) = crate::groups::refresh(sh).await {
+            if let Err(e) = crate::core::groups::refresh(sh).await {
                 tracing::warn!("{e}; the members stored before are kept");
             }
             r
         }
         AdminRequest::GroupRefresh => {
-            return match crate::groups::refresh(sh).await {
+            return match crate::core::groups::refresh(sh).await {
                 Ok(Some((group, n))) => {
                     AdminResponse::Done { message: format!("require_group {group}: {n} member(s) stored") }
                 }
@@ -304,18 +304,18 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
             sh.db.run(move |st| resync(st, &policy, &by, &user, &code1, &code2, now)).await
         }
         AdminRequest::ImportOath { content, dry_run } => {
-            let (entries, problems) = crate::import::parse_oath(&content);
+            let (entries, problems) = crate::import::oath::parse_oath(&content);
             let uids: Vec<Option<u32>> = entries.iter().map(|e| account_uid(&e.user)).collect();
             sh.db
                 .run(move |st| {
-                    let outcomes = crate::import::import(st, &policy, &entries, &uids, dry_run, now)?;
+                    let outcomes = crate::import::oath::import(st, &policy, &entries, &uids, dry_run, now)?;
                     let mut lines = problems.clone();
                     let (mut imported, mut unchanged, mut skipped) = (0, 0, problems.len());
                     for (e, o) in entries.iter().zip(&outcomes) {
-                        use crate::import::Outcome;
+                        use crate::import::oath::Outcome;
                         let what = match e.method {
                             Method::Hotp => {
-                                format!("hotp, {} digits, counter {}", e.digits, crate::import::next_counter(e))
+                                format!("hotp, {} digits, counter {}", e.digits, crate::import::oath::next_counter(e))
                             }
                             _ => format!("totp, {} digits", e.digits),
                         };
@@ -373,7 +373,7 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
         }
         AdminRequest::UserRecoveryCodes { user } => {
             // Ten argon2id hashes: slow on purpose, so off the database thread.
-            let (codes, salt, hashes) = match tokio::task::spawn_blocking(crate::recovery::new_set).await {
+            let (codes, salt, hashes) = match tokio::task::spawn_blocking(crate::core::recovery::new_set).await {
                 Ok(Ok(set)) => set,
                 _ => return err(AdminErrorKind::Internal, "generating recovery codes failed"),
             };
@@ -384,7 +384,7 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
                     };
                     st.set_recovery_codes(&u.name, &salt, &hashes)?;
                     admin_audit(st, &policy.machine, &u.name, "recovery-codes (new set)", &by, now)?;
-                    let codes = codes.iter().map(|c| crate::recovery::display(c)).collect();
+                    let codes = codes.iter().map(|c| crate::core::recovery::display(c)).collect();
                     Ok(AdminResponse::RecoveryCodes { user: u.name, codes })
                 })
                 .await
@@ -394,13 +394,14 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
             // their scratch codes are not hashed again (a second run of
             // 100,000 files would take as long as the first).
             let names = accounts.iter().map(|a| a.user.clone()).collect::<Vec<_>>();
-            let Ok(done) = sh.db.read(move |st| crate::gaimport::already_enabled(st, &names)).await else {
+            let Ok(done) = sh.db.read(move |st| crate::import::gaimport::already_enabled(st, &names)).await else {
                 return err(AdminErrorKind::Internal, "reading the users to import failed");
             };
             // Scratch codes are argon2id hashes: prepared off the database thread.
             let p = policy.clone();
             let prepared =
-                tokio::task::spawn_blocking(move || crate::gaimport::prepare_all(&p, accounts, dry_run, &done)).await;
+                tokio::task::spawn_blocking(move || crate::import::gaimport::prepare_all(&p, accounts, dry_run, &done))
+                    .await;
             let Ok(prepared) = prepared else { return err(AdminErrorKind::Internal, "preparing the import failed") };
             let mut skipped = Vec::new();
             let mut ready = Vec::new();
@@ -414,7 +415,7 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
             sh.db
                 .run(move |st| {
                     let mut results = skipped;
-                    results.extend(crate::gaimport::import(st, &policy, ready, dry_run, &by, now)?);
+                    results.extend(crate::import::gaimport::import(st, &policy, ready, dry_run, &by, now)?);
                     Ok(AdminResponse::Imported { results })
                 })
                 .await
@@ -423,7 +424,7 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
             if password.chars().count() < 12 || password.len() > 1024 {
                 return err(AdminErrorKind::InvalidInput, "the password must be 12 to 1024 characters");
             }
-            let hash = match tokio::task::spawn_blocking(move || crate::passwd::hash(&password)).await {
+            let hash = match tokio::task::spawn_blocking(move || crate::core::passwd::hash(&password)).await {
                 Ok(Ok(h)) => h,
                 _ => return err(AdminErrorKind::Internal, "hashing the password failed"),
             };
@@ -441,7 +442,7 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
         AdminRequest::RequestList { all } => {
             sh.db
                 .run(move |st| {
-                    let total = st.count_requests(crate::store::RequestCount::All { pending_only: !all })?;
+                    let total = st.count_requests(crate::store::sqlite::RequestCount::All { pending_only: !all })?;
                     Ok(AdminResponse::Requests { requests: st.requests(!all)?, total: Some(total) })
                 })
                 .await
@@ -477,10 +478,10 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
                     }
                     st.decide_request(id, RequestStatus::Approved, by.uid(), now)?;
                     admin_audit(st, &policy.machine, &r.user, &format!("approve emergency request #{id}"), &by, now)?;
-                    let outcome = crate::email::request_code(st, &policy, &ctx, &r.address, true, now)?;
-                    let queued = matches!(outcome, crate::email::RequestOutcome::Queued { .. });
+                    let outcome = crate::core::email::request_code(st, &policy, &ctx, &r.address, true, now)?;
+                    let queued = matches!(outcome, crate::core::email::RequestOutcome::Queued { .. });
                     let message = match outcome {
-                        crate::email::RequestOutcome::Queued { masked, .. } => {
+                        crate::core::email::RequestOutcome::Queued { masked, .. } => {
                             format!("request #{id} approved; a code was sent to {masked}")
                         }
                         other => format!("request #{id} approved, but no code could be sent now: {other:?}"),
@@ -527,7 +528,7 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
                 .run(move |st| {
                     let c = st.counts(now)?;
                     let m = st.mail_stats(now)?;
-                    let pending = st.count_requests(crate::store::RequestCount::All { pending_only: true })?;
+                    let pending = st.count_requests(crate::store::sqlite::RequestCount::All { pending_only: true })?;
                     let hosts = if role == "server" { st.hosts()?.iter().map(host_info).collect() } else { Vec::new() };
                     Ok(AdminResponse::Status {
                         status: StatusInfo {
@@ -597,7 +598,7 @@ fn resync(
     };
     let from = counter.max(0) as u64;
     let found = (from..from + RESYNC_LOOKAHEAD).find(|&c| {
-        crate::totp::hotp(&secret, c, digits) == code1 && crate::totp::hotp(&secret, c + 1, digits) == code2
+        crate::core::totp::hotp(&secret, c, digits) == code1 && crate::core::totp::hotp(&secret, c + 1, digits) == code2
     });
     let Some(c) = found else {
         return Ok(err(
@@ -622,11 +623,11 @@ fn not_a_server() -> AdminResponse {
     err(AdminErrorKind::InvalidInput, "this otpd is not a fleet server (role = \"server\" in otpd.toml)")
 }
 
-fn host_info(h: &crate::store::HostRecord) -> common::proto::HostInfo {
+fn host_info(h: &crate::store::sqlite::HostRecord) -> common::proto::HostInfo {
     common::proto::HostInfo {
         name: h.name.clone(),
-        role: crate::fleet::role_name(h.role).into(),
-        fingerprint: crate::pki::fingerprint_hex(&h.fingerprint),
+        role: crate::fleet::link::role_name(h.role).into(),
+        fingerprint: crate::fleet::pki::fingerprint_hex(&h.fingerprint),
         added_at: h.added_at,
         revoked_at: h.revoked_at,
         last_seen: h.last_seen,
@@ -642,9 +643,9 @@ async fn host_add(sh: &Shared, by: &By, name: String, admin: bool, now: i64) -> 
         Ok(b) => b,
         Err(e) => return err(AdminErrorKind::InvalidInput, e.to_string()),
     };
-    let record = crate::store::HostRecord {
+    let record = crate::store::sqlite::HostRecord {
         name: name.clone(),
-        role: if admin { crate::store::HostRole::Admin } else { crate::store::HostRole::Agent },
+        role: if admin { crate::store::sqlite::HostRole::Admin } else { crate::store::sqlite::HostRole::Agent },
         fingerprint: fingerprint.to_vec(),
         added_at: now,
         revoked_at: None,

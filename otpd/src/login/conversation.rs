@@ -2,12 +2,12 @@
 //! a local Unix socket (SO_PEERCRED) or a relay from a remote agent (TLS,
 //! the host named by its certificate). It is written against [`Transport`]
 //! and a [`Peer`]; `flow.rs` is its mirror in the module.
-use crate::auth::{self, LoginContext, Plan, Verdict};
-use crate::email;
-use crate::limits::CallerLimits;
-use crate::server::{warn_throttled, Shared};
-use crate::store::{EmergencyRequest, SessionRecord};
-use crate::transport::Transport;
+use crate::core::auth::{self, LoginContext, Plan, Verdict};
+use crate::core::email;
+use crate::core::limits::CallerLimits;
+use crate::login::transport::Transport;
+use crate::pam::listener::{warn_throttled, Shared};
+use crate::store::sqlite::{EmergencyRequest, SessionRecord};
 use common::codec::encode;
 use common::config::{Approval, AutoSend};
 use common::proto::{ClientMsg, OutcomeKind, QrStyle, ServerMsg, PROTOCOL_VERSION};
@@ -63,10 +63,10 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// The real uid behind the connection (see [`crate::limits::caller_uid`]).
+    /// The real uid behind the connection (see [`crate::core::limits::caller_uid`]).
     pub fn caller_uid(&self) -> u32 {
         match self.remote_caller {
-            None => crate::limits::caller_uid(self.uid, self.pid),
+            None => crate::core::limits::caller_uid(self.uid, self.pid),
             Some(_) if self.uid != 0 => self.uid,
             Some(c) => c.unwrap_or(0),
         }
@@ -140,8 +140,8 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
     }
     if peer.limits.host_rate.as_ref().is_some_and(|r| !r.allow(0)) {
         gate!();
-        let why = crate::limits::Refusal::HostRate;
-        crate::limits::refuse(sh, &peer.limits, 0, why).await;
+        let why = crate::core::limits::Refusal::HostRate;
+        crate::core::limits::refuse(sh, &peer.limits, 0, why).await;
         if matches!(first, ClientMsg::Begin { .. }) {
             return outcome(&mut s, sh, OutcomeKind::Deny, Some(why.message().into())).await;
         }
@@ -155,7 +155,7 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
             gate!();
             let caller = peer.caller_uid();
             if caller != 0 && !peer.limits.session_rate.allow(caller) {
-                crate::limits::refuse(sh, &peer.limits, caller, crate::limits::Refusal::SessionRate).await;
+                crate::core::limits::refuse(sh, &peer.limits, caller, crate::core::limits::Refusal::SessionRate).await;
             } else {
                 session_event(sh, msg, peer_uid, &peer.machine, peer.remote_caller.is_some()).await;
             }
@@ -204,7 +204,7 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
     // The ticket is held until this conversation ends.
     let admitted_as = peer.admitted_as();
     let admitted = if admitted_as != 0 && !peer.limits.rate.allow(admitted_as) {
-        Err((crate::limits::Refusal::Rate, admitted_as))
+        Err((crate::core::limits::Refusal::Rate, admitted_as))
     } else {
         // A caller other than root can only ever be its own account: its
         // conversations count against that, not against the name it typed
@@ -213,13 +213,13 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
         let lookup = |uid: u32, pid: Option<i32>| match peer.remote_caller {
             // Other remote conversations of a root peer had no caller to look up.
             Some(_) => uid,
-            None => crate::limits::caller_uid(uid, pid),
+            None => crate::core::limits::caller_uid(uid, pid),
         };
         peer.limits.conversations.admit(admitted_as, pid, &target, lookup).and_then(|t| {
             // A setuid program's caller, when it was looked up, has the same allowance.
             match t.caller() {
                 Some(c) if admitted_as == 0 && c != 0 && !peer.limits.rate.allow(c) => {
-                    Err((crate::limits::Refusal::Rate, c))
+                    Err((crate::core::limits::Refusal::Rate, c))
                 }
                 _ => Ok(t),
             }
@@ -263,7 +263,7 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
         planned = plan_login(sh, &mut ctx, now, &mut seen).await;
     }
     if let (Ok((_, Some(_))), Some(caller)) = (&planned, setuid_caller_over_rate(peer, &ticket)) {
-        return refuse_caller(&mut s, sh, peer, caller, crate::limits::Refusal::Rate).await;
+        return refuse_caller(&mut s, sh, peer, caller, crate::core::limits::Refusal::Rate).await;
     }
     let planned = match planned {
         Ok((plan, None)) => Ok(plan),
@@ -344,7 +344,7 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
         let trimmed = answer.trim();
         if trimmed.is_empty() {
             if let Some(caller) = setuid_caller_over_rate(peer, &ticket) {
-                return refuse_caller(&mut s, sh, peer, caller, crate::limits::Refusal::Rate).await;
+                return refuse_caller(&mut s, sh, peer, caller, crate::core::limits::Refusal::Rate).await;
             }
         }
         if email && trimmed.is_empty() {
@@ -379,14 +379,14 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
 
 /// What to ask. On SQLite it is read on this thread from the read-only
 /// connection; on PostgreSQL a fleet login's plan is made on the records
-/// read by [`crate::pgfast`] when they are all it needs, else through the
+/// read by [`crate::store::pgfast`] when they are all it needs, else through the
 /// database workers.
 async fn plan_login(
     sh: &Shared,
     ctx: &mut LoginContext,
     now: i64,
-    seen: &mut Option<crate::store::UserRecord>,
-) -> Result<(Plan, Option<auth::Note>), crate::store::StoreError> {
+    seen: &mut Option<crate::store::sqlite::UserRecord>,
+) -> Result<(Plan, Option<auth::Note>), crate::store::sqlite::StoreError> {
     if let Some(reader) = &sh.reader {
         let mut reader = reader.lock().unwrap_or_else(|e| e.into_inner());
         return auth::plan(&mut *reader, &sh.policy, ctx, now);
@@ -397,7 +397,7 @@ async fn plan_login(
                 let mut read = auth::Prefetched { name: ctx.user.clone(), user, failing_mail };
                 let (mut job_ctx, mut found) = (ctx.clone(), None);
                 match auth::plan_seen(&mut read, &sh.policy, &mut job_ctx, now, &mut found) {
-                    Err(crate::store::StoreError::NotRead) => {}
+                    Err(crate::store::sqlite::StoreError::NotRead) => {}
                     planned => {
                         *ctx = job_ctx;
                         *seen = found;
@@ -425,7 +425,7 @@ async fn plan_login(
 /// What a user who has not activated yet is shown. The key and the URI are
 /// there in every QR style: they work where no QR code can be drawn.
 fn enrollment_text(uri: &str, secret_b32: &str, style: QrStyle) -> String {
-    let scan = match crate::qr::render(uri, style) {
+    let scan = match crate::login::qr::render(uri, style) {
         Some(qr) => {
             format!("Scan this QR code with your authenticator app:\n{qr}\nOr enter this secret key manually: ")
         }
@@ -445,7 +445,7 @@ fn enrollment_text(uri: &str, secret_b32: &str, style: QrStyle) -> String {
 /// its rate allowance (check 27). Looked up only here, so logins that check
 /// a code (bounded by the lockout and single use) read no /proc file.
 /// `Some(caller)` when that caller is over its allowance.
-fn setuid_caller_over_rate(peer: &Peer, ticket: &crate::limits::Ticket) -> Option<u32> {
+fn setuid_caller_over_rate(peer: &Peer, ticket: &crate::core::limits::Ticket) -> Option<u32> {
     // Other callers, and those looked up at admission, have been charged.
     if peer.uid != 0 || ticket.caller().is_some() {
         return None;
@@ -455,8 +455,14 @@ fn setuid_caller_over_rate(peer: &Peer, ticket: &crate::limits::Ticket) -> Optio
 }
 
 /// Refuses a login for one of its caller's limits (counted, not written one by one).
-async fn refuse_caller(s: &mut impl Transport, sh: &Shared, peer: &Peer, caller: u32, why: crate::limits::Refusal) {
-    crate::limits::refuse(sh, &peer.limits, caller, why).await;
+async fn refuse_caller(
+    s: &mut impl Transport,
+    sh: &Shared,
+    peer: &Peer,
+    caller: u32,
+    why: crate::core::limits::Refusal,
+) {
+    crate::core::limits::refuse(sh, &peer.limits, caller, why).await;
     outcome(s, sh, OutcomeKind::Deny, Some(why.message().into())).await
 }
 
@@ -500,7 +506,7 @@ async fn ask(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext, echo: bool
     if s.write_msg(&ServerMsg::Prompt { echo, text: text.into() }, sh.io_timeout).await.is_err() {
         return None;
     }
-    crate::db::test_stop("OTPD_TEST_STOP_AT_PROMPT_FILE");
+    crate::store::db::test_stop("OTPD_TEST_STOP_AT_PROMPT_FILE");
     match s.read_msg(sh.prompt_timeout, sh.io_timeout).await {
         Ok(ClientMsg::Answer { text }) => Some(text),
         Ok(ClientMsg::Cancel) => end_denied(s, sh, ctx, "conversation cancelled".into(), None).await,
@@ -518,10 +524,10 @@ async fn finish<T: Transport>(
     sh: &Shared,
     ctx: &LoginContext,
     answer: String,
-    seen: Option<crate::store::UserRecord>,
+    seen: Option<crate::store::sqlite::UserRecord>,
 ) {
     let now = sh.clock.now();
-    crate::db::test_stop("OTPD_TEST_STOP_BEFORE_DECISION_FILE");
+    crate::store::db::test_stop("OTPD_TEST_STOP_BEFORE_DECISION_FILE");
     // The asker may have given up while this server was paused before it
     // even read the answer: then the agent has closed the link.
     let decide_by = match s.asker_gone().await {
@@ -530,7 +536,7 @@ async fn finish<T: Transport>(
     };
     let recovery = match recovery_hash(sh, &ctx.user, &answer, now).await {
         Ok(hash) => hash,
-        Err(crate::hashing::Busy) => {
+        Err(crate::sys::hashing::Busy) => {
             // Nothing was checked: the attempt counts against no one.
             let why = "recovery code not checked: too many slow hashes at once".to_string();
             let message = "The passcode service is busy; try again in a minute.";
@@ -547,7 +553,7 @@ async fn finish<T: Transport>(
         if let Some((step, entry)) = auth::fast_step(&sh.policy, ctx, &answer, now, user) {
             match fast.accept_step_if_unchanged(user, step, now, &entry, ctx.host_fingerprint.as_deref()).await {
                 Ok(true) => {
-                    crate::syslog::audit(&entry);
+                    crate::core::syslog::audit(&entry);
                     return send_verdict(&mut s, sh, &ctx.user, Ok(auth::FAST_ACCEPT), now).await;
                 }
                 Ok(false) => {}
@@ -558,7 +564,7 @@ async fn finish<T: Transport>(
         }
     }
     let (policy, job_ctx, events, user) = (sh.policy.clone(), ctx.clone(), sh.events.clone(), ctx.user.clone());
-    let check = move |st: &mut dyn crate::store::Store| {
+    let check = move |st: &mut dyn crate::store::sqlite::Store| {
         // The asker gave up meanwhile (this server was paused, or its
         // database slow): whatever would be decided now, nobody would hear
         // it, and an accept would be recorded for a login that failed.
@@ -580,7 +586,7 @@ async fn finish<T: Transport>(
             if let Ok(frame) = encode(&verdict_outcome(&verdict, now)) {
                 // A client always reads its outcome; one that does not
                 // gets a cut frame and fails closed.
-                if crate::conn::send_now(&stream, &frame) < frame.len() {
+                if crate::sys::conn::send_now(&stream, &frame) < frame.len() {
                     tracing::warn!("outcome for {user} not delivered: the client is not reading");
                 }
             }
@@ -597,7 +603,7 @@ async fn send_verdict<T: Transport>(
     s: &mut T,
     sh: &Shared,
     user: &str,
-    verdict: Result<Verdict, crate::store::StoreError>,
+    verdict: Result<Verdict, crate::store::sqlite::StoreError>,
     now: i64,
 ) {
     verdict_events(&sh.events, user, &verdict);
@@ -605,7 +611,7 @@ async fn send_verdict<T: Transport>(
 }
 
 /// The argon2id hash of a recovery-code-shaped answer under the user's
-/// recovery salt, computed on the hashing threads ([`crate::hashing`]:
+/// recovery salt, computed on the hashing threads ([`crate::sys::hashing`]:
 /// bounded in number and memory, check 38); `Ok(None)` for any other
 /// answer (no slow hash for TOTP or emailed codes), and for an account
 /// locked now: the cheap checks that refuse it anyway come first.
@@ -616,13 +622,13 @@ async fn recovery_hash(
     user: &str,
     answer: &str,
     now: i64,
-) -> Result<Option<Vec<u8>>, crate::hashing::Busy> {
+) -> Result<Option<Vec<u8>>, crate::sys::hashing::Busy> {
     if answer.len() > common::proto::MAX_ANSWER_LEN {
         return Ok(None);
     }
-    let (code, scratch) = match crate::recovery::normalize(answer) {
+    let (code, scratch) = match crate::core::recovery::normalize(answer) {
         Some(code) => (code, false),
-        None => match crate::recovery::scratch_shape(answer) {
+        None => match crate::core::recovery::scratch_shape(answer) {
             Some(code) => (code, true),
             None => return Ok(None),
         },
@@ -631,8 +637,9 @@ async fn recovery_hash(
         Some(reader) => {
             let mut reader = reader.lock().unwrap_or_else(|e| e.into_inner());
             let reader = &mut *reader;
-            let locked = crate::store::PlanReads::user(reader, user).map(|u| u.is_some_and(|u| u.is_locked(now)));
-            locked.and_then(|locked| Ok((locked, crate::store::Store::recovery_salt(reader, user)?)))
+            let locked =
+                crate::store::sqlite::PlanReads::user(reader, user).map(|u| u.is_some_and(|u| u.is_locked(now)));
+            locked.and_then(|locked| Ok((locked, crate::store::sqlite::Store::recovery_salt(reader, user)?)))
         }
         None => {
             let user = user.to_string();
@@ -648,16 +655,16 @@ async fn recovery_hash(
         // An 8-digit answer is a TOTP or emailed code for most users: only
         // users with codes pay for the hash.
         Ok((false, None)) if scratch => return Ok(None),
-        Ok((false, None)) => crate::recovery::new_salt(),
+        Ok((false, None)) => crate::core::recovery::new_salt(),
         Err(e) => {
             tracing::error!("cannot read the recovery codes of {user}: {e}");
             return Ok(None);
         }
     };
     let key = *sh.policy.crypto.scratch_key();
-    let hashed = crate::hashing::run(move || match scratch {
-        true => crate::recovery::hash_scratch(&key, &salt, &code),
-        false => crate::recovery::hash(&salt, &code),
+    let hashed = crate::sys::hashing::run(move || match scratch {
+        true => crate::core::recovery::hash_scratch(&key, &salt, &code),
+        false => crate::core::recovery::hash(&salt, &code),
     });
     match hashed.await? {
         Ok(h) => Ok(Some(h)),
@@ -670,14 +677,14 @@ async fn recovery_hash(
 
 /// D-Bus signals and the log line for a checked answer.
 fn verdict_events(
-    events: &tokio::sync::broadcast::Sender<crate::dbus::Event>,
+    events: &tokio::sync::broadcast::Sender<crate::admin::dbus::Event>,
     user: &str,
-    verdict: &Result<Verdict, crate::store::StoreError>,
+    verdict: &Result<Verdict, crate::store::sqlite::StoreError>,
 ) {
     let user = user.to_string();
     match verdict {
         Ok(Verdict::Accept { activated: true, .. }) => {
-            let _ = events.send(crate::dbus::Event::EnrollmentActivated { user: user.clone() });
+            let _ = events.send(crate::admin::dbus::Event::EnrollmentActivated { user: user.clone() });
         }
         Ok(Verdict::Locked { until }) => {
             // i64::MAX: until an administrator unlocks the account.
@@ -685,7 +692,7 @@ fn verdict_events(
                 auth::LockEnd::At(t) => *t,
                 auth::LockEnd::AdminUnlock => i64::MAX,
             };
-            let _ = events.send(crate::dbus::Event::UserLockedOut { user: user.clone(), until });
+            let _ = events.send(crate::admin::dbus::Event::UserLockedOut { user: user.clone(), until });
         }
         // Nothing was committed: the code was not consumed, the attempt not recorded.
         Err(e) => tracing::error!("store error while checking a code for {user}: {e}; denying"),
@@ -694,13 +701,13 @@ fn verdict_events(
 }
 
 /// The outcome message for a checked answer.
-fn verdict_outcome(verdict: &Result<Verdict, crate::store::StoreError>, now: i64) -> ServerMsg {
+fn verdict_outcome(verdict: &Result<Verdict, crate::store::sqlite::StoreError>, now: i64) -> ServerMsg {
     let (result, message) = match verdict {
         Ok(Verdict::Accept { activated, failures, locks }) => {
             (OutcomeKind::Accept, accept_text(*activated, *failures, *locks))
         }
         Ok(Verdict::Recovered { failures, locks, left }) => {
-            let mut lines = vec![crate::recovery::left_text(*left)];
+            let mut lines = vec![crate::core::recovery::left_text(*left)];
             lines.extend(accept_text(false, *failures, *locks));
             (OutcomeKind::Accept, Some(lines.join("\n")))
         }
@@ -713,7 +720,7 @@ fn verdict_outcome(verdict: &Result<Verdict, crate::store::StoreError>, now: i64
 
 /// "14:32 CET": times shown to users are in the server's time zone.
 fn hhmm(t: i64) -> String {
-    crate::clock::local_hhmm(t)
+    crate::sys::clock::local_hhmm(t)
 }
 
 /// "once per hour", "once every 30 minutes": the new-code rule in words.
@@ -828,7 +835,9 @@ async fn email_request(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext) 
         let password = password.clone();
         let same = *login == ctx.user;
         // Busy (check 38): the password is not checked, so not admitted.
-        crate::hashing::run(move || crate::passwd::verify(hash.as_deref(), &password) && same).await.unwrap_or(false)
+        crate::sys::hashing::run(move || crate::core::passwd::verify(hash.as_deref(), &password) && same)
+            .await
+            .unwrap_or(false)
     } else {
         false
     };
@@ -873,7 +882,7 @@ async fn email_request(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext) 
         Ok(Ok(outcome)) => {
             if let email::RequestOutcome::Queued { masked, .. } = &outcome {
                 sh.mail_wakeup.notify_one();
-                sh.emit(crate::dbus::Event::CodeRequested { user: ctx.user.clone(), address: masked.clone() });
+                sh.emit(crate::admin::dbus::Event::CodeRequested { user: ctx.user.clone(), address: masked.clone() });
             }
             // Typed address / internal login: only the neutral words, whether or not it matched.
             let text = if mode == AutoSend::Directory { describe(&outcome) } else { NEUTRAL.to_string() };
@@ -921,7 +930,7 @@ async fn emergency_request(s: &mut impl Transport, sh: &Shared, ctx: &LoginConte
                 return Ok(("Emergency access is not available for that address.".to_string(), true, false, None));
             }
             if let Some((why, text)) =
-                crate::limits::emergency_capped(st, &policy.email.emergency, &ctx2.user, &address)?
+                crate::core::limits::emergency_capped(st, &policy.email.emergency, &ctx2.user, &address)?
             {
                 auth::audit_method(st, &policy, &ctx2, now, "email", "deny", &why)?;
                 return Ok((text, true, false, None));
@@ -966,7 +975,7 @@ async fn emergency_request(s: &mut impl Transport, sh: &Shared, ctx: &LoginConte
             }
             if let Some(id) = pending {
                 tracing::warn!("emergency access request #{id} from {} is pending approval", ctx.user);
-                sh.emit(crate::dbus::Event::EmergencyRequestPending { id, user: ctx.user.clone() });
+                sh.emit(crate::admin::dbus::Event::EmergencyRequestPending { id, user: ctx.user.clone() });
             }
             Some((text, done))
         }
@@ -982,7 +991,7 @@ async fn run_audit_result(
     ctx: LoginContext,
     result: &'static str,
     reason: String,
-) -> Result<(), crate::store::StoreError> {
+) -> Result<(), crate::store::sqlite::StoreError> {
     let policy = sh.policy.clone();
     let now = sh.clock.now();
     sh.db.run(move |st| auth::audit(st, &policy, &ctx, now, result, &reason)).await
@@ -1054,12 +1063,12 @@ mod tests {
     //! drives the module: each step is what the daemon must send, or what
     //! the peer answers; the script must be used up (checked in Drop).
     use super::*;
-    use crate::auth::Policy;
-    use crate::clock::FakeClock;
-    use crate::crypto::SecretBox;
-    use crate::db::Db;
-    use crate::store::SqliteStore;
-    use crate::totp::TotpParams;
+    use crate::core::auth::Policy;
+    use crate::core::crypto::SecretBox;
+    use crate::core::totp::TotpParams;
+    use crate::store::db::Db;
+    use crate::store::sqlite::SqliteStore;
+    use crate::sys::clock::FakeClock;
     use common::codec::FrameError;
     use common::config::{Algorithm, EmailConfig, LockoutConfig};
     use common::proto::Method;
@@ -1112,7 +1121,7 @@ mod tests {
     }
 
     fn shared(db: Db) -> Shared {
-        let caps = crate::limits::Caps { per_caller: 8, per_target: 16, unprivileged: 100 };
+        let caps = crate::core::limits::Caps { per_caller: 8, per_target: 16, unprivileged: 100 };
         Shared {
             db,
             policy: Arc::new(Policy {
@@ -1178,7 +1187,7 @@ mod tests {
 
     /// alice, activated, and a valid code for T0.
     fn enrolled(sh: &Shared) -> String {
-        let rec = crate::auth::new_enrollment(&sh.policy, None, "alice", Some(1000), T0 - 100);
+        let rec = crate::core::auth::new_enrollment(&sh.policy, None, "alice", Some(1000), T0 - 100);
         let secret = sh.policy.crypto.open("alice", rec.secret.as_deref().unwrap()).unwrap();
         let mut rec = rec;
         rec.activated_at = Some(T0 - 50);
@@ -1250,7 +1259,7 @@ mod tests {
     fn on_db<T, F>(sh: &Shared, f: F) -> T
     where
         T: Send + 'static,
-        F: FnOnce(&mut dyn crate::store::Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+        F: FnOnce(&mut dyn crate::store::sqlite::Store) -> Result<T, crate::store::sqlite::StoreError> + Send + 'static,
     {
         let db = sh.db.clone();
         tokio::runtime::Handle::current().block_on(async move { db.run(f).await }).unwrap()
@@ -1343,7 +1352,7 @@ mod tests {
     fn a_relayed_non_root_caller_is_only_its_own_account_whatever_it_claims() {
         with_runtime(|| {
             let sh = shared(Db::start(SqliteStore::in_memory().unwrap()));
-            let pending = crate::auth::new_enrollment(&sh.policy, None, "bob", None, T0 - 100);
+            let pending = crate::core::auth::new_enrollment(&sh.policy, None, "bob", None, T0 - 100);
             on_db(&sh, move |st| st.save_user(&pending));
             let mallory = Peer { account: Some("mallory".into()), ..remote(&sh, "web01", 65534) };
             let mut forged = begin("bob");
@@ -1377,7 +1386,7 @@ mod tests {
                     Step::Reads(ClientMsg::UserResolved { uid: Some(65534) }),
                     Step::Sends("only yourself", |m| {
                         matches!(m, ServerMsg::Outcome { result: OutcomeKind::Deny, message: Some(t) }
-                            if t == crate::auth::ONLY_YOURSELF)
+                            if t == crate::core::auth::ONLY_YOURSELF)
                     }),
                 ],
             );
@@ -1416,7 +1425,7 @@ mod tests {
             let mut sh = shared(Db::start(SqliteStore::in_memory().unwrap()));
             Arc::get_mut(&mut sh.policy).unwrap().email.enabled = true;
             for (user, method) in [("erin", Method::Email), ("hank", Method::Hotp), ("tess", Method::Totp)] {
-                let mut rec = crate::auth::new_enrollment(&sh.policy, None, user, Some(1000), T0 - 100);
+                let mut rec = crate::core::auth::new_enrollment(&sh.policy, None, user, Some(1000), T0 - 100);
                 rec.method = method;
                 rec.activated_at = Some(T0 - 50);
                 rec.email = Some(format!("{user}@example.org"));
@@ -1453,7 +1462,7 @@ mod tests {
         with_runtime(|| {
             let mut sh = shared(Db::start(SqliteStore::in_memory().unwrap()));
             sh.enroll_on_agents = false;
-            let rec = crate::auth::new_enrollment(&sh.policy, None, "carol", Some(1000), T0 - 100);
+            let rec = crate::core::auth::new_enrollment(&sh.policy, None, "carol", Some(1000), T0 - 100);
             on_db(&sh, move |st| st.save_user(&rec));
             let seen = run_script(
                 &sh,

@@ -1,7 +1,7 @@
 //! The statements every fleet login runs, on the server's own runtime.
 //!
 //! A fleet login on PostgreSQL reads the host and the user, then (the
-//! common case) accepts the code in one statement. Through [`crate::db`]'s
+//! common case) accepts the code in one statement. Through [`crate::store::db`]'s
 //! worker threads each of those is two thread hops more (the runtime hands
 //! the job to a worker, the worker hands the answer back) on top of the
 //! round trip to PostgreSQL; on a busy machine each hop waits for a core.
@@ -13,14 +13,14 @@
 //! Only reads and the one-statement accept run here; every transaction
 //! stays on the workers. Nothing depends on this path: when it cannot
 //! answer (no connection yet, PostgreSQL away, an error) the caller does
-//! the same work through [`crate::db::Db`], which decides and reports as it
+//! the same work through [`crate::store::db::Db`], which decides and reports as it
 //! always has. A connection that failed is made again on a later use, at
 //! most once a second per connection.
 use crate::lock;
-use crate::pgstore::{
+use crate::store::postgres::{
     host_from_row, user_from_row, AcceptStep, ACCEPT_STEP, HOST_BY_FINGERPRINT, USER_AND_FAILING_MAIL,
 };
-use crate::store::{HostRecord, NewAudit, StoreError, UserRecord};
+use crate::store::sqlite::{HostRecord, NewAudit, StoreError, UserRecord};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -170,7 +170,7 @@ impl PgFast {
     /// made on: `seen`'s secret and digits, an enabled, activated TOTP
     /// user, a step below `step`, no failure and no lock. False: nothing
     /// was written; the caller decides in a transaction
-    /// ([`crate::auth::check_answer`]).
+    /// ([`crate::core::auth::check_answer`]).
     pub async fn accept_step_if_unchanged(
         &self,
         seen: &UserRecord,

@@ -1,15 +1,15 @@
 //! The two Unix sockets: the PAM socket's listener (connection slots, the
 //! first frame) and the admin server. The conversation itself is in
-//! [`crate::conversation`].
-use crate::admin;
-use crate::auth::Policy;
-use crate::clock::Clock;
-use crate::conn::{Conn, Listener};
-use crate::conversation::Peer;
-use crate::db::Db;
-use crate::limits::CallerLimits;
+//! [`crate::login::conversation`].
+use crate::admin::ops;
+use crate::core::auth::Policy;
+use crate::core::limits::CallerLimits;
 use crate::lock;
-use crate::store::SqliteStore;
+use crate::login::conversation::Peer;
+use crate::store::db::Db;
+use crate::store::sqlite::SqliteStore;
+use crate::sys::clock::Clock;
+use crate::sys::conn::{Conn, Listener};
 use common::proto::ClientMsg;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,15 +40,15 @@ pub struct Shared {
     /// Wakes the mail sender when something was queued.
     pub mail_wakeup: Arc<tokio::sync::Notify>,
     /// Events for D-Bus signals; nobody listening is fine.
-    pub events: tokio::sync::broadcast::Sender<crate::dbus::Event>,
-    /// Rate limits and conversation caps per caller of this machine (see [`crate::limits`]).
+    pub events: tokio::sync::broadcast::Sender<crate::admin::dbus::Event>,
+    /// Rate limits and conversation caps per caller of this machine (see [`crate::core::limits`]).
     pub limits: Arc<CallerLimits>,
     /// The same per remote host (server role), made on first use.
     pub host_limits: std::sync::Mutex<HashMap<String, Arc<CallerLimits>>>,
     /// What a new host's limits are made of.
-    pub limit_settings: (u32, crate::limits::Caps),
+    pub limit_settings: (u32, crate::core::limits::Caps),
     /// Server role: the fleet CA and TLS identity.
-    pub fleet: Option<Arc<crate::fleet::FleetServer>>,
+    pub fleet: Option<Arc<crate::fleet::link::FleetServer>>,
     /// Server role: show pending enrollments (QR, secret) on agent hosts.
     pub enroll_on_agents: bool,
     /// Server role: conversations and session messages per minute per host.
@@ -56,7 +56,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn emit(&self, ev: crate::dbus::Event) {
+    pub fn emit(&self, ev: crate::admin::dbus::Event) {
         let _ = self.events.send(ev);
     }
 
@@ -68,7 +68,7 @@ impl Shared {
         all.entry(host.to_string())
             .or_insert_with(|| {
                 let mut limits = CallerLimits::new(host, per_minute, caps);
-                limits.host_rate = Some(crate::limits::RateLimiter::new(host_rate));
+                limits.host_rate = Some(crate::core::limits::RateLimiter::new(host_rate));
                 Arc::new(limits)
             })
             .clone()
@@ -163,7 +163,7 @@ pub async fn serve_pam(listener: Listener, shared: Arc<Shared>, limits: Limits) 
             };
             lock(&sh.silent).remove(&slot.id);
             if let Some((conn, msg)) = first {
-                crate::conversation::run(conn, &sh.local_peer(uid, pid), msg, sh, None).await;
+                crate::login::conversation::run(conn, &sh.local_peer(uid, pid), msg, sh, None).await;
             }
             drop(slot);
         });
@@ -226,7 +226,7 @@ pub async fn serve_admin(listener: Listener, shared: Arc<Shared>) {
         let Ok(stream) = listener.accept().await else { continue };
         let shared = shared.clone();
         tokio::spawn(async move {
-            admin::connection(stream, &shared).await;
+            ops::connection(stream, &shared).await;
             drop(permit);
         });
     }

@@ -7,11 +7,11 @@
 //! module's `fail=open` stays the only way around that, and it logs).
 //! Idle links are kept for the next conversation: a handshake per login
 //! would cost more than the login.
-use crate::conn::{Conn, Listener};
 use crate::daemon::StartError;
-use crate::fleet::Link;
+use crate::fleet::link::Link;
+use crate::fleet::pki;
 use crate::lock;
-use crate::pki;
+use crate::sys::conn::{Conn, Listener};
 use common::codec::{encode, FrameError, MAX_FRAME};
 use common::config::Config;
 use common::proto::{ClientMsg, LinkHello, LinkReply, OutcomeKind, Relay, ServerMsg, PROTOCOL_VERSION};
@@ -53,7 +53,7 @@ struct Agent {
     /// New links being made at once: a burst of logins waits for links
     /// made (or put back) by the others rather than starting hundreds of
     /// TLS handshakes that a server would refuse (it admits few at once
-    /// from one address; see crate::admission).
+    /// from one address; see crate::fleet::admission).
     dials: tokio::sync::Semaphore,
 }
 
@@ -84,9 +84,9 @@ fn fleet_error(e: impl std::fmt::Display) -> StartError {
 pub async fn run(config: Config) -> Result<(), StartError> {
     let (d, f) = (&config.daemon, &config.fleet);
     if let Some(dir) = d.pam_socket.parent() {
-        crate::trust::check_dir(dir, "socket")?;
+        crate::sys::trust::check_dir(dir, "socket")?;
     }
-    crate::trust::check_file(&f.bundle, "host bundle")?;
+    crate::sys::trust::check_file(&f.bundle, "host bundle")?;
     let bundle = pki::Bundle::load(&f.bundle).map_err(|e| fleet_error(format!("{}: {e}", f.bundle.display())))?;
     let host = f.host.clone().unwrap_or_else(|| bundle.name.clone());
     let tls = pki::client_config(&bundle).map_err(fleet_error)?;
@@ -141,7 +141,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 impl Agent {
     /// At most one warning a second: a dead server must not flood the log.
     fn warn(&self, msg: &str) {
-        let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+        let now = crate::sys::clock::Clock::now(&crate::sys::clock::SystemClock);
         if self.last_warning.swap(now, Ordering::Relaxed) != now {
             tracing::warn!("{msg}");
         }
@@ -258,7 +258,7 @@ async fn connection(mut conn: Conn, uid: u32, pid: Option<i32>, agent: &Agent) {
     };
     // The server cannot read this host's /proc: the real uid behind a
     // root peer (su, sudo) is looked up here, for its rate limits.
-    let caller = (uid == 0).then(|| crate::limits::caller_uid(0, pid));
+    let caller = (uid == 0).then(|| crate::core::limits::caller_uid(0, pid));
     let session = !matches!(first, ClientMsg::Begin { .. });
     let _unprivileged = match caller.unwrap_or(uid) {
         0 => None,

@@ -2,9 +2,9 @@
 //! request rules (re-send the same code, one new code per interval, hourly
 //! caps) and verification. Like `auth`, every function here runs inside one
 //! database transaction; the mail itself leaves through the outbox
-//! (`crate::mail`), never inside a login conversation.
-use crate::auth::{audit_method, LoginContext, Policy};
-use crate::store::{EmailCode, MailCount, Store, StoreError};
+//! (`crate::notify::mail`), never inside a login conversation.
+use crate::core::auth::{audit_method, LoginContext, Policy};
+use crate::store::sqlite::{EmailCode, MailCount, Store, StoreError};
 use common::config::EmailConfig;
 use hmac::{Hmac, Mac};
 use rand::Rng;

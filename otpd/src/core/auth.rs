@@ -1,9 +1,9 @@
 //! The decisions. Each function runs inside one database transaction (see
-//! [`crate::db`]): it reads the user, decides, writes the new state and the
+//! [`crate::store::db`]): it reads the user, decides, writes the new state and the
 //! audit row together, and the caller replies only after COMMIT.
-use crate::crypto::SecretBox;
-use crate::store::{NewAudit, PlanReads, Store, StoreError, UserRecord};
-use crate::totp::{Check, TotpParams};
+use crate::core::crypto::SecretBox;
+use crate::core::totp::{Check, TotpParams};
+use crate::store::sqlite::{NewAudit, PlanReads, Store, StoreError, UserRecord};
 use common::config::{EmailConfig, LockoutConfig};
 use common::proto::{Method, MAX_ANSWER_LEN, MAX_USER_LEN};
 
@@ -13,7 +13,7 @@ pub struct Policy {
     /// HOTP look-ahead (`[hotp] window`).
     pub hotp_window: u32,
     /// `[daemon] require_group`: members of this group (as last stored, see
-    /// [`crate::groups`]) who are not enrolled are refused, not ignored.
+    /// [`crate::core::groups`]) who are not enrolled are refused, not ignored.
     pub require_group: Option<String>,
     pub lockout: LockoutConfig,
     pub issuer: String,
@@ -197,7 +197,7 @@ pub fn audit_method(
     reason: &str,
 ) -> Result<(), StoreError> {
     let entry = audit_entry(ctx, now, method, result, reason);
-    crate::syslog::audit(&entry);
+    crate::core::syslog::audit(&entry);
     store.add_audit(&entry)
 }
 
@@ -265,7 +265,7 @@ fn learns_uid(user: &UserRecord, ctx: &LoginContext) -> bool {
 }
 
 /// The common login decided in one statement, where the store can
-/// ([`crate::pgfast::PgFast::accept_step_if_unchanged`]: PostgreSQL): an
+/// ([`crate::store::pgfast::PgFast::accept_step_if_unchanged`]: PostgreSQL): an
 /// activated TOTP user with no failure and no lock typing a fresh valid
 /// code. Returns the step to record and the audit row to write with it;
 /// written, they are what [`check_answer`] would write, and the verdict is
@@ -530,7 +530,7 @@ pub fn plan_seen(
     }
     let plan = Plan::Enroll {
         uri: p.totp.uri(&secret, &p.issuer, &user.name),
-        secret_b32: crate::totp::base32(&secret),
+        secret_b32: crate::core::totp::base32(&secret),
         email,
     };
     Ok((plan, None))
@@ -549,7 +549,7 @@ pub fn check_answer(
 }
 
 /// [`check_answer`] with the argon2id hash of a recovery-code-shaped
-/// answer under the user's recovery salt ([`crate::recovery::hash`]),
+/// answer under the user's recovery salt ([`crate::core::recovery::hash`]),
 /// computed by the caller off the database thread. An answer of that shape
 /// without a hash is a wrong recovery code.
 pub fn check_answer_with(
@@ -632,7 +632,7 @@ pub fn check_answer_with(
         };
         let digits = user.digits.unwrap_or(6);
         let from = counter.max(0) as u64;
-        match crate::totp::hotp_find(&secret, &code, digits, from, u64::from(p.hotp_window)) {
+        match crate::core::totp::hotp_find(&secret, &code, digits, from, u64::from(p.hotp_window)) {
             // Another login (on this or another server) may have moved the
             // counter past this code since `user` was read: the database decides.
             Some(c) if !store.consume_counter(&user.name, c as i64)? => failure = Failure::Replayed,
@@ -647,7 +647,8 @@ pub fn check_answer_with(
             // The last few codes before the counter: a replay, not a guess at
             // a new one (still a failure: it counts towards the lock).
             None if from > 0
-                && crate::totp::hotp_find(&secret, &code, digits, from - from.min(3), from.min(3) - 1).is_some() =>
+                && crate::core::totp::hotp_find(&secret, &code, digits, from - from.min(3), from.min(3) - 1)
+                    .is_some() =>
             {
                 failure = Failure::Replayed
             }
@@ -655,7 +656,7 @@ pub fn check_answer_with(
         }
     }
     let mut failed_method = method;
-    if answer.len() <= MAX_ANSWER_LEN && crate::recovery::normalize(answer).is_some() {
+    if answer.len() <= MAX_ANSWER_LEN && crate::core::recovery::normalize(answer).is_some() {
         failed_method = "recovery";
         failure = Failure::WrongRecovery;
         if let Some(hash) = recovery_hash {
@@ -670,13 +671,13 @@ pub fn check_answer_with(
     // A replayed TOTP code is not also tried as an emailed code.
     if try_email && !(try_totp && failure == Failure::Replayed) {
         failed_method = "email";
-        failure = match crate::email::check_code(store, p, &user.name, &ctx.machine, &code, now)? {
-            crate::email::CodeCheck::Valid => {
+        failure = match crate::core::email::check_code(store, p, &user.name, &ctx.machine, &code, now)? {
+            crate::core::email::CodeCheck::Valid => {
                 let (failures, locks) = accept(store, p, ctx, &mut user, now, "email", "valid emailed code")?;
                 return Ok(Verdict::Accept { activated: false, failures, locks });
             }
-            crate::email::CodeCheck::Wrong if try_totp => Failure::WrongCode,
-            crate::email::CodeCheck::Wrong => Failure::Email(crate::email::CodeCheck::Wrong),
+            crate::core::email::CodeCheck::Wrong if try_totp => Failure::WrongCode,
+            crate::core::email::CodeCheck::Wrong => Failure::Email(crate::core::email::CodeCheck::Wrong),
             other => Failure::Email(other),
         };
     }
@@ -684,7 +685,7 @@ pub fn check_answer_with(
     // codes: those were tried first, so a code that is one of them is never
     // spent as a scratch code. The caller hashed the answer only if the
     // user has recovery codes.
-    if let (Some(hash), Some(_)) = (recovery_hash, crate::recovery::scratch_shape(answer)) {
+    if let (Some(hash), Some(_)) = (recovery_hash, crate::core::recovery::scratch_shape(answer)) {
         if answer.len() <= MAX_ANSWER_LEN && store.use_recovery_code(&user.name, hash)? {
             let left = store.recovery_codes_left(&user.name)?;
             let why = format!("valid recovery (scratch) code, {left} left");
@@ -745,14 +746,14 @@ enum Failure {
     /// The TOTP step was used before (here or on another server).
     Replayed,
     /// An emailed code that did not work (never `Valid`).
-    Email(crate::email::CodeCheck),
+    Email(crate::core::email::CodeCheck),
     /// Shaped like a recovery code, but not one of the user's unused ones.
     WrongRecovery,
 }
 
 impl Failure {
     fn reason(self) -> &'static str {
-        use crate::email::CodeCheck as C;
+        use crate::core::email::CodeCheck as C;
         match self {
             Failure::TooLong => "answer too long",
             Failure::Malformed { .. } => "malformed answer",
@@ -768,7 +769,7 @@ impl Failure {
     }
 
     fn message(self) -> &'static str {
-        use crate::email::CodeCheck as C;
+        use crate::core::email::CodeCheck as C;
         match self {
             Failure::TooLong => "Passcode not accepted.",
             Failure::Malformed { email_ok: true } => "That is not a valid passcode.",
@@ -862,7 +863,7 @@ pub fn new_enrollment(p: &Policy, existing: Option<UserRecord>, name: &str, uid:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SqliteStore;
+    use crate::store::sqlite::SqliteStore;
     use common::config::Algorithm;
     use std::time::Duration;
 
@@ -912,7 +913,7 @@ mod tests {
             ..new_enrollment(&p, None, "hank", None, T0)
         };
         s.save_user(&rec).unwrap();
-        let code = |c: u64| crate::totp::hotp(&secret, c, 6);
+        let code = |c: u64| crate::core::totp::hotp(&secret, c, 6);
         let (planned, _) = plan(&mut s, &p, &mut ctx("hank"), T0).unwrap();
         assert_eq!(planned, Plan::Ask { email: false, mail_failing: false }, "no QR code for a token");
         let deny = |s: &mut SqliteStore, c: &str| check_answer(s, &p, &ctx("hank"), c, T0).unwrap();
@@ -969,8 +970,8 @@ mod tests {
     /// A recovery code, checked as the conversation does: hashed under the
     /// stored salt first, then decided in the transaction.
     fn recover(s: &mut SqliteStore, p: &Policy, user: &str, answer: &str, t: i64) -> Verdict {
-        let salt = s.recovery_salt(user).unwrap().unwrap_or_else(crate::recovery::new_salt);
-        let hash = crate::recovery::normalize(answer).map(|c| crate::recovery::hash(&salt, &c).unwrap());
+        let salt = s.recovery_salt(user).unwrap().unwrap_or_else(crate::core::recovery::new_salt);
+        let hash = crate::core::recovery::normalize(answer).map(|c| crate::core::recovery::hash(&salt, &c).unwrap());
         check_answer_with(s, p, &ctx(user), answer, hash.as_deref(), t).unwrap()
     }
 
@@ -981,10 +982,10 @@ mod tests {
         let secret = enroll(&mut s, &p, "rita", None);
         let c = code(&p, &secret, T0);
         assert!(matches!(check_answer(&mut s, &p, &ctx("rita"), &c, T0).unwrap(), Verdict::Accept { .. }));
-        let (codes, salt, hashes) = crate::recovery::new_set().unwrap();
+        let (codes, salt, hashes) = crate::core::recovery::new_set().unwrap();
         s.set_recovery_codes("rita", &salt, &hashes).unwrap();
         // Shown with a dash, typed in capitals: accepted once.
-        let typed = crate::recovery::display(&codes[0]).to_uppercase();
+        let typed = crate::core::recovery::display(&codes[0]).to_uppercase();
         assert_eq!(recover(&mut s, &p, "rita", &typed, T0 + 60), Verdict::Recovered { failures: 0, locks: 0, left: 9 });
         assert!(matches!(recover(&mut s, &p, "rita", &typed, T0 + 61), Verdict::Deny { .. }), "used once");
         assert_eq!(
@@ -1031,13 +1032,13 @@ mod tests {
             check_answer(&mut s, &p, &ctx("sid"), &code(&p, &secret, T0), T0).unwrap(),
             Verdict::Accept { .. }
         ));
-        let salt = crate::recovery::new_salt();
+        let salt = crate::core::recovery::new_salt();
         let key = *p.crypto.scratch_key();
-        let hashes = vec![crate::recovery::hash_scratch(&key, &salt, "12345678").unwrap()];
+        let hashes = vec![crate::core::recovery::hash_scratch(&key, &salt, "12345678").unwrap()];
         s.set_recovery_codes("sid", &salt, &hashes).unwrap();
         let attempt = |s: &mut SqliteStore, answer: &str| {
-            let hash =
-                crate::recovery::scratch_shape(answer).map(|c| crate::recovery::hash_scratch(&key, &salt, &c).unwrap());
+            let hash = crate::core::recovery::scratch_shape(answer)
+                .map(|c| crate::core::recovery::hash_scratch(&key, &salt, &c).unwrap());
             check_answer_with(s, &p, &ctx("sid"), answer, hash.as_deref(), T0 + 60).unwrap()
         };
         assert!(matches!(attempt(&mut s, "87654321"), Verdict::Deny { .. }));
@@ -1438,7 +1439,7 @@ mod tests {
         }
     }
 
-    /// A fleet login's plan made on records read beforehand (crate::pgfast)
+    /// A fleet login's plan made on records read beforehand (crate::store::pgfast)
     /// is the plan the store gives, or asks for the store; the one-statement
     /// accept decides only what the transaction would decide the same way.
     #[test]

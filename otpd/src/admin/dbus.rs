@@ -4,7 +4,7 @@
 //! requests and lockouts. The caller's uid comes from the bus daemon; only
 //! root and the admin group may call (`AccessDenied` otherwise), whatever the
 //! bus policy file says.
-use crate::server::Shared;
+use crate::pam::listener::Shared;
 use common::proto::{AdminErrorKind, AdminRequest, AdminResponse, Method};
 use std::sync::Arc;
 use zbus::message::Header;
@@ -45,11 +45,11 @@ async fn caller(conn: &Connection, hdr: &Header<'_>) -> fdo::Result<(u32, Option
 impl Admin1 {
     async fn call(&self, conn: &Connection, hdr: &Header<'_>, req: AdminRequest) -> fdo::Result<String> {
         let (uid, gid, pid) = caller(conn, hdr).await?;
-        if !crate::admin::authorized(uid, gid.unwrap_or(u32::MAX), pid, self.shared.admin_gid) {
+        if !crate::admin::ops::authorized(uid, gid.unwrap_or(u32::MAX), pid, self.shared.admin_gid) {
             tracing::warn!("D-Bus admin call from uid {uid} refused");
             return Err(fdo::Error::AccessDenied("only root and the otpd admin group may administer otpd".into()));
         }
-        match crate::admin::handle(req, &crate::admin::By::Uid(uid), &self.shared).await {
+        match crate::admin::ops::handle(req, &crate::admin::ops::By::Uid(uid), &self.shared).await {
             AdminResponse::Error { kind, message } => Err(match kind {
                 AdminErrorKind::PermissionDenied => fdo::Error::AccessDenied(message),
                 AdminErrorKind::InvalidInput => fdo::Error::InvalidArgs(message),

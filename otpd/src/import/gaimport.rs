@@ -1,5 +1,5 @@
 //! `otpctl import google-authenticator`: accounts read from
-//! `~/.google_authenticator` files (by otpctl, see [`crate::gauth`]) become
+//! `~/.google_authenticator` files (by otpctl, see [`crate::import::gauth`]) become
 //! activated otpd users with the same secret, in ONE transaction.
 //!
 //! Per account: absent or disabled → imported (activated now, the file's
@@ -9,9 +9,9 @@
 //! or another enabled record for the same uid → skipped. Scratch codes are
 //! 8 digits: at the prompt an 8-digit answer is tried as a TOTP code (if
 //! otpd's codes have 8 digits) and as an emailed code first, and only then
-//! as a recovery code (see [`crate::auth::check_answer_with`]).
-use crate::auth::{self, Policy};
-use crate::store::{Store, StoreError, UserRecord};
+//! as a recovery code (see [`crate::core::auth::check_answer_with`]).
+use crate::core::auth::{self, Policy};
+use crate::store::sqlite::{Store, StoreError, UserRecord};
 use common::config::Algorithm;
 use common::proto::{ImportAccount, ImportResult, Method};
 
@@ -36,7 +36,7 @@ fn result(user: &str, outcome: &str, detail: impl Into<String>) -> ImportResult 
 pub fn prepare(
     p: &Policy,
     a: ImportAccount,
-    hasher: Option<&mut crate::recovery::ScratchHasher>,
+    hasher: Option<&mut crate::core::recovery::ScratchHasher>,
 ) -> Result<Prepared, ImportResult> {
     let skip = |why: String| result(&a.user, "skipped", why);
     if !auth::valid_user_name(&a.user) {
@@ -46,7 +46,7 @@ pub fn prepare(
     let method = match a.hotp_counter {
         // pam_google_authenticator's HOTP codes are 6-digit SHA1 whatever
         // [totp] says: the record keeps its own digits.
-        Some(c) if !(1..=crate::import::MAX_COUNTER as i64).contains(&c) => {
+        Some(c) if !(1..=crate::import::oath::MAX_COUNTER as i64).contains(&c) => {
             return Err(skip(format!("HOTP_COUNTER {c} is out of range")));
         }
         Some(_) => {
@@ -92,10 +92,11 @@ pub fn prepare(
     if secret.len() < 10 || secret.len() > 128 {
         return Err(skip("the secret has an unusable length".into()));
     }
-    if a.scratch_codes.len() > 64 || !a.scratch_codes.iter().all(|c| crate::recovery::scratch_shape(c).is_some()) {
+    if a.scratch_codes.len() > 64 || !a.scratch_codes.iter().all(|c| crate::core::recovery::scratch_shape(c).is_some())
+    {
         return Err(skip("scratch codes must be 8 digits (at most 64)".into()));
     }
-    let salt = crate::recovery::new_salt();
+    let salt = crate::core::recovery::new_salt();
     let hashes = match hasher {
         None => Vec::new(),
         Some(h) => a
@@ -145,7 +146,7 @@ pub fn prepare_all(
                 s.spawn(move || {
                     let mut hasher = match dry_run {
                         true => None,
-                        false => Some(crate::recovery::ScratchHasher::new(p.crypto.scratch_key())),
+                        false => Some(crate::core::recovery::ScratchHasher::new(p.crypto.scratch_key())),
                     };
                     chunk
                         .into_iter()
@@ -245,7 +246,7 @@ pub fn import(
         rec.clear_lockout();
         st.save_user(&rec)?;
         st.set_recovery_codes(&name, &a.salt, &a.hashes)?;
-        let e = crate::store::NewAudit {
+        let e = crate::store::sqlite::NewAudit {
             time: now,
             user: name.clone(),
             service: "otpctl".into(),
@@ -255,7 +256,7 @@ pub fn import(
             reason: format!("by {by}; {detail}"),
             ..Default::default()
         };
-        crate::syslog::audit(&e);
+        crate::core::syslog::audit(&e);
         st.add_audit(&e)?;
         out.push(result(&name, "imported", detail));
     }
@@ -265,8 +266,8 @@ pub fn import(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{PlanReads, SqliteStore};
-    use crate::totp::TotpParams;
+    use crate::core::totp::TotpParams;
+    use crate::store::sqlite::{PlanReads, SqliteStore};
     use common::config::{EmailConfig, LockoutConfig};
 
     fn policy() -> Policy {
@@ -275,7 +276,7 @@ mod tests {
             lockout: LockoutConfig::default(),
             issuer: "test".into(),
             machine: "m1".into(),
-            crypto: crate::crypto::SecretBox::from_key(&[3u8; 32]),
+            crypto: crate::core::crypto::SecretBox::from_key(&[3u8; 32]),
             email: EmailConfig::default(),
             hotp_window: 10,
             require_group: None,
@@ -315,7 +316,9 @@ mod tests {
         assert_eq!(s.recovery_codes_left("gina").unwrap(), 2);
         let salt = s.recovery_salt("gina").unwrap().unwrap();
         let key = p.crypto.scratch_key();
-        assert!(s.use_recovery_code("gina", &crate::recovery::hash_scratch(key, &salt, "12345678").unwrap()).unwrap());
+        assert!(s
+            .use_recovery_code("gina", &crate::core::recovery::hash_scratch(key, &salt, "12345678").unwrap())
+            .unwrap());
         // Again: unchanged, the used scratch code stays used; a later step is taken over.
         let later = ImportAccount { last_step: Some(120), ..a.clone() };
         assert_eq!(run(&mut s, &p, vec![later], false), ["unchanged"]);

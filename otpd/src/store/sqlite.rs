@@ -1,8 +1,8 @@
 //! Persistent state behind the [`Store`] trait: SQLite (standalone and
-//! single servers) or PostgreSQL ([`crate::pgstore`], several fleet servers
+//! single servers) or PostgreSQL ([`crate::store::postgres`], several fleet servers
 //! on one database).
 //!
-//! Every operation runs inside a transaction opened by a [`crate::db`]
+//! Every operation runs inside a transaction opened by a [`crate::store::db`]
 //! worker, so an auth decision reads and updates state atomically and its
 //! reply is only sent after COMMIT (SQLite: WAL, `synchronous=FULL`).
 //!
@@ -28,7 +28,7 @@
 //!   the same, so a job that saves a stale copy of the record cannot hand a
 //!   used step back. Together these hold even for a job that did not lock
 //!   the row first. The PostgreSQL fast path,
-//!   [`crate::pgfast::PgFast::accept_step_if_unchanged`], is the same conditional UPDATE
+//!   [`crate::store::pgfast::PgFast::accept_step_if_unchanged`], is the same conditional UPDATE
 //!   with every field the decision rested on in its WHERE (secret, enabled,
 //!   activated, no failure, no lock) and the audit row in the same
 //!   statement: a concurrent login re-checks it against the committed row
@@ -69,7 +69,7 @@ pub enum StoreError {
     NotCommitted,
     #[error("the database worker has stopped")]
     Gone,
-    /// A plan made on records read beforehand ([`crate::auth::Prefetched`])
+    /// A plan made on records read beforehand ([`crate::core::auth::Prefetched`])
     /// needed another read: it is made again on the store.
     #[error("the login needs a read that was not made beforehand")]
     NotRead,
@@ -98,7 +98,7 @@ pub struct UserRecord {
     pub method: Method,
     pub enabled: bool,
     pub email: Option<String>,
-    /// Encrypted TOTP secret (see [`crate::crypto`]).
+    /// Encrypted TOTP secret (see [`crate::core::crypto`]).
     pub secret: Option<Vec<u8>>,
     pub activated_at: Option<i64>,
     /// Highest TOTP step ever accepted: a step at or below it is a replay.
@@ -136,7 +136,7 @@ pub struct EmailCode {
     pub user: String,
     pub machine: String,
     pub address: String,
-    /// Keyed hash (see `crate::email`); the code itself is never stored in clear.
+    /// Keyed hash (see `crate::core::email`); the code itself is never stored in clear.
     pub code_hash: Vec<u8>,
     /// The code encrypted under the key file, kept only while it may be re-sent.
     pub code_enc: Option<Vec<u8>>,
@@ -298,9 +298,9 @@ pub struct HostRecord {
     pub last_addr: Option<String>,
 }
 
-/// What deciding what a login asks reads ([`crate::auth::plan`]): the part
+/// What deciding what a login asks reads ([`crate::core::auth::plan`]): the part
 /// of the store a plan can also be made on from records read beforehand
-/// ([`crate::auth::Prefetched`]).
+/// ([`crate::core::auth::Prefetched`]).
 pub trait PlanReads {
     fn user(&mut self, name: &str) -> Result<Option<UserRecord>, StoreError>;
     /// The record of account `uid`: the enabled one if there is one (a uid
@@ -654,8 +654,8 @@ impl SqliteStore {
         let shown = path.display().to_string();
         let unusable = |why: String| StoreError::Unusable { path: shown.clone(), why };
         // A -wal file someone else created would get every change, secrets included.
-        for (f, what) in crate::trust::database_files(path) {
-            crate::trust::check_file(&f, what).map_err(|e| StoreError::Unusable { path: e.path, why: e.why })?;
+        for (f, what) in crate::sys::trust::database_files(path) {
+            crate::sys::trust::check_file(&f, what).map_err(|e| StoreError::Unusable { path: e.path, why: e.why })?;
         }
         let existed = match std::fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_file() => true,

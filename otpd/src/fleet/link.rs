@@ -5,16 +5,16 @@
 //! fingerprint — never a name the client sends. An agent link carries one
 //! conversation after another: a [`Relay`] header (who the login process
 //! is on the agent's host), then the module's messages verbatim, run by the
-//! same state machine as the local PAM socket ([`crate::conversation`]).
+//! same state machine as the local PAM socket ([`crate::login::conversation`]).
 //! The host record is read again for every conversation, so `otpctl host
 //! revoke` takes effect at once on every server of the database.
-use crate::admission::{Place, Stage};
-use crate::conversation::Peer;
+use crate::fleet::admission::{Place, Stage};
+use crate::fleet::pki;
 use crate::lock;
-use crate::pki;
-use crate::server::Shared;
-use crate::store::{HostRecord, HostRole, NewAudit};
-use crate::transport::Transport;
+use crate::login::conversation::Peer;
+use crate::login::transport::Transport;
+use crate::pam::listener::Shared;
+use crate::store::sqlite::{HostRecord, HostRole, NewAudit};
 use common::codec::{encode, encode_limited, take_frame, FrameError, MAX_ADMIN_RESPONSE, MAX_FRAME};
 use common::proto::{AdminRequest, AdminResponse, ClientMsg, LinkHello, LinkReply, Relay, ServerMsg, PROTOCOL_VERSION};
 use serde::{de::DeserializeOwned, Serialize};
@@ -45,8 +45,8 @@ pub struct FleetServer {
     /// Refusals already audited this minute, by what they are about
     /// (a certificate, or "handshake"), with how many were not.
     refused_audited: Mutex<HashMap<String, (i64, u64)>>,
-    /// Connections that have not authenticated yet (see crate::admission).
-    pub admission: Arc<crate::admission::Admission>,
+    /// Connections that have not authenticated yet (see crate::fleet::admission).
+    pub admission: Arc<crate::fleet::admission::Admission>,
 }
 
 /// Links open at once (agents keep a few each, otpctl one per command).
@@ -74,9 +74,9 @@ impl FleetServer {
             host_links: Mutex::new(HashMap::new()),
             seen_written: Mutex::new(HashMap::new()),
             refused_audited: Mutex::new(HashMap::new()),
-            admission: Arc::new(crate::admission::Admission::new(
-                crate::admission::WAITING,
-                crate::admission::HANDSHAKING,
+            admission: Arc::new(crate::fleet::admission::Admission::new(
+                crate::fleet::admission::WAITING,
+                crate::fleet::admission::HANDSHAKING,
             )),
         })
     }
@@ -113,13 +113,13 @@ pub async fn serve(listener: tokio::net::TcpListener, sh: Arc<Shared>, fleet: Ar
         let (tcp, addr) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                crate::server::warn_throttled(&sh, &format!("accept on the fleet listener failed: {e}"));
+                crate::pam::listener::warn_throttled(&sh, &format!("accept on the fleet listener failed: {e}"));
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let Some(waiting) = fleet.admission.enter(Stage::Waiting, addr.ip(), sh.clock.now()) else {
-            crate::server::warn_throttled(&sh, &format!("fleet connection from {addr} closed: no room for it"));
+            crate::pam::listener::warn_throttled(&sh, &format!("fleet connection from {addr} closed: no room for it"));
             continue;
         };
         let _ = tcp.set_nodelay(true);
@@ -127,11 +127,11 @@ pub async fn serve(listener: tokio::net::TcpListener, sh: Arc<Shared>, fleet: Ar
         tokio::spawn(async move {
             // Cheap until the first byte; a connection that sends nothing
             // is closed without a word, and never takes a handshake's room.
-            if !matches!(tokio::time::timeout(crate::admission::FIRST_BYTE, tcp.readable()).await, Ok(Ok(()))) {
+            if !matches!(tokio::time::timeout(crate::fleet::admission::FIRST_BYTE, tcp.readable()).await, Ok(Ok(()))) {
                 return;
             }
             let Some(handshake) = fleet.admission.enter(Stage::Handshaking, addr.ip(), sh.clock.now()) else {
-                crate::server::warn_throttled(
+                crate::pam::listener::warn_throttled(
                     &sh,
                     &format!("fleet connection from {addr} closed: too many handshakes"),
                 );
@@ -273,7 +273,7 @@ fn fleet_audit(sh: &Shared, machine: &str, result: &str, reason: String) -> NewA
 }
 
 async fn audit(sh: &Shared, entry: NewAudit) {
-    crate::syslog::audit(&entry);
+    crate::core::syslog::audit(&entry);
     if let Err(e) = sh.db.run(move |st| st.add_audit(&entry)).await {
         tracing::warn!("writing a fleet audit row failed: {e}");
     }
@@ -354,14 +354,14 @@ async fn link(tcp: tokio::net::TcpStream, addr: SocketAddr, handshake: Place, sh
     let hello: LinkHello = match link.read(HANDSHAKE_TIMEOUT, HANDSHAKE_TIMEOUT, MAX_FRAME).await {
         Ok(h) => h,
         Err(e) => {
-            crate::server::warn_throttled(sh, &format!("fleet link from {addr}: no hello: {e}"));
+            crate::pam::listener::warn_throttled(sh, &format!("fleet link from {addr}: no hello: {e}"));
             return;
         }
     };
     drop(handshake);
     if fleet.links.fetch_add(1, Ordering::Relaxed) >= MAX_LINKS {
         fleet.links.fetch_sub(1, Ordering::Relaxed);
-        crate::server::warn_throttled(sh, &format!("fleet link from {addr} closed: {MAX_LINKS} links open"));
+        crate::pam::listener::warn_throttled(sh, &format!("fleet link from {addr} closed: {MAX_LINKS} links open"));
         return;
     }
     let _slot = LinkSlot(fleet);
@@ -379,7 +379,7 @@ async fn link(tcp: tokio::net::TcpStream, addr: SocketAddr, handshake: Place, sh
     }
     let Some(_slot) = HostSlot::take(fleet, &host.name) else {
         let reason = format!("{} already has {MAX_HOST_LINKS} links open; one more from {addr} refused", host.name);
-        crate::server::warn_throttled(sh, &reason);
+        crate::pam::listener::warn_throttled(sh, &reason);
         let _ = link.write(&LinkReply::Refused { reason: "too many links from this host".into() }, sh.io_timeout).await;
         return;
     };
@@ -436,7 +436,7 @@ async fn check_host(
     new_link: bool,
 ) -> Result<HostRecord, (String, String, &'static str)> {
     let now = sh.clock.now();
-    // PostgreSQL: on this runtime, beside the plan's reads (see crate::pgfast).
+    // PostgreSQL: on this runtime, beside the plan's reads (see crate::store::pgfast).
     let fast = match sh.db.fast() {
         Some(fast) => fast.host_by_fingerprint(fp).await.map_err(|e| {
             tracing::debug!("reading a fleet host on the login path failed ({e}); reading again");
@@ -509,7 +509,7 @@ async fn check_host(
             fleet_audit(sh, &machine, "link", reason)
         });
         if let Some(entry) = &entry {
-            crate::syslog::audit(entry);
+            crate::core::syslog::audit(entry);
         }
         let written = sh
             .db
@@ -539,7 +539,7 @@ pub fn role_name(r: HostRole) -> &'static str {
 /// logged at most once a second, audited at most once a minute in all
 /// (addresses are cheap for an attacker; the count is kept).
 async fn handshake_refused(sh: &Shared, fleet: &FleetServer, addr: SocketAddr, why: &str) {
-    crate::server::warn_throttled(sh, &format!("fleet link from {addr}: TLS handshake failed: {why}"));
+    crate::pam::listener::warn_throttled(sh, &format!("fleet link from {addr}: TLS handshake failed: {why}"));
     let reason = format!("TLS handshake failed: {why} (from {addr})");
     audit_refusal_as(sh, fleet, "handshake", &format!("{UNKNOWN_PEER}{}", addr.ip()), reason).await;
 }
@@ -557,21 +557,27 @@ async fn agent_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
             Ok(r) => r,
             Err(FrameError::Closed | FrameError::TimedOut) => return,
             Err(e) => {
-                crate::server::warn_throttled(sh, &format!("agent link of {}: bad relay header: {e}", host.name));
+                crate::pam::listener::warn_throttled(
+                    sh,
+                    &format!("agent link of {}: bad relay header: {e}", host.name),
+                );
                 return;
             }
         };
         let first: ClientMsg = match link.read(sh.io_timeout, sh.io_timeout, MAX_FRAME).await {
             Ok(m) => m,
             Err(e) => {
-                crate::server::warn_throttled(sh, &format!("agent link of {}: no first message: {e}", host.name));
+                crate::pam::listener::warn_throttled(
+                    sh,
+                    &format!("agent link of {}: no first message: {e}", host.name),
+                );
                 return;
             }
         };
         // Revocation applies to the very next conversation, on every
         // server: checked with the plan of each (see HostGate).
         let refused = AtomicBool::new(false);
-        let gate: crate::conversation::HostGate = Box::pin(async {
+        let gate: crate::login::conversation::HostGate = Box::pin(async {
             match check_host(sh, fleet, &fp, HostRole::Agent, Some(&host.name), addr, false).await {
                 Ok(_) => true,
                 Err((machine, reason, _)) => {
@@ -592,7 +598,7 @@ async fn agent_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
         };
         let reply_within = relay.reply_within_ms.map(Duration::from_millis);
         let mut conv = Relayed { link: &mut link, done: false, reply_within, read_at: None };
-        crate::conversation::run(&mut conv, &peer, first, sh, Some(gate)).await;
+        crate::login::conversation::run(&mut conv, &peer, first, sh, Some(gate)).await;
         if refused.load(Ordering::Relaxed) {
             return;
         }
@@ -633,8 +639,8 @@ async fn admin_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
             let _ = link.write(&resp, sh.io_timeout).await;
             return;
         }
-        let by = crate::admin::By::Remote(host.name.clone());
-        let resp = crate::admin::handle(req, &by, sh).await;
+        let by = crate::admin::ops::By::Remote(host.name.clone());
+        let resp = crate::admin::ops::handle(req, &by, sh).await;
         let frame = match encode_limited(&resp, MAX_ADMIN_RESPONSE) {
             Ok(f) => f,
             Err(e) => match encode(&AdminResponse::Error {

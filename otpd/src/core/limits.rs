@@ -173,7 +173,7 @@ impl Report {
             self.count,
             self.why.reason(),
             self.caller,
-            crate::clock::local_hhmm(self.since)
+            crate::sys::clock::local_hhmm(self.since)
         )
     }
 }
@@ -373,7 +373,7 @@ impl Conversations {
     }
 }
 
-/// Everything [`crate::server`] checks per caller.
+/// Everything [`crate::pam::listener`] checks per caller.
 pub struct CallerLimits {
     pub rate: RateLimiter,
     /// Session records have their own bucket: a script running `sudo` with
@@ -410,12 +410,12 @@ impl CallerLimits {
 /// of pending requests: the audit reason and the user's message if so.
 /// Counted in the store, so the caps hold across restarts.
 pub fn emergency_capped(
-    st: &mut dyn crate::store::Store,
+    st: &mut dyn crate::store::sqlite::Store,
     caps: &common::config::EmergencyConfig,
     user: &str,
     address: &str,
-) -> Result<Option<(String, String)>, crate::store::StoreError> {
-    use crate::store::RequestCount;
+) -> Result<Option<(String, String)>, crate::store::sqlite::StoreError> {
+    use crate::store::sqlite::RequestCount;
     let by_user = st.count_requests(RequestCount::PendingForUser(user))?;
     if by_user >= u64::from(caps.max_pending_per_user) {
         return Ok(Some((
@@ -442,10 +442,10 @@ pub fn emergency_capped(
 /// Writes a report: one audit row (and its log line) for many refusals.
 /// The user column names the caller as `uid:N` (no NSS lookup in the
 /// request path; a user name cannot contain ':').
-pub async fn record(sh: &crate::server::Shared, machine: &str, report: Report) {
+pub async fn record(sh: &crate::pam::listener::Shared, machine: &str, report: Report) {
     let policy = sh.policy.clone();
     let now = sh.clock.now();
-    let ctx = crate::auth::LoginContext {
+    let ctx = crate::core::auth::LoginContext {
         user: format!("uid:{}", report.caller),
         service: "-".into(),
         peer_uid: report.caller,
@@ -453,14 +453,15 @@ pub async fn record(sh: &crate::server::Shared, machine: &str, report: Report) {
         ..Default::default()
     };
     let reason = report.reason();
-    let r = sh.db.run(move |st| crate::auth::audit_method(st, &policy, &ctx, now, "limit", "refused", &reason)).await;
+    let r =
+        sh.db.run(move |st| crate::core::auth::audit_method(st, &policy, &ctx, now, "limit", "refused", &reason)).await;
     if let Err(e) = r {
         tracing::warn!("recording refused attempts failed: {e}");
     }
 }
 
 /// Counts a refusal, and writes it if it is the first of its interval.
-pub async fn refuse(sh: &crate::server::Shared, limits: &CallerLimits, caller: u32, why: Refusal) {
+pub async fn refuse(sh: &crate::pam::listener::Shared, limits: &CallerLimits, caller: u32, why: Refusal) {
     if let Some(report) = limits.refusals.note(caller, why, sh.clock.now()) {
         record(sh, &limits.machine, report).await;
     }
@@ -468,7 +469,7 @@ pub async fn refuse(sh: &crate::server::Shared, limits: &CallerLimits, caller: u
 
 /// Writes the counts whose interval is over, every few seconds; all of
 /// them when `all` (shutdown).
-pub async fn flush(sh: &crate::server::Shared, all: bool) {
+pub async fn flush(sh: &crate::pam::listener::Shared, all: bool) {
     for limits in sh.all_limits() {
         for report in limits.refusals.due(sh.clock.now(), all) {
             record(sh, &limits.machine, report).await;

@@ -2,9 +2,9 @@
 //! transaction that creates the code); this task delivers, with retries
 //! and backoff, so a slow or dead mail server never holds up a login and a
 //! daemon restart loses nothing.
-use crate::clock::local_hhmm as hhmm;
-use crate::server::Shared;
-use crate::store::{EmailCode, QueuedMail};
+use crate::pam::listener::Shared;
+use crate::store::sqlite::{EmailCode, QueuedMail};
+use crate::sys::clock::local_hhmm as hhmm;
 use common::config::SmtpConfig;
 use lettre::message::{header::ContentType, Mailbox, Message};
 use lettre::transport::smtp::authentication::Credentials;
@@ -161,7 +161,7 @@ async fn deliver(sh: &Shared, mailer: &Mailer, m: QueuedMail) {
         .code_enc
         .as_deref()
         .filter(|_| m.code.used_at.is_none() && m.code.expires_at > now)
-        .and_then(|enc| sh.policy.crypto.open(&crate::email::code_aad(&m.code.user), enc))
+        .and_then(|enc| sh.policy.crypto.open(&crate::core::email::code_aad(&m.code.user), enc))
         .and_then(|b| String::from_utf8(b).ok());
     let id = m.id;
     let Some(plain) = plain else {
@@ -175,7 +175,7 @@ async fn deliver(sh: &Shared, mailer: &Mailer, m: QueuedMail) {
     };
     match result {
         Ok(()) => {
-            tracing::info!("mail #{id} for {} delivered to {}", m.code.user, crate::email::mask(&m.to_addr));
+            tracing::info!("mail #{id} for {} delivered to {}", m.code.user, crate::core::email::mask(&m.to_addr));
             let _ = sh.db.run(move |st| st.mail_sent(id, now)).await;
         }
         Err(e) => {

@@ -1,7 +1,7 @@
 //! Housekeeping that keeps the database bounded: audit rows older than
 //! `[audit] retention` are deleted when the daemon starts and every hour,
-//! and counted refusals (see [`crate::limits`]) are written out.
-use crate::server::Shared;
+//! and counted refusals (see [`crate::core::limits`]) are written out.
+use crate::pam::listener::Shared;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,7 +56,7 @@ pub async fn link_accounts(sh: &Shared) -> usize {
         return 0;
     }
     let found = tokio::task::spawn_blocking(move || {
-        names.into_iter().filter_map(|n| crate::admin::account_uid(&n).map(|uid| (n, uid))).collect::<Vec<_>>()
+        names.into_iter().filter_map(|n| crate::admin::ops::account_uid(&n).map(|uid| (n, uid))).collect::<Vec<_>>()
     })
     .await
     .unwrap_or_default();
@@ -89,7 +89,7 @@ pub async fn link_accounts(sh: &Shared) -> usize {
 
 /// `require_group`'s members follow the directory within the hour.
 async fn refresh_group(sh: &Shared) {
-    if let Err(e) = crate::groups::refresh(sh).await {
+    if let Err(e) = crate::core::groups::refresh(sh).await {
         tracing::warn!("{e}; the members stored before are kept");
     }
 }
@@ -105,7 +105,7 @@ pub async fn run(sh: Arc<Shared>, retention: Duration) {
     let mut last_prune = tokio::time::Instant::now();
     loop {
         tick.tick().await;
-        crate::limits::flush(&sh, false).await;
+        crate::core::limits::flush(&sh, false).await;
         if last_prune.elapsed() >= Duration::from_secs(3600) {
             last_prune = tokio::time::Instant::now();
             prune_audit(&sh, retention).await;

@@ -1,8 +1,8 @@
 //! What a conversation needs from its connection: the daemon-side mirror of
 //! the module's `PamIo`. A local PAM socket ([`Conn`]) and a relay from a
-//! remote agent ([`crate::fleet`]) both implement it, so one state machine
-//! ([`crate::conversation`]) serves both.
-use crate::conn::Conn;
+//! remote agent ([`crate::fleet::link`]) both implement it, so one state machine
+//! ([`crate::login::conversation`]) serves both.
+use crate::sys::conn::Conn;
 use common::codec::FrameError;
 use common::proto::{ClientMsg, ServerMsg};
 use std::future::Future;
@@ -25,7 +25,7 @@ pub trait Transport: Send {
     ) -> impl Future<Output = Result<(), FrameError>> + Send;
 
     /// A socket the database thread may write the outcome to as soon as it
-    /// is committed (local sockets only; see [`crate::conn::send_now`]).
+    /// is committed (local sockets only; see [`crate::sys::conn::send_now`]).
     fn direct(&self) -> Option<UnixStream> {
         None
     }

@@ -11,8 +11,8 @@
 //! PINs: `-` (none) and `+` (checked by another module) are imported. A
 //! line with a PIN is refused: pam_otp asks for no PIN, so importing it would
 //! quietly drop a factor; such users are enrolled the ordinary way.
-use crate::auth::{valid_user_name, Policy};
-use crate::store::{Store, StoreError, UserRecord};
+use crate::core::auth::{valid_user_name, Policy};
+use crate::store::sqlite::{Store, StoreError, UserRecord};
 use common::proto::Method;
 
 /// One importable line.
@@ -188,7 +188,7 @@ pub fn last_step(p: &Policy, e: &OathEntry, now: i64) -> Option<i64> {
     let otp = e.last_otp.as_deref()?;
     let Some(t) = e.last_time else { return Some(now.div_euclid(period)) };
     let at = t.div_euclid(period);
-    let params = crate::totp::TotpParams { digits: e.digits, ..p.totp.clone() };
+    let params = crate::core::totp::TotpParams { digits: e.digits, ..p.totp.clone() };
     // pam_oath's window is the admin's choice; 100 steps either side covers any sane one.
     // The match nearest the recorded time: another step showing the same
     // digits by chance is much less likely to be that close.

@@ -13,9 +13,9 @@
 //! PostgreSQL: several worker threads, each with its own connection, run one
 //! job per transaction; the result is again released only after COMMIT.
 //! Jobs are no longer serialised by us, so the single-use and cap rules rest
-//! on row locks and conditional updates instead (see [`crate::store`]).
-use crate::pgstore::PgStore;
-use crate::store::{SqliteStore, Store, StoreError};
+//! on row locks and conditional updates instead (see [`crate::store::sqlite`]).
+use crate::store::postgres::PgStore;
+use crate::store::sqlite::{SqliteStore, Store, StoreError};
 use std::sync::{mpsc, Arc, Mutex};
 use tokio::sync::oneshot;
 
@@ -34,7 +34,7 @@ const MAX_BATCH: usize = 512;
 pub struct Db {
     tx: mpsc::SyncSender<Queued>,
     /// PostgreSQL: the login path's async queries beside the workers.
-    fast: Option<Arc<crate::pgfast::PgFast>>,
+    fast: Option<Arc<crate::store::pgfast::PgFast>>,
 }
 
 impl Db {
@@ -55,7 +55,7 @@ impl Db {
     /// the database cannot be reached now; later outages only fail the jobs
     /// that meet them (each worker reconnects before its next job).
     pub fn start_postgres(url: &str, connections: usize) -> Result<Db, StoreError> {
-        let async_config = crate::pgstore::async_config(url)?;
+        let async_config = crate::store::postgres::async_config(url)?;
         let config = postgres::Config::from(async_config.clone());
         // The blocking client runs (and drops) its own runtime, which must not
         // happen on a tokio thread: connect on a plain one.
@@ -85,7 +85,7 @@ impl Db {
                     why: format!("cannot start a database thread: {e}"),
                 })?;
         }
-        let fast = crate::pgfast::PgFast::new(async_config, connections);
+        let fast = crate::store::pgfast::PgFast::new(async_config, connections);
         Ok(Db { tx, fast: Some(Arc::new(fast)) })
     }
 
@@ -94,7 +94,7 @@ impl Db {
     }
 
     /// PostgreSQL: the few statements of a fleet login, on the caller's runtime.
-    pub fn fast(&self) -> Option<&crate::pgfast::PgFast> {
+    pub fn fast(&self) -> Option<&crate::store::pgfast::PgFast> {
         self.fast.as_deref()
     }
 
@@ -385,7 +385,7 @@ fn pg_job(config: &postgres::Config, conn: &mut Option<PgStore>, job: Job) -> (b
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::NewAudit;
+    use crate::store::sqlite::NewAudit;
 
     #[tokio::test]
     async fn failed_job_leaves_no_writes_and_others_commit() {

@@ -41,7 +41,7 @@ impl SecretBox {
     }
 
     /// Secret input of the keyed hashes of imported scratch codes
-    /// ([`crate::recovery::hash_scratch`]).
+    /// ([`crate::core::recovery::hash_scratch`]).
     pub fn scratch_key(&self) -> &[u8; 32] {
         &self.scratch_key
     }
@@ -56,7 +56,7 @@ impl SecretBox {
     pub fn load_or_create(path: &Path) -> Result<(SecretBox, bool), KeyError> {
         let bad = |why: String| KeyError::Bad { path: path.display().to_string(), why };
         // Whoever created the key file knows the key.
-        crate::trust::check_file(path, "key file").map_err(|e| bad(e.why))?;
+        crate::sys::trust::check_file(path, "key file").map_err(|e| bad(e.why))?;
         match std::fs::symlink_metadata(path) {
             Ok(meta) => {
                 if !meta.file_type().is_file() {

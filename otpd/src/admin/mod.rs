@@ -1,0 +1,4 @@
+//! Admin requests: [`ops`] handles each (for every door); the admin
+//! socket and D-Bus are doors onto them.
+pub mod dbus;
+pub mod ops;

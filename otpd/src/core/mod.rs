@@ -1,0 +1,13 @@
+//! Every decision, knowing no door: the login plan and the answer,
+//! enrollment, lockout, emailed codes, emergency requests, rate limits,
+//! groups, audit. The doors reach it through [`service::Core`].
+pub mod auth;
+pub mod crypto;
+pub mod email;
+pub mod groups;
+pub mod housekeeping;
+pub mod limits;
+pub mod passwd;
+pub mod recovery;
+pub mod syslog;
+pub mod totp;

@@ -1,0 +1,5 @@
+//! One PAM conversation, the same steps over any transport (the PAM
+//! socket, a relayed login from an agent).
+pub mod conversation;
+pub mod qr;
+pub mod transport;

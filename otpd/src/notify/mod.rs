@@ -1,0 +1,2 @@
+//! Sending what the core has queued: emailed codes.
+pub mod mail;
