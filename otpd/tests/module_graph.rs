@@ -1,7 +1,8 @@
 //! The shape of otpd, checked: the modules of `otpd/src` and the `crate::`,
 //! `super::` and `self::` paths between them (production code only: items
 //! under `#[cfg(test)]` are left out) must form no cycle, no door may reach
-//! into another door, and the core and the store know no door.
+//! into another door, the core and the store know no door, and nothing
+//! outside the store names a backend.
 //!
 //! `cargo test -p otpd --test module_graph -- --nocapture` prints the graph's
 //! figures. `OTPD_GRAPH_SRC=/some/checkout/otpd/src` measures another tree
@@ -12,6 +13,9 @@ use syn::visit::Visit;
 
 /// The doors: each depends on the core, never on another door.
 const DOORS: &[&str] = &["pam", "fleet::link", "fleet::agent", "admin::socket", "admin::dbus"];
+/// The backends: named by nothing outside `store` (the choice is made
+/// once, in `store::db`).
+const BACKENDS: &[&str] = &["store::sqlite", "store::postgres", "store::pgfast", "store::schema"];
 /// What the doors stand on: these depend on no door (nor on the daemon).
 const BELOW_DOORS: &[&str] = &["core", "store", "login", "admin::ops", "notify", "import"];
 
@@ -396,6 +400,9 @@ fn otpds_modules_form_no_cycle_and_no_door_reaches_into_another() {
                     wrong.push(format!("door {from} uses door {t} ({line})"));
                 }
             }
+            if BACKENDS.contains(&t.as_str()) && !under(from, "store") {
+                wrong.push(format!("{from} names a backend: {t} ({line})"));
+            }
             if BELOW_DOORS.iter().any(|b| under(from, b)) && (door_of(t).is_some() || t == "daemon") {
                 wrong.push(format!("{from}, below the doors, uses {t} ({line})"));
             }
@@ -407,7 +414,7 @@ fn otpds_modules_form_no_cycle_and_no_door_reaches_into_another() {
     }
 }
 
-/// The checker itself: a cycle and a door reaching into another are seen.
+/// The checker itself: a cycle, a test module and a path in a macro are told apart.
 #[test]
 fn the_checker_sees_a_cycle_through_use_lines_paths_and_macros() {
     let dir = tempfile::tempdir().unwrap();

@@ -4,7 +4,8 @@
 //! requests and lockouts. The caller's uid comes from the bus daemon; only
 //! root and the admin group may call (`AccessDenied` otherwise), whatever the
 //! bus policy file says.
-use crate::pam::listener::Shared;
+use crate::core::events::Event;
+use crate::core::service::Core;
 use common::proto::{AdminErrorKind, AdminRequest, AdminResponse, Method};
 use std::sync::Arc;
 use zbus::message::Header;
@@ -14,17 +15,8 @@ use zbus::{fdo, interface, Connection};
 pub const BUS_NAME: &str = "org.otpd";
 pub const PATH: &str = "/org/otpd/Admin1";
 
-/// Things worth a signal, sent by the login paths.
-#[derive(Debug, Clone)]
-pub enum Event {
-    EnrollmentActivated { user: String },
-    CodeRequested { user: String, address: String },
-    EmergencyRequestPending { id: i64, user: String },
-    UserLockedOut { user: String, until: i64 },
-}
-
 pub struct Admin1 {
-    shared: Arc<Shared>,
+    shared: Arc<Core>,
 }
 
 async fn caller(conn: &Connection, hdr: &Header<'_>) -> fdo::Result<(u32, Option<u32>, Option<i32>)> {
@@ -45,7 +37,7 @@ async fn caller(conn: &Connection, hdr: &Header<'_>) -> fdo::Result<(u32, Option
 impl Admin1 {
     async fn call(&self, conn: &Connection, hdr: &Header<'_>, req: AdminRequest) -> fdo::Result<String> {
         let (uid, gid, pid) = caller(conn, hdr).await?;
-        if !crate::admin::ops::authorized(uid, gid.unwrap_or(u32::MAX), pid, self.shared.admin_gid) {
+        if !crate::core::access::authorized(uid, gid.unwrap_or(u32::MAX), pid, self.shared.admin_gid) {
             tracing::warn!("D-Bus admin call from uid {uid} refused");
             return Err(fdo::Error::AccessDenied("only root and the otpd admin group may administer otpd".into()));
         }
@@ -190,7 +182,7 @@ impl Admin1 {
 /// the name, serves the interface and turns events into signals. Without a
 /// system bus the daemon carries on: D-Bus is an admin convenience, never
 /// in the login path.
-pub async fn run(shared: Arc<Shared>) {
+pub async fn run(shared: Arc<Core>) {
     let mut events = shared.events.subscribe();
     let conn = async {
         zbus::connection::Builder::system()?

@@ -2,3 +2,4 @@
 //! socket and D-Bus are doors onto them.
 pub mod dbus;
 pub mod ops;
+pub mod socket;

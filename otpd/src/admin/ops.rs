@@ -1,72 +1,14 @@
-//! The admin socket: one request, one response, root or the admin group only.
-use crate::core::auth::{self, new_enrollment, valid_user_name};
-use crate::pam::listener::Shared;
-use crate::store::sqlite::{NewAudit, Store, StoreError, UserRecord};
-use crate::sys::conn::Conn;
+//! The admin operations, one request at a time, for every admin door (the
+//! admin socket, D-Bus, remote otpctl over a fleet link).
+use crate::core::access::account_uid;
+use crate::core::auth::new_enrollment;
+use crate::core::context::valid_user_name;
+use crate::core::service::Core;
+use crate::store::model::{NewAudit, Store, StoreError, UserRecord};
 use common::proto::{
     AdminErrorKind, AdminRequest, AdminResponse, BulkUser, Method, RequestStatus, StatusInfo, UserInfo,
 };
 use std::sync::atomic::Ordering;
-
-pub async fn connection(mut s: Conn, sh: &Shared) {
-    let Ok((uid, gid, pid)) = s.peer() else { return };
-    if !authorized(uid, gid, pid, sh.admin_gid) {
-        tracing::warn!("admin request from uid {uid} refused: not root or in the admin group");
-        let resp = AdminResponse::Error {
-            kind: AdminErrorKind::PermissionDenied,
-            message: "permission denied: run otpctl as root or as a member of the otpd admin group".into(),
-        };
-        let _ = s.write_msg(&resp, sh.io_timeout).await;
-        return;
-    }
-    // An authorized admin may send large requests (an import is one request).
-    let limit = common::codec::MAX_ADMIN_RESPONSE;
-    let req: AdminRequest =
-        match s.read_msg_limited(sh.io_timeout, sh.io_timeout.max(std::time::Duration::from_secs(30)), limit).await {
-            Ok(r) => r,
-            Err(e) => {
-                let resp =
-                    AdminResponse::Error { kind: AdminErrorKind::InvalidInput, message: format!("bad request: {e}") };
-                let _ = s.write_msg(&resp, sh.io_timeout).await;
-                return;
-            }
-        };
-    let resp = handle(req, &By::Uid(uid), sh).await;
-    // The admin client may be slow to read a large answer.
-    let timeout = sh.io_timeout.max(std::time::Duration::from_secs(30));
-    if let Err(common::codec::FrameError::TooBig(n)) = s.write_admin_response(&resp, timeout).await {
-        let resp = err(
-            AdminErrorKind::InvalidInput,
-            format!("the answer ({n} bytes) is too large to send; ask for less (--limit, --since, --user)"),
-        );
-        let _ = s.write_msg(&resp, sh.io_timeout).await;
-    }
-}
-
-/// Root, the admin group as primary group, or as a supplementary group of
-/// the calling process (read from /proc: the admin path may do lookups the
-/// login path must not).
-pub fn authorized(uid: u32, gid: u32, pid: Option<i32>, admin_gid: Option<u32>) -> bool {
-    if uid == 0 {
-        return true;
-    }
-    let Some(admin) = admin_gid else { return false };
-    if gid == admin {
-        return true;
-    }
-    let Some(pid) = pid else { return false };
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .is_some_and(|g| g.split_whitespace().any(|x| x.parse::<u32>() == Ok(admin)))
-}
-
-/// The account behind a name. The admin path may use NSS; the login path
-/// never does (the module sends the uid it resolved).
-pub(crate) fn account_uid(user: &str) -> Option<u32> {
-    nix::unistd::User::from_name(user).ok().flatten().map(|u| u.uid.as_raw())
-}
 
 /// Who made an admin request: a local user (admin socket, D-Bus) or the
 /// holder of admin credentials on a fleet link.
@@ -96,7 +38,7 @@ impl std::fmt::Display for By {
     }
 }
 
-fn err(kind: AdminErrorKind, message: impl Into<String>) -> AdminResponse {
+pub(crate) fn err(kind: AdminErrorKind, message: impl Into<String>) -> AdminResponse {
     AdminResponse::Error { kind, message: message.into() }
 }
 
@@ -145,7 +87,7 @@ fn admin_audit(
     st.add_audit(&e)
 }
 
-pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
+pub async fn handle(req: AdminRequest, by: &By, sh: &Core) -> AdminResponse {
     let by = by.clone();
     let now = sh.clock.now();
     let user_arg = match &req {
@@ -442,7 +384,7 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
         AdminRequest::RequestList { all } => {
             sh.db
                 .run(move |st| {
-                    let total = st.count_requests(crate::store::sqlite::RequestCount::All { pending_only: !all })?;
+                    let total = st.count_requests(crate::store::model::RequestCount::All { pending_only: !all })?;
                     Ok(AdminResponse::Requests { requests: st.requests(!all)?, total: Some(total) })
                 })
                 .await
@@ -461,7 +403,7 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
                             false,
                         ));
                     }
-                    let ctx = auth::LoginContext {
+                    let ctx = crate::core::context::LoginContext {
                         user: r.user.clone(),
                         service: "emergency-approval".into(),
                         // The code works on the host that asked for it.
@@ -505,7 +447,7 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
             sh.db.run(|st| Ok(AdminResponse::Hosts { hosts: st.hosts()?.iter().map(host_info).collect() })).await
         }
         AdminRequest::HostRevoke { name } => {
-            if sh.fleet.is_none() {
+            if sh.fleet_ca.is_none() {
                 return not_a_server();
             }
             sh.db
@@ -522,13 +464,13 @@ pub async fn handle(req: AdminRequest, by: &By, sh: &Shared) -> AdminResponse {
         }
         AdminRequest::Status => {
             let (started_at, database, open) =
-                (sh.started_at, sh.database.clone(), sh.open_connections.load(Ordering::Relaxed));
-            let role = if sh.fleet.is_some() { "server" } else { "standalone" };
+                (sh.started_at, sh.database.clone(), sh.gauges.pam_connections.load(Ordering::Relaxed));
+            let role = if sh.fleet_ca.is_some() { "server" } else { "standalone" };
             sh.db
                 .run(move |st| {
                     let c = st.counts(now)?;
                     let m = st.mail_stats(now)?;
-                    let pending = st.count_requests(crate::store::sqlite::RequestCount::All { pending_only: true })?;
+                    let pending = st.count_requests(crate::store::model::RequestCount::All { pending_only: true })?;
                     let hosts = if role == "server" { st.hosts()?.iter().map(host_info).collect() } else { Vec::new() };
                     Ok(AdminResponse::Status {
                         status: StatusInfo {
@@ -570,7 +512,7 @@ pub const RESYNC_LOOKAHEAD: u64 = 1000;
 /// [`RESYNC_LOOKAHEAD`] after the counter move the counter past them.
 fn resync(
     st: &mut dyn Store,
-    policy: &auth::Policy,
+    policy: &crate::core::policy::Policy,
     by: &By,
     user: &str,
     code1: &str,
@@ -623,10 +565,10 @@ fn not_a_server() -> AdminResponse {
     err(AdminErrorKind::InvalidInput, "this otpd is not a fleet server (role = \"server\" in otpd.toml)")
 }
 
-fn host_info(h: &crate::store::sqlite::HostRecord) -> common::proto::HostInfo {
+fn host_info(h: &crate::store::model::HostRecord) -> common::proto::HostInfo {
     common::proto::HostInfo {
         name: h.name.clone(),
-        role: crate::fleet::link::role_name(h.role).into(),
+        role: h.role.as_str().into(),
         fingerprint: crate::fleet::pki::fingerprint_hex(&h.fingerprint),
         added_at: h.added_at,
         revoked_at: h.revoked_at,
@@ -637,15 +579,15 @@ fn host_info(h: &crate::store::sqlite::HostRecord) -> common::proto::HostInfo {
 
 /// Issues credentials, records their fingerprint, and hands the bundle
 /// back once (the key is not kept anywhere on the server).
-async fn host_add(sh: &Shared, by: &By, name: String, admin: bool, now: i64) -> AdminResponse {
-    let Some(fleet) = sh.fleet.clone() else { return not_a_server() };
-    let (bundle, fingerprint) = match fleet.issue(&name) {
+async fn host_add(sh: &Core, by: &By, name: String, admin: bool, now: i64) -> AdminResponse {
+    let Some(ca) = sh.fleet_ca.clone() else { return not_a_server() };
+    let (bundle, fingerprint) = match crate::fleet::pki::issue_bundle(&ca, &name) {
         Ok(b) => b,
         Err(e) => return err(AdminErrorKind::InvalidInput, e.to_string()),
     };
-    let record = crate::store::sqlite::HostRecord {
+    let record = crate::store::model::HostRecord {
         name: name.clone(),
-        role: if admin { crate::store::sqlite::HostRole::Admin } else { crate::store::sqlite::HostRole::Agent },
+        role: if admin { crate::store::model::HostRole::Admin } else { crate::store::model::HostRole::Agent },
         fingerprint: fingerprint.to_vec(),
         added_at: now,
         revoked_at: None,
@@ -712,7 +654,7 @@ fn bulk_users(users: Vec<BulkUser>, by: &By) -> Result<Vec<BulkUser>, String> {
 /// user keeps its secret and is only counted).
 fn enable_many(
     st: &mut dyn Store,
-    policy: &auth::Policy,
+    policy: &crate::core::policy::Policy,
     by: &By,
     users: &[BulkUser],
     source: &str,
@@ -761,7 +703,7 @@ fn enable_many(
     Ok(AdminResponse::EnabledMany { enabled, already_enabled: already, skipped, notes })
 }
 
-fn enrolled(policy: &auth::Policy, rec: &UserRecord, now: i64) -> AdminResponse {
+fn enrolled(policy: &crate::core::policy::Policy, rec: &UserRecord, now: i64) -> AdminResponse {
     let uri = rec
         .secret
         .as_deref()

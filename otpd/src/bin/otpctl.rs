@@ -86,7 +86,7 @@ fn remote_call(
     let Some(bundle) = bundle else {
         return Err((2, "--server needs --bundle: admin credentials from `otpctl host add NAME --admin`".into()));
     };
-    let resp = otpd::fleet::link::admin_call(server, bundle, req, Duration::from_secs(30))
+    let resp = otpd::fleet::wire::admin_call(server, bundle, req, Duration::from_secs(30))
         .map_err(|e| (EXIT_UNREACHABLE, e))?;
     match resp {
         AdminResponse::Error { kind, message } => Err((exit_code(kind), message)),
@@ -755,7 +755,7 @@ fn parse_user_list(text: &str) -> (Vec<String>, Vec<(usize, String)>) {
         if name.is_empty() {
             continue;
         }
-        if !otpd::core::auth::valid_user_name(name) {
+        if !otpd::core::context::valid_user_name(name) {
             bad.push((i + 1, name.to_string()));
         } else if seen.insert(name.to_string()) {
             names.push(name.to_string());

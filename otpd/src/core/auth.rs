@@ -1,81 +1,12 @@
 //! The decisions. Each function runs inside one database transaction (see
 //! [`crate::store::db`]): it reads the user, decides, writes the new state and the
 //! audit row together, and the caller replies only after COMMIT.
-use crate::core::crypto::SecretBox;
+use crate::core::audit::{audit, audit_entry, audit_method, host_still_trusted, method_name, HOST_REVOKED};
+use crate::core::context::LoginContext;
+use crate::core::policy::Policy;
 use crate::core::totp::{Check, TotpParams};
-use crate::store::sqlite::{NewAudit, PlanReads, Store, StoreError, UserRecord};
-use common::config::{EmailConfig, LockoutConfig};
-use common::proto::{Method, MAX_ANSWER_LEN, MAX_USER_LEN};
-
-/// Everything the core needs besides the store, shared by all connections.
-pub struct Policy {
-    pub totp: TotpParams,
-    /// HOTP look-ahead (`[hotp] window`).
-    pub hotp_window: u32,
-    /// `[daemon] require_group`: members of this group (as last stored, see
-    /// [`crate::core::groups`]) who are not enrolled are refused, not ignored.
-    pub require_group: Option<String>,
-    pub lockout: LockoutConfig,
-    pub issuer: String,
-    pub machine: String,
-    pub crypto: SecretBox,
-    pub email: EmailConfig,
-}
-
-/// Who is asking, from the `Begin` message and SO_PEERCRED.
-#[derive(Debug, Clone, Default)]
-pub struct LoginContext {
-    /// The name as typed until [`plan`] finds the account; then the
-    /// account's name, so every later step and audit row names the account.
-    pub user: String,
-    /// The spelling typed, when it differs from the account's name.
-    pub typed: Option<String>,
-    /// The account the login process's directory resolved the name to
-    /// (`Begin.uid` or the answer to `resolve_user`); trusted from root
-    /// callers only.
-    pub uid: Option<u32>,
-    /// The module has been asked to resolve the name (its answer is `uid`).
-    pub resolved: bool,
-    pub service: String,
-    pub rhost: Option<String>,
-    pub tty: Option<String>,
-    pub peer_uid: u32,
-    /// The host the login happens on: this machine for the local PAM
-    /// socket, the host named by an agent's certificate on a server.
-    /// Emailed codes are bound to it; audit rows and sessions record it.
-    pub machine: String,
-    /// Relayed by an agent: `uid`/`peer_uid` are that host's, and mean
-    /// nothing in this daemon's records (uid 1000 on web01 and on db02 are
-    /// different people). Accounts are found by name.
-    pub remote: bool,
-    /// Relayed from a caller other than root: the name of its own account
-    /// on its host, looked up by the agent there ([`common::proto::Relay`]).
-    /// Such a caller is only ever this account; none: it is refused.
-    pub account: Option<String>,
-    /// Relayed from root: the real uid of the process that started the
-    /// login (su, sudo), when it is not root; recorded in the audit.
-    pub invoker: Option<u32>,
-    /// Relayed: the fingerprint of the agent's certificate. A decision is
-    /// made only while it is still a host's and not revoked (check 40).
-    pub host_fingerprint: Option<Vec<u8>>,
-}
-
-/// What a conversation whose host was revoked meanwhile is told.
-pub const HOST_REVOKED: &str = "Passcode check refused for this host.";
-
-/// Whether the host a relayed conversation comes from may still have
-/// decisions made for it (its certificate known, not revoked), read in the
-/// decision's own transaction; always for a local one. False: the refusal
-/// is audited and nothing else is written.
-pub fn host_still_trusted(store: &mut dyn Store, p: &Policy, ctx: &LoginContext, now: i64) -> Result<bool, StoreError> {
-    let Some(fp) = &ctx.host_fingerprint else { return Ok(true) };
-    if store.host_by_fingerprint(fp)?.is_some_and(|h| h.revoked_at.is_none()) {
-        return Ok(true);
-    }
-    audit(store, p, ctx, now, "refused", "the host was revoked during the conversation; nothing decided")?;
-    Ok(false)
-}
-
+use crate::store::model::{NewAudit, PlanReads, Store, StoreError, UserRecord};
+use common::proto::{Method, MAX_ANSWER_LEN};
 /// A member of `require_group` who is not enrolled.
 pub const MUST_ENROLL: &str =
     "A one-time passcode is required for your account, but you are not enrolled; contact your administrator.";
@@ -152,91 +83,6 @@ pub enum Verdict {
     Locked {
         until: LockEnd,
     },
-}
-
-/// POSIX-portable user names plus the characters real directories use
-/// (`@` for realms, `$` for machine accounts). Anything else is refused
-/// before it reaches the store or the logs.
-pub fn valid_user_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_USER_LEN
-        && !name.starts_with('-')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b'$'))
-}
-
-pub fn audit(
-    store: &mut dyn Store,
-    p: &Policy,
-    ctx: &LoginContext,
-    now: i64,
-    result: &str,
-    reason: &str,
-) -> Result<(), StoreError> {
-    // The method of the account the login is for: a cancelled or broken
-    // login of an email or HOTP user was audited as "totp".
-    let method = store.user(&ctx.user)?.filter(|u| u.enabled).map_or("totp", |u| method_name(u.method));
-    audit_method(store, p, ctx, now, method, result, reason)
-}
-
-/// How a method is written in the audit.
-fn method_name(m: Method) -> &'static str {
-    match m {
-        Method::Email => "email",
-        Method::Hotp => "hotp",
-        Method::Totp => "totp",
-    }
-}
-
-pub fn audit_method(
-    store: &mut dyn Store,
-    _p: &Policy,
-    ctx: &LoginContext,
-    now: i64,
-    method: &str,
-    result: &str,
-    reason: &str,
-) -> Result<(), StoreError> {
-    let entry = audit_entry(ctx, now, method, result, reason);
-    crate::core::syslog::audit(&entry);
-    store.add_audit(&entry)
-}
-
-/// The audit row of a login decision.
-fn audit_entry(ctx: &LoginContext, now: i64, method: &str, result: &str, reason: &str) -> NewAudit {
-    let mut reason = match &ctx.typed {
-        Some(typed) => format!("{reason} (typed as {typed})"),
-        None => reason.to_string(),
-    };
-    // Who on the agent's host started it (check 35): a row a local user's
-    // forged conversation writes names that user, not only the account.
-    if let Some(by) = relayed_by(ctx) {
-        reason.push_str(&by);
-    }
-    NewAudit {
-        time: now,
-        user: ctx.user.clone(),
-        service: ctx.service.clone(),
-        rhost: ctx.rhost.clone(),
-        tty: ctx.tty.clone(),
-        machine: ctx.machine.clone(),
-        method: method.into(),
-        result: result.into(),
-        reason,
-    }
-}
-
-/// For a relayed conversation started by someone other than root on the
-/// agent's host: " (caller uid N on that host)". Root's own logins (sshd,
-/// login) say nothing more.
-fn relayed_by(ctx: &LoginContext) -> Option<String> {
-    if !ctx.remote {
-        return None;
-    }
-    match (ctx.peer_uid, ctx.invoker) {
-        (0, None | Some(0)) => None,
-        (0, Some(by)) => Some(format!(" (started by uid {by} through a root program on {})", ctx.machine)),
-        (uid, _) => Some(format!(" (caller uid {uid} on {})", ctx.machine)),
-    }
 }
 
 /// An answer as every check reads it: authenticator apps show "123 456",
@@ -863,8 +709,11 @@ pub fn new_enrollment(p: &Policy, existing: Option<UserRecord>, name: &str, uid:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::context::valid_user_name;
+    use crate::core::crypto::SecretBox;
     use crate::store::sqlite::SqliteStore;
     use common::config::Algorithm;
+    use common::config::{EmailConfig, LockoutConfig};
     use std::time::Duration;
 
     const T0: i64 = 1_700_000_000;

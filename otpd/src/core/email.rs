@@ -3,8 +3,10 @@
 //! caps) and verification. Like `auth`, every function here runs inside one
 //! database transaction; the mail itself leaves through the outbox
 //! (`crate::notify::mail`), never inside a login conversation.
-use crate::core::auth::{audit_method, LoginContext, Policy};
-use crate::store::sqlite::{EmailCode, MailCount, Store, StoreError};
+use crate::core::audit::audit_method;
+use crate::core::context::LoginContext;
+use crate::core::policy::Policy;
+use crate::store::model::{EmailCode, MailCount, Store, StoreError};
 use common::config::EmailConfig;
 use hmac::{Hmac, Mac};
 use rand::Rng;

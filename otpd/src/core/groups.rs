@@ -1,7 +1,7 @@
 //! `[daemon] require_group`: the members of a group, read through NSS on the
 //! admin path only (`otpctl group refresh`, after a bulk enable, at start and
 //! hourly) and kept in the database, so a login is decided without NSS.
-use crate::pam::listener::Shared;
+use crate::core::service::Core;
 use std::sync::Mutex;
 
 /// getpwent's enumeration state is one per process.
@@ -50,7 +50,7 @@ pub fn members(group: &str) -> Result<Option<Vec<String>>, String> {
 
 /// Stores the current members of `require_group`. `Ok(None)`: no
 /// require_group is set. A group that no longer exists is stored empty.
-pub async fn refresh(sh: &Shared) -> Result<Option<(String, usize)>, String> {
+pub async fn refresh(sh: &Core) -> Result<Option<(String, usize)>, String> {
     let Some(group) = sh.policy.require_group.clone() else { return Ok(None) };
     let g = group.clone();
     let found = tokio::task::spawn_blocking(move || members(&g))

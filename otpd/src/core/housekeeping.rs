@@ -1,7 +1,7 @@
 //! Housekeeping that keeps the database bounded: audit rows older than
 //! `[audit] retention` are deleted when the daemon starts and every hour,
 //! and counted refusals (see [`crate::core::limits`]) are written out.
-use crate::pam::listener::Shared;
+use crate::core::service::Core;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use std::time::Duration;
 const BATCH: u32 = 5000;
 
 /// Deletes audit rows older than `retention`; returns how many.
-pub async fn prune_audit(sh: &Shared, retention: Duration) -> u64 {
+pub async fn prune_audit(sh: &Core, retention: Duration) -> u64 {
     let before = sh.clock.now().saturating_sub(retention.as_secs() as i64);
     let mut total = 0;
     loop {
@@ -40,7 +40,7 @@ pub async fn prune_audit(sh: &Shared, retention: Duration) -> u64 {
 /// account existed), so callers other than root, which are matched by uid
 /// only, find them. Directory lookups belong to the admin side: this runs
 /// at start and hourly, on a blocking thread, never on a login's path.
-pub async fn link_accounts(sh: &Shared) -> usize {
+pub async fn link_accounts(sh: &Core) -> usize {
     let unlinked = sh
         .db
         .run(|st| Ok(st.users()?.into_iter().filter(|u| u.enabled && u.uid.is_none()).map(|u| u.name).collect()))
@@ -56,7 +56,7 @@ pub async fn link_accounts(sh: &Shared) -> usize {
         return 0;
     }
     let found = tokio::task::spawn_blocking(move || {
-        names.into_iter().filter_map(|n| crate::admin::ops::account_uid(&n).map(|uid| (n, uid))).collect::<Vec<_>>()
+        names.into_iter().filter_map(|n| crate::core::access::account_uid(&n).map(|uid| (n, uid))).collect::<Vec<_>>()
     })
     .await
     .unwrap_or_default();
@@ -88,14 +88,14 @@ pub async fn link_accounts(sh: &Shared) -> usize {
 }
 
 /// `require_group`'s members follow the directory within the hour.
-async fn refresh_group(sh: &Shared) {
+async fn refresh_group(sh: &Core) {
     if let Err(e) = crate::core::groups::refresh(sh).await {
         tracing::warn!("{e}; the members stored before are kept");
     }
 }
 
 /// Runs for the daemon's life.
-pub async fn run(sh: Arc<Shared>, retention: Duration) {
+pub async fn run(sh: Arc<Core>, retention: Duration) {
     prune_audit(&sh, retention).await;
     link_accounts(&sh).await;
     refresh_group(&sh).await;
@@ -105,7 +105,7 @@ pub async fn run(sh: Arc<Shared>, retention: Duration) {
     let mut last_prune = tokio::time::Instant::now();
     loop {
         tick.tick().await;
-        crate::core::limits::flush(&sh, false).await;
+        crate::core::refusals::flush(&sh, false).await;
         if last_prune.elapsed() >= Duration::from_secs(3600) {
             last_prune = tokio::time::Instant::now();
             prune_audit(&sh, retention).await;

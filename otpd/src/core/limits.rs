@@ -410,12 +410,12 @@ impl CallerLimits {
 /// of pending requests: the audit reason and the user's message if so.
 /// Counted in the store, so the caps hold across restarts.
 pub fn emergency_capped(
-    st: &mut dyn crate::store::sqlite::Store,
+    st: &mut dyn crate::store::model::Store,
     caps: &common::config::EmergencyConfig,
     user: &str,
     address: &str,
-) -> Result<Option<(String, String)>, crate::store::sqlite::StoreError> {
-    use crate::store::sqlite::RequestCount;
+) -> Result<Option<(String, String)>, crate::store::model::StoreError> {
+    use crate::store::model::RequestCount;
     let by_user = st.count_requests(RequestCount::PendingForUser(user))?;
     if by_user >= u64::from(caps.max_pending_per_user) {
         return Ok(Some((
@@ -439,41 +439,51 @@ pub fn emergency_capped(
     Ok(None)
 }
 
-/// Writes a report: one audit row (and its log line) for many refusals.
-/// The user column names the caller as `uid:N` (no NSS lookup in the
-/// request path; a user name cannot contain ':').
-pub async fn record(sh: &crate::pam::listener::Shared, machine: &str, report: Report) {
-    let policy = sh.policy.clone();
-    let now = sh.clock.now();
-    let ctx = crate::core::auth::LoginContext {
-        user: format!("uid:{}", report.caller),
-        service: "-".into(),
-        peer_uid: report.caller,
-        machine: machine.to_string(),
-        ..Default::default()
-    };
-    let reason = report.reason();
-    let r =
-        sh.db.run(move |st| crate::core::auth::audit_method(st, &policy, &ctx, now, "limit", "refused", &reason)).await;
-    if let Err(e) = r {
-        tracing::warn!("recording refused attempts failed: {e}");
-    }
+/// The limits of every caller: this machine's, and each remote host's
+/// (server role), made on first use.
+pub struct Callers {
+    local: Arc<CallerLimits>,
+    hosts: Mutex<HashMap<String, Arc<CallerLimits>>>,
+    per_minute: u32,
+    caps: Caps,
+    host_per_minute: u32,
 }
 
-/// Counts a refusal, and writes it if it is the first of its interval.
-pub async fn refuse(sh: &crate::pam::listener::Shared, limits: &CallerLimits, caller: u32, why: Refusal) {
-    if let Some(report) = limits.refusals.note(caller, why, sh.clock.now()) {
-        record(sh, &limits.machine, report).await;
-    }
-}
-
-/// Writes the counts whose interval is over, every few seconds; all of
-/// them when `all` (shutdown).
-pub async fn flush(sh: &crate::pam::listener::Shared, all: bool) {
-    for limits in sh.all_limits() {
-        for report in limits.refusals.due(sh.clock.now(), all) {
-            record(sh, &limits.machine, report).await;
+impl Callers {
+    /// `per_minute` and `caps` per caller; `host_per_minute` conversations
+    /// and session messages per remote host.
+    pub fn new(machine: &str, per_minute: u32, caps: Caps, host_per_minute: u32) -> Callers {
+        Callers {
+            local: Arc::new(CallerLimits::new(machine, per_minute, caps)),
+            hosts: Mutex::default(),
+            per_minute,
+            caps,
+            host_per_minute,
         }
+    }
+
+    /// This machine's callers (the PAM socket).
+    pub fn local(&self) -> Arc<CallerLimits> {
+        self.local.clone()
+    }
+
+    /// A remote host's callers.
+    pub fn of_host(&self, host: &str) -> Arc<CallerLimits> {
+        let mut all = lock(&self.hosts);
+        all.entry(host.to_string())
+            .or_insert_with(|| {
+                let mut limits = CallerLimits::new(host, self.per_minute, self.caps);
+                limits.host_rate = Some(RateLimiter::new(self.host_per_minute));
+                Arc::new(limits)
+            })
+            .clone()
+    }
+
+    /// This machine's limits and every remote host's.
+    pub fn all(&self) -> Vec<Arc<CallerLimits>> {
+        let mut all = vec![self.local.clone()];
+        all.extend(lock(&self.hosts).values().cloned());
+        all
     }
 }
 

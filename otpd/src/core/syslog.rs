@@ -5,7 +5,7 @@
 //! logins, so a line that cannot be sent at once is dropped and counted (the
 //! audit table is the record of truth). No hand-off to another thread, so
 //! no wake-up per login.
-use crate::store::sqlite::NewAudit;
+use crate::store::model::NewAudit;
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;

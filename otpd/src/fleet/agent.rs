@@ -7,11 +7,11 @@
 //! module's `fail=open` stays the only way around that, and it logs).
 //! Idle links are kept for the next conversation: a handshake per login
 //! would cost more than the login.
-use crate::daemon::StartError;
-use crate::fleet::link::Link;
 use crate::fleet::pki;
+use crate::fleet::wire::Link;
 use crate::lock;
 use crate::sys::conn::{Conn, Listener};
+use crate::sys::start::StartError;
 use common::codec::{encode, FrameError, MAX_FRAME};
 use common::config::Config;
 use common::proto::{ClientMsg, LinkHello, LinkReply, OutcomeKind, Relay, ServerMsg, PROTOCOL_VERSION};
@@ -115,7 +115,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         last_warning: AtomicI64::new(0),
         dials: tokio::sync::Semaphore::new(MAX_DIALS),
     });
-    let pam = crate::daemon::bind(&d.pam_socket, 0o666, None)?;
+    let pam = crate::sys::start::bind(&d.pam_socket, 0o666, None)?;
     let listener = Listener::new(pam)
         .map_err(|e| StartError::Socket { path: d.pam_socket.display().to_string(), why: e.to_string() })?;
     tracing::info!(
@@ -124,7 +124,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         d.pam_socket.display(),
         f.servers.join(", ")
     );
-    crate::daemon::notify_ready();
+    crate::sys::start::notify_ready();
     let serve = tokio::spawn(serve(listener, agent));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| StartError::Socket { path: "signal".into(), why: e.to_string() })?;

@@ -8,28 +8,28 @@
 //! same state machine as the local PAM socket ([`crate::login::conversation`]).
 //! The host record is read again for every conversation, so `otpctl host
 //! revoke` takes effect at once on every server of the database.
+use crate::core::service::Core;
 use crate::fleet::admission::{Place, Stage};
 use crate::fleet::pki;
+use crate::fleet::wire::Link;
 use crate::lock;
 use crate::login::conversation::Peer;
 use crate::login::transport::Transport;
-use crate::pam::listener::Shared;
-use crate::store::sqlite::{HostRecord, HostRole, NewAudit};
-use common::codec::{encode, encode_limited, take_frame, FrameError, MAX_ADMIN_RESPONSE, MAX_FRAME};
+use crate::store::model::{HostRecord, HostRole, NewAudit};
+use common::codec::{encode, encode_limited, FrameError, MAX_ADMIN_RESPONSE, MAX_FRAME};
 use common::proto::{AdminRequest, AdminResponse, ClientMsg, LinkHello, LinkReply, Relay, ServerMsg, PROTOCOL_VERSION};
-use serde::{de::DeserializeOwned, Serialize};
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite};
 
-/// What a server needs besides [`Shared`]: its TLS identity and the CA.
+/// What a server needs besides [`Core`]: its TLS identity and the CA.
 pub struct FleetServer {
-    pub ca: pki::Ca,
+    pub ca: Arc<pki::Ca>,
     /// Replaced by [`renew`] before the server certificate runs out.
     acceptor: Mutex<tokio_rustls::TlsAcceptor>,
     /// The names the server certificate carries.
@@ -62,7 +62,7 @@ const SEEN_EVERY: i64 = 60;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl FleetServer {
-    pub fn new(ca: pki::Ca, names: Vec<String>) -> Result<FleetServer, pki::PkiError> {
+    pub fn new(ca: Arc<pki::Ca>, names: Vec<String>) -> Result<FleetServer, pki::PkiError> {
         let server = ca.issue_server(&names)?;
         let config = pki::server_config(&ca, &server)?;
         Ok(FleetServer {
@@ -80,18 +80,6 @@ impl FleetServer {
             )),
         })
     }
-
-    /// Issues a host's (or an admin's) credentials and records them.
-    pub fn issue(&self, name: &str) -> Result<(pki::Bundle, [u8; 32]), pki::PkiError> {
-        let issued = self.ca.issue_client(name)?;
-        let bundle = pki::Bundle {
-            name: name.to_string(),
-            ca_pem: self.ca.cert_pem(),
-            cert_pem: issued.cert_pem.clone(),
-            key_pem: issued.key_pem.clone(),
-        };
-        Ok((bundle, issued.fingerprint))
-    }
 }
 
 /// The server certificate is issued for a year: a new one every day, so a
@@ -108,18 +96,18 @@ pub async fn renew(fleet: Arc<FleetServer>) {
 }
 
 /// Accepts links on one listening socket until the task is aborted.
-pub async fn serve(listener: tokio::net::TcpListener, sh: Arc<Shared>, fleet: Arc<FleetServer>) {
+pub async fn serve(listener: tokio::net::TcpListener, sh: Arc<Core>, fleet: Arc<FleetServer>) {
     loop {
         let (tcp, addr) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                crate::pam::listener::warn_throttled(&sh, &format!("accept on the fleet listener failed: {e}"));
+                sh.warn_throttled(&format!("accept on the fleet listener failed: {e}"));
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let Some(waiting) = fleet.admission.enter(Stage::Waiting, addr.ip(), sh.clock.now()) else {
-            crate::pam::listener::warn_throttled(&sh, &format!("fleet connection from {addr} closed: no room for it"));
+            sh.warn_throttled(&format!("fleet connection from {addr} closed: no room for it"));
             continue;
         };
         let _ = tcp.set_nodelay(true);
@@ -131,84 +119,12 @@ pub async fn serve(listener: tokio::net::TcpListener, sh: Arc<Shared>, fleet: Ar
                 return;
             }
             let Some(handshake) = fleet.admission.enter(Stage::Handshaking, addr.ip(), sh.clock.now()) else {
-                crate::pam::listener::warn_throttled(
-                    &sh,
-                    &format!("fleet connection from {addr} closed: too many handshakes"),
-                );
+                sh.warn_throttled(&format!("fleet connection from {addr} closed: too many handshakes"));
                 return;
             };
             drop(waiting);
             link(tcp, addr, handshake, &sh, &fleet).await;
         });
-    }
-}
-
-/// A framed TLS stream (either side).
-pub struct Link<S> {
-    stream: S,
-    pending: Vec<u8>,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Link<S> {
-    pub fn new(stream: S) -> Link<S> {
-        Link { stream, pending: Vec::new() }
-    }
-
-    /// One frame of at most `max` bytes: it must start within `wait` and
-    /// end within `io_timeout` of its start.
-    pub async fn read<T: DeserializeOwned>(
-        &mut self,
-        wait: Duration,
-        io_timeout: Duration,
-        max: usize,
-    ) -> Result<T, FrameError> {
-        let first_byte_by = Instant::now() + wait;
-        let mut frame_by = (!self.pending.is_empty()).then(|| Instant::now() + io_timeout);
-        loop {
-            if let Some(msg) = take_frame(&mut self.pending, max) {
-                return msg;
-            }
-            let mut buf = [0u8; 8192];
-            let deadline = frame_by.unwrap_or(first_byte_by);
-            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut buf))
-                .await
-                .map_err(|_| FrameError::TimedOut)??;
-            if n == 0 {
-                return Err(if self.pending.is_empty() { FrameError::Closed } else { FrameError::Truncated });
-            }
-            frame_by.get_or_insert_with(|| Instant::now() + io_timeout);
-            self.pending.extend_from_slice(&buf[..n]);
-        }
-    }
-
-    pub async fn write_bytes(&mut self, frame: &[u8], io_timeout: Duration) -> Result<(), FrameError> {
-        let io = async {
-            self.stream.write_all(frame).await?;
-            self.stream.flush().await
-        };
-        tokio::time::timeout(io_timeout, io).await.map_err(|_| FrameError::TimedOut)?.map_err(FrameError::from)
-    }
-
-    pub async fn write<T: Serialize>(&mut self, msg: &T, io_timeout: Duration) -> Result<(), FrameError> {
-        self.write_bytes(&encode(msg)?, io_timeout).await
-    }
-
-    pub fn get_ref(&self) -> &S {
-        &self.stream
-    }
-
-    /// Whether the peer has closed the stream, looked at without waiting
-    /// (bytes that did arrive are kept for the next read).
-    pub async fn closed_now(&mut self) -> bool {
-        let mut buf = [0u8; 512];
-        match tokio::time::timeout(Duration::ZERO, self.stream.read(&mut buf)).await {
-            Err(_) => false,
-            Ok(Ok(0)) | Ok(Err(_)) => true,
-            Ok(Ok(n)) => {
-                self.pending.extend_from_slice(&buf[..n]);
-                false
-            }
-        }
     }
 }
 
@@ -258,7 +174,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for Relayed<'_, S> {
 }
 
 /// An audit row for the fleet itself (a refused link or conversation).
-fn fleet_audit(sh: &Shared, machine: &str, result: &str, reason: String) -> NewAudit {
+fn fleet_audit(sh: &Core, machine: &str, result: &str, reason: String) -> NewAudit {
     NewAudit {
         time: sh.clock.now(),
         user: "-".into(),
@@ -272,7 +188,7 @@ fn fleet_audit(sh: &Shared, machine: &str, result: &str, reason: String) -> NewA
     }
 }
 
-async fn audit(sh: &Shared, entry: NewAudit) {
+async fn audit(sh: &Core, entry: NewAudit) {
     crate::core::syslog::audit(&entry);
     if let Err(e) = sh.db.run(move |st| st.add_audit(&entry)).await {
         tracing::warn!("writing a fleet audit row failed: {e}");
@@ -283,7 +199,7 @@ async fn audit(sh: &Shared, entry: NewAudit) {
 /// is said), audits it under the host it is, and closes.
 async fn refuse<S: AsyncRead + AsyncWrite + Unpin + Send>(
     link: &mut Link<S>,
-    sh: &Shared,
+    sh: &Core,
     fleet: &FleetServer,
     machine: &str,
     reason: String,
@@ -303,11 +219,11 @@ const UNKNOWN_PEER: &str = "tcp:";
 /// A refusal is logged and audited at most once a minute per host (or
 /// address); the next row says how many were not: a revoked host that
 /// reconnects in a loop cannot fill the shared database.
-async fn audit_refusal(sh: &Shared, fleet: &FleetServer, machine: &str, reason: String) {
+async fn audit_refusal(sh: &Core, fleet: &FleetServer, machine: &str, reason: String) {
     audit_refusal_as(sh, fleet, machine, machine, reason).await
 }
 
-async fn audit_refusal_as(sh: &Shared, fleet: &FleetServer, key: &str, machine: &str, reason: String) {
+async fn audit_refusal_as(sh: &Core, fleet: &FleetServer, key: &str, machine: &str, reason: String) {
     let now = sh.clock.now();
     let due = {
         let mut seen = lock(&fleet.refused_audited);
@@ -340,7 +256,7 @@ impl Drop for LinkSlot<'_> {
     }
 }
 
-async fn link(tcp: tokio::net::TcpStream, addr: SocketAddr, handshake: Place, sh: &Shared, fleet: &FleetServer) {
+async fn link(tcp: tokio::net::TcpStream, addr: SocketAddr, handshake: Place, sh: &Core, fleet: &FleetServer) {
     let acceptor = lock(&fleet.acceptor).clone();
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
@@ -354,14 +270,14 @@ async fn link(tcp: tokio::net::TcpStream, addr: SocketAddr, handshake: Place, sh
     let hello: LinkHello = match link.read(HANDSHAKE_TIMEOUT, HANDSHAKE_TIMEOUT, MAX_FRAME).await {
         Ok(h) => h,
         Err(e) => {
-            crate::pam::listener::warn_throttled(sh, &format!("fleet link from {addr}: no hello: {e}"));
+            sh.warn_throttled(&format!("fleet link from {addr}: no hello: {e}"));
             return;
         }
     };
     drop(handshake);
     if fleet.links.fetch_add(1, Ordering::Relaxed) >= MAX_LINKS {
         fleet.links.fetch_sub(1, Ordering::Relaxed);
-        crate::pam::listener::warn_throttled(sh, &format!("fleet link from {addr} closed: {MAX_LINKS} links open"));
+        sh.warn_throttled(&format!("fleet link from {addr} closed: {MAX_LINKS} links open"));
         return;
     }
     let _slot = LinkSlot(fleet);
@@ -379,7 +295,7 @@ async fn link(tcp: tokio::net::TcpStream, addr: SocketAddr, handshake: Place, sh
     }
     let Some(_slot) = HostSlot::take(fleet, &host.name) else {
         let reason = format!("{} already has {MAX_HOST_LINKS} links open; one more from {addr} refused", host.name);
-        crate::pam::listener::warn_throttled(sh, &reason);
+        sh.warn_throttled(&reason);
         let _ = link.write(&LinkReply::Refused { reason: "too many links from this host".into() }, sh.io_timeout).await;
         return;
     };
@@ -427,7 +343,7 @@ impl Drop for HostSlot<'_> {
 /// request on it). Errors: (machine to audit under, audit reason, what the
 /// client is told).
 async fn check_host(
-    sh: &Shared,
+    sh: &Core,
     fleet: &FleetServer,
     fp: &[u8; 32],
     wanted: HostRole,
@@ -436,20 +352,7 @@ async fn check_host(
     new_link: bool,
 ) -> Result<HostRecord, (String, String, &'static str)> {
     let now = sh.clock.now();
-    // PostgreSQL: on this runtime, beside the plan's reads (see crate::store::pgfast).
-    let fast = match sh.db.fast() {
-        Some(fast) => fast.host_by_fingerprint(fp).await.map_err(|e| {
-            tracing::debug!("reading a fleet host on the login path failed ({e}); reading again");
-        }),
-        None => Err(()),
-    };
-    let found = match fast {
-        Ok(found) => Ok(found),
-        Err(()) => {
-            let fp_vec = fp.to_vec();
-            sh.db.read(move |st| st.host_by_fingerprint(&fp_vec)).await
-        }
-    };
+    let found = sh.db.host_by_fingerprint(fp).await;
     let host = match found {
         Ok(Some(h)) => h,
         Ok(None) => {
@@ -469,9 +372,9 @@ async fn check_host(
     if host.role != wanted {
         let reason = format!(
             "{} credentials of {} presented for an {} link from {addr}",
-            role_name(host.role),
+            host.role.as_str(),
             host.name,
-            role_name(wanted)
+            wanted.as_str()
         );
         return Err((host.name.clone(), reason, "these credentials are not for this use"));
     }
@@ -503,8 +406,8 @@ async fn check_host(
         let was = host.last_addr.clone();
         let entry = moved.then(|| {
             let reason = match &was {
-                Some(was) => format!("{} links from {from} (before: {was})", role_name(host.role)),
-                None => format!("{} links from {from} (its first link)", role_name(host.role)),
+                Some(was) => format!("{} links from {from} (before: {was})", host.role.as_str()),
+                None => format!("{} links from {from} (its first link)", host.role.as_str()),
             };
             fleet_audit(sh, &machine, "link", reason)
         });
@@ -528,18 +431,11 @@ async fn check_host(
     Ok(host)
 }
 
-pub fn role_name(r: HostRole) -> &'static str {
-    match r {
-        HostRole::Agent => "agent",
-        HostRole::Admin => "admin",
-    }
-}
-
 /// A handshake that failed (no certificate, another CA, not TLS 1.3):
 /// logged at most once a second, audited at most once a minute in all
 /// (addresses are cheap for an attacker; the count is kept).
-async fn handshake_refused(sh: &Shared, fleet: &FleetServer, addr: SocketAddr, why: &str) {
-    crate::pam::listener::warn_throttled(sh, &format!("fleet link from {addr}: TLS handshake failed: {why}"));
+async fn handshake_refused(sh: &Core, fleet: &FleetServer, addr: SocketAddr, why: &str) {
+    sh.warn_throttled(&format!("fleet link from {addr}: TLS handshake failed: {why}"));
     let reason = format!("TLS handshake failed: {why} (from {addr})");
     audit_refusal_as(sh, fleet, "handshake", &format!("{UNKNOWN_PEER}{}", addr.ip()), reason).await;
 }
@@ -549,7 +445,7 @@ async fn agent_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
     host: HostRecord,
     fp: [u8; 32],
     addr: SocketAddr,
-    sh: &Shared,
+    sh: &Core,
     fleet: &FleetServer,
 ) {
     loop {
@@ -557,20 +453,14 @@ async fn agent_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
             Ok(r) => r,
             Err(FrameError::Closed | FrameError::TimedOut) => return,
             Err(e) => {
-                crate::pam::listener::warn_throttled(
-                    sh,
-                    &format!("agent link of {}: bad relay header: {e}", host.name),
-                );
+                sh.warn_throttled(&format!("agent link of {}: bad relay header: {e}", host.name));
                 return;
             }
         };
         let first: ClientMsg = match link.read(sh.io_timeout, sh.io_timeout, MAX_FRAME).await {
             Ok(m) => m,
             Err(e) => {
-                crate::pam::listener::warn_throttled(
-                    sh,
-                    &format!("agent link of {}: no first message: {e}", host.name),
-                );
+                sh.warn_throttled(&format!("agent link of {}: no first message: {e}", host.name));
                 return;
             }
         };
@@ -591,7 +481,7 @@ async fn agent_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
             uid: relay.peer_uid,
             pid: relay.pid,
             machine: host.name.clone(),
-            limits: sh.limits_of(&host.name),
+            limits: sh.callers.of_host(&host.name),
             remote_caller: Some(relay.caller),
             account: relay.account,
             host_fingerprint: Some(fp.to_vec()),
@@ -615,7 +505,7 @@ async fn admin_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
     host: HostRecord,
     fp: [u8; 32],
     addr: SocketAddr,
-    sh: &Shared,
+    sh: &Core,
     fleet: &FleetServer,
 ) {
     loop {
@@ -655,50 +545,4 @@ async fn admin_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
             return;
         }
     }
-}
-
-/// otpctl --server: one admin request over a blocking TLS connection.
-pub fn admin_call(
-    server: &str,
-    bundle: &std::path::Path,
-    req: &AdminRequest,
-    timeout: Duration,
-) -> Result<AdminResponse, String> {
-    let bundle = pki::Bundle::load(bundle).map_err(|e| e.to_string())?;
-    let config = pki::client_config(&bundle).map_err(|e| e.to_string())?;
-    let (host, port) =
-        common::config::split_host_port(server).ok_or_else(|| format!("--server {server:?}: use host:port"))?;
-    let name = pki::server_name(host).map_err(|e| e.to_string())?;
-    let tcp = connect_any(host, port, timeout).map_err(|e| format!("cannot connect to {server}: {e}"))?;
-    let _ = tcp.set_read_timeout(Some(timeout));
-    let _ = tcp.set_write_timeout(Some(timeout));
-    let conn = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let talk = |tls: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>| {
-        common::codec::write_frame(tls, &LinkHello::Admin { protocol: PROTOCOL_VERSION })?;
-        match common::codec::read_frame::<LinkReply, _>(tls)? {
-            LinkReply::Ready { .. } => {}
-            LinkReply::Refused { reason } => return Ok(Err(reason)),
-        }
-        common::codec::write_frame(tls, req)?;
-        Ok::<_, FrameError>(Ok(common::codec::read_frame_limited::<AdminResponse, _>(tls, MAX_ADMIN_RESPONSE)?))
-    };
-    match talk(&mut tls) {
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(reason)) => Err(format!("{server} refused these credentials: {reason}")),
-        Err(e) => Err(format!("talking to {server} failed: {e} (are these admin credentials of this fleet?)")),
-    }
-}
-
-/// Connects to the first address of `host` that answers.
-pub fn connect_any(host: &str, port: u16, timeout: Duration) -> std::io::Result<std::net::TcpStream> {
-    use std::net::ToSocketAddrs;
-    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
-    for a in (host, port).to_socket_addrs()? {
-        match std::net::TcpStream::connect_timeout(&a, timeout) {
-            Ok(s) => return Ok(s),
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
 }

@@ -4,3 +4,4 @@ pub mod admission;
 pub mod agent;
 pub mod link;
 pub mod pki;
+pub mod wire;

@@ -466,6 +466,19 @@ pub fn peer_fingerprint(conn: &rustls::CommonState) -> Option<[u8; 32]> {
     conn.peer_certificates()?.first().map(|c| fingerprint(c))
 }
 
+/// Issues a host's (or an admin's) credentials: the bundle handed out once,
+/// and the fingerprint to record.
+pub fn issue_bundle(ca: &Ca, name: &str) -> Result<(Bundle, [u8; 32]), PkiError> {
+    let issued = ca.issue_client(name)?;
+    let bundle = Bundle {
+        name: name.to_string(),
+        ca_pem: ca.cert_pem(),
+        cert_pem: issued.cert_pem.clone(),
+        key_pem: issued.key_pem.clone(),
+    };
+    Ok((bundle, issued.fingerprint))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,8 +10,8 @@
 //! 8 digits: at the prompt an 8-digit answer is tried as a TOTP code (if
 //! otpd's codes have 8 digits) and as an emailed code first, and only then
 //! as a recovery code (see [`crate::core::auth::check_answer_with`]).
-use crate::core::auth::{self, Policy};
-use crate::store::sqlite::{Store, StoreError, UserRecord};
+use crate::core::policy::Policy;
+use crate::store::model::{Store, StoreError, UserRecord};
 use common::config::Algorithm;
 use common::proto::{ImportAccount, ImportResult, Method};
 
@@ -39,7 +39,7 @@ pub fn prepare(
     hasher: Option<&mut crate::core::recovery::ScratchHasher>,
 ) -> Result<Prepared, ImportResult> {
     let skip = |why: String| result(&a.user, "skipped", why);
-    if !auth::valid_user_name(&a.user) {
+    if !crate::core::context::valid_user_name(&a.user) {
         return Err(skip("not a valid user name".into()));
     }
     let mut notes = Vec::new();
@@ -246,7 +246,7 @@ pub fn import(
         rec.clear_lockout();
         st.save_user(&rec)?;
         st.set_recovery_codes(&name, &a.salt, &a.hashes)?;
-        let e = crate::store::sqlite::NewAudit {
+        let e = crate::store::model::NewAudit {
             time: now,
             user: name.clone(),
             service: "otpctl".into(),
@@ -267,7 +267,8 @@ pub fn import(
 mod tests {
     use super::*;
     use crate::core::totp::TotpParams;
-    use crate::store::sqlite::{PlanReads, SqliteStore};
+    use crate::store::model::PlanReads;
+    use crate::store::sqlite::SqliteStore;
     use common::config::{EmailConfig, LockoutConfig};
 
     fn policy() -> Policy {

@@ -11,8 +11,9 @@
 //! PINs: `-` (none) and `+` (checked by another module) are imported. A
 //! line with a PIN is refused: pam_otp asks for no PIN, so importing it would
 //! quietly drop a factor; such users are enrolled the ordinary way.
-use crate::core::auth::{valid_user_name, Policy};
-use crate::store::sqlite::{Store, StoreError, UserRecord};
+use crate::core::context::valid_user_name;
+use crate::core::policy::Policy;
+use crate::store::model::{Store, StoreError, UserRecord};
 use common::proto::Method;
 
 /// One importable line.

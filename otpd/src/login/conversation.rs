@@ -2,12 +2,13 @@
 //! a local Unix socket (SO_PEERCRED) or a relay from a remote agent (TLS,
 //! the host named by its certificate). It is written against [`Transport`]
 //! and a [`Peer`]; `flow.rs` is its mirror in the module.
-use crate::core::auth::{self, LoginContext, Plan, Verdict};
+use crate::core::auth::{self, Plan, Verdict};
+use crate::core::context::LoginContext;
 use crate::core::email;
 use crate::core::limits::CallerLimits;
+use crate::core::service::Core;
 use crate::login::transport::Transport;
-use crate::pam::listener::{warn_throttled, Shared};
-use crate::store::sqlite::{EmergencyRequest, SessionRecord};
+use crate::store::model::{EmergencyRequest, SessionRecord};
 use common::codec::encode;
 use common::config::{Approval, AutoSend};
 use common::proto::{ClientMsg, OutcomeKind, QrStyle, ServerMsg, PROTOCOL_VERSION};
@@ -40,7 +41,7 @@ impl Gate<'_> {
 
 /// What a conversation of a host that may not log anyone in is told,
 /// before its plan or at its decision.
-const HOST_REFUSED: &str = auth::HOST_REVOKED;
+const HOST_REFUSED: &str = crate::core::audit::HOST_REVOKED;
 
 /// Who started a conversation, on which host.
 #[derive(Clone)]
@@ -63,6 +64,19 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// A login process on this machine (the PAM socket).
+    pub fn local(core: &Core, uid: u32, pid: Option<i32>) -> Peer {
+        Peer {
+            uid,
+            pid,
+            machine: core.policy.machine.clone(),
+            limits: core.callers.local(),
+            remote_caller: None,
+            account: None,
+            host_fingerprint: None,
+        }
+    }
+
     /// The real uid behind the connection (see [`crate::core::limits::caller_uid`]).
     pub fn caller_uid(&self) -> u32 {
         match self.remote_caller {
@@ -82,12 +96,12 @@ impl Peer {
     }
 }
 
-async fn outcome(s: &mut impl Transport, sh: &Shared, result: OutcomeKind, message: Option<String>) {
+async fn outcome(s: &mut impl Transport, sh: &Core, result: OutcomeKind, message: Option<String>) {
     let _ = s.write_msg(&ServerMsg::Outcome { result, message }, sh.io_timeout).await;
 }
 
 /// The reply a session message always gets, recorded or not.
-async fn outcome_ack(s: &mut impl Transport, sh: &Shared) {
+async fn outcome_ack(s: &mut impl Transport, sh: &Core) {
     let _ = s.write_msg(&ServerMsg::Ack, sh.io_timeout).await;
 }
 
@@ -126,7 +140,7 @@ fn accept_text(activated: bool, failures: u32, locks: u32) -> Option<String> {
     (!lines.is_empty()).then(|| lines.join("\n"))
 }
 
-pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Shared, gate: Option<HostGate<'_>>) {
+pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Core, gate: Option<HostGate<'_>>) {
     let (peer_uid, pid) = (peer.uid, peer.pid);
     let mut gate = Gate { pending: gate, ok: true };
     // Every way out before the plan passes the gate first: nothing is
@@ -141,7 +155,7 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
     if peer.limits.host_rate.as_ref().is_some_and(|r| !r.allow(0)) {
         gate!();
         let why = crate::core::limits::Refusal::HostRate;
-        crate::core::limits::refuse(sh, &peer.limits, 0, why).await;
+        crate::core::refusals::refuse(sh, &peer.limits, 0, why).await;
         if matches!(first, ClientMsg::Begin { .. }) {
             return outcome(&mut s, sh, OutcomeKind::Deny, Some(why.message().into())).await;
         }
@@ -155,7 +169,8 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
             gate!();
             let caller = peer.caller_uid();
             if caller != 0 && !peer.limits.session_rate.allow(caller) {
-                crate::core::limits::refuse(sh, &peer.limits, caller, crate::core::limits::Refusal::SessionRate).await;
+                crate::core::refusals::refuse(sh, &peer.limits, caller, crate::core::limits::Refusal::SessionRate)
+                    .await;
             } else {
                 session_event(sh, msg, peer_uid, &peer.machine, peer.remote_caller.is_some()).await;
             }
@@ -164,7 +179,7 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
         }
         other => {
             gate!();
-            warn_throttled(sh, &format!("PAM connection from uid {peer_uid}: expected begin, got {}", kind(&other)));
+            sh.warn_throttled(&format!("PAM connection from uid {peer_uid}: expected begin, got {}", kind(&other)));
             outcome(&mut s, sh, OutcomeKind::Deny, Some("Protocol error.".into())).await;
             return;
         }
@@ -193,7 +208,7 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
     // that account, never the typed name (check 35). A name the agent gave
     // that no user could have is no name.
     if ctx.remote && peer_uid != 0 {
-        ctx.account = ctx.account.take().filter(|a| auth::valid_user_name(a));
+        ctx.account = ctx.account.take().filter(|a| crate::core::context::valid_user_name(a));
         // No account named (refused below): the caller's uid stands in.
         let own = ctx.account.clone().unwrap_or_else(|| format!("uid:{peer_uid}"));
         if own != ctx.user {
@@ -234,7 +249,7 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
     };
     let refuse = if protocol != PROTOCOL_VERSION {
         Some(format!("protocol version {protocol} not supported (otpd speaks {PROTOCOL_VERSION})"))
-    } else if !auth::valid_user_name(&user) {
+    } else if !crate::core::context::valid_user_name(&user) {
         Some("invalid user name".to_string())
     } else {
         None
@@ -377,36 +392,40 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Sha
     outcome(&mut s, sh, OutcomeKind::Deny, Some("Too many requests in one login.".into())).await
 }
 
-/// What to ask. On SQLite it is read on this thread from the read-only
-/// connection; on PostgreSQL a fleet login's plan is made on the records
-/// read by [`crate::store::pgfast`] when they are all it needs, else through the
-/// database workers.
+/// What to ask. Read on this thread where the store can
+/// ([`crate::store::db::Db::read_here`]); a fleet login's plan is made on
+/// the records one prefetch read when they are all it needs; else it is
+/// read through the database workers.
 async fn plan_login(
-    sh: &Shared,
+    sh: &Core,
     ctx: &mut LoginContext,
     now: i64,
-    seen: &mut Option<crate::store::sqlite::UserRecord>,
-) -> Result<(Plan, Option<auth::Note>), crate::store::sqlite::StoreError> {
-    if let Some(reader) = &sh.reader {
-        let mut reader = reader.lock().unwrap_or_else(|e| e.into_inner());
-        return auth::plan(&mut *reader, &sh.policy, ctx, now);
+    seen: &mut Option<crate::store::model::UserRecord>,
+) -> Result<(Plan, Option<auth::Note>), crate::store::model::StoreError> {
+    if let Some(planned) = sh.db.read_here(|reader| auth::plan(reader, &sh.policy, ctx, now)) {
+        return planned;
     }
-    if let (Some(fast), true) = (sh.db.fast(), ctx.remote) {
-        match fast.plan_reads(&ctx.user, sh.policy.email.enabled).await {
-            Ok((user, failing_mail)) => {
-                let mut read = auth::Prefetched { name: ctx.user.clone(), user, failing_mail };
-                let (mut job_ctx, mut found) = (ctx.clone(), None);
-                match auth::plan_seen(&mut read, &sh.policy, &mut job_ctx, now, &mut found) {
-                    Err(crate::store::sqlite::StoreError::NotRead) => {}
-                    planned => {
-                        *ctx = job_ctx;
-                        *seen = found;
-                        return planned;
-                    }
+    let prefetched = match ctx.remote {
+        true => sh.db.prefetch_plan(&ctx.user, sh.policy.email.enabled).await,
+        false => None,
+    };
+    match prefetched {
+        Some(Ok((user, failing_mail))) => {
+            let mut read = auth::Prefetched { name: ctx.user.clone(), user, failing_mail };
+            let (mut job_ctx, mut found) = (ctx.clone(), None);
+            match auth::plan_seen(&mut read, &sh.policy, &mut job_ctx, now, &mut found) {
+                Err(crate::store::model::StoreError::NotRead) => {}
+                planned => {
+                    *ctx = job_ctx;
+                    *seen = found;
+                    return planned;
                 }
             }
-            Err(e) => tracing::debug!("reading the plan of {} on the login path failed ({e}); reading again", ctx.user),
         }
+        Some(Err(e)) => {
+            tracing::debug!("reading the plan of {} on the login path failed ({e}); reading again", ctx.user)
+        }
+        None => {}
     }
     let (policy, mut job_ctx) = (sh.policy.clone(), ctx.clone());
     let (planned, job_ctx, found) = sh
@@ -455,20 +474,14 @@ fn setuid_caller_over_rate(peer: &Peer, ticket: &crate::core::limits::Ticket) ->
 }
 
 /// Refuses a login for one of its caller's limits (counted, not written one by one).
-async fn refuse_caller(
-    s: &mut impl Transport,
-    sh: &Shared,
-    peer: &Peer,
-    caller: u32,
-    why: crate::core::limits::Refusal,
-) {
-    crate::core::limits::refuse(sh, &peer.limits, caller, why).await;
+async fn refuse_caller(s: &mut impl Transport, sh: &Core, peer: &Peer, caller: u32, why: crate::core::limits::Refusal) {
+    crate::core::refusals::refuse(sh, &peer.limits, caller, why).await;
     outcome(s, sh, OutcomeKind::Deny, Some(why.message().into())).await
 }
 
 /// Asks the module for the uid of the name typed. `None` when the
 /// conversation is over (the outcome has been sent and audited).
-async fn resolve_user(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext) -> Option<Option<u32>> {
+async fn resolve_user(s: &mut impl Transport, sh: &Core, ctx: &LoginContext) -> Option<Option<u32>> {
     if s.write_msg(&ServerMsg::ResolveUser, sh.io_timeout).await.is_err() {
         return None;
     }
@@ -485,7 +498,7 @@ async fn resolve_user(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext) -
 /// Audits a denial, sends it, and ends the conversation (`None`).
 async fn end_denied<T>(
     s: &mut impl Transport,
-    sh: &Shared,
+    sh: &Core,
     ctx: &LoginContext,
     why: String,
     message: Option<&str>,
@@ -495,14 +508,14 @@ async fn end_denied<T>(
     None
 }
 
-async fn protocol_error<T>(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext, got: &ClientMsg) -> Option<T> {
+async fn protocol_error<T>(s: &mut impl Transport, sh: &Core, ctx: &LoginContext, got: &ClientMsg) -> Option<T> {
     let why = format!("protocol error: unexpected {}", kind(got));
     end_denied(s, sh, ctx, why, Some("Protocol error.")).await
 }
 
 /// Sends a prompt and waits for the answer. `None` when the conversation is
 /// over (cancelled, broken, timed out): the outcome has been sent and audited.
-async fn ask(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext, echo: bool, text: &str) -> Option<String> {
+async fn ask(s: &mut impl Transport, sh: &Core, ctx: &LoginContext, echo: bool, text: &str) -> Option<String> {
     if s.write_msg(&ServerMsg::Prompt { echo, text: text.into() }, sh.io_timeout).await.is_err() {
         return None;
     }
@@ -521,10 +534,10 @@ async fn ask(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext, echo: bool
 /// handle, so nothing has to wake it again for this login.
 async fn finish<T: Transport>(
     mut s: T,
-    sh: &Shared,
+    sh: &Core,
     ctx: &LoginContext,
     answer: String,
-    seen: Option<crate::store::sqlite::UserRecord>,
+    seen: Option<crate::store::model::UserRecord>,
 ) {
     let now = sh.clock.now();
     crate::store::db::test_stop("OTPD_TEST_STOP_BEFORE_DECISION_FILE");
@@ -548,10 +561,11 @@ async fn finish<T: Transport>(
     // else, or a row that changed meanwhile, is decided below in a
     // transaction.
     let late = move || decide_by.is_some_and(|by| std::time::Instant::now() >= by);
-    let fast = sh.db.fast().filter(|_| recovery.is_none() && !late());
-    if let (Some(fast), Some(user)) = (fast, seen.as_ref()) {
+    let seen = seen.as_ref().filter(|_| recovery.is_none() && !late());
+    if let Some(user) = seen {
         if let Some((step, entry)) = auth::fast_step(&sh.policy, ctx, &answer, now, user) {
-            match fast.accept_step_if_unchanged(user, step, now, &entry, ctx.host_fingerprint.as_deref()).await {
+            let host = ctx.host_fingerprint.as_deref();
+            match sh.db.accept_step_if_unchanged(user, step, now, &entry, host).await.unwrap_or(Ok(false)) {
                 Ok(true) => {
                     crate::core::syslog::audit(&entry);
                     return send_verdict(&mut s, sh, &ctx.user, Ok(auth::FAST_ACCEPT), now).await;
@@ -564,13 +578,13 @@ async fn finish<T: Transport>(
         }
     }
     let (policy, job_ctx, events, user) = (sh.policy.clone(), ctx.clone(), sh.events.clone(), ctx.user.clone());
-    let check = move |st: &mut dyn crate::store::sqlite::Store| {
+    let check = move |st: &mut dyn crate::store::model::Store| {
         // The asker gave up meanwhile (this server was paused, or its
         // database slow): whatever would be decided now, nobody would hear
         // it, and an accept would be recorded for a login that failed.
         if late() {
             let why = "not decided: the login had stopped waiting for the answer";
-            auth::audit(st, &policy, &job_ctx, now, "deny", why)?;
+            crate::core::audit::audit(st, &policy, &job_ctx, now, "deny", why)?;
             return Ok(Verdict::Deny { message: "Passcode check unavailable.".into() });
         }
         auth::check_answer_with(st, &policy, &job_ctx, &answer, recovery.as_deref(), now)
@@ -601,9 +615,9 @@ async fn finish<T: Transport>(
 /// A decided answer over the conversation's transport: D-Bus signals, the log line, the outcome.
 async fn send_verdict<T: Transport>(
     s: &mut T,
-    sh: &Shared,
+    sh: &Core,
     user: &str,
-    verdict: Result<Verdict, crate::store::sqlite::StoreError>,
+    verdict: Result<Verdict, crate::store::model::StoreError>,
     now: i64,
 ) {
     verdict_events(&sh.events, user, &verdict);
@@ -618,7 +632,7 @@ async fn send_verdict<T: Transport>(
 /// A user without codes still costs one hash (under a fresh salt), so the
 /// time taken does not tell whether they have any.
 async fn recovery_hash(
-    sh: &Shared,
+    sh: &Core,
     user: &str,
     answer: &str,
     now: i64,
@@ -633,14 +647,12 @@ async fn recovery_hash(
             None => return Ok(None),
         },
     };
-    let state = match &sh.reader {
-        Some(reader) => {
-            let mut reader = reader.lock().unwrap_or_else(|e| e.into_inner());
-            let reader = &mut *reader;
-            let locked =
-                crate::store::sqlite::PlanReads::user(reader, user).map(|u| u.is_some_and(|u| u.is_locked(now)));
-            locked.and_then(|locked| Ok((locked, crate::store::sqlite::Store::recovery_salt(reader, user)?)))
-        }
+    let read = |st: &mut dyn crate::store::model::Store| {
+        let locked = crate::store::model::PlanReads::user(st, user)?.is_some_and(|u| u.is_locked(now));
+        Ok((locked, st.recovery_salt(user)?))
+    };
+    let state = match sh.db.read_here(read) {
+        Some(state) => state,
         None => {
             let user = user.to_string();
             sh.db
@@ -677,14 +689,14 @@ async fn recovery_hash(
 
 /// D-Bus signals and the log line for a checked answer.
 fn verdict_events(
-    events: &tokio::sync::broadcast::Sender<crate::admin::dbus::Event>,
+    events: &tokio::sync::broadcast::Sender<crate::core::events::Event>,
     user: &str,
-    verdict: &Result<Verdict, crate::store::sqlite::StoreError>,
+    verdict: &Result<Verdict, crate::store::model::StoreError>,
 ) {
     let user = user.to_string();
     match verdict {
         Ok(Verdict::Accept { activated: true, .. }) => {
-            let _ = events.send(crate::admin::dbus::Event::EnrollmentActivated { user: user.clone() });
+            let _ = events.send(crate::core::events::Event::EnrollmentActivated { user: user.clone() });
         }
         Ok(Verdict::Locked { until }) => {
             // i64::MAX: until an administrator unlocks the account.
@@ -692,7 +704,7 @@ fn verdict_events(
                 auth::LockEnd::At(t) => *t,
                 auth::LockEnd::AdminUnlock => i64::MAX,
             };
-            let _ = events.send(crate::admin::dbus::Event::UserLockedOut { user: user.clone(), until });
+            let _ = events.send(crate::core::events::Event::UserLockedOut { user: user.clone(), until });
         }
         // Nothing was committed: the code was not consumed, the attempt not recorded.
         Err(e) => tracing::error!("store error while checking a code for {user}: {e}; denying"),
@@ -701,7 +713,7 @@ fn verdict_events(
 }
 
 /// The outcome message for a checked answer.
-fn verdict_outcome(verdict: &Result<Verdict, crate::store::sqlite::StoreError>, now: i64) -> ServerMsg {
+fn verdict_outcome(verdict: &Result<Verdict, crate::store::model::StoreError>, now: i64) -> ServerMsg {
     let (result, message) = match verdict {
         Ok(Verdict::Accept { activated, failures, locks }) => {
             (OutcomeKind::Accept, accept_text(*activated, *failures, *locks))
@@ -779,7 +791,7 @@ const NEUTRAL: &str = "If this matches our records, a code was sent to the addre
 
 /// Enter at the passcode prompt. Returns the text to show and whether the
 /// conversation ends.
-async fn email_request(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext) -> (Option<String>, bool) {
+async fn email_request(s: &mut impl Transport, sh: &Core, ctx: &LoginContext) -> (Option<String>, bool) {
     let policy = sh.policy.clone();
     let now = sh.clock.now();
     let mode = policy.email.auto_send;
@@ -791,7 +803,7 @@ async fn email_request(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext) 
         .run(move |st| {
             let why = email::no_usable_code(st, &p, &c.user, &c.machine, now)?;
             if why.is_some() {
-                auth::audit_method(
+                crate::core::audit::audit_method(
                     st,
                     &p,
                     &c,
@@ -846,8 +858,8 @@ async fn email_request(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext) 
         .db
         .run(move |st| {
             // Revoked meanwhile (check 40): nothing is mailed for that host.
-            if !auth::host_still_trusted(st, &policy, &ctx2, now)? {
-                return Ok(Err(auth::HOST_REVOKED));
+            if !crate::core::audit::host_still_trusted(st, &policy, &ctx2, now)? {
+                return Ok(Err(crate::core::audit::HOST_REVOKED));
             }
             let user = st.user(&ctx2.user)?;
             let on_record = user
@@ -855,7 +867,15 @@ async fn email_request(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext) 
                 .and_then(|u| u.email.clone())
                 .or_else(|| email::directory_address(&policy.email.directory, &ctx2.user));
             let Some(address) = on_record else {
-                auth::audit_method(st, &policy, &ctx2, now, "email", "deny", "no email address on record")?;
+                crate::core::audit::audit_method(
+                    st,
+                    &policy,
+                    &ctx2,
+                    now,
+                    "email",
+                    "deny",
+                    "no email address on record",
+                )?;
                 return Ok(Err(
                     "No email address is on record for you. Ask your administrator, or use emergency access.",
                 ));
@@ -872,7 +892,7 @@ async fn email_request(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext) 
                 } else {
                     "internal login failed"
                 };
-                auth::audit_method(st, &policy, &ctx2, now, "email", "deny", why)?;
+                crate::core::audit::audit_method(st, &policy, &ctx2, now, "email", "deny", why)?;
                 return Ok(Err(NEUTRAL));
             }
             email::request_code(st, &policy, &ctx2, &address, false, now).map(Ok)
@@ -882,14 +902,14 @@ async fn email_request(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext) 
         Ok(Ok(outcome)) => {
             if let email::RequestOutcome::Queued { masked, .. } = &outcome {
                 sh.mail_wakeup.notify_one();
-                sh.emit(crate::admin::dbus::Event::CodeRequested { user: ctx.user.clone(), address: masked.clone() });
+                sh.emit(crate::core::events::Event::CodeRequested { user: ctx.user.clone(), address: masked.clone() });
             }
             // Typed address / internal login: only the neutral words, whether or not it matched.
             let text = if mode == AutoSend::Directory { describe(&outcome) } else { NEUTRAL.to_string() };
             (Some(text), false)
         }
         // A revoked host's conversation ends here; other refusals leave the prompt.
-        Ok(Err(text)) => (Some(text.to_string()), text == auth::HOST_REVOKED),
+        Ok(Err(text)) => (Some(text.to_string()), text == crate::core::audit::HOST_REVOKED),
         Err(e) => {
             tracing::error!("store error during an email request for {}: {e}", ctx.user);
             (Some("Emailed codes are unavailable right now.".into()), false)
@@ -898,7 +918,7 @@ async fn email_request(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext) 
 }
 
 /// "I need emergency access": a typed address and a reason.
-async fn emergency_request(s: &mut impl Transport, sh: &Shared, ctx: &LoginContext) -> Option<(String, bool)> {
+async fn emergency_request(s: &mut impl Transport, sh: &Core, ctx: &LoginContext) -> Option<(String, bool)> {
     let typed = ask(s, sh, ctx, true, "Email address: ").await?;
     let address = match email::validate_address(typed.trim()) {
         Ok(a) => a,
@@ -918,21 +938,29 @@ async fn emergency_request(s: &mut impl Transport, sh: &Shared, ctx: &LoginConte
         .db
         .run(move |st| {
             // Revoked meanwhile (check 40): no code, no request for an admin to approve.
-            if !auth::host_still_trusted(st, &policy, &ctx2, now)? {
-                return Ok((auth::HOST_REVOKED.to_string(), true, false, None));
+            if !crate::core::audit::host_still_trusted(st, &policy, &ctx2, now)? {
+                return Ok((crate::core::audit::HOST_REVOKED.to_string(), true, false, None));
             }
             if allowed {
                 return email::request_code(st, &policy, &ctx2, &address, true, now)
                     .map(|o| (describe(&o), false, true, None));
             }
             if policy.email.emergency.approval == Approval::Never {
-                auth::audit_method(st, &policy, &ctx2, now, "email", "deny", "emergency: address not allowed")?;
+                crate::core::audit::audit_method(
+                    st,
+                    &policy,
+                    &ctx2,
+                    now,
+                    "email",
+                    "deny",
+                    "emergency: address not allowed",
+                )?;
                 return Ok(("Emergency access is not available for that address.".to_string(), true, false, None));
             }
             if let Some((why, text)) =
                 crate::core::limits::emergency_capped(st, &policy.email.emergency, &ctx2.user, &address)?
             {
-                auth::audit_method(st, &policy, &ctx2, now, "email", "deny", &why)?;
+                crate::core::audit::audit_method(st, &policy, &ctx2, now, "email", "deny", &why)?;
                 return Ok((text, true, false, None));
             }
             let id = st.insert_request(&EmergencyRequest {
@@ -947,7 +975,7 @@ async fn emergency_request(s: &mut impl Transport, sh: &Shared, ctx: &LoginConte
                 decided_at: None,
                 decided_by: None,
             })?;
-            auth::audit_method(
+            crate::core::audit::audit_method(
                 st,
                 &policy,
                 &ctx2,
@@ -975,7 +1003,7 @@ async fn emergency_request(s: &mut impl Transport, sh: &Shared, ctx: &LoginConte
             }
             if let Some(id) = pending {
                 tracing::warn!("emergency access request #{id} from {} is pending approval", ctx.user);
-                sh.emit(crate::admin::dbus::Event::EmergencyRequestPending { id, user: ctx.user.clone() });
+                sh.emit(crate::core::events::Event::EmergencyRequestPending { id, user: ctx.user.clone() });
             }
             Some((text, done))
         }
@@ -987,17 +1015,17 @@ async fn emergency_request(s: &mut impl Transport, sh: &Shared, ctx: &LoginConte
 }
 
 async fn run_audit_result(
-    sh: &Shared,
+    sh: &Core,
     ctx: LoginContext,
     result: &'static str,
     reason: String,
-) -> Result<(), crate::store::sqlite::StoreError> {
+) -> Result<(), crate::store::model::StoreError> {
     let policy = sh.policy.clone();
     let now = sh.clock.now();
-    sh.db.run(move |st| auth::audit(st, &policy, &ctx, now, result, &reason)).await
+    sh.db.run(move |st| crate::core::audit::audit(st, &policy, &ctx, now, result, &reason)).await
 }
 
-async fn session_event(sh: &Shared, msg: ClientMsg, peer_uid: u32, machine: &str, remote: bool) {
+async fn session_event(sh: &Core, msg: ClientMsg, peer_uid: u32, machine: &str, remote: bool) {
     let policy = sh.policy.clone();
     let machine = machine.to_string();
     let now = sh.clock.now();
@@ -1008,7 +1036,9 @@ async fn session_event(sh: &Shared, msg: ClientMsg, peer_uid: u32, machine: &str
                 // A remote uid cannot be matched to a record: only root's
                 // (login, sshd) session messages are recorded for a host.
                 ClientMsg::SessionOpened { .. } | ClientMsg::SessionClosed { .. } if remote && peer_uid != 0 => {}
-                ClientMsg::SessionOpened { user, service, rhost, tty, pid, .. } if auth::valid_user_name(&user) => {
+                ClientMsg::SessionOpened { user, service, rhost, tty, pid, .. }
+                    if crate::core::context::valid_user_name(&user) =>
+                {
                     let rec = st.user(&user)?;
                     if peer_uid != 0 && rec.as_ref().and_then(|u| u.uid) != Some(peer_uid) {
                         return Ok(());
@@ -1029,7 +1059,7 @@ async fn session_event(sh: &Shared, msg: ClientMsg, peer_uid: u32, machine: &str
                         closed_at: None,
                     })?;
                 }
-                ClientMsg::SessionClosed { user, service, pid, .. } if auth::valid_user_name(&user) => {
+                ClientMsg::SessionClosed { user, service, pid, .. } if crate::core::context::valid_user_name(&user) => {
                     // The rule of session_opened: a caller other than root closes only its own sessions.
                     if peer_uid != 0 && st.user(&user)?.and_then(|u| u.uid) != Some(peer_uid) {
                         return Ok(());
@@ -1063,14 +1093,10 @@ mod tests {
     //! drives the module: each step is what the daemon must send, or what
     //! the peer answers; the script must be used up (checked in Drop).
     use super::*;
-    use crate::core::auth::Policy;
-    use crate::core::crypto::SecretBox;
-    use crate::core::totp::TotpParams;
+    use crate::core::service::Parts;
     use crate::store::db::Db;
     use crate::store::sqlite::SqliteStore;
-    use crate::sys::clock::FakeClock;
     use common::codec::FrameError;
-    use common::config::{Algorithm, EmailConfig, LockoutConfig};
     use common::proto::Method;
     use std::collections::VecDeque;
     use std::future::Future;
@@ -1120,43 +1146,8 @@ mod tests {
         }
     }
 
-    fn shared(db: Db) -> Shared {
-        let caps = crate::core::limits::Caps { per_caller: 8, per_target: 16, unprivileged: 100 };
-        Shared {
-            db,
-            policy: Arc::new(Policy {
-                totp: TotpParams { algorithm: Algorithm::SHA1, digits: 6, period: 30, skew: 1 },
-                hotp_window: 10,
-                require_group: None,
-                lockout: LockoutConfig::default(),
-                issuer: "test".into(),
-                machine: "local".into(),
-                crypto: SecretBox::from_key(&[7u8; 32]),
-                email: EmailConfig { enabled: false, ..EmailConfig::default() },
-            }),
-            clock: Box::new(FakeClock::new(T0)),
-            io_timeout: Duration::from_secs(5),
-            prompt_timeout: Duration::from_secs(60),
-            admin_gid: None,
-            started_at: T0,
-            database: ":memory:".into(),
-            open_connections: Default::default(),
-            per_uid: Default::default(),
-            silent: Default::default(),
-            next_connection: Default::default(),
-            last_flood_warning: Default::default(),
-            // No reader: the login path plans through the database thread,
-            // as it does on PostgreSQL.
-            reader: None,
-            mail_wakeup: Default::default(),
-            events: tokio::sync::broadcast::channel(16).0,
-            limits: Arc::new(CallerLimits::new("local", 30, caps)),
-            host_limits: Default::default(),
-            limit_settings: (30, caps),
-            fleet: None,
-            enroll_on_agents: true,
-            host_logins_per_minute: 6000,
-        }
+    fn shared(db: Db) -> Core {
+        Core::new(Parts::for_tests(db, T0))
     }
 
     fn begin(user: &str) -> ClientMsg {
@@ -1173,12 +1164,12 @@ mod tests {
         }
     }
 
-    fn remote(sh: &Shared, host: &str, uid: u32) -> Peer {
+    fn remote(sh: &Core, host: &str, uid: u32) -> Peer {
         Peer {
             uid,
             pid: None,
             machine: host.into(),
-            limits: sh.limits_of(host),
+            limits: sh.callers.of_host(host),
             remote_caller: Some(None),
             account: None,
             host_fingerprint: None,
@@ -1186,7 +1177,7 @@ mod tests {
     }
 
     /// alice, activated, and a valid code for T0.
-    fn enrolled(sh: &Shared) -> String {
+    fn enrolled(sh: &Core) -> String {
         let rec = crate::core::auth::new_enrollment(&sh.policy, None, "alice", Some(1000), T0 - 100);
         let secret = sh.policy.crypto.open("alice", rec.secret.as_deref().unwrap()).unwrap();
         let mut rec = rec;
@@ -1200,12 +1191,12 @@ mod tests {
         matches!(m, ServerMsg::Prompt { echo: false, .. })
     }
 
-    fn run_script(sh: &Shared, peer: &Peer, first: ClientMsg, steps: Vec<Step>) -> Vec<String> {
+    fn run_script(sh: &Core, peer: &Peer, first: ClientMsg, steps: Vec<Step>) -> Vec<String> {
         run_gated(sh, peer, first, steps, None)
     }
 
     /// With a host gate that says `allowed` (None: no gate, a local login).
-    fn run_gated(sh: &Shared, peer: &Peer, first: ClientMsg, steps: Vec<Step>, allowed: Option<bool>) -> Vec<String> {
+    fn run_gated(sh: &Core, peer: &Peer, first: ClientMsg, steps: Vec<Step>, allowed: Option<bool>) -> Vec<String> {
         let mut s = Script { steps: steps.into(), seen: Vec::new() };
         let gate = allowed.map(|ok| -> HostGate { Box::pin(async move { ok }) });
         tokio::runtime::Handle::current().block_on(run(&mut s, peer, first, sh, gate));
@@ -1251,15 +1242,15 @@ mod tests {
         });
     }
 
-    fn audit_rows(sh: &Shared) -> Vec<(String, String, String)> {
+    fn audit_rows(sh: &Core) -> Vec<(String, String, String)> {
         on_db(sh, |st| st.audit(None, None, None, 100)).into_iter().map(|e| (e.machine, e.result, e.reason)).collect()
     }
 
     /// `f` in a transaction, from this (non-async) thread.
-    fn on_db<T, F>(sh: &Shared, f: F) -> T
+    fn on_db<T, F>(sh: &Core, f: F) -> T
     where
         T: Send + 'static,
-        F: FnOnce(&mut dyn crate::store::sqlite::Store) -> Result<T, crate::store::sqlite::StoreError> + Send + 'static,
+        F: FnOnce(&mut dyn crate::store::model::Store) -> Result<T, crate::store::model::StoreError> + Send + 'static,
     {
         let db = sh.db.clone();
         tokio::runtime::Handle::current().block_on(async move { db.run(f).await }).unwrap()
@@ -1422,8 +1413,9 @@ mod tests {
     #[test]
     fn a_cancelled_login_is_audited_with_the_users_own_method() {
         with_runtime(|| {
-            let mut sh = shared(Db::start(SqliteStore::in_memory().unwrap()));
-            Arc::get_mut(&mut sh.policy).unwrap().email.enabled = true;
+            let mut parts = Parts::for_tests(Db::start(SqliteStore::in_memory().unwrap()), T0);
+            Arc::get_mut(&mut parts.policy).unwrap().email.enabled = true;
+            let sh = Core::new(parts);
             for (user, method) in [("erin", Method::Email), ("hank", Method::Hotp), ("tess", Method::Totp)] {
                 let mut rec = crate::core::auth::new_enrollment(&sh.policy, None, user, Some(1000), T0 - 100);
                 rec.method = method;
@@ -1460,8 +1452,9 @@ mod tests {
     #[test]
     fn pending_enrollments_stay_off_agent_hosts_when_the_server_says_so() {
         with_runtime(|| {
-            let mut sh = shared(Db::start(SqliteStore::in_memory().unwrap()));
-            sh.enroll_on_agents = false;
+            let mut parts = Parts::for_tests(Db::start(SqliteStore::in_memory().unwrap()), T0);
+            parts.enroll_on_agents = false;
+            let sh = Core::new(parts);
             let rec = crate::core::auth::new_enrollment(&sh.policy, None, "carol", Some(1000), T0 - 100);
             on_db(&sh, move |st| st.save_user(&rec));
             let seen = run_script(
@@ -1475,7 +1468,7 @@ mod tests {
             );
             assert!(!seen.iter().any(|m| m.contains("otpauth")), "{seen:?}");
             // The server's own PAM socket still enrolls.
-            let local = sh.local_peer(0, None);
+            let local = Peer::local(&sh, 0, None);
             run_script(
                 &sh,
                 &local,
@@ -1496,8 +1489,10 @@ mod tests {
     #[test]
     fn one_host_cannot_start_more_conversations_than_its_rate_root_included() {
         with_runtime(|| {
-            let mut sh = shared(Db::start(SqliteStore::in_memory().unwrap()));
-            sh.host_logins_per_minute = 3;
+            let mut parts = Parts::for_tests(Db::start(SqliteStore::in_memory().unwrap()), T0);
+            let caps = crate::core::limits::Caps { per_caller: 8, per_target: 16, unprivileged: 100 };
+            parts.callers = crate::core::limits::Callers::new("local", 30, caps, 3);
+            let sh = Core::new(parts);
             enrolled(&sh);
             let not_enrolled = |m: &ServerMsg| matches!(m, ServerMsg::Outcome { result: OutcomeKind::NotEnrolled, .. });
             for _ in 0..3 {

@@ -2,8 +2,8 @@
 //! transaction that creates the code); this task delivers, with retries
 //! and backoff, so a slow or dead mail server never holds up a login and a
 //! daemon restart loses nothing.
-use crate::pam::listener::Shared;
-use crate::store::sqlite::{EmailCode, QueuedMail};
+use crate::core::service::Core;
+use crate::store::model::{EmailCode, QueuedMail};
 use crate::sys::clock::local_hhmm as hhmm;
 use common::config::SmtpConfig;
 use lettre::message::{header::ContentType, Mailbox, Message};
@@ -126,7 +126,7 @@ pub fn backoff(attempts: u32) -> i64 {
 /// Messages in flight at once (over the transport's connection pool).
 const PARALLEL: usize = 16;
 
-pub async fn run(sh: Arc<Shared>, mailer: Mailer) {
+pub async fn run(sh: Arc<Core>, mailer: Mailer) {
     let mailer = Arc::new(mailer);
     loop {
         let now = sh.clock.now();
@@ -154,7 +154,7 @@ pub async fn run(sh: Arc<Shared>, mailer: Mailer) {
     }
 }
 
-async fn deliver(sh: &Shared, mailer: &Mailer, m: QueuedMail) {
+async fn deliver(sh: &Core, mailer: &Mailer, m: QueuedMail) {
     let now = sh.clock.now();
     let plain = m
         .code

@@ -14,8 +14,11 @@
 //! job per transaction; the result is again released only after COMMIT.
 //! Jobs are no longer serialised by us, so the single-use and cap rules rest
 //! on row locks and conditional updates instead (see [`crate::store::sqlite`]).
+use crate::store::model::{HostRecord, NewAudit, Store, StoreError, UserRecord};
 use crate::store::postgres::PgStore;
-use crate::store::sqlite::{SqliteStore, Store, StoreError};
+use crate::store::sqlite::SqliteStore;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use tokio::sync::oneshot;
 
@@ -35,9 +38,109 @@ pub struct Db {
     tx: mpsc::SyncSender<Queued>,
     /// PostgreSQL: the login path's async queries beside the workers.
     fast: Option<Arc<crate::store::pgfast::PgFast>>,
+    /// SQLite: the login path's read-only connection, read on the caller's
+    /// thread (see [`SqliteStore::open_reader`]).
+    reader: Option<Arc<Mutex<SqliteStore>>>,
+}
+
+/// A `postgresql://` URL rather than a file.
+fn is_server_url(database: &Path) -> bool {
+    common::config::is_postgres_url(database)
 }
 
 impl Db {
+    /// Opens the configured database: the one place a backend is chosen. A
+    /// `postgresql://` URL (fleet servers sharing one database, with
+    /// `pg_connections` workers), else a SQLite file with its read-only
+    /// login-path connection beside the writer.
+    pub fn open(database: &Path, pg_connections: usize) -> Result<Db, StoreError> {
+        if is_server_url(database) {
+            return Db::start_postgres(database.to_str().unwrap_or_default(), pg_connections);
+        }
+        let store = SqliteStore::open(database)?;
+        // SQLite gives -wal and -shm the database's mode as it was when it made them.
+        for (f, _) in crate::sys::trust::database_files(database) {
+            let _ = std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600));
+        }
+        let reader = SqliteStore::open_reader(database)?;
+        let mut db = Db::start(store);
+        db.reader = Some(Arc::new(Mutex::new(reader)));
+        Ok(db)
+    }
+
+    /// The files a database on this machine keeps (to be checked before
+    /// anything is read: see [`crate::sys::trust`]); `None` for a server.
+    pub fn local_files(database: &Path) -> Option<Vec<(PathBuf, &'static str)>> {
+        (!is_server_url(database)).then(|| crate::sys::trust::database_files(database).to_vec())
+    }
+
+    /// The database as the log and `status` show it: the password in a
+    /// `postgresql://` URL never appears.
+    pub fn describe(database: &Path) -> String {
+        match database.to_str().filter(|_| is_server_url(database)) {
+            Some(url) => crate::store::postgres::async_config(url)
+                .map(|c| crate::store::postgres::describe(&c))
+                .unwrap_or_else(|_| "postgresql://(unusable URL)".into()),
+            None => database.display().to_string(),
+        }
+    }
+
+    /// The login path's reads on the caller's thread, from SQLite's
+    /// read-only connection; `None` where there is none (PostgreSQL: read
+    /// with [`Db::read`] or [`Db::prefetch_plan`]).
+    pub fn read_here<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Store) -> Result<T, StoreError>,
+    ) -> Option<Result<T, StoreError>> {
+        let reader = self.reader.as_ref()?;
+        let mut reader = crate::lock(reader);
+        Some(f(&mut *reader))
+    }
+
+    /// A login's plan in one round trip on the caller's runtime (the user
+    /// and, when `mail`, how many of its mails are failing), where the
+    /// backend has such a read (PostgreSQL); `None` elsewhere.
+    pub async fn prefetch_plan(
+        &self,
+        name: &str,
+        mail: bool,
+    ) -> Option<Result<(Option<UserRecord>, Option<u64>), StoreError>> {
+        Some(self.fast.as_ref()?.plan_reads(name, mail).await)
+    }
+
+    /// The common accept in one statement, where the backend has it
+    /// (PostgreSQL; see [`crate::store::pgfast::PgFast::accept_step_if_unchanged`]):
+    /// `Some(Ok(false))` when the record changed meanwhile, `None` elsewhere.
+    /// Either way the caller then decides in a transaction.
+    pub async fn accept_step_if_unchanged(
+        &self,
+        seen: &UserRecord,
+        step: i64,
+        now: i64,
+        audit: &NewAudit,
+        host: Option<&[u8]>,
+    ) -> Option<Result<bool, StoreError>> {
+        Some(self.fast.as_ref()?.accept_step_if_unchanged(seen, step, now, audit, host).await)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn fast(&self) -> Option<&crate::store::pgfast::PgFast> {
+        self.fast.as_deref()
+    }
+
+    /// A fleet host by its certificate's fingerprint: on PostgreSQL from
+    /// the caller's runtime when it can, else through the workers.
+    pub async fn host_by_fingerprint(&self, fp: &[u8; 32]) -> Result<Option<HostRecord>, StoreError> {
+        if let Some(fast) = &self.fast {
+            match fast.host_by_fingerprint(fp).await {
+                Ok(found) => return Ok(found),
+                Err(e) => tracing::debug!("reading a fleet host on the login path failed ({e}); reading again"),
+            }
+        }
+        let fp = fp.to_vec();
+        self.read(move |st| st.host_by_fingerprint(&fp)).await
+    }
+
     /// Starts the database thread. The thread ends when every `Db` is dropped.
     pub fn start(store: SqliteStore) -> Db {
         let (tx, rx) = mpsc::sync_channel::<Queued>(4096);
@@ -46,7 +149,7 @@ impl Db {
             .spawn(move || writer(store, rx))
             .map(|_| ())
             .unwrap_or_else(|e| tracing::error!("cannot start the database thread: {e}"));
-        Db { tx, fast: None }
+        Db { tx, fast: None, reader: None }
     }
 
     /// Connects to PostgreSQL at `url`, brings its schema up to date (under
@@ -86,16 +189,7 @@ impl Db {
                 })?;
         }
         let fast = crate::store::pgfast::PgFast::new(async_config, connections);
-        Ok(Db { tx, fast: Some(Arc::new(fast)) })
-    }
-
-    pub fn is_postgres(&self) -> bool {
-        self.fast.is_some()
-    }
-
-    /// PostgreSQL: the few statements of a fleet login, on the caller's runtime.
-    pub fn fast(&self) -> Option<&crate::store::pgfast::PgFast> {
-        self.fast.as_deref()
+        Ok(Db { tx, fast: Some(Arc::new(fast)), reader: None })
     }
 
     /// Runs `f` in a transaction; resolves after COMMIT. If `f` fails its
@@ -385,7 +479,7 @@ fn pg_job(config: &postgres::Config, conn: &mut Option<PgStore>, job: Job) -> (b
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sqlite::NewAudit;
+    use crate::store::model::NewAudit;
 
     #[tokio::test]
     async fn failed_job_leaves_no_writes_and_others_commit() {

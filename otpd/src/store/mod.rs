@@ -1,6 +1,8 @@
 //! The database. SQLite or PostgreSQL is chosen here, once, at start
 //! ([`db::Db::open`]); nothing outside this folder names a backend.
 pub mod db;
+pub mod model;
 pub mod pgfast;
 pub mod postgres;
+pub mod schema;
 pub mod sqlite;

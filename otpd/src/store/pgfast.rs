@@ -17,10 +17,10 @@
 //! always has. A connection that failed is made again on a later use, at
 //! most once a second per connection.
 use crate::lock;
+use crate::store::model::{HostRecord, NewAudit, StoreError, UserRecord};
 use crate::store::postgres::{
     host_from_row, user_from_row, AcceptStep, ACCEPT_STEP, HOST_BY_FINGERPRINT, USER_AND_FAILING_MAIL,
 };
-use crate::store::sqlite::{HostRecord, NewAudit, StoreError, UserRecord};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

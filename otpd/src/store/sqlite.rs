@@ -1,646 +1,9 @@
-//! Persistent state behind the [`Store`] trait: SQLite (standalone and
-//! single servers) or PostgreSQL ([`crate::store::postgres`], several fleet servers
-//! on one database).
-//!
-//! Every operation runs inside a transaction opened by a [`crate::store::db`]
-//! worker, so an auth decision reads and updates state atomically and its
-//! reply is only sent after COMMIT (SQLite: WAL, `synchronous=FULL`).
-//!
-//! # Concurrency contract
-//!
-//! What must hold however many logins race, on one server or on several
-//! servers sharing one PostgreSQL database:
-//!
-//! * **A user's record is read-modify-written by one transaction at a
-//!   time.** SQLite: one writer thread runs every job, so jobs are serial by
-//!   construction. PostgreSQL: [`Store::user`] and [`Store::user_by_uid`]
-//!   read with `SELECT … FOR UPDATE`; a second transaction (any server)
-//!   blocks on the row lock until the first commits, then reads the row it
-//!   wrote. Failure counts and locks are therefore never lost or reset by a
-//!   concurrent login.
-//! * **A TOTP step is accepted once.** Besides the row lock, the accepting
-//!   transaction calls [`Store::consume_step`], a conditional `UPDATE … WHERE
-//!   last_step IS NULL OR last_step < step`. Under PostgreSQL's READ
-//!   COMMITTED a concurrent UPDATE of the same row waits for the first to
-//!   commit and then re-evaluates its WHERE against the committed row, so it
-//!   changes nothing and returns false — the login is denied as a replay.
-//!   And [`Store::save_user`] never lowers `last_step` while the secret stays
-//!   the same, so a job that saves a stale copy of the record cannot hand a
-//!   used step back. Together these hold even for a job that did not lock
-//!   the row first. The PostgreSQL fast path,
-//!   [`crate::store::pgfast::PgFast::accept_step_if_unchanged`], is the same conditional UPDATE
-//!   with every field the decision rested on in its WHERE (secret, enabled,
-//!   activated, no failure, no lock) and the audit row in the same
-//!   statement: a concurrent login re-checks it against the committed row
-//!   and writes nothing.
-//! * **An emailed code is used once.** [`Store::retire_email_code`] with
-//!   `used_at` only updates a row whose `used_at IS NULL` (same re-check
-//!   after the row lock), and only the caller whose update changed the row
-//!   accepts the code.
-//! * **A recovery code is used once.** [`Store::use_recovery_code`] is a
-//!   `DELETE` of the row with that hash; a concurrent delete of the same row
-//!   (PostgreSQL: waits on the row lock, then finds it gone) deletes nothing
-//!   and returns false.
-//! * **Caps hold.** A cap is a count followed by an insert
-//!   ([`Store::count_mail_since`] then `enqueue_mail`,
-//!   [`Store::count_requests`] then `insert_request`). Two transactions could
-//!   both count below the cap and both insert, so in PostgreSQL the count
-//!   first takes `pg_advisory_xact_lock` on a fixed key per cap kind, in its
-//!   own statement: the next transaction waits until this one commits (the
-//!   lock is held to the end of the transaction) and its count's fresh
-//!   snapshot then includes the insert. SQLite: serial writer again.
-//! * **Hosts and the fleet CA** change in single statements whose outcome
-//!   is decided by a unique key (`INSERT … ON CONFLICT`), so two servers
-//!   adding the same host name, or storing a CA at first start, cannot both
-//!   succeed; [`Store::set_fleet_ca_if_absent`] keeps the first CA.
-//! * **Nothing is reported before COMMIT**, and a job whose statement failed
-//!   in PostgreSQL (which aborts the transaction) never reports success.
-use common::proto::{AuditEntry, Method, RequestStatus};
+//! The [`Store`] on SQLite: standalone hosts and single servers. The
+//! concurrency contract every backend keeps is in [`crate::store::model`].
+use crate::store::model::*;
+use common::proto::{AuditEntry, RequestStatus};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use std::path::Path;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("database {path} is unusable: {why}")]
-    Unusable { path: String, why: String },
-    #[error("the database write was not committed")]
-    NotCommitted,
-    #[error("the database worker has stopped")]
-    Gone,
-    /// A plan made on records read beforehand ([`crate::core::auth::Prefetched`])
-    /// needed another read: it is made again on the store.
-    #[error("the login needs a read that was not made beforehand")]
-    NotRead,
-    #[error("stored data is invalid: {0}")]
-    Corrupt(String),
-    #[error("PostgreSQL error: {}", pg_error_text(.0))]
-    Postgres(#[from] postgres::Error),
-}
-
-/// postgres' own Display says only "db error" or "error connecting to
-/// server"; the reason is in its source.
-fn pg_error_text(e: &postgres::Error) -> String {
-    match std::error::Error::source(e) {
-        Some(cause) => format!("{e}: {cause}"),
-        None => e.to_string(),
-    }
-}
-
-/// One enrolled (or once enrolled) user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserRecord {
-    pub name: String,
-    /// Resolved when an admin enables the user; a non-root PAM caller may
-    /// only authenticate the user whose uid it runs as.
-    pub uid: Option<u32>,
-    pub method: Method,
-    pub enabled: bool,
-    pub email: Option<String>,
-    /// Encrypted TOTP secret (see [`crate::core::crypto`]).
-    pub secret: Option<Vec<u8>>,
-    pub activated_at: Option<i64>,
-    /// Highest TOTP step ever accepted: a step at or below it is a replay.
-    pub last_step: Option<i64>,
-    /// Consecutive failures towards the next lock (0 again when a lock starts).
-    pub failures: u32,
-    /// End of the current (or last) timed lock.
-    pub locked_until: Option<i64>,
-    /// Locks in a row since the last successful login (or unlock): each
-    /// lasts twice as long as the one before.
-    pub lock_periods: u32,
-    /// Every failure since the last successful login, shown to the user at
-    /// the next one and to the admin.
-    pub failures_since_login: u32,
-    /// Set when the account got the lock only `otpctl user unlock` lifts.
-    pub admin_locked_at: Option<i64>,
-    pub last_login: Option<i64>,
-    pub created_at: i64,
-    pub updated_at: i64,
-    /// argon2id hash of the internal-account password (`otpctl user passwd`).
-    pub password_hash: Option<String>,
-    /// "totp" or "email": how the last successful login was made.
-    pub last_method: Option<String>,
-    /// HOTP: the next counter the token should show; every counter below it
-    /// is used. Never goes back while the secret stays the same.
-    pub hotp_counter: Option<i64>,
-    /// Digits of this user's codes when they are not `totp.digits` (an
-    /// imported token); HOTP users always have them.
-    pub digits: Option<u32>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct EmailCode {
-    pub id: i64,
-    pub user: String,
-    pub machine: String,
-    pub address: String,
-    /// Keyed hash (see `crate::core::email`); the code itself is never stored in clear.
-    pub code_hash: Vec<u8>,
-    /// The code encrypted under the key file, kept only while it may be re-sent.
-    pub code_enc: Option<Vec<u8>>,
-    pub created_at: i64,
-    pub expires_at: i64,
-    pub used_at: Option<i64>,
-    /// "service sshd from 192.0.2.7 on ssh": where the request came from.
-    pub origin: String,
-    pub emergency: bool,
-}
-
-/// A queued message together with what rendering it needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueuedMail {
-    pub id: i64,
-    pub attempts: u32,
-    pub to_addr: String,
-    pub code: EmailCode,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct MailStats {
-    pub queued: u64,
-    pub failing: u64,
-    pub sent_last_hour: u64,
-    pub last_error: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestCount<'a> {
-    /// Every request, or only the pending ones.
-    All {
-        pending_only: bool,
-    },
-    PendingForUser(&'a str),
-    /// Addresses compare without regard to case.
-    PendingForAddress(&'a str),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MailCount<'a> {
-    All,
-    Address(&'a str),
-    Code(i64),
-}
-
-/// Emergency requests and sessions are stored exactly as the admin
-/// protocol shows them.
-pub use common::proto::{RequestInfo as EmergencyRequest, SessionInfo as SessionRecord};
-
-impl UserRecord {
-    /// An enabled TOTP record with nothing else yet: no secret, never
-    /// activated, no failures (what enabling or importing starts from).
-    pub fn new(name: &str, uid: Option<u32>, now: i64) -> UserRecord {
-        UserRecord {
-            name: name.to_string(),
-            uid,
-            method: Method::Totp,
-            enabled: true,
-            email: None,
-            secret: None,
-            activated_at: None,
-            last_step: None,
-            failures: 0,
-            locked_until: None,
-            lock_periods: 0,
-            failures_since_login: 0,
-            admin_locked_at: None,
-            last_login: None,
-            created_at: now,
-            updated_at: now,
-            password_hash: None,
-            last_method: None,
-            hotp_counter: None,
-            digits: None,
-        }
-    }
-
-    pub fn is_locked(&self, now: i64) -> bool {
-        self.admin_locked_at.is_some() || self.locked_until.is_some_and(|t| t > now)
-    }
-
-    /// Lifts any lock and starts the escalation over (`otpctl user unlock`).
-    /// The failures since the last login are kept: the user is still told
-    /// about them at the next successful login.
-    pub fn unlock(&mut self) {
-        self.failures = 0;
-        self.locked_until = None;
-        self.lock_periods = 0;
-        self.admin_locked_at = None;
-    }
-
-    /// Forgets every failure and lock (a successful login, a new secret).
-    pub fn clear_lockout(&mut self) {
-        self.unlock();
-        self.failures_since_login = 0;
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct NewAudit {
-    pub time: i64,
-    pub user: String,
-    pub service: String,
-    pub rhost: Option<String>,
-    pub tty: Option<String>,
-    pub machine: String,
-    pub method: String,
-    pub result: String,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub users_total: u64,
-    pub users_enabled: u64,
-    pub users_activated: u64,
-    pub users_locked: u64,
-    pub audit_entries: u64,
-}
-
-/// What a fleet host's certificate lets it do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HostRole {
-    /// Relays PAM conversations (an agent).
-    Agent,
-    /// Runs otpctl remotely.
-    Admin,
-}
-
-impl HostRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HostRole::Agent => "agent",
-            HostRole::Admin => "admin",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<HostRole, StoreError> {
-        match s {
-            "agent" => Ok(HostRole::Agent),
-            "admin" => Ok(HostRole::Admin),
-            other => Err(StoreError::Corrupt(format!("unknown host role {other:?}"))),
-        }
-    }
-}
-
-/// A host of the fleet, known by the fingerprint of the certificate it was issued.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostRecord {
-    pub name: String,
-    pub role: HostRole,
-    /// SHA-256 of the certificate's DER.
-    pub fingerprint: Vec<u8>,
-    pub added_at: i64,
-    pub revoked_at: Option<i64>,
-    pub last_seen: Option<i64>,
-    /// The source address of the host's last link (as a server saw it).
-    pub last_addr: Option<String>,
-}
-
-/// What deciding what a login asks reads ([`crate::core::auth::plan`]): the part
-/// of the store a plan can also be made on from records read beforehand
-/// ([`crate::core::auth::Prefetched`]).
-pub trait PlanReads {
-    fn user(&mut self, name: &str) -> Result<Option<UserRecord>, StoreError>;
-    /// The record of account `uid`: the enabled one if there is one (a uid
-    /// has at most one enabled record; see `otpctl user enable`).
-    fn user_by_uid(&mut self, uid: u32) -> Result<Option<UserRecord>, StoreError>;
-    /// The enabled record whose name equals `name` ignoring ASCII case, if
-    /// exactly one does (fleet hosts, whose uids mean nothing here).
-    fn enabled_user_nocase(&mut self, name: &str) -> Result<Option<UserRecord>, StoreError>;
-    /// Whether `name` is a stored member of `group`.
-    fn in_group(&mut self, group: &str, name: &str) -> Result<bool, StoreError>;
-    /// Unsent mail for `user` that has failed at least once.
-    fn failing_mail_for(&mut self, user: &str) -> Result<u64, StoreError>;
-}
-
-pub trait Store: PlanReads {
-    /// Inserts or updates. `created_at` is kept from the first insert, and
-    /// `last_step` never goes back while the secret stays the same (a stale
-    /// copy of the record must not make a used step usable again).
-    fn save_user(&mut self, user: &UserRecord) -> Result<(), StoreError>;
-    /// Records TOTP `step` as used by `user` unless it (or a later step) already
-    /// is: true for exactly one caller per step, whatever the interleaving.
-    fn consume_step(&mut self, user: &str, step: i64) -> Result<bool, StoreError>;
-    /// HOTP: records that the code for counter `matched` was used, moving the
-    /// counter to `matched + 1`, unless the counter already is past it: true
-    /// for exactly one caller per counter value, whatever the interleaving.
-    fn consume_counter(&mut self, user: &str, matched: i64) -> Result<bool, StoreError>;
-    fn users(&mut self) -> Result<Vec<UserRecord>, StoreError>;
-    /// Replaces `user`'s recovery codes with `hashes` (all under `salt`;
-    /// none: the user has no codes any more).
-    fn set_recovery_codes(&mut self, user: &str, salt: &[u8], hashes: &[Vec<u8>]) -> Result<(), StoreError>;
-    /// The salt of `user`'s recovery codes, if any are left.
-    fn recovery_salt(&mut self, user: &str) -> Result<Option<Vec<u8>>, StoreError>;
-    /// Deletes `user`'s recovery code with that hash: true for exactly one
-    /// caller per code, whatever the interleaving (the delete decides).
-    fn use_recovery_code(&mut self, user: &str, hash: &[u8]) -> Result<bool, StoreError>;
-    fn recovery_codes_left(&mut self, user: &str) -> Result<u64, StoreError>;
-    /// Replaces the stored member names of `group` (read through NSS on the
-    /// admin path, so that the login path decides `require_group` without NSS).
-    fn set_group_members(&mut self, group: &str, names: &[String]) -> Result<(), StoreError>;
-    fn add_audit(&mut self, entry: &NewAudit) -> Result<(), StoreError>;
-    /// Deletes up to `limit` audit rows, and up to `limit` session records,
-    /// older than `before` (a session by its end, or its start if it never
-    /// ended); returns how many rows in all.
-    fn prune_audit(&mut self, before: i64, limit: u32) -> Result<u64, StoreError>;
-    /// Newest first.
-    fn audit(
-        &mut self,
-        user: Option<&str>,
-        machine: Option<&str>,
-        since: Option<i64>,
-        limit: u32,
-    ) -> Result<Vec<AuditEntry>, StoreError>;
-    fn counts(&mut self, now: i64) -> Result<Counts, StoreError>;
-    fn schema_version(&mut self) -> Result<i64, StoreError>;
-
-    /// Newest code for `user` issued on `machine` (any machine when `None`).
-    fn latest_email_code(&mut self, user: &str, machine: Option<&str>) -> Result<Option<EmailCode>, StoreError>;
-    fn insert_email_code(&mut self, code: &EmailCode) -> Result<i64, StoreError>;
-    /// Forgets a code's encrypted copy and, with `used_at`, marks it used —
-    /// only if it was not used yet. Returns whether this call changed the
-    /// row: with `used_at`, true for exactly one caller per code.
-    fn retire_email_code(&mut self, id: i64, used_at: Option<i64>) -> Result<bool, StoreError>;
-    fn enqueue_mail(&mut self, code_id: i64, to: &str, now: i64) -> Result<i64, StoreError>;
-    fn count_mail_since(&mut self, what: MailCount<'_>, since: i64) -> Result<u64, StoreError>;
-    /// Claims up to `limit` messages due at `now` for this sender: they are
-    /// not due again for [`MAIL_LEASE`] seconds, so two servers on one
-    /// database never send the same message (unless the one that claimed it
-    /// dies before `mail_sent`: then another sends it after the lease).
-    fn due_mail(&mut self, now: i64, limit: u32) -> Result<Vec<QueuedMail>, StoreError>;
-    fn mail_sent(&mut self, id: i64, now: i64) -> Result<(), StoreError>;
-    fn mail_failed(&mut self, id: i64, next_attempt_at: i64, error: &str) -> Result<(), StoreError>;
-    fn mail_stats(&mut self, now: i64) -> Result<MailStats, StoreError>;
-    fn insert_request(&mut self, r: &EmergencyRequest) -> Result<i64, StoreError>;
-    fn request(&mut self, id: i64) -> Result<Option<EmergencyRequest>, StoreError>;
-    fn requests(&mut self, pending_only: bool) -> Result<Vec<EmergencyRequest>, StoreError>;
-    /// How many requests match, however many `requests` shows.
-    fn count_requests(&mut self, which: RequestCount<'_>) -> Result<u64, StoreError>;
-    fn decide_request(&mut self, id: i64, status: RequestStatus, by: u32, now: i64) -> Result<(), StoreError>;
-    fn open_session(&mut self, s: &SessionRecord) -> Result<i64, StoreError>;
-    /// Closes the newest open session of `user` on `machine` (a host closes only its own).
-    fn close_session(
-        &mut self,
-        user: &str,
-        machine: &str,
-        service: &str,
-        pid: u32,
-        now: i64,
-    ) -> Result<u64, StoreError>;
-    fn sessions(&mut self, limit: u32) -> Result<Vec<SessionRecord>, StoreError>;
-
-    /// Adds a host. False (and nothing changed) if an unrevoked host has
-    /// that name; a revoked one is replaced.
-    fn add_host(&mut self, h: &HostRecord) -> Result<bool, StoreError>;
-    fn host(&mut self, name: &str) -> Result<Option<HostRecord>, StoreError>;
-    /// The host issued that certificate, revoked or not.
-    fn host_by_fingerprint(&mut self, fp: &[u8]) -> Result<Option<HostRecord>, StoreError>;
-    /// Every host, by name.
-    fn hosts(&mut self) -> Result<Vec<HostRecord>, StoreError>;
-    /// False if there is no such unrevoked host.
-    fn revoke_host(&mut self, name: &str, now: i64) -> Result<bool, StoreError>;
-    /// Records a link of `name` at `now` from `addr`.
-    fn host_seen(&mut self, name: &str, now: i64, addr: &str) -> Result<(), StoreError>;
-    /// The fleet CA: (certificate PEM, key sealed under the key file).
-    fn fleet_ca(&mut self) -> Result<Option<(String, Vec<u8>)>, StoreError>;
-    /// Stores the fleet CA unless one is stored already (then false, and the
-    /// stored one stays: servers starting together agree on the first).
-    fn set_fleet_ca_if_absent(&mut self, cert_pem: &str, key_sealed: &[u8]) -> Result<bool, StoreError>;
-}
-
-/// Seconds a claimed message is left to its sender (see [`Store::due_mail`]):
-/// longer than one delivery attempt takes.
-pub const MAIL_LEASE: i64 = 300;
-
-/// A stored request status (the table's CHECK allows only these).
-pub fn parse_status(s: &str) -> Result<RequestStatus, StoreError> {
-    RequestStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("request status {s:?}")))
-}
-
-/// Schema migrations; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[
-    r#"
-CREATE TABLE users (
-    name         TEXT PRIMARY KEY NOT NULL,
-    uid          INTEGER,
-    method       TEXT NOT NULL CHECK (method IN ('totp', 'email')),
-    enabled      INTEGER NOT NULL,
-    email        TEXT,
-    secret       BLOB,
-    activated_at INTEGER,
-    last_step    INTEGER,
-    failures     INTEGER NOT NULL DEFAULT 0,
-    locked_until INTEGER,
-    last_login   INTEGER,
-    created_at   INTEGER NOT NULL,
-    updated_at   INTEGER NOT NULL
-) STRICT;
-CREATE TABLE audit (
-    id      INTEGER PRIMARY KEY,
-    time    INTEGER NOT NULL,
-    user    TEXT NOT NULL,
-    service TEXT NOT NULL,
-    rhost   TEXT,
-    tty     TEXT,
-    machine TEXT NOT NULL,
-    method  TEXT NOT NULL,
-    result  TEXT NOT NULL,
-    reason  TEXT NOT NULL
-) STRICT;
-CREATE INDEX audit_by_user_time ON audit (user, time);
-CREATE INDEX audit_by_time ON audit (time);
-"#,
-    r#"
-ALTER TABLE users ADD COLUMN password_hash TEXT;
-ALTER TABLE users ADD COLUMN last_method TEXT;
-CREATE TABLE email_codes (
-    id         INTEGER PRIMARY KEY,
-    user       TEXT NOT NULL,
-    machine    TEXT NOT NULL,
-    address    TEXT NOT NULL,
-    code_hash  BLOB NOT NULL,
-    code_enc   BLOB,
-    created_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL,
-    used_at    INTEGER,
-    origin     TEXT NOT NULL,
-    emergency  INTEGER NOT NULL DEFAULT 0
-) STRICT;
-CREATE INDEX email_codes_by_user ON email_codes (user, machine, created_at);
-CREATE TABLE outbox (
-    id              INTEGER PRIMARY KEY,
-    code_id         INTEGER NOT NULL REFERENCES email_codes (id),
-    to_addr         TEXT NOT NULL,
-    created_at      INTEGER NOT NULL,
-    next_attempt_at INTEGER NOT NULL,
-    attempts        INTEGER NOT NULL DEFAULT 0,
-    sent_at         INTEGER,
-    last_error      TEXT
-) STRICT;
-CREATE INDEX outbox_due ON outbox (sent_at, next_attempt_at);
-CREATE INDEX outbox_by_addr ON outbox (to_addr, created_at);
-CREATE INDEX outbox_by_time ON outbox (created_at);
-CREATE TABLE emergency_requests (
-    id         INTEGER PRIMARY KEY,
-    user       TEXT NOT NULL,
-    machine    TEXT NOT NULL,
-    address    TEXT NOT NULL,
-    reason     TEXT NOT NULL,
-    origin     TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    status     TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'denied')),
-    decided_at INTEGER,
-    decided_by INTEGER
-) STRICT;
-CREATE TABLE sessions (
-    id        INTEGER PRIMARY KEY,
-    user      TEXT NOT NULL,
-    email     TEXT,
-    machine   TEXT NOT NULL,
-    service   TEXT NOT NULL,
-    rhost     TEXT,
-    tty       TEXT,
-    pid       INTEGER NOT NULL,
-    opened_at INTEGER NOT NULL,
-    closed_at INTEGER
-) STRICT;
-"#,
-    // Users keyed by name in one B-tree (no rowid plus separate index): a
-    // login reads one tree instead of two, which matters when 100,000
-    // users do not fit in the page cache.
-    r#"
-CREATE TABLE users_by_name (
-    name          TEXT PRIMARY KEY NOT NULL,
-    uid           INTEGER,
-    method        TEXT NOT NULL CHECK (method IN ('totp', 'email')),
-    enabled       INTEGER NOT NULL,
-    email         TEXT,
-    secret        BLOB,
-    activated_at  INTEGER,
-    last_step     INTEGER,
-    failures      INTEGER NOT NULL DEFAULT 0,
-    locked_until  INTEGER,
-    last_login    INTEGER,
-    created_at    INTEGER NOT NULL,
-    updated_at    INTEGER NOT NULL,
-    password_hash TEXT,
-    last_method   TEXT
-) STRICT, WITHOUT ROWID;
-INSERT INTO users_by_name (name, uid, method, enabled, email, secret, activated_at, last_step, failures,
-                           locked_until, last_login, created_at, updated_at, password_hash, last_method)
-    SELECT name, uid, method, enabled, email, secret, activated_at, last_step, failures,
-           locked_until, last_login, created_at, updated_at, password_hash, last_method FROM users;
-DROP TABLE users;
-ALTER TABLE users_by_name RENAME TO users;
-"#,
-    // Logins are decided on the account (uid), whatever spelling of its
-    // name was typed.
-    r#"
-CREATE INDEX users_by_uid ON users (uid);
-"#,
-    // Escalating lockout: locks in a row, failures since the last login, and
-    // the lock only an admin lifts. A user locked under the old scheme has
-    // had one lock since the last success (a success cleared locked_until).
-    r#"
-ALTER TABLE users ADD COLUMN lock_periods INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE users ADD COLUMN failures_since_login INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE users ADD COLUMN admin_locked_at INTEGER;
-UPDATE users SET failures_since_login = failures,
-                 lock_periods = CASE WHEN locked_until IS NULL THEN 0 ELSE 1 END;
-"#,
-    // The fleet: hosts known by their certificate, the CA that issues them,
-    // and the audit log read per host.
-    r#"
-CREATE TABLE hosts (
-    name        TEXT PRIMARY KEY NOT NULL,
-    role        TEXT NOT NULL CHECK (role IN ('agent', 'admin')),
-    fingerprint BLOB NOT NULL,
-    added_at    INTEGER NOT NULL,
-    revoked_at  INTEGER,
-    last_seen   INTEGER
-) STRICT;
-CREATE UNIQUE INDEX hosts_by_fingerprint ON hosts (fingerprint);
-CREATE TABLE fleet_ca (
-    id         INTEGER PRIMARY KEY CHECK (id = 1),
-    cert_pem   TEXT NOT NULL,
-    key_sealed BLOB NOT NULL
-) STRICT;
-CREATE INDEX audit_by_machine_time ON audit (machine, time);
-"#,
-    // Fleet hosts look accounts up by name ignoring case (see
-    // `Store::enabled_user_nocase`).
-    r#"
-CREATE INDEX users_by_lower_name ON users (lower(name));
-"#,
-    // HOTP users (RFC 4226 tokens imported from pam_oath): the method's
-    // CHECK changes, which SQLite can only do by rebuilding the table.
-    r#"
-CREATE TABLE users_new (
-    name                 TEXT PRIMARY KEY NOT NULL,
-    uid                  INTEGER,
-    method               TEXT NOT NULL CHECK (method IN ('totp', 'email', 'hotp')),
-    enabled              INTEGER NOT NULL,
-    email                TEXT,
-    secret               BLOB,
-    activated_at         INTEGER,
-    last_step            INTEGER,
-    failures             INTEGER NOT NULL DEFAULT 0,
-    locked_until         INTEGER,
-    last_login           INTEGER,
-    created_at           INTEGER NOT NULL,
-    updated_at           INTEGER NOT NULL,
-    password_hash        TEXT,
-    last_method          TEXT,
-    lock_periods         INTEGER NOT NULL DEFAULT 0,
-    failures_since_login INTEGER NOT NULL DEFAULT 0,
-    admin_locked_at      INTEGER,
-    hotp_counter         INTEGER,
-    digits               INTEGER
-) STRICT, WITHOUT ROWID;
-INSERT INTO users_new (name, uid, method, enabled, email, secret, activated_at, last_step, failures,
-                       locked_until, last_login, created_at, updated_at, password_hash, last_method,
-                       lock_periods, failures_since_login, admin_locked_at)
-    SELECT name, uid, method, enabled, email, secret, activated_at, last_step, failures,
-           locked_until, last_login, created_at, updated_at, password_hash, last_method,
-           lock_periods, failures_since_login, admin_locked_at FROM users;
-DROP TABLE users;
-ALTER TABLE users_new RENAME TO users;
-CREATE INDEX users_by_uid ON users (uid);
-CREATE INDEX users_by_lower_name ON users (lower(name));
-"#,
-    // Recovery codes: argon2id hashes, one salt per user for the whole set
-    // (repeated in each row), deleted when used.
-    r#"
-CREATE TABLE recovery_codes (
-    user TEXT NOT NULL,
-    salt BLOB NOT NULL,
-    hash BLOB NOT NULL,
-    PRIMARY KEY (user, hash)
-) STRICT, WITHOUT ROWID;
-"#,
-    // require_group: the group's members by name, refreshed on the admin
-    // path and hourly (the login path never asks NSS).
-    r#"
-CREATE TABLE group_members (
-    grp  TEXT NOT NULL,
-    name TEXT NOT NULL,
-    PRIMARY KEY (grp, name)
-) STRICT, WITHOUT ROWID;
-"#,
-    // Fleet: the address each host's last link came from (check 39), and
-    // the addresses a server keeps room for after a restart (check 36).
-    r#"
-ALTER TABLE hosts ADD COLUMN last_addr TEXT;
-"#,
-    // Messages looked up by their code (re-sending, marking a used code's
-    // mail done): PostgreSQL has had this index from the start; SQLite
-    // lacked it until the schema comparison test found the drift.
-    r#"
-CREATE INDEX outbox_by_code ON outbox (code_id);
-"#,
-];
 
 pub struct SqliteStore {
     conn: Connection,
@@ -725,13 +88,13 @@ impl SqliteStore {
 
     fn migrate(&mut self) -> Result<(), StoreError> {
         let version: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        let known = MIGRATIONS.len() as i64;
+        let known = crate::store::schema::SQLITE.len() as i64;
         if version > known {
             return Err(StoreError::Corrupt(format!(
                 "schema version {version} is newer than this otpd understands ({known})"
             )));
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        for (i, sql) in crate::store::schema::SQLITE.iter().enumerate().skip(version as usize) {
             let tx = self.conn.transaction()?;
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", i as i64 + 1)?;
@@ -750,15 +113,6 @@ impl SqliteStore {
     /// prepared once: the writer runs several per login.
     pub(crate) fn control(&mut self, sql: &str) -> Result<(), rusqlite::Error> {
         self.conn.prepare_cached(sql)?.execute([]).map(|_| ())
-    }
-}
-
-/// A stored method name (the table's CHECK allows only these).
-pub fn parse_method(s: &str) -> Method {
-    match s {
-        "email" => Method::Email,
-        "hotp" => Method::Hotp,
-        _ => Method::Totp,
     }
 }
 
@@ -1380,6 +734,7 @@ fn host_from_row(r: &Row<'_>) -> rusqlite::Result<Result<HostRecord, StoreError>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use common::proto::Method;
 
     fn alice() -> UserRecord {
         UserRecord {
@@ -1420,7 +775,7 @@ mod tests {
         let back = s.user("alice").unwrap().unwrap();
         assert_eq!((back.last_step, back.failures, back.created_at), (Some(42), 3, 10));
         assert_eq!(s.users().unwrap().len(), 1);
-        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        assert_eq!(s.schema_version().unwrap(), crate::store::schema::SQLITE.len() as i64);
     }
 
     #[test]
@@ -1578,7 +933,7 @@ mod tests {
         let p = dir.path().join("old.db");
         {
             let conn = Connection::open(&p).unwrap();
-            for sql in &MIGRATIONS[..2] {
+            for sql in &crate::store::schema::SQLITE[..2] {
                 conn.execute_batch(sql).unwrap();
             }
             conn.pragma_update(None, "user_version", 2).unwrap();
@@ -1590,7 +945,7 @@ mod tests {
             .unwrap();
         }
         let mut s = SqliteStore::open(&p).unwrap();
-        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        assert_eq!(s.schema_version().unwrap(), crate::store::schema::SQLITE.len() as i64);
         let a = s.user("alice").unwrap().unwrap();
         assert_eq!((a.uid, a.secret, a.last_step, a.failures), (Some(1000), Some(vec![1, 2, 3]), Some(42), 3));
         let without_rowid: i64 = s
@@ -1608,10 +963,10 @@ mod tests {
     fn upgrade_to_escalating_lockout_keeps_users_and_their_lock() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("old.db");
-        let before = MIGRATIONS.iter().position(|m| m.contains("lock_periods")).unwrap();
+        let before = crate::store::schema::SQLITE.iter().position(|m| m.contains("lock_periods")).unwrap();
         {
             let conn = Connection::open(&p).unwrap();
-            for sql in &MIGRATIONS[..before] {
+            for sql in &crate::store::schema::SQLITE[..before] {
                 conn.execute_batch(sql).unwrap();
             }
             conn.pragma_update(None, "user_version", before as i64).unwrap();
@@ -1623,7 +978,7 @@ mod tests {
             .unwrap();
         }
         let mut s = SqliteStore::open(&p).unwrap();
-        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        assert_eq!(s.schema_version().unwrap(), crate::store::schema::SQLITE.len() as i64);
         let l = s.user("locked").unwrap().unwrap();
         assert_eq!((l.secret.clone(), l.last_step, l.locked_until), (Some(vec![1, 2, 3]), Some(42), Some(5000)));
         assert_eq!((l.lock_periods, l.admin_locked_at), (1, None), "one lock since the last success");

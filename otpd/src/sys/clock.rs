@@ -68,7 +68,7 @@ pub fn local_hhmm(t: i64) -> String {
 }
 
 /// System time shifted by the seconds written in a file, or pinned to the
-/// time written as `@SECONDS` (debug builds only; see `daemon::make_clock`).
+/// time written as `@SECONDS` (debug builds only; see `crate::daemon`).
 /// A pinned clock lets a test compute a TOTP code for exactly the step the
 /// daemon will check, at any moment of the real step.
 #[cfg(debug_assertions)]
@@ -100,7 +100,7 @@ mod tests {
         }
         let exe = std::env::current_exe().unwrap();
         let out = std::process::Command::new(exe)
-            .args(["--exact", "clock::tests::local_time_has_the_zone_name", "--nocapture"])
+            .args(["--exact", "sys::clock::tests::local_time_has_the_zone_name", "--nocapture"])
             .env("OTPD_LOCALTIME_CHILD", "1")
             .env("TZ", "Europe/Berlin")
             .output()

@@ -3,4 +3,5 @@
 pub mod clock;
 pub mod conn;
 pub mod hashing;
+pub mod start;
 pub mod trust;

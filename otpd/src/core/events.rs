@@ -1,0 +1,11 @@
+//! What the core tells whoever listens (D-Bus signals today): sent by the
+//! login paths, nobody listening is fine.
+
+/// Things worth a signal.
+#[derive(Debug, Clone)]
+pub enum Event {
+    EnrollmentActivated { user: String },
+    CodeRequested { user: String, address: String },
+    EmergencyRequestPending { id: i64, user: String },
+    UserLockedOut { user: String, until: i64 },
+}
