@@ -463,9 +463,39 @@ pub struct ImportAccount {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImportResult {
     pub user: String,
-    /// "imported", "would import", "unchanged" or "skipped".
-    pub outcome: String,
+    pub outcome: ImportOutcome,
     pub detail: String,
+}
+
+/// What an import did with one account (on the wire as its text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ImportOutcome {
+    #[serde(rename = "imported")]
+    Imported,
+    /// A dry run's `imported`.
+    #[serde(rename = "would import")]
+    WouldImport,
+    #[serde(rename = "unchanged")]
+    Unchanged,
+    #[serde(rename = "skipped")]
+    Skipped,
+}
+
+impl ImportOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImportOutcome::Imported => "imported",
+            ImportOutcome::WouldImport => "would import",
+            ImportOutcome::Unchanged => "unchanged",
+            ImportOutcome::Skipped => "skipped",
+        }
+    }
+}
+
+impl std::fmt::Display for ImportOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -574,6 +604,20 @@ pub struct Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn import_outcomes_keep_their_words_on_the_wire() {
+        for (o, text) in [
+            (ImportOutcome::Imported, "imported"),
+            (ImportOutcome::WouldImport, "would import"),
+            (ImportOutcome::Unchanged, "unchanged"),
+            (ImportOutcome::Skipped, "skipped"),
+        ] {
+            assert_eq!(serde_json::to_string(&o).unwrap(), format!("\"{text}\""));
+            assert_eq!(serde_json::from_str::<ImportOutcome>(&format!("\"{text}\"")).unwrap(), o);
+            assert_eq!(format!("{o:<14}|"), format!("{text:<14}|"), "printed padded, as the text was");
+        }
+    }
 
     #[test]
     fn tags_are_snake_case() {

@@ -79,8 +79,8 @@ fn admin_audit(
         rhost: None,
         tty: None,
         machine: sh_machine.into(),
-        method: "admin".into(),
-        result: action.into(),
+        method: crate::store::model::AuditMethod::Admin,
+        result: crate::store::model::AuditResult::Action(action.into()),
         reason: format!("by {by}"),
     };
     crate::core::syslog::audit(&e);

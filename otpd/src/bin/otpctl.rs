@@ -5,7 +5,9 @@
 use clap::Parser;
 use common::client::{Client, ClientError};
 use common::config::Config;
-use common::proto::{AdminErrorKind, AdminRequest, AdminResponse, AuditEntry, BulkUser, HostInfo, Method, UserInfo};
+use common::proto::{
+    AdminErrorKind, AdminRequest, AdminResponse, AuditEntry, BulkUser, HostInfo, ImportOutcome, Method, UserInfo,
+};
 use otpd::cli::{Args, Cmd, GroupCmd, HostCmd, ImportCmd, MethodArg, RequestCmd, UserCmd};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -649,7 +651,7 @@ fn import_google_authenticator(args: &Args, paths: &[String], dry_run: bool, rem
         *count.entry(r.outcome.as_str()).or_default() += 1;
     }
     if remove && !dry_run {
-        for r in results.iter().filter(|r| r.outcome == "imported" || r.outcome == "unchanged") {
+        for r in results.iter().filter(|r| matches!(r.outcome, ImportOutcome::Imported | ImportOutcome::Unchanged)) {
             for (_, path) in files.iter().filter(|(u, _)| *u == r.user) {
                 match std::fs::remove_file(path) {
                     Ok(()) => println!("{:<16} removed      {}", r.user, path.display()),

@@ -2,8 +2,7 @@
 //! forwarded to syslog).
 use crate::core::context::LoginContext;
 use crate::core::policy::Policy;
-use crate::store::model::{NewAudit, Store, StoreError};
-use common::proto::Method;
+use crate::store::model::{AuditMethod, AuditResult, NewAudit, Store, StoreError};
 
 /// What a conversation whose host was revoked meanwhile is told.
 pub const HOST_REVOKED: &str = "Passcode check refused for this host.";
@@ -17,7 +16,7 @@ pub fn host_still_trusted(store: &mut dyn Store, p: &Policy, ctx: &LoginContext,
     if store.host_by_fingerprint(fp)?.is_some_and(|h| h.revoked_at.is_none()) {
         return Ok(true);
     }
-    audit(store, p, ctx, now, "refused", "the host was revoked during the conversation; nothing decided")?;
+    audit(store, p, ctx, now, AuditResult::Refused, "the host was revoked during the conversation; nothing decided")?;
     Ok(false)
 }
 
@@ -26,22 +25,13 @@ pub fn audit(
     p: &Policy,
     ctx: &LoginContext,
     now: i64,
-    result: &str,
+    result: AuditResult,
     reason: &str,
 ) -> Result<(), StoreError> {
     // The method of the account the login is for: a cancelled or broken
     // login of an email or HOTP user was audited as "totp".
-    let method = store.user(&ctx.user)?.filter(|u| u.enabled).map_or("totp", |u| method_name(u.method));
+    let method = store.user(&ctx.user)?.filter(|u| u.enabled).map_or(AuditMethod::Totp, |u| AuditMethod::of(u.method));
     audit_method(store, p, ctx, now, method, result, reason)
-}
-
-/// How a method is written in the audit.
-pub fn method_name(m: Method) -> &'static str {
-    match m {
-        Method::Email => "email",
-        Method::Hotp => "hotp",
-        Method::Totp => "totp",
-    }
 }
 
 pub fn audit_method(
@@ -49,8 +39,8 @@ pub fn audit_method(
     _p: &Policy,
     ctx: &LoginContext,
     now: i64,
-    method: &str,
-    result: &str,
+    method: AuditMethod,
+    result: AuditResult,
     reason: &str,
 ) -> Result<(), StoreError> {
     let entry = audit_entry(ctx, now, method, result, reason);
@@ -59,7 +49,7 @@ pub fn audit_method(
 }
 
 /// The audit row of a login decision.
-pub fn audit_entry(ctx: &LoginContext, now: i64, method: &str, result: &str, reason: &str) -> NewAudit {
+pub fn audit_entry(ctx: &LoginContext, now: i64, method: AuditMethod, result: AuditResult, reason: &str) -> NewAudit {
     let mut reason = match &ctx.typed {
         Some(typed) => format!("{reason} (typed as {typed})"),
         None => reason.to_string(),
@@ -76,8 +66,8 @@ pub fn audit_entry(ctx: &LoginContext, now: i64, method: &str, result: &str, rea
         rhost: ctx.rhost.clone(),
         tty: ctx.tty.clone(),
         machine: ctx.machine.clone(),
-        method: method.into(),
-        result: result.into(),
+        method,
+        result,
         reason,
     }
 }

@@ -1,11 +1,11 @@
 //! The decisions. Each function runs inside one database transaction (see
 //! [`crate::store::db`]): it reads the user, decides, writes the new state and the
 //! audit row together, and the caller replies only after COMMIT.
-use crate::core::audit::{audit, audit_entry, audit_method, host_still_trusted, method_name, HOST_REVOKED};
+use crate::core::audit::{audit, audit_entry, audit_method, host_still_trusted, HOST_REVOKED};
 use crate::core::context::LoginContext;
 use crate::core::policy::Policy;
 use crate::core::totp::{Check, TotpParams};
-use crate::store::model::{NewAudit, PlanReads, Store, StoreError, UserRecord};
+use crate::store::model::{AuditMethod, AuditResult, NewAudit, PlanReads, Store, StoreError, UserRecord};
 use common::proto::{Method, MAX_ANSWER_LEN};
 /// A member of `require_group` who is not enrolled.
 pub const MUST_ENROLL: &str =
@@ -140,7 +140,7 @@ pub fn fast_step(p: &Policy, ctx: &LoginContext, answer: &str, now: i64, user: &
     }
     let secret = user.secret.as_deref().and_then(|s| p.crypto.open(&user.name, s))?;
     let Check::Valid { step } = totp.check(&secret, &code, now, user.last_step) else { return None };
-    Some((step, audit_entry(ctx, now, "totp", "accept", "valid code")))
+    Some((step, audit_entry(ctx, now, AuditMethod::Totp, AuditResult::Accept, "valid code")))
 }
 
 /// The verdict of a login accepted by [`fast_step`]'s statement.
@@ -186,19 +186,19 @@ impl PlanReads for Prefetched {
 /// An audit record a decision still has to write (method, result, reason).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Note {
-    pub method: &'static str,
-    pub result: &'static str,
+    pub method: AuditMethod,
+    pub result: AuditResult,
     pub reason: String,
 }
 
 impl Note {
-    fn new(method: &'static str, result: &'static str, reason: impl Into<String>) -> Note {
+    fn new(method: AuditMethod, result: AuditResult, reason: impl Into<String>) -> Note {
         Note { method, result, reason: reason.into() }
     }
 
     /// Writes the note to the audit table (and syslog).
     pub fn record(&self, store: &mut dyn Store, p: &Policy, ctx: &LoginContext, now: i64) -> Result<(), StoreError> {
-        audit_method(store, p, ctx, now, self.method, self.result, &self.reason)
+        audit_method(store, p, ctx, now, self.method, self.result.clone(), &self.reason)
     }
 }
 
@@ -295,14 +295,20 @@ pub fn plan_seen(
     };
     if !may_ask(ctx) {
         let why = format!("caller uid {} may only authenticate itself", ctx.peer_uid);
-        return Ok((Plan::Refused { message: ONLY_YOURSELF }, Some(Note::new("totp", "deny", why))));
+        return Ok((
+            Plan::Refused { message: ONLY_YOURSELF },
+            Some(Note::new(AuditMethod::Totp, AuditResult::Deny, why)),
+        ));
     }
     // An agent that named no account for a caller other than root (its
     // uid has no name there, or the agent predates the rule): refused,
     // never waved through as "not enrolled".
     if ctx.remote && ctx.peer_uid != 0 && ctx.account.is_none() {
         let why = format!("the agent named no account for caller uid {}", ctx.peer_uid);
-        return Ok((Plan::Refused { message: ONLY_YOURSELF }, Some(Note::new("totp", "deny", why))));
+        return Ok((
+            Plan::Refused { message: ONLY_YOURSELF },
+            Some(Note::new(AuditMethod::Totp, AuditResult::Deny, why)),
+        ));
     }
     let found = match by_name {
         Some(u) => Some(u),
@@ -318,7 +324,10 @@ pub fn plan_seen(
         && store.user(&ctx.user)?.is_some_and(|u| u.enabled && u.uid.is_none())
     {
         let why = "enabled record has no uid yet; the daemon links it at start and hourly";
-        return Ok((Plan::Refused { message: ONLY_YOURSELF }, Some(Note::new("totp", "deny", why))));
+        return Ok((
+            Plan::Refused { message: ONLY_YOURSELF },
+            Some(Note::new(AuditMethod::Totp, AuditResult::Deny, why)),
+        ));
     }
     let user = match found {
         Some(u) if u.enabled => u,
@@ -327,10 +336,16 @@ pub fn plan_seen(
             if let Some(g) = p.require_group.as_deref() {
                 if store.in_group(g, &ctx.user)? {
                     let why = format!("member of {g} (require_group) but not enabled for OTP");
-                    return Ok((Plan::Refused { message: MUST_ENROLL }, Some(Note::new("totp", "deny", why))));
+                    return Ok((
+                        Plan::Refused { message: MUST_ENROLL },
+                        Some(Note::new(AuditMethod::Totp, AuditResult::Deny, why)),
+                    ));
                 }
             }
-            return Ok((Plan::NotEnrolled, Some(Note::new("totp", "not_enrolled", "user not enabled for OTP"))));
+            return Ok((
+                Plan::NotEnrolled,
+                Some(Note::new(AuditMethod::Totp, AuditResult::NotEnrolled, "user not enabled for OTP")),
+            ));
         }
     };
     *seen = Some(user.clone());
@@ -340,13 +355,14 @@ pub fn plan_seen(
     if user.is_locked(now) {
         return Ok((
             Plan::Locked { until: LockEnd::of(&user, now) },
-            Some(Note::new("totp", "locked", locked_reason(&user))),
+            Some(Note::new(AuditMethod::Totp, AuditResult::Locked, locked_reason(&user))),
         ));
     }
     let email = email_allowed(p, &user);
     if user.method == Method::Email {
         if !email {
-            let note = Note::new("email", "deny", "emailed codes are disabled (email.enabled = false)");
+            let note =
+                Note::new(AuditMethod::Email, AuditResult::Deny, "emailed codes are disabled (email.enabled = false)");
             return Ok((
                 Plan::Refused { message: "Your passcode method is not available; contact your administrator." },
                 Some(note),
@@ -360,7 +376,8 @@ pub fn plan_seen(
         return Ok((Plan::Ask { email, mail_failing: failing }, None));
     }
     let Some(secret) = user.secret.as_deref().and_then(|s| p.crypto.open(&user.name, s)) else {
-        let note = Note::new("totp", "error", "stored secret cannot be decrypted (wrong key file?)");
+        let note =
+            Note::new(AuditMethod::Totp, AuditResult::Error, "stored secret cannot be decrypted (wrong key file?)");
         return Ok((
             Plan::Refused { message: "Your passcode enrollment is unusable; contact your administrator." },
             Some(note),
@@ -368,7 +385,8 @@ pub fn plan_seen(
     };
     // Tokens are imported with their counter: there is nothing to scan.
     if user.method == Method::Hotp {
-        let note = Note::new("hotp", "error", "HOTP record without an activation (import it again)");
+        let note =
+            Note::new(AuditMethod::Hotp, AuditResult::Error, "HOTP record without an activation (import it again)");
         return Ok((
             Plan::Refused { message: "Your passcode enrollment is unusable; contact your administrator." },
             Some(note),
@@ -410,19 +428,19 @@ pub fn check_answer_with(
         return Ok(Verdict::Deny { message: HOST_REVOKED.into() });
     }
     let Some(mut user) = store.user(&ctx.user)?.filter(|u| u.enabled) else {
-        audit(store, p, ctx, now, "deny", "user was disabled during the login")?;
+        audit(store, p, ctx, now, AuditResult::Deny, "user was disabled during the login")?;
         return Ok(Verdict::Deny { message: "Passcode not accepted.".into() });
     };
     let email_ok = email_allowed(p, &user);
-    let method = method_name(user.method);
+    let method = AuditMethod::of(user.method);
     if user.is_locked(now) {
-        audit_method(store, p, ctx, now, method, "locked", &locked_reason(&user))?;
+        audit_method(store, p, ctx, now, method, AuditResult::Locked, &locked_reason(&user))?;
         return Ok(Verdict::Locked { until: LockEnd::of(&user, now) });
     }
     // Enter at the enrollment (QR) prompt, or at any prompt, is not a guess:
     // counting it would lock out users who only wanted to see their QR code.
     if answer.trim().is_empty() {
-        audit_method(store, p, ctx, now, method, "deny", "no code entered")?;
+        audit_method(store, p, ctx, now, method, AuditResult::Deny, "no code entered")?;
         return Ok(Verdict::Deny { message: "No passcode entered.".into() });
     }
     let (code, well_formed) = typed_code(answer);
@@ -437,7 +455,7 @@ pub fn check_answer_with(
     let mut failure = if answer.len() > MAX_ANSWER_LEN { Failure::TooLong } else { Failure::Malformed { email_ok } };
     if try_totp {
         let Some(secret) = user.secret.as_deref().and_then(|s| p.crypto.open(&user.name, s)) else {
-            audit(store, p, ctx, now, "error", "stored secret cannot be decrypted (wrong key file?)")?;
+            audit(store, p, ctx, now, AuditResult::Error, "stored secret cannot be decrypted (wrong key file?)")?;
             return Ok(Verdict::Deny {
                 message: "Your passcode enrollment is unusable; contact your administrator.".into(),
             });
@@ -458,7 +476,7 @@ pub fn check_answer_with(
                     ctx,
                     &mut user,
                     now,
-                    "totp",
+                    AuditMethod::Totp,
                     if activated { "enrollment activated" } else { "valid code" },
                 )?;
                 return Ok(Verdict::Accept { activated, failures, locks });
@@ -471,7 +489,15 @@ pub fn check_answer_with(
         let (Some(secret), Some(counter)) =
             (user.secret.as_deref().and_then(|s| p.crypto.open(&user.name, s)), user.hotp_counter)
         else {
-            audit_method(store, p, ctx, now, "hotp", "error", "stored secret cannot be decrypted (wrong key file?)")?;
+            audit_method(
+                store,
+                p,
+                ctx,
+                now,
+                AuditMethod::Hotp,
+                AuditResult::Error,
+                "stored secret cannot be decrypted (wrong key file?)",
+            )?;
             return Ok(Verdict::Deny {
                 message: "Your passcode enrollment is unusable; contact your administrator.".into(),
             });
@@ -487,7 +513,7 @@ pub fn check_answer_with(
                 user.hotp_counter = Some(c as i64 + 1);
                 let reason =
                     if c == from { "valid code".to_string() } else { format!("valid code ({} ahead)", c - from) };
-                let (failures, locks) = accept(store, p, ctx, &mut user, now, "hotp", &reason)?;
+                let (failures, locks) = accept(store, p, ctx, &mut user, now, AuditMethod::Hotp, &reason)?;
                 return Ok(Verdict::Accept { activated: false, failures, locks });
             }
             // The last few codes before the counter: a replay, not a guess at
@@ -503,23 +529,24 @@ pub fn check_answer_with(
     }
     let mut failed_method = method;
     if answer.len() <= MAX_ANSWER_LEN && crate::core::recovery::normalize(answer).is_some() {
-        failed_method = "recovery";
+        failed_method = AuditMethod::Recovery;
         failure = Failure::WrongRecovery;
         if let Some(hash) = recovery_hash {
             if store.use_recovery_code(&user.name, hash)? {
                 let left = store.recovery_codes_left(&user.name)?;
                 let why = format!("valid recovery code, {left} left");
-                let (failures, locks) = accept(store, p, ctx, &mut user, now, "recovery", &why)?;
+                let (failures, locks) = accept(store, p, ctx, &mut user, now, AuditMethod::Recovery, &why)?;
                 return Ok(Verdict::Recovered { failures, locks, left });
             }
         }
     }
     // A replayed TOTP code is not also tried as an emailed code.
     if try_email && !(try_totp && failure == Failure::Replayed) {
-        failed_method = "email";
+        failed_method = AuditMethod::Email;
         failure = match crate::core::email::check_code(store, p, &user.name, &ctx.machine, &code, now)? {
             crate::core::email::CodeCheck::Valid => {
-                let (failures, locks) = accept(store, p, ctx, &mut user, now, "email", "valid emailed code")?;
+                let (failures, locks) =
+                    accept(store, p, ctx, &mut user, now, AuditMethod::Email, "valid emailed code")?;
                 return Ok(Verdict::Accept { activated: false, failures, locks });
             }
             crate::core::email::CodeCheck::Wrong if try_totp => Failure::WrongCode,
@@ -535,7 +562,7 @@ pub fn check_answer_with(
         if answer.len() <= MAX_ANSWER_LEN && store.use_recovery_code(&user.name, hash)? {
             let left = store.recovery_codes_left(&user.name)?;
             let why = format!("valid recovery (scratch) code, {left} left");
-            let (failures, locks) = accept(store, p, ctx, &mut user, now, "recovery", &why)?;
+            let (failures, locks) = accept(store, p, ctx, &mut user, now, AuditMethod::Recovery, &why)?;
             return Ok(Verdict::Recovered { failures, locks, left });
         }
     }
@@ -572,11 +599,11 @@ pub fn check_answer_with(
             }
         };
         store.save_user(&user)?;
-        audit_method(store, p, ctx, now, failed_method, "locked", &why)?;
+        audit_method(store, p, ctx, now, failed_method, AuditResult::Locked, &why)?;
         return Ok(Verdict::Locked { until: LockEnd::of(&user, now) });
     }
     store.save_user(&user)?;
-    audit_method(store, p, ctx, now, failed_method, "deny", reason)?;
+    audit_method(store, p, ctx, now, failed_method, AuditResult::Deny, reason)?;
     Ok(Verdict::Deny { message: message.into() })
 }
 
@@ -653,19 +680,19 @@ fn accept(
     ctx: &LoginContext,
     user: &mut UserRecord,
     now: i64,
-    method: &str,
+    method: AuditMethod,
     reason: &str,
 ) -> Result<(u32, u32), StoreError> {
     let (failures, locks) = (user.failures_since_login, user.lock_periods);
     user.clear_lockout();
     user.last_login = Some(now);
-    user.last_method = Some(method.into());
+    user.last_method = Some(method);
     if user.method == Method::Email && user.activated_at.is_none() {
         user.activated_at = Some(now);
     }
     store.save_user(user)?;
     if failures == 0 {
-        audit_method(store, p, ctx, now, method, "accept", reason)?;
+        audit_method(store, p, ctx, now, method, AuditResult::Accept, reason)?;
         return Ok((0, 0));
     }
     if locks > 0 {
@@ -676,7 +703,7 @@ fn accept(
         );
     }
     let reason = format!("{reason}; {failures} failed attempt(s) and {locks} lock(s) since the previous login");
-    audit_method(store, p, ctx, now, method, "accept", &reason)?;
+    audit_method(store, p, ctx, now, method, AuditResult::Accept, &reason)?;
     Ok((failures, locks))
 }
 
@@ -841,7 +868,7 @@ mod tests {
             recover(&mut s, &p, "rita", &codes[1], T0 + 62),
             Verdict::Recovered { failures: 1, locks: 0, left: 8 }
         );
-        assert_eq!(s.user("rita").unwrap().unwrap().last_method.as_deref(), Some("recovery"));
+        assert_eq!(s.user("rita").unwrap().unwrap().last_method, Some(AuditMethod::Recovery));
         // Without the hash (as if computed under the wrong salt) the answer is a wrong code.
         assert!(matches!(check_answer(&mut s, &p, &ctx("rita"), &codes[2], T0 + 63).unwrap(), Verdict::Deny { .. }));
         // Wrong codes lock the account like wrong passcodes; then even a good code is refused.
@@ -1251,7 +1278,7 @@ mod tests {
             // Planning only reads: the final answer comes with the audit record to write.
             assert_eq!(s.audit(None, None, None, 10).unwrap().len(), recorded);
             let note = note.expect("a final answer is audited");
-            assert_eq!((note.result, note.reason.as_str()), ("not_enrolled", "user not enabled for OTP"));
+            assert_eq!((note.result.as_str(), note.reason.as_str()), ("not_enrolled", "user not enabled for OTP"));
             note.record(&mut s, &p, &ctx(user), T0).unwrap();
         }
         assert_eq!(s.audit(None, None, None, 10).unwrap().len(), 2);

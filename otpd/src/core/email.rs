@@ -6,6 +6,7 @@
 use crate::core::audit::audit_method;
 use crate::core::context::LoginContext;
 use crate::core::policy::Policy;
+use crate::store::model::{AuditMethod, AuditResult};
 use crate::store::model::{EmailCode, MailCount, Store, StoreError};
 use common::config::EmailConfig;
 use hmac::{Hmac, Mac};
@@ -213,26 +214,42 @@ pub fn request_code(
     };
     if let Some(code) = latest.as_ref().filter(|c| valid_code(c, now) && c.address == address) {
         if store.count_mail_since(MailCount::Code(code.id), hour_ago)? > cfg.resends_per_hour as u64 {
-            audit_method(store, p, ctx, now, "email", "deny", "re-send cap reached")?;
+            audit_method(store, p, ctx, now, AuditMethod::Email, AuditResult::Deny, "re-send cap reached")?;
             return Ok(RequestOutcome::ResendCapped);
         }
         if !caps_ok(store)? {
-            audit_method(store, p, ctx, now, "email", "deny", "hourly mail cap reached")?;
+            audit_method(store, p, ctx, now, AuditMethod::Email, AuditResult::Deny, "hourly mail cap reached")?;
             return Ok(RequestOutcome::Capped);
         }
         store.enqueue_mail(code.id, address, now)?;
-        audit_method(store, p, ctx, now, "email", "code_resent", &format!("to {}", mask(address)))?;
+        audit_method(
+            store,
+            p,
+            ctx,
+            now,
+            AuditMethod::Email,
+            AuditResult::CodeResent,
+            &format!("to {}", mask(address)),
+        )?;
         return Ok(RequestOutcome::Queued { masked: mask(address), expires_at: code.expires_at, resent: true });
     }
     if let Some(prev) = &latest {
         let next_at = prev.created_at + cfg.new_code_interval.as_secs() as i64;
         if next_at > now {
-            audit_method(store, p, ctx, now, "email", "deny", "new code requested within the interval")?;
+            audit_method(
+                store,
+                p,
+                ctx,
+                now,
+                AuditMethod::Email,
+                AuditResult::Deny,
+                "new code requested within the interval",
+            )?;
             return Ok(RequestOutcome::TooSoon { next_at });
         }
     }
     if !caps_ok(store)? {
-        audit_method(store, p, ctx, now, "email", "deny", "hourly mail cap reached")?;
+        audit_method(store, p, ctx, now, AuditMethod::Email, AuditResult::Deny, "hourly mail cap reached")?;
         return Ok(RequestOutcome::Capped);
     }
     if let Some(prev) = latest.filter(|c| c.code_enc.is_some()) {
@@ -255,7 +272,15 @@ pub fn request_code(
     })?;
     store.enqueue_mail(id, address, now)?;
     let what = if emergency { "emergency code queued" } else { "code queued" };
-    audit_method(store, p, ctx, now, "email", "code_sent", &format!("{what} to {}", mask(address)))?;
+    audit_method(
+        store,
+        p,
+        ctx,
+        now,
+        AuditMethod::Email,
+        AuditResult::CodeSent,
+        &format!("{what} to {}", mask(address)),
+    )?;
     Ok(RequestOutcome::Queued { masked: mask(address), expires_at, resent: false })
 }
 

@@ -2,6 +2,7 @@
 //! log line) per caller and interval (see [`crate::core::limits`]).
 use crate::core::limits::{CallerLimits, Refusal, Report};
 use crate::core::service::Core;
+use crate::store::model::{AuditMethod, AuditResult};
 
 /// Writes a report: one audit row (and its log line) for many refusals.
 /// The user column names the caller as `uid:N` (no NSS lookup in the
@@ -19,7 +20,9 @@ pub async fn record(core: &Core, machine: &str, report: Report) {
     let reason = report.reason();
     let r = core
         .db
-        .run(move |st| crate::core::audit::audit_method(st, &policy, &ctx, now, "limit", "refused", &reason))
+        .run(move |st| {
+            crate::core::audit::audit_method(st, &policy, &ctx, now, AuditMethod::Limit, AuditResult::Refused, &reason)
+        })
         .await;
     if let Err(e) = r {
         tracing::warn!("recording refused attempts failed: {e}");

@@ -95,8 +95,8 @@ pub fn audit(e: &NewAudit) {
         e.rhost.as_deref().unwrap_or("-"),
         e.tty.as_deref().unwrap_or("-"),
         e.machine,
-        e.method,
-        e.result,
+        e.method.as_str(),
+        e.result.as_str(),
         e.reason
     );
     tracing::info!("{line}");

@@ -15,6 +15,7 @@ use crate::fleet::wire::Link;
 use crate::lock;
 use crate::login::conversation::Peer;
 use crate::login::transport::Transport;
+use crate::store::model::{AuditMethod, AuditResult};
 use crate::store::model::{HostRecord, HostRole, NewAudit};
 use common::codec::{encode, encode_limited, FrameError, MAX_ADMIN_RESPONSE, MAX_FRAME};
 use common::proto::{AdminRequest, AdminResponse, ClientMsg, LinkHello, LinkReply, Relay, ServerMsg, PROTOCOL_VERSION};
@@ -174,7 +175,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for Relayed<'_, S> {
 }
 
 /// An audit row for the fleet itself (a refused link or conversation).
-fn fleet_audit(sh: &Core, machine: &str, result: &str, reason: String) -> NewAudit {
+fn fleet_audit(sh: &Core, machine: &str, result: AuditResult, reason: String) -> NewAudit {
     NewAudit {
         time: sh.clock.now(),
         user: "-".into(),
@@ -182,8 +183,8 @@ fn fleet_audit(sh: &Core, machine: &str, result: &str, reason: String) -> NewAud
         rhost: None,
         tty: None,
         machine: machine.to_string(),
-        method: "host".into(),
-        result: result.into(),
+        method: AuditMethod::Host,
+        result,
         reason,
     }
 }
@@ -244,7 +245,7 @@ async fn audit_refusal_as(sh: &Core, fleet: &FleetServer, key: &str, machine: &s
     let reason =
         if skipped > 0 { format!("{reason} (and {skipped} more refusals in the last minute)") } else { reason };
     tracing::warn!("fleet link refused: {reason}");
-    audit(sh, fleet_audit(sh, machine, "refused", reason)).await;
+    audit(sh, fleet_audit(sh, machine, AuditResult::Refused, reason)).await;
 }
 
 /// An established link; given back when dropped.
@@ -409,7 +410,7 @@ async fn check_host(
                 Some(was) => format!("{} links from {from} (before: {was})", host.role.as_str()),
                 None => format!("{} links from {from} (its first link)", host.role.as_str()),
             };
-            fleet_audit(sh, &machine, "link", reason)
+            fleet_audit(sh, &machine, AuditResult::Link, reason)
         });
         if let Some(entry) = &entry {
             crate::core::syslog::audit(entry);

@@ -13,7 +13,7 @@
 use crate::core::policy::Policy;
 use crate::store::model::{Store, StoreError, UserRecord};
 use common::config::Algorithm;
-use common::proto::{ImportAccount, ImportResult, Method};
+use common::proto::{ImportAccount, ImportOutcome, ImportResult, Method};
 
 /// An account with its scratch codes hashed (off the database thread).
 pub struct Prepared {
@@ -26,8 +26,8 @@ pub struct Prepared {
     pub notes: Vec<String>,
 }
 
-fn result(user: &str, outcome: &str, detail: impl Into<String>) -> ImportResult {
-    ImportResult { user: user.into(), outcome: outcome.into(), detail: detail.into() }
+fn result(user: &str, outcome: ImportOutcome, detail: impl Into<String>) -> ImportResult {
+    ImportResult { user: user.into(), outcome, detail: detail.into() }
 }
 
 /// Checks an account against what otpd can verify; on success hashes its
@@ -38,7 +38,7 @@ pub fn prepare(
     a: ImportAccount,
     hasher: Option<&mut crate::core::recovery::ScratchHasher>,
 ) -> Result<Prepared, ImportResult> {
-    let skip = |why: String| result(&a.user, "skipped", why);
+    let skip = |why: String| result(&a.user, ImportOutcome::Skipped, why);
     if !crate::core::context::valid_user_name(&a.user) {
         return Err(skip("not a valid user name".into()));
     }
@@ -154,7 +154,9 @@ pub fn prepare_all(
                             _ if enabled.contains(&a.user) => prepare(p, a, None),
                             None => prepare(p, a, None),
                             Some(Ok(h)) => prepare(p, a, Some(h)),
-                            Some(Err(e)) => Err(result(&a.user, "skipped", format!("cannot hash scratch codes: {e}"))),
+                            Some(Err(e)) => {
+                                Err(result(&a.user, ImportOutcome::Skipped, format!("cannot hash scratch codes: {e}")))
+                            }
                         })
                         .collect::<Vec<_>>()
                 })
@@ -181,7 +183,11 @@ pub fn import(
         if let Some(e) = existing.as_ref().filter(|e| e.enabled) {
             let same = e.secret.as_deref().and_then(|s| p.crypto.open(&name, s)).is_some_and(|s| s == a.secret);
             if !same || e.method != a.method {
-                out.push(result(&name, "skipped", "already enabled in otpd with another secret; not overwritten"));
+                out.push(result(
+                    &name,
+                    ImportOutcome::Skipped,
+                    "already enabled in otpd with another secret; not overwritten",
+                ));
                 continue;
             }
             // The old module may have seen logins since the last import:
@@ -199,13 +205,13 @@ pub fn import(
                     _ => {}
                 }
             }
-            out.push(result(&name, "unchanged", "already imported with this secret"));
+            out.push(result(&name, ImportOutcome::Unchanged, "already imported with this secret"));
             continue;
         }
         if let Some(uid) = a.account.uid {
             if let Some(other) = st.user_by_uid(uid)?.filter(|o| o.enabled && o.name != name) {
                 let why = format!("the same account (uid {uid}) is already enabled as {}", other.name);
-                out.push(result(&name, "skipped", why));
+                out.push(result(&name, ImportOutcome::Skipped, why));
                 continue;
             }
         }
@@ -221,12 +227,12 @@ pub fn import(
         parts.extend(a.notes.iter().cloned());
         let detail = parts.join(", ");
         if dry_run {
-            out.push(result(&name, "would import", detail));
+            out.push(result(&name, ImportOutcome::WouldImport, detail));
             continue;
         }
         // Enabled when the request came (so not hashed), disabled since.
         if a.hashes.len() != a.account.scratch_codes.len() {
-            out.push(result(&name, "skipped", "changed in otpd during the import; run the import again"));
+            out.push(result(&name, ImportOutcome::Skipped, "changed in otpd during the import; run the import again"));
             continue;
         }
         let base = existing.unwrap_or_else(|| UserRecord::new(&name, None, now));
@@ -251,14 +257,14 @@ pub fn import(
             user: name.clone(),
             service: "otpctl".into(),
             machine: p.machine.clone(),
-            method: "admin".into(),
-            result: "import (google-authenticator)".into(),
+            method: crate::store::model::AuditMethod::Admin,
+            result: crate::store::model::AuditResult::Action("import (google-authenticator)".into()),
             reason: format!("by {by}; {detail}"),
             ..Default::default()
         };
         crate::core::syslog::audit(&e);
         st.add_audit(&e)?;
-        out.push(result(&name, "imported", detail));
+        out.push(result(&name, ImportOutcome::Imported, detail));
     }
     Ok(out)
 }
@@ -301,7 +307,7 @@ mod tests {
     fn run(s: &mut SqliteStore, p: &Policy, accounts: Vec<ImportAccount>, dry_run: bool) -> Vec<String> {
         let done = already_enabled(s, &accounts.iter().map(|a| a.user.clone()).collect::<Vec<_>>()).unwrap();
         let ready = prepare_all(p, accounts, dry_run, &done).into_iter().map(|r| r.unwrap()).collect();
-        import(s, p, ready, dry_run, "test", 50).unwrap().into_iter().map(|r| r.outcome).collect()
+        import(s, p, ready, dry_run, "test", 50).unwrap().into_iter().map(|r| r.outcome.as_str().to_string()).collect()
     }
 
     #[test]
@@ -335,7 +341,7 @@ mod tests {
         let gone = std::collections::HashSet::from(["nora".to_string()]);
         let nora = prepare_all(&p, vec![account("nora", "HNZC5YSDIE7NXRUMF7LXGYJWBA")], false, &gone);
         let r = import(&mut s, &p, nora.into_iter().map(|r| r.unwrap()).collect(), false, "test", 60).unwrap();
-        assert_eq!((r[0].outcome.as_str(), s.user("nora").unwrap()), ("skipped", None), "{}", r[0].detail);
+        assert_eq!((r[0].outcome, s.user("nora").unwrap()), (ImportOutcome::Skipped, None), "{}", r[0].detail);
         // What otpd cannot verify is refused before the transaction.
         assert!(prepare(&p, ImportAccount { step_size: 60, ..a.clone() }, None).is_err());
         assert!(prepare(&p, ImportAccount { secret_b32: "!!".into(), ..a.clone() }, None).is_err());
@@ -360,7 +366,7 @@ mod tests {
         let none = std::collections::HashSet::new();
         let ready = prepare_all(&p, vec![h.clone()], false, &none).into_iter().map(|r| r.unwrap()).collect();
         let r = import(&mut s, &p, ready, false, "test", 50).unwrap();
-        assert_eq!(r[0].outcome, "imported");
+        assert_eq!(r[0].outcome, ImportOutcome::Imported);
         assert!(r[0].detail.contains("HOTP secret, next counter 4"), "{}", r[0].detail);
         assert!(r[0].detail.contains("WINDOW_SIZE 3 not kept") && r[0].detail.contains("RATE_LIMIT 3 per 30 s"));
         let u = s.user("hal").unwrap().unwrap();
@@ -368,12 +374,12 @@ mod tests {
         // Used further under the old module: the counter moves up, never down.
         for (c, want) in [(9, 9), (5, 9)] {
             let again = vec![prepare(&p, ImportAccount { hotp_counter: Some(c), ..h.clone() }, None).unwrap()];
-            assert_eq!(import(&mut s, &p, again, false, "test", 60).unwrap()[0].outcome, "unchanged");
+            assert_eq!(import(&mut s, &p, again, false, "test", 60).unwrap()[0].outcome, ImportOutcome::Unchanged);
             assert_eq!(s.user("hal").unwrap().unwrap().hotp_counter, Some(want));
         }
         // The same secret as TOTP is another enrollment: not overwritten.
         let totp = vec![prepare(&p, ImportAccount { hotp_counter: None, ..h.clone() }, None).unwrap()];
-        assert_eq!(import(&mut s, &p, totp, false, "test", 70).unwrap()[0].outcome, "skipped");
+        assert_eq!(import(&mut s, &p, totp, false, "test", 70).unwrap()[0].outcome, ImportOutcome::Skipped);
         assert!(prepare(&p, ImportAccount { hotp_counter: Some(0), ..h }, None).is_err());
         // TOTP with the default window (3 = ±1 step): nothing to report.
         let t = prepare(&p, account("tom", "HNZC5YSDIE7NXRUMF7LXGYJWBA"), None).unwrap();

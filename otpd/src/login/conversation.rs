@@ -8,6 +8,7 @@ use crate::core::email;
 use crate::core::limits::CallerLimits;
 use crate::core::service::Core;
 use crate::login::transport::Transport;
+use crate::store::model::{AuditMethod, AuditResult};
 use crate::store::model::{EmergencyRequest, SessionRecord};
 use common::codec::encode;
 use common::config::{Approval, AutoSend};
@@ -256,7 +257,7 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Cor
     };
     if let Some(reason) = refuse {
         gate!();
-        let _ = run_audit_result(sh, ctx.clone(), "deny", reason).await;
+        let _ = run_audit_result(sh, ctx.clone(), AuditResult::Deny, reason).await;
         outcome(&mut s, sh, OutcomeKind::Deny, Some("Passcode check refused.".into())).await;
         return;
     }
@@ -319,7 +320,7 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Cor
             // Whoever sees the secret can hold this account's second
             // factor: each showing is an event of its own (check 39).
             let why = "pending enrollment's secret shown (QR code and key)".to_string();
-            if let Err(e) = run_audit_result(sh, ctx.clone(), "shown", why).await {
+            if let Err(e) = run_audit_result(sh, ctx.clone(), AuditResult::Shown, why).await {
                 tracing::error!("cannot audit showing {}'s enrollment: {e}; denying", ctx.user);
                 return outcome(&mut s, sh, OutcomeKind::Deny, Some("Passcode check unavailable.".into())).await;
             }
@@ -388,7 +389,7 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Cor
         }
         return finish(s, sh, &ctx, answer, seen).await;
     }
-    let _ = run_audit_result(sh, ctx.clone(), "deny", "too many requests in one conversation".into()).await;
+    let _ = run_audit_result(sh, ctx.clone(), AuditResult::Deny, "too many requests in one conversation".into()).await;
     outcome(&mut s, sh, OutcomeKind::Deny, Some("Too many requests in one login.".into())).await
 }
 
@@ -503,7 +504,7 @@ async fn end_denied<T>(
     why: String,
     message: Option<&str>,
 ) -> Option<T> {
-    let _ = run_audit_result(sh, ctx.clone(), "deny", why).await;
+    let _ = run_audit_result(sh, ctx.clone(), AuditResult::Deny, why).await;
     outcome(s, sh, OutcomeKind::Deny, message.map(String::from)).await;
     None
 }
@@ -584,7 +585,7 @@ async fn finish<T: Transport>(
         // it, and an accept would be recorded for a login that failed.
         if late() {
             let why = "not decided: the login had stopped waiting for the answer";
-            crate::core::audit::audit(st, &policy, &job_ctx, now, "deny", why)?;
+            crate::core::audit::audit(st, &policy, &job_ctx, now, AuditResult::Deny, why)?;
             return Ok(Verdict::Deny { message: "Passcode check unavailable.".into() });
         }
         auth::check_answer_with(st, &policy, &job_ctx, &answer, recovery.as_deref(), now)
@@ -808,8 +809,8 @@ async fn email_request(s: &mut impl Transport, sh: &Core, ctx: &LoginContext) ->
                     &p,
                     &c,
                     now,
-                    "email",
-                    "deny",
+                    AuditMethod::Email,
+                    AuditResult::Deny,
                     "no usable emailed code; a new one is not allowed yet",
                 )?;
             }
@@ -872,8 +873,8 @@ async fn email_request(s: &mut impl Transport, sh: &Core, ctx: &LoginContext) ->
                     &policy,
                     &ctx2,
                     now,
-                    "email",
-                    "deny",
+                    AuditMethod::Email,
+                    AuditResult::Deny,
                     "no email address on record",
                 )?;
                 return Ok(Err(
@@ -892,7 +893,7 @@ async fn email_request(s: &mut impl Transport, sh: &Core, ctx: &LoginContext) ->
                 } else {
                     "internal login failed"
                 };
-                crate::core::audit::audit_method(st, &policy, &ctx2, now, "email", "deny", why)?;
+                crate::core::audit::audit_method(st, &policy, &ctx2, now, AuditMethod::Email, AuditResult::Deny, why)?;
                 return Ok(Err(NEUTRAL));
             }
             email::request_code(st, &policy, &ctx2, &address, false, now).map(Ok)
@@ -923,7 +924,8 @@ async fn emergency_request(s: &mut impl Transport, sh: &Core, ctx: &LoginContext
     let address = match email::validate_address(typed.trim()) {
         Ok(a) => a,
         Err(why) => {
-            let _ = run_audit_result(sh, ctx.clone(), "deny", format!("emergency: invalid address ({why})")).await;
+            let _ = run_audit_result(sh, ctx.clone(), AuditResult::Deny, format!("emergency: invalid address ({why})"))
+                .await;
             return Some((format!("That is not a usable email address ({why})."), false));
         }
     };
@@ -951,8 +953,8 @@ async fn emergency_request(s: &mut impl Transport, sh: &Core, ctx: &LoginContext
                     &policy,
                     &ctx2,
                     now,
-                    "email",
-                    "deny",
+                    AuditMethod::Email,
+                    AuditResult::Deny,
                     "emergency: address not allowed",
                 )?;
                 return Ok(("Emergency access is not available for that address.".to_string(), true, false, None));
@@ -960,7 +962,7 @@ async fn emergency_request(s: &mut impl Transport, sh: &Core, ctx: &LoginContext
             if let Some((why, text)) =
                 crate::core::limits::emergency_capped(st, &policy.email.emergency, &ctx2.user, &address)?
             {
-                crate::core::audit::audit_method(st, &policy, &ctx2, now, "email", "deny", &why)?;
+                crate::core::audit::audit_method(st, &policy, &ctx2, now, AuditMethod::Email, AuditResult::Deny, &why)?;
                 return Ok((text, true, false, None));
             }
             let id = st.insert_request(&EmergencyRequest {
@@ -980,8 +982,8 @@ async fn emergency_request(s: &mut impl Transport, sh: &Core, ctx: &LoginContext
                 &policy,
                 &ctx2,
                 now,
-                "email",
-                "pending",
+                AuditMethod::Email,
+                AuditResult::Pending,
                 &format!("emergency request #{id} for {}", email::mask(&address)),
             )?;
             Ok((
@@ -1017,7 +1019,7 @@ async fn emergency_request(s: &mut impl Transport, sh: &Core, ctx: &LoginContext
 async fn run_audit_result(
     sh: &Core,
     ctx: LoginContext,
-    result: &'static str,
+    result: AuditResult,
     reason: String,
 ) -> Result<(), crate::store::model::StoreError> {
     let policy = sh.policy.clone();
@@ -1044,7 +1046,7 @@ async fn session_event(sh: &Core, msg: ClientMsg, peer_uid: u32, machine: &str, 
                         return Ok(());
                     }
                     let email = rec
-                        .filter(|u| u.last_method.as_deref() == Some("email"))
+                        .filter(|u| u.last_method == Some(AuditMethod::Email))
                         .and_then(|u| u.email.or_else(|| email::directory_address(&policy.email.directory, &u.name)));
                     st.open_session(&SessionRecord {
                         id: 0,

@@ -5,8 +5,8 @@
 //! flags BOOLEAN. Each [`crate::store::db`] worker owns one `PgStore` and runs one
 //! job per transaction; the concurrency contract is in [`crate::store::sqlite`].
 use crate::store::model::{
-    Counts, EmailCode, EmergencyRequest, HostRecord, HostRole, MailCount, MailStats, NewAudit, PlanReads, QueuedMail,
-    RequestCount, SessionRecord, Store, StoreError, UserRecord,
+    AuditMethod, Counts, EmailCode, EmergencyRequest, HostRecord, HostRole, MailCount, MailStats, NewAudit, PlanReads,
+    QueuedMail, RequestCount, SessionRecord, Store, StoreError, UserRecord,
 };
 use common::proto::{AuditEntry, RequestStatus};
 use postgres::types::ToSql;
@@ -301,6 +301,9 @@ pub(crate) struct AcceptStep<'a> {
     step: i64,
     now: i64,
     e: &'a NewAudit,
+    /// The audit row's method and result as stored.
+    method: &'static str,
+    result: &'a str,
     /// A relayed login's host certificate: accepted only while not revoked.
     host: Option<&'a [u8]>,
 }
@@ -315,7 +318,8 @@ impl<'a> AcceptStep<'a> {
         host: Option<&'a [u8]>,
     ) -> Option<AcceptStep<'a>> {
         let secret = seen.secret.as_deref()?;
-        Some(AcceptStep { seen, secret, digits: seen.digits.map(i64::from), step, now, e, host })
+        let (method, result) = (e.method.as_str(), e.result.as_str());
+        Some(AcceptStep { seen, secret, digits: seen.digits.map(i64::from), step, now, e, method, result, host })
     }
 
     pub(crate) fn params(&self) -> [&(dyn ToSql + Sync); 14] {
@@ -331,8 +335,8 @@ impl<'a> AcceptStep<'a> {
             &e.rhost,
             &e.tty,
             &e.machine,
-            &e.method,
-            &e.result,
+            &self.method,
+            &self.result,
             &e.reason,
             &self.host,
         ]
@@ -359,7 +363,7 @@ pub(crate) fn user_from_row(r: &Row) -> Result<UserRecord, StoreError> {
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         password_hash: r.try_get("password_hash")?,
-        last_method: r.try_get("last_method")?,
+        last_method: r.try_get::<_, Option<String>>("last_method")?.and_then(|m| AuditMethod::parse(&m).ok()),
         hotp_counter: r.try_get("hotp_counter")?,
         digits: opt_u32_of(r.try_get("digits")?, "digits")?,
     })
@@ -493,7 +497,7 @@ impl Store for PgStore {
                 &u.created_at,
                 &u.updated_at,
                 &u.password_hash,
-                &u.last_method,
+                &u.last_method.map(AuditMethod::as_str),
                 &i64::from(u.lock_periods),
                 &i64::from(u.failures_since_login),
                 &u.admin_locked_at,
@@ -574,7 +578,17 @@ impl Store for PgStore {
         self.execute(
             r#"INSERT INTO audit (time, "user", service, rhost, tty, machine, method, result, reason)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"#,
-            &[&e.time, &e.user, &e.service, &e.rhost, &e.tty, &e.machine, &e.method, &e.result, &e.reason],
+            &[
+                &e.time,
+                &e.user,
+                &e.service,
+                &e.rhost,
+                &e.tty,
+                &e.machine,
+                &e.method.as_str(),
+                &e.result.as_str(),
+                &e.reason,
+            ],
         )?;
         Ok(())
     }
@@ -965,7 +979,7 @@ mod tests {
             created_at: 19,
             updated_at: 20,
             password_hash: Some("$argon2id$x".into()),
-            last_method: Some("email".into()),
+            last_method: Some(AuditMethod::Email),
             hotp_counter: Some(21),
             digits: Some(8),
         }
@@ -1481,8 +1495,8 @@ mod tests {
             user: "alice".into(),
             service: "sshd".into(),
             machine: "web01".into(),
-            method: "totp".into(),
-            result: "accept".into(),
+            method: AuditMethod::Totp,
+            result: crate::store::model::AuditResult::Accept,
             reason: format!("valid code {step}"),
             ..Default::default()
         };

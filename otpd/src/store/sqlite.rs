@@ -136,7 +136,7 @@ fn user_from_row(r: &Row<'_>) -> rusqlite::Result<UserRecord> {
         created_at: r.get("created_at")?,
         updated_at: r.get("updated_at")?,
         password_hash: r.get("password_hash")?,
-        last_method: r.get("last_method")?,
+        last_method: r.get::<_, Option<String>>("last_method")?.and_then(|m| AuditMethod::parse(&m).ok()),
         hotp_counter: r.get("hotp_counter")?,
         digits: r.get("digits")?,
     })
@@ -260,7 +260,7 @@ impl Store for SqliteStore {
             u.created_at,
             u.updated_at,
             u.password_hash,
-            u.last_method,
+            u.last_method.map(AuditMethod::as_str),
             u.lock_periods,
             u.failures_since_login,
             u.admin_locked_at,
@@ -341,7 +341,17 @@ impl Store for SqliteStore {
             "INSERT INTO audit (time, user, service, rhost, tty, machine, method, result, reason)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
-        st.execute(params![e.time, e.user, e.service, e.rhost, e.tty, e.machine, e.method, e.result, e.reason])?;
+        st.execute(params![
+            e.time,
+            e.user,
+            e.service,
+            e.rhost,
+            e.tty,
+            e.machine,
+            e.method.as_str(),
+            e.result.as_str(),
+            e.reason
+        ])?;
         Ok(())
     }
 
@@ -797,7 +807,8 @@ mod tests {
     fn audit_filters_newest_first() {
         let mut s = SqliteStore::in_memory().unwrap();
         for (t, u) in [(100, "a"), (200, "b"), (300, "a")] {
-            s.add_audit(&NewAudit { time: t, user: u.into(), result: "deny".into(), ..Default::default() }).unwrap();
+            s.add_audit(&NewAudit { time: t, user: u.into(), result: AuditResult::Deny, ..Default::default() })
+                .unwrap();
         }
         let all = s.audit(None, None, None, 10).unwrap();
         assert_eq!(all.iter().map(|e| e.time).collect::<Vec<_>>(), vec![300, 200, 100]);
