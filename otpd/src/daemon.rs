@@ -145,6 +145,45 @@ fn make_clock() -> Box<dyn Clock> {
     Box::new(SystemClock)
 }
 
+/// The core every door is given, from the configuration.
+fn make_core(
+    config: &Config,
+    db: Db,
+    crypto: SecretBox,
+    admin_gid: Option<u32>,
+    fleet_ca: Option<Arc<crate::fleet::pki::Ca>>,
+) -> Core {
+    let d = &config.daemon;
+    let machine = machine_id(&d.machine_id);
+    let caps = crate::core::limits::Caps {
+        per_caller: d.caller_max_logins,
+        per_target: d.target_max_logins,
+        unprivileged: d.unprivileged_connections(),
+    };
+    let host_rate = config.fleet.host_logins_per_minute;
+    Core::new(crate::core::service::Parts {
+        db,
+        policy: Arc::new(Policy {
+            totp: (&config.totp).into(),
+            hotp_window: config.hotp.window,
+            require_group: config.daemon.require_group.clone(),
+            lockout: config.lockout.clone(),
+            issuer: hostname_issuer(&config.totp.issuer),
+            machine: machine.clone(),
+            crypto,
+            email: config.email.clone(),
+        }),
+        clock: make_clock(),
+        io_timeout: d.io_timeout,
+        prompt_timeout: d.prompt_timeout,
+        admin_gid,
+        database: Db::describe(&d.database),
+        callers: crate::core::limits::Callers::new(&machine, d.caller_logins_per_minute, caps, host_rate),
+        fleet_ca,
+        enroll_on_agents: config.fleet.enroll_on_agents,
+    })
+}
+
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), StartError> {
     harden_process();
@@ -173,36 +212,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         fleet_listeners.push(l);
     }
     raise_fd_limit();
-    let clock = make_clock();
     let admin_gid = nix::unistd::Group::from_name(&d.admin_group).ok().flatten().map(|g| g.gid.as_raw());
-    let machine = machine_id(&d.machine_id);
-    let caps = crate::core::limits::Caps {
-        per_caller: d.caller_max_logins,
-        per_target: d.target_max_logins,
-        unprivileged: d.unprivileged_connections(),
-    };
-    let host_rate = config.fleet.host_logins_per_minute;
-    let shared = Arc::new(Core::new(crate::core::service::Parts {
-        db,
-        policy: Arc::new(Policy {
-            totp: (&config.totp).into(),
-            hotp_window: config.hotp.window,
-            require_group: config.daemon.require_group.clone(),
-            lockout: config.lockout.clone(),
-            issuer: hostname_issuer(&config.totp.issuer),
-            machine: machine.clone(),
-            crypto,
-            email: config.email.clone(),
-        }),
-        clock,
-        io_timeout: d.io_timeout,
-        prompt_timeout: d.prompt_timeout,
-        admin_gid,
-        database: Db::describe(&d.database),
-        callers: crate::core::limits::Callers::new(&machine, d.caller_logins_per_minute, caps, host_rate),
-        fleet_ca: fleet.as_ref().map(|f| f.ca.clone()),
-        enroll_on_agents: config.fleet.enroll_on_agents,
-    }));
+    let fleet_ca = fleet.as_ref().map(|f| f.ca.clone());
+    let shared = Arc::new(make_core(&config, db, crypto, admin_gid, fleet_ca));
     // Anyone may connect to the PAM socket (screen lockers run as the user);
     // SO_PEERCRED limits what a non-root caller can do.
     let pam = bind(&d.pam_socket, 0o666, None)?;

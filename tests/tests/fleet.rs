@@ -209,6 +209,7 @@ fn start_server(database: Option<String>, key_file: &Path, clock_dir: &Path, ext
                 stop_file(clock_dir, port).display().to_string() + "-decision",
             ),
             ("OTPD_TEST_STOP_AT_PROMPT_FILE".into(), stop_file(clock_dir, port).display().to_string() + "-prompt"),
+            ("OTPD_TEST_STOP_IN_CLAIM_FILE".into(), stop_file(clock_dir, port).display().to_string() + "-claim"),
         ],
         ..Setup::default()
     };
@@ -1119,11 +1120,31 @@ fn a_server_stopped_inside_a_transaction_holds_no_lock_for_long() {
     unsafe { libc::kill(first as i32, libc::SIGCONT) };
     // The same for an emailed code: server 1 takes erin's new message
     // from the outbox to send it (a row lock the other servers' mailers
-    // skip) and stops: server 2 mails it once that lock is gone.
-    let claimed = "SELECT count(*) > 0 FROM pg_stat_activity \
-                   WHERE state = 'idle in transaction' AND query LIKE 'UPDATE outbox%'";
-    let pending = held("erin", "", claimed);
-    let code = wait_for_codes(&f.maildir(), 1);
+    // skip) and stops right there (the claim hook of its mailer): server 2
+    // mails it once that lock is gone. Server 2's mailer polls, and may
+    // claim the message first: then erin asks again, which queues the same
+    // code once more, and server 1's mailer gets the next turn.
+    let claim = PathBuf::from(stop_file(f.dir.path(), f.ports[0]).display().to_string() + "-claim");
+    let mut held = None;
+    for _ in 0..5 {
+        let before = mailed_codes(&f.maildir()).len();
+        write_all(&claim, b"");
+        let agent = f.agents[0].pamdrive("otp", "erin", &[b""]);
+        let login = std::thread::spawn(move || run(agent));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !stopped(first) && mailed_codes(&f.maildir()).len() == before {
+            assert!(Instant::now() < deadline, "erin's message was neither claimed by server 1 nor mailed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if stopped(first) {
+            held = Some((login, before));
+            break;
+        }
+        let _ = std::fs::remove_file(&claim);
+        login.join().unwrap();
+    }
+    let (pending, before) = held.expect("server 1's mailer never claimed erin's message");
+    let code = wait_for_codes(&f.maildir(), before + 1);
     pending.join().unwrap();
     unsafe { libc::kill(first as i32, libc::SIGCONT) };
     eprintln!("carol's login through server 2 took {took:?} while server 1 was stopped holding her row");

@@ -273,13 +273,40 @@ pub fn plan_seen(
     now: i64,
     seen: &mut Option<UserRecord>,
 ) -> Result<(Plan, Option<Note>), StoreError> {
+    let user = match enabled_account(store, p, ctx)? {
+        Ok(user) => user,
+        Err(planned) => return Ok(planned),
+    };
+    *seen = Some(user.clone());
+    if user.name != ctx.user {
+        ctx.typed = Some(std::mem::replace(&mut ctx.user, user.name.clone()));
+    }
+    plan_for(store, p, &user, now)
+}
+
+/// A plan that ends the login here, with the note to audit.
+type Planned = (Plan, Option<Note>);
+
+/// Refused for `message`; audited as a TOTP denial for `why`.
+fn refused(message: &'static str, why: impl Into<String>) -> Result<Result<UserRecord, Planned>, StoreError> {
+    Ok(Err((Plan::Refused { message }, Some(Note::new(AuditMethod::Totp, AuditResult::Deny, why)))))
+}
+
+/// The enabled account this login is for, or the plan when there is none
+/// to ask about (the uid to resolve first, a caller asking for another
+/// account, a user not enrolled).
+fn enabled_account(
+    store: &mut dyn PlanReads,
+    p: &Policy,
+    ctx: &LoginContext,
+) -> Result<Result<UserRecord, Planned>, StoreError> {
     // A directory lookup costs every login; most logins name an enrolled
     // account exactly as enrolled, and root's are then decided by that
     // record. Non-root callers are decided on their uid, before the store
     // is read; other spellings need the uid to find the account.
     let by_name = if ctx.uid.is_none() && !ctx.resolved {
         if ctx.peer_uid != 0 {
-            return Ok((Plan::ResolveUser, None));
+            return Ok(Err((Plan::ResolveUser, None)));
         }
         if ctx.remote {
             // Found by name alone (below); a remote uid decides nothing.
@@ -287,28 +314,20 @@ pub fn plan_seen(
         } else {
             match store.user(&ctx.user)?.filter(|u| u.enabled) {
                 Some(u) => Some(u),
-                None => return Ok((Plan::ResolveUser, None)),
+                None => return Ok(Err((Plan::ResolveUser, None))),
             }
         }
     } else {
         None
     };
     if !may_ask(ctx) {
-        let why = format!("caller uid {} may only authenticate itself", ctx.peer_uid);
-        return Ok((
-            Plan::Refused { message: ONLY_YOURSELF },
-            Some(Note::new(AuditMethod::Totp, AuditResult::Deny, why)),
-        ));
+        return refused(ONLY_YOURSELF, format!("caller uid {} may only authenticate itself", ctx.peer_uid));
     }
     // An agent that named no account for a caller other than root (its
     // uid has no name there, or the agent predates the rule): refused,
     // never waved through as "not enrolled".
     if ctx.remote && ctx.peer_uid != 0 && ctx.account.is_none() {
-        let why = format!("the agent named no account for caller uid {}", ctx.peer_uid);
-        return Ok((
-            Plan::Refused { message: ONLY_YOURSELF },
-            Some(Note::new(AuditMethod::Totp, AuditResult::Deny, why)),
-        ));
+        return refused(ONLY_YOURSELF, format!("the agent named no account for caller uid {}", ctx.peer_uid));
     }
     let found = match by_name {
         Some(u) => Some(u),
@@ -323,42 +342,34 @@ pub fn plan_seen(
         && ctx.peer_uid != 0
         && store.user(&ctx.user)?.is_some_and(|u| u.enabled && u.uid.is_none())
     {
-        let why = "enabled record has no uid yet; the daemon links it at start and hourly";
-        return Ok((
-            Plan::Refused { message: ONLY_YOURSELF },
-            Some(Note::new(AuditMethod::Totp, AuditResult::Deny, why)),
-        ));
+        return refused(ONLY_YOURSELF, "enabled record has no uid yet; the daemon links it at start and hourly");
     }
-    let user = match found {
-        Some(u) if u.enabled => u,
+    match found {
+        Some(u) if u.enabled => Ok(Ok(u)),
         _ => {
             // Decided on the stored member list: no NSS on the login path.
             if let Some(g) = p.require_group.as_deref() {
                 if store.in_group(g, &ctx.user)? {
-                    let why = format!("member of {g} (require_group) but not enabled for OTP");
-                    return Ok((
-                        Plan::Refused { message: MUST_ENROLL },
-                        Some(Note::new(AuditMethod::Totp, AuditResult::Deny, why)),
-                    ));
+                    return refused(MUST_ENROLL, format!("member of {g} (require_group) but not enabled for OTP"));
                 }
             }
-            return Ok((
-                Plan::NotEnrolled,
-                Some(Note::new(AuditMethod::Totp, AuditResult::NotEnrolled, "user not enabled for OTP")),
-            ));
+            let note = Note::new(AuditMethod::Totp, AuditResult::NotEnrolled, "user not enabled for OTP");
+            Ok(Err((Plan::NotEnrolled, Some(note))))
         }
-    };
-    *seen = Some(user.clone());
-    if user.name != ctx.user {
-        ctx.typed = Some(std::mem::replace(&mut ctx.user, user.name.clone()));
     }
+}
+
+/// What to ask an enabled user: nothing when locked; a code (by email too,
+/// where allowed); the enrollment to finish; nothing when the record is
+/// unusable.
+fn plan_for(store: &mut dyn PlanReads, p: &Policy, user: &UserRecord, now: i64) -> Result<Planned, StoreError> {
     if user.is_locked(now) {
         return Ok((
-            Plan::Locked { until: LockEnd::of(&user, now) },
-            Some(Note::new(AuditMethod::Totp, AuditResult::Locked, locked_reason(&user))),
+            Plan::Locked { until: LockEnd::of(user, now) },
+            Some(Note::new(AuditMethod::Totp, AuditResult::Locked, locked_reason(user))),
         ));
     }
-    let email = email_allowed(p, &user);
+    let email = email_allowed(p, user);
     if user.method == Method::Email {
         if !email {
             let note =
@@ -454,77 +465,15 @@ pub fn check_answer_with(
     }
     let mut failure = if answer.len() > MAX_ANSWER_LEN { Failure::TooLong } else { Failure::Malformed { email_ok } };
     if try_totp {
-        let Some(secret) = user.secret.as_deref().and_then(|s| p.crypto.open(&user.name, s)) else {
-            audit(store, p, ctx, now, AuditResult::Error, "stored secret cannot be decrypted (wrong key file?)")?;
-            return Ok(Verdict::Deny {
-                message: "Your passcode enrollment is unusable; contact your administrator.".into(),
-            });
-        };
-        match totp.check(&secret, &code, now, user.last_step) {
-            // Another login (on this or another server) may have taken the
-            // step since `user` was read: the database decides who has it.
-            Check::Valid { step } if !store.consume_step(&user.name, step)? => failure = Failure::Replayed,
-            Check::Valid { step } => {
-                let activated = user.activated_at.is_none();
-                user.last_step = Some(step);
-                if activated {
-                    user.activated_at = Some(now);
-                }
-                let (failures, locks) = accept(
-                    store,
-                    p,
-                    ctx,
-                    &mut user,
-                    now,
-                    AuditMethod::Totp,
-                    if activated { "enrollment activated" } else { "valid code" },
-                )?;
-                return Ok(Verdict::Accept { activated, failures, locks });
-            }
-            Check::Replayed => failure = Failure::Replayed,
-            Check::Wrong => failure = Failure::WrongCode,
+        match try_totp_code(store, p, ctx, &mut user, &totp, &code, now)? {
+            Ok(verdict) => return Ok(verdict),
+            Err(f) => failure = f,
         }
     }
     if try_hotp {
-        let (Some(secret), Some(counter)) =
-            (user.secret.as_deref().and_then(|s| p.crypto.open(&user.name, s)), user.hotp_counter)
-        else {
-            audit_method(
-                store,
-                p,
-                ctx,
-                now,
-                AuditMethod::Hotp,
-                AuditResult::Error,
-                "stored secret cannot be decrypted (wrong key file?)",
-            )?;
-            return Ok(Verdict::Deny {
-                message: "Your passcode enrollment is unusable; contact your administrator.".into(),
-            });
-        };
-        let digits = user.digits.unwrap_or(6);
-        let from = counter.max(0) as u64;
-        match crate::core::totp::hotp_find(&secret, &code, digits, from, u64::from(p.hotp_window)) {
-            // Another login (on this or another server) may have moved the
-            // counter past this code since `user` was read: the database decides.
-            Some(c) if !store.consume_counter(&user.name, c as i64)? => failure = Failure::Replayed,
-            Some(c) => {
-                // A stale copy must not undo what consume_counter wrote.
-                user.hotp_counter = Some(c as i64 + 1);
-                let reason =
-                    if c == from { "valid code".to_string() } else { format!("valid code ({} ahead)", c - from) };
-                let (failures, locks) = accept(store, p, ctx, &mut user, now, AuditMethod::Hotp, &reason)?;
-                return Ok(Verdict::Accept { activated: false, failures, locks });
-            }
-            // The last few codes before the counter: a replay, not a guess at
-            // a new one (still a failure: it counts towards the lock).
-            None if from > 0
-                && crate::core::totp::hotp_find(&secret, &code, digits, from - from.min(3), from.min(3) - 1)
-                    .is_some() =>
-            {
-                failure = Failure::Replayed
-            }
-            None => failure = Failure::WrongCode,
+        match try_hotp_code(store, p, ctx, &mut user, &code, now)? {
+            Ok(verdict) => return Ok(verdict),
+            Err(f) => failure = f,
         }
     }
     let mut failed_method = method;
@@ -566,6 +515,113 @@ pub fn check_answer_with(
             return Ok(Verdict::Recovered { failures, locks, left });
         }
     }
+    record_failure(store, p, ctx, &mut user, failed_method, failure, now)
+}
+
+/// A code checked against the user's TOTP secret: the verdict when it
+/// decides, else why it failed.
+fn try_totp_code(
+    store: &mut dyn Store,
+    p: &Policy,
+    ctx: &LoginContext,
+    user: &mut UserRecord,
+    totp: &TotpParams,
+    code: &str,
+    now: i64,
+) -> Result<Result<Verdict, Failure>, StoreError> {
+    let Some(secret) = user.secret.as_deref().and_then(|s| p.crypto.open(&user.name, s)) else {
+        audit(store, p, ctx, now, AuditResult::Error, "stored secret cannot be decrypted (wrong key file?)")?;
+        return Ok(Ok(Verdict::Deny {
+            message: "Your passcode enrollment is unusable; contact your administrator.".into(),
+        }));
+    };
+    match totp.check(&secret, code, now, user.last_step) {
+        // Another login (on this or another server) may have taken the
+        // step since `user` was read: the database decides who has it.
+        Check::Valid { step } if !store.consume_step(&user.name, step)? => Ok(Err(Failure::Replayed)),
+        Check::Valid { step } => {
+            let activated = user.activated_at.is_none();
+            user.last_step = Some(step);
+            if activated {
+                user.activated_at = Some(now);
+            }
+            let (failures, locks) = accept(
+                store,
+                p,
+                ctx,
+                user,
+                now,
+                AuditMethod::Totp,
+                if activated { "enrollment activated" } else { "valid code" },
+            )?;
+            Ok(Ok(Verdict::Accept { activated, failures, locks }))
+        }
+        Check::Replayed => Ok(Err(Failure::Replayed)),
+        Check::Wrong => Ok(Err(Failure::WrongCode)),
+    }
+}
+
+/// A code checked against the user's HOTP token from its counter on: the
+/// verdict when it decides, else why it failed.
+fn try_hotp_code(
+    store: &mut dyn Store,
+    p: &Policy,
+    ctx: &LoginContext,
+    user: &mut UserRecord,
+    code: &str,
+    now: i64,
+) -> Result<Result<Verdict, Failure>, StoreError> {
+    let (Some(secret), Some(counter)) =
+        (user.secret.as_deref().and_then(|s| p.crypto.open(&user.name, s)), user.hotp_counter)
+    else {
+        audit_method(
+            store,
+            p,
+            ctx,
+            now,
+            AuditMethod::Hotp,
+            AuditResult::Error,
+            "stored secret cannot be decrypted (wrong key file?)",
+        )?;
+        return Ok(Ok(Verdict::Deny {
+            message: "Your passcode enrollment is unusable; contact your administrator.".into(),
+        }));
+    };
+    let digits = user.digits.unwrap_or(6);
+    let from = counter.max(0) as u64;
+    match crate::core::totp::hotp_find(&secret, code, digits, from, u64::from(p.hotp_window)) {
+        // Another login (on this or another server) may have moved the
+        // counter past this code since `user` was read: the database decides.
+        Some(c) if !store.consume_counter(&user.name, c as i64)? => Ok(Err(Failure::Replayed)),
+        Some(c) => {
+            // A stale copy must not undo what consume_counter wrote.
+            user.hotp_counter = Some(c as i64 + 1);
+            let reason = if c == from { "valid code".to_string() } else { format!("valid code ({} ahead)", c - from) };
+            let (failures, locks) = accept(store, p, ctx, user, now, AuditMethod::Hotp, &reason)?;
+            Ok(Ok(Verdict::Accept { activated: false, failures, locks }))
+        }
+        // The last few codes before the counter: a replay, not a guess at
+        // a new one (still a failure: it counts towards the lock).
+        None if from > 0
+            && crate::core::totp::hotp_find(&secret, code, digits, from - from.min(3), from.min(3) - 1).is_some() =>
+        {
+            Ok(Err(Failure::Replayed))
+        }
+        None => Ok(Err(Failure::WrongCode)),
+    }
+}
+
+/// A failed answer: counted, locking the account when there were too
+/// many, and audited.
+fn record_failure(
+    store: &mut dyn Store,
+    p: &Policy,
+    ctx: &LoginContext,
+    user: &mut UserRecord,
+    failed_method: AuditMethod,
+    failure: Failure,
+    now: i64,
+) -> Result<Verdict, StoreError> {
     let (reason, message) = (failure.reason(), failure.message());
     user.failures = user.failures.saturating_add(1);
     user.failures_since_login = user.failures_since_login.saturating_add(1);
@@ -598,11 +654,11 @@ pub fn check_answer_with(
                 )
             }
         };
-        store.save_user(&user)?;
+        store.save_user(user)?;
         audit_method(store, p, ctx, now, failed_method, AuditResult::Locked, &why)?;
-        return Ok(Verdict::Locked { until: LockEnd::of(&user, now) });
+        return Ok(Verdict::Locked { until: LockEnd::of(user, now) });
     }
-    store.save_user(&user)?;
+    store.save_user(user)?;
     audit_method(store, p, ctx, now, failed_method, AuditResult::Deny, reason)?;
     Ok(Verdict::Deny { message: message.into() })
 }

@@ -141,60 +141,119 @@ fn accept_text(activated: bool, failures: u32, locks: u32) -> Option<String> {
     (!lines.is_empty()).then(|| lines.join("\n"))
 }
 
-pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Core, gate: Option<HostGate<'_>>) {
-    let (peer_uid, pid) = (peer.uid, peer.pid);
-    let mut gate = Gate { pending: gate, ok: true };
-    // Every way out before the plan passes the gate first: nothing is
-    // written or sent for a host that may not log anyone in.
-    macro_rules! gate {
-        () => {
-            if !gate.pass().await {
-                return outcome(&mut s, sh, OutcomeKind::Deny, Some(HOST_REFUSED.into())).await;
-            }
-        };
+/// The fields of a `Begin` message the conversation goes on with.
+struct Begin {
+    protocol: u32,
+    user: String,
+    service: String,
+    rhost: Option<String>,
+    tty: Option<String>,
+    uid: Option<u32>,
+    qr: QrStyle,
+}
+
+/// The host may not log anyone in (the gate said so): the refusal is sent.
+/// Every way out before the plan passes the gate first: nothing is
+/// written or sent for such a host.
+async fn host_refused(s: &mut impl Transport, sh: &Core, gate: &mut Gate<'_>) -> bool {
+    if gate.pass().await {
+        return false;
     }
+    outcome(s, sh, OutcomeKind::Deny, Some(HOST_REFUSED.into())).await;
+    true
+}
+
+pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Core, gate: Option<HostGate<'_>>) {
+    let mut gate = Gate { pending: gate, ok: true };
+    let Some(begin) = opening(&mut s, peer, first, sh, &mut gate).await else { return };
+    let mut ctx = login_context(&begin, peer);
+    // Checked before anything is written: a refused attempt costs no row.
+    // The ticket is held until this conversation ends.
+    let ticket = match admit(peer, &ctx) {
+        Ok(t) => t,
+        Err((why, caller)) => {
+            if !host_refused(&mut s, sh, &mut gate).await {
+                refuse_caller(&mut s, sh, peer, caller, why).await;
+            }
+            return;
+        }
+    };
+    if let Some(reason) = malformed(&begin) {
+        if !host_refused(&mut s, sh, &mut gate).await {
+            let _ = run_audit_result(sh, ctx.clone(), AuditResult::Deny, reason).await;
+            outcome(&mut s, sh, OutcomeKind::Deny, Some("Passcode check refused.".into())).await;
+        }
+        return;
+    }
+    let Some((plan, seen)) = decide_plan(&mut s, peer, sh, &mut ctx, &ticket, &mut gate).await else { return };
+    let Some(email) = show_plan(&mut s, sh, &ctx, plan, begin.qr).await else { return };
+    prompts(s, peer, sh, &ctx, &ticket, email, seen).await
+}
+
+/// The first message. A `Begin` goes on; a session message is recorded (or
+/// refused) and acknowledged; anything else is refused, and so is any
+/// message of a host over its rate. `None`: the conversation is over.
+async fn opening(
+    s: &mut impl Transport,
+    peer: &Peer,
+    first: ClientMsg,
+    sh: &Core,
+    gate: &mut Gate<'_>,
+) -> Option<Begin> {
     if peer.limits.host_rate.as_ref().is_some_and(|r| !r.allow(0)) {
-        gate!();
+        if host_refused(s, sh, gate).await {
+            return None;
+        }
         let why = crate::core::limits::Refusal::HostRate;
         crate::core::refusals::refuse(sh, &peer.limits, 0, why).await;
         if matches!(first, ClientMsg::Begin { .. }) {
-            return outcome(&mut s, sh, OutcomeKind::Deny, Some(why.message().into())).await;
+            outcome(s, sh, OutcomeKind::Deny, Some(why.message().into())).await;
+        } else {
+            outcome_ack(s, sh).await;
         }
-        return outcome_ack(&mut s, sh).await;
+        return None;
     }
-    let (protocol, user, service, rhost, tty, uid, qr) = match first {
+    match first {
         ClientMsg::Begin { protocol, user, service, rhost, tty, uid, qr, .. } => {
-            (protocol, user, service, rhost, tty, uid, qr)
+            Some(Begin { protocol, user, service, rhost, tty, uid, qr })
         }
         msg @ (ClientMsg::SessionOpened { .. } | ClientMsg::SessionClosed { .. }) => {
-            gate!();
+            if host_refused(s, sh, gate).await {
+                return None;
+            }
             let caller = peer.caller_uid();
             if caller != 0 && !peer.limits.session_rate.allow(caller) {
                 crate::core::refusals::refuse(sh, &peer.limits, caller, crate::core::limits::Refusal::SessionRate)
                     .await;
             } else {
-                session_event(sh, msg, peer_uid, &peer.machine, peer.remote_caller.is_some()).await;
+                session_event(sh, msg, peer.uid, &peer.machine, peer.remote_caller.is_some()).await;
             }
             let _ = s.write_msg(&ServerMsg::Ack, sh.io_timeout).await;
-            return;
+            None
         }
         other => {
-            gate!();
-            sh.warn_throttled(&format!("PAM connection from uid {peer_uid}: expected begin, got {}", kind(&other)));
-            outcome(&mut s, sh, OutcomeKind::Deny, Some("Protocol error.".into())).await;
-            return;
+            if host_refused(s, sh, gate).await {
+                return None;
+            }
+            sh.warn_throttled(&format!("PAM connection from uid {}: expected begin, got {}", peer.uid, kind(&other)));
+            outcome(s, sh, OutcomeKind::Deny, Some("Protocol error.".into())).await;
+            None
         }
-    };
-    let field = |v: Option<String>| v.map(|x| sanitize_field(&x, 128)).filter(|x| !x.is_empty());
+    }
+}
+
+/// Who is asking, from the `Begin` message and the peer.
+fn login_context(begin: &Begin, peer: &Peer) -> LoginContext {
+    let field = |v: &Option<String>| v.as_ref().map(|x| sanitize_field(x, 128)).filter(|x| !x.is_empty());
     let mut ctx = LoginContext {
-        user: sanitize_field(&user, 80),
+        user: sanitize_field(&begin.user, 80),
         typed: None,
-        uid,
+        uid: begin.uid,
         resolved: false,
-        service: sanitize_field(&service, 64),
-        rhost: field(rhost),
-        tty: field(tty),
-        peer_uid,
+        service: sanitize_field(&begin.service, 64),
+        rhost: field(&begin.rhost),
+        tty: field(&begin.tty),
+        peer_uid: peer.uid,
         machine: peer.machine.clone(),
         remote: peer.remote_caller.is_some(),
         account: peer.account.clone(),
@@ -208,78 +267,86 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Cor
     // whatever it typed: every row written and every record read names
     // that account, never the typed name (check 35). A name the agent gave
     // that no user could have is no name.
-    if ctx.remote && peer_uid != 0 {
+    if ctx.remote && peer.uid != 0 {
         ctx.account = ctx.account.take().filter(|a| crate::core::context::valid_user_name(a));
         // No account named (refused below): the caller's uid stands in.
-        let own = ctx.account.clone().unwrap_or_else(|| format!("uid:{peer_uid}"));
+        let own = ctx.account.clone().unwrap_or_else(|| format!("uid:{}", peer.uid));
         if own != ctx.user {
             ctx.typed = Some(std::mem::replace(&mut ctx.user, own));
         }
     }
-    // Checked before anything is written: a refused attempt costs no row.
-    // The ticket is held until this conversation ends.
+    ctx
+}
+
+/// The caller's rate allowance and a place among the conversations in
+/// progress (see [`crate::core::limits`]); the refusal and whom it counts
+/// against otherwise.
+fn admit(peer: &Peer, ctx: &LoginContext) -> Result<crate::core::limits::Ticket, (crate::core::limits::Refusal, u32)> {
     let admitted_as = peer.admitted_as();
-    let admitted = if admitted_as != 0 && !peer.limits.rate.allow(admitted_as) {
-        Err((crate::core::limits::Refusal::Rate, admitted_as))
-    } else {
-        // A caller other than root can only ever be its own account: its
-        // conversations count against that, not against the name it typed
-        // (which would let two users hold every slot of alice's or root's).
-        let target = if peer_uid == 0 { ctx.user.clone() } else { format!("uid:{peer_uid}") };
-        let lookup = |uid: u32, pid: Option<i32>| match peer.remote_caller {
-            // Other remote conversations of a root peer had no caller to look up.
-            Some(_) => uid,
-            None => crate::core::limits::caller_uid(uid, pid),
-        };
-        peer.limits.conversations.admit(admitted_as, pid, &target, lookup).and_then(|t| {
-            // A setuid program's caller, when it was looked up, has the same allowance.
-            match t.caller() {
-                Some(c) if admitted_as == 0 && c != 0 && !peer.limits.rate.allow(c) => {
-                    Err((crate::core::limits::Refusal::Rate, c))
-                }
-                _ => Ok(t),
+    if admitted_as != 0 && !peer.limits.rate.allow(admitted_as) {
+        return Err((crate::core::limits::Refusal::Rate, admitted_as));
+    }
+    // A caller other than root can only ever be its own account: its
+    // conversations count against that, not against the name it typed
+    // (which would let two users hold every slot of alice's or root's).
+    let target = if peer.uid == 0 { ctx.user.clone() } else { format!("uid:{}", peer.uid) };
+    let lookup = |uid: u32, pid: Option<i32>| match peer.remote_caller {
+        // Other remote conversations of a root peer had no caller to look up.
+        Some(_) => uid,
+        None => crate::core::limits::caller_uid(uid, pid),
+    };
+    peer.limits.conversations.admit(admitted_as, peer.pid, &target, lookup).and_then(|t| {
+        // A setuid program's caller, when it was looked up, has the same allowance.
+        match t.caller() {
+            Some(c) if admitted_as == 0 && c != 0 && !peer.limits.rate.allow(c) => {
+                Err((crate::core::limits::Refusal::Rate, c))
             }
-        })
-    };
-    let ticket = match admitted {
-        Ok(t) => t,
-        Err((why, caller)) => {
-            gate!();
-            return refuse_caller(&mut s, sh, peer, caller, why).await;
+            _ => Ok(t),
         }
-    };
-    let refuse = if protocol != PROTOCOL_VERSION {
-        Some(format!("protocol version {protocol} not supported (otpd speaks {PROTOCOL_VERSION})"))
-    } else if !crate::core::context::valid_user_name(&user) {
+    })
+}
+
+/// Why a `Begin` is refused before anything is read: another protocol, a
+/// name no account can have.
+fn malformed(begin: &Begin) -> Option<String> {
+    if begin.protocol != PROTOCOL_VERSION {
+        Some(format!("protocol version {} not supported (otpd speaks {PROTOCOL_VERSION})", begin.protocol))
+    } else if !crate::core::context::valid_user_name(&begin.user) {
         Some("invalid user name".to_string())
     } else {
         None
-    };
-    if let Some(reason) = refuse {
-        gate!();
-        let _ = run_audit_result(sh, ctx.clone(), AuditResult::Deny, reason).await;
-        outcome(&mut s, sh, OutcomeKind::Deny, Some("Passcode check refused.".into())).await;
-        return;
     }
+}
 
+/// What to ask, read beside the host's check (both at once); the uid asked
+/// of the module when the plan needs it; the plan's note audited. What is
+/// read on the way is kept for the decision. `None`: the conversation is
+/// over (its outcome sent).
+async fn decide_plan(
+    s: &mut impl Transport,
+    peer: &Peer,
+    sh: &Core,
+    ctx: &mut LoginContext,
+    ticket: &crate::core::limits::Ticket,
+    gate: &mut Gate<'_>,
+) -> Option<(Plan, Option<crate::store::model::UserRecord>)> {
     // What to ask is read on this thread from the read-only connection; a
     // final answer is audited through the writer before it is sent.
     let now = sh.clock.now();
     let mut seen = None;
-    let (mut planned, allowed) = tokio::join!(plan_login(sh, &mut ctx, now, &mut seen), gate.pass());
+    let (mut planned, allowed) = tokio::join!(plan_login(sh, ctx, now, &mut seen), gate.pass());
     if !allowed {
-        return outcome(&mut s, sh, OutcomeKind::Deny, Some(HOST_REFUSED.into())).await;
+        outcome(s, sh, OutcomeKind::Deny, Some(HOST_REFUSED.into())).await;
+        return None;
     }
     if let Ok((Plan::ResolveUser, _)) = planned {
-        ctx.uid = match resolve_user(&mut s, sh, &ctx).await {
-            Some(uid) => uid,
-            None => return,
-        };
+        ctx.uid = resolve_user(s, sh, ctx).await?;
         ctx.resolved = true;
-        planned = plan_login(sh, &mut ctx, now, &mut seen).await;
+        planned = plan_login(sh, ctx, now, &mut seen).await;
     }
-    if let (Ok((_, Some(_))), Some(caller)) = (&planned, setuid_caller_over_rate(peer, &ticket)) {
-        return refuse_caller(&mut s, sh, peer, caller, crate::core::limits::Refusal::Rate).await;
+    if let (Ok((_, Some(_))), Some(caller)) = (&planned, setuid_caller_over_rate(peer, ticket)) {
+        refuse_caller(s, sh, peer, caller, crate::core::limits::Refusal::Rate).await;
+        return None;
     }
     let planned = match planned {
         Ok((plan, None)) => Ok(plan),
@@ -289,32 +356,47 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Cor
         }
         Err(e) => Err(e),
     };
-    let plan = match planned {
-        Ok(p) => p,
+    match planned {
+        Ok(plan) => Some((plan, seen)),
         Err(e) => {
             tracing::error!("store error for {}: {e}; denying", ctx.user);
-            outcome(&mut s, sh, OutcomeKind::Deny, Some("Passcode check unavailable.".into())).await;
-            return;
+            outcome(s, sh, OutcomeKind::Deny, Some("Passcode check unavailable.".into())).await;
+            None
         }
-    };
-    let email = match plan {
+    }
+}
+
+/// Tells the user what the plan says: the outcome when it ends the
+/// conversation, the enrollment to finish, a failing mail. `Some(email)`:
+/// prompt on, with emailed codes offered or not.
+async fn show_plan(s: &mut impl Transport, sh: &Core, ctx: &LoginContext, plan: Plan, qr: QrStyle) -> Option<bool> {
+    let unavailable = || Some("Passcode check unavailable.".to_string());
+    match plan {
         // plan asks once; resolved, it decides.
         Plan::ResolveUser => {
             tracing::error!("planning the login of {} asked twice for its uid; denying", ctx.user);
-            return outcome(&mut s, sh, OutcomeKind::Deny, Some("Passcode check unavailable.".into())).await;
+            outcome(s, sh, OutcomeKind::Deny, unavailable()).await;
+            None
         }
-        Plan::NotEnrolled => return outcome(&mut s, sh, OutcomeKind::NotEnrolled, None).await,
+        Plan::NotEnrolled => {
+            outcome(s, sh, OutcomeKind::NotEnrolled, None).await;
+            None
+        }
         Plan::Locked { until } => {
-            return outcome(&mut s, sh, OutcomeKind::Locked, Some(until_text(until, sh.clock.now()))).await
+            outcome(s, sh, OutcomeKind::Locked, Some(until_text(until, sh.clock.now()))).await;
+            None
         }
-        Plan::Refused { message } => return outcome(&mut s, sh, OutcomeKind::Deny, Some(message.into())).await,
+        Plan::Refused { message } => {
+            outcome(s, sh, OutcomeKind::Deny, Some(message.into())).await;
+            None
+        }
         // Root on one agent host could otherwise read (and be first to
         // activate) any pending enrollment of the fleet.
         Plan::Enroll { .. } if ctx.remote && !sh.enroll_on_agents => {
             let why = "enrollment is not offered on agent hosts (fleet.enroll_on_agents = false)".to_string();
             let message = "Your passcode enrollment is not finished, and it is not offered on this host. \
                            Ask your administrator.";
-            return end_denied::<()>(&mut s, sh, &ctx, why, Some(message)).await.unwrap_or(());
+            end_denied::<bool>(s, sh, ctx, why, Some(message)).await
         }
         Plan::Enroll { uri, secret_b32, email } => {
             // Whoever sees the secret can hold this account's second
@@ -322,26 +404,36 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Cor
             let why = "pending enrollment's secret shown (QR code and key)".to_string();
             if let Err(e) = run_audit_result(sh, ctx.clone(), AuditResult::Shown, why).await {
                 tracing::error!("cannot audit showing {}'s enrollment: {e}; denying", ctx.user);
-                return outcome(&mut s, sh, OutcomeKind::Deny, Some("Passcode check unavailable.".into())).await;
+                outcome(s, sh, OutcomeKind::Deny, unavailable()).await;
+                return None;
             }
             let text = enrollment_text(&uri, &secret_b32, qr);
-            if s.write_msg(&ServerMsg::Info { text }, sh.io_timeout).await.is_err() {
-                return;
-            }
-            email
+            s.write_msg(&ServerMsg::Info { text }, sh.io_timeout).await.ok()?;
+            Some(email)
         }
         Plan::Ask { email, mail_failing } => {
             if mail_failing {
                 let text = "Sending your emailed code is failing at the moment; the daemon keeps retrying. \
                             If it does not arrive, contact your administrator."
                     .to_string();
-                if s.write_msg(&ServerMsg::Error { text }, sh.io_timeout).await.is_err() {
-                    return;
-                }
+                s.write_msg(&ServerMsg::Error { text }, sh.io_timeout).await.ok()?;
             }
-            email
+            Some(email)
         }
-    };
+    }
+}
+
+/// The prompts: a code decides (see [`finish`]); Enter asks for an emailed
+/// code, E for emergency access, a few times at most.
+async fn prompts<T: Transport>(
+    mut s: T,
+    peer: &Peer,
+    sh: &Core,
+    ctx: &LoginContext,
+    ticket: &crate::core::limits::Ticket,
+    email: bool,
+    seen: Option<crate::store::model::UserRecord>,
+) {
     let emergency = email && sh.policy.email.emergency.enabled;
     let first_prompt = match (email, emergency) {
         (true, true) => "Passcode (press Enter to get one by email, or type E for emergency access): ",
@@ -353,41 +445,32 @@ pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Cor
     let mut prompt_text = first_prompt;
     // A conversation may request a code and then enter it; it may not loop forever.
     for _ in 0..4 {
-        let answer = match ask(&mut s, sh, &ctx, false, prompt_text).await {
-            Some(a) => a,
-            None => return,
-        };
+        let Some(answer) = ask(&mut s, sh, ctx, false, prompt_text).await else { return };
         let trimmed = answer.trim();
         if trimmed.is_empty() {
-            if let Some(caller) = setuid_caller_over_rate(peer, &ticket) {
+            if let Some(caller) = setuid_caller_over_rate(peer, ticket) {
                 return refuse_caller(&mut s, sh, peer, caller, crate::core::limits::Refusal::Rate).await;
             }
         }
-        if email && trimmed.is_empty() {
-            let (info, done) = email_request(&mut s, sh, &ctx).await;
-            if let Some(text) = info {
-                if s.write_msg(&ServerMsg::Info { text }, sh.io_timeout).await.is_err() {
-                    return;
-                }
-            }
-            if done {
-                return outcome(&mut s, sh, OutcomeKind::Deny, None).await;
-            }
-            prompt_text = next_prompt;
-            continue;
-        }
-        if emergency && trimmed.eq_ignore_ascii_case("e") {
-            let Some((text, done)) = emergency_request(&mut s, sh, &ctx).await else { return };
+        let request = if email && trimmed.is_empty() {
+            let (info, done) = email_request(&mut s, sh, ctx).await;
+            Some((info, done))
+        } else if emergency && trimmed.eq_ignore_ascii_case("e") {
+            let Some((text, done)) = emergency_request(&mut s, sh, ctx).await else { return };
+            Some((Some(text), done))
+        } else {
+            None
+        };
+        let Some((info, done)) = request else { return finish(s, sh, ctx, answer, seen).await };
+        if let Some(text) = info {
             if s.write_msg(&ServerMsg::Info { text }, sh.io_timeout).await.is_err() {
                 return;
             }
-            if done {
-                return outcome(&mut s, sh, OutcomeKind::Deny, None).await;
-            }
-            prompt_text = next_prompt;
-            continue;
         }
-        return finish(s, sh, &ctx, answer, seen).await;
+        if done {
+            return outcome(&mut s, sh, OutcomeKind::Deny, None).await;
+        }
+        prompt_text = next_prompt;
     }
     let _ = run_audit_result(sh, ctx.clone(), AuditResult::Deny, "too many requests in one conversation".into()).await;
     outcome(&mut s, sh, OutcomeKind::Deny, Some("Too many requests in one login.".into())).await
@@ -793,41 +876,16 @@ const NEUTRAL: &str = "If this matches our records, a code was sent to the addre
 /// Enter at the passcode prompt. Returns the text to show and whether the
 /// conversation ends.
 async fn email_request(s: &mut impl Transport, sh: &Core, ctx: &LoginContext) -> (Option<String>, bool) {
-    let policy = sh.policy.clone();
-    let now = sh.clock.now();
-    let mode = policy.email.auto_send;
-    // Decided before any address or login is asked, so the answer says
-    // nothing about what was typed. Not a failed guess: nothing was guessed.
-    let (p, c) = (policy.clone(), ctx.clone());
-    let blocked = sh
-        .db
-        .run(move |st| {
-            let why = email::no_usable_code(st, &p, &c.user, &c.machine, now)?;
-            if why.is_some() {
-                crate::core::audit::audit_method(
-                    st,
-                    &p,
-                    &c,
-                    now,
-                    AuditMethod::Email,
-                    AuditResult::Deny,
-                    "no usable emailed code; a new one is not allowed yet",
-                )?;
-            }
-            Ok(why)
-        })
-        .await;
-    match blocked {
-        Ok(Some(why)) => {
-            let emergency = policy.email.emergency.enabled;
-            return (Some(no_usable_code_text(&why, policy.email.new_code_interval, emergency)), true);
-        }
+    let unavailable = |e: crate::store::model::StoreError| {
+        tracing::error!("store error during an email request for {}: {e}", ctx.user);
+        (Some("Emailed codes are unavailable right now.".to_string()), false)
+    };
+    match no_code_allowed(sh, ctx).await {
+        Ok(Some(text)) => return (Some(text), true),
         Ok(None) => {}
-        Err(e) => {
-            tracing::error!("store error during an email request for {}: {e}", ctx.user);
-            return (Some("Emailed codes are unavailable right now.".into()), false);
-        }
+        Err(e) => return unavailable(e),
     }
+    let mode = sh.policy.email.auto_send;
     let typed = match mode {
         AutoSend::Directory => None,
         AutoSend::None => match ask(s, sh, ctx, true, "Email address: ").await {
@@ -840,68 +898,12 @@ async fn email_request(s: &mut impl Transport, sh: &Core, ctx: &LoginContext) ->
             Some((login, password))
         }
     };
-    // Internal accounts: the argon2 check is slow on purpose, so it runs on
-    // the hashing threads, off the database thread and the async workers.
-    let password_ok = if let (AutoSend::Internal, Some((login, password))) = (mode, typed.as_ref()) {
-        let user = ctx.user.clone();
-        let hash = sh.db.run(move |st| Ok(st.user(&user)?.and_then(|u| u.password_hash))).await.ok().flatten();
-        let password = password.clone();
-        let same = *login == ctx.user;
-        // Busy (check 38): the password is not checked, so not admitted.
-        crate::sys::hashing::run(move || crate::core::passwd::verify(hash.as_deref(), &password) && same)
-            .await
-            .unwrap_or(false)
-    } else {
-        false
-    };
-    let ctx2 = ctx.clone();
-    let result = sh
-        .db
-        .run(move |st| {
-            // Revoked meanwhile (check 40): nothing is mailed for that host.
-            if !crate::core::audit::host_still_trusted(st, &policy, &ctx2, now)? {
-                return Ok(Err(crate::core::audit::HOST_REVOKED));
-            }
-            let user = st.user(&ctx2.user)?;
-            let on_record = user
-                .as_ref()
-                .and_then(|u| u.email.clone())
-                .or_else(|| email::directory_address(&policy.email.directory, &ctx2.user));
-            let Some(address) = on_record else {
-                crate::core::audit::audit_method(
-                    st,
-                    &policy,
-                    &ctx2,
-                    now,
-                    AuditMethod::Email,
-                    AuditResult::Deny,
-                    "no email address on record",
-                )?;
-                return Ok(Err(
-                    "No email address is on record for you. Ask your administrator, or use emergency access.",
-                ));
-            };
-            let admitted = match (&mode, &typed) {
-                (AutoSend::Directory, _) => true,
-                (AutoSend::None, Some((typed, _))) => email::same_address(typed.trim(), &address),
-                (AutoSend::Internal, _) => password_ok,
-                _ => false,
-            };
-            if !admitted {
-                let why = if mode == AutoSend::None {
-                    "typed address does not match the record"
-                } else {
-                    "internal login failed"
-                };
-                crate::core::audit::audit_method(st, &policy, &ctx2, now, AuditMethod::Email, AuditResult::Deny, why)?;
-                return Ok(Err(NEUTRAL));
-            }
-            email::request_code(st, &policy, &ctx2, &address, false, now).map(Ok)
-        })
-        .await;
+    let password_ok = internal_login_ok(sh, ctx, mode, typed.as_ref()).await;
+    let (policy, ctx2, now) = (sh.policy.clone(), ctx.clone(), sh.clock.now());
+    let result = sh.db.run(move |st| send_code(st, &policy, &ctx2, typed, password_ok, now)).await;
     match result {
         Ok(Ok(outcome)) => {
-            if let email::RequestOutcome::Queued { masked, .. } = &outcome {
+            if let crate::core::email::RequestOutcome::Queued { masked, .. } = &outcome {
                 sh.mail_wakeup.notify_one();
                 sh.emit(crate::core::events::Event::CodeRequested { user: ctx.user.clone(), address: masked.clone() });
             }
@@ -911,11 +913,84 @@ async fn email_request(s: &mut impl Transport, sh: &Core, ctx: &LoginContext) ->
         }
         // A revoked host's conversation ends here; other refusals leave the prompt.
         Ok(Err(text)) => (Some(text.to_string()), text == crate::core::audit::HOST_REVOKED),
-        Err(e) => {
-            tracing::error!("store error during an email request for {}: {e}", ctx.user);
-            (Some("Emailed codes are unavailable right now.".into()), false)
-        }
+        Err(e) => unavailable(e),
     }
+}
+
+/// Decided before any address or login is asked, so the answer says
+/// nothing about what was typed (not a failed guess: nothing was guessed):
+/// the text when no emailed code can be used or sent now.
+async fn no_code_allowed(sh: &Core, ctx: &LoginContext) -> Result<Option<String>, crate::store::model::StoreError> {
+    let (p, c, now) = (sh.policy.clone(), ctx.clone(), sh.clock.now());
+    let why = sh
+        .db
+        .run(move |st| {
+            let why = email::no_usable_code(st, &p, &c.user, &c.machine, now)?;
+            if why.is_some() {
+                let reason = "no usable emailed code; a new one is not allowed yet";
+                crate::core::audit::audit_method(st, &p, &c, now, AuditMethod::Email, AuditResult::Deny, reason)?;
+            }
+            Ok(why)
+        })
+        .await?;
+    let email = &sh.policy.email;
+    Ok(why.map(|why| no_usable_code_text(&why, email.new_code_interval, email.emergency.enabled)))
+}
+
+/// Internal accounts: the typed login is the account's and the password
+/// its. The argon2 check is slow on purpose, so it runs on the hashing
+/// threads, off the database thread and the async workers.
+async fn internal_login_ok(sh: &Core, ctx: &LoginContext, mode: AutoSend, typed: Option<&(String, String)>) -> bool {
+    let (AutoSend::Internal, Some((login, password))) = (mode, typed) else { return false };
+    let user = ctx.user.clone();
+    let hash = sh.db.run(move |st| Ok(st.user(&user)?.and_then(|u| u.password_hash))).await.ok().flatten();
+    let password = password.clone();
+    let same = *login == ctx.user;
+    // Busy (check 38): the password is not checked, so not admitted.
+    crate::sys::hashing::run(move || crate::core::passwd::verify(hash.as_deref(), &password) && same)
+        .await
+        .unwrap_or(false)
+}
+
+/// In the database job: the address on record, whether what was typed
+/// admits the request, and the code queued. `Err(text)`: refused, with
+/// what the user is told.
+fn send_code(
+    st: &mut dyn crate::store::model::Store,
+    policy: &crate::core::policy::Policy,
+    ctx: &LoginContext,
+    typed: Option<(String, String)>,
+    password_ok: bool,
+    now: i64,
+) -> Result<Result<email::RequestOutcome, &'static str>, crate::store::model::StoreError> {
+    use crate::core::audit::audit_method;
+    // Revoked meanwhile (check 40): nothing is mailed for that host.
+    if !crate::core::audit::host_still_trusted(st, policy, ctx, now)? {
+        return Ok(Err(crate::core::audit::HOST_REVOKED));
+    }
+    let user = st.user(&ctx.user)?;
+    let on_record = user
+        .as_ref()
+        .and_then(|u| u.email.clone())
+        .or_else(|| email::directory_address(&policy.email.directory, &ctx.user));
+    let Some(address) = on_record else {
+        audit_method(st, policy, ctx, now, AuditMethod::Email, AuditResult::Deny, "no email address on record")?;
+        return Ok(Err("No email address is on record for you. Ask your administrator, or use emergency access."));
+    };
+    let mode = policy.email.auto_send;
+    let admitted = match (&mode, &typed) {
+        (AutoSend::Directory, _) => true,
+        (AutoSend::None, Some((typed, _))) => email::same_address(typed.trim(), &address),
+        (AutoSend::Internal, _) => password_ok,
+        _ => false,
+    };
+    if !admitted {
+        let why =
+            if mode == AutoSend::None { "typed address does not match the record" } else { "internal login failed" };
+        audit_method(st, policy, ctx, now, AuditMethod::Email, AuditResult::Deny, why)?;
+        return Ok(Err(NEUTRAL));
+    }
+    email::request_code(st, policy, ctx, &address, false, now).map(Ok)
 }
 
 /// "I need emergency access": a typed address and a reason.

@@ -130,7 +130,18 @@ pub async fn run(sh: Arc<Core>, mailer: Mailer) {
     let mailer = Arc::new(mailer);
     loop {
         let now = sh.clock.now();
-        let due = sh.db.run(move |st| st.due_mail(now, 64)).await;
+        let due = sh
+            .db
+            .run(move |st| {
+                let due = st.due_mail(now, 64)?;
+                if !due.is_empty() {
+                    // Debug builds: a test may stop the daemon here,
+                    // holding the claimed rows' locks.
+                    crate::store::db::test_stop("OTPD_TEST_STOP_IN_CLAIM_FILE");
+                }
+                Ok(due)
+            })
+            .await;
         match due {
             Ok(batch) if !batch.is_empty() => {
                 let mut tasks = tokio::task::JoinSet::new();
