@@ -41,7 +41,7 @@ impl Admin1 {
             tracing::warn!("D-Bus admin call from uid {uid} refused");
             return Err(fdo::Error::AccessDenied("only root and the otpd admin group may administer otpd".into()));
         }
-        match crate::admin::ops::handle(req, &crate::admin::ops::By::Uid(uid), &self.shared).await {
+        match crate::admin::ops::dispatch::handle(req, &crate::admin::ops::shared::By::Uid(uid), &self.shared).await {
             AdminResponse::Error { kind, message } => Err(match kind {
                 AdminErrorKind::PermissionDenied => fdo::Error::AccessDenied(message),
                 AdminErrorKind::InvalidInput => fdo::Error::InvalidArgs(message),

@@ -1,6 +1,7 @@
 //! Door: the admin socket. One request, one response, root or the admin
-//! group only; the request is handled by [`crate::admin::ops`].
-use crate::admin::ops::{err, handle, By};
+//! group only; the request is handled by [`crate::admin::ops::dispatch`].
+use crate::admin::ops::dispatch::handle;
+use crate::admin::ops::shared::{err, By};
 use crate::core::service::Core;
 use crate::sys::conn::{Conn, Listener};
 use common::proto::{AdminErrorKind, AdminRequest, AdminResponse};

@@ -530,8 +530,8 @@ async fn admin_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
             let _ = link.write(&resp, sh.io_timeout).await;
             return;
         }
-        let by = crate::admin::ops::By::Remote(host.name.clone());
-        let resp = crate::admin::ops::handle(req, &by, sh).await;
+        let by = crate::admin::ops::shared::By::Remote(host.name.clone());
+        let resp = crate::admin::ops::dispatch::handle(req, &by, sh).await;
         let frame = match encode_limited(&resp, MAX_ADMIN_RESPONSE) {
             Ok(f) => f,
             Err(e) => match encode(&AdminResponse::Error {
