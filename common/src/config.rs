@@ -408,9 +408,20 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Every check in turn; the first value out of range is the error.
     fn validate(&self, path: &str) -> Result<(), ConfigError> {
-        let bad =
-            |key: &'static str, message: String| Err(ConfigError::Invalid { path: path.to_string(), key, message });
+        self.validate_codes(path)?;
+        self.validate_lockout(path)?;
+        self.validate_email_and_smtp(path)?;
+        self.validate_limits(path)?;
+        self.validate_paths(path)?;
+        self.validate_role(path)?;
+        self.validate_fleet(path)
+    }
+
+    /// `[totp]` and `[hotp]`: code length, step, skew, look-ahead, issuer.
+    fn validate_codes(&self, path: &str) -> Result<(), ConfigError> {
+        let bad = rejecter(path);
         if !(6..=8).contains(&self.totp.digits) {
             return bad("totp.digits", format!("{} is out of range (6 to 8)", self.totp.digits));
         }
@@ -426,6 +437,12 @@ impl Config {
         if self.totp.issuer.is_empty() || self.totp.issuer.contains(':') || self.totp.issuer.len() > 64 {
             return bad("totp.issuer", "must be 1 to 64 characters without ':'".into());
         }
+        Ok(())
+    }
+
+    /// `[lockout]`: failures before a lock, its length, and how far it may double.
+    fn validate_lockout(&self, path: &str) -> Result<(), ConfigError> {
+        let bad = rejecter(path);
         if self.lockout.max_failures == 0 {
             return bad("lockout.max_failures", "must be at least 1".into());
         }
@@ -455,6 +472,12 @@ impl Config {
                 ),
             );
         }
+        Ok(())
+    }
+
+    /// `[email]` codes, hourly caps and directory; the `[smtp]` URL.
+    fn validate_email_and_smtp(&self, path: &str) -> Result<(), ConfigError> {
+        let bad = rejecter(path);
         let e = &self.email;
         if !(6..=10).contains(&e.digits) {
             return bad("email.digits", format!("{} is out of range (6 to 10)", e.digits));
@@ -476,6 +499,12 @@ impl Config {
         if !url_ok {
             return bad("smtp.url", format!("{:?}: use smtp://, smtps://, smtp+plain:// or file:/dir", self.smtp.url));
         }
+        Ok(())
+    }
+
+    /// Connection and login caps, audit retention, emergency requests, the I/O timeout.
+    fn validate_limits(&self, path: &str) -> Result<(), ConfigError> {
+        let bad = rejecter(path);
         if self.daemon.max_connections == 0 {
             return bad("daemon.max_connections", "must be at least 1".into());
         }
@@ -500,6 +529,12 @@ impl Config {
         if self.daemon.io_timeout < Duration::from_millis(100) {
             return bad("daemon.io_timeout", "must be at least 100ms".into());
         }
+        Ok(())
+    }
+
+    /// Sockets, key file and database: absolute paths (or a PostgreSQL URL).
+    fn validate_paths(&self, path: &str) -> Result<(), ConfigError> {
+        let bad = rejecter(path);
         for (key, p) in [
             ("daemon.pam_socket", &self.daemon.pam_socket),
             ("daemon.admin_socket", &self.daemon.admin_socket),
@@ -516,7 +551,14 @@ impl Config {
                 format!("{} must be an absolute path or a postgresql:// URL", self.daemon.database.display()),
             );
         }
+        Ok(())
+    }
+
+    /// What each role needs: SQLite for standalone, servers for an agent, addresses for a server.
+    fn validate_role(&self, path: &str) -> Result<(), ConfigError> {
+        let bad = rejecter(path);
         let f = &self.fleet;
+        let postgres = is_postgres_url(&self.daemon.database);
         match self.role {
             Role::Standalone if postgres => {
                 return bad(
@@ -540,6 +582,13 @@ impl Config {
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// `[fleet]`: addresses, connect timeout (within pam_otp's), per-host rate, pool size.
+    fn validate_fleet(&self, path: &str) -> Result<(), ConfigError> {
+        let bad = rejecter(path);
+        let f = &self.fleet;
         for s in f.servers.iter().chain(&f.listen) {
             if split_host_port(s).is_none() {
                 return bad("fleet.servers/listen", format!("{s:?}: use host:port (or [v6]:port)"));
@@ -570,6 +619,11 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The error for a value of `key` in the file at `path`.
+fn rejecter(path: &str) -> impl Fn(&'static str, String) -> Result<(), ConfigError> + '_ {
+    move |key, message| Err(ConfigError::Invalid { path: path.to_string(), key, message })
 }
 
 /// "host:port" or "[v6]:port" → (host, port).

@@ -6,7 +6,8 @@ use clap::Parser;
 use common::client::{Client, ClientError};
 use common::config::Config;
 use common::proto::{
-    AdminErrorKind, AdminRequest, AdminResponse, AuditEntry, BulkUser, HostInfo, ImportOutcome, Method, UserInfo,
+    AdminErrorKind, AdminRequest, AdminResponse, AuditEntry, BulkUser, HostInfo, ImportOutcome, Method, RequestInfo,
+    SessionInfo, StatusInfo, UserInfo,
 };
 use otpd::cli::{Args, Cmd, GroupCmd, HostCmd, ImportCmd, MethodArg, RequestCmd, UserCmd};
 use std::path::PathBuf;
@@ -160,117 +161,175 @@ fn call(args: &Args, req: &AdminRequest) -> Result<AdminResponse, (u8, String)> 
 }
 
 fn run(args: Args) -> Result<(), (u8, String)> {
-    let (req, print_uri) = match &args.cmd {
-        Cmd::User(u) => match u {
-            UserCmd::Enable { user: None, group, from_file, method, email, print_uri } => {
-                if !matches!(method, MethodArg::Totp) || email.is_some() || *print_uri {
-                    return Err((
-                        2,
-                        "--group and --from-file enable for totp only (no --method, --email, --print-uri)".into(),
-                    ));
-                }
-                let (users, source) = match (group, from_file) {
-                    (Some(g), _) => (group_members(g)?, format!("group {g}")),
-                    (None, Some(f)) => (users_from_file(f)?, format!("file {}", f.display())),
-                    (None, None) => return Err((2, "give a user, --group GROUP or --from-file FILE".into())),
-                };
-                return enable_many(&args, users, source);
-            }
-            UserCmd::Enable { user: Some(user), method, email, print_uri, .. } => (
-                AdminRequest::UserEnable {
-                    user: user.clone(),
-                    method: match method {
-                        MethodArg::Totp => Method::Totp,
-                        MethodArg::Email => Method::Email,
-                    },
-                    email: email.clone(),
-                },
-                *print_uri,
-            ),
-            UserCmd::Disable { user } => (AdminRequest::UserDisable { user: user.clone() }, false),
-            UserCmd::Reset { user, print_uri } => (AdminRequest::UserReset { user: user.clone() }, *print_uri),
-            UserCmd::Show { user } => (AdminRequest::UserShow { user: user.clone() }, false),
-            UserCmd::List => (AdminRequest::UserList, false),
-            UserCmd::Unlock { user } => (AdminRequest::UserUnlock { user: user.clone() }, false),
-            UserCmd::Resync { user, code1, code2 } => {
-                (AdminRequest::UserResync { user: user.clone(), code1: code1.clone(), code2: code2.clone() }, false)
-            }
-            UserCmd::RecoveryCodes { user } => (AdminRequest::UserRecoveryCodes { user: user.clone() }, false),
-            UserCmd::Passwd { user } => (
-                AdminRequest::UserPasswd {
-                    user: user.clone(),
-                    password: read_password().map_err(|e| (EXIT_INVALID, e))?,
-                },
-                false,
-            ),
-        },
-        Cmd::Request(r) => match r {
-            RequestCmd::List { all } => (AdminRequest::RequestList { all: *all }, false),
-            RequestCmd::Approve { id } => (AdminRequest::RequestApprove { id: *id }, false),
-            RequestCmd::Deny { id } => (AdminRequest::RequestDeny { id: *id }, false),
-        },
-        Cmd::Sessions { limit } => (AdminRequest::Sessions { limit: Some(*limit) }, false),
-        Cmd::Audit { user, host, since, limit } => (
-            AdminRequest::Audit {
-                user: user.clone(),
-                host: host.clone(),
-                since: since.as_deref().map(parse_since).transpose().map_err(|e| (2, e))?,
-                limit: Some(*limit),
-            },
-            false,
-        ),
-        Cmd::Status => (AdminRequest::Status, false),
-        Cmd::Group(GroupCmd::Refresh) => (AdminRequest::GroupRefresh, false),
-        Cmd::Import(ImportCmd::Oath { file, dry_run }) => {
-            let content = std::fs::read_to_string(file)
-                .map_err(|e| (EXIT_INVALID, format!("cannot read {}: {e}", file.display())))?;
-            // One request frame carries the whole file (one transaction).
-            let room = common::codec::MAX_FRAME - 1024;
-            if serde_json::to_string(&content).map_or(usize::MAX, |j| j.len()) > room {
+    match &args.cmd {
+        Cmd::User(u) => user_cmd(&args, u),
+        Cmd::Request(r) => request_cmd(&args, r),
+        Cmd::Sessions { limit } => send(&args, &AdminRequest::Sessions { limit: Some(*limit) }, false),
+        Cmd::Audit { user, host, since, limit } => audit_cmd(&args, user, host, since.as_deref(), *limit),
+        Cmd::Status => send(&args, &AdminRequest::Status, false),
+        Cmd::Group(GroupCmd::Refresh) => send(&args, &AdminRequest::GroupRefresh, false),
+        Cmd::Import(i) => import_cmd(&args, i),
+        Cmd::Host(h) => host_cmd(&args, h),
+    }
+}
+
+/// One request to otpd, and its answer shown. `print_uri`: an enrollment's
+/// otpauth:// URI (it carries the secret) is shown too.
+fn send(args: &Args, req: &AdminRequest, print_uri: bool) -> Result<(), (u8, String)> {
+    let resp = call(args, req)?;
+    show(args, resp, print_uri)
+}
+
+/// `otpctl user …`.
+fn user_cmd(args: &Args, cmd: &UserCmd) -> Result<(), (u8, String)> {
+    let (req, print_uri) = match cmd {
+        UserCmd::Enable { user: None, group, from_file, method, email, print_uri } => {
+            if !matches!(method, MethodArg::Totp) || email.is_some() || *print_uri {
                 return Err((
-                    EXIT_INVALID,
-                    format!(
-                        "{} is {} bytes, too large for one import (about {room} as JSON): split it (each part is \
-                         one transaction)",
-                        file.display(),
-                        content.len()
-                    ),
+                    2,
+                    "--group and --from-file enable for totp only (no --method, --email, --print-uri)".into(),
                 ));
             }
-            (AdminRequest::ImportOath { content, dry_run: *dry_run }, false)
+            let (users, source) = bulk_users(group.as_deref(), from_file.as_deref())?;
+            return enable_many(args, users, source);
         }
-        Cmd::Import(ImportCmd::GoogleAuthenticator { paths, dry_run, remove_files }) => {
-            return import_google_authenticator(&args, paths, *dry_run, *remove_files);
+        UserCmd::Enable { user: Some(user), method, email, print_uri, .. } => (
+            AdminRequest::UserEnable {
+                user: user.clone(),
+                method: match method {
+                    MethodArg::Totp => Method::Totp,
+                    MethodArg::Email => Method::Email,
+                },
+                email: email.clone(),
+            },
+            *print_uri,
+        ),
+        UserCmd::Disable { user } => (AdminRequest::UserDisable { user: user.clone() }, false),
+        UserCmd::Reset { user, print_uri } => (AdminRequest::UserReset { user: user.clone() }, *print_uri),
+        UserCmd::Show { user } => (AdminRequest::UserShow { user: user.clone() }, false),
+        UserCmd::List => (AdminRequest::UserList, false),
+        UserCmd::Unlock { user } => (AdminRequest::UserUnlock { user: user.clone() }, false),
+        UserCmd::Resync { user, code1, code2 } => {
+            (AdminRequest::UserResync { user: user.clone(), code1: code1.clone(), code2: code2.clone() }, false)
         }
-        Cmd::Host(h) => match h {
-            HostCmd::Add { name, admin, output } => {
-                // Refuse before anything is issued: a bundle must not be lost.
-                if let Some(path) = output.as_ref().filter(|p| p.exists()) {
-                    return Err((EXIT_INVALID, format!("{} exists; not overwriting it", path.display())));
-                }
-                (AdminRequest::HostAdd { name: name.clone(), admin: *admin }, false)
-            }
-            HostCmd::List => (AdminRequest::HostList, false),
-            HostCmd::Revoke { name } => (AdminRequest::HostRevoke { name: name.clone() }, false),
-        },
+        UserCmd::RecoveryCodes { user } => (AdminRequest::UserRecoveryCodes { user: user.clone() }, false),
+        UserCmd::Passwd { user } => (
+            AdminRequest::UserPasswd { user: user.clone(), password: read_password().map_err(|e| (EXIT_INVALID, e))? },
+            false,
+        ),
     };
-    let resp = call(&args, &req)?;
-    if let (AdminResponse::HostBundle { name, bundle }, Cmd::Host(HostCmd::Add { output, admin, .. })) =
-        (&resp, &args.cmd)
-    {
-        return write_bundle(name, bundle, output.as_deref(), *admin);
+    send(args, &req, print_uri)
+}
+
+/// The users of `user enable --group GROUP` or `--from-file FILE`, and where
+/// they came from (for the audit).
+fn bulk_users(
+    group: Option<&str>,
+    from_file: Option<&std::path::Path>,
+) -> Result<(Vec<BulkUser>, String), (u8, String)> {
+    match (group, from_file) {
+        (Some(g), _) => Ok((group_members(g)?, format!("group {g}"))),
+        (None, Some(f)) => Ok((users_from_file(f)?, format!("file {}", f.display()))),
+        (None, None) => Err((2, "give a user, --group GROUP or --from-file FILE".into())),
     }
+}
+
+/// `otpctl request …`.
+fn request_cmd(args: &Args, cmd: &RequestCmd) -> Result<(), (u8, String)> {
+    let req = match cmd {
+        RequestCmd::List { all } => AdminRequest::RequestList { all: *all },
+        RequestCmd::Approve { id } => AdminRequest::RequestApprove { id: *id },
+        RequestCmd::Deny { id } => AdminRequest::RequestDeny { id: *id },
+    };
+    send(args, &req, false)
+}
+
+/// `otpctl audit`.
+fn audit_cmd(
+    args: &Args,
+    user: &Option<String>,
+    host: &Option<String>,
+    since: Option<&str>,
+    limit: u32,
+) -> Result<(), (u8, String)> {
+    let since = since.map(parse_since).transpose().map_err(|e| (2, e))?;
+    send(args, &AdminRequest::Audit { user: user.clone(), host: host.clone(), since, limit: Some(limit) }, false)
+}
+
+/// `otpctl import …`.
+fn import_cmd(args: &Args, cmd: &ImportCmd) -> Result<(), (u8, String)> {
+    match cmd {
+        ImportCmd::Oath { file, dry_run } => import_oath(args, file, *dry_run),
+        ImportCmd::GoogleAuthenticator { paths, dry_run, remove_files } => {
+            import_google_authenticator(args, paths, *dry_run, *remove_files)
+        }
+    }
+}
+
+/// `otpctl import oath FILE`: the whole file goes to otpd, which parses it.
+fn import_oath(args: &Args, file: &std::path::Path, dry_run: bool) -> Result<(), (u8, String)> {
+    let content =
+        std::fs::read_to_string(file).map_err(|e| (EXIT_INVALID, format!("cannot read {}: {e}", file.display())))?;
+    // One request frame carries the whole file (one transaction).
+    let room = common::codec::MAX_FRAME - 1024;
+    if serde_json::to_string(&content).map_or(usize::MAX, |j| j.len()) > room {
+        return Err((
+            EXIT_INVALID,
+            format!(
+                "{} is {} bytes, too large for one import (about {room} as JSON): split it (each part is \
+                 one transaction)",
+                file.display(),
+                content.len()
+            ),
+        ));
+    }
+    send(args, &AdminRequest::ImportOath { content, dry_run }, false)
+}
+
+/// `otpctl host …`.
+fn host_cmd(args: &Args, cmd: &HostCmd) -> Result<(), (u8, String)> {
+    let req = match cmd {
+        HostCmd::Add { name, admin, output } => return host_add(args, name, *admin, output.as_deref()),
+        HostCmd::List => AdminRequest::HostList,
+        HostCmd::Revoke { name } => AdminRequest::HostRevoke { name: name.clone() },
+    };
+    send(args, &req, false)
+}
+
+/// `otpctl host add`: the bundle is written (or printed) as it is, with
+/// --json too.
+fn host_add(args: &Args, name: &str, admin: bool, output: Option<&std::path::Path>) -> Result<(), (u8, String)> {
+    // Refuse before anything is issued: a bundle must not be lost.
+    if let Some(path) = output.filter(|p| p.exists()) {
+        return Err((EXIT_INVALID, format!("{} exists; not overwriting it", path.display())));
+    }
+    match call(args, &AdminRequest::HostAdd { name: name.to_string(), admin })? {
+        AdminResponse::HostBundle { name, bundle } => write_bundle(&name, &bundle, output, admin),
+        other => show(args, other, false),
+    }
+}
+
+/// otpd's answer as JSON (--json) or as text.
+fn show(args: &Args, resp: AdminResponse, print_uri: bool) -> Result<(), (u8, String)> {
     if args.json {
-        let value = match resp {
-            // The URI carries the secret: only on request, in JSON too.
-            AdminResponse::Enrolled { user, otpauth_uri } => serde_json::json!({
-                "type": "enrolled", "user": user, "otpauth_uri": if print_uri { otpauth_uri } else { None },
-            }),
-            other => serde_json::to_value(&other).unwrap_or_default(),
-        };
-        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        print_json(resp, print_uri);
         return Ok(());
     }
+    print_response(resp, print_uri)
+}
+
+fn print_json(resp: AdminResponse, print_uri: bool) {
+    let value = match resp {
+        // The URI carries the secret: only on request, in JSON too.
+        AdminResponse::Enrolled { user, otpauth_uri } => serde_json::json!({
+            "type": "enrolled", "user": user, "otpauth_uri": if print_uri { otpauth_uri } else { None },
+        }),
+        other => serde_json::to_value(&other).unwrap_or_default(),
+    };
+    println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+}
+
+fn print_response(resp: AdminResponse, print_uri: bool) -> Result<(), (u8, String)> {
     match resp {
         AdminResponse::Enrolled { user, otpauth_uri } => {
             print_user(&user);
@@ -283,51 +342,9 @@ fn run(args: Args) -> Result<(), (u8, String)> {
             }
         }
         AdminResponse::User { user } => print_user(&user),
-        AdminResponse::Users { users } => {
-            let rows: Vec<[String; 6]> = users
-                .iter()
-                .map(|u| {
-                    [
-                        u.name.clone(),
-                        u.method.to_string(),
-                        yes_no(u.enabled).into(),
-                        yes_no(u.activated).into(),
-                        u.failures_since_login.to_string(),
-                        lock_column(u),
-                    ]
-                })
-                .collect();
-            let header = ["USER", "METHOD", "ENABLED", "ACTIVATED", "FAILURES", "LOCKED UNTIL"].map(String::from);
-            print_table(&header, &rows);
-        }
+        AdminResponse::Users { users } => print_users(&users),
         AdminResponse::Audit { entries } => print_audit(&entries),
-        AdminResponse::Status { status: s } => {
-            println!("otpd           {} (pid {}), up since {}", s.version, s.pid, time(s.started_at));
-            println!("database       {} (schema {})", s.database, s.schema_version);
-            println!(
-                "users          {} total, {} enabled, {} activated, {} locked",
-                s.users_total, s.users_enabled, s.users_activated, s.users_locked
-            );
-            println!("audit entries  {}", s.audit_entries);
-            println!("connections    {} open", s.open_connections);
-            if s.mail_enabled {
-                println!(
-                    "mail           {} queued, {} failing, {} sent in the last hour",
-                    s.mail_queued, s.mail_failing, s.mail_sent_last_hour
-                );
-                if let Some(e) = s.mail_last_error.filter(|_| s.mail_failing > 0) {
-                    println!("mail error     {e}");
-                }
-                println!("emergency      {} request(s) pending", s.requests_pending);
-            } else {
-                println!("mail           disabled");
-            }
-            if s.role == "server" {
-                let live = s.hosts.iter().filter(|h| h.revoked_at.is_none()).count();
-                println!("role           server, {live} host(s)");
-                print_hosts(&s.hosts);
-            }
-        }
+        AdminResponse::Status { status } => print_status(status),
         AdminResponse::Done { message } => println!("{message}"),
         AdminResponse::EnabledMany { enabled, already_enabled, skipped, .. } => {
             println!("{enabled} enabled, {already_enabled} already enabled (unchanged), {skipped} skipped")
@@ -348,55 +365,105 @@ fn run(args: Args) -> Result<(), (u8, String)> {
             );
         }
         AdminResponse::Hosts { hosts } => print_hosts(&hosts),
-        // Written above, before any JSON rendering.
+        // Written by host_add, before any JSON rendering.
         AdminResponse::HostBundle { .. } => {}
-        AdminResponse::Requests { requests, total } => {
-            let shown = requests.len() as u64;
-            println!(
-                "{:<5} {:<16} {:<16} {:<28} {:<9} {:<20} REASON / ORIGIN",
-                "ID", "USER", "HOST", "ADDRESS", "STATUS", "REQUESTED"
-            );
-            for r in requests {
-                println!(
-                    "{:<5} {:<16} {:<16} {:<28} {:<9} {:<20} {} ({})",
-                    r.id,
-                    r.user,
-                    r.machine,
-                    r.address,
-                    r.status,
-                    time(r.created_at),
-                    r.reason,
-                    r.origin
-                );
-            }
-            if let Some(total) = total.filter(|&t| t > shown) {
-                println!("(showing the newest {shown} of {total})");
-            }
-        }
-        AdminResponse::Sessions { sessions } => {
-            let rows: Vec<[String; 7]> = sessions
-                .iter()
-                .map(|s| {
-                    [
-                        match &s.email {
-                            Some(e) => format!("{} ({e})", s.user),
-                            None => s.user.clone(),
-                        },
-                        s.machine.clone(),
-                        s.service.clone(),
-                        s.rhost.clone().unwrap_or_else(|| "-".into()),
-                        s.tty.clone().unwrap_or_else(|| "-".into()),
-                        time(s.opened_at),
-                        s.closed_at.map(time).unwrap_or_else(|| "open".into()),
-                    ]
-                })
-                .collect();
-            let header = ["USER", "HOST", "SERVICE", "RHOST", "TTY", "OPENED", "CLOSED"].map(String::from);
-            print_table(&header, &rows);
-        }
+        AdminResponse::Requests { requests, total } => print_requests(&requests, total),
+        AdminResponse::Sessions { sessions } => print_sessions(&sessions),
         AdminResponse::Error { message, .. } => return Err((EXIT_DAEMON, message)),
     }
     Ok(())
+}
+
+fn print_users(users: &[UserInfo]) {
+    let rows: Vec<[String; 6]> = users
+        .iter()
+        .map(|u| {
+            [
+                u.name.clone(),
+                u.method.to_string(),
+                yes_no(u.enabled).into(),
+                yes_no(u.activated).into(),
+                u.failures_since_login.to_string(),
+                lock_column(u),
+            ]
+        })
+        .collect();
+    let header = ["USER", "METHOD", "ENABLED", "ACTIVATED", "FAILURES", "LOCKED UNTIL"].map(String::from);
+    print_table(&header, &rows);
+}
+
+fn print_status(s: StatusInfo) {
+    println!("otpd           {} (pid {}), up since {}", s.version, s.pid, time(s.started_at));
+    println!("database       {} (schema {})", s.database, s.schema_version);
+    println!(
+        "users          {} total, {} enabled, {} activated, {} locked",
+        s.users_total, s.users_enabled, s.users_activated, s.users_locked
+    );
+    println!("audit entries  {}", s.audit_entries);
+    println!("connections    {} open", s.open_connections);
+    if s.mail_enabled {
+        println!(
+            "mail           {} queued, {} failing, {} sent in the last hour",
+            s.mail_queued, s.mail_failing, s.mail_sent_last_hour
+        );
+        if let Some(e) = s.mail_last_error.filter(|_| s.mail_failing > 0) {
+            println!("mail error     {e}");
+        }
+        println!("emergency      {} request(s) pending", s.requests_pending);
+    } else {
+        println!("mail           disabled");
+    }
+    if s.role == "server" {
+        let live = s.hosts.iter().filter(|h| h.revoked_at.is_none()).count();
+        println!("role           server, {live} host(s)");
+        print_hosts(&s.hosts);
+    }
+}
+
+fn print_requests(requests: &[RequestInfo], total: Option<u64>) {
+    let shown = requests.len() as u64;
+    println!(
+        "{:<5} {:<16} {:<16} {:<28} {:<9} {:<20} REASON / ORIGIN",
+        "ID", "USER", "HOST", "ADDRESS", "STATUS", "REQUESTED"
+    );
+    for r in requests {
+        println!(
+            "{:<5} {:<16} {:<16} {:<28} {:<9} {:<20} {} ({})",
+            r.id,
+            r.user,
+            r.machine,
+            r.address,
+            r.status,
+            time(r.created_at),
+            r.reason,
+            r.origin
+        );
+    }
+    if let Some(total) = total.filter(|&t| t > shown) {
+        println!("(showing the newest {shown} of {total})");
+    }
+}
+
+fn print_sessions(sessions: &[SessionInfo]) {
+    let rows: Vec<[String; 7]> = sessions
+        .iter()
+        .map(|s| {
+            [
+                match &s.email {
+                    Some(e) => format!("{} ({e})", s.user),
+                    None => s.user.clone(),
+                },
+                s.machine.clone(),
+                s.service.clone(),
+                s.rhost.clone().unwrap_or_else(|| "-".into()),
+                s.tty.clone().unwrap_or_else(|| "-".into()),
+                time(s.opened_at),
+                s.closed_at.map(time).unwrap_or_else(|| "open".into()),
+            ]
+        })
+        .collect();
+    let header = ["USER", "HOST", "SERVICE", "RHOST", "TTY", "OPENED", "CLOSED"].map(String::from);
+    print_table(&header, &rows);
 }
 
 /// Columns as wide as their widest cell (names are not bounded to a fixed
