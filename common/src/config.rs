@@ -32,18 +32,8 @@ pub struct Config {
     pub fleet: FleetConfig,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// One host, its own database: the PAM socket decides locally.
-    #[default]
-    Standalone,
-    /// Relays every conversation of this host's PAM socket to a server;
-    /// holds no secret, code or key.
-    Agent,
-    /// Decides for the hosts whose certificates it issued (`otpctl host add`).
-    Server,
-}
+/// `role` (its definition is the protocol's: `status` reports it).
+pub use crate::proto::Role;
 
 /// `[fleet]`: how agents reach servers and servers listen for them.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -532,12 +532,36 @@ pub struct StatusInfo {
     pub mail_sent_last_hour: u64,
     pub mail_last_error: Option<String>,
     pub requests_pending: u64,
-    /// "standalone" or "server".
+    /// Standalone or server (an agent has no admin socket of its own).
     #[serde(default)]
-    pub role: String,
+    pub role: Role,
     /// Server role: the hosts and when each was last seen.
     #[serde(default)]
     pub hosts: Vec<HostInfo>,
+}
+
+/// What a daemon is in a fleet: `role` in otpd.toml, and in `status`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// One host, its own database: the PAM socket decides locally.
+    #[default]
+    Standalone,
+    /// Relays every conversation of this host's PAM socket to a server;
+    /// holds no secret, code or key.
+    Agent,
+    /// Decides for the hosts whose certificates it issued (`otpctl host add`).
+    Server,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Standalone => "standalone",
+            Role::Agent => "agent",
+            Role::Server => "server",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -604,6 +628,18 @@ pub struct Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roles_keep_their_words_in_status_and_config() {
+        for (r, text) in [(Role::Standalone, "standalone"), (Role::Agent, "agent"), (Role::Server, "server")] {
+            assert_eq!(r.as_str(), text);
+            assert_eq!(serde_json::to_string(&r).ok(), Some(format!("\"{text}\"")));
+        }
+        // A status from a daemon that predates the field: standalone.
+        let old = serde_json::from_str::<serde_json::Value>(r#"{"role":"server"}"#).ok();
+        assert!(old.is_some());
+        assert_eq!(Role::default(), Role::Standalone);
+    }
 
     #[test]
     fn import_outcomes_keep_their_words_on_the_wire() {

@@ -413,7 +413,7 @@ fn print_status(s: StatusInfo) {
     } else {
         println!("mail           disabled");
     }
-    if s.role == "server" {
+    if s.role == common::proto::Role::Server {
         let live = s.hosts.iter().filter(|h| h.revoked_at.is_none()).count();
         println!("role           server, {live} host(s)");
         print_hosts(&s.hosts);

@@ -71,7 +71,9 @@ mod tests {
             (entries[0].result.as_str(), entries[0].reason.as_str()),
             ("disable", "by admin credentials adm1 (remote)")
         );
-        assert!(matches!(ask(R::Status).await, AdminResponse::Status { status } if status.role == "server"));
+        assert!(
+            matches!(ask(R::Status).await, AdminResponse::Status { status } if status.role == common::proto::Role::Server)
+        );
         for _ in 0..2 {
             let r = crate::store::model::EmergencyRequest {
                 id: 0,

@@ -11,14 +11,18 @@ pub async fn status(core: &Core) -> AdminResponse {
     let policy = core.policy.clone();
     let (started_at, database, open) =
         (core.started_at, core.database.clone(), core.gauges.pam_connections.load(Ordering::Relaxed));
-    let role = if core.fleet_ca.is_some() { "server" } else { "standalone" };
+    let role = if core.fleet_ca.is_some() { common::proto::Role::Server } else { common::proto::Role::Standalone };
     let r = core
         .db
         .run(move |st| {
             let c = st.counts(now)?;
             let m = st.mail_stats(now)?;
             let pending = st.count_requests(RequestCount::All { pending_only: true })?;
-            let hosts = if role == "server" { st.hosts()?.iter().map(host_info).collect() } else { Vec::new() };
+            let hosts = if role == common::proto::Role::Server {
+                st.hosts()?.iter().map(host_info).collect()
+            } else {
+                Vec::new()
+            };
             Ok(AdminResponse::Status {
                 status: StatusInfo {
                     version: env!("CARGO_PKG_VERSION").into(),
@@ -38,7 +42,7 @@ pub async fn status(core: &Core) -> AdminResponse {
                     mail_sent_last_hour: m.sent_last_hour,
                     mail_last_error: m.last_error,
                     requests_pending: pending,
-                    role: role.into(),
+                    role,
                     hosts,
                 },
             })
@@ -103,7 +107,7 @@ mod tests {
             mail_sent_last_hour: 0,
             mail_last_error: None,
             requests_pending: 1,
-            role: "standalone".into(),
+            role: common::proto::Role::Standalone,
             hosts: Vec::new(),
         };
         assert_eq!(s, expected);
@@ -115,7 +119,7 @@ mod tests {
         let core = server();
         crate::admin::ops::hosts::add(&core, &ROOT, "web01".into(), false).await;
         let s = status_of(status(&core).await);
-        assert_eq!(s.role, "server");
+        assert_eq!(s.role, common::proto::Role::Server);
         let web = on_db(&core, |st| st.host("web01")).await.unwrap();
         assert_eq!(s.hosts, [host_info(&web)]);
         assert_eq!(s.audit_entries, 1);
