@@ -492,6 +492,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_remote_host_has_its_own_limits_and_a_host_rate() {
+        let caps = Caps { per_caller: 2, per_target: 4, unprivileged: 8 };
+        let callers = Callers::new("here", 30, caps, 3);
+        assert_eq!(callers.local().machine, "here");
+        assert!(callers.local().host_rate.is_none(), "this machine's callers have no host rate");
+        let web01 = callers.of_host("web01");
+        assert!(Arc::ptr_eq(&web01, &callers.of_host("web01")), "made once, then the same");
+        assert_eq!(web01.machine, "web01");
+        let rate = web01.host_rate.as_ref().unwrap();
+        assert_eq!((0..10).filter(|_| rate.allow(0)).count(), 3, "the host rate given");
+        assert!(callers.of_host("web02").host_rate.as_ref().unwrap().allow(0), "another host's own");
+        let mut all: Vec<_> = callers.all().iter().map(|l| l.machine.clone()).collect();
+        all.sort();
+        assert_eq!(all, ["here", "web01", "web02"]);
+    }
+
+    #[test]
     fn real_uid_is_the_first_field() {
         let status =
             "Name:\tsu\nUmask:\t0022\nState:\tS (sleeping)\nUid:\t1000\t0\t0\t0\nGid:\t1000\t1000\t1000\t1000\n";

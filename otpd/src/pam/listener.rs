@@ -150,3 +150,66 @@ fn take_slot(door: &Arc<PamDoor>, uid: u32) -> Option<(Slot, Arc<tokio::sync::No
     door.open().fetch_add(1, Ordering::Relaxed);
     Some((Slot { door: door.clone(), uid, id }, evict))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::service::Parts;
+    use crate::store::db::Db;
+    use crate::store::sqlite::SqliteStore;
+
+    fn door(max_connections: usize, max_per_uid: usize) -> Arc<PamDoor> {
+        let core = Core::new(Parts::for_tests(Db::start(SqliteStore::in_memory().unwrap()), 1_700_000_000));
+        Arc::new(PamDoor {
+            core: Arc::new(core),
+            limits: Limits { max_connections, max_per_uid },
+            per_uid: Mutex::default(),
+            silent: Mutex::default(),
+            next_connection: AtomicU64::new(0),
+        })
+    }
+
+    fn open(d: &PamDoor) -> u64 {
+        d.open().load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_uid_holds_only_its_share_and_root_is_not_counted() {
+        let d = door(100, 2);
+        let a = take_slot(&d, 1000).unwrap();
+        let _b = take_slot(&d, 1000).unwrap();
+        assert!(take_slot(&d, 1000).is_none(), "a third connection of uid 1000");
+        let other = take_slot(&d, 1001);
+        assert!(other.is_some(), "another uid has its own share");
+        let roots: Vec<_> = (0..10).map(|_| take_slot(&d, 0).unwrap()).collect();
+        assert_eq!(open(&d), 13, "every connection is shown by status");
+        drop(a);
+        assert!(take_slot(&d, 1000).is_some(), "a closed connection gives its place back");
+        drop(roots);
+        assert!(lock(&d.per_uid).get(&0).is_none(), "root is never counted per uid");
+    }
+
+    #[test]
+    fn when_full_the_oldest_silent_connection_is_closed_to_make_room() {
+        let d = door(2, 10);
+        let (first, first_evicted) = take_slot(&d, 1000).unwrap();
+        let (second, _) = take_slot(&d, 1001).unwrap();
+        // The second has spoken: it is no longer among the silent ones.
+        lock(&d.silent).remove(&second.id);
+        let (_third, _) = take_slot(&d, 1002).unwrap();
+        // The first (silent, oldest) was told to close; its slot goes when its task ends.
+        assert!(futures_now(first_evicted.notified()), "the oldest silent connection is evicted");
+        drop(first);
+        assert_eq!(open(&d), 2);
+        // Nobody silent left: a new connection is refused, and its uid's share given back.
+        lock(&d.silent).clear();
+        assert!(take_slot(&d, 1003).is_none());
+        assert!(lock(&d.per_uid).get(&1003).is_none());
+    }
+
+    /// Whether a notification is already stored (notify_one before anyone waits).
+    fn futures_now(n: tokio::sync::futures::Notified<'_>) -> bool {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        rt.block_on(async { tokio::time::timeout(std::time::Duration::from_millis(50), n).await.is_ok() })
+    }
+}
