@@ -547,3 +547,83 @@ async fn admin_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::service::Parts;
+    use crate::store::db::Db;
+    use crate::store::sqlite::SqliteStore;
+
+    const T0: i64 = 1_700_000_000;
+
+    fn fleet() -> (Core, FleetServer) {
+        let core = Core::new(Parts::for_tests(Db::start(SqliteStore::in_memory().unwrap()), T0));
+        let ca = Arc::new(pki::Ca::generate().unwrap());
+        (core, FleetServer::new(ca, vec!["otp1".into()]).unwrap())
+    }
+
+    async fn add(core: &Core, name: &str, role: HostRole, fp: [u8; 32]) {
+        let h = HostRecord {
+            name: name.into(),
+            role,
+            fingerprint: fp.to_vec(),
+            added_at: T0,
+            revoked_at: None,
+            last_seen: None,
+            last_addr: None,
+        };
+        assert!(core.db.run(move |st| st.add_host(&h)).await.unwrap());
+    }
+
+    async fn link_rows(core: &Core) -> Vec<(String, String)> {
+        let rows = core.db.run(|st| st.audit(None, None, None, 100)).await.unwrap();
+        rows.into_iter().filter(|r| r.result == "link").map(|r| (r.machine, r.reason)).collect()
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_host_is_its_certificates_record_and_nothing_it_claims() {
+        let (core, fleet) = fleet();
+        add(&core, "web01", HostRole::Agent, [1; 32]).await;
+        add(&core, "adm1", HostRole::Admin, [2; 32]).await;
+        let from = addr("192.0.2.7:4000");
+        let check = |fp, role, claimed, new_link| check_host(&core, &fleet, fp, role, claimed, from, new_link);
+        let unknown = check(&[9; 32], HostRole::Agent, None, true).await.unwrap_err();
+        assert_eq!((unknown.0.as_str(), unknown.2), ("tcp:192.0.2.7", "certificate not known to this fleet"));
+        let wrong_use = check(&[2; 32], HostRole::Agent, None, true).await.unwrap_err();
+        assert_eq!((wrong_use.0.as_str(), wrong_use.2), ("adm1", "these credentials are not for this use"));
+        let other = check(&[1; 32], HostRole::Agent, Some("web02"), true).await.unwrap_err();
+        assert_eq!(other.2, "this certificate belongs to another host");
+        let host = check(&[1; 32], HostRole::Agent, Some("web01"), true).await.unwrap();
+        assert_eq!(host.name, "web01");
+        core.db.run(|st| st.revoke_host("web01", T0 + 1)).await.unwrap();
+        let revoked = check(&[1; 32], HostRole::Agent, None, false).await.unwrap_err();
+        assert_eq!((revoked.0.as_str(), revoked.2), ("web01", "this host's credentials were revoked"));
+        assert!(revoked.1.contains("from 192.0.2.7:4000"), "{}", revoked.1);
+    }
+
+    #[tokio::test]
+    async fn a_hosts_first_link_and_each_new_address_are_audited_once() {
+        let (core, fleet) = fleet();
+        add(&core, "web01", HostRole::Agent, [1; 32]).await;
+        let check =
+            |from: &str, new_link| check_host(&core, &fleet, &[1; 32], HostRole::Agent, None, addr(from), new_link);
+        check("192.0.2.7:4000", true).await.unwrap();
+        check("192.0.2.7:4001", true).await.unwrap();
+        check("192.0.2.7:4002", false).await.unwrap();
+        let seen = core.db.read(|st| st.hosts()).await.unwrap();
+        assert_eq!((seen[0].last_seen, seen[0].last_addr.as_deref()), (Some(T0), Some("192.0.2.7")));
+        assert_eq!(
+            link_rows(&core).await,
+            [("web01".to_string(), "agent links from 192.0.2.7 (its first link)".to_string())]
+        );
+        check("198.51.100.9:5000", true).await.unwrap();
+        let rows = link_rows(&core).await;
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert!(rows.iter().any(|(_, r)| r == "agent links from 198.51.100.9 (before: 192.0.2.7)"), "{rows:?}");
+    }
+}
