@@ -114,3 +114,48 @@ pub async fn run(sh: Arc<Core>, retention: Duration) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::service::Parts;
+    use crate::store::db::Db;
+    use crate::store::model::NewAudit;
+    use crate::store::sqlite::SqliteStore;
+
+    const T0: i64 = 1_700_000_000;
+
+    #[tokio::test]
+    async fn rows_older_than_the_retention_go_in_batches_and_newer_ones_stay() {
+        let core = Core::new(Parts::for_tests(Db::start(SqliteStore::in_memory().unwrap()), T0));
+        // More than one batch of old rows, and a few within the retention.
+        let rows: Vec<NewAudit> = (0..BATCH as i64 + 7)
+            .map(|i| NewAudit { time: T0 - 86_400 * 40 + i, user: "old".into(), ..Default::default() })
+            .chain((0..3).map(|i| NewAudit { time: T0 - 60 + i, user: "new".into(), ..Default::default() }))
+            .collect();
+        core.db.run(move |st| rows.iter().try_for_each(|r| st.add_audit(r))).await.unwrap();
+        assert_eq!(prune_audit(&core, Duration::from_secs(30 * 86_400)).await, u64::from(BATCH) + 7);
+        let left = core.db.run(|st| st.audit(None, None, None, 100)).await.unwrap();
+        assert_eq!(left.iter().map(|r| r.user.as_str()).collect::<Vec<_>>(), ["new", "new", "new"]);
+        assert_eq!(prune_audit(&core, Duration::from_secs(30 * 86_400)).await, 0, "nothing more to delete");
+    }
+
+    #[tokio::test]
+    async fn an_enabled_user_without_a_uid_is_linked_to_its_account() {
+        let core = Core::new(Parts::for_tests(Db::start(SqliteStore::in_memory().unwrap()), T0));
+        let policy = core.policy.clone();
+        core.db
+            .run(move |st| {
+                // root exists on every Linux system; nobody-here-xyz on none.
+                for name in ["root", "nobody-here-xyz"] {
+                    st.save_user(&crate::core::auth::new_enrollment(&policy, None, name, None, T0))?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(link_accounts(&core).await, 1);
+        let uids = core.db.run(|st| Ok((st.user("root")?, st.user("nobody-here-xyz")?))).await.unwrap();
+        assert_eq!((uids.0.unwrap().uid, uids.1.unwrap().uid), (Some(0), None));
+    }
+}
