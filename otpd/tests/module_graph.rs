@@ -15,7 +15,7 @@ use syn::visit::Visit;
 const DOORS: &[&str] = &["pam", "fleet::link", "fleet::agent", "admin::socket", "admin::dbus"];
 /// The backends: named by nothing outside `store` (the choice is made
 /// once, in `store::db`).
-const BACKENDS: &[&str] = &["store::sqlite", "store::postgres", "store::pgfast", "store::schema"];
+const BACKENDS: &[&str] = &["store::sqlite", "store::postgres", "store::pgfast", "store::schema", "store::sql"];
 /// What the doors stand on: these depend on no door (nor on the daemon).
 const BELOW_DOORS: &[&str] = &["core", "store", "login", "admin::ops", "notify", "import"];
 

@@ -18,9 +18,8 @@
 //! most once a second per connection.
 use crate::lock;
 use crate::store::model::{HostRecord, NewAudit, StoreError, UserRecord};
-use crate::store::postgres::{
-    host_from_row, user_from_row, AcceptStep, ACCEPT_STEP, HOST_BY_FINGERPRINT, USER_AND_FAILING_MAIL,
-};
+use crate::store::postgres::{host_from_row, user_from_row, AcceptStep};
+use crate::store::sql;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -137,9 +136,9 @@ impl PgFast {
             }
         });
         let (user, host, accept) = tokio::try_join!(
-            client.prepare(USER_AND_FAILING_MAIL),
-            client.prepare(HOST_BY_FINGERPRINT),
-            client.prepare(ACCEPT_STEP),
+            client.prepare(sql::postgres::USER_AND_FAILING_MAIL),
+            client.prepare(sql::HOST_BY_FINGERPRINT.postgres),
+            client.prepare(sql::postgres::ACCEPT_STEP),
         )?;
         Ok(Conn { client, user, host, accept })
     }

@@ -1,6 +1,8 @@
 //! The [`Store`] on SQLite: standalone hosts and single servers. The
-//! concurrency contract every backend keeps is in [`crate::store::model`].
+//! concurrency contract every backend keeps is in [`crate::store::model`];
+//! the statements are in [`crate::store::sql`], beside PostgreSQL's.
 use crate::store::model::*;
+use crate::store::sql;
 use common::proto::{AuditEntry, RequestStatus};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use std::path::Path;
@@ -64,6 +66,7 @@ impl SqliteStore {
         let conn = Connection::open_with_flags(path, flags)
             .map_err(|e| StoreError::Unusable { path: path.display().to_string(), why: e.to_string() })?;
         conn.execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")?;
+        identifiers_only(&conn)?;
         Ok(SqliteStore { conn })
     }
 
@@ -83,6 +86,7 @@ impl SqliteStore {
              PRAGMA busy_timeout = 5000;
              PRAGMA secure_delete = ON;",
         )?;
+        identifiers_only(&conn)?;
         Ok(SqliteStore { conn })
     }
 
@@ -114,6 +118,30 @@ impl SqliteStore {
     pub(crate) fn control(&mut self, sql: &str) -> Result<(), rusqlite::Error> {
         self.conn.prepare_cached(sql)?.execute([]).map(|_| ())
     }
+
+    /// A statement's single count.
+    fn count(&self, sql: sql::Sql, params: impl rusqlite::Params) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.prepare_cached(sql.sqlite)?.query_row(params, |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    /// An INSERT … RETURNING id.
+    fn insert(&self, sql: sql::Sql, params: impl rusqlite::Params) -> Result<i64, StoreError> {
+        Ok(self.conn.prepare_cached(sql.sqlite)?.query_row(params, |r| r.get(0))?)
+    }
+
+    /// A statement that writes (INSERT, UPDATE, DELETE): how many rows it changed.
+    fn change(&self, sql: sql::Sql, params: impl rusqlite::Params) -> Result<usize, StoreError> {
+        Ok(self.conn.prepare_cached(sql.sqlite)?.execute(params)?)
+    }
+}
+
+/// A double-quoted word is an identifier, never a string literal: the texts
+/// SQLite shares with PostgreSQL ([`crate::store::sql`]) quote `"user"`,
+/// which must name the column or fail to prepare.
+fn identifiers_only(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DQS_DML, false)?;
+    Ok(())
 }
 
 fn user_from_row(r: &Row<'_>) -> rusqlite::Result<UserRecord> {
@@ -184,122 +212,78 @@ fn request_from_row(r: &Row<'_>) -> rusqlite::Result<EmergencyRequest> {
 
 impl PlanReads for SqliteStore {
     fn user(&mut self, name: &str) -> Result<Option<UserRecord>, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT * FROM users WHERE name = ?1")?;
+        let mut st = self.conn.prepare_cached(sql::USER.sqlite)?;
         Ok(st.query_row([name], user_from_row).optional()?)
     }
 
     fn user_by_uid(&mut self, uid: u32) -> Result<Option<UserRecord>, StoreError> {
-        let mut st =
-            self.conn.prepare_cached("SELECT * FROM users WHERE uid = ?1 ORDER BY enabled DESC, name LIMIT 1")?;
+        let mut st = self.conn.prepare_cached(sql::USER_BY_UID.sqlite)?;
         Ok(st.query_row([uid], user_from_row).optional()?)
     }
 
     fn enabled_user_nocase(&mut self, name: &str) -> Result<Option<UserRecord>, StoreError> {
-        let mut st =
-            self.conn.prepare_cached("SELECT * FROM users WHERE lower(name) = lower(?1) AND enabled LIMIT 2")?;
+        let mut st = self.conn.prepare_cached(sql::ENABLED_USER_NOCASE.sqlite)?;
         let found = st.query_map([name], user_from_row)?.collect::<Result<Vec<_>, _>>()?;
         Ok(if found.len() == 1 { found.into_iter().next() } else { None })
     }
 
     fn in_group(&mut self, group: &str, name: &str) -> Result<bool, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT 1 FROM group_members WHERE grp = ?1 AND name = ?2")?;
+        let mut st = self.conn.prepare_cached(sql::IN_GROUP.sqlite)?;
         Ok(st.query_row([group, name], |_| Ok(())).optional()?.is_some())
     }
 
     fn failing_mail_for(&mut self, user: &str) -> Result<u64, StoreError> {
-        let n: i64 = self
-            .conn
-            .prepare_cached(
-                "SELECT count(*) FROM outbox o JOIN email_codes c ON c.id = o.code_id
-                 WHERE c.user = ?1 AND o.sent_at IS NULL AND o.attempts > 0",
-            )?
-            .query_row([user], |r| r.get(0))?;
-        Ok(n as u64)
+        self.count(sql::FAILING_MAIL, params![user])
     }
 }
 
 impl Store for SqliteStore {
     fn save_user(&mut self, u: &UserRecord) -> Result<(), StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "INSERT INTO users (name, uid, method, enabled, email, secret, activated_at, last_step,
-                                failures, locked_until, last_login, created_at, updated_at,
-                                password_hash, last_method, lock_periods, failures_since_login,
-                                admin_locked_at, hotp_counter, digits)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)
-             ON CONFLICT (name) DO UPDATE SET
-                uid = excluded.uid, method = excluded.method, enabled = excluded.enabled,
-                email = excluded.email, secret = excluded.secret, activated_at = excluded.activated_at,
-                last_step = CASE WHEN excluded.secret IS users.secret
-                                 THEN max(coalesce(excluded.last_step, users.last_step),
-                                          coalesce(users.last_step, excluded.last_step))
-                                 ELSE excluded.last_step END,
-                failures = excluded.failures,
-                locked_until = excluded.locked_until, last_login = excluded.last_login,
-                updated_at = excluded.updated_at, password_hash = excluded.password_hash,
-                last_method = excluded.last_method, lock_periods = excluded.lock_periods,
-                failures_since_login = excluded.failures_since_login,
-                admin_locked_at = excluded.admin_locked_at,
-                hotp_counter = CASE WHEN excluded.secret IS users.secret
-                                    THEN max(coalesce(excluded.hotp_counter, users.hotp_counter),
-                                             coalesce(users.hotp_counter, excluded.hotp_counter))
-                                    ELSE excluded.hotp_counter END,
-                digits = excluded.digits",
+        self.change(
+            sql::SAVE_USER,
+            params![
+                u.name,
+                u.uid,
+                u.method.to_string(),
+                u.enabled,
+                u.email,
+                u.secret,
+                u.activated_at,
+                u.last_step,
+                u.failures,
+                u.locked_until,
+                u.last_login,
+                u.created_at,
+                u.updated_at,
+                u.password_hash,
+                u.last_method.map(AuditMethod::as_str),
+                u.lock_periods,
+                u.failures_since_login,
+                u.admin_locked_at,
+                u.hotp_counter,
+                u.digits
+            ],
         )?;
-        st.execute(params![
-            u.name,
-            u.uid,
-            u.method.to_string(),
-            u.enabled,
-            u.email,
-            u.secret,
-            u.activated_at,
-            u.last_step,
-            u.failures,
-            u.locked_until,
-            u.last_login,
-            u.created_at,
-            u.updated_at,
-            u.password_hash,
-            u.last_method.map(AuditMethod::as_str),
-            u.lock_periods,
-            u.failures_since_login,
-            u.admin_locked_at,
-            u.hotp_counter,
-            u.digits
-        ])?;
         Ok(())
     }
 
     fn consume_counter(&mut self, user: &str, matched: i64) -> Result<bool, StoreError> {
-        let n = self
-            .conn
-            .prepare_cached(
-                "UPDATE users SET hotp_counter = ?2 + 1
-                 WHERE name = ?1 AND method = 'hotp' AND hotp_counter IS NOT NULL AND hotp_counter <= ?2",
-            )?
-            .execute(params![user, matched])?;
-        Ok(n == 1)
+        Ok(self.change(sql::CONSUME_COUNTER, params![user, matched])? == 1)
     }
 
     fn consume_step(&mut self, user: &str, step: i64) -> Result<bool, StoreError> {
-        let n = self
-            .conn
-            .prepare_cached(
-                "UPDATE users SET last_step = ?2 WHERE name = ?1 AND (last_step IS NULL OR last_step < ?2)",
-            )?
-            .execute(params![user, step])?;
-        Ok(n == 1)
+        Ok(self.change(sql::CONSUME_STEP, params![user, step])? == 1)
     }
 
     fn users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT * FROM users ORDER BY name")?;
+        let mut st = self.conn.prepare_cached(sql::USERS.sqlite)?;
         let rows = st.query_map([], user_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn set_recovery_codes(&mut self, user: &str, salt: &[u8], hashes: &[Vec<u8>]) -> Result<(), StoreError> {
-        self.conn.prepare_cached("DELETE FROM recovery_codes WHERE user = ?1")?.execute([user])?;
-        let mut st = self.conn.prepare_cached("INSERT INTO recovery_codes (user, salt, hash) VALUES (?1, ?2, ?3)")?;
+        self.change(sql::DELETE_RECOVERY_CODES, [user])?;
+        let mut st = self.conn.prepare_cached(sql::INSERT_RECOVERY_CODE.sqlite)?;
         for h in hashes {
             st.execute(params![user, salt, h])?;
         }
@@ -307,29 +291,21 @@ impl Store for SqliteStore {
     }
 
     fn recovery_salt(&mut self, user: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT salt FROM recovery_codes WHERE user = ?1 LIMIT 1")?;
+        let mut st = self.conn.prepare_cached(sql::RECOVERY_SALT.sqlite)?;
         Ok(st.query_row([user], |r| r.get(0)).optional()?)
     }
 
     fn use_recovery_code(&mut self, user: &str, hash: &[u8]) -> Result<bool, StoreError> {
-        let n = self
-            .conn
-            .prepare_cached("DELETE FROM recovery_codes WHERE user = ?1 AND hash = ?2")?
-            .execute(params![user, hash])?;
-        Ok(n == 1)
+        Ok(self.change(sql::USE_RECOVERY_CODE, params![user, hash])? == 1)
     }
 
     fn recovery_codes_left(&mut self, user: &str) -> Result<u64, StoreError> {
-        let n: i64 = self
-            .conn
-            .prepare_cached("SELECT count(*) FROM recovery_codes WHERE user = ?1")?
-            .query_row([user], |r| r.get(0))?;
-        Ok(n as u64)
+        self.count(sql::RECOVERY_CODES_LEFT, [user])
     }
 
     fn set_group_members(&mut self, group: &str, names: &[String]) -> Result<(), StoreError> {
-        self.conn.prepare_cached("DELETE FROM group_members WHERE grp = ?1")?.execute([group])?;
-        let mut st = self.conn.prepare_cached("INSERT OR IGNORE INTO group_members (grp, name) VALUES (?1, ?2)")?;
+        self.change(sql::DELETE_GROUP_MEMBERS, [group])?;
+        let mut st = self.conn.prepare_cached(sql::INSERT_GROUP_MEMBERS.sqlite)?;
         for n in names {
             st.execute(params![group, n])?;
         }
@@ -337,40 +313,28 @@ impl Store for SqliteStore {
     }
 
     fn add_audit(&mut self, e: &NewAudit) -> Result<(), StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "INSERT INTO audit (time, user, service, rhost, tty, machine, method, result, reason)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        self.change(
+            sql::ADD_AUDIT,
+            params![
+                e.time,
+                e.user,
+                e.service,
+                e.rhost,
+                e.tty,
+                e.machine,
+                e.method.as_str(),
+                e.result.as_str(),
+                e.reason
+            ],
         )?;
-        st.execute(params![
-            e.time,
-            e.user,
-            e.service,
-            e.rhost,
-            e.tty,
-            e.machine,
-            e.method.as_str(),
-            e.result.as_str(),
-            e.reason
-        ])?;
         Ok(())
     }
 
     fn prune_audit(&mut self, before: i64, limit: u32) -> Result<u64, StoreError> {
-        let n = self
-            .conn
-            .prepare_cached(
-                "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE time < ?1 ORDER BY time LIMIT ?2)",
-            )?
-            .execute(params![before, limit])?;
+        let n = self.change(sql::PRUNE_AUDIT, params![before, limit])?;
         // A user may record its own sessions (within its rate allowance):
         // without an age limit they would grow the database for ever.
-        let sessions = self
-            .conn
-            .prepare_cached(
-                "DELETE FROM sessions WHERE id IN
-                   (SELECT id FROM sessions WHERE coalesce(closed_at, opened_at) < ?1 LIMIT ?2)",
-            )?
-            .execute(params![before, limit])?;
+        let sessions = self.change(sql::PRUNE_SESSIONS, params![before, limit])?;
         Ok((n + sessions) as u64)
     }
 
@@ -381,11 +345,7 @@ impl Store for SqliteStore {
         since: Option<i64>,
         limit: u32,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT id, time, user, service, rhost, tty, machine, method, result, reason FROM audit
-             WHERE (?1 IS NULL OR user = ?1) AND (?2 IS NULL OR machine = ?2) AND (?3 IS NULL OR time >= ?3)
-             ORDER BY id DESC LIMIT ?4",
-        )?;
+        let mut st = self.conn.prepare_cached(sql::AUDIT.sqlite)?;
         let rows = st.query_map(params![user, machine, since, limit], |r| {
             Ok(AuditEntry {
                 id: r.get(0)?,
@@ -404,95 +364,64 @@ impl Store for SqliteStore {
     }
 
     fn counts(&mut self, now: i64) -> Result<Counts, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT count(*), coalesce(sum(enabled), 0),
-                    coalesce(sum(enabled AND activated_at IS NOT NULL), 0),
-                    coalesce(sum(locked_until > ?1 OR admin_locked_at IS NOT NULL), 0)
-             FROM users",
-        )?;
+        let mut st = self.conn.prepare_cached(sql::COUNT_USERS.sqlite)?;
         let (t, e, a, l): (i64, i64, i64, i64) =
             st.query_row([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
-        let audit: i64 = self.conn.query_row("SELECT count(*) FROM audit", [], |r| r.get(0))?;
+        let audit_entries = self.count(sql::COUNT_AUDIT, [])?;
         Ok(Counts {
             users_total: t as u64,
             users_enabled: e as u64,
             users_activated: a as u64,
             users_locked: l as u64,
-            audit_entries: audit as u64,
+            audit_entries,
         })
     }
 
     fn schema_version(&mut self) -> Result<i64, StoreError> {
-        Ok(self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+        Ok(self.conn.query_row(sql::SCHEMA_VERSION.sqlite, [], |r| r.get(0))?)
     }
 
     fn latest_email_code(&mut self, user: &str, machine: Option<&str>) -> Result<Option<EmailCode>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT * FROM email_codes WHERE user = ?1 AND (?2 IS NULL OR machine = ?2)
-             ORDER BY created_at DESC, id DESC LIMIT 1",
-        )?;
+        let mut st = self.conn.prepare_cached(sql::LATEST_EMAIL_CODE.sqlite)?;
         Ok(st.query_row(params![user, machine], code_from_row).optional()?)
     }
 
     fn insert_email_code(&mut self, c: &EmailCode) -> Result<i64, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "INSERT INTO email_codes (user, machine, address, code_hash, code_enc, created_at, expires_at, used_at, origin, emergency)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?;
-        st.execute(params![
-            c.user,
-            c.machine,
-            c.address,
-            c.code_hash,
-            c.code_enc,
-            c.created_at,
-            c.expires_at,
-            c.used_at,
-            c.origin,
-            c.emergency
-        ])?;
-        Ok(self.conn.last_insert_rowid())
+        self.insert(
+            sql::INSERT_EMAIL_CODE,
+            params![
+                c.user,
+                c.machine,
+                c.address,
+                c.code_hash,
+                c.code_enc,
+                c.created_at,
+                c.expires_at,
+                c.used_at,
+                c.origin,
+                c.emergency
+            ],
+        )
     }
 
     fn retire_email_code(&mut self, id: i64, used_at: Option<i64>) -> Result<bool, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "UPDATE email_codes SET code_enc = NULL, used_at = coalesce(?2, used_at)
-             WHERE id = ?1 AND (?2 IS NULL OR used_at IS NULL)",
-        )?;
-        Ok(st.execute(params![id, used_at])? == 1)
+        Ok(self.change(sql::RETIRE_EMAIL_CODE, params![id, used_at])? == 1)
     }
 
     fn enqueue_mail(&mut self, code_id: i64, to: &str, now: i64) -> Result<i64, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "INSERT INTO outbox (code_id, to_addr, created_at, next_attempt_at) VALUES (?1, ?2, ?3, ?3)",
-        )?;
-        st.execute(params![code_id, to, now])?;
-        Ok(self.conn.last_insert_rowid())
+        self.insert(sql::ENQUEUE_MAIL, params![code_id, to, now])
     }
 
     fn count_mail_since(&mut self, what: MailCount<'_>, since: i64) -> Result<u64, StoreError> {
-        let n: i64 = match what {
-            MailCount::All => self
-                .conn
-                .prepare_cached("SELECT count(*) FROM outbox WHERE created_at >= ?1")?
-                .query_row([since], |r| r.get(0))?,
-            MailCount::Address(a) => self
-                .conn
-                .prepare_cached("SELECT count(*) FROM outbox WHERE to_addr = ?1 AND created_at >= ?2")?
-                .query_row(params![a, since], |r| r.get(0))?,
-            MailCount::Code(id) => self
-                .conn
-                .prepare_cached("SELECT count(*) FROM outbox WHERE code_id = ?1 AND created_at >= ?2")?
-                .query_row(params![id, since], |r| r.get(0))?,
-        };
-        Ok(n as u64)
+        match what {
+            MailCount::All => self.count(sql::COUNT_MAIL, [since]),
+            MailCount::Address(a) => self.count(sql::COUNT_MAIL_TO, params![a, since]),
+            MailCount::Code(id) => self.count(sql::COUNT_MAIL_OF_CODE, params![id, since]),
+        }
     }
 
     fn due_mail(&mut self, now: i64, limit: u32) -> Result<Vec<QueuedMail>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT o.id AS oid, o.attempts, o.to_addr, c.* FROM outbox o JOIN email_codes c ON c.id = o.code_id
-             WHERE o.sent_at IS NULL AND o.next_attempt_at <= ?1 ORDER BY o.next_attempt_at, o.id LIMIT ?2",
-        )?;
+        let mut st = self.conn.prepare_cached(sql::DUE_MAIL.sqlite)?;
         let rows = st.query_map(params![now, limit], |r| {
             Ok(QueuedMail {
                 id: r.get("oid")?,
@@ -502,7 +431,7 @@ impl Store for SqliteStore {
             })
         })?;
         let due: Vec<QueuedMail> = rows.collect::<Result<_, _>>()?;
-        let mut claim = self.conn.prepare_cached("UPDATE outbox SET next_attempt_at = ?2 WHERE id = ?1")?;
+        let mut claim = self.conn.prepare_cached(sql::CLAIM_MAIL.sqlite)?;
         for m in &due {
             claim.execute(params![m.id, now + MAIL_LEASE])?;
         }
@@ -510,102 +439,58 @@ impl Store for SqliteStore {
     }
 
     fn mail_sent(&mut self, id: i64, now: i64) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached("UPDATE outbox SET sent_at = ?2, last_error = NULL WHERE id = ?1")?
-            .execute(params![id, now])?;
+        self.change(sql::MAIL_SENT, params![id, now])?;
         Ok(())
     }
 
     fn mail_failed(&mut self, id: i64, next_attempt_at: i64, error: &str) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3 WHERE id = ?1",
-            )?
-            .execute(params![id, next_attempt_at, error])?;
+        self.change(sql::MAIL_FAILED, params![id, next_attempt_at, error])?;
         Ok(())
     }
 
     fn mail_stats(&mut self, now: i64) -> Result<MailStats, StoreError> {
-        let (queued, failing, sent): (i64, i64, i64) = self.conn.query_row(
-            "SELECT coalesce(sum(sent_at IS NULL), 0), coalesce(sum(sent_at IS NULL AND attempts > 0), 0),
-                    coalesce(sum(sent_at >= ?1), 0) FROM outbox",
-            [now - 3600],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
-        let last_error: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT last_error FROM outbox WHERE sent_at IS NULL AND last_error IS NOT NULL ORDER BY next_attempt_at DESC LIMIT 1",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let (queued, failing, sent): (i64, i64, i64) =
+            self.conn.query_row(sql::MAIL_COUNTS.sqlite, [now - 3600], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let last_error: Option<String> =
+            self.conn.query_row(sql::MAIL_LAST_ERROR.sqlite, [], |r| r.get(0)).optional()?;
         Ok(MailStats { queued: queued as u64, failing: failing as u64, sent_last_hour: sent as u64, last_error })
     }
 
     fn insert_request(&mut self, r: &EmergencyRequest) -> Result<i64, StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO emergency_requests (user, machine, address, reason, origin, created_at, status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![r.user, r.machine, r.address, r.reason, r.origin, r.created_at, r.status.as_str()])?;
-        Ok(self.conn.last_insert_rowid())
+        self.insert(
+            sql::INSERT_REQUEST,
+            params![r.user, r.machine, r.address, r.reason, r.origin, r.created_at, r.status.as_str()],
+        )
     }
 
     fn count_requests(&mut self, which: RequestCount<'_>) -> Result<u64, StoreError> {
-        let n: i64 = match which {
-            RequestCount::All { pending_only } => self
-                .conn
-                .prepare_cached("SELECT count(*) FROM emergency_requests WHERE (?1 = 0 OR status = 'pending')")?
-                .query_row([pending_only], |r| r.get(0))?,
-            RequestCount::PendingForUser(user) => self
-                .conn
-                .prepare_cached("SELECT count(*) FROM emergency_requests WHERE status = 'pending' AND user = ?1")?
-                .query_row([user], |r| r.get(0))?,
-            RequestCount::PendingForAddress(address) => self
-                .conn
-                .prepare_cached(
-                    "SELECT count(*) FROM emergency_requests WHERE status = 'pending' AND lower(address) = lower(?1)",
-                )?
-                .query_row([address], |r| r.get(0))?,
-        };
-        Ok(n as u64)
+        match which {
+            RequestCount::All { pending_only } => self.count(sql::COUNT_REQUESTS, [pending_only]),
+            RequestCount::PendingForUser(user) => self.count(sql::COUNT_PENDING_FOR_USER, [user]),
+            RequestCount::PendingForAddress(address) => self.count(sql::COUNT_PENDING_FOR_ADDRESS, [address]),
+        }
     }
 
     fn request(&mut self, id: i64) -> Result<Option<EmergencyRequest>, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT * FROM emergency_requests WHERE id = ?1")?
-            .query_row([id], request_from_row)
-            .optional()?)
+        Ok(self.conn.prepare_cached(sql::REQUEST.sqlite)?.query_row([id], request_from_row).optional()?)
     }
 
     fn requests(&mut self, pending_only: bool) -> Result<Vec<EmergencyRequest>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT * FROM emergency_requests WHERE (?1 = 0 OR status = 'pending') ORDER BY id DESC LIMIT 1000",
-        )?;
+        let mut st = self.conn.prepare_cached(sql::REQUESTS.sqlite)?;
         let rows = st.query_map([pending_only], request_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn decide_request(&mut self, id: i64, status: RequestStatus, by: u32, now: i64) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "UPDATE emergency_requests SET status = ?2, decided_by = ?3, decided_at = ?4 WHERE id = ?1",
-            )?
-            .execute(params![id, status.as_str(), by, now])?;
+        self.change(sql::DECIDE_REQUEST, params![id, status.as_str(), by, now])?;
         Ok(())
     }
 
     fn open_session(&mut self, s: &SessionRecord) -> Result<i64, StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO sessions (user, email, machine, service, rhost, tty, pid, opened_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![s.user, s.email, s.machine, s.service, s.rhost, s.tty, s.pid, s.opened_at])?;
-        Ok(self.conn.last_insert_rowid())
+        self.insert(
+            sql::OPEN_SESSION,
+            params![s.user, s.email, s.machine, s.service, s.rhost, s.tty, s.pid, s.opened_at],
+        )
     }
 
     fn close_session(
@@ -616,19 +501,11 @@ impl Store for SqliteStore {
         pid: u32,
         now: i64,
     ) -> Result<u64, StoreError> {
-        let n = self
-            .conn
-            .prepare_cached(
-                "UPDATE sessions SET closed_at = ?4 WHERE id = (SELECT id FROM sessions
-                 WHERE user = ?1 AND service = ?2 AND pid = ?3 AND machine = ?5 AND closed_at IS NULL
-                 ORDER BY id DESC LIMIT 1)",
-            )?
-            .execute(params![user, service, pid, now, machine])?;
-        Ok(n as u64)
+        Ok(self.change(sql::CLOSE_SESSION, params![user, service, pid, now, machine])? as u64)
     }
 
     fn sessions(&mut self, limit: u32) -> Result<Vec<SessionRecord>, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT * FROM sessions ORDER BY id DESC LIMIT ?1")?;
+        let mut st = self.conn.prepare_cached(sql::SESSIONS.sqlite)?;
         let rows = st.query_map([limit], |r| {
             Ok(SessionRecord {
                 id: r.get("id")?,
@@ -647,75 +524,45 @@ impl Store for SqliteStore {
     }
 
     fn add_host(&mut self, h: &HostRecord) -> Result<bool, StoreError> {
-        let n = self
-            .conn
-            .prepare_cached(
-                "INSERT INTO hosts (name, role, fingerprint, added_at, revoked_at, last_seen, last_addr)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (name) DO UPDATE SET
-                    role = excluded.role, fingerprint = excluded.fingerprint, added_at = excluded.added_at,
-                    revoked_at = excluded.revoked_at, last_seen = excluded.last_seen, last_addr = excluded.last_addr
-                 WHERE hosts.revoked_at IS NOT NULL",
-            )?
-            .execute(params![
-                h.name,
-                h.role.as_str(),
-                h.fingerprint,
-                h.added_at,
-                h.revoked_at,
-                h.last_seen,
-                h.last_addr
-            ])?;
+        let n = self.change(
+            sql::ADD_HOST,
+            params![h.name, h.role.as_str(), h.fingerprint, h.added_at, h.revoked_at, h.last_seen, h.last_addr],
+        )?;
         Ok(n == 1)
     }
 
     fn host(&mut self, name: &str) -> Result<Option<HostRecord>, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT * FROM hosts WHERE name = ?1")?;
+        let mut st = self.conn.prepare_cached(sql::HOST.sqlite)?;
         st.query_row([name], host_from_row).optional()?.transpose()
     }
 
     fn host_by_fingerprint(&mut self, fp: &[u8]) -> Result<Option<HostRecord>, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT * FROM hosts WHERE fingerprint = ?1")?;
+        let mut st = self.conn.prepare_cached(sql::HOST_BY_FINGERPRINT.sqlite)?;
         st.query_row([fp], host_from_row).optional()?.transpose()
     }
 
     fn hosts(&mut self) -> Result<Vec<HostRecord>, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT * FROM hosts ORDER BY name")?;
+        let mut st = self.conn.prepare_cached(sql::HOSTS.sqlite)?;
         let rows = st.query_map([], host_from_row)?;
         rows.map(|r| r?).collect()
     }
 
     fn revoke_host(&mut self, name: &str, now: i64) -> Result<bool, StoreError> {
-        let n = self
-            .conn
-            .prepare_cached("UPDATE hosts SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL")?
-            .execute(params![name, now])?;
-        Ok(n == 1)
+        Ok(self.change(sql::REVOKE_HOST, params![name, now])? == 1)
     }
 
     fn host_seen(&mut self, name: &str, now: i64, addr: &str) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached("UPDATE hosts SET last_seen = ?2, last_addr = ?3 WHERE name = ?1")?
-            .execute(params![name, now, addr])?;
+        self.change(sql::HOST_SEEN, params![name, now, addr])?;
         Ok(())
     }
 
     fn fleet_ca(&mut self) -> Result<Option<(String, Vec<u8>)>, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT cert_pem, key_sealed FROM fleet_ca WHERE id = 1")?
-            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?)
+        let mut st = self.conn.prepare_cached(sql::FLEET_CA.sqlite)?;
+        Ok(st.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
     }
 
     fn set_fleet_ca_if_absent(&mut self, cert_pem: &str, key_sealed: &[u8]) -> Result<bool, StoreError> {
-        let n = self
-            .conn
-            .prepare_cached(
-                "INSERT INTO fleet_ca (id, cert_pem, key_sealed) VALUES (1, ?1, ?2) ON CONFLICT (id) DO NOTHING",
-            )?
-            .execute(params![cert_pem, key_sealed])?;
-        Ok(n == 1)
+        Ok(self.change(sql::SET_FLEET_CA, params![cert_pem, key_sealed])? == 1)
     }
 }
 
