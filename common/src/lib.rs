@@ -2,6 +2,8 @@
 //! framing, a blocking client with deadlines, and the configuration types.
 //! No async runtime here: the PAM module links this crate.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![warn(clippy::too_many_lines)]
+#![cfg_attr(test, allow(clippy::too_many_lines))]
 
 pub mod client;
 pub mod codec;

@@ -10,6 +10,8 @@
 //! `fleet::agent` (an agent's relay). `daemon` wires them together.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![warn(clippy::too_many_lines)]
+#![cfg_attr(test, allow(clippy::too_many_lines))]
 
 pub mod admin;
 pub mod cli;

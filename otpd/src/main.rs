@@ -1,3 +1,5 @@
+#![warn(clippy::too_many_lines)]
+#![cfg_attr(test, allow(clippy::too_many_lines))]
 use clap::Parser;
 use common::config::Config;
 use otpd::cli::OtpdArgs as Args;

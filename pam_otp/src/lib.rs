@@ -6,6 +6,8 @@
 //! lockers), never panics across FFI, reads no environment and no user-owned
 //! file, and fails closed.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![warn(clippy::too_many_lines)]
+#![cfg_attr(test, allow(clippy::too_many_lines))]
 
 pub mod ffi;
 pub mod flow;

@@ -2,6 +2,8 @@
 //!
 //! Exit codes: 0 done; 1 the daemon failed the request; 2 usage error;
 //! 3 no such user; 4 permission denied; 5 daemon unreachable; 6 invalid input.
+#![warn(clippy::too_many_lines)]
+#![cfg_attr(test, allow(clippy::too_many_lines))]
 use clap::Parser;
 use common::client::{Client, ClientError};
 use common::config::Config;

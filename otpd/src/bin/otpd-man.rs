@@ -1,5 +1,7 @@
 //! otpd-man DIR: writes otpd(8) and otpctl(8), generated from the clap
 //! definitions in `otpd::cli`, so the man pages cannot drift from the CLI.
+#![warn(clippy::too_many_lines)]
+#![cfg_attr(test, allow(clippy::too_many_lines))]
 use clap::CommandFactory;
 use std::path::PathBuf;
 
