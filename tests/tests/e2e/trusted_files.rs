@@ -4,7 +4,7 @@
 //! world-writable directory above them. Each refusal names the file, its
 //! owner and what to do, and creates or changes nothing; the normal case
 //! still starts.
-mod support;
+use crate::support;
 use e2e::PAM_SUCCESS;
 use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -95,6 +95,7 @@ fn enroll(fx: &Fixture, name: &str) -> String {
 
 #[test]
 fn untrusted_state_is_refused_naming_the_file_and_changing_nothing() {
+    let _turn = support::shared();
     let mut fx = Fixture::start("");
     let uri = enroll(&fx, "tess");
     fx.stop_daemon();
@@ -188,6 +189,7 @@ fn untrusted_state_is_refused_naming_the_file_and_changing_nothing() {
 
 #[test]
 fn a_key_file_planted_before_the_first_start_is_refused() {
+    let _turn = support::shared();
     let mut fx = Fixture::start("");
     fx.stop_daemon();
     let state = fx.path("state");

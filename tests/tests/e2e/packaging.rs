@@ -1,4 +1,5 @@
 //! What ships in packaging/ is what the docs promise.
+use crate::support;
 use std::process::Command;
 
 fn file(rel: &str) -> String {
@@ -7,6 +8,7 @@ fn file(rel: &str) -> String {
 
 #[test]
 fn systemd_unit_exposure_is_at_most_2() {
+    let _turn = support::shared();
     let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/otpd.service");
     let out = Command::new("systemd-analyze").args(["security", "--offline=true", unit]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -25,6 +27,7 @@ fn systemd_unit_exposure_is_at_most_2() {
 
 #[test]
 fn pam_auth_update_profile_is_off_by_default_and_fails_closed() {
+    let _turn = support::shared();
     let p = file("pam-configs/pam_otp");
     assert!(p.lines().any(|l| l.trim() == "Default: no"));
     assert!(p.contains("[success=ok ignore=ignore default=die]\tpam_otp.so"));

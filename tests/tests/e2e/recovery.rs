@@ -3,7 +3,7 @@
 //! pamdrive, and real sudo), the user is told how many are left, `user
 //! show` counts down, a new set replaces the old, and wrong codes lock the
 //! account like wrong passcodes.
-mod support;
+use crate::support;
 use e2e::{PAM_AUTH_ERR, PAM_MAXTRIES, PAM_SUCCESS};
 use support::*;
 
@@ -32,6 +32,7 @@ fn left(fx: &Fixture, user: &str) -> u64 {
 
 #[test]
 fn recovery_codes_work_once_each_count_down_and_share_the_lockout() {
+    let _turn = support::shared();
     let fx = Fixture::start("[lockout]\nmax_failures = 3\nlock_for = \"1h\"\n");
     let uri = fx.enroll_active("rosa");
     assert_eq!(left(&fx, "rosa"), 0);
@@ -91,6 +92,7 @@ fn ran_as_root(r: &Run) -> bool {
 
 #[test]
 fn sudo_takes_each_recovery_code_once_and_not_while_locked() {
+    let _turn = support::shared();
     let fx = Fixture::start("[lockout]\nmax_failures = 3\nlock_for = \"1h\"\n");
     let sandbox = Sandbox::new(&fx);
     fx.enroll_active("otpsudo");

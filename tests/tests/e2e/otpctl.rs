@@ -2,7 +2,7 @@
 //! every command, aligned tables, quiet exit on a closed pipe, messages that
 //! say what to do (the admin group's name; how to start otpd with or without
 //! systemd).
-mod support;
+use crate::support;
 use std::process::{Command, Stdio};
 use support::*;
 
@@ -12,6 +12,7 @@ fn otpctl() -> Command {
 
 #[test]
 fn every_command_has_help_text_and_every_man_page_a_whatis_line() {
+    let _turn = support::shared();
     let out = otpctl().args(["user", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for cmd in ["enable", "disable", "reset", "show", "list", "unlock", "passwd"] {
@@ -43,6 +44,7 @@ fn every_command_has_help_text_and_every_man_page_a_whatis_line() {
 
 #[test]
 fn user_list_columns_line_up() {
+    let _turn = support::shared();
     let fx = Fixture::start("");
     fx.ctl_ok(&["user", "enable", "al"]);
     fx.ctl_ok(&["user", "enable", "a-rather-long-account-name@example.org"]);
@@ -65,6 +67,7 @@ fn user_list_columns_line_up() {
 
 #[test]
 fn a_closed_pipe_ends_otpctl_quietly() {
+    let _turn = support::shared();
     let fx = Fixture::start("");
     for i in 0..3 {
         fx.ctl_ok(&["user", "enable", &format!("user{i}")]);
@@ -93,6 +96,7 @@ fn a_closed_pipe_ends_otpctl_quietly() {
 
 #[test]
 fn refusals_say_what_to_do() {
+    let _turn = support::shared();
     let mut fx = Fixture::start("");
     // uid nobody may not be able to enter the checkout: run the staged copy.
     let mut cmd = Command::new(staged("otpctl"));

@@ -4,7 +4,7 @@
 //! through NSS, so it runs in a private mount namespace over a temp
 //! /etc/passwd whose users live in the fixture's dir (the host's files and
 //! users are never touched).
-mod support;
+use crate::support;
 use e2e::{PAM_AUTH_ERR, PAM_SUCCESS};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -106,6 +106,7 @@ fn chown_to(path: &Path, owner: u32) {
 
 #[test]
 fn google_authenticator_files_import_once_with_their_secret_last_step_and_scratch_codes() {
+    let _turn = support::shared();
     let fx = Fixture::start("[lockout]\nmax_failures = 100\n");
     let acc = Accounts::new(&fx);
     // ga1: used under pam_google_authenticator first (as root's file: the
@@ -230,6 +231,7 @@ fn google_authenticator_files_import_once_with_their_secret_last_step_and_scratc
 /// 700 files are one admin request over 64 KiB, imported in one transaction.
 #[test]
 fn many_files_are_one_request_and_one_transaction() {
+    let _turn = support::shared();
     let fx = Fixture::start("");
     let etc = fx.path("etc");
     std::fs::create_dir_all(&etc).unwrap();

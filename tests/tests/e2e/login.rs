@@ -1,10 +1,11 @@
 //! End to end: built pam_otp.so → real libpam (pam_wrapper) → real otpd → SQLite.
-mod support;
+use crate::support;
 use e2e::{PAM_AUTH_ERR, PAM_MAXTRIES, PAM_SUCCESS};
 use support::*;
 
 #[test]
 fn enrollment_shows_qr_then_first_code_activates() {
+    let _turn = support::shared();
     let fx = Fixture::start("");
     fx.ctl_ok(&["user", "enable", "alice", "--method", "totp"]);
     assert_eq!(fx.show("alice")["user"]["activated"], false);
@@ -52,6 +53,7 @@ fn enrollment_shows_qr_then_first_code_activates() {
 
 #[test]
 fn qr_code_decodes_to_the_uri() {
+    let _turn = support::shared();
     let fx = Fixture::start("");
     fx.ctl_ok(&["user", "enable", "qr-user", "--method", "totp"]);
     let run = fx.login("qr-user", &["1"]);
@@ -92,6 +94,7 @@ fn qr_code_decodes_to_the_uri() {
 
 #[test]
 fn lockout_survives_restart_and_unlock_clears_it() {
+    let _turn = support::shared();
     let mut fx = Fixture::start("[lockout]\nmax_failures = 3\nlock_for = \"1h\"\n");
     let uri = fx.enroll_active("carol");
     assert_eq!(fx.login("carol", &["111111"]).code, PAM_AUTH_ERR);
@@ -114,6 +117,7 @@ fn lockout_survives_restart_and_unlock_clears_it() {
 
 #[test]
 fn disable_ignores_reset_and_reenable_give_new_secrets() {
+    let _turn = support::shared();
     let fx = Fixture::start("");
     fx.write_service("otp-require", "require");
     // Never enabled: IGNORE, or a denial with `require`.
@@ -151,6 +155,7 @@ fn disable_ignores_reset_and_reenable_give_new_secrets() {
 
 #[test]
 fn daemon_down_fails_closed() {
+    let _turn = support::shared();
     let mut fx = Fixture::start("");
     fx.enroll_active("erin");
     fx.stop_daemon();
@@ -168,6 +173,7 @@ fn daemon_down_fails_closed() {
 
 #[test]
 fn socket_not_owned_by_root_is_refused() {
+    let _turn = support::shared();
     let fx = Fixture::start("");
     fx.ctl_ok(&["user", "enable", "frank", "--method", "totp"]);
     std::os::unix::fs::chown(fx.pam_socket(), Some(65534), None).unwrap();
@@ -178,6 +184,7 @@ fn socket_not_owned_by_root_is_refused() {
 
 #[test]
 fn socket_path_through_a_symlink_is_refused() {
+    let _turn = support::shared();
     let fx = Fixture::start("");
     fx.ctl_ok(&["user", "enable", "fred", "--method", "totp"]);
     // A path a user could plant: a symlink to the real socket.
@@ -196,6 +203,7 @@ fn socket_path_through_a_symlink_is_refused() {
 
 #[test]
 fn odd_answers_are_denied_and_audited() {
+    let _turn = support::shared();
     let fx = Fixture::start("[lockout]\nmax_failures = 100\n");
     let uri = fx.enroll_active("gina");
     let good = fx.code(&uri, 1);
@@ -229,6 +237,7 @@ fn odd_answers_are_denied_and_audited() {
 
 #[test]
 fn non_root_caller_can_only_authenticate_itself() {
+    let _turn = support::shared();
     let fx = Fixture::start("");
     // `nobody` exists in every passwd, so the daemon can record its uid.
     let uri = fx.enroll_active("nobody");
@@ -254,6 +263,7 @@ fn non_root_caller_can_only_authenticate_itself() {
 /// users and PAM_IGNORE for the others, a list of who uses OTP).
 #[test]
 fn a_non_root_caller_learns_nothing_about_other_users() {
+    let _turn = support::shared();
     let fx = Fixture::start("[lockout]\nmax_failures = 2\n");
     let uri = fx.enroll_active("nobody");
     fx.enroll_active("henry");
@@ -297,6 +307,7 @@ fn a_non_root_caller_learns_nothing_about_other_users() {
 /// that a phone can still scan; `qr=off`: no QR code, but the key and URI.
 #[test]
 fn qr_option_ascii_scans_and_off_keeps_key_and_uri() {
+    let _turn = support::shared();
     let fx = Fixture::start("");
     fx.write_service("otp-ascii", "qr=ascii");
     fx.write_service("otp-noqr", "qr=off");
@@ -344,6 +355,7 @@ fn qr_option_ascii_scans_and_off_keeps_key_and_uri() {
 
 #[test]
 fn pamtester_works_too() {
+    let _turn = support::shared();
     let fx = Fixture::start("");
     let uri = fx.enroll_active("ivy");
     let code = fx.code(&uri, 1);
@@ -402,6 +414,7 @@ fn login_capturing_syslog(fx: &Fixture, service: &str, user: &str, answers: &[&s
 
 #[test]
 fn daemon_down_with_fail_open_succeeds_and_logs_loudly() {
+    let _turn = support::shared();
     let mut fx = Fixture::start("");
     fx.write_service("otp-open", "fail=open");
     fx.enroll_active("olga");
@@ -422,6 +435,7 @@ fn daemon_down_with_fail_open_succeeds_and_logs_loudly() {
 /// otpd is traced with strace during logins of every kind.
 #[test]
 fn logins_make_no_user_lookups() {
+    let _turn = support::shared();
     let fx = Fixture::start_with_env(&[HOUSEKEEPING_LOG], "");
     // At start otpd looks up the accounts of users enabled without a uid
     // (nina and selfie below), in the background: not during the trace.

@@ -1,7 +1,7 @@
 //! What one local account can hold or create: conversations left at the
 //! passcode prompt through the real setuid `su`, sessions of other users,
 //! emergency requests.
-mod support;
+use crate::support;
 use e2e::PAM_SUCCESS;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -110,6 +110,7 @@ fn root_logs_in(fx: &Fixture, uri: &str) {
 
 #[test]
 fn su_left_at_the_prompt_is_capped_per_invoking_user_and_root_still_logs_in() {
+    let _turn = support::shared();
     // 40 su's would take every one of 32 connections without the caps.
     let fx = Fixture::start("max_connections = 32\ncaller_logins_per_minute = 1000\n");
     let uri = fx.enroll_active("root");
@@ -126,6 +127,7 @@ fn su_left_at_the_prompt_is_capped_per_invoking_user_and_root_still_logs_in() {
 
 #[test]
 fn callers_other_than_root_leave_the_reserve_to_root() {
+    let _turn = support::shared();
     let fx = Fixture::start(
         "max_connections = 32\nreserved_connections = 8\ncaller_logins_per_minute = 1000\n\
          caller_max_logins = 100\ntarget_max_logins = 100\n",
@@ -140,6 +142,7 @@ fn callers_other_than_root_leave_the_reserve_to_root() {
 
 #[test]
 fn su_conversations_per_target_user_are_capped() {
+    let _turn = support::shared();
     let fx = Fixture::start("caller_logins_per_minute = 1000\ncaller_max_logins = 100\ntarget_max_logins = 5\n");
     let uri = fx.enroll_active("root");
     let batch = SuBatch::start(&fx, 12);
@@ -157,6 +160,7 @@ fn su_conversations_per_target_user_are_capped() {
 /// does (check 27). Before, every run was audited, as fast as su starts.
 #[test]
 fn a_loop_of_su_that_ends_without_a_code_uses_the_invoking_users_rate() {
+    let _turn = support::shared();
     let mut fx = Fixture::start("");
     let dir = su_sandbox(&fx);
     let d = dir.path();
@@ -236,6 +240,7 @@ fn open_sessions(fx: &Fixture) -> Vec<String> {
 
 #[test]
 fn another_uid_cannot_close_a_users_session() {
+    let _turn = support::shared();
     let fx = Fixture::start("");
     fx.ctl_ok(&["user", "enable", "alice", "--method", "totp"]);
     fx.ctl_ok(&["user", "enable", "nobody", "--method", "totp"]);
@@ -260,6 +265,7 @@ fn another_uid_cannot_close_a_users_session() {
 
 #[test]
 fn pending_emergency_requests_are_capped_per_user_and_address_and_counted_truly() {
+    let _turn = support::shared();
     let mail = tempfile::tempdir().unwrap();
     let mut fx = Fixture::start(&format!(
         "[email]\ndirectory = \"none\"\n\
@@ -311,6 +317,7 @@ fn pending_emergency_requests_are_capped_per_user_and_address_and_counted_truly(
 
 #[test]
 fn the_shipped_unit_lets_otpd_see_who_ran_su() {
+    let _turn = support::shared();
     // Under hidepid (ProtectProc=invisible, noaccess or ptraceable) otpd,
     // which has no CAP_SYS_PTRACE, cannot read /proc/PID/status of a setuid
     // su started by another user, and could not tell who started it.
@@ -323,6 +330,7 @@ fn the_shipped_unit_lets_otpd_see_who_ran_su() {
 
 #[test]
 fn session_records_of_one_uid_are_rate_limited_apart_from_its_logins() {
+    let _turn = support::shared();
     let fx = Fixture::start("");
     fx.ctl_ok(&["user", "enable", "nobody", "--method", "totp"]);
     // uid nobody records 200 sessions of its own, as fast as it can.

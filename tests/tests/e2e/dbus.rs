@@ -1,6 +1,6 @@
 //! org.otpd.Admin1 on a private dbus-daemon started by the test (its own
 //! config and socket; the host's system bus is not used).
-mod support;
+use crate::support;
 use e2e::{PAM_MAXTRIES, PAM_SUCCESS};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -77,6 +77,7 @@ fn text(o: &Output) -> String {
 
 #[test]
 fn admin_interface_access_control_and_signals() {
+    let _turn = support::shared();
     let mut fx = Fixture::start("[lockout]\nmax_failures = 2\n");
     let mut bus = start_bus(fx.dir.path(), None);
     fx.stop_daemon();
@@ -147,6 +148,7 @@ fn admin_interface_access_control_and_signals() {
 
 #[test]
 fn shipped_bus_policy_is_valid_and_restrictive() {
+    let _turn = support::shared();
     // The policy file parses in a real dbus-daemon and lets nobody else call otpd.
     let dir = tempfile::tempdir().unwrap();
     use std::os::unix::fs::PermissionsExt;

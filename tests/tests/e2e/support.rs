@@ -49,6 +49,88 @@ pub fn staged(name: &str) -> PathBuf {
     path
 }
 
+/// Which tests may run at the same time as the one holding it: every test
+/// takes one first ([`shared`] or [`exclusive`]) and holds it to its end
+/// (a panic drops it too).
+#[must_use = "a turn lasts as long as it is held: `let _turn = ...;`"]
+pub struct Turn(());
+
+/// What [`shared`] tests count as: one area of their own.
+const SHARED: &str = "(shared)";
+
+struct Turns {
+    /// The area whose tests run now (`None`: nothing runs).
+    running: Option<&'static str>,
+    /// How many of its tests run now.
+    active: usize,
+    /// Tests waiting for their turn, in the order they asked: (ticket, area).
+    waiting: std::collections::VecDeque<(u64, &'static str)>,
+    next_ticket: u64,
+}
+
+static TURNS: std::sync::Mutex<Turns> = std::sync::Mutex::new(Turns {
+    running: None,
+    active: 0,
+    waiting: std::collections::VecDeque::new(),
+    next_ticket: 0,
+});
+static TURN_CHANGED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// A test that may run alongside any other shared test, of any area.
+pub fn shared() -> Turn {
+    Turn::take(SHARED)
+}
+
+/// A heavy test (a storm, a flood, a 64-way race, a fleet, lintian and
+/// apt): it runs only alongside tests of its own `area`, never alongside a
+/// test of another area or a shared one, as when every area was a test
+/// binary of its own and cargo ran one binary after another. Its load
+/// cannot make other tests late, nor theirs it.
+pub fn exclusive(area: &'static str) -> Turn {
+    assert_ne!(area, SHARED);
+    Turn::take(area)
+}
+
+impl Turn {
+    /// Waits for `area`'s turn. First come, first served: a test whose area
+    /// is running still waits behind one of another area that asked before
+    /// it, so no area waits for ever.
+    fn take(area: &'static str) -> Turn {
+        let lock = || TURNS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut turns = lock();
+        let ticket = turns.next_ticket;
+        turns.next_ticket += 1;
+        turns.waiting.push_back((ticket, area));
+        loop {
+            let first_of_its_area =
+                turns.waiting.iter().take_while(|(t, _)| *t != ticket).all(|(_, other)| *other == area);
+            if first_of_its_area && turns.running.is_none_or(|running| running == area) {
+                break;
+            }
+            turns = TURN_CHANGED.wait(turns).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        turns.waiting.retain(|(t, _)| *t != ticket);
+        turns.running = Some(area);
+        turns.active += 1;
+        drop(turns);
+        // Tests of the same area queued right behind this one may start too.
+        TURN_CHANGED.notify_all();
+        Turn(())
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut turns = TURNS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        turns.active -= 1;
+        if turns.active == 0 {
+            turns.running = None;
+        }
+        drop(turns);
+        TURN_CHANGED.notify_all();
+    }
+}
+
 pub struct Fixture {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,

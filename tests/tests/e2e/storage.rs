@@ -2,7 +2,7 @@
 //! became read-only — logins are denied with a clear log line, nothing is
 //! accepted without being recorded, and a refused code is not consumed:
 //! once storage is back it still works, exactly once.
-mod support;
+use crate::support;
 use e2e::{PAM_AUTH_ERR, PAM_SUCCESS};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,6 +46,7 @@ fn restart_on_small_tmpfs(fx: &mut Fixture) -> PathBuf {
 
 #[test]
 fn full_disk_denies_with_a_clear_log_line_and_consumes_nothing() {
+    let _turn = support::shared();
     let mut fx = Fixture::start("[lockout]\nmax_failures = 100\n");
     let uri = fx.enroll_active("dora");
     let state = restart_on_small_tmpfs(&mut fx);
@@ -108,6 +109,7 @@ fn target_tmp() -> &'static Path {
 
 #[test]
 fn database_turning_read_only_denies_and_consumes_nothing() {
+    let _turn = support::shared();
     let dir = tempfile::tempdir_in(target_tmp()).unwrap();
     let fx = Fixture::start_in(dir, &[], "[lockout]\nmax_failures = 100\n");
     let uri = fx.enroll_active("rory");
@@ -132,6 +134,7 @@ fn database_turning_read_only_denies_and_consumes_nothing() {
 
 #[test]
 fn a_read_only_database_at_start_is_refused() {
+    let _turn = support::shared();
     let dir = tempfile::tempdir_in(target_tmp()).unwrap();
     let mut fx = Fixture::start_in(dir, &[], "");
     fx.enroll_active("ruth");

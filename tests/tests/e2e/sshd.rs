@@ -3,7 +3,7 @@
 //! answering prompts through SSH_ASKPASS. sshd runs in a private mount
 //! namespace over temp copies of /etc/pam.d, /etc/passwd, /etc/shadow and
 //! /etc/group, where the test user exists; the host is not changed.
-mod support;
+use crate::support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -133,6 +133,7 @@ fn logged_in(r: &Run) -> bool {
 
 #[test]
 fn ssh_key_then_passcode() {
+    let _turn = support::shared();
     let mut fx = Fixture::start("[lockout]\nmax_failures = 100\n");
     let sshd = start_sshd(&fx);
     fx.ctl_ok(&["user", "enable", USER]);

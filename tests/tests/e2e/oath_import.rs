@@ -2,7 +2,7 @@
 //! (which rewrites it after each login) is imported with `otpctl import
 //! oath`; both its TOTP and its HOTP user then log in through pam_otp in the
 //! real libpam, and the code pam_oath accepted last is refused.
-mod support;
+use crate::support;
 use e2e::{PAM_AUTH_ERR, PAM_SUCCESS};
 use std::process::Command;
 use support::*;
@@ -46,6 +46,7 @@ fn counter(fx: &Fixture, user: &str) -> u64 {
 
 #[test]
 fn pam_oath_users_keep_their_tokens_after_import() {
+    let _turn = support::shared();
     let fx = Fixture::start("[lockout]\nmax_failures = 1000\n");
     fx.write_service("otp", "");
     let usersfile = fx.path("users.oath");

@@ -4,7 +4,7 @@
 //! no code accepted before the kill is accepted again, every accepted
 //! login is in the audit table, the failure counter and the email re-send
 //! limit did not reset, and `PRAGMA integrity_check` is ok.
-mod support;
+use crate::support;
 use common::client::Client;
 use common::proto::{AdminRequest, AdminResponse, Method};
 use e2e::PAM_SUCCESS;
@@ -78,6 +78,7 @@ fn integrity(fx: &Fixture) -> String {
 
 #[test]
 fn sigkill_during_a_login_storm_loses_nothing() {
+    let _turn = support::exclusive("crash");
     let maildir = std::env::temp_dir().join(format!("otpd-crash-mail-{}", std::process::id()));
     // Debug otpd holds each transaction 10 ms before COMMIT, so kills often
     // land between a decision and its commit.
@@ -104,6 +105,15 @@ fn sigkill_during_a_login_storm_loses_nothing() {
     let users = Arc::new(Mutex::new(users));
     let accepted: Accepted = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
+    // The storm ends with the test however it ends: after a panic below its
+    // threads would go on logging in while later tests run in this process.
+    struct EndStorm(Arc<AtomicBool>);
+    impl Drop for EndStorm {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let _end_storm = EndStorm(stop.clone());
     let services = fx.path("services").display().to_string();
     let storm: Vec<_> = (0..STORM_THREADS)
         .map(|t| {

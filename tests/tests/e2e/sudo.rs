@@ -2,7 +2,7 @@
 //! Runs in a private mount namespace over temp copies of /etc/pam.d,
 //! /etc/sudoers, /etc/passwd, /etc/shadow and /etc/group: the host's files
 //! are never changed, and the test user exists only inside the namespace.
-mod support;
+use crate::support;
 
 use support::*;
 
@@ -11,6 +11,7 @@ use support::SUDO_PASSWORD as PASSWORD;
 
 #[test]
 fn sudo_asks_password_then_passcode() {
+    let _turn = support::shared();
     let fx = Fixture::start("[lockout]\nmax_failures = 100\n");
     let sandbox = Sandbox::new(&fx);
     let uri = fx.enroll_active("otpsudo");
@@ -40,6 +41,7 @@ fn sudo_asks_password_then_passcode() {
 
 #[test]
 fn sudo_refuses_when_daemon_is_down() {
+    let _turn = support::shared();
     let mut fx = Fixture::start("");
     let sandbox = Sandbox::new(&fx);
     let uri = fx.enroll_active("otpsudo");
@@ -56,6 +58,7 @@ fn sudo_refuses_when_daemon_is_down() {
 /// from it, computes the code from that URI and types it.
 #[test]
 fn sudo_alone_enrolls_and_says_why_it_refuses() {
+    let _turn = support::shared();
     use std::io::Write;
     let mut fx = Fixture::start("[lockout]\nmax_failures = 100\n");
     let sandbox = Sandbox::new(&fx);

@@ -1,10 +1,11 @@
 //! otpctl and otpd command lines: exit codes and messages an admin relies on.
-mod support;
+use crate::support;
 use std::process::Command;
 use support::*;
 
 #[test]
 fn otpctl_exit_codes_and_messages() {
+    let _turn = support::shared();
     let mut fx = Fixture::start("");
     let out = fx.ctl(&["user", "show", "nobody-enrolled"]);
     assert_eq!(out.status.code(), Some(3));
@@ -43,6 +44,7 @@ fn otpctl_exit_codes_and_messages() {
 
 #[test]
 fn check_config_names_the_key_and_line() {
+    let _turn = support::shared();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("otpd.toml");
     std::fs::write(&cfg, "[totp]\ndigits = 6\nperoid = 30\n").unwrap();
@@ -65,6 +67,7 @@ fn check_config_names_the_key_and_line() {
 
 #[test]
 fn corrupt_database_or_readable_key_refuses_to_start() {
+    let _turn = support::shared();
     let mut fx = Fixture::start("");
     fx.ctl_ok(&["user", "enable", "tess"]);
     fx.stop_daemon();
@@ -89,6 +92,7 @@ fn corrupt_database_or_readable_key_refuses_to_start() {
 
 #[test]
 fn state_files_are_private() {
+    let _turn = support::shared();
     use std::os::unix::fs::MetadataExt;
     let fx = Fixture::start("");
     fx.ctl_ok(&["user", "enable", "uma"]);
@@ -119,6 +123,7 @@ fn state_files_are_private() {
 
 #[test]
 fn shipped_example_config_is_valid() {
+    let _turn = support::shared();
     let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/otpd.toml");
     let out = Command::new(build_dir().join("otpd")).args(["--check-config", "--config", cfg]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -126,6 +131,7 @@ fn shipped_example_config_is_valid() {
 
 #[test]
 fn tells_systemd_when_ready() {
+    let _turn = support::shared();
     // Type=notify: READY=1 arrives on NOTIFY_SOCKET once the sockets exist.
     use std::os::unix::net::UnixDatagram;
     let mut fx = Fixture::start("");
@@ -143,6 +149,7 @@ fn tells_systemd_when_ready() {
 
 #[test]
 fn user_list_larger_than_a_pam_frame_reaches_otpctl() {
+    let _turn = support::shared();
     let fx = Fixture::start("");
     let admin = fx.path("run/admin.sock");
     for i in 0..400 {

@@ -3,7 +3,7 @@
 //! PAM socket and a bundle issued by `otpctl host add`, and logins through
 //! the built pam_otp.so in the real libpam to an agent. Everything is started
 //! and stopped by the test; daemon logs are printed when a test fails.
-mod support;
+use crate::support;
 use e2e::pg::Cluster;
 use e2e::{PAM_AUTH_ERR, PAM_SUCCESS};
 use serde_json::Value;
@@ -380,11 +380,13 @@ fn enrolled_once_on_a_server_a_user_logs_in_on_every_host(backend: Backend) {
 
 #[test]
 fn enrolled_once_on_a_server_a_user_logs_in_on_every_host_postgres() {
+    let _turn = support::exclusive("fleet");
     enrolled_once_on_a_server_a_user_logs_in_on_every_host(Backend::Postgres);
 }
 
 #[test]
 fn enrolled_once_on_a_server_a_user_logs_in_on_every_host_sqlite() {
+    let _turn = support::exclusive("fleet");
     enrolled_once_on_a_server_a_user_logs_in_on_every_host(Backend::Sqlite);
 }
 
@@ -417,11 +419,13 @@ fn one_code_raced_over_three_hosts_is_accepted_once(backend: Backend) {
 
 #[test]
 fn one_code_raced_sixty_four_times_over_three_hosts_and_two_servers_is_accepted_once() {
+    let _turn = support::exclusive("fleet");
     one_code_raced_over_three_hosts_is_accepted_once(Backend::Postgres);
 }
 
 #[test]
 fn one_code_raced_sixty_four_times_over_three_hosts_on_sqlite_is_accepted_once() {
+    let _turn = support::exclusive("fleet");
     one_code_raced_over_three_hosts_is_accepted_once(Backend::Sqlite);
 }
 
@@ -429,6 +433,7 @@ fn one_code_raced_sixty_four_times_over_three_hosts_on_sqlite_is_accepted_once()
 
 #[test]
 fn an_emailed_code_works_only_on_its_host_and_the_hourly_rule_is_per_host() {
+    let _turn = support::exclusive("fleet");
     let f = Fleet::start_with(Backend::Postgres, true);
     f.servers[0].ctl_ok(&["user", "enable", "erin", "--method", "email", "--email", "erin@example.org"]);
     let asked = f.agents[0].login("erin", &[""]);
@@ -472,6 +477,7 @@ fn an_emailed_code_works_only_on_its_host_and_the_hourly_rule_is_per_host() {
 
 #[test]
 fn codes_queued_on_two_servers_are_each_mailed_once() {
+    let _turn = support::exclusive("fleet");
     const USERS: usize = 12;
     let mut f = Fleet::start_with(Backend::Postgres, true);
     for u in 0..USERS {
@@ -545,6 +551,7 @@ fn accepted_twice(attempts: &[Attempt]) -> Vec<(usize, i64)> {
 
 #[test]
 fn a_server_killed_during_a_storm_of_logins_fails_over_without_replays() {
+    let _turn = support::exclusive("fleet");
     const USERS: usize = 40;
     const THREADS: usize = 8;
     let mut f = Fleet::start(Backend::Postgres);
@@ -623,6 +630,7 @@ fn a_server_killed_during_a_storm_of_logins_fails_over_without_replays() {
 
 #[test]
 fn postgres_stopped_during_a_storm_refuses_logins_until_it_is_back_without_replays() {
+    let _turn = support::exclusive("fleet");
     const USERS: usize = 16;
     const THREADS: usize = 8;
     const PER_PHASE: usize = 24;
@@ -727,6 +735,7 @@ fn postgres_stopped_during_a_storm_refuses_logins_until_it_is_back_without_repla
 
 #[test]
 fn a_revoked_host_is_refused_at_once_and_the_code_still_works_elsewhere() {
+    let _turn = support::exclusive("fleet");
     let f = Fleet::start(Backend::Postgres);
     let uri = f.enroll("rob", 0);
     f.servers[0].ctl_ok(&["host", "revoke", "web03"]);
@@ -743,6 +752,7 @@ fn a_revoked_host_is_refused_at_once_and_the_code_still_works_elsewhere() {
 
 #[test]
 fn an_agent_without_a_usable_bundle_refuses_to_start_and_says_why() {
+    let _turn = support::exclusive("fleet");
     let f = Fleet::start(Backend::Sqlite);
     let good = std::fs::read(f.agents[0].path("state/host.bundle")).unwrap();
     type MakeBundle = Box<dyn Fn(&Path)>;
@@ -773,6 +783,7 @@ fn an_agent_without_a_usable_bundle_refuses_to_start_and_says_why() {
 
 #[test]
 fn a_bundle_of_another_ca_and_a_host_claiming_another_name_are_refused() {
+    let _turn = support::exclusive("fleet");
     let mut f = Fleet::start(Backend::Postgres);
     let uri = f.enroll("vic", 0);
     let code = f.code(&uri, 0);
@@ -846,6 +857,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 #[test]
 fn no_secret_code_key_or_database_is_ever_on_an_agent() {
+    let _turn = support::exclusive("fleet");
     let f = Fleet::start_with(Backend::Postgres, true);
     let uri = f.enroll("alice", 0);
     let mut s = f.agents[1].pamdrive("otp", "alice", &[f.code(&uri, 0).as_bytes()]);
@@ -891,6 +903,7 @@ fn no_secret_code_key_or_database_is_ever_on_an_agent() {
 
 #[test]
 fn sessions_and_audit_of_every_host_are_seen_on_any_server_and_remotely() {
+    let _turn = support::exclusive("fleet");
     let f = Fleet::start(Backend::Postgres);
     for (h, host) in HOSTS.iter().enumerate() {
         let user = format!("user{h}");
@@ -1018,6 +1031,7 @@ while True:
 /// them, and the audit names the caller.
 #[test]
 fn a_local_user_on_an_agent_host_can_act_only_for_its_own_account() {
+    let _turn = support::exclusive("fleet");
     const NOBODY: u32 = 65534;
     let f = Fleet::start_with(Backend::Sqlite, true);
     let admin = f.admin();
@@ -1083,6 +1097,7 @@ fn a_local_user_on_an_agent_host_can_act_only_for_its_own_account() {
 /// succeed while the first is still stopped.
 #[test]
 fn a_server_stopped_inside_a_transaction_holds_no_lock_for_long() {
+    let _turn = support::exclusive("fleet");
     let f = Fleet::start_with(Backend::Postgres, true);
     let uri = f.enroll("carol", 1);
     f.servers[0].ctl_ok(&["user", "enable", "erin", "--method", "email", "--email", "erin@example.org"]);
@@ -1161,6 +1176,7 @@ fn a_server_stopped_inside_a_transaction_holds_no_lock_for_long() {
 /// server's peak resident memory stays under 200 MB.
 #[test]
 fn concurrent_recovery_code_answers_keep_the_servers_memory_bounded() {
+    let _turn = support::exclusive("fleet");
     const N: usize = 250;
     const CLIENT: &str = r#"
 path, n = sys.argv[1], int(sys.argv[2])
@@ -1326,6 +1342,7 @@ fn connect_from(from: [u8; 4], port: u16) -> Option<std::net::TcpStream> {
 /// and so does a login through an agent started during the flood.
 #[test]
 fn idle_and_half_open_connections_from_many_addresses_do_not_keep_agents_out() {
+    let _turn = support::exclusive("fleet");
     let mut f = Fleet::start(Backend::Sqlite);
     let users: Vec<(String, String)> = (0..8)
         .map(|i| {
@@ -1437,6 +1454,7 @@ fn a_code_typed_after_its_host_was_revoked_is_not_accepted(backend: Backend) {
 /// mailed for the revoked host, and the conversation ends.
 #[test]
 fn an_emailed_code_asked_for_after_its_host_was_revoked_is_not_sent() {
+    let _turn = support::exclusive("fleet");
     let f = Fleet::start_with(Backend::Sqlite, true);
     f.servers[0].ctl_ok(&["user", "enable", "erin", "--method", "email", "--email", "erin@example.org"]);
     let out = answer_after(&f.agents[0], f.dir.path(), "erin", "", || {
@@ -1451,11 +1469,13 @@ fn an_emailed_code_asked_for_after_its_host_was_revoked_is_not_sent() {
 
 #[test]
 fn a_code_typed_after_its_host_was_revoked_is_not_accepted_postgres() {
+    let _turn = support::exclusive("fleet");
     a_code_typed_after_its_host_was_revoked_is_not_accepted(Backend::Postgres);
 }
 
 #[test]
 fn a_code_typed_after_its_host_was_revoked_is_not_accepted_sqlite() {
+    let _turn = support::exclusive("fleet");
     a_code_typed_after_its_host_was_revoked_is_not_accepted(Backend::Sqlite);
 }
 
@@ -1466,6 +1486,7 @@ fn a_code_typed_after_its_host_was_revoked_is_not_accepted_sqlite() {
 /// own address, are all refused and audited once.
 #[test]
 fn unknown_certificates_from_many_addresses_are_audited_once_a_minute() {
+    let _turn = support::exclusive("fleet");
     const N: usize = 300;
     const CLIENT: &str = r#"
 import re, ssl, tempfile
@@ -1547,6 +1568,7 @@ fn an_answer_is_not_decided_after_the_login_stopped_waiting(stop_at: &str) {
 /// Paused after it read the answer.
 #[test]
 fn an_answer_read_is_not_decided_after_the_login_stopped_waiting() {
+    let _turn = support::exclusive("fleet");
     an_answer_is_not_decided_after_the_login_stopped_waiting("-decision");
 }
 
@@ -1555,5 +1577,6 @@ fn an_answer_read_is_not_decided_after_the_login_stopped_waiting() {
 /// the link, and the server, resumed, reads it at once.
 #[test]
 fn an_answer_waiting_unread_is_not_decided_after_the_login_stopped_waiting() {
+    let _turn = support::exclusive("fleet");
     an_answer_is_not_decided_after_the_login_stopped_waiting("-prompt");
 }

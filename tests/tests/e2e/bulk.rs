@@ -1,7 +1,7 @@
 //! Bulk enrollment: `otpctl user enable --group GROUP` and `--from-file FILE`.
 //! nss_wrapper gives otpctl and otpd a passwd and group file of their own; the
 //! host's /etc is not touched.
-mod support;
+use crate::support;
 use std::process::{Command, Output};
 use support::*;
 
@@ -72,6 +72,7 @@ fn enabled_users(fx: &Fixture) -> Vec<String> {
 
 #[test]
 fn enable_group_enables_every_member_once_and_is_idempotent() {
+    let _turn = support::shared();
     let names = tempfile::tempdir().unwrap();
     let dir = Directory::new(names.path(), 1000, 5);
     let fx = Fixture::start_with_env(&dir.pairs(), "");
@@ -122,6 +123,7 @@ fn enable_group_enables_every_member_once_and_is_idempotent() {
 
 #[test]
 fn enable_from_file_ignores_comments_and_refuses_a_bad_file_whole() {
+    let _turn = support::shared();
     let names = tempfile::tempdir().unwrap();
     let dir = Directory::new(names.path(), 3, 0);
     let fx = Fixture::start_with_env(&dir.pairs(), "");
@@ -159,6 +161,7 @@ impl Directory {
 
 #[test]
 fn require_group_refuses_unenrolled_members_and_follows_refresh() {
+    let _turn = support::shared();
     let names = tempfile::tempdir().unwrap();
     // staff: m0, m1, m2 listed; p0 by primary group.
     let dir = Directory::new(names.path(), 3, 1);
@@ -215,6 +218,7 @@ fn require_group_refuses_unenrolled_members_and_follows_refresh() {
 
 #[test]
 fn group_refresh_without_require_group_is_refused() {
+    let _turn = support::shared();
     let fx = Fixture::start("");
     let out = fx.ctl(&["group", "refresh"]);
     assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
@@ -225,6 +229,7 @@ fn group_refresh_without_require_group_is_refused() {
 /// transaction that wrote it), and idempotent.
 #[test]
 fn enable_group_on_postgresql_is_one_transaction() {
+    let _turn = support::shared();
     let pg = e2e::pg::Cluster::start().unwrap_or_else(|e| panic!("PostgreSQL: {e}"));
     let names = tempfile::tempdir().unwrap();
     let dir = Directory::new(names.path(), 1000, 5);

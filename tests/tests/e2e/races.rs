@@ -1,7 +1,7 @@
 //! Races on one code: 64 logins at once, each a separate process (as sshd
 //! forks one per connection) loading the built pam_otp.so into the real
 //! libpam, released together from a FIFO barrier. Exactly one may succeed.
-mod support;
+use crate::support;
 use e2e::{PAM_AUTH_ERR, PAM_SUCCESS};
 use support::*;
 
@@ -19,6 +19,7 @@ fn audit_reasons(fx: &Fixture, user: &str) -> Vec<String> {
 
 #[test]
 fn sixty_four_parallel_logins_with_one_totp_code_exactly_one_succeeds() {
+    let _turn = support::exclusive("races");
     let fx = Fixture::start("[lockout]\nmax_failures = 1000\n");
     let uri = fx.enroll_active("tara");
     let code = fx.code(&uri, 0);
@@ -33,6 +34,7 @@ fn sixty_four_parallel_logins_with_one_totp_code_exactly_one_succeeds() {
 
 #[test]
 fn sixty_four_parallel_logins_with_one_emailed_code_exactly_one_succeeds() {
+    let _turn = support::exclusive("races");
     let maildir = std::env::temp_dir().join(format!("otpd-race-mail-{}", std::process::id()));
     let fx = Fixture::start(&format!(
         "[lockout]\nmax_failures = 1000\n[email]\ndirectory = \"none\"\n[smtp]\nurl = \"file:{}\"\n",
@@ -69,6 +71,7 @@ fn sixty_four_parallel_logins_with_one_emailed_code_exactly_one_succeeds() {
 
 #[test]
 fn after_a_backwards_clock_step_a_used_code_stays_used_and_a_new_one_works_once() {
+    let _turn = support::exclusive("races");
     let fx = Fixture::start("[lockout]\nmax_failures = 1000\n");
     // Activation used the previous step's code (step s-1).
     let uri = fx.enroll_active("cleo");

@@ -1,6 +1,6 @@
 //! Emailed codes end to end: built pam_otp.so → real libpam → real otpd →
 //! a real SMTP server (aiosmtpd) with STARTTLS and a CA made by the test.
-mod support;
+use crate::support;
 use e2e::{PAM_AUTH_ERR, PAM_SUCCESS};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -140,6 +140,7 @@ fn request(fx: &Fixture, user: &str, answers: &[&str]) -> Run {
 
 #[test]
 fn directory_auto_send_single_use_and_sessions() {
+    let _turn = support::shared();
     let env = env_with("", "");
     let fx = &env.fx;
     fx.ctl_ok(&["user", "enable", "bob", "--method", "email"]);
@@ -180,6 +181,7 @@ fn hostname() -> String {
 
 #[test]
 fn resend_same_code_new_code_interval_and_caps_survive_restart() {
+    let _turn = support::shared();
     let mut env = env_with("resends_per_hour = 2\n", "");
     env.fx.ctl_ok(&["user", "enable", "bob", "--method", "email"]);
     let first = request(&env.fx, "bob", &[""]);
@@ -228,6 +230,7 @@ fn resend_same_code_new_code_interval_and_caps_survive_restart() {
 
 #[test]
 fn expired_code_and_other_machine_are_refused() {
+    let _turn = support::shared();
     let mut env = env_with("code_ttl = \"30m\"\n", "machine_id = \"MACHINE_FILE\"\n");
     // The fixture writes machine_id literally; point it at a file we control.
     let cfg = std::fs::read_to_string(&env.fx.config)
@@ -261,6 +264,7 @@ fn expired_code_and_other_machine_are_refused() {
 
 #[test]
 fn typed_address_must_match_with_a_neutral_answer() {
+    let _turn = support::shared();
     let env = env_with("auto_send = \"none\"\n", "");
     env.fx.ctl_ok(&["user", "enable", "bob", "--method", "email"]);
     let wrong = request(&env.fx, "bob", &["", "eve@evil.test"]);
@@ -277,6 +281,7 @@ fn typed_address_must_match_with_a_neutral_answer() {
 
 #[test]
 fn internal_account_login_and_password() {
+    let _turn = support::shared();
     let env = env_with("auto_send = \"internal\"\n", "");
     env.fx.ctl_ok(&["user", "enable", "bob", "--method", "email"]);
     let mut set = Command::new(build_dir().join("otpctl"));
@@ -299,6 +304,7 @@ fn internal_account_login_and_password() {
 
 #[test]
 fn emergency_access_allow_list_approve_and_deny() {
+    let _turn = support::shared();
     // TOTP users reach emailed codes (and emergency access) with fallback = true.
     let env = env_with(
         "fallback = true\nemergency = { enabled = true, allow_domains = [\"corp.example\"], approval = \"admin\" }\n",
@@ -354,6 +360,7 @@ fn emergency_access_allow_list_approve_and_deny() {
 
 #[test]
 fn smtp_down_then_up_delivers_and_never_hangs_a_login() {
+    let _turn = support::shared();
     let mut env = env_with("", "");
     drop(env.smtp.take());
     env.fx.ctl_ok(&["user", "enable", "bob", "--method", "email"]);
@@ -378,6 +385,7 @@ fn smtp_down_then_up_delivers_and_never_hangs_a_login() {
 
 #[test]
 fn concurrent_requests_create_exactly_one_code() {
+    let _turn = support::shared();
     let env = env_with("resends_per_hour = 100\n", "");
     env.fx.ctl_ok(&["user", "enable", "bob", "--method", "email"]);
     let children: Vec<_> = (0..8)
@@ -398,6 +406,7 @@ fn concurrent_requests_create_exactly_one_code() {
 
 #[test]
 fn untrusted_smtp_certificate_is_refused() {
+    let _turn = support::shared();
     // Same server, but otpd is not told about the test CA: STARTTLS must fail
     // certificate verification and nothing may be sent in clear instead.
     let env = env_full("", "", false);
@@ -419,6 +428,7 @@ fn untrusted_smtp_certificate_is_refused() {
 
 #[test]
 fn no_address_global_cap_and_disabled_users() {
+    let _turn = support::shared();
     let env = env_with("fallback = true\nglobal_per_hour = 2\n", "");
     let fx = &env.fx;
     // A TOTP user with fallback but no address anywhere: told so, nothing sent.
@@ -446,6 +456,7 @@ fn no_address_global_cap_and_disabled_users() {
 
 #[test]
 fn per_address_hourly_cap_holds_across_users() {
+    let _turn = support::shared();
     let env = env_with("per_address_per_hour = 1\n", "");
     let fx = &env.fx;
     fx.ctl_ok(&["user", "enable", "bob", "--method", "email"]);
@@ -465,6 +476,7 @@ fn prompts(r: &Run) -> Vec<&str> {
 
 #[test]
 fn after_the_code_is_used_a_request_within_the_interval_says_why_and_asks_nothing() {
+    let _turn = support::shared();
     let env = env_with("fallback = true\n", "");
     let fx = &env.fx;
     fx.ctl_ok(&["user", "enable", "bob", "--method", "email"]);
@@ -503,6 +515,7 @@ fn after_the_code_is_used_a_request_within_the_interval_says_why_and_asks_nothin
 
 #[test]
 fn every_prompt_where_e_works_mentions_it() {
+    let _turn = support::shared();
     let env = env_with("", "");
     let fx = &env.fx;
     fx.ctl_ok(&["user", "enable", "bob", "--method", "email"]);
@@ -526,6 +539,7 @@ fn date_in(tz: &str, t: i64) -> String {
 
 #[test]
 fn times_on_screen_and_in_the_mail_are_in_the_hosts_time_zone() {
+    let _turn = support::shared();
     let mut env = env_with("", "");
     env.fx.stop_daemon();
     env.fx.env.push(("TZ".into(), "Europe/Berlin".into()));
@@ -549,6 +563,7 @@ fn times_on_screen_and_in_the_mail_are_in_the_hosts_time_zone() {
 
 #[test]
 fn masked_addresses_keep_first_and_last_character() {
+    let _turn = support::shared();
     let env = env_with("", "");
     let fx = &env.fx;
     fx.ctl_ok(&["user", "enable", "oliver", "--method", "email", "--email", "oliver@example.org"]);
@@ -562,6 +577,7 @@ fn masked_addresses_keep_first_and_last_character() {
 
 #[test]
 fn the_mail_names_a_terminal_only_when_there_is_one() {
+    let _turn = support::shared();
     let env = env_with("", "");
     let fx = &env.fx;
     fx.ctl_ok(&["user", "enable", "bob", "--method", "email"]);

@@ -1,5 +1,5 @@
 //! Hostile bytes on the daemon's sockets change nothing and stall nobody.
-mod support;
+use crate::support;
 use e2e::PAM_SUCCESS;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -36,6 +36,7 @@ fn outcome_of(reply: &[u8]) -> serde_json::Value {
 
 #[test]
 fn garbage_frames_change_nothing() {
+    let _turn = support::shared();
     let fx = Fixture::start("io_timeout = \"300ms\"\n");
     let uri = fx.enroll_active("paul");
     let before_user = fx.show("paul");
@@ -85,6 +86,7 @@ fn garbage_frames_change_nothing() {
 
 #[test]
 fn slow_and_half_frame_clients_do_not_stall_logins() {
+    let _turn = support::shared();
     let fx = Fixture::start("io_timeout = \"500ms\"\nmax_connections = 8\n");
     let uri = fx.enroll_active("quinn");
     // Hold every connection slot with clients that send half a frame or nothing.
@@ -116,6 +118,7 @@ fn slow_and_half_frame_clients_do_not_stall_logins() {
 
 #[test]
 fn random_frames_at_a_live_daemon_change_nothing() {
+    let _turn = support::shared();
     let fx = Fixture::start("io_timeout = \"300ms\"\n");
     let uri = fx.enroll_active("rafa");
     let before = fx.show("rafa");

@@ -3,7 +3,7 @@
 //! admin unlocks, a successful login (or reset, or enable) starts over, and
 //! Enter at the QR prompt is never a guess. Time moves with the daemon's
 //! debug clock, never by sleeping.
-mod support;
+use crate::support;
 use e2e::{PAM_AUTH_ERR, PAM_MAXTRIES, PAM_SUCCESS};
 use support::*;
 
@@ -55,6 +55,7 @@ fn user(fx: &Fixture, name: &str) -> serde_json::Value {
 
 #[test]
 fn lock_periods_double_then_only_an_admin_unlocks() {
+    let _turn = support::shared();
     let fx = Fixture::start("[lockout]\nmax_failures = 2\nlock_for = \"1m\"\nmax_lock_periods = 4\n");
     let mut clock = DaemonClock { fx: &fx, offset: 0 };
     let uri = enroll(&fx, &clock, "lee");
@@ -141,6 +142,7 @@ fn lock_periods_double_then_only_an_admin_unlocks() {
 
 #[test]
 fn a_success_between_locks_starts_over_and_the_user_is_told() {
+    let _turn = support::shared();
     let fx = Fixture::start("[lockout]\nmax_failures = 2\nlock_for = \"1m\"\n");
     let mut clock = DaemonClock { fx: &fx, offset: 0 };
     let uri = enroll(&fx, &clock, "mo");
@@ -169,6 +171,7 @@ fn a_success_between_locks_starts_over_and_the_user_is_told() {
 
 #[test]
 fn reset_and_enable_after_disable_clear_a_lock() {
+    let _turn = support::shared();
     let fx = Fixture::start("[lockout]\nmax_failures = 2\nlock_for = \"1h\"\n");
     let clock = DaemonClock { fx: &fx, offset: 0 };
     let uri = enroll(&fx, &clock, "rita");
@@ -209,6 +212,7 @@ fn reset_and_enable_after_disable_clear_a_lock() {
 
 #[test]
 fn enter_at_the_qr_prompt_is_never_a_failure() {
+    let _turn = support::shared();
     let fx = Fixture::start("[lockout]\nmax_failures = 3\n");
     fx.ctl_ok(&["user", "enable", "quinn", "--method", "totp"]);
     for _ in 0..10 {

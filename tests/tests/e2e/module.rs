@@ -1,10 +1,11 @@
 //! Properties of the built shared object itself.
-mod support;
+use crate::support;
 use std::process::Command;
 use support::*;
 
 #[test]
 fn exports_only_pam_entry_points() {
+    let _turn = support::shared();
     let out = Command::new("nm").args(["-D", "--defined-only"]).arg(module_path()).output().unwrap();
     assert!(out.status.success());
     let symbols: Vec<String> = String::from_utf8_lossy(&out.stdout)
@@ -18,6 +19,7 @@ fn exports_only_pam_entry_points() {
 
 #[test]
 fn module_has_no_async_runtime_or_threads() {
+    let _turn = support::shared();
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
     for krate in ["tokio", "async-std", "rayon"] {
         let out = Command::new(env!("CARGO"))
@@ -38,6 +40,7 @@ fn module_has_no_async_runtime_or_threads() {
 /// with fail=open — and must not take the calling program down.
 #[test]
 fn a_panic_inside_the_module_is_a_failure() {
+    let _turn = support::shared();
     const PAM_ABORT: i32 = 26;
     let fx = Fixture::start("");
     fx.write_service("panicky", "test_panic fail=open");
@@ -51,6 +54,7 @@ fn a_panic_inside_the_module_is_a_failure() {
 /// controls in su, sudo and screen lockers.
 #[test]
 fn module_reads_no_environment() {
+    let _turn = support::shared();
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let mut files: Vec<std::path::PathBuf> =
         std::fs::read_dir(format!("{root}/pam_otp/src")).unwrap().map(|e| e.unwrap().path()).collect();

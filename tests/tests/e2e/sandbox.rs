@@ -4,7 +4,7 @@
 //! from packaging/otpd.service) mails a code to a real SMTP server on
 //! localhost, as the default `smtp://localhost:25` relay needs. The same
 //! test with the old AF_UNIX-only line shows the mail would not leave.
-mod support;
+use crate::support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -75,6 +75,7 @@ fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 #[test]
 fn under_the_units_address_families_an_emailed_code_reaches_a_local_smtp_server() {
+    let _turn = support::shared();
     let unit = std::fs::read_to_string(UNIT).unwrap();
     let families: Vec<&str> = unit.lines().filter(|l| l.starts_with("RestrictAddressFamilies=")).collect();
     assert!(!families.is_empty(), "the unit restricts address families");
@@ -88,6 +89,7 @@ fn under_the_units_address_families_an_emailed_code_reaches_a_local_smtp_server(
 
 #[test]
 fn with_only_af_unix_the_mail_cannot_leave() {
+    let _turn = support::shared();
     // The unit as shipped before: proves the filter is real, so the test
     // above would fail against it.
     let dir = tempfile::tempdir().unwrap();

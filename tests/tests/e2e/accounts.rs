@@ -3,7 +3,7 @@
 //! and the first factor logs that account in. nss_wrapper gives the PAM
 //! process (and otpd, for `otpctl user enable`) a passwd file where two
 //! names share one uid; the host's /etc is not touched.
-mod support;
+use crate::support;
 use e2e::{PAM_AUTH_ERR, PAM_SUCCESS};
 use support::*;
 
@@ -49,6 +49,7 @@ impl Directory {
 
 #[test]
 fn every_name_of_an_enrolled_account_requires_its_code() {
+    let _turn = support::shared();
     let names = tempfile::tempdir().unwrap();
     let dir = Directory::new(names.path());
     let fx = Fixture::start_with_env(&dir.pairs(), "[lockout]\nmax_failures = 100\n");
@@ -101,6 +102,7 @@ fn every_name_of_an_enrolled_account_requires_its_code() {
 /// record to the account (at start and hourly), and then asked for the code.
 #[test]
 fn a_user_enabled_before_the_account_existed_is_not_skipped_by_a_screen_locker() {
+    let _turn = support::shared();
     let names = tempfile::tempdir().unwrap();
     let dir = Directory::new(names.path());
     let mut env = dir.pairs();

@@ -2,7 +2,7 @@
 //! non-root user opening hundreds, and a burst of garbage frames must not
 //! keep real logins (the built module, real libpam, the module's default
 //! 10 s timeout) from completing.
-mod support;
+use crate::support;
 use e2e::PAM_SUCCESS;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -94,6 +94,7 @@ fn enroll_many(fx: &Fixture, prefix: &str, n: usize) -> Vec<(String, String)> {
 
 #[test]
 fn idle_half_frame_and_garbage_floods_do_not_keep_logins_out() {
+    let _turn = support::exclusive("flood");
     raise_fd_limit(8192);
     // Hogs are not cut off while the logins run: they must get through anyway.
     let fx = Fixture::start("io_timeout = \"60s\"\n");
@@ -154,6 +155,7 @@ fn idle_half_frame_and_garbage_floods_do_not_keep_logins_out() {
 
 #[test]
 fn at_max_connections_the_oldest_silent_connection_makes_room() {
+    let _turn = support::exclusive("flood");
     raise_fd_limit(8192);
     let fx = Fixture::start("io_timeout = \"60s\"\nmax_connections = 64\n");
     let users = enroll_many(&fx, "room", 4);
@@ -237,6 +239,7 @@ print(sent, limited, other, flush=True)
 
 #[test]
 fn a_flood_of_made_up_names_from_one_uid_stays_small_on_disk_and_logins_work() {
+    let _turn = support::exclusive("flood");
     let fx = Fixture::start("");
     let users = enroll_many(&fx, "real", 4);
     let (db_before, log_before) = footprint(&fx);
@@ -316,6 +319,7 @@ fn a_flood_of_made_up_names_from_one_uid_stays_small_on_disk_and_logins_work() {
 
 #[test]
 fn audit_rows_older_than_the_retention_are_deleted_at_start() {
+    let _turn = support::exclusive("flood");
     let mut fx = Fixture::start_with_env(&[HOUSEKEEPING_LOG], "[audit]\nretention = \"30days\"\n");
     assert_eq!(fx.login("ghost-old", &[]).code, PAM_SUCCESS);
     fx.set_clock_offset(20 * 86400);

@@ -8,7 +8,7 @@
 //! the systemd branch of the scripts (against logging stand-ins for
 //! systemctl and deb-systemd-invoke) and a host without systemd-sysusers and
 //! systemd-tmpfiles (the groupadd / install -d fallback).
-mod support;
+use crate::support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -44,6 +44,7 @@ fn field(deb: &Path, name: &str) -> String {
 
 #[test]
 fn package_contents_control_and_checksums() {
+    let _turn = support::exclusive("package");
     let deb = deb();
     let list =
         String::from_utf8_lossy(&Command::new("dpkg-deb").arg("-c").arg(deb).output().unwrap().stdout).into_owned();
@@ -111,6 +112,7 @@ fn package_contents_control_and_checksums() {
 
 #[test]
 fn lintian_reports_no_errors_or_warnings() {
+    let _turn = support::exclusive("package");
     let deb = deb();
     let out =
         Command::new("lintian").args(["--fail-on", "error,warning", "--tag-display-limit", "0"]).arg(deb).output();
@@ -151,6 +153,7 @@ fn part(text: &str, name: &str) -> String {
 
 #[test]
 fn apt_install_remove_and_purge_on_a_host_without_systemd() {
+    let _turn = support::exclusive("package");
     let deb = deb();
     let work = tempfile::tempdir().unwrap();
     let multiarch = multiarch();
