@@ -880,7 +880,9 @@ async fn email_request(s: &mut impl Transport, sh: &Core, ctx: &LoginContext) ->
         tracing::error!("store error during an email request for {}: {e}", ctx.user);
         (Some("Emailed codes are unavailable right now.".to_string()), false)
     };
-    match no_code_allowed(sh, ctx).await {
+    // One time for the whole request, as the check and the code agree on it.
+    let now = sh.clock.now();
+    match no_code_allowed(sh, ctx, now).await {
         Ok(Some(text)) => return (Some(text), true),
         Ok(None) => {}
         Err(e) => return unavailable(e),
@@ -899,7 +901,7 @@ async fn email_request(s: &mut impl Transport, sh: &Core, ctx: &LoginContext) ->
         }
     };
     let password_ok = internal_login_ok(sh, ctx, mode, typed.as_ref()).await;
-    let (policy, ctx2, now) = (sh.policy.clone(), ctx.clone(), sh.clock.now());
+    let (policy, ctx2) = (sh.policy.clone(), ctx.clone());
     let result = sh.db.run(move |st| send_code(st, &policy, &ctx2, typed, password_ok, now)).await;
     match result {
         Ok(Ok(outcome)) => {
@@ -920,8 +922,12 @@ async fn email_request(s: &mut impl Transport, sh: &Core, ctx: &LoginContext) ->
 /// Decided before any address or login is asked, so the answer says
 /// nothing about what was typed (not a failed guess: nothing was guessed):
 /// the text when no emailed code can be used or sent now.
-async fn no_code_allowed(sh: &Core, ctx: &LoginContext) -> Result<Option<String>, crate::store::model::StoreError> {
-    let (p, c, now) = (sh.policy.clone(), ctx.clone(), sh.clock.now());
+async fn no_code_allowed(
+    sh: &Core,
+    ctx: &LoginContext,
+    now: i64,
+) -> Result<Option<String>, crate::store::model::StoreError> {
+    let (p, c) = (sh.policy.clone(), ctx.clone());
     let why = sh
         .db
         .run(move |st| {
