@@ -30,6 +30,7 @@ pub struct Config {
     pub smtp: SmtpConfig,
     pub audit: AuditConfig,
     pub fleet: FleetConfig,
+    pub web: WebConfig,
 }
 
 /// `role` (its definition is the protocol's: `status` reports it).
@@ -85,6 +86,66 @@ impl Default for FleetConfig {
             db_connections: 8,
             enroll_on_agents: true,
             host_logins_per_minute: 6000,
+        }
+    }
+}
+
+/// `[web]`: the web console. otpd reads the socket, group, PAM service and
+/// session lifetimes; otpweb reads the socket, listen addresses and its
+/// certificate.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// otpd opens its web socket only when this is true.
+    pub enabled: bool,
+    /// otpd's socket for otpweb (mode 0660, group `group`).
+    pub socket: PathBuf,
+    /// The group otpweb runs in: its members (and root) may connect to the
+    /// socket. They still act only through a console session otpd issued.
+    pub group: String,
+    /// The PAM service otpd checks console passwords with.
+    pub pam_service: String,
+    /// A console session unused this long ends.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// A console session ends this long after its login, used or not.
+    #[serde(with = "duration")]
+    pub session_lifetime: Duration,
+    /// Console logins (password checks) one browser address may start per minute.
+    pub logins_per_minute: u32,
+    /// Users may set their own emailed-code address on the self-service
+    /// page (within `[email.emergency] allow_domains` when that is set).
+    pub self_service_email: bool,
+    /// otpweb: HTTPS addresses ("host:port"). Default loopback only.
+    pub listen: Vec<String>,
+    /// otpweb: certificate chain and key (PEM). Unset: a self-signed
+    /// certificate is made at first start in `state_dir`.
+    pub certificate: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// otpweb: where the self-signed certificate is kept.
+    pub state_dir: PathBuf,
+    /// otpweb: the origin browsers reach the console at
+    /// ("https://otp.example.org"); requests that change something must
+    /// come from it. Default: https:// and the request's Host.
+    pub origin: Option<String>,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            enabled: false,
+            socket: crate::web::DEFAULT_WEB_SOCKET.into(),
+            group: "otpweb".into(),
+            pam_service: "otpweb".into(),
+            idle_timeout: Duration::from_secs(15 * 60),
+            session_lifetime: Duration::from_secs(8 * 3600),
+            logins_per_minute: 10,
+            self_service_email: false,
+            listen: vec!["127.0.0.1:8443".into()],
+            certificate: None,
+            key: None,
+            state_dir: "/var/lib/otpweb".into(),
+            origin: None,
         }
     }
 }
@@ -406,7 +467,39 @@ impl Config {
         self.validate_limits(path)?;
         self.validate_paths(path)?;
         self.validate_role(path)?;
-        self.validate_fleet(path)
+        self.validate_fleet(path)?;
+        self.validate_web(path)
+    }
+
+    /// `[web]`: lifetimes, addresses, the certificate pair, the origin.
+    fn validate_web(&self, path: &str) -> Result<(), ConfigError> {
+        let bad = rejecter(path);
+        let w = &self.web;
+        if w.idle_timeout < Duration::from_secs(60) || w.idle_timeout > w.session_lifetime {
+            return bad("web.idle_timeout", "must be at least 1m and no longer than web.session_lifetime".into());
+        }
+        if w.session_lifetime > Duration::from_secs(7 * 86400) {
+            return bad("web.session_lifetime", "must be at most 7 days".into());
+        }
+        if w.logins_per_minute == 0 {
+            return bad("web.logins_per_minute", "must be at least 1".into());
+        }
+        if let Some(s) = w.listen.iter().find(|s| split_host_port(s).is_none()) {
+            return bad("web.listen", format!("{s:?}: use host:port (or [v6]:port)"));
+        }
+        if w.certificate.is_some() != w.key.is_some() {
+            return bad("web.certificate", "set both web.certificate and web.key, or neither".into());
+        }
+        if let Some(o) = &w.origin {
+            let ok = o.strip_prefix("https://").is_some_and(|h| !h.is_empty() && !h.contains(['/', ' ', '?', '#']));
+            if !ok {
+                return bad("web.origin", format!("{o:?}: write it as https://host[:port], nothing after"));
+            }
+        }
+        if w.group.is_empty() || w.pam_service.is_empty() || w.pam_service.contains('/') {
+            return bad("web.group/pam_service", "must be non-empty names".into());
+        }
+        Ok(())
     }
 
     /// `[totp]` and `[hotp]`: code length, step, skew, look-ahead, issuer.

@@ -11,6 +11,7 @@ pub mod codec;
 pub mod config;
 pub mod proto;
 pub mod text;
+pub mod web;
 
 /// Where the daemon listens and reads its configuration unless told otherwise.
 pub const DEFAULT_CONFIG: &str = "/etc/otpd/otpd.toml";
