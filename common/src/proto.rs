@@ -177,7 +177,16 @@ pub enum AdminRequest {
     UserShow {
         user: String,
     },
-    UserList,
+    /// Every user, by name; or one page of them (`limit`), those whose
+    /// name or address contains `search`, after the name `after`.
+    UserList {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        search: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
     UserUnlock {
         user: String,
     },
@@ -206,6 +215,15 @@ pub enum AdminRequest {
         since: Option<i64>,
         #[serde(default)]
         limit: Option<u32>,
+        /// Only entries with this result ("accept", "deny", "lockout", ...).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<String>,
+        /// Unix seconds; entries before this time.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<i64>,
+        /// The next page: entries older than this id (newest first).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before_id: Option<i64>,
     },
     Status,
     /// Issues USER 10 new single-use recovery codes, replacing any old set.

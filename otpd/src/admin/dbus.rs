@@ -104,7 +104,7 @@ impl Admin1 {
         #[zbus(connection)] c: &Connection,
         #[zbus(header)] h: Header<'_>,
     ) -> fdo::Result<String> {
-        self.call(c, &h, AdminRequest::UserList).await
+        self.call(c, &h, AdminRequest::UserList { search: None, after: None, limit: None }).await
     }
     async fn user_unlock(
         &self,
@@ -128,6 +128,9 @@ impl Admin1 {
             host: None,
             since: (since > 0).then_some(since),
             limit: (limit > 0).then_some(limit),
+            result: None,
+            until: None,
+            before_id: None,
         };
         self.call(c, &h, req).await
     }

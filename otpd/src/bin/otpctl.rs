@@ -209,7 +209,7 @@ fn user_cmd(args: &Args, cmd: &UserCmd) -> Result<(), (u8, String)> {
         UserCmd::Disable { user } => (AdminRequest::UserDisable { user: user.clone() }, false),
         UserCmd::Reset { user, print_uri } => (AdminRequest::UserReset { user: user.clone() }, *print_uri),
         UserCmd::Show { user } => (AdminRequest::UserShow { user: user.clone() }, false),
-        UserCmd::List => (AdminRequest::UserList, false),
+        UserCmd::List => (AdminRequest::UserList { search: None, after: None, limit: None }, false),
         UserCmd::Unlock { user } => (AdminRequest::UserUnlock { user: user.clone() }, false),
         UserCmd::Resync { user, code1, code2 } => {
             (AdminRequest::UserResync { user: user.clone(), code1: code1.clone(), code2: code2.clone() }, false)
@@ -255,7 +255,19 @@ fn audit_cmd(
     limit: u32,
 ) -> Result<(), (u8, String)> {
     let since = since.map(parse_since).transpose().map_err(|e| (2, e))?;
-    send(args, &AdminRequest::Audit { user: user.clone(), host: host.clone(), since, limit: Some(limit) }, false)
+    send(
+        args,
+        &AdminRequest::Audit {
+            user: user.clone(),
+            host: host.clone(),
+            since,
+            limit: Some(limit),
+            result: None,
+            until: None,
+            before_id: None,
+        },
+        false,
+    )
 }
 
 /// `otpctl import …`.

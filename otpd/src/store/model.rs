@@ -336,6 +336,34 @@ impl AuditResult {
     }
 }
 
+/// `text` in lower case for `LIKE '%' || x || '%' ESCAPE '\'`: its own
+/// `%`, `_` and `\` match only themselves.
+pub fn like_pattern(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// What an audit page asks: every filter optional, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub user: Option<String>,
+    pub machine: Option<String>,
+    pub result: Option<String>,
+    /// Unix seconds: at or after.
+    pub since: Option<i64>,
+    /// Unix seconds: before.
+    pub until: Option<i64>,
+    /// The page after one that ended at this id.
+    pub before_id: Option<i64>,
+    pub limit: u32,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counts {
     pub users_total: u64,
@@ -415,6 +443,14 @@ pub trait Store: PlanReads {
     /// for exactly one caller per counter value, whatever the interleaving.
     fn consume_counter(&mut self, user: &str, matched: i64) -> Result<bool, StoreError>;
     fn users(&mut self) -> Result<Vec<UserRecord>, StoreError>;
+    /// At most `limit` users by name, after `after`, whose name or address
+    /// contains `search` (any case).
+    fn users_page(
+        &mut self,
+        search: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<UserRecord>, StoreError>;
     /// Replaces `user`'s recovery codes with `hashes` (all under `salt`;
     /// none: the user has no codes any more).
     fn set_recovery_codes(&mut self, user: &str, salt: &[u8], hashes: &[Vec<u8>]) -> Result<(), StoreError>;
@@ -439,7 +475,18 @@ pub trait Store: PlanReads {
         machine: Option<&str>,
         since: Option<i64>,
         limit: u32,
-    ) -> Result<Vec<AuditEntry>, StoreError>;
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let q = AuditQuery {
+            user: user.map(String::from),
+            machine: machine.map(String::from),
+            since,
+            limit,
+            ..Default::default()
+        };
+        self.audit_page(&q)
+    }
+    /// Newest first, one page of what `q` asks.
+    fn audit_page(&mut self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
     fn counts(&mut self, now: i64) -> Result<Counts, StoreError>;
     fn schema_version(&mut self) -> Result<i64, StoreError>;
 

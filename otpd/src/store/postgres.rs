@@ -6,8 +6,8 @@
 //! job per transaction; the concurrency contract is in [`crate::store::model`].
 //! The statements are in [`crate::store::sql`], beside SQLite's.
 use crate::store::model::{
-    AuditMethod, Counts, EmailCode, EmergencyRequest, HostRecord, HostRole, MailCount, MailStats, NewAudit, PlanReads,
-    QueuedMail, RequestCount, SessionRecord, Store, StoreError, UserRecord,
+    AuditMethod, AuditQuery, Counts, EmailCode, EmergencyRequest, HostRecord, HostRole, MailCount, MailStats, NewAudit,
+    PlanReads, QueuedMail, RequestCount, SessionRecord, Store, StoreError, UserRecord,
 };
 use crate::store::sql;
 use common::proto::{AuditEntry, RequestStatus};
@@ -458,6 +458,17 @@ impl Store for PgStore {
         all(rows, user_from_row)
     }
 
+    fn users_page(
+        &mut self,
+        search: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<UserRecord>, StoreError> {
+        let pattern = search.map(crate::store::model::like_pattern);
+        let rows = self.query(sql::USERS_PAGE.postgres, &[&pattern, &after, &i64::from(limit)])?;
+        all(rows, user_from_row)
+    }
+
     fn set_recovery_codes(&mut self, user: &str, salt: &[u8], hashes: &[Vec<u8>]) -> Result<(), StoreError> {
         self.execute(sql::DELETE_RECOVERY_CODES.postgres, &[&user])?;
         for h in hashes {
@@ -515,14 +526,11 @@ impl Store for PgStore {
         Ok(n + sessions)
     }
 
-    fn audit(
-        &mut self,
-        user: Option<&str>,
-        machine: Option<&str>,
-        since: Option<i64>,
-        limit: u32,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows = self.query(sql::AUDIT.postgres, &[&user, &machine, &since, &i64::from(limit)])?;
+    fn audit_page(&mut self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        let limit = i64::from(q.limit);
+        let args: [&(dyn postgres::types::ToSql + Sync); 7] =
+            [&q.user, &q.machine, &q.since, &limit, &q.result, &q.until, &q.before_id];
+        let rows = self.query(sql::AUDIT.postgres, &args)?;
         rows.iter()
             .map(|r| {
                 Ok(AuditEntry {

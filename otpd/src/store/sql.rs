@@ -216,6 +216,20 @@ pub const CONSUME_STEP: Sql =
 /// By name in byte order (see [`USER_BY_UID`]).
 pub const USERS: Sql =
     pair!(sqlite: "SELECT * FROM users ORDER BY name", postgres: r#"SELECT * FROM users ORDER BY name COLLATE "C""#);
+/// One page of users by name: those whose name or address contains $1
+/// (lower case, `%` and `_` escaped with `\`), after the name $2.
+pub const USERS_PAGE: Sql = pair!(
+    sqlite: r#"SELECT * FROM users
+       WHERE (CAST($1 AS TEXT) IS NULL OR lower(name) LIKE '%' || $1 || '%' ESCAPE '\'
+              OR lower(coalesce(email, '')) LIKE '%' || $1 || '%' ESCAPE '\')
+         AND (CAST($2 AS TEXT) IS NULL OR name > $2)
+       ORDER BY name LIMIT $3"#,
+    postgres: r#"SELECT * FROM users
+       WHERE (CAST($1 AS TEXT) IS NULL OR lower(name) LIKE '%' || $1 || '%' ESCAPE '\'
+              OR lower(coalesce(email, '')) LIKE '%' || $1 || '%' ESCAPE '\')
+         AND (CAST($2 AS TEXT) IS NULL OR name COLLATE "C" > $2)
+       ORDER BY name COLLATE "C" LIMIT $3"#,
+);
 
 // Recovery codes and group members.
 
@@ -247,10 +261,13 @@ pub const PRUNE_SESSIONS: Sql = same!(
        (SELECT id FROM sessions WHERE coalesce(closed_at, opened_at) < $1 LIMIT $2)"
 );
 /// Filters that are NULL filter nothing.
+/// Newest first; every filter optional: user, host, since, the page size,
+/// result, until, and the page's end (entries older than an id).
 pub const AUDIT: Sql = same!(
     r#"SELECT id, time, "user", service, rhost, tty, machine, method, result, reason FROM audit
        WHERE (CAST($1 AS TEXT) IS NULL OR "user" = $1) AND (CAST($2 AS TEXT) IS NULL OR machine = $2)
-         AND (CAST($3 AS BIGINT) IS NULL OR time >= $3)
+         AND (CAST($3 AS BIGINT) IS NULL OR time >= $3) AND (CAST($5 AS TEXT) IS NULL OR result = $5)
+         AND (CAST($6 AS BIGINT) IS NULL OR time < $6) AND (CAST($7 AS BIGINT) IS NULL OR id < $7)
        ORDER BY id DESC LIMIT $4"#
 );
 pub const COUNT_USERS: Sql = same!(

@@ -281,6 +281,18 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn users_page(
+        &mut self,
+        search: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<UserRecord>, StoreError> {
+        let pattern = search.map(crate::store::model::like_pattern);
+        let mut st = self.conn.prepare_cached(sql::USERS_PAGE.sqlite)?;
+        let rows = st.query_map(params![pattern, after, limit], user_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn set_recovery_codes(&mut self, user: &str, salt: &[u8], hashes: &[Vec<u8>]) -> Result<(), StoreError> {
         self.change(sql::DELETE_RECOVERY_CODES, [user])?;
         let mut st = self.conn.prepare_cached(sql::INSERT_RECOVERY_CODE.sqlite)?;
@@ -338,15 +350,10 @@ impl Store for SqliteStore {
         Ok((n + sessions) as u64)
     }
 
-    fn audit(
-        &mut self,
-        user: Option<&str>,
-        machine: Option<&str>,
-        since: Option<i64>,
-        limit: u32,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
+    fn audit_page(&mut self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
         let mut st = self.conn.prepare_cached(sql::AUDIT.sqlite)?;
-        let rows = st.query_map(params![user, machine, since, limit], |r| {
+        let args = params![q.user, q.machine, q.since, q.limit, q.result, q.until, q.before_id];
+        let rows = st.query_map(args, |r| {
             Ok(AuditEntry {
                 id: r.get(0)?,
                 time: r.get(1)?,

@@ -2,6 +2,7 @@
 use crate::admin::ops::shared::By;
 use crate::admin::ops::{audit, bulk, credentials, groups, hosts, imports, requests, sessions, status, users};
 use crate::core::service::Core;
+use crate::store::model::AuditQuery;
 use common::proto::{AdminRequest as R, AdminResponse};
 
 pub async fn handle(req: R, by: &By, core: &Core) -> AdminResponse {
@@ -12,11 +13,14 @@ pub async fn handle(req: R, by: &By, core: &Core) -> AdminResponse {
         R::GroupRefresh => groups::refresh(core).await,
         R::UserReset { user } => users::reset(core, by, user).await,
         R::UserShow { user } => users::show(core, user).await,
-        R::UserList => users::list(core).await,
+        R::UserList { search, after, limit } => users::list(core, search, after, limit).await,
         R::UserUnlock { user } => users::unlock(core, by, user).await,
         R::UserResync { user, code1, code2 } => credentials::resync(core, by, user, code1, code2).await,
         R::ImportOath { content, dry_run } => imports::oath(core, by, content, dry_run).await,
-        R::Audit { user, host, since, limit } => audit::audit(core, user, host, since, limit).await,
+        R::Audit { user, host, since, limit, result, until, before_id } => {
+            let q = AuditQuery { user, machine: host, result, since, until, before_id, limit: 0 };
+            audit::audit(core, q, limit).await
+        }
         R::Status => status::status(core).await,
         R::UserRecoveryCodes { user } => credentials::recovery_codes(core, by, user).await,
         R::ImportTotp { accounts, dry_run } => imports::google_authenticator(core, by, accounts, dry_run).await,
@@ -56,7 +60,9 @@ mod tests {
         assert_eq!(done(ask(passwd).await), "password for ut-ada's internal account set");
         let resync = R::UserResync { user: user(), code1: "000000".into(), code2: "000001".into() };
         assert!(refusal(ask(resync).await).1.starts_with("ut-ada uses totp codes; resync is for HOTP tokens"));
-        assert!(matches!(ask(R::UserList).await, AdminResponse::Users { users } if users.len() == 1));
+        assert!(
+            matches!(ask(R::UserList { search: None, after: None, limit: None }).await, AdminResponse::Users { users } if users.len() == 1)
+        );
         assert!(matches!(ask(R::UserDisable { user: user() }).await, AdminResponse::User { user } if !user.enabled));
         let many = R::UserEnableMany { users: Vec::new(), source: "file f".into() };
         assert_eq!(refusal(ask(many).await).1, "no users given: nothing to enable");
@@ -65,7 +71,15 @@ mod tests {
         assert_eq!(done(ask(oath).await), "0 imported, 0 unchanged, 0 skipped (dry run: nothing was changed)");
         let totp = R::ImportTotp { accounts: Vec::new(), dry_run: true };
         assert!(matches!(ask(totp).await, AdminResponse::Imported { results } if results.is_empty()));
-        let audit = R::Audit { user: Some(user()), host: None, since: None, limit: Some(1) };
+        let audit = R::Audit {
+            user: Some(user()),
+            host: None,
+            since: None,
+            limit: Some(1),
+            result: None,
+            until: None,
+            before_id: None,
+        };
         let AdminResponse::Audit { entries } = ask(audit).await else { panic!("expected Audit") };
         assert_eq!(
             (entries[0].result.as_str(), entries[0].reason.as_str()),

@@ -174,11 +174,23 @@ pub async fn show(core: &Core, user: String) -> AdminResponse {
 }
 
 /// `user list`: every record, enabled or not.
-pub async fn list(core: &Core) -> AdminResponse {
+/// Every user by name; or, with a `limit` (at most 1000), one page of those
+/// whose name or address contains `search`, after the name `after`.
+pub async fn list(core: &Core, search: Option<String>, after: Option<String>, limit: Option<u32>) -> AdminResponse {
     let now = core.clock.now();
+    let search = search.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    if search.as_ref().is_some_and(|s| s.len() > 256) || after.as_ref().is_some_and(|a| a.len() > 256) {
+        return err(AdminErrorKind::InvalidInput, "search text too long (at most 256 bytes)");
+    }
     let r = core
         .db
-        .run(move |st| Ok(AdminResponse::Users { users: st.users()?.iter().map(|u| info(u, now)).collect() }))
+        .run(move |st| {
+            let users = match (limit, &search, &after) {
+                (None, None, None) => st.users()?,
+                _ => st.users_page(search.as_deref(), after.as_deref(), limit.unwrap_or(100).clamp(1, 1000))?,
+            };
+            Ok(AdminResponse::Users { users: users.iter().map(|u| info(u, now)).collect() })
+        })
         .await;
     finish(r)
 }
@@ -420,7 +432,7 @@ mod tests {
     #[tokio::test]
     async fn list_shows_every_record_enabled_or_not() {
         let core = core();
-        match list(&core).await {
+        match list(&core, None, None, None).await {
             AdminResponse::Users { users } => assert!(users.is_empty()),
             other => panic!("expected Users, got {other:?}"),
         }
@@ -428,12 +440,39 @@ mod tests {
         let mut bob = enrolled_user(&core, "ut-bob", None).await;
         bob.enabled = false;
         save(&core, bob.clone()).await;
-        match list(&core).await {
+        match list(&core, None, None, None).await {
             AdminResponse::Users { mut users } => {
                 users.sort_by(|a, b| a.name.cmp(&b.name));
                 assert_eq!(users, vec![info(&ada, T0), info(&bob, T0)]);
             }
             other => panic!("expected Users, got {other:?}"),
         }
+    }
+
+    /// The console's users page: a search in names and addresses (any case,
+    /// `%` and `_` only themselves), pages by name.
+    #[tokio::test]
+    async fn list_pages_and_searches() {
+        let core = core();
+        for name in ["ut-ada", "ut-bob", "ut-cy", "x_y", "xay"] {
+            let mut rec = enrolled_user(&core, name, None).await;
+            rec.email = Some(format!("{name}@Example.org"));
+            save(&core, rec).await;
+        }
+        let names = |r: AdminResponse| match r {
+            AdminResponse::Users { users } => users.into_iter().map(|u| u.name).collect::<Vec<_>>(),
+            other => panic!("expected Users, got {other:?}"),
+        };
+        let page = |after: Option<&str>| list(&core, None, after.map(String::from), Some(2));
+        assert_eq!(names(page(None).await), ["ut-ada", "ut-bob"]);
+        assert_eq!(names(page(Some("ut-bob")).await), ["ut-cy", "x_y"]);
+        assert_eq!(names(page(Some("x_y")).await), ["xay"]);
+        let search = |q: &str| list(&core, Some(q.into()), None, Some(50));
+        assert_eq!(names(search("UT-").await), ["ut-ada", "ut-bob", "ut-cy"]);
+        assert_eq!(names(search("_").await), ["x_y"]);
+        assert_eq!(names(search("example.ORG").await).len(), 5);
+        assert!(names(search("%").await).is_empty());
+        let long = list(&core, Some("a".repeat(300)), None, Some(5)).await;
+        assert!(matches!(long, AdminResponse::Error { kind: AdminErrorKind::InvalidInput, .. }));
     }
 }
