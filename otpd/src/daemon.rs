@@ -14,9 +14,13 @@ use std::sync::Arc;
 
 /// Where otpd keeps its secrets and sockets must be out of other users'
 /// reach before anything is created or read there (see [`crate::sys::trust`]).
-fn check_trusted_paths(d: &common::config::DaemonConfig) -> Result<(), StartError> {
+fn check_trusted_paths(config: &Config) -> Result<(), StartError> {
+    let d = &config.daemon;
     let local_database = Db::local_files(&d.database);
     let mut paths = vec![(&d.key_file, "state"), (&d.pam_socket, "socket"), (&d.admin_socket, "socket")];
+    if config.web.enabled {
+        paths.push((&config.web.socket, "socket"));
+    }
     if local_database.is_some() {
         paths.push((&d.database, "state"));
     }
@@ -193,7 +197,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         return crate::fleet::agent::run(config).await;
     }
     let d = &config.daemon;
-    check_trusted_paths(d)?;
+    check_trusted_paths(&config)?;
     let (crypto, created) = SecretBox::load_or_create(&d.key_file)?;
     if created {
         tracing::info!("created key file {}", d.key_file.display());
@@ -249,6 +253,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let admin = crate::sys::conn::Listener::new(admin)
         .map_err(|e| StartError::Socket { path: d.admin_socket.display().to_string(), why: e.to_string() })?;
     let admin_task = tokio::spawn(serve_admin(admin, shared.clone()));
+    let web_task = match config.web.enabled {
+        true => Some(start_web(&config, shared.clone())?),
+        false => None,
+    };
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| StartError::Socket { path: "signal".into(), why: e.to_string() })?;
@@ -263,6 +271,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         t.abort();
     }
     admin_task.abort();
+    if let Some(t) = web_task {
+        t.abort();
+        let _ = std::fs::remove_file(&config.web.socket);
+    }
     housekeeping.abort();
     for t in fleet_tasks {
         t.abort();
@@ -272,4 +284,20 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let _ = std::fs::remove_file(&d.pam_socket);
     let _ = std::fs::remove_file(&d.admin_socket);
     Ok(())
+}
+
+/// The web console's socket (`[web] enabled`): root and the `[web] group` may
+/// connect; they act only through sessions the door issues.
+fn start_web(config: &Config, core: Arc<Core>) -> Result<tokio::task::JoinHandle<()>, StartError> {
+    let w = &config.web;
+    let gid = nix::unistd::Group::from_name(&w.group).ok().flatten().map(|g| g.gid.as_raw());
+    if gid.is_none() {
+        tracing::warn!("web console: group {:?} does not exist; only root may use {}", w.group, w.socket.display());
+    }
+    let socket = bind(&w.socket, if gid.is_some() { 0o660 } else { 0o600 }, gid)?;
+    let listener = crate::sys::conn::Listener::new(socket)
+        .map_err(|e| StartError::Socket { path: w.socket.display().to_string(), why: e.to_string() })?;
+    tracing::info!("web console socket {} (PAM service {:?})", w.socket.display(), w.pam_service);
+    let door = Arc::new(crate::web::door::WebDoor::new(core, w));
+    Ok(tokio::spawn(door.serve(listener)))
 }

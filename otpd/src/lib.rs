@@ -24,6 +24,7 @@ pub mod notify;
 pub mod pam;
 pub mod store;
 pub mod sys;
+pub mod web;
 
 /// Locks `m`, taking it over from a thread that panicked while holding it
 /// (as each module's own copy of this helper did).

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use syn::visit::Visit;
 
 /// The doors: each depends on the core, never on another door.
-const DOORS: &[&str] = &["pam", "fleet::link", "fleet::agent", "admin::socket", "admin::dbus"];
+const DOORS: &[&str] = &["pam", "fleet::link", "fleet::agent", "admin::socket", "admin::dbus", "web"];
 /// The backends: named by nothing outside `store` (the choice is made
 /// once, in `store::db`).
 const BACKENDS: &[&str] = &["store::sqlite", "store::postgres", "store::pgfast", "store::schema", "store::sql"];

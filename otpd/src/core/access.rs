@@ -25,3 +25,19 @@ pub fn authorized(uid: u32, gid: u32, pid: Option<i32>, admin_gid: Option<u32>) 
 pub(crate) fn account_uid(user: &str) -> Option<u32> {
     nix::unistd::User::from_name(user).ok().flatten().map(|u| u.uid.as_raw())
 }
+
+/// Whether the account `user` administers this daemon, as the console asks
+/// at every request: root, or a member of the admin group (primary or
+/// supplementary) in the directory now.
+pub fn user_is_admin(user: &str, admin_gid: Option<u32>) -> bool {
+    let Ok(Some(account)) = nix::unistd::User::from_name(user) else { return false };
+    if account.uid.is_root() {
+        return true;
+    }
+    let Some(admin) = admin_gid else { return false };
+    if account.gid.as_raw() == admin {
+        return true;
+    }
+    let Ok(name) = std::ffi::CString::new(user) else { return false };
+    nix::unistd::getgrouplist(&name, account.gid).is_ok_and(|gs| gs.iter().any(|g| g.as_raw() == admin))
+}

@@ -47,10 +47,13 @@ pub fn real_uid(status: &str) -> Option<u32> {
 
 /// Token bucket per caller: `per_minute` conversations may start in a
 /// burst, and the bucket refills at `per_minute` a minute.
-pub struct RateLimiter {
+///
+/// Callers are uids unless told otherwise (the console counts browser
+/// addresses and user names).
+pub struct RateLimiter<K = u32> {
     per_minute: u32,
     started: Instant,
-    buckets: Mutex<HashMap<u32, Bucket>>,
+    buckets: Mutex<HashMap<K, Bucket>>,
 }
 
 #[derive(Clone, Copy)]
@@ -62,17 +65,17 @@ struct Bucket {
 /// Forgetting full buckets once there are this many keeps the map small.
 const MAX_BUCKETS: usize = 4096;
 
-impl RateLimiter {
-    pub fn new(per_minute: u32) -> RateLimiter {
+impl<K: std::hash::Hash + Eq> RateLimiter<K> {
+    pub fn new(per_minute: u32) -> RateLimiter<K> {
         RateLimiter { per_minute, started: Instant::now(), buckets: Mutex::new(HashMap::new()) }
     }
 
-    pub fn allow(&self, caller: u32) -> bool {
+    pub fn allow(&self, caller: K) -> bool {
         self.allow_at(caller, self.started.elapsed().as_millis() as u64)
     }
 
     /// `now_ms` is monotonic milliseconds.
-    pub fn allow_at(&self, caller: u32, now_ms: u64) -> bool {
+    pub fn allow_at(&self, caller: K, now_ms: u64) -> bool {
         let cap = f64::from(self.per_minute);
         let mut buckets = lock(&self.buckets);
         if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&caller) {

@@ -3,5 +3,6 @@
 pub mod clock;
 pub mod conn;
 pub mod hashing;
+pub mod pamauth;
 pub mod start;
 pub mod trust;

@@ -10,6 +10,7 @@ pub mod dispatch;
 pub mod groups;
 pub mod hosts;
 pub mod imports;
+pub mod own;
 pub mod requests;
 pub mod sessions;
 pub mod shared;

@@ -10,6 +10,12 @@ use common::proto::{AdminErrorKind, AdminResponse, UserInfo};
 pub enum By {
     Uid(u32),
     Remote(String),
+    /// A console session's user (an admin, or a user acting on their own
+    /// account) and the browser's address.
+    Web {
+        user: String,
+        addr: String,
+    },
 }
 
 impl By {
@@ -18,7 +24,24 @@ impl By {
     pub(crate) fn uid(&self) -> u32 {
         match self {
             By::Uid(u) => *u,
-            By::Remote(_) => 0,
+            By::Remote(_) | By::Web { .. } => 0,
+        }
+    }
+
+    /// The service an admin change is audited under: `web` for the
+    /// console, `otpctl` for the other doors.
+    pub(crate) fn service(&self) -> &'static str {
+        match self {
+            By::Web { .. } => "web",
+            _ => "otpctl",
+        }
+    }
+
+    /// The address the change came from, when a browser made it.
+    pub(crate) fn rhost(&self) -> Option<String> {
+        match self {
+            By::Web { addr, .. } => Some(addr.clone()),
+            _ => None,
         }
     }
 }
@@ -28,6 +51,7 @@ impl std::fmt::Display for By {
         match self {
             By::Uid(u) => write!(f, "uid {u}"),
             By::Remote(name) => write!(f, "admin credentials {name} (remote)"),
+            By::Web { user, addr } => write!(f, "{user} on the web console from {addr}"),
         }
     }
 }
@@ -93,8 +117,8 @@ pub(crate) fn admin_audit(
     let e = NewAudit {
         time: now,
         user: user.into(),
-        service: "otpctl".into(),
-        rhost: None,
+        service: by.service().into(),
+        rhost: by.rhost(),
         tty: None,
         machine: machine.into(),
         method: crate::store::model::AuditMethod::Admin,
