@@ -184,10 +184,12 @@ impl WebDoor {
             return error(WebErrorKind::RateLimited, "Too many login attempts for this account; wait a minute.");
         }
         let Ok(_slot) = self.pam_slots.acquire().await else { return error(WebErrorKind::Unavailable, "busy") };
-        let (service, name) = (self.pam_service.clone(), user.clone());
-        let ok = tokio::task::spawn_blocking(move || crate::sys::pamauth::check_password(&service, &name, &password))
-            .await
-            .unwrap_or(false);
+        let (service, name, rhost) = (self.pam_service.clone(), user.clone(), addr.clone());
+        let ok = tokio::task::spawn_blocking(move || {
+            crate::sys::pamauth::check_password(&service, &name, &password, &rhost)
+        })
+        .await
+        .unwrap_or(false);
         if !ok {
             self.audit_web(&user, &addr, AuditResult::Deny, "console login: wrong user name or password").await;
             return error(WebErrorKind::BadLogin, BAD_LOGIN);

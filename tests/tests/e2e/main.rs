@@ -15,6 +15,7 @@ mod support;
 mod accounts;
 mod bulk;
 mod cli;
+mod console;
 mod crash;
 mod dbus;
 mod email;
