@@ -166,6 +166,13 @@ async fn host_refused(s: &mut impl Transport, sh: &Core, gate: &mut Gate<'_>) ->
 pub async fn run<T: Transport>(mut s: T, peer: &Peer, first: ClientMsg, sh: &Core, gate: Option<HostGate<'_>>) {
     let mut gate = Gate { pending: gate, ok: true };
     let Some(begin) = opening(&mut s, peer, first, sh, &mut gate).await else { return };
+    // otpd's own PAM check of a console password (`/etc/pam.d/otpweb`
+    // includes common-auth, which may hold pam_otp): the second factor
+    // follows in otpd's web door, so pam_otp ignores itself here. Only this
+    // process has this pid on a local socket.
+    if peer.remote_caller.is_none() && peer.pid == Some(std::process::id() as i32) {
+        return outcome(&mut s, sh, OutcomeKind::NotEnrolled, None).await;
+    }
     let mut ctx = login_context(&begin, peer);
     // Checked before anything is written: a refused attempt costs no row.
     // The ticket is held until this conversation ends.
@@ -1322,6 +1329,29 @@ mod tests {
                 ],
                 Some(true),
             );
+        });
+    }
+
+    /// pam_otp inside otpd's own console password check (common-auth may
+    /// hold it) is told "not enrolled" (PAM_IGNORE): the second factor is
+    /// the web door's. Any other pid is asked as always.
+    #[test]
+    fn otpds_own_password_check_is_ignored_by_pam_otp() {
+        with_runtime(|| {
+            let sh = shared(Db::start(SqliteStore::in_memory().unwrap()));
+            enrolled(&sh);
+            let own = Peer::local(&sh, 0, Some(std::process::id() as i32));
+            let ignored = |m: &ServerMsg| matches!(m, ServerMsg::Outcome { result: OutcomeKind::NotEnrolled, .. });
+            run_script(&sh, &own, begin("alice"), vec![Step::Sends("not enrolled", ignored)]);
+            assert_eq!(audit_rows(&sh), vec![], "nothing audited: no login happened here");
+            let other = Peer::local(&sh, 0, Some(1));
+            let denied = |m: &ServerMsg| matches!(m, ServerMsg::Outcome { result: OutcomeKind::Deny, .. });
+            let steps = vec![
+                Step::Sends("a passcode prompt", is_prompt),
+                Step::Reads(ClientMsg::Cancel),
+                Step::Sends("a denial", denied),
+            ];
+            run_script(&sh, &other, begin("alice"), steps);
         });
     }
 
