@@ -177,7 +177,17 @@ pub enum AdminRequest {
     UserShow {
         user: String,
     },
-    UserList,
+    /// Users by name, a page at a time (all serde-default: `{"type":"user_list"}` is every user).
+    UserList {
+        /// Only names containing this text.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        search: Option<String>,
+        /// Only names after this one (the last name of the previous page).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
     UserUnlock {
         user: String,
     },
@@ -206,6 +216,15 @@ pub enum AdminRequest {
         since: Option<i64>,
         #[serde(default)]
         limit: Option<u32>,
+        /// Only entries with this result ("accept", "deny", ...).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<String>,
+        /// Unix seconds; only entries before this time.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<i64>,
+        /// Only entries with an id below this one (the next older page), newest first.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before_id: Option<i64>,
     },
     Status,
     /// Issues USER 10 new single-use recovery codes, replacing any old set.
