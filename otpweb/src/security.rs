@@ -9,8 +9,10 @@ use axum::response::Response;
 use subtle::ConstantTimeEq;
 
 /// No inline script or style anywhere: pages load /static files only.
+/// `connect-src 'self'` lets requests.js poll /requests/live (with
+/// `default-src 'none'` alone the browser blocks that fetch).
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-                       form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+                       connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// The console session's token (set by otpd at a login).
 pub const SESSION_COOKIE: &str = "__Host-otpweb";
@@ -46,6 +48,11 @@ pub async fn headers_layer(request: Request, next: Next) -> Response {
 /// Host the browser asked for). A browser always sends Origin on a POST;
 /// none, or another, is a cross-site request (or not a browser) and is
 /// refused before anything reaches otpd.
+///
+/// One exception, made by our own `Referrer-Policy: no-referrer`: under it
+/// Chromium sends `Origin: null` even on a same-origin form post. Such a
+/// request passes only with `Sec-Fetch-Site: same-origin`, which a browser
+/// sets itself (no page can) and only when the initiator is this origin.
 pub fn origin_allowed(method: &Method, headers: &HeaderMap, authority: Option<&str>, configured: Option<&str>) -> bool {
     if matches!(*method, Method::GET | Method::HEAD) {
         return true;
@@ -53,6 +60,9 @@ pub fn origin_allowed(method: &Method, headers: &HeaderMap, authority: Option<&s
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return false;
     };
+    if origin == "null" {
+        return headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"same-origin");
+    }
     let expected = match configured {
         Some(o) => o.to_string(),
         None => {
@@ -76,7 +86,14 @@ pub async fn origin_guard(State(policy): State<OriginPolicy>, request: Request, 
     if origin_allowed(request.method(), request.headers(), authority.as_deref(), policy.0.as_deref()) {
         return next.run(request).await;
     }
-    tracing::warn!(method = %request.method(), path = %request.uri().path(), "cross-site request refused");
+    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("-");
+    tracing::warn!(
+        method = %request.method(),
+        path = %request.uri().path(),
+        origin = header("origin"),
+        sec_fetch_site = header("sec-fetch-site"),
+        "cross-site request refused"
+    );
     crate::pages::cross_site_refused()
 }
 
@@ -141,8 +158,8 @@ mod tests {
         let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         assert_eq!(
             get("content-security-policy"),
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; \
-             frame-ancestors 'none'; base-uri 'none'"
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
         );
         assert_eq!(get("strict-transport-security"), "max-age=31536000");
         assert_eq!(get("x-content-type-options"), "nosniff");
@@ -168,6 +185,21 @@ mod tests {
         assert!(!origin_allowed(&post, &missing, None, None));
         let null = headers(&[("host", "otp.example.org"), ("origin", "null")]);
         assert!(!origin_allowed(&post, &null, None, None));
+        // "null" (our no-referrer policy) from this origin, as the browser vouches.
+        let ours = headers(&[("host", "otp.example.org"), ("origin", "null"), ("sec-fetch-site", "same-origin")]);
+        assert!(origin_allowed(&post, &ours, None, None));
+        for site in ["cross-site", "same-site", "none"] {
+            let mut h = headers(&[("host", "otp.example.org"), ("origin", "null")]);
+            h.insert("sec-fetch-site", HeaderValue::from_static(site));
+            assert!(!origin_allowed(&post, &h, None, None), "{site}");
+        }
+        // Sec-Fetch-Site never stands in for a real, different Origin.
+        let evil = headers(&[
+            ("host", "otp.example.org"),
+            ("origin", "https://evil.example"),
+            ("sec-fetch-site", "same-origin"),
+        ]);
+        assert!(!origin_allowed(&post, &evil, None, None));
         // HTTP/2: the host is the URI's authority.
         let h2 = headers(&[("origin", "https://otp.example.org")]);
         assert!(origin_allowed(&post, &h2, Some("otp.example.org"), None));

@@ -117,6 +117,9 @@ pub async fn start(State(app): State<AppState>, visitor: Visitor, Form(f): Form<
             StatusCode::UNAUTHORIZED => refuse(status, BAD_LOGIN, &user),
             _ => refuse(status, &message, &user),
         },
+        Err(PageError { failure: Failure::Unreachable, .. }) => {
+            refuse(StatusCode::SERVICE_UNAVAILABLE, "Logins are not possible right now; try again in a moment.", &user)
+        }
         Err(e) => e.into_response(),
     }
 }

@@ -22,7 +22,7 @@ pub struct MePage {
     pub totp: bool,
     pub activated: &'static str,
     pub email: String,
-    pub recovery_codes_left: String,
+    pub recovery_codes_left: Option<u64>,
     pub may_set_email: bool,
     pub recent: Vec<AuditRow>,
 }
@@ -37,11 +37,7 @@ impl MePage {
             totp: user.as_ref().is_some_and(|u| u.enabled && u.method == Method::Totp),
             activated: truth(user.as_ref().is_some_and(|u| u.activated)),
             email: user.as_ref().and_then(|u| u.email.clone()).unwrap_or_default(),
-            recovery_codes_left: user
-                .as_ref()
-                .and_then(|u| u.recovery_codes_left)
-                .map(|n| n.to_string())
-                .unwrap_or_else(|| "none".into()),
+            recovery_codes_left: user.as_ref().and_then(|u| u.recovery_codes_left),
             may_set_email: o.may_set_email,
             recent: o.recent.into_iter().map(AuditRow::from).collect(),
         }
