@@ -35,6 +35,19 @@ pub struct AppState {
 
 /// Every route. Security headers wrap everything (refusals included); the
 /// Origin check runs before any handler, so a refused POST reaches no otpd.
+///
+/// What each sends to otpd (pages that show a session first send `whoami`;
+/// POSTs of a session compare the form's CSRF token with it first):
+/// - `/login` POST: `login_start`; `/login/answer`: `answer` (the flow
+///   cookie); `/login/cancel`: `cancel`; `/logout`: `logout`.
+/// - `/`: admin `status`; `/users`: `user_list` (GET) or `user_enable`
+///   (POST); `/users/{name}`: `user_show` + `audit`; `/users/{name}/{action}`:
+///   `user_enable|user_disable|user_reset|user_unlock|user_recovery_codes`.
+/// - `/requests`, `/requests/live`: `request_list`; `/requests/{id}/{approve|deny}`.
+/// - `/sessions`: `sessions`; `/audit`: `audit`; `/hosts`: `host_list` (GET)
+///   or `host_add` (POST, the bundle downloads); `/hosts/{name}/revoke`.
+/// - `/me`: own `overview`; `/me/recovery-codes`, `/me/reenroll` (then
+///   `/login/answer`), `/me/email`: own `recovery_codes|reenroll|set_email`.
 pub fn router(otpd: Otpd, origin: Option<String>) -> Router {
     Router::new()
         .route("/", get(dashboard::show))
@@ -58,6 +71,7 @@ pub fn router(otpd: Otpd, origin: Option<String>) -> Router {
         .route("/hosts/{name}/revoke", post(hosts::revoke))
         .route("/static/style.css", get(crate::assets::style))
         .route("/static/requests.js", get(crate::assets::script))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(OriginPolicy(origin), security::origin_guard))
@@ -305,4 +319,93 @@ impl AppState {
 /// An admin answer a page did not expect (otpd answered another question).
 pub fn unexpected(nav: &Nav) -> PageError {
     PageError::unexpected().with_nav(nav)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The router with no otpd behind it: what must hold before otpd is asked.
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    fn app() -> Router {
+        // No socket there: a request that reached otpd would get "unavailable".
+        router(Otpd::new("/nonexistent/otpweb-test.sock".into()), None)
+    }
+
+    async fn send(request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
+        let response = app().oneshot(request).await.unwrap_or_else(|e| match e {});
+        let (parts, body) = response.into_parts();
+        let body = axum::body::to_bytes(body, 1 << 20).await.map(|b| b.to_vec()).unwrap_or_default();
+        (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn post(path: &str, origin: Option<&str>, body: &str) -> Request<Body> {
+        let mut r = Request::post(path)
+            .header("host", "otp.example.org")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("cookie", "__Host-otpweb=SESSION");
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r.body(Body::from(body.to_string())).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn cross_site_posts_are_refused_before_otpd() {
+        for origin in [None, Some("https://evil.example"), Some("null")] {
+            for path in ["/login", "/users/bob/reset", "/logout", "/hosts", "/requests/1/approve"] {
+                let (status, headers, body) = send(post(path, origin, "csrf=x&user=a&password=b")).await;
+                assert_eq!(status, StatusCode::FORBIDDEN, "{path} from {origin:?}");
+                assert!(body.contains("cross-site request refused"), "{body}");
+                assert!(headers.contains_key("content-security-policy"));
+            }
+        }
+        // The same POST from the console's own origin does reach otpd (absent here).
+        let (status, _, _) = send(post("/users/bob/reset", Some("https://otp.example.org"), "csrf=x")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn pages_carry_the_headers_and_need_a_session() {
+        let get =
+            |path: &str| Request::get(path).header("host", "otp.example.org").body(Body::empty()).unwrap_or_default();
+        let (status, headers, body) = send(get("/login")).await;
+        assert_eq!(status, StatusCode::OK);
+        for h in ["content-security-policy", "strict-transport-security", "x-frame-options", "referrer-policy"] {
+            assert!(headers.contains_key(h), "{h}");
+        }
+        assert_eq!(headers.get("cache-control").map(|v| v.as_bytes()), Some(&b"no-store"[..]));
+        assert!(body.contains(r#"<html lang="en">"#) && body.contains(r#"<label for="password">"#));
+        assert!(!body.contains("style=") && !body.contains("<script>"), "nothing inline");
+        for path in ["/", "/users", "/audit", "/me", "/hosts"] {
+            let (status, headers, _) = send(get(path)).await;
+            assert_eq!(status, StatusCode::SEE_OTHER, "{path}");
+            assert_eq!(headers.get("location").map(|v| v.as_bytes()), Some(&b"/login"[..]));
+        }
+        let (status, headers, body) = send(get("/static/requests.js")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(headers.get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"text/javascript")));
+        assert!(!body.contains("innerHTML"), "rows are built with DOM methods and textContent");
+        let (status, headers, _) = send(get("/no/such/page")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(headers.contains_key("content-security-policy"));
+    }
+
+    #[tokio::test]
+    async fn large_bodies_are_refused() {
+        let big = format!("user=a&password={}", "x".repeat(BODY_LIMIT + 1));
+        let (status, _, _) = send(post("/login", Some("https://otp.example.org"), &big)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn the_live_list_answers_json_without_a_session() {
+        let r = Request::get("/requests/live").body(Body::empty()).unwrap_or_default();
+        let (status, headers, body) = send(r).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(headers.get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/json")));
+        assert!(body.contains("Your session has ended"));
+    }
 }
