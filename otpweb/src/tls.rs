@@ -130,7 +130,9 @@ pub fn certificate_names(listen: &[String], origin: Option<&str>) -> Vec<String>
         names.push(host.to_string());
     }
     let mut seen = std::collections::BTreeSet::new();
-    names.retain(|n| !n.is_empty() && n != "0.0.0.0" && n != "::" && seen.insert(n.clone()));
+    // A name a certificate cannot carry (not plain ASCII) is left out rather than fail the start.
+    let fits = |n: &str| n.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:_*".contains(&b));
+    names.retain(|n| !n.is_empty() && fits(n) && n != "0.0.0.0" && n != "::" && seen.insert(n.clone()));
     names
 }
 
