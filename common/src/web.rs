@@ -42,6 +42,10 @@ pub enum WebRequest {
         #[serde(default)]
         csrf: Option<String>,
         request: AdminRequest,
+        /// Asked by a page on its own (the live request list polling), not
+        /// by the person: the session's idle timer does not restart.
+        #[serde(default)]
+        passive: bool,
     },
     /// Self-service: what the session's user may do to their own account.
     Own {
@@ -102,6 +106,15 @@ pub enum WebResponse {
         flow: String,
         lines: Vec<FlowLine>,
         prompt: String,
+        /// Whether the answer may be shown as it is typed (an address, a
+        /// reason) or is a secret (a passcode).
+        echo: bool,
+        /// An empty answer asks for an emailed code.
+        #[serde(default)]
+        offers_email: bool,
+        /// `E` asks for emergency access.
+        #[serde(default)]
+        offers_emergency: bool,
         /// A pending enrollment: the `otpauth://` URI to draw as a QR code.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         enroll_uri: Option<String>,

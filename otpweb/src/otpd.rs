@@ -7,9 +7,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-/// otpd's slowest answer is a password check through PAM (with its fail
-/// delay) or a large audit page: well within this.
-pub const TIMEOUT: Duration = Duration::from_secs(10);
+/// otpd's slowest answer is a login round (a password through PAM with its
+/// fail delay, a recovery code's hash; otpd gives a round 30 s) or a large
+/// audit page: within this.
+pub const TIMEOUT: Duration = Duration::from_secs(40);
 
 #[derive(Debug, thiserror::Error)]
 pub enum OtpdError {

@@ -430,6 +430,14 @@ async fn show_plan(s: &mut impl Transport, sh: &Core, ctx: &LoginContext, plan: 
     }
 }
 
+/// What a prompt says when Enter asks for an emailed code, and when E asks
+/// for emergency access (the console shows them as buttons).
+pub const PROMPT_OFFERS_EMAIL: &str = "press Enter to get one by email";
+pub const PROMPT_OFFERS_EMERGENCY: &str = "type E for emergency access";
+const PROMPT_EMAIL_OR_EMERGENCY: &str = "Passcode (press Enter to get one by email, or type E for emergency access): ";
+const PROMPT_EMAIL: &str = "Passcode (press Enter to get one by email): ";
+const PROMPT_EMERGENCY: &str = "Passcode (or type E for emergency access): ";
+
 /// The prompts: a code decides (see [`finish`]); Enter asks for an emailed
 /// code, E for emergency access, a few times at most.
 async fn prompts<T: Transport>(
@@ -443,12 +451,12 @@ async fn prompts<T: Transport>(
 ) {
     let emergency = email && sh.policy.email.emergency.enabled;
     let first_prompt = match (email, emergency) {
-        (true, true) => "Passcode (press Enter to get one by email, or type E for emergency access): ",
-        (true, false) => "Passcode (press Enter to get one by email): ",
+        (true, true) => PROMPT_EMAIL_OR_EMERGENCY,
+        (true, false) => PROMPT_EMAIL,
         _ => "Passcode: ",
     };
     // E keeps working after a request, so every later prompt says so too.
-    let next_prompt = if emergency { "Passcode (or type E for emergency access): " } else { "Passcode: " };
+    let next_prompt = if emergency { PROMPT_EMERGENCY } else { "Passcode: " };
     let mut prompt_text = first_prompt;
     // A conversation may request a code and then enter it; it may not loop forever.
     for _ in 0..4 {
@@ -1353,6 +1361,15 @@ mod tests {
             ];
             run_script(&sh, &other, begin("alice"), steps);
         });
+    }
+
+    /// The console turns the prompts' offers into buttons by these words.
+    #[test]
+    fn the_prompts_carry_the_words_of_their_offers() {
+        assert!(PROMPT_EMAIL_OR_EMERGENCY.contains(PROMPT_OFFERS_EMAIL));
+        assert!(PROMPT_EMAIL_OR_EMERGENCY.contains(PROMPT_OFFERS_EMERGENCY));
+        assert!(PROMPT_EMAIL.contains(PROMPT_OFFERS_EMAIL) && !PROMPT_EMAIL.contains(PROMPT_OFFERS_EMERGENCY));
+        assert!(PROMPT_EMERGENCY.contains(PROMPT_OFFERS_EMERGENCY) && !PROMPT_EMERGENCY.contains(PROMPT_OFFERS_EMAIL));
     }
 
     fn audit_rows(sh: &Core) -> Vec<(String, String, String)> {

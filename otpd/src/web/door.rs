@@ -119,7 +119,7 @@ impl WebDoor {
                 }
                 WebResponse::Done { message: "Login cancelled.".into() }
             }
-            WebRequest::Whoami { session, .. } => match self.live(&session) {
+            WebRequest::Whoami { session, .. } => match self.live(&session, true) {
                 Some((user, _)) => self.me(&session, &user),
                 None => unauthenticated(),
             },
@@ -129,13 +129,17 @@ impl WebDoor {
                 }
                 WebResponse::Done { message: "You are logged out.".into() }
             }
-            WebRequest::Admin { session, csrf, request, .. } => self.admin(&session, csrf, request, addr).await,
+            WebRequest::Admin { session, csrf, request, passive, .. } => {
+                self.admin(&session, csrf, request, addr, passive).await
+            }
             WebRequest::Own { session, csrf, request, .. } => self.own(&session, csrf, request, addr).await,
         }
     }
 
-    fn live(&self, token: &str) -> Option<(String, String)> {
-        self.sessions.touch(token, self.core.clock.now())
+    /// The session's user and CSRF token; `active`: used by its person
+    /// now (the idle timer restarts).
+    fn live(&self, token: &str, active: bool) -> Option<(String, String)> {
+        self.sessions.touch(token, self.core.clock.now(), active)
     }
 
     fn is_admin(&self, user: &str) -> bool {
@@ -218,9 +222,11 @@ impl WebDoor {
     /// of the flow and what it led to.
     async fn after(&self, flow: Flow, turn: Turn) -> WebResponse {
         match turn {
-            Turn::Prompt { lines, prompt, enroll_uri } => {
+            Turn::Prompt { lines, prompt, echo, enroll_uri } => {
                 let id = self.flows.keep(flow);
-                WebResponse::Step { flow: id, lines, prompt, enroll_uri }
+                let offers_email = prompt.contains(crate::login::conversation::PROMPT_OFFERS_EMAIL);
+                let offers_emergency = prompt.contains(crate::login::conversation::PROMPT_OFFERS_EMERGENCY);
+                WebResponse::Step { flow: id, lines, prompt, echo, offers_email, offers_emergency, enroll_uri }
             }
             Turn::Ended { lines, outcome: OutcomeKind::Accept, message } => self.accepted(flow, lines, message).await,
             Turn::Ended { lines, outcome: OutcomeKind::NotEnrolled, .. } => {
@@ -259,8 +265,17 @@ impl WebDoor {
         }
     }
 
-    async fn admin(&self, token: &str, csrf: Option<String>, request: AdminRequest, addr: String) -> WebResponse {
-        let Some((user, expected)) = self.live(token) else { return unauthenticated() };
+    async fn admin(
+        &self,
+        token: &str,
+        csrf: Option<String>,
+        request: AdminRequest,
+        addr: String,
+        passive: bool,
+    ) -> WebResponse {
+        // Only a read may be passive: a change is always its person's.
+        let passive = passive && reads_only(&request);
+        let Some((user, expected)) = self.live(token, !passive) else { return unauthenticated() };
         if !self.is_admin(&user) {
             let why = "console admin request refused: not in the admin group";
             self.audit_web(&user, &addr, AuditResult::Deny, why).await;
@@ -274,7 +289,7 @@ impl WebDoor {
     }
 
     async fn own(&self, token: &str, csrf: Option<String>, request: OwnRequest, addr: String) -> WebResponse {
-        let Some((user, expected)) = self.live(token) else { return unauthenticated() };
+        let Some((user, expected)) = self.live(token, true) else { return unauthenticated() };
         if !matches!(request, OwnRequest::Overview) && !csrf.is_some_and(|c| same_token(&c, &expected)) {
             return error(WebErrorKind::Csrf, "The form was stale or not from this console; nothing was changed.");
         }
@@ -402,6 +417,7 @@ mod tests {
             session: token.clone(),
             csrf,
             request: AdminRequest::UserDisable { user: "ut-bob".into() },
+            passive: false,
         };
         assert_eq!(kind(&d.handle(disable(Some(csrf.clone()))).await), Some(WebErrorKind::Forbidden));
         assert!(on_db(&d.core, |st| st.user("ut-bob")).await.unwrap().enabled);
@@ -442,6 +458,7 @@ mod tests {
             session: token.clone(),
             csrf,
             request,
+            passive: false,
         };
         let list = d.handle(ask(None, AdminRequest::UserList { search: None, after: None, limit: Some(10) })).await;
         assert!(

@@ -51,7 +51,7 @@ pub struct Flow {
 
 /// Where a round left the flow.
 pub enum Turn {
-    Prompt { lines: Vec<FlowLine>, prompt: String, enroll_uri: Option<String> },
+    Prompt { lines: Vec<FlowLine>, prompt: String, echo: bool, enroll_uri: Option<String> },
     Ended { lines: Vec<FlowLine>, outcome: OutcomeKind, message: Option<String> },
 }
 
@@ -134,7 +134,7 @@ impl Flow {
                 }
             };
             match msg {
-                ServerMsg::Prompt { text, .. } => return Turn::Prompt { lines, prompt: text, enroll_uri },
+                ServerMsg::Prompt { text, echo } => return Turn::Prompt { lines, prompt: text, echo, enroll_uri },
                 ServerMsg::Info { text } => {
                     let (shown, uri) = split_uri(&text);
                     enroll_uri = enroll_uri.or(uri);

@@ -77,9 +77,10 @@ impl Sessions {
         now >= s.last_used + self.idle || now >= s.created + self.lifetime
     }
 
-    /// The live session of `token`, used now (its idle time starts again):
-    /// its user and CSRF token. An expired one is ended here.
-    pub fn touch(&self, token: &str, now: i64) -> Option<(String, String)> {
+    /// The live session of `token`: its user and CSRF token. `active`: used
+    /// by its person now (its idle time starts again); a page polling on its
+    /// own is not. An expired one is ended here.
+    pub fn touch(&self, token: &str, now: i64, active: bool) -> Option<(String, String)> {
         let key = key_of(token);
         let mut live = lock(&self.live);
         let s = live.get_mut(&key)?;
@@ -87,7 +88,9 @@ impl Sessions {
             live.remove(&key);
             return None;
         }
-        s.last_used = now;
+        if active {
+            s.last_used = now;
+        }
         Some((s.user.clone(), s.csrf.clone()))
     }
 
@@ -132,23 +135,27 @@ mod tests {
         let s = Sessions::new(900, 8 * 3600);
         let (token, view) = s.issue("ada", false, 1000);
         assert_eq!((view.idle_expires_at, view.expires_at), (1900, 1000 + 8 * 3600));
-        assert_eq!(s.touch(&token, 1899).map(|t| t.0), Some("ada".to_string()));
+        assert_eq!(s.touch(&token, 1899, true).map(|t| t.0), Some("ada".to_string()));
         // Used at 1899: alive until 2799, not a second more.
-        assert!(s.touch(&token, 2798).is_some());
-        assert!(s.touch(&token, 2798 + 900).is_none());
-        assert!(s.touch(&token, 2798).is_none(), "an expired session is gone, not only refused");
+        assert!(s.touch(&token, 2798, true).is_some());
+        assert!(s.touch(&token, 2798 + 900, true).is_none());
+        assert!(s.touch(&token, 2798, true).is_none(), "an expired session is gone, not only refused");
         // Used every 10 minutes, it still ends after 8 hours.
         let (t2, _) = s.issue("ada", false, 0);
         let mut now = 0;
         while now + 600 < 8 * 3600 {
             now += 600;
-            assert!(s.touch(&t2, now).is_some(), "alive at {now}");
+            assert!(s.touch(&t2, now, true).is_some(), "alive at {now}");
         }
-        assert!(s.touch(&t2, 8 * 3600).is_none());
+        assert!(s.touch(&t2, 8 * 3600, true).is_none());
         let (t3, _) = s.issue("bob", true, 0);
         assert_eq!(s.end(&t3).as_deref(), Some("bob"));
-        assert!(s.touch(&t3, 1).is_none());
-        assert!(s.touch("not-a-token", 1).is_none());
+        assert!(s.touch(&t3, 1, true).is_none());
+        assert!(s.touch("not-a-token", 1, true).is_none());
+        // A page polling on its own keeps nobody logged in.
+        let (t4, _) = s.issue("cy", false, 0);
+        assert!(s.touch(&t4, 800, false).is_some());
+        assert!(s.touch(&t4, 900, false).is_none(), "idle since 0, whatever polled meanwhile");
     }
 
     #[test]
@@ -166,15 +173,15 @@ mod tests {
         }));
         assert!(lock(&s.live).contains_key(&key_of(&a)));
         s.end_all_of("ada");
-        assert!(s.touch(&a, 1).is_none() && s.touch(&b, 1).is_none());
+        assert!(s.touch(&a, 1, true).is_none() && s.touch(&b, 1, true).is_none());
     }
 
     #[test]
     fn a_user_holds_at_most_16_sessions() {
         let s = Sessions::new(900, 3600);
         let tokens: Vec<String> = (0..17).map(|i| s.issue("ada", false, i).0).collect();
-        assert!(s.touch(&tokens[0], 20).is_none(), "the oldest went");
-        assert!(tokens[1..].iter().all(|t| s.touch(t, 20).is_some()));
+        assert!(s.touch(&tokens[0], 20, true).is_none(), "the oldest went");
+        assert!(tokens[1..].iter().all(|t| s.touch(t, 20, true).is_some()));
     }
 
     #[test]

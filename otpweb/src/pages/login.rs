@@ -45,25 +45,27 @@ pub struct StepPage {
     pub offer_emergency: bool,
 }
 
+/// What otpd says a step offers besides its answer field.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Offers {
+    /// The answer may be shown as it is typed (an address, a reason).
+    pub echo: bool,
+    pub email: bool,
+    pub emergency: bool,
+}
+
 impl StepPage {
-    pub fn new(nav: Nav, lines: Vec<Line>, prompt: String, enroll_uri: Option<String>) -> StepPage {
-        let lower = prompt.to_lowercase();
+    pub fn new(nav: Nav, lines: Vec<Line>, prompt: String, offers: Offers, enroll_uri: Option<String>) -> StepPage {
         StepPage {
             page: Page::new("Second step", nav),
             lines,
-            secret_answer: !prompt_wants_text(&lower),
-            offer_email: lower.contains("by email"),
-            offer_emergency: lower.contains("emergency"),
+            secret_answer: !offers.echo,
+            offer_email: offers.email,
+            offer_emergency: offers.emergency,
             qr: enroll_uri.map(Qr::of),
             prompt,
         }
     }
-}
-
-/// A prompt for an email address or a reason is answered in the clear;
-/// anything else (a passcode, a password) is hidden as it is typed.
-fn prompt_wants_text(lower: &str) -> bool {
-    !lower.contains("code") && (lower.contains("address") || lower.contains("reason"))
 }
 
 #[derive(Deserialize, Default)]
@@ -196,11 +198,12 @@ fn with_cookie(mut response: Response, cookie: HeaderValue) -> Response {
 /// What the browser sees after a login's or re-enrollment's step.
 pub fn flow_response(response: WebResponse, nav: Nav) -> Response {
     match response {
-        WebResponse::Step { flow, lines, prompt, enroll_uri } => {
+        WebResponse::Step { flow, lines, prompt, echo, offers_email, offers_emergency, enroll_uri } => {
             let Some(cookie) = security::cookie(FLOW_COOKIE, &flow) else {
                 return super::unexpected(&nav).into_response();
             };
-            let page = StepPage::new(nav, lines.into_iter().map(Line::from).collect(), prompt, enroll_uri);
+            let offers = Offers { echo, email: offers_email, emergency: offers_emergency };
+            let page = StepPage::new(nav, lines.into_iter().map(Line::from).collect(), prompt, offers, enroll_uri);
             with_cookie(render(&page), cookie)
         }
         WebResponse::Ended { lines, outcome, message } => {
@@ -247,12 +250,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_prompt_decides_the_shortcuts_and_the_field() {
-        let p = StepPage::new(Nav::default(), vec![], "Passcode (Enter: send one by email): ".into(), None);
+    fn otpds_offers_decide_the_shortcuts_and_the_field() {
+        let email = Offers { email: true, ..Offers::default() };
+        let p = StepPage::new(Nav::default(), vec![], "Passcode: ".into(), email, None);
         assert!(p.offer_email && !p.offer_emergency && p.secret_answer);
-        let p = StepPage::new(Nav::default(), vec![], "Passcode, or E for emergency access: ".into(), None);
+        let emergency = Offers { emergency: true, ..Offers::default() };
+        let p = StepPage::new(Nav::default(), vec![], "Passcode: ".into(), emergency, None);
         assert!(!p.offer_email && p.offer_emergency);
-        let p = StepPage::new(Nav::default(), vec![], "Your email address: ".into(), None);
+        let echo = Offers { echo: true, ..Offers::default() };
+        let p = StepPage::new(Nav::default(), vec![], "Your email address: ".into(), echo, None);
         assert!(!p.secret_answer);
     }
 
@@ -260,7 +266,7 @@ mod tests {
     fn the_step_page_shows_lines_prompt_and_qr() {
         let lines = vec![Line::error("Wrong code <b>"), Line::info("Scan this")];
         let uri = "otpauth://totp/x:alice?secret=JBSWY3DPEHPK3PXP&issuer=x".to_string();
-        let page = StepPage::new(Nav::default(), lines, "Passcode: ".into(), Some(uri));
+        let page = StepPage::new(Nav::default(), lines, "Passcode: ".into(), Offers::default(), Some(uri));
         let html = page.render().unwrap_or_default();
         assert!(html.contains(r#"<p class="error" role="alert">Wrong code &#60;b&#62;</p>"#), "{html}");
         assert!(html.contains(r#"autocomplete="one-time-code""#) && html.contains(r#"type="password""#));

@@ -291,7 +291,8 @@ impl AppState {
         let nav = Nav::of(session);
         let token = visitor.session.clone().unwrap_or_default();
         let csrf = csrf.then(|| session.csrf.clone());
-        let request = WebRequest::Admin { client: visitor.client.clone(), session: token, csrf, request };
+        let request =
+            WebRequest::Admin { client: visitor.client.clone(), session: token, csrf, request, passive: false };
         match self.call(&request).await.map_err(|e| e.with_nav(&nav))? {
             WebResponse::Admin { response: AdminResponse::Error { kind, message } } => {
                 Err(PageError::from_admin(kind, message).with_nav(&nav))

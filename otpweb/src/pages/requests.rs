@@ -84,6 +84,8 @@ pub async fn live(State(app): State<AppState>, visitor: Visitor) -> Response {
         session,
         csrf: None,
         request: AdminRequest::RequestList { all: false },
+        // The page polls on its own: the person is not active.
+        passive: true,
     };
     match app.call(&request).await {
         Ok(WebResponse::Admin { response: AdminResponse::Requests { requests, .. } }) => {

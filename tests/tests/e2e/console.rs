@@ -149,6 +149,7 @@ fn a_console_login_is_the_pam_password_then_the_second_factor() {
         session: token,
         csrf: None,
         request: AdminRequest::Status,
+        passive: false,
     };
     assert!(matches!(c.web(&status), WebResponse::Admin { response: AdminResponse::Status { .. } }));
 }
@@ -166,6 +167,7 @@ fn only_the_admin_group_administers_and_no_second_factor_means_no_session() {
         session: token,
         csrf: Some(csrf),
         request: AdminRequest::UserDisable { user: "bob".into() },
+        passive: false,
     };
     assert_eq!(error_kind(&c.web(&disable)), Some(WebErrorKind::Forbidden));
     assert_eq!(c.fx.show("bob")["user"]["enabled"], true);
