@@ -9,7 +9,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::browser::{processes_of, Browser, PHONE};
+use support::browser::{processes_of, start_chromedriver, Browser, PHONE};
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; frame-ancestors 'none'";
 const WAIT: Duration = Duration::from_secs(10);
@@ -392,10 +392,36 @@ fn no_browser_process_outlives_its_browser() {
     assert!(chromium.len() >= 3, "too few chromium processes found for the browser: {ours:?}");
     assert!(chromium.iter().all(|p| !before.contains(p)));
     drop(browser);
-    // Not even as zombies: Drop waits until they are reaped.
-    let left: Vec<u32> =
-        pgrep("chromium").into_iter().chain(pgrep("chromedriver")).filter(|p| ours.contains(p)).collect();
-    assert!(left.is_empty(), "still there after drop: {left:?}");
+    let running = processes_of(group, &profile);
+    assert!(running.iter().all(|p| p.zombie), "still running after drop: {running:?}");
+    // Orphaned zygotes may stay zombies until PID 1 reaps them: pgrep lists
+    // them until then.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<u32> =
+            pgrep("chromium").into_iter().chain(pgrep("chromedriver")).filter(|p| ours.contains(p)).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still there after drop: {left:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(processes_of(group, &profile).is_empty(), "{:?}", processes_of(group, &profile));
     assert!(!profile.exists(), "the profile outlived its browser");
+}
+
+#[test]
+fn chromedriver_moves_on_when_its_port_is_taken() {
+    let _turn = support::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let mut ports = vec![support::free_port(), taken_port];
+    let (mut driver, port) = start_chromedriver(dir.path(), || ports.pop().unwrap());
+    assert_ne!(port, taken_port);
+    assert!(driver.try_wait().unwrap().is_none(), "chromedriver is not running");
+    let log = std::fs::read_to_string(dir.path().join("chromedriver.log")).unwrap();
+    assert!(log.contains(&format!("on port {port}")), "{log}");
+    driver.kill().unwrap();
+    driver.wait().unwrap();
 }

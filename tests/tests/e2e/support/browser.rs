@@ -80,7 +80,7 @@ impl Browser {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let dir = tempfile::Builder::new().prefix("e2e-browser.").tempdir().unwrap();
         std::fs::create_dir(dir.path().join("profile")).unwrap();
-        let (driver, driver_port) = start_chromedriver(dir.path());
+        let (driver, driver_port) = start_chromedriver(dir.path(), super::free_port);
         let mut browser = Browser { client: None, rt, driver, dir, driver_port };
         let capabilities = browser.capabilities();
         let url = format!("http://127.0.0.1:{}", browser.driver_port);
@@ -118,9 +118,10 @@ impl Browser {
         }
         let caps = json!({
             "browserName": "chrome",
-            // The WebDriver way to trust a test server's self-signed
-            // certificate, for this session only (Chromium's
-            // --ignore-certificate-errors would hide every TLS error).
+            // Trusts the test server's self-signed certificate through the
+            // standard capability, for this session only, rather than a
+            // Chromium switch (without it the page stays on Chromium's
+            // certificate warning: the self-test fails).
             "acceptInsecureCerts": true,
             "pageLoadStrategy": "normal",
             "timeouts": { "implicit": 0, "pageLoad": 30_000, "script": 30_000 },
@@ -244,7 +245,7 @@ impl Browser {
         let deadline = Instant::now() + timeout;
         while !done(self) {
             if Instant::now() > deadline {
-                let shot = self.screenshot("timeout");
+                let shot = self.screenshot(&format!("timeout-{}", test_name()));
                 panic!("no {what} after {timeout:?} at {}; screenshot {}", self.url_for_messages(), shot.display());
             }
             std::thread::sleep(POLL);
@@ -370,7 +371,7 @@ impl Browser {
         if bad.is_empty() {
             return Ok(());
         }
-        let shot = self.screenshot(&format!("a11y-{page}"));
+        let shot = self.screenshot(&format!("a11y-{}-{page}", test_name()));
         let list: Vec<String> = bad.iter().map(|v| format!("  - {v}")).collect();
         Err(format!(
             "{page} ({}): {} serious or critical accessibility violation(s):\n{}\nscreenshot {}",
@@ -405,12 +406,11 @@ impl Drop for Browser {
         let profile = self.profile_dir();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let left = processes_of(group, &profile);
-            let running: Vec<u32> = left.iter().filter(|p| !p.zombie).map(|p| p.pid).collect();
-            // Chromium's zygotes outlive the browser process by a moment and
-            // become orphans: PID 1 reaps them. Waiting for that too means
-            // that no `pgrep chromium` after a Drop still lists them.
-            if left.is_empty() || (running.is_empty() && Instant::now() > deadline) {
+            // Zombies are dead already: Chromium's zygotes outlive the browser
+            // process by a moment, orphans, and PID 1 reaps them (here about
+            // 1.5 s later; waiting for it would slow every test down).
+            let running: Vec<u32> = processes_of(group, &profile).iter().filter(|p| !p.zombie).map(|p| p.pid).collect();
+            if running.is_empty() {
                 break;
             }
             if Instant::now() > deadline {
@@ -459,14 +459,15 @@ pub fn processes_of(group: u32, profile: &Path) -> Vec<Process> {
         .collect()
 }
 
-/// Starts chromedriver on a free loopback port and waits until it is ready.
-/// Another process may take the port between [`super::free_port`] and
-/// chromedriver's bind: then chromedriver exits, and another port is tried.
-fn start_chromedriver(dir: &Path) -> (Child, u16) {
+/// Starts chromedriver (logging to `dir/chromedriver.log`) on a port from
+/// `next_port` and waits until it is ready. Another process may take the
+/// port between [`super::free_port`] and chromedriver's bind: then
+/// chromedriver exits at once, and the next port is tried.
+pub fn start_chromedriver(dir: &Path, mut next_port: impl FnMut() -> u16) -> (Child, u16) {
     let log = dir.join("chromedriver.log");
     let mut last_log = String::new();
     for _ in 0..5 {
-        let port = super::free_port();
+        let port = next_port();
         let out = std::fs::File::create(&log).unwrap();
         let mut driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
@@ -510,10 +511,25 @@ fn driver_ready(port: u16) -> bool {
     if s.write_all(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").is_err() {
         return false;
     }
-    let mut response = String::new();
-    let _ = s.read_to_string(&mut response);
-    let Some((_, body)) = response.split_once("\r\n\r\n") else { return false };
-    serde_json::from_str::<Value>(body).is_ok_and(|v| v["value"]["ready"] == json!(true))
+    // chromedriver keeps the connection open whatever the request says:
+    // read up to the end of the body its Content-Length announces.
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&response);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head.lines().find_map(|l| {
+                l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))?.1.trim().parse().ok()
+            });
+            if length.is_some_and(|n: usize| body.len() >= n) {
+                return serde_json::from_str::<Value>(body).is_ok_and(|v| v["value"]["ready"] == json!(true));
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => response.extend_from_slice(&buf[..n]),
+        }
+    }
 }
 
 /// `target/screenshots/`: under `CARGO_TARGET_DIR` when set, else the
@@ -526,6 +542,13 @@ pub fn screenshot_dir() -> PathBuf {
         _ => super::build_dir().parent().unwrap().to_path_buf(),
     };
     target.join("screenshots")
+}
+
+/// The running test's name as a file name (the test harness names each
+/// test's thread after it).
+fn test_name() -> String {
+    let name = std::thread::current().name().unwrap_or("main").replace("::", "-");
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
 /// axe-core as `npm ci --prefix tests/web` (scripts/deps.sh) installed it.
