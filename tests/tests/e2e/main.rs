@@ -13,6 +13,7 @@
 mod support;
 
 mod accounts;
+mod browser_harness;
 mod bulk;
 mod cli;
 mod console;

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod browser;
+
 pub fn build_dir() -> PathBuf {
     // target/<profile>/deps/<this test> → target/<profile>
     let exe = std::env::current_exe().unwrap();
