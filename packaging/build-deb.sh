@@ -39,10 +39,13 @@ inst() { install -D -m "$1" "$2" "$ROOT$3"; }
 inst 0644 "$BIN/libpam_otp.so"          "/lib/$MULTIARCH/security/pam_otp.so"
 inst 0755 "$BIN/otpd"                   /usr/sbin/otpd
 inst 0755 "$BIN/otpctl"                 /usr/sbin/otpctl
+inst 0755 "$BIN/otpweb"                 /usr/sbin/otpweb
 # What dh_strip does: no debug symbols or build notes in the package.
 strip --remove-section=.comment --remove-section=.note --strip-unneeded "$ROOT/lib/$MULTIARCH/security/pam_otp.so"
-strip --remove-section=.comment --remove-section=.note "$ROOT/usr/sbin/otpd" "$ROOT/usr/sbin/otpctl"
+strip --remove-section=.comment --remove-section=.note "$ROOT/usr/sbin/otpd" "$ROOT/usr/sbin/otpctl" "$ROOT/usr/sbin/otpweb"
 inst 0644 packaging/otpd.service        /lib/systemd/system/otpd.service
+inst 0644 packaging/otpweb.service      /lib/systemd/system/otpweb.service
+inst 0644 packaging/pam.d/otpweb        /etc/pam.d/otpweb
 inst 0644 packaging/otpd.sysusers       /usr/lib/sysusers.d/otpd.conf
 inst 0644 packaging/otpd.tmpfiles       /usr/lib/tmpfiles.d/otpd.conf
 inst 0644 packaging/pam-configs/pam_otp /usr/share/pam-configs/pam_otp
@@ -57,7 +60,7 @@ inst 0644 packaging/debian/changelog    /usr/share/doc/pam-otp/changelog
 gzip -9n "$ROOT/usr/share/doc/pam-otp/changelog"
 mkdir -p "$ROOT/usr/share/man/man8" "$ROOT/usr/share/man/man5"
 "$BIN/otpd-man" "$ROOT/usr/share/man/man8"
-cp packaging/man/pam_otp.8 "$ROOT/usr/share/man/man8/"
+cp packaging/man/pam_otp.8 packaging/man/otpweb.8 "$ROOT/usr/share/man/man8/"
 cp packaging/man/otpd.toml.5 "$ROOT/usr/share/man/man5/"
 gzip -9n "$ROOT"/usr/share/man/man*/*
 
@@ -68,7 +71,7 @@ mkdir -p "$ROOT/DEBIAN"
 # tree: give it a minimal debian/control in a scratch directory.
 mkdir -p "$WORK/debian"
 printf 'Source: pam-otp\n\nPackage: pam-otp\nArchitecture: any\n' > "$WORK/debian/control"
-SHLIBS=$(cd "$WORK" && dpkg-shlibdeps -O "$ROOT/usr/sbin/otpd" "$ROOT/usr/sbin/otpctl" \
+SHLIBS=$(cd "$WORK" && dpkg-shlibdeps -O "$ROOT/usr/sbin/otpd" "$ROOT/usr/sbin/otpctl" "$ROOT/usr/sbin/otpweb" \
   "$ROOT/lib/$MULTIARCH/security/pam_otp.so" | sed -n 's/^shlibs:Depends=//p')
 [ -n "$SHLIBS" ] || { echo "dpkg-shlibdeps found no dependencies" >&2; exit 1; }
 SIZE=$(du -sk --exclude=DEBIAN "$ROOT" | cut -f1)
@@ -86,8 +89,11 @@ Description: one-time passcodes for PAM logins (TOTP and emailed codes)
  the secrets and decisions (TOTP enrollment with QR codes, emailed codes,
  single use, lockout, audit). The PAM profile is installed but not enabled:
  run "pam-auth-update --enable pam_otp" after enrolling users.
+ .
+ otpweb, the web console (admin screens and a self-service page), ships
+ disabled: set [web] enabled = true in otpd.toml, then enable otpweb.service.
 EOT
-echo /etc/otpd/otpd.toml > "$ROOT/DEBIAN/conffiles"
+printf '%s\n' /etc/otpd/otpd.toml /etc/pam.d/otpweb > "$ROOT/DEBIAN/conffiles"
 (cd "$ROOT" && find . -type f ! -path './DEBIAN/*' ! -path './etc/*' -printf '%P\0' | LC_ALL=C sort -z \
   | xargs -0 md5sum > DEBIAN/md5sums)
 chmod 0644 "$ROOT/DEBIAN/md5sums"

@@ -168,7 +168,13 @@ fn run(args: Args) -> Result<(), (u8, String)> {
         Cmd::Request(r) => request_cmd(&args, r),
         Cmd::Sessions { limit } => send(&args, &AdminRequest::Sessions { limit: Some(*limit) }, false),
         Cmd::Audit { user, host, since, limit } => audit_cmd(&args, user, host, since.as_deref(), *limit),
-        Cmd::Status => send(&args, &AdminRequest::Status, false),
+        Cmd::Status => {
+            send(&args, &AdminRequest::Status, false)?;
+            if !args.json {
+                print_web(&args.config);
+            }
+            Ok(())
+        }
         Cmd::Group(GroupCmd::Refresh) => send(&args, &AdminRequest::GroupRefresh, false),
         Cmd::Import(i) => import_cmd(&args, i),
         Cmd::Host(h) => host_cmd(&args, h),
@@ -404,6 +410,26 @@ fn print_users(users: &[UserInfo]) {
         .collect();
     let header = ["USER", "METHOD", "ENABLED", "ACTIVATED", "FAILURES", "LOCKED UNTIL"].map(String::from);
     print_table(&header, &rows);
+}
+
+/// The web console as this host's configuration has it: where it listens
+/// and the SHA-256 fingerprint of the certificate otpweb serves (it writes
+/// it to its state directory at start), so a browser's warning about a
+/// self-signed certificate can be checked.
+fn print_web(config: &std::path::Path) {
+    let Ok(cfg) = Config::load(config) else { return };
+    let w = cfg.web;
+    if !w.enabled {
+        println!("web console    disabled ([web] enabled = false)");
+        return;
+    }
+    let urls: Vec<String> = w.listen.iter().map(|a| format!("https://{a}")).collect();
+    println!("web console    {}", w.origin.clone().unwrap_or_else(|| urls.join(" ")));
+    let file = w.state_dir.join("certificate.sha256");
+    match std::fs::read_to_string(&file) {
+        Ok(fp) => println!("certificate    SHA-256 {}", fp.trim()),
+        Err(_) => println!("certificate    not known yet: otpweb writes {} when it starts", file.display()),
+    }
 }
 
 fn print_status(s: StatusInfo) {

@@ -55,6 +55,10 @@ fn package_contents_control_and_checksums() {
         "./usr/sbin/otpd".into(),
         "./usr/sbin/otpctl".into(),
         "./lib/systemd/system/otpd.service".into(),
+        // The web console: its binary and unit, the PAM service otpd checks its passwords with.
+        "./usr/sbin/otpweb".into(),
+        "./lib/systemd/system/otpweb.service".into(),
+        "./etc/pam.d/otpweb".into(),
         "./usr/share/pam-configs/pam_otp".into(),
         "./usr/share/dbus-1/system.d/org.otpd.conf".into(),
         "./usr/lib/sysusers.d/otpd.conf".into(),
@@ -67,6 +71,7 @@ fn package_contents_control_and_checksums() {
         "./usr/share/man/man8/otpctl-user-enable.8.gz".into(),
         "./usr/share/man/man8/otpctl-user-list.8.gz".into(),
         "./usr/share/man/man8/pam_otp.8.gz".into(),
+        "./usr/share/man/man8/otpweb.8.gz".into(),
         "./usr/share/man/man5/otpd.toml.5.gz".into(),
         // A fleet: one example configuration per role.
         "./usr/share/doc/pam-otp/examples/otpd-server.toml".into(),
@@ -87,7 +92,10 @@ fn package_contents_control_and_checksums() {
     let dir = tempfile::tempdir().unwrap();
     let x = dir.path().join("x");
     assert!(Command::new("dpkg-deb").arg("-R").arg(deb).arg(&x).status().unwrap().success());
-    assert_eq!(std::fs::read_to_string(x.join("DEBIAN/conffiles")).unwrap().trim(), "/etc/otpd/otpd.toml");
+    assert_eq!(
+        std::fs::read_to_string(x.join("DEBIAN/conffiles")).unwrap().trim(),
+        "/etc/otpd/otpd.toml\n/etc/pam.d/otpweb"
+    );
     // md5sums covers every shipped file but the conffile, and matches.
     let sums = std::fs::read_to_string(x.join("DEBIAN/md5sums")).unwrap();
     assert!(sums.contains(&format!("  lib/{multiarch}/security/pam_otp.so")), "{sums}");
@@ -103,7 +111,8 @@ fn package_contents_control_and_checksums() {
     }
     // Stripped, as dh_strip would: no symbol table, no debug info (only
     // Rust's loaded .debug_gdb_scripts section, which strip must keep).
-    for bin in ["usr/sbin/otpd", "usr/sbin/otpctl", &format!("lib/{multiarch}/security/pam_otp.so")] {
+    for bin in ["usr/sbin/otpd", "usr/sbin/otpctl", "usr/sbin/otpweb", &format!("lib/{multiarch}/security/pam_otp.so")]
+    {
         let sections = Command::new("readelf").arg("-S").arg(x.join(bin)).output().unwrap();
         let sections = String::from_utf8_lossy(&sections.stdout);
         assert!(!sections.contains(".symtab") && !sections.contains(".debug_info"), "{bin} is not stripped");
@@ -164,6 +173,7 @@ fn apt_install_remove_and_purge_on_a_host_without_systemd() {
         echo "=== state after install"
         stat -c '%a %U %n' /var/lib/otpd /run/otpd
         getent group otpadmin >/dev/null && echo "group otpadmin exists"
+        getent passwd otpweb | cut -d: -f1,6,7 | sed 's/^/user /'
         ls /lib/{multiarch}/security/pam_otp.so
         grep -c pam_otp /etc/pam.d/common-auth
         echo "=== otpctl without a daemon"
@@ -215,6 +225,7 @@ fn apt_install_remove_and_purge_on_a_host_without_systemd() {
         apt-get install -y {deb} 2>&1; echo "exit $?"
         stat -c '%a %U %n' /var/lib/otpd /run/otpd
         getent group otpadmin >/dev/null && echo "group otpadmin exists"
+        getent passwd otpweb | cut -d: -f1,6,7 | sed 's/^/user /'
         echo "=== end"
         "#,
         deb = deb.display()
@@ -230,6 +241,7 @@ fn apt_install_remove_and_purge_on_a_host_without_systemd() {
     let state = part(&text, "state after install");
     assert!(state.contains("700 root /var/lib/otpd") && state.contains("755 root /run/otpd"), "{state}");
     assert!(state.contains("group otpadmin exists"), "{state}");
+    assert!(state.contains("user otpweb:/nonexistent:/usr/sbin/nologin"), "{state}");
     assert!(state.trim_end().ends_with("\n0"), "installed, not enabled:\n{state}");
 
     let no_daemon = part(&text, "otpctl without a daemon");
@@ -265,10 +277,13 @@ fn apt_install_remove_and_purge_on_a_host_without_systemd() {
     assert!(!with_systemd.contains("NOT started") && with_systemd.matches("exit 0").count() == 2, "{with_systemd}");
     let calls = part(&text, "systemd calls");
     assert!(calls.contains("deb-systemd-invoke start otpd.service"), "{calls}");
-    assert!(calls.contains("deb-systemd-invoke stop otpd.service"), "{calls}");
+    // The console goes first: it depends on otpd.
+    assert!(calls.contains("deb-systemd-invoke stop otpweb.service otpd.service"), "{calls}");
+    assert!(!calls.contains("start otpweb"), "the console stays off until configured: {calls}");
     let fallback = part(&text, "without systemd-sysusers and systemd-tmpfiles");
     assert!(fallback.contains("exit 0") && fallback.contains("700 root /var/lib/otpd"), "{fallback}");
     assert!(fallback.contains("755 root /run/otpd") && fallback.contains("group otpadmin exists"), "{fallback}");
+    assert!(fallback.contains("user otpweb:/nonexistent:/usr/sbin/nologin"), "{fallback}");
     let after = part(&text, "state after purge");
     assert!(after.contains("/var/lib/otpd': No such file") && after.contains("/etc/otpd': No such file"), "{after}");
 }

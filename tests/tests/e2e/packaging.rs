@@ -25,6 +25,33 @@ fn systemd_unit_exposure_is_at_most_2() {
     }
 }
 
+/// The web console's unit: its own user, no more exposure than otpd's, and
+/// disabled until configured (the package never enables it).
+#[test]
+fn otpweb_unit_is_unprivileged_and_its_exposure_is_at_most_2() {
+    let _turn = support::shared();
+    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/otpweb.service");
+    let out = Command::new("systemd-analyze").args(["security", "--offline=true", unit]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for otpweb.service:").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no score in: {text}"));
+    assert!(score <= 2.0, "exposure {score}:\n{text}");
+    let unit = file("otpweb.service");
+    for line in ["User=otpweb", "Group=otpweb", "NoNewPrivileges=yes", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE"] {
+        assert!(unit.contains(line), "missing {line}");
+    }
+    assert!(file("otpd.sysusers").contains("u otpweb -"));
+    let postinst = file("debian/postinst");
+    assert!(postinst.contains("update-state 'otpweb.service'") && !postinst.contains("enable 'otpweb.service'"));
+    let pam = file("pam.d/otpweb");
+    let active: Vec<&str> = pam.lines().filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty()).collect();
+    assert_eq!(active, ["@include common-auth", "@include common-account"]);
+}
+
 #[test]
 fn pam_auth_update_profile_is_off_by_default_and_fails_closed() {
     let _turn = support::shared();
