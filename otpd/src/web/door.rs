@@ -46,6 +46,11 @@ fn unauthenticated() -> WebResponse {
     error(WebErrorKind::Unauthenticated, "Your session has ended; log in again.")
 }
 
+/// Self-service changes that hand out a way in (new recovery codes, where
+/// emailed codes go) need a login at most this old: a stolen session
+/// cookie alone, hours later, cannot mint a second factor.
+const RECENT_LOGIN_SECS: i64 = 10 * 60;
+
 /// What a wrong name and a wrong password are both told.
 const BAD_LOGIN: &str = "Wrong user name or password.";
 
@@ -289,9 +294,19 @@ impl WebDoor {
     }
 
     async fn own(&self, token: &str, csrf: Option<String>, request: OwnRequest, addr: String) -> WebResponse {
-        let Some((user, expected)) = self.live(token, true) else { return unauthenticated() };
+        let now = self.core.clock.now();
+        let Some((user, expected, login_at)) = self.sessions.touch_full(token, now, true) else {
+            return unauthenticated();
+        };
         if !matches!(request, OwnRequest::Overview) && !csrf.is_some_and(|c| same_token(&c, &expected)) {
             return error(WebErrorKind::Csrf, "The form was stale or not from this console; nothing was changed.");
+        }
+        let hands_out_a_way_in = matches!(request, OwnRequest::RecoveryCodes | OwnRequest::SetEmail { .. });
+        if hands_out_a_way_in && now - login_at > RECENT_LOGIN_SECS {
+            return error(
+                WebErrorKind::Forbidden,
+                "For this, log in again (your login must be less than 10 minutes old); nothing was changed.",
+            );
         }
         let by = By::Web { user: user.clone(), addr: addr.clone() };
         match request {
@@ -528,5 +543,39 @@ mod tests {
         }
         assert_eq!(kind(&d.handle(start("bad name", "192.0.2.2")).await), Some(WebErrorKind::BadLogin));
         assert_eq!(kind(&d.handle(start("bad name", "192.0.2.2")).await), Some(WebErrorKind::RateLimited));
+    }
+
+    /// New recovery codes and a new address need a login at most 10
+    /// minutes old: a session cookie stolen later cannot mint a second factor.
+    #[tokio::test]
+    async fn new_recovery_codes_need_a_recent_login() {
+        let clock = Arc::new(crate::sys::clock::FakeClock::new(T0));
+        let mut p = parts();
+        p.clock = Box::new(clock.clone());
+        let d = WebDoor::new(Arc::new(crate::core::service::Core::new(p)), &WebConfig::default());
+        let secret = enrolled(&d, "ut-ada").await;
+        let (token, csrf) = session(&d, "ut-ada", &secret, 0).await;
+        let codes = || WebRequest::Own {
+            client: client(),
+            session: token.clone(),
+            csrf: Some(csrf.clone()),
+            request: OwnRequest::RecoveryCodes,
+        };
+        // Used every 5 minutes, the session lives; its login grows old.
+        for _ in 0..3 {
+            clock.advance(300);
+            let me = d.handle(WebRequest::Whoami { client: client(), session: token.clone() }).await;
+            assert!(matches!(me, WebResponse::Me { .. }), "{me:?}");
+        }
+        assert_eq!(kind(&d.handle(codes()).await), Some(WebErrorKind::Forbidden));
+        assert_eq!(on_db(&d.core, |st| st.recovery_codes_left("ut-ada")).await, 0, "nothing was changed");
+        let (fresh, fresh_csrf) = session(&d, "ut-ada", &secret, 30).await;
+        let again = WebRequest::Own {
+            client: client(),
+            session: fresh,
+            csrf: Some(fresh_csrf),
+            request: OwnRequest::RecoveryCodes,
+        };
+        assert!(matches!(d.handle(again).await, WebResponse::RecoveryCodes { .. }));
     }
 }

@@ -81,6 +81,11 @@ impl Sessions {
     /// by its person now (its idle time starts again); a page polling on its
     /// own is not. An expired one is ended here.
     pub fn touch(&self, token: &str, now: i64, active: bool) -> Option<(String, String)> {
+        self.touch_full(token, now, active).map(|(user, csrf, _)| (user, csrf))
+    }
+
+    /// [`Sessions::touch`], and when the session's login was.
+    pub fn touch_full(&self, token: &str, now: i64, active: bool) -> Option<(String, String, i64)> {
         let key = key_of(token);
         let mut live = lock(&self.live);
         let s = live.get_mut(&key)?;
@@ -91,7 +96,7 @@ impl Sessions {
         if active {
             s.last_used = now;
         }
-        Some((s.user.clone(), s.csrf.clone()))
+        Some((s.user.clone(), s.csrf.clone(), s.created))
     }
 
     /// The view of a live session (after [`Sessions::touch`]).
