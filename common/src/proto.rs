@@ -722,11 +722,15 @@ mod tests {
         let doc = std::fs::read_to_string(path).unwrap();
         let lines: Vec<&str> = doc.lines().collect();
         type Fields = fn(&str) -> Vec<String>;
-        let enums: [(&str, Vec<String>, Option<Fields>); 4] = [
+        use crate::web::{OwnRequest, WebRequest, WebResponse};
+        let enums: [(&str, Vec<String>, Option<Fields>); 7] = [
             ("ClientMsg", variants::<ClientMsg>(), Some(fields::<ClientMsg>)),
             ("ServerMsg", variants::<ServerMsg>(), Some(fields::<ServerMsg>)),
             ("AdminRequest", variants::<AdminRequest>(), Some(fields::<AdminRequest>)),
             ("AdminResponse", variants::<AdminResponse>(), None),
+            ("WebRequest", variants::<WebRequest>(), Some(fields::<WebRequest>)),
+            ("OwnRequest", variants::<OwnRequest>(), Some(fields::<OwnRequest>)),
+            ("WebResponse", variants::<WebResponse>(), None),
         ];
         let mut missing = Vec::new();
         for (name, variants, fields) in enums {
