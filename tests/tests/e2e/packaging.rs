@@ -6,19 +6,24 @@ fn file(rel: &str) -> String {
     std::fs::read_to_string(format!("{}/../packaging/{rel}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
-#[test]
-fn systemd_unit_exposure_is_at_most_2() {
-    let _turn = support::shared();
-    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/otpd.service");
-    let out = Command::new("systemd-analyze").args(["security", "--offline=true", unit]).output().unwrap();
+/// systemd-analyze's exposure score of packaging/`unit` is at most 2.0.
+fn assert_exposure_at_most_2(unit: &str) {
+    let path = format!("{}/../packaging/{unit}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("systemd-analyze").args(["security", "--offline=true", &path]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let score: f64 = text
         .lines()
-        .find_map(|l| l.split("Overall exposure level for otpd.service:").nth(1))
+        .find_map(|l| l.split(&format!("Overall exposure level for {unit}:")).nth(1))
         .and_then(|r| r.split_whitespace().next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no score in: {text}"));
-    assert!(score <= 2.0, "exposure {score}:\n{text}");
+    assert!(score <= 2.0, "{unit}: exposure {score}:\n{text}");
+}
+
+#[test]
+fn systemd_unit_exposure_is_at_most_2() {
+    let _turn = support::shared();
+    assert_exposure_at_most_2("otpd.service");
     let unit = file("otpd.service");
     for line in ["LimitCORE=0", "StateDirectory=otpd", "RuntimeDirectoryPreserve=yes", "Type=notify"] {
         assert!(unit.contains(line), "missing {line}");
@@ -30,16 +35,7 @@ fn systemd_unit_exposure_is_at_most_2() {
 #[test]
 fn otpweb_unit_is_unprivileged_and_its_exposure_is_at_most_2() {
     let _turn = support::shared();
-    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/otpweb.service");
-    let out = Command::new("systemd-analyze").args(["security", "--offline=true", unit]).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let score: f64 = text
-        .lines()
-        .find_map(|l| l.split("Overall exposure level for otpweb.service:").nth(1))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no score in: {text}"));
-    assert!(score <= 2.0, "exposure {score}:\n{text}");
+    assert_exposure_at_most_2("otpweb.service");
     let unit = file("otpweb.service");
     for line in ["User=otpweb", "Group=otpweb", "NoNewPrivileges=yes", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE"] {
         assert!(unit.contains(line), "missing {line}");
