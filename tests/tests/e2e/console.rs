@@ -184,3 +184,32 @@ fn the_web_socket_is_root_and_otpwebs_group_only() {
     let meta = std::fs::metadata(c.web_socket()).unwrap();
     assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, WEB_GID));
 }
+
+/// Check 10 through the console: a code accepted at the terminal is refused
+/// in the browser, and one code sent at once to both is accepted once.
+#[test]
+fn a_code_works_once_across_the_terminal_and_the_console() {
+    let _turn = shared();
+    let c = Console::start();
+    let uri = c.fx.enroll_active("alice");
+    let code = c.fx.code(&uri, 0);
+    assert_eq!(c.fx.login("alice", &[&code]).code, 0);
+    let WebResponse::Step { flow, .. } = c.start_login("alice", "alice-pw-1", "192.0.2.20") else { panic!("no step") };
+    let again = c.answer(&flow, &code);
+    assert!(matches!(again, WebResponse::Ended { outcome: OutcomeKind::Deny, .. }), "{again:?}");
+
+    for round in 1..=3 {
+        // A step of its own each round: the daemon's clock moves with it.
+        c.fx.set_clock_offset(30 * round);
+        let code = c.fx.code(&uri, round);
+        let WebResponse::Step { flow, .. } = c.start_login("alice", "alice-pw-1", "192.0.2.20") else {
+            panic!("no step")
+        };
+        let (web, terminal) = std::thread::scope(|s| {
+            let web = s.spawn(|| matches!(c.answer(&flow, &code), WebResponse::Session { .. }));
+            let terminal = s.spawn(|| c.fx.login("alice", &[&code]).code == 0);
+            (web.join().unwrap(), terminal.join().unwrap())
+        });
+        assert!(web ^ terminal, "round {round}: web {web}, terminal {terminal}: exactly one must succeed");
+    }
+}
