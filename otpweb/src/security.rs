@@ -26,7 +26,9 @@ pub fn apply_headers(headers: &mut HeaderMap) {
         (header::CONTENT_SECURITY_POLICY, CSP),
         (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        // same-origin: our own pages' posts carry their real Origin (under
+        // no-referrer Chromium sends "null"); other sites learn nothing.
+        (header::REFERRER_POLICY, "same-origin"),
         (header::X_FRAME_OPTIONS, "DENY"),
     ];
     for (name, value) in fixed {
@@ -49,10 +51,11 @@ pub async fn headers_layer(request: Request, next: Next) -> Response {
 /// none, or another, is a cross-site request (or not a browser) and is
 /// refused before anything reaches otpd.
 ///
-/// One exception, made by our own `Referrer-Policy: no-referrer`: under it
-/// Chromium sends `Origin: null` even on a same-origin form post. Such a
-/// request passes only with `Sec-Fetch-Site: same-origin`, which a browser
-/// sets itself (no page can) and only when the initiator is this origin.
+/// One exception: a browser under a `no-referrer` policy (a user's own
+/// setting or extension) sends `Origin: null` even on a same-origin form
+/// post. Such a request passes only with `Sec-Fetch-Site: same-origin`,
+/// which a browser sets itself (no page can) and only when the initiator
+/// is this origin.
 pub fn origin_allowed(method: &Method, headers: &HeaderMap, authority: Option<&str>, configured: Option<&str>) -> bool {
     if matches!(*method, Method::GET | Method::HEAD) {
         return true;
@@ -163,7 +166,7 @@ mod tests {
         );
         assert_eq!(get("strict-transport-security"), "max-age=31536000");
         assert_eq!(get("x-content-type-options"), "nosniff");
-        assert_eq!(get("referrer-policy"), "no-referrer");
+        assert_eq!(get("referrer-policy"), "same-origin");
         assert_eq!(get("x-frame-options"), "DENY");
         assert_eq!(get("cache-control"), "no-store");
         // A static file's own caching is kept.
@@ -185,7 +188,7 @@ mod tests {
         assert!(!origin_allowed(&post, &missing, None, None));
         let null = headers(&[("host", "otp.example.org"), ("origin", "null")]);
         assert!(!origin_allowed(&post, &null, None, None));
-        // "null" (our no-referrer policy) from this origin, as the browser vouches.
+        // "null" (a no-referrer policy) from this origin, as the browser vouches.
         let ours = headers(&[("host", "otp.example.org"), ("origin", "null"), ("sec-fetch-site", "same-origin")]);
         assert!(origin_allowed(&post, &ours, None, None));
         for site in ["cross-site", "same-site", "none"] {
