@@ -219,6 +219,7 @@ pub async fn run(shared: Arc<Core>) {
             Event::CodeRequested { user, address } => Admin1::code_requested(e, user, address).await,
             Event::EmergencyRequestPending { id, user } => Admin1::emergency_request_pending(e, *id, user).await,
             Event::UserLockedOut { user, until } => Admin1::user_locked_out(e, user, *until).await,
+            Event::SecondFactorChanged { .. } => Ok(()),
         };
         if let Err(err) = r {
             tracing::warn!("D-Bus signal {ev:?} not sent: {err}");

@@ -27,9 +27,14 @@ pub struct WebDoor {
     core: Arc<Core>,
     sessions: Sessions,
     flows: Flows,
-    /// Password checks per browser address and per name typed.
+    /// Password checks per browser address (an IPv6 /64 counts as one)
+    /// and per name typed.
     by_addr: RateLimiter<String>,
     by_user: RateLimiter<String>,
+    /// Flows a session's user may start (re-enrollments) per minute, and
+    /// refused admin requests audited per user per minute.
+    flows_by_user: RateLimiter<String>,
+    refusals_by_user: RateLimiter<String>,
     /// PAM checks running at once (each may sleep on a failure delay).
     pam_slots: tokio::sync::Semaphore,
     pam_service: String,
@@ -54,6 +59,43 @@ const RECENT_LOGIN_SECS: i64 = 10 * 60;
 /// What a wrong name and a wrong password are both told.
 const BAD_LOGIN: &str = "Wrong user name or password.";
 
+/// Admin requests that make a way in for someone (a key, codes, a password,
+/// a host's credentials): they need a recent login, like self-service's.
+fn mints_credentials(r: &AdminRequest) -> bool {
+    matches!(
+        r,
+        AdminRequest::UserEnable { .. }
+            | AdminRequest::UserEnableMany { .. }
+            | AdminRequest::UserReset { .. }
+            | AdminRequest::UserRecoveryCodes { .. }
+            | AdminRequest::UserPasswd { .. }
+            | AdminRequest::ImportOath { .. }
+            | AdminRequest::ImportTotp { .. }
+            | AdminRequest::HostAdd { .. }
+    )
+}
+
+/// What per-address limits count: an IPv4 address, or an IPv6 /64 (one
+/// customer's network hands out a /64's worth of addresses).
+fn network_of(addr: &str) -> String {
+    match addr.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        _ => addr.to_string(),
+    }
+}
+
+/// Aborts its task when dropped (the door's helpers end with the door).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Admin requests that only read: the ones that need no CSRF token.
 fn reads_only(r: &AdminRequest) -> bool {
     matches!(
@@ -76,6 +118,8 @@ impl WebDoor {
             flows: Flows::new(core.prompt_timeout),
             by_addr: RateLimiter::new(web.logins_per_minute),
             by_user: RateLimiter::new(web.logins_per_minute),
+            flows_by_user: RateLimiter::new(10),
+            refusals_by_user: RateLimiter::new(10),
             pam_slots: tokio::sync::Semaphore::new(4),
             pam_service: web.pam_service.clone(),
             self_service_email: web.self_service_email && core.policy.email.enabled,
@@ -86,6 +130,8 @@ impl WebDoor {
 
     /// Serves the socket until the task is aborted.
     pub async fn serve(self: Arc<Self>, listener: Listener) {
+        let revoker = tokio::spawn(self.clone().end_sessions_on_changes());
+        let _stop_revoker = AbortOnDrop(revoker);
         let slots = Arc::new(tokio::sync::Semaphore::new(64));
         loop {
             let Ok(permit) = slots.clone().acquire_owned().await else { return };
@@ -95,6 +141,26 @@ impl WebDoor {
                 door.connection(stream).await;
                 drop(permit);
             });
+        }
+    }
+
+    /// A user whose second factor was reset or disabled, or who was locked
+    /// out, keeps no console session (whichever door made the change). If
+    /// events were missed, every session ends: better a login again than a
+    /// session that should have ended.
+    async fn end_sessions_on_changes(self: Arc<Self>) {
+        use crate::core::events::Event;
+        use tokio::sync::broadcast::error::RecvError;
+        let mut events = self.core.events.subscribe();
+        loop {
+            match events.recv().await {
+                Ok(Event::SecondFactorChanged { user } | Event::UserLockedOut { user, .. }) => {
+                    self.sessions.end_all_of(&user)
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => self.sessions.end_all(),
+                Err(RecvError::Closed) => return,
+            }
         }
     }
 
@@ -114,7 +180,12 @@ impl WebDoor {
     }
 
     pub async fn handle(&self, req: WebRequest) -> WebResponse {
-        let addr = req.client().addr.clone();
+        // The browser's address as otpweb saw it: an IP address and nothing
+        // else reaches the audit, syslog or PAM_RHOST.
+        let Ok(ip) = req.client().addr.parse::<std::net::IpAddr>() else {
+            return error(WebErrorKind::InvalidInput, "client.addr is not an IP address");
+        };
+        let addr = ip.to_string();
         match req {
             WebRequest::LoginStart { user, password, .. } => self.login_start(user, password, addr).await,
             WebRequest::Answer { flow, text, .. } => self.answer(&flow, text).await,
@@ -181,18 +252,22 @@ impl WebDoor {
     /// The password step. Rate-limited per address and per name before PAM
     /// is asked; one answer for a wrong name and a wrong password.
     async fn login_start(&self, user: String, password: String, addr: String) -> WebResponse {
-        if !self.by_addr.allow(addr.clone()) {
+        if !self.by_addr.allow(network_of(&addr)) {
             return error(WebErrorKind::RateLimited, "Too many login attempts from your address; wait a minute.");
         }
         if !valid_user_name(&user) || password.is_empty() || password.len() > 1024 {
             return error(WebErrorKind::BadLogin, BAD_LOGIN);
         }
         if !self.by_user.allow(user.clone()) {
-            self.audit_web(&user, &addr, AuditResult::Deny, "console login refused: too many attempts for this name")
-                .await;
+            // Counted in the log, not a row each: refusals cost no storage.
+            self.core.warn_throttled("console logins refused: too many attempts for one name");
             return error(WebErrorKind::RateLimited, "Too many login attempts for this account; wait a minute.");
         }
-        let Ok(_slot) = self.pam_slots.acquire().await else { return error(WebErrorKind::Unavailable, "busy") };
+        // A queue of password checks holds no one else's request for long.
+        let wait = std::time::Duration::from_secs(2);
+        let Ok(Ok(_slot)) = tokio::time::timeout(wait, self.pam_slots.acquire()).await else {
+            return error(WebErrorKind::RateLimited, "The console is busy checking passwords; try again in a moment.");
+        };
         let (service, name, rhost) = (self.pam_service.clone(), user.clone(), addr.clone());
         let ok = tokio::task::spawn_blocking(move || {
             crate::sys::pamauth::check_password(&service, &name, &password, &rhost)
@@ -266,7 +341,22 @@ impl WebDoor {
                 let turn = next.next().await;
                 Box::pin(self.after(next, turn)).await
             }
-            Purpose::Activate => WebResponse::Reenrolled { lines },
+            Purpose::Activate => {
+                // Only a code of the new key activates it (a recovery or an
+                // emailed code logs in but leaves the key pending).
+                let user = flow.user.clone();
+                match self.core.db.run(move |st| st.user(&user)).await {
+                    Ok(Some(u)) if u.activated_at.is_some() => WebResponse::Reenrolled { lines },
+                    Ok(_) => error(
+                        WebErrorKind::InvalidInput,
+                        "The new authenticator is not active yet: log in again and enter a code from it.",
+                    ),
+                    Err(e) => {
+                        tracing::error!("reading {} after re-enrollment: {e}", flow.user);
+                        error(WebErrorKind::Unavailable, "The database is unavailable; try again later.")
+                    }
+                }
+            }
         }
     }
 
@@ -280,17 +370,40 @@ impl WebDoor {
     ) -> WebResponse {
         // Only a read may be passive: a change is always its person's.
         let passive = passive && reads_only(&request);
-        let Some((user, expected)) = self.live(token, !passive) else { return unauthenticated() };
+        let now = self.core.clock.now();
+        let Some((user, expected, login_at)) = self.sessions.touch_full(token, now, !passive) else {
+            return unauthenticated();
+        };
         if !self.is_admin(&user) {
-            let why = "console admin request refused: not in the admin group";
-            self.audit_web(&user, &addr, AuditResult::Deny, why).await;
+            if self.refusals_by_user.allow(user.clone()) {
+                let why = "console admin request refused: not in the admin group";
+                self.audit_web(&user, &addr, AuditResult::Deny, why).await;
+            }
             return error(WebErrorKind::Forbidden, "Only administrators can do this.");
         }
         if !reads_only(&request) && !csrf.is_some_and(|c| same_token(&c, &expected)) {
             return error(WebErrorKind::Csrf, "The form was stale or not from this console; nothing was changed.");
         }
+        if matches!(request, AdminRequest::HostAdd { admin: true, .. }) {
+            return error(
+                WebErrorKind::Forbidden,
+                "Remote admin credentials are issued with otpctl on a server, not from the console.",
+            );
+        }
+        if mints_credentials(&request) && now - login_at > RECENT_LOGIN_SECS {
+            return error(
+                WebErrorKind::Forbidden,
+                "For this, log in again (your login must be less than 10 minutes old); nothing was changed.",
+            );
+        }
         let by = By::Web { user, addr };
-        WebResponse::Admin { response: dispatch::handle(request, &by, &self.core).await }
+        let response = match dispatch::handle(request, &by, &self.core).await {
+            // The new key is the user's to see, in their own login: a
+            // console session never carries a secret.
+            AdminResponse::Enrolled { user, .. } => AdminResponse::Enrolled { user, otpauth_uri: None },
+            other => other,
+        };
+        WebResponse::Admin { response }
     }
 
     async fn own(&self, token: &str, csrf: Option<String>, request: OwnRequest, addr: String) -> WebResponse {
@@ -322,10 +435,21 @@ impl WebDoor {
     /// A new phone: only for a TOTP account, and only after a code of the
     /// current one (the flow's first step).
     async fn reenroll(&self, user: String, addr: String) -> WebResponse {
+        if !self.flows_by_user.allow(user.clone()) {
+            return error(WebErrorKind::RateLimited, "Too many re-enrollments started; wait a minute.");
+        }
         let name = user.clone();
         let record = self.core.db.run(move |st| st.user(&name)).await;
         match record {
-            Ok(Some(u)) if u.enabled && u.method == common::proto::Method::Totp => {}
+            // A pending enrollment is finished at a login, not here: its key
+            // is shown only to whoever logs in with the password.
+            Ok(Some(u)) if u.enabled && u.method == common::proto::Method::Totp && u.activated_at.is_some() => {}
+            Ok(Some(u)) if u.enabled && u.method == common::proto::Method::Totp => {
+                return error(
+                    WebErrorKind::InvalidInput,
+                    "Your authenticator is not set up yet: log out and log in again to set it up.",
+                )
+            }
             Ok(_) => return error(WebErrorKind::InvalidInput, "Your account does not use an authenticator app."),
             Err(e) => {
                 tracing::error!("reading {user} for re-enrollment: {e}");
@@ -577,5 +701,97 @@ mod tests {
             request: OwnRequest::RecoveryCodes,
         };
         assert!(matches!(d.handle(again).await, WebResponse::RecoveryCodes { .. }));
+    }
+
+    /// A reset or a disable at any door, or a lockout, ends the user's
+    /// console sessions (a thief's cookie dies with the old second factor).
+    #[tokio::test]
+    async fn sessions_end_when_the_second_factor_changes_at_any_door() {
+        let d = Arc::new(door());
+        let secret = enrolled(&d, "ut-ada").await;
+        let watcher = tokio::spawn(d.clone().end_sessions_on_changes());
+        tokio::task::yield_now().await;
+        let (token, _) = session(&d, "ut-ada", &secret, 0).await;
+        let whoami = || WebRequest::Whoami { client: client(), session: token.clone() };
+        assert!(matches!(d.handle(whoami()).await, WebResponse::Me { .. }));
+        // Root at the admin socket resets ada's key.
+        crate::admin::ops::users::reset(&d.core, &ROOT, "ut-ada".into()).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while matches!(d.handle(whoami()).await, WebResponse::Me { .. }) {
+            assert!(std::time::Instant::now() < deadline, "the session outlived the reset");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        watcher.abort();
+    }
+
+    /// A console admin sees no secret, issues no remote admin credentials,
+    /// and mints none without a recent login.
+    #[tokio::test]
+    async fn a_console_admin_gets_no_secret_and_mints_nothing_with_an_old_login() {
+        let clock = Arc::new(crate::sys::clock::FakeClock::new(T0));
+        let mut p = parts();
+        p.clock = Box::new(clock.clone());
+        p.fleet_ca = Some(Arc::new(crate::fleet::pki::Ca::generate().unwrap()));
+        let d = WebDoor::new(Arc::new(crate::core::service::Core::new(p)), &WebConfig::default());
+        let secret = enrolled(&d, "root").await;
+        let (token, csrf) = session(&d, "root", &secret, 0).await;
+        let ask = |request| WebRequest::Admin {
+            client: client(),
+            session: token.clone(),
+            csrf: Some(csrf.clone()),
+            request,
+            passive: false,
+        };
+        let enable =
+            || AdminRequest::UserEnable { user: "ut-bob".into(), method: common::proto::Method::Totp, email: None };
+        match d.handle(ask(enable())).await {
+            WebResponse::Admin { response: AdminResponse::Enrolled { otpauth_uri, .. } } => {
+                assert_eq!(otpauth_uri, None)
+            }
+            other => panic!("expected Enrolled, got {other:?}"),
+        }
+        let remote_admin = AdminRequest::HostAdd { name: "adm1".into(), admin: true };
+        assert_eq!(kind(&d.handle(ask(remote_admin)).await), Some(WebErrorKind::Forbidden));
+        clock.advance(11 * 60);
+        assert!(matches!(
+            d.handle(WebRequest::Whoami { client: client(), session: token.clone() }).await,
+            WebResponse::Me { .. }
+        ));
+        let codes = AdminRequest::UserRecoveryCodes { user: "ut-bob".into() };
+        assert_eq!(kind(&d.handle(ask(codes)).await), Some(WebErrorKind::Forbidden));
+        let reset = AdminRequest::UserReset { user: "ut-bob".into() };
+        assert_eq!(kind(&d.handle(ask(reset)).await), Some(WebErrorKind::Forbidden));
+        let unlock = AdminRequest::UserUnlock { user: "ut-bob".into() };
+        assert!(matches!(d.handle(ask(unlock)).await, WebResponse::Admin { .. }), "an old login may still unlock");
+    }
+
+    /// A pending enrollment is finished at a login, not through re-enrollment.
+    #[tokio::test]
+    async fn a_pending_enrollment_cannot_be_reenrolled() {
+        let d = door();
+        let secret = enrolled(&d, "ut-ada").await;
+        let (token, csrf) = session(&d, "ut-ada", &secret, 0).await;
+        let mut rec = on_db(&d.core, |st| st.user("ut-ada")).await.unwrap();
+        rec.activated_at = None;
+        save(&d.core, rec).await;
+        let start =
+            WebRequest::Own { client: client(), session: token, csrf: Some(csrf), request: OwnRequest::Reenroll };
+        assert_eq!(kind(&d.handle(start).await), Some(WebErrorKind::InvalidInput));
+    }
+
+    #[tokio::test]
+    async fn the_client_address_must_be_an_ip_address() {
+        let d = door();
+        for addr in ["", "evil\nhost", "10.0.0.1; rm", &"1".repeat(5000)] {
+            let req = WebRequest::LoginStart {
+                client: Client { addr: addr.into() },
+                user: "ut-ada".into(),
+                password: "x".into(),
+            };
+            assert_eq!(kind(&d.handle(req).await), Some(WebErrorKind::InvalidInput), "{addr:?}");
+        }
+        assert_eq!(network_of("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64");
+        assert_eq!(network_of("2001:db8:1:2:ffff::1"), "2001:db8:1:2::/64");
+        assert_eq!(network_of("192.0.2.7"), "192.0.2.7");
     }
 }

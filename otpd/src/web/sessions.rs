@@ -123,6 +123,11 @@ impl Sessions {
     pub fn end_all_of(&self, user: &str) {
         lock(&self.live).retain(|_, s| s.user != user);
     }
+
+    /// Ends every session (when it is no longer known whose must end).
+    pub fn end_all(&self) {
+        lock(&self.live).clear();
+    }
 }
 
 /// Whether `given` is `expected`, in time that does not depend on where they differ.

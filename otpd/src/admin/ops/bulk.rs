@@ -45,7 +45,9 @@ fn bulk_users(users: Vec<BulkUser>, by: &By) -> Result<Vec<BulkUser>, String> {
     }
     let mut seen = std::collections::HashSet::new();
     let mut out: Vec<BulkUser> = users.into_iter().filter(|u| seen.insert(u.name.clone())).collect();
-    if let By::Remote(_) = by {
+    // Only a local admin's otpctl resolved the names here; a remote or a
+    // console admin's uids are looked up on this machine.
+    if !matches!(by, By::Uid(_)) {
         for u in &mut out {
             u.uid = account_uid(&u.name);
         }

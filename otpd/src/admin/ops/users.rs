@@ -101,7 +101,7 @@ pub async fn reset(core: &Core, by: &By, user: String) -> AdminResponse {
             Ok(enrolled(&policy, &rec, now))
         })
         .await;
-    finish(r)
+    changed(core, finish(r))
 }
 
 /// `user disable`: the secret, counter, lock and recovery codes erased; the
@@ -131,7 +131,19 @@ pub async fn disable(core: &Core, by: &By, user: String) -> AdminResponse {
             Ok(AdminResponse::User { user: info(&u, now) })
         })
         .await;
-    finish(r)
+    changed(core, finish(r))
+}
+
+/// After a reset or a disable that was made: whoever listens (the console's
+/// sessions) hears that the user's second factor changed.
+fn changed(core: &Core, r: AdminResponse) -> AdminResponse {
+    match &r {
+        AdminResponse::Enrolled { user, .. } | AdminResponse::User { user } => {
+            core.emit(crate::core::events::Event::SecondFactorChanged { user: user.name.clone() })
+        }
+        _ => {}
+    }
+    r
 }
 
 /// `user unlock`: any lock lifted, the escalation started over.
