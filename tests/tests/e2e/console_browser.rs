@@ -13,8 +13,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// How long a page may take to show what a test waits for.
-const WAIT: Duration = Duration::from_secs(10);
+/// How long a page may take to show what a test waits for (a poll: only a
+/// failing test waits it out; generous for a loaded machine).
+const WAIT: Duration = Duration::from_secs(20);
 
 /// An SMTP sink and the files the `[email]`/`[smtp]` config names.
 struct MailSink {
