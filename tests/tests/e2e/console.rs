@@ -29,6 +29,11 @@ impl Console {
 
     /// `extra`: more of otpd.toml, after `[web]` (start other tables with their header).
     pub fn start_with(extra: &str) -> Console {
+        Console::start_top("", extra)
+    }
+
+    /// [`Console::start_with`], with `top` before `[daemon]` (`role = "server"`).
+    pub fn start_top(top: &str, extra: &str) -> Console {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_path_buf();
         std::fs::create_dir_all(d.join("services")).unwrap();
@@ -61,12 +66,22 @@ impl Console {
             ("NSS_WRAPPER_PASSWD", d.join("passwd").display().to_string()),
             ("NSS_WRAPPER_GROUP", d.join("group").display().to_string()),
         ];
+        // otpweb's own (its self-signed certificate), writable by its uid only.
+        let state = d.join("web-state");
+        std::fs::create_dir(&state).unwrap();
+        std::os::unix::fs::chown(&state, Some(WEB_GID), Some(WEB_GID)).unwrap();
         let extra = format!(
-            "admin_group = \"otpadmin\"\n[web]\nenabled = true\nsocket = \"{}/run/web.sock\"\n{extra}",
-            d.display()
+            "admin_group = \"otpadmin\"\n[web]\nenabled = true\nsocket = \"{d}/run/web.sock\"\n\
+             state_dir = \"{state}\"\n{extra}",
+            d = d.display(),
+            state = state.display(),
         );
-        let setup =
-            Setup { extra, env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(), ..Setup::default() };
+        let setup = Setup {
+            top: top.into(),
+            extra,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            ..Setup::default()
+        };
         let c = Console { fx: Fixture::start_setup(dir, setup) };
         // The web socket is bound after the PAM and admin sockets.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

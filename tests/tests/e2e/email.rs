@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use support::*;
 
 /// A test CA and a certificate for localhost signed by it.
-fn make_certs(dir: &Path) {
+pub(crate) fn make_certs(dir: &Path) {
     let run = |args: &[&str]| {
         let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
         assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -49,17 +49,17 @@ fn make_certs(dir: &Path) {
     ]);
 }
 
-fn start_smtp(dir: &Path, port: u16) -> SmtpSink {
+pub(crate) fn start_smtp(dir: &Path, port: u16) -> SmtpSink {
     SmtpSink::start(&dir.join("maildir"), port, Some((&dir.join("smtp.pem"), &dir.join("smtp.key"))))
 }
 
-struct Mail {
-    to: String,
-    text: String,
+pub(crate) struct Mail {
+    pub(crate) to: String,
+    pub(crate) text: String,
 }
 
 impl Mail {
-    fn code(&self) -> String {
+    pub(crate) fn code(&self) -> String {
         self.text
             .lines()
             .map(str::trim)
@@ -69,7 +69,7 @@ impl Mail {
     }
 }
 
-fn mails(maildir: &Path) -> Vec<Mail> {
+pub(crate) fn mails(maildir: &Path) -> Vec<Mail> {
     let mut names: Vec<PathBuf> = std::fs::read_dir(maildir)
         .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "eml")).collect())
         .unwrap_or_default();
@@ -84,7 +84,7 @@ fn mails(maildir: &Path) -> Vec<Mail> {
         .collect()
 }
 
-fn wait_for_mails(maildir: &Path, n: usize) -> Vec<Mail> {
+pub(crate) fn wait_for_mails(maildir: &Path, n: usize) -> Vec<Mail> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let m = mails(maildir);

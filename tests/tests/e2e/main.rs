@@ -17,6 +17,7 @@ mod browser_harness;
 mod bulk;
 mod cli;
 mod console;
+mod console_browser;
 mod crash;
 mod dbus;
 mod email;

@@ -32,7 +32,7 @@ pub fn staged(name: &str) -> PathBuf {
     let dir = STAGE.get_or_init(|| {
         let dir = tempfile::Builder::new().prefix("pam_otp-stage.").tempdir().unwrap().keep();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        for file in ["libpam_otp.so", "otpctl", "pamdrive"] {
+        for file in ["libpam_otp.so", "otpctl", "pamdrive", "otpweb"] {
             let to = dir.join(file);
             std::fs::copy(build_dir().join(file), &to).unwrap_or_else(|e| panic!("staging {file}: {e}"));
             std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -279,6 +279,25 @@ impl Browser {
             .collect()
     }
 
+    /// Sets a cookie for the current page's host as the page's own script
+    /// could (so not HttpOnly): Secure, SameSite=Strict, Path=/, no Domain,
+    /// which a `__Host-` name requires. A test can replay an old value.
+    /// (Not WebDriver's Add Cookie: fantoccini sends `"domain": null`,
+    /// which chromedriver refuses.)
+    pub fn set_cookie(&self, name: &str, value: &str) {
+        let set = self.execute(
+            "document.cookie = arguments[0] + '=' + arguments[1] + '; Secure; SameSite=Strict; Path=/';
+             return document.cookie.split('; ').includes(arguments[0] + '=' + arguments[1]);",
+            vec![json!(name), json!(value)],
+        );
+        assert_eq!(set, json!(true), "the browser refused cookie {name} at {}", self.url_for_messages());
+    }
+
+    /// Reloads the current page and waits for its load event.
+    pub fn refresh(&self) {
+        self.run("refresh", self.client().refresh());
+    }
+
     /// Resizes the window so that the page's viewport is `width`×`height`
     /// CSS pixels (what media queries see).
     pub fn set_viewport(&self, width: u32, height: u32) {
@@ -287,18 +306,37 @@ impl Browser {
             (v[0].as_i64().unwrap_or(0), v[1].as_i64().unwrap_or(0))
         };
         // The window may have a frame around the viewport: size it, measure
-        // the difference, size it again.
+        // the difference, size it again. The page may see the new size a
+        // moment after the window has it: a measure counts once the target
+        // shows, or two looks 50 ms apart agree.
+        let settled = |b: &Browser| -> (i64, i64) {
+            let deadline = Instant::now() + Duration::from_secs(1);
+            let mut last = inner(b);
+            loop {
+                if last == (i64::from(width), i64::from(height)) || Instant::now() > deadline {
+                    return last;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                let now = inner(b);
+                if now == last {
+                    return now;
+                }
+                last = now;
+            }
+        };
         let (mut w, mut h) = (i64::from(width), i64::from(height));
-        for _ in 0..3 {
+        let mut tried = Vec::new();
+        for _ in 0..4 {
             self.run("set window size", self.client().set_window_size(w as u32, h as u32));
-            let (iw, ih) = inner(self);
+            let (iw, ih) = settled(self);
+            tried.push(format!("window {w}x{h}: viewport {iw}x{ih}"));
             if (iw, ih) == (i64::from(width), i64::from(height)) {
                 return;
             }
             w += i64::from(width) - iw;
             h += i64::from(height) - ih;
         }
-        panic!("the viewport is {:?}, not {width}x{height}", inner(self));
+        panic!("the viewport is {:?}, not {width}x{height} ({})", inner(self), tried.join("; "));
     }
 
     /// The [`PHONE`] viewport.
