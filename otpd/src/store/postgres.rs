@@ -530,7 +530,8 @@ impl Store for PgStore {
         let limit = i64::from(q.limit);
         let args: [&(dyn postgres::types::ToSql + Sync); 7] =
             [&q.user, &q.machine, &q.since, &limit, &q.result, &q.until, &q.before_id];
-        let rows = self.query(sql::AUDIT.postgres, &args)?;
+        let text = sql::audit_page(q.user.is_some(), q.machine.is_some(), q.result.is_some());
+        let rows = self.query(text.postgres, &args)?;
         rows.iter()
             .map(|r| {
                 Ok(AuditEntry {

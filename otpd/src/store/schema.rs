@@ -226,6 +226,14 @@ ALTER TABLE hosts ADD COLUMN last_addr TEXT;
     r#"
 CREATE INDEX outbox_by_code ON outbox (code_id);
 "#,
+    // The console's audit pages filtered by result ("lockout") walk this
+    // rather than the whole table. Names in byte order are the primary key
+    // already; PostgreSQL needs users_by_name_c for that, and the two
+    // schemas list the same indexes.
+    r#"
+CREATE INDEX audit_by_result_time ON audit (result, time);
+CREATE INDEX users_by_name_c ON users (name);
+"#,
 ];
 
 /// Schema migrations; `otpd_schema.version` records how many have run.
@@ -366,5 +374,11 @@ CREATE TABLE group_members (
     // the addresses a server keeps room for after a restart (check 36).
     r#"
 ALTER TABLE hosts ADD COLUMN last_addr TEXT;
+"#,
+    // The console's audit pages filtered by result; its users pages in
+    // the byte order both backends list names in.
+    r#"
+CREATE INDEX audit_by_result_time ON audit (result, time);
+CREATE INDEX users_by_name_c ON users (name COLLATE "C");
 "#,
 ];

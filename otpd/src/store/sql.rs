@@ -217,17 +217,19 @@ pub const CONSUME_STEP: Sql =
 pub const USERS: Sql =
     pair!(sqlite: "SELECT * FROM users ORDER BY name", postgres: r#"SELECT * FROM users ORDER BY name COLLATE "C""#);
 /// One page of users by name: those whose name or address contains $1
-/// (lower case, `%` and `_` escaped with `\`), after the name $2.
+/// (lower case, `%` and `_` escaped with `\`), after the name $2. The
+/// names walk the primary key (SQLite) or `users_by_name_c` (PostgreSQL)
+/// from $2 on; a search reads every name.
 pub const USERS_PAGE: Sql = pair!(
     sqlite: r#"SELECT * FROM users
        WHERE (CAST($1 AS TEXT) IS NULL OR lower(name) LIKE '%' || $1 || '%' ESCAPE '\'
               OR lower(coalesce(email, '')) LIKE '%' || $1 || '%' ESCAPE '\')
-         AND (CAST($2 AS TEXT) IS NULL OR name > $2)
+         AND name > coalesce($2, '')
        ORDER BY name LIMIT $3"#,
     postgres: r#"SELECT * FROM users
        WHERE (CAST($1 AS TEXT) IS NULL OR lower(name) LIKE '%' || $1 || '%' ESCAPE '\'
               OR lower(coalesce(email, '')) LIKE '%' || $1 || '%' ESCAPE '\')
-         AND (CAST($2 AS TEXT) IS NULL OR name COLLATE "C" > $2)
+         AND name COLLATE "C" > coalesce(CAST($2 AS TEXT), '')
        ORDER BY name COLLATE "C" LIMIT $3"#,
 );
 
@@ -261,15 +263,44 @@ pub const PRUNE_SESSIONS: Sql = same!(
        (SELECT id FROM sessions WHERE coalesce(closed_at, opened_at) < $1 LIMIT $2)"
 );
 /// Filters that are NULL filter nothing.
-/// Newest first; every filter optional: user, host, since, the page size,
-/// result, until, and the page's end (entries older than an id).
-pub const AUDIT: Sql = same!(
-    r#"SELECT id, time, "user", service, rhost, tty, machine, method, result, reason FROM audit
-       WHERE (CAST($1 AS TEXT) IS NULL OR "user" = $1) AND (CAST($2 AS TEXT) IS NULL OR machine = $2)
+/// An audit page: newest first (by time, then id); every filter optional —
+/// user $1, host $2, since $3, the page size $4, result $5, until $6, and
+/// the end of the previous page $7 (entries before that entry; a pruned one
+/// starts again from the newest). Four texts that differ only in the
+/// filter they lead with, so that each walks an index in page order
+/// (`"user"`, `machine`, `result` or `time`, each with `time`) and stops
+/// after a page, at a million rows as at a thousand: a filter written
+/// `$1 IS NULL OR "user" = $1` can use no index in SQLite.
+macro_rules! audit_page {
+    ($lead:literal) => {
+        same!(concat!(
+            r#"SELECT id, time, "user", service, rhost, tty, machine, method, result, reason FROM audit
+       WHERE "#,
+            $lead,
+            r#"
+         AND (CAST($1 AS TEXT) IS NULL OR "user" = $1) AND (CAST($2 AS TEXT) IS NULL OR machine = $2)
          AND (CAST($3 AS BIGINT) IS NULL OR time >= $3) AND (CAST($5 AS TEXT) IS NULL OR result = $5)
-         AND (CAST($6 AS BIGINT) IS NULL OR time < $6) AND (CAST($7 AS BIGINT) IS NULL OR id < $7)
-       ORDER BY id DESC LIMIT $4"#
-);
+         AND (CAST($6 AS BIGINT) IS NULL OR time < $6)
+         AND (time, id) < (SELECT time, id FROM audit WHERE id = CAST($7 AS BIGINT)
+                           UNION ALL SELECT 9223372036854775807, 0 ORDER BY 1 LIMIT 1)
+       ORDER BY time DESC, id DESC LIMIT $4"#
+        ))
+    };
+}
+pub const AUDIT_BY_USER: Sql = audit_page!(r#""user" = $1"#);
+pub const AUDIT_BY_MACHINE: Sql = audit_page!("machine = $2");
+pub const AUDIT_BY_RESULT: Sql = audit_page!("result = $5");
+pub const AUDIT: Sql = audit_page!("TRUE");
+
+/// The audit page's text for the filters given: the most selective leads.
+pub fn audit_page(user: bool, machine: bool, result: bool) -> Sql {
+    match (user, machine, result) {
+        (true, _, _) => AUDIT_BY_USER,
+        (false, true, _) => AUDIT_BY_MACHINE,
+        (false, false, true) => AUDIT_BY_RESULT,
+        _ => AUDIT,
+    }
+}
 pub const COUNT_USERS: Sql = same!(
     "SELECT count(*), count(*) FILTER (WHERE enabled),
             count(*) FILTER (WHERE enabled AND activated_at IS NOT NULL),
@@ -451,6 +482,7 @@ mod tests {
             ("CONSUME_COUNTER", CONSUME_COUNTER),
             ("CONSUME_STEP", CONSUME_STEP),
             ("USERS", USERS),
+            ("USERS_PAGE", USERS_PAGE),
             ("DELETE_RECOVERY_CODES", DELETE_RECOVERY_CODES),
             ("INSERT_RECOVERY_CODE", INSERT_RECOVERY_CODE),
             ("RECOVERY_SALT", RECOVERY_SALT),
@@ -461,6 +493,9 @@ mod tests {
             ("ADD_AUDIT", ADD_AUDIT),
             ("PRUNE_AUDIT", PRUNE_AUDIT),
             ("PRUNE_SESSIONS", PRUNE_SESSIONS),
+            ("AUDIT_BY_USER", AUDIT_BY_USER),
+            ("AUDIT_BY_MACHINE", AUDIT_BY_MACHINE),
+            ("AUDIT_BY_RESULT", AUDIT_BY_RESULT),
             ("AUDIT", AUDIT),
             ("COUNT_USERS", COUNT_USERS),
             ("COUNT_AUDIT", COUNT_AUDIT),
@@ -527,7 +562,9 @@ mod tests {
         assert_eq!(names(": Sql ="), listed);
         let listed: Vec<&str> = postgres_only().iter().map(|(n, _)| *n).collect();
         assert_eq!(names(": &str ="), listed);
-        let once = text.matches("same!(").count();
+        // The audit pages are written once each through `audit_page!`, whose
+        // body holds one `same!(` of its own.
+        let once = text.matches("same!(").count() - 1 + text.matches("audit_page!(").count();
         let twice = text.matches("pair!(").count();
         let locked = text.matches("locked_in_postgres!(").count();
         assert_eq!(once + twice + locked, shared_and_paired().len(), "{once} + {twice} + {locked}");

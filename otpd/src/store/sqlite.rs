@@ -351,7 +351,8 @@ impl Store for SqliteStore {
     }
 
     fn audit_page(&mut self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
-        let mut st = self.conn.prepare_cached(sql::AUDIT.sqlite)?;
+        let text = sql::audit_page(q.user.is_some(), q.machine.is_some(), q.result.is_some());
+        let mut st = self.conn.prepare_cached(text.sqlite)?;
         let args = params![q.user, q.machine, q.since, q.limit, q.result, q.until, q.before_id];
         let rows = st.query_map(args, |r| {
             Ok(AuditEntry {

@@ -110,6 +110,22 @@ mod tests {
             seen.extend(page.iter().map(|e| e.time - T0));
         }
         assert_eq!(seen, [-94, -95, -96, -97, -98, -99, -100]);
+        // Each filter leads its own statement; their pages follow each other too.
+        for q in [
+            AuditQuery { user: Some("ut-ada".into()), ..Default::default() },
+            AuditQuery { machine: Some("web01".into()), ..Default::default() },
+            AuditQuery { result: Some("deny".into()), ..Default::default() },
+        ] {
+            let (mut seen, mut before_id) = (Vec::new(), None);
+            loop {
+                let page = ask(AuditQuery { before_id, ..q.clone() }, 2).await;
+                let Some(last) = page.last() else { break };
+                before_id = Some(last.id);
+                seen.extend(page.iter().map(|e| e.time - T0));
+            }
+            let all = ask(q.clone(), 100).await.iter().map(|e| e.time - T0).collect::<Vec<_>>();
+            assert_eq!(seen, all, "{q:?}");
+        }
     }
 
     #[tokio::test]
