@@ -708,3 +708,27 @@ fn every_screen_is_accessible_at_desktop_and_phone_size() {
         sweep(name, name == "users");
     }
 }
+
+/// The self-signed certificate otpweb made at its first start is the one it
+/// serves, and `otpctl status` prints its fingerprint, so an admin can
+/// check a browser's warning against it.
+#[test]
+fn otpctl_status_prints_the_fingerprint_of_the_certificate_otpweb_serves() {
+    let _turn = support::shared();
+    let w = Web::start("");
+    let addr = w.base.trim_start_matches("https://").to_string();
+    let served = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {addr} </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256"
+        ))
+        .output()
+        .unwrap();
+    let served = String::from_utf8_lossy(&served.stdout).into_owned();
+    let fingerprint = served.trim().rsplit('=').next().unwrap_or_default().to_string();
+    assert_eq!(fingerprint.len(), 95, "no certificate read from {addr}: {served:?}");
+    let status = w.fx().ctl_ok(&["status"]);
+    let line = status.lines().find(|l| l.starts_with("certificate")).unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(line.split_whitespace().last(), Some(fingerprint.as_str()), "{status}");
+    assert!(status.contains("web console    https://127.0.0.1:8443"), "{status}");
+}
