@@ -692,9 +692,8 @@ fn postgres_stopped_during_a_storm_refuses_logins_until_it_is_back_without_repla
         // login after the restart has succeeded (the late half's codes are
         // unused), for 30 s at most (the assertion below then says none did).
         let deadline = Instant::now() + Duration::from_secs(30);
-        let succeeded_since = |t: Instant| {
-            attempts.lock().unwrap().iter().any(|(a, _)| a.started > t && a.result == PAM_SUCCESS)
-        };
+        let succeeded_since =
+            |t: Instant| attempts.lock().unwrap().iter().any(|(a, _)| a.started > t && a.result == PAM_SUCCESS);
         while !succeeded_since(up) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
