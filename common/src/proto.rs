@@ -643,6 +643,16 @@ pub struct Relay {
     pub reply_within_ms: Option<u64>,
 }
 
+/// What an agent sends on its link before each exchange: the header of a
+/// relayed conversation, or a request of the agent's own (its certificate,
+/// its spool), each answered by one frame of its own kind. Untagged: a
+/// relay header is the same frame it always was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AgentFrame {
+    Relay(Relay),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //! Every link presents a client certificate issued by the fleet CA (`otpctl
 //! host add`); the host is the record found by that certificate's
 //! fingerprint — never a name the client sends. An agent link carries one
-//! conversation after another: a [`Relay`] header (who the login process
+//! conversation after another: a [`common::proto::Relay`] header (who the login process
 //! is on the agent's host), then the module's messages verbatim, run by the
 //! same state machine as the local PAM socket ([`crate::login::conversation`]).
 //! The host record is read again for every conversation, so `otpctl host
@@ -18,7 +18,9 @@ use crate::login::transport::Transport;
 use crate::store::model::{AuditMethod, AuditResult};
 use crate::store::model::{HostRecord, HostRole, NewAudit};
 use common::codec::{encode, encode_limited, FrameError, MAX_ADMIN_RESPONSE, MAX_FRAME};
-use common::proto::{AdminRequest, AdminResponse, ClientMsg, LinkHello, LinkReply, Relay, ServerMsg, PROTOCOL_VERSION};
+use common::proto::{
+    AdminRequest, AdminResponse, AgentFrame, ClientMsg, LinkHello, LinkReply, ServerMsg, PROTOCOL_VERSION,
+};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -135,7 +137,7 @@ pub async fn serve(listener: tokio::net::TcpListener, sh: Arc<Core>, fleet: Arc<
 struct Relayed<'a, S> {
     link: &'a mut Link<S>,
     done: bool,
-    /// How long the agent waits for each reply ([`Relay::reply_within_ms`]).
+    /// How long the agent waits for each reply ([`common::proto::Relay::reply_within_ms`]).
     reply_within: Option<Duration>,
     /// When the last message was read.
     read_at: Option<std::time::Instant>,
@@ -450,8 +452,8 @@ async fn agent_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
     fleet: &FleetServer,
 ) {
     loop {
-        let relay: Relay = match link.read(LINK_IDLE, sh.io_timeout, MAX_FRAME).await {
-            Ok(r) => r,
+        let relay = match link.read(LINK_IDLE, sh.io_timeout, MAX_FRAME).await {
+            Ok(AgentFrame::Relay(r)) => r,
             Err(FrameError::Closed | FrameError::TimedOut) => return,
             Err(e) => {
                 sh.warn_throttled(&format!("agent link of {}: bad relay header: {e}", host.name));
