@@ -72,6 +72,11 @@ pub struct FleetConfig {
     /// minute, root's included (a token bucket of this size): a compromised
     /// host cannot fill the shared database.
     pub host_logins_per_minute: u32,
+    /// Server: authenticated links open at once, agents' and remote
+    /// otpctl's (each one file descriptor; an idle link costs a few tens of
+    /// kB, docs/BENCHMARKS.md "Fleet scale"). An agent keeps at least one
+    /// after a login: one per host of the fleet, and room for logins.
+    pub max_links: usize,
 }
 
 impl Default for FleetConfig {
@@ -86,6 +91,7 @@ impl Default for FleetConfig {
             db_connections: 8,
             enroll_on_agents: true,
             host_logins_per_minute: 6000,
+            max_links: 16384,
         }
     }
 }
@@ -696,6 +702,9 @@ impl Config {
         }
         if f.host_logins_per_minute == 0 {
             return bad("fleet.host_logins_per_minute", "must be at least 1".into());
+        }
+        if !(1..=1_000_000).contains(&f.max_links) {
+            return bad("fleet.max_links", format!("{} is out of range (1 to 1000000)", f.max_links));
         }
         if !(1..=256).contains(&f.db_connections) {
             return bad("fleet.db_connections", format!("{} is out of range (1 to 256)", f.db_connections));

@@ -67,7 +67,8 @@ async fn fleet_server(
     if names.is_empty() {
         names.push(hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "localhost".into()));
     }
-    let fleet = crate::fleet::link::FleetServer::new(Arc::new(ca), names).map_err(|e| fail(e.to_string()))?;
+    let fleet = crate::fleet::link::FleetServer::new(Arc::new(ca), names, config.fleet.max_links)
+        .map_err(|e| fail(e.to_string()))?;
     // Room on the fleet port is kept for the addresses hosts last came
     // from, also right after this restart (check 36).
     for h in db.read(|st| st.hosts()).await? {
@@ -216,6 +217,16 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         fleet_listeners.push(l);
     }
     raise_fd_limit();
+    // Every fleet link and PAM connection is a descriptor, and so is the
+    // database (SQLite's files, PostgreSQL's connections).
+    let wanted = (config.fleet.max_links + d.max_connections + 256) as u64;
+    if fleet.is_some() && crate::sys::start::fd_limit() < wanted {
+        tracing::warn!(
+            "open files limit {} is below fleet.max_links + daemon.max_connections + 256 = {wanted}: links beyond it \
+             fail (raise LimitNOFILE in otpd.service)",
+            crate::sys::start::fd_limit()
+        );
+    }
     let admin_gid = nix::unistd::Group::from_name(&d.admin_group).ok().flatten().map(|g| g.gid.as_raw());
     let fleet_ca = fleet.as_ref().map(|f| f.ca.clone());
     let shared = Arc::new(make_core(&config, db, crypto, admin_gid, fleet_ca));

@@ -16,7 +16,9 @@ use common::codec::{encode, FrameError, MAX_FRAME};
 use common::config::Config;
 use common::proto::{ClientMsg, LinkHello, LinkReply, OutcomeKind, Relay, ServerMsg, PROTOCOL_VERSION};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -31,15 +33,23 @@ struct Server {
     name: rustls::pki_types::ServerName<'static>,
 }
 
-struct Agent {
+/// An agent: its identity, its servers, its idle links. `run` makes one
+/// from otpd.toml; the fleet-scale benchmark (tests/src/bin/fleet-scale.rs)
+/// makes thousands in one process, so it measures this code and policy.
+pub struct Agent {
     host: String,
     servers: Vec<Server>,
     connector: tokio_rustls::TlsConnector,
     connect_timeout: Duration,
     io_timeout: Duration,
     prompt_timeout: Duration,
-    /// Idle links, newest last.
-    idle: Mutex<Vec<TlsLink>>,
+    /// Idle links, newest last: each is held by a task that watches it
+    /// (see [`Agent::put_back`]) and hands it over through its claim.
+    idle: Mutex<Vec<Claim>>,
+    /// A task is making a link again after a server closed an idle one.
+    reconnecting: AtomicBool,
+    /// The address links are made from (None: the system's choice).
+    source: Option<IpAddr>,
     /// Per server: do not try it again before this (it just failed).
     down_until: Mutex<Vec<Option<Instant>>>,
     open: AtomicUsize,
@@ -59,6 +69,77 @@ struct Agent {
 
 /// Links being made at once.
 const MAX_DIALS: usize = 16;
+
+/// How an idle link is asked for: the task holding it sends it back.
+type Claim = tokio::sync::oneshot::Sender<tokio::sync::oneshot::Sender<TlsLink>>;
+
+/// After a server closed this agent's idle link (it restarted or stopped),
+/// the first new link is made within this window, chosen at random: a
+/// restarted server does not meet all its hosts in the same second.
+pub const RECONNECT_FIRST: Duration = Duration::from_secs(5);
+/// Each failed attempt doubles the window, up to this.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(60);
+/// A link the server closed this long after it went idle was closed for
+/// being idle (the server's own limit, minus a margin for clocks and
+/// scheduling): not a server going away, so no new link is made for it.
+const IDLE_CLOSE: Duration = Duration::from_secs(crate::fleet::link::LINK_IDLE.as_secs() - 10);
+
+/// How long to wait before reconnect attempt `attempt` (0 for the first):
+/// a window of [`RECONNECT_FIRST`] doubled per failed attempt, at most
+/// [`RECONNECT_MAX`], and a point in it chosen by `unit` (uniform in
+/// [0, 1): "full jitter"), so that the hosts of a fleet spread over the
+/// whole window whatever their number.
+pub fn reconnect_delay(attempt: u32, unit: f64) -> Duration {
+    let window = RECONNECT_FIRST.saturating_mul(1u32 << attempt.min(16)).min(RECONNECT_MAX);
+    let unit = if unit.is_finite() { unit.clamp(0.0, 1.0) } else { 0.0 };
+    window.mul_f64(unit)
+}
+
+/// What an agent needs besides its bundle: `run` reads it from otpd.toml.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The name this agent says it is (default: the bundle's).
+    pub host: Option<String>,
+    /// "host:port", tried in order.
+    pub servers: Vec<String>,
+    pub connect_timeout: Duration,
+    pub io_timeout: Duration,
+    pub prompt_timeout: Duration,
+    pub max_connections: usize,
+    pub max_per_uid: usize,
+    /// Make links from this address (a benchmark's many hosts on one machine).
+    pub source: Option<IpAddr>,
+}
+
+impl Settings {
+    pub fn of(config: &Config) -> Settings {
+        let (d, f) = (&config.daemon, &config.fleet);
+        Settings {
+            host: f.host.clone(),
+            servers: f.servers.clone(),
+            connect_timeout: f.connect_timeout,
+            io_timeout: d.io_timeout,
+            prompt_timeout: d.prompt_timeout,
+            max_connections: d.max_connections,
+            max_per_uid: d.max_connections_per_user,
+            source: None,
+        }
+    }
+}
+
+/// Why no link was made.
+#[derive(Debug)]
+struct DialError {
+    /// The server answered and refused this host (revoked, unknown, too many links).
+    refused: bool,
+    why: String,
+}
+
+impl std::fmt::Display for DialError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
 
 /// Idle links kept for later conversations.
 const MAX_IDLE: usize = 64;
@@ -88,33 +169,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     crate::sys::trust::check_file(&f.bundle, "host bundle")?;
     let bundle = pki::Bundle::load(&f.bundle).map_err(|e| fleet_error(format!("{}: {e}", f.bundle.display())))?;
-    let host = f.host.clone().unwrap_or_else(|| bundle.name.clone());
-    let tls = pki::client_config(&bundle).map_err(fleet_error)?;
-    let mut servers = Vec::new();
-    for s in &f.servers {
-        let Some((h, port)) = common::config::split_host_port(s) else {
-            return Err(fleet_error(format!("fleet.servers: {s:?} is not host:port")));
-        };
-        let name = pki::server_name(h).map_err(|e| fleet_error(format!("fleet.servers: {s:?}: {e}")))?;
-        servers.push(Server { shown: s.clone(), host: h.to_string(), port, name });
-    }
-    let agent = Arc::new(Agent {
-        host: host.clone(),
-        down_until: Mutex::new(vec![None; servers.len()]),
-        servers,
-        connector: tokio_rustls::TlsConnector::from(tls),
-        connect_timeout: f.connect_timeout,
-        io_timeout: d.io_timeout,
-        prompt_timeout: d.prompt_timeout,
-        idle: Mutex::new(Vec::new()),
-        open: AtomicUsize::new(0),
-        unprivileged: AtomicUsize::new(0),
-        per_uid: Mutex::new(HashMap::new()),
-        max_connections: d.max_connections,
-        max_per_uid: d.max_connections_per_user,
-        last_warning: AtomicI64::new(0),
-        dials: tokio::sync::Semaphore::new(MAX_DIALS),
-    });
+    let agent = Agent::new(Settings::of(&config), &bundle).map_err(fleet_error)?;
+    let host = agent.host.clone();
     let pam = crate::sys::start::bind(&d.pam_socket, 0o666, None)?;
     let listener = Listener::new(pam)
         .map_err(|e| StartError::Socket { path: d.pam_socket.display().to_string(), why: e.to_string() })?;
@@ -139,6 +195,57 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 }
 
 impl Agent {
+    /// An agent with `bundle`'s identity; no link is made yet.
+    pub fn new(settings: Settings, bundle: &pki::Bundle) -> Result<Arc<Agent>, String> {
+        let host = settings.host.clone().unwrap_or_else(|| bundle.name.clone());
+        let tls = pki::client_config(bundle).map_err(|e| e.to_string())?;
+        let mut servers = Vec::new();
+        for s in &settings.servers {
+            let Some((h, port)) = common::config::split_host_port(s) else {
+                return Err(format!("fleet.servers: {s:?} is not host:port"));
+            };
+            let name = pki::server_name(h).map_err(|e| format!("fleet.servers: {s:?}: {e}"))?;
+            servers.push(Server { shown: s.clone(), host: h.to_string(), port, name });
+        }
+        Ok(Arc::new(Agent {
+            host,
+            down_until: Mutex::new(vec![None; servers.len()]),
+            servers,
+            connector: tokio_rustls::TlsConnector::from(tls),
+            connect_timeout: settings.connect_timeout,
+            io_timeout: settings.io_timeout,
+            prompt_timeout: settings.prompt_timeout,
+            idle: Mutex::new(Vec::new()),
+            reconnecting: AtomicBool::new(false),
+            source: settings.source,
+            open: AtomicUsize::new(0),
+            unprivileged: AtomicUsize::new(0),
+            per_uid: Mutex::new(HashMap::new()),
+            max_connections: settings.max_connections,
+            max_per_uid: settings.max_per_uid,
+            last_warning: AtomicI64::new(0),
+            dials: tokio::sync::Semaphore::new(MAX_DIALS),
+        }))
+    }
+
+    /// This agent's host name, as it tells the servers.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Idle links that are still open.
+    pub fn idle_links(&self) -> usize {
+        lock(&self.idle).iter().filter(|c| !c.is_closed()).count()
+    }
+
+    /// Makes one link to the first server that answers and keeps it idle
+    /// (what a login leaves behind).
+    pub async fn connect_idle(self: &Arc<Self>) -> Result<(), String> {
+        let link = self.dial_any().await.map_err(|e| e.why)?;
+        self.put_back(link);
+        Ok(())
+    }
+
     /// At most one warning a second: a dead server must not flood the log.
     fn warn(&self, msg: &str) {
         let now = crate::sys::clock::Clock::now(&crate::sys::clock::SystemClock);
@@ -194,38 +301,170 @@ impl Agent {
     }
 
     /// A new link to server `i`: TCP, TLS, hello, ready — within connect_timeout.
-    async fn dial(&self, i: usize) -> Result<TlsLink, String> {
+    async fn dial(&self, i: usize) -> Result<TlsLink, DialError> {
         let s = &self.servers[i];
+        let failed = |why: String| DialError { refused: false, why };
         let connect = async {
-            let tcp = tokio::net::TcpStream::connect((s.host.as_str(), s.port)).await.map_err(|e| e.to_string())?;
+            let tcp = connect_tcp(&s.host, s.port, self.source).await.map_err(|e| failed(e.to_string()))?;
             let _ = tcp.set_nodelay(true);
-            let tls = self.connector.connect(s.name.clone(), tcp).await.map_err(|e| format!("TLS: {e}"))?;
+            let tls = self.connector.connect(s.name.clone(), tcp).await.map_err(|e| failed(format!("TLS: {e}")))?;
             let mut link = Link::new(tls);
             let hello = LinkHello::Agent { protocol: PROTOCOL_VERSION, host: self.host.clone() };
-            link.write(&hello, self.connect_timeout).await.map_err(|e| e.to_string())?;
+            link.write(&hello, self.connect_timeout).await.map_err(|e| failed(e.to_string()))?;
             match link.read::<LinkReply>(self.connect_timeout, self.connect_timeout, MAX_FRAME).await {
                 Ok(LinkReply::Ready { .. }) => Ok(link),
-                Ok(LinkReply::Refused { reason }) => Err(format!("refused: {reason}")),
+                Ok(LinkReply::Refused { reason }) => {
+                    Err(DialError { refused: true, why: format!("refused: {reason}") })
+                }
                 // A server that refuses the handshake closes without a word.
-                Err(e) => Err(format!("no answer to hello: {e} (is this host's certificate valid for this fleet?)")),
+                Err(e) => {
+                    Err(failed(format!("no answer to hello: {e} (is this host's certificate valid for this fleet?)")))
+                }
             }
         };
         tokio::time::timeout(self.connect_timeout, connect)
             .await
-            .unwrap_or_else(|_| Err(format!("no answer within {}", humantime::format_duration(self.connect_timeout))))
-            .map_err(|e| format!("{}: {e}", s.shown))
+            .unwrap_or_else(|_| {
+                Err(failed(format!("no answer within {}", humantime::format_duration(self.connect_timeout))))
+            })
+            .map_err(|e| DialError { refused: e.refused, why: format!("{}: {e}", s.shown) })
     }
 
-    fn put_back(&self, link: TlsLink) {
-        let mut idle = lock(&self.idle);
-        if idle.len() < MAX_IDLE {
-            idle.push(link);
+    /// A new link to the first server that answers, in [`Agent::order`].
+    async fn dial_any(&self) -> Result<TlsLink, DialError> {
+        let mut failures = Vec::new();
+        let mut refused = false;
+        for i in self.order() {
+            match self.dial(i).await {
+                Ok(link) => {
+                    self.mark(i, false);
+                    return Ok(link);
+                }
+                Err(e) => {
+                    refused |= e.refused;
+                    failures.push(e.why);
+                }
+            }
+            self.mark(i, true);
+        }
+        Err(DialError { refused, why: failures.join("; ") })
+    }
+
+    /// Keeps `link` for a later conversation. A task holds it meanwhile and
+    /// watches it: a link the server closes is dropped at once, not found
+    /// dead by the next login; and when the server closed it before its
+    /// idle limit (a restart), a new one is made ([`Agent::reconnect`]).
+    fn put_back(self: &Arc<Self>, link: TlsLink) {
+        let (claim, claimed) = tokio::sync::oneshot::channel();
+        {
+            let mut idle = lock(&self.idle);
+            idle.retain(|c| !c.is_closed());
+            if idle.len() >= MAX_IDLE {
+                return;
+            }
+            idle.push(claim);
+        }
+        tokio::spawn(keep_idle(self.clone(), link, claimed));
+    }
+
+    /// The newest idle link that is still open.
+    async fn pooled(&self) -> Option<TlsLink> {
+        loop {
+            let claim = lock(&self.idle).pop()?;
+            let (give, given) = tokio::sync::oneshot::channel();
+            if claim.send(give).is_err() {
+                continue;
+            }
+            if let Ok(link) = given.await {
+                return Some(link);
+            }
         }
     }
 
-    fn pooled(&self) -> Option<TlsLink> {
-        lock(&self.idle).pop()
+    /// A server closed an idle link early: make one new link, after a
+    /// random wait that doubles while attempts fail ([`reconnect_delay`]),
+    /// until one is made, a login made one meanwhile, or a server refuses
+    /// this host. One such task per agent.
+    fn reconnect(self: &Arc<Self>) {
+        if self.reconnecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let agent = self.clone();
+        tokio::spawn(async move {
+            let mut attempt = 0u32;
+            loop {
+                tokio::time::sleep(reconnect_delay(attempt, rand::random::<f64>())).await;
+                if agent.idle_links() > 0 {
+                    break;
+                }
+                let dialed = {
+                    let Ok(_dialing) = agent.dials.acquire().await else { break };
+                    agent.dial_any().await
+                };
+                match dialed {
+                    Ok(link) => {
+                        agent.put_back(link);
+                        break;
+                    }
+                    Err(e) if e.refused => {
+                        agent.warn(&format!("making a new fleet link failed; not trying again until a login: {e}"));
+                        break;
+                    }
+                    Err(e) => {
+                        agent.warn(&format!("making a new fleet link failed (attempt {}): {e}", attempt + 1));
+                        attempt = attempt.saturating_add(1);
+                    }
+                }
+            }
+            agent.reconnecting.store(false, Ordering::Release);
+        });
     }
+}
+
+/// Holds an idle link until it is claimed or closed.
+async fn keep_idle(
+    agent: Arc<Agent>,
+    mut link: TlsLink,
+    mut claimed: tokio::sync::oneshot::Receiver<tokio::sync::oneshot::Sender<TlsLink>>,
+) {
+    let since = Instant::now();
+    loop {
+        tokio::select! {
+            biased;
+            claim = &mut claimed => {
+                if let Ok(give) = claim {
+                    let _ = give.send(link);
+                }
+                return;
+            }
+            ready = link.get_ref().get_ref().0.readable() => {
+                // Bytes on an idle link: a session ticket, or the end of it.
+                if ready.is_err() || link.closed_now().await {
+                    break;
+                }
+            }
+        }
+    }
+    drop(link);
+    drop(claimed);
+    if since.elapsed() < IDLE_CLOSE {
+        agent.reconnect();
+    }
+}
+
+/// TCP to `host:port` (the first address that answers), from `source` if given.
+async fn connect_tcp(host: &str, port: u16, source: Option<IpAddr>) -> std::io::Result<tokio::net::TcpStream> {
+    let Some(source) = source else { return tokio::net::TcpStream::connect((host, port)).await };
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    for addr in tokio::net::lookup_host((host, port)).await?.filter(|a| a.is_ipv4() == source.is_ipv4()) {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.bind(std::net::SocketAddr::new(source, 0))?;
+        match socket.connect(addr).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 async fn serve(listener: Listener, agent: Arc<Agent>) {
@@ -251,7 +490,7 @@ async fn serve(listener: Listener, agent: Arc<Agent>) {
     }
 }
 
-async fn connection(mut conn: Conn, uid: u32, pid: Option<i32>, agent: &Agent) {
+async fn connection(mut conn: Conn, uid: u32, pid: Option<i32>, agent: &Arc<Agent>) {
     let first: ClientMsg = match conn.read_msg(agent.io_timeout, agent.io_timeout).await {
         Ok(m) => m,
         Err(e) => return agent.warn(&format!("PAM connection closed before a complete first message: {e}")),
@@ -289,40 +528,85 @@ async fn connection(mut conn: Conn, uid: u32, pid: Option<i32>, agent: &Agent) {
         _ => own_account(uid, agent.io_timeout).await,
     };
     let relay = Relay { peer_uid: uid, pid, caller, account, reply_within_ms: Some(REPLY_WITHIN.as_millis() as u64) };
-    let Some((mut link, reply)) = open_conversation(agent, &relay, &first).await else {
-        if !session {
-            let deny = ServerMsg::Outcome { result: OutcomeKind::Deny, message: Some(UNAVAILABLE.into()) };
-            let _ = conn.write_msg(&deny, agent.io_timeout).await;
-        }
-        return;
-    };
-    let mut reply = reply;
-    loop {
-        if conn.write_msg(&reply, agent.io_timeout).await.is_err() {
-            // The login process is gone; the server ends the conversation
-            // when the link closes.
-            return;
-        }
-        match reply {
-            ServerMsg::Outcome { .. } | ServerMsg::Ack => return agent.put_back(link),
-            ServerMsg::Prompt { .. } | ServerMsg::ResolveUser => {
-                let answer: ClientMsg = match conn.read_msg(agent.prompt_timeout, agent.io_timeout).await {
-                    Ok(a) => a,
-                    Err(_) => return,
-                };
-                if link.write(&answer, agent.io_timeout).await.is_err() {
-                    return deny_cut(&mut conn, agent).await;
-                }
-            }
-            ServerMsg::Info { .. } | ServerMsg::Error { .. } => {}
-        }
-        reply = match link.read(REPLY_WITHIN, agent.io_timeout, MAX_FRAME).await {
-            Ok(r) => r,
-            Err(e) => {
-                agent.warn(&format!("fleet server went away during a conversation: {e}"));
-                return deny_cut(&mut conn, agent).await;
-            }
+    let mut asker = PamAsker { conn: &mut conn, io_timeout: agent.io_timeout, prompt_timeout: agent.prompt_timeout };
+    if agent.converse(&relay, &first, &mut asker).await.is_err() && !session {
+        let deny = ServerMsg::Outcome { result: OutcomeKind::Deny, message: Some(UNAVAILABLE.into()) };
+        let _ = conn.write_msg(&deny, agent.io_timeout).await;
+    }
+}
+
+/// The login process's end of a relayed conversation: the PAM socket, or
+/// a benchmark's scripted user.
+pub trait Asker: Send {
+    /// Passes on one of the server's messages.
+    fn tell(&mut self, msg: &ServerMsg) -> impl Future<Output = Result<(), FrameError>> + Send;
+    /// The answer to a prompt (or to resolve_user).
+    fn answer(&mut self) -> impl Future<Output = Result<ClientMsg, FrameError>> + Send;
+}
+
+struct PamAsker<'a> {
+    conn: &'a mut Conn,
+    io_timeout: Duration,
+    prompt_timeout: Duration,
+}
+
+impl Asker for PamAsker<'_> {
+    async fn tell(&mut self, msg: &ServerMsg) -> Result<(), FrameError> {
+        self.conn.write_msg(msg, self.io_timeout).await
+    }
+
+    async fn answer(&mut self) -> Result<ClientMsg, FrameError> {
+        self.conn.read_msg(self.prompt_timeout, self.io_timeout).await
+    }
+}
+
+/// No server could take the conversation (nothing was told to the asker).
+#[derive(Debug)]
+pub struct Unavailable;
+
+impl Agent {
+    /// Relays one conversation that starts with `first`: over an idle link
+    /// or a new one, message by message between `asker` and the server;
+    /// the link is kept for the next one when the conversation ended in
+    /// step. Err: no server took it (the caller tells the login process).
+    pub async fn converse<A: Asker>(
+        self: &Arc<Self>,
+        relay: &Relay,
+        first: &ClientMsg,
+        asker: &mut A,
+    ) -> Result<(), Unavailable> {
+        let Some((mut link, mut reply)) = open_conversation(self, relay, first).await else {
+            return Err(Unavailable);
         };
+        loop {
+            if asker.tell(&reply).await.is_err() {
+                // The login process is gone; the server ends the conversation
+                // when the link closes.
+                return Ok(());
+            }
+            match reply {
+                ServerMsg::Outcome { .. } | ServerMsg::Ack => {
+                    self.put_back(link);
+                    return Ok(());
+                }
+                ServerMsg::Prompt { .. } | ServerMsg::ResolveUser => {
+                    let Ok(answer) = asker.answer().await else { return Ok(()) };
+                    if link.write(&answer, self.io_timeout).await.is_err() {
+                        deny_cut(asker).await;
+                        return Ok(());
+                    }
+                }
+                ServerMsg::Info { .. } | ServerMsg::Error { .. } => {}
+            }
+            reply = match link.read(REPLY_WITHIN, self.io_timeout, MAX_FRAME).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.warn(&format!("fleet server went away during a conversation: {e}"));
+                    deny_cut(asker).await;
+                    return Ok(());
+                }
+            };
+        }
     }
 }
 
@@ -365,16 +649,16 @@ impl Drop for Unprivileged<'_> {
 
 /// A server lost mid-conversation: the code the user typed may or may
 /// not have been checked; the login fails (the next one goes elsewhere).
-async fn deny_cut(conn: &mut Conn, agent: &Agent) {
+async fn deny_cut<A: Asker>(asker: &mut A) {
     let deny = ServerMsg::Outcome { result: OutcomeKind::Deny, message: Some(UNAVAILABLE.into()) };
-    let _ = conn.write_msg(&deny, agent.io_timeout).await;
+    let _ = asker.tell(&deny).await;
 }
 
 /// Sends the relay header and the first message, and reads the server's
 /// first reply: over an idle link if one still works, else over a new link
 /// to each server in turn. Nothing the user typed has been sent yet, so
 /// trying again elsewhere is safe.
-async fn open_conversation(agent: &Agent, relay: &Relay, first: &ClientMsg) -> Option<(TlsLink, ServerMsg)> {
+async fn open_conversation(agent: &Arc<Agent>, relay: &Relay, first: &ClientMsg) -> Option<(TlsLink, ServerMsg)> {
     // Everything here happens while the module waits for its first reply:
     // all of it fits in the module's timeout, whatever the servers do.
     let deadline = Instant::now() + OPEN_BUDGET;
@@ -404,7 +688,7 @@ async fn open_conversation(agent: &Agent, relay: &Relay, first: &ClientMsg) -> O
     // Idle links may have been closed by a server that restarted or died
     // (they fail at once); one that does not answer in time stops the
     // search: the others likely lead to the same server.
-    while let Some(link) = agent.pooled() {
+    while let Some(link) = agent.pooled().await {
         match start(link, Instant::now() + agent.connect_timeout).await {
             Ok(started) => return Some(started),
             Err(FrameError::TimedOut) => break,
@@ -416,7 +700,7 @@ async fn open_conversation(agent: &Agent, relay: &Relay, first: &ClientMsg) -> O
         return None;
     };
     // Links made or finished with while this one waited.
-    while let Some(link) = agent.pooled() {
+    while let Some(link) = agent.pooled().await {
         if let Ok(started) = start(link, Instant::now() + agent.connect_timeout).await {
             return Some(started);
         }
@@ -427,8 +711,9 @@ async fn open_conversation(agent: &Agent, relay: &Relay, first: &ClientMsg) -> O
             failures.push("out of time".into());
             break;
         }
-        let dialed =
-            tokio::time::timeout_at(deadline, agent.dial(i)).await.unwrap_or_else(|_| Err("out of time".into()));
+        let dialed = tokio::time::timeout_at(deadline, agent.dial(i))
+            .await
+            .unwrap_or_else(|_| Err(DialError { refused: false, why: "out of time".into() }));
         match dialed {
             Ok(link) => match start(link, deadline).await {
                 Ok(started) => {
@@ -437,10 +722,45 @@ async fn open_conversation(agent: &Agent, relay: &Relay, first: &ClientMsg) -> O
                 }
                 Err(e) => failures.push(format!("{}: {e}", agent.servers[i].shown)),
             },
-            Err(e) => failures.push(e),
+            Err(e) => failures.push(e.why),
         }
         agent.mark(i, true);
     }
     agent.warn(&format!("no otpd server answered; refusing the login ({})", failures.join("; ")));
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_waits_are_spread_over_a_window_that_doubles_up_to_a_cap() {
+        assert_eq!(reconnect_delay(0, 0.0), Duration::ZERO);
+        assert_eq!(reconnect_delay(0, 0.5), RECONNECT_FIRST / 2);
+        assert_eq!(reconnect_delay(1, 0.5), RECONNECT_FIRST);
+        assert_eq!(reconnect_delay(2, 0.25), RECONNECT_FIRST);
+        for attempt in [0, 1, 5, 16, 17, 1000, u32::MAX] {
+            for unit in [0.0, 0.3, 0.999_999, 1.0, 7.0, -1.0, f64::NAN, f64::INFINITY] {
+                let d = reconnect_delay(attempt, unit);
+                assert!(d <= RECONNECT_MAX, "attempt {attempt}, unit {unit}: {d:?}");
+                let window = RECONNECT_FIRST.saturating_mul(1 << attempt.min(16)).min(RECONNECT_MAX);
+                assert!(d <= window, "attempt {attempt}, unit {unit}: {d:?} beyond {window:?}");
+            }
+        }
+        assert_eq!(reconnect_delay(1000, 0.999_999).as_secs(), RECONNECT_MAX.as_secs() - 1);
+    }
+
+    #[test]
+    fn a_thousand_hosts_spread_their_first_attempt_over_the_whole_window() {
+        // The hosts of a fleet each draw their own point: a restarted
+        // server meets about as many in each part of the window.
+        let mut buckets = [0usize; 5];
+        for _ in 0..1000 {
+            let d = reconnect_delay(0, rand::random::<f64>());
+            assert!(d < RECONNECT_FIRST);
+            buckets[(d.as_secs_f64() / RECONNECT_FIRST.as_secs_f64() * 5.0) as usize] += 1;
+        }
+        assert!(buckets.iter().all(|&n| (120..=280).contains(&n)), "{buckets:?}");
+    }
 }

@@ -40,6 +40,9 @@ pub struct FleetServer {
     /// This server's name in `ready` replies and the log.
     pub name: String,
     links: AtomicUsize,
+    /// `[fleet] max_links`: links open at once (agents keep one or a few
+    /// each, otpctl one per command).
+    max_links: usize,
     /// Links open per host: one host (a compromised one) cannot take all.
     host_links: Mutex<HashMap<String, usize>>,
     /// When each host's `last_seen` was last written by this server, and
@@ -52,20 +55,18 @@ pub struct FleetServer {
     pub admission: Arc<crate::fleet::admission::Admission>,
 }
 
-/// Links open at once (agents keep a few each, otpctl one per command).
-const MAX_LINKS: usize = 4096;
 /// Links open at once from one host: an agent keeps at most 64 idle and
 /// opens one per login in progress.
 const MAX_HOST_LINKS: usize = 256;
 /// An idle agent link is closed after this; the agent dials again.
-const LINK_IDLE: Duration = Duration::from_secs(300);
+pub(crate) const LINK_IDLE: Duration = Duration::from_secs(300);
 /// `last_seen` is written at most this often per host and server.
 const SEEN_EVERY: i64 = 60;
 /// A client has this long to finish its handshake and hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl FleetServer {
-    pub fn new(ca: Arc<pki::Ca>, names: Vec<String>) -> Result<FleetServer, pki::PkiError> {
+    pub fn new(ca: Arc<pki::Ca>, names: Vec<String>, max_links: usize) -> Result<FleetServer, pki::PkiError> {
         let server = ca.issue_server(&names)?;
         let config = pki::server_config(&ca, &server)?;
         Ok(FleetServer {
@@ -74,6 +75,7 @@ impl FleetServer {
             name: names.first().cloned().unwrap_or_default(),
             names,
             links: AtomicUsize::new(0),
+            max_links,
             host_links: Mutex::new(HashMap::new()),
             seen_written: Mutex::new(HashMap::new()),
             refused_audited: Mutex::new(HashMap::new()),
@@ -278,9 +280,10 @@ async fn link(tcp: tokio::net::TcpStream, addr: SocketAddr, handshake: Place, sh
         }
     };
     drop(handshake);
-    if fleet.links.fetch_add(1, Ordering::Relaxed) >= MAX_LINKS {
+    if fleet.links.fetch_add(1, Ordering::Relaxed) >= fleet.max_links {
         fleet.links.fetch_sub(1, Ordering::Relaxed);
-        sh.warn_throttled(&format!("fleet link from {addr} closed: {MAX_LINKS} links open"));
+        let max = fleet.max_links;
+        sh.warn_throttled(&format!("fleet link from {addr} closed: {max} links open (fleet.max_links)"));
         return;
     }
     let _slot = LinkSlot(fleet);
@@ -562,7 +565,7 @@ mod tests {
     fn fleet() -> (Core, FleetServer) {
         let core = Core::new(Parts::for_tests(Db::start(SqliteStore::in_memory().unwrap()), T0));
         let ca = Arc::new(pki::Ca::generate().unwrap());
-        (core, FleetServer::new(ca, vec!["otp1".into()]).unwrap())
+        (core, FleetServer::new(ca, vec!["otp1".into()], 16).unwrap())
     }
 
     async fn add(core: &Core, name: &str, role: HostRole, fp: [u8; 32]) {

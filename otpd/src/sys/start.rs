@@ -87,6 +87,11 @@ pub fn raise_fd_limit() {
     }
 }
 
+/// The soft limit on open files now (after [`raise_fd_limit`]).
+pub fn fd_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(0, |(soft, _)| soft)
+}
+
 /// Tells systemd (Type=notify) that the sockets are ready.
 pub fn notify_ready() {
     let Some(addr) = std::env::var_os("NOTIFY_SOCKET") else { return };
