@@ -261,22 +261,60 @@ impl Drop for LinkSlot<'_> {
     }
 }
 
+type ServerLink = Link<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
+
+/// A link past its handshake, hello and host check, told `ready`.
+struct Admitted<'a> {
+    link: ServerLink,
+    host: HostRecord,
+    fp: [u8; 32],
+    wanted: HostRole,
+    _slots: (LinkSlot<'a>, HostSlot<'a>),
+}
+
+/// One connection, from its handshake to its end. Each stage is boxed: this
+/// task lives as long as the link, and a future is as large as its largest
+/// stage — the handshake and host check, or a conversation — for all of
+/// that time; an idle link (there may be one per host of the fleet) keeps
+/// only what waiting for the next header needs.
 async fn link(tcp: tokio::net::TcpStream, addr: SocketAddr, handshake: Place, sh: &Core, fleet: &FleetServer) {
+    let Some(a) = Box::pin(admit(tcp, addr, handshake, sh, fleet)).await else { return };
+    let Admitted { link, host, fp, wanted, _slots } = a;
+    match wanted {
+        HostRole::Agent => Box::pin(agent_link(link, host, fp, addr, sh, fleet)).await,
+        HostRole::Admin => Box::pin(admin_link(link, host, fp, addr, sh, fleet)).await,
+    }
+}
+
+async fn admit<'a>(
+    tcp: tokio::net::TcpStream,
+    addr: SocketAddr,
+    handshake: Place,
+    sh: &Core,
+    fleet: &'a FleetServer,
+) -> Option<Admitted<'a>> {
     let acceptor = lock(&fleet.acceptor).clone();
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return handshake_refused(sh, fleet, addr, &e.to_string()).await,
-        Err(_) => return handshake_refused(sh, fleet, addr, "timed out").await,
+        Ok(Err(e)) => {
+            handshake_refused(sh, fleet, addr, &e.to_string()).await;
+            return None;
+        }
+        Err(_) => {
+            handshake_refused(sh, fleet, addr, "timed out").await;
+            return None;
+        }
     };
     let Some(fp) = pki::peer_fingerprint(tls.get_ref().1) else {
-        return handshake_refused(sh, fleet, addr, "no client certificate").await;
+        handshake_refused(sh, fleet, addr, "no client certificate").await;
+        return None;
     };
     let mut link = Link::new(tls);
     let hello: LinkHello = match link.read(HANDSHAKE_TIMEOUT, HANDSHAKE_TIMEOUT, MAX_FRAME).await {
         Ok(h) => h,
         Err(e) => {
             sh.warn_throttled(&format!("fleet link from {addr}: no hello: {e}"));
-            return;
+            return None;
         }
     };
     drop(handshake);
@@ -284,34 +322,35 @@ async fn link(tcp: tokio::net::TcpStream, addr: SocketAddr, handshake: Place, sh
         fleet.links.fetch_sub(1, Ordering::Relaxed);
         let max = fleet.max_links;
         sh.warn_throttled(&format!("fleet link from {addr} closed: {max} links open (fleet.max_links)"));
-        return;
+        return None;
     }
-    let _slot = LinkSlot(fleet);
+    let link_slot = LinkSlot(fleet);
     let (protocol, wanted, claimed) = match &hello {
         LinkHello::Agent { protocol, host } => (*protocol, HostRole::Agent, Some(host.clone())),
         LinkHello::Admin { protocol } => (*protocol, HostRole::Admin, None),
     };
     let host = match check_host(sh, fleet, &fp, wanted, claimed.as_deref(), addr, true).await {
         Ok(h) => h,
-        Err((machine, reason, tell)) => return refuse(&mut link, sh, fleet, &machine, reason, tell).await,
+        Err((machine, reason, tell)) => {
+            refuse(&mut link, sh, fleet, &machine, reason, tell).await;
+            return None;
+        }
     };
     if protocol != PROTOCOL_VERSION {
         let reason = format!("{} speaks protocol {protocol}; this server speaks {PROTOCOL_VERSION}", host.name);
-        return refuse(&mut link, sh, fleet, &host.name, reason, "protocol version not supported").await;
+        refuse(&mut link, sh, fleet, &host.name, reason, "protocol version not supported").await;
+        return None;
     }
-    let Some(_slot) = HostSlot::take(fleet, &host.name) else {
+    let Some(host_slot) = HostSlot::take(fleet, &host.name) else {
         let reason = format!("{} already has {MAX_HOST_LINKS} links open; one more from {addr} refused", host.name);
         sh.warn_throttled(&reason);
         let _ = link.write(&LinkReply::Refused { reason: "too many links from this host".into() }, sh.io_timeout).await;
-        return;
+        return None;
     };
     if link.write(&LinkReply::Ready { server: fleet.name.clone() }, sh.io_timeout).await.is_err() {
-        return;
+        return None;
     }
-    match wanted {
-        HostRole::Agent => agent_link(link, host, fp, addr, sh, fleet).await,
-        HostRole::Admin => admin_link(link, host, fp, addr, sh, fleet).await,
-    }
+    Some(Admitted { link, host, fp, wanted, _slots: (link_slot, host_slot) })
 }
 
 /// One of a host's links; given back when dropped.
@@ -494,7 +533,8 @@ async fn agent_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
         };
         let reply_within = relay.reply_within_ms.map(Duration::from_millis);
         let mut conv = Relayed { link: &mut link, done: false, reply_within, read_at: None };
-        crate::login::conversation::run(&mut conv, &peer, first, sh, Some(gate)).await;
+        // Boxed: an idle link waits for its next header with a small future.
+        Box::pin(crate::login::conversation::run(&mut conv, &peer, first, sh, Some(gate))).await;
         if refused.load(Ordering::Relaxed) {
             return;
         }
@@ -562,7 +602,7 @@ mod tests {
 
     const T0: i64 = 1_700_000_000;
 
-    fn fleet() -> (Core, FleetServer) {
+    pub(super) fn fleet() -> (Core, FleetServer) {
         let core = Core::new(Parts::for_tests(Db::start(SqliteStore::in_memory().unwrap()), T0));
         let ca = Arc::new(pki::Ca::generate().unwrap());
         (core, FleetServer::new(ca, vec!["otp1".into()], 16).unwrap())
@@ -630,5 +670,43 @@ mod tests {
         let rows = link_rows(&core).await;
         assert_eq!(rows.len(), 2, "{rows:?}");
         assert!(rows.iter().any(|(_, r)| r == "agent links from 198.51.100.9 (before: 192.0.2.7)"), "{rows:?}");
+    }
+}
+
+#[cfg(test)]
+fn tests_fleet() -> (crate::core::service::Core, FleetServer) {
+    tests::fleet()
+}
+
+#[cfg(test)]
+mod sizes {
+    use super::*;
+
+    /// A server holds one link per host (10,000 and more): a link's task
+    /// keeps the size of its largest stage for as long as it lives, so the
+    /// handshake and the conversation are boxed and the read buffer is
+    /// small. Before: 17.5 kB per task (docs/BENCHMARKS.md "Fleet scale").
+    #[tokio::test]
+    async fn an_idle_links_task_is_a_few_kilobytes() {
+        let (core, fleet) = super::tests_fleet();
+        let host = HostRecord {
+            name: "h".into(),
+            role: HostRole::Agent,
+            fingerprint: vec![],
+            added_at: 0,
+            revoked_at: None,
+            last_seen: None,
+            last_addr: None,
+        };
+        let (a, _b) = tokio::io::duplex(64);
+        let idle = agent_link(Link::new(a), host, [0; 32], "127.0.0.1:1".parse().unwrap(), &core, &fleet);
+        assert!(std::mem::size_of_val(&idle) <= 3072, "agent_link: {} bytes", std::mem::size_of_val(&idle));
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (s, _) = tokio::join!(tokio::net::TcpStream::connect(tcp.local_addr().unwrap()), tcp.accept());
+        let s = s.unwrap();
+        let addr = s.local_addr().unwrap();
+        let place = fleet.admission.enter(Stage::Handshaking, addr.ip(), 0).unwrap();
+        let task = link(s, addr, place, &core, &fleet);
+        assert!(std::mem::size_of_val(&task) <= 3072, "link: {} bytes", std::mem::size_of_val(&task));
     }
 }

@@ -8,6 +8,11 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+/// Bytes read at once from the TLS stream into a frame.
+const READ_CHUNK: usize = 1024;
+/// An empty frame buffer larger than this is given back.
+const KEEP_CAPACITY: usize = 4096;
+
 /// A framed TLS stream (either side).
 pub struct Link<S> {
     stream: S,
@@ -31,9 +36,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Link<S> {
         let mut frame_by = (!self.pending.is_empty()).then(|| Instant::now() + io_timeout);
         loop {
             if let Some(msg) = take_frame(&mut self.pending, max) {
+                // An idle link keeps no room for the largest frame it saw.
+                if self.pending.is_empty() && self.pending.capacity() > KEEP_CAPACITY {
+                    self.pending = Vec::new();
+                }
                 return msg;
             }
-            let mut buf = [0u8; 8192];
+            // Small: this buffer is part of every link's task while it
+            // waits (10,000 idle links, docs/BENCHMARKS.md "Fleet scale"),
+            // and TLS has the bytes in its own buffer already.
+            let mut buf = [0u8; READ_CHUNK];
             let deadline = frame_by.unwrap_or(first_byte_by);
             let n = tokio::time::timeout_at(deadline, self.stream.read(&mut buf))
                 .await
