@@ -381,9 +381,9 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 /// `count` logins through `agents`, one loop per agent.
 async fn login_round(agents: &[Arc<Agent>], users: &Arc<Users>, count: usize) -> Logins {
-    let per = count.div_ceil(agents.len());
     let mut tasks = Vec::new();
-    for a in agents {
+    for (k, a) in agents.iter().enumerate() {
+        let per = count / agents.len() + usize::from(k < count % agents.len());
         let (a, users) = (a.clone(), users.clone());
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
@@ -459,7 +459,7 @@ struct Restart {
 }
 
 async fn run(o: &Opts) -> Report {
-    raise_own_fd_limit(o.hosts as u64 * 2 + 4096);
+    raise_own_fd_limit(o.hosts as u64 + 2048);
     let load =
         std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split(' ').take(3).collect::<Vec<_>>().join(" ");
     let dir = std::env::temp_dir().join(format!("fleet-scale.{}", std::process::id()));

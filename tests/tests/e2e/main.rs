@@ -22,6 +22,7 @@ mod crash;
 mod dbus;
 mod email;
 mod fleet;
+mod fleet_scale;
 mod flood;
 mod import;
 mod limits;
