@@ -439,6 +439,39 @@ pub struct UserInfo {
     /// Unused recovery codes (`user show` only; absent in lists).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_codes_left: Option<u64>,
+    /// The user's authenticator clock, as the last refused code outside
+    /// the window showed it; absent when none was seen since the last
+    /// successful login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_drift: Option<ClockDrift>,
+}
+
+/// An authenticator whose clock is off: a refused code matched a step
+/// outside the accepted window, within ten minutes of the server's time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockDrift {
+    /// How far the authenticator's clock is from the server's, in seconds
+    /// (positive: ahead), to the step.
+    pub secs: i64,
+    /// Unix seconds: the last refusal that showed it.
+    pub seen_at: i64,
+    /// Such refusals in a row (another failure starts the count over; a
+    /// successful login forgets the drift).
+    pub refusals_in_a_row: u32,
+}
+
+impl ClockDrift {
+    /// "authenticator clock about 5 min ahead".
+    pub fn describe(&self) -> String {
+        let (n, dir) = drift_minutes(self.secs);
+        format!("authenticator clock about {n} min {dir}")
+    }
+}
+
+/// Whole minutes (rounded, at least 1) and "ahead" or "behind".
+pub fn drift_minutes(secs: i64) -> (i64, &'static str) {
+    let n = ((secs.saturating_abs() + 30) / 60).max(1);
+    (n, if secs >= 0 { "ahead" } else { "behind" })
 }
 
 /// One user of `user_enable_many`.
@@ -556,6 +589,25 @@ pub struct StatusInfo {
     /// Server role: the hosts and when each was last seen.
     #[serde(default)]
     pub hosts: Vec<HostInfo>,
+    /// The server's own clock, as the kernel reports it: TOTP codes are
+    /// checked against it. Absent from daemons that predate it.
+    #[serde(default)]
+    pub clock: Option<ServerClock>,
+}
+
+/// The kernel's clock discipline state (`adjtimex`), read by otpd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerClock {
+    /// A time source (NTP, PTP) keeps the clock synchronised: adjtimex
+    /// neither returns TIME_ERROR nor has STA_UNSYNC set. Absent when the
+    /// state could not be read (`error` says why).
+    #[serde(default)]
+    pub synchronised: Option<bool>,
+    /// The kernel's maximum error estimate, microseconds.
+    #[serde(default)]
+    pub max_error_us: Option<i64>,
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// What a daemon is in a fleet: `role` in otpd.toml, and in `status`.

@@ -126,6 +126,14 @@ pub struct UserRecord {
     /// Digits of this user's codes when they are not `totp.digits` (an
     /// imported token); HOTP users always have them.
     pub digits: Option<u32>,
+    /// The last refused code outside the TOTP window but within ten
+    /// minutes: how far the authenticator's clock was off (seconds,
+    /// positive: ahead) and when. Never the code itself.
+    pub clock_drift_secs: Option<i64>,
+    pub clock_drift_at: Option<i64>,
+    /// Such refusals in a row (another failure sets it to 0; a successful
+    /// login forgets the drift). At two the user is told to fix the clock.
+    pub clock_drift_refusals: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -210,6 +218,9 @@ impl UserRecord {
             last_method: None,
             hotp_counter: None,
             digits: None,
+            clock_drift_secs: None,
+            clock_drift_at: None,
+            clock_drift_refusals: 0,
         }
     }
 
@@ -227,10 +238,14 @@ impl UserRecord {
         self.admin_locked_at = None;
     }
 
-    /// Forgets every failure and lock (a successful login, a new secret).
+    /// Forgets every failure and lock (a successful login, a new secret),
+    /// and the clock drift the failures showed.
     pub fn clear_lockout(&mut self) {
         self.unlock();
         self.failures_since_login = 0;
+        self.clock_drift_secs = None;
+        self.clock_drift_at = None;
+        self.clock_drift_refusals = 0;
     }
 }
 

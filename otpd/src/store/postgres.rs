@@ -327,6 +327,9 @@ pub(crate) fn user_from_row(r: &Row) -> Result<UserRecord, StoreError> {
         last_method: r.try_get::<_, Option<String>>("last_method")?.and_then(|m| AuditMethod::parse(&m).ok()),
         hotp_counter: r.try_get("hotp_counter")?,
         digits: opt_u32_of(r.try_get("digits")?, "digits")?,
+        clock_drift_secs: r.try_get("clock_drift_secs")?,
+        clock_drift_at: r.try_get("clock_drift_at")?,
+        clock_drift_refusals: u32_of(r.try_get("clock_drift_refusals")?, "clock_drift_refusals")?,
     })
 }
 
@@ -435,6 +438,9 @@ impl Store for PgStore {
                 &u.admin_locked_at,
                 &u.hotp_counter,
                 &u.digits.map(i64::from),
+                &u.clock_drift_secs,
+                &u.clock_drift_at,
+                &i64::from(u.clock_drift_refusals),
             ],
         )?;
         Ok(())
@@ -811,6 +817,9 @@ mod tests {
             last_method: Some(AuditMethod::Email),
             hotp_counter: Some(21),
             digits: Some(8),
+            clock_drift_secs: Some(-300),
+            clock_drift_at: Some(22),
+            clock_drift_refusals: 2,
         }
     }
 
@@ -1344,8 +1353,9 @@ mod tests {
         assert_eq!(seen(|t| t.indexes.iter().filter(|(unique, _)| *unique).count()), 1, "hosts.fingerprint");
         let defaults = seen(|t| t.columns.values().filter(|c| c.default.is_some()).count());
         assert_eq!(
-            defaults, 5,
-            "users: failures, lock_periods, failures_since_login; email_codes.emergency; outbox.attempts"
+            defaults, 6,
+            "users: failures, lock_periods, failures_since_login, clock_drift_refusals; email_codes.emergency; \
+             outbox.attempts"
         );
     }
 

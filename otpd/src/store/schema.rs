@@ -234,6 +234,13 @@ CREATE INDEX outbox_by_code ON outbox (code_id);
 CREATE INDEX audit_by_result_time ON audit (result, time);
 CREATE INDEX users_by_name_c ON users (name);
 "#,
+    // Clock drift: what the last refused code outside the TOTP window
+    // showed of the authenticator's clock, and such refusals in a row.
+    r#"
+ALTER TABLE users ADD COLUMN clock_drift_secs INTEGER;
+ALTER TABLE users ADD COLUMN clock_drift_at INTEGER;
+ALTER TABLE users ADD COLUMN clock_drift_refusals INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Schema migrations; `otpd_schema.version` records how many have run.
@@ -380,5 +387,12 @@ ALTER TABLE hosts ADD COLUMN last_addr TEXT;
     r#"
 CREATE INDEX audit_by_result_time ON audit (result, time);
 CREATE INDEX users_by_name_c ON users (name COLLATE "C");
+"#,
+    // Clock drift: what the last refused code outside the TOTP window
+    // showed of the authenticator's clock, and such refusals in a row.
+    r#"
+ALTER TABLE users ADD COLUMN clock_drift_secs BIGINT;
+ALTER TABLE users ADD COLUMN clock_drift_at BIGINT;
+ALTER TABLE users ADD COLUMN clock_drift_refusals BIGINT NOT NULL DEFAULT 0;
 "#,
 ];

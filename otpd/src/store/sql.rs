@@ -163,8 +163,10 @@ pub const SAVE_USER: Sql = pair!(
     sqlite: "INSERT INTO users (name, uid, method, enabled, email, secret, activated_at, last_step,
                                 failures, locked_until, last_login, created_at, updated_at,
                                 password_hash, last_method, lock_periods, failures_since_login,
-                                admin_locked_at, hotp_counter, digits)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+                                admin_locked_at, hotp_counter, digits, clock_drift_secs, clock_drift_at,
+                                clock_drift_refusals)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+                     $21, $22, $23)
              ON CONFLICT (name) DO UPDATE SET
                 uid = excluded.uid, method = excluded.method, enabled = excluded.enabled,
                 email = excluded.email, secret = excluded.secret, activated_at = excluded.activated_at,
@@ -182,12 +184,15 @@ pub const SAVE_USER: Sql = pair!(
                                     THEN max(coalesce(excluded.hotp_counter, users.hotp_counter),
                                              coalesce(users.hotp_counter, excluded.hotp_counter))
                                     ELSE excluded.hotp_counter END,
-                digits = excluded.digits",
+                digits = excluded.digits, clock_drift_secs = excluded.clock_drift_secs,
+                clock_drift_at = excluded.clock_drift_at, clock_drift_refusals = excluded.clock_drift_refusals",
     postgres: "INSERT INTO users (name, uid, method, enabled, email, secret, activated_at, last_step,
                                 failures, locked_until, last_login, created_at, updated_at,
                                 password_hash, last_method, lock_periods, failures_since_login,
-                                admin_locked_at, hotp_counter, digits)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+                                admin_locked_at, hotp_counter, digits, clock_drift_secs, clock_drift_at,
+                                clock_drift_refusals)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+                     $21, $22, $23)
              ON CONFLICT (name) DO UPDATE SET
                 uid = excluded.uid, method = excluded.method, enabled = excluded.enabled,
                 email = excluded.email, secret = excluded.secret, activated_at = excluded.activated_at,
@@ -203,7 +208,8 @@ pub const SAVE_USER: Sql = pair!(
                 hotp_counter = CASE WHEN excluded.secret IS NOT DISTINCT FROM users.secret
                                     THEN greatest(users.hotp_counter, excluded.hotp_counter)
                                     ELSE excluded.hotp_counter END,
-                digits = excluded.digits",
+                digits = excluded.digits, clock_drift_secs = excluded.clock_drift_secs,
+                clock_drift_at = excluded.clock_drift_at, clock_drift_refusals = excluded.clock_drift_refusals",
 );
 /// HOTP: the counter moves past `$2` only if it is not past it already.
 pub const CONSUME_COUNTER: Sql = same!(

@@ -167,6 +167,9 @@ fn user_from_row(r: &Row<'_>) -> rusqlite::Result<UserRecord> {
         last_method: r.get::<_, Option<String>>("last_method")?.and_then(|m| AuditMethod::parse(&m).ok()),
         hotp_counter: r.get("hotp_counter")?,
         digits: r.get("digits")?,
+        clock_drift_secs: r.get("clock_drift_secs")?,
+        clock_drift_at: r.get("clock_drift_at")?,
+        clock_drift_refusals: r.get("clock_drift_refusals")?,
     })
 }
 
@@ -261,7 +264,10 @@ impl Store for SqliteStore {
                 u.failures_since_login,
                 u.admin_locked_at,
                 u.hotp_counter,
-                u.digits
+                u.digits,
+                u.clock_drift_secs,
+                u.clock_drift_at,
+                u.clock_drift_refusals
             ],
         )?;
         Ok(())
@@ -623,6 +629,9 @@ mod tests {
             last_method: None,
             hotp_counter: None,
             digits: None,
+            clock_drift_secs: Some(90),
+            clock_drift_at: Some(11),
+            clock_drift_refusals: 1,
         }
     }
 

@@ -42,6 +42,35 @@ impl<C: Clock> Clock for std::sync::Arc<C> {
     }
 }
 
+/// The kernel's clock discipline as `adjtimex(2)` reports it. TOTP codes
+/// are checked against this clock, so whether a time source (NTP, PTP)
+/// keeps it right matters as much as the users' phones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelClock {
+    /// Neither TIME_ERROR returned nor STA_UNSYNC set.
+    pub synchronised: bool,
+    /// The kernel's maximum error estimate, microseconds.
+    pub max_error_us: i64,
+}
+
+/// Reads the kernel's clock state; changes nothing (`modes` 0 needs no
+/// privilege, but a system call filter may still refuse it: EPERM).
+pub fn kernel_clock() -> std::io::Result<KernelClock> {
+    // SAFETY: adjtimex only reads and writes the struct given; with
+    // `modes` 0 it sets nothing.
+    let (state, tx) = unsafe {
+        let mut tx: libc::timex = std::mem::zeroed();
+        (libc::adjtimex(&mut tx), tx)
+    };
+    if state < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // `maxerror` is a C long: 32 bits on some targets.
+    #[allow(clippy::unnecessary_cast)]
+    let max_error_us = tx.maxerror as i64;
+    Ok(KernelClock { synchronised: state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0, max_error_us })
+}
+
 /// "14:32 CET": the time of day as people read clocks here, in the host's
 /// time zone (TZ, else /etc/localtime, as `date` does) with its name.
 /// Falls back to UTC when the C library cannot convert.

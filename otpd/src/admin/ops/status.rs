@@ -3,7 +3,7 @@ use crate::admin::ops::hosts::host_info;
 use crate::admin::ops::shared::finish;
 use crate::core::service::Core;
 use crate::store::model::RequestCount;
-use common::proto::{AdminResponse, StatusInfo};
+use common::proto::{AdminResponse, ServerClock, StatusInfo};
 use std::sync::atomic::Ordering;
 
 pub async fn status(core: &Core) -> AdminResponse {
@@ -11,6 +11,7 @@ pub async fn status(core: &Core) -> AdminResponse {
     let policy = core.policy.clone();
     let (started_at, database, open) =
         (core.started_at, core.database.clone(), core.gauges.pam_connections.load(Ordering::Relaxed));
+    let clock = server_clock(crate::sys::clock::kernel_clock());
     let role = if core.fleet_ca.is_some() { common::proto::Role::Server } else { common::proto::Role::Standalone };
     let r = core
         .db
@@ -44,11 +45,26 @@ pub async fn status(core: &Core) -> AdminResponse {
                     requests_pending: pending,
                     role,
                     hosts,
+                    clock: Some(clock),
                 },
             })
         })
         .await;
     finish(r)
+}
+
+/// The kernel's clock state as `status` shows it.
+fn server_clock(read: std::io::Result<crate::sys::clock::KernelClock>) -> ServerClock {
+    match read {
+        Ok(k) => ServerClock { synchronised: Some(k.synchronised), max_error_us: Some(k.max_error_us), error: None },
+        Err(e) => {
+            let hint = match e.raw_os_error() {
+                Some(libc::EPERM) => " (a system call filter, such as the unit's ProtectClock=, forbids adjtimex)",
+                _ => "",
+            };
+            ServerClock { synchronised: None, max_error_us: None, error: Some(format!("adjtimex: {e}{hint}")) }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -109,8 +125,12 @@ mod tests {
             requests_pending: 1,
             role: common::proto::Role::Standalone,
             hosts: Vec::new(),
+            // The kernel's error estimate moves between two reads.
+            clock: s.clock.clone(),
         };
         assert_eq!(s, expected);
+        let read = crate::sys::clock::kernel_clock().ok().map(|k| k.synchronised);
+        assert_eq!(s.clock.and_then(|c| c.synchronised), read);
         assert!(s.schema_version > 0);
     }
 
