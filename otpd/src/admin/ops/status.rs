@@ -59,7 +59,7 @@ fn server_clock(read: std::io::Result<crate::sys::clock::KernelClock>) -> Server
         Ok(k) => ServerClock { synchronised: Some(k.synchronised), max_error_us: Some(k.max_error_us), error: None },
         Err(e) => {
             let hint = match e.raw_os_error() {
-                Some(libc::EPERM) => " (a system call filter, such as the unit's ProtectClock=, forbids adjtimex)",
+                Some(libc::EPERM) => " (a system call filter forbids adjtimex: ProtectClock= or SystemCallFilter= of the unit; the packaged otpd.service allows it)",
                 _ => "",
             };
             ServerClock { synchronised: None, max_error_us: None, error: Some(format!("adjtimex: {e}{hint}")) }
