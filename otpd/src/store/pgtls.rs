@@ -224,6 +224,19 @@ pub fn plan(config: &tokio_postgres::Config, options: &TlsOptions) -> Result<Pla
         .collect();
     let sockets = config.get_hosts().iter().filter(|h| matches!(h, Host::Unix(_))).count();
     let remote = tcp.iter().find(|h| !is_loopback(h));
+    let fix = "use sslmode=verify-full&sslrootcert=/etc/otpd/postgresql-ca.crt (the CA certificate, PEM, that \
+               issued the database's certificate), or sslmode=disable to accept an unencrypted connection on a \
+               trusted network or through a tunnel";
+    // TLS that checks nothing is refused first: whatever else the URL says.
+    if let (Some(mode @ (SslMode::Allow | SslMode::Prefer | SslMode::Require)), false) = (options.mode, tcp.is_empty())
+    {
+        let why = if mode == SslMode::Require {
+            "encrypts but checks no certificate, so whoever is on the path can answer in the database's place"
+        } else {
+            "falls back to clear text whenever someone on the path says the server has no TLS"
+        };
+        return Err(format!("sslmode={} {why}, and the database's answers decide every login: {fix}", mode.name()));
+    }
     let verifying = matches!(options.mode, Some(SslMode::VerifyCa | SslMode::VerifyFull));
     if !verifying {
         if let Some(given) = [("sslrootcert", &options.rootcert), ("sslcert", &options.cert), ("sslkey", &options.key)]
@@ -236,9 +249,6 @@ pub fn plan(config: &tokio_postgres::Config, options: &TlsOptions) -> Result<Pla
             ));
         }
     }
-    let fix = "use sslmode=verify-full&sslrootcert=/etc/otpd/postgresql-ca.crt (the CA certificate, PEM, that \
-               issued the database's certificate), or sslmode=disable to accept an unencrypted connection on a \
-               trusted network or through a tunnel";
     match options.mode {
         Some(SslMode::Disable) => Ok(Plan::Plain),
         None => match remote {
@@ -248,17 +258,8 @@ pub fn plan(config: &tokio_postgres::Config, options: &TlsOptions) -> Result<Pla
             )),
             None => Ok(Plan::Plain),
         },
-        Some(mode @ (SslMode::Allow | SslMode::Prefer | SslMode::Require)) => {
-            if tcp.is_empty() {
-                return Ok(Plan::Plain);
-            }
-            let why = if mode == SslMode::Require {
-                "encrypts but checks no certificate, so whoever is on the path can answer in the database's place"
-            } else {
-                "falls back to clear text whenever someone on the path says the server has no TLS"
-            };
-            Err(format!("sslmode={} {why}, and the database's answers decide every login: {fix}", mode.name()))
-        }
+        // Unix sockets only (TCP hosts were refused above).
+        Some(SslMode::Allow | SslMode::Prefer | SslMode::Require) => Ok(Plan::Plain),
         Some(mode @ (SslMode::VerifyCa | SslMode::VerifyFull)) => {
             if tcp.is_empty() {
                 // libpq: no TLS over a Unix socket, whatever sslmode says.
@@ -719,6 +720,7 @@ mod tests {
             ("postgresql://otp@localhost/otpd?hostaddr=10.1.2.3", "10.1.2.3"),
             ("postgresql://otp@db.example.org/otpd?sslmode=require", "checks no certificate"),
             ("postgresql://otp@localhost/otpd?sslmode=require", "checks no certificate"),
+            ("postgresql://otp@db.example.org/otpd?sslmode=require&sslrootcert=/ca", "checks no certificate"),
             ("postgresql://otp@db.example.org/otpd?sslmode=prefer", "clear text"),
             ("postgresql://otp@db.example.org/otpd?sslmode=allow", "clear text"),
             ("postgresql://otp@db.example.org/otpd?sslmode=verify-full", "needs sslrootcert"),
