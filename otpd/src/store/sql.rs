@@ -650,7 +650,7 @@ mod tests {
     fn every_postgresql_text_prepares() {
         let pg = e2e::pg::Cluster::start().unwrap_or_else(|e| panic!("PostgreSQL cannot start: {e}"));
         drop(crate::store::postgres::PgStore::open(&pg.url()).unwrap());
-        let mut client = crate::store::postgres::config(&pg.url()).unwrap().connect(::postgres::NoTls).unwrap();
+        let mut client = crate::store::postgres::PgTarget::new(&pg.url()).unwrap().connect_blocking().unwrap();
         let all = shared_and_paired().into_iter().map(|(n, s)| (n, s.postgres)).chain(postgres_only());
         for (name, sql) in all {
             client.prepare(sql).unwrap_or_else(|e| panic!("{name}: {e:?}\n{sql}"));

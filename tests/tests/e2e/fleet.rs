@@ -20,6 +20,10 @@ use support::*;
 enum Backend {
     /// Two servers on one PostgreSQL.
     Postgres,
+    /// Two servers on one PostgreSQL that takes only TLS on 127.0.0.1
+    /// (`hostssl` lines, `cert` authentication): `sslmode=verify-full` and
+    /// a client certificate.
+    PostgresTls,
     /// One server on its SQLite file.
     Sqlite,
 }
@@ -52,9 +56,17 @@ impl Fleet {
     fn start_with(backend: Backend, email: bool) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let pg = match backend {
-            Backend::Postgres => Some(Cluster::start().unwrap_or_else(|e| panic!("PostgreSQL: {e}"))),
-            Backend::Sqlite => None,
+        let (pg, database) = match backend {
+            Backend::Postgres => {
+                let pg = Cluster::start().unwrap_or_else(|e| panic!("PostgreSQL: {e}"));
+                let url = pg.url();
+                (Some(pg), Some(url))
+            }
+            Backend::PostgresTls => {
+                let (pg, url) = tls_cluster(dir.path());
+                (Some(pg), Some(url))
+            }
+            Backend::Sqlite => (None, None),
         };
         let mut f = Fleet {
             agents: Vec::new(),
@@ -75,9 +87,9 @@ impl Fleet {
         } else {
             String::new()
         };
-        let servers = if backend == Backend::Postgres { 2 } else { 1 };
+        let servers = if backend == Backend::Sqlite { 1 } else { 2 };
         for _ in 0..servers {
-            let database = f.pg.as_ref().map(Cluster::url);
+            let database = database.clone();
             let key = f.dir.path().join("secret.key");
             let (server, port) = start_server(database, &key, f.dir.path(), &mail);
             f.servers.push(server);
@@ -185,6 +197,33 @@ impl Drop for Fleet {
             eprintln!("===== PostgreSQL log =====\n{log}");
         }
     }
+}
+
+/// A PostgreSQL on 127.0.0.1 that takes TLS only, with a certificate of a
+/// test CA for 127.0.0.1, and logs `otp` in by its client certificate; the
+/// URL for it (verify-full), whose CA file, certificate and key are in `dir`.
+fn tls_cluster(dir: &Path) -> (Cluster, String) {
+    use e2e::pg::{ServerTls, Tcp, TestCa};
+    let ca = TestCa::new("fleet test PostgreSQL CA");
+    let (cert_pem, key_pem) = ca.server(&["127.0.0.1"]);
+    let tls = ServerTls { cert_pem, key_pem, client_ca_pem: Some(ca.cert_pem()) };
+    let tcp = Tcp { tls: Some(tls), hba: vec!["hostssl all otp 127.0.0.1/32 cert".into()] };
+    let pg = Cluster::start_tcp(&tcp).unwrap_or_else(|e| panic!("PostgreSQL with TLS: {e}"));
+    let (cert, key) = ca.client("otp");
+    let write = |name: &str, pem: &str, mode: u32| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path.display().to_string()
+    };
+    let params = format!(
+        "sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+        write("pg-ca.crt", &ca.cert_pem(), 0o644),
+        write("pg-client.crt", &cert, 0o644),
+        write("pg-client.key", &key, 0o600)
+    );
+    let url = pg.tcp_url("otp", &params);
+    (pg, url)
 }
 
 /// A server on `database` (default: SQLite in its own dir) with `key_file`,
@@ -376,12 +415,69 @@ fn enrolled_once_on_a_server_a_user_logs_in_on_every_host(backend: Backend) {
     let accepted: Vec<Value> =
         audit(f.admin(), &["--user", "alice"]).into_iter().filter(|e| field(e, "result") == "accept").collect();
     assert_eq!(machines(&accepted), BTreeSet::from(["web01".to_string(), "web02".to_string()]), "{accepted:?}");
+    if backend == Backend::PostgresTls {
+        // Every session of the servers (the only TCP clients) is encrypted.
+        let pg = f.pg.as_ref().unwrap();
+        let sessions = pg
+            .psql(
+                "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+                   FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                  WHERE a.client_addr IS NOT NULL",
+            )
+            .unwrap();
+        let (tls, plain) = sessions.trim().split_once('|').unwrap();
+        assert!(tls.parse::<u32>().unwrap() >= 2 && plain == "0", "TLS|clear sessions: {sessions}");
+    }
 }
 
 #[test]
 fn enrolled_once_on_a_server_a_user_logs_in_on_every_host_postgres() {
     let _turn = support::exclusive("fleet");
     enrolled_once_on_a_server_a_user_logs_in_on_every_host(Backend::Postgres);
+}
+
+/// The same with both servers on a PostgreSQL reached over verified TLS,
+/// logged in by their client certificate.
+#[test]
+fn enrolled_once_on_a_server_a_user_logs_in_on_every_host_postgres_over_tls() {
+    let _turn = support::exclusive("fleet");
+    enrolled_once_on_a_server_a_user_logs_in_on_every_host(Backend::PostgresTls);
+}
+
+/// A server whose database cannot be verified does not start, and says
+/// what to fix: a CA file that did not issue the database's certificate, a
+/// network host with nothing said about TLS, TLS that checks nothing.
+#[test]
+fn a_server_refuses_to_start_on_a_postgresql_it_cannot_verify_and_says_why() {
+    let _turn = support::exclusive("fleet");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (pg, url) = tls_cluster(dir.path());
+    let right = dir.path().join("pg-ca.crt").display().to_string();
+    let wrong = dir.path().join("other-ca.crt");
+    std::fs::write(&wrong, e2e::pg::TestCa::new("not the database's CA").cert_pem()).unwrap();
+    let cases = [
+        (url.replace(&right, &wrong.display().to_string()), "not issued by a CA of"),
+        ("postgresql://otp@db.invalid/otpd".to_string(), "sslmode=verify-full&sslrootcert="),
+        (url.replace("sslmode=verify-full", "sslmode=require"), "checks no certificate"),
+    ];
+    for (database, says) in cases {
+        let port = free_port();
+        let setup = Setup {
+            top: "role = \"server\"\n".into(),
+            database: Some(database.clone()),
+            extra: format!("dbus = false\n[fleet]\nlisten = [\"127.0.0.1:{port}\"]\nnames = [\"127.0.0.1\"]\n"),
+            ..Setup::default()
+        };
+        match Fixture::try_start_setup(tempfile::tempdir().unwrap(), setup) {
+            Ok(fx) => panic!("a server started on {database}: {}", fx.log()),
+            Err(e) => assert!(e.contains(says), "{database}: {e}"),
+        }
+    }
+    // The same URL with the right CA file: the server starts.
+    let (server, _) = start_server(Some(url), &dir.path().join("secret.key"), dir.path(), "");
+    server.ctl_ok(&["status"]);
+    drop((server, pg));
 }
 
 #[test]
