@@ -529,6 +529,11 @@ pub struct AuditEntry {
     pub method: String,
     pub result: String,
     pub reason: String,
+    /// Set on a row written late: a refusal an agent kept in its spool
+    /// while no server answered (`time` is when it happened on that host),
+    /// received by a server at this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -234,6 +234,15 @@ CREATE INDEX outbox_by_code ON outbox (code_id);
 CREATE INDEX audit_by_result_time ON audit (result, time);
 CREATE INDEX users_by_name_c ON users (name);
 "#,
+    // Refusals an agent spooled while no server answered, written when one
+    // did (crate::fleet::spool): `received_at` says when (NULL on every
+    // other row), and one host's `spool_id` is written once, however often
+    // the agent resends it (an acknowledgement lost on the way).
+    r#"
+ALTER TABLE audit ADD COLUMN received_at INTEGER;
+ALTER TABLE audit ADD COLUMN spool_id TEXT;
+CREATE UNIQUE INDEX audit_spooled_once ON audit (machine, spool_id) WHERE spool_id IS NOT NULL;
+"#,
 ];
 
 /// Schema migrations; `otpd_schema.version` records how many have run.
@@ -380,5 +389,14 @@ ALTER TABLE hosts ADD COLUMN last_addr TEXT;
     r#"
 CREATE INDEX audit_by_result_time ON audit (result, time);
 CREATE INDEX users_by_name_c ON users (name COLLATE "C");
+"#,
+    // Refusals an agent spooled while no server answered, written when one
+    // did (crate::fleet::spool): `received_at` says when (NULL on every
+    // other row), and one host's `spool_id` is written once, however often
+    // the agent resends it (an acknowledgement lost on the way).
+    r#"
+ALTER TABLE audit ADD COLUMN received_at BIGINT;
+ALTER TABLE audit ADD COLUMN spool_id TEXT;
+CREATE UNIQUE INDEX audit_spooled_once ON audit (machine, spool_id) WHERE spool_id IS NOT NULL;
 "#,
 ];
