@@ -1636,7 +1636,7 @@ fn wait_for_spool(agent: &Fixture, entries: usize, dropped: u64) {
 
 /// Late audit rows (refusals an agent spooled), newest first, once there
 /// are `n` of them (waits up to 60 s: a server just back is tried again
-/// within 30 s; a login that reaches it starts the delivery at once).
+/// within 45 s; a login that reaches it starts the delivery at once).
 fn wait_for_late_rows(fx: &Fixture, n: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
