@@ -72,6 +72,15 @@ pub struct FleetConfig {
     /// minute, root's included (a token bucket of this size): a compromised
     /// host cannot fill the shared database.
     pub host_logins_per_minute: u32,
+    /// Agent: the logins it refused by itself (no server answered, a server
+    /// lost mid-login, too busy) are kept in this file — user, service,
+    /// remote host, terminal, time and why, never an answer — until a
+    /// server takes them into the fleet's audit (marked late). Owner root,
+    /// mode 0600, in a directory only root may write to.
+    pub spool: PathBuf,
+    /// Agent: at most this many refusals are kept; a full spool drops the
+    /// oldest and counts them (the count reaches the audit too).
+    pub spool_max: usize,
 }
 
 impl Default for FleetConfig {
@@ -86,6 +95,8 @@ impl Default for FleetConfig {
             db_connections: 8,
             enroll_on_agents: true,
             host_logins_per_minute: 6000,
+            spool: "/var/lib/otpd/audit-spool.json".into(),
+            spool_max: 1000,
         }
     }
 }
@@ -656,6 +667,9 @@ impl Config {
                 if !f.bundle.is_absolute() {
                     return bad("fleet.bundle", format!("{} must be an absolute path", f.bundle.display()));
                 }
+                if !f.spool.is_absolute() || f.spool.file_name().is_none() {
+                    return bad("fleet.spool", format!("{} must be an absolute path to a file", f.spool.display()));
+                }
             }
             Role::Server if f.listen.is_empty() => {
                 return bad(
@@ -696,6 +710,9 @@ impl Config {
         }
         if f.host_logins_per_minute == 0 {
             return bad("fleet.host_logins_per_minute", "must be at least 1".into());
+        }
+        if !(1..=100_000).contains(&f.spool_max) {
+            return bad("fleet.spool_max", format!("{} is out of range (1 to 100000)", f.spool_max));
         }
         if !(1..=256).contains(&f.db_connections) {
             return bad("fleet.db_connections", format!("{} is out of range (1 to 256)", f.db_connections));
@@ -851,6 +868,9 @@ mod tests {
             ("[daemon]\ncaller_logins_per_minute = 0", "daemon.caller_logins_per_minute"),
             ("[audit]\nretention = \"1h\"", "audit.retention"),
             ("[email]\nemergency = { max_pending_per_user = 0 }", "email.emergency.max_pending_per_*"),
+            ("[fleet]\nspool_max = 0", "fleet.spool_max"),
+            ("[fleet]\nspool_max = 100001", "fleet.spool_max"),
+            ("role = \"agent\"\n[fleet]\nservers = [\"a:1\"]\nspool = \"spool.json\"", "fleet.spool"),
         ] {
             let err = parse(text).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains(key), "{text}: {err}");

@@ -562,6 +562,11 @@ pub struct AuditEntry {
     pub method: String,
     pub result: String,
     pub reason: String,
+    /// Set on a row written late: a refusal an agent kept in its spool
+    /// while no server answered (`time` is when it happened on that host),
+    /// received by a server at this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -703,6 +708,69 @@ pub struct Relay {
 #[serde(untagged)]
 pub enum AgentFrame {
     Relay(Relay),
+    /// Refusals the agent spooled while no server answered: answered by a
+    /// [`SpoolAck`].
+    Spool(SpoolBatch),
+}
+
+/// Why an agent refused a login by itself (and kept it in its spool).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpoolReason {
+    /// No server answered in time.
+    Unavailable,
+    /// The server was lost during the conversation.
+    Cut,
+    /// The agent's own limit on logins of users other than root in progress.
+    Busy,
+}
+
+/// One refusal in an agent's spool: who asked, where from, when and why —
+/// never an answer, a code or a secret (the agent refused before any was
+/// typed, or never learnt whether the one typed was checked).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolEntry {
+    /// The agent's id of the entry (hex): the server writes one host's id
+    /// once, so a batch sent again after a lost acknowledgement adds nothing.
+    pub id: String,
+    /// Unix seconds, on the agent's clock.
+    pub time: i64,
+    pub user: String,
+    pub service: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rhost: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<String>,
+    /// Who started the login on the agent's host when not root: the peer's
+    /// uid, or for a root program (su, sudo) the real uid that ran it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<u32>,
+    pub reason: SpoolReason,
+}
+
+/// [`AgentFrame::Spool`]: the oldest entries of the spool, and how many
+/// older ones a full spool dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolBatch {
+    pub spool: Vec<SpoolEntry>,
+    #[serde(default)]
+    pub dropped: u64,
+}
+
+/// The server's answer to a [`SpoolBatch`], once what it took is committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolAck {
+    /// The first `taken` entries of the batch are dealt with (written, or
+    /// written before, or refused as malformed): the agent forgets them.
+    pub taken: u32,
+    /// So much of the batch's `dropped` count is written: the agent forgets it.
+    pub dropped: u64,
+    /// Set when the host's rate was used up: send the rest after this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u32>,
 }
 
 #[cfg(test)]
@@ -841,6 +909,42 @@ mod tests {
         assert!(!json.contains("uid") && !json.contains("qr"), "{json}");
         let unknown = r#"{"type":"begin","protocol":1,"user":"a","service":"s","pid":1,"qr":"sixel"}"#;
         assert!(serde_json::from_str::<ClientMsg>(unknown).is_err());
+    }
+
+    /// An agent frame is a relay header or a spool batch, never taken for
+    /// the other (the enum is untagged: a relay header is the frame it
+    /// always was).
+    #[test]
+    fn agent_frames_are_told_apart_without_a_tag() {
+        let relay = r#"{"peer_uid":0,"pid":4242,"caller":1000,"reply_within_ms":9000}"#;
+        assert!(matches!(serde_json::from_str(relay), Ok(AgentFrame::Relay(Relay { peer_uid: 0, .. }))));
+        let batch = SpoolBatch {
+            spool: vec![SpoolEntry {
+                id: "00ff".into(),
+                time: 1_700_000_000,
+                user: "alice".into(),
+                service: "sshd".into(),
+                rhost: Some("192.0.2.1".into()),
+                tty: None,
+                caller: None,
+                reason: SpoolReason::Unavailable,
+            }],
+            dropped: 3,
+        };
+        let json = serde_json::to_string(&AgentFrame::Spool(batch.clone())).unwrap_or_default();
+        assert!(json.starts_with(r#"{"spool":[{"id":"00ff","time":1700000000"#), "{json}");
+        assert!(json.contains(r#""reason":"unavailable""#), "{json}");
+        assert_eq!(serde_json::from_str::<AgentFrame>(&json).ok(), Some(AgentFrame::Spool(batch)));
+        // Neither kind with the other's fields, nor with fields of its own making.
+        for bad in [
+            r#"{"peer_uid":0,"spool":[]}"#,
+            r#"{"spool":[],"dropped":0,"x":1}"#,
+            r#"{"peer_uid":0,"x":1}"#,
+            r#"{"spool":[{"id":"1","time":1,"user":"a","service":"s","reason":"unavailable","answer":"123456"}]}"#,
+            r#"{"spool":[{"id":"1","time":1,"user":"a","service":"s","reason":"because"}]}"#,
+        ] {
+            assert!(serde_json::from_str::<AgentFrame>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -141,7 +141,7 @@ pub fn hostname_issuer(issuer: &str) -> String {
 /// number of seconds in the file named by `OTPD_TEST_CLOCK_FILE`, or pin it
 /// (`@SECONDS`), so expiry is tested without sleeping and TOTP codes without
 /// racing a step boundary; release builds have no such hook.
-fn make_clock() -> Box<dyn Clock> {
+pub(crate) fn make_clock() -> Box<dyn Clock> {
     #[cfg(debug_assertions)]
     if let Some(path) = std::env::var_os("OTPD_TEST_CLOCK_FILE") {
         return Box::new(crate::sys::clock::OffsetFileClock(path.into()));

@@ -688,8 +688,17 @@ fn print_audit(entries: &[AuditEntry]) {
             e.tty.as_deref().unwrap_or("-"),
             e.method,
             e.result,
-            e.reason
+            late_reason(e)
         );
+    }
+}
+
+/// The reason, marked when the row was written late: a refusal an agent
+/// kept in its spool while no server answered (TIME is when it happened).
+fn late_reason(e: &AuditEntry) -> String {
+    match e.received_at {
+        Some(at) => format!("LATE (received {}): {}", time(at), e.reason),
+        None => e.reason.clone(),
     }
 }
 

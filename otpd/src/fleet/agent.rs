@@ -4,17 +4,23 @@
 //! identity). Every conversation is handed, message by message, to the
 //! first server that answers, over a TLS 1.3 link authenticated both ways;
 //! the server decides. When no server answers the login is refused (the
-//! module's `fail=open` stays the only way around that, and it logs).
+//! module's `fail=open` stays the only way around that, and it logs). What
+//! the agent refuses by itself is kept in its audit spool until a server
+//! takes it ([`crate::fleet::spool`]).
 //! Idle links are kept for the next conversation: a handshake per login
 //! would cost more than the login.
 use crate::fleet::pki;
+use crate::fleet::spool::Spool;
 use crate::fleet::wire::Link;
 use crate::lock;
 use crate::sys::conn::{Conn, Listener};
 use crate::sys::start::StartError;
 use common::codec::{encode, FrameError, MAX_FRAME};
 use common::config::Config;
-use common::proto::{ClientMsg, LinkHello, LinkReply, OutcomeKind, Relay, ServerMsg, PROTOCOL_VERSION};
+use common::proto::{
+    AgentFrame, ClientMsg, LinkHello, LinkReply, OutcomeKind, Relay, ServerMsg, SpoolAck, SpoolBatch, SpoolReason,
+    PROTOCOL_VERSION,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -55,6 +61,8 @@ struct Agent {
     /// TLS handshakes that a server would refuse (it admits few at once
     /// from one address; see crate::fleet::admission).
     dials: tokio::sync::Semaphore,
+    /// What this agent refused by itself, until a server takes it.
+    spool: Arc<Spool>,
 }
 
 /// Links being made at once.
@@ -98,6 +106,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         let name = pki::server_name(h).map_err(|e| fleet_error(format!("fleet.servers: {s:?}: {e}")))?;
         servers.push(Server { shown: s.clone(), host: h.to_string(), port, name });
     }
+    let spool = Arc::new(Spool::open(&f.spool, f.spool_max, crate::daemon::make_clock())?);
     let agent = Arc::new(Agent {
         host: host.clone(),
         down_until: Mutex::new(vec![None; servers.len()]),
@@ -114,6 +123,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         max_per_uid: d.max_connections_per_user,
         last_warning: AtomicI64::new(0),
         dials: tokio::sync::Semaphore::new(MAX_DIALS),
+        spool: spool.clone(),
     });
     let pam = crate::sys::start::bind(&d.pam_socket, 0o666, None)?;
     let listener = Listener::new(pam)
@@ -125,6 +135,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         f.servers.join(", ")
     );
     crate::sys::start::notify_ready();
+    let saving = tokio::spawn(crate::fleet::spool::keep_saved(spool.clone()));
+    let delivering = {
+        let agent = agent.clone();
+        tokio::spawn(crate::fleet::spool::deliver(spool.clone(), move |batch| {
+            let agent = agent.clone();
+            async move { agent.send_spool(&batch).await }
+        }))
+    };
     let serve = tokio::spawn(serve(listener, agent));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| StartError::Socket { path: "signal".into(), why: e.to_string() })?;
@@ -134,7 +152,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     tracing::info!("shutting down");
     serve.abort();
+    delivering.abort();
+    saving.abort();
     let _ = std::fs::remove_file(&d.pam_socket);
+    if let Err(e) = spool.save() {
+        tracing::error!("writing the audit spool {} failed: {e}", f.spool.display());
+    }
     Ok(())
 }
 
@@ -226,6 +249,46 @@ impl Agent {
     fn pooled(&self) -> Option<TlsLink> {
         lock(&self.idle).pop()
     }
+
+    /// Hands a batch of the audit spool to a server: over an idle link if
+    /// one works, else over a new link to each server in turn.
+    async fn send_spool(&self, batch: &SpoolBatch) -> Result<SpoolAck, String> {
+        let frame = AgentFrame::Spool(batch.clone());
+        let exchange = |mut link: TlsLink| {
+            let frame = &frame;
+            async move {
+                link.write(frame, self.io_timeout).await?;
+                let ack: SpoolAck = link.read(self.io_timeout, self.io_timeout, MAX_FRAME).await?;
+                Ok::<_, FrameError>((link, ack))
+            }
+        };
+        while let Some(link) = self.pooled() {
+            if let Ok((link, ack)) = exchange(link).await {
+                self.put_back(link);
+                return Ok(ack);
+            }
+        }
+        let _dialing = self.dials.acquire().await.map_err(|e| e.to_string())?;
+        let mut failures = Vec::new();
+        for i in self.order() {
+            match self.dial(i).await {
+                Ok(link) => match exchange(link).await {
+                    Ok((link, ack)) => {
+                        self.mark(i, false);
+                        self.put_back(link);
+                        return Ok(ack);
+                    }
+                    // An older server closes the link on a frame it does not know.
+                    Err(e) => failures.push(format!("{}: {e}", self.servers[i].shown)),
+                },
+                Err(e) => {
+                    self.mark(i, true);
+                    failures.push(e);
+                }
+            }
+        }
+        Err(failures.join("; "))
+    }
 }
 
 async fn serve(listener: Listener, agent: Arc<Agent>) {
@@ -268,6 +331,7 @@ async fn connection(mut conn: Conn, uid: u32, pid: Option<i32>, agent: &Agent) {
                 agent.warn(&format!(
                     "login of uid {uid} refused: {MAX_UNPRIVILEGED} logins of users other than root in progress"
                 ));
+                agent.spool.refused(&first, uid, caller, None, SpoolReason::Busy);
                 if !session {
                     let msg = "The passcode service is busy; try again in a minute.";
                     let deny = ServerMsg::Outcome { result: OutcomeKind::Deny, message: Some(msg.into()) };
@@ -290,6 +354,7 @@ async fn connection(mut conn: Conn, uid: u32, pid: Option<i32>, agent: &Agent) {
     };
     let relay = Relay { peer_uid: uid, pid, caller, account, reply_within_ms: Some(REPLY_WITHIN.as_millis() as u64) };
     let Some((mut link, reply)) = open_conversation(agent, &relay, &first).await else {
+        agent.spool.refused(&first, uid, caller, relay.account.as_deref(), SpoolReason::Unavailable);
         if !session {
             let deny = ServerMsg::Outcome { result: OutcomeKind::Deny, message: Some(UNAVAILABLE.into()) };
             let _ = conn.write_msg(&deny, agent.io_timeout).await;
@@ -311,6 +376,7 @@ async fn connection(mut conn: Conn, uid: u32, pid: Option<i32>, agent: &Agent) {
                     Err(_) => return,
                 };
                 if link.write(&answer, agent.io_timeout).await.is_err() {
+                    agent.spool.refused(&first, uid, caller, relay.account.as_deref(), SpoolReason::Cut);
                     return deny_cut(&mut conn, agent).await;
                 }
             }
@@ -320,6 +386,7 @@ async fn connection(mut conn: Conn, uid: u32, pid: Option<i32>, agent: &Agent) {
             Ok(r) => r,
             Err(e) => {
                 agent.warn(&format!("fleet server went away during a conversation: {e}"));
+                agent.spool.refused(&first, uid, caller, relay.account.as_deref(), SpoolReason::Cut);
                 return deny_cut(&mut conn, agent).await;
             }
         };
@@ -433,6 +500,7 @@ async fn open_conversation(agent: &Agent, relay: &Relay, first: &ClientMsg) -> O
             Ok(link) => match start(link, deadline).await {
                 Ok(started) => {
                     agent.mark(i, false);
+                    agent.spool.server_back();
                     return Some(started);
                 }
                 Err(e) => failures.push(format!("{}: {e}", agent.servers[i].shown)),

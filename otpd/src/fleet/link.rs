@@ -50,6 +50,8 @@ pub struct FleetServer {
     refused_audited: Mutex<HashMap<String, (i64, u64)>>,
     /// Connections that have not authenticated yet (see crate::fleet::admission).
     pub admission: Arc<crate::fleet::admission::Admission>,
+    /// Spooled refusals written per host (see crate::fleet::spool).
+    spool_rate: crate::core::limits::RateLimiter<String>,
 }
 
 /// Links open at once (agents keep a few each, otpctl one per command).
@@ -81,6 +83,7 @@ impl FleetServer {
                 crate::fleet::admission::WAITING,
                 crate::fleet::admission::HANDSHAKING,
             )),
+            spool_rate: crate::core::limits::RateLimiter::new(crate::fleet::spool::PER_HOST_PER_MINUTE),
         })
     }
 }
@@ -454,6 +457,19 @@ async fn agent_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
     loop {
         let relay = match link.read(LINK_IDLE, sh.io_timeout, MAX_FRAME).await {
             Ok(AgentFrame::Relay(r)) => r,
+            Ok(AgentFrame::Spool(batch)) => {
+                // A revoked host's spool is refused like its logins.
+                if let Err((machine, reason, _)) =
+                    check_host(sh, fleet, &fp, HostRole::Agent, Some(&host.name), addr, false).await
+                {
+                    return audit_refusal(sh, fleet, &machine, reason).await;
+                }
+                let ack = crate::fleet::spool::receive(sh, &fleet.spool_rate, &host.name, batch).await;
+                if link.write(&ack, sh.io_timeout).await.is_err() {
+                    return;
+                }
+                continue;
+            }
             Err(FrameError::Closed | FrameError::TimedOut) => return,
             Err(e) => {
                 sh.warn_throttled(&format!("agent link of {}: bad relay header: {e}", host.name));

@@ -479,6 +479,16 @@ pub trait Store: PlanReads {
     /// admin path, so that the login path decides `require_group` without NSS).
     fn set_group_members(&mut self, group: &str, names: &[String]) -> Result<(), StoreError>;
     fn add_audit(&mut self, entry: &NewAudit) -> Result<(), StoreError>;
+    /// A row written late, at `received_at`: a refusal an agent spooled
+    /// (entry `spool_id` of its spool), or a count about its spool (None);
+    /// false when this host's `spool_id` is in the audit already (a
+    /// resend) and nothing was written.
+    fn add_late_audit(
+        &mut self,
+        entry: &NewAudit,
+        received_at: i64,
+        spool_id: Option<&str>,
+    ) -> Result<bool, StoreError>;
     /// Deletes up to `limit` audit rows, and up to `limit` session records,
     /// older than `before` (a session by its end, or its start if it never
     /// ended); returns how many rows in all.

@@ -574,6 +574,26 @@ impl Store for PgStore {
         Ok(())
     }
 
+    fn add_late_audit(&mut self, e: &NewAudit, received_at: i64, spool_id: Option<&str>) -> Result<bool, StoreError> {
+        let n = self.execute(
+            sql::ADD_LATE_AUDIT.postgres,
+            &[
+                &e.time,
+                &e.user,
+                &e.service,
+                &e.rhost,
+                &e.tty,
+                &e.machine,
+                &e.method.as_str(),
+                &e.result.as_str(),
+                &e.reason,
+                &received_at,
+                &spool_id,
+            ],
+        )?;
+        Ok(n > 0)
+    }
+
     fn prune_audit(&mut self, before: i64, limit: u32) -> Result<u64, StoreError> {
         let limit = i64::from(limit);
         let n = self.execute(sql::PRUNE_AUDIT.postgres, &[&before, &limit])?;
@@ -600,6 +620,7 @@ impl Store for PgStore {
                     method: r.try_get(7)?,
                     result: r.try_get(8)?,
                     reason: r.try_get(9)?,
+                    received_at: r.try_get(10)?,
                 })
             })
             .collect()
@@ -1064,6 +1085,18 @@ mod tests {
         assert_eq!(s.counts(0).unwrap().audit_entries, 4);
         assert_eq!(s.prune_audit(250, 10).unwrap(), 2 + 1, "two audit rows and the session closed at 20");
         assert_eq!(times(s.audit(None, None, None, 10).unwrap()), [400, 300]);
+        // Late rows (an agent's spool): one host's entry id is written once;
+        // counts (no id) every time; the time received is read back.
+        let late = NewAudit { time: 350, user: "late".into(), machine: "web01".into(), ..Default::default() };
+        assert!(s.add_late_audit(&late, 500, Some("ab01")).unwrap());
+        assert!(!s.add_late_audit(&late, 501, Some("ab01")).unwrap(), "sent again");
+        assert!(s.add_late_audit(&NewAudit { machine: "web02".into(), ..late.clone() }, 500, Some("ab01")).unwrap());
+        assert!(s.add_late_audit(&late, 500, None).unwrap() && s.add_late_audit(&late, 500, None).unwrap());
+        let rows = s.audit(Some("late"), None, None, 10).unwrap();
+        assert_eq!(rows.iter().map(|e| (e.time, e.received_at)).collect::<Vec<_>>(), [(350, Some(500)); 4]);
+        assert!(s.audit(Some("a"), None, None, 10).unwrap().iter().all(|e| e.received_at.is_none()));
+        s.prune_audit(360, 10).unwrap();
+        assert_eq!(s.audit(Some("late"), None, None, 10).unwrap(), [], "pruned by the time they happened");
 
         // Hosts.
         assert_eq!(s.host("web01").unwrap(), None);
@@ -1408,7 +1441,11 @@ mod tests {
             "CHECKs: users.method, emergency_requests.status, hosts.role, fleet_ca.id"
         );
         assert_eq!(seen(|t| t.foreign_keys.len()), 1, "outbox.code_id");
-        assert_eq!(seen(|t| t.indexes.iter().filter(|(unique, _)| *unique).count()), 1, "hosts.fingerprint");
+        assert_eq!(
+            seen(|t| t.indexes.iter().filter(|(unique, _)| *unique).count()),
+            2,
+            "hosts.fingerprint; audit (machine, spool_id)"
+        );
         let defaults = seen(|t| t.columns.values().filter(|c| c.default.is_some()).count());
         assert_eq!(
             defaults, 6,

@@ -241,6 +241,15 @@ ALTER TABLE users ADD COLUMN clock_drift_secs INTEGER;
 ALTER TABLE users ADD COLUMN clock_drift_at INTEGER;
 ALTER TABLE users ADD COLUMN clock_drift_refusals INTEGER NOT NULL DEFAULT 0;
 "#,
+    // Refusals an agent spooled while no server answered, written when one
+    // did (crate::fleet::spool): `received_at` says when (NULL on every
+    // other row), and one host's `spool_id` is written once, however often
+    // the agent resends it (an acknowledgement lost on the way).
+    r#"
+ALTER TABLE audit ADD COLUMN received_at INTEGER;
+ALTER TABLE audit ADD COLUMN spool_id TEXT;
+CREATE UNIQUE INDEX audit_spooled_once ON audit (machine, spool_id) WHERE spool_id IS NOT NULL;
+"#,
 ];
 
 /// Schema migrations; `otpd_schema.version` records how many have run.
@@ -394,5 +403,14 @@ CREATE INDEX users_by_name_c ON users (name COLLATE "C");
 ALTER TABLE users ADD COLUMN clock_drift_secs BIGINT;
 ALTER TABLE users ADD COLUMN clock_drift_at BIGINT;
 ALTER TABLE users ADD COLUMN clock_drift_refusals BIGINT NOT NULL DEFAULT 0;
+"#,
+    // Refusals an agent spooled while no server answered, written when one
+    // did (crate::fleet::spool): `received_at` says when (NULL on every
+    // other row), and one host's `spool_id` is written once, however often
+    // the agent resends it (an acknowledgement lost on the way).
+    r#"
+ALTER TABLE audit ADD COLUMN received_at BIGINT;
+ALTER TABLE audit ADD COLUMN spool_id TEXT;
+CREATE UNIQUE INDEX audit_spooled_once ON audit (machine, spool_id) WHERE spool_id IS NOT NULL;
 "#,
 ];

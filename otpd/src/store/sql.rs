@@ -261,6 +261,13 @@ pub const ADD_AUDIT: Sql = same!(
     r#"INSERT INTO audit (time, "user", service, rhost, tty, machine, method, result, reason)
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"#
 );
+/// A refusal an agent spooled while no server answered, written late
+/// (`received_at`): a second copy of one `spool_id` from one host (a
+/// resend after a lost acknowledgement) writes nothing.
+pub const ADD_LATE_AUDIT: Sql = same!(
+    r#"INSERT INTO audit (time, "user", service, rhost, tty, machine, method, result, reason, received_at, spool_id)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING"#
+);
 pub const PRUNE_AUDIT: Sql =
     same!("DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE time < $1 ORDER BY time LIMIT $2)");
 /// A session ages out by its end, or its start if it never ended.
@@ -280,7 +287,7 @@ pub const PRUNE_SESSIONS: Sql = same!(
 macro_rules! audit_page {
     ($lead:literal) => {
         same!(concat!(
-            r#"SELECT id, time, "user", service, rhost, tty, machine, method, result, reason FROM audit
+            r#"SELECT id, time, "user", service, rhost, tty, machine, method, result, reason, received_at FROM audit
        WHERE "#,
             $lead,
             r#"
@@ -497,6 +504,7 @@ mod tests {
             ("DELETE_GROUP_MEMBERS", DELETE_GROUP_MEMBERS),
             ("INSERT_GROUP_MEMBERS", INSERT_GROUP_MEMBERS),
             ("ADD_AUDIT", ADD_AUDIT),
+            ("ADD_LATE_AUDIT", ADD_LATE_AUDIT),
             ("PRUNE_AUDIT", PRUNE_AUDIT),
             ("PRUNE_SESSIONS", PRUNE_SESSIONS),
             ("AUDIT_BY_USER", AUDIT_BY_USER),

@@ -348,6 +348,26 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn add_late_audit(&mut self, e: &NewAudit, received_at: i64, spool_id: Option<&str>) -> Result<bool, StoreError> {
+        let n = self.change(
+            sql::ADD_LATE_AUDIT,
+            params![
+                e.time,
+                e.user,
+                e.service,
+                e.rhost,
+                e.tty,
+                e.machine,
+                e.method.as_str(),
+                e.result.as_str(),
+                e.reason,
+                received_at,
+                spool_id
+            ],
+        )?;
+        Ok(n > 0)
+    }
+
     fn prune_audit(&mut self, before: i64, limit: u32) -> Result<u64, StoreError> {
         let n = self.change(sql::PRUNE_AUDIT, params![before, limit])?;
         // A user may record its own sessions (within its rate allowance):
@@ -372,6 +392,7 @@ impl Store for SqliteStore {
                 method: r.get(7)?,
                 result: r.get(8)?,
                 reason: r.get(9)?,
+                received_at: r.get(10)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -127,12 +127,25 @@ impl Fleet {
     /// An agent in `dir` (its bundle at state/host.bundle) trying the servers
     /// in `order`, claiming to be `host` if given.
     fn try_agent(&self, dir: tempfile::TempDir, order: &[usize], host: Option<&str>) -> Result<Fixture, String> {
+        self.try_agent_with(dir, order, host, "")
+    }
+
+    /// [`Fleet::try_agent`] with more `[fleet]` keys. Its audit spool is
+    /// spool/audit.json in its dir.
+    fn try_agent_with(
+        &self,
+        dir: tempfile::TempDir,
+        order: &[usize],
+        host: Option<&str>,
+        fleet: &str,
+    ) -> Result<Fixture, String> {
         let servers: Vec<String> = order.iter().map(|&i| format!("\"127.0.0.1:{}\"", self.ports[i])).collect();
         let host = host.map(|h| format!("host = \"{h}\"\n")).unwrap_or_default();
         let extra = format!(
-            "dbus = false\n[fleet]\nservers = [{}]\nbundle = \"{}\"\n{host}",
+            "dbus = false\n[fleet]\nservers = [{}]\nbundle = \"{}\"\nspool = \"{}\"\n{host}{fleet}",
             servers.join(", "),
-            dir.path().join("state/host.bundle").display()
+            dir.path().join("state/host.bundle").display(),
+            dir.path().join("spool/audit.json").display()
         );
         let setup = Setup {
             top: "role = \"agent\"\n".into(),
@@ -1692,4 +1705,173 @@ fn an_answer_read_is_not_decided_after_the_login_stopped_waiting() {
 fn an_answer_waiting_unread_is_not_decided_after_the_login_stopped_waiting() {
     let _turn = support::exclusive("fleet");
     an_answer_is_not_decided_after_the_login_stopped_waiting("-prompt");
+}
+
+// ---------------------------------------------------------------- spool ----
+
+/// The entries and dropped count in an agent's audit spool file (none yet: empty).
+fn spool_of(agent: &Fixture) -> (Vec<Value>, u64) {
+    let Ok(text) = std::fs::read_to_string(agent.path("spool/audit.json")) else { return (Vec::new(), 0) };
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (v["entries"].as_array().cloned().unwrap_or_default(), v["dropped"].as_u64().unwrap_or(0))
+}
+
+/// Waits (up to 20 s) until `agent`'s spool file holds `entries` entries
+/// and `dropped` dropped (the agent saves it just after a refusal).
+fn wait_for_spool(agent: &Fixture, entries: usize, dropped: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (e, d) = spool_of(agent);
+        if (e.len(), d) == (entries, dropped) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "spool: {} entries, {d} dropped; want {entries}, {dropped}: {e:?}", e.len());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Late audit rows (refusals an agent spooled), newest first, once there
+/// are `n` of them (waits up to 60 s: a server just back is tried again
+/// within 45 s; a login that reaches it starts the delivery at once).
+fn wait_for_late_rows(fx: &Fixture, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let late: Vec<Value> = audit(fx, &[]).into_iter().filter(|e| e["received_at"].is_i64()).collect();
+        if late.len() >= n {
+            assert_eq!(late.len(), n, "more late rows than refusals: {late:#?}");
+            return late;
+        }
+        assert!(Instant::now() < deadline, "{} of {n} late rows: {late:#?}", late.len());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Restarts server 0 of a one-server fleet and waits until it listens.
+fn restart_server(f: &mut Fleet) {
+    f.servers[0].start_daemon();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !listening(f.ports[0]) {
+        assert!(Instant::now() < deadline, "the server did not listen again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Issue 21 item 4: what an agent refused while no server answered was in
+/// its own log only. It is now spooled (root only, no code) and reaches the
+/// fleet's audit, marked late, under the agent's host, when a server is back.
+#[test]
+fn logins_refused_while_no_server_answered_reach_the_audit_late_without_the_code() {
+    let _turn = support::exclusive("fleet");
+    let mut f = Fleet::start(Backend::Sqlite);
+    let uri = f.enroll("sam", 0);
+    let refused_at = f.servers[0].pin_clock();
+    let typed = f.code(&uri, 0);
+
+    // Lost during the login, after the code was typed: the server stops
+    // itself at the prompt (before it reads the answer) and is killed.
+    let server = f.servers[0].daemon.as_ref().unwrap().id();
+    let mut flag = stop_file(f.dir.path(), f.ports[0]).into_os_string();
+    flag.push("-prompt");
+    write_all(Path::new(&flag), b"");
+    let cut = std::thread::scope(|s| {
+        s.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !stopped(server) {
+                assert!(Instant::now() < deadline, "the server did not stop at the prompt");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            unsafe { libc::kill(server as i32, libc::SIGKILL) };
+        });
+        f.agents[0].login("sam", &[&typed])
+    });
+    f.servers[0].daemon.take().unwrap().wait().unwrap();
+    // (The server removes it when it stops; it must not be there at the restart.)
+    let _ = std::fs::remove_file(&flag);
+    assert_eq!(cut.code, PAM_AUTH_ERR, "{}", cut.out);
+
+    // No server at all.
+    let mut ssh = f.agents[0].pamdrive("otp", "sam", &[b""]);
+    ssh.args(["--rhost", "198.51.100.7", "--tty", "pts/3"]);
+    let unavailable = run(ssh);
+    assert_eq!(unavailable.code, PAM_AUTH_ERR, "{}", unavailable.out);
+    assert!(unavailable.out.contains("Passcode check unavailable."), "{}", unavailable.out);
+    assert_eq!(f.agents[1].login("ann", &[""]).code, PAM_AUTH_ERR);
+    wait_for_spool(&f.agents[0], 2, 0);
+    wait_for_spool(&f.agents[1], 1, 0);
+
+    // Root only, and never the code that was typed.
+    for agent in &f.agents[..2] {
+        let file = agent.path("spool/audit.json");
+        let meta = std::fs::metadata(&file).unwrap();
+        assert_eq!((meta.permissions().mode() & 0o777, std::os::unix::fs::MetadataExt::uid(&meta)), (0o600, 0));
+        let dir = std::fs::metadata(agent.path("spool")).unwrap();
+        assert_eq!(dir.permissions().mode() & 0o777, 0o700);
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(!contains(&bytes, typed.as_bytes()), "the typed code is in {}", file.display());
+        assert!(!agent.log().contains(&typed), "the typed code is in the agent's log");
+    }
+    let (entries, _) = spool_of(&f.agents[0]);
+    assert_eq!(field(&entries[0], "reason"), "cut");
+    assert_eq!((field(&entries[1], "reason"), field(&entries[1], "rhost")), ("unavailable", "198.51.100.7"));
+
+    // Two minutes later a server is back; a login that reaches it starts
+    // the delivery.
+    f.servers[0].set_clock_offset(120);
+    restart_server(&mut f);
+    assert_eq!(f.agents[0].login("sam", &[&f.code(&uri, 4)]).code, PAM_SUCCESS);
+    let late = wait_for_late_rows(f.admin(), 3);
+    let row = |host: &str, user: &str, reason: &str| {
+        late.iter()
+            .find(|e| field(e, "machine") == host && field(e, "user") == user && field(e, "reason") == reason)
+            .unwrap_or_else(|| panic!("no late row of {user} on {host}: {reason}: {late:#?}"))
+    };
+    let cut = row("web01", "sam", "refused by the agent: the server was lost during the login");
+    let ssh = row("web01", "sam", "refused by the agent: no server answered");
+    let ann = row("web02", "ann", "refused by the agent: no server answered");
+    for e in [cut, ssh, ann] {
+        assert_eq!((e["time"].as_i64(), e["received_at"].as_i64()), (Some(refused_at), Some(refused_at + 120)));
+        assert_eq!((field(e, "service"), field(e, "result")), ("otp", "refused"));
+    }
+    assert_eq!((field(ssh, "rhost"), field(ssh, "tty")), ("198.51.100.7", "pts/3"));
+    // Handed over: the spools are empty; the login after the restart is not late.
+    wait_for_spool(&f.agents[0], 0, 0);
+    wait_for_spool(&f.agents[1], 0, 0);
+    let rows = audit(f.admin(), &["--user", "sam"]);
+    assert!(rows.iter().any(|e| is_accept(e) && e["received_at"].is_null()), "{rows:#?}");
+    // The table marks them.
+    let table = f.admin().ctl_ok(&["audit", "--host", "web01"]);
+    let marked: Vec<&str> = table.lines().filter(|l| l.contains("LATE (received")).collect();
+    assert_eq!(marked.len(), 2, "{table}");
+    assert!(marked.iter().all(|l| l.contains("sam") && l.contains("refused by the agent")), "{table}");
+}
+
+/// A full spool drops its oldest entries and says how many; the count
+/// reaches the audit with the entries kept.
+#[test]
+fn a_full_spool_drops_the_oldest_and_the_audit_says_how_many() {
+    let _turn = support::exclusive("fleet");
+    let mut f = Fleet::start(Backend::Sqlite);
+    let uri = f.enroll("zed", 0);
+    let dir = f.agent_dir();
+    f.issue("web04", &dir.path().join("state/host.bundle"));
+    let web04 = f.try_agent_with(dir, &[0], None, "spool_max = 3\n").unwrap_or_else(|e| panic!("web04: {e}"));
+    f.extras.push(web04);
+    f.servers[0].stop_daemon();
+    for i in 1..=5 {
+        assert_eq!(f.extras[0].login(&format!("user{i}"), &[""]).code, PAM_AUTH_ERR);
+    }
+    wait_for_spool(&f.extras[0], 3, 2);
+    let kept: Vec<String> = spool_of(&f.extras[0]).0.iter().map(|e| field(e, "user").to_string()).collect();
+    assert_eq!(kept, ["user3", "user4", "user5"]);
+
+    restart_server(&mut f);
+    assert_eq!(f.extras[0].login("zed", &[&f.code(&uri, 0)]).code, PAM_SUCCESS);
+    let late = wait_for_late_rows(f.admin(), 4);
+    assert!(late.iter().all(|e| field(e, "machine") == "web04"), "{late:#?}");
+    let mut users: Vec<&str> = late.iter().map(|e| field(e, "user")).collect();
+    users.sort();
+    assert_eq!(users, ["-", "user3", "user4", "user5"]);
+    let dropped = late.iter().find(|e| field(e, "user") == "-").unwrap();
+    assert_eq!(field(dropped, "reason"), "2 older refusals were dropped from this host's audit spool (it was full)");
+    wait_for_spool(&f.extras[0], 0, 0);
 }
