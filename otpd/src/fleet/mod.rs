@@ -4,4 +4,5 @@ pub mod admission;
 pub mod agent;
 pub mod link;
 pub mod pki;
+pub mod renewal;
 pub mod wire;

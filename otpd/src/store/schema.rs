@@ -234,6 +234,17 @@ CREATE INDEX outbox_by_code ON outbox (code_id);
 CREATE INDEX audit_by_result_time ON audit (result, time);
 CREATE INDEX users_by_name_c ON users (name);
 "#,
+    // Fleet: host certificates that renew themselves. Each host's expiry
+    // and issuing CA, its last renewal, and the certificate a renewal
+    // replaced, accepted until the new one is first presented.
+    r#"
+ALTER TABLE hosts ADD COLUMN expires_at INTEGER;
+ALTER TABLE hosts ADD COLUMN ca BLOB;
+ALTER TABLE hosts ADD COLUMN renewed_at INTEGER;
+ALTER TABLE hosts ADD COLUMN prev_fingerprint BLOB;
+ALTER TABLE hosts ADD COLUMN prev_until INTEGER;
+CREATE UNIQUE INDEX hosts_by_prev_fingerprint ON hosts (prev_fingerprint);
+"#,
 ];
 
 /// Schema migrations; `otpd_schema.version` records how many have run.
@@ -380,5 +391,14 @@ ALTER TABLE hosts ADD COLUMN last_addr TEXT;
     r#"
 CREATE INDEX audit_by_result_time ON audit (result, time);
 CREATE INDEX users_by_name_c ON users (name COLLATE "C");
+"#,
+    // Fleet: host certificates that renew themselves (see the SQLite step).
+    r#"
+ALTER TABLE hosts ADD COLUMN expires_at BIGINT;
+ALTER TABLE hosts ADD COLUMN ca BYTEA;
+ALTER TABLE hosts ADD COLUMN renewed_at BIGINT;
+ALTER TABLE hosts ADD COLUMN prev_fingerprint BYTEA;
+ALTER TABLE hosts ADD COLUMN prev_until BIGINT;
+CREATE UNIQUE INDEX hosts_by_prev_fingerprint ON hosts (prev_fingerprint);
 "#,
 ];
