@@ -5,12 +5,18 @@ use crate::core::service::Core;
 use crate::store::model::{HostRecord, HostRole};
 use common::proto::{AdminErrorKind, AdminResponse, HostInfo};
 
+/// How long admin credentials (remote otpctl) are valid: 5 years.
+const ADMIN_LIFE: i64 = 5 * 365 * 86_400;
+
 /// `host add`: issues credentials, records their fingerprint, and hands the
 /// bundle back once (the key is not kept anywhere on the server).
 pub async fn add(core: &Core, by: &By, name: String, admin: bool) -> AdminResponse {
     let now = core.clock.now();
     let Some(ca) = core.fleet_ca.clone() else { return not_a_server() };
-    let issued = crate::fleet::pki::issue_bundle_at(&ca, &ca.cert_pem(), &name, now, core.host_cert_life);
+    // Admin credentials do not renew themselves (yet): they keep the life
+    // every bundle had before host certificates renewed themselves.
+    let life = if admin { ADMIN_LIFE } else { core.host_cert_life };
+    let issued = crate::fleet::pki::issue_bundle_at(&ca, &ca.cert_pem(), &name, now, life);
     let (bundle, issued) = match issued {
         Ok(b) => b,
         Err(e) => return err(AdminErrorKind::InvalidInput, e.to_string()),
