@@ -948,10 +948,10 @@ fn sessions_and_audit_of_every_host_are_seen_on_any_server_and_remotely() {
     for host in HOSTS {
         let line = list.lines().find(|l| l.split_whitespace().next() == Some(host));
         let line = line.unwrap_or_else(|| panic!("{host} missing: {list}"));
-        // HOST ROLE ADDED LAST-SEEN LAST-ADDRESS STATUS: seen (a time, not
-        // "-") after its logins, from where.
+        // HOST ROLE ADDED LAST-SEEN LAST-ADDRESS STATUS EXPIRES RENEWED:
+        // seen (a time, not "-") after its logins, from where.
         let cols: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(cols.len(), 6, "{list}");
+        assert_eq!(cols.len(), 8, "{list}");
         assert_eq!(cols[1], "agent", "{list}");
         assert!(cols[3].starts_with("20") && cols[3].ends_with('Z'), "{host} has no last-seen time: {list}");
         assert_eq!(cols[4], "127.0.0.1", "{list}");
