@@ -81,7 +81,24 @@ pub struct FleetConfig {
     /// Agent: at most this many refusals are kept; a full spool drops the
     /// oldest and counts them (the count reaches the audit too).
     pub spool_max: usize,
+    /// Server: how long the host certificates it issues (`otpctl host add`,
+    /// and each renewal) are valid. Agents renew theirs over their own link
+    /// when two thirds of it have passed.
+    #[serde(with = "duration")]
+    pub host_certificate_life: Duration,
+    /// Agent: how often it looks whether its certificate is due for renewal
+    /// (a tenth of it at random is added, so agents started together do not
+    /// ask together; a failed renewal is tried again sooner).
+    #[serde(with = "duration")]
+    pub renew_check: Duration,
 }
+
+/// Bounds of `[fleet] host_certificate_life`: at least a day (agents look
+/// every `renew_check`, an hour by default, and need a few tries before
+/// the last third has passed); at most the five years host certificates
+/// were valid before they renewed themselves.
+pub const HOST_CERTIFICATE_LIFE_MIN: Duration = Duration::from_secs(86_400);
+pub const HOST_CERTIFICATE_LIFE_MAX: Duration = Duration::from_secs(5 * 365 * 86_400);
 
 impl Default for FleetConfig {
     fn default() -> Self {
@@ -97,6 +114,8 @@ impl Default for FleetConfig {
             host_logins_per_minute: 6000,
             spool: "/var/lib/otpd/audit-spool.json".into(),
             spool_max: 1000,
+            host_certificate_life: Duration::from_secs(30 * 86_400),
+            renew_check: Duration::from_secs(3600),
         }
     }
 }
@@ -717,6 +736,12 @@ impl Config {
         if !(1..=256).contains(&f.db_connections) {
             return bad("fleet.db_connections", format!("{} is out of range (1 to 256)", f.db_connections));
         }
+        if !(HOST_CERTIFICATE_LIFE_MIN..=HOST_CERTIFICATE_LIFE_MAX).contains(&f.host_certificate_life) {
+            return bad("fleet.host_certificate_life", "must be between 1 day and 5 years (\"30d\")".into());
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&f.renew_check) {
+            return bad("fleet.renew_check", "must be between 1s and 1 day (\"1h\")".into());
+        }
         Ok(())
     }
 }
@@ -785,6 +810,21 @@ mod tests {
         assert!(err("role = \"agent\"").contains("fleet.servers"));
         assert!(err("role = \"server\"").contains("fleet.listen"));
         assert!(err("role = \"agent\"\n[fleet]\nservers = [\"otp1\"]").contains("host:port"));
+        // Host certificate life and the agent's renewal check: defaults and bounds.
+        assert_eq!(agent.fleet.host_certificate_life, Duration::from_secs(30 * 86_400));
+        assert_eq!(agent.fleet.renew_check, Duration::from_secs(3600));
+        let fleet = |kv: &str| format!("role = \"agent\"\n[fleet]\nservers = [\"otp1:7443\"]\n{kv}\n");
+        assert_eq!(
+            parse(&fleet("host_certificate_life = \"7d\"")).unwrap().fleet.host_certificate_life.as_secs(),
+            7 * 86_400
+        );
+        for bad in ["host_certificate_life = \"23h\"", "host_certificate_life = \"6years\""] {
+            assert!(err(&fleet(bad)).contains("fleet.host_certificate_life"), "{bad}");
+        }
+        assert_eq!(parse(&fleet("renew_check = \"1s\"")).unwrap().fleet.renew_check, Duration::from_secs(1));
+        for bad in ["renew_check = \"0s\"", "renew_check = \"2d\""] {
+            assert!(err(&fleet(bad)).contains("fleet.renew_check"), "{bad}");
+        }
         assert!(err("role = \"relay\"").contains("line 1"));
         // PostgreSQL only for servers; a server may use either.
         let pg = "[daemon]\ndatabase = \"postgresql://otp@%2Ftmp:5432/otpd\"\n";

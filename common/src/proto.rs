@@ -652,6 +652,19 @@ pub struct HostInfo {
     /// The source address of its last link.
     #[serde(default)]
     pub last_addr: Option<String>,
+    /// When its certificate runs out (None: issued before otpd recorded it).
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    /// Its certificate ran out (by the server's clock): it cannot renew
+    /// itself any more and needs a new bundle (`host add`).
+    #[serde(default)]
+    pub expired: bool,
+    /// When it last renewed its certificate over its own link.
+    #[serde(default)]
+    pub renewed_at: Option<i64>,
+    /// SHA-256 of the CA certificate that issued its certificate, hex.
+    #[serde(default)]
+    pub ca: Option<String>,
 }
 
 /// Fleet links (agent or remote otpctl → server), inside TLS 1.3 with a
@@ -711,6 +724,9 @@ pub enum AgentFrame {
     /// Refusals the agent spooled while no server answered: answered by a
     /// [`SpoolAck`].
     Spool(SpoolBatch),
+    /// A new certificate for a key the agent made: answered by a
+    /// [`RenewReply`].
+    Renew(Renew),
 }
 
 /// Why an agent refused a login by itself (and kept it in its spool).
@@ -771,6 +787,35 @@ pub struct SpoolAck {
     /// Set when the host's rate was used up: send the rest after this many seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_secs: Option<u32>,
+}
+
+/// An agent asks for a new certificate for a key it made
+/// (`{"renew_csr":"-----BEGIN CERTIFICATE REQUEST-----…"}`), answered by
+/// a [`RenewReply`]. Its own field name keeps it apart from a [`Relay`]
+/// header (which has no such field and refuses unknown ones).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Renew {
+    /// PEM certificate signing request, signed by the new key (ECDSA
+    /// P-256). Its subject is ignored: the server issues for the host's
+    /// recorded name.
+    pub renew_csr: String,
+}
+
+/// The answer to [`Renew`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RenewReply {
+    /// The new certificate (PEM), the fleet CAs to trust from now on (PEM,
+    /// one or several), and when the certificate runs out (Unix seconds).
+    Renewed {
+        cert_pem: String,
+        ca_pem: String,
+        not_after: i64,
+    },
+    Refused {
+        reason: String,
+    },
 }
 
 #[cfg(test)]
@@ -945,6 +990,26 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<AgentFrame>(bad).is_err(), "{bad}");
         }
+    }
+
+    /// An agent's frames decode one way only: a relay header is what it
+    /// always was, a renewal request is told apart by its own field.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn agent_frames_are_told_apart() {
+        let relay = r#"{"peer_uid":0,"pid":4242,"caller":1000,"reply_within_ms":9000}"#;
+        assert!(matches!(serde_json::from_str(relay).unwrap(), AgentFrame::Relay(Relay { peer_uid: 0, .. })));
+        let renew = r#"{"renew_csr":"-----BEGIN CERTIFICATE REQUEST-----"}"#;
+        assert!(matches!(serde_json::from_str(renew).unwrap(), AgentFrame::Renew(Renew { .. })));
+        let frame = AgentFrame::Renew(Renew { renew_csr: "x".into() });
+        assert_eq!(serde_json::to_string(&frame).unwrap(), r#"{"renew_csr":"x"}"#);
+        for bad in [r#"{"peer_uid":0,"renew_csr":"x"}"#, r#"{"renew_csr":"x","extra":1}"#, "{}"] {
+            assert!(serde_json::from_str::<AgentFrame>(bad).is_err(), "{bad}");
+        }
+        let reply = RenewReply::Renewed { cert_pem: "c".into(), ca_pem: "a".into(), not_after: 5 };
+        let json = serde_json::to_string(&reply).unwrap();
+        assert_eq!(json, r#"{"renewed":{"cert_pem":"c","ca_pem":"a","not_after":5}}"#);
+        assert_eq!(serde_json::from_str::<RenewReply>(&json).unwrap(), reply);
     }
 
     #[test]

@@ -67,7 +67,8 @@ async fn fleet_server(
     if names.is_empty() {
         names.push(hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "localhost".into()));
     }
-    let fleet = crate::fleet::link::FleetServer::new(Arc::new(ca), names).map_err(|e| fail(e.to_string()))?;
+    let clock = crate::fleet::pki::TlsClock::new(Arc::from(make_clock()));
+    let fleet = crate::fleet::link::FleetServer::new(Arc::new(ca), names, clock).map_err(|e| fail(e.to_string()))?;
     // Room on the fleet port is kept for the addresses hosts last came
     // from, also right after this restart (check 36).
     for h in db.read(|st| st.hosts()).await? {
@@ -185,6 +186,7 @@ fn make_core(
         callers: crate::core::limits::Callers::new(&machine, d.caller_logins_per_minute, caps, host_rate),
         fleet_ca,
         enroll_on_agents: config.fleet.enroll_on_agents,
+        host_cert_life: config.fleet.host_certificate_life.as_secs() as i64,
     })
 }
 

@@ -612,20 +612,28 @@ fn print_user(u: &UserInfo) {
 }
 
 fn print_hosts(hosts: &[HostInfo]) {
-    let rows: Vec<[String; 6]> = hosts
+    let rows: Vec<[String; 8]> = hosts
         .iter()
         .map(|h| {
+            let status = match (h.revoked_at, h.expired) {
+                (Some(t), _) => format!("revoked {}", time(t)),
+                (None, true) => "expired (needs a new bundle: host add)".into(),
+                (None, false) => "active".into(),
+            };
             [
                 h.name.clone(),
                 h.role.clone(),
                 time(h.added_at),
                 h.last_seen.map(time).unwrap_or_else(|| "never".into()),
                 h.last_addr.clone().unwrap_or_else(|| "-".into()),
-                h.revoked_at.map(|t| format!("revoked {}", time(t))).unwrap_or_else(|| "active".into()),
+                status,
+                h.expires_at.map(time).unwrap_or_else(|| "-".into()),
+                h.renewed_at.map(time).unwrap_or_else(|| "never".into()),
             ]
         })
         .collect();
-    print_table(&["HOST", "ROLE", "ADDED", "LAST SEEN", "LAST ADDRESS", "STATUS"].map(String::from), &rows);
+    let header = ["HOST", "ROLE", "ADDED", "LAST SEEN", "LAST ADDRESS", "STATUS", "EXPIRES", "RENEWED"];
+    print_table(&header.map(String::from), &rows);
 }
 
 /// The bundle goes to a new file only root can read, or to stdout.

@@ -13,10 +13,11 @@ pub const HOST_REVOKED: &str = "Passcode check refused for this host.";
 /// is audited and nothing else is written.
 pub fn host_still_trusted(store: &mut dyn Store, p: &Policy, ctx: &LoginContext, now: i64) -> Result<bool, StoreError> {
     let Some(fp) = &ctx.host_fingerprint else { return Ok(true) };
-    if store.host_by_fingerprint(fp)?.is_some_and(|h| h.revoked_at.is_none()) {
+    if store.host_by_fingerprint(fp)?.is_some_and(|h| h.accepts(fp, now)) {
         return Ok(true);
     }
-    audit(store, p, ctx, now, AuditResult::Refused, "the host was revoked during the conversation; nothing decided")?;
+    let why = "the host was revoked (or its certificate ran out) during the conversation; nothing decided";
+    audit(store, p, ctx, now, AuditResult::Refused, why)?;
     Ok(false)
 }
 

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-type TlsLink = Link<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+pub(super) type TlsLink = Link<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
 struct Server {
     /// As configured ("host:port"), for messages.
@@ -37,10 +37,18 @@ struct Server {
     name: rustls::pki_types::ServerName<'static>,
 }
 
-struct Agent {
+pub(super) struct Agent {
     host: String,
     servers: Vec<Server>,
-    connector: tokio_rustls::TlsConnector,
+    /// This host's TLS identity: replaced when its certificate is renewed
+    /// (see [`crate::fleet::renewal`]).
+    connector: Mutex<tokio_rustls::TlsConnector>,
+    /// The bundle in use, and the file it came from (a renewal rewrites it).
+    pub(super) bundle: Mutex<pki::Bundle>,
+    pub(super) bundle_path: std::path::PathBuf,
+    /// The time certificates are checked against (debug builds: the test
+    /// suite's clock).
+    pub(super) clock: pki::TlsClock,
     connect_timeout: Duration,
     io_timeout: Duration,
     prompt_timeout: Duration,
@@ -95,9 +103,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         crate::sys::trust::check_dir(dir, "socket")?;
     }
     crate::sys::trust::check_file(&f.bundle, "host bundle")?;
-    let bundle = pki::Bundle::load(&f.bundle).map_err(|e| fleet_error(format!("{}: {e}", f.bundle.display())))?;
+    let clock = pki::TlsClock::new(Arc::from(crate::daemon::make_clock()));
+    // An expired certificate cannot renew itself: the message says what to do.
+    let bundle = pki::Bundle::load_at(&f.bundle, clock.now())
+        .map_err(|e| fleet_error(format!("{}: {e}", f.bundle.display())))?;
     let host = f.host.clone().unwrap_or_else(|| bundle.name.clone());
-    let tls = pki::client_config(&bundle).map_err(fleet_error)?;
+    let tls = pki::client_config_with(&bundle, &clock).map_err(fleet_error)?;
     let mut servers = Vec::new();
     for s in &f.servers {
         let Some((h, port)) = common::config::split_host_port(s) else {
@@ -111,7 +122,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         host: host.clone(),
         down_until: Mutex::new(vec![None; servers.len()]),
         servers,
-        connector: tokio_rustls::TlsConnector::from(tls),
+        connector: Mutex::new(tokio_rustls::TlsConnector::from(tls)),
+        bundle: Mutex::new(bundle),
+        bundle_path: f.bundle.clone(),
+        clock,
         connect_timeout: f.connect_timeout,
         io_timeout: d.io_timeout,
         prompt_timeout: d.prompt_timeout,
@@ -143,6 +157,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             async move { agent.send_spool(&batch).await }
         }))
     };
+    let renewal = tokio::spawn(crate::fleet::renewal::keep_renewed(agent.clone(), f.renew_check));
     let serve = tokio::spawn(serve(listener, agent));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| StartError::Socket { path: "signal".into(), why: e.to_string() })?;
@@ -154,6 +169,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     serve.abort();
     delivering.abort();
     saving.abort();
+    renewal.abort();
     let _ = std::fs::remove_file(&d.pam_socket);
     if let Err(e) = spool.save() {
         tracing::error!("writing the audit spool {} failed: {e}", f.spool.display());
@@ -203,7 +219,7 @@ impl Agent {
 
     /// Servers in the order to try: as configured, those that failed
     /// lately last.
-    fn order(&self) -> Vec<usize> {
+    pub(super) fn order(&self) -> Vec<usize> {
         let now = Instant::now();
         let down = lock(&self.down_until);
         let (mut up, mut late): (Vec<usize>, Vec<usize>) =
@@ -217,12 +233,13 @@ impl Agent {
     }
 
     /// A new link to server `i`: TCP, TLS, hello, ready — within connect_timeout.
-    async fn dial(&self, i: usize) -> Result<TlsLink, String> {
+    pub(super) async fn dial(&self, i: usize) -> Result<TlsLink, String> {
         let s = &self.servers[i];
+        let connector = lock(&self.connector).clone();
         let connect = async {
             let tcp = tokio::net::TcpStream::connect((s.host.as_str(), s.port)).await.map_err(|e| e.to_string())?;
             let _ = tcp.set_nodelay(true);
-            let tls = self.connector.connect(s.name.clone(), tcp).await.map_err(|e| format!("TLS: {e}"))?;
+            let tls = connector.connect(s.name.clone(), tcp).await.map_err(|e| format!("TLS: {e}"))?;
             let mut link = Link::new(tls);
             let hello = LinkHello::Agent { protocol: PROTOCOL_VERSION, host: self.host.clone() };
             link.write(&hello, self.connect_timeout).await.map_err(|e| e.to_string())?;
@@ -237,6 +254,23 @@ impl Agent {
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {}", humantime::format_duration(self.connect_timeout))))
             .map_err(|e| format!("{}: {e}", s.shown))
+    }
+
+    /// From now on new links present `bundle`'s certificate; idle links
+    /// made with the old one are dropped (the server accepts the old one a
+    /// few minutes after the new one was first presented, then no longer).
+    pub(super) fn replace_identity(&self, bundle: pki::Bundle, tls: Arc<rustls::ClientConfig>) {
+        *lock(&self.connector) = tokio_rustls::TlsConnector::from(tls);
+        *lock(&self.bundle) = bundle;
+        lock(&self.idle).clear();
+    }
+
+    pub(super) fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    pub(super) fn server_shown(&self, i: usize) -> &str {
+        &self.servers[i].shown
     }
 
     fn put_back(&self, link: TlsLink) {

@@ -5,5 +5,6 @@ pub mod admission;
 pub mod agent;
 pub mod link;
 pub mod pki;
+pub mod renewal;
 pub mod spool;
 pub mod wire;

@@ -7,7 +7,7 @@
 //! The statements are in [`crate::store::sql`], beside SQLite's.
 use crate::store::model::{
     AuditMethod, AuditQuery, Counts, EmailCode, EmergencyRequest, HostRecord, HostRole, MailCount, MailStats, NewAudit,
-    PlanReads, QueuedMail, RequestCount, SessionRecord, Store, StoreError, UserRecord,
+    PlanReads, QueuedMail, Renewal, RequestCount, SessionRecord, Store, StoreError, UserRecord,
 };
 use crate::store::pgtls::{self, MakeTls, Plan, TlsStream};
 use crate::store::sql;
@@ -423,6 +423,11 @@ pub(crate) fn host_from_row(r: &Row) -> Result<HostRecord, StoreError> {
         revoked_at: r.try_get("revoked_at")?,
         last_seen: r.try_get("last_seen")?,
         last_addr: r.try_get("last_addr")?,
+        expires_at: r.try_get("expires_at")?,
+        ca: r.try_get("ca")?,
+        renewed_at: r.try_get("renewed_at")?,
+        prev_fingerprint: r.try_get("prev_fingerprint")?,
+        prev_until: r.try_get("prev_until")?,
     })
 }
 
@@ -798,7 +803,20 @@ impl Store for PgStore {
     fn add_host(&mut self, h: &HostRecord) -> Result<bool, StoreError> {
         let n = self.execute(
             sql::ADD_HOST.postgres,
-            &[&h.name, &h.role.as_str(), &h.fingerprint, &h.added_at, &h.revoked_at, &h.last_seen, &h.last_addr],
+            &[
+                &h.name,
+                &h.role.as_str(),
+                &h.fingerprint,
+                &h.added_at,
+                &h.revoked_at,
+                &h.last_seen,
+                &h.last_addr,
+                &h.expires_at,
+                &h.ca,
+                &h.renewed_at,
+                &h.prev_fingerprint,
+                &h.prev_until,
+            ],
         )?;
         Ok(n == 1)
     }
@@ -823,6 +841,16 @@ impl Store for PgStore {
     fn host_seen(&mut self, name: &str, now: i64, addr: &str) -> Result<(), StoreError> {
         self.execute(sql::HOST_SEEN.postgres, &[&name, &now, &addr])?;
         Ok(())
+    }
+
+    fn renew_host(&mut self, name: &str, r: &Renewal) -> Result<bool, StoreError> {
+        let args: [&(dyn ToSql + Sync); 7] =
+            [&name, &r.fingerprint, &r.expires_at, &r.ca, &r.now, &r.presented, &r.presented_until];
+        Ok(self.execute(sql::RENEW_HOST.postgres, &args)? == 1)
+    }
+
+    fn host_presented(&mut self, name: &str, fp: &[u8], until: i64) -> Result<bool, StoreError> {
+        Ok(self.execute(sql::HOST_PRESENTED.postgres, &[&name, &fp, &until])? == 1)
     }
 
     fn fleet_ca(&mut self) -> Result<Option<(String, Vec<u8>)>, StoreError> {
@@ -915,6 +943,7 @@ mod tests {
             revoked_at: None,
             last_seen: None,
             last_addr: None,
+            ..HostRecord::default()
         }
     }
 
@@ -1443,8 +1472,8 @@ mod tests {
         assert_eq!(seen(|t| t.foreign_keys.len()), 1, "outbox.code_id");
         assert_eq!(
             seen(|t| t.indexes.iter().filter(|(unique, _)| *unique).count()),
-            2,
-            "hosts.fingerprint; audit (machine, spool_id)"
+            3,
+            "hosts.fingerprint, hosts.prev_fingerprint; audit (machine, spool_id)"
         );
         let defaults = seen(|t| t.columns.values().filter(|c| c.default.is_some()).count());
         assert_eq!(

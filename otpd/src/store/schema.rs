@@ -250,6 +250,17 @@ ALTER TABLE audit ADD COLUMN received_at INTEGER;
 ALTER TABLE audit ADD COLUMN spool_id TEXT;
 CREATE UNIQUE INDEX audit_spooled_once ON audit (machine, spool_id) WHERE spool_id IS NOT NULL;
 "#,
+    // Fleet: host certificates that renew themselves. Each host's expiry
+    // and issuing CA, its last renewal, and the certificate a renewal
+    // replaced, accepted until the new one is first presented.
+    r#"
+ALTER TABLE hosts ADD COLUMN expires_at INTEGER;
+ALTER TABLE hosts ADD COLUMN ca BLOB;
+ALTER TABLE hosts ADD COLUMN renewed_at INTEGER;
+ALTER TABLE hosts ADD COLUMN prev_fingerprint BLOB;
+ALTER TABLE hosts ADD COLUMN prev_until INTEGER;
+CREATE UNIQUE INDEX hosts_by_prev_fingerprint ON hosts (prev_fingerprint);
+"#,
 ];
 
 /// Schema migrations; `otpd_schema.version` records how many have run.
@@ -412,5 +423,14 @@ ALTER TABLE users ADD COLUMN clock_drift_refusals BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE audit ADD COLUMN received_at BIGINT;
 ALTER TABLE audit ADD COLUMN spool_id TEXT;
 CREATE UNIQUE INDEX audit_spooled_once ON audit (machine, spool_id) WHERE spool_id IS NOT NULL;
+"#,
+    // Fleet: host certificates that renew themselves (see the SQLite step).
+    r#"
+ALTER TABLE hosts ADD COLUMN expires_at BIGINT;
+ALTER TABLE hosts ADD COLUMN ca BYTEA;
+ALTER TABLE hosts ADD COLUMN renewed_at BIGINT;
+ALTER TABLE hosts ADD COLUMN prev_fingerprint BYTEA;
+ALTER TABLE hosts ADD COLUMN prev_until BIGINT;
+CREATE UNIQUE INDEX hosts_by_prev_fingerprint ON hosts (prev_fingerprint);
 "#,
 ];

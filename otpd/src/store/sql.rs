@@ -408,23 +408,37 @@ pub const SESSIONS: Sql = same!("SELECT * FROM sessions ORDER BY id DESC LIMIT $
 // Fleet hosts and CA.
 
 /// One statement: two servers adding the same name cannot both succeed; a
-/// revoked host of that name is replaced.
+/// revoked host of that name, or one whose certificate expired, is replaced.
 pub const ADD_HOST: Sql = same!(
-    "INSERT INTO hosts (name, role, fingerprint, added_at, revoked_at, last_seen, last_addr)
-     VALUES ($1, $2, $3, $4, $5, $6, $7)
+    "INSERT INTO hosts (name, role, fingerprint, added_at, revoked_at, last_seen, last_addr, expires_at, ca,
+                        renewed_at, prev_fingerprint, prev_until)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
      ON CONFLICT (name) DO UPDATE SET
         role = excluded.role, fingerprint = excluded.fingerprint, added_at = excluded.added_at,
-        revoked_at = excluded.revoked_at, last_seen = excluded.last_seen, last_addr = excluded.last_addr
-     WHERE hosts.revoked_at IS NOT NULL"
+        revoked_at = excluded.revoked_at, last_seen = excluded.last_seen, last_addr = excluded.last_addr,
+        expires_at = excluded.expires_at, ca = excluded.ca, renewed_at = excluded.renewed_at,
+        prev_fingerprint = excluded.prev_fingerprint, prev_until = excluded.prev_until
+     WHERE hosts.revoked_at IS NOT NULL OR hosts.expires_at < excluded.added_at"
 );
 pub const HOST: Sql = same!("SELECT * FROM hosts WHERE name = $1");
 /// Also on the login path ([`crate::store::pgfast`]).
-pub const HOST_BY_FINGERPRINT: Sql = same!("SELECT * FROM hosts WHERE fingerprint = $1");
+/// Its current certificate, or the one its last renewal replaced.
+pub const HOST_BY_FINGERPRINT: Sql = same!("SELECT * FROM hosts WHERE fingerprint = $1 OR prev_fingerprint = $1");
 /// By name in byte order (see [`USER_BY_UID`]).
 pub const HOSTS: Sql =
     pair!(sqlite: "SELECT * FROM hosts ORDER BY name", postgres: r#"SELECT * FROM hosts ORDER BY name COLLATE "C""#);
 pub const REVOKE_HOST: Sql = same!("UPDATE hosts SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL");
 pub const HOST_SEEN: Sql = same!("UPDATE hosts SET last_seen = $2, last_addr = $3 WHERE name = $1");
+/// Compare-and-set: only while the certificate that asked ($6) is still
+/// one the host may use and the host is not revoked.
+pub const RENEW_HOST: Sql = same!(
+    "UPDATE hosts SET fingerprint = $2, expires_at = $3, ca = $4, renewed_at = $5, prev_fingerprint = $6,
+                      prev_until = $7
+     WHERE name = $1 AND revoked_at IS NULL
+       AND (fingerprint = $6 OR (prev_fingerprint = $6 AND prev_until > $5))"
+);
+pub const HOST_PRESENTED: Sql =
+    same!("UPDATE hosts SET prev_until = $3 WHERE name = $1 AND fingerprint = $2 AND prev_until > $3");
 pub const FLEET_CA: Sql = same!("SELECT cert_pem, key_sealed FROM fleet_ca WHERE id = 1");
 /// The first CA stored stays.
 pub const SET_FLEET_CA: Sql =
@@ -464,7 +478,9 @@ pub mod postgres {
            AND failures = 0 AND failures_since_login = 0 AND lock_periods = 0
            AND locked_until IS NULL AND admin_locked_at IS NULL
            AND ($14::bytea IS NULL
-                OR EXISTS (SELECT 1 FROM hosts WHERE fingerprint = $14 AND revoked_at IS NULL))
+                OR EXISTS (SELECT 1 FROM hosts WHERE revoked_at IS NULL
+                             AND ((fingerprint = $14 AND (expires_at IS NULL OR expires_at >= $3))
+                                  OR (prev_fingerprint = $14 AND prev_until > $3))))
         RETURNING name)
     INSERT INTO audit (time, "user", service, rhost, tty, machine, method, result, reason)
     SELECT $3, $6, $7, $8, $9, $10, $11, $12, $13 FROM u"#;
@@ -543,6 +559,8 @@ mod tests {
             ("HOSTS", HOSTS),
             ("REVOKE_HOST", REVOKE_HOST),
             ("HOST_SEEN", HOST_SEEN),
+            ("RENEW_HOST", RENEW_HOST),
+            ("HOST_PRESENTED", HOST_PRESENTED),
             ("FLEET_CA", FLEET_CA),
             ("SET_FLEET_CA", SET_FLEET_CA),
         ]

@@ -561,7 +561,20 @@ impl Store for SqliteStore {
     fn add_host(&mut self, h: &HostRecord) -> Result<bool, StoreError> {
         let n = self.change(
             sql::ADD_HOST,
-            params![h.name, h.role.as_str(), h.fingerprint, h.added_at, h.revoked_at, h.last_seen, h.last_addr],
+            params![
+                h.name,
+                h.role.as_str(),
+                h.fingerprint,
+                h.added_at,
+                h.revoked_at,
+                h.last_seen,
+                h.last_addr,
+                h.expires_at,
+                h.ca,
+                h.renewed_at,
+                h.prev_fingerprint,
+                h.prev_until
+            ],
         )?;
         Ok(n == 1)
     }
@@ -591,6 +604,15 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn renew_host(&mut self, name: &str, r: &Renewal) -> Result<bool, StoreError> {
+        let args = params![name, r.fingerprint, r.expires_at, r.ca, r.now, r.presented, r.presented_until];
+        Ok(self.change(sql::RENEW_HOST, args)? == 1)
+    }
+
+    fn host_presented(&mut self, name: &str, fp: &[u8], until: i64) -> Result<bool, StoreError> {
+        Ok(self.change(sql::HOST_PRESENTED, params![name, fp, until])? == 1)
+    }
+
     fn fleet_ca(&mut self) -> Result<Option<(String, Vec<u8>)>, StoreError> {
         let mut st = self.conn.prepare_cached(sql::FLEET_CA.sqlite)?;
         Ok(st.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
@@ -612,6 +634,8 @@ fn host_from_row(r: &Row<'_>) -> rusqlite::Result<Result<HostRecord, StoreError>
         r.get("last_seen")?,
         r.get("last_addr")?,
     );
+    let (expires_at, ca, renewed_at, prev_fingerprint, prev_until) =
+        (r.get("expires_at")?, r.get("ca")?, r.get("renewed_at")?, r.get("prev_fingerprint")?, r.get("prev_until")?);
     Ok(HostRole::parse(&role).map(|role| HostRecord {
         name,
         role,
@@ -620,6 +644,11 @@ fn host_from_row(r: &Row<'_>) -> rusqlite::Result<Result<HostRecord, StoreError>
         revoked_at,
         last_seen,
         last_addr,
+        expires_at,
+        ca,
+        renewed_at,
+        prev_fingerprint,
+        prev_until,
     }))
 }
 

@@ -141,8 +141,10 @@ impl Fleet {
     ) -> Result<Fixture, String> {
         let servers: Vec<String> = order.iter().map(|&i| format!("\"127.0.0.1:{}\"", self.ports[i])).collect();
         let host = host.map(|h| format!("host = \"{h}\"\n")).unwrap_or_default();
+        // Agents look every second whether their certificate is due for
+        // renewal (by the shared debug clock): a test moves the clock.
         let extra = format!(
-            "dbus = false\n[fleet]\nservers = [{}]\nbundle = \"{}\"\nspool = \"{}\"\n{host}{fleet}",
+            "dbus = false\n[fleet]\nservers = [{}]\nbundle = \"{}\"\nspool = \"{}\"\nrenew_check = \"1s\"\n{host}{fleet}",
             servers.join(", "),
             dir.path().join("state/host.bundle").display(),
             dir.path().join("spool/audit.json").display()
@@ -1055,10 +1057,10 @@ fn sessions_and_audit_of_every_host_are_seen_on_any_server_and_remotely() {
     for host in HOSTS {
         let line = list.lines().find(|l| l.split_whitespace().next() == Some(host));
         let line = line.unwrap_or_else(|| panic!("{host} missing: {list}"));
-        // HOST ROLE ADDED LAST-SEEN LAST-ADDRESS STATUS: seen (a time, not
-        // "-") after its logins, from where.
+        // HOST ROLE ADDED LAST-SEEN LAST-ADDRESS STATUS EXPIRES RENEWED:
+        // seen (a time, not "-") after its logins, from where.
         let cols: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(cols.len(), 6, "{list}");
+        assert_eq!(cols.len(), 8, "{list}");
         assert_eq!(cols[1], "agent", "{list}");
         assert!(cols[3].starts_with("20") && cols[3].ends_with('Z'), "{host} has no last-seen time: {list}");
         assert_eq!(cols[4], "127.0.0.1", "{list}");
@@ -1874,4 +1876,210 @@ fn a_full_spool_drops_the_oldest_and_the_audit_says_how_many() {
     let dropped = late.iter().find(|e| field(e, "user") == "-").unwrap();
     assert_eq!(field(dropped, "reason"), "2 older refusals were dropped from this host's audit spool (it was full)");
     wait_for_spool(&f.extras[0], 0, 0);
+}
+
+// ------------------------------------------------------- renewal ----
+
+/// Days of the default host certificate life.
+const LIFE_DAYS: i64 = 30;
+
+/// `otpctl --json host list` on `fx`, by host name.
+fn host_list(fx: &Fixture) -> BTreeMap<String, Value> {
+    let hosts = entries(&fx.ctl_ok(&["--json", "host", "list"]), "hosts");
+    hosts.into_iter().map(|h| (field(&h, "name").to_string(), h)).collect()
+}
+
+/// Waits (up to 20 s) until `want` holds for `fx`'s host list.
+fn wait_for_hosts(
+    fx: &Fixture,
+    what: &str,
+    want: impl Fn(&BTreeMap<String, Value>) -> bool,
+) -> BTreeMap<String, Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let hosts = host_list(fx);
+        if want(&hosts) {
+            return hosts;
+        }
+        assert!(Instant::now() < deadline, "host list never showed {what}: {hosts:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits (up to 20 s) until `fx`'s log contains `text`.
+fn wait_for_log(fx: &Fixture, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = fx.log();
+        if log.contains(text) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "the log never said {text:?}:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The PEM blocks of `label` in a bundle text.
+fn pem_blocks(text: &str, label: &str) -> Vec<String> {
+    let (begin, end) = (format!("-----BEGIN {label}-----"), format!("-----END {label}-----"));
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(&begin) {
+        let j = rest[i..].find(&end).unwrap() + i + end.len();
+        out.push(rest[i..j].to_string());
+        rest = &rest[j..];
+    }
+    out
+}
+
+/// SHA-256 of the last certificate of a bundle text, as host list shows
+/// it (read by openssl, not by otpd's own code).
+fn bundle_fingerprint(text: &str) -> String {
+    use std::io::Write as _;
+    let pem = pem_blocks(text, "CERTIFICATE").pop().unwrap();
+    let mut child = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(pem.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().rsplit('=').next().unwrap().to_lowercase()
+}
+
+/// Agents renew their certificates at two thirds of its life, with a key
+/// made on the agent, and go on logging in through every server; the
+/// server records and audits it; a copy of an old bundle stops working once
+/// the new certificate is in use; a revoked host cannot renew.
+fn agents_renew_at_two_thirds_of_the_life(backend: Backend) {
+    let _turn = support::exclusive("fleet");
+    let mut f = Fleet::start(backend);
+    let uri = f.enroll("rena", 0);
+    f.servers[0].ctl_ok(&["host", "revoke", "web03"]);
+    let before = host_list(f.admin());
+    let old: Vec<String> =
+        (0..3).map(|i| std::fs::read_to_string(f.agents[i].path("state/host.bundle")).unwrap()).collect();
+    for (i, h) in HOSTS.iter().enumerate() {
+        assert_eq!(field(&before[*h], "fingerprint"), bundle_fingerprint(&old[i]), "{h}");
+        let expires = before[*h]["expires_at"].as_i64().unwrap();
+        let days = (expires - f.servers[0].daemon_now()) as f64 / 86_400.0;
+        assert!((days - LIFE_DAYS as f64).abs() < 0.01, "{h} is valid {days} days");
+        assert!(before[*h]["renewed_at"].is_null());
+    }
+
+    // Just past two thirds: web01 and web02 renew, web03 (revoked) cannot.
+    let offset = (LIFE_DAYS * 2 / 3) * 86_400 + 3600;
+    f.servers[0].set_clock_offset(offset);
+    let after = wait_for_hosts(f.admin(), "web01 and web02 renewed", |h| {
+        ["web01", "web02"].iter().all(|n| !h[*n]["renewed_at"].is_null())
+    });
+    for (i, h) in HOSTS.iter().enumerate().take(2) {
+        let fp = field(&after[*h], "fingerprint");
+        assert_ne!(fp, field(&before[*h], "fingerprint"), "{h}: a new certificate");
+        // The agent wrote it before switching: wait for the file to match.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let new = loop {
+            let text = std::fs::read_to_string(f.agents[i].path("state/host.bundle")).unwrap();
+            if bundle_fingerprint(&text) == fp {
+                break text;
+            }
+            assert!(Instant::now() < deadline, "{h}'s bundle never got the new certificate");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mode = std::fs::metadata(f.agents[i].path("state/host.bundle")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{h}");
+        let (old_key, new_key) = (pem_blocks(&old[i], "PRIVATE KEY"), pem_blocks(&new, "PRIVATE KEY"));
+        assert_eq!((old_key.len(), new_key.len()), (1, 1));
+        assert_ne!(old_key, new_key, "{h}: a new key");
+        assert!(!new.contains(&old_key[0]), "{h}: the old key is gone");
+        let expires = after[*h]["expires_at"].as_i64().unwrap();
+        assert_eq!(expires, f.servers[0].daemon_now() + LIFE_DAYS * 86_400, "{h}: a full life from the renewal");
+        assert_eq!(after[*h]["expired"], Value::Bool(false));
+        wait_for_log(&f.agents[i], "this host's certificate was renewed with a new key");
+    }
+    assert_eq!(field(&after["web03"], "fingerprint"), field(&before["web03"], "fingerprint"));
+    assert!(after["web03"]["renewed_at"].is_null(), "a revoked host cannot renew");
+    wait_for_log(&f.agents[2], "renewing this host's certificate failed");
+    assert_eq!(std::fs::read_to_string(f.agents[2].path("state/host.bundle")).unwrap(), old[2]);
+    let rows = audit(f.admin(), &["--host", "web01"]);
+    let renewed: Vec<&Value> = rows.iter().filter(|e| field(e, "result") == "renewed").collect();
+    assert_eq!(renewed.len(), 1, "{rows:#?}");
+    assert!(field(renewed[0], "reason").contains("agent certificate renewed from 127.0.0.1"), "{renewed:?}");
+    assert!(!audit(f.admin(), &["--host", "web03"]).iter().any(|e| field(e, "result") == "renewed"));
+
+    // Logins go on, with the new certificates, through both orders of servers.
+    let steps = offset / 30;
+    for (i, step) in [(0, -1), (1, 0), (0, 1)] {
+        let r = f.agents[i].login("rena", &[&f.code(&uri, steps + step)]);
+        assert_eq!(r.code, PAM_SUCCESS, "login on {} after the renewal: {}", HOSTS[i], r.out);
+    }
+    // web02's old bundle in another agent: accepted only until the new
+    // certificate is in use plus a grace for links under way (10 min).
+    let dir = f.agent_dir();
+    let copy = dir.path().join("state/host.bundle");
+    std::fs::write(&copy, &old[1]).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).unwrap();
+    f.servers[0].set_clock_offset(offset + 11 * 60);
+    let stale = f.try_agent(dir, &[0], None).unwrap_or_else(|e| panic!("{e}"));
+    let r = stale.login("rena", &[&f.code(&uri, steps + 22)]);
+    f.extras.push(stale);
+    assert_eq!(r.code, PAM_AUTH_ERR, "the replaced certificate logged in: {}", r.out);
+    wait_for_audit(f.admin(), "of the replaced certificate", |e| {
+        field(e, "result") == "refused" && field(e, "reason").contains("replaced by its renewal")
+    });
+    let r = f.agents[1].login("rena", &[&f.code(&uri, steps + 22)]);
+    assert_eq!(r.code, PAM_SUCCESS, "web02 itself goes on: {}", r.out);
+}
+
+#[test]
+fn agents_renew_at_two_thirds_of_the_life_postgres() {
+    agents_renew_at_two_thirds_of_the_life(Backend::Postgres);
+}
+
+#[test]
+fn agents_renew_at_two_thirds_of_the_life_sqlite() {
+    agents_renew_at_two_thirds_of_the_life(Backend::Sqlite);
+}
+
+/// A certificate that ran out cannot renew: the agent says so in its log
+/// (and refuses to start with it), `host list` says "expired", and `host
+/// add` issues a new bundle without a revoke.
+#[test]
+fn an_expired_certificate_needs_a_new_bundle_and_says_so() {
+    let _turn = support::exclusive("fleet");
+    let mut f = Fleet::start(Backend::Sqlite);
+    let uri = f.enroll("exp", 0);
+    let offset = (LIFE_DAYS + 1) * 86_400;
+    f.servers[0].set_clock_offset(offset);
+    let steps = offset / 30;
+    wait_for_log(&f.agents[0], "expired at");
+    let log = wait_for_log(&f.agents[0], "otpctl host add web01 -o FILE");
+    assert!(!log.contains("certificate was renewed"), "{log}");
+    let r = f.agents[0].login("exp", &[&f.code(&uri, steps)]);
+    assert_eq!(r.code, PAM_AUTH_ERR, "an expired certificate logged in: {}", r.out);
+    let hosts = host_list(f.admin());
+    assert_eq!(hosts["web01"]["expired"], Value::Bool(true), "{hosts:#?}");
+    let list = f.admin().ctl_ok(&["host", "list"]);
+    let line = list.lines().find(|l| l.starts_with("web01 ")).unwrap_or_else(|| panic!("{list}"));
+    assert!(line.contains("expired (needs a new bundle: host add)"), "{list}");
+
+    // Restarted with it, the agent refuses to start and says what to do.
+    let dir = f.agent_dir();
+    let bundle = dir.path().join("state/host.bundle");
+    std::fs::copy(f.agents[0].path("state/host.bundle"), &bundle).unwrap();
+    match f.try_agent(dir, &[0], None) {
+        Ok(agent) => panic!("an agent with an expired certificate started: {}", agent.log()),
+        Err(log) => assert!(log.contains("expired at") && log.contains("otpctl host add web01"), "{log}"),
+    }
+
+    // A new bundle, no revoke needed; the agent with it logs in.
+    let dir = f.agent_dir();
+    f.issue("web01", &dir.path().join("state/host.bundle"));
+    let fresh = f.try_agent(dir, &[0], None).unwrap_or_else(|e| panic!("{e}"));
+    let r = fresh.login("exp", &[&f.code(&uri, steps)]);
+    f.extras.push(fresh);
+    assert_eq!(r.code, PAM_SUCCESS, "{}", r.out);
+    assert_eq!(host_list(f.admin())["web01"]["expired"], Value::Bool(false));
 }

@@ -20,7 +20,7 @@ pub async fn status(core: &Core) -> AdminResponse {
             let m = st.mail_stats(now)?;
             let pending = st.count_requests(RequestCount::All { pending_only: true })?;
             let hosts = if role == common::proto::Role::Server {
-                st.hosts()?.iter().map(host_info).collect()
+                st.hosts()?.iter().map(|h| host_info(h, now)).collect()
             } else {
                 Vec::new()
             };
@@ -141,7 +141,7 @@ mod tests {
         let s = status_of(status(&core).await);
         assert_eq!(s.role, common::proto::Role::Server);
         let web = on_db(&core, |st| st.host("web01")).await.unwrap();
-        assert_eq!(s.hosts, [host_info(&web)]);
+        assert_eq!(s.hosts, [host_info(&web, T0)]);
         assert_eq!(s.audit_entries, 1);
     }
 }
