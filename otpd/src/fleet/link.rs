@@ -575,6 +575,11 @@ async fn agent_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
 /// name on record by the current CA, recorded (compare-and-set on the
 /// presented certificate, so a host revoked meanwhile gets nothing) and
 /// audited in one transaction.
+/// A host renews at most this often (seconds). An agent whose answer was
+/// lost asks again after 1, 2, 4… minutes, and its certificate is still
+/// accepted meanwhile.
+const RENEW_EVERY: i64 = 300;
+
 async fn renew_host(
     sh: &Core,
     fleet: &FleetServer,
@@ -593,6 +598,13 @@ async fn renew_host(
         }
     };
     let now = sh.clock.now();
+    // A host that renews in a loop (a compromised one) would fill the
+    // shared audit: one renewal per RENEW_EVERY, refusals throttled.
+    if let Some(at) = host.renewed_at.filter(|at| now - at < RENEW_EVERY) {
+        let reason = format!("renewal of {} from {addr} refused: it renewed {} s ago", host.name, now - at);
+        audit_refusal(sh, fleet, &host.name, reason).await;
+        return refused("renewed moments ago; try again later");
+    }
     let signed = match fleet.ca.issue_for_csr(&host.name, csr, now, sh.host_cert_life) {
         Ok(s) => s,
         Err(e) => {
@@ -811,6 +823,13 @@ mod tests {
         );
         let rows = core.db.run(|st| st.audit(None, Some("web01"), None, 10)).await.unwrap();
         assert!(rows.iter().any(|r| r.result == "renewed" && r.reason.contains("from 192.0.2.7:4000")), "{rows:?}");
+        // Not again at once, even with the new certificate: a host renewing
+        // in a loop would fill the audit.
+        let again = Presented { fp: new_fp, until: not_after };
+        let reply = renew_host(&core, &fleet, HostRole::Agent, again, &csr, from).await;
+        assert_eq!(reply, RenewReply::Refused { reason: "renewed moments ago; try again later".into() });
+        let h = core.db.read(|st| st.host("web01")).await.unwrap().unwrap();
+        assert_eq!((h.fingerprint.as_slice(), h.renewed_at), (&new_fp[..], Some(T0)));
 
         // Both certificates work until the new one is presented.
         let (old_fp, core_ref, fleet_ref) = (old.fingerprint, &core, &fleet);
