@@ -857,10 +857,17 @@ mod tests {
         assert_eq!(agent.role, Role::Agent);
         assert!(agent.fleet.servers.len() >= 2, "the example shows failover order");
         assert_eq!(agent.fleet.bundle, FleetConfig::default().bundle);
-        // The PostgreSQL line the server example shows commented out is valid as written.
-        let pg = include_str!("../../packaging/examples/otpd-server.toml").replace("# database = ", "database = ");
-        let pg = pg.replacen("database = \"/var/lib/otpd/otpd.db\"\n", "", 1);
-        assert!(is_postgres_url(&parse(&pg).unwrap().daemon.database));
+        // Each PostgreSQL line the server example shows commented out is
+        // valid as written (one at a time: they are alternatives).
+        let example = include_str!("../../packaging/examples/otpd-server.toml");
+        let sqlite = example.replacen("database = \"/var/lib/otpd/otpd.db\"\n", "", 1);
+        let commented: Vec<&str> = example.lines().filter(|l| l.starts_with("# database = ")).collect();
+        assert_eq!(commented.len(), 2, "a Unix socket and a verified TLS URL");
+        for line in commented {
+            let pg = sqlite.replacen(&format!("{line}\n"), &format!("{}\n", &line[2..]), 1);
+            let url = parse(&pg).unwrap().daemon.database;
+            assert!(is_postgres_url(&url), "{line}");
+        }
     }
 
     #[test]

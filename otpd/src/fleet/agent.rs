@@ -18,8 +18,8 @@ use crate::sys::start::StartError;
 use common::codec::{encode, FrameError, MAX_FRAME};
 use common::config::Config;
 use common::proto::{
-    AgentFrame, ClientMsg, LinkHello, LinkReply, OutcomeKind, Relay, ServerMsg, SpoolAck, SpoolBatch, SpoolReason,
-    PROTOCOL_VERSION,
+    AgentFrame, ClientMsg, LinkHello, LinkReply, OutcomeKind, Relay, Renew, RenewReply, ServerMsg, SpoolAck,
+    SpoolBatch, SpoolReason, PROTOCOL_VERSION,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
@@ -103,7 +103,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         crate::sys::trust::check_dir(dir, "socket")?;
     }
     crate::sys::trust::check_file(&f.bundle, "host bundle")?;
-    let clock = pki::TlsClock::new(Arc::from(crate::daemon::make_clock()));
+    let clock = pki::TlsClock::new(Arc::from(crate::sys::clock::configured()));
     // An expired certificate cannot renew itself: the message says what to do.
     let bundle = pki::Bundle::load_at(&f.bundle, clock.now())
         .map_err(|e| fleet_error(format!("{}: {e}", f.bundle.display())))?;
@@ -117,7 +117,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         let name = pki::server_name(h).map_err(|e| fleet_error(format!("fleet.servers: {s:?}: {e}")))?;
         servers.push(Server { shown: s.clone(), host: h.to_string(), port, name });
     }
-    let spool = Arc::new(Spool::open(&f.spool, f.spool_max, crate::daemon::make_clock())?);
+    let spool = Arc::new(Spool::open(&f.spool, f.spool_max, crate::sys::clock::configured())?);
     let agent = Arc::new(Agent {
         host: host.clone(),
         down_until: Mutex::new(vec![None; servers.len()]),
@@ -322,6 +322,58 @@ impl Agent {
             }
         }
         Err(failures.join("; "))
+    }
+}
+
+impl Agent {
+    /// Sends the request to each server in turn, over a new link.
+    async fn ask_renewal(&self, csr: String) -> Result<RenewReply, String> {
+        let frame = AgentFrame::Renew(Renew { renew_csr: csr });
+        let mut failures = Vec::new();
+        for i in self.order() {
+            let mut link = match self.dial(i).await {
+                Ok(l) => l,
+                Err(e) => {
+                    failures.push(e);
+                    continue;
+                }
+            };
+            let t = self.connect_timeout().max(Duration::from_secs(5));
+            if let Err(e) = link.write(&frame, t).await {
+                failures.push(format!("{}: {e}", self.server_shown(i)));
+                continue;
+            }
+            match link.read::<RenewReply>(t, t, MAX_FRAME).await {
+                Ok(reply) => return Ok(reply),
+                Err(e) => failures.push(format!("{}: no answer: {e}", self.server_shown(i))),
+            }
+        }
+        Err(format!("no server answered ({})", failures.join("; ")))
+    }
+}
+
+impl crate::fleet::renewal::Holder for Agent {
+    fn bundle(&self) -> pki::Bundle {
+        lock(&self.bundle).clone()
+    }
+
+    fn bundle_path(&self) -> &std::path::Path {
+        &self.bundle_path
+    }
+
+    fn clock(&self) -> &pki::TlsClock {
+        &self.clock
+    }
+
+    fn ask(
+        &self,
+        csr: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<RenewReply, String>> + Send + '_>> {
+        Box::pin(self.ask_renewal(csr))
+    }
+
+    fn replace_identity(&self, bundle: pki::Bundle, tls: Arc<rustls::ClientConfig>) {
+        Agent::replace_identity(self, bundle, tls)
     }
 }
 

@@ -10,22 +10,33 @@
 //! agent was stopped cannot be renewed (the servers refuse it at the
 //! handshake): the agent refuses to start and says what to do, and a
 //! running agent says it in its log at every check.
-use crate::fleet::agent::Agent;
 use crate::fleet::pki;
-use crate::lock;
-use common::codec::MAX_FRAME;
-use common::proto::{AgentFrame, Renew, RenewReply};
+use common::proto::RenewReply;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// What renewal needs of the agent (crate::fleet::agent::Agent): its
+/// bundle, its clock, a way to ask the servers, and to switch identity.
+pub(super) trait Holder: Send + Sync + 'static {
+    fn bundle(&self) -> pki::Bundle;
+    fn bundle_path(&self) -> &Path;
+    fn clock(&self) -> &pki::TlsClock;
+    /// Sends a [`common::proto::Renew`] to each server in turn, over a new link.
+    fn ask(&self, csr: String) -> Pin<Box<dyn Future<Output = Result<RenewReply, String>> + Send + '_>>;
+    fn replace_identity(&self, bundle: pki::Bundle, tls: Arc<rustls::ClientConfig>);
+}
 
 /// The first retry after a failed renewal.
 const FIRST_RETRY: Duration = Duration::from_secs(60);
 
 /// Runs until the task is aborted.
-pub(super) async fn keep_renewed(agent: Arc<Agent>, check: Duration) {
+pub(super) async fn keep_renewed<A: Holder>(agent: Arc<A>, check: Duration) {
     let mut retry = FIRST_RETRY.min(check);
     loop {
-        let wait = match check_once(&agent).await {
+        let wait = match check_once(agent.as_ref()).await {
             Ok(()) => {
                 retry = FIRST_RETRY.min(check);
                 with_jitter(check)
@@ -50,13 +61,13 @@ fn with_jitter(d: Duration) -> Duration {
 
 /// What is due now: nothing, a renewal, or saying that the certificate
 /// expired (Ok: nothing more to do before the next check).
-async fn check_once(agent: &Agent) -> Result<(), String> {
-    let bundle = lock(&agent.bundle).clone();
-    let now = agent.clock.now();
+async fn check_once<A: Holder>(agent: &A) -> Result<(), String> {
+    let bundle = agent.bundle();
+    let now = agent.clock().now();
     let (_, until) = bundle.validity().map_err(|e| e.to_string())?;
     if now > until {
         let e = pki::PkiError::Expired { name: bundle.name.clone(), at: pki::rfc3339(until) };
-        tracing::error!("{}: {e}", agent.bundle_path.display());
+        tracing::error!("{}: {e}", agent.bundle_path().display());
         return Ok(());
     }
     let due = bundle.renew_at().map_err(|e| e.to_string())?;
@@ -66,7 +77,7 @@ async fn check_once(agent: &Agent) -> Result<(), String> {
     renew(agent, &bundle).await
 }
 
-async fn renew(agent: &Agent, old: &pki::Bundle) -> Result<(), String> {
+async fn renew<A: Holder>(agent: &A, old: &pki::Bundle) -> Result<(), String> {
     let (_, old_until) = old.validity().map_err(|e| e.to_string())?;
     let failed = |e: String| {
         format!(
@@ -75,58 +86,33 @@ async fn renew(agent: &Agent, old: &pki::Bundle) -> Result<(), String> {
         )
     };
     let (key_pem, csr) = pki::new_key_and_csr(&old.name).map_err(|e| failed(e.to_string()))?;
-    let (cert_pem, ca_pem) = match ask(agent, csr).await.map_err(failed)? {
+    let (cert_pem, ca_pem) = match agent.ask(csr).await.map_err(failed)? {
         RenewReply::Renewed { cert_pem, ca_pem, .. } => (cert_pem, ca_pem),
         RenewReply::Refused { reason } => return Err(failed(format!("the server refused: {reason}"))),
     };
     let new = pki::Bundle { name: old.name.clone(), ca_pem, cert_pem, key_pem: key_pem.to_string() };
     let text = zeroize::Zeroizing::new(new.to_text());
     // What came back must be a bundle for this host and the key made here.
-    let checked = pki::Bundle::parse_at(&text, agent.clock.now()).map_err(|e| failed(e.to_string()))?;
+    let checked = pki::Bundle::parse_at(&text, agent.clock().now()).map_err(|e| failed(e.to_string()))?;
     if checked.name != old.name {
         return Err(failed(format!("the server issued a certificate for {:?}, not {:?}", checked.name, old.name)));
     }
-    let tls = pki::client_config_with(&checked, &agent.clock).map_err(|e| failed(e.to_string()))?;
+    let tls = pki::client_config_with(&checked, agent.clock()).map_err(|e| failed(e.to_string()))?;
     // The server already records the new certificate; it accepts the old
     // one until the new one is presented (or the old one runs out), so a
     // bundle that cannot be written leaves this host where it was.
-    pki::write_atomically(&agent.bundle_path, &text)
+    pki::write_atomically(agent.bundle_path(), &text)
         .map_err(|e| failed(format!("the new certificate was issued, but {e}")))?;
     let (_, until) = checked.validity().map_err(|e| e.to_string())?;
     let next = checked.renew_at().unwrap_or(until);
     agent.replace_identity(checked, tls);
     tracing::info!(
         "this host's certificate was renewed with a new key (written to {}): valid until {}, renewed again from {}",
-        agent.bundle_path.display(),
+        agent.bundle_path().display(),
         pki::rfc3339(until),
         pki::rfc3339(next)
     );
     Ok(())
-}
-
-/// Sends the request to each server in turn, over a new link.
-async fn ask(agent: &Agent, csr: String) -> Result<RenewReply, String> {
-    let frame = AgentFrame::Renew(Renew { renew_csr: csr });
-    let mut failures = Vec::new();
-    for i in agent.order() {
-        let mut link = match agent.dial(i).await {
-            Ok(l) => l,
-            Err(e) => {
-                failures.push(e);
-                continue;
-            }
-        };
-        let t = agent.connect_timeout().max(Duration::from_secs(5));
-        if let Err(e) = link.write(&frame, t).await {
-            failures.push(format!("{}: {e}", agent.server_shown(i)));
-            continue;
-        }
-        match link.read::<RenewReply>(t, t, MAX_FRAME).await {
-            Ok(reply) => return Ok(reply),
-            Err(e) => failures.push(format!("{}: no answer: {e}", agent.server_shown(i))),
-        }
-    }
-    Err(format!("no server answered ({})", failures.join("; ")))
 }
 
 #[cfg(test)]

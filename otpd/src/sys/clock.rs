@@ -71,6 +71,28 @@ pub fn kernel_clock() -> std::io::Result<KernelClock> {
     Ok(KernelClock { synchronised: state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0, max_error_us })
 }
 
+/// Whether systemd-timedated says the clock is synchronised (its
+/// `NTPSynchronized`, what `timedatectl` shows), over the system bus, within
+/// two seconds. For when adjtimex is forbidden to otpd itself.
+pub async fn timedated_synchronised() -> Result<bool, String> {
+    let ask = async {
+        let bus = zbus::Connection::system().await?;
+        let proxy = zbus::Proxy::new(
+            &bus,
+            "org.freedesktop.timedate1",
+            "/org/freedesktop/timedate1",
+            "org.freedesktop.timedate1",
+        )
+        .await?;
+        proxy.get_property::<bool>("NTPSynchronized").await
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(2), ask).await {
+        Ok(Ok(synchronised)) => Ok(synchronised),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 2 s".into()),
+    }
+}
+
 /// "14:32 CET": the time of day as people read clocks here, in the host's
 /// time zone (TZ, else /etc/localtime, as `date` does) with its name.
 /// Falls back to UTC when the C library cannot convert.
@@ -96,8 +118,20 @@ pub fn local_hhmm(t: i64) -> String {
     }
 }
 
+/// The system clock. Debug builds (the test suite) may shift it by the
+/// number of seconds in the file named by `OTPD_TEST_CLOCK_FILE`, or pin it
+/// (`@SECONDS`), so expiry is tested without sleeping and TOTP codes without
+/// racing a step boundary; release builds have no such hook.
+pub fn configured() -> Box<dyn Clock> {
+    #[cfg(debug_assertions)]
+    if let Some(path) = std::env::var_os("OTPD_TEST_CLOCK_FILE") {
+        return Box::new(OffsetFileClock(path.into()));
+    }
+    Box::new(SystemClock)
+}
+
 /// System time shifted by the seconds written in a file, or pinned to the
-/// time written as `@SECONDS` (debug builds only; see `crate::daemon`).
+/// time written as `@SECONDS` (debug builds only; see [`configured`]).
 /// A pinned clock lets a test compute a TOTP code for exactly the step the
 /// daemon will check, at any moment of the real step.
 #[cfg(debug_assertions)]

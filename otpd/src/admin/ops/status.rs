@@ -11,7 +11,7 @@ pub async fn status(core: &Core) -> AdminResponse {
     let policy = core.policy.clone();
     let (started_at, database, open) =
         (core.started_at, core.database.clone(), core.gauges.pam_connections.load(Ordering::Relaxed));
-    let clock = server_clock(crate::sys::clock::kernel_clock());
+    let clock = server_clock(crate::sys::clock::kernel_clock(), crate::sys::clock::timedated_synchronised()).await;
     let role = if core.fleet_ca.is_some() { common::proto::Role::Server } else { common::proto::Role::Standalone };
     let r = core
         .db
@@ -53,23 +53,50 @@ pub async fn status(core: &Core) -> AdminResponse {
     finish(r)
 }
 
-/// The kernel's clock state as `status` shows it.
-fn server_clock(read: std::io::Result<crate::sys::clock::KernelClock>) -> ServerClock {
+/// The kernel's clock state as `status` shows it: adjtimex, or when a
+/// system call filter forbids it (the packaged unit's ProtectClock=),
+/// systemd-timedated's answer (what timedatectl shows), asked with `ask`.
+async fn server_clock<F>(read: std::io::Result<crate::sys::clock::KernelClock>, ask: F) -> ServerClock
+where
+    F: std::future::Future<Output = Result<bool, String>>,
+{
     match read {
         Ok(k) => ServerClock { synchronised: Some(k.synchronised), max_error_us: Some(k.max_error_us), error: None },
-        Err(e) => {
-            let hint = match e.raw_os_error() {
-                Some(libc::EPERM) => " (a system call filter forbids adjtimex: ProtectClock= or SystemCallFilter= of the unit; the packaged otpd.service allows it)",
-                _ => "",
-            };
-            ServerClock { synchronised: None, max_error_us: None, error: Some(format!("adjtimex: {e}{hint}")) }
-        }
+        Err(e) => match ask.await {
+            Ok(synchronised) => ServerClock { synchronised: Some(synchronised), max_error_us: None, error: None },
+            Err(why) => {
+                let hint = match e.raw_os_error() {
+                    Some(libc::EPERM) => " (forbidden by a system call filter such as the unit's ProtectClock=)",
+                    _ => "",
+                };
+                let error = format!("adjtimex: {e}{hint}; systemd-timedated: {why}");
+                ServerClock { synchronised: None, max_error_us: None, error: Some(error) }
+            }
+        },
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// adjtimex refused (the packaged unit): systemd-timedated's answer
+    /// counts; neither: both reasons are shown, and nothing is claimed.
+    #[tokio::test]
+    async fn a_filtered_adjtimex_asks_timedated_and_says_why_when_neither_answers() {
+        let eperm = || Err(std::io::Error::from_raw_os_error(libc::EPERM));
+        let c = server_clock(eperm(), async { Ok(true) }).await;
+        assert_eq!((c.synchronised, c.error), (Some(true), None));
+        let c = server_clock(eperm(), async { Ok(false) }).await;
+        assert_eq!(c.synchronised, Some(false));
+        let c = server_clock(eperm(), async { Err("no system bus".to_string()) }).await;
+        assert_eq!(c.synchronised, None);
+        let error = c.error.unwrap_or_default();
+        assert!(error.contains("ProtectClock=") && error.contains("systemd-timedated: no system bus"), "{error}");
+        let read = crate::sys::clock::KernelClock { synchronised: true, max_error_us: 5 };
+        let c = server_clock(Ok(read), async { panic!("not asked when adjtimex answers") }).await;
+        assert_eq!((c.synchronised, c.max_error_us), (Some(true), Some(5)));
+    }
     use crate::admin::ops::shared::fixture::*;
 
     fn status_of(resp: AdminResponse) -> StatusInfo {
