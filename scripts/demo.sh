@@ -185,6 +185,7 @@ pam_socket = "$D/$h/run/pam.sock"
 [fleet]
 servers = ["127.0.0.1:$PORT"]
 bundle  = "$D/$h/host.bundle"
+spool   = "$D/$h/audit-spool.json"
 EOT
   "$BIN/otpd" --config "$D/$h/otpd.toml" 2>"$D/$h/otpd.log" &
   PIDS+=($!)

@@ -77,7 +77,33 @@ pub struct FleetConfig {
     /// kB, docs/BENCHMARKS.md "Fleet scale"). An agent keeps at least one
     /// after a login: one per host of the fleet, and room for logins.
     pub max_links: usize,
+    /// Agent: the logins it refused by itself (no server answered, a server
+    /// lost mid-login, too busy) are kept in this file — user, service,
+    /// remote host, terminal, time and why, never an answer — until a
+    /// server takes them into the fleet's audit (marked late). Owner root,
+    /// mode 0600, in a directory only root may write to.
+    pub spool: PathBuf,
+    /// Agent: at most this many refusals are kept; a full spool drops the
+    /// oldest and counts them (the count reaches the audit too).
+    pub spool_max: usize,
+    /// Server: how long the host certificates it issues (`otpctl host add`,
+    /// and each renewal) are valid. Agents renew theirs over their own link
+    /// when two thirds of it have passed.
+    #[serde(with = "duration")]
+    pub host_certificate_life: Duration,
+    /// Agent: how often it looks whether its certificate is due for renewal
+    /// (a tenth of it at random is added, so agents started together do not
+    /// ask together; a failed renewal is tried again sooner).
+    #[serde(with = "duration")]
+    pub renew_check: Duration,
 }
+
+/// Bounds of `[fleet] host_certificate_life`: at least a day (agents look
+/// every `renew_check`, an hour by default, and need a few tries before
+/// the last third has passed); at most the five years host certificates
+/// were valid before they renewed themselves.
+pub const HOST_CERTIFICATE_LIFE_MIN: Duration = Duration::from_secs(86_400);
+pub const HOST_CERTIFICATE_LIFE_MAX: Duration = Duration::from_secs(5 * 365 * 86_400);
 
 impl Default for FleetConfig {
     fn default() -> Self {
@@ -92,6 +118,10 @@ impl Default for FleetConfig {
             enroll_on_agents: true,
             host_logins_per_minute: 6000,
             max_links: 16384,
+            spool: "/var/lib/otpd/audit-spool.json".into(),
+            spool_max: 1000,
+            host_certificate_life: Duration::from_secs(30 * 86_400),
+            renew_check: Duration::from_secs(3600),
         }
     }
 }
@@ -662,6 +692,9 @@ impl Config {
                 if !f.bundle.is_absolute() {
                     return bad("fleet.bundle", format!("{} must be an absolute path", f.bundle.display()));
                 }
+                if !f.spool.is_absolute() || f.spool.file_name().is_none() {
+                    return bad("fleet.spool", format!("{} must be an absolute path to a file", f.spool.display()));
+                }
             }
             Role::Server if f.listen.is_empty() => {
                 return bad(
@@ -706,8 +739,17 @@ impl Config {
         if !(1..=1_000_000).contains(&f.max_links) {
             return bad("fleet.max_links", format!("{} is out of range (1 to 1000000)", f.max_links));
         }
+        if !(1..=100_000).contains(&f.spool_max) {
+            return bad("fleet.spool_max", format!("{} is out of range (1 to 100000)", f.spool_max));
+        }
         if !(1..=256).contains(&f.db_connections) {
             return bad("fleet.db_connections", format!("{} is out of range (1 to 256)", f.db_connections));
+        }
+        if !(HOST_CERTIFICATE_LIFE_MIN..=HOST_CERTIFICATE_LIFE_MAX).contains(&f.host_certificate_life) {
+            return bad("fleet.host_certificate_life", "must be between 1 day and 5 years (\"30d\")".into());
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&f.renew_check) {
+            return bad("fleet.renew_check", "must be between 1s and 1 day (\"1h\")".into());
         }
         Ok(())
     }
@@ -777,6 +819,21 @@ mod tests {
         assert!(err("role = \"agent\"").contains("fleet.servers"));
         assert!(err("role = \"server\"").contains("fleet.listen"));
         assert!(err("role = \"agent\"\n[fleet]\nservers = [\"otp1\"]").contains("host:port"));
+        // Host certificate life and the agent's renewal check: defaults and bounds.
+        assert_eq!(agent.fleet.host_certificate_life, Duration::from_secs(30 * 86_400));
+        assert_eq!(agent.fleet.renew_check, Duration::from_secs(3600));
+        let fleet = |kv: &str| format!("role = \"agent\"\n[fleet]\nservers = [\"otp1:7443\"]\n{kv}\n");
+        assert_eq!(
+            parse(&fleet("host_certificate_life = \"7d\"")).unwrap().fleet.host_certificate_life.as_secs(),
+            7 * 86_400
+        );
+        for bad in ["host_certificate_life = \"23h\"", "host_certificate_life = \"6years\""] {
+            assert!(err(&fleet(bad)).contains("fleet.host_certificate_life"), "{bad}");
+        }
+        assert_eq!(parse(&fleet("renew_check = \"1s\"")).unwrap().fleet.renew_check, Duration::from_secs(1));
+        for bad in ["renew_check = \"0s\"", "renew_check = \"2d\""] {
+            assert!(err(&fleet(bad)).contains("fleet.renew_check"), "{bad}");
+        }
         assert!(err("role = \"relay\"").contains("line 1"));
         // PostgreSQL only for servers; a server may use either.
         let pg = "[daemon]\ndatabase = \"postgresql://otp@%2Ftmp:5432/otpd\"\n";
@@ -809,10 +866,17 @@ mod tests {
         assert_eq!(agent.role, Role::Agent);
         assert!(agent.fleet.servers.len() >= 2, "the example shows failover order");
         assert_eq!(agent.fleet.bundle, FleetConfig::default().bundle);
-        // The PostgreSQL line the server example shows commented out is valid as written.
-        let pg = include_str!("../../packaging/examples/otpd-server.toml").replace("# database = ", "database = ");
-        let pg = pg.replacen("database = \"/var/lib/otpd/otpd.db\"\n", "", 1);
-        assert!(is_postgres_url(&parse(&pg).unwrap().daemon.database));
+        // Each PostgreSQL line the server example shows commented out is
+        // valid as written (one at a time: they are alternatives).
+        let example = include_str!("../../packaging/examples/otpd-server.toml");
+        let sqlite = example.replacen("database = \"/var/lib/otpd/otpd.db\"\n", "", 1);
+        let commented: Vec<&str> = example.lines().filter(|l| l.starts_with("# database = ")).collect();
+        assert_eq!(commented.len(), 2, "a Unix socket and a verified TLS URL");
+        for line in commented {
+            let pg = sqlite.replacen(&format!("{line}\n"), &format!("{}\n", &line[2..]), 1);
+            let url = parse(&pg).unwrap().daemon.database;
+            assert!(is_postgres_url(&url), "{line}");
+        }
     }
 
     #[test]
@@ -860,6 +924,9 @@ mod tests {
             ("[daemon]\ncaller_logins_per_minute = 0", "daemon.caller_logins_per_minute"),
             ("[audit]\nretention = \"1h\"", "audit.retention"),
             ("[email]\nemergency = { max_pending_per_user = 0 }", "email.emergency.max_pending_per_*"),
+            ("[fleet]\nspool_max = 0", "fleet.spool_max"),
+            ("[fleet]\nspool_max = 100001", "fleet.spool_max"),
+            ("role = \"agent\"\n[fleet]\nservers = [\"a:1\"]\nspool = \"spool.json\"", "fleet.spool"),
         ] {
             let err = parse(text).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains(key), "{text}: {err}");

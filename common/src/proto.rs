@@ -439,6 +439,39 @@ pub struct UserInfo {
     /// Unused recovery codes (`user show` only; absent in lists).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_codes_left: Option<u64>,
+    /// The user's authenticator clock, as the last refused code outside
+    /// the window showed it; absent when none was seen since the last
+    /// successful login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_drift: Option<ClockDrift>,
+}
+
+/// An authenticator whose clock is off: a refused code matched a step
+/// outside the accepted window, within ten minutes of the server's time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockDrift {
+    /// How far the authenticator's clock is from the server's, in seconds
+    /// (positive: ahead), to the step.
+    pub secs: i64,
+    /// Unix seconds: the last refusal that showed it.
+    pub seen_at: i64,
+    /// Such refusals in a row (another failure starts the count over; a
+    /// successful login forgets the drift).
+    pub refusals_in_a_row: u32,
+}
+
+impl ClockDrift {
+    /// "authenticator clock about 5 min ahead".
+    pub fn describe(&self) -> String {
+        let (n, dir) = drift_minutes(self.secs);
+        format!("authenticator clock about {n} min {dir}")
+    }
+}
+
+/// Whole minutes (rounded, at least 1) and "ahead" or "behind".
+pub fn drift_minutes(secs: i64) -> (i64, &'static str) {
+    let n = ((secs.saturating_abs() + 30) / 60).max(1);
+    (n, if secs >= 0 { "ahead" } else { "behind" })
 }
 
 /// One user of `user_enable_many`.
@@ -529,6 +562,11 @@ pub struct AuditEntry {
     pub method: String,
     pub result: String,
     pub reason: String,
+    /// Set on a row written late: a refusal an agent kept in its spool
+    /// while no server answered (`time` is when it happened on that host),
+    /// received by a server at this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -556,6 +594,25 @@ pub struct StatusInfo {
     /// Server role: the hosts and when each was last seen.
     #[serde(default)]
     pub hosts: Vec<HostInfo>,
+    /// The server's own clock, as the kernel reports it: TOTP codes are
+    /// checked against it. Absent from daemons that predate it.
+    #[serde(default)]
+    pub clock: Option<ServerClock>,
+}
+
+/// The kernel's clock discipline state (`adjtimex`), read by otpd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerClock {
+    /// A time source (NTP, PTP) keeps the clock synchronised: adjtimex
+    /// neither returns TIME_ERROR nor has STA_UNSYNC set. Absent when the
+    /// state could not be read (`error` says why).
+    #[serde(default)]
+    pub synchronised: Option<bool>,
+    /// The kernel's maximum error estimate, microseconds.
+    #[serde(default)]
+    pub max_error_us: Option<i64>,
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// What a daemon is in a fleet: `role` in otpd.toml, and in `status`.
@@ -595,6 +652,19 @@ pub struct HostInfo {
     /// The source address of its last link.
     #[serde(default)]
     pub last_addr: Option<String>,
+    /// When its certificate runs out (None: issued before otpd recorded it).
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    /// Its certificate ran out (by the server's clock): it cannot renew
+    /// itself any more and needs a new bundle (`host add`).
+    #[serde(default)]
+    pub expired: bool,
+    /// When it last renewed its certificate over its own link.
+    #[serde(default)]
+    pub renewed_at: Option<i64>,
+    /// SHA-256 of the CA certificate that issued its certificate, hex.
+    #[serde(default)]
+    pub ca: Option<String>,
 }
 
 /// Fleet links (agent or remote otpctl → server), inside TLS 1.3 with a
@@ -651,6 +721,101 @@ pub struct Relay {
 #[serde(untagged)]
 pub enum AgentFrame {
     Relay(Relay),
+    /// Refusals the agent spooled while no server answered: answered by a
+    /// [`SpoolAck`].
+    Spool(SpoolBatch),
+    /// A new certificate for a key the agent made: answered by a
+    /// [`RenewReply`].
+    Renew(Renew),
+}
+
+/// Why an agent refused a login by itself (and kept it in its spool).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpoolReason {
+    /// No server answered in time.
+    Unavailable,
+    /// The server was lost during the conversation.
+    Cut,
+    /// The agent's own limit on logins of users other than root in progress.
+    Busy,
+}
+
+/// One refusal in an agent's spool: who asked, where from, when and why —
+/// never an answer, a code or a secret (the agent refused before any was
+/// typed, or never learnt whether the one typed was checked).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolEntry {
+    /// The agent's id of the entry (hex): the server writes one host's id
+    /// once, so a batch sent again after a lost acknowledgement adds nothing.
+    pub id: String,
+    /// Unix seconds, on the agent's clock.
+    pub time: i64,
+    pub user: String,
+    pub service: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rhost: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<String>,
+    /// Who started the login on the agent's host when not root: the peer's
+    /// uid, or for a root program (su, sudo) the real uid that ran it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<u32>,
+    pub reason: SpoolReason,
+}
+
+/// [`AgentFrame::Spool`]: the oldest entries of the spool, and how many
+/// older ones a full spool dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolBatch {
+    pub spool: Vec<SpoolEntry>,
+    #[serde(default)]
+    pub dropped: u64,
+}
+
+/// The server's answer to a [`SpoolBatch`], once what it took is committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolAck {
+    /// The first `taken` entries of the batch are dealt with (written, or
+    /// written before, or refused as malformed): the agent forgets them.
+    pub taken: u32,
+    /// So much of the batch's `dropped` count is written: the agent forgets it.
+    pub dropped: u64,
+    /// Set when the host's rate was used up: send the rest after this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u32>,
+}
+
+/// An agent asks for a new certificate for a key it made
+/// (`{"renew_csr":"-----BEGIN CERTIFICATE REQUEST-----…"}`), answered by
+/// a [`RenewReply`]. Its own field name keeps it apart from a [`Relay`]
+/// header (which has no such field and refuses unknown ones).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Renew {
+    /// PEM certificate signing request, signed by the new key (ECDSA
+    /// P-256). Its subject is ignored: the server issues for the host's
+    /// recorded name.
+    pub renew_csr: String,
+}
+
+/// The answer to [`Renew`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RenewReply {
+    /// The new certificate (PEM), the fleet CAs to trust from now on (PEM,
+    /// one or several), and when the certificate runs out (Unix seconds).
+    Renewed {
+        cert_pem: String,
+        ca_pem: String,
+        not_after: i64,
+    },
+    Refused {
+        reason: String,
+    },
 }
 
 #[cfg(test)]
@@ -789,6 +954,62 @@ mod tests {
         assert!(!json.contains("uid") && !json.contains("qr"), "{json}");
         let unknown = r#"{"type":"begin","protocol":1,"user":"a","service":"s","pid":1,"qr":"sixel"}"#;
         assert!(serde_json::from_str::<ClientMsg>(unknown).is_err());
+    }
+
+    /// An agent frame is a relay header or a spool batch, never taken for
+    /// the other (the enum is untagged: a relay header is the frame it
+    /// always was).
+    #[test]
+    fn agent_frames_are_told_apart_without_a_tag() {
+        let relay = r#"{"peer_uid":0,"pid":4242,"caller":1000,"reply_within_ms":9000}"#;
+        assert!(matches!(serde_json::from_str(relay), Ok(AgentFrame::Relay(Relay { peer_uid: 0, .. }))));
+        let batch = SpoolBatch {
+            spool: vec![SpoolEntry {
+                id: "00ff".into(),
+                time: 1_700_000_000,
+                user: "alice".into(),
+                service: "sshd".into(),
+                rhost: Some("192.0.2.1".into()),
+                tty: None,
+                caller: None,
+                reason: SpoolReason::Unavailable,
+            }],
+            dropped: 3,
+        };
+        let json = serde_json::to_string(&AgentFrame::Spool(batch.clone())).unwrap_or_default();
+        assert!(json.starts_with(r#"{"spool":[{"id":"00ff","time":1700000000"#), "{json}");
+        assert!(json.contains(r#""reason":"unavailable""#), "{json}");
+        assert_eq!(serde_json::from_str::<AgentFrame>(&json).ok(), Some(AgentFrame::Spool(batch)));
+        // Neither kind with the other's fields, nor with fields of its own making.
+        for bad in [
+            r#"{"peer_uid":0,"spool":[]}"#,
+            r#"{"spool":[],"dropped":0,"x":1}"#,
+            r#"{"peer_uid":0,"x":1}"#,
+            r#"{"spool":[{"id":"1","time":1,"user":"a","service":"s","reason":"unavailable","answer":"123456"}]}"#,
+            r#"{"spool":[{"id":"1","time":1,"user":"a","service":"s","reason":"because"}]}"#,
+        ] {
+            assert!(serde_json::from_str::<AgentFrame>(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// An agent's frames decode one way only: a relay header is what it
+    /// always was, a renewal request is told apart by its own field.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn agent_frames_are_told_apart() {
+        let relay = r#"{"peer_uid":0,"pid":4242,"caller":1000,"reply_within_ms":9000}"#;
+        assert!(matches!(serde_json::from_str(relay).unwrap(), AgentFrame::Relay(Relay { peer_uid: 0, .. })));
+        let renew = r#"{"renew_csr":"-----BEGIN CERTIFICATE REQUEST-----"}"#;
+        assert!(matches!(serde_json::from_str(renew).unwrap(), AgentFrame::Renew(Renew { .. })));
+        let frame = AgentFrame::Renew(Renew { renew_csr: "x".into() });
+        assert_eq!(serde_json::to_string(&frame).unwrap(), r#"{"renew_csr":"x"}"#);
+        for bad in [r#"{"peer_uid":0,"renew_csr":"x"}"#, r#"{"renew_csr":"x","extra":1}"#, "{}"] {
+            assert!(serde_json::from_str::<AgentFrame>(bad).is_err(), "{bad}");
+        }
+        let reply = RenewReply::Renewed { cert_pem: "c".into(), ca_pem: "a".into(), not_after: 5 };
+        let json = serde_json::to_string(&reply).unwrap();
+        assert_eq!(json, r#"{"renewed":{"cert_pem":"c","ca_pem":"a","not_after":5}}"#);
+        assert_eq!(serde_json::from_str::<RenewReply>(&json).unwrap(), reply);
     }
 
     #[test]

@@ -5,7 +5,6 @@ use crate::core::policy::Policy;
 use crate::core::service::Core;
 use crate::pam::listener::{serve_pam, Limits};
 use crate::store::db::Db;
-use crate::sys::clock::{Clock, SystemClock};
 use crate::sys::start::{bind, harden_process, notify_ready, raise_fd_limit, StartError};
 use common::config::{Config, Role};
 
@@ -67,7 +66,8 @@ async fn fleet_server(
     if names.is_empty() {
         names.push(hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "localhost".into()));
     }
-    let fleet = crate::fleet::link::FleetServer::new(Arc::new(ca), names, config.fleet.max_links)
+    let clock = crate::fleet::pki::TlsClock::new(Arc::from(crate::sys::clock::configured()));
+    let fleet = crate::fleet::link::FleetServer::new(Arc::new(ca), names, config.fleet.max_links, clock)
         .map_err(|e| fail(e.to_string()))?;
     // Room on the fleet port is kept for the addresses hosts last came
     // from, also right after this restart (check 36).
@@ -138,18 +138,6 @@ pub fn hostname_issuer(issuer: &str) -> String {
     issuer.replace("%hostname%", &host).replace(':', "-")
 }
 
-/// The system clock. Debug builds (the test suite) may shift it by the
-/// number of seconds in the file named by `OTPD_TEST_CLOCK_FILE`, or pin it
-/// (`@SECONDS`), so expiry is tested without sleeping and TOTP codes without
-/// racing a step boundary; release builds have no such hook.
-fn make_clock() -> Box<dyn Clock> {
-    #[cfg(debug_assertions)]
-    if let Some(path) = std::env::var_os("OTPD_TEST_CLOCK_FILE") {
-        return Box::new(crate::sys::clock::OffsetFileClock(path.into()));
-    }
-    Box::new(SystemClock)
-}
-
 /// The core every door is given, from the configuration.
 fn make_core(
     config: &Config,
@@ -178,7 +166,7 @@ fn make_core(
             crypto,
             email: config.email.clone(),
         }),
-        clock: make_clock(),
+        clock: crate::sys::clock::configured(),
         io_timeout: d.io_timeout,
         prompt_timeout: d.prompt_timeout,
         admin_gid,
@@ -186,6 +174,7 @@ fn make_core(
         callers: crate::core::limits::Callers::new(&machine, d.caller_logins_per_minute, caps, host_rate),
         fleet_ca,
         enroll_on_agents: config.fleet.enroll_on_agents,
+        host_cert_life: config.fleet.host_certificate_life.as_secs() as i64,
     })
 }
 

@@ -453,10 +453,35 @@ fn print_status(s: StatusInfo) {
     } else {
         println!("mail           disabled");
     }
+    match &s.clock {
+        Some(c) => match (c.synchronised, &c.error) {
+            (Some(true), _) => {
+                println!("server clock   synchronised (NTP; maximum error {})", max_error(c.max_error_us.unwrap_or(0)))
+            }
+            (Some(false), _) => {
+                println!("server clock   NOT synchronised (the kernel reports no time source)");
+                println!(
+                    "warning        codes are checked against this clock: turn on NTP (timedatectl set-ntp true, \
+                     or chrony) or every user's codes may be refused"
+                );
+            }
+            (None, e) => println!("server clock   unknown ({})", e.as_deref().unwrap_or("not read")),
+        },
+        None => println!("server clock   unknown (this otpd does not report it)"),
+    }
     if s.role == common::proto::Role::Server {
         let live = s.hosts.iter().filter(|h| h.revoked_at.is_none()).count();
         println!("role           server, {live} host(s)");
         print_hosts(&s.hosts);
+    }
+}
+
+/// "2.5 ms", "1.2 s": the kernel's error estimate (microseconds).
+fn max_error(us: i64) -> String {
+    match us {
+        ..1_000 => format!("{us} µs"),
+        1_000..1_000_000 => format!("{:.1} ms", us as f64 / 1e3),
+        _ => format!("{:.1} s", us as f64 / 1e6),
     }
 }
 
@@ -576,23 +601,39 @@ fn print_user(u: &UserInfo) {
     if let Some(n) = u.recovery_codes_left {
         println!("recovery codes {n} left");
     }
+    if let Some(d) = &u.clock_drift {
+        println!(
+            "clock          {} (last refused code {}; {} such refusal(s) in a row)",
+            d.describe(),
+            time(d.seen_at),
+            d.refusals_in_a_row
+        );
+    }
 }
 
 fn print_hosts(hosts: &[HostInfo]) {
-    let rows: Vec<[String; 6]> = hosts
+    let rows: Vec<[String; 8]> = hosts
         .iter()
         .map(|h| {
+            let status = match (h.revoked_at, h.expired) {
+                (Some(t), _) => format!("revoked {}", time(t)),
+                (None, true) => "expired (needs a new bundle: host add)".into(),
+                (None, false) => "active".into(),
+            };
             [
                 h.name.clone(),
                 h.role.clone(),
                 time(h.added_at),
                 h.last_seen.map(time).unwrap_or_else(|| "never".into()),
                 h.last_addr.clone().unwrap_or_else(|| "-".into()),
-                h.revoked_at.map(|t| format!("revoked {}", time(t))).unwrap_or_else(|| "active".into()),
+                status,
+                h.expires_at.map(time).unwrap_or_else(|| "-".into()),
+                h.renewed_at.map(time).unwrap_or_else(|| "never".into()),
             ]
         })
         .collect();
-    print_table(&["HOST", "ROLE", "ADDED", "LAST SEEN", "LAST ADDRESS", "STATUS"].map(String::from), &rows);
+    let header = ["HOST", "ROLE", "ADDED", "LAST SEEN", "LAST ADDRESS", "STATUS", "EXPIRES", "RENEWED"];
+    print_table(&header.map(String::from), &rows);
 }
 
 /// The bundle goes to a new file only root can read, or to stdout.
@@ -655,8 +696,17 @@ fn print_audit(entries: &[AuditEntry]) {
             e.tty.as_deref().unwrap_or("-"),
             e.method,
             e.result,
-            e.reason
+            late_reason(e)
         );
+    }
+}
+
+/// The reason, marked when the row was written late: a refusal an agent
+/// kept in its spool while no server answered (TIME is when it happened).
+fn late_reason(e: &AuditEntry) -> String {
+    match e.received_at {
+        Some(at) => format!("LATE (received {}): {}", time(at), e.reason),
+        None => e.reason.clone(),
     }
 }
 

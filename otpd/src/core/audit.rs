@@ -13,10 +13,17 @@ pub const HOST_REVOKED: &str = "Passcode check refused for this host.";
 /// is audited and nothing else is written.
 pub fn host_still_trusted(store: &mut dyn Store, p: &Policy, ctx: &LoginContext, now: i64) -> Result<bool, StoreError> {
     let Some(fp) = &ctx.host_fingerprint else { return Ok(true) };
-    if store.host_by_fingerprint(fp)?.is_some_and(|h| h.revoked_at.is_none()) {
+    let host = store.host_by_fingerprint(fp)?;
+    if host.as_ref().is_some_and(|h| h.accepts(fp, now)) {
         return Ok(true);
     }
-    audit(store, p, ctx, now, AuditResult::Refused, "the host was revoked during the conversation; nothing decided")?;
+    let why = match &host {
+        Some(h) if h.revoked_at.is_none() => {
+            "the host's certificate ran out or was replaced during the conversation; nothing decided"
+        }
+        _ => "the host was revoked during the conversation; nothing decided",
+    };
+    audit(store, p, ctx, now, AuditResult::Refused, why)?;
     Ok(false)
 }
 

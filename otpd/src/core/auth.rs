@@ -498,7 +498,15 @@ pub fn check_answer_with(
                     accept(store, p, ctx, &mut user, now, AuditMethod::Email, "valid emailed code")?;
                 return Ok(Verdict::Accept { activated: false, failures, locks });
             }
-            crate::core::email::CodeCheck::Wrong if try_totp => Failure::WrongCode,
+            // Not an emailed code: what the TOTP check found stands.
+            crate::core::email::CodeCheck::Wrong if try_totp => {
+                if let Failure::ClockDrift { .. } = failure {
+                    failed_method = method;
+                    failure
+                } else {
+                    Failure::WrongCode
+                }
+            }
             crate::core::email::CodeCheck::Wrong => Failure::Email(crate::core::email::CodeCheck::Wrong),
             other => Failure::Email(other),
         };
@@ -557,7 +565,14 @@ fn try_totp_code(
             Ok(Ok(Verdict::Accept { activated, failures, locks }))
         }
         Check::Replayed => Ok(Err(Failure::Replayed)),
-        Check::Wrong => Ok(Err(Failure::WrongCode)),
+        // Refused either way; a code of a step outside the window but
+        // within ten minutes tells the user's clock is off. A step at or
+        // below the last accepted one is not a sign of that (it may be an
+        // old code someone saw).
+        Check::Wrong => Ok(Err(match totp.drift(&secret, code, now) {
+            Some(d) if user.last_step.is_none_or(|last| d.step > last) => Failure::ClockDrift { secs: d.secs },
+            _ => Failure::WrongCode,
+        })),
     }
 }
 
@@ -622,7 +637,19 @@ fn record_failure(
     failure: Failure,
     now: i64,
 ) -> Result<Verdict, StoreError> {
-    let (reason, message) = (failure.reason(), failure.message());
+    match failure {
+        Failure::ClockDrift { secs } => {
+            user.clock_drift_secs = Some(secs);
+            user.clock_drift_at = Some(now);
+            user.clock_drift_refusals = user.clock_drift_refusals.saturating_add(1);
+        }
+        _ => user.clock_drift_refusals = 0,
+    }
+    let reason = failure.reason();
+    let message = match failure {
+        Failure::ClockDrift { secs } if user.clock_drift_refusals >= DRIFT_ADVICE_AFTER => clock_advice(secs),
+        _ => failure.message().to_string(),
+    };
     user.failures = user.failures.saturating_add(1);
     user.failures_since_login = user.failures_since_login.saturating_add(1);
     if user.failures >= p.lockout.max_failures {
@@ -659,8 +686,22 @@ fn record_failure(
         return Ok(Verdict::Locked { until: LockEnd::of(user, now) });
     }
     store.save_user(user)?;
-    audit_method(store, p, ctx, now, failed_method, AuditResult::Deny, reason)?;
-    Ok(Verdict::Deny { message: message.into() })
+    audit_method(store, p, ctx, now, failed_method, AuditResult::Deny, &reason)?;
+    Ok(Verdict::Deny { message })
+}
+
+/// Refusals for clock drift in a row after which the user is told.
+pub const DRIFT_ADVICE_AFTER: u32 = 2;
+
+/// What a user whose authenticator's clock is off reads at the prompt
+/// (one refusal may be a mistyped code; two in a row are the clock).
+pub fn clock_advice(secs: i64) -> String {
+    let (n, dir) = common::proto::drift_minutes(secs);
+    let unit = if n == 1 { "minute" } else { "minutes" };
+    format!(
+        "Your authenticator's clock seems to be about {n} {unit} {dir}. \
+         Set your phone's time and time zone to automatic, then try again."
+    )
 }
 
 /// Why an answer was not accepted: the audit reason and the user's words.
@@ -672,6 +713,11 @@ enum Failure {
         email_ok: bool,
     },
     WrongCode,
+    /// A TOTP code of a step outside the window, within ten minutes: the
+    /// authenticator's clock is off by about `secs` (positive: ahead).
+    ClockDrift {
+        secs: i64,
+    },
     /// The TOTP step was used before (here or on another server).
     Replayed,
     /// An emailed code that did not work (never `Valid`).
@@ -681,9 +727,18 @@ enum Failure {
 }
 
 impl Failure {
-    fn reason(self) -> &'static str {
+    fn reason(self) -> std::borrow::Cow<'static, str> {
+        if let Failure::ClockDrift { secs } = self {
+            let (n, dir) = common::proto::drift_minutes(secs);
+            return format!("wrong code: authenticator clock about {n} min {dir}").into();
+        }
+        self.fixed_reason().into()
+    }
+
+    fn fixed_reason(self) -> &'static str {
         use crate::core::email::CodeCheck as C;
         match self {
+            Failure::ClockDrift { .. } => "wrong code",
             Failure::TooLong => "answer too long",
             Failure::Malformed { .. } => "malformed answer",
             Failure::WrongCode => "wrong code",
@@ -703,7 +758,7 @@ impl Failure {
             Failure::TooLong => "Passcode not accepted.",
             Failure::Malformed { email_ok: true } => "That is not a valid passcode.",
             Failure::Malformed { email_ok: false } => "A passcode is a number of exactly the digits your app shows.",
-            Failure::WrongCode => "Wrong passcode.",
+            Failure::WrongCode | Failure::ClockDrift { .. } => "Wrong passcode.",
             Failure::Replayed => "That passcode was already used; wait for the next one.",
             Failure::WrongRecovery => "Wrong or already used recovery code.",
             Failure::Email(C::Wrong | C::Valid) => "Wrong code.",
@@ -978,6 +1033,123 @@ mod tests {
         assert!(matches!(attempt(&mut s, "12345678"), Verdict::Deny { .. }), "used once");
         let audit = s.audit(Some("sid"), None, None, 10).unwrap();
         assert!(audit.iter().any(|e| e.method == "recovery" && e.result == "accept" && !e.reason.contains("12345678")));
+    }
+
+    /// Check item 6 of issue 21: a code of a step outside the window but
+    /// within ten minutes is refused and counted as today; the audit and
+    /// the record say how far the authenticator's clock is off; the second
+    /// such refusal in a row tells the user to fix the phone's clock; a
+    /// success forgets it.
+    #[test]
+    fn clock_drift_is_refused_counted_and_diagnosed() {
+        let p = policy(10);
+        let mut s = SqliteStore::in_memory().unwrap();
+        let secret = enroll(&mut s, &p, "tess", None);
+        assert!(matches!(
+            check_answer(&mut s, &p, &ctx("tess"), &code(&p, &secret, T0), T0).unwrap(),
+            Verdict::Accept { .. }
+        ));
+        let at = |t: i64| code(&p, &secret, t);
+        let wrong = Verdict::Deny { message: "Wrong passcode.".into() };
+        let t = T0 + 600;
+
+        // Five minutes ahead: refused, counted, diagnosed; no advice yet.
+        assert_eq!(check_answer(&mut s, &p, &ctx("tess"), &at(t + 300), t).unwrap(), wrong);
+        let u = s.user("tess").unwrap().unwrap();
+        assert_eq!(
+            (u.failures, u.clock_drift_secs, u.clock_drift_at, u.clock_drift_refusals),
+            (1, Some(300), Some(t), 1)
+        );
+        let last = s.audit(Some("tess"), None, None, 1).unwrap().remove(0);
+        assert_eq!(
+            (last.result.as_str(), last.reason.as_str()),
+            ("deny", "wrong code: authenticator clock about 5 min ahead")
+        );
+        // The second in a row: the advice.
+        let advice = clock_advice(300);
+        assert_eq!(
+            advice,
+            "Your authenticator's clock seems to be about 5 minutes ahead. \
+             Set your phone's time and time zone to automatic, then try again."
+        );
+        assert_eq!(
+            check_answer(&mut s, &p, &ctx("tess"), &at(t + 330), t + 30).unwrap(),
+            Verdict::Deny { message: clock_advice(300) }
+        );
+        assert_eq!(s.user("tess").unwrap().unwrap().clock_drift_refusals, 2);
+        // A success forgets it all.
+        assert_eq!(
+            check_answer(&mut s, &p, &ctx("tess"), &at(t + 60), t + 60).unwrap(),
+            Verdict::Accept { activated: false, failures: 2, locks: 0 }
+        );
+        let u = s.user("tess").unwrap().unwrap();
+        assert_eq!((u.clock_drift_secs, u.clock_drift_at, u.clock_drift_refusals), (None, None, 0));
+
+        // Behind, at the edges: just outside the ±1 window is "about 1 min".
+        let t = t + 3600;
+        assert_eq!(check_answer(&mut s, &p, &ctx("tess"), &at(t - 60), t).unwrap(), wrong);
+        let last = s.audit(Some("tess"), None, None, 1).unwrap().remove(0);
+        assert_eq!(last.reason, "wrong code: authenticator clock about 1 min behind");
+        // Ten minutes behind: still diagnosed, and the second in a row.
+        let t = t + 30;
+        assert_eq!(
+            check_answer(&mut s, &p, &ctx("tess"), &at(t - 600), t).unwrap(),
+            Verdict::Deny { message: clock_advice(-600) }
+        );
+        assert!(clock_advice(-600).contains("about 10 minutes behind"));
+        assert!(clock_advice(-60).contains("about 1 minute behind"));
+        let u = s.user("tess").unwrap().unwrap();
+        assert_eq!((u.clock_drift_secs, u.clock_drift_refusals), (Some(-600), 2));
+
+        // Beyond ten minutes: a plain wrong code, which ends the row (the
+        // drift last seen stays for the admin until a success).
+        let t = t + 30;
+        assert_eq!(check_answer(&mut s, &p, &ctx("tess"), &at(t - 630), t).unwrap(), wrong);
+        assert_eq!(s.audit(Some("tess"), None, None, 1).unwrap().remove(0).reason, "wrong code");
+        let u = s.user("tess").unwrap().unwrap();
+        assert_eq!((u.clock_drift_secs, u.clock_drift_refusals, u.failures), (Some(-600), 0, 3));
+        assert_eq!(check_answer(&mut s, &p, &ctx("tess"), &at(t + 630), t).unwrap(), wrong);
+        assert_eq!(s.audit(Some("tess"), None, None, 1).unwrap().remove(0).reason, "wrong code");
+        // So one more drifting code is the first of a new row: no advice.
+        assert_eq!(check_answer(&mut s, &p, &ctx("tess"), &at(t + 120), t).unwrap(), wrong);
+        assert_eq!(s.user("tess").unwrap().unwrap().clock_drift_refusals, 1);
+        // No audit row holds a code.
+        for e in s.audit(Some("tess"), None, None, 100).unwrap() {
+            for k in -25..=25 {
+                assert!(!e.reason.contains(&at(t + 30 * k)), "{}", e.reason);
+            }
+        }
+    }
+
+    /// A drifting code is still a failure towards the lock.
+    #[test]
+    fn clock_drift_refusals_lock_as_wrong_codes_do() {
+        let p = policy(2);
+        let mut s = SqliteStore::in_memory().unwrap();
+        let secret = enroll(&mut s, &p, "uma", None);
+        let ahead = code(&p, &secret, T0 + 300);
+        assert_eq!(
+            check_answer(&mut s, &p, &ctx("uma"), &ahead, T0).unwrap(),
+            Verdict::Deny { message: "Wrong passcode.".into() }
+        );
+        assert!(matches!(check_answer(&mut s, &p, &ctx("uma"), &ahead, T0).unwrap(), Verdict::Locked { .. }));
+        let last = s.audit(Some("uma"), None, None, 1).unwrap().remove(0);
+        assert_eq!(last.result, "locked");
+        assert!(
+            last.reason.starts_with("wrong code: authenticator clock about 5 min ahead; account locked"),
+            "{}",
+            last.reason
+        );
+        // The code of the enrollment's own step, once used, is not a sign of drift.
+        let mut u = s.user("uma").unwrap().unwrap();
+        u.clear_lockout();
+        u.last_step = Some(p.totp.step_of(T0 + 300));
+        s.save_user(&u).unwrap();
+        assert_eq!(
+            check_answer(&mut s, &p, &ctx("uma"), &ahead, T0).unwrap(),
+            Verdict::Deny { message: "Wrong passcode.".into() }
+        );
+        assert_eq!(s.audit(Some("uma"), None, None, 1).unwrap().remove(0).reason, "wrong code");
     }
 
     #[test]

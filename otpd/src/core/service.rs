@@ -32,6 +32,8 @@ pub struct Core {
     pub fleet_ca: Option<Arc<crate::fleet::pki::Ca>>,
     /// Server role: show pending enrollments (QR, secret) on agent hosts.
     pub enroll_on_agents: bool,
+    /// Server role: seconds a host certificate it issues is valid.
+    pub host_cert_life: i64,
     /// What the doors report for `status`.
     pub gauges: Gauges,
     /// When the last throttled warning was logged (Unix seconds).
@@ -57,6 +59,7 @@ pub struct Parts {
     pub callers: Callers,
     pub fleet_ca: Option<Arc<crate::fleet::pki::Ca>>,
     pub enroll_on_agents: bool,
+    pub host_cert_life: i64,
 }
 
 impl Core {
@@ -75,6 +78,7 @@ impl Core {
             callers: p.callers,
             fleet_ca: p.fleet_ca,
             enroll_on_agents: p.enroll_on_agents,
+            host_cert_life: p.host_cert_life,
             gauges: Gauges::default(),
             last_warning: AtomicI64::new(0),
         }
@@ -125,6 +129,7 @@ impl Parts {
             callers: Callers::new("local", 30, caps, 6000),
             fleet_ca: None,
             enroll_on_agents: true,
+            host_cert_life: crate::fleet::pki::DEFAULT_HOST_LIFE,
         }
     }
 }

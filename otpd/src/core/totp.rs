@@ -21,6 +21,21 @@ pub enum Check {
     Wrong,
 }
 
+/// How far an authenticator's clock may be off for a refused code to be
+/// diagnosed as clock drift: ten minutes either side of the server's time,
+/// and never more than [`DRIFT_SEARCH_STEPS`] steps (the search costs one
+/// HMAC per step, paid only by codes the window refused).
+pub const DRIFT_SEARCH_SECS: i64 = 600;
+pub const DRIFT_SEARCH_STEPS: i64 = 20;
+
+/// A refused code that matches a step outside the window: the
+/// authenticator's clock is off by about `secs` (positive: ahead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drift {
+    pub step: i64,
+    pub secs: i64,
+}
+
 impl From<&TotpConfig> for TotpParams {
     fn from(c: &TotpConfig) -> Self {
         TotpParams { algorithm: c.algorithm, digits: c.digits, period: c.period, skew: c.skew }
@@ -81,6 +96,35 @@ impl TotpParams {
             Some(step) => Check::Valid { step },
             None => Check::Wrong,
         }
+    }
+
+    /// The steps either side of now that [`TotpParams::drift`] searches.
+    fn drift_reach(&self) -> i64 {
+        (DRIFT_SEARCH_SECS / (self.period.max(1) as i64)).min(DRIFT_SEARCH_STEPS)
+    }
+
+    /// For a code the window refused ([`Check::Wrong`]): the step it
+    /// matches outside the window but within [`DRIFT_SEARCH_SECS`] of
+    /// `now`, if any. It diagnoses, never accepts. As in
+    /// [`TotpParams::check`], every step of the reach is computed and
+    /// compared in constant time.
+    pub fn drift(&self, secret: &[u8], code: &str, now: i64) -> Option<Drift> {
+        let current = self.step_of(now);
+        let (skew, reach) = (self.skew as i64, self.drift_reach());
+        let mut matched: Option<i64> = None;
+        for offset in -reach..=reach {
+            // The window's steps were checked already (and the skip does
+            // not depend on the code).
+            if offset.abs() <= skew {
+                continue;
+            }
+            let expected = self.code_at_step(secret, current + offset);
+            let eq: bool = expected.as_bytes().ct_eq(code.as_bytes()).into();
+            if eq && matched.is_none() {
+                matched = Some(offset);
+            }
+        }
+        matched.map(|offset| Drift { step: current + offset, secs: offset * self.period as i64 })
     }
 
     pub fn uri(&self, secret: &[u8], issuer: &str, account: &str) -> String {
@@ -190,6 +234,30 @@ mod tests {
         // is still a replay.
         assert_eq!(p.check(&secret, &code(s), now - 30, Some(s)), Check::Replayed);
         assert_eq!(p.check(&secret, "", now, None), Check::Wrong);
+    }
+
+    /// Codes of steps outside the window are diagnosed up to ten minutes
+    /// either side, never accepted; beyond that they are plain wrong codes.
+    #[test]
+    fn drift_outside_the_window_up_to_ten_minutes() {
+        let p = TotpParams { algorithm: Algorithm::SHA1, digits: 6, period: 30, skew: 1 };
+        let secret = [7u8; 20];
+        let now = 1_700_000_010;
+        let s = p.step_of(now);
+        let code = |step| p.code_at_step(&secret, step);
+        for k in [-20, -10, -2, 2, 10, 20] {
+            assert_eq!(p.check(&secret, &code(s + k), now, None), Check::Wrong, "{k}");
+            assert_eq!(p.drift(&secret, &code(s + k), now), Some(Drift { step: s + k, secs: 30 * k }), "{k}");
+        }
+        for k in [-21, 21, 40] {
+            assert_eq!(p.drift(&secret, &code(s + k), now), None, "beyond ten minutes: {k}");
+        }
+        assert_eq!(p.drift(&secret, "000000x", now), None);
+        // A longer period searches fewer steps: still ten minutes.
+        let slow = TotpParams { period: 60, ..p.clone() };
+        let t = slow.step_of(now);
+        assert_eq!(slow.drift(&secret, &slow.code_at_step(&secret, t + 10), now).map(|d| d.secs), Some(600));
+        assert_eq!(slow.drift(&secret, &slow.code_at_step(&secret, t + 11), now), None);
     }
 
     #[test]

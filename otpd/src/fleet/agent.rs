@@ -4,17 +4,23 @@
 //! identity). Every conversation is handed, message by message, to the
 //! first server that answers, over a TLS 1.3 link authenticated both ways;
 //! the server decides. When no server answers the login is refused (the
-//! module's `fail=open` stays the only way around that, and it logs).
+//! module's `fail=open` stays the only way around that, and it logs). What
+//! the agent refuses by itself is kept in its audit spool until a server
+//! takes it ([`crate::fleet::spool`]).
 //! Idle links are kept for the next conversation: a handshake per login
 //! would cost more than the login.
 use crate::fleet::pki;
+use crate::fleet::spool::Spool;
 use crate::fleet::wire::Link;
 use crate::lock;
 use crate::sys::conn::{Conn, Listener};
 use crate::sys::start::StartError;
 use common::codec::{encode, FrameError, MAX_FRAME};
 use common::config::Config;
-use common::proto::{ClientMsg, LinkHello, LinkReply, OutcomeKind, Relay, ServerMsg, PROTOCOL_VERSION};
+use common::proto::{
+    AgentFrame, ClientMsg, LinkHello, LinkReply, OutcomeKind, Relay, Renew, RenewReply, ServerMsg, SpoolAck,
+    SpoolBatch, SpoolReason, PROTOCOL_VERSION,
+};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
@@ -23,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-type TlsLink = Link<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+pub(super) type TlsLink = Link<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
 struct Server {
     /// As configured ("host:port"), for messages.
@@ -39,7 +45,15 @@ struct Server {
 pub struct Agent {
     host: String,
     servers: Vec<Server>,
-    connector: tokio_rustls::TlsConnector,
+    /// This host's TLS identity: replaced when its certificate is renewed
+    /// (see [`crate::fleet::renewal`]).
+    connector: Mutex<tokio_rustls::TlsConnector>,
+    /// The bundle in use, and the file it came from (a renewal rewrites it).
+    pub(super) bundle: Mutex<pki::Bundle>,
+    pub(super) bundle_path: std::path::PathBuf,
+    /// The time certificates are checked against (debug builds: the test
+    /// suite's clock).
+    pub(super) clock: pki::TlsClock,
     connect_timeout: Duration,
     io_timeout: Duration,
     prompt_timeout: Duration,
@@ -65,6 +79,9 @@ pub struct Agent {
     /// TLS handshakes that a server would refuse (it admits few at once
     /// from one address; see crate::fleet::admission).
     dials: tokio::sync::Semaphore,
+    /// What this agent refused by itself, until a server takes it (None:
+    /// the benchmark's agents, which keep nothing).
+    spool: Option<Arc<Spool>>,
 }
 
 /// Links being made at once.
@@ -82,7 +99,7 @@ pub const RECONNECT_MAX: Duration = Duration::from_secs(60);
 /// A link the server closed this long after it went idle was closed for
 /// being idle (the server's own limit, minus a margin for clocks and
 /// scheduling): not a server going away, so no new link is made for it.
-const IDLE_CLOSE: Duration = Duration::from_secs(crate::fleet::link::LINK_IDLE.as_secs() - 10);
+const IDLE_CLOSE: Duration = Duration::from_secs(crate::fleet::wire::LINK_IDLE.as_secs() - 10);
 
 /// How long to wait before reconnect attempt `attempt` (0 for the first):
 /// a window of [`RECONNECT_FIRST`] doubled per failed attempt, at most
@@ -168,8 +185,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         crate::sys::trust::check_dir(dir, "socket")?;
     }
     crate::sys::trust::check_file(&f.bundle, "host bundle")?;
-    let bundle = pki::Bundle::load(&f.bundle).map_err(|e| fleet_error(format!("{}: {e}", f.bundle.display())))?;
-    let agent = Agent::new(Settings::of(&config), &bundle).map_err(fleet_error)?;
+    let clock = pki::TlsClock::new(Arc::from(crate::sys::clock::configured()));
+    // An expired certificate cannot renew itself: the message says what to do.
+    let bundle = pki::Bundle::load_at(&f.bundle, clock.now())
+        .map_err(|e| fleet_error(format!("{}: {e}", f.bundle.display())))?;
+    let spool = Arc::new(Spool::open(&f.spool, f.spool_max, crate::sys::clock::configured())?);
+    let agent = Agent::with(Settings::of(&config), bundle, f.bundle.clone(), clock, Some(spool.clone()))
+        .map_err(fleet_error)?;
     let host = agent.host.clone();
     let pam = crate::sys::start::bind(&d.pam_socket, 0o666, None)?;
     let listener = Listener::new(pam)
@@ -181,6 +203,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         f.servers.join(", ")
     );
     crate::sys::start::notify_ready();
+    let saving = tokio::spawn(crate::fleet::spool::keep_saved(spool.clone()));
+    let delivering = {
+        let agent = agent.clone();
+        tokio::spawn(crate::fleet::spool::deliver(spool.clone(), move |batch| {
+            let agent = agent.clone();
+            async move { agent.send_spool(&batch).await }
+        }))
+    };
+    let renewal = tokio::spawn(crate::fleet::renewal::keep_renewed(agent.clone(), f.renew_check));
     let serve = tokio::spawn(serve(listener, agent));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| StartError::Socket { path: "signal".into(), why: e.to_string() })?;
@@ -190,15 +221,35 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     tracing::info!("shutting down");
     serve.abort();
+    delivering.abort();
+    saving.abort();
+    renewal.abort();
     let _ = std::fs::remove_file(&d.pam_socket);
+    if let Err(e) = spool.save() {
+        tracing::error!("writing the audit spool {} failed: {e}", f.spool.display());
+    }
     Ok(())
 }
 
 impl Agent {
     /// An agent with `bundle`'s identity; no link is made yet.
+    /// An agent on the system clock that keeps no spool and never renews
+    /// (the fleet-scale benchmark's many hosts in one process).
     pub fn new(settings: Settings, bundle: &pki::Bundle) -> Result<Arc<Agent>, String> {
+        Agent::with(settings, bundle.clone(), std::path::PathBuf::new(), pki::TlsClock::system(), None)
+    }
+
+    /// The agent of `run`: its bundle (and the file a renewal rewrites),
+    /// the clock certificates are checked against, its audit spool.
+    pub(super) fn with(
+        settings: Settings,
+        bundle: pki::Bundle,
+        bundle_path: std::path::PathBuf,
+        clock: pki::TlsClock,
+        spool: Option<Arc<Spool>>,
+    ) -> Result<Arc<Agent>, String> {
         let host = settings.host.clone().unwrap_or_else(|| bundle.name.clone());
-        let tls = pki::client_config(bundle).map_err(|e| e.to_string())?;
+        let tls = pki::client_config_with(&bundle, &clock).map_err(|e| e.to_string())?;
         let mut servers = Vec::new();
         for s in &settings.servers {
             let Some((h, port)) = common::config::split_host_port(s) else {
@@ -211,7 +262,10 @@ impl Agent {
             host,
             down_until: Mutex::new(vec![None; servers.len()]),
             servers,
-            connector: tokio_rustls::TlsConnector::from(tls),
+            connector: Mutex::new(tokio_rustls::TlsConnector::from(tls)),
+            bundle: Mutex::new(bundle),
+            bundle_path,
+            clock,
             connect_timeout: settings.connect_timeout,
             io_timeout: settings.io_timeout,
             prompt_timeout: settings.prompt_timeout,
@@ -225,7 +279,16 @@ impl Agent {
             max_per_uid: settings.max_per_uid,
             last_warning: AtomicI64::new(0),
             dials: tokio::sync::Semaphore::new(MAX_DIALS),
+            spool,
         }))
+    }
+
+    /// Keeps a login this agent refused by itself in its spool (never
+    /// anything typed: only the first message's who, where and when).
+    fn spooled(&self, first: &ClientMsg, relay: &Relay, reason: SpoolReason) {
+        if let Some(spool) = &self.spool {
+            spool.refused(first, relay.peer_uid, relay.caller, relay.account.as_deref(), reason);
+        }
     }
 
     /// This agent's host name, as it tells the servers.
@@ -287,7 +350,7 @@ impl Agent {
 
     /// Servers in the order to try: as configured, those that failed
     /// lately last.
-    fn order(&self) -> Vec<usize> {
+    pub(super) fn order(&self) -> Vec<usize> {
         let now = Instant::now();
         let down = lock(&self.down_until);
         let (mut up, mut late): (Vec<usize>, Vec<usize>) =
@@ -304,10 +367,11 @@ impl Agent {
     async fn dial(&self, i: usize) -> Result<TlsLink, DialError> {
         let s = &self.servers[i];
         let failed = |why: String| DialError { refused: false, why };
+        let connector = lock(&self.connector).clone();
         let connect = async {
             let tcp = connect_tcp(&s.host, s.port, self.source).await.map_err(|e| failed(e.to_string()))?;
             let _ = tcp.set_nodelay(true);
-            let tls = self.connector.connect(s.name.clone(), tcp).await.map_err(|e| failed(format!("TLS: {e}")))?;
+            let tls = connector.connect(s.name.clone(), tcp).await.map_err(|e| failed(format!("TLS: {e}")))?;
             let mut link = Link::new(tls);
             let hello = LinkHello::Agent { protocol: PROTOCOL_VERSION, host: self.host.clone() };
             link.write(&hello, self.connect_timeout).await.map_err(|e| failed(e.to_string()))?;
@@ -328,6 +392,15 @@ impl Agent {
                 Err(failed(format!("no answer within {}", humantime::format_duration(self.connect_timeout))))
             })
             .map_err(|e| DialError { refused: e.refused, why: format!("{}: {e}", s.shown) })
+    }
+
+    /// From now on new links present `bundle`'s certificate; idle links
+    /// made with the old one are dropped (the server accepts the old one a
+    /// few minutes after the new one was first presented, then no longer).
+    pub(super) fn replace_identity(&self, bundle: pki::Bundle, tls: Arc<rustls::ClientConfig>) {
+        *lock(&self.connector) = tokio_rustls::TlsConnector::from(tls);
+        *lock(&self.bundle) = bundle;
+        lock(&self.idle).clear();
     }
 
     /// A new link to the first server that answers, in [`Agent::order`].
@@ -419,6 +492,98 @@ impl Agent {
             agent.reconnecting.store(false, Ordering::Release);
         });
     }
+
+    /// Hands a batch of the audit spool to a server: over an idle link if
+    /// one works, else over a new link to each server in turn.
+    async fn send_spool(self: &Arc<Self>, batch: &SpoolBatch) -> Result<SpoolAck, String> {
+        let frame = AgentFrame::Spool(batch.clone());
+        let exchange = |mut link: TlsLink| {
+            let frame = &frame;
+            async move {
+                link.write(frame, self.io_timeout).await?;
+                let ack: SpoolAck = link.read(self.io_timeout, self.io_timeout, MAX_FRAME).await?;
+                Ok::<_, FrameError>((link, ack))
+            }
+        };
+        while let Some(link) = self.pooled().await {
+            if let Ok((link, ack)) = exchange(link).await {
+                self.put_back(link);
+                return Ok(ack);
+            }
+        }
+        let _dialing = self.dials.acquire().await.map_err(|e| e.to_string())?;
+        let mut failures = Vec::new();
+        for i in self.order() {
+            match self.dial(i).await {
+                Ok(link) => match exchange(link).await {
+                    Ok((link, ack)) => {
+                        self.mark(i, false);
+                        self.put_back(link);
+                        return Ok(ack);
+                    }
+                    // An older server closes the link on a frame it does not know.
+                    Err(e) => failures.push(format!("{}: {e}", self.servers[i].shown)),
+                },
+                Err(e) => {
+                    self.mark(i, true);
+                    failures.push(e.why);
+                }
+            }
+        }
+        Err(failures.join("; "))
+    }
+}
+
+impl Agent {
+    /// Sends the request to each server in turn, over a new link.
+    async fn ask_renewal(&self, csr: String) -> Result<RenewReply, String> {
+        let frame = AgentFrame::Renew(Renew { renew_csr: csr });
+        let mut failures = Vec::new();
+        for i in self.order() {
+            let mut link = match self.dial(i).await {
+                Ok(l) => l,
+                Err(e) => {
+                    failures.push(e.why);
+                    continue;
+                }
+            };
+            let t = self.connect_timeout.max(Duration::from_secs(5));
+            if let Err(e) = link.write(&frame, t).await {
+                failures.push(format!("{}: {e}", self.servers[i].shown));
+                continue;
+            }
+            match link.read::<RenewReply>(t, t, MAX_FRAME).await {
+                Ok(reply) => return Ok(reply),
+                Err(e) => failures.push(format!("{}: no answer: {e}", self.servers[i].shown)),
+            }
+        }
+        Err(format!("no server answered ({})", failures.join("; ")))
+    }
+}
+
+impl crate::fleet::renewal::Holder for Agent {
+    fn bundle(&self) -> pki::Bundle {
+        lock(&self.bundle).clone()
+    }
+
+    fn bundle_path(&self) -> &std::path::Path {
+        &self.bundle_path
+    }
+
+    fn clock(&self) -> &pki::TlsClock {
+        &self.clock
+    }
+
+    fn ask(
+        &self,
+        csr: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<RenewReply, String>> + Send + '_>> {
+        Box::pin(self.ask_renewal(csr))
+    }
+
+    fn replace_identity(&self, bundle: pki::Bundle, tls: Arc<rustls::ClientConfig>) {
+        Agent::replace_identity(self, bundle, tls)
+    }
 }
 
 /// Holds an idle link until it is claimed or closed.
@@ -507,6 +672,9 @@ async fn connection(mut conn: Conn, uid: u32, pid: Option<i32>, agent: &Arc<Agen
                 agent.warn(&format!(
                     "login of uid {uid} refused: {MAX_UNPRIVILEGED} logins of users other than root in progress"
                 ));
+                if let Some(spool) = &agent.spool {
+                    spool.refused(&first, uid, caller, None, SpoolReason::Busy);
+                }
                 if !session {
                     let msg = "The passcode service is busy; try again in a minute.";
                     let deny = ServerMsg::Outcome { result: OutcomeKind::Deny, message: Some(msg.into()) };
@@ -529,9 +697,12 @@ async fn connection(mut conn: Conn, uid: u32, pid: Option<i32>, agent: &Arc<Agen
     };
     let relay = Relay { peer_uid: uid, pid, caller, account, reply_within_ms: Some(REPLY_WITHIN.as_millis() as u64) };
     let mut asker = PamAsker { conn: &mut conn, io_timeout: agent.io_timeout, prompt_timeout: agent.prompt_timeout };
-    if agent.converse(&relay, &first, &mut asker).await.is_err() && !session {
-        let deny = ServerMsg::Outcome { result: OutcomeKind::Deny, message: Some(UNAVAILABLE.into()) };
-        let _ = conn.write_msg(&deny, agent.io_timeout).await;
+    if agent.converse(&relay, &first, &mut asker).await.is_err() {
+        agent.spooled(&first, &relay, SpoolReason::Unavailable);
+        if !session {
+            let deny = ServerMsg::Outcome { result: OutcomeKind::Deny, message: Some(UNAVAILABLE.into()) };
+            let _ = conn.write_msg(&deny, agent.io_timeout).await;
+        }
     }
 }
 
@@ -592,6 +763,7 @@ impl Agent {
                 ServerMsg::Prompt { .. } | ServerMsg::ResolveUser => {
                     let Ok(answer) = asker.answer().await else { return Ok(()) };
                     if link.write(&answer, self.io_timeout).await.is_err() {
+                        self.spooled(first, relay, SpoolReason::Cut);
                         deny_cut(asker).await;
                         return Ok(());
                     }
@@ -602,6 +774,7 @@ impl Agent {
                 Ok(r) => r,
                 Err(e) => {
                     self.warn(&format!("fleet server went away during a conversation: {e}"));
+                    self.spooled(first, relay, SpoolReason::Cut);
                     deny_cut(asker).await;
                     return Ok(());
                 }
@@ -718,6 +891,9 @@ async fn open_conversation(agent: &Arc<Agent>, relay: &Relay, first: &ClientMsg)
             Ok(link) => match start(link, deadline).await {
                 Ok(started) => {
                     agent.mark(i, false);
+                    if let Some(spool) = &agent.spool {
+                        spool.server_back();
+                    }
                     return Some(started);
                 }
                 Err(e) => failures.push(format!("{}: {e}", agent.servers[i].shown)),

@@ -16,10 +16,10 @@ use crate::lock;
 use crate::login::conversation::Peer;
 use crate::login::transport::Transport;
 use crate::store::model::{AuditMethod, AuditResult};
-use crate::store::model::{HostRecord, HostRole, NewAudit};
+use crate::store::model::{HostRecord, HostRole, NewAudit, Renewal, PREV_GRACE};
 use common::codec::{encode, encode_limited, FrameError, MAX_ADMIN_RESPONSE, MAX_FRAME};
 use common::proto::{
-    AdminRequest, AdminResponse, AgentFrame, ClientMsg, LinkHello, LinkReply, ServerMsg, PROTOCOL_VERSION,
+    AdminRequest, AdminResponse, AgentFrame, ClientMsg, LinkHello, LinkReply, RenewReply, ServerMsg, PROTOCOL_VERSION,
 };
 
 use std::collections::HashMap;
@@ -33,6 +33,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 /// What a server needs besides [`Core`]: its TLS identity and the CA.
 pub struct FleetServer {
     pub ca: Arc<pki::Ca>,
+    /// The time certificates are checked against (the daemon's clock).
+    clock: pki::TlsClock,
     /// Replaced by [`renew`] before the server certificate runs out.
     acceptor: Mutex<tokio_rustls::TlsAcceptor>,
     /// The names the server certificate carries.
@@ -53,24 +55,30 @@ pub struct FleetServer {
     refused_audited: Mutex<HashMap<String, (i64, u64)>>,
     /// Connections that have not authenticated yet (see crate::fleet::admission).
     pub admission: Arc<crate::fleet::admission::Admission>,
+    /// Spooled refusals written per host (see crate::fleet::spool).
+    spool_rate: crate::core::limits::RateLimiter<String>,
 }
 
 /// Links open at once from one host: an agent keeps at most 64 idle and
 /// opens one per login in progress.
 const MAX_HOST_LINKS: usize = 256;
-/// An idle agent link is closed after this; the agent dials again.
-pub(crate) const LINK_IDLE: Duration = Duration::from_secs(300);
 /// `last_seen` is written at most this often per host and server.
 const SEEN_EVERY: i64 = 60;
 /// A client has this long to finish its handshake and hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl FleetServer {
-    pub fn new(ca: Arc<pki::Ca>, names: Vec<String>, max_links: usize) -> Result<FleetServer, pki::PkiError> {
-        let server = ca.issue_server(&names)?;
-        let config = pki::server_config(&ca, &server)?;
+    pub fn new(
+        ca: Arc<pki::Ca>,
+        names: Vec<String>,
+        max_links: usize,
+        clock: pki::TlsClock,
+    ) -> Result<FleetServer, pki::PkiError> {
+        let server = ca.issue_server_at(&names, clock.now())?;
+        let config = pki::server_config_with(&ca.cert_pem(), &server, &clock)?;
         Ok(FleetServer {
             ca,
+            clock,
             acceptor: Mutex::new(tokio_rustls::TlsAcceptor::from(config)),
             name: names.first().cloned().unwrap_or_default(),
             names,
@@ -83,6 +91,7 @@ impl FleetServer {
                 crate::fleet::admission::WAITING,
                 crate::fleet::admission::HANDSHAKING,
             )),
+            spool_rate: crate::core::limits::RateLimiter::new(crate::fleet::spool::PER_HOST_PER_MINUTE),
         })
     }
 }
@@ -92,7 +101,10 @@ impl FleetServer {
 pub async fn renew(fleet: Arc<FleetServer>) {
     loop {
         tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
-        let config = fleet.ca.issue_server(&fleet.names).and_then(|c| pki::server_config(&fleet.ca, &c));
+        let config = fleet
+            .ca
+            .issue_server_at(&fleet.names, fleet.clock.now())
+            .and_then(|c| pki::server_config_with(&fleet.ca.cert_pem(), &c, &fleet.clock));
         match config {
             Ok(config) => *lock(&fleet.acceptor) = tokio_rustls::TlsAcceptor::from(config),
             Err(e) => tracing::error!("renewing the fleet server certificate failed: {e}"),
@@ -268,6 +280,8 @@ struct Admitted<'a> {
     link: ServerLink,
     host: HostRecord,
     fp: [u8; 32],
+    /// When the certificate presented runs out.
+    until: i64,
     wanted: HostRole,
     _slots: (LinkSlot<'a>, HostSlot<'a>),
 }
@@ -279,9 +293,9 @@ struct Admitted<'a> {
 /// only what waiting for the next header needs.
 async fn link(tcp: tokio::net::TcpStream, addr: SocketAddr, handshake: Place, sh: &Core, fleet: &FleetServer) {
     let Some(a) = Box::pin(admit(tcp, addr, handshake, sh, fleet)).await else { return };
-    let Admitted { link, host, fp, wanted, _slots } = a;
+    let Admitted { link, host, fp, until, wanted, _slots } = a;
     match wanted {
-        HostRole::Agent => Box::pin(agent_link(link, host, fp, addr, sh, fleet)).await,
+        HostRole::Agent => Box::pin(agent_link(link, host, Presented { fp, until }, addr, sh, fleet)).await,
         HostRole::Admin => Box::pin(admin_link(link, host, fp, addr, sh, fleet)).await,
     }
 }
@@ -309,6 +323,8 @@ async fn admit<'a>(
         handshake_refused(sh, fleet, addr, "no client certificate").await;
         return None;
     };
+    // The handshake checked it is valid now: when it runs out.
+    let presented_until = pki::peer_not_after(tls.get_ref().1).unwrap_or(0);
     let mut link = Link::new(tls);
     let hello: LinkHello = match link.read(HANDSHAKE_TIMEOUT, HANDSHAKE_TIMEOUT, MAX_FRAME).await {
         Ok(h) => h,
@@ -350,7 +366,7 @@ async fn admit<'a>(
     if link.write(&LinkReply::Ready { server: fleet.name.clone() }, sh.io_timeout).await.is_err() {
         return None;
     }
-    Some(Admitted { link, host, fp, wanted, _slots: (link_slot, host_slot) })
+    Some(Admitted { link, host, fp, until: presented_until, wanted, _slots: (link_slot, host_slot) })
 }
 
 /// One of a host's links; given back when dropped.
@@ -414,6 +430,25 @@ async fn check_host(
         let reason = format!("host {} revoked at {at}: its certificate was presented from {addr}", host.name);
         return Err((host.name.clone(), reason, "this host's credentials were revoked"));
     }
+    if host.fingerprint == fp && host.expired(now) {
+        // Refused at the handshake; a link made before it ran out ends here.
+        let at = host.expires_at.map(pki::rfc3339).unwrap_or_default();
+        let reason = format!("certificate of {} expired at {at}; presented from {addr}", host.name);
+        return Err((host.name.clone(), reason, "this host's certificate expired: it needs a new bundle"));
+    }
+    if !host.accepts(fp, now) {
+        // The certificate a renewal replaced, after the new one was
+        // presented: a copy of the bundle left behind, or the host itself
+        // if someone else renewed with a copy of its bundle.
+        let renewed = host.renewed_at.map(pki::rfc3339).unwrap_or_else(|| "?".into());
+        let reason = format!(
+            "certificate of {} replaced by its renewal at {renewed} presented from {addr}: if {} did not renew \
+             it, a copy of its bundle did (revoke it and issue a new one)",
+            host.name, host.name
+        );
+        // (Or expired with it: either way, not this host's any more.)
+        return Err((host.name.clone(), reason, "this certificate was replaced by a renewal"));
+    }
     if host.role != wanted {
         let reason = format!(
             "{} credentials of {} presented for an {} link from {addr}",
@@ -428,6 +463,15 @@ async fn check_host(
         return Err((host.name.clone(), reason, "this certificate belongs to another host"));
     }
     fleet.admission.known(addr.ip(), now);
+    // The certificate a renewal made is in use: the one it replaced is
+    // accepted a few minutes more (links made before it finish their
+    // conversations), then no longer.
+    if new_link && host.fingerprint == fp && host.prev_until.is_some_and(|t| t > now + PREV_GRACE) {
+        let (name, fp) = (host.name.clone(), fp.to_vec());
+        if let Err(e) = sh.db.run(move |st| st.host_presented(&name, &fp, now + PREV_GRACE)).await {
+            tracing::warn!("recording the first use of {}'s renewed certificate failed: {e}", host.name);
+        }
+    }
     // A new link from another address than the last is audited at once:
     // a stolen bundle in use elsewhere shows up (check 39). Checked once
     // per link, not per conversation on it.
@@ -485,17 +529,47 @@ async fn handshake_refused(sh: &Core, fleet: &FleetServer, addr: SocketAddr, why
     audit_refusal_as(sh, fleet, "handshake", &format!("{UNKNOWN_PEER}{}", addr.ip()), reason).await;
 }
 
+/// The certificate a link presented: its fingerprint, and when it runs out.
+#[derive(Clone, Copy)]
+struct Presented {
+    fp: [u8; 32],
+    until: i64,
+}
+
 async fn agent_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
     mut link: Link<S>,
     host: HostRecord,
-    fp: [u8; 32],
+    presented: Presented,
     addr: SocketAddr,
     sh: &Core,
     fleet: &FleetServer,
 ) {
+    let fp = presented.fp;
     loop {
-        let relay = match link.read(LINK_IDLE, sh.io_timeout, MAX_FRAME).await {
+        let relay = match link.read(crate::fleet::wire::LINK_IDLE, sh.io_timeout, MAX_FRAME).await {
             Ok(AgentFrame::Relay(r)) => r,
+            Ok(AgentFrame::Spool(batch)) => {
+                // A revoked host's spool is refused like its logins.
+                // Boxed, as every stage of a link's task: an idle link keeps
+                // only what waiting for the next header needs.
+                if let Err((machine, reason, _)) =
+                    Box::pin(check_host(sh, fleet, &fp, HostRole::Agent, Some(&host.name), addr, false)).await
+                {
+                    return Box::pin(audit_refusal(sh, fleet, &machine, reason)).await;
+                }
+                let ack = Box::pin(crate::fleet::spool::receive(sh, &fleet.spool_rate, &host.name, batch)).await;
+                if link.write(&ack, sh.io_timeout).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Ok(AgentFrame::Renew(r)) => {
+                let reply = Box::pin(renew_host(sh, fleet, HostRole::Agent, presented, &r.renew_csr, addr)).await;
+                if link.write(&reply, sh.io_timeout).await.is_err() || matches!(reply, RenewReply::Refused { .. }) {
+                    return;
+                }
+                continue;
+            }
             Err(FrameError::Closed | FrameError::TimedOut) => return,
             Err(e) => {
                 sh.warn_throttled(&format!("agent link of {}: bad relay header: {e}", host.name));
@@ -546,6 +620,98 @@ async fn agent_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
     }
 }
 
+/// A host's renewal over its own link (`presented` is the certificate it
+/// linked with): a new certificate for the key of `csr`, issued for the
+/// name on record by the current CA, recorded (compare-and-set on the
+/// presented certificate, so a host revoked meanwhile gets nothing) and
+/// audited in one transaction.
+/// A host renews at most this often (seconds). An agent whose answer was
+/// lost asks again after 1, 2, 4… minutes, and its certificate is still
+/// accepted meanwhile.
+const RENEW_EVERY: i64 = 300;
+
+async fn renew_host(
+    sh: &Core,
+    fleet: &FleetServer,
+    role: HostRole,
+    presented: Presented,
+    csr: &str,
+    addr: SocketAddr,
+) -> RenewReply {
+    let refused = |reason: &str| RenewReply::Refused { reason: reason.to_string() };
+    // Read again: revoked (or replaced) since the link was made.
+    let host = match check_host(sh, fleet, &presented.fp, role, None, addr, false).await {
+        Ok(h) => h,
+        Err((machine, reason, tell)) => {
+            audit_refusal(sh, fleet, &machine, format!("renewal refused: {reason}")).await;
+            return refused(tell);
+        }
+    };
+    let now = sh.clock.now();
+    // A host that renews in a loop (a compromised one) would fill the
+    // shared audit: one renewal per RENEW_EVERY, refusals throttled.
+    if let Some(at) = host.renewed_at.filter(|at| now - at < RENEW_EVERY) {
+        let reason = format!("renewal of {} from {addr} refused: it renewed {} s ago", host.name, now - at);
+        audit_refusal(sh, fleet, &host.name, reason).await;
+        return refused("renewed moments ago; try again later");
+    }
+    let signed = match fleet.ca.issue_for_csr(&host.name, csr, now, sh.host_cert_life) {
+        Ok(s) => s,
+        Err(e) => {
+            audit_refusal(sh, fleet, &host.name, format!("renewal from {addr} refused: {e}")).await;
+            return refused(&e.to_string());
+        }
+    };
+    let short = |fp: &[u8]| pki::fingerprint_hex(&fp[..8]);
+    let entry = fleet_audit(
+        sh,
+        &host.name,
+        AuditResult::Renewed,
+        format!(
+            "{} certificate renewed from {addr}: {}… valid until {}, replacing {}…",
+            role.as_str(),
+            short(&signed.fingerprint),
+            pki::rfc3339(signed.not_after),
+            short(&presented.fp)
+        ),
+    );
+    let renewal = Renewal {
+        presented: presented.fp.to_vec(),
+        presented_until: presented.until,
+        fingerprint: signed.fingerprint.to_vec(),
+        expires_at: signed.not_after,
+        ca: fleet.ca.fingerprint().to_vec(),
+        now,
+    };
+    let (name, row) = (host.name.clone(), entry.clone());
+    let recorded = sh
+        .db
+        .run(move |st| {
+            if !st.renew_host(&name, &renewal)? {
+                return Ok(false);
+            }
+            st.add_audit(&row)?;
+            Ok(true)
+        })
+        .await;
+    match recorded {
+        Ok(true) => {
+            crate::core::syslog::audit(&entry);
+            tracing::info!("{}", entry.reason.replacen("certificate", &format!("certificate of {}", host.name), 1));
+            RenewReply::Renewed { cert_pem: signed.cert_pem, ca_pem: fleet.ca.cert_pem(), not_after: signed.not_after }
+        }
+        Ok(false) => {
+            let reason = format!("renewal of {} from {addr} refused: revoked or replaced meanwhile", host.name);
+            audit_refusal(sh, fleet, &host.name, reason).await;
+            refused("this certificate is no longer this host's")
+        }
+        Err(e) => {
+            tracing::error!("recording the renewal of {} failed: {e}", host.name);
+            refused("server unavailable")
+        }
+    }
+}
+
 async fn admin_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
     mut link: Link<S>,
     host: HostRecord,
@@ -555,7 +721,7 @@ async fn admin_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
     fleet: &FleetServer,
 ) {
     loop {
-        let req: AdminRequest = match link.read(LINK_IDLE, sh.io_timeout, MAX_FRAME).await {
+        let req: AdminRequest = match link.read(crate::fleet::wire::LINK_IDLE, sh.io_timeout, MAX_FRAME).await {
             Ok(r) => r,
             Err(FrameError::Closed | FrameError::TimedOut) => return,
             Err(e) => {
@@ -605,7 +771,7 @@ mod tests {
     pub(super) fn fleet() -> (Core, FleetServer) {
         let core = Core::new(Parts::for_tests(Db::start(SqliteStore::in_memory().unwrap()), T0));
         let ca = Arc::new(pki::Ca::generate().unwrap());
-        (core, FleetServer::new(ca, vec!["otp1".into()], 16).unwrap())
+        (core, FleetServer::new(ca, vec!["otp1".into()], 16, pki::TlsClock::system()).unwrap())
     }
 
     async fn add(core: &Core, name: &str, role: HostRole, fp: [u8; 32]) {
@@ -617,6 +783,7 @@ mod tests {
             revoked_at: None,
             last_seen: None,
             last_addr: None,
+            ..HostRecord::default()
         };
         assert!(core.db.run(move |st| st.add_host(&h)).await.unwrap());
     }
@@ -671,6 +838,79 @@ mod tests {
         assert_eq!(rows.len(), 2, "{rows:?}");
         assert!(rows.iter().any(|(_, r)| r == "agent links from 198.51.100.9 (before: 192.0.2.7)"), "{rows:?}");
     }
+
+    /// A renewal is recorded and audited; the certificate it replaced is
+    /// accepted until the new one is presented (plus a grace), then refused
+    /// as replaced; a revoked host gets nothing.
+    #[tokio::test]
+    async fn a_renewal_replaces_the_certificate_without_locking_the_host_out() {
+        let (core, fleet) = fleet();
+        let ca = fleet.ca.clone();
+        let old = ca.issue_client_at("web01", T0, 30 * 86_400).unwrap();
+        let h = HostRecord {
+            name: "web01".into(),
+            fingerprint: old.fingerprint.to_vec(),
+            added_at: T0,
+            expires_at: Some(old.not_after),
+            ..HostRecord::default()
+        };
+        assert!(core.db.run(move |st| st.add_host(&h)).await.unwrap());
+        let from = addr("192.0.2.7:4000");
+        let presented = Presented { fp: old.fingerprint, until: old.not_after };
+        let (_key, csr) = pki::new_key_and_csr("web01").unwrap();
+        let RenewReply::Renewed { cert_pem, ca_pem, not_after } =
+            renew_host(&core, &fleet, HostRole::Agent, presented, &csr, from).await
+        else {
+            panic!("not renewed")
+        };
+        assert_eq!((ca_pem, not_after), (ca.cert_pem(), T0 + pki::DEFAULT_HOST_LIFE));
+        use rustls::pki_types::pem::PemObject;
+        let new_fp = pki::fingerprint(&rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap());
+        let h = core.db.read(|st| st.host("web01")).await.unwrap().unwrap();
+        assert_eq!(
+            (h.fingerprint.as_slice(), h.prev_fingerprint.as_deref(), h.prev_until, h.renewed_at, h.expires_at),
+            (&new_fp[..], Some(&old.fingerprint[..]), Some(old.not_after), Some(T0), Some(not_after))
+        );
+        let rows = core.db.run(|st| st.audit(None, Some("web01"), None, 10)).await.unwrap();
+        assert!(rows.iter().any(|r| r.result == "renewed" && r.reason.contains("from 192.0.2.7:4000")), "{rows:?}");
+        // Not again at once, even with the new certificate: a host renewing
+        // in a loop would fill the audit.
+        let again = Presented { fp: new_fp, until: not_after };
+        let reply = renew_host(&core, &fleet, HostRole::Agent, again, &csr, from).await;
+        assert_eq!(reply, RenewReply::Refused { reason: "renewed moments ago; try again later".into() });
+        let h = core.db.read(|st| st.host("web01")).await.unwrap().unwrap();
+        assert_eq!((h.fingerprint.as_slice(), h.renewed_at), (&new_fp[..], Some(T0)));
+
+        // Both certificates work until the new one is presented.
+        let (old_fp, core_ref, fleet_ref) = (old.fingerprint, &core, &fleet);
+        let check = move |fp: [u8; 32], new_link| async move {
+            check_host(core_ref, fleet_ref, &fp, HostRole::Agent, None, from, new_link).await
+        };
+        check(old_fp, true).await.unwrap();
+        check(new_fp, true).await.unwrap();
+        let h = core.db.read(|st| st.host("web01")).await.unwrap().unwrap();
+        assert_eq!(h.prev_until, Some(T0 + PREV_GRACE), "the old one has a grace left");
+        check(old.fingerprint, false).await.unwrap();
+        assert!(h.superseded(&old.fingerprint, T0 + PREV_GRACE));
+        assert!(!h.accepts(&old.fingerprint, T0 + PREV_GRACE) && h.accepts(&new_fp, T0 + PREV_GRACE));
+
+        // The old certificate cannot renew once replaced... (a copy of the
+        // bundle, after the grace): the host record says why.
+        core.db.run(move |st| st.host_presented("web01", &new_fp, T0 - 1)).await.unwrap();
+        let stale = check(old.fingerprint, false).await.unwrap_err();
+        assert_eq!(stale.2, "this certificate was replaced by a renewal");
+        let reply = renew_host(&core, &fleet, HostRole::Agent, presented, &csr, from).await;
+        assert_eq!(reply, RenewReply::Refused { reason: "this certificate was replaced by a renewal".into() });
+        // ... and a revoked host cannot renew at all.
+        core.db.run(|st| st.revoke_host("web01", T0)).await.unwrap();
+        let presented = Presented { fp: new_fp, until: not_after };
+        let reply = renew_host(&core, &fleet, HostRole::Agent, presented, &csr, from).await;
+        assert_eq!(reply, RenewReply::Refused { reason: "this host's credentials were revoked".into() });
+        let h = core.db.read(|st| st.host("web01")).await.unwrap().unwrap();
+        assert_eq!(h.fingerprint, new_fp.to_vec());
+        let rows = core.db.run(|st| st.audit(None, Some("web01"), None, 10)).await.unwrap();
+        assert_eq!(rows.iter().filter(|r| r.result == "renewed").count(), 1);
+    }
 }
 
 #[cfg(test)]
@@ -689,17 +929,10 @@ mod sizes {
     #[tokio::test]
     async fn an_idle_links_task_is_a_few_kilobytes() {
         let (core, fleet) = super::tests_fleet();
-        let host = HostRecord {
-            name: "h".into(),
-            role: HostRole::Agent,
-            fingerprint: vec![],
-            added_at: 0,
-            revoked_at: None,
-            last_seen: None,
-            last_addr: None,
-        };
+        let host = HostRecord { name: "h".into(), role: HostRole::Agent, ..HostRecord::default() };
         let (a, _b) = tokio::io::duplex(64);
-        let idle = agent_link(Link::new(a), host, [0; 32], "127.0.0.1:1".parse().unwrap(), &core, &fleet);
+        let presented = Presented { fp: [0; 32], until: 0 };
+        let idle = agent_link(Link::new(a), host, presented, "127.0.0.1:1".parse().unwrap(), &core, &fleet);
         assert!(std::mem::size_of_val(&idle) <= 3072, "agent_link: {} bytes", std::mem::size_of_val(&idle));
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (s, _) = tokio::join!(tokio::net::TcpStream::connect(tcp.local_addr().unwrap()), tcp.accept());

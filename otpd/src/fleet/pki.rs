@@ -28,7 +28,9 @@ use zeroize::Zeroizing;
 
 const CA_COMMON_NAME: &str = "otpd fleet CA";
 const CA_DAYS: i64 = 10 * 365;
-const CLIENT_DAYS: i64 = 5 * 365;
+/// A host certificate's life when nothing else is configured (`[fleet]
+/// host_certificate_life`): agents renew theirs at two thirds of it.
+pub const DEFAULT_HOST_LIFE: i64 = 30 * 86_400;
 const SERVER_DAYS: i64 = 365;
 /// Certificates start an hour in the past so hosts whose clocks lag a little still accept a fresh one.
 const BACKDATE: time::Duration = time::Duration::hours(1);
@@ -55,6 +57,56 @@ pub enum PkiError {
     File { path: String, reason: String },
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    #[error(
+        "the certificate of host {name} expired at {at}: it can no longer renew itself. Make a new bundle on a \
+         server (`otpctl host add {name} -o FILE`; a host whose certificate expired may be added again) and \
+         install it here"
+    )]
+    Expired { name: String, at: String },
+    #[error("certificate signing request: {0}")]
+    Csr(String),
+}
+
+/// The time TLS checks certificates against: the daemon's clock (debug
+/// builds: the test suite's shifted clock, so expiry and renewal are tested
+/// without waiting), the system's in release builds.
+#[derive(Clone)]
+pub struct TlsClock(Arc<dyn crate::sys::clock::Clock>);
+
+impl TlsClock {
+    pub fn new(clock: Arc<dyn crate::sys::clock::Clock>) -> TlsClock {
+        TlsClock(clock)
+    }
+
+    pub fn system() -> TlsClock {
+        TlsClock(Arc::new(crate::sys::clock::SystemClock))
+    }
+
+    pub fn now(&self) -> i64 {
+        self.0.now()
+    }
+}
+
+impl fmt::Debug for TlsClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TlsClock")
+    }
+}
+
+impl rustls::time_provider::TimeProvider for TlsClock {
+    fn current_time(&self) -> Option<UnixTime> {
+        Some(unix_time(self.0.now()))
+    }
+}
+
+fn unix_time(t: i64) -> UnixTime {
+    UnixTime::since_unix_epoch(std::time::Duration::from_secs(t.max(0) as u64))
+}
+
+/// "2025-01-31T12:00:00Z".
+pub fn rfc3339(t: i64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64))
+        .to_string()
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -85,6 +137,16 @@ pub struct Issued {
     pub key_pem: String,
     /// SHA-256 of the certificate's DER: what the server's hosts table records.
     pub fingerprint: [u8; 32],
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+/// A certificate issued for a key the server never saw (a renewal's CSR).
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub cert_pem: String,
+    pub fingerprint: [u8; 32],
+    pub not_after: i64,
 }
 
 impl fmt::Debug for Issued {
@@ -121,11 +183,11 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&b)
 }
 
-fn leaf_params(days: i64) -> CertificateParams {
+fn leaf_params(now: i64, life_secs: i64) -> CertificateParams {
     let mut params = CertificateParams::default();
-    let now = now_utc();
+    let now = time::OffsetDateTime::from_unix_timestamp(now).unwrap_or_else(|_| now_utc());
     params.not_before = now - BACKDATE;
-    params.not_after = now + time::Duration::days(days);
+    params.not_after = now + time::Duration::seconds(life_secs);
     params.serial_number = Some(random_serial());
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -184,14 +246,27 @@ fn key_from_pem(pem: &str, what: &str) -> Result<PrivateKeyDer<'static>, String>
     PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| format!("{what}: no readable private key ({e})"))
 }
 
-fn roots_of(ca_der: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, PkiError> {
+/// Every certificate of a PEM text (a trust set: one CA or several).
+fn certs_from_pem(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{what}: no readable certificate ({e})"))?;
+    if certs.is_empty() {
+        return Err(format!("{what}: no certificate"));
+    }
+    Ok(certs)
+}
+
+fn roots_of(cas: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, PkiError> {
     let mut roots = RootCertStore::empty();
-    roots.add(ca_der.clone()).map_err(|e| PkiError::Ca(format!("not usable as a trust anchor: {e}")))?;
+    for ca in cas {
+        roots.add(ca.clone()).map_err(|e| PkiError::Ca(format!("not usable as a trust anchor: {e}")))?;
+    }
     Ok(Arc::new(roots))
 }
 
-fn client_verifier(ca_der: &CertificateDer<'static>) -> Result<Arc<dyn ClientCertVerifier>, PkiError> {
-    WebPkiClientVerifier::builder_with_provider(roots_of(ca_der)?, provider())
+fn client_verifier(cas: &[CertificateDer<'static>]) -> Result<Arc<dyn ClientCertVerifier>, PkiError> {
+    WebPkiClientVerifier::builder_with_provider(roots_of(cas)?, provider())
         .build()
         .map_err(|e| PkiError::Ca(format!("cannot verify clients with it: {e}")))
 }
@@ -245,26 +320,50 @@ impl Ca {
         fingerprint(&self.cert_der)
     }
 
-    /// A host certificate: CN = name, usable only for TLS client authentication, valid 5 years.
+    /// A host certificate (with a new key) valid for the default life from now.
     pub fn issue_client(&self, name: &str) -> Result<Issued, PkiError> {
-        validate_host_name(name)?;
-        let mut params = leaf_params(CLIENT_DAYS);
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, name);
-        params.distinguished_name = dn;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.sign(params)
+        self.issue_client_at(name, now_utc().unix_timestamp(), DEFAULT_HOST_LIFE)
+    }
+
+    /// A host certificate: CN = name, usable only for TLS client authentication, valid `life` seconds from `now`.
+    pub fn issue_client_at(&self, name: &str, now: i64, life: i64) -> Result<Issued, PkiError> {
+        self.sign(client_params(name, now, life)?)
+    }
+
+    /// A renewal: a host certificate for `name` (whatever the request's subject says) and the key of the
+    /// certificate signing request `csr_pem`, which must be signed by that key (ECDSA P-256).
+    pub fn issue_for_csr(&self, name: &str, csr_pem: &str, now: i64, life: i64) -> Result<Signed, PkiError> {
+        if csr_pem.len() > 16 * 1024 {
+            return Err(PkiError::Csr("too large".into()));
+        }
+        // Parsing checks the request's signature: the asker holds the key.
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::Csr(format!("unreadable or not signed by its key ({e})")))?;
+        if csr.public_key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
+            return Err(PkiError::Csr("the key must be ECDSA P-256".into()));
+        }
+        let request = rcgen::CertificateSigningRequestParams {
+            params: client_params(name, now, life)?,
+            public_key: csr.public_key,
+        };
+        let not_after = request.params.not_after.unix_timestamp();
+        let cert = request.signed_by(&self.issuer, &self.key)?;
+        Ok(Signed { cert_pem: cert.pem(), fingerprint: fingerprint(cert.der()), not_after })
     }
 
     /// A server certificate: one SAN per name (IP address or DNS name), usable only for TLS server
     /// authentication, valid 1 year.
     pub fn issue_server(&self, names: &[String]) -> Result<Issued, PkiError> {
+        self.issue_server_at(names, now_utc().unix_timestamp())
+    }
+
+    pub fn issue_server_at(&self, names: &[String], now: i64) -> Result<Issued, PkiError> {
         let first = names.first().ok_or(PkiError::NoServerNames)?;
         let mut sans = Vec::with_capacity(names.len());
         for name in names {
             sans.push(san_for(name)?);
         }
-        let mut params = leaf_params(SERVER_DAYS);
+        let mut params = leaf_params(now, SERVER_DAYS * 86_400);
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, first.as_str());
         params.distinguished_name = dn;
@@ -275,9 +374,38 @@ impl Ca {
 
     fn sign(&self, params: CertificateParams) -> Result<Issued, PkiError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let not_after = params.not_after.unix_timestamp();
         let cert = params.signed_by(&key, &self.issuer, &self.key)?;
-        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem(), fingerprint: fingerprint(cert.der()) })
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            fingerprint: fingerprint(cert.der()),
+            not_after,
+        })
     }
+}
+
+fn client_params(name: &str, now: i64, life: i64) -> Result<CertificateParams, PkiError> {
+    validate_host_name(name)?;
+    let mut params = leaf_params(now, life);
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    Ok(params)
+}
+
+/// A new key pair made here, and a certificate signing request for it (its subject is `name`, which the server
+/// ignores: it issues for the name it has on record). The key never leaves this host.
+pub fn new_key_and_csr(name: &str) -> Result<(Zeroizing<String>, String), PkiError> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    let csr = params.serialize_request(&key)?;
+    let pem = csr.pem()?;
+    Ok((Zeroizing::new(key.serialize_pem()), pem))
 }
 
 fn san_for(name: &str) -> Result<SanType, PkiError> {
@@ -308,9 +436,15 @@ impl Bundle {
         )
     }
 
-    /// Parses and checks a bundle: exactly two certificates (fleet CA first, then the host's) and one PKCS#8 key;
-    /// the host certificate must be currently valid, issued by that CA for client authentication, and match the key.
+    /// Parses and checks a bundle (at the system's time; see [`Bundle::parse_at`]).
     pub fn parse(text: &str) -> Result<Bundle, PkiError> {
+        Bundle::parse_at(text, now_utc().unix_timestamp())
+    }
+
+    /// Parses and checks a bundle: the fleet CA certificates (one, or during a CA rotation several), then the
+    /// host's certificate, and one PKCS#8 key; the host certificate must be valid at `now`, issued by one of those
+    /// CAs for client authentication, and match the key.
+    pub fn parse_at(text: &str, now: i64) -> Result<Bundle, PkiError> {
         let err = |m: &str| PkiError::Bundle(m.to_string());
         let mut certs: Vec<CertificateDer<'static>> = Vec::new();
         let mut key: Option<Zeroizing<Vec<u8>>> = None;
@@ -328,20 +462,35 @@ impl Bundle {
             }
         }
         let key = key.ok_or_else(|| err("no PKCS#8 private key (a PEM block labelled PRIVATE KEY)"))?;
-        let [ca_der, cert_der]: [CertificateDer<'static>; 2] = certs
-            .try_into()
-            .map_err(|c: Vec<_>| PkiError::Bundle(format!("expected 2 certificates (CA, host), found {}", c.len())))?;
-
-        let ca = parse_x509(&ca_der).map_err(|e| PkiError::Bundle(format!("CA certificate: {e}")))?;
-        if !ca.is_ca() {
-            return Err(err("the first certificate is not a CA certificate"));
+        if certs.len() < 2 || certs.len() > 8 {
+            return Err(PkiError::Bundle(format!(
+                "expected the fleet CA certificate(s), then the host certificate; found {} certificate(s)",
+                certs.len()
+            )));
+        }
+        let cert_der = certs.pop().ok_or_else(|| err("no host certificate"))?;
+        for ca_der in &certs {
+            let ca = parse_x509(ca_der).map_err(|e| PkiError::Bundle(format!("CA certificate: {e}")))?;
+            if !ca.is_ca() {
+                return Err(err("a certificate before the host's is not a CA certificate"));
+            }
         }
         let host = parse_x509(&cert_der).map_err(|e| PkiError::Bundle(format!("host certificate: {e}")))?;
         let name = common_name(&host).map_err(|e| PkiError::Bundle(format!("host certificate: {e}")))?;
         validate_host_name(&name).map_err(|e| PkiError::Bundle(format!("host certificate: {e}")))?;
+        let (not_before, not_after) = (host.validity().not_before.timestamp(), host.validity().not_after.timestamp());
+        if now > not_after {
+            return Err(PkiError::Expired { name, at: rfc3339(not_after) });
+        }
+        if now < not_before {
+            return Err(PkiError::Bundle(format!(
+                "the host certificate of {name} is valid only from {} (is this host's clock right?)",
+                rfc3339(not_before)
+            )));
+        }
 
-        let verifier = client_verifier(&ca_der).map_err(|e| PkiError::Bundle(e.to_string()))?;
-        verifier.verify_client_cert(&cert_der, &[], UnixTime::now()).map_err(|e| {
+        let verifier = client_verifier(&certs).map_err(|e| PkiError::Bundle(e.to_string()))?;
+        verifier.verify_client_cert(&cert_der, &[], unix_time(now)).map_err(|e| {
             PkiError::Bundle(format!("the host certificate of {name} does not verify against this bundle's CA ({e})"))
         })?;
         let key_der = PrivateKeyDer::Pkcs8(key.to_vec().into());
@@ -351,15 +500,38 @@ impl Bundle {
 
         Ok(Bundle {
             name,
-            ca_pem: pem_encode("CERTIFICATE", &ca_der),
+            ca_pem: certs.iter().map(|c| pem_encode("CERTIFICATE", c)).collect(),
             cert_pem: pem_encode("CERTIFICATE", &cert_der),
             key_pem: pem_encode("PRIVATE KEY", &key),
         })
     }
 
+    /// The host certificate's validity: (not before, not after), Unix seconds.
+    pub fn validity(&self) -> Result<(i64, i64), PkiError> {
+        let der = cert_from_pem(&self.cert_pem, "host certificate").map_err(PkiError::Bundle)?;
+        let x = parse_x509(&der).map_err(PkiError::Bundle)?;
+        Ok((x.validity().not_before.timestamp(), x.validity().not_after.timestamp()))
+    }
+
+    /// SHA-256 of the host certificate.
+    pub fn fingerprint(&self) -> Result<[u8; 32], PkiError> {
+        Ok(fingerprint(&cert_from_pem(&self.cert_pem, "host certificate").map_err(PkiError::Bundle)?))
+    }
+
+    /// When this bundle's certificate is due for renewal: two thirds into its life.
+    pub fn renew_at(&self) -> Result<i64, PkiError> {
+        let (from, until) = self.validity()?;
+        Ok(from + (until - from) * 2 / 3)
+    }
+
     /// Reads a bundle file. It holds a private key, so it must be a regular file (not a symlink) that neither group
     /// nor others can read or write.
     pub fn load(path: &Path) -> Result<Bundle, PkiError> {
+        Bundle::load_at(path, now_utc().unix_timestamp())
+    }
+
+    /// [`Bundle::load`], checking the certificate's validity at `now`.
+    pub fn load_at(path: &Path, now: i64) -> Result<Bundle, PkiError> {
         let shown = path.display().to_string();
         let file_err = |reason: String| PkiError::File { path: shown.clone(), reason };
         let mut file = std::fs::OpenOptions::new()
@@ -402,7 +574,10 @@ impl Bundle {
             .take(MAX_BUNDLE_BYTES + 1)
             .read_to_string(&mut text)
             .map_err(|e| file_err(format!("cannot read host bundle: {e}")))?;
-        Bundle::parse(&text).map_err(|e| file_err(e.to_string()))
+        Bundle::parse_at(&text, now).map_err(|e| match e {
+            e @ PkiError::Expired { .. } => e,
+            e => file_err(e.to_string()),
+        })
     }
 }
 
@@ -426,11 +601,18 @@ pub fn fingerprint_hex(fp: &[u8]) -> String {
 
 /// The server side of the fleet link: TLS 1.3 only; every client must present a certificate issued by `ca`.
 pub fn server_config(ca: &Ca, server: &Issued) -> Result<Arc<ServerConfig>, PkiError> {
+    server_config_with(&ca.cert_pem, server, &TlsClock::system())
+}
+
+/// The server side of the fleet link: TLS 1.3 only; every client must present a certificate issued by one of the
+/// CAs of `trust_pem` (during a CA rotation, the old and the new), valid at `clock`'s time.
+pub fn server_config_with(trust_pem: &str, server: &Issued, clock: &TlsClock) -> Result<Arc<ServerConfig>, PkiError> {
     let chain = vec![cert_from_pem(&server.cert_pem, "server certificate").map_err(PkiError::Cert)?];
     let key = key_from_pem(&server.key_pem, "server key").map_err(PkiError::Cert)?;
-    let mut config = ServerConfig::builder_with_provider(provider())
+    let trust = certs_from_pem(trust_pem, "fleet CA").map_err(PkiError::Ca)?;
+    let mut config = ServerConfig::builder_with_details(provider(), Arc::new(clock.clone()))
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(client_verifier(&ca.cert_der)?)
+        .with_client_cert_verifier(client_verifier(&trust)?)
         .with_single_cert(chain, key)?;
     // No resumption: every connection runs the full handshake, so the client certificate is verified every time.
     config.session_storage = Arc::new(NoServerSessionStorage {});
@@ -441,12 +623,17 @@ pub fn server_config(ca: &Ca, server: &Issued) -> Result<Arc<ServerConfig>, PkiE
 /// The client side of the fleet link: TLS 1.3 only; trusts only the bundle's CA (never the system roots) and
 /// presents the bundle's certificate.
 pub fn client_config(bundle: &Bundle) -> Result<Arc<ClientConfig>, PkiError> {
-    let ca_der = cert_from_pem(&bundle.ca_pem, "bundle CA").map_err(PkiError::Bundle)?;
+    client_config_with(bundle, &TlsClock::system())
+}
+
+/// [`client_config`], checking the server's certificate at `clock`'s time.
+pub fn client_config_with(bundle: &Bundle, clock: &TlsClock) -> Result<Arc<ClientConfig>, PkiError> {
+    let cas = certs_from_pem(&bundle.ca_pem, "bundle CA").map_err(PkiError::Bundle)?;
     let chain = vec![cert_from_pem(&bundle.cert_pem, "bundle certificate").map_err(PkiError::Bundle)?];
     let key = key_from_pem(&bundle.key_pem, "bundle key").map_err(PkiError::Bundle)?;
-    let mut config = ClientConfig::builder_with_provider(provider())
+    let mut config = ClientConfig::builder_with_details(provider(), Arc::new(clock.clone()))
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots_of(&ca_der)?)
+        .with_root_certificates(roots_of(&cas)?)
         .with_client_auth_cert(chain, key)?;
     config.resumption = Resumption::disabled();
     Ok(Arc::new(config))
@@ -466,17 +653,62 @@ pub fn peer_fingerprint(conn: &rustls::CommonState) -> Option<[u8; 32]> {
     conn.peer_certificates()?.first().map(|c| fingerprint(c))
 }
 
+/// When the peer's end-entity certificate runs out (Unix seconds), once the handshake has completed.
+pub fn peer_not_after(conn: &rustls::CommonState) -> Option<i64> {
+    let der = conn.peer_certificates()?.first()?;
+    Some(parse_x509(der).ok()?.validity().not_after.timestamp())
+}
+
 /// Issues a host's (or an admin's) credentials: the bundle handed out once,
 /// and the fingerprint to record.
 pub fn issue_bundle(ca: &Ca, name: &str) -> Result<(Bundle, [u8; 32]), PkiError> {
-    let issued = ca.issue_client(name)?;
+    let (bundle, issued) = issue_bundle_at(ca, &ca.cert_pem(), name, now_utc().unix_timestamp(), DEFAULT_HOST_LIFE)?;
+    Ok((bundle, issued.fingerprint))
+}
+
+/// [`issue_bundle`] at `now`, valid `life` seconds, trusting the CAs of `trust_pem`.
+pub fn issue_bundle_at(
+    ca: &Ca,
+    trust_pem: &str,
+    name: &str,
+    now: i64,
+    life: i64,
+) -> Result<(Bundle, Issued), PkiError> {
+    let issued = ca.issue_client_at(name, now, life)?;
     let bundle = Bundle {
         name: name.to_string(),
-        ca_pem: ca.cert_pem(),
+        ca_pem: trust_pem.to_string(),
         cert_pem: issued.cert_pem.clone(),
         key_pem: issued.key_pem.clone(),
     };
-    Ok((bundle, issued.fingerprint))
+    Ok((bundle, issued))
+}
+
+/// Writes `text` to `path` so that a reader sees the old file or the new one, never a part: a new file in the same
+/// directory (mode 0600, this user's), synced, renamed over the old one, and the directory synced.
+pub fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let file_name = path.file_name().ok_or("the path has no file name")?.to_string_lossy().into_owned();
+    let tmp = dir.join(format!(".{file_name}.new-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot write {}: {e}", path.display())
+    })
 }
 
 #[cfg(test)]
@@ -736,6 +968,105 @@ mod tests {
         assert!(server_name("bad name").is_err());
     }
 
+    /// A renewal: the key is made by the host, the server issues for the name it gives (not the request's), and the
+    /// new bundle works where the old one did.
+    #[tokio::test]
+    async fn a_csr_is_issued_for_the_recorded_name_and_the_hosts_own_key() {
+        let ca = Ca::generate().unwrap();
+        let now = now_utc().unix_timestamp();
+        let (key_pem, csr) = new_key_and_csr("someone-else").unwrap();
+        let signed = ca.issue_for_csr("web01", &csr, now, 86_400).unwrap();
+        assert_eq!(signed.not_after, now + 86_400);
+        let bundle = Bundle {
+            name: "web01".into(),
+            ca_pem: ca.cert_pem(),
+            cert_pem: signed.cert_pem,
+            key_pem: key_pem.to_string(),
+        };
+        let parsed = Bundle::parse_at(&bundle.to_text(), now).unwrap();
+        assert_eq!(parsed.name, "web01", "the request's subject is ignored");
+        assert_eq!(parsed.fingerprint().unwrap(), signed.fingerprint);
+        assert_eq!(parsed.validity().unwrap(), (now - 3600, now + 86_400));
+        assert_eq!(parsed.renew_at().unwrap(), now - 3600 + (86_400 + 3600) * 2 / 3);
+        let out = handshake(server_for(&ca, &["otp1.example"]), client_config(&parsed).unwrap(), "otp1.example").await;
+        assert_eq!(out.server, Ok(Some(signed.fingerprint)));
+        // A request whose signature does not hold, or not a request at all.
+        let b64: String = csr.lines().filter(|l| !l.starts_with("-----")).collect();
+        let mut der = data_encoding::BASE64.decode(b64.as_bytes()).unwrap();
+        let last = der.len() - 1;
+        der[last] ^= 1;
+        let tampered = pem_encode("CERTIFICATE REQUEST", &der);
+        assert!(matches!(ca.issue_for_csr("web01", &tampered, now, 86_400), Err(PkiError::Csr(_))));
+        assert!(matches!(ca.issue_for_csr("web01", "junk", now, 86_400), Err(PkiError::Csr(_))));
+        assert!(matches!(ca.issue_for_csr("bad name", &csr, now, 86_400), Err(PkiError::HostName(_))));
+    }
+
+    /// An expired bundle says so (and what to do); the server, whose clock says it expired, refuses it at the
+    /// handshake.
+    #[tokio::test]
+    async fn an_expired_certificate_is_named_as_such_and_refused_at_the_handshake() {
+        let ca = Ca::generate().unwrap();
+        let now = now_utc().unix_timestamp();
+        let (bundle, issued) = issue_bundle_at(&ca, &ca.cert_pem(), "web01", now - 2 * 86_400, 86_400).unwrap();
+        let e = Bundle::parse_at(&bundle.to_text(), now).unwrap_err();
+        assert!(matches!(e, PkiError::Expired { .. }), "{e}");
+        assert!(e.to_string().contains("otpctl host add web01 -o FILE"), "{e}");
+        assert!(Bundle::parse_at(&bundle.to_text(), now - 86_400).is_ok());
+        // The same certificate, checked by a server whose clock is a day later than the system's.
+        let (fresh, _) = issue_bundle_at(&ca, &ca.cert_pem(), "web02", now, 86_400).unwrap();
+        struct Later(i64);
+        impl crate::sys::clock::Clock for Later {
+            fn now(&self) -> i64 {
+                self.0
+            }
+        }
+        let later = TlsClock::new(Arc::new(Later(now + 2 * 86_400)));
+        let server = ca.issue_server_at(&["otp1.example".into()], now).unwrap();
+        let config = server_config_with(&ca.cert_pem(), &server, &later).unwrap();
+        let out = handshake(config, client_config(&fresh).unwrap(), "otp1.example").await;
+        let e = out.server.unwrap_err();
+        assert!(e.contains("expired"), "{e}");
+        drop(issued);
+    }
+
+    /// During a CA rotation a bundle carries both CAs; a server trusting both accepts hosts of either.
+    #[tokio::test]
+    async fn a_bundle_and_a_server_may_trust_several_cas() {
+        let (old, new) = (Ca::generate().unwrap(), Ca::generate().unwrap());
+        let both = format!("{}{}", old.cert_pem(), new.cert_pem());
+        let now = now_utc().unix_timestamp();
+        let (bundle, issued) = issue_bundle_at(&new, &both, "web01", now, 86_400).unwrap();
+        let parsed = Bundle::parse_at(&bundle.to_text(), now).unwrap();
+        assert_eq!(parsed.ca_pem, both);
+        let server = old.issue_server(&["otp1.example".into()]).unwrap();
+        let config = server_config_with(&both, &server, &TlsClock::system()).unwrap();
+        let out = handshake(config, client_config(&parsed).unwrap(), "otp1.example").await;
+        assert_eq!((out.client, out.server), (Ok(()), Ok(Some(issued.fingerprint))));
+        let (single, _) = bundle_for(&old, "web02");
+        let out = handshake(
+            server_config_with(&both, &server, &TlsClock::system()).unwrap(),
+            client_config(&single).unwrap(),
+            "otp1.example",
+        )
+        .await;
+        assert!(out.server.is_ok());
+    }
+
+    #[test]
+    fn a_bundle_is_written_whole_with_mode_0600() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host.bundle");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_atomically(&path, "new text").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new text");
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+        let e = write_atomically(&dir.path().join("missing/host.bundle"), "x").unwrap_err();
+        assert!(e.contains("cannot write"), "{e}");
+    }
+
     #[test]
     fn bundle_round_trip() {
         let ca = Ca::generate().unwrap();
@@ -764,8 +1095,8 @@ mod tests {
         let cases: Vec<(String, &str)> = vec![
             (String::new(), "no PKCS#8 private key"),
             ("hello\n".into(), "no PKCS#8 private key"),
-            (format!("{}{}", good.ca_pem, good.key_pem), "expected 2 certificates"),
-            (format!("{}{}{}{}", good.ca_pem, good.cert_pem, good.cert_pem, good.key_pem), "expected 2 certificates"),
+            (format!("{}{}", good.ca_pem, good.key_pem), "found 1 certificate"),
+            (format!("{}{}{}{}", good.ca_pem, good.cert_pem, good.cert_pem, good.key_pem), "not a CA certificate"),
             (format!("{}{}{}{}", good.ca_pem, good.cert_pem, good.key_pem, good.key_pem), "more than one private key"),
             (format!("{}{}{}", good.cert_pem, good.ca_pem, good.key_pem), "not a CA certificate"),
             (format!("{}{}{}", good.ca_pem, good.cert_pem, web02.key_pem), "does not belong"),

@@ -13,6 +13,10 @@ const READ_CHUNK: usize = 1024;
 /// An empty frame buffer larger than this is given back.
 const KEEP_CAPACITY: usize = 4096;
 
+/// A server closes an agent link idle this long; the agent knows it, so
+/// a link closed sooner means the server went away (it reconnects).
+pub const LINK_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// A framed TLS stream (either side).
 pub struct Link<S> {
     stream: S,

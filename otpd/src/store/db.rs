@@ -158,8 +158,7 @@ impl Db {
     /// the database cannot be reached now; later outages only fail the jobs
     /// that meet them (each worker reconnects before its next job).
     pub fn start_postgres(url: &str, connections: usize) -> Result<Db, StoreError> {
-        let async_config = crate::store::postgres::async_config(url)?;
-        let config = postgres::Config::from(async_config.clone());
+        let config = crate::store::postgres::PgTarget::new(url)?;
         // The blocking client runs (and drops) its own runtime, which must not
         // happen on a tokio thread: connect on a plain one.
         let stores = std::thread::scope(|scope| {
@@ -188,7 +187,7 @@ impl Db {
                     why: format!("cannot start a database thread: {e}"),
                 })?;
         }
-        let fast = crate::store::pgfast::PgFast::new(async_config, connections);
+        let fast = crate::store::pgfast::PgFast::new(config, connections);
         Ok(Db { tx, fast: Some(Arc::new(fast)), reader: None })
     }
 
@@ -368,7 +367,7 @@ fn run_batch(store: &mut SqliteStore, batch: Vec<Job>) -> (bool, Vec<Completion>
     }
 }
 
-fn pg_worker(config: &postgres::Config, mut conn: Option<PgStore>, rx: &Mutex<mpsc::Receiver<Queued>>) {
+fn pg_worker(config: &crate::store::postgres::PgTarget, mut conn: Option<PgStore>, rx: &Mutex<mpsc::Receiver<Queued>>) {
     loop {
         // One worker waits on the channel at a time; the others wait for the lock.
         let job = match rx.lock() {
@@ -390,7 +389,7 @@ fn pg_worker(config: &postgres::Config, mut conn: Option<PgStore>, rx: &Mutex<mp
 /// there is none. A connection that cannot even BEGIN is presumed broken
 /// (the server restarted): it is replaced once, which is safe because the
 /// job has not run yet.
-fn pg_begin(config: &postgres::Config, conn: &mut Option<PgStore>) -> bool {
+fn pg_begin(config: &crate::store::postgres::PgTarget, conn: &mut Option<PgStore>) -> bool {
     for _ in 0..2 {
         let store = match conn {
             Some(store) => store,
@@ -417,7 +416,7 @@ fn pg_begin(config: &postgres::Config, conn: &mut Option<PgStore>) -> bool {
 /// report the job's own result (committed, or the job failed and its writes
 /// were rolled back) and the completion.
 /// A read-only job, outside any transaction (see [`Db::read`]).
-fn pg_read(config: &postgres::Config, conn: &mut Option<PgStore>, job: Job) -> (bool, Completion) {
+fn pg_read(config: &crate::store::postgres::PgTarget, conn: &mut Option<PgStore>, job: Job) -> (bool, Completion) {
     if conn.as_ref().is_none_or(PgStore::is_closed) {
         match PgStore::connect(config) {
             Ok(store) => *conn = Some(store),
@@ -441,7 +440,7 @@ fn pg_read(config: &postgres::Config, conn: &mut Option<PgStore>, job: Job) -> (
     (true, completion)
 }
 
-fn pg_job(config: &postgres::Config, conn: &mut Option<PgStore>, job: Job) -> (bool, Completion) {
+fn pg_job(config: &crate::store::postgres::PgTarget, conn: &mut Option<PgStore>, job: Job) -> (bool, Completion) {
     if !pg_begin(config, conn) {
         return (false, job(None).1);
     }

@@ -10,7 +10,7 @@
 //! PostgreSQL prefetches and accepts in one statement): they assert which
 //! one the backend has, and that the login comes out the same either way.
 use crate::store::db::Db;
-use crate::store::model::{EmailCode, HostRecord, HostRole, NewAudit, Store, UserRecord};
+use crate::store::model::{EmailCode, HostRecord, HostRole, NewAudit, Renewal, Store, UserRecord};
 use common::proto::Method;
 
 fn cluster() -> e2e::pg::Cluster {
@@ -115,6 +115,7 @@ fn host(name: &str, fp: u8) -> HostRecord {
         revoked_at: None,
         last_seen: None,
         last_addr: None,
+        ..HostRecord::default()
     }
 }
 
@@ -215,6 +216,49 @@ fn a_host_by_fingerprint_is_found_absent_or_revoked(s: &mut dyn Store) {
     assert_eq!(s.host_by_fingerprint(&[1; 32]).unwrap(), Some(HostRecord { revoked_at: Some(500), ..web }));
 }
 on_both_stores!(a_host_by_fingerprint_is_found_absent_or_revoked);
+
+/// A renewal is a compare-and-set on the certificate that asked; the one
+/// it replaced finds the host until the new one is presented.
+fn a_renewal_keeps_the_replaced_certificate_until_the_new_one_is_presented(s: &mut dyn Store) {
+    let web = HostRecord { expires_at: Some(1000), ..host("web01", 1) };
+    assert!(s.add_host(&web).unwrap());
+    let r = Renewal {
+        presented: vec![1; 32],
+        presented_until: 1000,
+        fingerprint: vec![2; 32],
+        expires_at: 2000,
+        ca: vec![7; 32],
+        now: 600,
+    };
+    assert!(s.renew_host("web01", &r).unwrap());
+    let renewed = s.host_by_fingerprint(&[1; 32]).unwrap().unwrap();
+    assert_eq!(s.host_by_fingerprint(&[2; 32]).unwrap().as_ref(), Some(&renewed));
+    assert_eq!(
+        (renewed.expires_at, renewed.renewed_at, renewed.prev_until, renewed.ca.clone()),
+        (Some(2000), Some(600), Some(1000), Some(vec![7; 32]))
+    );
+    assert!(renewed.accepts(&[1; 32], 650) && renewed.accepts(&[2; 32], 650));
+    // Asked again with the old certificate (the new bundle was never
+    // written): the old one stays the replaced one.
+    let again = Renewal { fingerprint: vec![3; 32], now: 700, ..r.clone() };
+    assert!(s.renew_host("web01", &again).unwrap());
+    assert_eq!(s.host_by_fingerprint(&[2; 32]).unwrap(), None, "never presented, gone");
+    assert!(s.host_presented("web01", &[3; 32], 800).unwrap());
+    assert!(!s.host_presented("web01", &[3; 32], 900).unwrap(), "only ever shortened");
+    let h = s.host("web01").unwrap().unwrap();
+    assert!(h.accepts(&[1; 32], 799) && !h.accepts(&[1; 32], 800) && h.superseded(&[1; 32], 800));
+    // A certificate that is not (or no longer) the host's renews nothing; nor does a revoked host.
+    assert!(!s.renew_host("web01", &Renewal { presented: vec![9; 32], ..r.clone() }).unwrap());
+    assert!(!s.renew_host("web01", &Renewal { now: 800, fingerprint: vec![4; 32], ..r.clone() }).unwrap());
+    assert!(s.revoke_host("web01", 750).unwrap());
+    assert!(!s.renew_host("web01", &Renewal { presented: vec![3; 32], fingerprint: vec![5; 32], ..r }).unwrap());
+    // A host whose certificate expired may be added again, without a revoke.
+    let other = HostRecord { expires_at: Some(1000), ..host("web02", 6) };
+    assert!(s.add_host(&other).unwrap());
+    assert!(!s.add_host(&HostRecord { added_at: 999, ..host("web02", 8) }).unwrap(), "still valid");
+    assert!(s.add_host(&HostRecord { added_at: 1001, ..host("web02", 8) }).unwrap(), "expired");
+}
+on_both_stores!(a_renewal_keeps_the_replaced_certificate_until_the_new_one_is_presented);
 
 /// What the login path reads for a plan on the caller's side: exactly one
 /// of SQLite's read-only connection ([`Db::read_here`]) and PostgreSQL's

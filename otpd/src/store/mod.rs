@@ -5,6 +5,7 @@ pub mod db;
 mod login_tests;
 pub mod model;
 pub mod pgfast;
+pub mod pgtls;
 pub mod postgres;
 pub mod schema;
 pub mod sql;

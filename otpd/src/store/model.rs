@@ -126,6 +126,14 @@ pub struct UserRecord {
     /// Digits of this user's codes when they are not `totp.digits` (an
     /// imported token); HOTP users always have them.
     pub digits: Option<u32>,
+    /// The last refused code outside the TOTP window but within ten
+    /// minutes: how far the authenticator's clock was off (seconds,
+    /// positive: ahead) and when. Never the code itself.
+    pub clock_drift_secs: Option<i64>,
+    pub clock_drift_at: Option<i64>,
+    /// Such refusals in a row (another failure sets it to 0; a successful
+    /// login forgets the drift). At two the user is told to fix the clock.
+    pub clock_drift_refusals: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -210,6 +218,9 @@ impl UserRecord {
             last_method: None,
             hotp_counter: None,
             digits: None,
+            clock_drift_secs: None,
+            clock_drift_at: None,
+            clock_drift_refusals: 0,
         }
     }
 
@@ -227,10 +238,14 @@ impl UserRecord {
         self.admin_locked_at = None;
     }
 
-    /// Forgets every failure and lock (a successful login, a new secret).
+    /// Forgets every failure and lock (a successful login, a new secret),
+    /// and the clock drift the failures showed.
     pub fn clear_lockout(&mut self) {
         self.unlock();
         self.failures_since_login = 0;
+        self.clock_drift_secs = None;
+        self.clock_drift_at = None;
+        self.clock_drift_refusals = 0;
     }
 }
 
@@ -313,6 +328,8 @@ pub enum AuditResult {
     CodeResent,
     /// A fleet host linked from a new address.
     Link,
+    /// A fleet host renewed its certificate over its own link.
+    Renewed,
     /// What an administrator did ("reset", "revoke host web01", ...).
     Action(String),
 }
@@ -331,6 +348,7 @@ impl AuditResult {
             AuditResult::CodeSent => "code_sent",
             AuditResult::CodeResent => "code_resent",
             AuditResult::Link => "link",
+            AuditResult::Renewed => "renewed",
             AuditResult::Action(what) => what,
         }
     }
@@ -374,9 +392,10 @@ pub struct Counts {
 }
 
 /// What a fleet host's certificate lets it do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HostRole {
     /// Relays PAM conversations (an agent).
+    #[default]
     Agent,
     /// Runs otpctl remotely.
     Admin,
@@ -400,7 +419,7 @@ impl HostRole {
 }
 
 /// A host of the fleet, known by the fingerprint of the certificate it was issued.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HostRecord {
     pub name: String,
     pub role: HostRole,
@@ -411,6 +430,61 @@ pub struct HostRecord {
     pub last_seen: Option<i64>,
     /// The source address of the host's last link (as a server saw it).
     pub last_addr: Option<String>,
+    /// When its certificate (`fingerprint`) runs out; None: issued before
+    /// otpd recorded it.
+    pub expires_at: Option<i64>,
+    /// SHA-256 of the CA certificate that issued it; None: issued before
+    /// otpd recorded it (by the fleet's first CA).
+    pub ca: Option<Vec<u8>>,
+    /// When it was last renewed over its own link.
+    pub renewed_at: Option<i64>,
+    /// The certificate a renewal replaced, still accepted until
+    /// `prev_until`: until the new one is first presented (and a few
+    /// minutes more for conversations under way), so a host that could not
+    /// store its new bundle is not locked out.
+    pub prev_fingerprint: Option<Vec<u8>>,
+    pub prev_until: Option<i64>,
+}
+
+/// How long the certificate a renewal replaced is still accepted once the
+/// new one was presented: links made before the renewal finish their
+/// conversations.
+pub const PREV_GRACE: i64 = 600;
+
+impl HostRecord {
+    /// Whether certificate `fp` is this host's at `now`: not revoked, and its
+    /// current certificate or the one its last renewal replaced (until
+    /// `prev_until`).
+    /// A link made before the certificate ran out is refused with it.
+    pub fn accepts(&self, fp: &[u8], now: i64) -> bool {
+        self.revoked_at.is_none()
+            && ((self.fingerprint == fp && !self.expired(now))
+                || (self.prev_fingerprint.as_deref() == Some(fp) && self.prev_until.is_some_and(|t| t > now)))
+    }
+
+    /// Whether its current certificate ran out (then only a new bundle helps).
+    pub fn expired(&self, now: i64) -> bool {
+        self.expires_at.is_some_and(|t| t < now)
+    }
+
+    /// Whether `fp` is the certificate a renewal replaced, no longer accepted.
+    pub fn superseded(&self, fp: &[u8], now: i64) -> bool {
+        self.fingerprint != fp && self.prev_fingerprint.as_deref() == Some(fp) && !self.accepts(fp, now)
+    }
+}
+
+/// A certificate issued to a host by a renewal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renewal {
+    /// The host's certificate that asked (its current one, or the one a
+    /// renewal not yet taken up replaced), and when it runs out.
+    pub presented: Vec<u8>,
+    pub presented_until: i64,
+    /// The new certificate.
+    pub fingerprint: Vec<u8>,
+    pub expires_at: i64,
+    pub ca: Vec<u8>,
+    pub now: i64,
 }
 
 /// What deciding what a login asks reads ([`crate::core::auth::plan`]): the part
@@ -464,6 +538,16 @@ pub trait Store: PlanReads {
     /// admin path, so that the login path decides `require_group` without NSS).
     fn set_group_members(&mut self, group: &str, names: &[String]) -> Result<(), StoreError>;
     fn add_audit(&mut self, entry: &NewAudit) -> Result<(), StoreError>;
+    /// A row written late, at `received_at`: a refusal an agent spooled
+    /// (entry `spool_id` of its spool), or a count about its spool (None);
+    /// false when this host's `spool_id` is in the audit already (a
+    /// resend) and nothing was written.
+    fn add_late_audit(
+        &mut self,
+        entry: &NewAudit,
+        received_at: i64,
+        spool_id: Option<&str>,
+    ) -> Result<bool, StoreError>;
     /// Deletes up to `limit` audit rows, and up to `limit` session records,
     /// older than `before` (a session by its end, or its start if it never
     /// ended); returns how many rows in all.
@@ -537,6 +621,14 @@ pub trait Store: PlanReads {
     fn revoke_host(&mut self, name: &str, now: i64) -> Result<bool, StoreError>;
     /// Records a link of `name` at `now` from `addr`.
     fn host_seen(&mut self, name: &str, now: i64, addr: &str) -> Result<(), StoreError>;
+    /// Records a renewal of `name`, if `r.presented` is still one of its
+    /// certificates and it is not revoked (compare-and-set: false
+    /// otherwise). The presented certificate stays accepted until the new
+    /// one is presented ([`Store::host_presented`]) or it runs out.
+    fn renew_host(&mut self, name: &str, r: &Renewal) -> Result<bool, StoreError>;
+    /// `fp`, the current certificate of `name`, was presented: the one its
+    /// last renewal replaced is accepted until `until` at most.
+    fn host_presented(&mut self, name: &str, fp: &[u8], until: i64) -> Result<bool, StoreError>;
     /// The fleet CA: (certificate PEM, key sealed under the key file).
     fn fleet_ca(&mut self) -> Result<Option<(String, Vec<u8>)>, StoreError>;
     /// Stores the fleet CA unless one is stored already (then false, and the
@@ -597,6 +689,7 @@ mod tests {
             (AuditResult::CodeSent, "code_sent"),
             (AuditResult::CodeResent, "code_resent"),
             (AuditResult::Link, "link"),
+            (AuditResult::Renewed, "renewed"),
             (AuditResult::Action("revoke host web01".into()), "revoke host web01"),
         ];
         for (r, text) in results {

@@ -18,12 +18,13 @@
 //! most once a second per connection.
 use crate::lock;
 use crate::store::model::{HostRecord, NewAudit, StoreError, UserRecord};
+use crate::store::postgres::PgTarget;
 use crate::store::postgres::{host_from_row, user_from_row, AcceptStep};
 use crate::store::sql;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 /// A connection that failed is not made again sooner than this.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -35,7 +36,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 const ANSWER_WITHIN: Duration = Duration::from_secs(6);
 
 pub struct PgFast {
-    config: tokio_postgres::Config,
+    target: PgTarget,
     slots: Vec<Slot>,
     next: AtomicUsize,
 }
@@ -64,8 +65,8 @@ impl Slot {
 impl PgFast {
     /// Up to `connections` connections, made on first use (from a task of
     /// the runtime that will drive them).
-    pub fn new(config: tokio_postgres::Config, connections: usize) -> PgFast {
-        PgFast { config, slots: (0..connections.max(1)).map(|_| Slot::default()).collect(), next: AtomicUsize::new(0) }
+    pub fn new(target: PgTarget, connections: usize) -> PgFast {
+        PgFast { target, slots: (0..connections.max(1)).map(|_| Slot::default()).collect(), next: AtomicUsize::new(0) }
     }
 
     /// Runs `query` on the next connection in turn, made first if need be;
@@ -127,7 +128,7 @@ impl PgFast {
     }
 
     async fn connect(&self) -> Result<Conn, StoreError> {
-        let (client, connection) = self.config.connect(NoTls).await?;
+        let (client, connection) = self.target.connect().await?;
         // Ends when the client is dropped or the connection fails; the
         // client then reports itself closed.
         tokio::spawn(async move {

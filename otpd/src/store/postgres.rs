@@ -7,12 +7,13 @@
 //! The statements are in [`crate::store::sql`], beside SQLite's.
 use crate::store::model::{
     AuditMethod, AuditQuery, Counts, EmailCode, EmergencyRequest, HostRecord, HostRole, MailCount, MailStats, NewAudit,
-    PlanReads, QueuedMail, RequestCount, SessionRecord, Store, StoreError, UserRecord,
+    PlanReads, QueuedMail, Renewal, RequestCount, SessionRecord, Store, StoreError, UserRecord,
 };
+use crate::store::pgtls::{self, MakeTls, Plan, TlsStream};
 use crate::store::sql;
 use common::proto::{AuditEntry, RequestStatus};
 use postgres::types::ToSql;
-use postgres::{Client, NoTls, Row, Statement};
+use postgres::{Client, Row, Statement};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -23,35 +24,88 @@ const LOCK_MIGRATE: i64 = 0x6f74_7064_0000_0001;
 const LOCK_MAIL_CAP: i64 = 0x6f74_7064_0000_0002;
 const LOCK_REQUEST_CAP: i64 = 0x6f74_7064_0000_0003;
 
-/// Parses a `postgresql://` URL. A server that cannot be reached must not
-/// hold a login for long: without a timeout in the URL, connecting gives up
-/// after a few seconds.
-pub fn config(url: &str) -> Result<postgres::Config, StoreError> {
-    async_config(url).map(postgres::Config::from)
+/// A database URL made ready to connect: tokio-postgres's settings (the
+/// same for both clients) and the TLS they need ([`crate::store::pgtls`]),
+/// its files read once.
+#[derive(Clone)]
+pub struct PgTarget {
+    config: tokio_postgres::Config,
+    plan: Plan,
+    tls: MakeTls,
 }
 
-/// [`config`] for the async client ([`crate::store::pgfast`]): the same checks
-/// and settings.
-pub fn async_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
-    let mut config: tokio_postgres::Config = url.parse()?;
-    // This client speaks no TLS: over a network, PostgreSQL's own
-    // "prefer" would silently send everything in clear. Only a Unix
-    // socket or loopback, unless the URL says sslmode=disable on purpose
-    // (a private network, a tunnel).
-    let remote = config.get_hosts().iter().find_map(|h| match h {
-        postgres::config::Host::Tcp(name) if !is_loopback(name) => Some(name.clone()),
-        _ => None,
-    });
-    if let (Some(host), false) = (remote, config.get_ssl_mode() == postgres::config::SslMode::Disable) {
-        return Err(StoreError::Unusable {
-            path: describe(&config),
-            why: format!(
-                "{host} is reached over the network and otpd cannot use TLS to PostgreSQL: connect through \
-                 a Unix socket or loopback (a TLS tunnel), or add sslmode=disable to the URL to accept an \
-                 unencrypted connection on a trusted network"
-            ),
-        });
+/// A connection of the async client, to be driven by a task of its own.
+pub type PgConnection = tokio_postgres::Connection<tokio_postgres::Socket, TlsStream<tokio_postgres::Socket>>;
+
+impl PgTarget {
+    /// Parses `url` ([`async_config`]'s checks and settings) and reads the
+    /// certificates and key it names.
+    pub fn new(url: &str) -> Result<PgTarget, StoreError> {
+        let (config, plan) = parse(url)?;
+        let tls = pgtls::load(&plan).map_err(|why| StoreError::Unusable { path: describe(&config), why })?;
+        Ok(PgTarget { config, plan, tls })
     }
+
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// Whether connections use TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_tls()
+    }
+
+    /// A connection of the blocking client (not from a tokio thread: it
+    /// runs a runtime of its own).
+    pub fn connect_blocking(&self) -> Result<Client, StoreError> {
+        postgres::Config::from(self.config.clone()).connect(self.tls.clone()).map_err(|e| self.explain(e))
+    }
+
+    /// A connection of the async client.
+    pub async fn connect(&self) -> Result<(tokio_postgres::Client, PgConnection), StoreError> {
+        self.config.connect(self.tls.clone()).await.map_err(|e| self.explain(e))
+    }
+
+    /// A failed connection, said so that an admin knows what to fix where
+    /// it is about TLS.
+    fn explain(&self, e: postgres::Error) -> StoreError {
+        let Plan::Tls { rootcert, client, .. } = &self.plan else { return e.into() };
+        let hosts: Vec<String> = self
+            .config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                postgres::config::Host::Tcp(name) => name.clone(),
+                postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .collect();
+        match pgtls::explain(&e, &hosts.join(","), Some(rootcert), client.is_some()) {
+            Some(why) => StoreError::Unusable { path: describe(&self.config), why },
+            None => e.into(),
+        }
+    }
+}
+
+/// Parses a `postgresql://` URL (no file read): its TLS options
+/// ([`crate::store::pgtls`]: a network host needs a verified certificate or
+/// an explicit `sslmode=disable`) and otpd's settings. A server that cannot
+/// be reached must not hold a login for long: without a timeout in the URL,
+/// connecting gives up after a few seconds.
+pub fn async_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    parse(url).map(|(config, _)| config)
+}
+
+fn parse(url: &str) -> Result<(tokio_postgres::Config, Plan), StoreError> {
+    let unusable = |why: String| StoreError::Unusable { path: "the PostgreSQL URL".into(), why };
+    let (url, options) = pgtls::split_url(url).map_err(unusable)?;
+    let mut config: tokio_postgres::Config = url.parse()?;
+    let plan = pgtls::plan(&config, &options).map_err(|why| StoreError::Unusable { path: describe(&config), why })?;
+    // tokio-postgres's own "prefer" would silently fall back to clear
+    // text: TLS is either required (and verified) or not used at all.
+    config.ssl_mode(match plan {
+        Plan::Plain => tokio_postgres::config::SslMode::Disable,
+        Plan::Tls { .. } => tokio_postgres::config::SslMode::Require,
+    });
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }
@@ -77,11 +131,7 @@ pub fn async_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
     config.keepalives_idle(Duration::from_secs(5));
     config.keepalives_interval(Duration::from_secs(2));
     config.keepalives_retries(3);
-    Ok(config)
-}
-
-fn is_loopback(host: &str) -> bool {
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    Ok((config, plan))
 }
 
 /// The database as logs and `otpctl status` show it: user, hosts, ports
@@ -119,16 +169,15 @@ pub struct PgStore {
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
 impl PgStore {
-    /// Connects (no TLS: the URL names a local socket or a trusted network).
-    /// Does not migrate.
-    pub fn connect(config: &postgres::Config) -> Result<PgStore, StoreError> {
-        let client = config.connect(NoTls)?;
+    /// Connects (with TLS where the URL asks for it). Does not migrate.
+    pub fn connect(target: &PgTarget) -> Result<PgStore, StoreError> {
+        let client = target.connect_blocking()?;
         Ok(PgStore { client, statements: HashMap::new(), failed: false, reading: false })
     }
 
     /// Connects to `url` and brings the schema up to date (tests, tools).
     pub fn open(url: &str) -> Result<PgStore, StoreError> {
-        let mut store = PgStore::connect(&config(url)?)?;
+        let mut store = PgStore::connect(&PgTarget::new(url)?)?;
         store.migrate()?;
         Ok(store)
     }
@@ -327,6 +376,9 @@ pub(crate) fn user_from_row(r: &Row) -> Result<UserRecord, StoreError> {
         last_method: r.try_get::<_, Option<String>>("last_method")?.and_then(|m| AuditMethod::parse(&m).ok()),
         hotp_counter: r.try_get("hotp_counter")?,
         digits: opt_u32_of(r.try_get("digits")?, "digits")?,
+        clock_drift_secs: r.try_get("clock_drift_secs")?,
+        clock_drift_at: r.try_get("clock_drift_at")?,
+        clock_drift_refusals: u32_of(r.try_get("clock_drift_refusals")?, "clock_drift_refusals")?,
     })
 }
 
@@ -371,6 +423,11 @@ pub(crate) fn host_from_row(r: &Row) -> Result<HostRecord, StoreError> {
         revoked_at: r.try_get("revoked_at")?,
         last_seen: r.try_get("last_seen")?,
         last_addr: r.try_get("last_addr")?,
+        expires_at: r.try_get("expires_at")?,
+        ca: r.try_get("ca")?,
+        renewed_at: r.try_get("renewed_at")?,
+        prev_fingerprint: r.try_get("prev_fingerprint")?,
+        prev_until: r.try_get("prev_until")?,
     })
 }
 
@@ -435,6 +492,9 @@ impl Store for PgStore {
                 &u.admin_locked_at,
                 &u.hotp_counter,
                 &u.digits.map(i64::from),
+                &u.clock_drift_secs,
+                &u.clock_drift_at,
+                &i64::from(u.clock_drift_refusals),
             ],
         )?;
         Ok(())
@@ -519,6 +579,26 @@ impl Store for PgStore {
         Ok(())
     }
 
+    fn add_late_audit(&mut self, e: &NewAudit, received_at: i64, spool_id: Option<&str>) -> Result<bool, StoreError> {
+        let n = self.execute(
+            sql::ADD_LATE_AUDIT.postgres,
+            &[
+                &e.time,
+                &e.user,
+                &e.service,
+                &e.rhost,
+                &e.tty,
+                &e.machine,
+                &e.method.as_str(),
+                &e.result.as_str(),
+                &e.reason,
+                &received_at,
+                &spool_id,
+            ],
+        )?;
+        Ok(n > 0)
+    }
+
     fn prune_audit(&mut self, before: i64, limit: u32) -> Result<u64, StoreError> {
         let limit = i64::from(limit);
         let n = self.execute(sql::PRUNE_AUDIT.postgres, &[&before, &limit])?;
@@ -545,6 +625,7 @@ impl Store for PgStore {
                     method: r.try_get(7)?,
                     result: r.try_get(8)?,
                     reason: r.try_get(9)?,
+                    received_at: r.try_get(10)?,
                 })
             })
             .collect()
@@ -722,7 +803,20 @@ impl Store for PgStore {
     fn add_host(&mut self, h: &HostRecord) -> Result<bool, StoreError> {
         let n = self.execute(
             sql::ADD_HOST.postgres,
-            &[&h.name, &h.role.as_str(), &h.fingerprint, &h.added_at, &h.revoked_at, &h.last_seen, &h.last_addr],
+            &[
+                &h.name,
+                &h.role.as_str(),
+                &h.fingerprint,
+                &h.added_at,
+                &h.revoked_at,
+                &h.last_seen,
+                &h.last_addr,
+                &h.expires_at,
+                &h.ca,
+                &h.renewed_at,
+                &h.prev_fingerprint,
+                &h.prev_until,
+            ],
         )?;
         Ok(n == 1)
     }
@@ -749,6 +843,16 @@ impl Store for PgStore {
         Ok(())
     }
 
+    fn renew_host(&mut self, name: &str, r: &Renewal) -> Result<bool, StoreError> {
+        let args: [&(dyn ToSql + Sync); 7] =
+            [&name, &r.fingerprint, &r.expires_at, &r.ca, &r.now, &r.presented, &r.presented_until];
+        Ok(self.execute(sql::RENEW_HOST.postgres, &args)? == 1)
+    }
+
+    fn host_presented(&mut self, name: &str, fp: &[u8], until: i64) -> Result<bool, StoreError> {
+        Ok(self.execute(sql::HOST_PRESENTED.postgres, &[&name, &fp, &until])? == 1)
+    }
+
     fn fleet_ca(&mut self) -> Result<Option<(String, Vec<u8>)>, StoreError> {
         match self.query_opt(sql::FLEET_CA.postgres, &[])? {
             Some(r) => Ok(Some((r.try_get(0)?, r.try_get(1)?))),
@@ -767,15 +871,24 @@ impl Store for PgStore {
 mod tests {
     #[test]
     fn urls_over_a_network_need_an_explicit_no_tls_and_passwords_are_never_shown() {
-        assert!(config("postgresql://otp@%2Frun%2Fpostgresql:5432/otpd").is_ok());
-        assert!(config("postgresql://otp@127.0.0.1:5432/otpd").is_ok());
-        assert!(config("postgresql://otp@localhost/otpd").is_ok());
-        let err = config("postgresql://otp:s3cret@db.example.org/otpd").unwrap_err().to_string();
+        assert!(async_config("postgresql://otp@%2Frun%2Fpostgresql:5432/otpd").is_ok());
+        assert!(async_config("postgresql://otp@127.0.0.1:5432/otpd").is_ok());
+        assert!(async_config("postgresql://otp@localhost/otpd").is_ok());
+        let err = async_config("postgresql://otp:s3cret@db.example.org/otpd").unwrap_err().to_string();
         assert!(err.contains("db.example.org") && err.contains("sslmode=disable"), "{err}");
+        assert!(err.contains("sslmode=verify-full") && err.contains("sslrootcert="), "{err}");
         assert!(!err.contains("s3cret"), "{err}");
+        let err = async_config("postgresql://otp:s3cret@db.example.org/otpd?sslmode=require").unwrap_err().to_string();
+        assert!(err.contains("checks no certificate") && !err.contains("s3cret"), "{err}");
         let ok = async_config("postgresql://db.example.org/otpd?user=otp&password=s3cret&sslmode=disable").unwrap();
         let shown = describe(&ok);
         assert_eq!(shown, "postgresql://otp@db.example.org:5432/otpd");
+        let tls = async_config(
+            "postgresql://otp:s3cret@db.example.org/otpd?sslmode=verify-full&sslrootcert=/etc/otpd/pg-ca.crt",
+        )
+        .unwrap();
+        assert_eq!(describe(&tls), "postgresql://otp@db.example.org:5432/otpd");
+        assert_eq!(tls.get_ssl_mode(), postgres::config::SslMode::Require);
     }
 
     use super::*;
@@ -811,6 +924,9 @@ mod tests {
             last_method: Some(AuditMethod::Email),
             hotp_counter: Some(21),
             digits: Some(8),
+            clock_drift_secs: Some(-300),
+            clock_drift_at: Some(22),
+            clock_drift_refusals: 2,
         }
     }
 
@@ -827,6 +943,7 @@ mod tests {
             revoked_at: None,
             last_seen: None,
             last_addr: None,
+            ..HostRecord::default()
         }
     }
 
@@ -997,6 +1114,18 @@ mod tests {
         assert_eq!(s.counts(0).unwrap().audit_entries, 4);
         assert_eq!(s.prune_audit(250, 10).unwrap(), 2 + 1, "two audit rows and the session closed at 20");
         assert_eq!(times(s.audit(None, None, None, 10).unwrap()), [400, 300]);
+        // Late rows (an agent's spool): one host's entry id is written once;
+        // counts (no id) every time; the time received is read back.
+        let late = NewAudit { time: 350, user: "late".into(), machine: "web01".into(), ..Default::default() };
+        assert!(s.add_late_audit(&late, 500, Some("ab01")).unwrap());
+        assert!(!s.add_late_audit(&late, 501, Some("ab01")).unwrap(), "sent again");
+        assert!(s.add_late_audit(&NewAudit { machine: "web02".into(), ..late.clone() }, 500, Some("ab01")).unwrap());
+        assert!(s.add_late_audit(&late, 500, None).unwrap() && s.add_late_audit(&late, 500, None).unwrap());
+        let rows = s.audit(Some("late"), None, None, 10).unwrap();
+        assert_eq!(rows.iter().map(|e| (e.time, e.received_at)).collect::<Vec<_>>(), [(350, Some(500)); 4]);
+        assert!(s.audit(Some("a"), None, None, 10).unwrap().iter().all(|e| e.received_at.is_none()));
+        s.prune_audit(360, 10).unwrap();
+        assert_eq!(s.audit(Some("late"), None, None, 10).unwrap(), [], "pruned by the time they happened");
 
         // Hosts.
         assert_eq!(s.host("web01").unwrap(), None);
@@ -1265,7 +1394,7 @@ mod tests {
     }
 
     fn postgres_schema(url: &str) -> BTreeMap<String, Table> {
-        let mut client = config(url).unwrap().connect(NoTls).unwrap();
+        let mut client = PgTarget::new(url).unwrap().connect_blocking().unwrap();
         let mut schema: BTreeMap<String, Table> = BTreeMap::new();
         let columns =
             "SELECT table_name::text, column_name::text, data_type::text, is_nullable = 'NO', column_default::text
@@ -1341,11 +1470,16 @@ mod tests {
             "CHECKs: users.method, emergency_requests.status, hosts.role, fleet_ca.id"
         );
         assert_eq!(seen(|t| t.foreign_keys.len()), 1, "outbox.code_id");
-        assert_eq!(seen(|t| t.indexes.iter().filter(|(unique, _)| *unique).count()), 1, "hosts.fingerprint");
+        assert_eq!(
+            seen(|t| t.indexes.iter().filter(|(unique, _)| *unique).count()),
+            3,
+            "hosts.fingerprint, hosts.prev_fingerprint; audit (machine, spool_id)"
+        );
         let defaults = seen(|t| t.columns.values().filter(|c| c.default.is_some()).count());
         assert_eq!(
-            defaults, 5,
-            "users: failures, lock_periods, failures_since_login; email_codes.emergency; outbox.attempts"
+            defaults, 6,
+            "users: failures, lock_periods, failures_since_login, clock_drift_refusals; email_codes.emergency; \
+             outbox.attempts"
         );
     }
 
@@ -1823,5 +1957,207 @@ mod tests {
         let url = pg.url().replace("/otpd", "/no_such_db");
         let err = Db::start_postgres(&url, 1).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("no_such_db"), "{err}");
+    }
+
+    // TLS to PostgreSQL (crate::store::pgtls), against real servers on
+    // 127.0.0.1 with `ssl = on` and `hostssl`-only pg_hba lines.
+
+    use e2e::pg::{ServerTls, Tcp, TestCa};
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
+
+    /// Writes `pem` to `dir/name` with `mode`.
+    fn pem_file(dir: &std::path::Path, name: &str, pem: &str, mode: u32) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    /// A TLS cluster whose certificate, issued by `ca`, names `names`;
+    /// client certificates of `client_ca` accepted for `cert` lines.
+    fn tls_cluster(ca: &TestCa, names: &[&str], client_ca: Option<&TestCa>, hba: &[&str]) -> Cluster {
+        let (cert_pem, key_pem) = ca.server(names);
+        let tls = ServerTls { cert_pem, key_pem, client_ca_pem: client_ca.map(TestCa::cert_pem) };
+        let tcp = Tcp { tls: Some(tls), hba: hba.iter().map(|l| l.to_string()).collect() };
+        Cluster::start_tcp(&tcp).unwrap_or_else(|e| panic!("PostgreSQL with TLS cannot start: {e}"))
+    }
+
+    /// Whether the session of `client` is encrypted, as the server sees it.
+    fn session_is_tls(client: &mut Client) -> bool {
+        client.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).unwrap().get(0)
+    }
+
+    fn refusal(url: &str) -> String {
+        match PgTarget::new(url).and_then(|t| t.connect_blocking()) {
+            Ok(_) => panic!("{url}: connected"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_verify_full_serves_both_clients_channel_binding_and_client_certificates() {
+        let ca = TestCa::new("otpd test PostgreSQL CA");
+        let clients = TestCa::new("otpd test client CA");
+        let pg = tls_cluster(
+            &ca,
+            &["localhost", "127.0.0.1"],
+            Some(&clients),
+            &[
+                "hostssl all otp 127.0.0.1/32 trust",
+                "hostssl all app 127.0.0.1/32 scram-sha-256",
+                "hostssl all certuser 127.0.0.1/32 cert",
+            ],
+        );
+        pg.psql("CREATE ROLE app LOGIN PASSWORD 'app-pw'; CREATE ROLE certuser LOGIN").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let root = pem_file(dir.path(), "ca.crt", &ca.cert_pem(), 0o644);
+        let verify = format!("sslmode=verify-full&sslrootcert={}", root.display());
+
+        // The workers (blocking client) migrate and write, the login path
+        // (async client) reads: all over verified TLS.
+        let url = pg.tcp_url("otp", &verify);
+        let db = Db::start_postgres(&url, 2).unwrap();
+        db.run(|s| s.save_user(&bare_user("alice", 1000))).await.unwrap();
+        let (alice, _) = db.fast().unwrap().plan_reads("alice", false).await.unwrap();
+        assert_eq!(alice.map(|u| u.name), Some("alice".into()));
+        let target = PgTarget::new(&url).unwrap();
+        assert!(target.is_tls());
+        let (client, connection) = target.connect().await.unwrap();
+        tokio::spawn(connection);
+        let ssl: bool =
+            client.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap().get(0);
+        assert!(ssl, "the async client's session is not encrypted");
+        let url_for_blocking = url.clone();
+        // The blocking client runs a runtime of its own: on a plain thread.
+        let (ssl, users) = std::thread::spawn(move || {
+            let mut c = PgTarget::new(&url_for_blocking).unwrap().connect_blocking().unwrap();
+            let users: i64 = c.query_one("SELECT count(*) FROM users", &[]).unwrap().get(0);
+            (session_is_tls(&mut c), users)
+        })
+        .join()
+        .unwrap();
+        assert!(ssl && users == 1, "blocking client: tls {ssl}, {users} users");
+        drop(db);
+
+        std::thread::spawn(move || {
+            // The server takes TLS only: clear text said on purpose is refused by pg_hba.
+            let err = refusal(&pg.tcp_url("otp", "sslmode=disable"));
+            assert!(err.contains("no encryption"), "{err}");
+
+            // SCRAM with channel binding required: the binding otpd computes
+            // from the server's certificate is the one the server expects.
+            let mut app = PgTarget::new(&pg.tcp_url("app:app-pw", &format!("{verify}&channel_binding=require")))
+                .unwrap()
+                .connect_blocking()
+                .unwrap();
+            assert!(session_is_tls(&mut app));
+            let err = refusal(&pg.tcp_url("app:wrong", &format!("{verify}&channel_binding=require")));
+            assert!(err.contains("password authentication failed"), "{err}");
+
+            // `cert` authentication: the client certificate names the user.
+            let (cert, key) = clients.client("certuser");
+            let cert = pem_file(dir.path(), "certuser.crt", &cert, 0o644);
+            let key = pem_file(dir.path(), "certuser.key", &key, 0o600);
+            let with_cert = format!("{verify}&sslcert={}&sslkey={}", cert.display(), key.display());
+            let mut certuser = PgTarget::new(&pg.tcp_url("certuser", &with_cert)).unwrap().connect_blocking().unwrap();
+            let who: String = certuser.query_one("SELECT current_user::text", &[]).unwrap().get(0);
+            assert_eq!(who, "certuser");
+            assert!(session_is_tls(&mut certuser));
+            // Without one, or with one of a CA the server does not trust: refused.
+            let err = refusal(&pg.tcp_url("certuser", &verify));
+            assert!(err.contains("certificate"), "{err}");
+            let (cert, key) = TestCa::new("another client CA").client("certuser");
+            let cert = pem_file(dir.path(), "other.crt", &cert, 0o644);
+            let key = pem_file(dir.path(), "other.key", &key, 0o600);
+            let err = refusal(
+                &pg.tcp_url("certuser", &format!("{verify}&sslcert={}&sslkey={}", cert.display(), key.display())),
+            );
+            assert!(err.contains("refused otpd's client certificate"), "{err}");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn tls_refuses_another_name_an_unknown_ca_and_a_server_without_tls() {
+        let ca = TestCa::new("otpd test PostgreSQL CA");
+        let dir = tempfile::tempdir().unwrap();
+        let root = pem_file(dir.path(), "ca.crt", &ca.cert_pem(), 0o644);
+        let other = pem_file(dir.path(), "other-ca.crt", &TestCa::new("another CA").cert_pem(), 0o644);
+        // A certificate of the right CA, for another name.
+        let pg = tls_cluster(&ca, &["db.example.org"], None, &["hostssl all otp 127.0.0.1/32 trust"]);
+        let err = refusal(&pg.tcp_url("otp", &format!("sslmode=verify-full&sslrootcert={}", root.display())));
+        assert!(err.contains("not issued for that name") && err.contains("db.example.org"), "{err}");
+        assert!(err.contains("127.0.0.1"), "{err}");
+        // verify-ca checks the issuer only.
+        let mut c = PgTarget::new(&pg.tcp_url("otp", &format!("sslmode=verify-ca&sslrootcert={}", root.display())))
+            .unwrap()
+            .connect_blocking()
+            .unwrap();
+        assert!(session_is_tls(&mut c));
+        // A CA otpd was not told to trust, whatever the name.
+        for mode in ["verify-full", "verify-ca"] {
+            let err = refusal(&pg.tcp_url("otp", &format!("sslmode={mode}&sslrootcert={}", other.display())));
+            assert!(err.contains("not issued by a CA of") && err.contains("other-ca.crt"), "{mode}: {err}");
+        }
+        drop((c, pg));
+        // A server that speaks clear text only.
+        let tcp = Tcp { tls: None, hba: vec!["host all otp 127.0.0.1/32 trust".into()] };
+        let plain = Cluster::start_tcp(&tcp).unwrap_or_else(|e| panic!("PostgreSQL cannot start: {e}"));
+        let err = refusal(&plain.tcp_url("otp", &format!("sslmode=verify-full&sslrootcert={}", root.display())));
+        assert!(err.contains("does not speak TLS") && err.contains("ssl = on"), "{err}");
+        // Loopback without TLS is still what it was.
+        let mut c = PgTarget::new(&plain.tcp_url("otp", "")).unwrap().connect_blocking().unwrap();
+        assert!(!session_is_tls(&mut c));
+    }
+
+    /// The files a TLS URL names are checked before anything is sent.
+    #[test]
+    fn tls_files_must_exist_and_keys_must_be_private() {
+        let ca = TestCa::new("otpd test PostgreSQL CA");
+        let dir = tempfile::tempdir().unwrap();
+        let root = pem_file(dir.path(), "ca.crt", &ca.cert_pem(), 0o644);
+        let (cert, key) = ca.client("otp");
+        let cert = pem_file(dir.path(), "c.crt", &cert, 0o644);
+        let key = pem_file(dir.path(), "c.key", &key, 0o600);
+        let url = |params: String| format!("postgresql://otp:s3cret@db.example.org/otpd?sslmode=verify-full&{params}");
+        let err = |params: String| match PgTarget::new(&url(params)) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.to_string(),
+        };
+        let with = |root: &PathBuf, cert: &PathBuf, key: &PathBuf| {
+            format!("sslrootcert={}&sslcert={}&sslkey={}", root.display(), cert.display(), key.display())
+        };
+        assert!(PgTarget::new(&url(with(&root, &cert, &key))).unwrap().is_tls());
+
+        let missing = dir.path().join("missing.crt");
+        let e = err(with(&missing, &cert, &key));
+        assert!(e.contains("missing.crt") && e.contains("cannot open"), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = err(with(&root, &cert, &key));
+        assert!(e.contains("chmod 600") && e.contains("c.key"), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = err(with(&root, &cert, &key));
+        assert!(e.contains("chmod go-w"), "{e}");
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::os::unix::fs::chown(&key, Some(65534), None).unwrap();
+        let e = err(with(&root, &cert, &key));
+        assert!(e.contains("uid 65534") && e.contains("chown root"), "{e}");
+        std::os::unix::fs::chown(&key, Some(0), None).unwrap();
+        // The key of another certificate; a file with no certificate.
+        let (_, other_key) = ca.client("otp");
+        let other_key = pem_file(dir.path(), "other.key", &other_key, 0o600);
+        let e = err(with(&root, &cert, &other_key));
+        assert!(e.contains("is not the key of the certificate"), "{e}");
+        let e = err(with(&key, &cert, &key));
+        assert!(e.contains("no certificate"), "{e}");
+        // A directory others may write to.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = err(with(&root, &cert, &key));
+        assert!(e.contains("writable by every user"), "{e}");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(!e.contains("s3cret"));
     }
 }

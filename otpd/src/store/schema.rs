@@ -234,6 +234,33 @@ CREATE INDEX outbox_by_code ON outbox (code_id);
 CREATE INDEX audit_by_result_time ON audit (result, time);
 CREATE INDEX users_by_name_c ON users (name);
 "#,
+    // Clock drift: what the last refused code outside the TOTP window
+    // showed of the authenticator's clock, and such refusals in a row.
+    r#"
+ALTER TABLE users ADD COLUMN clock_drift_secs INTEGER;
+ALTER TABLE users ADD COLUMN clock_drift_at INTEGER;
+ALTER TABLE users ADD COLUMN clock_drift_refusals INTEGER NOT NULL DEFAULT 0;
+"#,
+    // Refusals an agent spooled while no server answered, written when one
+    // did (crate::fleet::spool): `received_at` says when (NULL on every
+    // other row), and one host's `spool_id` is written once, however often
+    // the agent resends it (an acknowledgement lost on the way).
+    r#"
+ALTER TABLE audit ADD COLUMN received_at INTEGER;
+ALTER TABLE audit ADD COLUMN spool_id TEXT;
+CREATE UNIQUE INDEX audit_spooled_once ON audit (machine, spool_id) WHERE spool_id IS NOT NULL;
+"#,
+    // Fleet: host certificates that renew themselves. Each host's expiry
+    // and issuing CA, its last renewal, and the certificate a renewal
+    // replaced, accepted until the new one is first presented.
+    r#"
+ALTER TABLE hosts ADD COLUMN expires_at INTEGER;
+ALTER TABLE hosts ADD COLUMN ca BLOB;
+ALTER TABLE hosts ADD COLUMN renewed_at INTEGER;
+ALTER TABLE hosts ADD COLUMN prev_fingerprint BLOB;
+ALTER TABLE hosts ADD COLUMN prev_until INTEGER;
+CREATE UNIQUE INDEX hosts_by_prev_fingerprint ON hosts (prev_fingerprint);
+"#,
 ];
 
 /// Schema migrations; `otpd_schema.version` records how many have run.
@@ -380,5 +407,30 @@ ALTER TABLE hosts ADD COLUMN last_addr TEXT;
     r#"
 CREATE INDEX audit_by_result_time ON audit (result, time);
 CREATE INDEX users_by_name_c ON users (name COLLATE "C");
+"#,
+    // Clock drift: what the last refused code outside the TOTP window
+    // showed of the authenticator's clock, and such refusals in a row.
+    r#"
+ALTER TABLE users ADD COLUMN clock_drift_secs BIGINT;
+ALTER TABLE users ADD COLUMN clock_drift_at BIGINT;
+ALTER TABLE users ADD COLUMN clock_drift_refusals BIGINT NOT NULL DEFAULT 0;
+"#,
+    // Refusals an agent spooled while no server answered, written when one
+    // did (crate::fleet::spool): `received_at` says when (NULL on every
+    // other row), and one host's `spool_id` is written once, however often
+    // the agent resends it (an acknowledgement lost on the way).
+    r#"
+ALTER TABLE audit ADD COLUMN received_at BIGINT;
+ALTER TABLE audit ADD COLUMN spool_id TEXT;
+CREATE UNIQUE INDEX audit_spooled_once ON audit (machine, spool_id) WHERE spool_id IS NOT NULL;
+"#,
+    // Fleet: host certificates that renew themselves (see the SQLite step).
+    r#"
+ALTER TABLE hosts ADD COLUMN expires_at BIGINT;
+ALTER TABLE hosts ADD COLUMN ca BYTEA;
+ALTER TABLE hosts ADD COLUMN renewed_at BIGINT;
+ALTER TABLE hosts ADD COLUMN prev_fingerprint BYTEA;
+ALTER TABLE hosts ADD COLUMN prev_until BIGINT;
+CREATE UNIQUE INDEX hosts_by_prev_fingerprint ON hosts (prev_fingerprint);
 "#,
 ];

@@ -163,8 +163,10 @@ pub const SAVE_USER: Sql = pair!(
     sqlite: "INSERT INTO users (name, uid, method, enabled, email, secret, activated_at, last_step,
                                 failures, locked_until, last_login, created_at, updated_at,
                                 password_hash, last_method, lock_periods, failures_since_login,
-                                admin_locked_at, hotp_counter, digits)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+                                admin_locked_at, hotp_counter, digits, clock_drift_secs, clock_drift_at,
+                                clock_drift_refusals)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+                     $21, $22, $23)
              ON CONFLICT (name) DO UPDATE SET
                 uid = excluded.uid, method = excluded.method, enabled = excluded.enabled,
                 email = excluded.email, secret = excluded.secret, activated_at = excluded.activated_at,
@@ -182,12 +184,15 @@ pub const SAVE_USER: Sql = pair!(
                                     THEN max(coalesce(excluded.hotp_counter, users.hotp_counter),
                                              coalesce(users.hotp_counter, excluded.hotp_counter))
                                     ELSE excluded.hotp_counter END,
-                digits = excluded.digits",
+                digits = excluded.digits, clock_drift_secs = excluded.clock_drift_secs,
+                clock_drift_at = excluded.clock_drift_at, clock_drift_refusals = excluded.clock_drift_refusals",
     postgres: "INSERT INTO users (name, uid, method, enabled, email, secret, activated_at, last_step,
                                 failures, locked_until, last_login, created_at, updated_at,
                                 password_hash, last_method, lock_periods, failures_since_login,
-                                admin_locked_at, hotp_counter, digits)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+                                admin_locked_at, hotp_counter, digits, clock_drift_secs, clock_drift_at,
+                                clock_drift_refusals)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+                     $21, $22, $23)
              ON CONFLICT (name) DO UPDATE SET
                 uid = excluded.uid, method = excluded.method, enabled = excluded.enabled,
                 email = excluded.email, secret = excluded.secret, activated_at = excluded.activated_at,
@@ -203,7 +208,8 @@ pub const SAVE_USER: Sql = pair!(
                 hotp_counter = CASE WHEN excluded.secret IS NOT DISTINCT FROM users.secret
                                     THEN greatest(users.hotp_counter, excluded.hotp_counter)
                                     ELSE excluded.hotp_counter END,
-                digits = excluded.digits",
+                digits = excluded.digits, clock_drift_secs = excluded.clock_drift_secs,
+                clock_drift_at = excluded.clock_drift_at, clock_drift_refusals = excluded.clock_drift_refusals",
 );
 /// HOTP: the counter moves past `$2` only if it is not past it already.
 pub const CONSUME_COUNTER: Sql = same!(
@@ -255,6 +261,13 @@ pub const ADD_AUDIT: Sql = same!(
     r#"INSERT INTO audit (time, "user", service, rhost, tty, machine, method, result, reason)
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"#
 );
+/// A refusal an agent spooled while no server answered, written late
+/// (`received_at`): a second copy of one `spool_id` from one host (a
+/// resend after a lost acknowledgement) writes nothing.
+pub const ADD_LATE_AUDIT: Sql = same!(
+    r#"INSERT INTO audit (time, "user", service, rhost, tty, machine, method, result, reason, received_at, spool_id)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING"#
+);
 pub const PRUNE_AUDIT: Sql =
     same!("DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE time < $1 ORDER BY time LIMIT $2)");
 /// A session ages out by its end, or its start if it never ended.
@@ -274,7 +287,7 @@ pub const PRUNE_SESSIONS: Sql = same!(
 macro_rules! audit_page {
     ($lead:literal) => {
         same!(concat!(
-            r#"SELECT id, time, "user", service, rhost, tty, machine, method, result, reason FROM audit
+            r#"SELECT id, time, "user", service, rhost, tty, machine, method, result, reason, received_at FROM audit
        WHERE "#,
             $lead,
             r#"
@@ -395,23 +408,37 @@ pub const SESSIONS: Sql = same!("SELECT * FROM sessions ORDER BY id DESC LIMIT $
 // Fleet hosts and CA.
 
 /// One statement: two servers adding the same name cannot both succeed; a
-/// revoked host of that name is replaced.
+/// revoked host of that name, or one whose certificate expired, is replaced.
 pub const ADD_HOST: Sql = same!(
-    "INSERT INTO hosts (name, role, fingerprint, added_at, revoked_at, last_seen, last_addr)
-     VALUES ($1, $2, $3, $4, $5, $6, $7)
+    "INSERT INTO hosts (name, role, fingerprint, added_at, revoked_at, last_seen, last_addr, expires_at, ca,
+                        renewed_at, prev_fingerprint, prev_until)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
      ON CONFLICT (name) DO UPDATE SET
         role = excluded.role, fingerprint = excluded.fingerprint, added_at = excluded.added_at,
-        revoked_at = excluded.revoked_at, last_seen = excluded.last_seen, last_addr = excluded.last_addr
-     WHERE hosts.revoked_at IS NOT NULL"
+        revoked_at = excluded.revoked_at, last_seen = excluded.last_seen, last_addr = excluded.last_addr,
+        expires_at = excluded.expires_at, ca = excluded.ca, renewed_at = excluded.renewed_at,
+        prev_fingerprint = excluded.prev_fingerprint, prev_until = excluded.prev_until
+     WHERE hosts.revoked_at IS NOT NULL OR hosts.expires_at < excluded.added_at"
 );
 pub const HOST: Sql = same!("SELECT * FROM hosts WHERE name = $1");
 /// Also on the login path ([`crate::store::pgfast`]).
-pub const HOST_BY_FINGERPRINT: Sql = same!("SELECT * FROM hosts WHERE fingerprint = $1");
+/// Its current certificate, or the one its last renewal replaced.
+pub const HOST_BY_FINGERPRINT: Sql = same!("SELECT * FROM hosts WHERE fingerprint = $1 OR prev_fingerprint = $1");
 /// By name in byte order (see [`USER_BY_UID`]).
 pub const HOSTS: Sql =
     pair!(sqlite: "SELECT * FROM hosts ORDER BY name", postgres: r#"SELECT * FROM hosts ORDER BY name COLLATE "C""#);
 pub const REVOKE_HOST: Sql = same!("UPDATE hosts SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL");
 pub const HOST_SEEN: Sql = same!("UPDATE hosts SET last_seen = $2, last_addr = $3 WHERE name = $1");
+/// Compare-and-set: only while the certificate that asked ($6) is still
+/// one the host may use and the host is not revoked.
+pub const RENEW_HOST: Sql = same!(
+    "UPDATE hosts SET fingerprint = $2, expires_at = $3, ca = $4, renewed_at = $5, prev_fingerprint = $6,
+                      prev_until = $7
+     WHERE name = $1 AND revoked_at IS NULL
+       AND (fingerprint = $6 OR (prev_fingerprint = $6 AND prev_until > $5))"
+);
+pub const HOST_PRESENTED: Sql =
+    same!("UPDATE hosts SET prev_until = $3 WHERE name = $1 AND fingerprint = $2 AND prev_until > $3");
 pub const FLEET_CA: Sql = same!("SELECT cert_pem, key_sealed FROM fleet_ca WHERE id = 1");
 /// The first CA stored stays.
 pub const SET_FLEET_CA: Sql =
@@ -451,7 +478,9 @@ pub mod postgres {
            AND failures = 0 AND failures_since_login = 0 AND lock_periods = 0
            AND locked_until IS NULL AND admin_locked_at IS NULL
            AND ($14::bytea IS NULL
-                OR EXISTS (SELECT 1 FROM hosts WHERE fingerprint = $14 AND revoked_at IS NULL))
+                OR EXISTS (SELECT 1 FROM hosts WHERE revoked_at IS NULL
+                             AND ((fingerprint = $14 AND (expires_at IS NULL OR expires_at >= $3))
+                                  OR (prev_fingerprint = $14 AND prev_until > $3))))
         RETURNING name)
     INSERT INTO audit (time, "user", service, rhost, tty, machine, method, result, reason)
     SELECT $3, $6, $7, $8, $9, $10, $11, $12, $13 FROM u"#;
@@ -491,6 +520,7 @@ mod tests {
             ("DELETE_GROUP_MEMBERS", DELETE_GROUP_MEMBERS),
             ("INSERT_GROUP_MEMBERS", INSERT_GROUP_MEMBERS),
             ("ADD_AUDIT", ADD_AUDIT),
+            ("ADD_LATE_AUDIT", ADD_LATE_AUDIT),
             ("PRUNE_AUDIT", PRUNE_AUDIT),
             ("PRUNE_SESSIONS", PRUNE_SESSIONS),
             ("AUDIT_BY_USER", AUDIT_BY_USER),
@@ -529,6 +559,8 @@ mod tests {
             ("HOSTS", HOSTS),
             ("REVOKE_HOST", REVOKE_HOST),
             ("HOST_SEEN", HOST_SEEN),
+            ("RENEW_HOST", RENEW_HOST),
+            ("HOST_PRESENTED", HOST_PRESENTED),
             ("FLEET_CA", FLEET_CA),
             ("SET_FLEET_CA", SET_FLEET_CA),
         ]
@@ -644,7 +676,7 @@ mod tests {
     fn every_postgresql_text_prepares() {
         let pg = e2e::pg::Cluster::start().unwrap_or_else(|e| panic!("PostgreSQL cannot start: {e}"));
         drop(crate::store::postgres::PgStore::open(&pg.url()).unwrap());
-        let mut client = crate::store::postgres::config(&pg.url()).unwrap().connect(::postgres::NoTls).unwrap();
+        let mut client = crate::store::postgres::PgTarget::new(&pg.url()).unwrap().connect_blocking().unwrap();
         let all = shared_and_paired().into_iter().map(|(n, s)| (n, s.postgres)).chain(postgres_only());
         for (name, sql) in all {
             client.prepare(sql).unwrap_or_else(|e| panic!("{name}: {e:?}\n{sql}"));

@@ -167,6 +167,9 @@ fn user_from_row(r: &Row<'_>) -> rusqlite::Result<UserRecord> {
         last_method: r.get::<_, Option<String>>("last_method")?.and_then(|m| AuditMethod::parse(&m).ok()),
         hotp_counter: r.get("hotp_counter")?,
         digits: r.get("digits")?,
+        clock_drift_secs: r.get("clock_drift_secs")?,
+        clock_drift_at: r.get("clock_drift_at")?,
+        clock_drift_refusals: r.get("clock_drift_refusals")?,
     })
 }
 
@@ -261,7 +264,10 @@ impl Store for SqliteStore {
                 u.failures_since_login,
                 u.admin_locked_at,
                 u.hotp_counter,
-                u.digits
+                u.digits,
+                u.clock_drift_secs,
+                u.clock_drift_at,
+                u.clock_drift_refusals
             ],
         )?;
         Ok(())
@@ -342,6 +348,26 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn add_late_audit(&mut self, e: &NewAudit, received_at: i64, spool_id: Option<&str>) -> Result<bool, StoreError> {
+        let n = self.change(
+            sql::ADD_LATE_AUDIT,
+            params![
+                e.time,
+                e.user,
+                e.service,
+                e.rhost,
+                e.tty,
+                e.machine,
+                e.method.as_str(),
+                e.result.as_str(),
+                e.reason,
+                received_at,
+                spool_id
+            ],
+        )?;
+        Ok(n > 0)
+    }
+
     fn prune_audit(&mut self, before: i64, limit: u32) -> Result<u64, StoreError> {
         let n = self.change(sql::PRUNE_AUDIT, params![before, limit])?;
         // A user may record its own sessions (within its rate allowance):
@@ -366,6 +392,7 @@ impl Store for SqliteStore {
                 method: r.get(7)?,
                 result: r.get(8)?,
                 reason: r.get(9)?,
+                received_at: r.get(10)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -534,7 +561,20 @@ impl Store for SqliteStore {
     fn add_host(&mut self, h: &HostRecord) -> Result<bool, StoreError> {
         let n = self.change(
             sql::ADD_HOST,
-            params![h.name, h.role.as_str(), h.fingerprint, h.added_at, h.revoked_at, h.last_seen, h.last_addr],
+            params![
+                h.name,
+                h.role.as_str(),
+                h.fingerprint,
+                h.added_at,
+                h.revoked_at,
+                h.last_seen,
+                h.last_addr,
+                h.expires_at,
+                h.ca,
+                h.renewed_at,
+                h.prev_fingerprint,
+                h.prev_until
+            ],
         )?;
         Ok(n == 1)
     }
@@ -564,6 +604,15 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn renew_host(&mut self, name: &str, r: &Renewal) -> Result<bool, StoreError> {
+        let args = params![name, r.fingerprint, r.expires_at, r.ca, r.now, r.presented, r.presented_until];
+        Ok(self.change(sql::RENEW_HOST, args)? == 1)
+    }
+
+    fn host_presented(&mut self, name: &str, fp: &[u8], until: i64) -> Result<bool, StoreError> {
+        Ok(self.change(sql::HOST_PRESENTED, params![name, fp, until])? == 1)
+    }
+
     fn fleet_ca(&mut self) -> Result<Option<(String, Vec<u8>)>, StoreError> {
         let mut st = self.conn.prepare_cached(sql::FLEET_CA.sqlite)?;
         Ok(st.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
@@ -585,6 +634,8 @@ fn host_from_row(r: &Row<'_>) -> rusqlite::Result<Result<HostRecord, StoreError>
         r.get("last_seen")?,
         r.get("last_addr")?,
     );
+    let (expires_at, ca, renewed_at, prev_fingerprint, prev_until) =
+        (r.get("expires_at")?, r.get("ca")?, r.get("renewed_at")?, r.get("prev_fingerprint")?, r.get("prev_until")?);
     Ok(HostRole::parse(&role).map(|role| HostRecord {
         name,
         role,
@@ -593,6 +644,11 @@ fn host_from_row(r: &Row<'_>) -> rusqlite::Result<Result<HostRecord, StoreError>
         revoked_at,
         last_seen,
         last_addr,
+        expires_at,
+        ca,
+        renewed_at,
+        prev_fingerprint,
+        prev_until,
     }))
 }
 
@@ -623,6 +679,9 @@ mod tests {
             last_method: None,
             hotp_counter: None,
             digits: None,
+            clock_drift_secs: Some(90),
+            clock_drift_at: Some(11),
+            clock_drift_refusals: 1,
         }
     }
 

@@ -42,6 +42,57 @@ impl<C: Clock> Clock for std::sync::Arc<C> {
     }
 }
 
+/// The kernel's clock discipline as `adjtimex(2)` reports it. TOTP codes
+/// are checked against this clock, so whether a time source (NTP, PTP)
+/// keeps it right matters as much as the users' phones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelClock {
+    /// Neither TIME_ERROR returned nor STA_UNSYNC set.
+    pub synchronised: bool,
+    /// The kernel's maximum error estimate, microseconds.
+    pub max_error_us: i64,
+}
+
+/// Reads the kernel's clock state; changes nothing (`modes` 0 needs no
+/// privilege, but a system call filter may still refuse it: EPERM).
+pub fn kernel_clock() -> std::io::Result<KernelClock> {
+    // SAFETY: adjtimex only reads and writes the struct given; with
+    // `modes` 0 it sets nothing.
+    let (state, tx) = unsafe {
+        let mut tx: libc::timex = std::mem::zeroed();
+        (libc::adjtimex(&mut tx), tx)
+    };
+    if state < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // `maxerror` is a C long: 32 bits on some targets.
+    #[allow(clippy::unnecessary_cast)]
+    let max_error_us = tx.maxerror as i64;
+    Ok(KernelClock { synchronised: state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0, max_error_us })
+}
+
+/// Whether systemd-timedated says the clock is synchronised (its
+/// `NTPSynchronized`, what `timedatectl` shows), over the system bus, within
+/// two seconds. For when adjtimex is forbidden to otpd itself.
+pub async fn timedated_synchronised() -> Result<bool, String> {
+    let ask = async {
+        let bus = zbus::Connection::system().await?;
+        let proxy = zbus::Proxy::new(
+            &bus,
+            "org.freedesktop.timedate1",
+            "/org/freedesktop/timedate1",
+            "org.freedesktop.timedate1",
+        )
+        .await?;
+        proxy.get_property::<bool>("NTPSynchronized").await
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(2), ask).await {
+        Ok(Ok(synchronised)) => Ok(synchronised),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 2 s".into()),
+    }
+}
+
 /// "14:32 CET": the time of day as people read clocks here, in the host's
 /// time zone (TZ, else /etc/localtime, as `date` does) with its name.
 /// Falls back to UTC when the C library cannot convert.
@@ -67,8 +118,20 @@ pub fn local_hhmm(t: i64) -> String {
     }
 }
 
+/// The system clock. Debug builds (the test suite) may shift it by the
+/// number of seconds in the file named by `OTPD_TEST_CLOCK_FILE`, or pin it
+/// (`@SECONDS`), so expiry is tested without sleeping and TOTP codes without
+/// racing a step boundary; release builds have no such hook.
+pub fn configured() -> Box<dyn Clock> {
+    #[cfg(debug_assertions)]
+    if let Some(path) = std::env::var_os("OTPD_TEST_CLOCK_FILE") {
+        return Box::new(OffsetFileClock(path.into()));
+    }
+    Box::new(SystemClock)
+}
+
 /// System time shifted by the seconds written in a file, or pinned to the
-/// time written as `@SECONDS` (debug builds only; see `crate::daemon`).
+/// time written as `@SECONDS` (debug builds only; see [`configured`]).
 /// A pinned clock lets a test compute a TOTP code for exactly the step the
 /// daemon will check, at any moment of the real step.
 #[cfg(debug_assertions)]

@@ -124,6 +124,8 @@ pub fn check_dir(dir: &Path, what: &str) -> Result<(), Untrusted> {
 fn risk(what: &str) -> &'static str {
     if what.starts_with("socket") {
         "put a socket of their own where pam_otp.so expects otpd's"
+    } else if what.starts_with("ssl") {
+        "swap the certificates or the key otpd trusts for PostgreSQL"
     } else {
         "plant the key file, the database or its -wal file there, or swap the directory"
     }

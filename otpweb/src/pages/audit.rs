@@ -41,7 +41,11 @@ impl From<AuditEntry> for AuditRow {
             tty: e.tty.unwrap_or_default(),
             method: e.method,
             result: e.result,
-            reason: e.reason,
+            // A refusal an agent spooled while no server answered.
+            reason: match e.received_at {
+                Some(at) => format!("late, received {}: {}", when(at), e.reason),
+                None => e.reason,
+            },
         }
     }
 }

@@ -20,6 +20,9 @@ pub struct HostRow {
     pub last_seen: String,
     pub last_addr: String,
     pub revoked: String,
+    /// When its certificate runs out, or that it did (a new bundle is needed).
+    pub expires: String,
+    pub renewed: String,
     pub active: bool,
 }
 
@@ -34,6 +37,11 @@ impl From<HostInfo> for HostRow {
             last_seen: when_or(h.last_seen, "never"),
             last_addr: h.last_addr.unwrap_or_default(),
             revoked: when_or(h.revoked_at, ""),
+            expires: match (h.expired, h.expires_at) {
+                (true, _) => "expired: needs a new bundle".into(),
+                (false, at) => when_or(at, ""),
+            },
+            renewed: when_or(h.renewed_at, ""),
             active: h.revoked_at.is_none(),
         }
     }
@@ -113,6 +121,26 @@ pub async fn revoke(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hosts_row_says_when_its_certificate_runs_out_or_that_it_did() {
+        let info = |expired: bool| HostInfo {
+            name: "web01".into(),
+            role: "agent".into(),
+            fingerprint: "ab".into(),
+            added_at: 0,
+            revoked_at: None,
+            last_seen: None,
+            last_addr: None,
+            expires_at: Some(86_400),
+            expired,
+            renewed_at: Some(3600),
+            ca: None,
+        };
+        let live = HostRow::from(info(false));
+        assert_eq!((live.expires, live.renewed), (when(86_400), when(3600)));
+        assert_eq!(HostRow::from(info(true)).expires, "expired: needs a new bundle");
+    }
 
     #[test]
     fn bundle_is_a_download_that_is_not_cached() {

@@ -225,6 +225,7 @@ mod tests {
             last_login: None,
             hotp_counter: None,
             recovery_codes_left: Some(7),
+            clock_drift: None,
         }
     }
 

@@ -1194,9 +1194,10 @@ impl Otpd {
         let pam_socket = dir.join("run/pam.sock");
         let config = format!(
             "role = \"agent\"\n[daemon]\npam_socket = \"{}\"\ndbus = false\n\
-             [fleet]\nservers = [\"{server}\"]\nbundle = \"{}\"\n",
+             [fleet]\nservers = [\"{server}\"]\nbundle = \"{}\"\nspool = \"{}\"\n",
             pam_socket.display(),
-            bundle.display()
+            bundle.display(),
+            dir.join("audit-spool.json").display()
         );
         Otpd::spawn(bin, dir, &config, &[&pam_socket], pam_socket.clone(), PathBuf::new())
     }

@@ -170,3 +170,37 @@ fn user_list_larger_than_a_pam_frame_reaches_otpctl() {
     let table = fx.ctl_ok(&["user", "list"]);
     assert!(table.contains("listed399"));
 }
+
+/// The server's clock is the one codes are checked against: `otpctl
+/// status` shows whether the kernel reports it synchronised, as adjtimex
+/// tells this test, and warns when it is not.
+#[test]
+fn status_shows_the_server_clock_state() {
+    let _turn = support::shared();
+    let fx = Fixture::start("");
+    // SAFETY: modes 0: adjtimex only fills in the struct.
+    let (state, tx) = unsafe {
+        let mut tx: libc::timex = std::mem::zeroed();
+        (libc::adjtimex(&mut tx), tx)
+    };
+    let synchronised = (state >= 0).then_some(state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0);
+    let text = fx.ctl_ok(&["status"]);
+    let json: serde_json::Value = serde_json::from_str(&fx.ctl_ok(&["--json", "status"])).unwrap();
+    let clock = &json["status"]["clock"];
+    match synchronised {
+        Some(true) => {
+            assert!(text.contains("server clock   synchronised"), "{text}");
+            assert!(!text.contains("warning"), "{text}");
+            assert_eq!(clock["synchronised"], true, "{clock}");
+        }
+        Some(false) => {
+            assert!(text.contains("server clock   NOT synchronised"), "{text}");
+            assert!(text.contains("warning        codes are checked against this clock"), "{text}");
+            assert_eq!(clock["synchronised"], false, "{clock}");
+        }
+        None => {
+            assert!(text.contains("server clock   unknown (adjtimex"), "{text}");
+            assert!(clock["synchronised"].is_null() && clock["error"].is_string(), "{clock}");
+        }
+    }
+}

@@ -20,6 +20,10 @@ use support::*;
 enum Backend {
     /// Two servers on one PostgreSQL.
     Postgres,
+    /// Two servers on one PostgreSQL that takes only TLS on 127.0.0.1
+    /// (`hostssl` lines, `cert` authentication): `sslmode=verify-full` and
+    /// a client certificate.
+    PostgresTls,
     /// One server on its SQLite file.
     Sqlite,
 }
@@ -52,9 +56,17 @@ impl Fleet {
     fn start_with(backend: Backend, email: bool) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let pg = match backend {
-            Backend::Postgres => Some(Cluster::start().unwrap_or_else(|e| panic!("PostgreSQL: {e}"))),
-            Backend::Sqlite => None,
+        let (pg, database) = match backend {
+            Backend::Postgres => {
+                let pg = Cluster::start().unwrap_or_else(|e| panic!("PostgreSQL: {e}"));
+                let url = pg.url();
+                (Some(pg), Some(url))
+            }
+            Backend::PostgresTls => {
+                let (pg, url) = tls_cluster(dir.path());
+                (Some(pg), Some(url))
+            }
+            Backend::Sqlite => (None, None),
         };
         let mut f = Fleet {
             agents: Vec::new(),
@@ -75,9 +87,9 @@ impl Fleet {
         } else {
             String::new()
         };
-        let servers = if backend == Backend::Postgres { 2 } else { 1 };
+        let servers = if backend == Backend::Sqlite { 1 } else { 2 };
         for _ in 0..servers {
-            let database = f.pg.as_ref().map(Cluster::url);
+            let database = database.clone();
             let key = f.dir.path().join("secret.key");
             let (server, port) = start_server(database, &key, f.dir.path(), &mail);
             f.servers.push(server);
@@ -115,12 +127,27 @@ impl Fleet {
     /// An agent in `dir` (its bundle at state/host.bundle) trying the servers
     /// in `order`, claiming to be `host` if given.
     fn try_agent(&self, dir: tempfile::TempDir, order: &[usize], host: Option<&str>) -> Result<Fixture, String> {
+        self.try_agent_with(dir, order, host, "")
+    }
+
+    /// [`Fleet::try_agent`] with more `[fleet]` keys. Its audit spool is
+    /// spool/audit.json in its dir.
+    fn try_agent_with(
+        &self,
+        dir: tempfile::TempDir,
+        order: &[usize],
+        host: Option<&str>,
+        fleet: &str,
+    ) -> Result<Fixture, String> {
         let servers: Vec<String> = order.iter().map(|&i| format!("\"127.0.0.1:{}\"", self.ports[i])).collect();
         let host = host.map(|h| format!("host = \"{h}\"\n")).unwrap_or_default();
+        // Agents look every second whether their certificate is due for
+        // renewal (by the shared debug clock): a test moves the clock.
         let extra = format!(
-            "dbus = false\n[fleet]\nservers = [{}]\nbundle = \"{}\"\n{host}",
+            "dbus = false\n[fleet]\nservers = [{}]\nbundle = \"{}\"\nspool = \"{}\"\nrenew_check = \"1s\"\n{host}{fleet}",
             servers.join(", "),
-            dir.path().join("state/host.bundle").display()
+            dir.path().join("state/host.bundle").display(),
+            dir.path().join("spool/audit.json").display()
         );
         let setup = Setup {
             top: "role = \"agent\"\n".into(),
@@ -185,6 +212,33 @@ impl Drop for Fleet {
             eprintln!("===== PostgreSQL log =====\n{log}");
         }
     }
+}
+
+/// A PostgreSQL on 127.0.0.1 that takes TLS only, with a certificate of a
+/// test CA for 127.0.0.1, and logs `otp` in by its client certificate; the
+/// URL for it (verify-full), whose CA file, certificate and key are in `dir`.
+fn tls_cluster(dir: &Path) -> (Cluster, String) {
+    use e2e::pg::{ServerTls, Tcp, TestCa};
+    let ca = TestCa::new("fleet test PostgreSQL CA");
+    let (cert_pem, key_pem) = ca.server(&["127.0.0.1"]);
+    let tls = ServerTls { cert_pem, key_pem, client_ca_pem: Some(ca.cert_pem()) };
+    let tcp = Tcp { tls: Some(tls), hba: vec!["hostssl all otp 127.0.0.1/32 cert".into()] };
+    let pg = Cluster::start_tcp(&tcp).unwrap_or_else(|e| panic!("PostgreSQL with TLS: {e}"));
+    let (cert, key) = ca.client("otp");
+    let write = |name: &str, pem: &str, mode: u32| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path.display().to_string()
+    };
+    let params = format!(
+        "sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+        write("pg-ca.crt", &ca.cert_pem(), 0o644),
+        write("pg-client.crt", &cert, 0o644),
+        write("pg-client.key", &key, 0o600)
+    );
+    let url = pg.tcp_url("otp", &params);
+    (pg, url)
 }
 
 /// A server on `database` (default: SQLite in its own dir) with `key_file`,
@@ -376,12 +430,69 @@ fn enrolled_once_on_a_server_a_user_logs_in_on_every_host(backend: Backend) {
     let accepted: Vec<Value> =
         audit(f.admin(), &["--user", "alice"]).into_iter().filter(|e| field(e, "result") == "accept").collect();
     assert_eq!(machines(&accepted), BTreeSet::from(["web01".to_string(), "web02".to_string()]), "{accepted:?}");
+    if backend == Backend::PostgresTls {
+        // Every session of the servers (the only TCP clients) is encrypted.
+        let pg = f.pg.as_ref().unwrap();
+        let sessions = pg
+            .psql(
+                "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+                   FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                  WHERE a.client_addr IS NOT NULL",
+            )
+            .unwrap();
+        let (tls, plain) = sessions.trim().split_once('|').unwrap();
+        assert!(tls.parse::<u32>().unwrap() >= 2 && plain == "0", "TLS|clear sessions: {sessions}");
+    }
 }
 
 #[test]
 fn enrolled_once_on_a_server_a_user_logs_in_on_every_host_postgres() {
     let _turn = support::exclusive("fleet");
     enrolled_once_on_a_server_a_user_logs_in_on_every_host(Backend::Postgres);
+}
+
+/// The same with both servers on a PostgreSQL reached over verified TLS,
+/// logged in by their client certificate.
+#[test]
+fn enrolled_once_on_a_server_a_user_logs_in_on_every_host_postgres_over_tls() {
+    let _turn = support::exclusive("fleet");
+    enrolled_once_on_a_server_a_user_logs_in_on_every_host(Backend::PostgresTls);
+}
+
+/// A server whose database cannot be verified does not start, and says
+/// what to fix: a CA file that did not issue the database's certificate, a
+/// network host with nothing said about TLS, TLS that checks nothing.
+#[test]
+fn a_server_refuses_to_start_on_a_postgresql_it_cannot_verify_and_says_why() {
+    let _turn = support::exclusive("fleet");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (pg, url) = tls_cluster(dir.path());
+    let right = dir.path().join("pg-ca.crt").display().to_string();
+    let wrong = dir.path().join("other-ca.crt");
+    std::fs::write(&wrong, e2e::pg::TestCa::new("not the database's CA").cert_pem()).unwrap();
+    let cases = [
+        (url.replace(&right, &wrong.display().to_string()), "not issued by a CA of"),
+        ("postgresql://otp@db.invalid/otpd".to_string(), "sslmode=verify-full&sslrootcert="),
+        (url.replace("sslmode=verify-full", "sslmode=require"), "checks no certificate"),
+    ];
+    for (database, says) in cases {
+        let port = free_port();
+        let setup = Setup {
+            top: "role = \"server\"\n".into(),
+            database: Some(database.clone()),
+            extra: format!("dbus = false\n[fleet]\nlisten = [\"127.0.0.1:{port}\"]\nnames = [\"127.0.0.1\"]\n"),
+            ..Setup::default()
+        };
+        match Fixture::try_start_setup(tempfile::tempdir().unwrap(), setup) {
+            Ok(fx) => panic!("a server started on {database}: {}", fx.log()),
+            Err(e) => assert!(e.contains(says), "{database}: {e}"),
+        }
+    }
+    // The same URL with the right CA file: the server starts.
+    let (server, _) = start_server(Some(url), &dir.path().join("secret.key"), dir.path(), "");
+    server.ctl_ok(&["status"]);
+    drop((server, pg));
 }
 
 #[test]
@@ -946,10 +1057,10 @@ fn sessions_and_audit_of_every_host_are_seen_on_any_server_and_remotely() {
     for host in HOSTS {
         let line = list.lines().find(|l| l.split_whitespace().next() == Some(host));
         let line = line.unwrap_or_else(|| panic!("{host} missing: {list}"));
-        // HOST ROLE ADDED LAST-SEEN LAST-ADDRESS STATUS: seen (a time, not
-        // "-") after its logins, from where.
+        // HOST ROLE ADDED LAST-SEEN LAST-ADDRESS STATUS EXPIRES RENEWED:
+        // seen (a time, not "-") after its logins, from where.
         let cols: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(cols.len(), 6, "{list}");
+        assert_eq!(cols.len(), 8, "{list}");
         assert_eq!(cols[1], "agent", "{list}");
         assert!(cols[3].starts_with("20") && cols[3].ends_with('Z'), "{host} has no last-seen time: {list}");
         assert_eq!(cols[4], "127.0.0.1", "{list}");
@@ -1596,4 +1707,379 @@ fn an_answer_read_is_not_decided_after_the_login_stopped_waiting() {
 fn an_answer_waiting_unread_is_not_decided_after_the_login_stopped_waiting() {
     let _turn = support::exclusive("fleet");
     an_answer_is_not_decided_after_the_login_stopped_waiting("-prompt");
+}
+
+// ---------------------------------------------------------------- spool ----
+
+/// The entries and dropped count in an agent's audit spool file (none yet: empty).
+fn spool_of(agent: &Fixture) -> (Vec<Value>, u64) {
+    let Ok(text) = std::fs::read_to_string(agent.path("spool/audit.json")) else { return (Vec::new(), 0) };
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (v["entries"].as_array().cloned().unwrap_or_default(), v["dropped"].as_u64().unwrap_or(0))
+}
+
+/// Waits (up to 20 s) until `agent`'s spool file holds `entries` entries
+/// and `dropped` dropped (the agent saves it just after a refusal).
+fn wait_for_spool(agent: &Fixture, entries: usize, dropped: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (e, d) = spool_of(agent);
+        if (e.len(), d) == (entries, dropped) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "spool: {} entries, {d} dropped; want {entries}, {dropped}: {e:?}", e.len());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Late audit rows (refusals an agent spooled), newest first, once there
+/// are `n` of them (waits up to 60 s: a server just back is tried again
+/// within 45 s; a login that reaches it starts the delivery at once).
+fn wait_for_late_rows(fx: &Fixture, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let late: Vec<Value> = audit(fx, &[]).into_iter().filter(|e| e["received_at"].is_i64()).collect();
+        if late.len() >= n {
+            assert_eq!(late.len(), n, "more late rows than refusals: {late:#?}");
+            return late;
+        }
+        assert!(Instant::now() < deadline, "{} of {n} late rows: {late:#?}", late.len());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Restarts server 0 of a one-server fleet and waits until it listens.
+fn restart_server(f: &mut Fleet) {
+    f.servers[0].start_daemon();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !listening(f.ports[0]) {
+        assert!(Instant::now() < deadline, "the server did not listen again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Issue 21 item 4: what an agent refused while no server answered was in
+/// its own log only. It is now spooled (root only, no code) and reaches the
+/// fleet's audit, marked late, under the agent's host, when a server is back.
+#[test]
+fn logins_refused_while_no_server_answered_reach_the_audit_late_without_the_code() {
+    let _turn = support::exclusive("fleet");
+    let mut f = Fleet::start(Backend::Sqlite);
+    let uri = f.enroll("sam", 0);
+    let refused_at = f.servers[0].pin_clock();
+    let typed = f.code(&uri, 0);
+
+    // Lost during the login, after the code was typed: the server stops
+    // itself at the prompt (before it reads the answer) and is killed.
+    let server = f.servers[0].daemon.as_ref().unwrap().id();
+    let mut flag = stop_file(f.dir.path(), f.ports[0]).into_os_string();
+    flag.push("-prompt");
+    write_all(Path::new(&flag), b"");
+    let cut = std::thread::scope(|s| {
+        s.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !stopped(server) {
+                assert!(Instant::now() < deadline, "the server did not stop at the prompt");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            unsafe { libc::kill(server as i32, libc::SIGKILL) };
+        });
+        f.agents[0].login("sam", &[&typed])
+    });
+    f.servers[0].daemon.take().unwrap().wait().unwrap();
+    // (The server removes it when it stops; it must not be there at the restart.)
+    let _ = std::fs::remove_file(&flag);
+    assert_eq!(cut.code, PAM_AUTH_ERR, "{}", cut.out);
+
+    // No server at all.
+    let mut ssh = f.agents[0].pamdrive("otp", "sam", &[b""]);
+    ssh.args(["--rhost", "198.51.100.7", "--tty", "pts/3"]);
+    let unavailable = run(ssh);
+    assert_eq!(unavailable.code, PAM_AUTH_ERR, "{}", unavailable.out);
+    assert!(unavailable.out.contains("Passcode check unavailable."), "{}", unavailable.out);
+    assert_eq!(f.agents[1].login("ann", &[""]).code, PAM_AUTH_ERR);
+    wait_for_spool(&f.agents[0], 2, 0);
+    wait_for_spool(&f.agents[1], 1, 0);
+
+    // Root only, and never the code that was typed.
+    for agent in &f.agents[..2] {
+        let file = agent.path("spool/audit.json");
+        let meta = std::fs::metadata(&file).unwrap();
+        assert_eq!((meta.permissions().mode() & 0o777, std::os::unix::fs::MetadataExt::uid(&meta)), (0o600, 0));
+        let dir = std::fs::metadata(agent.path("spool")).unwrap();
+        assert_eq!(dir.permissions().mode() & 0o777, 0o700);
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(!contains(&bytes, typed.as_bytes()), "the typed code is in {}", file.display());
+        assert!(!agent.log().contains(&typed), "the typed code is in the agent's log");
+    }
+    let (entries, _) = spool_of(&f.agents[0]);
+    assert_eq!(field(&entries[0], "reason"), "cut");
+    assert_eq!((field(&entries[1], "reason"), field(&entries[1], "rhost")), ("unavailable", "198.51.100.7"));
+
+    // Two minutes later a server is back; a login that reaches it starts
+    // the delivery.
+    f.servers[0].set_clock_offset(120);
+    restart_server(&mut f);
+    assert_eq!(f.agents[0].login("sam", &[&f.code(&uri, 4)]).code, PAM_SUCCESS);
+    let late = wait_for_late_rows(f.admin(), 3);
+    let row = |host: &str, user: &str, reason: &str| {
+        late.iter()
+            .find(|e| field(e, "machine") == host && field(e, "user") == user && field(e, "reason") == reason)
+            .unwrap_or_else(|| panic!("no late row of {user} on {host}: {reason}: {late:#?}"))
+    };
+    let cut = row("web01", "sam", "refused by the agent: the server was lost during the login");
+    let ssh = row("web01", "sam", "refused by the agent: no server answered");
+    let ann = row("web02", "ann", "refused by the agent: no server answered");
+    for e in [cut, ssh, ann] {
+        assert_eq!((e["time"].as_i64(), e["received_at"].as_i64()), (Some(refused_at), Some(refused_at + 120)));
+        assert_eq!((field(e, "service"), field(e, "result")), ("otp", "refused"));
+    }
+    assert_eq!((field(ssh, "rhost"), field(ssh, "tty")), ("198.51.100.7", "pts/3"));
+    // Handed over: the spools are empty; the login after the restart is not late.
+    wait_for_spool(&f.agents[0], 0, 0);
+    wait_for_spool(&f.agents[1], 0, 0);
+    let rows = audit(f.admin(), &["--user", "sam"]);
+    assert!(rows.iter().any(|e| is_accept(e) && e["received_at"].is_null()), "{rows:#?}");
+    // The table marks them.
+    let table = f.admin().ctl_ok(&["audit", "--host", "web01"]);
+    let marked: Vec<&str> = table.lines().filter(|l| l.contains("LATE (received")).collect();
+    assert_eq!(marked.len(), 2, "{table}");
+    assert!(marked.iter().all(|l| l.contains("sam") && l.contains("refused by the agent")), "{table}");
+}
+
+/// A full spool drops its oldest entries and says how many; the count
+/// reaches the audit with the entries kept.
+#[test]
+fn a_full_spool_drops_the_oldest_and_the_audit_says_how_many() {
+    let _turn = support::exclusive("fleet");
+    let mut f = Fleet::start(Backend::Sqlite);
+    let uri = f.enroll("zed", 0);
+    let dir = f.agent_dir();
+    f.issue("web04", &dir.path().join("state/host.bundle"));
+    let web04 = f.try_agent_with(dir, &[0], None, "spool_max = 3\n").unwrap_or_else(|e| panic!("web04: {e}"));
+    f.extras.push(web04);
+    f.servers[0].stop_daemon();
+    for i in 1..=5 {
+        assert_eq!(f.extras[0].login(&format!("user{i}"), &[""]).code, PAM_AUTH_ERR);
+    }
+    wait_for_spool(&f.extras[0], 3, 2);
+    let kept: Vec<String> = spool_of(&f.extras[0]).0.iter().map(|e| field(e, "user").to_string()).collect();
+    assert_eq!(kept, ["user3", "user4", "user5"]);
+
+    restart_server(&mut f);
+    assert_eq!(f.extras[0].login("zed", &[&f.code(&uri, 0)]).code, PAM_SUCCESS);
+    let late = wait_for_late_rows(f.admin(), 4);
+    assert!(late.iter().all(|e| field(e, "machine") == "web04"), "{late:#?}");
+    let mut users: Vec<&str> = late.iter().map(|e| field(e, "user")).collect();
+    users.sort();
+    assert_eq!(users, ["-", "user3", "user4", "user5"]);
+    let dropped = late.iter().find(|e| field(e, "user") == "-").unwrap();
+    assert_eq!(field(dropped, "reason"), "2 older refusals were dropped from this host's audit spool (it was full)");
+    wait_for_spool(&f.extras[0], 0, 0);
+}
+
+// ------------------------------------------------------- renewal ----
+
+/// Days of the default host certificate life.
+const LIFE_DAYS: i64 = 30;
+
+/// `otpctl --json host list` on `fx`, by host name.
+fn host_list(fx: &Fixture) -> BTreeMap<String, Value> {
+    let hosts = entries(&fx.ctl_ok(&["--json", "host", "list"]), "hosts");
+    hosts.into_iter().map(|h| (field(&h, "name").to_string(), h)).collect()
+}
+
+/// Waits (up to 20 s) until `want` holds for `fx`'s host list.
+fn wait_for_hosts(
+    fx: &Fixture,
+    what: &str,
+    want: impl Fn(&BTreeMap<String, Value>) -> bool,
+) -> BTreeMap<String, Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let hosts = host_list(fx);
+        if want(&hosts) {
+            return hosts;
+        }
+        assert!(Instant::now() < deadline, "host list never showed {what}: {hosts:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits (up to 20 s) until `fx`'s log contains `text`.
+fn wait_for_log(fx: &Fixture, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = fx.log();
+        if log.contains(text) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "the log never said {text:?}:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The PEM blocks of `label` in a bundle text.
+fn pem_blocks(text: &str, label: &str) -> Vec<String> {
+    let (begin, end) = (format!("-----BEGIN {label}-----"), format!("-----END {label}-----"));
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(&begin) {
+        let j = rest[i..].find(&end).unwrap() + i + end.len();
+        out.push(rest[i..j].to_string());
+        rest = &rest[j..];
+    }
+    out
+}
+
+/// SHA-256 of the last certificate of a bundle text, as host list shows
+/// it (read by openssl, not by otpd's own code).
+fn bundle_fingerprint(text: &str) -> String {
+    use std::io::Write as _;
+    let pem = pem_blocks(text, "CERTIFICATE").pop().unwrap();
+    let mut child = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(pem.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().rsplit('=').next().unwrap().to_lowercase()
+}
+
+/// Agents renew their certificates at two thirds of its life, with a key
+/// made on the agent, and go on logging in through every server; the
+/// server records and audits it; a copy of an old bundle stops working once
+/// the new certificate is in use; a revoked host cannot renew.
+fn agents_renew_at_two_thirds_of_the_life(backend: Backend) {
+    let _turn = support::exclusive("fleet");
+    let mut f = Fleet::start(backend);
+    let uri = f.enroll("rena", 0);
+    f.servers[0].ctl_ok(&["host", "revoke", "web03"]);
+    let before = host_list(f.admin());
+    let old: Vec<String> =
+        (0..3).map(|i| std::fs::read_to_string(f.agents[i].path("state/host.bundle")).unwrap()).collect();
+    for (i, h) in HOSTS.iter().enumerate() {
+        assert_eq!(field(&before[*h], "fingerprint"), bundle_fingerprint(&old[i]), "{h}");
+        let expires = before[*h]["expires_at"].as_i64().unwrap();
+        let days = (expires - f.servers[0].daemon_now()) as f64 / 86_400.0;
+        assert!((days - LIFE_DAYS as f64).abs() < 0.01, "{h} is valid {days} days");
+        assert!(before[*h]["renewed_at"].is_null());
+    }
+
+    // Just past two thirds: web01 and web02 renew, web03 (revoked) cannot.
+    let offset = (LIFE_DAYS * 2 / 3) * 86_400 + 3600;
+    f.servers[0].set_clock_offset(offset);
+    let after = wait_for_hosts(f.admin(), "web01 and web02 renewed", |h| {
+        ["web01", "web02"].iter().all(|n| !h[*n]["renewed_at"].is_null())
+    });
+    for (i, h) in HOSTS.iter().enumerate().take(2) {
+        let fp = field(&after[*h], "fingerprint");
+        assert_ne!(fp, field(&before[*h], "fingerprint"), "{h}: a new certificate");
+        // The agent wrote it before switching: wait for the file to match.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let new = loop {
+            let text = std::fs::read_to_string(f.agents[i].path("state/host.bundle")).unwrap();
+            if bundle_fingerprint(&text) == fp {
+                break text;
+            }
+            assert!(Instant::now() < deadline, "{h}'s bundle never got the new certificate");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mode = std::fs::metadata(f.agents[i].path("state/host.bundle")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{h}");
+        let (old_key, new_key) = (pem_blocks(&old[i], "PRIVATE KEY"), pem_blocks(&new, "PRIVATE KEY"));
+        assert_eq!((old_key.len(), new_key.len()), (1, 1));
+        assert_ne!(old_key, new_key, "{h}: a new key");
+        assert!(!new.contains(&old_key[0]), "{h}: the old key is gone");
+        let expires = after[*h]["expires_at"].as_i64().unwrap();
+        assert_eq!(expires, f.servers[0].daemon_now() + LIFE_DAYS * 86_400, "{h}: a full life from the renewal");
+        assert_eq!(after[*h]["expired"], Value::Bool(false));
+        wait_for_log(&f.agents[i], "this host's certificate was renewed with a new key");
+    }
+    assert_eq!(field(&after["web03"], "fingerprint"), field(&before["web03"], "fingerprint"));
+    assert!(after["web03"]["renewed_at"].is_null(), "a revoked host cannot renew");
+    wait_for_log(&f.agents[2], "renewing this host's certificate failed");
+    assert_eq!(std::fs::read_to_string(f.agents[2].path("state/host.bundle")).unwrap(), old[2]);
+    let rows = audit(f.admin(), &["--host", "web01"]);
+    let renewed: Vec<&Value> = rows.iter().filter(|e| field(e, "result") == "renewed").collect();
+    assert_eq!(renewed.len(), 1, "{rows:#?}");
+    assert!(field(renewed[0], "reason").contains("agent certificate renewed from 127.0.0.1"), "{renewed:?}");
+    assert!(!audit(f.admin(), &["--host", "web03"]).iter().any(|e| field(e, "result") == "renewed"));
+
+    // Logins go on, with the new certificates, through both orders of servers.
+    let steps = offset / 30;
+    for (i, step) in [(0, -1), (1, 0), (0, 1)] {
+        let r = f.agents[i].login("rena", &[&f.code(&uri, steps + step)]);
+        assert_eq!(r.code, PAM_SUCCESS, "login on {} after the renewal: {}", HOSTS[i], r.out);
+    }
+    // web02's old bundle in another agent: accepted only until the new
+    // certificate is in use plus a grace for links under way (10 min).
+    let dir = f.agent_dir();
+    let copy = dir.path().join("state/host.bundle");
+    std::fs::write(&copy, &old[1]).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).unwrap();
+    f.servers[0].set_clock_offset(offset + 11 * 60);
+    let stale = f.try_agent(dir, &[0], None).unwrap_or_else(|e| panic!("{e}"));
+    let r = stale.login("rena", &[&f.code(&uri, steps + 22)]);
+    f.extras.push(stale);
+    assert_eq!(r.code, PAM_AUTH_ERR, "the replaced certificate logged in: {}", r.out);
+    wait_for_audit(f.admin(), "of the replaced certificate", |e| {
+        field(e, "result") == "refused" && field(e, "reason").contains("replaced by its renewal")
+    });
+    let r = f.agents[1].login("rena", &[&f.code(&uri, steps + 22)]);
+    assert_eq!(r.code, PAM_SUCCESS, "web02 itself goes on: {}", r.out);
+}
+
+#[test]
+fn agents_renew_at_two_thirds_of_the_life_postgres() {
+    agents_renew_at_two_thirds_of_the_life(Backend::Postgres);
+}
+
+#[test]
+fn agents_renew_at_two_thirds_of_the_life_sqlite() {
+    agents_renew_at_two_thirds_of_the_life(Backend::Sqlite);
+}
+
+/// A certificate that ran out cannot renew: the agent says so in its log
+/// (and refuses to start with it), `host list` says "expired", and `host
+/// add` issues a new bundle without a revoke.
+#[test]
+fn an_expired_certificate_needs_a_new_bundle_and_says_so() {
+    let _turn = support::exclusive("fleet");
+    let mut f = Fleet::start(Backend::Sqlite);
+    let uri = f.enroll("exp", 0);
+    let offset = (LIFE_DAYS + 1) * 86_400;
+    f.servers[0].set_clock_offset(offset);
+    let steps = offset / 30;
+    wait_for_log(&f.agents[0], "expired at");
+    let log = wait_for_log(&f.agents[0], "otpctl host add web01 -o FILE");
+    assert!(!log.contains("certificate was renewed"), "{log}");
+    let r = f.agents[0].login("exp", &[&f.code(&uri, steps)]);
+    assert_eq!(r.code, PAM_AUTH_ERR, "an expired certificate logged in: {}", r.out);
+    let hosts = host_list(f.admin());
+    assert_eq!(hosts["web01"]["expired"], Value::Bool(true), "{hosts:#?}");
+    let list = f.admin().ctl_ok(&["host", "list"]);
+    let line = list.lines().find(|l| l.starts_with("web01 ")).unwrap_or_else(|| panic!("{list}"));
+    assert!(line.contains("expired (needs a new bundle: host add)"), "{list}");
+
+    // Restarted with it, the agent refuses to start and says what to do.
+    let dir = f.agent_dir();
+    let bundle = dir.path().join("state/host.bundle");
+    std::fs::copy(f.agents[0].path("state/host.bundle"), &bundle).unwrap();
+    match f.try_agent(dir, &[0], None) {
+        Ok(agent) => panic!("an agent with an expired certificate started: {}", agent.log()),
+        Err(log) => assert!(log.contains("expired at") && log.contains("otpctl host add web01"), "{log}"),
+    }
+
+    // A new bundle, no revoke needed; the agent with it logs in.
+    let dir = f.agent_dir();
+    f.issue("web01", &dir.path().join("state/host.bundle"));
+    let fresh = f.try_agent(dir, &[0], None).unwrap_or_else(|e| panic!("{e}"));
+    let r = fresh.login("exp", &[&f.code(&uri, steps)]);
+    f.extras.push(fresh);
+    assert_eq!(r.code, PAM_SUCCESS, "{}", r.out);
+    assert_eq!(host_list(f.admin())["web01"]["expired"], Value::Bool(false));
 }

@@ -476,3 +476,52 @@ fn logins_make_no_user_lookups() {
         assert!(!text.contains(needle), "otpd looked up users during logins ({needle}):\n{text}");
     }
 }
+
+/// Issue 21, item 6: a phone five minutes ahead. Its codes are refused and
+/// counted as wrong codes; the audit and `user show` say how far its clock
+/// is off; the second refusal in a row tells the user to fix the phone's
+/// clock; a good code then forgets it.
+#[test]
+fn a_phone_clock_five_minutes_ahead_is_refused_and_diagnosed() {
+    let _turn = support::shared();
+    let fx = Fixture::start("");
+    let uri = fx.enroll_active("dora");
+    let advice = "Your authenticator's clock seems to be about 5 minutes ahead. \
+                  Set your phone's time and time zone to automatic, then try again.";
+
+    let ahead = fx.code(&uri, 10);
+    let first = fx.login("dora", &[&ahead]);
+    assert_eq!(first.code, PAM_AUTH_ERR, "{}", first.out);
+    assert!(first.out.contains("Wrong passcode.") && !first.out.contains("clock"), "{}", first.out);
+    let u = &fx.show("dora")["user"];
+    assert_eq!(u["failures"], 1, "{u}");
+    assert_eq!(
+        (u["clock_drift"]["secs"].as_i64(), u["clock_drift"]["refusals_in_a_row"].as_u64()),
+        (Some(300), Some(1)),
+        "{u}"
+    );
+
+    let second = fx.login("dora", &[&ahead]);
+    assert_eq!(second.code, PAM_AUTH_ERR, "{}", second.out);
+    assert!(second.out.contains(advice), "{}", second.out);
+    let u = &fx.show("dora")["user"];
+    assert_eq!((u["failures"].as_u64(), u["clock_drift"]["refusals_in_a_row"].as_u64()), (Some(2), Some(2)), "{u}");
+    let shown = fx.ctl_ok(&["user", "show", "dora"]);
+    assert!(shown.contains("authenticator clock about 5 min ahead"), "{shown}");
+    let audit: serde_json::Value = serde_json::from_str(&fx.ctl_ok(&["--json", "audit", "--user", "dora"])).unwrap();
+    let reasons: Vec<&str> =
+        audit["entries"].as_array().unwrap().iter().map(|e| e["reason"].as_str().unwrap()).collect();
+    assert_eq!(
+        reasons.iter().filter(|r| **r == "wrong code: authenticator clock about 5 min ahead").count(),
+        2,
+        "{reasons:?}"
+    );
+    assert!(!fx.log().contains(&ahead), "the code is never logged");
+
+    // The right code: accepted, and the drift is forgotten.
+    let ok = fx.login("dora", &[&fx.code(&uri, 1)]);
+    assert_eq!(ok.code, PAM_SUCCESS, "{}", ok.out);
+    let u = &fx.show("dora")["user"];
+    assert!(u.get("clock_drift").is_none(), "{u}");
+    assert_eq!(u["failures_since_login"], 0, "{u}");
+}

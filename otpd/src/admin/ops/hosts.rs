@@ -5,23 +5,30 @@ use crate::core::service::Core;
 use crate::store::model::{HostRecord, HostRole};
 use common::proto::{AdminErrorKind, AdminResponse, HostInfo};
 
+/// How long admin credentials (remote otpctl) are valid: 5 years.
+const ADMIN_LIFE: i64 = 5 * 365 * 86_400;
+
 /// `host add`: issues credentials, records their fingerprint, and hands the
 /// bundle back once (the key is not kept anywhere on the server).
 pub async fn add(core: &Core, by: &By, name: String, admin: bool) -> AdminResponse {
     let now = core.clock.now();
     let Some(ca) = core.fleet_ca.clone() else { return not_a_server() };
-    let (bundle, fingerprint) = match crate::fleet::pki::issue_bundle(&ca, &name) {
+    // Admin credentials do not renew themselves (yet): they keep the life
+    // every bundle had before host certificates renewed themselves.
+    let life = if admin { ADMIN_LIFE } else { core.host_cert_life };
+    let issued = crate::fleet::pki::issue_bundle_at(&ca, &ca.cert_pem(), &name, now, life);
+    let (bundle, issued) = match issued {
         Ok(b) => b,
         Err(e) => return err(AdminErrorKind::InvalidInput, e.to_string()),
     };
     let record = HostRecord {
         name: name.clone(),
         role: if admin { HostRole::Admin } else { HostRole::Agent },
-        fingerprint: fingerprint.to_vec(),
+        fingerprint: issued.fingerprint.to_vec(),
         added_at: now,
-        revoked_at: None,
-        last_seen: None,
-        last_addr: None,
+        expires_at: Some(issued.not_after),
+        ca: Some(ca.fingerprint().to_vec()),
+        ..HostRecord::default()
     };
     let (policy, by) = (core.policy.clone(), by.clone());
     let what = if admin { "admin credentials" } else { "host" };
@@ -39,7 +46,10 @@ pub async fn add(core: &Core, by: &By, name: String, admin: bool) -> AdminRespon
         Ok(true) => AdminResponse::HostBundle { name, bundle: bundle.to_text() },
         Ok(false) => err(
             AdminErrorKind::InvalidInput,
-            format!("{name} already has valid credentials; `otpctl host revoke {name}` first to issue new ones"),
+            format!(
+                "{name} already has valid credentials; `otpctl host revoke {name}` first to issue new ones \
+                 (a host whose certificate expired may be added again as it is)"
+            ),
         ),
         Err(e) => err(AdminErrorKind::Internal, format!("the host was not added: {e}")),
     }
@@ -47,7 +57,12 @@ pub async fn add(core: &Core, by: &By, name: String, admin: bool) -> AdminRespon
 
 /// `host list`: every host, revoked ones included.
 pub async fn list(core: &Core) -> AdminResponse {
-    finish(core.db.run(|st| Ok(AdminResponse::Hosts { hosts: st.hosts()?.iter().map(host_info).collect() })).await)
+    let now = core.clock.now();
+    finish(
+        core.db
+            .run(move |st| Ok(AdminResponse::Hosts { hosts: st.hosts()?.iter().map(|h| host_info(h, now)).collect() }))
+            .await,
+    )
 }
 
 /// `host revoke`: refused at once by every server of the database.
@@ -72,9 +87,13 @@ pub async fn revoke(core: &Core, by: &By, name: String) -> AdminResponse {
     finish(r)
 }
 
-/// A host as `host list` and `status` show it.
-pub(crate) fn host_info(h: &HostRecord) -> HostInfo {
+/// A host as `host list` and `status` show it at `now`.
+pub(crate) fn host_info(h: &HostRecord, now: i64) -> HostInfo {
     HostInfo {
+        expires_at: h.expires_at,
+        expired: h.revoked_at.is_none() && h.expires_at.is_some_and(|t| t < now),
+        renewed_at: h.renewed_at,
+        ca: h.ca.as_deref().map(crate::fleet::pki::fingerprint_hex),
         name: h.name.clone(),
         role: h.role.as_str().into(),
         fingerprint: crate::fleet::pki::fingerprint_hex(&h.fingerprint),
@@ -118,13 +137,20 @@ mod tests {
             }
             other => panic!("expected HostBundle, got {other:?}"),
         };
-        let bundle = crate::fleet::pki::Bundle::parse(&text).unwrap();
+        // Issued at the server's clock, for the configured life.
+        let bundle = crate::fleet::pki::Bundle::parse_at(&text, T0).unwrap();
+        assert_eq!(bundle.validity().unwrap(), (T0 - 3600, T0 + core.host_cert_life));
         assert_eq!(
             (bundle.name.as_str(), bundle.ca_pem.as_str()),
             ("web01", core.fleet_ca.as_ref().unwrap().cert_pem().as_str())
         );
         let h = host(&core, "web01").await.unwrap();
         assert_eq!((h.role, h.added_at, h.revoked_at, h.fingerprint.len()), (HostRole::Agent, T0, None, 32));
+        assert_eq!(h.fingerprint, bundle.fingerprint().unwrap());
+        assert_eq!(
+            (h.expires_at, h.ca),
+            (Some(T0 + core.host_cert_life), Some(core.fleet_ca.as_ref().unwrap().fingerprint().to_vec()))
+        );
         assert_eq!(one_admin_row(&core, "-").await, ("add host web01".into(), "by uid 0".into()));
         // Admin credentials, for remote otpctl.
         assert!(matches!(add(&core, &ROOT, "adm1".into(), true).await, AdminResponse::HostBundle { .. }));
@@ -139,7 +165,11 @@ mod tests {
         let first = host(&core, "web01").await.unwrap();
         let (kind, message) = refusal(add(&core, &ROOT, "web01".into(), true).await);
         assert_eq!(kind, AdminErrorKind::InvalidInput);
-        assert_eq!(message, "web01 already has valid credentials; `otpctl host revoke web01` first to issue new ones");
+        assert!(
+            message
+                .starts_with("web01 already has valid credentials; `otpctl host revoke web01` first to issue new ones"),
+            "{message}"
+        );
         assert_eq!(host(&core, "web01").await.unwrap(), first);
         assert_eq!(refusal(add(&core, &ROOT, "bad name".into(), false).await).0, AdminErrorKind::InvalidInput);
         assert!(host(&core, "bad name").await.is_none());
@@ -162,7 +192,7 @@ mod tests {
         let web = host(&core, "web01").await.unwrap();
         assert_eq!(hosts.len(), 2);
         assert_eq!((hosts[0].name.as_str(), hosts[0].role.as_str(), hosts[0].revoked_at), ("adm1", "admin", None));
-        assert_eq!(hosts[1], host_info(&web));
+        assert_eq!(hosts[1], host_info(&web, T0));
         assert_eq!(
             (hosts[1].role.as_str(), hosts[1].revoked_at, hosts[1].fingerprint.clone()),
             ("agent", Some(T0), crate::fleet::pki::fingerprint_hex(&web.fingerprint))

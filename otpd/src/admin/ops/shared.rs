@@ -101,6 +101,11 @@ pub(crate) fn info(u: &UserRecord, now: i64) -> UserInfo {
         last_login: u.last_login,
         hotp_counter: u.hotp_counter.map(|c| c.max(0) as u64),
         recovery_codes_left: None,
+        clock_drift: u.clock_drift_secs.zip(u.clock_drift_at).map(|(secs, seen_at)| common::proto::ClockDrift {
+            secs,
+            seen_at,
+            refusals_in_a_row: u.clock_drift_refusals,
+        }),
     }
 }
 
