@@ -512,25 +512,10 @@ impl Agent {
             }
         }
         let _dialing = self.dials.acquire().await.map_err(|e| e.to_string())?;
-        let mut failures = Vec::new();
-        for i in self.order() {
-            match self.dial(i).await {
-                Ok(link) => match exchange(link).await {
-                    Ok((link, ack)) => {
-                        self.mark(i, false);
-                        self.put_back(link);
-                        return Ok(ack);
-                    }
-                    // An older server closes the link on a frame it does not know.
-                    Err(e) => failures.push(format!("{}: {e}", self.servers[i].shown)),
-                },
-                Err(e) => {
-                    self.mark(i, true);
-                    failures.push(e.why);
-                }
-            }
-        }
-        Err(failures.join("; "))
+        // An older server closes the link on a frame it does not know: the next is tried.
+        let (link, ack) = self.ask_each(&frame, self.io_timeout).await?;
+        self.put_back(link);
+        Ok(ack)
     }
 }
 
@@ -538,26 +523,40 @@ impl Agent {
     /// Sends the request to each server in turn, over a new link.
     async fn ask_renewal(&self, csr: String) -> Result<RenewReply, String> {
         let frame = AgentFrame::Renew(Renew { renew_csr: csr });
+        let within = self.connect_timeout.max(Duration::from_secs(5));
+        let (_, reply) = self.ask_each(&frame, within).await.map_err(|e| format!("no server answered ({e})"))?;
+        Ok(reply)
+    }
+
+    /// Sends `frame` over a new link to each server in turn (in
+    /// [`Agent::order`]) until one answers it with an `R`, each write and
+    /// read within `within`: that link and answer, or what each server did.
+    async fn ask_each<R: serde::de::DeserializeOwned>(
+        &self,
+        frame: &AgentFrame,
+        within: Duration,
+    ) -> Result<(TlsLink, R), String> {
         let mut failures = Vec::new();
         for i in self.order() {
             let mut link = match self.dial(i).await {
-                Ok(l) => l,
+                Ok(link) => link,
                 Err(e) => {
+                    self.mark(i, true);
                     failures.push(e.why);
                     continue;
                 }
             };
-            let t = self.connect_timeout.max(Duration::from_secs(5));
-            if let Err(e) = link.write(&frame, t).await {
+            self.mark(i, false);
+            if let Err(e) = link.write(frame, within).await {
                 failures.push(format!("{}: {e}", self.servers[i].shown));
                 continue;
             }
-            match link.read::<RenewReply>(t, t, MAX_FRAME).await {
-                Ok(reply) => return Ok(reply),
+            match link.read::<R>(within, within, MAX_FRAME).await {
+                Ok(reply) => return Ok((link, reply)),
                 Err(e) => failures.push(format!("{}: no answer: {e}", self.servers[i].shown)),
             }
         }
-        Err(format!("no server answered ({})", failures.join("; ")))
+        Err(failures.join("; "))
     }
 }
 
