@@ -267,6 +267,26 @@ pub enum AdminRequest {
     HostRevoke {
         name: String,
     },
+    /// Server role: the fleet's CAs and how many hosts hold certificates of each.
+    CaStatus,
+    /// Server role: a new CA beside the current one (see `otpctl ca rotate`).
+    CaRotate,
+    /// Server role: drops the older of two CAs; refused while hosts hold
+    /// its certificates, unless `force` (then they are revoked).
+    CaRetire {
+        #[serde(default)]
+        force: bool,
+    },
+    /// Remote otpctl only (a fleet link): whether these admin credentials
+    /// are those a renewal would give now ([`CaCheck`]).
+    CaCheck {
+        check_cas: Vec<String>,
+    },
+    /// Remote otpctl only (a fleet link): new admin credentials for a key
+    /// made on the admin's machine ([`Renew`]), answered by `Renewed`.
+    Renew {
+        renew_csr: String,
+    },
 }
 
 /// Where an emergency request stands; stored and sent as its lowercase name.
@@ -366,6 +386,24 @@ pub enum AdminResponse {
     },
     Hosts {
         hosts: Vec<HostInfo>,
+    },
+    /// `ca status`.
+    Cas {
+        cas: Vec<CaInfo>,
+        /// Hosts with valid credentials of none of these CAs (a CA retired
+        /// with --force meanwhile).
+        #[serde(default)]
+        other_hosts: u64,
+    },
+    /// [`AdminRequest::CaCheck`]: why the credentials should be renewed now, if they should.
+    CaCheck {
+        renew: Option<String>,
+    },
+    /// [`AdminRequest::Renew`]: as [`RenewReply::Renewed`].
+    Renewed {
+        cert_pem: String,
+        ca_pem: String,
+        not_after: i64,
     },
     /// `import`: what happened to each account, in order.
     Imported {
@@ -667,6 +705,23 @@ pub struct HostInfo {
     pub ca: Option<String>,
 }
 
+/// One of a fleet's CAs, as `otpctl ca status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaInfo {
+    /// SHA-256 of the CA certificate, hex.
+    pub fingerprint: String,
+    /// When `ca rotate` made it (0: the fleet's first CA).
+    pub added_at: i64,
+    pub not_after: i64,
+    /// Servers present certificates of this CA (the older of two).
+    pub serving: bool,
+    /// New host certificates are issued by this CA.
+    pub issuing: bool,
+    /// Agents and admin credentials whose valid certificate it issued.
+    pub agents: u64,
+    pub admins: u64,
+}
+
 /// Fleet links (agent or remote otpctl → server), inside TLS 1.3 with a
 /// client certificate. The client's first frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -727,6 +782,24 @@ pub enum AgentFrame {
     /// A new certificate for a key the agent made: answered by a
     /// [`RenewReply`].
     Renew(Renew),
+    /// Whether the agent should renew now: answered by a [`CaCheckReply`].
+    CaCheck(CaCheck),
+}
+
+/// A host asks whether its credentials are those a renewal would give now
+/// (`{"check_cas":["ab:12:…", …]}`: the SHA-256 of each CA its bundle
+/// trusts). During a CA rotation, hosts renew as soon as they learn it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaCheck {
+    pub check_cas: Vec<String>,
+}
+
+/// The answer to [`CaCheck`]: why the host should renew now, if it should.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaCheckReply {
+    pub renew: Option<String>,
 }
 
 /// Why an agent refused a login by itself (and kept it in its spool).
@@ -1006,6 +1079,11 @@ mod tests {
         for bad in [r#"{"peer_uid":0,"renew_csr":"x"}"#, r#"{"renew_csr":"x","extra":1}"#, "{}"] {
             assert!(serde_json::from_str::<AgentFrame>(bad).is_err(), "{bad}");
         }
+        let check = r#"{"check_cas":["ab:cd"]}"#;
+        assert_eq!(
+            serde_json::from_str::<AgentFrame>(check).unwrap(),
+            AgentFrame::CaCheck(CaCheck { check_cas: vec!["ab:cd".into()] })
+        );
         let reply = RenewReply::Renewed { cert_pem: "c".into(), ca_pem: "a".into(), not_after: 5 };
         let json = serde_json::to_string(&reply).unwrap();
         assert_eq!(json, r#"{"renewed":{"cert_pem":"c","ca_pem":"a","not_after":5}}"#);

@@ -78,6 +78,9 @@ pub enum Cmd {
     /// Hosts of the fleet (on a server): their credentials and when each was last seen.
     #[command(subcommand)]
     Host(HostCmd),
+    /// The fleet's CAs (on a server): status, rotation to a new CA, retirement of the old one.
+    #[command(subcommand)]
+    Ca(CaCmd),
     /// Bring users over from another OTP system, already activated with their secrets.
     #[command(subcommand)]
     Import(ImportCmd),
@@ -134,6 +137,24 @@ pub enum HostCmd {
     List,
     /// Refuse the host's certificate from now on, on every server.
     Revoke { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum CaCmd {
+    /// Each CA: fingerprint, expiry, whether servers present it and issue with it, and how many
+    /// hosts (agents, admin credentials) hold valid certificates of it.
+    Status,
+    /// Make a new CA: every server trusts it beside the current one and issues with it; hosts move
+    /// to it as they renew (agents within [fleet] renew_check, admin credentials at their next use).
+    Rotate,
+    /// Drop the old CA once no host holds its certificates: servers then present and accept only
+    /// the new one's.
+    Retire {
+        /// Retire it even though hosts still hold its certificates: they are revoked and each
+        /// needs a new bundle (`otpctl host add`).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]

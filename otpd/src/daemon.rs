@@ -35,39 +35,28 @@ fn check_trusted_paths(config: &Config) -> Result<(), StartError> {
     Ok(())
 }
 
-/// The fleet CA, made by the first server of a database and shared by all
-/// of them through it (the key sealed with the key file they share), and
-/// this server's own certificate for its names.
+/// The fleet CAs, the first made by the first server of a database and
+/// shared by all of them through it (the keys sealed with the key file they
+/// share), and this server's own certificate for its names.
 async fn fleet_server(
     config: &Config,
     db: &Db,
     crypto: &SecretBox,
 ) -> Result<crate::fleet::link::FleetServer, StartError> {
     let fail = |e: String| StartError::Fleet(e);
-    const AAD: &str = "otpd fleet CA key";
-    let stored = db.run(|st| st.fleet_ca()).await?;
-    let (cert_pem, sealed) = match stored {
-        Some(ca) => ca,
-        None => {
-            let ca = crate::fleet::pki::Ca::generate().map_err(|e| fail(e.to_string()))?;
-            let sealed = crypto.seal(AAD, ca.key_pem().as_bytes());
-            let cert_pem = ca.cert_pem();
-            // Two servers starting together: the first CA stored wins.
-            db.run(move |st| st.set_fleet_ca_if_absent(&cert_pem, &sealed)).await?;
-            db.run(|st| st.fleet_ca()).await?.ok_or_else(|| fail("the fleet CA was not stored".into()))?
-        }
-    };
-    let key = crypto.open(AAD, &sealed).ok_or_else(|| {
-        fail("the fleet CA key cannot be decrypted: every server of one database needs the same key file".into())
-    })?;
-    let key = zeroize::Zeroizing::new(String::from_utf8(key).map_err(|_| fail("the fleet CA key is corrupt".into()))?);
-    let ca = crate::fleet::pki::Ca::from_pem(&cert_pem, &key).map_err(|e| fail(e.to_string()))?;
+    let clock = crate::fleet::pki::TlsClock::new(Arc::from(crate::sys::clock::configured()));
+    let cas = crate::fleet::authority::Authority::load(db, crypto, clock.now()).await.map_err(fail)?;
+    // Hosts added before hosts recorded their CA: the first one issued them.
+    if cas.serving().id == 1 {
+        let first = cas.serving().fingerprint.to_vec();
+        db.run(move |st| st.set_hosts_ca_if_unknown(&first)).await?;
+    }
+    let authority = Arc::new(crate::fleet::authority::Authority::new(cas));
     let mut names = config.fleet.names.clone();
     if names.is_empty() {
         names.push(hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "localhost".into()));
     }
-    let clock = crate::fleet::pki::TlsClock::new(Arc::from(crate::sys::clock::configured()));
-    let fleet = crate::fleet::link::FleetServer::new(Arc::new(ca), names, config.fleet.max_links, clock)
+    let fleet = crate::fleet::link::FleetServer::new(authority, names, config.fleet.max_links, clock)
         .map_err(|e| fail(e.to_string()))?;
     // Room on the fleet port is kept for the addresses hosts last came
     // from, also right after this restart (check 36).
@@ -144,7 +133,7 @@ fn make_core(
     db: Db,
     crypto: SecretBox,
     admin_gid: Option<u32>,
-    fleet_ca: Option<Arc<crate::fleet::pki::Ca>>,
+    fleet_ca: Option<Arc<crate::fleet::authority::Authority>>,
 ) -> Core {
     let d = &config.daemon;
     let machine = machine_id(&d.machine_id);
@@ -217,7 +206,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         );
     }
     let admin_gid = nix::unistd::Group::from_name(&d.admin_group).ok().flatten().map(|g| g.gid.as_raw());
-    let fleet_ca = fleet.as_ref().map(|f| f.ca.clone());
+    let fleet_ca = fleet.as_ref().map(|f| f.authority.clone());
     let shared = Arc::new(make_core(&config, db, crypto, admin_gid, fleet_ca));
     // Anyone may connect to the PAM socket (screen lockers run as the user);
     // SO_PEERCRED limits what a non-root caller can do.
@@ -230,13 +219,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         d.admin_socket.display(),
         shared.database
     );
-    let mut fleet_tasks = Vec::new();
-    if let Some(fleet) = &fleet {
-        fleet_tasks.push(tokio::spawn(crate::fleet::link::renew(fleet.clone())));
-        for addr in &config.fleet.listen {
-            tracing::info!("fleet server {} listening on {addr} (TLS 1.3, client certificates required)", fleet.name);
-        }
-    }
+    let fleet_tasks = fleet.as_ref().map(|f| fleet_tasks(&config, f, &shared)).unwrap_or_default();
     notify_ready();
     let mail_task = if config.email.enabled {
         let mailer = crate::notify::mail::Mailer::from_config(&config.smtp, &hostname_issuer("%hostname%"))
@@ -284,6 +267,23 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let _ = std::fs::remove_file(&d.pam_socket);
     let _ = std::fs::remove_file(&d.admin_socket);
     Ok(())
+}
+
+/// A fleet server's own certificate kept fresh, its CAs those of the
+/// database.
+fn fleet_tasks(
+    config: &Config,
+    fleet: &Arc<crate::fleet::link::FleetServer>,
+    shared: &Arc<Core>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    for addr in &config.fleet.listen {
+        tracing::info!("fleet server {} listening on {addr} (TLS 1.3, client certificates required)", fleet.name);
+    }
+    let (authority, db, policy) = (fleet.authority.clone(), shared.db.clone(), shared.policy.clone());
+    vec![
+        tokio::spawn(crate::fleet::link::renew(fleet.clone())),
+        tokio::spawn(crate::fleet::authority::follow(authority, db, policy)),
+    ]
 }
 
 /// The web console's socket (`[web] enabled`): root and the `[web] group` may

@@ -8,10 +8,10 @@ use clap::Parser;
 use common::client::{Client, ClientError};
 use common::config::Config;
 use common::proto::{
-    AdminErrorKind, AdminRequest, AdminResponse, AuditEntry, BulkUser, HostInfo, ImportOutcome, Method, RequestInfo,
-    SessionInfo, StatusInfo, UserInfo,
+    AdminErrorKind, AdminRequest, AdminResponse, AuditEntry, BulkUser, CaInfo, HostInfo, ImportOutcome, Method,
+    RequestInfo, SessionInfo, StatusInfo, UserInfo,
 };
-use otpd::cli::{Args, Cmd, GroupCmd, HostCmd, ImportCmd, MethodArg, RequestCmd, UserCmd};
+use otpd::cli::{Args, CaCmd, Cmd, GroupCmd, HostCmd, ImportCmd, MethodArg, RequestCmd, UserCmd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -91,8 +91,11 @@ fn remote_call(
     let Some(bundle) = bundle else {
         return Err((2, "--server needs --bundle: admin credentials from `otpctl host add NAME --admin`".into()));
     };
-    let resp = otpd::fleet::wire::admin_call(server, bundle, req, Duration::from_secs(30))
+    let (resp, renewal) = otpd::fleet::wire::admin_call(server, bundle, req, Duration::from_secs(30))
         .map_err(|e| (EXIT_UNREACHABLE, e))?;
+    if let Some(note) = renewal {
+        eprintln!("otpctl: {note}");
+    }
     match resp {
         AdminResponse::Error { kind, message } => Err((exit_code(kind), message)),
         ok => Ok(ok),
@@ -178,6 +181,14 @@ fn run(args: Args) -> Result<(), (u8, String)> {
         Cmd::Group(GroupCmd::Refresh) => send(&args, &AdminRequest::GroupRefresh, false),
         Cmd::Import(i) => import_cmd(&args, i),
         Cmd::Host(h) => host_cmd(&args, h),
+        Cmd::Ca(c) => {
+            let req = match c {
+                CaCmd::Status => AdminRequest::CaStatus,
+                CaCmd::Rotate => AdminRequest::CaRotate,
+                CaCmd::Retire { force } => AdminRequest::CaRetire { force: *force },
+            };
+            send(&args, &req, false)
+        }
     }
 }
 
@@ -385,6 +396,9 @@ fn print_response(resp: AdminResponse, print_uri: bool) -> Result<(), (u8, Strin
             );
         }
         AdminResponse::Hosts { hosts } => print_hosts(&hosts),
+        AdminResponse::Cas { cas, other_hosts } => print_cas(&cas, other_hosts),
+        // Asked and used by the fleet link itself (remote otpctl).
+        AdminResponse::CaCheck { .. } | AdminResponse::Renewed { .. } => {}
         // Written by host_add, before any JSON rendering.
         AdminResponse::HostBundle { .. } => {}
         AdminResponse::Requests { requests, total } => print_requests(&requests, total),
@@ -612,7 +626,7 @@ fn print_user(u: &UserInfo) {
 }
 
 fn print_hosts(hosts: &[HostInfo]) {
-    let rows: Vec<[String; 8]> = hosts
+    let rows: Vec<[String; 9]> = hosts
         .iter()
         .map(|h| {
             let status = match (h.revoked_at, h.expired) {
@@ -629,11 +643,44 @@ fn print_hosts(hosts: &[HostInfo]) {
                 status,
                 h.expires_at.map(time).unwrap_or_else(|| "-".into()),
                 h.renewed_at.map(time).unwrap_or_else(|| "never".into()),
+                h.ca.as_deref().map(|c| c.chars().take(11).collect()).unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    let header = ["HOST", "ROLE", "ADDED", "LAST SEEN", "LAST ADDRESS", "STATUS", "EXPIRES", "RENEWED"];
+    let header = ["HOST", "ROLE", "ADDED", "LAST SEEN", "LAST ADDRESS", "STATUS", "EXPIRES", "RENEWED", "CA"];
     print_table(&header.map(String::from), &rows);
+}
+
+fn print_cas(cas: &[CaInfo], other_hosts: u64) {
+    let rows: Vec<[String; 6]> = cas
+        .iter()
+        .map(|c| {
+            let role = match (c.serving, c.issuing) {
+                (true, true) => "current",
+                (true, false) => "old: servers present it, hosts leave it",
+                (false, true) => "new: issues host certificates",
+                (false, false) => "new: issues in a moment",
+            };
+            [
+                c.fingerprint.clone(),
+                if c.added_at == 0 { "-".into() } else { time(c.added_at) },
+                time(c.not_after),
+                role.into(),
+                c.agents.to_string(),
+                c.admins.to_string(),
+            ]
+        })
+        .collect();
+    print_table(&["CA (SHA-256)", "ADDED", "EXPIRES", "ROLE", "AGENTS", "ADMINS"].map(String::from), &rows);
+    if other_hosts > 0 {
+        println!("{other_hosts} host(s) hold certificates of no current CA: each needs a new bundle (host add)");
+    }
+    if let [old, _] = cas {
+        match old.agents + old.admins {
+            0 => println!("No host holds a certificate of the old CA: `otpctl ca retire` drops it."),
+            n => println!("{n} host(s) still on the old CA; they move as they renew."),
+        }
+    }
 }
 
 /// The bundle goes to a new file only root can read, or to stdout.

@@ -28,8 +28,8 @@ pub struct Core {
     /// Rate limits and conversation caps per caller, of this machine and of
     /// each remote host (see [`crate::core::limits`]).
     pub callers: Callers,
-    /// Server role: the fleet CA, which issues hosts' credentials.
-    pub fleet_ca: Option<Arc<crate::fleet::pki::Ca>>,
+    /// Server role: the fleet CAs, which issue hosts' credentials.
+    pub fleet_ca: Option<Arc<crate::fleet::authority::Authority>>,
     /// Server role: show pending enrollments (QR, secret) on agent hosts.
     pub enroll_on_agents: bool,
     /// Server role: seconds a host certificate it issues is valid.
@@ -57,7 +57,7 @@ pub struct Parts {
     pub admin_gid: Option<u32>,
     pub database: String,
     pub callers: Callers,
-    pub fleet_ca: Option<Arc<crate::fleet::pki::Ca>>,
+    pub fleet_ca: Option<Arc<crate::fleet::authority::Authority>>,
     pub enroll_on_agents: bool,
     pub host_cert_life: i64,
 }

@@ -18,13 +18,13 @@ use crate::sys::start::StartError;
 use common::codec::{encode, FrameError, MAX_FRAME};
 use common::config::Config;
 use common::proto::{
-    AgentFrame, ClientMsg, LinkHello, LinkReply, OutcomeKind, Relay, Renew, RenewReply, ServerMsg, SpoolAck,
-    SpoolBatch, SpoolReason, PROTOCOL_VERSION,
+    AgentFrame, CaCheck, CaCheckReply, ClientMsg, LinkHello, LinkReply, OutcomeKind, Relay, Renew, RenewReply,
+    ServerMsg, SpoolAck, SpoolBatch, SpoolReason, PROTOCOL_VERSION,
 };
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -73,7 +73,7 @@ pub struct Agent {
     per_uid: Mutex<HashMap<u32, usize>>,
     max_connections: usize,
     max_per_uid: usize,
-    last_warning: AtomicI64,
+    last_warning: Mutex<HashMap<String, i64>>,
     /// New links being made at once: a burst of logins waits for links
     /// made (or put back) by the others rather than starting hundreds of
     /// TLS handshakes that a server would refuse (it admits few at once
@@ -277,7 +277,7 @@ impl Agent {
             per_uid: Mutex::new(HashMap::new()),
             max_connections: settings.max_connections,
             max_per_uid: settings.max_per_uid,
-            last_warning: AtomicI64::new(0),
+            last_warning: Mutex::new(HashMap::new()),
             dials: tokio::sync::Semaphore::new(MAX_DIALS),
             spool,
         }))
@@ -309,10 +309,16 @@ impl Agent {
         Ok(())
     }
 
-    /// At most one warning a second: a dead server must not flood the log.
+    /// At most one warning of a kind (its first words) a second: a dead
+    /// server must not flood the log, nor one kind hide another.
     fn warn(&self, msg: &str) {
         let now = crate::sys::clock::Clock::now(&crate::sys::clock::SystemClock);
-        if self.last_warning.swap(now, Ordering::Relaxed) != now {
+        let kind: String = msg.chars().take(24).collect();
+        let mut last = lock(&self.last_warning);
+        if last.len() > 64 {
+            last.clear();
+        }
+        if last.insert(kind, now) != Some(now) {
             tracing::warn!("{msg}");
         }
     }
@@ -371,7 +377,16 @@ impl Agent {
         let connect = async {
             let tcp = connect_tcp(&s.host, s.port, self.source).await.map_err(|e| failed(e.to_string()))?;
             let _ = tcp.set_nodelay(true);
-            let tls = connector.connect(s.name.clone(), tcp).await.map_err(|e| failed(format!("TLS: {e}")))?;
+            let tls = connector.connect(s.name.clone(), tcp).await.map_err(|e| {
+                // The server's certificate is of a CA this bundle does not trust.
+                let hint = if e.to_string().contains("UnknownIssuer") {
+                    " (this host's bundle does not trust the server's CA: if the fleet CA was retired before this \
+                     host renewed, it needs a new bundle: `otpctl host add`)"
+                } else {
+                    ""
+                };
+                failed(format!("TLS: {e}{hint}"))
+            })?;
             let mut link = Link::new(tls);
             let hello = LinkHello::Agent { protocol: PROTOCOL_VERSION, host: self.host.clone() };
             link.write(&hello, self.connect_timeout).await.map_err(|e| failed(e.to_string()))?;
@@ -513,7 +528,7 @@ impl Agent {
         }
         let _dialing = self.dials.acquire().await.map_err(|e| e.to_string())?;
         // An older server closes the link on a frame it does not know: the next is tried.
-        let (link, ack) = self.ask_each(&frame, self.io_timeout).await?;
+        let (link, ack) = self.ask_each(&frame, self.io_timeout, true).await?;
         self.put_back(link);
         Ok(ack)
     }
@@ -524,29 +539,60 @@ impl Agent {
     async fn ask_renewal(&self, csr: String) -> Result<RenewReply, String> {
         let frame = AgentFrame::Renew(Renew { renew_csr: csr });
         let within = self.connect_timeout.max(Duration::from_secs(5));
-        let (_, reply) = self.ask_each(&frame, within).await.map_err(|e| format!("no server answered ({e})"))?;
+        let (_, reply) =
+            self.ask_each(&frame, within, true).await.map_err(|e| format!("no server answered ({e})"))?;
         Ok(reply)
+    }
+
+    /// Whether this host should renew now ([`common::proto::CaCheck`]):
+    /// over an idle link if one works (no handshake of its own), else over
+    /// a new link to each server in turn.
+    async fn ask_check(self: Arc<Self>, cas: Vec<String>) -> Result<Option<String>, String> {
+        let frame = AgentFrame::CaCheck(CaCheck { check_cas: cas });
+        while let Some(mut link) = self.pooled().await {
+            let asked = async {
+                link.write(&frame, self.io_timeout).await?;
+                link.read::<CaCheckReply>(self.io_timeout, self.io_timeout, MAX_FRAME).await
+            };
+            if let Ok(reply) = asked.await {
+                self.put_back(link);
+                return Ok(reply.renew);
+            }
+        }
+        let within = self.connect_timeout.max(Duration::from_secs(5));
+        // A question in the background: it does not steer logins away from
+        // a server that was slow to answer it (they find out for themselves).
+        let (link, reply) = self.ask_each::<CaCheckReply>(&frame, within, false).await?;
+        self.put_back(link);
+        Ok(reply.renew)
     }
 
     /// Sends `frame` over a new link to each server in turn (in
     /// [`Agent::order`]) until one answers it with an `R`, each write and
     /// read within `within`: that link and answer, or what each server did.
+    /// With `mark`, a server it could not dial is tried last for a while (as
+    /// by a login).
     async fn ask_each<R: serde::de::DeserializeOwned>(
         &self,
         frame: &AgentFrame,
         within: Duration,
+        mark: bool,
     ) -> Result<(TlsLink, R), String> {
         let mut failures = Vec::new();
         for i in self.order() {
             let mut link = match self.dial(i).await {
                 Ok(link) => link,
                 Err(e) => {
-                    self.mark(i, true);
+                    if mark {
+                        self.mark(i, true);
+                    }
                     failures.push(e.why);
                     continue;
                 }
             };
-            self.mark(i, false);
+            if mark {
+                self.mark(i, false);
+            }
             if let Err(e) = link.write(frame, within).await {
                 failures.push(format!("{}: {e}", self.servers[i].shown));
                 continue;
@@ -582,6 +628,13 @@ impl crate::fleet::renewal::Holder for Agent {
 
     fn replace_identity(&self, bundle: pki::Bundle, tls: Arc<rustls::ClientConfig>) {
         Agent::replace_identity(self, bundle, tls)
+    }
+
+    fn check(
+        self: Arc<Self>,
+        cas: Vec<String>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<String>, String>> + Send>> {
+        Box::pin(self.ask_check(cas))
     }
 }
 

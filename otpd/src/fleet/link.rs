@@ -10,6 +10,7 @@
 //! revoke` takes effect at once on every server of the database.
 use crate::core::service::Core;
 use crate::fleet::admission::{Place, Stage};
+use crate::fleet::authority::{Authority, CaSet};
 use crate::fleet::pki;
 use crate::fleet::wire::Link;
 use crate::lock;
@@ -19,7 +20,8 @@ use crate::store::model::{AuditMethod, AuditResult};
 use crate::store::model::{HostRecord, HostRole, NewAudit, Renewal, PREV_GRACE};
 use common::codec::{encode, encode_limited, FrameError, MAX_ADMIN_RESPONSE, MAX_FRAME};
 use common::proto::{
-    AdminRequest, AdminResponse, AgentFrame, ClientMsg, LinkHello, LinkReply, RenewReply, ServerMsg, PROTOCOL_VERSION,
+    AdminRequest, AdminResponse, AgentFrame, CaCheckReply, ClientMsg, LinkHello, LinkReply, RenewReply, ServerMsg,
+    PROTOCOL_VERSION,
 };
 
 use std::collections::HashMap;
@@ -30,9 +32,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// What a server needs besides [`Core`]: its TLS identity and the CA.
+/// What a server needs besides [`Core`]: its TLS identity and the CAs.
 pub struct FleetServer {
-    pub ca: Arc<pki::Ca>,
+    pub authority: Arc<Authority>,
     /// The time certificates are checked against (the daemon's clock).
     clock: pki::TlsClock,
     /// Replaced by [`renew`] before the server certificate runs out.
@@ -69,15 +71,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl FleetServer {
     pub fn new(
-        ca: Arc<pki::Ca>,
+        authority: Arc<Authority>,
         names: Vec<String>,
         max_links: usize,
         clock: pki::TlsClock,
     ) -> Result<FleetServer, pki::PkiError> {
-        let server = ca.issue_server_at(&names, clock.now())?;
-        let config = pki::server_config_with(&ca.cert_pem(), &server, &clock)?;
+        let config = tls_config(&authority.get(), &names, &clock)?;
         Ok(FleetServer {
-            ca,
+            authority,
             clock,
             acceptor: Mutex::new(tokio_rustls::TlsAcceptor::from(config)),
             name: names.first().cloned().unwrap_or_default(),
@@ -96,16 +97,28 @@ impl FleetServer {
     }
 }
 
+/// What a server presents (a certificate of the oldest CA, which every
+/// host trusts) and accepts (host certificates of any of the CAs).
+fn tls_config(
+    cas: &CaSet,
+    names: &[String],
+    clock: &pki::TlsClock,
+) -> Result<Arc<rustls::ServerConfig>, pki::PkiError> {
+    let server = cas.serving().ca.issue_server_at(names, clock.now())?;
+    pki::server_config_with(&cas.trust_pem(), &server, clock)
+}
+
 /// The server certificate is issued for a year: a new one every day, so a
-/// server that runs for years never presents an expired one.
+/// server that runs for years never presents an expired one; and a new
+/// configuration whenever the fleet's CAs change (a rotation, a retirement).
 pub async fn renew(fleet: Arc<FleetServer>) {
+    let mut changed = fleet.authority.subscribe();
     loop {
-        tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
-        let config = fleet
-            .ca
-            .issue_server_at(&fleet.names, fleet.clock.now())
-            .and_then(|c| pki::server_config_with(&fleet.ca.cert_pem(), &c, &fleet.clock));
-        match config {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
+            r = changed.changed() => if r.is_err() { return },
+        }
+        match tls_config(&fleet.authority.get(), &fleet.names, &fleet.clock) {
             Ok(config) => *lock(&fleet.acceptor) = tokio_rustls::TlsAcceptor::from(config),
             Err(e) => tracing::error!("renewing the fleet server certificate failed: {e}"),
         }
@@ -296,7 +309,7 @@ async fn link(tcp: tokio::net::TcpStream, addr: SocketAddr, handshake: Place, sh
     let Admitted { link, host, fp, until, wanted, _slots } = a;
     match wanted {
         HostRole::Agent => Box::pin(agent_link(link, host, Presented { fp, until }, addr, sh, fleet)).await,
-        HostRole::Admin => Box::pin(admin_link(link, host, fp, addr, sh, fleet)).await,
+        HostRole::Admin => Box::pin(admin_link(link, host, Presented { fp, until }, addr, sh, fleet)).await,
     }
 }
 
@@ -399,6 +412,22 @@ impl Drop for HostSlot<'_> {
     }
 }
 
+/// Why the host's certificate is of no CA of the fleet (one retired with
+/// `--force`, which also revoked the hosts still on it), if it is not.
+async fn retired_ca(sh: &Core, fleet: &FleetServer, host: &HostRecord, addr: SocketAddr) -> Option<String> {
+    let ca = host.ca.as_deref().filter(|ca| !fleet.authority.get().knows(ca))?;
+    // Another server may have rotated a moment ago: read the CAs again.
+    fleet.authority.refresh_for_host(&sh.db, &sh.policy.crypto).await;
+    if fleet.authority.get().knows(ca) {
+        return None;
+    }
+    Some(format!(
+        "certificate of {} presented from {addr} was issued by retired CA {}…",
+        host.name,
+        pki::fingerprint_hex(&ca[..ca.len().min(8)])
+    ))
+}
+
 /// The host behind a certificate, if it may use this kind of link now
 /// (`new_link`: at the link's hello, rather than before a conversation or
 /// request on it). Errors: (machine to audit under, audit reason, what the
@@ -429,6 +458,9 @@ async fn check_host(
         let at = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64));
         let reason = format!("host {} revoked at {at}: its certificate was presented from {addr}", host.name);
         return Err((host.name.clone(), reason, "this host's credentials were revoked"));
+    }
+    if let Some(reason) = retired_ca(sh, fleet, &host, addr).await {
+        return Err((host.name.clone(), reason, "this host's CA was retired: it needs a new bundle"));
     }
     if host.fingerprint == fp && host.expired(now) {
         // Refused at the handshake; a link made before it ran out ends here.
@@ -563,6 +595,18 @@ async fn agent_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 }
                 continue;
             }
+            Ok(AgentFrame::CaCheck(c)) => {
+                let current =
+                    match Box::pin(check_host(sh, fleet, &fp, HostRole::Agent, Some(&host.name), addr, false)).await {
+                        Ok(h) => h,
+                        Err((machine, reason, _)) => return Box::pin(audit_refusal(sh, fleet, &machine, reason)).await,
+                    };
+                let renew = renewal_due(&fleet.authority.get(), &current, &c.check_cas, sh.clock.now());
+                if link.write(&CaCheckReply { renew }, sh.io_timeout).await.is_err() {
+                    return;
+                }
+                continue;
+            }
             Ok(AgentFrame::Renew(r)) => {
                 let reply = Box::pin(renew_host(sh, fleet, HostRole::Agent, presented, &r.renew_csr, addr)).await;
                 if link.write(&reply, sh.io_timeout).await.is_err() || matches!(reply, RenewReply::Refused { .. }) {
@@ -620,6 +664,23 @@ async fn agent_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
     }
 }
 
+/// Why a host should renew now, if it should: its certificate is not of
+/// the CA that issues now, or it trusts other CAs than the fleet's
+/// (`trusted`: SHA-256 hex of each). What a renewal gives it answers None.
+fn renewal_due(cas: &CaSet, host: &HostRecord, trusted: &[String], now: i64) -> Option<String> {
+    let issuing = cas.issuing(now);
+    if host.ca.as_deref() != Some(&issuing.fingerprint[..]) {
+        let fp = pki::fingerprint_hex(&issuing.fingerprint[..8]);
+        return Some(format!("the fleet issues certificates with CA {fp}… now"));
+    }
+    let live: std::collections::BTreeSet<String> =
+        cas.settled(now).map(|c| pki::fingerprint_hex(&c.fingerprint)).collect();
+    if trusted.iter().cloned().collect::<std::collections::BTreeSet<_>>() != live {
+        return Some("the fleet's CAs changed".into());
+    }
+    None
+}
+
 /// A host's renewal over its own link (`presented` is the certificate it
 /// linked with): a new certificate for the key of `csr`, issued for the
 /// name on record by the current CA, recorded (compare-and-set on the
@@ -655,7 +716,15 @@ async fn renew_host(
         audit_refusal(sh, fleet, &host.name, reason).await;
         return refused("renewed moments ago; try again later");
     }
-    let signed = match fleet.ca.issue_for_csr(&host.name, csr, now, sh.host_cert_life) {
+    // Issued by the newest CA, with every CA to trust (during a rotation,
+    // the servers still present certificates of the older).
+    let cas = fleet.authority.get();
+    let issuer = cas.issuing(now);
+    let life = match role {
+        HostRole::Agent => sh.host_cert_life,
+        HostRole::Admin => crate::admin::ops::hosts::ADMIN_LIFE,
+    };
+    let signed = match issuer.ca.issue_for_csr(&host.name, csr, now, life) {
         Ok(s) => s,
         Err(e) => {
             audit_refusal(sh, fleet, &host.name, format!("renewal from {addr} refused: {e}")).await;
@@ -680,7 +749,7 @@ async fn renew_host(
         presented_until: presented.until,
         fingerprint: signed.fingerprint.to_vec(),
         expires_at: signed.not_after,
-        ca: fleet.ca.fingerprint().to_vec(),
+        ca: issuer.fingerprint.to_vec(),
         now,
     };
     let (name, row) = (host.name.clone(), entry.clone());
@@ -698,7 +767,7 @@ async fn renew_host(
         Ok(true) => {
             crate::core::syslog::audit(&entry);
             tracing::info!("{}", entry.reason.replacen("certificate", &format!("certificate of {}", host.name), 1));
-            RenewReply::Renewed { cert_pem: signed.cert_pem, ca_pem: fleet.ca.cert_pem(), not_after: signed.not_after }
+            RenewReply::Renewed { cert_pem: signed.cert_pem, ca_pem: cas.trust_pem(), not_after: signed.not_after }
         }
         Ok(false) => {
             let reason = format!("renewal of {} from {addr} refused: revoked or replaced meanwhile", host.name);
@@ -715,7 +784,7 @@ async fn renew_host(
 async fn admin_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
     mut link: Link<S>,
     host: HostRecord,
-    fp: [u8; 32],
+    presented: Presented,
     addr: SocketAddr,
     sh: &Core,
     fleet: &FleetServer,
@@ -734,15 +803,38 @@ async fn admin_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
             }
         };
         // Revoked admin credentials stop working at the next request.
-        if let Err((machine, reason, tell)) = check_host(sh, fleet, &fp, HostRole::Admin, None, addr, false).await {
-            audit_refusal(sh, fleet, &machine, reason).await;
-            let resp =
-                AdminResponse::Error { kind: common::proto::AdminErrorKind::PermissionDenied, message: tell.into() };
-            let _ = link.write(&resp, sh.io_timeout).await;
-            return;
-        }
-        let by = crate::admin::ops::shared::By::Remote(host.name.clone());
-        let resp = crate::admin::ops::dispatch::handle(req, &by, sh).await;
+        let current = match check_host(sh, fleet, &presented.fp, HostRole::Admin, None, addr, false).await {
+            Ok(h) => h,
+            Err((machine, reason, tell)) => {
+                audit_refusal(sh, fleet, &machine, reason).await;
+                let resp = AdminResponse::Error {
+                    kind: common::proto::AdminErrorKind::PermissionDenied,
+                    message: tell.into(),
+                };
+                let _ = link.write(&resp, sh.io_timeout).await;
+                return;
+            }
+        };
+        // The credentials of this link renew themselves (crate::fleet::wire::admin_call).
+        let resp = match req {
+            AdminRequest::CaCheck { check_cas } => AdminResponse::CaCheck {
+                renew: renewal_due(&fleet.authority.get(), &current, &check_cas, sh.clock.now()),
+            },
+            AdminRequest::Renew { renew_csr } => {
+                match Box::pin(renew_host(sh, fleet, HostRole::Admin, presented, &renew_csr, addr)).await {
+                    RenewReply::Renewed { cert_pem, ca_pem, not_after } => {
+                        AdminResponse::Renewed { cert_pem, ca_pem, not_after }
+                    }
+                    RenewReply::Refused { reason } => {
+                        AdminResponse::Error { kind: common::proto::AdminErrorKind::PermissionDenied, message: reason }
+                    }
+                }
+            }
+            req => {
+                let by = crate::admin::ops::shared::By::Remote(host.name.clone());
+                crate::admin::ops::dispatch::handle(req, &by, sh).await
+            }
+        };
         let frame = match encode_limited(&resp, MAX_ADMIN_RESPONSE) {
             Ok(f) => f,
             Err(e) => match encode(&AdminResponse::Error {
@@ -770,8 +862,8 @@ mod tests {
 
     pub(super) fn fleet() -> (Core, FleetServer) {
         let core = Core::new(Parts::for_tests(Db::start(SqliteStore::in_memory().unwrap()), T0));
-        let ca = Arc::new(pki::Ca::generate().unwrap());
-        (core, FleetServer::new(ca, vec!["otp1".into()], 16, pki::TlsClock::system()).unwrap())
+        let cas = Arc::new(Authority::new(CaSet::single(pki::Ca::generate().unwrap())));
+        (core, FleetServer::new(cas, vec!["otp1".into()], 16, pki::TlsClock::system()).unwrap())
     }
 
     async fn add(core: &Core, name: &str, role: HostRole, fp: [u8; 32]) {
@@ -845,7 +937,8 @@ mod tests {
     #[tokio::test]
     async fn a_renewal_replaces_the_certificate_without_locking_the_host_out() {
         let (core, fleet) = fleet();
-        let ca = fleet.ca.clone();
+        let cas = fleet.authority.get();
+        let ca = &cas.serving().ca;
         let old = ca.issue_client_at("web01", T0, 30 * 86_400).unwrap();
         let h = HostRecord {
             name: "web01".into(),

@@ -276,10 +276,17 @@ impl Ca {
     pub fn generate() -> Result<Ca, PkiError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, CA_COMMON_NAME);
-        params.distinguished_name = dn;
         let now = now_utc();
+        // Each CA its own name (after a rotation hosts trust two): a
+        // certificate of another names its issuer, not a look-alike.
+        let tag: [u8; 4] = rand::random();
+        let mut dn = DistinguishedName::new();
+        let (y, m, d) = (now.year(), now.month() as u8, now.day());
+        dn.push(
+            DnType::CommonName,
+            format!("{CA_COMMON_NAME} {y:04}-{m:02}-{d:02} {}", fingerprint_hex(&tag).replace(':', "")),
+        );
+        params.distinguished_name = dn;
         params.not_before = now - BACKDATE;
         params.not_after = now + time::Duration::days(CA_DAYS);
         params.serial_number = Some(random_serial());
@@ -318,6 +325,11 @@ impl Ca {
 
     pub fn fingerprint(&self) -> [u8; 32] {
         fingerprint(&self.cert_der)
+    }
+
+    /// When the CA certificate runs out (Unix seconds).
+    pub fn not_after(&self) -> i64 {
+        parse_x509(&self.cert_der).map(|x| x.validity().not_after.timestamp()).unwrap_or(0)
     }
 
     /// A host certificate (with a new key) valid for the default life from now.
@@ -513,6 +525,12 @@ impl Bundle {
         Ok((x.validity().not_before.timestamp(), x.validity().not_after.timestamp()))
     }
 
+    /// SHA-256 of each CA certificate the bundle trusts, hex, in its order.
+    pub fn ca_fingerprints(&self) -> Result<Vec<String>, PkiError> {
+        let cas = certs_from_pem(&self.ca_pem, "bundle CA").map_err(PkiError::Bundle)?;
+        Ok(cas.iter().map(|c| fingerprint_hex(&fingerprint(c))).collect())
+    }
+
     /// SHA-256 of the host certificate.
     pub fn fingerprint(&self) -> Result<[u8; 32], PkiError> {
         Ok(fingerprint(&cert_from_pem(&self.cert_pem, "host certificate").map_err(PkiError::Bundle)?))
@@ -579,6 +597,29 @@ impl Bundle {
             e => file_err(e.to_string()),
         })
     }
+}
+
+/// A renewal's answer made into the new bundle of `old`'s holder, checked:
+/// a certificate for the same name and for `key_pem` (the key made here),
+/// valid at `now`, issued by one of the CAs of `ca_pem`. With its text, to
+/// write.
+pub fn renewed_bundle(
+    old: &Bundle,
+    key_pem: &str,
+    cert_pem: String,
+    ca_pem: String,
+    now: i64,
+) -> Result<(Bundle, Zeroizing<String>), PkiError> {
+    let new = Bundle { name: old.name.clone(), ca_pem, cert_pem, key_pem: key_pem.to_string() };
+    let text = Zeroizing::new(new.to_text());
+    let checked = Bundle::parse_at(&text, now)?;
+    if checked.name != old.name {
+        return Err(PkiError::Bundle(format!(
+            "the server issued a certificate for {:?}, not {:?}",
+            checked.name, old.name
+        )));
+    }
+    Ok((checked, text))
 }
 
 fn ensure_newline(s: &str) -> String {
@@ -917,7 +958,7 @@ mod tests {
         let ca = Ca::generate().unwrap();
         let ca_der = CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap();
         let x = parse_x509(&ca_der).unwrap();
-        assert_eq!(common_name(&x).unwrap(), CA_COMMON_NAME);
+        assert!(common_name(&x).unwrap().starts_with("otpd fleet CA 20"), "{:?}", common_name(&x));
         let bc = x.basic_constraints().unwrap().unwrap().value;
         assert!(bc.ca);
         assert_eq!(bc.path_len_constraint, Some(0));

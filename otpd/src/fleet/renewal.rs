@@ -5,7 +5,9 @@
 //! atomically over the old one and makes its new links with it.
 //!
 //! Looked at when the agent starts and every `[fleet] renew_check` (plus up
-//! to a tenth at random); a failed renewal is tried again after a minute,
+//! to a tenth at random); between renewals the agent asks a server whether
+//! its certificate is still current ([`common::proto::CaCheck`]) and renews
+//! at once when the fleet's CAs changed (a rotation); a failed renewal is tried again after a minute,
 //! then two, … up to `renew_check`. A certificate that ran out while the
 //! agent was stopped cannot be renewed (the servers refuse it at the
 //! handshake): the agent refuses to start and says what to do, and a
@@ -27,6 +29,10 @@ pub(super) trait Holder: Send + Sync + 'static {
     /// Sends a [`common::proto::Renew`] to each server in turn, over a new link.
     fn ask(&self, csr: String) -> Pin<Box<dyn Future<Output = Result<RenewReply, String>> + Send + '_>>;
     fn replace_identity(&self, bundle: pki::Bundle, tls: Arc<rustls::ClientConfig>);
+    /// Sends a [`common::proto::CaCheck`] (the CAs this host trusts): why
+    /// it should renew now, if it should.
+    fn check(self: Arc<Self>, cas: Vec<String>)
+        -> Pin<Box<dyn Future<Output = Result<Option<String>, String>> + Send>>;
 }
 
 /// The first retry after a failed renewal.
@@ -36,7 +42,7 @@ const FIRST_RETRY: Duration = Duration::from_secs(60);
 pub(super) async fn keep_renewed<A: Holder>(agent: Arc<A>, check: Duration) {
     let mut retry = FIRST_RETRY.min(check);
     loop {
-        let wait = match check_once(agent.as_ref()).await {
+        let wait = match check_once(&agent).await {
             Ok(()) => {
                 retry = FIRST_RETRY.min(check);
                 with_jitter(check)
@@ -61,7 +67,7 @@ fn with_jitter(d: Duration) -> Duration {
 
 /// What is due now: nothing, a renewal, or saying that the certificate
 /// expired (Ok: nothing more to do before the next check).
-async fn check_once<A: Holder>(agent: &A) -> Result<(), String> {
+async fn check_once<A: Holder>(agent: &Arc<A>) -> Result<(), String> {
     let bundle = agent.bundle();
     let now = agent.clock().now();
     let (_, until) = bundle.validity().map_err(|e| e.to_string())?;
@@ -72,9 +78,20 @@ async fn check_once<A: Holder>(agent: &A) -> Result<(), String> {
     }
     let due = bundle.renew_at().map_err(|e| e.to_string())?;
     if now < due {
-        return Ok(());
+        // Not due yet, unless the fleet's CAs changed (`otpctl ca rotate`,
+        // `ca retire`): then at once, so a rotation takes hours, not weeks.
+        let cas = bundle.ca_fingerprints().map_err(|e| e.to_string())?;
+        match agent.clone().check(cas).await {
+            Ok(Some(why)) => tracing::info!("renewing this host's certificate before it is due: {why}"),
+            Ok(None) => return Ok(()),
+            // An older server does not know the question: asked again at the next check.
+            Err(e) => {
+                tracing::debug!("asking whether this host's certificate is current failed: {e}");
+                return Ok(());
+            }
+        }
     }
-    renew(agent, &bundle).await
+    renew(agent.as_ref(), &bundle).await
 }
 
 async fn renew<A: Holder>(agent: &A, old: &pki::Bundle) -> Result<(), String> {
@@ -90,13 +107,9 @@ async fn renew<A: Holder>(agent: &A, old: &pki::Bundle) -> Result<(), String> {
         RenewReply::Renewed { cert_pem, ca_pem, .. } => (cert_pem, ca_pem),
         RenewReply::Refused { reason } => return Err(failed(format!("the server refused: {reason}"))),
     };
-    let new = pki::Bundle { name: old.name.clone(), ca_pem, cert_pem, key_pem: key_pem.to_string() };
-    let text = zeroize::Zeroizing::new(new.to_text());
     // What came back must be a bundle for this host and the key made here.
-    let checked = pki::Bundle::parse_at(&text, agent.clock().now()).map_err(|e| failed(e.to_string()))?;
-    if checked.name != old.name {
-        return Err(failed(format!("the server issued a certificate for {:?}, not {:?}", checked.name, old.name)));
-    }
+    let (checked, text) =
+        pki::renewed_bundle(old, &key_pem, cert_pem, ca_pem, agent.clock().now()).map_err(|e| failed(e.to_string()))?;
     let tls = pki::client_config_with(&checked, agent.clock()).map_err(|e| failed(e.to_string()))?;
     // The server already records the new certificate; it accepts the old
     // one until the new one is presented (or the old one runs out), so a

@@ -93,15 +93,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Link<S> {
     }
 }
 
-/// otpctl --server: one admin request over a blocking TLS connection.
+type AdminTls = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+/// otpctl --server: one admin request over a blocking TLS connection; then
+/// the credentials renew themselves if due ([`renew_admin`]): the answer,
+/// and what the renewal did, to tell the administrator.
 pub fn admin_call(
     server: &str,
-    bundle: &std::path::Path,
+    bundle_path: &std::path::Path,
     req: &AdminRequest,
     timeout: Duration,
-) -> Result<AdminResponse, String> {
-    let bundle = pki::Bundle::load(bundle).map_err(|e| e.to_string())?;
-    let config = pki::client_config(&bundle).map_err(|e| e.to_string())?;
+) -> Result<(AdminResponse, Option<String>), String> {
+    // The daemon's clock (the test suite's shifted clock in debug builds).
+    let clock = pki::TlsClock::new(std::sync::Arc::from(crate::sys::clock::configured()));
+    let bundle = pki::Bundle::load_at(bundle_path, clock.now()).map_err(|e| e.to_string())?;
+    let config = pki::client_config_with(&bundle, &clock).map_err(|e| e.to_string())?;
     let (host, port) =
         common::config::split_host_port(server).ok_or_else(|| format!("--server {server:?}: use host:port"))?;
     let name = pki::server_name(host).map_err(|e| e.to_string())?;
@@ -110,20 +116,79 @@ pub fn admin_call(
     let _ = tcp.set_write_timeout(Some(timeout));
     let conn = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let talk = |tls: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>| {
+    let talk = |tls: &mut AdminTls| {
         common::codec::write_frame(tls, &LinkHello::Admin { protocol: PROTOCOL_VERSION })?;
         match common::codec::read_frame::<LinkReply, _>(tls)? {
             LinkReply::Ready { .. } => {}
             LinkReply::Refused { reason } => return Ok(Err(reason)),
         }
-        common::codec::write_frame(tls, req)?;
-        Ok::<_, FrameError>(Ok(common::codec::read_frame_limited::<AdminResponse, _>(tls, MAX_ADMIN_RESPONSE)?))
+        Ok::<_, FrameError>(Ok(ask(tls, req)?))
     };
-    match talk(&mut tls) {
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(reason)) => Err(format!("{server} refused these credentials: {reason}")),
-        Err(e) => Err(format!("talking to {server} failed: {e} (are these admin credentials of this fleet?)")),
+    let resp = match talk(&mut tls) {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(reason)) => return Err(format!("{server} refused these credentials: {reason}")),
+        Err(e) => return Err(format!("talking to {server} failed: {e} (are these admin credentials of this fleet?)")),
+    };
+    let note = match resp {
+        AdminResponse::Error { kind: common::proto::AdminErrorKind::PermissionDenied, .. } => None,
+        _ => renew_admin(&mut tls, &bundle, bundle_path, &clock),
+    };
+    Ok((resp, note))
+}
+
+fn ask(tls: &mut AdminTls, req: &AdminRequest) -> Result<AdminResponse, FrameError> {
+    common::codec::write_frame(tls, req)?;
+    common::codec::read_frame_limited::<AdminResponse, _>(tls, MAX_ADMIN_RESPONSE)
+}
+
+/// Admin credentials renew themselves when used: once two thirds of their
+/// life passed, or at once when the server says the fleet's CAs changed (a
+/// rotation). A new key made here, the certificate asked over this link,
+/// the bundle written over the old one atomically. What happened, if
+/// anything did.
+fn renew_admin(
+    tls: &mut AdminTls,
+    bundle: &pki::Bundle,
+    path: &std::path::Path,
+    clock: &pki::TlsClock,
+) -> Option<String> {
+    let now = clock.now();
+    let due = bundle.renew_at().is_ok_and(|at| now >= at);
+    let cas = bundle.ca_fingerprints().ok()?;
+    let why = match ask(tls, &AdminRequest::CaCheck { check_cas: cas }) {
+        Ok(AdminResponse::CaCheck { renew: Some(why) }) => why,
+        // Current, or an older server that does not know the question.
+        _ if !due => return None,
+        _ => "two thirds of their life passed".into(),
+    };
+    let (_, until) = bundle.validity().ok()?;
+    let failed = |e: String| {
+        Some(format!(
+            "renewing these admin credentials failed ({why}): {e}; they stay valid until {}",
+            pki::rfc3339(until)
+        ))
+    };
+    let (key_pem, csr) = match pki::new_key_and_csr(&bundle.name) {
+        Ok(k) => k,
+        Err(e) => return failed(e.to_string()),
+    };
+    let (cert_pem, ca_pem) = match ask(tls, &AdminRequest::Renew { renew_csr: csr }) {
+        Ok(AdminResponse::Renewed { cert_pem, ca_pem, .. }) => (cert_pem, ca_pem),
+        Ok(AdminResponse::Error { message, .. }) => return failed(format!("the server refused: {message}")),
+        Ok(other) => return failed(format!("unexpected answer {other:?}")),
+        Err(e) => return failed(e.to_string()),
+    };
+    let (new, text) = match pki::renewed_bundle(bundle, &key_pem, cert_pem, ca_pem, now) {
+        Ok(b) => b,
+        Err(e) => return failed(e.to_string()),
+    };
+    // The server keeps accepting the current certificate until the new one
+    // is used (and a few minutes more), so an unwritable file locks no one out.
+    if let Err(e) = pki::write_atomically(path, &text) {
+        return failed(format!("the new certificate was issued but not written: {e}"));
     }
+    let until = new.validity().map(|(_, u)| pki::rfc3339(u)).unwrap_or_default();
+    Some(format!("admin credentials {} renewed ({why}): valid until {until}, written to {}", new.name, path.display()))
 }
 
 /// Connects to the first address of `host` that answers.

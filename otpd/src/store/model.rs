@@ -52,7 +52,8 @@
 //! * **Hosts and the fleet CA** change in single statements whose outcome
 //!   is decided by a unique key (`INSERT … ON CONFLICT`), so two servers
 //!   adding the same host name, or storing a CA at first start, cannot both
-//!   succeed; [`Store::set_fleet_ca_if_absent`] keeps the first CA.
+//!   succeed; [`Store::set_fleet_ca_if_absent`] keeps the first CA, and of
+//!   two servers rotating at once ([`Store::add_fleet_ca`]) one adds the CA.
 //! * **Nothing is reported before COMMIT**, and a job whose statement failed
 //!   in PostgreSQL (which aborts the transaction) never reports success.
 use common::proto::{AuditEntry, Method, RequestStatus};
@@ -473,6 +474,23 @@ impl HostRecord {
     }
 }
 
+/// A fleet CA as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredCa {
+    pub id: i64,
+    pub cert_pem: String,
+    /// The CA's private key, sealed under the key file.
+    pub key_sealed: Vec<u8>,
+    /// When `ca rotate` made it (0: the first CA, stored before rotations).
+    pub added_at: i64,
+}
+
+impl std::fmt::Debug for StoredCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredCa").field("id", &self.id).field("added_at", &self.added_at).finish_non_exhaustive()
+    }
+}
+
 /// A certificate issued to a host by a renewal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Renewal {
@@ -629,11 +647,21 @@ pub trait Store: PlanReads {
     /// `fp`, the current certificate of `name`, was presented: the one its
     /// last renewal replaced is accepted until `until` at most.
     fn host_presented(&mut self, name: &str, fp: &[u8], until: i64) -> Result<bool, StoreError>;
-    /// The fleet CA: (certificate PEM, key sealed under the key file).
-    fn fleet_ca(&mut self) -> Result<Option<(String, Vec<u8>)>, StoreError>;
-    /// Stores the fleet CA unless one is stored already (then false, and the
-    /// stored one stays: servers starting together agree on the first).
-    fn set_fleet_ca_if_absent(&mut self, cert_pem: &str, key_sealed: &[u8]) -> Result<bool, StoreError>;
+    /// The fleet's CAs, oldest first (two during a rotation).
+    fn fleet_cas(&mut self) -> Result<Vec<StoredCa>, StoreError>;
+    /// Stores the first fleet CA unless one is stored already (then false,
+    /// and the stored one stays: servers starting together agree on it).
+    fn set_fleet_ca_if_absent(&mut self, cert_pem: &str, key_sealed: &[u8], now: i64) -> Result<bool, StoreError>;
+    /// `ca rotate`: adds a CA beside the one there is; false (nothing
+    /// added) if there are two already.
+    fn add_fleet_ca(&mut self, cert_pem: &str, key_sealed: &[u8], now: i64) -> Result<bool, StoreError>;
+    /// `ca retire`: deletes CA `id` if it is the older of two (false otherwise).
+    fn retire_fleet_ca(&mut self, id: i64) -> Result<bool, StoreError>;
+    /// Revokes every unrevoked host whose certificate `ca` issued (how many).
+    fn revoke_hosts_of_ca(&mut self, ca: &[u8], now: i64) -> Result<u64, StoreError>;
+    /// Records `ca` as the issuer of the hosts that have none on record
+    /// (added before hosts recorded it: the first CA issued them).
+    fn set_hosts_ca_if_unknown(&mut self, ca: &[u8]) -> Result<u64, StoreError>;
 }
 
 /// Seconds a claimed message is left to its sender (see [`Store::due_mail`]):

@@ -7,7 +7,7 @@
 //! The statements are in [`crate::store::sql`], beside SQLite's.
 use crate::store::model::{
     AuditMethod, AuditQuery, Counts, EmailCode, EmergencyRequest, HostRecord, HostRole, MailCount, MailStats, NewAudit,
-    PlanReads, QueuedMail, Renewal, RequestCount, SessionRecord, Store, StoreError, UserRecord,
+    PlanReads, QueuedMail, Renewal, RequestCount, SessionRecord, Store, StoreError, StoredCa, UserRecord,
 };
 use crate::store::pgtls::{self, MakeTls, Plan, TlsStream};
 use crate::store::sql;
@@ -853,17 +853,40 @@ impl Store for PgStore {
         Ok(self.execute(sql::HOST_PRESENTED.postgres, &[&name, &fp, &until])? == 1)
     }
 
-    fn fleet_ca(&mut self) -> Result<Option<(String, Vec<u8>)>, StoreError> {
-        match self.query_opt(sql::FLEET_CA.postgres, &[])? {
-            Some(r) => Ok(Some((r.try_get(0)?, r.try_get(1)?))),
-            None => Ok(None),
-        }
+    fn fleet_cas(&mut self) -> Result<Vec<StoredCa>, StoreError> {
+        let rows = self.query(sql::FLEET_CAS.postgres, &[])?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredCa {
+                    id: r.try_get(0)?,
+                    cert_pem: r.try_get(1)?,
+                    key_sealed: r.try_get(2)?,
+                    added_at: r.try_get(3)?,
+                })
+            })
+            .collect()
     }
 
     /// ON CONFLICT DO NOTHING waits for a concurrent insert to commit, then
     /// does nothing: exactly one server's CA is stored.
-    fn set_fleet_ca_if_absent(&mut self, cert_pem: &str, key_sealed: &[u8]) -> Result<bool, StoreError> {
-        Ok(self.execute(sql::SET_FLEET_CA.postgres, &[&cert_pem, &key_sealed])? == 1)
+    fn set_fleet_ca_if_absent(&mut self, cert_pem: &str, key_sealed: &[u8], now: i64) -> Result<bool, StoreError> {
+        Ok(self.execute(sql::SET_FLEET_CA.postgres, &[&cert_pem, &key_sealed, &now])? == 1)
+    }
+
+    fn add_fleet_ca(&mut self, cert_pem: &str, key_sealed: &[u8], now: i64) -> Result<bool, StoreError> {
+        Ok(self.execute(sql::ADD_FLEET_CA.postgres, &[&cert_pem, &key_sealed, &now])? == 1)
+    }
+
+    fn retire_fleet_ca(&mut self, id: i64) -> Result<bool, StoreError> {
+        Ok(self.execute(sql::RETIRE_FLEET_CA.postgres, &[&id])? == 1)
+    }
+
+    fn revoke_hosts_of_ca(&mut self, ca: &[u8], now: i64) -> Result<u64, StoreError> {
+        self.execute(sql::REVOKE_HOSTS_OF_CA.postgres, &[&ca, &now])
+    }
+
+    fn set_hosts_ca_if_unknown(&mut self, ca: &[u8]) -> Result<u64, StoreError> {
+        self.execute(sql::HOSTS_CA_UNKNOWN.postgres, &[&ca])
     }
 }
 
@@ -1183,10 +1206,24 @@ mod tests {
         s.set_group_members("sudo", &[]).unwrap();
         assert!(!s.in_group("sudo", "bob").unwrap());
         // Fleet CA: the first one stored stays.
-        assert_eq!(s.fleet_ca().unwrap(), None);
-        assert!(s.set_fleet_ca_if_absent("CERT1", &[1, 2, 3]).unwrap());
-        assert!(!s.set_fleet_ca_if_absent("CERT2", &[4]).unwrap());
-        assert_eq!(s.fleet_ca().unwrap(), Some(("CERT1".to_string(), vec![1, 2, 3])));
+        assert_eq!(s.fleet_cas().unwrap(), vec![]);
+        assert!(s.set_fleet_ca_if_absent("CERT1", &[1, 2, 3], 7).unwrap());
+        assert!(!s.set_fleet_ca_if_absent("CERT2", &[4], 8).unwrap());
+        let first = StoredCa { id: 1, cert_pem: "CERT1".into(), key_sealed: vec![1, 2, 3], added_at: 7 };
+        assert_eq!(s.fleet_cas().unwrap(), vec![first.clone()]);
+        // A rotation adds one CA beside it, never a third; retiring takes
+        // the older only, and never the last.
+        assert!(!s.retire_fleet_ca(1).unwrap());
+        assert!(s.add_fleet_ca("CERT3", &[5], 9).unwrap());
+        assert!(!s.add_fleet_ca("CERT4", &[6], 10).unwrap());
+        let second = StoredCa { id: 2, cert_pem: "CERT3".into(), key_sealed: vec![5], added_at: 9 };
+        assert_eq!(s.fleet_cas().unwrap(), vec![first, second.clone()]);
+        assert!(!s.retire_fleet_ca(2).unwrap());
+        assert!(s.retire_fleet_ca(1).unwrap());
+        assert_eq!(s.fleet_cas().unwrap(), vec![second]);
+        assert!(!s.retire_fleet_ca(2).unwrap());
+        assert!(s.add_fleet_ca("CERT5", &[7], 11).unwrap());
+        assert_eq!(s.fleet_cas().unwrap().iter().map(|c| c.id).collect::<Vec<_>>(), vec![2, 3]);
     }
 
     #[test]
@@ -1226,7 +1263,7 @@ mod tests {
     /// are BOOLEAN, and the one-row table's key.
     fn pg_type_of(table: &str, column: &str, sqlite_type: &str) -> String {
         const EXCEPTIONS: &[(&str, &str, &str)] =
-            &[("users", "enabled", "boolean"), ("email_codes", "emergency", "boolean"), ("fleet_ca", "id", "integer")];
+            &[("users", "enabled", "boolean"), ("email_codes", "emergency", "boolean")];
         if let Some((_, _, ty)) = EXCEPTIONS.iter().find(|(t, c, _)| (*t, *c) == (table, column)) {
             return ty.to_string();
         }
@@ -1464,11 +1501,7 @@ mod tests {
         }
         // What the comparison must see, or it would compare nothing.
         let seen = |f: fn(&Table) -> usize| lite.values().map(f).sum::<usize>();
-        assert_eq!(
-            seen(|t| t.checks.len()),
-            4,
-            "CHECKs: users.method, emergency_requests.status, hosts.role, fleet_ca.id"
-        );
+        assert_eq!(seen(|t| t.checks.len()), 3, "CHECKs: users.method, emergency_requests.status, hosts.role");
         assert_eq!(seen(|t| t.foreign_keys.len()), 1, "outbox.code_id");
         assert_eq!(
             seen(|t| t.indexes.iter().filter(|(unique, _)| *unique).count()),

@@ -261,6 +261,18 @@ ALTER TABLE hosts ADD COLUMN prev_fingerprint BLOB;
 ALTER TABLE hosts ADD COLUMN prev_until INTEGER;
 CREATE UNIQUE INDEX hosts_by_prev_fingerprint ON hosts (prev_fingerprint);
 "#,
+    // Fleet CA rotation (`otpctl ca rotate|retire`): the CAs in use, oldest
+    // first; the one CA so far becomes the first. At most two at a time.
+    r#"
+CREATE TABLE fleet_cas (
+    id         INTEGER PRIMARY KEY NOT NULL,
+    cert_pem   TEXT NOT NULL,
+    key_sealed BLOB NOT NULL,
+    added_at   INTEGER NOT NULL
+) STRICT;
+INSERT INTO fleet_cas (id, cert_pem, key_sealed, added_at) SELECT 1, cert_pem, key_sealed, 0 FROM fleet_ca;
+DROP TABLE fleet_ca;
+"#,
 ];
 
 /// Schema migrations; `otpd_schema.version` records how many have run.
@@ -432,5 +444,16 @@ ALTER TABLE hosts ADD COLUMN renewed_at BIGINT;
 ALTER TABLE hosts ADD COLUMN prev_fingerprint BYTEA;
 ALTER TABLE hosts ADD COLUMN prev_until BIGINT;
 CREATE UNIQUE INDEX hosts_by_prev_fingerprint ON hosts (prev_fingerprint);
+"#,
+    // Fleet CA rotation (see the SQLite step).
+    r#"
+CREATE TABLE fleet_cas (
+    id         BIGINT PRIMARY KEY,
+    cert_pem   TEXT NOT NULL,
+    key_sealed BYTEA NOT NULL,
+    added_at   BIGINT NOT NULL
+);
+INSERT INTO fleet_cas (id, cert_pem, key_sealed, added_at) SELECT 1, cert_pem, key_sealed, 0 FROM fleet_ca;
+DROP TABLE fleet_ca;
 "#,
 ];

@@ -439,10 +439,32 @@ pub const RENEW_HOST: Sql = same!(
 );
 pub const HOST_PRESENTED: Sql =
     same!("UPDATE hosts SET prev_until = $3 WHERE name = $1 AND fingerprint = $2 AND prev_until > $3");
-pub const FLEET_CA: Sql = same!("SELECT cert_pem, key_sealed FROM fleet_ca WHERE id = 1");
-/// The first CA stored stays.
-pub const SET_FLEET_CA: Sql =
-    same!("INSERT INTO fleet_ca (id, cert_pem, key_sealed) VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING");
+/// The fleet's CAs, oldest first.
+pub const FLEET_CAS: Sql = same!("SELECT id, cert_pem, key_sealed, added_at FROM fleet_cas ORDER BY id");
+/// The first CA of a database: two servers starting together store one.
+pub const SET_FLEET_CA: Sql = same!(
+    "INSERT INTO fleet_cas (id, cert_pem, key_sealed, added_at) VALUES (1, $1, $2, $3) ON CONFLICT (id) DO NOTHING"
+);
+/// `ca rotate`: a second CA, only while there is one (two servers rotating
+/// together: the same id, so one of them adds nothing).
+pub const ADD_FLEET_CA: Sql = pair!(
+    sqlite: "INSERT INTO fleet_cas (id, cert_pem, key_sealed, added_at)
+             SELECT (SELECT MAX(id) FROM fleet_cas) + 1, $1, $2, $3 WHERE (SELECT COUNT(*) FROM fleet_cas) = 1
+             ON CONFLICT (id) DO NOTHING",
+    postgres: "INSERT INTO fleet_cas (id, cert_pem, key_sealed, added_at)
+               SELECT (SELECT MAX(id) FROM fleet_cas) + 1, $1::TEXT, $2::BYTEA, $3::BIGINT
+               WHERE (SELECT COUNT(*) FROM fleet_cas) = 1
+               ON CONFLICT (id) DO NOTHING",
+);
+/// `ca retire`: the older of two CAs, if it is still the one the admin saw.
+pub const RETIRE_FLEET_CA: Sql = same!(
+    "DELETE FROM fleet_cas WHERE id = $1 AND id = (SELECT MIN(id) FROM fleet_cas)
+       AND (SELECT COUNT(*) FROM fleet_cas) > 1"
+);
+/// `ca retire --force`: the hosts still on the retired CA need new bundles.
+pub const REVOKE_HOSTS_OF_CA: Sql = same!("UPDATE hosts SET revoked_at = $2 WHERE ca = $1 AND revoked_at IS NULL");
+/// Hosts added before hosts recorded their CA were issued by the first one.
+pub const HOSTS_CA_UNKNOWN: Sql = same!("UPDATE hosts SET ca = $1 WHERE ca IS NULL");
 
 /// What only PostgreSQL runs: row locks, advisory locks, its schema
 /// bookkeeping and the login path's one-statement reads and accept.
@@ -561,8 +583,12 @@ mod tests {
             ("HOST_SEEN", HOST_SEEN),
             ("RENEW_HOST", RENEW_HOST),
             ("HOST_PRESENTED", HOST_PRESENTED),
-            ("FLEET_CA", FLEET_CA),
+            ("FLEET_CAS", FLEET_CAS),
             ("SET_FLEET_CA", SET_FLEET_CA),
+            ("ADD_FLEET_CA", ADD_FLEET_CA),
+            ("RETIRE_FLEET_CA", RETIRE_FLEET_CA),
+            ("REVOKE_HOSTS_OF_CA", REVOKE_HOSTS_OF_CA),
+            ("HOSTS_CA_UNKNOWN", HOSTS_CA_UNKNOWN),
         ]
     }
 

@@ -613,13 +613,32 @@ impl Store for SqliteStore {
         Ok(self.change(sql::HOST_PRESENTED, params![name, fp, until])? == 1)
     }
 
-    fn fleet_ca(&mut self) -> Result<Option<(String, Vec<u8>)>, StoreError> {
-        let mut st = self.conn.prepare_cached(sql::FLEET_CA.sqlite)?;
-        Ok(st.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
+    fn fleet_cas(&mut self) -> Result<Vec<StoredCa>, StoreError> {
+        let mut st = self.conn.prepare_cached(sql::FLEET_CAS.sqlite)?;
+        let rows = st.query_map([], |r| {
+            Ok(StoredCa { id: r.get(0)?, cert_pem: r.get(1)?, key_sealed: r.get(2)?, added_at: r.get(3)? })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn set_fleet_ca_if_absent(&mut self, cert_pem: &str, key_sealed: &[u8]) -> Result<bool, StoreError> {
-        Ok(self.change(sql::SET_FLEET_CA, params![cert_pem, key_sealed])? == 1)
+    fn set_fleet_ca_if_absent(&mut self, cert_pem: &str, key_sealed: &[u8], now: i64) -> Result<bool, StoreError> {
+        Ok(self.change(sql::SET_FLEET_CA, params![cert_pem, key_sealed, now])? == 1)
+    }
+
+    fn add_fleet_ca(&mut self, cert_pem: &str, key_sealed: &[u8], now: i64) -> Result<bool, StoreError> {
+        Ok(self.change(sql::ADD_FLEET_CA, params![cert_pem, key_sealed, now])? == 1)
+    }
+
+    fn retire_fleet_ca(&mut self, id: i64) -> Result<bool, StoreError> {
+        Ok(self.change(sql::RETIRE_FLEET_CA, params![id])? == 1)
+    }
+
+    fn revoke_hosts_of_ca(&mut self, ca: &[u8], now: i64) -> Result<u64, StoreError> {
+        Ok(self.change(sql::REVOKE_HOSTS_OF_CA, params![ca, now])? as u64)
+    }
+
+    fn set_hosts_ca_if_unknown(&mut self, ca: &[u8]) -> Result<u64, StoreError> {
+        Ok(self.change(sql::HOSTS_CA_UNKNOWN, params![ca])? as u64)
     }
 }
 

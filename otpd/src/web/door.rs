@@ -731,7 +731,9 @@ mod tests {
         let clock = Arc::new(crate::sys::clock::FakeClock::new(T0));
         let mut p = parts();
         p.clock = Box::new(clock.clone());
-        p.fleet_ca = Some(Arc::new(crate::fleet::pki::Ca::generate().unwrap()));
+        p.fleet_ca = Some(Arc::new(crate::fleet::authority::Authority::new(crate::fleet::authority::CaSet::single(
+            crate::fleet::pki::Ca::generate().unwrap(),
+        ))));
         let d = WebDoor::new(Arc::new(crate::core::service::Core::new(p)), &WebConfig::default());
         let secret = enrolled(&d, "root").await;
         let (token, csrf) = session(&d, "root", &secret, 0).await;

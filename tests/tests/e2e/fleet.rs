@@ -185,6 +185,8 @@ impl Fleet {
     /// otpctl speaking to server `server` over TLS with the bundle `bundle`.
     fn remote(&self, server: usize, bundle: &Path, args: &[&str]) -> Output {
         Command::new(build_dir().join("otpctl"))
+            // The fleet's debug clock: admin credentials renew by it.
+            .env("OTPD_TEST_CLOCK_FILE", self.dir.path().join("clock-offset"))
             .arg("--server")
             .arg(format!("127.0.0.1:{}", self.ports[server]))
             .arg("--bundle")
@@ -921,9 +923,10 @@ fn a_bundle_of_another_ca_and_a_host_claiming_another_name_are_refused() {
     let dir = f.agent_dir();
     other.ctl_ok(&["host", "add", "web09", "-o", &dir.path().join("state/host.bundle").display().to_string()]);
     f.extras.push(other);
-    let stranger = f.try_agent(dir, &[0, 1], None).unwrap_or_else(|e| panic!("{e}"));
     let handshake = |e: &Value| field(e, "result") == "refused" && field(e, "reason").contains("TLS handshake failed");
     assert!(!audit(f.admin(), &[]).iter().any(handshake));
+    // (It dials at start already, to ask whether its certificate is current.)
+    let stranger = f.try_agent(dir, &[0, 1], None).unwrap_or_else(|e| panic!("{e}"));
     let r = stranger.login("vic", &[&code]);
     f.extras.push(stranger);
     assert_eq!(r.code, PAM_AUTH_ERR, "a host of another CA logged in: {}", r.out);
@@ -1057,10 +1060,10 @@ fn sessions_and_audit_of_every_host_are_seen_on_any_server_and_remotely() {
     for host in HOSTS {
         let line = list.lines().find(|l| l.split_whitespace().next() == Some(host));
         let line = line.unwrap_or_else(|| panic!("{host} missing: {list}"));
-        // HOST ROLE ADDED LAST-SEEN LAST-ADDRESS STATUS EXPIRES RENEWED:
+        // HOST ROLE ADDED LAST-SEEN LAST-ADDRESS STATUS EXPIRES RENEWED CA:
         // seen (a time, not "-") after its logins, from where.
         let cols: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(cols.len(), 8, "{list}");
+        assert_eq!(cols.len(), 9, "{list}");
         assert_eq!(cols[1], "agent", "{list}");
         assert!(cols[3].starts_with("20") && cols[3].ends_with('Z'), "{host} has no last-seen time: {list}");
         assert_eq!(cols[4], "127.0.0.1", "{list}");
@@ -2082,4 +2085,204 @@ fn an_expired_certificate_needs_a_new_bundle_and_says_so() {
     f.extras.push(fresh);
     assert_eq!(r.code, PAM_SUCCESS, "{}", r.out);
     assert_eq!(host_list(f.admin())["web01"]["expired"], Value::Bool(false));
+}
+
+// ------------------------------------------------------ CA rotation ----
+
+/// `otpctl --json ca status` on `fx`: (fingerprint, serving, issuing,
+/// agents, admins) of each CA, oldest first.
+fn ca_status(fx: &Fixture) -> Vec<(String, bool, bool, u64, u64)> {
+    let cas = entries(&fx.ctl_ok(&["--json", "ca", "status"]), "cas");
+    cas.iter()
+        .map(|c| {
+            let flag = |k: &str| c[k].as_bool().unwrap_or_else(|| panic!("{k} in {c}"));
+            let count = |k: &str| c[k].as_u64().unwrap_or_else(|| panic!("{k} in {c}"));
+            (field(c, "fingerprint").to_string(), flag("serving"), flag("issuing"), count("agents"), count("admins"))
+        })
+        .collect()
+}
+
+/// The SHA-256 of each CA certificate of a bundle file (read by openssl).
+fn bundle_cas(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut certs = pem_blocks(&text, "CERTIFICATE");
+    certs.pop();
+    certs.iter().map(|c| bundle_fingerprint(c)).collect()
+}
+
+/// Waits (up to 20 s) until `want` holds for the CAs of the bundle at `path`.
+fn wait_for_bundle_cas(path: &Path, what: &str, want: impl Fn(&[String]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let cas = bundle_cas(path);
+        if want(&cas) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{} never {what}: {cas:?}", path.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `otpctl ca rotate` on one server of two: both accept certificates of
+/// both CAs, agents move to the new one on their own (no login refused on
+/// the way), remote admin credentials when next used; `ca retire` is
+/// refused while a host is left on the old CA, and `--force` revokes it;
+/// after the retirement agents drop the old CA from what they trust.
+#[test]
+fn a_ca_rotation_moves_every_host_and_refuses_no_login() {
+    let _turn = support::exclusive("fleet");
+    let mut f = Fleet::start(Backend::Postgres);
+    let uri = f.enroll("rot", 0);
+    let ops = f.dir.path().join("ops.bundle");
+    f.servers[0].ctl_ok(&["host", "add", "ops", "--admin", "-o", &ops.display().to_string()]);
+    // A host issued before the rotation that never links: it stays behind.
+    let late_dir = f.agent_dir();
+    let late = late_dir.path().join("state/host.bundle");
+    f.issue("web09", &late);
+    let login = |f: &Fleet, host: usize, step: i64| {
+        let r = f.agents[host].login("rot", &[&f.code(&uri, step)]);
+        assert_eq!(r.code, PAM_SUCCESS, "login on {} at step {step}: {}", HOSTS[host], r.out);
+    };
+    let old = ca_status(f.admin());
+    assert_eq!(old.len(), 1, "{old:?}");
+    let old_fp = old[0].0.clone();
+    assert_eq!(old[0], (old_fp.clone(), true, true, 4, 1), "web01-03, web09 and ops on the one CA");
+    login(&f, 1, 0);
+
+    // Rotated on the first server; the second reads it from the database.
+    let said = f.servers[0].ctl_ok(&["ca", "rotate"]);
+    assert!(said.contains("new fleet CA"), "{said}");
+    let again = f.servers[1].ctl(&["ca", "rotate"]);
+    assert!(!again.status.success() && stderr(&again).contains("a rotation is in progress"), "{}", stderr(&again));
+    let two = ca_status(f.admin());
+    assert_eq!(two.len(), 2, "{two:?}");
+    let new_fp = two[1].0.clone();
+    // Until every server can have read it, the new CA does not issue.
+    assert_eq!((two[0].1, two[0].2, two[1].1, two[1].2), (true, true, false, false), "{two:?}");
+    login(&f, 2, 1);
+
+    // Two minutes on: it issues, and every agent renews onto it by itself.
+    f.servers[0].set_clock_offset(120);
+    let moved = |s: &[(String, bool, bool, u64, u64)]| s.len() == 2 && s[0].3 == 1 && s[1].3 == 3;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut status = ca_status(f.admin());
+    while !moved(&status) {
+        assert!(Instant::now() < deadline, "agents never moved to the new CA: {status:?}");
+        std::thread::sleep(Duration::from_millis(200));
+        status = ca_status(f.admin());
+    }
+    assert_eq!((status[0].2, status[1].2), (false, true), "the new CA issues: {status:?}");
+    for (i, h) in HOSTS.iter().enumerate() {
+        // It trusts both (servers still present the old CA's certificates).
+        wait_for_bundle_cas(&f.agents[i].path("state/host.bundle"), "trusted both CAs", |cas| {
+            cas == [old_fp.clone(), new_fp.clone()]
+        });
+        wait_for_log(&f.agents[i], "renewing this host's certificate before it is due");
+        assert_eq!(field(&host_list(f.admin())[*h], "ca"), new_fp, "{h}");
+    }
+    for (i, step) in [(0, 3), (1, 4), (2, 5)] {
+        login(&f, i, step);
+    }
+
+    // Still on the old CA: web09 and the admin credentials, so no retiring.
+    let refused = f.admin().ctl(&["ca", "retire"]);
+    let why = stderr(&refused);
+    assert!(!refused.status.success() && why.contains("2 host(s)") && why.contains("ops, web09"), "{why}");
+    // The admin credentials move at their next use (on the other server).
+    let remote = f.remote(0, &ops, &["--json", "ca", "status"]);
+    assert!(remote.status.success(), "{}", stderr(&remote));
+    assert!(stderr(&remote).contains("admin credentials ops renewed"), "{}", stderr(&remote));
+    assert_eq!(bundle_cas(&ops), [old_fp.clone(), new_fp.clone()]);
+    let status = ca_status(f.admin());
+    assert_eq!((status[0].3, status[0].4, status[1].3, status[1].4), (1, 0, 3, 1), "{status:?}");
+    // Used again, they are current: no second renewal.
+    let remote = f.remote(1, &ops, &["host", "list"]);
+    assert!(remote.status.success() && !stderr(&remote).contains("renewed"), "{}", stderr(&remote));
+
+    let retired = f.admin().ctl_ok(&["ca", "retire", "--force"]);
+    assert!(retired.contains("1 host(s) still on it revoked (web09)"), "{retired}");
+    assert_eq!(ca_status(f.admin()), [(new_fp.clone(), true, true, 3, 1)]);
+    assert!(!host_list(f.admin())["web09"]["revoked_at"].is_null());
+
+    // Later (past the renewal limit), agents drop the retired CA.
+    f.servers[0].set_clock_offset(600);
+    for i in 0..3 {
+        wait_for_bundle_cas(&f.agents[i].path("state/host.bundle"), "dropped the old CA", |cas| {
+            cas == [new_fp.clone()]
+        });
+    }
+    for (i, step) in [(0, 19), (1, 20), (2, 21)] {
+        login(&f, i, step);
+    }
+    // Trusting the retired CA only, web09 reaches no server; a new bundle
+    // (it was revoked: no revoke needed) does.
+    f.servers[0].set_clock_offset(690);
+    let stale = f.try_agent(late_dir, &[0, 1], None).unwrap_or_else(|e| panic!("{e}"));
+    let r = stale.login("rot", &[&f.code(&uri, 23)]);
+    let log = stale.log();
+    f.extras.push(stale);
+    assert_ne!(r.code, PAM_SUCCESS, "a host of the retired CA logged in: {}", r.out);
+    let why = "UnknownIssuer (this host's bundle does not trust the server's CA";
+    assert!(log.contains(why), "{}\n{log}", r.out);
+    let dir = f.agent_dir();
+    f.issue("web09", &dir.path().join("state/host.bundle"));
+    let fresh = f.try_agent(dir, &[1, 0], None).unwrap_or_else(|e| panic!("{e}"));
+    let r = fresh.login("rot", &[&f.code(&uri, 23)]);
+    f.extras.push(fresh);
+    assert_eq!(r.code, PAM_SUCCESS, "{}", r.out);
+
+    let actions: Vec<String> = audit(f.admin(), &[]).iter().map(|e| field(e, "result").to_string()).collect();
+    assert!(actions.iter().any(|a| a.starts_with("rotate fleet CA: new")), "{actions:?}");
+    assert!(actions.iter().any(|a| a.starts_with("retire fleet CA") && a.contains("(1 host(s) on it revoked)")));
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Admin credentials (90 days) renew themselves when used after two
+/// thirds of their life: a new key, the bundle file rewritten, the new
+/// certificate recorded and audited; used again, they are current.
+#[test]
+fn admin_credentials_renew_themselves_when_used_late_in_their_life() {
+    let _turn = support::exclusive("fleet");
+    let f = Fleet::start(Backend::Sqlite);
+    f.servers[0].pin_clock();
+    let ops = f.dir.path().join("ops.bundle");
+    f.servers[0].ctl_ok(&["host", "add", "ops", "--admin", "-o", &ops.display().to_string()]);
+    let before = std::fs::read_to_string(&ops).unwrap();
+    let listed = host_list(f.admin());
+    let life = listed["ops"]["expires_at"].as_i64().unwrap() - f.servers[0].daemon_now();
+    assert!((life - 90 * 86_400).abs() < 60, "admin credentials valid {life} s");
+
+    // Two months in: still current, not yet due.
+    f.servers[0].set_clock_offset(59 * 86_400);
+    let early = f.remote(0, &ops, &["host", "list"]);
+    assert!(early.status.success() && !stderr(&early).contains("renewed"), "{}", stderr(&early));
+    assert_eq!(std::fs::read_to_string(&ops).unwrap(), before);
+
+    f.servers[0].set_clock_offset(61 * 86_400);
+    let late = f.remote(0, &ops, &["host", "list"]);
+    assert!(late.status.success(), "{}", stderr(&late));
+    assert!(
+        stderr(&late).contains("admin credentials ops renewed (two thirds of their life passed)"),
+        "{}",
+        stderr(&late)
+    );
+    let after = std::fs::read_to_string(&ops).unwrap();
+    assert_ne!(pem_blocks(&after, "PRIVATE KEY"), pem_blocks(&before, "PRIVATE KEY"), "a new key");
+    let mode = std::fs::metadata(&ops).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let hosts = host_list(f.admin());
+    assert_eq!(field(&hosts["ops"], "fingerprint"), bundle_fingerprint(&after));
+    let expires = hosts["ops"]["expires_at"].as_i64().unwrap();
+    assert_eq!(expires, f.servers[0].daemon_now() + 90 * 86_400, "a full life from the renewal");
+    let again = f.remote(0, &ops, &["--json", "host", "list"]);
+    assert!(again.status.success() && !stderr(&again).contains("renewed"), "{}", stderr(&again));
+    let rows = audit(f.admin(), &["--host", "ops"]);
+    assert!(
+        rows.iter()
+            .any(|e| field(e, "result") == "renewed" && field(e, "reason").contains("admin certificate renewed")),
+        "{rows:#?}"
+    );
 }

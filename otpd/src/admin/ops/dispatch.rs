@@ -1,6 +1,6 @@
 //! One admin request to its handler: the one entry every admin door calls.
 use crate::admin::ops::shared::By;
-use crate::admin::ops::{audit, bulk, credentials, groups, hosts, imports, requests, sessions, status, users};
+use crate::admin::ops::{audit, bulk, ca, credentials, groups, hosts, imports, requests, sessions, status, users};
 use crate::core::service::Core;
 use crate::store::model::AuditQuery;
 use common::proto::{AdminRequest as R, AdminResponse};
@@ -32,6 +32,14 @@ pub async fn handle(req: R, by: &By, core: &Core) -> AdminResponse {
         R::HostAdd { name, admin } => hosts::add(core, by, name, admin).await,
         R::HostList => hosts::list(core).await,
         R::HostRevoke { name } => hosts::revoke(core, by, name).await,
+        R::CaStatus => ca::status(core).await,
+        R::CaRotate => ca::rotate(core, by).await,
+        R::CaRetire { force } => ca::retire(core, by, force).await,
+        // Answered by the fleet link itself, for the credentials it was made with.
+        R::CaCheck { .. } | R::Renew { .. } => AdminResponse::Error {
+            kind: common::proto::AdminErrorKind::InvalidInput,
+            message: "only remote otpctl asks this, over a fleet link".into(),
+        },
     }
 }
 

@@ -5,18 +5,22 @@ use crate::core::service::Core;
 use crate::store::model::{HostRecord, HostRole};
 use common::proto::{AdminErrorKind, AdminResponse, HostInfo};
 
-/// How long admin credentials (remote otpctl) are valid: 5 years.
-const ADMIN_LIFE: i64 = 5 * 365 * 86_400;
+/// How long admin credentials (remote otpctl) are valid: they renew
+/// themselves when used after two thirds of it (crate::fleet::wire), so an
+/// administrator who uses them once in two months never notices.
+pub const ADMIN_LIFE: i64 = 90 * 86_400;
 
 /// `host add`: issues credentials, records their fingerprint, and hands the
 /// bundle back once (the key is not kept anywhere on the server).
 pub async fn add(core: &Core, by: &By, name: String, admin: bool) -> AdminResponse {
     let now = core.clock.now();
-    let Some(ca) = core.fleet_ca.clone() else { return not_a_server() };
-    // Admin credentials do not renew themselves (yet): they keep the life
-    // every bundle had before host certificates renewed themselves.
+    let Some(authority) = core.fleet_ca.clone() else { return not_a_server() };
+    // Issued by the newest CA; the bundle trusts every CA (during a
+    // rotation, servers still present certificates of the older).
+    let cas = authority.get();
+    let issuer = cas.issuing(now);
     let life = if admin { ADMIN_LIFE } else { core.host_cert_life };
-    let issued = crate::fleet::pki::issue_bundle_at(&ca, &ca.cert_pem(), &name, now, life);
+    let issued = crate::fleet::pki::issue_bundle_at(&issuer.ca, &cas.trust_pem(), &name, now, life);
     let (bundle, issued) = match issued {
         Ok(b) => b,
         Err(e) => return err(AdminErrorKind::InvalidInput, e.to_string()),
@@ -27,7 +31,7 @@ pub async fn add(core: &Core, by: &By, name: String, admin: bool) -> AdminRespon
         fingerprint: issued.fingerprint.to_vec(),
         added_at: now,
         expires_at: Some(issued.not_after),
-        ca: Some(ca.fingerprint().to_vec()),
+        ca: Some(issuer.fingerprint.to_vec()),
         ..HostRecord::default()
     };
     let (policy, by) = (core.policy.clone(), by.clone());
@@ -142,14 +146,17 @@ mod tests {
         assert_eq!(bundle.validity().unwrap(), (T0 - 3600, T0 + core.host_cert_life));
         assert_eq!(
             (bundle.name.as_str(), bundle.ca_pem.as_str()),
-            ("web01", core.fleet_ca.as_ref().unwrap().cert_pem().as_str())
+            ("web01", core.fleet_ca.as_ref().unwrap().get().trust_pem().as_str())
         );
         let h = host(&core, "web01").await.unwrap();
         assert_eq!((h.role, h.added_at, h.revoked_at, h.fingerprint.len()), (HostRole::Agent, T0, None, 32));
         assert_eq!(h.fingerprint, bundle.fingerprint().unwrap());
         assert_eq!(
             (h.expires_at, h.ca),
-            (Some(T0 + core.host_cert_life), Some(core.fleet_ca.as_ref().unwrap().fingerprint().to_vec()))
+            (
+                Some(T0 + core.host_cert_life),
+                Some(core.fleet_ca.as_ref().unwrap().get().serving().fingerprint.to_vec())
+            )
         );
         assert_eq!(one_admin_row(&core, "-").await, ("add host web01".into(), "by uid 0".into()));
         // Admin credentials, for remote otpctl.

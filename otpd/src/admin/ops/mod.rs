@@ -5,6 +5,7 @@
 //! holds what they have in common (who asks, the admin audit row, errors).
 pub mod audit;
 pub mod bulk;
+pub mod ca;
 pub mod credentials;
 pub mod dispatch;
 pub mod groups;

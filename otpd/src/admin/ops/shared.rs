@@ -162,8 +162,21 @@ pub(crate) mod fixture {
 
     /// A fleet server's core: it has a CA.
     pub(crate) fn server() -> Core {
-        let mut p = parts();
-        p.fleet_ca = Some(Arc::new(crate::fleet::pki::Ca::generate().unwrap()));
+        server_at(Arc::new(crate::sys::clock::FakeClock::new(T0)))
+    }
+
+    /// [`server`] on a clock the test moves.
+    pub(crate) fn server_at(clock: Arc<crate::sys::clock::FakeClock>) -> Core {
+        use crate::store::model::Store as _;
+        let ca = crate::fleet::pki::Ca::generate().unwrap();
+        let mut st = SqliteStore::in_memory().unwrap();
+        // The key Parts::for_tests seals with.
+        let sealed = crate::fleet::authority::seal(&crate::core::crypto::SecretBox::from_key(&[7u8; 32]), &ca);
+        assert!(st.set_fleet_ca_if_absent(&ca.cert_pem(), &sealed, 0).unwrap());
+        let mut p = Parts::for_tests(Db::start(st), T0);
+        p.clock = Box::new(clock);
+        p.fleet_ca =
+            Some(Arc::new(crate::fleet::authority::Authority::new(crate::fleet::authority::CaSet::single(ca))));
         Core::new(p)
     }
 
