@@ -55,6 +55,8 @@ pub struct Agent {
     /// suite's clock).
     pub(super) clock: pki::TlsClock,
     connect_timeout: Duration,
+    /// See [`Settings::reconnect_first`].
+    reconnect_first: Duration,
     io_timeout: Duration,
     prompt_timeout: Duration,
     /// Idle links, newest last: each is held by a task that watches it
@@ -92,8 +94,11 @@ type Claim = tokio::sync::oneshot::Sender<tokio::sync::oneshot::Sender<TlsLink>>
 
 /// After a server closed this agent's idle link (it restarted or stopped),
 /// the first new link is made within this window, chosen at random: a
-/// restarted server does not meet all its hosts in the same second.
-pub const RECONNECT_FIRST: Duration = Duration::from_secs(5);
+/// restarted server does not meet all its hosts in the same second. 10 s:
+/// 10,000 hosts ask ~1,000 handshakes a second, which a server's login
+/// thread takes beside the logins even on a loaded machine; 5 s did not
+/// (docs/BENCHMARKS.md "Fleet scale": storm logins p99 3–5 s).
+pub const RECONNECT_FIRST: Duration = Duration::from_secs(10);
 /// Each failed attempt doubles the window, up to this.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(60);
 /// A link the server closed this long after it went idle was closed for
@@ -102,12 +107,12 @@ pub const RECONNECT_MAX: Duration = Duration::from_secs(60);
 const IDLE_CLOSE: Duration = Duration::from_secs(crate::fleet::wire::LINK_IDLE.as_secs() - 10);
 
 /// How long to wait before reconnect attempt `attempt` (0 for the first):
-/// a window of [`RECONNECT_FIRST`] doubled per failed attempt, at most
+/// a window of `first` ([`RECONNECT_FIRST`]) doubled per failed attempt, at most
 /// [`RECONNECT_MAX`], and a point in it chosen by `unit` (uniform in
 /// [0, 1): "full jitter"), so that the hosts of a fleet spread over the
 /// whole window whatever their number.
-pub fn reconnect_delay(attempt: u32, unit: f64) -> Duration {
-    let window = RECONNECT_FIRST.saturating_mul(1u32 << attempt.min(16)).min(RECONNECT_MAX);
+pub fn reconnect_delay(first: Duration, attempt: u32, unit: f64) -> Duration {
+    let window = first.saturating_mul(1u32 << attempt.min(16)).min(RECONNECT_MAX);
     let unit = if unit.is_finite() { unit.clamp(0.0, 1.0) } else { 0.0 };
     window.mul_f64(unit)
 }
@@ -126,6 +131,8 @@ pub struct Settings {
     pub max_per_uid: usize,
     /// Make links from this address (a benchmark's many hosts on one machine).
     pub source: Option<IpAddr>,
+    /// The first window of [`reconnect_delay`] ([`RECONNECT_FIRST`]).
+    pub reconnect_first: Duration,
 }
 
 impl Settings {
@@ -140,6 +147,7 @@ impl Settings {
             max_connections: d.max_connections,
             max_per_uid: d.max_connections_per_user,
             source: None,
+            reconnect_first: RECONNECT_FIRST,
         }
     }
 }
@@ -267,6 +275,7 @@ impl Agent {
             bundle_path,
             clock,
             connect_timeout: settings.connect_timeout,
+            reconnect_first: settings.reconnect_first,
             io_timeout: settings.io_timeout,
             prompt_timeout: settings.prompt_timeout,
             idle: Mutex::new(Vec::new()),
@@ -481,7 +490,7 @@ impl Agent {
         tokio::spawn(async move {
             let mut attempt = 0u32;
             loop {
-                tokio::time::sleep(reconnect_delay(attempt, rand::random::<f64>())).await;
+                tokio::time::sleep(reconnect_delay(agent.reconnect_first, attempt, rand::random::<f64>())).await;
                 if agent.idle_links() > 0 {
                     break;
                 }
@@ -539,8 +548,7 @@ impl Agent {
     async fn ask_renewal(&self, csr: String) -> Result<RenewReply, String> {
         let frame = AgentFrame::Renew(Renew { renew_csr: csr });
         let within = self.connect_timeout.max(Duration::from_secs(5));
-        let (_, reply) =
-            self.ask_each(&frame, within, true).await.map_err(|e| format!("no server answered ({e})"))?;
+        let (_, reply) = self.ask_each(&frame, within, true).await.map_err(|e| format!("no server answered ({e})"))?;
         Ok(reply)
     }
 
@@ -964,19 +972,19 @@ mod tests {
 
     #[test]
     fn reconnect_waits_are_spread_over_a_window_that_doubles_up_to_a_cap() {
-        assert_eq!(reconnect_delay(0, 0.0), Duration::ZERO);
-        assert_eq!(reconnect_delay(0, 0.5), RECONNECT_FIRST / 2);
-        assert_eq!(reconnect_delay(1, 0.5), RECONNECT_FIRST);
-        assert_eq!(reconnect_delay(2, 0.25), RECONNECT_FIRST);
+        assert_eq!(reconnect_delay(RECONNECT_FIRST, 0, 0.0), Duration::ZERO);
+        assert_eq!(reconnect_delay(RECONNECT_FIRST, 0, 0.5), RECONNECT_FIRST / 2);
+        assert_eq!(reconnect_delay(RECONNECT_FIRST, 1, 0.5), RECONNECT_FIRST);
+        assert_eq!(reconnect_delay(RECONNECT_FIRST, 2, 0.25), RECONNECT_FIRST);
         for attempt in [0, 1, 5, 16, 17, 1000, u32::MAX] {
             for unit in [0.0, 0.3, 0.999_999, 1.0, 7.0, -1.0, f64::NAN, f64::INFINITY] {
-                let d = reconnect_delay(attempt, unit);
+                let d = reconnect_delay(RECONNECT_FIRST, attempt, unit);
                 assert!(d <= RECONNECT_MAX, "attempt {attempt}, unit {unit}: {d:?}");
                 let window = RECONNECT_FIRST.saturating_mul(1 << attempt.min(16)).min(RECONNECT_MAX);
                 assert!(d <= window, "attempt {attempt}, unit {unit}: {d:?} beyond {window:?}");
             }
         }
-        assert_eq!(reconnect_delay(1000, 0.999_999).as_secs(), RECONNECT_MAX.as_secs() - 1);
+        assert_eq!(reconnect_delay(RECONNECT_FIRST, 1000, 0.999_999).as_secs(), RECONNECT_MAX.as_secs() - 1);
     }
 
     #[test]
@@ -985,7 +993,7 @@ mod tests {
         // server meets about as many in each part of the window.
         let mut buckets = [0usize; 5];
         for _ in 0..1000 {
-            let d = reconnect_delay(0, rand::random::<f64>());
+            let d = reconnect_delay(RECONNECT_FIRST, 0, rand::random::<f64>());
             assert!(d < RECONNECT_FIRST);
             buckets[(d.as_secs_f64() / RECONNECT_FIRST.as_secs_f64() * 5.0) as usize] += 1;
         }

@@ -32,7 +32,7 @@
 use common::client::Client;
 use common::codec::FrameError;
 use common::proto::{AdminRequest, AdminResponse, ClientMsg, Method, OutcomeKind, Relay, ServerMsg, PROTOCOL_VERSION};
-use otpd::fleet::agent::{reconnect_delay, Agent, Asker, Settings};
+use otpd::fleet::agent::{reconnect_delay, Agent, Asker, Settings, RECONNECT_FIRST};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -51,6 +51,7 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let opts = Opts {
+        reconnect_first: Duration::from_secs(arg(&args, "--reconnect-first", RECONNECT_FIRST.as_secs())),
         hosts: arg(&args, "--hosts", 10_000usize),
         sample: arg(&args, "--sample", 50usize),
         baseline: arg(&args, "--baseline", 10usize),
@@ -87,6 +88,8 @@ struct Opts {
     store: String,
     bin: PathBuf,
     report: Option<PathBuf>,
+    /// The agents' first reconnect window after a server restart.
+    reconnect_first: Duration,
 }
 
 fn default_bin() -> PathBuf {
@@ -502,6 +505,7 @@ async fn run(o: &Opts) -> Report {
                 max_connections: 64,
                 max_per_uid: 16,
                 source: Some(source(i)),
+                reconnect_first: o.reconnect_first,
             };
             Agent::new(settings, b).unwrap_or_else(|e| panic!("agent {i}: {e}"))
         })
@@ -640,7 +644,7 @@ async fn fill(agents: &[Arc<Agent>], concurrency: usize) -> usize {
                         eprintln!("{}: {e} (trying again)", a.host());
                     }
                     retries.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(reconnect_delay(attempt, rand_unit())).await;
+                    tokio::time::sleep(reconnect_delay(RECONNECT_FIRST, attempt, rand_unit())).await;
                     attempt += 1;
                 }
             }
@@ -756,8 +760,11 @@ async fn restart(o: &Opts, server: &Arc<Mutex<Server>>, agents: &[Arc<Agent>], u
 
 fn print_report(o: &Opts, r: &Report) {
     println!(
-        "== fleet scale: {} hosts, store {}, load average at start {} ==",
-        r.hosts, r.store, r.load_average_at_start
+        "== fleet scale: {} hosts, store {}, agents' first reconnect window {} s, load average at start {} ==",
+        r.hosts,
+        r.store,
+        o.reconnect_first.as_secs(),
+        r.load_average_at_start
     );
     println!("certificates issued (HostAdd over the admin socket): {:.1} s, {:.0}/s", r.issue_seconds, r.issued_per_s);
     println!("server open files limit (soft, raised by otpd): {}", r.server_fd_limit_soft);
