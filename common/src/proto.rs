@@ -710,7 +710,7 @@ pub struct HostInfo {
 pub struct CaInfo {
     /// SHA-256 of the CA certificate, hex.
     pub fingerprint: String,
-    /// When `ca rotate` made it (0: the fleet's first CA).
+    /// When it was stored (0: stored before rotations existed).
     pub added_at: i64,
     pub not_after: i64,
     /// Servers present certificates of this CA (the older of two).

@@ -554,7 +554,7 @@ impl Agent {
 
     /// Whether this host should renew now ([`common::proto::CaCheck`]):
     /// over an idle link if one works (no handshake of its own), else over
-    /// a new link to each server in turn.
+    /// a new link to each server in turn, closed after the answer.
     async fn ask_check(self: Arc<Self>, cas: Vec<String>) -> Result<Option<String>, String> {
         let frame = AgentFrame::CaCheck(CaCheck { check_cas: cas });
         while let Some(mut link) = self.pooled().await {
@@ -570,8 +570,9 @@ impl Agent {
         let within = self.connect_timeout.max(Duration::from_secs(5));
         // A question in the background: it does not steer logins away from
         // a server that was slow to answer it (they find out for themselves).
-        let (link, reply) = self.ask_each::<CaCheckReply>(&frame, within, false).await?;
-        self.put_back(link);
+        // Nor does the link it made join the idle ones: which servers
+        // logins reach stays theirs to decide.
+        let (_, reply) = self.ask_each::<CaCheckReply>(&frame, within, false).await?;
         Ok(reply.renew)
     }
 

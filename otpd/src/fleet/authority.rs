@@ -33,7 +33,7 @@ pub fn seal(crypto: &SecretBox, ca: &pki::Ca) -> Vec<u8> {
 pub struct LiveCa {
     /// Its row in the database (ids only grow).
     pub id: i64,
-    /// When `ca rotate` made it (0: the first CA of the database).
+    /// When it was stored (0: stored before rotations existed).
     pub added_at: i64,
     pub ca: pki::Ca,
     pub fingerprint: [u8; 32],
@@ -67,7 +67,15 @@ impl CaSet {
         self.cas.iter().enumerate().filter(move |(i, c)| *i == 0 || c.added_at + PROPAGATION <= now).map(|(_, c)| &**c)
     }
 
-    /// Every CA's certificate, oldest first: what a host trusts.
+    /// The certificates of [`CaSet::settled`]: what a host renewing or
+    /// added now is given to trust (before every server can have read a new
+    /// CA, none presents or issues with it, and [`common::proto::CaCheck`]
+    /// compares with this set).
+    pub fn settled_pem(&self, now: i64) -> String {
+        self.settled(now).map(|c| c.ca.cert_pem()).collect()
+    }
+
+    /// Every CA's certificate, oldest first: what a server accepts.
     pub fn trust_pem(&self) -> String {
         self.cas.iter().map(|c| c.ca.cert_pem()).collect()
     }
@@ -96,6 +104,8 @@ pub struct Authority {
     changed: tokio::sync::watch::Sender<u64>,
     /// When the database was last read on a host's behalf.
     asked: Mutex<Option<Instant>>,
+    /// One refresh at a time: an older read never replaces a newer set.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl Authority {
@@ -104,6 +114,7 @@ impl Authority {
             set: RwLock::new(Arc::new(set)),
             changed: tokio::sync::watch::channel(0).0,
             asked: Mutex::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -154,6 +165,7 @@ impl Authority {
 
     /// Reads the database's CAs and takes them up if they changed (true).
     pub async fn refresh(&self, db: &Db, crypto: &SecretBox) -> Result<bool, String> {
+        let _one = self.refreshing.lock().await;
         let stored = db.read(|st| st.fleet_cas()).await.map_err(|e| e.to_string())?;
         let current = self.get();
         if stored.iter().map(|s| s.id).collect::<Vec<_>>() == current.ids() {

@@ -669,7 +669,10 @@ async fn agent_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
 /// (`trusted`: SHA-256 hex of each). What a renewal gives it answers None.
 fn renewal_due(cas: &CaSet, host: &HostRecord, trusted: &[String], now: i64) -> Option<String> {
     let issuing = cas.issuing(now);
-    if host.ca.as_deref() != Some(&issuing.fingerprint[..]) {
+    // On a CA newer than the one this server issues with (its clock is
+    // behind the one that rotated): the host is ahead, not behind.
+    let ahead = cas.all().iter().any(|c| c.id > issuing.id && host.ca.as_deref() == Some(&c.fingerprint[..]));
+    if !ahead && host.ca.as_deref() != Some(&issuing.fingerprint[..]) {
         let fp = pki::fingerprint_hex(&issuing.fingerprint[..8]);
         return Some(format!("the fleet issues certificates with CA {fp}… now"));
     }
@@ -767,7 +770,8 @@ async fn renew_host(
         Ok(true) => {
             crate::core::syslog::audit(&entry);
             tracing::info!("{}", entry.reason.replacen("certificate", &format!("certificate of {}", host.name), 1));
-            RenewReply::Renewed { cert_pem: signed.cert_pem, ca_pem: cas.trust_pem(), not_after: signed.not_after }
+            let ca_pem = cas.settled_pem(now);
+            RenewReply::Renewed { cert_pem: signed.cert_pem, ca_pem, not_after: signed.not_after }
         }
         Ok(false) => {
             let reason = format!("renewal of {} from {addr} refused: revoked or replaced meanwhile", host.name);

@@ -481,7 +481,7 @@ pub struct StoredCa {
     pub cert_pem: String,
     /// The CA's private key, sealed under the key file.
     pub key_sealed: Vec<u8>,
-    /// When `ca rotate` made it (0: the first CA, stored before rotations).
+    /// When it was stored (0: stored before rotations existed).
     pub added_at: i64,
 }
 
@@ -659,6 +659,8 @@ pub trait Store: PlanReads {
     fn retire_fleet_ca(&mut self, id: i64) -> Result<bool, StoreError>;
     /// Revokes every unrevoked host whose certificate `ca` issued (how many).
     fn revoke_hosts_of_ca(&mut self, ca: &[u8], now: i64) -> Result<u64, StoreError>;
+    /// Certificates a renewal replaced are accepted until `now` at most.
+    fn end_replaced_certificates(&mut self, now: i64) -> Result<u64, StoreError>;
     /// Records `ca` as the issuer of the hosts that have none on record
     /// (added before hosts recorded it: the first CA issued them).
     fn set_hosts_ca_if_unknown(&mut self, ca: &[u8]) -> Result<u64, StoreError>;

@@ -885,6 +885,10 @@ impl Store for PgStore {
         self.execute(sql::REVOKE_HOSTS_OF_CA.postgres, &[&ca, &now])
     }
 
+    fn end_replaced_certificates(&mut self, now: i64) -> Result<u64, StoreError> {
+        self.execute(sql::END_REPLACED_CERTIFICATES.postgres, &[&now])
+    }
+
     fn set_hosts_ca_if_unknown(&mut self, ca: &[u8]) -> Result<u64, StoreError> {
         self.execute(sql::HOSTS_CA_UNKNOWN.postgres, &[&ca])
     }

@@ -463,6 +463,9 @@ pub const RETIRE_FLEET_CA: Sql = same!(
 );
 /// `ca retire --force`: the hosts still on the retired CA need new bundles.
 pub const REVOKE_HOSTS_OF_CA: Sql = same!("UPDATE hosts SET revoked_at = $2 WHERE ca = $1 AND revoked_at IS NULL");
+/// `ca retire`: certificates a renewal replaced (of the retired CA, most
+/// of them) are accepted no longer.
+pub const END_REPLACED_CERTIFICATES: Sql = same!("UPDATE hosts SET prev_until = $1 WHERE prev_until > $1");
 /// Hosts added before hosts recorded their CA were issued by the first one.
 pub const HOSTS_CA_UNKNOWN: Sql = same!("UPDATE hosts SET ca = $1 WHERE ca IS NULL");
 
@@ -588,6 +591,7 @@ mod tests {
             ("ADD_FLEET_CA", ADD_FLEET_CA),
             ("RETIRE_FLEET_CA", RETIRE_FLEET_CA),
             ("REVOKE_HOSTS_OF_CA", REVOKE_HOSTS_OF_CA),
+            ("END_REPLACED_CERTIFICATES", END_REPLACED_CERTIFICATES),
             ("HOSTS_CA_UNKNOWN", HOSTS_CA_UNKNOWN),
         ]
     }

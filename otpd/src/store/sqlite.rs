@@ -637,6 +637,10 @@ impl Store for SqliteStore {
         Ok(self.change(sql::REVOKE_HOSTS_OF_CA, params![ca, now])? as u64)
     }
 
+    fn end_replaced_certificates(&mut self, now: i64) -> Result<u64, StoreError> {
+        Ok(self.change(sql::END_REPLACED_CERTIFICATES, params![now])? as u64)
+    }
+
     fn set_hosts_ca_if_unknown(&mut self, ca: &[u8]) -> Result<u64, StoreError> {
         Ok(self.change(sql::HOSTS_CA_UNKNOWN, params![ca])? as u64)
     }

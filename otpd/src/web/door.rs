@@ -72,6 +72,9 @@ fn mints_credentials(r: &AdminRequest) -> bool {
             | AdminRequest::ImportOath { .. }
             | AdminRequest::ImportTotp { .. }
             | AdminRequest::HostAdd { .. }
+            // A new CA, or revoking every host left on the old one.
+            | AdminRequest::CaRotate
+            | AdminRequest::CaRetire { .. }
     )
 }
 
@@ -107,6 +110,7 @@ fn reads_only(r: &AdminRequest) -> bool {
             | AdminRequest::RequestList { .. }
             | AdminRequest::Sessions { .. }
             | AdminRequest::HostList
+            | AdminRequest::CaStatus
     )
 }
 

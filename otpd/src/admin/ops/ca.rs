@@ -7,7 +7,7 @@ use crate::admin::ops::shared::{admin_audit, err, finish, By};
 use crate::core::service::Core;
 use crate::fleet::authority::{Authority, CaSet};
 use crate::fleet::pki;
-use crate::store::model::{HostRecord, HostRole};
+use crate::store::model::{HostRecord, HostRole, PREV_GRACE};
 use common::proto::{AdminErrorKind, AdminResponse, CaInfo};
 use std::sync::Arc;
 
@@ -140,19 +140,39 @@ pub async fn retire(core: &Core, by: &By, force: bool) -> AdminResponse {
     }
     let (old, new) = (cas.all()[0].clone(), cas.all()[1].clone());
     let now = core.clock.now();
+    let settles = new.added_at + crate::fleet::authority::PROPAGATION;
+    if now < settles {
+        return err(
+            AdminErrorKind::InvalidInput,
+            format!(
+                "the new CA is {} s old: every server must have read it first; try again in {} s",
+                now - new.added_at,
+                settles - now
+            ),
+        );
+    }
     let (policy, who) = (core.policy.clone(), by.clone());
     let retired = core
         .db
         .run(move |st| {
             let hosts = st.hosts()?;
             let left: Vec<String> = on_ca(&hosts, &old.fingerprint, now).map(|h| h.name.clone()).collect();
-            if !left.is_empty() && !force {
-                return Ok(Err(left));
+            // Renewed onto the new CA but still linking with the certificate
+            // the renewal replaced (its own bundle not rewritten, say).
+            let unused: Vec<String> = hosts
+                .iter()
+                .filter(|h| h.revoked_at.is_none() && h.ca.as_deref() != Some(&old.fingerprint[..]))
+                .filter(|h| h.prev_fingerprint.is_some() && h.prev_until.is_some_and(|t| t > now + PREV_GRACE))
+                .map(|h| h.name.clone())
+                .collect();
+            if (!left.is_empty() || !unused.is_empty()) && !force {
+                return Ok(Err((left, unused)));
             }
             if !st.retire_fleet_ca(old.id)? {
                 return Ok(Ok(None));
             }
             let revoked = st.revoke_hosts_of_ca(&old.fingerprint, now)?;
+            st.end_replaced_certificates(now)?;
             let what = format!(
                 "retire fleet CA {}… ({} host(s) on it revoked); {}… remains",
                 short(&old.fingerprint),
@@ -168,18 +188,36 @@ pub async fn retire(core: &Core, by: &By, force: bool) -> AdminResponse {
         Ok(Ok(None)) => {
             return err(AdminErrorKind::InvalidInput, "the fleet's CAs changed meanwhile; see `otpctl ca status`")
         }
-        Ok(Err(left)) => {
-            let mut names = left.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
-            if left.len() > 10 {
-                names.push_str(", …");
+        Ok(Err((left, unused))) => {
+            let names = |list: &[String]| {
+                let mut n = list.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
+                if list.len() > 10 {
+                    n.push_str(", …");
+                }
+                n
+            };
+            let mut why = Vec::new();
+            if !left.is_empty() {
+                why.push(format!(
+                    "{} host(s) still hold certificates of the old CA ({}): they move at their next check (see \
+                     `otpctl ca status`)",
+                    left.len(),
+                    names(&left)
+                ));
+            }
+            if !unused.is_empty() {
+                why.push(format!(
+                    "{} host(s) renewed onto the new CA but have not used their new certificate yet ({})",
+                    unused.len(),
+                    names(&unused)
+                ));
             }
             return err(
                 AdminErrorKind::InvalidInput,
                 format!(
-                    "{} host(s) still hold certificates of the old CA ({names}): they move at their next renewal \
-                     (see `otpctl ca status`); `--force` retires it now and revokes them (each then needs a new \
-                     bundle: `otpctl host add`)",
-                    left.len()
+                    "{}; `--force` retires it now, revokes the hosts on it (each then needs a new bundle: `otpctl \
+                     host add`) and ends every replaced certificate",
+                    why.join("; ")
                 ),
             );
         }
@@ -207,6 +245,7 @@ pub async fn retire(core: &Core, by: &By, force: bool) -> AdminResponse {
 mod tests {
     use super::*;
     use crate::admin::ops::shared::fixture::*;
+    use crate::sys::clock::Clock as _;
 
     fn cas_of(resp: AdminResponse) -> (Vec<CaInfo>, u64) {
         match resp {
@@ -243,6 +282,8 @@ mod tests {
 
         assert!(matches!(rotate(&core, &ROOT).await, AdminResponse::Done { .. }));
         assert!(error_of(rotate(&core, &ROOT).await).contains("a rotation is in progress"));
+        let early = error_of(retire(&core, &ROOT, true).await);
+        assert!(early.contains("every server must have read it first"), "{early}");
         let (cas, _) = cas_of(status(&core).await);
         assert_eq!(cas.len(), 2);
         // The new CA issues once every server can have read it.
@@ -255,8 +296,22 @@ mod tests {
         let (cas, _) = cas_of(status(&core).await);
         assert_eq!((cas[0].agents, cas[1].agents), (1, 1));
 
+        // web02 renewed (onto the new CA) but has not used the new certificate.
+        let web02 = on_db(&core, |st| st.host("web02")).await.unwrap();
+        let renewal = crate::store::model::Renewal {
+            presented: web02.fingerprint.clone(),
+            presented_until: T0 + 86_400,
+            fingerprint: vec![7; 32],
+            expires_at: T0 + 86_400,
+            ca: web02.ca.clone().unwrap(),
+            now: clock.now(),
+        };
+        assert!(on_db(&core, move |st| st.renew_host("web02", &renewal)).await);
         let refused = error_of(retire(&core, &ROOT, false).await);
         assert!(refused.contains("2 host(s)") && refused.contains("adm1, web01"), "{refused}");
+        assert!(
+            refused.contains("1 host(s) renewed onto the new CA but have not used their new certificate yet (web02)")
+        );
         assert_eq!(core.fleet_ca.as_ref().unwrap().get().all().len(), 2, "nothing changed");
         let AdminResponse::Done { message } = retire(&core, &ROOT, true).await else { panic!("not retired") };
         assert!(message.contains("2 host(s) still on it revoked (adm1, web01)"), "{message}");
@@ -265,6 +320,9 @@ mod tests {
         assert!(cas[0].serving && cas[0].issuing);
         let web01 = on_db(&core, |st| st.host("web01")).await.unwrap();
         assert!(web01.revoked_at.is_some());
+        // The certificate web02's renewal replaced is accepted no longer.
+        let web02 = on_db(&core, |st| st.host("web02")).await.unwrap();
+        assert_eq!((web02.revoked_at, web02.prev_until), (None, Some(clock.now())));
         // Revoked: it may be added again as it is.
         add(&core, "web01", false).await;
         let actions: Vec<String> = audit_rows(&core, "-").await.into_iter().map(|e| e.result).collect();

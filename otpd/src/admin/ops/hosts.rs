@@ -20,7 +20,7 @@ pub async fn add(core: &Core, by: &By, name: String, admin: bool) -> AdminRespon
     let cas = authority.get();
     let issuer = cas.issuing(now);
     let life = if admin { ADMIN_LIFE } else { core.host_cert_life };
-    let issued = crate::fleet::pki::issue_bundle_at(&issuer.ca, &cas.trust_pem(), &name, now, life);
+    let issued = crate::fleet::pki::issue_bundle_at(&issuer.ca, &cas.settled_pem(now), &name, now, life);
     let (bundle, issued) = match issued {
         Ok(b) => b,
         Err(e) => return err(AdminErrorKind::InvalidInput, e.to_string()),
@@ -146,7 +146,7 @@ mod tests {
         assert_eq!(bundle.validity().unwrap(), (T0 - 3600, T0 + core.host_cert_life));
         assert_eq!(
             (bundle.name.as_str(), bundle.ca_pem.as_str()),
-            ("web01", core.fleet_ca.as_ref().unwrap().get().trust_pem().as_str())
+            ("web01", core.fleet_ca.as_ref().unwrap().get().settled_pem(T0).as_str())
         );
         let h = host(&core, "web01").await.unwrap();
         assert_eq!((h.role, h.added_at, h.revoked_at, h.fingerprint.len()), (HostRole::Agent, T0, None, 32));
