@@ -188,39 +188,7 @@ pub async fn retire(core: &Core, by: &By, force: bool) -> AdminResponse {
         Ok(Ok(None)) => {
             return err(AdminErrorKind::InvalidInput, "the fleet's CAs changed meanwhile; see `otpctl ca status`")
         }
-        Ok(Err((left, unused))) => {
-            let names = |list: &[String]| {
-                let mut n = list.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
-                if list.len() > 10 {
-                    n.push_str(", …");
-                }
-                n
-            };
-            let mut why = Vec::new();
-            if !left.is_empty() {
-                why.push(format!(
-                    "{} host(s) still hold certificates of the old CA ({}): they move at their next check (see \
-                     `otpctl ca status`)",
-                    left.len(),
-                    names(&left)
-                ));
-            }
-            if !unused.is_empty() {
-                why.push(format!(
-                    "{} host(s) renewed onto the new CA but have not used their new certificate yet ({})",
-                    unused.len(),
-                    names(&unused)
-                ));
-            }
-            return err(
-                AdminErrorKind::InvalidInput,
-                format!(
-                    "{}; `--force` retires it now, revokes the hosts on it (each then needs a new bundle: `otpctl \
-                     host add`) and ends every replaced certificate",
-                    why.join("; ")
-                ),
-            );
-        }
+        Ok(Err((left, unused))) => return err(AdminErrorKind::InvalidInput, not_yet(&left, &unused)),
         Err(e) => return finish(Err(e)),
     };
     if let Err(e) = authority.refresh(&core.db, &core.policy.crypto).await {
@@ -239,6 +207,39 @@ pub async fn retire(core: &Core, by: &By, force: bool) -> AdminResponse {
             crate::fleet::authority::REFRESH_EVERY.as_secs()
         ),
     }
+}
+
+/// Why `ca retire` (without --force) waits: hosts still on the old CA, and
+/// hosts that renewed but still link with the certificate it replaced.
+fn not_yet(left: &[String], unused: &[String]) -> String {
+    let names = |list: &[String]| {
+        let mut n = list.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
+        if list.len() > 10 {
+            n.push_str(", …");
+        }
+        n
+    };
+    let mut why = Vec::new();
+    if !left.is_empty() {
+        why.push(format!(
+            "{} host(s) still hold certificates of the old CA ({}): they move at their next check (see `otpctl ca \
+             status`)",
+            left.len(),
+            names(left)
+        ));
+    }
+    if !unused.is_empty() {
+        why.push(format!(
+            "{} host(s) renewed onto the new CA but have not used their new certificate yet ({})",
+            unused.len(),
+            names(unused)
+        ));
+    }
+    format!(
+        "{}; `--force` retires it now, revokes the hosts on it (each then needs a new bundle: `otpctl host add`) and \
+         ends every replaced certificate",
+        why.join("; ")
+    )
 }
 
 #[cfg(test)]
