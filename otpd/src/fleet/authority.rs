@@ -172,7 +172,7 @@ impl Authority {
             return Ok(false);
         }
         let set = Self::open_all(&stored, crypto, current.all())?;
-        let fps: Vec<String> = set.all().iter().map(|c| pki::fingerprint_hex(&c.fingerprint[..8])).collect();
+        let fps: Vec<String> = set.all().iter().map(|c| pki::fingerprint_short(&c.fingerprint)).collect();
         tracing::info!("fleet CAs now {} (oldest first)", fps.join(", "));
         *self.set.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
         self.changed.send_modify(|n| *n += 1);

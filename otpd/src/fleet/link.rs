@@ -424,7 +424,7 @@ async fn retired_ca(sh: &Core, fleet: &FleetServer, host: &HostRecord, addr: Soc
     Some(format!(
         "certificate of {} presented from {addr} was issued by retired CA {}…",
         host.name,
-        pki::fingerprint_hex(&ca[..ca.len().min(8)])
+        pki::fingerprint_short(ca)
     ))
 }
 
@@ -673,7 +673,7 @@ fn renewal_due(cas: &CaSet, host: &HostRecord, trusted: &[String], now: i64) -> 
     // behind the one that rotated): the host is ahead, not behind.
     let ahead = cas.all().iter().any(|c| c.id > issuing.id && host.ca.as_deref() == Some(&c.fingerprint[..]));
     if !ahead && host.ca.as_deref() != Some(&issuing.fingerprint[..]) {
-        let fp = pki::fingerprint_hex(&issuing.fingerprint[..8]);
+        let fp = pki::fingerprint_short(&issuing.fingerprint);
         return Some(format!("the fleet issues certificates with CA {fp}… now"));
     }
     let live: std::collections::BTreeSet<String> =
@@ -734,7 +734,6 @@ async fn renew_host(
             return refused(&e.to_string());
         }
     };
-    let short = |fp: &[u8]| pki::fingerprint_hex(&fp[..8]);
     let entry = fleet_audit(
         sh,
         &host.name,
@@ -742,9 +741,9 @@ async fn renew_host(
         format!(
             "{} certificate renewed from {addr}: {}… valid until {}, replacing {}…",
             role.as_str(),
-            short(&signed.fingerprint),
+            pki::fingerprint_short(&signed.fingerprint),
             pki::rfc3339(signed.not_after),
-            short(&presented.fp)
+            pki::fingerprint_short(&presented.fp)
         ),
     );
     let renewal = Renewal {

@@ -640,6 +640,12 @@ pub fn fingerprint_hex(fp: &[u8]) -> String {
     fp.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
+/// The first 8 bytes of a fingerprint as [`fingerprint_hex`]: enough to
+/// tell certificates apart in log lines and audit reasons.
+pub fn fingerprint_short(fp: &[u8]) -> String {
+    fingerprint_hex(&fp[..fp.len().min(8)])
+}
+
 /// The server side of the fleet link: TLS 1.3 only; every client must present a certificate issued by `ca`.
 pub fn server_config(ca: &Ca, server: &Issued) -> Result<Arc<ServerConfig>, PkiError> {
     server_config_with(&ca.cert_pem, server, &TlsClock::system())

@@ -463,6 +463,11 @@ impl HostRecord {
                 || (self.prev_fingerprint.as_deref() == Some(fp) && self.prev_until.is_some_and(|t| t > now)))
     }
 
+    /// Not revoked, and its current certificate has not run out.
+    pub fn valid(&self, now: i64) -> bool {
+        self.revoked_at.is_none() && !self.expired(now)
+    }
+
     /// Whether its current certificate ran out (then only a new bundle helps).
     pub fn expired(&self, now: i64) -> bool {
         self.expires_at.is_some_and(|t| t < now)

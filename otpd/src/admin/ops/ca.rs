@@ -27,11 +27,7 @@ async fn current(core: &Core) -> Result<(Arc<Authority>, Arc<CaSet>), AdminRespo
 
 /// Hosts whose certificate, valid at `now`, `ca` issued.
 fn on_ca<'a>(hosts: &'a [HostRecord], ca: &'a [u8], now: i64) -> impl Iterator<Item = &'a HostRecord> + 'a {
-    hosts.iter().filter(move |h| h.revoked_at.is_none() && !h.expired(now) && h.ca.as_deref() == Some(ca))
-}
-
-fn short(fp: &[u8]) -> String {
-    pki::fingerprint_hex(&fp[..8])
+    hosts.iter().filter(move |h| h.valid(now) && h.ca.as_deref() == Some(ca))
 }
 
 /// `ca status`.
@@ -62,10 +58,8 @@ pub async fn status(core: &Core) -> AdminResponse {
             }
         })
         .collect();
-    let other_hosts = hosts
-        .iter()
-        .filter(|h| h.revoked_at.is_none() && !h.expired(now) && !h.ca.as_deref().is_some_and(|ca| cas.knows(ca)))
-        .count() as u64;
+    let other_hosts =
+        hosts.iter().filter(|h| h.valid(now) && !h.ca.as_deref().is_some_and(|ca| cas.knows(ca))).count() as u64;
     AdminResponse::Cas { cas: infos, other_hosts }
 }
 
@@ -99,7 +93,11 @@ pub async fn rotate(core: &Core, by: &By) -> AdminResponse {
             if !st.add_fleet_ca(&cert_pem, &sealed, now)? {
                 return Ok(false);
             }
-            let what = format!("rotate fleet CA: new {}… beside {}…", short(&fp), short(&old));
+            let what = format!(
+                "rotate fleet CA: new {}… beside {}…",
+                pki::fingerprint_short(&fp),
+                pki::fingerprint_short(&old)
+            );
             admin_audit(st, &policy.machine, "-", &what, &who, now)?;
             Ok(true)
         })
@@ -118,7 +116,7 @@ pub async fn rotate(core: &Core, by: &By) -> AdminResponse {
             "new fleet CA {}…: every server accepts certificates of both CAs within {} s and issues with the new one; \
              hosts move to it at their next check (agents: [fleet] renew_check; admin credentials: their next use). \
              `otpctl ca status` counts the hosts still on the old CA, `otpctl ca retire` drops it",
-            short(&fp),
+            pki::fingerprint_short(&fp),
             crate::fleet::authority::PROPAGATION
         ),
     }
@@ -175,9 +173,9 @@ pub async fn retire(core: &Core, by: &By, force: bool) -> AdminResponse {
             st.end_replaced_certificates(now)?;
             let what = format!(
                 "retire fleet CA {}… ({} host(s) on it revoked); {}… remains",
-                short(&old.fingerprint),
+                pki::fingerprint_short(&old.fingerprint),
                 left.len(),
-                short(&new.fingerprint)
+                pki::fingerprint_short(&new.fingerprint)
             );
             admin_audit(st, &policy.machine, "-", &what, &who, now)?;
             Ok(Ok(Some((left, revoked))))
@@ -202,8 +200,8 @@ pub async fn retire(core: &Core, by: &By, force: bool) -> AdminResponse {
     AdminResponse::Done {
         message: format!(
             "fleet CA {}… retired: every server presents and accepts only certificates of {}… within {} s{revoked}",
-            short(&cas.all()[0].fingerprint),
-            short(&cas.all()[1].fingerprint),
+            pki::fingerprint_short(&cas.all()[0].fingerprint),
+            pki::fingerprint_short(&cas.all()[1].fingerprint),
             crate::fleet::authority::REFRESH_EVERY.as_secs()
         ),
     }
