@@ -281,6 +281,16 @@ impl PgStore {
         self.note(r)
     }
 
+    /// An audit row: the columns every row has, in the order
+    /// [`sql::ADD_AUDIT`] lists them, then `late` (a spooled row's).
+    fn insert_audit(&mut self, sql: &'static str, e: &NewAudit, late: Params<'_>) -> Result<u64, StoreError> {
+        let (method, result) = (e.method.as_str(), e.result.as_str());
+        let mut p: Vec<&(dyn ToSql + Sync)> =
+            vec![&e.time, &e.user, &e.service, &e.rhost, &e.tty, &e.machine, &method, &result, &e.reason];
+        p.extend_from_slice(late);
+        self.execute(sql, &p)
+    }
+
     fn count(&mut self, sql: &'static str, params: Params<'_>) -> Result<u64, StoreError> {
         let n: i64 = self.query_one(sql, params)?.try_get(0)?;
         Ok(n.max(0) as u64)
@@ -562,41 +572,12 @@ impl Store for PgStore {
     }
 
     fn add_audit(&mut self, e: &NewAudit) -> Result<(), StoreError> {
-        self.execute(
-            sql::ADD_AUDIT.postgres,
-            &[
-                &e.time,
-                &e.user,
-                &e.service,
-                &e.rhost,
-                &e.tty,
-                &e.machine,
-                &e.method.as_str(),
-                &e.result.as_str(),
-                &e.reason,
-            ],
-        )?;
+        self.insert_audit(sql::ADD_AUDIT.postgres, e, &[])?;
         Ok(())
     }
 
     fn add_late_audit(&mut self, e: &NewAudit, received_at: i64, spool_id: Option<&str>) -> Result<bool, StoreError> {
-        let n = self.execute(
-            sql::ADD_LATE_AUDIT.postgres,
-            &[
-                &e.time,
-                &e.user,
-                &e.service,
-                &e.rhost,
-                &e.tty,
-                &e.machine,
-                &e.method.as_str(),
-                &e.result.as_str(),
-                &e.reason,
-                &received_at,
-                &spool_id,
-            ],
-        )?;
-        Ok(n > 0)
+        Ok(self.insert_audit(sql::ADD_LATE_AUDIT.postgres, e, &[&received_at, &spool_id])? > 0)
     }
 
     fn prune_audit(&mut self, before: i64, limit: u32) -> Result<u64, StoreError> {

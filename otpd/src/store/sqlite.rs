@@ -134,6 +134,16 @@ impl SqliteStore {
     fn change(&self, sql: sql::Sql, params: impl rusqlite::Params) -> Result<usize, StoreError> {
         Ok(self.conn.prepare_cached(sql.sqlite)?.execute(params)?)
     }
+
+    /// An audit row: the columns every row has, in the order
+    /// [`sql::ADD_AUDIT`] lists them, then `late` (a spooled row's).
+    fn insert_audit(&self, sql: sql::Sql, e: &NewAudit, late: &[&dyn rusqlite::ToSql]) -> Result<usize, StoreError> {
+        let (method, result) = (e.method.as_str(), e.result.as_str());
+        let mut p: Vec<&dyn rusqlite::ToSql> =
+            vec![&e.time, &e.user, &e.service, &e.rhost, &e.tty, &e.machine, &method, &result, &e.reason];
+        p.extend_from_slice(late);
+        self.change(sql, p.as_slice())
+    }
 }
 
 /// A double-quoted word is an identifier, never a string literal: the texts
@@ -331,41 +341,12 @@ impl Store for SqliteStore {
     }
 
     fn add_audit(&mut self, e: &NewAudit) -> Result<(), StoreError> {
-        self.change(
-            sql::ADD_AUDIT,
-            params![
-                e.time,
-                e.user,
-                e.service,
-                e.rhost,
-                e.tty,
-                e.machine,
-                e.method.as_str(),
-                e.result.as_str(),
-                e.reason
-            ],
-        )?;
+        self.insert_audit(sql::ADD_AUDIT, e, &[])?;
         Ok(())
     }
 
     fn add_late_audit(&mut self, e: &NewAudit, received_at: i64, spool_id: Option<&str>) -> Result<bool, StoreError> {
-        let n = self.change(
-            sql::ADD_LATE_AUDIT,
-            params![
-                e.time,
-                e.user,
-                e.service,
-                e.rhost,
-                e.tty,
-                e.machine,
-                e.method.as_str(),
-                e.result.as_str(),
-                e.reason,
-                received_at,
-                spool_id
-            ],
-        )?;
-        Ok(n > 0)
+        Ok(self.insert_audit(sql::ADD_LATE_AUDIT, e, &[&received_at, &spool_id])? > 0)
     }
 
     fn prune_audit(&mut self, before: i64, limit: u32) -> Result<u64, StoreError> {
