@@ -332,7 +332,9 @@ impl Ca {
         parse_x509(&self.cert_der).map(|x| x.validity().not_after.timestamp()).unwrap_or(0)
     }
 
-    /// A host certificate (with a new key) valid for the default life from now.
+    /// A host certificate (with a new key) valid for the default life from
+    /// now, by the system clock (tests; the daemon uses [`Ca::issue_client_at`]).
+    #[cfg(test)]
     pub fn issue_client(&self, name: &str) -> Result<Issued, PkiError> {
         self.issue_client_at(name, now_utc().unix_timestamp(), DEFAULT_HOST_LIFE)
     }
@@ -363,12 +365,14 @@ impl Ca {
         Ok(Signed { cert_pem: cert.pem(), fingerprint: fingerprint(cert.der()), not_after })
     }
 
-    /// A server certificate: one SAN per name (IP address or DNS name), usable only for TLS server
-    /// authentication, valid 1 year.
+    /// [`Ca::issue_server_at`] by the system clock (tests).
+    #[cfg(test)]
     pub fn issue_server(&self, names: &[String]) -> Result<Issued, PkiError> {
         self.issue_server_at(names, now_utc().unix_timestamp())
     }
 
+    /// A server certificate: one SAN per name (IP address or DNS name), usable only for TLS server
+    /// authentication, valid 1 year from `now`.
     pub fn issue_server_at(&self, names: &[String], now: i64) -> Result<Issued, PkiError> {
         let first = names.first().ok_or(PkiError::NoServerNames)?;
         let mut sans = Vec::with_capacity(names.len());
@@ -542,13 +546,14 @@ impl Bundle {
         Ok(from + (until - from) * 2 / 3)
     }
 
-    /// Reads a bundle file. It holds a private key, so it must be a regular file (not a symlink) that neither group
-    /// nor others can read or write.
+    /// [`Bundle::load_at`] by the system clock (tests).
+    #[cfg(test)]
     pub fn load(path: &Path) -> Result<Bundle, PkiError> {
         Bundle::load_at(path, now_utc().unix_timestamp())
     }
 
-    /// [`Bundle::load`], checking the certificate's validity at `now`.
+    /// Reads a bundle file, checking the certificate's validity at `now`. It holds a private key, so it must be a
+    /// regular file (not a symlink) that neither group nor others can read or write.
     pub fn load_at(path: &Path, now: i64) -> Result<Bundle, PkiError> {
         let shown = path.display().to_string();
         let file_err = |reason: String| PkiError::File { path: shown.clone(), reason };
@@ -646,7 +651,8 @@ pub fn fingerprint_short(fp: &[u8]) -> String {
     fingerprint_hex(&fp[..fp.len().min(8)])
 }
 
-/// The server side of the fleet link: TLS 1.3 only; every client must present a certificate issued by `ca`.
+/// [`server_config_with`] trusting `ca` alone, by the system clock (tests).
+#[cfg(test)]
 pub fn server_config(ca: &Ca, server: &Issued) -> Result<Arc<ServerConfig>, PkiError> {
     server_config_with(&ca.cert_pem, server, &TlsClock::system())
 }
@@ -667,13 +673,14 @@ pub fn server_config_with(trust_pem: &str, server: &Issued, clock: &TlsClock) ->
     Ok(Arc::new(config))
 }
 
-/// The client side of the fleet link: TLS 1.3 only; trusts only the bundle's CA (never the system roots) and
-/// presents the bundle's certificate.
+/// [`client_config_with`] by the system clock (tests).
+#[cfg(test)]
 pub fn client_config(bundle: &Bundle) -> Result<Arc<ClientConfig>, PkiError> {
     client_config_with(bundle, &TlsClock::system())
 }
 
-/// [`client_config`], checking the server's certificate at `clock`'s time.
+/// The client side of the fleet link: TLS 1.3 only; trusts only the bundle's CAs (never the system roots),
+/// presents the bundle's certificate, and checks the server's at `clock`'s time.
 pub fn client_config_with(bundle: &Bundle, clock: &TlsClock) -> Result<Arc<ClientConfig>, PkiError> {
     let cas = certs_from_pem(&bundle.ca_pem, "bundle CA").map_err(PkiError::Bundle)?;
     let chain = vec![cert_from_pem(&bundle.cert_pem, "bundle certificate").map_err(PkiError::Bundle)?];
@@ -706,14 +713,8 @@ pub fn peer_not_after(conn: &rustls::CommonState) -> Option<i64> {
     Some(parse_x509(der).ok()?.validity().not_after.timestamp())
 }
 
-/// Issues a host's (or an admin's) credentials: the bundle handed out once,
-/// and the fingerprint to record.
-pub fn issue_bundle(ca: &Ca, name: &str) -> Result<(Bundle, [u8; 32]), PkiError> {
-    let (bundle, issued) = issue_bundle_at(ca, &ca.cert_pem(), name, now_utc().unix_timestamp(), DEFAULT_HOST_LIFE)?;
-    Ok((bundle, issued.fingerprint))
-}
-
-/// [`issue_bundle`] at `now`, valid `life` seconds, trusting the CAs of `trust_pem`.
+/// Issues a host's (or an admin's) credentials at `now`, valid `life` seconds, trusting the CAs of `trust_pem`:
+/// the bundle handed out once, and what was issued (its fingerprint is what the hosts table records).
 pub fn issue_bundle_at(
     ca: &Ca,
     trust_pem: &str,
