@@ -521,25 +521,31 @@ impl Agent {
     /// one works, else over a new link to each server in turn.
     async fn send_spool(self: &Arc<Self>, batch: &SpoolBatch) -> Result<SpoolAck, String> {
         let frame = AgentFrame::Spool(batch.clone());
-        let exchange = |mut link: TlsLink| {
-            let frame = &frame;
-            async move {
-                link.write(frame, self.io_timeout).await?;
-                let ack: SpoolAck = link.read(self.io_timeout, self.io_timeout, MAX_FRAME).await?;
-                Ok::<_, FrameError>((link, ack))
-            }
-        };
-        while let Some(link) = self.pooled().await {
-            if let Ok((link, ack)) = exchange(link).await {
-                self.put_back(link);
-                return Ok(ack);
-            }
+        if let Some(ack) = self.ask_pooled(&frame).await {
+            return Ok(ack);
         }
         let _dialing = self.dials.acquire().await.map_err(|e| e.to_string())?;
         // An older server closes the link on a frame it does not know: the next is tried.
         let (link, ack) = self.ask_each(&frame, self.io_timeout, true).await?;
         self.put_back(link);
         Ok(ack)
+    }
+
+    /// Sends `frame` over idle links, newest first, until one answers it
+    /// with an `R` (that link goes back to the idle ones); None when none
+    /// did (each one that failed is closed).
+    async fn ask_pooled<R: serde::de::DeserializeOwned>(self: &Arc<Self>, frame: &AgentFrame) -> Option<R> {
+        while let Some(mut link) = self.pooled().await {
+            let asked = async {
+                link.write(frame, self.io_timeout).await?;
+                link.read::<R>(self.io_timeout, self.io_timeout, MAX_FRAME).await
+            };
+            if let Ok(reply) = asked.await {
+                self.put_back(link);
+                return Some(reply);
+            }
+        }
+        None
     }
 }
 
@@ -557,15 +563,8 @@ impl Agent {
     /// a new link to each server in turn, closed after the answer.
     async fn ask_check(self: Arc<Self>, cas: Vec<String>) -> Result<Option<String>, String> {
         let frame = AgentFrame::CaCheck(CaCheck { check_cas: cas });
-        while let Some(mut link) = self.pooled().await {
-            let asked = async {
-                link.write(&frame, self.io_timeout).await?;
-                link.read::<CaCheckReply>(self.io_timeout, self.io_timeout, MAX_FRAME).await
-            };
-            if let Ok(reply) = asked.await {
-                self.put_back(link);
-                return Ok(reply.renew);
-            }
+        if let Some(reply) = self.ask_pooled::<CaCheckReply>(&frame).await {
+            return Ok(reply.renew);
         }
         let within = self.connect_timeout.max(Duration::from_secs(5));
         // A question in the background: it does not steer logins away from
